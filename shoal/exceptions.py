@@ -1,0 +1,106 @@
+"""Every error shoal raises derives from ShoalError and says what to do."""
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of all shoal errors."""
+
+
+class TaskError(ShoalError):
+    """A remote task or actor method raised.
+
+    ``get`` raises a subclass that is also an instance of the original
+    exception's type, so ``except ValueError`` still catches a remote
+    ``ValueError``. ``cause`` is the original exception (when it could be
+    pickled) and ``remote_traceback`` the formatted remote traceback.
+    """
+
+    def __init__(self, function_name: str = "", remote_traceback: str = "",
+                 cause: BaseException | None = None, cause_repr: str = ""):
+        self.function_name = function_name
+        self.remote_traceback = remote_traceback
+        self.cause = cause
+        self.cause_repr = cause_repr or repr(cause)
+        super().__init__(function_name, remote_traceback, cause, cause_repr)
+
+    def __str__(self) -> str:
+        return (f"{self.function_name} raised {self.cause_repr}\n\n"
+                f"Remote traceback:\n{self.remote_traceback}")
+
+    def __reduce__(self):
+        return (_rebuild_task_error,
+                (self.function_name, self.remote_traceback, self.cause, self.cause_repr))
+
+    def as_instanceof_cause(self) -> "TaskError":
+        """Return a TaskError that is also an instance of the cause's type."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or isinstance(self, cause_cls) or not issubclass(cause_cls, Exception):
+            return self
+        try:
+            cls = _DUAL_CLASSES.get(cause_cls)
+            if cls is None:
+                cls = type(f"TaskError({cause_cls.__name__})", (TaskError, cause_cls), {
+                    "__init__": TaskError.__init__, "__str__": TaskError.__str__,
+                    "__reduce__": TaskError.__reduce__})
+                _DUAL_CLASSES[cause_cls] = cls
+            err = cls.__new__(cls)
+            TaskError.__init__(err, self.function_name, self.remote_traceback,
+                               self.cause, self.cause_repr)
+            return err
+        except TypeError:  # layouts that cannot be combined (some C exceptions)
+            return self
+
+
+_DUAL_CLASSES: dict = {}
+
+
+def _rebuild_task_error(function_name, remote_traceback, cause, cause_repr):
+    return TaskError(function_name, remote_traceback, cause, cause_repr).as_instanceof_cause()
+
+
+class WorkerCrashedError(ShoalError):
+    """The worker process running a task died and the retries are spent."""
+
+
+class ActorDiedError(ShoalError):
+    """The actor's process died (and will not be restarted) or it was killed."""
+
+
+class ActorUnavailableError(ShoalError):
+    """The actor is restarting; the call was not retried."""
+
+
+class GetTimeoutError(ShoalError, TimeoutError):
+    """``get`` did not finish within its timeout."""
+
+
+class TaskCancelledError(ShoalError):
+    """The task was cancelled with ``shoal.cancel``."""
+
+
+class ObjectLostError(ShoalError):
+    """An object's value is no longer available (freed or its store is gone)."""
+
+
+class SerializationError(ShoalError, TypeError):
+    """An argument or result could not be serialized."""
+
+
+class InfeasibleResourceError(ShoalError, ValueError):
+    """A resource request that the cluster can never satisfy."""
+
+
+class AuthenticationError(ShoalError, ConnectionError):
+    """A peer failed to prove it holds the cluster secret."""
+
+
+class NotInitializedError(ShoalError, RuntimeError):
+    """An API call needs a running cluster; call shoal.init() first."""
+
+
+class CollectiveError(ShoalError, RuntimeError):
+    """A collective operation failed (mismatched calls, a dead rank, a timeout)."""
+
+
+class TrainingFailedError(ShoalError, RuntimeError):
+    """Training failed and the allowed restarts are spent."""
