@@ -104,3 +104,10 @@ class CollectiveError(ShoalError, RuntimeError):
 
 class TrainingFailedError(ShoalError, RuntimeError):
     """Training failed and the allowed restarts are spent."""
+
+
+class InvalidInputError(ShoalError, ValueError):
+    """Input data was rejected (NaN/inf, wrong label type, empty, missing column, wrong shape).
+
+    The message names the argument or column at fault and what to do.
+    """
