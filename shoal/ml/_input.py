@@ -1,0 +1,647 @@
+"""The input layer of shoal.ml: any supported input becomes one distributed design matrix.
+
+Contract (stable; every estimator, the tree models included, builds on it)
+--------------------------------------------------------------------------
+
+``as_design_matrix(X, y=None, *, features=None, label=None, target=None,
+                   estimator="estimator", block_rows=None, executor=None) -> DesignMatrix``
+
+    X: NumPy array-like (n, d), pandas DataFrame, pyarrow Table, or a shoal.data
+       Dataset. For a DataFrame/Table/Dataset, ``features`` (column names; default:
+       every column but the label) and ``label`` (a column name) pick the columns;
+       ``y`` may also be given as a column name.
+    target: None (unsupervised: y is ignored / must be absent), "regression"
+       (y -> float64) or "classification" (y -> int64 codes into ``dm.classes``;
+       fewer than two classes is an error).
+    Raises InvalidInputError (a ShoalError and a ValueError) naming the argument
+    or column: NaN/inf features, label of the wrong type, empty input, missing
+    column, non-numeric feature column, X/y length mismatch.
+
+``DesignMatrix``
+    blocks        list of block handles; each holds ``(X_block, y_block)`` with
+                  X_block float64 C-contiguous (n_i, d) and y_block None,
+                  float64 (regression) or int64 codes (classification). On the
+                  cluster a handle is an ObjectRef (put once, read zero-copy by
+                  tasks on every iteration); in-process it is the tuple itself.
+    n_rows, n_features, block_rows (list of n_i), feature_names_in_ (ndarray of
+    str, or None for unnamed input), classes (ndarray or None), executor.
+    map(fn, *args)            -> [fn(X_block, y_block, *args) for each block]
+    map_reduce(fn, *args, reduce=tree_sum, fan_in=None)
+                              -> the per-block results folded with ``reduce``
+                                 (binary, associative); on the cluster partial
+                                 results are folded in tasks, ``fan_in`` at a time.
+    fn and reduce must be module-level functions (they travel by reference).
+    Arguments that are large NumPy arrays are put in the object store once per call.
+
+``check_predict_input(estimator, X, method="predict", features=None) -> np.ndarray | Dataset``
+    Validates X at predict/transform time against ``estimator.n_features_in_``
+    (and ``feature_names_in_``); the error names the method's argument ``X``.
+
+Executors: ``"local"`` maps in this process (a thread pool over blocks; NumPy
+releases the GIL), ``"cluster"`` maps as shoal tasks. ``"auto"`` (the default,
+see ``set_executor``) uses the cluster for Datasets and for inputs of at least
+``CLUSTER_MIN_ELEMENTS`` values once shoal's core runtime is importable, else local.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from shoal.exceptions import InvalidInputError
+
+CLUSTER_MIN_ELEMENTS = 1 << 21      # below ~16 MB of float64, task overhead beats parallelism
+DEFAULT_BLOCK_ROWS = 1 << 17        # 131072 rows: a 20-feature block is 20 MB
+MIN_BLOCK_ROWS = 1 << 16
+MAX_BLOCK_ROWS = 1 << 18
+DEFAULT_FAN_IN = 4
+LARGE_ARG_BYTES = 1 << 16
+
+_executor_mode = "auto"
+_mode_lock = threading.Lock()
+
+
+def set_executor(mode: str) -> None:
+    """Choose where shoal.ml maps over blocks: "auto", "local" or "cluster"."""
+    global _executor_mode
+    if mode not in ("auto", "local", "cluster"):
+        raise InvalidInputError(f"executor must be 'auto', 'local' or 'cluster', got {mode!r}")
+    with _mode_lock:
+        _executor_mode = mode
+
+
+def get_executor_mode() -> str:
+    return _executor_mode
+
+
+@contextlib.contextmanager
+def use_executor(mode: str):
+    """Context manager form of ``set_executor``."""
+    old = _executor_mode
+    set_executor(mode)
+    try:
+        yield
+    finally:
+        set_executor(old)
+
+
+def _shoal_core():
+    """The shoal module when its task API is importable, else None."""
+    try:
+        import shoal
+        if hasattr(shoal, "remote") and hasattr(shoal, "get") and hasattr(shoal, "put"):
+            return shoal
+    except Exception:  # the core package may be mid-development
+        return None
+    return None
+
+
+def _is_dataset(X) -> bool:
+    return hasattr(X, "get_internal_block_refs") or hasattr(X, "_block_refs")
+
+
+def _dataset_block_refs(ds) -> list:
+    if hasattr(ds, "get_internal_block_refs"):
+        return list(ds.get_internal_block_refs())
+    return list(ds._block_refs())
+
+
+# ----------------------------------------------------------------------------------
+# reductions
+
+def tree_sum(a, b):
+    """Elementwise sum of two partial results: numbers, arrays, or tuples/lists/dicts of them."""
+    if isinstance(a, tuple):
+        return tuple(tree_sum(x, y) for x, y in zip(a, b))
+    if isinstance(a, list):
+        return [tree_sum(x, y) for x, y in zip(a, b)]
+    if isinstance(a, dict):
+        return {k: tree_sum(a[k], b[k]) for k in a}
+    if a is None:
+        return b
+    return a + b
+
+
+def _fold(reduce: Callable, parts: Sequence):
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = reduce(acc, p)
+    return acc
+
+
+# ----------------------------------------------------------------------------------
+# executors
+
+def _run_block(fn, block, *args):
+    X, y = block
+    return fn(X, y, *args)
+
+
+def _fold_task(reduce, *parts):
+    return _fold(reduce, parts)
+
+
+class LocalExecutor:
+    """Maps over in-process blocks with a thread pool (BLAS and NumPy release the GIL)."""
+
+    name = "local"
+
+    def __init__(self, max_workers: int | None = None):
+        self.max_workers = max_workers or os.cpu_count() or 1
+
+    def put(self, block):
+        return block
+
+    def map(self, fn, blocks, args):
+        if len(blocks) <= 1 or self.max_workers <= 1:
+            return [_run_block(fn, b, *args) for b in blocks]
+        with ThreadPoolExecutor(min(self.max_workers, len(blocks))) as pool:
+            return list(pool.map(lambda b: _run_block(fn, b, *args), blocks))
+
+    def map_reduce(self, fn, blocks, args, reduce, fan_in):
+        return _fold(reduce, self.map(fn, blocks, args))
+
+    def get_blocks(self, blocks):
+        return list(blocks)
+
+
+class ClusterExecutor:
+    """Maps over blocks held in shoal's object store as tasks; folds partial results in tasks."""
+
+    name = "cluster"
+
+    def __init__(self, shoal_module):
+        self._shoal = shoal_module
+        self._run = shoal_module.remote(_run_block)
+        self._fold = shoal_module.remote(_fold_task)
+
+    def put(self, block):
+        return self._shoal.put(block)
+
+    def _prepare_args(self, args):
+        # a big argument (centroids, a coefficient matrix) travels once, not once per block
+        return tuple(self._shoal.put(a) if isinstance(a, np.ndarray) and a.nbytes >= LARGE_ARG_BYTES
+                     else a for a in args)
+
+    def submit(self, fn, blocks, args):
+        args = self._prepare_args(args)
+        return [self._run.remote(fn, b, *args) for b in blocks]
+
+    def map(self, fn, blocks, args):
+        return self._shoal.get(self.submit(fn, blocks, args))
+
+    def map_reduce(self, fn, blocks, args, reduce, fan_in):
+        refs = self.submit(fn, blocks, args)
+        while len(refs) > fan_in:
+            refs = [self._fold.remote(reduce, *refs[i:i + fan_in]) for i in range(0, len(refs), fan_in)]
+        return _fold(reduce, self._shoal.get(refs))
+
+    def get_blocks(self, blocks):
+        return self._shoal.get(list(blocks))
+
+
+def resolve_executor(mode: str | None, n_elements: int, is_dataset: bool):
+    mode = mode or _executor_mode
+    core = _shoal_core()
+    if mode == "local":
+        if is_dataset and core is None:
+            raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
+        return LocalExecutor() if not is_dataset else ClusterExecutor(core)
+    if mode == "cluster":
+        if core is None:
+            raise InvalidInputError("executor='cluster' needs shoal's core runtime (shoal.remote); "
+                                    "it is not importable. Use set_executor('local').")
+        return ClusterExecutor(core)
+    if core is not None and (is_dataset or n_elements >= CLUSTER_MIN_ELEMENTS):
+        return ClusterExecutor(core)
+    return LocalExecutor()
+
+
+def _num_workers(executor) -> int:
+    if isinstance(executor, ClusterExecutor):
+        try:
+            return max(1, int(executor._shoal.cluster_resources().get("CPU", 1)))
+        except Exception:
+            return os.cpu_count() or 1
+    return executor.max_workers
+
+
+def _choose_block_rows(n_rows: int, executor, block_rows: int | None) -> int:
+    if block_rows is not None:
+        if int(block_rows) < 1:
+            raise InvalidInputError(f"block_rows must be a positive integer, got {block_rows!r}")
+        return int(block_rows)
+    if isinstance(executor, LocalExecutor) and n_rows < 4 * MIN_BLOCK_ROWS:
+        return max(n_rows, 1)
+    # at least two blocks per worker for balance, blocks within [64k, 256k] rows
+    per = -(-n_rows // (2 * _num_workers(executor)))
+    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, per)))
+
+
+# ----------------------------------------------------------------------------------
+# the design matrix
+
+@dataclass
+class DesignMatrix:
+    blocks: list
+    block_rows: list
+    n_features: int
+    feature_names_in_: np.ndarray | None
+    executor: Any
+    classes: np.ndarray | None = None
+    fan_in: int = DEFAULT_FAN_IN
+    _local_X: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(self.block_rows))
+
+    @property
+    def distributed(self) -> bool:
+        return isinstance(self.executor, ClusterExecutor)
+
+    def map(self, fn: Callable, *args) -> list:
+        return self.executor.map(fn, self.blocks, args)
+
+    def map_reduce(self, fn: Callable, *args, reduce: Callable = tree_sum, fan_in: int | None = None):
+        return self.executor.map_reduce(fn, self.blocks, args, reduce, fan_in or self.fan_in)
+
+    def map_blocks(self, fn: Callable, *args, target=None) -> "DesignMatrix":
+        """A new DesignMatrix whose blocks are ``fn(X_block, y_block, *args) -> (X', y')``.
+
+        On the cluster the new blocks stay in the object store (task results).
+        """
+        if isinstance(self.executor, ClusterExecutor):
+            new_blocks = self.executor.submit(fn, self.blocks, args)
+            sizes = self.executor.map(_block_shape, new_blocks, ())
+        else:
+            new_blocks = self.executor.map(fn, self.blocks, args)
+            sizes = [_block_shape(X, y) for X, y in new_blocks]
+        d = sizes[0][1] if sizes else self.n_features
+        return DesignMatrix(new_blocks, [s[0] for s in sizes], d, None, self.executor, self.classes, self.fan_in)
+
+    def collect(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """All rows gathered into the driver (for small data and tests)."""
+        parts = self.executor.get_blocks(self.blocks)
+        X = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, self.n_features))
+        ys = [p[1] for p in parts]
+        y = None if not ys or ys[0] is None else np.concatenate(ys)
+        return X, y
+
+
+def _block_shape(X, y):
+    return X.shape
+
+
+# ----------------------------------------------------------------------------------
+# validation helpers
+
+def _name_of(estimator) -> str:
+    if isinstance(estimator, str):
+        return estimator
+    return type(estimator).__name__
+
+
+def _column_label(j: int, names) -> str:
+    return f"column {names[j]!r} (feature {j})" if names is not None else f"feature column {j}"
+
+
+def check_finite(X: np.ndarray, names=None, argument: str = "X") -> None:
+    """Raise InvalidInputError naming the first column holding NaN or infinity."""
+    if X.size == 0:
+        return
+    # a sum is one fast vectorized pass; only when it is not finite look for the column
+    if np.isfinite(np.add.reduce(X, axis=None)):
+        return
+    bad = ~np.isfinite(X)
+    cols = np.flatnonzero(bad.any(axis=0))
+    if cols.size == 0:   # the sum overflowed but every value is finite
+        return
+    j = int(cols[0])
+    kind = "NaN" if np.isnan(X[:, j]).any() else "infinity (inf)"
+    raise InvalidInputError(
+        f"{argument} contains {kind} in {_column_label(j, names)}; NaN and inf are not "
+        f"supported: drop or impute those rows (shoal.ml.Imputer) first.")
+
+
+def _to_float_matrix(X, argument: str, estimator) -> np.ndarray:
+    import scipy.sparse as sp
+    if sp.issparse(X):
+        raise TypeError(f"{_name_of(estimator)} does not accept sparse {argument}: pass a dense "
+                        f"array (X.toarray()) or a shoal.data Dataset.")
+    arr = np.asarray(X)
+    if np.iscomplexobj(arr):
+        raise InvalidInputError(f"Complex data not supported in {argument} for {_name_of(estimator)}.")
+    if arr.ndim == 1 or arr.ndim == 0:
+        raise InvalidInputError(
+            f"Expected 2D array for {argument}, got {arr.ndim}D array instead. Reshape your data "
+            f"with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample.")
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{argument} must be 2-dimensional, got shape {arr.shape}.")
+    if arr.dtype.kind not in "biuf":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise InvalidInputError(
+                f"{argument} must hold numbers; converting dtype {arr.dtype} to float64 failed: {e}. "
+                f"Encode strings first (shoal.ml.StringIndexer / OneHotEncoder).") from None
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _frame_to_matrix(df, features, label, estimator):
+    """pandas DataFrame -> (X float64, y or None, feature names)."""
+    import pandas as pd
+    cols = [str(c) for c in df.columns]
+    for c in ([label] if label is not None else []) + list(features or []):
+        if c not in df.columns:
+            raise InvalidInputError(f"column {c!r} is missing from the input of {_name_of(estimator)}; "
+                                    f"available columns: {cols}")
+    if features is None:
+        features = [c for c in df.columns if c != label]
+    features = list(features)
+    for c in features:
+        s = df[c]
+        if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+            raise InvalidInputError(
+                f"feature column {c!r} has non-numeric dtype {s.dtype}; encode it first "
+                f"(shoal.ml.StringIndexer / OneHotEncoder) or leave it out of features=.")
+    X = np.ascontiguousarray(df[features].to_numpy(dtype=np.float64, na_value=np.nan))
+    y = df[label].to_numpy() if label is not None else None
+    names = np.asarray([str(c) for c in features], dtype=object)
+    if not all(isinstance(c, str) for c in features):
+        names = None
+    return X, y, names
+
+
+def _arrow_to_frame(table):
+    return table.to_pandas()
+
+
+def _prepare_y(y, target: str | None, n: int, estimator, label_name: str = "y"):
+    """Validate a driver-side label array; returns (y_values, classes)."""
+    if target is None:
+        return None, None
+    if y is None:
+        raise InvalidInputError(
+            f"{_name_of(estimator)} requires y to be passed (the label), but the target y is None.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise InvalidInputError(f"{label_name} must be 1-dimensional, got shape {y.shape}.")
+    if y.shape[0] != n:
+        raise InvalidInputError(
+            f"X and {label_name} have inconsistent numbers of samples: [{n}, {y.shape[0]}].")
+    if target == "regression":
+        if y.dtype.kind not in "biuf":
+            try:
+                y = y.astype(np.float64)
+            except (TypeError, ValueError):
+                raise InvalidInputError(
+                    f"label {label_name} has dtype {y.dtype} but {_name_of(estimator)} is a regressor and "
+                    f"needs numbers; pass a numeric label column.") from None
+        y = np.ascontiguousarray(y, dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise InvalidInputError(f"label {label_name} contains NaN or infinity; drop those rows first.")
+        return y, None
+    # classification
+    classes, codes = _encode_labels(y, label_name, estimator)
+    return codes, classes
+
+
+def _encode_labels(y: np.ndarray, label_name: str, estimator):
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise InvalidInputError(f"label {label_name} contains NaN or infinity; drop those rows first.")
+        if not np.array_equal(y, np.round(y)):
+            raise InvalidInputError(
+                f"Unknown label type: continuous. label {label_name} holds non-integer floats but "
+                f"{_name_of(estimator)} is a classifier; pass class labels (ints or strings), or use a regressor.")
+    elif y.dtype.kind == "O":
+        kinds = {type(v) for v in y[: min(len(y), 1000)]}
+        if len(kinds) > 1 and not kinds <= {int, np.int64, float, np.float64}:
+            raise InvalidInputError(
+                f"label {label_name} mixes types {sorted(k.__name__ for k in kinds)}; use one label type.")
+    elif y.dtype.kind not in "biuUS":
+        raise InvalidInputError(f"label {label_name} has unsupported dtype {y.dtype} for a classifier.")
+    if y.dtype.kind in "iu" and y.size and 0 <= y.min() and y.max() < 1 << 16:
+        counts = np.bincount(y)
+        classes = np.flatnonzero(counts).astype(y.dtype)
+        lookup = np.cumsum(counts > 0) - 1
+        codes = lookup[y].astype(np.int64)
+    else:
+        classes, codes = np.unique(y, return_inverse=True)
+        codes = codes.astype(np.int64).ravel()
+    return classes, codes
+
+
+def _check_classes(classes, estimator):
+    if classes is not None and len(classes) < 2:
+        raise InvalidInputError(
+            f"{_name_of(estimator)} needs samples of at least 2 classes in the data, but the data "
+            f"contains only one class: {classes[0]!r}. Check the label column or the split.")
+
+
+# ----------------------------------------------------------------------------------
+# building the design matrix
+
+def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None = None,
+                     estimator="estimator", block_rows: int | None = None,
+                     executor: str | None = None, min_samples: int = 1) -> DesignMatrix:
+    """Validate input and lay it out as blocks for distributed fitting (see module docstring)."""
+    if target not in (None, "regression", "classification"):
+        raise InvalidInputError(f"target must be None, 'regression' or 'classification', got {target!r}")
+    if isinstance(y, str):
+        label, y = y, None
+    if _is_dataset(X):
+        if y is not None:
+            raise InvalidInputError(
+                "pass the label of a Dataset as a column name (label='col'), not as a separate array y.")
+        return _dataset_design_matrix(X, features, label, target, estimator, block_rows, executor, min_samples)
+
+    names = None
+    mod = type(X).__module__
+    if mod.startswith("pyarrow"):
+        X = _arrow_to_frame(X)
+        mod = "pandas"
+    if mod.startswith("pandas") and hasattr(X, "columns"):
+        if label is not None and y is not None:
+            raise InvalidInputError("give the label either as y or as label='column', not both.")
+        X, y_col, names = _frame_to_matrix(X, features, label, estimator)
+        if label is not None:
+            y = y_col
+    else:
+        if label is not None or features is not None:
+            raise InvalidInputError(
+                "features= and label= name columns; they need a pandas DataFrame, a pyarrow Table or a "
+                "shoal.data Dataset, not an unnamed array.")
+        X = _to_float_matrix(X, "X", estimator)
+    n, d = X.shape
+    if n < min_samples:
+        raise InvalidInputError(
+            f"Found array with {n} sample(s) (shape={X.shape}) while a minimum of {min_samples} is "
+            f"required by {_name_of(estimator)}: the input X is empty.")
+    if d == 0:
+        raise InvalidInputError(
+            f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required by "
+            f"{_name_of(estimator)}.")
+    check_finite(X, names, "X")
+    y_vals, classes = _prepare_y(y, target, n, estimator, label or "y")
+    if target == "classification":
+        _check_classes(classes, estimator)
+
+    ex = resolve_executor(executor, n * d, False)
+    rows = _choose_block_rows(n, ex, block_rows)
+    blocks, sizes = [], []
+    for start in range(0, n, rows):
+        Xb = X[start:start + rows]
+        yb = None if y_vals is None else y_vals[start:start + rows]
+        blocks.append(ex.put((Xb, yb)))
+        sizes.append(Xb.shape[0])
+    return DesignMatrix(blocks, sizes, d, names, ex, classes,
+                        _local_X=X if isinstance(ex, LocalExecutor) else None)
+
+
+def _arrow_block_to_design(table, features, label, target):
+    """Runs in a task: one Arrow block of a Dataset -> ((X, y_raw), (n_rows, label classes or None))."""
+    import pyarrow as pa
+    if isinstance(table, pa.Table):
+        df = table.to_pandas()
+    else:  # a block may also arrive as a pandas frame or a dict of arrays
+        import pandas as pd
+        df = table if hasattr(table, "columns") else pd.DataFrame(table)
+    X, y, _ = _frame_to_matrix(df, features, label, "Dataset block")
+    check_finite(X, features, "Dataset")
+    if target == "regression":
+        y, _ = _prepare_y(y, "regression", X.shape[0], "regressor", label)
+        return (X, y), (X.shape[0], None)
+    if target == "classification":
+        y = np.asarray(y)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise InvalidInputError(f"label {label} contains NaN or infinity; drop those rows first.")
+        if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
+            raise InvalidInputError(
+                f"Unknown label type: continuous. label column {label!r} holds non-integer floats but "
+                f"the estimator is a classifier; use a regressor or integer/string class labels.")
+        return (X, y), (X.shape[0], np.unique(y))
+    return (X, None), (X.shape[0], None)
+
+
+def _convert_and_describe(table, features, label, target):
+    return _arrow_block_to_design(table, features, label, target)
+
+
+def _encode_block(X, y, classes):
+    return X, np.searchsorted(classes, y).astype(np.int64)
+
+
+def _split_pair(pair, i):
+    return pair[i]
+
+
+def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, executor, min_samples):
+    core = _shoal_core()
+    if core is None:
+        raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
+    ex = ClusterExecutor(core)
+    if target is not None and label is None:
+        raise InvalidInputError(
+            f"{_name_of(estimator)} needs a label: pass label='<column name>' with a Dataset.")
+    schema_names = _dataset_columns(ds)
+    if schema_names is not None:
+        for c in ([label] if label else []) + list(features or []):
+            if c not in schema_names:
+                raise InvalidInputError(
+                    f"column {c!r} is missing from the Dataset given to {_name_of(estimator)}; "
+                    f"available columns: {list(schema_names)}")
+        if features is None:
+            features = [c for c in schema_names if c != label]
+    features = None if features is None else list(features)
+    convert = core.remote(_convert_and_describe)
+    split = core.remote(_split_pair)
+    pair_refs = [convert.remote(b, features, label, target) for b in _dataset_block_refs(ds)]
+    blocks = [split.remote(p, 0) for p in pair_refs]
+    metas = core.get([split.remote(p, 1) for p in pair_refs])
+    sizes = [m[0] for m in metas]
+    keep = [i for i, s in enumerate(sizes) if s > 0]
+    blocks, metas, sizes = [blocks[i] for i in keep], [metas[i] for i in keep], [sizes[i] for i in keep]
+    if sum(sizes) < min_samples:
+        raise InvalidInputError(
+            f"the Dataset given to {_name_of(estimator)} is empty (0 rows); a minimum of {min_samples} "
+            f"sample(s) is required.")
+    if features is None:
+        d = int(core.get(ex.submit(_block_shape, blocks[:1], ()))[0][1])
+    else:
+        d = len(features)
+    classes = None
+    if target == "classification":
+        try:
+            classes = np.unique(np.concatenate([m[1] for m in metas]))
+        except TypeError:
+            raise InvalidInputError(f"label column {label!r} mixes value types; use one label type.") from None
+        _check_classes(classes, estimator)
+        blocks = ex.submit(_encode_block, blocks, (classes,))
+    names = np.asarray(features, dtype=object) if features is not None else None
+    return DesignMatrix(blocks, sizes, d, names, ex, classes)
+
+
+def _dataset_columns(ds):
+    for attr in ("columns", "column_names"):
+        v = getattr(ds, attr, None)
+        if v is None:
+            continue
+        try:
+            v = v() if callable(v) else v
+            return list(v)
+        except Exception:
+            continue
+    schema = getattr(ds, "schema", None)
+    try:
+        s = schema() if callable(schema) else schema
+        if s is not None and hasattr(s, "names"):
+            return list(s.names)
+    except Exception:
+        pass
+    return None
+
+
+# ----------------------------------------------------------------------------------
+# predict-time validation
+
+def check_predict_input(estimator, X, method: str = "predict", features=None):
+    """Validate X against the fitted estimator; returns a float64 ndarray (or the Dataset itself)."""
+    if _is_dataset(X):
+        return X
+    names = None
+    mod = type(X).__module__
+    if mod.startswith("pyarrow"):
+        X = _arrow_to_frame(X)
+        mod = "pandas"
+    if mod.startswith("pandas") and hasattr(X, "columns"):
+        fitted_names = getattr(estimator, "feature_names_in_", None)
+        if features is None and fitted_names is not None and all(c in X.columns for c in fitted_names):
+            features = list(fitted_names)
+        Xa, _, names = _frame_to_matrix(X, features, None, estimator)
+    else:
+        Xa = _to_float_matrix(X, "X", estimator)
+    if Xa.shape[0] == 0:
+        raise InvalidInputError(
+            f"Found array with 0 sample(s) (shape={Xa.shape}) while a minimum of 1 is required: "
+            f"X given to {_name_of(estimator)}.{method}() is empty.")
+    expected = getattr(estimator, "n_features_in_", None)
+    if expected is not None and Xa.shape[1] != expected:
+        raise InvalidInputError(
+            f"X has {Xa.shape[1]} features, but {_name_of(estimator)} is expecting {expected} features "
+            f"as input (argument X of {method}()); pass the same columns as at fit time.")
+    check_finite(Xa, names, "X")
+    return Xa
+
+
+def iter_row_chunks(X: np.ndarray, rows: int = DEFAULT_BLOCK_ROWS):
+    for start in range(0, X.shape[0], rows):
+        yield X[start:start + rows]
