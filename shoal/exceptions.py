@@ -111,3 +111,37 @@ class InvalidInputError(ShoalError, ValueError):
 
     The message names the argument or column at fault and what to do.
     """
+
+
+class DataError(ShoalError):
+    """Base class of shoal.data's errors about a dataset's contents or plan."""
+
+
+class ColumnNotFoundError(DataError, KeyError):
+    """A dataset operation named a column the data does not have.
+
+    ``column`` is the missing name and ``available`` the columns that exist.
+    """
+
+    def __init__(self, column: str = "", available=(), operation: str = ""):
+        self.column = column
+        self.available = list(available)
+        self.operation = operation
+        super().__init__(column, self.available, operation)
+
+    def __str__(self) -> str:
+        where = f" in {self.operation}" if self.operation else ""
+        return (f"column {self.column!r}{where} does not exist; "
+                f"the data has columns {self.available}")
+
+
+class SchemaMismatchError(DataError, ValueError):
+    """Blocks that must share a schema (e.g. in ``Dataset.union``) do not."""
+
+
+class DatasetPathError(DataError, FileNotFoundError):
+    """A path given to a shoal.data reader matches no file."""
+
+
+class UDFReturnTypeError(DataError, TypeError):
+    """A user function passed to map_batches/map/flat_map/filter/add_column returned a value of the wrong type."""
