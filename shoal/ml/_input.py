@@ -13,6 +13,7 @@ Contract (stable; every estimator, the tree models included, builds on it)
     target: None (unsupervised: y is ignored / must be absent), "regression"
        (y -> float64) or "classification" (y -> int64 codes into ``dm.classes``;
        fewer than two classes is an error).
+    allow_nan: keep NaN in X (Imputer); infinity is still rejected.
     Raises InvalidInputError (a ShoalError and a ValueError) naming the argument
     or column: NaN/inf features, label of the wrong type, empty input, missing
     column, non-numeric feature column, X/y length mismatch.
@@ -26,6 +27,7 @@ Contract (stable; every estimator, the tree models included, builds on it)
     n_rows, n_features, block_rows (list of n_i), feature_names_in_ (ndarray of
     str, or None for unnamed input), classes (ndarray or None), executor.
     map(fn, *args)            -> [fn(X_block, y_block, *args) for each block]
+    map_indexed(fn, *args)    -> [fn(X_block, y_block, block_index, *args) for each block]
     map_reduce(fn, *args, reduce=tree_sum, fan_in=None)
                               -> the per-block results folded with ``reduce``
                                  (binary, associative); on the cluster partial
@@ -142,6 +144,11 @@ def _run_block(fn, block, *args):
     return fn(X, y, *args)
 
 
+def _run_block_indexed(fn, block, index, *args):
+    X, y = block
+    return fn(X, y, index, *args)
+
+
 def _fold_task(reduce, *parts):
     return _fold(reduce, parts)
 
@@ -157,11 +164,14 @@ class LocalExecutor:
     def put(self, block):
         return block
 
-    def map(self, fn, blocks, args):
+    def map(self, fn, blocks, args, indexed=False):
+        def run(i):
+            X, y = blocks[i]
+            return fn(X, y, i, *args) if indexed else fn(X, y, *args)
         if len(blocks) <= 1 or self.max_workers <= 1:
-            return [_run_block(fn, b, *args) for b in blocks]
+            return [run(i) for i in range(len(blocks))]
         with ThreadPoolExecutor(min(self.max_workers, len(blocks))) as pool:
-            return list(pool.map(lambda b: _run_block(fn, b, *args), blocks))
+            return list(pool.map(run, range(len(blocks))))
 
     def map_reduce(self, fn, blocks, args, reduce, fan_in):
         return _fold(reduce, self.map(fn, blocks, args))
@@ -188,12 +198,15 @@ class ClusterExecutor:
         return tuple(self._shoal.put(a) if isinstance(a, np.ndarray) and a.nbytes >= LARGE_ARG_BYTES
                      else a for a in args)
 
-    def submit(self, fn, blocks, args):
+    def submit(self, fn, blocks, args, indexed=False):
         args = self._prepare_args(args)
+        if indexed:
+            run = self._shoal.remote(_run_block_indexed)
+            return [run.remote(fn, b, i, *args) for i, b in enumerate(blocks)]
         return [self._run.remote(fn, b, *args) for b in blocks]
 
-    def map(self, fn, blocks, args):
-        return self._shoal.get(self.submit(fn, blocks, args))
+    def map(self, fn, blocks, args, indexed=False):
+        return self._shoal.get(self.submit(fn, blocks, args, indexed))
 
     def map_reduce(self, fn, blocks, args, reduce, fan_in):
         refs = self.submit(fn, blocks, args)
@@ -267,6 +280,10 @@ class DesignMatrix:
 
     def map(self, fn: Callable, *args) -> list:
         return self.executor.map(fn, self.blocks, args)
+
+    def map_indexed(self, fn: Callable, *args) -> list:
+        """Like map, with the block's position: ``fn(X_block, y_block, block_index, *args)``."""
+        return self.executor.map(fn, self.blocks, args, indexed=True)
 
     def map_reduce(self, fn: Callable, *args, reduce: Callable = tree_sum, fan_in: int | None = None):
         return self.executor.map_reduce(fn, self.blocks, args, reduce, fan_in or self.fan_in)
@@ -452,7 +469,8 @@ def _check_classes(classes, estimator):
 
 def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None = None,
                      estimator="estimator", block_rows: int | None = None,
-                     executor: str | None = None, min_samples: int = 1) -> DesignMatrix:
+                     executor: str | None = None, min_samples: int = 1,
+                     allow_nan: bool = False) -> DesignMatrix:
     """Validate input and lay it out as blocks for distributed fitting (see module docstring)."""
     if target not in (None, "regression", "classification"):
         raise InvalidInputError(f"target must be None, 'regression' or 'classification', got {target!r}")
@@ -462,7 +480,8 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
         if y is not None:
             raise InvalidInputError(
                 "pass the label of a Dataset as a column name (label='col'), not as a separate array y.")
-        return _dataset_design_matrix(X, features, label, target, estimator, block_rows, executor, min_samples)
+        return _dataset_design_matrix(X, features, label, target, estimator, block_rows, executor,
+                                      min_samples, allow_nan)
 
     names = None
     mod = type(X).__module__
@@ -490,7 +509,11 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
         raise InvalidInputError(
             f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required by "
             f"{_name_of(estimator)}.")
-    check_finite(X, names, "X")
+    if allow_nan:
+        if np.isinf(X).any():
+            check_finite(np.where(np.isnan(X), 0.0, X), names, "X")
+    else:
+        check_finite(X, names, "X")
     y_vals, classes = _prepare_y(y, target, n, estimator, label or "y")
     if target == "classification":
         _check_classes(classes, estimator)
@@ -507,7 +530,7 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
                         _local_X=X if isinstance(ex, LocalExecutor) else None)
 
 
-def _arrow_block_to_design(table, features, label, target):
+def _arrow_block_to_design(table, features, label, target, allow_nan=False):
     """Runs in a task: one Arrow block of a Dataset -> ((X, y_raw), (n_rows, label classes or None))."""
     import pyarrow as pa
     if isinstance(table, pa.Table):
@@ -516,7 +539,7 @@ def _arrow_block_to_design(table, features, label, target):
         import pandas as pd
         df = table if hasattr(table, "columns") else pd.DataFrame(table)
     X, y, _ = _frame_to_matrix(df, features, label, "Dataset block")
-    check_finite(X, features, "Dataset")
+    check_finite(np.where(np.isnan(X), 0.0, X) if allow_nan else X, features, "Dataset")
     if target == "regression":
         y, _ = _prepare_y(y, "regression", X.shape[0], "regressor", label)
         return (X, y), (X.shape[0], None)
@@ -532,8 +555,8 @@ def _arrow_block_to_design(table, features, label, target):
     return (X, None), (X.shape[0], None)
 
 
-def _convert_and_describe(table, features, label, target):
-    return _arrow_block_to_design(table, features, label, target)
+def _convert_and_describe(table, features, label, target, allow_nan=False):
+    return _arrow_block_to_design(table, features, label, target, allow_nan)
 
 
 def _encode_block(X, y, classes):
@@ -544,7 +567,8 @@ def _split_pair(pair, i):
     return pair[i]
 
 
-def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, executor, min_samples):
+def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, executor, min_samples,
+                           allow_nan=False):
     core = _shoal_core()
     if core is None:
         raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
@@ -564,7 +588,7 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
     features = None if features is None else list(features)
     convert = core.remote(_convert_and_describe)
     split = core.remote(_split_pair)
-    pair_refs = [convert.remote(b, features, label, target) for b in _dataset_block_refs(ds)]
+    pair_refs = [convert.remote(b, features, label, target, allow_nan) for b in _dataset_block_refs(ds)]
     blocks = [split.remote(p, 0) for p in pair_refs]
     metas = core.get([split.remote(p, 1) for p in pair_refs])
     sizes = [m[0] for m in metas]
