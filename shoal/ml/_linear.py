@@ -18,46 +18,11 @@ from sklearn.exceptions import ConvergenceWarning
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
-
-_CHUNK = 1 << 14   # rows per centered chunk: keeps the copy in cache
+from shoal.ml._stats import gram_stats
 
 
 # ----------------------------------------------------------------------------------
-# map side
-
-def _block_sums(X, y):
-    return X.sum(axis=0), (0.0 if y is None else float(y.sum())), X.shape[0]
-
-
-def _block_gram(X, y, mu, ybar):
-    """Centered X^T X, X^T y and y^T y of one block (mu=None: uncentered)."""
-    d = X.shape[1]
-    G = np.zeros((d, d))
-    b = np.zeros(d)
-    yy = 0.0
-    for s in range(0, X.shape[0], _CHUNK):
-        Xc = X[s:s + _CHUNK]
-        yc = y[s:s + _CHUNK]
-        if mu is not None:
-            Xc = Xc - mu
-            yc = yc - ybar
-        G += Xc.T @ Xc
-        b += Xc.T @ yc
-        yy += float(yc @ yc)
-    return G, b, yy
-
-
-def _gram_stats(dm, fit_intercept):
-    """(G, b, yy, n, x_mean, y_mean) with G, b centered when fit_intercept."""
-    sx, sy, n = dm.map_reduce(_block_sums)
-    if fit_intercept:
-        mu, ybar = sx / n, sy / n
-        G, b, yy = dm.map_reduce(_block_gram, mu, ybar)
-    else:
-        mu, ybar = np.zeros(dm.n_features), 0.0
-        G, b, yy = dm.map_reduce(_block_gram, None, None)
-    return G, b, yy, n, mu, ybar
-
+# least squares family
 
 def _solve_psd(G, b, alpha):
     """Minimum-norm solution of (G + alpha I) w = b through an eigendecomposition."""
@@ -102,7 +67,7 @@ def _coordinate_descent(G, b, n, l1, l2, max_iter, tol, w0=None):
 class _LinearRegressorBase(ShoalEstimatorMixin, RegressorMixin, BaseEstimator):
     def _fit_gram(self, X, y):
         dm = fit_input(self, X, y, "regression")
-        G, b, yy, n, mu, ybar = _gram_stats(dm, self.fit_intercept)
+        G, b, yy, n, mu, ybar = gram_stats(dm, self.fit_intercept)
         return G, b, n, mu, ybar
 
     def _set_intercept(self, mu, ybar):

@@ -1,0 +1,247 @@
+"""KMeans: k-means|| initialisation (Bahmani et al., as in Spark) and Lloyd iterations on per-block sums."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+
+from shoal.exceptions import InvalidInputError
+from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
+from shoal.ml._input import _is_dataset, check_predict_input
+from shoal.ml._stats import CHUNK_ROWS, block_moments, class_sums, merge_moments
+
+
+def _min_sq_dist(X, C, C_sq):
+    """Squared distance of each row to its nearest center, and that center's index."""
+    D = X @ C.T
+    D *= -2.0
+    D += C_sq
+    idx = D.argmin(axis=1)
+    d2 = D[np.arange(X.shape[0]), idx] + np.einsum("ij,ij->i", X, X)
+    return np.maximum(d2, 0.0), idx
+
+
+def _block_cost(X, y, C):
+    C_sq = np.einsum("ij,ij->i", C, C)
+    return float(sum(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[0].sum()
+                     for s in range(0, X.shape[0], CHUNK_ROWS)))
+
+
+def _block_sample(X, y, index, C, oversampling, cost, seed):
+    """k-means|| step: keep each row with probability min(1, l * d^2(x, C) / cost)."""
+    rng = np.random.default_rng([seed, index])
+    C_sq = np.einsum("ij,ij->i", C, C)
+    picked = []
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        Xc = X[s:s + CHUNK_ROWS]
+        d2, _ = _min_sq_dist(Xc, C, C_sq)
+        keep = rng.random(Xc.shape[0]) < oversampling * d2 / cost
+        picked.append(Xc[keep])
+    return np.concatenate(picked) if picked else np.empty((0, X.shape[1]))
+
+
+def _block_uniform_rows(X, y, index, fractions, seed):
+    rng = np.random.default_rng([seed, index])
+    return X[rng.random(X.shape[0]) < fractions[index]]
+
+
+def _block_lloyd(X, y, C):
+    """Per-cluster sums, counts and the inertia of one block against centers C."""
+    k = C.shape[0]
+    C_sq = np.einsum("ij,ij->i", C, C)
+    sums = np.zeros_like(C)
+    counts = np.zeros(k)
+    inertia = 0.0
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        Xc = X[s:s + CHUNK_ROWS]
+        d2, idx = _min_sq_dist(Xc, C, C_sq)
+        sums += class_sums(Xc, idx, k)
+        counts += np.bincount(idx, minlength=k)
+        inertia += float(d2.sum())
+    return sums, counts, inertia
+
+
+def _block_labels(X, y, C):
+    C_sq = np.einsum("ij,ij->i", C, C)
+    out = [_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq) for s in range(0, X.shape[0], CHUNK_ROWS)]
+    return np.concatenate([o[1] for o in out]), float(sum(o[0].sum() for o in out))
+
+
+def _block_assign_counts(X, y, C):
+    C_sq = np.einsum("ij,ij->i", C, C)
+    counts = np.zeros(C.shape[0])
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        counts += np.bincount(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[1], minlength=C.shape[0])
+    return counts
+
+
+def _weighted_kmeanspp(points, weights, k, rng, n_iter=30):
+    """k-means++ then weighted Lloyd on the (few) k-means|| candidates, in the driver."""
+    n = points.shape[0]
+    n_trials = 2 + int(np.log(k))
+    centers = [points[rng.choice(n, p=weights / weights.sum())]]
+    d2 = ((points - centers[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        p = weights * d2
+        if p.sum() <= 0:
+            p = weights.copy()
+        cand = rng.choice(n, size=n_trials, p=p / p.sum())
+        cand_d2 = np.minimum(d2, ((points[None, :, :] - points[cand][:, None, :]) ** 2).sum(axis=2))
+        best = int(np.argmin(cand_d2 @ weights))
+        centers.append(points[cand[best]])
+        d2 = cand_d2[best]
+    C = np.array(centers)
+    for _ in range(n_iter):
+        idx = ((points[:, None, :] - C[None]) ** 2).sum(axis=2).argmin(axis=1)
+        w = np.bincount(idx, weights=weights, minlength=k)
+        sums = class_sums(points * weights[:, None], idx, k)
+        nonempty = w > 0
+        newC = C.copy()
+        newC[nonempty] = sums[nonempty] / w[nonempty, None]
+        if np.allclose(newC, C):
+            break
+        C = newC
+    return C
+
+
+class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin,
+             BaseEstimator):
+    """k-means clustering: k-means|| seeding, then Lloyd's algorithm over distributed per-block sums.
+
+    init: "k-means||" (default, as in Spark), "random" (k uniformly drawn rows) or an array
+    (n_clusters, n_features). ``tol`` is relative to the mean feature variance (scikit-learn's rule).
+    """
+
+    def __init__(self, n_clusters=8, *, init="k-means||", n_init=1, max_iter=300, tol=1e-4,
+                 init_steps=2, random_state=None):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init_steps = init_steps
+        self.random_state = random_state
+
+    def _validate(self, n):
+        if not (isinstance(self.n_clusters, (int, np.integer)) and self.n_clusters >= 1):
+            raise InvalidInputError(f"n_clusters must be a positive integer, got {self.n_clusters!r}")
+        if n < self.n_clusters:
+            raise InvalidInputError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            raise InvalidInputError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not (isinstance(self.n_init, (int, np.integer)) and self.n_init >= 1):
+            raise InvalidInputError(f"n_init must be a positive integer, got {self.n_init!r}")
+        if isinstance(self.init, str) and self.init not in ("k-means||", "random"):
+            raise InvalidInputError(f"init must be 'k-means||', 'random' or an array, got {self.init!r}")
+
+    def _init_parallel(self, dm, seed, rng):
+        k = self.n_clusters
+        sizes = np.asarray(dm.block_rows, dtype=np.float64)
+        first = dm.map_indexed(_block_uniform_rows, np.minimum(1.0, 4.0 / sizes), seed)
+        first = np.concatenate(first)
+        C = first[rng.integers(len(first))][None, :] if len(first) else self._random_rows(dm, 1, seed, rng)
+        oversampling = 2.0 * k
+        for step in range(self.init_steps):
+            cost = dm.map_reduce(_block_cost, C)
+            if cost <= 0:
+                break
+            new = np.concatenate(dm.map_indexed(_block_sample, C, oversampling, cost, seed + 1 + step))
+            if len(new):
+                C = np.vstack([C, new])
+        C = np.unique(C, axis=0)
+        if len(C) < k:
+            C = np.unique(np.vstack([C, self._random_rows(dm, 2 * k, seed + 99, rng)]), axis=0)
+        if len(C) <= k:
+            return C if len(C) == k else _pad_centers(C, k, rng)
+        weights = dm.map_reduce(_block_assign_counts, C)
+        return _weighted_kmeanspp(C, weights + 1e-12, k, rng)
+
+    def _random_rows(self, dm, m, seed, rng):
+        sizes = np.asarray(dm.block_rows, dtype=np.float64)
+        frac = np.minimum(1.0, 2.0 * m / sizes.sum())
+        rows = np.concatenate(dm.map_indexed(_block_uniform_rows, np.full(len(sizes), frac), seed))
+        if len(rows) < m:
+            rows = np.concatenate(dm.map_indexed(_block_uniform_rows, np.ones(len(sizes)), seed))
+        return rows[rng.permutation(len(rows))[:m]]
+
+    def _run_once(self, dm, seed, tol_abs):
+        rng = np.random.default_rng(seed)
+        if isinstance(self.init, str):
+            C = (self._init_parallel(dm, seed, rng) if self.init == "k-means||"
+                 else _pad_centers(np.unique(self._random_rows(dm, self.n_clusters, seed, rng), axis=0),
+                                   self.n_clusters, rng))
+        else:
+            C = np.array(self.init, dtype=np.float64)
+            if C.shape != (self.n_clusters, dm.n_features):
+                raise InvalidInputError(f"init array must have shape ({self.n_clusters}, {dm.n_features}), "
+                                        f"got {C.shape}")
+        n_iter = 0
+        for n_iter in range(1, self.max_iter + 1):
+            sums, counts, _ = dm.map_reduce(_block_lloyd, C)
+            newC = C.copy()
+            nonempty = counts > 0
+            newC[nonempty] = sums[nonempty] / counts[nonempty, None]   # an empty cluster keeps its center
+            shift = float(((newC - C) ** 2).sum())
+            C = newC
+            if shift <= tol_abs:
+                break
+        else:
+            if self.max_iter > 1:
+                warnings.warn(f"KMeans did not converge in max_iter={self.max_iter} iterations",
+                              ConvergenceWarning)
+        parts = dm.map(_block_labels, C)
+        labels = np.concatenate([p[0] for p in parts])
+        inertia = float(sum(p[1] for p in parts))
+        return C, labels, inertia, n_iter
+
+    def fit(self, X, y=None):
+        dm = fit_input(self, X, None, None)
+        self._validate(dm.n_rows)
+        n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
+        tol_abs = float(self.tol * np.mean(M2 / n))
+        seed0 = np.random.RandomState(self.random_state).randint(0, 2**31 - 1) \
+            if not isinstance(self.random_state, np.random.RandomState) else self.random_state.randint(2**31 - 1)
+        n_init = self.n_init if isinstance(self.init, str) else 1
+        best = None
+        for r in range(n_init):
+            result = self._run_once(dm, seed0 + 7919 * r, tol_abs)
+            if best is None or result[2] < best[2]:
+                best = result
+        self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best
+        self.labels_ = self.labels_.astype(np.int32)
+        self._n_features_out = self.n_clusters
+        return self
+
+    def predict(self, X):
+        check_fitted(self, "cluster_centers_")
+        if _is_dataset(X):
+            return apply_to_dataset(self, X, "predict")
+        X = check_predict_input(self, X, "predict")
+        return _block_labels(X, None, self.cluster_centers_)[0].astype(np.int32)
+
+    def transform(self, X):
+        check_fitted(self, "cluster_centers_")
+        if _is_dataset(X):
+            return apply_to_dataset(self, X, "transform")
+        X = check_predict_input(self, X, "transform")
+        C = self.cluster_centers_
+        D = (np.einsum("ij,ij->i", X, X)[:, None] - 2.0 * X @ C.T + np.einsum("ij,ij->i", C, C))
+        return np.sqrt(np.maximum(D, 0.0))
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+    def score(self, X, y=None):
+        check_fitted(self, "cluster_centers_")
+        X = check_predict_input(self, X, "score")
+        return -_block_labels(X, None, self.cluster_centers_)[1]
+
+
+def _pad_centers(C, k, rng):
+    """Fewer distinct points than clusters: repeat some, jittered, so there are k centers."""
+    if len(C) == 0:
+        raise InvalidInputError("KMeans found no rows to seed its centers")
+    extra = C[rng.integers(len(C), size=k - len(C))]
+    return np.vstack([C, extra])

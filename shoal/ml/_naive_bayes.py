@@ -1,0 +1,170 @@
+"""Naive Bayes: Gaussian, multinomial and Bernoulli; per-class sums are map-side, one or two passes."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from shoal.exceptions import InvalidInputError
+from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
+from shoal.ml._input import _is_dataset, check_predict_input
+from shoal.ml._stats import CHUNK_ROWS, class_sums
+
+
+def _block_class_sums(X, y, k):
+    return np.bincount(y, minlength=k).astype(np.float64), class_sums(X, y, k)
+
+
+def _block_class_ssq(X, y, theta):
+    k = theta.shape[0]
+    out = np.zeros_like(theta)
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        codes = y[s:s + CHUNK_ROWS]
+        D = X[s:s + CHUNK_ROWS] - theta[codes]
+        out += class_sums(D * D, codes, k)
+    return out
+
+
+def _block_binary_class_sums(X, y, k, threshold):
+    return np.bincount(y, minlength=k).astype(np.float64), class_sums((X > threshold).astype(np.float64), y, k)
+
+
+def _block_min(X, y):
+    return float(X.min())
+
+
+class _BaseNB(ShoalEstimatorMixin, ClassifierMixin, BaseEstimator):
+    def predict(self, X):
+        check_fitted(self, "classes_")
+        if _is_dataset(X):
+            return apply_to_dataset(self, X, "predict")
+        return self.classes_[self._joint_log_likelihood(check_predict_input(self, X)).argmax(axis=1)]
+
+    def predict_log_proba(self, X):
+        check_fitted(self, "classes_")
+        if _is_dataset(X):
+            return apply_to_dataset(self, X, "predict_log_proba")
+        jll = self._joint_log_likelihood(check_predict_input(self, X, "predict_log_proba"))
+        return jll - logsumexp(jll, axis=1, keepdims=True)
+
+    def predict_proba(self, X):
+        return np.exp(self.predict_log_proba(X))
+
+    def _log_prior(self, class_count, given):
+        k = len(class_count)
+        if given is not None:
+            p = np.asarray(given, dtype=np.float64)
+            if p.shape != (k,):
+                raise InvalidInputError(f"class priors must have one value per class ({k}), got shape {p.shape}")
+            if not np.isclose(p.sum(), 1.0) or (p < 0).any():
+                raise InvalidInputError("class priors must be non-negative and sum to 1")
+            with np.errstate(divide="ignore"):
+                return np.log(p)
+        return np.log(class_count / class_count.sum())
+
+
+class GaussianNB(_BaseNB):
+    """Gaussian naive Bayes; variances from a second, centered pass (exact, no cancellation)."""
+
+    def __init__(self, *, priors=None, var_smoothing=1e-9):
+        self.priors = priors
+        self.var_smoothing = var_smoothing
+
+    def fit(self, X, y=None):
+        dm = fit_input(self, X, y, "classification")
+        self.classes_ = dm.classes
+        k = len(self.classes_)
+        counts, sums = dm.map_reduce(_block_class_sums, k)
+        theta = sums / counts[:, None]
+        ssq = dm.map_reduce(_block_class_ssq, theta)
+        n = counts.sum()
+        mean_all = counts @ theta / n
+        total_var = (ssq.sum(axis=0) + counts @ (theta - mean_all) ** 2) / n
+        self.epsilon_ = float(self.var_smoothing * total_var.max())
+        self.var_ = ssq / counts[:, None] + self.epsilon_
+        self.theta_ = theta
+        self.class_count_ = counts
+        self.class_prior_ = np.exp(self._log_prior(counts, self.priors))
+        return self
+
+    def _joint_log_likelihood(self, X):
+        inv = 1.0 / self.var_
+        quad = (X * X) @ inv.T - 2.0 * X @ (self.theta_ * inv).T + (self.theta_ ** 2 * inv).sum(axis=1)
+        with np.errstate(divide="ignore"):
+            log_prior = np.log(self.class_prior_)
+        return log_prior - 0.5 * np.log(2.0 * np.pi * self.var_).sum(axis=1) - 0.5 * quad
+
+
+class _DiscreteNB(_BaseNB):
+    def _check_alpha(self):
+        if np.any(np.asarray(self.alpha) < 0):
+            raise InvalidInputError(f"alpha must be >= 0, got {self.alpha!r}")
+
+    def _finish(self, counts, feature_counts):
+        self.class_count_ = counts
+        self.feature_count_ = feature_counts
+        self.class_log_prior_ = (self._log_prior(counts, self.class_prior) if self.fit_prior or
+                                 self.class_prior is not None else np.full(len(counts), -np.log(len(counts))))
+
+
+class MultinomialNB(_DiscreteNB):
+    """Multinomial naive Bayes for counts (non-negative features)."""
+
+    def __init__(self, *, alpha=1.0, fit_prior=True, class_prior=None):
+        self.alpha = alpha
+        self.fit_prior = fit_prior
+        self.class_prior = class_prior
+
+    def fit(self, X, y=None):
+        self._check_alpha()
+        dm = fit_input(self, X, y, "classification")
+        if min(dm.map(_block_min)) < 0:
+            raise InvalidInputError("Negative values in data passed to MultinomialNB (input X): it "
+                                    "models counts; use GaussianNB or scale with MinMaxScaler.")
+        self.classes_ = dm.classes
+        counts, fc = dm.map_reduce(_block_class_sums, len(self.classes_))
+        self._finish(counts, fc)
+        smoothed = fc + self.alpha
+        with np.errstate(divide="ignore"):
+            self.feature_log_prob_ = np.log(smoothed) - np.log(smoothed.sum(axis=1, keepdims=True))
+        return self
+
+    def _joint_log_likelihood(self, X):
+        if (X < 0).any():
+            raise InvalidInputError("Negative values in data passed to MultinomialNB (input X).")
+        return X @ self.feature_log_prob_.T + self.class_log_prior_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        return tags
+
+
+class BernoulliNB(_DiscreteNB):
+    """Bernoulli naive Bayes on features binarized at ``binarize``."""
+
+    def __init__(self, *, alpha=1.0, binarize=0.0, fit_prior=True, class_prior=None):
+        self.alpha = alpha
+        self.binarize = binarize
+        self.fit_prior = fit_prior
+        self.class_prior = class_prior
+
+    def fit(self, X, y=None):
+        self._check_alpha()
+        dm = fit_input(self, X, y, "classification")
+        self.classes_ = dm.classes
+        if self.binarize is None:   # features are already 0/1
+            counts, fc = dm.map_reduce(_block_class_sums, len(self.classes_))
+        else:
+            counts, fc = dm.map_reduce(_block_binary_class_sums, len(self.classes_), float(self.binarize))
+        self._finish(counts, fc)
+        with np.errstate(divide="ignore"):
+            self.feature_log_prob_ = np.log(fc + self.alpha) - np.log(counts + 2.0 * self.alpha)[:, None]
+        return self
+
+    def _joint_log_likelihood(self, X):
+        if self.binarize is not None:
+            X = (X > self.binarize).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            neg = np.log1p(-np.exp(self.feature_log_prob_))
+        return X @ (self.feature_log_prob_ - neg).T + self.class_log_prior_ + neg.sum(axis=1)

@@ -1,0 +1,84 @@
+"""Per-block statistics shared by several estimators (map side) and their driver-side folds."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+CHUNK_ROWS = 1 << 14   # rows per chunk inside a block: a centered copy stays in cache
+
+
+def block_sums(X, y):
+    return X.sum(axis=0), (0.0 if y is None else float(y.sum())), X.shape[0]
+
+
+def block_gram(X, y, mu, ybar):
+    """X^T X, X^T y and y^T y of one block, centered on (mu, ybar) unless mu is None."""
+    d = X.shape[1]
+    G = np.zeros((d, d))
+    b = np.zeros(d)
+    yy = 0.0
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        Xc = X[s:s + CHUNK_ROWS]
+        if mu is not None:
+            Xc = Xc - mu
+        G += Xc.T @ Xc
+        if y is not None:
+            yc = y[s:s + CHUNK_ROWS]
+            if mu is not None:
+                yc = yc - ybar
+            b += Xc.T @ yc
+            yy += float(yc @ yc)
+    return G, b, yy
+
+
+def gram_stats(dm, center: bool):
+    """(G, b, yy, n, x_mean, y_mean) over a DesignMatrix; two passes so centering is exact."""
+    sx, sy, n = dm.map_reduce(block_sums)
+    if center:
+        mu, ybar = sx / n, sy / n
+        G, b, yy = dm.map_reduce(block_gram, mu, ybar)
+    else:
+        mu, ybar = np.zeros(dm.n_features), 0.0
+        G, b, yy = dm.map_reduce(block_gram, None, None)
+    return G, b, yy, n, mu, ybar
+
+
+def block_moments(X, y):
+    """(count, mean, M2) per feature of one block, for Chan et al.'s parallel variance."""
+    n = X.shape[0]
+    mean = X.mean(axis=0)
+    M2 = np.zeros(X.shape[1])
+    for s in range(0, n, CHUNK_ROWS):
+        D = X[s:s + CHUNK_ROWS] - mean
+        M2 += np.einsum("ij,ij->j", D, D)
+    return n, mean, M2
+
+
+def merge_moments(a, b):
+    na, ma, Sa = a
+    nb, mb, Sb = b
+    if na == 0:
+        return b
+    if nb == 0:
+        return a
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), Sa + Sb + delta * delta * (na * nb / n)
+
+
+def one_hot(codes: np.ndarray, k: int):
+    """A (k x n) indicator matrix: dense for few classes (BLAS), sparse otherwise."""
+    n = codes.shape[0]
+    if k <= 64:
+        O = np.zeros((k, n))
+        O[codes, np.arange(n)] = 1.0
+        return O
+    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n))
+
+
+def class_sums(X, codes, k):
+    """(k x d) sums of X's rows per class code."""
+    out = np.zeros((k, X.shape[1]))
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        out += one_hot(codes[s:s + CHUNK_ROWS], k) @ X[s:s + CHUNK_ROWS]
+    return out
