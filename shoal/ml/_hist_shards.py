@@ -1,0 +1,212 @@
+"""Shards of binned rows that live across tree-growing passes.
+
+A ``HistShard`` holds some blocks of the design matrix, binned once to uint8,
+plus the per-row state of the trees being grown (which node each row is in,
+its bootstrap weight or gradient). On the cluster each shard is a shoal actor,
+so the binned data and the row state stay where they are between passes and
+the driver sends only splits; in-process the same class is used directly.
+Random draws are seeded per (tree, block), so a fit does not depend on how
+blocks are spread over shards.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shoal.ml._hist import bin_matrix, histograms
+from shoal.ml._tree import PackedForest
+
+
+class _RowState:
+    """The rows of one tree still in open nodes, their slot and per-row statistics."""
+
+    __slots__ = ("rows", "slot", "channels", "codes")
+
+    def __init__(self, rows, channels, codes):
+        self.rows = rows
+        self.slot = np.zeros(rows.shape[0], np.int32)
+        self.channels = channels
+        self.codes = codes
+
+    def apply_splits(self, Xb, splits):
+        feature, bins, left, right = splits
+        f = feature[self.slot]
+        go_left = Xb[self.rows, np.maximum(f, 0)] <= bins[self.slot]
+        new = np.where(go_left, left[self.slot], right[self.slot])
+        new[f < 0] = -1
+        keep = new >= 0
+        if keep.all():
+            self.slot = new.astype(np.int32)
+            return
+        self.rows, self.slot = self.rows[keep], new[keep].astype(np.int32)
+        self.channels = [None if c is None else c[keep] for c in self.channels]
+        if self.codes is not None:
+            self.codes = self.codes[keep]
+
+    def subset(self, cmap):
+        """Rows whose slot is computed this pass, renumbered to the computed index."""
+        if cmap is None:
+            return self.rows, self.slot, self.channels, self.codes
+        s = cmap[self.slot]
+        keep = s >= 0
+        return (self.rows[keep], s[keep], [None if c is None else c[keep] for c in self.channels],
+                None if self.codes is None else self.codes[keep])
+
+
+class HistShard:
+    """Binned blocks plus per-row tree state; every method is one step of a fit."""
+
+    def __init__(self, blocks, block_ids, edges: np.ndarray, n_classes: int = 0):
+        blocks = _resolve(blocks)
+        self.block_ids = list(block_ids)
+        self.block_sizes = [int(b[0].shape[0]) for b in blocks]
+        self.n_bins = edges.shape[1] + 1
+        self.Xb = np.concatenate([bin_matrix(np.asarray(X), edges) for X, _ in blocks])
+        y = np.concatenate([np.asarray(b[1]) for b in blocks])
+        self.n_classes = n_classes
+        self.y = y.astype(np.int64) if n_classes else y.astype(np.float64)
+        self.states: list = []
+        self.raw = None
+
+    def n_rows(self) -> int:
+        return int(self.Xb.shape[0])
+
+    # -- random forests -------------------------------------------------------------
+    def start_forest(self, seed: int, tree_ids, bootstrap: bool, regression: bool):
+        """Per-tree row weights: Poisson(1) per row as Spark's bagging, or 1 without bootstrap."""
+        self.states = []
+        for t in tree_ids:
+            if bootstrap:
+                w = np.concatenate([np.random.default_rng([seed, int(t), int(b)]).poisson(1.0, n)
+                                    for b, n in zip(self.block_ids, self.block_sizes)]).astype(np.float64)
+                rows = np.flatnonzero(w).astype(np.int64)
+                w = w[rows]
+            else:
+                rows = np.arange(self.Xb.shape[0], dtype=np.int64)
+                w = np.ones(rows.shape[0])
+            if regression:
+                self.states.append(_RowState(rows, [w, w * self.y[rows]], None))
+            else:
+                self.states.append(_RowState(rows, [w], self.y[rows]))
+
+    # -- gradient boosting ----------------------------------------------------------
+    def start_boosting(self, init: np.ndarray):
+        self.raw = np.tile(np.asarray(init, np.float64), (self.Xb.shape[0], 1))
+
+    def start_round(self, loss: str, seed: int, round_id: int, subsample: float, with_count: bool):
+        """Gradients and hessians of the loss at the current raw predictions, one tree per output."""
+        if subsample < 1.0:
+            mask = np.concatenate([np.random.default_rng([seed, round_id, int(b)]).random(n) < subsample
+                                   for b, n in zip(self.block_ids, self.block_sizes)])
+            rows = np.flatnonzero(mask).astype(np.int64)
+        else:
+            rows = np.arange(self.Xb.shape[0], dtype=np.int64)
+        raw = self.raw[rows]
+        if loss == "squared_error":
+            grads, hess = [raw[:, 0] - self.y[rows]], [None]
+        elif loss == "binary":
+            p = 1.0 / (1.0 + np.exp(-raw[:, 0]))
+            grads, hess = [p - self.y[rows]], [p * (1.0 - p)]
+        else:  # multinomial: one tree per class
+            z = raw - raw.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            onehot = self.y[rows, None] == np.arange(raw.shape[1])
+            grads = list((p - onehot).T)
+            hess = list((p * (1.0 - p)).T)
+        self.states = []
+        for g, h in zip(grads, hess):
+            ch = [g, h] + ([None] if with_count and h is not None else [])
+            self.states.append(_RowState(rows, ch, None))
+
+    def end_round(self, trees, learning_rate: float):
+        packed = PackedForest(trees)
+        leaves = packed.apply(self.Xb, binned=True)
+        for k in range(leaves.shape[1]):
+            self.raw[:, k] += learning_rate * packed.value[leaves[:, k], 0]
+
+    # -- one level of every tree ------------------------------------------------------
+    def level(self, requests):
+        out = []
+        for st, req in zip(self.states, requests):
+            if req is None:
+                out.append(None)
+                continue
+            splits, feats, cmap, n_slots = req
+            if splits is not None:
+                st.apply_splits(self.Xb, splits)
+            rows, slot, channels, codes = st.subset(cmap)
+            n_classes = self.n_classes if codes is not None else 1
+            out.append(histograms(self.Xb, rows, slot, n_slots, self.n_bins, channels,
+                                  codes, n_classes, feats))
+        return out
+
+
+def _resolve(blocks):
+    if all(isinstance(b, tuple) for b in blocks):
+        return blocks
+    import shoal
+    return shoal.get(list(blocks))
+
+
+def _shard_blocks(n_blocks: int, n_shards: int) -> list:
+    """Contiguous groups of block indices, one per shard."""
+    return [list(g) for g in np.array_split(np.arange(n_blocks), n_shards) if len(g)]
+
+
+class ShardSet:
+    """The shards of one fit: actors on the cluster, plain objects in-process."""
+
+    def __init__(self, dm, edges: np.ndarray, n_classes: int = 0, n_shards: int | None = None):
+        groups = _shard_blocks(len(dm.blocks), n_shards or _default_shards(dm))
+        self._remote = bool(getattr(dm, "distributed", False))
+        if self._remote:
+            import shoal
+            self._shoal = shoal
+            actor_cls = shoal.remote(HistShard)
+            edges_ref = shoal.put(edges)
+            self.shards = [actor_cls.options(num_cpus=1).remote(
+                [dm.blocks[i] for i in g], g, edges_ref, n_classes) for g in groups]
+        else:
+            self.shards = [HistShard([dm.blocks[i] for i in g], g, edges, n_classes) for g in groups]
+
+    def call(self, method: str, *args) -> list:
+        """Run ``method(*args)`` on every shard, in parallel on the cluster; results per shard."""
+        if self._remote:
+            return self._shoal.get([getattr(s, method).remote(*args) for s in self.shards])
+        return [getattr(s, method)(*args) for s in self.shards]
+
+    def level(self, requests) -> list:
+        """One pass: per-tree histograms summed over shards."""
+        parts = self.call("level", requests)
+        out = []
+        for t in range(len(requests)):
+            hs = [p[t] for p in parts]
+            out.append(None if hs[0] is None else _sum(hs))
+        return out
+
+    def close(self):
+        if self._remote:
+            for s in self.shards:
+                try:
+                    self._shoal.kill(s)
+                except Exception:  # already gone: nothing to release
+                    pass
+        self.shards = []
+
+
+def _sum(arrays):
+    acc = np.array(arrays[0], copy=True)
+    for a in arrays[1:]:
+        acc += a
+    return acc
+
+
+def _default_shards(dm) -> int:
+    if not getattr(dm, "distributed", False):
+        return 1   # in-process: np.bincount holds the GIL, more shards would not run in parallel
+    try:
+        import shoal
+        cpus = int(shoal.cluster_resources().get("CPU", 1))
+    except Exception:
+        cpus = 1
+    return max(1, min(cpus, len(dm.blocks)))
