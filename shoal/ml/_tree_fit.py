@@ -75,6 +75,10 @@ def max_features_count(value, n_features: int, est) -> int | None:
 
 def prepare(est, X, y, target: str, features=None, label=None):
     """Validate, bin and shard the input. Returns (dm, edges, shards)."""
+    if y is None and label is None and not hasattr(X, "columns"):
+        raise InvalidInputError(
+            f"{type(est).__name__} requires y to be passed, but the target y is None; pass the label "
+            f"as y, or as label='<column>' with a DataFrame or Dataset.")
     warn_column_y(y)
     dm = _base.fit_input(est, X, y, target, features=features, label=label)
     if target == "classification":

@@ -56,7 +56,8 @@ class RandomForestClassifier(ClassifierMixin, _base.ShoalEstimatorMixin, BaseEst
         return _tree_fit.forest_mean(self, X)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class RandomForestRegressor(RegressorMixin, _base.ShoalEstimatorMixin, BaseEstimator):
@@ -146,7 +147,8 @@ class GradientBoostingClassifier(ClassifierMixin, _BaseBoosting):
         return z / z.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class GradientBoostingRegressor(RegressorMixin, _BaseBoosting):

@@ -58,7 +58,8 @@ class DecisionTreeClassifier(ClassifierMixin, _BaseTree):
         return _tree_fit.forest_mean(self, X)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class DecisionTreeRegressor(RegressorMixin, _BaseTree):
