@@ -54,3 +54,34 @@ def fit_input(estimator, X, y, target, *, features=None, label=None, allow_nan=F
     elif hasattr(estimator, "feature_names_in_"):
         del estimator.feature_names_in_
     return dm
+
+
+def _transform_batch(batch, estimator, in_cols, out_cols, method):
+    """Runs in a task: replace a batch's input columns by the estimator's output columns."""
+    import pandas as pd
+    import pyarrow as pa
+    df = batch.to_pandas() if isinstance(batch, pa.Table) else pd.DataFrame(batch)
+    out = getattr(estimator, method)(df[list(in_cols)])
+    out = np.asarray(out)
+    if out.ndim == 1:
+        out = out[:, None]
+    rest = df.drop(columns=[c for c in in_cols if c not in out_cols])
+    for j, c in enumerate(out_cols):
+        rest[c] = out[:, j]
+    return rest
+
+
+def transform_dataset(estimator, ds, method: str = "transform"):
+    """A lazy Dataset transform: the estimator's output columns replace its input columns.
+
+    Other columns (the label, ids) pass through unchanged. Output columns are named by
+    ``get_feature_names_out()`` (for one-to-one transformers: the input names).
+    """
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        raise _input.InvalidInputError(
+            f"{type(estimator).__name__} was fitted on unnamed columns; fit it on the Dataset (or a "
+            f"DataFrame) to transform a Dataset by column name.")
+    out_cols = [str(c) for c in estimator.get_feature_names_out()]
+    return ds.map_batches(_transform_batch, batch_format="pandas",
+                          fn_args=(estimator, list(names), out_cols, method))

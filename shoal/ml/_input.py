@@ -634,6 +634,15 @@ def _dataset_columns(ds):
     return None
 
 
+def map_dataset_blocks(ds, fn: Callable, *args) -> list:
+    """[fn(block, *args) for each raw (Arrow) block of a Dataset], run as shoal tasks."""
+    core = _shoal_core()
+    if core is None:
+        raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
+    task = core.remote(fn)
+    return core.get([task.remote(b, *args) for b in _dataset_block_refs(ds)])
+
+
 # ----------------------------------------------------------------------------------
 # predict-time validation
 
