@@ -1,0 +1,355 @@
+"""The native backend: shared memory within a host, authenticated TCP between hosts.
+
+On one host every collective runs over the host's shared-memory segment
+(_shm). When a group spans hosts, allreduce and broadcast are hierarchical
+(reduce within each host through shared memory, across host leaders over
+TCP, back through shared memory) and the other collectives run over TCP
+(_multihost). Small allreduces use a one-shot algorithm (one synchronisation;
+each rank reduces all contributions), large ones a reduce-scatter + allgather
+over shared memory in pipelined segments, like a ring.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from shoal.collective import _descriptor as D
+from shoal.collective import _multihost as MH
+from shoal.collective._buffers import (DTYPES, Reducer, as_buffer, dtype_code, empty_like_buffer,
+                                       is_torch_tensor)
+from shoal.collective import _personalized as PX
+from shoal.collective._fusion import Fuser
+from shoal.collective._rendezvous import rendezvous
+from shoal.collective.communicator import Communicator, split_sizes
+from shoal.collective.config import NativeConfig
+from shoal.collective.timeline import Timeline
+from shoal.exceptions import CollectiveError
+
+_P2P = struct.Struct("!qqq")  # tag, nbytes, dtype code
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1).view(np.uint8)
+
+
+def _row_elems(shape) -> int:
+    return int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+
+
+class NativeCommunicator(Communicator):
+    """Collectives on CPU memory among processes: see the module docstring."""
+
+    backend = "native"
+
+    def __init__(self, rank: int, world_size: int, store, name: str = "default",
+                 timeout: float = 300.0, config: NativeConfig | None = None):
+        self.config = config or NativeConfig()
+        self._fuser = Fuser(self, self.config.fusion)
+        super().__init__(rank, world_size, name, timeout)
+        self.store = store
+        self.prefix, self.topology, self.shm, self.mesh = rendezvous(
+            rank, world_size, store, name, timeout, self.config.segment_bytes, self.config.listen_host)
+        self.timeline = Timeline.for_rank(self.config.timeline, name, rank)
+        if self.shm is not None and self.timeline.enabled:
+            self.shm.timeline = self.timeline
+        self._cuda = None
+        self._barrier_now()
+
+    def _barrier_now(self) -> None:
+        if self.world_size > 1:
+            self._do_barrier()
+
+    def _fusion_handler(self):
+        return self._fuser.handle
+
+    def _fusion_key(self, t, op, out, prescale, postscale):
+        return self._fuser.key(t, op, out, prescale, postscale)
+
+    @property
+    def single_host(self) -> bool:
+        return self.topology.single_host
+
+    # --------------------------------------------------------------- helpers
+    def _traced(self, name: str, nbytes: int):
+        return self.timeline.op(name, nbytes)
+
+    def _reject(self, kind: str, err: Exception) -> None:
+        """This rank's input is invalid: join the op with an error record so the others raise."""
+        if self.world_size == 1:
+            return
+        desc, msg = D.error(kind, f"{type(err).__name__}: {err}", self._meta_world())
+        try:
+            if self.single_host:
+                self.shm.fail(desc, msg)
+            else:
+                MH.exchange_descs(self, desc, msg)
+        except CollectiveError:
+            pass
+
+    def _meta_world(self) -> int:
+        return self.topology.local_ranks.__len__() if self.single_host else self.world_size
+
+    def _prepare(self, kind: str, fn):
+        try:
+            return fn()
+        except (TypeError, ValueError) as e:
+            self._reject(kind, e)
+            raise
+
+    def _cuda_comm(self):
+        if self._cuda is None:
+            from shoal.collective._torch_backend import TorchCommunicator
+            self._cuda = TorchCommunicator(self.rank, self.world_size, self.store,
+                                           name=f"{self.name}/nccl", timeout=self.timeout,
+                                           device="cuda")
+        return self._cuda
+
+    @staticmethod
+    def _is_cuda(t) -> bool:
+        return is_torch_tensor(t) and t.device.type == "cuda"
+
+    # ------------------------------------------------------------ allreduce
+    def _do_allreduce(self, t, op, out, prescale, postscale):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_allreduce(t, op, out, prescale, postscale)
+
+        def prep():
+            buf = as_buffer(t)
+            ob = buf if out is None else as_buffer(out, name="out")
+            if ob.shape != buf.shape or ob.dtype_name != buf.dtype_name:
+                raise ValueError(f"out has shape {ob.shape} and dtype {ob.dtype_name}; it must match "
+                                 f"the input's {buf.shape} and {buf.dtype_name}")
+            return buf, ob, Reducer(op, buf.dtype_name, self.world_size, prescale, postscale)
+        buf, ob, reducer = self._prepare("allreduce", prep)
+        self._allreduce_flat(buf.flat, ob.flat, reducer, "allreduce", buf.shape)
+        ob.finish()
+        return t if out is None else out
+
+    def _allreduce_flat(self, src, dst, reducer, kind, shape, root: int | None = None):
+        if self.world_size == 1:
+            if root is None or root == self.rank:
+                reducer.reduce(dst, [src])
+            return
+        desc = D.make(kind, rop=reducer.op, dtype=reducer.dtype_name, shape=shape,
+                      root=-1 if root is None else root, world=self._meta_world())
+        take = root is None or root == self.rank
+        with self._traced(kind, src.nbytes):
+            self._guarded(lambda: (
+                self.shm.allreduce(src, dst if take else None, reducer, desc, self.config.small_bytes)
+                if self.single_host else MH.allreduce(self, src, dst if take else None, reducer, desc)))
+
+    def _guarded(self, fn):
+        try:
+            return fn()
+        except CollectiveError as e:
+            msg = str(e)
+            if not any(k in msg for k in ("mismatched", "rejected", "different collectives")):
+                e.fatal = True
+                if self.shm is not None:
+                    self.shm.abort(msg)
+            raise
+
+    def _do_grouped_allreduce(self, ts, op, prescale, postscale):
+        if not ts:
+            return ts
+        if any(self._is_cuda(t) for t in ts):
+            return self._cuda_comm()._do_grouped_allreduce(ts, op, prescale, postscale)
+        bufs = self._prepare("fused_allreduce", lambda: [as_buffer(t) for t in ts])
+        self._fuser.reduce_buffers(bufs, op, prescale, postscale)
+        return ts
+
+    def _do_reduce(self, t, dst, op, out):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_reduce(t, dst, op, out)
+
+        def prep():
+            buf = as_buffer(t)
+            ob = buf if out is None else as_buffer(out, name="out")
+            if ob.shape != buf.shape or ob.dtype_name != buf.dtype_name:
+                raise ValueError(f"out has shape {ob.shape}; it must match the input's {buf.shape}")
+            return buf, ob, Reducer(op, buf.dtype_name, self.world_size)
+        buf, ob, reducer = self._prepare("reduce", prep)
+        self._allreduce_flat(buf.flat, ob.flat, reducer, "reduce", buf.shape, root=dst)
+        if self.rank == dst:
+            ob.finish()
+        return t if out is None else out
+
+    def _do_reduce_scatter(self, t, op, out):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_reduce_scatter(t, op, out)
+
+        def prep():
+            buf = as_buffer(t)
+            if not buf.shape:
+                raise ValueError("reduce_scatter needs a tensor with at least one dimension "
+                                 "(it splits dimension 0 among the ranks)")
+            rows = split_sizes(buf.shape[0], self.world_size)
+            oshape = (rows[self.rank],) + buf.shape[1:]
+            if out is None:
+                res, ob = empty_like_buffer(buf, oshape)
+            else:
+                res, ob = out, as_buffer(out, name="out")
+                if ob.shape != oshape or ob.dtype_name != buf.dtype_name:
+                    raise ValueError(f"out has shape {ob.shape}; rank {self.rank}'s part is {oshape}")
+            return buf, ob, res, rows, Reducer(op, buf.dtype_name, self.world_size)
+        buf, ob, res, rows, reducer = self._prepare("reduce_scatter", prep)
+        re = _row_elems(buf.shape)
+        offs = np.concatenate([[0], np.cumsum(rows)]) * re
+        parts = [(int(offs[q]), int(offs[q + 1])) for q in range(self.world_size)]
+        if self.world_size == 1:
+            reducer.reduce(ob.flat, [buf.flat])
+        else:
+            desc = D.make("reduce_scatter", rop=op, dtype=buf.dtype_name, shape=buf.shape,
+                          world=self._meta_world())
+            with self._traced("reduce_scatter", buf.array.nbytes):
+                self._guarded(lambda: (
+                    self.shm.reduce_scatter(buf.flat, ob.flat, parts, reducer, desc)
+                    if self.single_host else MH.reduce_scatter(self, buf.flat, ob.flat, parts,
+                                                               reducer, desc)))
+        ob.finish()
+        return res
+
+    # ------------------------------------------------------------ movement
+    def _exchange(self, kind, send: np.ndarray, desc: np.ndarray, plan):
+        with self._traced(kind, send.nbytes):
+            return self._guarded(lambda: (
+                self.shm.exchange(send, desc, plan) if self.single_host
+                else MH.exchange(self, send, desc, plan)))
+
+    def _do_broadcast(self, t, src):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_broadcast(t, src)
+        buf = self._prepare("broadcast", lambda: as_buffer(t))
+        if self.world_size == 1:
+            return t
+        data = _bytes(buf.array)
+        desc = D.make("broadcast", dtype=buf.dtype_name, shape=buf.shape, root=src,
+                      nbytes=data.size if self.rank == src else 0, world=self._meta_world())
+        if self.single_host:
+            plan = (lambda metas: []) if self.rank == src else (lambda metas: [(src, 0, data)])
+            self._exchange("broadcast", data if self.rank == src else data[:0], desc, plan)
+        else:
+            with self._traced("broadcast", data.size):
+                self._guarded(lambda: MH.broadcast(self, data, src, desc))
+        if self.rank != src:
+            buf.finish()
+        return t
+
+    def _gather_like(self, kind, t, out, root):
+        """allgather (root None) and gather: returns the list of parts (None off-root)."""
+        buf = self._prepare(kind, lambda: as_buffer(t))
+        scalar = not buf.shape
+        shape = (1,) if scalar else buf.shape
+        data = _bytes(buf.array)
+        row_bytes = _row_elems(shape) * buf.array.itemsize
+        state = {}
+
+        def plan(metas):
+            if root is not None and self.rank != root:
+                return []
+            sizes = [D.nbytes_of(m) for m in metas]
+            rows = [s // row_bytes if row_bytes else D.shape_of(m)[0] if D.shape_of(m) else 1
+                    for s, m in zip(sizes, metas)]
+            total = (sum(rows),) + shape[1:]
+            res, ob = None, None
+            if out is not None:
+                try:
+                    ob = as_buffer(out, name="out")
+                    if ob.shape != total or ob.dtype_name != buf.dtype_name:
+                        raise ValueError(f"out has shape {ob.shape} and dtype {ob.dtype_name}; the "
+                                         f"gathered rows need {total} and {buf.dtype_name}")
+                    res = out
+                except (TypeError, ValueError) as e:
+                    state["error"] = e
+                    ob = None
+            if ob is None:
+                res, ob = empty_like_buffer(buf, total)
+            state.update(res=res, ob=ob, rows=rows)
+            dst = _bytes(ob.array)
+            offs = np.concatenate([[0], np.cumsum(sizes)])
+            return [(q, 0, dst[offs[q]:offs[q + 1]]) for q in range(len(metas))]
+        if self.world_size == 1:
+            plan([D.make(kind, nbytes=data.size)])
+            np.copyto(_bytes(state["ob"].array), data)
+        else:
+            desc = D.make(kind, dtype=buf.dtype_name, shape=shape, nbytes=data.size,
+                          root=-1 if root is None else root, world=self._meta_world())
+            self._exchange(kind, data, desc, plan)
+        if "error" in state:
+            raise state["error"]
+        if "ob" not in state:
+            return None
+        state["ob"].finish()
+        res, rows = state["res"], state["rows"]
+        offs = np.concatenate([[0], np.cumsum(rows)]).astype(int)
+        parts = [res[offs[q]:offs[q + 1]] for q in range(len(rows))]
+        return [p.reshape(()) if scalar else p for p in parts]
+
+    def _do_allgather(self, t, out):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_allgather(t, out)
+        return self._gather_like("allgather", t, out, None)
+
+    def _do_gather(self, t, dst):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_gather(t, dst)
+        return self._gather_like("gather", t, None, dst)
+
+    def _do_scatter(self, parts, src, out):
+        return PX.scatter(self, parts, src, out)
+
+    def _do_alltoall(self, t, send_splits, recv_splits, out):
+        if self._is_cuda(t):
+            return self._cuda_comm()._do_alltoall(t, send_splits, recv_splits, out)
+        return PX.alltoall(self, t, send_splits, recv_splits, out)
+
+    def _do_barrier(self):
+        if self.world_size == 1:
+            return None
+        desc = D.make("barrier", world=self._meta_world())
+        self._exchange("barrier", np.empty(0, np.uint8), desc, lambda metas: [])
+        return None
+
+    # ------------------------------------------------------- point-to-point
+    def _do_send(self, t, dst, tag):
+        buf = as_buffer(t)
+        data = _bytes(buf.array)
+        self.mesh.send(dst, _P2P.pack(tag, data.size, dtype_code(buf.dtype_name)), channel=1)
+        self.mesh.send(dst, data, channel=1)
+        return None
+
+    def _do_recv(self, t, src, tag):
+        buf = as_buffer(t)
+        data = _bytes(buf.array)
+        head = bytearray(_P2P.size)
+        self.mesh.recv_into(src, head, channel=1)
+        rtag, nbytes, code = _P2P.unpack(head)
+        if (rtag, nbytes, code) != (tag, data.size, dtype_code(buf.dtype_name)):
+            sink = np.empty(nbytes, np.uint8)
+            self.mesh.recv_into(src, sink, channel=1)  # keep the stream in step
+            raise CollectiveError(
+                f"recv from rank {src} expected tag {tag}, {data.size} bytes of {buf.dtype_name}; "
+                f"the matching send had tag {rtag}, {nbytes} bytes of {DTYPES[code]}")
+        self.mesh.recv_into(src, data, channel=1)
+        buf.finish()
+        return t
+
+    # -------------------------------------------------------------- groups
+    def _make_subgroup(self, ranks, name):
+        return NativeCommunicator(ranks.index(self.rank), len(ranks), self.store, name=name,
+                                  timeout=self.timeout, config=self.config)
+
+    def _close(self) -> None:
+        if self._cuda is not None:
+            self._cuda.destroy()
+        self.timeline.close()
+        if self.shm is not None:
+            self.shm.close()
+            self.shm = None
+        self.mesh.close()
+
+    def flush_timeline(self) -> None:
+        """Write the timeline (Chrome trace JSON) so far, if the group records one."""
+        self.timeline.flush()
+

@@ -1,0 +1,347 @@
+"""Collectives among the ranks of one host through one shared-memory segment.
+
+Layout of the segment (one file in /dev/shm, unlinked as soon as every local
+rank has mapped it, so the kernel frees it when the last rank exits, even
+after a crash):
+
+    counters   one int64 per rank, each on its own cache line
+    abort      [flag, rank], then a message
+    pids       the process id of every rank (to notice a dead one)
+    meta       per rank and half: an op descriptor (see _descriptor)
+    data       per rank and half: ``segment_bytes`` of staging space
+
+Synchronisation is a sequence number per rank: a rank publishes ``seq`` and
+waits until every counter reaches it, polling the shared memory (spin, then
+yield, then short sleeps) - no socket, no syscall on the fast path. Data
+moves by NumPy copies and ufuncs in segments; the two halves alternate so a
+rank fills the next segment while slower ranks still read the last one (each
+use of a half contains at least one synchronisation, which orders the reads of
+use i before the writes of use i+2).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import time
+
+import numpy as np
+
+from shoal.collective import _descriptor as D
+from shoal.exceptions import CollectiveError
+
+_LINE = 64
+_MSG = 512
+
+
+def shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:
+        return True
+
+
+class ShmGroup:
+    """The shared-memory transport of the ``local_size`` ranks of one host.
+
+    Args:
+        path: file of the segment; ``create`` makes it (the lowest local rank).
+        local_rank, local_size: this rank's place among the host's ranks.
+        segment_bytes: staging bytes per rank and half (bounds the memory:
+            ``2 * local_size * segment_bytes``).
+        timeout: seconds a rank waits for the others before raising.
+    """
+
+    def __init__(self, path: str, local_rank: int, local_size: int, segment_bytes: int,
+                 create: bool, timeout: float, ranks: list[int]):
+        self.path, self.lr, self.p = path, local_rank, local_size
+        self.ranks = ranks  # global rank of each local rank, for messages
+        self.S = segment_bytes // _LINE * _LINE
+        self.timeout = timeout
+        self._mb = D.meta_bytes(local_size)
+        self._ctl_off = 0
+        self._abort_off = local_size * _LINE
+        self._pid_off = self._abort_off + _LINE + _MSG
+        self._meta_off = self._pid_off + (local_size * 8 + _LINE - 1) // _LINE * _LINE
+        self._data_off = self._meta_off + local_size * 2 * self._mb
+        self.size = self._data_off + local_size * 2 * self.S
+        if create:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, self.size)
+            except OSError:
+                os.close(fd)
+                os.unlink(path)
+                raise
+        else:
+            fd = os.open(path, os.O_RDWR)
+        try:
+            self._mm = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        buf = self._mm
+        self._ctl = np.frombuffer(buf, np.int64, local_size * 8, self._ctl_off)
+        self._counters = self._ctl[::8]
+        self._abort = np.frombuffer(buf, np.int64, 2, self._abort_off)
+        self._abort_msg = np.frombuffer(buf, np.uint8, _MSG, self._abort_off + _LINE)
+        self._pids = np.frombuffer(buf, np.int64, local_size, self._pid_off)
+        self._data = np.frombuffer(buf, np.uint8, local_size * 2 * self.S, self._data_off)
+        self._meta = [[np.frombuffer(buf, np.int64, D.FIELDS + local_size,
+                                     self._meta_off + (r * 2 + h) * self._mb) for h in (0, 1)]
+                      for r in range(local_size)]
+        self._msg = [[np.frombuffer(buf, np.uint8, D.MSG_BYTES, self._meta_off + (r * 2 + h) * self._mb
+                                    + (D.FIELDS + local_size) * 8) for h in (0, 1)]
+                     for r in range(local_size)]
+        self._pids[local_rank] = os.getpid()
+        self._seq = int(self._counters[local_rank])
+        self._use = 0
+        self._half = 0
+        self.timeline = None  # set by the communicator: records phases
+
+    # ------------------------------------------------------------- plumbing
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        self._ctl = self._counters = self._abort = self._abort_msg = self._pids = None
+        self._data = self._meta = self._msg = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the mapping goes with the process
+
+    def abort(self, message: str) -> None:
+        """Tell every local rank that this group failed (they raise promptly)."""
+        if self._abort is None or self._abort[0]:
+            return
+        raw = message.encode()[:_MSG - 1]
+        self._abort_msg[:len(raw)] = np.frombuffer(raw, np.uint8)
+        self._abort_msg[len(raw)] = 0
+        self._abort[1] = self.ranks[self.lr]
+        self._abort[0] = 1
+
+    def _aborted_message(self) -> str:
+        raw = bytes(self._abort_msg).split(b"\0", 1)[0].decode(errors="replace")
+        return f"rank {int(self._abort[1])} aborted the group: {raw}"
+
+    def slot(self, r: int, h: int) -> np.ndarray:
+        base = (r * 2 + h) * self.S
+        return self._data[base:base + self.S]
+
+    def _next_half(self) -> int:
+        self._half = self._use & 1
+        self._use += 1
+        return self._half
+
+    def sync(self) -> None:
+        """Publish the next sequence number and wait for every local rank to reach it."""
+        self._seq += 1
+        seq = self._seq
+        cnt = self._counters
+        cnt[self.lr] = seq
+        if cnt.min() >= seq:
+            return
+        tl = self.timeline
+        t0 = time.perf_counter() if tl is not None else 0.0
+        self._wait(seq)
+        if tl is not None:
+            tl.phase("wait", t0)
+
+    def _wait(self, seq: int) -> None:
+        cnt = self._counters
+        start = time.monotonic()
+        next_check = start + 0.05
+        i = 0
+        while cnt.min() < seq:
+            i += 1
+            if i < 200:
+                continue
+            if i < 20000:
+                os.sched_yield()
+            else:
+                time.sleep(0.0001)
+            if i & 63:
+                continue
+            now = time.monotonic()
+            if now < next_check:
+                continue
+            next_check = now + 0.05
+            if self._abort[0]:
+                raise CollectiveError(self._aborted_message())
+            late = [q for q in range(self.p) if cnt[q] < seq]
+            dead = [q for q in late if not _pid_alive(int(self._pids[q]))]
+            if dead:
+                msg = (f"rank {self.ranks[dead[0]]} (pid {int(self._pids[dead[0]])}) died during a "
+                       "collective; destroy() this group and form a new one")
+                self.abort(msg)
+                raise CollectiveError(msg)
+            if now - start > self.timeout:
+                msg = (f"ranks {[self.ranks[q] for q in late]} did not reach the collective within "
+                       f"{self.timeout}s (raise the group's timeout if they are just slow)")
+                self.abort(msg)
+                raise CollectiveError(msg)
+
+    def _publish(self, h: int, desc: np.ndarray, msg: bytes = b"") -> None:
+        self._meta[self.lr][h][:] = desc
+        if msg:
+            self._msg[self.lr][h][:len(msg)] = np.frombuffer(msg, np.uint8)
+            self._msg[self.lr][h][len(msg):] = 0
+
+    def _check(self, h: int) -> list[np.ndarray]:
+        metas = [self._meta[q][h].copy() for q in range(self.p)]
+        msgs = [bytes(self._msg[q][h]) if metas[q][D.F_VALID] == D.ERROR else b""
+                for q in range(self.p)]
+        D.check(metas, msgs, self.ranks)
+        return metas
+
+    def fail(self, desc: np.ndarray, msg: bytes) -> None:
+        """Join the current collective with an error record (the others raise)."""
+        h = self._next_half()
+        self._publish(h, desc, msg)
+        self.sync()
+
+    def _copy(self, name: str, dst, src) -> None:
+        tl = self.timeline
+        if tl is None:
+            np.copyto(dst, src)
+        else:
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            tl.phase(name, t0)
+
+    # ---------------------------------------------------------- algorithms
+    def allreduce(self, src: np.ndarray, dst: np.ndarray | None, reducer, desc: np.ndarray,
+                  small_bytes: int) -> None:
+        """Reduce flat ``src`` of every rank into ``dst`` (None: this rank takes no result)."""
+        n, item = src.size, src.itemsize
+        if n * item <= min(small_bytes, self.S):
+            self._allreduce_oneshot(src, dst, reducer, desc)
+        else:
+            self._allreduce_two_phase(src, dst, reducer, desc)
+
+    def _allreduce_oneshot(self, src, dst, reducer, desc) -> None:
+        # Latency path: one synchronisation; every rank reduces everything, in rank order.
+        h = self._next_half()
+        n = src.size
+        mine = self.slot(self.lr, h)[:n * src.itemsize].view(src.dtype)
+        self._copy("copy_in", mine, src)
+        self._publish(h, desc)
+        self.sync()
+        self._check(h)
+        if dst is not None:
+            sources = [mine if q == self.lr else self.slot(q, h)[:n * src.itemsize].view(src.dtype)
+                       for q in range(self.p)]
+            self._reduce(reducer, dst, sources)
+
+    def _reduce(self, reducer, out, sources, final=True) -> None:
+        tl = self.timeline
+        t0 = time.perf_counter() if tl is not None else 0.0
+        reducer.reduce(out, sources, final)
+        if tl is not None:
+            tl.phase("reduce", t0)
+
+    def _chunks(self, m: int, item: int) -> list[tuple[int, int]]:
+        align = max(1, _LINE // item)
+        base = -(-m // self.p)
+        base = -(-base // align) * align
+        return [(min(q * base, m), min((q + 1) * base, m)) for q in range(self.p)]
+
+    def _allreduce_two_phase(self, src, dst, reducer, desc) -> None:
+        # Bandwidth path, per segment: every rank stages the chunks the others reduce,
+        # reduces its own chunk from all ranks into its slot, then all copy the results:
+        # each rank moves 2(p-1)/p of the data through shared memory, like a ring.
+        n, item, dt, r = src.size, src.itemsize, src.dtype, self.lr
+        seg = self.S // item
+        first = True
+        for a in range(0, n, seg):
+            b = min(a + seg, n)
+            h = self._next_half()
+            chunks = self._chunks(b - a, item)
+            mine = self.slot(r, h).view(dt)
+            lo, hi = chunks[r]
+            self._copy("copy_in", mine[:lo], src[a:a + lo])
+            self._copy("copy_in", mine[hi:b - a], src[a + hi:b])
+            if first:
+                self._publish(h, desc)
+            self.sync()
+            if first:
+                self._check(h)
+                first = False
+            if hi > lo:
+                sources = [src[a + lo:a + hi] if q == r else self.slot(q, h).view(dt)[lo:hi]
+                           for q in range(self.p)]
+                self._reduce(reducer, mine[lo:hi], sources)
+            self.sync()
+            if dst is not None:
+                for q, (qlo, qhi) in enumerate(chunks):
+                    if qhi > qlo:
+                        self._copy("copy_out", dst[a + qlo:a + qhi], self.slot(q, h).view(dt)[qlo:qhi])
+
+    def reduce_scatter(self, src: np.ndarray, dst: np.ndarray, parts: list[tuple[int, int]],
+                       reducer, desc: np.ndarray, final: bool = True) -> None:
+        """Rank q receives op over ranks of ``src[parts[q]]`` (flat element ranges) in ``dst``."""
+        item, dt, r = src.itemsize, src.dtype, self.lr
+        align = max(1, _LINE // item)
+        mp = max(align, (self.S // item // self.p) // align * align)
+        longest = max((b - a for a, b in parts), default=0)
+        rounds = max(1, -(-longest // mp))
+        for k in range(rounds):
+            h = self._next_half()
+            mine = self.slot(r, h).view(dt)
+            for q, (a, b) in enumerate(parts):
+                lo, hi = a + k * mp, min(a + (k + 1) * mp, b)
+                if q != r and hi > lo:
+                    self._copy("copy_in", mine[q * mp:q * mp + hi - lo], src[lo:hi])
+            if k == 0:
+                self._publish(h, desc)
+            self.sync()
+            if k == 0:
+                self._check(h)
+            a, b = parts[r]
+            lo, hi = a + k * mp, min(a + (k + 1) * mp, b)
+            if hi > lo:
+                sources = [src[lo:hi] if q == r else self.slot(q, h).view(dt)[r * mp:r * mp + hi - lo]
+                           for q in range(self.p)]
+                self._reduce(reducer, dst[k * mp:k * mp + hi - lo], sources, final)
+
+    def exchange(self, send: np.ndarray, desc: np.ndarray, plan) -> list[np.ndarray]:
+        """Every rank publishes a byte stream; each copies the ranges it wants.
+
+        ``send`` is this rank's uint8 stream (its length is in ``desc``'s
+        NBYTES field); ``plan(metas)`` returns the ranges this rank wants as
+        ``[(rank, offset in that rank's stream, uint8 destination view)]``.
+        Returns the descriptors of all ranks.
+        """
+        S, r = self.S, self.lr
+        h = self._next_half()
+        first = min(S, send.size)
+        self._copy("copy_in", self.slot(r, h)[:first], send[:first])
+        self._publish(h, desc)
+        self.sync()
+        metas = self._check(h)
+        wants = plan(metas)
+        longest = max(D.nbytes_of(m) for m in metas)
+        rounds = max(1, -(-longest // S))
+        for k in range(rounds):
+            if k:
+                h = self._next_half()
+                lo, hi = k * S, min((k + 1) * S, send.size)
+                if hi > lo:
+                    self._copy("copy_in", self.slot(r, h)[:hi - lo], send[lo:hi])
+                self.sync()
+            base = k * S
+            for q, off, view in wants:
+                lo, hi = max(off, base), min(off + view.size, base + S)
+                if hi > lo:
+                    self._copy("copy_out", view[lo - off:hi - off], self.slot(q, h)[lo - base:hi - base])
+        return metas

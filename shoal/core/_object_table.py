@@ -1,0 +1,150 @@
+"""The driver's table of objects: readiness, reference counts, memory, spilling.
+
+An object is alive while some process holds an ObjectRef to it (``holders``:
+the processes), a pending task uses it as an argument, or another live object
+contains a ref to it (``pins``). Its big buffers live in a shared-memory file;
+when the store is over capacity the least recently used files move to disk
+and readers map them from there.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+
+from shoal.core._serialization import CONTAINED, NBYTES, PATH, _unlink
+
+
+class Obj:
+    __slots__ = ("desc", "holders", "pins", "waiters", "on_free", "abandoned")
+
+    def __init__(self):
+        self.desc = None        # serialized value once ready
+        self.holders = set()    # process ids holding refs
+        self.pins = 0           # pending tasks using it + live objects containing it
+        self.waiters = []       # callables(oid) run when it becomes ready
+        self.on_free = None     # callable run when it is freed
+        self.abandoned = False  # every holder left before it was ready
+
+
+class ObjectTable:
+    def __init__(self, capacity: int, shm_dir: str, spill_dir: str):
+        self.objs: dict = {}
+        self.capacity = capacity
+        self.used = 0
+        self.shm_dir = shm_dir
+        self.spill_dir = spill_dir
+        self._resident: OrderedDict = OrderedDict()  # oid -> nbytes, LRU order
+        self.spilled_bytes = 0
+        self.spill_count = 0
+
+    def create(self, oid) -> Obj:
+        o = self.objs.get(oid)
+        if o is None:
+            o = self.objs[oid] = Obj()
+        return o
+
+    def set_ready(self, oid, desc) -> list:
+        """Store the value; returns the waiters to run."""
+        o = self.objs.get(oid)
+        if o is None:  # nobody can reach it any more: drop the value
+            self._drop_desc(desc)
+            return []
+        if o.desc is not None:  # a retried task produced it again; keep the first
+            self._drop_desc(desc)
+            return []
+        o.desc = desc
+        for c in desc[CONTAINED]:
+            self.create(c).pins += 1
+        if desc[PATH] is not None and desc[PATH].startswith(self.shm_dir):
+            self._resident[oid] = desc[NBYTES]
+            self.used += desc[NBYTES]
+            if self.used > self.capacity:
+                self.spill(keep=oid)
+        waiters, o.waiters = o.waiters, []
+        if not o.holders and not o.pins:
+            self.free(oid)
+        return waiters
+
+    def touch(self, oid) -> None:
+        if oid in self._resident:
+            self._resident.move_to_end(oid)
+
+    def add_holder(self, oid, proc) -> None:
+        self.create(oid).holders.add(proc)
+
+    def remove_holder(self, oid, proc) -> None:
+        o = self.objs.get(oid)
+        if o is None:
+            return
+        o.holders.discard(proc)
+        self.maybe_free(oid, o)
+
+    def unpin(self, oid) -> None:
+        o = self.objs.get(oid)
+        if o is None:
+            return
+        o.pins -= 1
+        self.maybe_free(oid, o)
+
+    def maybe_free(self, oid, o: Obj) -> None:
+        if o.holders or o.pins > 0:
+            return
+        if o.desc is None:
+            o.abandoned = True
+            if o.on_free is None and not o.waiters:
+                return
+        self.free(oid)
+
+    def free(self, oid) -> None:
+        o = self.objs.pop(oid, None)
+        if o is None:
+            return
+        if o.desc is not None:
+            self._drop_desc(o.desc, oid)
+            for c in o.desc[CONTAINED]:
+                self.unpin(c)
+        if o.on_free is not None:
+            o.on_free()
+
+    def _drop_desc(self, desc, oid=None) -> None:
+        path = desc[PATH]
+        if path is None:
+            return
+        if oid is not None and self._resident.pop(oid, None) is not None:
+            self.used -= desc[NBYTES]
+        elif path.startswith(self.spill_dir):
+            self.spilled_bytes -= desc[NBYTES]
+        _unlink(path)
+
+    def spill(self, keep=None) -> None:
+        """Move least recently used shared-memory objects to disk until under capacity."""
+        os.makedirs(self.spill_dir, exist_ok=True)
+        for oid in list(self._resident):
+            if self.used <= self.capacity:
+                break
+            o = self.objs.get(oid)
+            if o is None or o.desc is None:
+                self._resident.pop(oid, None)
+                continue
+            if oid == keep and len(self._resident) > 1:
+                continue
+            src = o.desc[PATH]
+            dst = os.path.join(self.spill_dir, os.path.basename(src))
+            shutil.copyfile(src, dst)
+            _unlink(src)
+            d = list(o.desc)
+            d[PATH] = dst
+            o.desc = tuple(d)
+            n = self._resident.pop(oid)
+            self.used -= n
+            self.spilled_bytes += n
+            self.spill_count += 1
+
+    def drop_all(self) -> None:
+        for oid in list(self.objs):
+            o = self.objs.pop(oid)
+            if o.desc is not None:
+                self._drop_desc(o.desc, oid)
+        self._resident.clear()
+        self.used = 0

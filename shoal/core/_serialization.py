@@ -1,0 +1,104 @@
+"""Values to bytes and back: pickle protocol 5, big buffers out of band.
+
+A serialized object is a tuple ``(data, path, layout, contained, is_error, nbytes)``:
+``data`` is the pickle stream; buffers of at least ``INLINE_BUFFER`` bytes
+are written to the file ``path`` (shared memory, or a spill file on disk)
+at the offsets in ``layout``, so a reader maps them without a copy;
+``contained`` lists the ids of ObjectRefs pickled inside the value.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+
+import cloudpickle
+
+from shoal.core import object_ref as _oref
+from shoal.exceptions import SerializationError
+
+INLINE_BUFFER = 64 * 1024
+_ALIGN = 64
+DATA, PATH, LAYOUT, CONTAINED, IS_ERROR, NBYTES = range(6)
+
+
+def dumps_code(obj) -> bytes:
+    """Pickle a function or class by value (cloudpickle)."""
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+def _dumps(value, buffer_callback):
+    try:
+        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+
+
+def serialize(value, new_path, *, is_error: bool = False, what: str = "value") -> tuple:
+    """Serialize ``value``; ``new_path()`` names a fresh file for big buffers."""
+    bufs: list = []
+
+    def take(buf):
+        raw = buf.raw()
+        if raw.nbytes < INLINE_BUFFER:
+            return True
+        bufs.append(raw)
+        return False
+
+    ids: list = []
+    _oref._collect.ids = ids
+    try:
+        data = _dumps(value, take)
+    except Exception as e:  # noqa: BLE001 - any pickling failure becomes one clear error
+        raise SerializationError(
+            f"could not serialize {what} of type {type(value).__name__}: {e}. "
+            "Pass only picklable objects (open files, locks, sockets and generators are not), "
+            "or create the object inside the task instead.") from e
+    finally:
+        _oref._collect.ids = None
+    if not bufs:
+        return (data, None, None, tuple(ids), is_error, 0)
+    layout, off = [], 0
+    for raw in bufs:
+        layout.append((off, raw.nbytes))
+        off += (raw.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+    path = new_path()
+    write_buffers(path, bufs, layout, off)
+    return (data, path, tuple(layout), tuple(ids), is_error, off)
+
+
+def write_buffers(path: str, bufs, layout, total: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, total)
+        for raw, (off, n) in zip(bufs, layout):
+            view = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+            done = 0
+            while done < n:  # the kernel copies straight into the shared pages
+                done += os.pwrite(fd, view[done:], off + done)
+    except BaseException:
+        os.close(fd)
+        _unlink(path)
+        raise
+    os.close(fd)
+
+
+def deserialize(desc: tuple):
+    """The value of a serialized object (buffers mapped read-only, no copy)."""
+    path = desc[PATH]
+    if path is None:
+        return pickle.loads(desc[DATA])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mm = mmap.mmap(fd, desc[NBYTES], prot=mmap.PROT_READ) if desc[NBYTES] else b""
+    finally:
+        os.close(fd)
+    view = memoryview(mm)
+    return pickle.loads(desc[DATA], buffers=[view[o:o + n] for o, n in desc[LAYOUT]])
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

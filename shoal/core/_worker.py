@@ -1,0 +1,488 @@
+"""A worker process of the local backend: runs tasks, or hosts one actor.
+
+Started by the driver with its bootstrap (socket path, secret, ids) on
+stdin. A reader thread receives messages; tasks run on the main thread (or
+an actor's threads / event loop); results and nested API calls go back
+over the same authenticated socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import itertools
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+
+import cloudpickle
+
+from shoal.core import object_ref as _oref
+from shoal.core._auth import client_handshake
+from shoal.core._protocol import BlockingConn, encode
+from shoal.core._runtime import ProcessRuntime, fill_deps, value_of
+from shoal.core._serialization import serialize
+from shoal.core._spec import TaskSpec
+from shoal.core.object_ref import ObjectRef, RefCounter
+from shoal.exceptions import GetTimeoutError, SerializationError, TaskCancelledError, TaskError
+
+_FLUSH_EVERY = 64
+
+
+class _Reply:
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.ok = True
+        self.value = None
+
+
+class WorkerRuntime(ProcessRuntime):
+    """The backend seen by code running inside a worker."""
+
+    name = "local"
+
+    def __init__(self, boot: dict, conn: BlockingConn):
+        self.boot = boot
+        self.conn = conn
+        self.wid = boot["wid"]
+        self.session = boot["session"]
+        self.node_id = boot["node_id"]
+        self.namespace = boot["namespace"]
+        self.shm_prefix = boot["shm_prefix"]
+        self._ids = itertools.count(1)
+        self._paths = itertools.count(1)
+        self._reqs = itertools.count(1)
+        self.replies: dict = {}
+        self.counter = RefCounter()
+        _oref.set_counter(self.counter)
+        self.fns: dict = {}
+        self.registered: set = set()
+        self.queue: deque = deque()
+        self.qcond = threading.Condition()
+        self.blocked = False
+        self.current_seq = None
+        self.current_name = ""
+        self.actor_id = boot.get("actor")
+        self.actor = None
+        self.actor_spec = None
+        self.pool = None
+        self.loop = None
+        self.main_ident = threading.get_ident()
+        self.out: list = []
+        self._kv = None
+        self.local = threading.local()
+
+    # ------------------------------------------------------------ primitives
+    def new_id(self) -> int:
+        return (self.wid << 40) | next(self._ids)
+
+    def new_path(self) -> str:
+        return f"{self.shm_prefix}{self.wid}-{next(self._paths)}"
+
+    def send(self, msg, flush: bool = True) -> None:
+        """Send ``msg`` after any pending ref changes and buffered results."""
+        events = self.counter.drain()
+        with self.qcond:
+            parts = self.out
+            self.out = []
+        if events:
+            parts.insert(0, encode(("ref", events)))
+        if msg is not None:
+            parts.append(encode(msg))
+        if parts:
+            self.conn.send_bytes(b"".join(parts))
+
+    def call(self, method: str, *args, timeout=None):
+        req = next(self._reqs)
+        r = _Reply()
+        self.replies[req] = r
+        self.send(("call", req, method, args))
+        ok = r.event.wait(timeout)
+        if self.blocked and threading.get_ident() == self.main_ident:
+            with self.qcond:
+                self.blocked = False
+        if not ok:
+            self.replies.pop(req, None)
+            self.send(("call", next(self._reqs), "get_cancel", (req,)))
+            raise GetTimeoutError(f"{method} timed out after {timeout}s")
+        if not r.ok:
+            raise r.value
+        return r.value
+
+    def register_function(self, fn_id, data: bytes) -> None:
+        if fn_id not in self.registered:
+            self.registered.add(fn_id)
+            self.send(("fn", fn_id, data))
+
+    def submit_local(self, spec: TaskSpec) -> list:
+        refs = [ObjectRef(r) for r in spec.returns]
+        self.send(("submit", spec.wire()))
+        return refs
+
+    def put(self, value) -> ObjectRef:
+        oid = self.new_id()
+        desc = serialize(value, self.new_path, what="shoal.put() value")
+        ref = ObjectRef(oid)
+        self.send(("put", oid, desc))
+        return ref
+
+    def _hand_back(self) -> list:
+        """Before blocking, give queued tasks back so nothing waits behind us."""
+        if self.actor_id is not None or threading.get_ident() != self.main_ident:
+            return []
+        with self.qcond:
+            returned = [m[1] for m in self.queue]
+            self.queue.clear()
+            self.blocked = True
+        return returned
+
+    def get_descs(self, ids, timeout):
+        return self.call("get", ids, self._hand_back(), timeout=timeout)
+
+    def wait_ids(self, ids, num_returns, timeout):
+        try:
+            return self.call("wait", ids, num_returns, self._hand_back(), timeout=timeout)
+        except GetTimeoutError:
+            return self.call("wait", ids, 0, [])  # what is ready now
+
+    def cancel(self, oid, force=False):
+        self.call("cancel", oid, force)
+
+    def create_actor_spec(self, spec, cls_bytes):
+        return self.call("create_actor", spec.wire(), cls_bytes)
+
+    def get_actor(self, name, namespace=None):
+        return self.call("get_actor", name, namespace)
+
+    def kill(self, actor_id, no_restart=True):
+        self.call("kill", actor_id, no_restart)
+
+    def check_feasible(self, demand, pg_id, bundle, what):
+        self.call("check_feasible", demand, pg_id, bundle, what)
+
+    def create_pg(self, pg_id, bundles, strategy, name):
+        return self.call("create_pg", pg_id, bundles, strategy, name)
+
+    def remove_pg(self, pg_id):
+        self.call("remove_pg", pg_id)
+
+    def resources(self, which):
+        return self.call("resources", which)
+
+    def nodes(self):
+        return self.call("nodes")
+
+    def store_stats(self):
+        return self.call("store_stats")
+
+    @property
+    def kv(self):
+        if self._kv is None:
+            from shoal.core.kv import TCPStore
+            host, port = self.boot["kv"]
+            self._kv = TCPStore(host, port, secret=bytes.fromhex(self.boot["secret"]))
+        return self._kv
+
+    # ------------------------------------------------------------ reader thread
+    def read_loop(self) -> None:
+        while True:
+            try:
+                msgs = self.conn.recv()
+            except OSError:
+                msgs = None
+            if msgs is None:
+                _driver_gone(self.shm_prefix)
+            for m in msgs:
+                op = m[0]
+                if op == "task":
+                    self._on_task(m)
+                elif op == "reply":
+                    r = self.replies.pop(m[1], None)
+                    if r is not None:
+                        r.ok, r.value = m[2], m[3]
+                        r.event.set()
+                elif op == "cancel":
+                    self._on_cancel(m[1])
+                elif op == "actor_init":
+                    with self.qcond:
+                        self.queue.append(m)
+                        self.qcond.notify()
+                elif op == "exit":
+                    _flush_std()
+                    os._exit(0)
+
+    def _on_task(self, m) -> None:
+        if self.actor is not None and self.actor_spec["max_concurrency"] > 1:
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self._start_async, m)
+            else:
+                self.pool.submit(self.run, m)
+            return
+        with self.qcond:
+            if self.blocked and self.actor_id is None:
+                bounce = True
+            else:
+                bounce = False
+                self.queue.append(m)
+                self.qcond.notify()
+        if bounce:
+            self.send(("bounce", [m[1]]))
+
+    def _on_cancel(self, seq) -> None:
+        with self.qcond:
+            for m in self.queue:
+                if m[0] == "task" and m[1] == seq:
+                    self.queue.remove(m)
+                    err = serialize(TaskCancelledError(f"task {m[4]} was cancelled"),
+                                    self.new_path, is_error=True)
+                    self.out.append(encode(("done", seq, [err] * len(m[7]), 0.0, False)))
+                    break
+            else:
+                if self.current_seq == seq:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self.main_ident), ctypes.py_object(TaskCancelledError))
+                return
+        self.send(None)
+
+    # ------------------------------------------------------------ execution
+    def main_loop(self) -> None:
+        while True:
+            with self.qcond:
+                while not self.queue:
+                    if self.out:
+                        break
+                    self.qcond.wait()
+                m = self.queue.popleft() if self.queue else None
+            if m is None:
+                self.send(None)
+                continue
+            if m[0] == "actor_init":
+                self._init_actor(m)
+                continue
+            self.run(m)
+            with self.qcond:
+                flush = not self.queue or len(self.out) >= _FLUSH_EVERY
+            if flush:
+                self.send(None)
+
+    def _resolve(self, m):
+        _, seq, fn_id, fn_bytes, name, args_desc, dep_descs, returns, method, retry_exc = m
+        if fn_bytes is not None:
+            self.fns[fn_id] = cloudpickle.loads(fn_bytes)
+        args, kwargs = value_of(args_desc)
+        if dep_descs:
+            args, kwargs = fill_deps(args, kwargs, [value_of(d) for d in dep_descs])
+        fn = self.fns[fn_id] if fn_id is not None else getattr(self.actor, method)
+        return fn, args, kwargs
+
+    def run(self, m) -> None:
+        seq, name, returns, retry_exc = m[1], m[4], m[7], m[9]
+        on_main = threading.get_ident() == self.main_ident
+        t0 = time.perf_counter()
+        retryable = False
+        if on_main:
+            self.current_seq, self.current_name = seq, name
+        self.local.task = seq
+        try:
+            fn, args, kwargs = self._resolve(m)
+            result = fn(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            if on_main:
+                self.current_seq = None
+            descs = self._store(result, returns, name)
+        except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
+            if on_main:
+                self.current_seq = None
+            descs, retryable = self._error(e, name, returns, retry_exc)
+        self._finish(seq, descs, time.perf_counter() - t0, retryable, on_main)
+
+    def _finish(self, seq, descs, elapsed, retryable, buffered) -> None:
+        msg = encode(("done", seq, descs, elapsed, retryable))
+        if buffered:
+            with self.qcond:
+                self.out.append(msg)
+        else:
+            with self.qcond:
+                self.out.append(msg)
+            self.send(None)
+
+    def _store(self, result, returns, name) -> list:
+        n = len(returns)
+        if n == 1:
+            return [serialize(result, self.new_path, what=f"return value of {name}")]
+        if not isinstance(result, (tuple, list)) or len(result) != n:
+            raise ValueError(f"{name} was declared with num_returns={n} but returned "
+                             f"{type(result).__name__} "
+                             f"{'of length ' + str(len(result)) if hasattr(result, '__len__') else ''}")
+        return [serialize(v, self.new_path, what=f"return value {i} of {name}")
+                for i, v in enumerate(result)]
+
+    def _error(self, e, name, returns, retry_exc):
+        if isinstance(e, KeyboardInterrupt):
+            e = TaskCancelledError(f"task {name} was interrupted")
+        if isinstance(e, (TaskError, TaskCancelledError)):
+            err = e
+        else:
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            err = TaskError(name, tb, e, repr(e)).as_instanceof_cause()
+        try:
+            desc = serialize(err, self.new_path, is_error=True)
+        except SerializationError:
+            err = TaskError(name, getattr(err, "remote_traceback", ""), None, repr(e))
+            desc = serialize(err, self.new_path, is_error=True)
+        retryable = (retry_exc is True or (isinstance(retry_exc, tuple) and isinstance(e, retry_exc))) \
+            and not isinstance(e, TaskCancelledError)
+        return [desc] * len(returns), retryable
+
+    # ------------------------------------------------------------ actors
+    def _init_actor(self, m) -> None:
+        _, spec, cls_bytes, dep_descs = m
+        self.actor_spec = spec
+        self.current_name = spec["cls_name"]
+        err = None
+        try:
+            cls = cloudpickle.loads(cls_bytes)
+            args, kwargs = value_of(spec["args"])
+            if dep_descs:
+                args, kwargs = fill_deps(args, kwargs, [value_of(d) for d in dep_descs])
+            conc = spec["max_concurrency"]
+            if spec["is_async"]:
+                self.loop = asyncio.new_event_loop()
+                threading.Thread(target=self.loop.run_forever, daemon=True,
+                                 name="shoal-actor-loop").start()
+                self._sem = None
+                fut = asyncio.run_coroutine_threadsafe(self._construct_async(cls, args, kwargs, conc),
+                                                       self.loop)
+                self.actor = fut.result()
+            else:
+                if conc > 1:
+                    from concurrent.futures import ThreadPoolExecutor
+                    self.pool = ThreadPoolExecutor(conc, thread_name_prefix="shoal-actor")
+                self.actor = cls(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - reported to the driver
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            err = serialize(TaskError(f"{spec['cls_name']}.__init__", tb, None, repr(e)),
+                            self.new_path, is_error=True)
+        self.send(("actor_ready", err))
+
+    async def _construct_async(self, cls, args, kwargs, conc):
+        self._sem = asyncio.Semaphore(conc)
+        return cls(*args, **kwargs)
+
+    def _start_async(self, m) -> None:
+        self.loop.create_task(self._run_async(m))
+
+    async def _run_async(self, m) -> None:
+        seq, name, returns, retry_exc = m[1], m[4], m[7], m[9]
+        t0 = time.perf_counter()
+        retryable = False
+        async with self._sem:
+            try:
+                fn, args, kwargs = self._resolve(m)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                descs = self._store(result, returns, name)
+            except BaseException as e:  # noqa: BLE001
+                descs, retryable = self._error(e, name, returns, retry_exc)
+        with self.qcond:
+            self.out.append(encode(("done", seq, descs, time.perf_counter() - t0, retryable)))
+            first = len(self.out) == 1
+        if first:  # batch the results of calls finishing in the same loop turn
+            self.loop.call_soon(self.send, None)
+
+
+class _PrefixedStream:
+    """Prefixes each line a task prints with its name and pid, like Ray."""
+
+    def __init__(self, raw, rt: WorkerRuntime):
+        self._raw = raw
+        self._rt = rt
+        self._buf = ""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            self._buf += s
+            if "\n" in self._buf:
+                *lines, self._buf = self._buf.split("\n")
+                name = self._rt.current_name or "worker"
+                self._raw.write("".join(f"({name} pid={self._pid}) {ln}\n" for ln in lines))
+                self._raw.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buf:
+                name = self._rt.current_name or "worker"
+                self._raw.write(f"({name} pid={self._pid}) {self._buf}\n")
+                self._buf = ""
+            self._raw.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def __getattr__(self, item):
+        return getattr(self._raw, item)
+
+
+def _flush_std() -> None:
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _driver_gone(shm_prefix: str) -> None:
+    """The driver died without shutting down: remove the session's shared memory."""
+    from shoal.core._local import _remove_session_files
+    _remove_session_files(shm_prefix)
+    _flush_std()
+    os._exit(0)
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main() -> None:
+    boot = json.loads(sys.stdin.readline())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_parent_death_signal()
+    signal.signal(signal.SIGTERM, lambda *_: _driver_gone(boot["shm_prefix"]))
+    if os.getppid() != boot["driver_pid"]:
+        _driver_gone(boot["shm_prefix"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(boot["sock"])
+    client_handshake(sock, bytes.fromhex(boot["secret"]))
+    sock.sendall(int(boot["wid"]).to_bytes(8, "little"))
+    conn = BlockingConn(sock)
+    rt = WorkerRuntime(boot, conn)
+    from shoal.core import api
+    api._set_worker_runtime(rt)
+    sys.stdout = _PrefixedStream(sys.stdout, rt)
+    sys.stderr = _PrefixedStream(sys.stderr, rt)
+    threading.Thread(target=rt.read_loop, daemon=True, name="shoal-reader").start()
+    rt.main_loop()
+
+
+if __name__ == "__main__":
+    main()

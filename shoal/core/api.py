@@ -1,0 +1,426 @@
+"""shoal's runtime API: the verbs a Ray user already knows.
+
+    shoal.init()                       # optional: first use starts a local cluster
+    @shoal.remote
+    def f(x): return x + 1
+    shoal.get([f.remote(i) for i in range(4)])
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import os
+import threading
+from dataclasses import dataclass
+
+from shoal.core.object_ref import ObjectRef
+from shoal.exceptions import NotInitializedError
+
+_backend = None           # the driver's backend (LocalBackend or RayBackend)
+_worker_rt = None         # set inside worker processes of the local backend
+_init_lock = threading.RLock()
+
+_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
+                 "num_returns", "name", "placement_group", "placement_group_bundle_index",
+                 "scheduling_strategy", "runtime_env"}
+_ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
+                  "max_task_retries", "max_concurrency", "name", "namespace", "get_if_exists",
+                  "lifetime", "placement_group", "placement_group_bundle_index",
+                  "scheduling_strategy", "runtime_env"}
+_METHOD_OPTIONS = {"num_returns", "name", "retry_exceptions"}
+
+
+def _set_worker_runtime(rt) -> None:
+    global _worker_rt
+    _worker_rt = rt
+
+
+def _runtime():
+    if _worker_rt is not None:
+        return _worker_rt
+    if _backend is None:
+        init()
+    return _backend
+
+
+# ------------------------------------------------------------------ lifecycle
+def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, backend: str | None = None,
+         address: str | None = None, namespace: str | None = None,
+         ignore_reinit_error: bool = False, log_to_driver: bool = True, **ray_kwargs):
+    """Start shoal: a local cluster of worker processes, or a connection to Ray.
+
+    Args:
+        num_cpus, num_gpus, resources: what this node offers (default: the machine's CPUs).
+        object_store_memory: bytes of shared memory for objects before spilling to disk.
+        backend: "local" (default) or "ray".
+        address: "auto" or "ray://host:port" connects to a Ray cluster (implies backend="ray").
+        namespace: namespace for named actors.
+    Returns the backend. Raises RuntimeError if already initialized (unless
+    ``ignore_reinit_error``).
+    """
+    global _backend
+    if _worker_rt is not None:
+        return _worker_rt
+    with _init_lock:
+        if _backend is not None:
+            if ignore_reinit_error:
+                return _backend
+            raise RuntimeError("shoal is already initialized; call shoal.shutdown() first "
+                               "or pass ignore_reinit_error=True")
+        backend = backend or os.environ.get("SHOAL_BACKEND") or ("ray" if address else "local")
+        if backend == "local":
+            if address:
+                raise ValueError("address= is for the Ray backend; drop it or use backend='ray'")
+            from shoal.core._local import LocalBackend
+            _backend = LocalBackend(num_cpus, num_gpus, resources, object_store_memory,
+                                    namespace, log_to_driver)
+        elif backend == "ray":
+            from shoal.core._ray import RayBackend
+            _backend = RayBackend(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                  object_store_memory=object_store_memory, address=address,
+                                  namespace=namespace, log_to_driver=log_to_driver, **ray_kwargs)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
+        return _backend
+
+
+def shutdown() -> None:
+    """Stop every worker and free every object; safe to call twice."""
+    global _backend
+    with _init_lock:
+        b, _backend = _backend, None
+    if b is not None:
+        b.shutdown()
+
+
+def is_initialized() -> bool:
+    return _backend is not None or _worker_rt is not None
+
+
+atexit.register(shutdown)
+
+
+# ------------------------------------------------------------------ objects
+def put(value) -> ObjectRef:
+    """Store ``value`` in the object store; returns its ObjectRef."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("shoal.put() of an ObjectRef is not allowed; pass the ref itself")
+    return _runtime().put_value(value)
+
+
+def get(refs, *, timeout: float | None = None):
+    """The value(s) of an ObjectRef or a list of them, waiting up to ``timeout`` seconds.
+
+    Raises the task's error (a TaskError that is also an instance of the
+    original exception), WorkerCrashedError, ActorDiedError, or GetTimeoutError.
+    """
+    rt = _runtime()
+    if isinstance(refs, ObjectRef):
+        return rt.get([refs], timeout)[0]
+    if isinstance(refs, (list, tuple)):
+        for r in refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"shoal.get() takes ObjectRefs, got {type(r).__name__} in the list")
+        return rt.get(list(refs), timeout)
+    raise TypeError(f"shoal.get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
+
+
+def wait(refs: list, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True):
+    """Wait until ``num_returns`` of ``refs`` are ready; returns (ready, not_ready)."""
+    refs = list(refs)
+    if len({r.id for r in refs}) != len(refs):
+        raise ValueError("shoal.wait() got the same ObjectRef twice")
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns={num_returns} must be between 0 and len(refs)={len(refs)}")
+    return _runtime().wait(refs, num_returns, timeout)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task producing ``ref``: queued tasks never run; a running one
+    gets TaskCancelledError raised inside it (``force=True`` kills its worker)."""
+    _runtime().cancel(ref.id if not _is_ray() else ref, force)
+
+
+def _is_ray() -> bool:
+    return getattr(_runtime(), "name", "") == "ray"
+
+
+# ------------------------------------------------------------------ tasks
+class RemoteFunction:
+    """A function that runs as a task: ``f.remote(*args)`` returns ObjectRef(s)."""
+
+    def __init__(self, function, options: dict):
+        _check_options(options, _TASK_OPTIONS, function.__qualname__)
+        self._function = function
+        self._name = function.__qualname__
+        self._options = options
+        self._fn_ids: dict = {}
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self._name} cannot be called directly; "
+                        f"use {self._name}.remote(...)")
+
+    def remote(self, *args, **kwargs):
+        refs = _runtime().submit_task(self, args, kwargs, self._options)
+        return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+
+    def options(self, **opts) -> "RemoteFunction":
+        merged = dict(self._options, **opts)
+        rf = RemoteFunction.__new__(RemoteFunction)
+        _check_options(merged, _TASK_OPTIONS, self._name)
+        rf.__dict__.update(self.__dict__)
+        rf._options = merged
+        return rf
+
+    def __getstate__(self):
+        return {"_function": self._function, "_name": self._name, "_options": self._options,
+                "_fn_ids": dict(self._fn_ids)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class ActorMethod:
+    def __init__(self, handle: "ActorHandle", name: str, options: dict):
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def remote(self, *args, **kwargs):
+        h = self._handle
+        refs = _runtime().submit_actor_call(h._actor_id, h._cls_name, self._name, args, kwargs,
+                                            self._options)
+        return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+
+    def options(self, **opts) -> "ActorMethod":
+        _check_options(opts, _METHOD_OPTIONS, self._name)
+        return ActorMethod(self._handle, self._name, dict(self._options, **opts))
+
+    def __call__(self, *a, **k):
+        raise TypeError(f"actor method {self._name} cannot be called directly; "
+                        f"use .{self._name}.remote(...)")
+
+
+class ActorHandle:
+    """A handle to an actor; method calls from one handle run in order."""
+
+    def __init__(self, actor_id, handle_ref, cls_name: str, methods: dict, is_async: bool = False):
+        self._actor_id = actor_id
+        self._handle_ref = handle_ref     # keeps the actor alive while handles exist
+        self._cls_name = cls_name
+        self._methods = methods
+        self._is_async = is_async
+
+    def __getattr__(self, item):
+        if item.startswith("__"):
+            raise AttributeError(item)
+        methods = self.__dict__.get("_methods", {})
+        if item not in methods:
+            raise AttributeError(f"actor {self.__dict__.get('_cls_name')} has no method {item!r}")
+        return ActorMethod(self, item, methods[item])
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._handle_ref, self._cls_name, self._methods,
+                              self._is_async))
+
+    def __repr__(self):
+        return f"ActorHandle({self._cls_name})"
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+
+class ActorClass:
+    """A class whose instances live in their own worker process."""
+
+    def __init__(self, cls, options: dict):
+        _check_options(options, _ACTOR_OPTIONS, cls.__qualname__)
+        self._cls = cls
+        self._name = cls.__qualname__
+        self._options = options
+        self._fn_ids: dict = {}
+        self._methods = {}
+        self._is_async = False
+        for name, member in inspect.getmembers(cls, predicate=callable):
+            if name.startswith("__") and name != "__call__":
+                continue
+            self._methods[name] = dict(getattr(member, "_shoal_method_options", {}))
+            if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
+                self._is_async = True
+
+    def __call__(self, *a, **k):
+        raise TypeError(f"actor class {self._name} cannot be instantiated directly; "
+                        f"use {self._name}.remote(...)")
+
+    def remote(self, *args, **kwargs) -> ActorHandle:
+        rt = _runtime()
+        actor_id, handle_ref, methods, is_async = rt.create_actor(self, args, kwargs, self._options)
+        return ActorHandle(actor_id, handle_ref, self._name, methods, is_async)
+
+    def options(self, **opts) -> "ActorClass":
+        ac = ActorClass.__new__(ActorClass)
+        ac.__dict__.update(self.__dict__)
+        ac._options = dict(self._options, **opts)
+        _check_options(ac._options, _ACTOR_OPTIONS, self._name)
+        return ac
+
+
+def method(**options):
+    """Per-method defaults for an actor method, e.g. ``@shoal.method(num_returns=2)``."""
+    _check_options(options, _METHOD_OPTIONS, "actor method")
+
+    def deco(fn):
+        fn._shoal_method_options = options
+        return fn
+    return deco
+
+
+def remote(*args, **options):
+    """Make a function a task or a class an actor.
+
+    ``@shoal.remote`` or ``@shoal.remote(num_cpus=..., num_gpus=..., resources=...,
+    max_retries=3, retry_exceptions=False, num_returns=1)`` on functions;
+    ``max_restarts``, ``max_task_retries``, ``max_concurrency``, ``name``,
+    ``namespace``, ``get_if_exists`` on classes.
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @shoal.remote or @shoal.remote(option=value, ...)")
+    return lambda obj: _make_remote(obj, options)
+
+
+def _make_remote(obj, options):
+    if inspect.isclass(obj):
+        return ActorClass(obj, options)
+    if callable(obj):
+        return RemoteFunction(obj, options)
+    raise TypeError(f"@shoal.remote applies to functions and classes, not {type(obj).__name__}")
+
+
+def _check_options(options: dict, allowed: set, what: str) -> None:
+    bad = set(options) - allowed
+    if bad:
+        raise ValueError(f"unknown option(s) {sorted(bad)} for {what}; allowed: {sorted(allowed)}")
+    n = options.get("num_returns", 1)
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"num_returns must be an int >= 0 for {what}, got {n!r}")
+    for k in ("num_cpus", "num_gpus"):
+        v = options.get(k)
+        if v is not None and (not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{k} must be a number >= 0 for {what}, got {v!r}")
+
+
+# ------------------------------------------------------------------ actors
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor called ``name``; ValueError if there is none."""
+    rt = _runtime()
+    actor_id, handle_oid, methods, is_async = rt.get_actor(name, namespace)
+    handle_ref = handle_oid if _is_ray() else ObjectRef(handle_oid)
+    cls_name = name
+    return ActorHandle(actor_id, handle_ref, cls_name, methods, is_async)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill the actor's process now; its pending calls fail with ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"shoal.kill() takes an ActorHandle, got {type(actor).__name__}")
+    _runtime().kill(actor._actor_id, no_restart)
+
+
+# ------------------------------------------------------------------ placement groups
+class PlacementGroup:
+    """Resources reserved all together (a gang): every bundle or none."""
+
+    def __init__(self, pg_id, bundles, strategy, ready_ref):
+        self.id = pg_id
+        self.bundle_specs = bundles
+        self.strategy = strategy
+        self._ready = ready_ref
+
+    @property
+    def bundle_count(self) -> int:
+        return len(self.bundle_specs)
+
+    def ready(self) -> ObjectRef:
+        """An ObjectRef that becomes ready once every bundle is reserved."""
+        return self._ready
+
+    def wait(self, timeout_seconds: float = 30) -> bool:
+        ready, _ = wait([self._ready], timeout=timeout_seconds)
+        return bool(ready)
+
+    def __reduce__(self):
+        return (PlacementGroup, (self.id, self.bundle_specs, self.strategy, self._ready))
+
+
+def placement_group(bundles: list[dict], strategy: str = "PACK", name: str = "") -> PlacementGroup:
+    """Reserve ``bundles`` (e.g. ``[{"CPU": 1}] * 4``) all at once.
+
+    Raises InfeasibleResourceError at once if the cluster can never hold them.
+    """
+    bundles = [dict(b) for b in bundles]
+    rt = _runtime()
+    pg_id, ready = rt.placement_group(bundles, strategy, name)
+    return PlacementGroup(pg_id, bundles, strategy, ready)
+
+
+def remove_placement_group(pg: PlacementGroup) -> None:
+    """Release the reservation; actors placed in it are killed."""
+    _runtime().remove_placement_group(pg)
+
+
+@dataclass
+class PlacementGroupSchedulingStrategy:
+    placement_group: PlacementGroup
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool = False
+
+
+# ------------------------------------------------------------------ cluster
+def cluster_resources() -> dict:
+    return _runtime().resources("total")
+
+
+def available_resources() -> dict:
+    return _runtime().resources("available")
+
+
+def nodes() -> list:
+    return _runtime().nodes()
+
+
+def get_kv_store():
+    """The cluster's key-value store (a ``KVStore``), reachable from every process."""
+    return _runtime().kv
+
+
+@dataclass
+class RuntimeContext:
+    node_id: str
+    worker_id: int | None
+    task_id: int | None
+    actor_id: int | None
+    namespace: str
+    backend: str
+
+    def get_node_id(self) -> str:
+        return self.node_id
+
+    def get_actor_id(self):
+        return self.actor_id
+
+    def get_task_id(self):
+        return self.task_id
+
+
+def get_runtime_context() -> RuntimeContext:
+    rt = _runtime()
+    return rt.runtime_context()

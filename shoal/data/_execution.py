@@ -1,0 +1,268 @@
+"""Streaming execution of a plan on shoal tasks and actors.
+
+Each stage keeps a window of at most ``max_tasks_in_flight`` tasks and
+hands its outputs on in submission order, as soon as the oldest finishes.
+Stages are chained generators, so a consumer pulling batches drives the
+whole pipeline and memory stays bounded by the windows: a dataset larger
+than the object store streams through it.
+
+A stage task returns its blocks and, as its last return value, their
+BlockMeta list: the driver learns row counts and schemas without fetching
+data.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+
+from shoal.data._block import BlockMeta, meta_of, split_even
+from shoal.data._context import DataContext
+from shoal.data._plan import (AllToAllNode, BlocksNode, Bundle, LimitNode, MapNode, Node,
+                              ReadNode, UnionNode)
+from shoal.data._progress import ProgressLine
+from shoal.data._read import ReadTask
+from shoal.data._transforms import apply_chain
+from shoal.exceptions import SchemaMismatchError
+
+_REMOTE_FNS: dict = {}
+
+
+def remote_fn(fn):
+    """``shoal.remote(fn)``, made once per process."""
+    import shoal
+
+    handle = _REMOTE_FNS.get(fn)
+    if handle is None:
+        handle = _REMOTE_FNS[fn] = shoal.remote(fn)
+    return handle
+
+
+def as_list(refs) -> list:
+    return refs if isinstance(refs, list) else [refs]
+
+
+# ------------------------------------------------------- task/actor bodies ---
+
+def run_stage(chain, item, k: int):
+    """Read (if ``item`` is a ReadTask) or take a block, cut it in ``k``, apply ``chain``."""
+    start = time.perf_counter()
+    table = item() if isinstance(item, ReadTask) else item
+    parts = split_even(table, k) if k > 1 else [table]
+    outs = [apply_chain(chain, p) for p in parts]
+    elapsed = (time.perf_counter() - start) / len(outs)
+    return (*outs, [meta_of(o, elapsed) for o in outs])
+
+
+class MapWorker:
+    """The actor behind a callable-class stage: builds the chain's state once."""
+
+    def __init__(self, chain):
+        self.chain = chain
+        for transform in chain:
+            transform.setup()
+
+    def process(self, item, k: int):
+        return run_stage(self.chain, item, k)
+
+
+# -------------------------------------------------------------- executor ---
+
+@dataclass
+class StageStats:
+    name: str
+    blocks: int = 0
+    rows: int = 0
+    bytes: int = 0
+    task_s: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+    wall_s: float = 0.0
+
+    def add(self, meta: BlockMeta) -> None:
+        self.blocks += 1
+        self.rows += meta.num_rows
+        self.bytes += meta.size_bytes
+        self.task_s += meta.exec_s
+        self.wall_s = time.perf_counter() - self.start
+
+    def line(self) -> str:
+        return (f"{self.name}: {self.blocks} blocks, {self.rows:,} rows, "
+                f"{self.bytes / 2**20:.1f} MiB, wall {self.wall_s:.3f}s, "
+                f"task time {self.task_s:.3f}s")
+
+
+class Executor:
+    """Runs plan nodes; one Executor per consumer call, its ``stats`` kept for ``Dataset.stats``."""
+
+    def __init__(self, ctx: DataContext | None = None):
+        import shoal
+
+        self.ctx = ctx or DataContext.get_current()
+        self.stats: list[StageStats] = []
+        cpus = int(shoal.cluster_resources().get("CPU", 1)) or 1
+        self.cpus = cpus
+        self.window = self.ctx.max_tasks_in_flight or max(2, 2 * cpus)
+
+    def progress(self, name: str, total: int | None) -> ProgressLine:
+        return ProgressLine(name, total, self.ctx.progress_enabled(sys.stderr),
+                            self.ctx.progress_after_s)
+
+    def new_stats(self, name: str) -> StageStats:
+        s = StageStats(name)
+        self.stats.append(s)
+        return s
+
+    def materialize(self, node: Node) -> list[Bundle]:
+        return list(self.stream(node))
+
+    def stream(self, node: Node) -> Iterator[Bundle]:
+        if isinstance(node, BlocksNode):
+            return iter(node.bundles)
+        if isinstance(node, ReadNode):
+            return self._map_stream(node.tasks, (), None, {}, node.name, len(node.tasks))
+        if isinstance(node, MapNode):
+            if isinstance(node.child, ReadNode):
+                items, total = node.child.tasks, len(node.child.tasks)
+                name = f"{node.child.name}->{node.name}"
+            else:
+                items, total = self.stream(node.child), None
+                name = node.name
+            return self._map_stream(items, node.chain, node.compute, node.options, name, total)
+        if isinstance(node, AllToAllNode):
+            return self._all_to_all(node)
+        if isinstance(node, LimitNode):
+            return self._limit(node)
+        if isinstance(node, UnionNode):
+            return self._union(node)
+        raise TypeError(f"unknown plan node {node!r}")
+
+    def _all_to_all(self, node: AllToAllNode) -> Iterator[Bundle]:
+        bundles = self.materialize(node.child)
+        stats = self.new_stats(node.name)
+        out = node.fn(bundles, self)
+        del bundles
+        for bundle in out:
+            stats.add(bundle[1])
+        yield from out
+
+    def _map_stream(self, items: Iterable, chain, compute, options: dict, name: str,
+                    total: int | None) -> Iterator[Bundle]:
+        import shoal
+
+        stats = self.new_stats(name)
+        progress = self.progress(name, total)
+        chain_ref = shoal.put(list(chain))
+        actors, load = [], []
+        if compute is not None:
+            worker = remote_fn(MapWorker)
+            actor_options = dict(options)
+            # By default a pool shares the cluster's CPUs rather than waiting for more.
+            actor_options.setdefault("num_cpus", min(1.0, self.cpus / compute.size))
+            actors = [worker.options(**actor_options).remote(chain_ref)
+                      for _ in range(compute.size)]
+            load = [0] * len(actors)
+            window = len(actors) * self.ctx.actor_tasks_in_flight
+        else:
+            task = remote_fn(run_stage)
+            window = self.window
+        pending: deque = deque()
+        try:
+            source = iter(items)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if isinstance(item, ReadTask):
+                        k, payload = item.num_blocks, item
+                    else:
+                        k, payload = 1, item[0]
+                    if actors:
+                        i = load.index(min(load))
+                        load[i] += 1
+                        refs = actors[i].process.options(num_returns=k + 1).remote(payload, k)
+                    else:
+                        i = -1
+                        refs = task.options(num_returns=k + 1, **options).remote(chain_ref,
+                                                                                 payload, k)
+                    pending.append((as_list(refs), i))
+                if not pending:
+                    break
+                refs, i = pending.popleft()
+                metas = shoal.get(refs[-1])
+                if i >= 0:
+                    load[i] -= 1
+                for ref, meta in zip(refs[:-1], metas):
+                    stats.add(meta)
+                    progress.update(1, meta.num_rows)
+                    yield ref, meta
+        finally:
+            progress.close()
+            for refs, _ in pending:
+                _cancel_quietly(refs[-1])
+            for actor in actors:
+                try:
+                    shoal.kill(actor)
+                except Exception:  # noqa: BLE001 - the actor may already be gone
+                    pass
+
+    def _limit(self, node: LimitNode) -> Iterator[Bundle]:
+        from shoal.data._row_ranges import take_row_ranges
+
+        remaining = node.n
+        if remaining <= 0:
+            return
+        upstream = self.stream(node.child)
+        try:
+            for ref, meta in upstream:
+                if meta.num_rows <= remaining:
+                    remaining -= meta.num_rows
+                    yield ref, meta
+                else:
+                    yield from take_row_ranges([(ref, meta)], [(0, remaining)])
+                    remaining = 0
+                if remaining == 0:
+                    return
+        finally:
+            upstream.close()
+
+    def _union(self, node: UnionNode) -> Iterator[Bundle]:
+        reference: pa.Schema | None = None
+        for index, child in enumerate(node.children):
+            checked = False
+            for ref, meta in self.stream(child):
+                if meta.num_rows and not checked:
+                    if reference is None:
+                        reference = meta.schema
+                    else:
+                        check_union_schema(reference, meta.schema, index)
+                    checked = True
+                yield ref, meta
+
+
+def check_union_schema(reference: pa.Schema, schema: pa.Schema, index: int) -> None:
+    if reference.names != schema.names:
+        raise SchemaMismatchError(
+            f"union: dataset {index} has columns {schema.names} but dataset 0 has "
+            f"{reference.names}; select or rename columns so they match before union")
+    for field_ref, field_other in zip(reference, schema):
+        if not field_ref.type.equals(field_other.type):
+            raise SchemaMismatchError(
+                f"union: column {field_ref.name!r} is {field_other.type} in dataset {index} but "
+                f"{field_ref.type} in dataset 0; cast it (e.g. with map_batches) before union")
+
+
+def _cancel_quietly(ref) -> None:
+    import shoal
+
+    try:
+        shoal.cancel(ref)
+    except Exception:  # noqa: BLE001 - best effort: the task may have finished
+        pass

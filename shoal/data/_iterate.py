@@ -1,0 +1,122 @@
+"""Consuming a stream of blocks: batches in NumPy/pandas/Arrow/torch, rows.
+
+Blocks are fetched ahead on a background thread (``prefetch_batches``)
+while the caller works on the current batch, and re-cut into batches of
+exactly ``batch_size`` rows across block boundaries.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from shoal.data._block import check_batch_format, column_to_numpy, rebatch, to_batch
+from shoal.data._plan import Bundle
+
+
+def fetch_blocks(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterator[pa.Table]:
+    """The Tables behind ``bundles`` in order, fetching up to ``prefetch_blocks`` ahead."""
+    import shoal
+
+    if prefetch_blocks <= 0:
+        for ref, _ in bundles:
+            yield shoal.get(ref)
+        return
+    source = iter(bundles)
+    ahead: deque = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-data-prefetch") as pool:
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(ahead) <= prefetch_blocks:
+                    try:
+                        ref, _ = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    ahead.append(pool.submit(shoal.get, ref))
+                if not ahead:
+                    return
+                yield ahead.popleft().result()
+        finally:
+            for fut in ahead:
+                fut.cancel()
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+def local_shuffle(tables: Iterable[pa.Table], buffer_size: int, batch_size: int,
+                  seed) -> Iterator[pa.Table]:
+    """Mix rows within a buffer of at least ``buffer_size`` rows before batching."""
+    rng = np.random.default_rng(seed)
+    buffer: list[pa.Table] = []
+    rows = 0
+    for t in tables:
+        buffer.append(t)
+        rows += t.num_rows
+        if rows >= buffer_size + batch_size:
+            joined = pa.concat_tables(buffer, promote_options="permissive")
+            joined = joined.take(pa.array(rng.permutation(joined.num_rows)))
+            emit = joined.num_rows - buffer_size
+            yield joined.slice(0, emit)
+            buffer, rows = [joined.slice(emit)], buffer_size
+    if rows:
+        joined = pa.concat_tables(buffer, promote_options="permissive")
+        yield joined.take(pa.array(rng.permutation(joined.num_rows)))
+
+
+def iter_batches(bundles: Iterable[Bundle], *, batch_size: int | None = 256,
+                 batch_format: str = "numpy", drop_last: bool = False,
+                 prefetch_batches: int = 1, local_shuffle_buffer_size: int | None = None,
+                 local_shuffle_seed: int | None = None) -> Iterator[Any]:
+    check_batch_format(batch_format)
+    tables = fetch_blocks(bundles, prefetch_batches)
+    if local_shuffle_buffer_size:
+        tables = local_shuffle(tables, local_shuffle_buffer_size, batch_size or 1,
+                               local_shuffle_seed)
+    for batch in rebatch(tables, batch_size, drop_last):
+        yield to_batch(batch, batch_format)
+
+
+def to_torch_batch(batch: pa.Table, dtypes=None, device: str | Any = "cpu") -> dict:
+    """A dict of torch tensors; non-numeric columns stay NumPy arrays."""
+    import torch
+
+    out = {}
+    for name in batch.column_names:
+        array = column_to_numpy(batch.column(name))
+        if array.dtype == object or array.dtype.kind in "USM":
+            out[name] = array
+            continue
+        if not array.flags.writeable:
+            array = array.copy()  # torch wants writable memory; Arrow buffers are read-only
+        tensor = torch.from_numpy(array)
+        dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
+        if dtype is not None or device != "cpu":
+            tensor = tensor.to(device=device, dtype=dtype)
+        out[name] = tensor
+    return out
+
+
+def iter_torch_batches(bundles: Iterable[Bundle], *, batch_size: int | None = 256, dtypes=None,
+                       device: str | Any = "cpu", drop_last: bool = False,
+                       prefetch_batches: int = 1, collate_fn=None,
+                       local_shuffle_buffer_size: int | None = None,
+                       local_shuffle_seed: int | None = None) -> Iterator[Any]:
+    for batch in iter_batches(bundles, batch_size=batch_size, batch_format="pyarrow",
+                              drop_last=drop_last, prefetch_batches=prefetch_batches,
+                              local_shuffle_buffer_size=local_shuffle_buffer_size,
+                              local_shuffle_seed=local_shuffle_seed):
+        if collate_fn is not None:
+            yield collate_fn(to_batch(batch, "numpy"))
+        else:
+            yield to_torch_batch(batch, dtypes, device)
+
+
+def iter_rows(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterator[dict]:
+    for table in fetch_blocks(bundles, prefetch_blocks):
+        yield from table.to_pylist()
