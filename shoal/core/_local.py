@@ -22,6 +22,7 @@ import time
 import traceback
 from collections import deque
 
+from shoal.core import _serialization as _ser
 from shoal.core import object_ref as _oref
 from shoal.core._actors import ActorState
 from shoal.core._auth import server_handshake
@@ -119,6 +120,7 @@ class LocalBackend(ProcessRuntime):
         self.lock = threading.RLock()
         self.counter = RefCounter()
         _oref.set_counter(self.counter)
+        _ser.map_events = self.counter.events
         self._ids = itertools.count(1)
         self._paths = itertools.count(1)
         self._wids = itertools.count(1)
@@ -342,12 +344,7 @@ class LocalBackend(ProcessRuntime):
         if op == "done":
             self._on_done(w, m[1], m[2], m[3], m[4])
         elif op == "ref":
-            objs = self.objects
-            for delta, oid in m[1]:
-                if delta > 0:
-                    objs.add_holder(oid, w.wid)
-                else:
-                    objs.remove_holder(oid, w.wid)
+            self._apply_refs(m[1], w.wid)
         elif op == "submit":
             spec = TaskSpec.from_wire(m[1])
             spec.owner = w.wid
@@ -380,12 +377,17 @@ class LocalBackend(ProcessRuntime):
 
     # ---------------------------------------------------------------- objects
     def _drain_refs(self) -> None:
+        self._apply_refs(self.counter.drain(), DRIVER)
+
+    def _apply_refs(self, events, proc) -> None:
         objs = self.objects
-        for delta, oid in self.counter.drain():
-            if delta > 0:
-                objs.add_holder(oid, DRIVER)
-            else:
-                objs.remove_holder(oid, DRIVER)
+        for delta, key in events:
+            if delta == 1:
+                objs.add_holder(key, proc)
+            elif delta == -1:
+                objs.remove_holder(key, proc)
+            else:  # +-2: a file mapped / unmapped
+                objs.mapped(key, proc, 1 if delta > 0 else -1)
 
     def _ready(self, oid, desc) -> None:
         self.producing.pop(oid, None)
@@ -394,13 +396,22 @@ class LocalBackend(ProcessRuntime):
 
     def put(self, value) -> ObjectRef:
         oid = self.new_id()
-        desc = serialize(value, self.new_path, what="shoal.put() value")
+        desc = serialize(value, self.new_path, what="shoal.put() value", alloc=self._alloc_local)
         with self.lock:
             self.objects.create(oid)
             ref = ObjectRef(oid)
             self._drain_refs()
             self._ready(oid, desc)
         return ref
+
+    def _alloc_local(self, nbytes: int):
+        with self.lock:
+            self._drain_refs()
+            return self.objects.allocate(nbytes, writable_map=True)
+
+    def rpc_alloc(self, w, req, nbytes):
+        got = self.objects.allocate(nbytes, writable_map=False)
+        return None if got is None else got[0]
 
     def get_descs(self, ids: list, timeout: float | None) -> list:
         with self.lock:
@@ -712,6 +723,7 @@ class LocalBackend(ProcessRuntime):
             o = self.objects.objs.get(oid)
             if o is not None and w.wid in o.holders:
                 self.objects.remove_holder(oid, w.wid)
+        self.objects.forget_process(w.wid)
         inflight = list(w.inflight.values())
         w.inflight.clear()
         if w.actor is not None:

@@ -23,6 +23,7 @@ from collections import deque
 
 import cloudpickle
 
+from shoal.core import _serialization as _ser
 from shoal.core import object_ref as _oref
 from shoal.core._auth import client_handshake
 from shoal.core._protocol import BlockingConn, encode
@@ -63,6 +64,7 @@ class WorkerRuntime(ProcessRuntime):
         self.replies: dict = {}
         self.counter = RefCounter()
         _oref.set_counter(self.counter)
+        _ser.map_events = self.counter.events
         self.fns: dict = {}
         self.registered: set = set()
         self.queue: deque = deque()
@@ -129,10 +131,17 @@ class WorkerRuntime(ProcessRuntime):
 
     def put(self, value) -> ObjectRef:
         oid = self.new_id()
-        desc = serialize(value, self.new_path, what="shoal.put() value")
+        desc = serialize(value, self.new_path, what="shoal.put() value", alloc=self._alloc)
         ref = ObjectRef(oid)
         self.send(("put", oid, desc))
         return ref
+
+    def _alloc(self, nbytes: int):
+        """A recycled shared-memory file from the driver for a big value."""
+        if nbytes < (1 << 20):
+            return None
+        path = self.call("alloc", nbytes)
+        return None if path is None else (path, None)
 
     def _hand_back(self) -> list:
         """Before blocking, give queued tasks back so nothing waits behind us."""
@@ -318,12 +327,13 @@ class WorkerRuntime(ProcessRuntime):
     def _store(self, result, returns, name) -> list:
         n = len(returns)
         if n == 1:
-            return [serialize(result, self.new_path, what=f"return value of {name}")]
+            return [serialize(result, self.new_path, what=f"return value of {name}",
+                              alloc=self._alloc)]
         if not isinstance(result, (tuple, list)) or len(result) != n:
             raise ValueError(f"{name} was declared with num_returns={n} but returned "
                              f"{type(result).__name__} "
                              f"{'of length ' + str(len(result)) if hasattr(result, '__len__') else ''}")
-        return [serialize(v, self.new_path, what=f"return value {i} of {name}")
+        return [serialize(v, self.new_path, what=f"return value {i} of {name}", alloc=self._alloc)
                 for i, v in enumerate(result)]
 
     def _error(self, e, name, returns, retry_exc):
@@ -455,18 +465,9 @@ def _driver_gone(shm_prefix: str) -> None:
     os._exit(0)
 
 
-def _set_parent_death_signal() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def main() -> None:
     boot = json.loads(sys.stdin.readline())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_parent_death_signal()
     signal.signal(signal.SIGTERM, lambda *_: _driver_gone(boot["shm_prefix"]))
     if os.getppid() != boot["driver_pid"]:
         _driver_gone(boot["shm_prefix"])
