@@ -1,4 +1,66 @@
-"""shoal.ml: Spark MLlib's algorithms with scikit-learn's API, trained across shoal's cluster."""
-from shoal.ml._input import DesignMatrix, as_design_matrix, set_executor, use_executor
+"""shoal.ml: Spark MLlib's algorithms with scikit-learn's API, trained across shoal's cluster.
 
-__all__ = ["DesignMatrix", "as_design_matrix", "set_executor", "use_executor"]
+Estimators take NumPy arrays, pandas DataFrames, Arrow Tables or shoal.data Datasets
+(name the columns with ``features=`` and the label with ``label=`` or ``y="column"``).
+Names load lazily so that worker processes, which import only the map-side kernels,
+never pay for scikit-learn's import.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+_EXPORTS = {
+    # input layer
+    "DesignMatrix": "_input", "as_design_matrix": "_input", "set_executor": "_input",
+    "use_executor": "_input", "NotFittedError": "_base",
+    # linear models
+    "LinearRegression": "_linear", "Ridge": "_linear", "Lasso": "_linear", "ElasticNet": "_linear",
+    "LogisticRegression": "_linear", "LinearSVC": "_linear",
+    # naive Bayes, clustering, decomposition
+    "GaussianNB": "_naive_bayes", "MultinomialNB": "_naive_bayes", "BernoulliNB": "_naive_bayes",
+    "KMeans": "_kmeans", "PCA": "_pca",
+    # features
+    "StandardScaler": "_scalers", "MinMaxScaler": "_scalers", "MaxAbsScaler": "_scalers",
+    "Normalizer": "_scalers", "Imputer": "_scalers", "PolynomialExpansion": "_scalers",
+    "Bucketizer": "_discretize", "QuantileDiscretizer": "_discretize",
+    "OneHotEncoder": "_categorical", "StringIndexer": "_categorical", "VectorAssembler": "_categorical",
+    "Tokenizer": "_text", "HashingTF": "_text", "IDF": "_text",
+    # workflow
+    "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
+    "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",
+    "save": "_persist", "load": "_persist", "metrics": "metrics",
+    # trees and ensembles (written alongside; optional until their modules exist)
+    "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
+    "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",
+    "GradientBoostingClassifier": "ensemble", "GradientBoostingRegressor": "ensemble",
+}
+
+
+def _available(name: str) -> bool:
+    try:
+        __getattr__(name)
+        return True
+    except (AttributeError, ImportError):
+        return False
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal.ml' has no attribute {name!r}")
+    mod = importlib.import_module(f"shoal.ml.{module}")
+    value = mod if name == module else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _module_exists(module: str) -> bool:
+    return importlib.util.find_spec(f"shoal.ml.{module}") is not None
+
+
+__all__ = sorted(n for n, m in _EXPORTS.items() if _module_exists(m))

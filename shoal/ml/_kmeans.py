@@ -8,73 +8,10 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
+from shoal.ml._kernels import (_block_assign_counts, _block_cost, _block_labels, _block_lloyd, _block_sample, _block_uniform_rows)
 from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
-from shoal.ml._stats import CHUNK_ROWS, block_moments, class_sums, merge_moments
-
-
-def _min_sq_dist(X, C, C_sq):
-    """Squared distance of each row to its nearest center, and that center's index."""
-    D = X @ C.T
-    D *= -2.0
-    D += C_sq
-    idx = D.argmin(axis=1)
-    d2 = D[np.arange(X.shape[0]), idx] + np.einsum("ij,ij->i", X, X)
-    return np.maximum(d2, 0.0), idx
-
-
-def _block_cost(X, y, C):
-    C_sq = np.einsum("ij,ij->i", C, C)
-    return float(sum(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[0].sum()
-                     for s in range(0, X.shape[0], CHUNK_ROWS)))
-
-
-def _block_sample(X, y, index, C, oversampling, cost, seed):
-    """k-means|| step: keep each row with probability min(1, l * d^2(x, C) / cost)."""
-    rng = np.random.default_rng([seed, index])
-    C_sq = np.einsum("ij,ij->i", C, C)
-    picked = []
-    for s in range(0, X.shape[0], CHUNK_ROWS):
-        Xc = X[s:s + CHUNK_ROWS]
-        d2, _ = _min_sq_dist(Xc, C, C_sq)
-        keep = rng.random(Xc.shape[0]) < oversampling * d2 / cost
-        picked.append(Xc[keep])
-    return np.concatenate(picked) if picked else np.empty((0, X.shape[1]))
-
-
-def _block_uniform_rows(X, y, index, fractions, seed):
-    rng = np.random.default_rng([seed, index])
-    return X[rng.random(X.shape[0]) < fractions[index]]
-
-
-def _block_lloyd(X, y, C):
-    """Per-cluster sums, counts and the inertia of one block against centers C."""
-    k = C.shape[0]
-    C_sq = np.einsum("ij,ij->i", C, C)
-    sums = np.zeros_like(C)
-    counts = np.zeros(k)
-    inertia = 0.0
-    for s in range(0, X.shape[0], CHUNK_ROWS):
-        Xc = X[s:s + CHUNK_ROWS]
-        d2, idx = _min_sq_dist(Xc, C, C_sq)
-        sums += class_sums(Xc, idx, k)
-        counts += np.bincount(idx, minlength=k)
-        inertia += float(d2.sum())
-    return sums, counts, inertia
-
-
-def _block_labels(X, y, C):
-    C_sq = np.einsum("ij,ij->i", C, C)
-    out = [_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq) for s in range(0, X.shape[0], CHUNK_ROWS)]
-    return np.concatenate([o[1] for o in out]), float(sum(o[0].sum() for o in out))
-
-
-def _block_assign_counts(X, y, C):
-    C_sq = np.einsum("ij,ij->i", C, C)
-    counts = np.zeros(C.shape[0])
-    for s in range(0, X.shape[0], CHUNK_ROWS):
-        counts += np.bincount(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[1], minlength=C.shape[0])
-    return counts
+from shoal.ml._stats import block_moments, class_sums, merge_moments
 
 
 def _weighted_kmeanspp(points, weights, k, rng, n_iter=30):
@@ -179,7 +116,7 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
                                         f"got {C.shape}")
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
-            sums, counts, _ = dm.map_reduce(_block_lloyd, C)
+            sums, counts = dm.map_reduce(_block_lloyd, C)
             newC = C.copy()
             nonempty = counts > 0
             newC[nonempty] = sums[nonempty] / counts[nonempty, None]   # an empty cluster keeps its center

@@ -11,11 +11,12 @@ import warnings
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-from scipy.special import expit, log_expit, logsumexp
+from scipy.special import expit, logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
+from shoal.ml._kernels import (_logistic_block, _sqhinge_block)
 from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import gram_stats
@@ -162,51 +163,6 @@ class Lasso(ElasticNet):
 
 # ----------------------------------------------------------------------------------
 # logistic regression and linear SVM: L-BFGS-B over the distributed loss and gradient
-
-def _logistic_block(X, y, W, n_classes, fit_intercept):
-    """Sum over the block of the log-loss and its gradient with respect to W ((d+1) x K)."""
-    d = X.shape[1]
-    Z = X @ W[:d]
-    if fit_intercept:
-        Z += W[d]
-    if n_classes == 2:
-        z = Z[:, 0]
-        yf = y.astype(np.float64)
-        # log(1 + e^z) - y z  ==  -log_expit(z) + z (1 - y), stable for any z
-        loss = float(z @ (1.0 - yf) - log_expit(z).sum())
-        r = (expit(z) - yf)[:, None]
-    else:
-        lse = logsumexp(Z, axis=1)
-        loss = float(lse.sum() - Z[np.arange(len(y)), y].sum())
-        r = np.exp(Z - lse[:, None])
-        r[np.arange(len(y)), y] -= 1.0
-    grad = np.empty_like(W)
-    grad[:d] = X.T @ r
-    if fit_intercept:
-        grad[d] = r.sum(axis=0)
-    return loss, grad
-
-
-def _sqhinge_block(X, y, W, n_classes, intercept_scaling):
-    """Sum of squared hinge losses (one-vs-rest) and gradient; the intercept column is X's extra feature."""
-    d = X.shape[1]
-    Z = X @ W[:d]
-    if intercept_scaling:
-        Z += intercept_scaling * W[d]
-    if n_classes == 2:
-        S = np.where(y == 1, 1.0, -1.0)[:, None]
-    else:
-        S = np.full(Z.shape, -1.0)
-        S[np.arange(len(y)), y] = 1.0
-    M = np.maximum(1.0 - S * Z, 0.0)
-    loss = float(np.einsum("ij,ij->", M, M))
-    R = -2.0 * S * M
-    grad = np.empty_like(W)
-    grad[:d] = X.T @ R
-    if intercept_scaling:
-        grad[d] = intercept_scaling * R.sum(axis=0)
-    return loss, grad
-
 
 def _lbfgs(dm, block_fn, shape, extra, n, l2, l1, penalize_last_row, max_iter, tol):
     """min (1/n) sum_blocks loss + (l2/2)|W|^2 + l1|W|_1 over W of ``shape`` with scipy's L-BFGS-B.

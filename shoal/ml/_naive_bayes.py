@@ -6,31 +6,9 @@ from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from shoal.exceptions import InvalidInputError
+from shoal.ml._kernels import (_block_binary_class_sums, _block_class_ssq, _block_class_sums, _block_min)
 from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
-from shoal.ml._stats import CHUNK_ROWS, class_sums
-
-
-def _block_class_sums(X, y, k):
-    return np.bincount(y, minlength=k).astype(np.float64), class_sums(X, y, k)
-
-
-def _block_class_ssq(X, y, theta):
-    k = theta.shape[0]
-    out = np.zeros_like(theta)
-    for s in range(0, X.shape[0], CHUNK_ROWS):
-        codes = y[s:s + CHUNK_ROWS]
-        D = X[s:s + CHUNK_ROWS] - theta[codes]
-        out += class_sums(D * D, codes, k)
-    return out
-
-
-def _block_binary_class_sums(X, y, k, threshold):
-    return np.bincount(y, minlength=k).astype(np.float64), class_sums((X > threshold).astype(np.float64), y, k)
-
-
-def _block_min(X, y):
-    return float(X.min())
 
 
 class _BaseNB(ShoalEstimatorMixin, ClassifierMixin, BaseEstimator):

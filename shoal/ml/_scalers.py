@@ -8,9 +8,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from shoal.exceptions import InvalidInputError
+from shoal.ml._kernels import (_block_max_abs, _block_min_max, _block_nan_sums, _block_sketch_missing, _block_value_counts, _merge_min_max, _merge_value_counts, _missing_mask)
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_finite, check_predict_input
-from shoal.ml._quantiles import block_sketch, merge_sketches, sketch_quantiles
+from shoal.ml._quantiles import merge_sketches, sketch_quantiles
 from shoal.ml._stats import block_moments, merge_moments
 
 
@@ -63,18 +64,6 @@ class StandardScaler(OneToOneFeatureMixin, _Transformer):
         if self.with_mean:
             X = X + self.mean_
         return X
-
-
-def _block_min_max(X, y):
-    return X.min(axis=0), X.max(axis=0)
-
-
-def _merge_min_max(a, b):
-    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
-
-
-def _block_max_abs(X, y):
-    return np.abs(X).max(axis=0)
 
 
 class MinMaxScaler(OneToOneFeatureMixin, _Transformer):
@@ -153,39 +142,6 @@ class Normalizer(OneToOneFeatureMixin, _Transformer):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         return tags
-
-
-def _block_nan_sums(X, y, missing):
-    mask = _missing_mask(X, missing)
-    return np.where(mask, 0.0, X).sum(axis=0), (~mask).sum(axis=0)
-
-
-def _missing_mask(X, missing):
-    return np.isnan(X) if np.isnan(missing) else (X == missing) | np.isnan(X)
-
-
-def _block_value_counts(X, y, missing):
-    """Per column: (values, counts) of the non-missing entries of one block."""
-    out = []
-    mask = _missing_mask(X, missing)
-    for j in range(X.shape[1]):
-        v, c = np.unique(X[~mask[:, j], j], return_counts=True)
-        out.append((v, c))
-    return out
-
-
-def _merge_value_counts(a, b):
-    merged = []
-    for (va, ca), (vb, cb) in zip(a, b):
-        v, inv = np.unique(np.concatenate([va, vb]), return_inverse=True)
-        merged.append((v, np.bincount(inv, weights=np.concatenate([ca, cb]).astype(np.float64))))
-    return merged
-
-
-def _block_sketch_missing(X, y, missing):
-    if not np.isnan(missing):
-        X = np.where(X == missing, np.nan, X)
-    return block_sketch(X)
 
 
 class Imputer(OneToOneFeatureMixin, _Transformer):

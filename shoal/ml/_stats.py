@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 CHUNK_ROWS = 1 << 14   # rows per chunk inside a block: a centered copy stays in cache
 
@@ -66,19 +65,14 @@ def merge_moments(a, b):
     return n, ma + delta * (nb / n), Sa + Sb + delta * delta * (na * nb / n)
 
 
-def one_hot(codes: np.ndarray, k: int):
-    """A (k x n) indicator matrix: dense for few classes (BLAS), sparse otherwise."""
-    n = codes.shape[0]
-    if k <= 64:
-        O = np.zeros((k, n))
-        O[codes, np.arange(n)] = 1.0
-        return O
-    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n))
-
-
 def class_sums(X, codes, k):
     """(k x d) sums of X's rows per class code."""
-    out = np.zeros((k, X.shape[1]))
-    for s in range(0, X.shape[0], CHUNK_ROWS):
-        out += one_hot(codes[s:s + CHUNK_ROWS], k) @ X[s:s + CHUNK_ROWS]
-    return out
+    d = X.shape[1]
+    if d <= 256:   # d weighted bincounts: n*d work, no k x n indicator matrix
+        out = np.empty((k, d))
+        for j in range(d):
+            out[:, j] = np.bincount(codes, weights=X[:, j], minlength=k)
+        return out
+    import scipy.sparse as sp
+    n = codes.shape[0]
+    return np.asarray(sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n)) @ X)

@@ -1,0 +1,212 @@
+"""Map-side kernels: the functions shoal.ml runs on each block inside worker tasks.
+
+They import only NumPy (never SciPy or scikit-learn), so a worker loads them fast, and each
+returns small partial results that the driver folds (see _input.DesignMatrix.map_reduce).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shoal.ml._quantiles import block_sketch
+from shoal.ml._stats import CHUNK_ROWS, class_sums
+
+
+def expit(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))      # the logistic sigmoid without overflow
+
+
+def log_expit(z):
+    return -np.logaddexp(0.0, -z)
+
+
+def logsumexp(Z, axis):
+    m = Z.max(axis=axis, keepdims=True)
+    return (np.log(np.exp(Z - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
+
+# ----------------------------------------------------------------------------------
+# linear
+
+
+def _logistic_block(X, y, W, n_classes, fit_intercept):
+    """Sum over the block of the log-loss and its gradient with respect to W ((d+1) x K)."""
+    d = X.shape[1]
+    Z = X @ W[:d]
+    if fit_intercept:
+        Z += W[d]
+    if n_classes == 2:
+        z = Z[:, 0]
+        yf = y.astype(np.float64)
+        # log(1 + e^z) - y z  ==  -log_expit(z) + z (1 - y), stable for any z
+        loss = float(z @ (1.0 - yf) - log_expit(z).sum())
+        r = (expit(z) - yf)[:, None]
+    else:
+        lse = logsumexp(Z, axis=1)
+        loss = float(lse.sum() - Z[np.arange(len(y)), y].sum())
+        r = np.exp(Z - lse[:, None])
+        r[np.arange(len(y)), y] -= 1.0
+    grad = np.empty_like(W)
+    grad[:d] = X.T @ r
+    if fit_intercept:
+        grad[d] = r.sum(axis=0)
+    return loss, grad
+
+
+def _sqhinge_block(X, y, W, n_classes, intercept_scaling):
+    """Sum of squared hinge losses (one-vs-rest) and gradient; the intercept column is X's extra feature."""
+    d = X.shape[1]
+    Z = X @ W[:d]
+    if intercept_scaling:
+        Z += intercept_scaling * W[d]
+    if n_classes == 2:
+        S = np.where(y == 1, 1.0, -1.0)[:, None]
+    else:
+        S = np.full(Z.shape, -1.0)
+        S[np.arange(len(y)), y] = 1.0
+    M = np.maximum(1.0 - S * Z, 0.0)
+    loss = float(np.einsum("ij,ij->", M, M))
+    R = -2.0 * S * M
+    grad = np.empty_like(W)
+    grad[:d] = X.T @ R
+    if intercept_scaling:
+        grad[d] = intercept_scaling * R.sum(axis=0)
+    return loss, grad
+
+# ----------------------------------------------------------------------------------
+# naive bayes
+
+
+def _block_class_sums(X, y, k):
+    return np.bincount(y, minlength=k).astype(np.float64), class_sums(X, y, k)
+
+
+def _block_class_ssq(X, y, theta):
+    k = theta.shape[0]
+    out = np.zeros_like(theta)
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        codes = y[s:s + CHUNK_ROWS]
+        D = X[s:s + CHUNK_ROWS] - theta[codes]
+        out += class_sums(D * D, codes, k)
+    return out
+
+
+def _block_binary_class_sums(X, y, k, threshold):
+    return np.bincount(y, minlength=k).astype(np.float64), class_sums((X > threshold).astype(np.float64), y, k)
+
+
+def _block_min(X, y):
+    return float(X.min())
+
+# ----------------------------------------------------------------------------------
+# kmeans
+
+
+def _min_sq_dist(X, C, C_sq):
+    """Squared distance of each row to its nearest center, and that center's index."""
+    D = X @ C.T
+    D *= -2.0
+    D += C_sq
+    idx = D.argmin(axis=1)
+    d2 = D[np.arange(X.shape[0]), idx] + np.einsum("ij,ij->i", X, X)
+    return np.maximum(d2, 0.0), idx
+
+
+def _block_cost(X, y, C):
+    C_sq = np.einsum("ij,ij->i", C, C)
+    return float(sum(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[0].sum()
+                     for s in range(0, X.shape[0], CHUNK_ROWS)))
+
+
+def _block_sample(X, y, index, C, oversampling, cost, seed):
+    """k-means|| step: keep each row with probability min(1, l * d^2(x, C) / cost)."""
+    rng = np.random.default_rng([seed, index])
+    C_sq = np.einsum("ij,ij->i", C, C)
+    picked = []
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        Xc = X[s:s + CHUNK_ROWS]
+        d2, _ = _min_sq_dist(Xc, C, C_sq)
+        keep = rng.random(Xc.shape[0]) < oversampling * d2 / cost
+        picked.append(Xc[keep])
+    return np.concatenate(picked) if picked else np.empty((0, X.shape[1]))
+
+
+def _block_uniform_rows(X, y, index, fractions, seed):
+    rng = np.random.default_rng([seed, index])
+    return X[rng.random(X.shape[0]) < fractions[index]]
+
+
+def _nearest(X, C2T, C_sq):
+    """Index of the nearest center; C2T = -2 C^T, so X @ C2T + |c|^2 ranks centers like |x - c|^2."""
+    D = X @ C2T
+    D += C_sq
+    return D.argmin(axis=1)
+
+
+def _block_lloyd(X, y, C):
+    """Per-cluster sums and counts of one block against centers C (one Lloyd step's map side)."""
+    k = C.shape[0]
+    C2T = -2.0 * C.T
+    C_sq = np.einsum("ij,ij->i", C, C)
+    idx = np.concatenate([_nearest(X[s:s + CHUNK_ROWS], C2T, C_sq) for s in range(0, X.shape[0], CHUNK_ROWS)])
+    return class_sums(X, idx, k), np.bincount(idx, minlength=k).astype(np.float64)
+
+
+def _block_labels(X, y, C):
+    C_sq = np.einsum("ij,ij->i", C, C)
+    out = [_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq) for s in range(0, X.shape[0], CHUNK_ROWS)]
+    return np.concatenate([o[1] for o in out]), float(sum(o[0].sum() for o in out))
+
+
+def _block_assign_counts(X, y, C):
+    C_sq = np.einsum("ij,ij->i", C, C)
+    counts = np.zeros(C.shape[0])
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        counts += np.bincount(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[1], minlength=C.shape[0])
+    return counts
+
+# ----------------------------------------------------------------------------------
+# scalers
+
+
+def _block_min_max(X, y):
+    return X.min(axis=0), X.max(axis=0)
+
+
+def _merge_min_max(a, b):
+    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
+
+
+def _block_max_abs(X, y):
+    return np.abs(X).max(axis=0)
+
+
+def _block_nan_sums(X, y, missing):
+    mask = _missing_mask(X, missing)
+    return np.where(mask, 0.0, X).sum(axis=0), (~mask).sum(axis=0)
+
+
+def _missing_mask(X, missing):
+    return np.isnan(X) if np.isnan(missing) else (X == missing) | np.isnan(X)
+
+
+def _block_value_counts(X, y, missing):
+    """Per column: (values, counts) of the non-missing entries of one block."""
+    out = []
+    mask = _missing_mask(X, missing)
+    for j in range(X.shape[1]):
+        v, c = np.unique(X[~mask[:, j], j], return_counts=True)
+        out.append((v, c))
+    return out
+
+
+def _merge_value_counts(a, b):
+    merged = []
+    for (va, ca), (vb, cb) in zip(a, b):
+        v, inv = np.unique(np.concatenate([va, vb]), return_inverse=True)
+        merged.append((v, np.bincount(inv, weights=np.concatenate([ca, cb]).astype(np.float64))))
+    return merged
+
+
+def _block_sketch_missing(X, y, missing):
+    if not np.isnan(missing):
+        X = np.where(X == missing, np.nan, X)
+    return block_sketch(X)
