@@ -33,7 +33,7 @@ _MUST_MATCH = {
     "broadcast": ("dtype", "shape", "root"),
     "allgather": ("dtype", "row"),
     "gather": ("dtype", "row", "root"),
-    "scatter": ("dtype", "root"),
+    "scatter": ("root",),
     "alltoall": ("dtype", "row"),
 }
 

@@ -54,6 +54,7 @@ class NativeCommunicator(Communicator):
         if self.shm is not None and self.timeline.enabled:
             self.shm.timeline = self.timeline
         self._cuda = None
+        self._scratch: dict[str, np.ndarray] = {}
         self._barrier_now()
 
     def _barrier_now(self) -> None:
@@ -211,11 +212,20 @@ class NativeCommunicator(Communicator):
         return res
 
     # ------------------------------------------------------------ movement
-    def _exchange(self, kind, send: np.ndarray, desc: np.ndarray, plan):
+    def _exchange(self, kind, send: np.ndarray, desc: np.ndarray, ranges, sink):
+        """Byte-stream exchange (see ShmGroup.exchange) on this group's transport."""
         with self._traced(kind, send.nbytes):
             return self._guarded(lambda: (
-                self.shm.exchange(send, desc, plan) if self.single_host
-                else MH.exchange(self, send, desc, plan)))
+                self.shm.exchange(send, desc, ranges, sink) if self.single_host
+                else MH.exchange(self, send, desc, ranges, sink)))
+
+    def scratch(self, key: str, nbytes: int) -> np.ndarray:
+        """A reusable uint8 work buffer of at least ``nbytes`` (one per key)."""
+        b = self._scratch.get(key)
+        if b is None or b.size < nbytes:
+            b = np.empty(max(nbytes, 1 << 16), np.uint8)
+            self._scratch[key] = b
+        return b[:nbytes]
 
     def _do_broadcast(self, t, src):
         if self._is_cuda(t):
@@ -226,12 +236,9 @@ class NativeCommunicator(Communicator):
         data = _bytes(buf.array)
         desc = D.make("broadcast", dtype=buf.dtype_name, shape=buf.shape, root=src,
                       nbytes=data.size if self.rank == src else 0, world=self._meta_world())
-        if self.single_host:
-            plan = (lambda metas: []) if self.rank == src else (lambda metas: [(src, 0, data)])
-            self._exchange("broadcast", data if self.rank == src else data[:0], desc, plan)
-        else:
-            with self._traced("broadcast", data.size):
-                self._guarded(lambda: MH.broadcast(self, data, src, desc))
+        self._exchange("broadcast", data if self.rank == src else data[:0], desc,
+                       lambda metas, c: [] if c == src else [(src, 0, D.nbytes_of(metas[src]))],
+                       lambda metas: [] if self.rank == src else [data])
         if self.rank != src:
             buf.finish()
         return t
@@ -245,7 +252,12 @@ class NativeCommunicator(Communicator):
         row_bytes = _row_elems(shape) * buf.array.itemsize
         state = {}
 
-        def plan(metas):
+        def ranges(metas, c):
+            if root is not None and c != root:
+                return []
+            return [(q, 0, D.nbytes_of(m)) for q, m in enumerate(metas)]
+
+        def sink(metas):
             if root is not None and self.rank != root:
                 return []
             sizes = [D.nbytes_of(m) for m in metas]
@@ -268,14 +280,14 @@ class NativeCommunicator(Communicator):
             state.update(res=res, ob=ob, rows=rows)
             dst = _bytes(ob.array)
             offs = np.concatenate([[0], np.cumsum(sizes)])
-            return [(q, 0, dst[offs[q]:offs[q + 1]]) for q in range(len(metas))]
+            return [dst[offs[q]:offs[q + 1]] for q in range(len(metas))]
         if self.world_size == 1:
-            plan([D.make(kind, nbytes=data.size)])
+            sink([D.make(kind, nbytes=data.size)])
             np.copyto(_bytes(state["ob"].array), data)
         else:
             desc = D.make(kind, dtype=buf.dtype_name, shape=shape, nbytes=data.size,
                           root=-1 if root is None else root, world=self._meta_world())
-            self._exchange(kind, data, desc, plan)
+            self._exchange(kind, data, desc, ranges, sink)
         if "error" in state:
             raise state["error"]
         if "ob" not in state:
@@ -308,7 +320,7 @@ class NativeCommunicator(Communicator):
         if self.world_size == 1:
             return None
         desc = D.make("barrier", world=self._meta_world())
-        self._exchange("barrier", np.empty(0, np.uint8), desc, lambda metas: [])
+        self._exchange("barrier", np.empty(0, np.uint8), desc, lambda metas, c: [], lambda metas: [])
         return None
 
     # ------------------------------------------------------- point-to-point

@@ -221,15 +221,18 @@ class ShmGroup:
 
     # ---------------------------------------------------------- algorithms
     def allreduce(self, src: np.ndarray, dst: np.ndarray | None, reducer, desc: np.ndarray,
-                  small_bytes: int) -> None:
-        """Reduce flat ``src`` of every rank into ``dst`` (None: this rank takes no result)."""
+                  small_bytes: int, final: bool = True) -> None:
+        """Reduce flat ``src`` of every rank into ``dst`` (None: this rank takes no result).
+
+        ``final=False`` leaves out avg and postscale (a partial reduction).
+        """
         n, item = src.size, src.itemsize
         if n * item <= min(small_bytes, self.S):
-            self._allreduce_oneshot(src, dst, reducer, desc)
+            self._allreduce_oneshot(src, dst, reducer, desc, final)
         else:
-            self._allreduce_two_phase(src, dst, reducer, desc)
+            self._allreduce_two_phase(src, dst, reducer, desc, final)
 
-    def _allreduce_oneshot(self, src, dst, reducer, desc) -> None:
+    def _allreduce_oneshot(self, src, dst, reducer, desc, final) -> None:
         # Latency path: one synchronisation; every rank reduces everything, in rank order.
         h = self._next_half()
         n = src.size
@@ -241,7 +244,7 @@ class ShmGroup:
         if dst is not None:
             sources = [mine if q == self.lr else self.slot(q, h)[:n * src.itemsize].view(src.dtype)
                        for q in range(self.p)]
-            self._reduce(reducer, dst, sources)
+            self._reduce(reducer, dst, sources, final)
 
     def _reduce(self, reducer, out, sources, final=True) -> None:
         tl = self.timeline
@@ -256,7 +259,7 @@ class ShmGroup:
         base = -(-base // align) * align
         return [(min(q * base, m), min((q + 1) * base, m)) for q in range(self.p)]
 
-    def _allreduce_two_phase(self, src, dst, reducer, desc) -> None:
+    def _allreduce_two_phase(self, src, dst, reducer, desc, final) -> None:
         # Bandwidth path, per segment: every rank stages the chunks the others reduce,
         # reduces its own chunk from all ranks into its slot, then all copy the results:
         # each rank moves 2(p-1)/p of the data through shared memory, like a ring.
@@ -280,7 +283,7 @@ class ShmGroup:
             if hi > lo:
                 sources = [src[a + lo:a + hi] if q == r else self.slot(q, h).view(dt)[lo:hi]
                            for q in range(self.p)]
-                self._reduce(reducer, mine[lo:hi], sources)
+                self._reduce(reducer, mine[lo:hi], sources, final)
             self.sync()
             if dst is not None:
                 for q, (qlo, qhi) in enumerate(chunks):
@@ -314,12 +317,13 @@ class ShmGroup:
                            for q in range(self.p)]
                 self._reduce(reducer, dst[k * mp:k * mp + hi - lo], sources, final)
 
-    def exchange(self, send: np.ndarray, desc: np.ndarray, plan) -> list[np.ndarray]:
+    def exchange(self, send: np.ndarray, desc: np.ndarray, ranges, sink) -> list[np.ndarray]:
         """Every rank publishes a byte stream; each copies the ranges it wants.
 
         ``send`` is this rank's uint8 stream (its length is in ``desc``'s
-        NBYTES field); ``plan(metas)`` returns the ranges this rank wants as
-        ``[(rank, offset in that rank's stream, uint8 destination view)]``.
+        NBYTES field). ``ranges(metas, rank)`` lists what ``rank`` wants as
+        ``[(producer, offset in its stream, nbytes)]`` and ``sink(metas)``
+        gives this rank's uint8 destination view for each of its ranges.
         Returns the descriptors of all ranks.
         """
         S, r = self.S, self.lr
@@ -329,7 +333,7 @@ class ShmGroup:
         self._publish(h, desc)
         self.sync()
         metas = self._check(h)
-        wants = plan(metas)
+        wants = [(q, off, view) for (q, off, _), view in zip(ranges(metas, r), sink(metas))]
         longest = max(D.nbytes_of(m) for m in metas)
         rounds = max(1, -(-longest // S))
         for k in range(rounds):

@@ -234,7 +234,12 @@ class Communicator:
             return
         self._destroyed = True
         self._queue.close()
-        self._close()
+        try:
+            self._close()
+        finally:
+            store = getattr(self, "_owned_store", None)  # hosted for init_group_from_env
+            if store is not None:
+                store.close()
 
     def _close(self) -> None:
         pass

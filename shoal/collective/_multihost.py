@@ -1,0 +1,142 @@
+"""Collectives of a group that spans hosts.
+
+Every op first exchanges the op descriptors of all ranks over TCP (the
+metadata check). Allreduce is hierarchical: reduce within each host through
+shared memory to the host's leader, allreduce among the leaders over TCP
+(recursive doubling for small buffers when the number of hosts is a power of
+two, a ring otherwise: each leader sends 2(h-1)/h of the data), broadcast
+back through shared memory. The byte-stream exchanges (broadcast, gathers,
+scatter, alltoall) send each consumer exactly the ranges it wants, in
+``world_size - 1`` pairwise steps (rank r sends to r+s while receiving from r-s).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shoal.collective import _descriptor as D
+from shoal.collective._buffers import Reducer
+
+_ALIGN = 64
+
+
+def _pairwise(comm, payload_for, sink_for) -> None:
+    """Step s: send ``payload_for(r+s)`` (list of uint8 views) and receive ``sink_for(r-s)``."""
+    p, r, mesh = comm.world_size, comm.rank, comm.mesh
+    for s in range(1, p):
+        to, frm = (r + s) % p, (r - s) % p
+        sends = [v for v in payload_for(to) if v.size]
+        pending = [mesh.send_async(to, v) for v in sends]
+        try:
+            for view in sink_for(frm):
+                mesh.recv_into(frm, view)
+        finally:
+            for pend in pending:
+                pend.wait(comm.timeout)
+
+
+def exchange_descs(comm, desc: np.ndarray, msg: bytes = b"") -> list[np.ndarray]:
+    """All ranks' descriptors (checked: raises the same CollectiveError on every rank)."""
+    p = comm.world_size
+    size = desc.size * 8 + D.MSG_BYTES
+    mine = np.zeros(size, np.uint8)
+    mine[:desc.size * 8] = desc.view(np.uint8)
+    mine[desc.size * 8:desc.size * 8 + len(msg)] = np.frombuffer(msg, np.uint8)
+    got = np.zeros((p, size), np.uint8)
+    got[comm.rank] = mine
+    _pairwise(comm, lambda to: [mine], lambda frm: [got[frm]])
+    metas = [got[q, :desc.size * 8].view(np.int64).copy() for q in range(p)]
+    msgs = [got[q, desc.size * 8:].tobytes() for q in range(p)]
+    D.check(metas, msgs)
+    return metas
+
+
+def exchange(comm, send: np.ndarray, desc: np.ndarray, ranges, sink) -> list[np.ndarray]:
+    """Byte-stream exchange over TCP: see ``ShmGroup.exchange`` for ``ranges``/``sink``."""
+    metas = exchange_descs(comm, desc)
+    mine = ranges(metas, comm.rank)
+    views = sink(metas)
+    by_producer: dict[int, list] = {}
+    for (q, off, n), view in zip(mine, views):
+        by_producer.setdefault(q, []).append(view)
+        if q == comm.rank:
+            view[...] = send[off:off + n]
+
+    def payload_for(c):
+        return [send[off:off + n] for q, off, n in ranges(metas, c) if q == comm.rank]
+    _pairwise(comm, payload_for, lambda frm: by_producer.get(frm, []) if frm != comm.rank else [])
+    return metas
+
+
+def allreduce(comm, src: np.ndarray, dst: np.ndarray | None, reducer: Reducer,
+              desc: np.ndarray) -> None:
+    exchange_descs(comm, desc)
+    hier_allreduce(comm, src, dst, reducer)
+
+
+def hier_allreduce(comm, src, dst, reducer: Reducer) -> None:
+    """Reduce in the host, allreduce across host leaders, broadcast in the host."""
+    topo, shm = comm.topology, comm.shm
+    is_leader = comm.rank == topo.local_ranks[0]
+    local = Reducer(reducer.op, reducer.dtype_name, comm.world_size, reducer.prescale)
+    work = dst if (dst is not None) else (comm.scratch("hier", src.nbytes).view(src.dtype)
+                                          if is_leader else None)
+    if shm is not None:
+        ldesc = D.make("allreduce", rop=reducer.op, dtype=reducer.dtype_name, shape=(src.size,),
+                       world=shm.p)
+        shm.allreduce(src, work if is_leader else None, local, ldesc, comm.config.small_bytes,
+                      final=False)
+    else:
+        local.reduce(work, [src], final=False)
+    if is_leader:
+        cross = Reducer("sum" if reducer.op == "avg" else reducer.op, reducer.dtype_name,
+                        comm.world_size)
+        tcp_allreduce(comm, topo.leaders, work, cross)
+        reducer.finalize(work)
+    if shm is not None:
+        data = work.reshape(-1).view(np.uint8) if is_leader else np.empty(0, np.uint8)
+        bdesc = D.make("broadcast", dtype=reducer.dtype_name, shape=(src.size,), root=0,
+                       nbytes=data.size, world=shm.p)
+        take = not is_leader and dst is not None
+        shm.exchange(data, bdesc, lambda metas, c: [(0, 0, D.nbytes_of(metas[0]))] if take else [],
+                     lambda metas: [dst.reshape(-1).view(np.uint8)] if take else [])
+
+
+def tcp_allreduce(comm, members: list[int], buf: np.ndarray, reducer: Reducer) -> None:
+    """Allreduce flat ``buf`` in place among ``members`` (global ranks) over TCP."""
+    P = len(members)
+    if P == 1:
+        return
+    i, mesh, n = members.index(comm.rank), comm.mesh, buf.size
+    if buf.nbytes <= comm.config.tcp_small_bytes and P & (P - 1) == 0:
+        tmp = comm.scratch("tcp", buf.nbytes).view(buf.dtype)[:n]
+        mask = 1
+        while mask < P:
+            partner = members[i ^ mask]
+            mesh.sendrecv(partner, buf, partner, tmp)
+            reducer.reduce(buf, [buf, tmp] if i < (i ^ mask) else [tmp, buf], final=False)
+            mask <<= 1
+        return
+    align = max(1, _ALIGN // buf.itemsize)
+    per = -(-n // P)
+    base = -(-per // align) * align
+    bounds = [(min(c * base, n), min((c + 1) * base, n)) for c in range(P)]
+    tmp = comm.scratch("tcp", base * buf.itemsize).view(buf.dtype)
+    nxt, prv = members[(i + 1) % P], members[(i - 1) % P]
+    for s in range(P - 1):  # reduce-scatter: leader i ends owning chunk i+1
+        sa, sb = bounds[(i - s) % P]
+        ra, rb = bounds[(i - s - 1) % P]
+        mesh.sendrecv(nxt, buf[sa:sb], prv, tmp[:rb - ra])
+        if rb > ra:
+            reducer.reduce(buf[ra:rb], [tmp[:rb - ra], buf[ra:rb]], final=False)
+    for s in range(P - 1):  # allgather of the reduced chunks
+        sa, sb = bounds[(i + 1 - s) % P]
+        ra, rb = bounds[(i - s) % P]
+        mesh.sendrecv(nxt, buf[sa:sb], prv, buf[ra:rb])
+
+
+def reduce_scatter(comm, src, dst, parts, reducer: Reducer, desc) -> None:
+    exchange_descs(comm, desc)
+    full = comm.scratch("rs", src.nbytes).view(src.dtype)[:src.size]
+    hier_allreduce(comm, src, full, reducer)
+    a, b = parts[comm.rank]
+    dst[...] = full[a:b]
