@@ -1,0 +1,566 @@
+"""The Ray backend: shoal's API mapped onto a Ray cluster.
+
+Ray schedules, moves objects, counts references and restarts; this module
+only translates. A shoal ``ObjectRef`` wraps a Ray ``ObjectRef`` (not
+counted by shoal), an actor's id is its Ray actor handle, a placement
+group's id is the Ray placement group, and Ray's errors become shoal's.
+
+Code running in Ray workers reaches the same backend: every task and actor
+gets ``SHOAL_BACKEND=ray`` in its environment, so ``shoal.get`` / ``.remote``
+there attach to the Ray the worker already belongs to.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+
+import ray
+import ray.exceptions as rex
+from ray.util.placement_group import PlacementGroup as RayPlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as RayPGStrategy
+
+from shoal.core.kv import KVStore, _to_bytes
+from shoal.core.object_ref import ObjectRef
+from shoal.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
+                              InfeasibleResourceError, ObjectLostError, SerializationError,
+                              ShoalError, TaskCancelledError, TaskError, WorkerCrashedError)
+
+_ENV = {"SHOAL_BACKEND": "ray"}
+_KV_ACTOR = "shoal_kv"
+_EPS = 1e-9
+_NODES_TTL = 5.0
+
+
+class RayBackend:
+    """Runs shoal's API on Ray: a local Ray it starts, or a cluster it connects to."""
+
+    name = "ray"
+
+    def __init__(self, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
+                 address=None, namespace=None, log_to_driver=True, **ray_kwargs):
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs = dict(ray_kwargs)
+            kwargs.setdefault("namespace", namespace or "default")
+            kwargs.setdefault("log_to_driver", log_to_driver)
+            if address is None or address == "local":
+                # A fresh local Ray: no dashboard (slow to start, another open port).
+                kwargs.setdefault("include_dashboard", False)
+                kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                              object_store_memory=object_store_memory)
+            elif any(v is not None for v in (num_cpus, num_gpus, resources,
+                                              object_store_memory)):
+                raise ValueError("num_cpus/num_gpus/resources/object_store_memory describe a "
+                                 f"new local cluster; drop them when connecting to {address!r}")
+            ray.init(address=address, **kwargs)
+            self._owns_ray = True
+        ctx = ray.get_runtime_context()
+        self.namespace = ctx.namespace
+        self._is_driver = ctx.worker.mode == ray.SCRIPT_MODE
+        self._fns = weakref.WeakKeyDictionary()     # user function/class -> ray remote
+        self._lock = threading.Lock()
+        self._nodes_cache = (0.0, [])
+        self._kv = None
+
+    # ---------------------------------------------------------------- objects
+    def put_value(self, value) -> ObjectRef:
+        try:
+            return ObjectRef(ray.put(value), counted=False)
+        except (TypeError, ValueError) as e:
+            if _is_serialization_error(e):
+                raise _serialization_error(e, "the value given to shoal.put()") from e
+            raise
+
+    def get(self, refs: list, timeout=None) -> list:
+        try:
+            return ray.get([r.id for r in refs], timeout=timeout)
+        except rex.RayError as e:
+            raise to_shoal_error(e) from None
+
+    def wait(self, refs: list, num_returns: int, timeout):
+        if num_returns == 0 or not refs:
+            return [], list(refs)
+        ready, _ = ray.wait([r.id for r in refs], num_returns=num_returns, timeout=timeout)
+        ready_ids = set(ready)
+        done, pending = [], []
+        for r in refs:
+            (done if r.id in ready_ids else pending).append(r)
+        return done, pending
+
+    def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+        ray.cancel(ref.id, force=force, recursive=True)
+
+    # ---------------------------------------------------------------- tasks
+    def submit_task(self, rf, args, kwargs, opts) -> list:
+        name = opts.get("name") or rf._name
+        ray_opts = self._common_options(opts, f"task {name}", default_cpus=1.0)
+        for k in ("max_retries", "retry_exceptions", "name"):
+            if opts.get(k) is not None:
+                ray_opts[k] = opts[k]
+        n = opts.get("num_returns", 1)
+        ray_opts["num_returns"] = n
+        fn = self._remote_of(rf._function)
+        try:
+            out = fn.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
+        except TypeError as e:
+            if _is_serialization_error(e):
+                raise _serialization_error(e, f"an argument of {name}") from e
+            raise
+        return _wrap_returns(out, n)
+
+    # ---------------------------------------------------------------- actors
+    def create_actor(self, ac, args, kwargs, opts) -> tuple:
+        ray_opts = self._common_options(opts, f"actor {ac._name}", default_cpus=0.0)
+        for k in ("max_restarts", "max_task_retries", "max_concurrency", "name", "namespace",
+                  "lifetime"):
+            if opts.get(k) is not None:
+                ray_opts[k] = opts[k]
+        if opts.get("get_if_exists"):
+            ray_opts["get_if_exists"] = True
+        if opts.get("name") and not opts.get("get_if_exists"):
+            # Ray's own message on a taken name is vague; shoal names the fix.
+            try:
+                ray.get_actor(opts["name"], namespace=opts.get("namespace"))
+            except ValueError:
+                pass
+            else:
+                raise ValueError(f"an actor named {opts['name']!r} already exists in namespace "
+                                 f"{opts.get('namespace') or self.namespace!r}; pick another "
+                                 "name, or pass get_if_exists=True")
+        cls = self._remote_of(ac._cls, ac._methods)
+        try:
+            handle = cls.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
+        except TypeError as e:
+            if _is_serialization_error(e):
+                raise _serialization_error(e, f"an argument of {ac._name}()") from e
+            raise
+        return handle, None, ac._methods, ac._is_async
+
+    def submit_actor_call(self, actor_id, cls_name, method, args, kwargs, opts) -> list:
+        n = opts.get("num_returns", 1)
+        ray_opts = {"num_returns": n}
+        if opts.get("name"):
+            ray_opts["name"] = opts["name"]
+        if opts.get("retry_exceptions") is not None:
+            ray_opts["retry_exceptions"] = opts["retry_exceptions"]
+        m = getattr(actor_id, method)
+        try:
+            out = m.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
+        except TypeError as e:
+            if _is_serialization_error(e):
+                raise _serialization_error(e, f"an argument of {cls_name}.{method}") from e
+            raise
+        except rex.RayError as e:
+            raise to_shoal_error(e) from None
+        return _wrap_returns(out, n)
+
+    def get_actor(self, name, namespace=None):
+        handle = ray.get_actor(name, namespace=namespace)   # ValueError when there is none
+        sigs = getattr(handle, "_ray_method_signatures", {})
+        nret = getattr(handle, "_ray_method_num_returns", {}) or {}
+        methods = {}
+        for m in sigs:
+            if m.startswith("__ray"):
+                continue
+            n = nret.get(m)
+            methods[m] = {"num_returns": n} if isinstance(n, int) and n != 1 else {}
+        return handle, None, methods, False
+
+    def kill(self, actor_id, no_restart: bool = True) -> None:
+        ray.kill(actor_id, no_restart=no_restart)
+
+    # ---------------------------------------------------------------- placement groups
+    def placement_group(self, bundles, strategy, name):
+        self._check_pg_feasible(bundles, strategy)
+        pg = ray.util.placement_group(bundles, strategy=strategy, name=name or "")
+        return pg, ObjectRef(pg.ready(), counted=False)
+
+    def remove_placement_group(self, pg) -> None:
+        ray.util.remove_placement_group(pg.id)
+
+    # ---------------------------------------------------------------- cluster
+    def resources(self, which: str) -> dict:
+        return dict(ray.cluster_resources() if which == "total" else ray.available_resources())
+
+    def nodes(self) -> list:
+        return ray.nodes()
+
+    @property
+    def kv(self) -> "RayKVStore":
+        if self._kv is None:
+            with self._lock:
+                if self._kv is None:
+                    self._kv = RayKVStore(_kv_actor(self.namespace))
+        return self._kv
+
+    def runtime_context(self):
+        from shoal.core.api import RuntimeContext
+        ctx = ray.get_runtime_context()
+        return RuntimeContext(node_id=ctx.get_node_id(), worker_id=ctx.get_worker_id(),
+                              task_id=ctx.get_task_id(), actor_id=ctx.get_actor_id(),
+                              namespace=ctx.namespace, backend="ray")
+
+    def store_stats(self) -> dict:
+        total = ray.cluster_resources().get("object_store_memory", 0.0)
+        avail = ray.available_resources().get("object_store_memory", total)
+        stats = {"capacity": int(total), "shm_bytes": int(total - avail)}
+        try:  # per-object counts come from the raylets (Ray's internal API)
+            from ray._private.internal_api import get_memory_info_reply
+            from ray._private.state import state
+            s = get_memory_info_reply(state, timeout_seconds=5).store_stats
+            stats.update(objects=int(s.num_local_objects), shm_bytes=int(s.object_store_bytes_used),
+                         spilled_bytes=int(s.spilled_bytes_total),
+                         spill_count=int(s.spilled_objects_total))
+        except Exception:  # noqa: BLE001 - the counts are best effort across Ray versions
+            pass
+        return stats
+
+    def shutdown(self) -> None:
+        self._kv = None
+        if not ray.is_initialized():
+            return
+        if self._is_driver and not self._owns_ray:
+            # The store is a detached actor (it must outlive whichever worker made it);
+            # the driver ends it so the next job starts with an empty store.
+            try:
+                ray.kill(ray.get_actor(_KV_ACTOR, namespace=self.namespace))
+            except ValueError:
+                pass
+        if self._owns_ray:
+            ray.shutdown()
+
+    # ---------------------------------------------------------------- helpers
+    def _remote_of(self, obj, methods=None):
+        """The Ray remote function or actor class of a user function/class (made once)."""
+        r = self._fns.get(obj)
+        if r is None:
+            if methods:
+                for m, mopts in methods.items():
+                    n = mopts.get("num_returns")
+                    fn = obj.__dict__.get(m)
+                    if n is not None and callable(fn):
+                        fn.__ray_num_returns__ = n   # what @ray.method records
+            r = ray.remote(obj)
+            self._fns[obj] = r
+        return r
+
+    def _common_options(self, opts, what: str, default_cpus: float) -> dict:
+        out = {}
+        num_cpus = opts.get("num_cpus")
+        out["num_cpus"] = default_cpus if num_cpus is None else num_cpus
+        for k in ("num_gpus", "memory"):
+            if opts.get(k):
+                out[k] = opts[k]
+        res = opts.get("resources")
+        if res:
+            for k in ("CPU", "GPU"):
+                if k in res:
+                    raise ValueError(f"{what}: use num_cpus/num_gpus for {k!r}, "
+                                     f"not resources={{{k!r}: ...}}")
+            out["resources"] = dict(res)
+        demand = {"CPU": float(out["num_cpus"]), "GPU": float(out.get("num_gpus", 0)),
+                  "memory": float(out.get("memory", 0)), **{k: float(v) for k, v in
+                                                            (res or {}).items()}}
+        demand = {k: v for k, v in demand.items() if v > 0}
+        strategy, pg, bundle = _strategy_of(opts)
+        if strategy is not None:
+            out["scheduling_strategy"] = strategy
+        if pg is not None:
+            self._check_bundle_feasible(demand, pg, bundle, what)
+        else:
+            self._check_feasible(demand, what)
+        env = dict(opts.get("runtime_env") or {})
+        env["env_vars"] = {**_ENV, **(env.get("env_vars") or {})}
+        out["runtime_env"] = env
+        return out
+
+    def _alive_nodes(self, refresh: bool = False) -> list:
+        at, nodes = self._nodes_cache
+        if refresh or time.monotonic() - at > _NODES_TTL:
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            self._nodes_cache = (time.monotonic(), nodes)
+        return nodes
+
+    def _check_feasible(self, demand: dict, what: str) -> None:
+        if not demand:
+            return
+        for refresh in (False, True):   # a node may have joined since the last look
+            if any(_fits(demand, n) for n in self._alive_nodes(refresh)):
+                return
+        raise InfeasibleResourceError(
+            f"{what} asks for {demand!r} but no node of the Ray cluster has that much "
+            f"(nodes: {[_plain(n) for n in self._alive_nodes()]!r}); it could never run. "
+            "Ask for less, or add nodes that offer it.")
+
+    def _check_bundle_feasible(self, demand: dict, pg, bundle: int, what: str) -> None:
+        bundles = pg.bundle_specs
+        candidates = bundles if bundle is None or bundle < 0 else bundles[bundle:bundle + 1]
+        if bundle is not None and bundle >= len(bundles):
+            raise ValueError(f"{what}: placement_group_bundle_index={bundle} but the placement "
+                             f"group has {len(bundles)} bundles")
+        if not any(_fits(demand, b) for b in candidates):
+            raise InfeasibleResourceError(
+                f"{what} asks for {demand!r}, more than its placement group bundle {bundle} "
+                f"holds ({bundles!r}); ask for less or make bigger bundles")
+
+    def _check_pg_feasible(self, bundles: list, strategy: str) -> None:
+        for refresh in (False, True):
+            nodes = self._alive_nodes(refresh)
+            if _pg_fits(bundles, strategy, nodes):
+                return
+        raise InfeasibleResourceError(
+            f"placement group {bundles!r} with strategy {strategy} can never be reserved on "
+            f"this Ray cluster (nodes: {[_plain(n) for n in nodes]!r}); ask for smaller or "
+            "fewer bundles, or add nodes.")
+
+
+# ------------------------------------------------------------------ scheduling
+def _strategy_of(opts):
+    """(Ray scheduling strategy, shoal placement group, bundle index) from shoal options."""
+    strategy = opts.get("scheduling_strategy")
+    pg = opts.get("placement_group")
+    bundle = opts.get("placement_group_bundle_index", -1)
+    capture = False
+    if pg is None and strategy is not None and hasattr(strategy, "placement_group"):
+        pg = strategy.placement_group
+        bundle = getattr(strategy, "placement_group_bundle_index", -1)
+        capture = getattr(strategy, "placement_group_capture_child_tasks", False) or False
+    if pg is None or pg == "default":
+        return (strategy if isinstance(strategy, str) else None), None, -1
+    ray_pg = pg.id if not isinstance(pg, RayPlacementGroup) else pg
+    bundle = -1 if bundle is None else bundle
+    shoal_pg = pg if not isinstance(pg, RayPlacementGroup) else _PGView(pg)
+    return (RayPGStrategy(placement_group=ray_pg, placement_group_bundle_index=bundle,
+                          placement_group_capture_child_tasks=capture), shoal_pg, bundle)
+
+
+class _PGView:
+    """A Ray placement group seen with the shoal attribute the checks read."""
+
+    def __init__(self, pg: RayPlacementGroup):
+        self.bundle_specs = pg.bundle_specs
+
+
+def _fits(demand: dict, have: dict) -> bool:
+    return all(have.get(k, 0.0) + _EPS >= v for k, v in demand.items())
+
+
+def _plain(node: dict) -> dict:
+    return {k: v for k, v in node.items() if not k.startswith("node:")}
+
+
+def _pg_fits(bundles: list, strategy: str, nodes: list) -> bool:
+    """Whether the cluster's nodes (totals) could ever hold the bundles."""
+    if not nodes:
+        return False
+    if strategy == "STRICT_PACK":
+        total: dict = {}
+        for b in bundles:
+            for k, v in b.items():
+                total[k] = total.get(k, 0.0) + float(v)
+        return any(_fits(total, n) for n in nodes)
+    if strategy == "STRICT_SPREAD":
+        # Greedy: each bundle on a distinct node that holds it (largest bundles first).
+        free = list(nodes)
+        for b in sorted(bundles, key=lambda b: -sum(float(v) for v in b.values())):
+            i = next((i for i, n in enumerate(free) if _fits(b, n)), None)
+            if i is None:
+                return False
+            free.pop(i)
+        return True
+    # PACK / SPREAD: bundles may share nodes; check the sum fits the cluster and each a node.
+    total = {}
+    for b in bundles:
+        if not any(_fits(b, n) for n in nodes):
+            return False
+        for k, v in b.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    cluster: dict = {}
+    for n in nodes:
+        for k, v in n.items():
+            cluster[k] = cluster.get(k, 0.0) + v
+    return _fits(total, cluster)
+
+
+# ------------------------------------------------------------------ arguments and results
+def _unwrap(args: tuple) -> tuple:
+    """Top-level shoal refs become Ray refs, so Ray resolves them before the call."""
+    if any(type(a) is ObjectRef for a in args):
+        return tuple(a.id if type(a) is ObjectRef else a for a in args)
+    return args
+
+
+def _unwrap_kw(kwargs: dict) -> dict:
+    if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
+        return {k: v.id if type(v) is ObjectRef else v for k, v in kwargs.items()}
+    return kwargs
+
+
+def _wrap_returns(out, n: int) -> list:
+    if n == 0 or out is None:
+        return []
+    if n == 1:
+        return [ObjectRef(out, counted=False)]
+    return [ObjectRef(r, counted=False) for r in out]
+
+
+def _is_serialization_error(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "serializ" in text or "pickle" in text
+
+
+def _serialization_error(e: BaseException, what: str) -> SerializationError:
+    return SerializationError(
+        f"could not serialize {what}: {e}. Pass only picklable objects (open files, locks, "
+        "sockets and generators are not), or create the object inside the task instead.")
+
+
+# ------------------------------------------------------------------ errors
+def to_shoal_error(e: BaseException) -> BaseException:
+    """The shoal exception for a Ray exception (others pass through)."""
+    if isinstance(e, rex.RayTaskError):
+        cause = e.cause
+        if isinstance(cause, TaskError):          # a nested get re-raised: keep the root cause
+            cause, cause_repr = cause.cause, cause.cause_repr
+        else:
+            cause_repr = repr(cause)
+        if isinstance(cause, (rex.RayError, ShoalError)) and not isinstance(cause, TaskError):
+            mapped = to_shoal_error(cause) if isinstance(cause, rex.RayError) else cause
+            if not isinstance(mapped, rex.RayError):
+                return mapped
+        if isinstance(cause, rex.RayError):
+            cause = None
+        return TaskError(e.function_name, e.traceback_str, cause, cause_repr).as_instanceof_cause()
+    if isinstance(e, rex.TaskCancelledError):
+        return TaskCancelledError(f"the task was cancelled with shoal.cancel ({e})")
+    if isinstance(e, rex.GetTimeoutError):
+        return GetTimeoutError(str(e))
+    if isinstance(e, rex.ActorUnavailableError):
+        return ActorUnavailableError(str(e))
+    if isinstance(e, rex.RayActorError):
+        return ActorDiedError(str(e))
+    if isinstance(e, (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError,
+                      rex.LocalRayletDiedError)):
+        return WorkerCrashedError(str(e))
+    if isinstance(e, rex.ObjectLostError):
+        return ObjectLostError(str(e))
+    if isinstance(e, (rex.TaskPlacementGroupRemoved, rex.ActorPlacementGroupRemoved)):
+        return ActorDiedError(str(e)) if isinstance(e, rex.ActorPlacementGroupRemoved) \
+            else WorkerCrashedError(str(e))
+    if isinstance(e, rex.RayError):
+        return ShoalError(f"Ray failed: {e}")
+    return e
+
+
+# ------------------------------------------------------------------ key-value store
+class _KVServer:
+    """The store's state, in a named async actor: one dict and a condition."""
+
+    def __init__(self):
+        self.data: dict = {}
+        self.changed = asyncio.Condition()
+
+    async def _wait_for(self, pred, timeout):
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(pred), timeout)
+                return True
+            except asyncio.TimeoutError:
+                return False
+
+    async def _changed(self):
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def set(self, key, value):
+        self.data[key] = value
+        await self._changed()
+
+    async def get(self, key, timeout):
+        if not await self._wait_for(lambda: key in self.data, timeout):
+            return None
+        return self.data[key]
+
+    async def add(self, key, amount):
+        value = int(self.data.get(key, b"0")) + int(amount)
+        self.data[key] = str(value).encode()
+        await self._changed()
+        return value
+
+    async def wait(self, keys, timeout):
+        return await self._wait_for(lambda: all(k in self.data for k in keys), timeout)
+
+    async def delete(self, key):
+        return self.data.pop(key, None) is not None
+
+    async def check(self, keys):
+        return all(k in self.data for k in keys)
+
+    async def keys(self, prefix):
+        return [k for k in self.data if k.startswith(prefix)]
+
+    async def compare_set(self, key, expected, desired):
+        current = self.data.get(key)
+        if (current is None and expected is None) or (expected is not None and current == expected):
+            self.data[key] = desired
+            await self._changed()
+            return desired
+        return current if current is not None else b""
+
+
+def _kv_actor(namespace: str):
+    try:
+        return ray.get_actor(_KV_ACTOR, namespace=namespace)
+    except ValueError:
+        return ray.remote(_KVServer).options(
+            name=_KV_ACTOR, namespace=namespace, get_if_exists=True, num_cpus=0,
+            lifetime="detached", max_concurrency=10_000, max_restarts=0).remote()
+
+
+class RayKVStore(KVStore):
+    """shoal's KVStore on Ray: a named actor per namespace; picklable into tasks."""
+
+    def __init__(self, actor):
+        self._actor = actor
+
+    def _call(self, method: str, *args):
+        try:
+            return ray.get(getattr(self._actor, method).remote(*args))
+        except rex.RayError as e:
+            raise to_shoal_error(e) from None
+
+    def set(self, key: str, value) -> None:
+        self._call("set", key, _to_bytes(value))
+
+    def get(self, key: str, timeout: float | None = None) -> bytes:
+        """Value of ``key``, waiting up to ``timeout`` seconds for it to be set."""
+        value = self._call("get", key, timeout)
+        if value is None:
+            raise GetTimeoutError(f"key {key!r} was not set within {timeout}s")
+        return value
+
+    def add(self, key: str, amount: int = 1) -> int:
+        return self._call("add", key, int(amount))
+
+    def wait(self, keys: list[str], timeout: float | None = None) -> None:
+        if not self._call("wait", list(keys), timeout):
+            raise GetTimeoutError(f"keys {keys!r} were not all set within {timeout}s")
+
+    def delete(self, key: str) -> bool:
+        return self._call("delete", key)
+
+    def check(self, keys: list[str]) -> bool:
+        return self._call("check", list(keys))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return self._call("keys", prefix)
+
+    def compare_set(self, key: str, expected: bytes | None, desired) -> bytes:
+        """Set ``key`` to ``desired`` if it equals ``expected`` (None: unset); returns the value now."""
+        return self._call("compare_set", key, None if expected is None else _to_bytes(expected),
+                          _to_bytes(desired))
+
+    def close(self) -> None:
+        """Nothing to close: the store lives as long as the Ray job."""
