@@ -85,3 +85,44 @@ def transform_dataset(estimator, ds, method: str = "transform"):
     out_cols = [str(c) for c in estimator.get_feature_names_out()]
     return ds.map_batches(_transform_batch, batch_format="pandas",
                           fn_args=(estimator, list(names), out_cols, method))
+
+
+def _block_score(table, estimator, features, label, classifier):
+    """Runs in a task: (sum of hits or squared errors, sum y, sum y^2, rows) for one block."""
+    import pandas as pd
+    import pyarrow as pa
+    df = table.to_pandas() if isinstance(table, pa.Table) else pd.DataFrame(table)
+    if label not in df.columns:
+        raise _input.InvalidInputError(f"label column {label!r} is missing from the Dataset")
+    if len(df) == 0:
+        return 0.0, 0.0, 0.0, 0
+    pred = estimator.predict(df[list(features)])
+    t = df[label].to_numpy()
+    if classifier:
+        return float((pred == t).sum()), 0.0, 0.0, len(t)
+    t = t.astype(np.float64)
+    e = t - pred
+    return float(e @ e), float(t.sum()), float(t @ t), len(t)
+
+
+class DatasetScoreMixin:
+    """``score(ds, "label")`` on a Dataset: accuracy or R^2 from per-block sums computed in tasks."""
+
+    def score(self, X, y=None, sample_weight=None):
+        if not _input._is_dataset(X):
+            return super().score(X, y, sample_weight=sample_weight)
+        from sklearn.base import is_classifier
+        if not isinstance(y, str):
+            raise _input.InvalidInputError("score on a Dataset takes the label's column name as y")
+        names = getattr(self, "feature_names_in_", None)
+        if names is None:
+            raise _input.InvalidInputError(f"{type(self).__name__} was fitted on unnamed columns; fit it on "
+                                           f"the Dataset to score a Dataset")
+        parts = _input.map_dataset_blocks(X, _block_score, self, list(names), y, is_classifier(self))
+        a, st, stt, n = (sum(p[i] for p in parts) for i in range(4))
+        if n == 0:
+            raise _input.InvalidInputError("score got an empty Dataset")
+        if is_classifier(self):
+            return a / n
+        sst = stt - st * st / n
+        return 1.0 - a / sst if sst > 0 else (1.0 if a == 0 else 0.0)

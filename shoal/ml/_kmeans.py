@@ -134,7 +134,7 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         return C, labels, inertia, n_iter
 
     def fit(self, X, y=None):
-        dm = fit_input(self, X, None, None)
+        dm = fit_input(self, X, y, None)
         self._validate(dm.n_rows)
         n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
         tol_abs = float(self.tol * np.mean(M2 / n))

@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_logistic_block, _sqhinge_block)
-from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
+from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import gram_stats
 
@@ -65,7 +65,7 @@ def _coordinate_descent(G, b, n, l1, l2, max_iter, tol, w0=None):
     return w, max_iter
 
 
-class _LinearRegressorBase(ShoalEstimatorMixin, RegressorMixin, BaseEstimator):
+class _LinearRegressorBase(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin, BaseEstimator):
     def _fit_gram(self, X, y):
         dm = fit_input(self, X, y, "regression")
         G, b, yy, n, mu, ybar = gram_stats(dm, self.fit_intercept)
@@ -211,7 +211,7 @@ def _lbfgs(dm, block_fn, shape, extra, n, l2, l1, penalize_last_row, max_iter, t
     return w.reshape(shape), int(res.nit)
 
 
-class _LinearClassifierBase(ShoalEstimatorMixin, ClassifierMixin, BaseEstimator):
+class _LinearClassifierBase(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         check_fitted(self, "coef_")
         if _is_dataset(X):

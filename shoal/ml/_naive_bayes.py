@@ -7,11 +7,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_block_binary_class_sums, _block_class_ssq, _block_class_sums, _block_min)
-from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
+from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
 
 
-class _BaseNB(ShoalEstimatorMixin, ClassifierMixin, BaseEstimator):
+class _BaseNB(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
     def predict(self, X):
         check_fitted(self, "classes_")
         if _is_dataset(X):

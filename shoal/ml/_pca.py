@@ -24,7 +24,7 @@ class PCA(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
         self.whiten = whiten
 
     def fit(self, X, y=None):
-        dm = fit_input(self, X, None, None)
+        dm = fit_input(self, X, y, None)
         n, d = dm.n_rows, dm.n_features
         G, _, _, _, mu, _ = gram_stats(dm, center=True)
         ddof_n = max(n - 1, 1)

@@ -41,7 +41,7 @@ class StandardScaler(OneToOneFeatureMixin, _Transformer):
         self.with_std = with_std
 
     def fit(self, X, y=None):
-        dm = fit_input(self, X, None, None)
+        dm = fit_input(self, X, y, None)
         n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
         self.n_samples_seen_ = int(n)
         self.mean_ = mean if self.with_mean else None
@@ -78,7 +78,7 @@ class MinMaxScaler(OneToOneFeatureMixin, _Transformer):
         lo, hi = self.feature_range
         if lo >= hi:
             raise InvalidInputError(f"feature_range must be (min, max) with min < max, got {self.feature_range}")
-        dm = fit_input(self, X, None, None)
+        dm = fit_input(self, X, y, None)
         self.data_min_, self.data_max_ = dm.map_reduce(_block_min_max, reduce=_merge_min_max)
         self.data_range_ = self.data_max_ - self.data_min_
         self.scale_ = (hi - lo) / _safe_scale(self.data_range_)
@@ -103,7 +103,7 @@ class MaxAbsScaler(OneToOneFeatureMixin, _Transformer):
     _fitted_attr = "scale_"
 
     def fit(self, X, y=None):
-        dm = fit_input(self, X, None, None)
+        dm = fit_input(self, X, y, None)
         self.max_abs_ = dm.map_reduce(_block_max_abs, reduce=np.maximum)
         self.scale_ = _safe_scale(self.max_abs_)
         self.n_samples_seen_ = dm.n_rows
@@ -126,7 +126,7 @@ class Normalizer(OneToOneFeatureMixin, _Transformer):
     def fit(self, X, y=None):
         if self.norm not in ("l1", "l2", "max"):
             raise InvalidInputError(f"norm must be 'l1', 'l2' or 'max', got {self.norm!r}")
-        fit_input(self, X, None, None)
+        fit_input(self, X, y, None)
         return self
 
     def _transform(self, X):
@@ -159,7 +159,7 @@ class Imputer(OneToOneFeatureMixin, _Transformer):
     def fit(self, X, y=None):
         if self.strategy not in ("mean", "median", "most_frequent"):
             raise InvalidInputError(f"strategy must be 'mean', 'median' or 'most_frequent', got {self.strategy!r}")
-        dm = fit_input(self, X, None, None, allow_nan=True)
+        dm = fit_input(self, X, y, None, allow_nan=True)
         missing = float(self.missing_value)
         if self.strategy == "mean":
             sums, counts = dm.map_reduce(_block_nan_sums, missing)
@@ -219,7 +219,7 @@ class PolynomialExpansion(_Transformer):
     def fit(self, X, y=None):
         if not (isinstance(self.degree, (int, np.integer)) and self.degree >= 1):
             raise InvalidInputError(f"degree must be a positive integer, got {self.degree!r}")
-        dm = fit_input(self, X, None, None)
+        dm = fit_input(self, X, y, None)
         self.powers_ = np.array([np.bincount(c, minlength=dm.n_features)
                                  for k in range(1, self.degree + 1)
                                  for c in itertools.combinations_with_replacement(range(dm.n_features), k)])
