@@ -145,3 +145,12 @@ class DatasetPathError(DataError, FileNotFoundError):
 
 class UDFReturnTypeError(DataError, TypeError):
     """A user function passed to map_batches/map/flat_map/filter/add_column returned a value of the wrong type."""
+
+
+class NonFiniteLossError(ShoalError, FloatingPointError):
+    """Training produced a NaN/inf loss or gradient (shoal.train)."""
+
+
+class RankMismatchError(ShoalError, ValueError):
+    """Ranks of a training gang disagree on something that must be equal on all of them
+    (model parameters' shapes, number of batches per epoch)."""

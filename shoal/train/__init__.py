@@ -1,0 +1,60 @@
+"""shoal.train: run a PyTorch training loop data-parallel on a gang of workers.
+
+    import shoal.train as st
+
+    def train_loop(config):
+        model = st.prepare_model(Net())
+        loader = st.prepare_data_loader(DataLoader(ds, batch_size=64, shuffle=True))
+        for epoch in range(config["epochs"]):
+            loader.set_epoch(epoch)
+            for x, y in loader:
+                ...
+            st.report({"epoch": epoch, "loss": loss}, checkpoint=st.Checkpoint.from_dict(...))
+
+    result = st.Trainer(train_loop, num_workers=2, config={"epochs": 5}).fit()
+
+Scripts started by ``shoal launch`` (or torchrun) use the same functions.
+"""
+from shoal.train.checkpoint import Checkpoint
+from shoal.train.config import CheckpointConfig, FailureConfig, RunConfig
+from shoal.train.context import TrainContext, get_checkpoint, get_context, report
+from shoal.train.data import PreparedDataLoader, ShardSampler
+from shoal.train.ddp import DDP, DistributedModel
+from shoal.train.trainer import Result, Trainer
+
+
+def prepare_model(model, *, sync_batchnorm: bool | None = None):
+    """Wrap ``model`` for data-parallel training in this gang (a DistributedModel).
+
+    Rank 0's parameters and buffers are copied to every rank; a model whose
+    parameters differ in names/shapes between ranks raises RankMismatchError.
+    With one worker the model is returned as it is.
+    """
+    from shoal.train.context import current_session
+    s = current_session()
+    strategy = s.strategy
+    if sync_batchnorm is not None and sync_batchnorm != strategy.sync_batchnorm:
+        import dataclasses
+        strategy = dataclasses.replace(strategy, sync_batchnorm=sync_batchnorm)
+    if s.context.world_size == 1:
+        return model
+    return strategy.prepare(model, s.comm)
+
+
+def prepare_data_loader(loader, *, seed: int = 0):
+    """This rank's shard of ``loader`` (see PreparedDataLoader)."""
+    from shoal.train.context import current_session
+    from shoal.train.data import prepare_data_loader as _prepare
+    return _prepare(loader, current_session(), seed=seed)
+
+
+def get_communicator():
+    """The communicator of this gang (allreduce, broadcast, allgather, barrier)."""
+    from shoal.train.context import current_session
+    return current_session().comm
+
+
+__all__ = ["Checkpoint", "CheckpointConfig", "DDP", "DistributedModel", "FailureConfig",
+           "PreparedDataLoader", "Result", "RunConfig", "ShardSampler", "TrainContext",
+           "Trainer", "get_checkpoint", "get_communicator", "get_context",
+           "prepare_data_loader", "prepare_model", "report"]

@@ -1,0 +1,160 @@
+"""Gradient buckets: allreduce a bucket the moment its last gradient is ready.
+
+Parameters are grouped, in reverse order of registration (roughly the order
+backward produces their gradients), into buckets of at most ``cap`` bytes
+(the first one smaller, so communication starts early). Each bucket owns one
+flat gradient buffer reused across steps, and each parameter's ``.grad`` is
+a view into it, so the allreduce needs no packing copy. Buckets are launched
+strictly in index order on every rank, whatever order gradients arrive in,
+so all ranks issue the same collectives in the same sequence.
+"""
+from __future__ import annotations
+
+import torch
+
+from shoal.exceptions import NonFiniteLossError
+
+_WIRE_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Bucket:
+    """Parameters whose gradients travel together in one flat buffer."""
+
+    def __init__(self, index: int, params: list, comm, wire_dtype):
+        self.index = index
+        self.params = params
+        self.comm = comm
+        dtype = params[0].dtype
+        numel = sum(p.numel() for p in params)
+        self.buffer = torch.zeros(numel, dtype=dtype, device=params[0].device)
+        self.views, off = {}, 0
+        for p in params:
+            self.views[p] = self.buffer[off:off + p.numel()].view_as(p)
+            off += p.numel()
+        self.wire = (torch.empty(numel, dtype=wire_dtype, device=self.buffer.device)
+                     if wire_dtype is not None and wire_dtype != dtype else None)
+        self.ready: set = set()
+        self.work = None
+
+    def launch(self) -> None:
+        if self.wire is not None:
+            self.wire.copy_(self.buffer)
+            self.work = self.comm.allreduce(self.wire, op="avg", async_op=True)
+        else:
+            self.work = self.comm.allreduce(self.buffer, op="avg", async_op=True)
+
+    def wait(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+            if self.wire is not None:
+                self.buffer.copy_(self.wire)
+
+    def attach(self, p) -> None:
+        """Make ``p.grad`` this bucket's view (copying a gradient autograd put elsewhere)."""
+        view, g = self.views[p], p.grad
+        if g is None:
+            view.zero_()
+            p.grad = view
+        elif g.data_ptr() != view.data_ptr():
+            view.copy_(g)
+            p.grad = view
+
+
+class BucketManager:
+    """Launches bucket allreduces during backward and waits for them at its end."""
+
+    def __init__(self, params: list, comm, cap_bytes: int, first_cap_bytes: int,
+                 compression: str | None, check_finite: bool = True):
+        if compression not in _WIRE_DTYPES:
+            raise ValueError(f"gradient_compression must be None, 'fp16' or 'bf16', "
+                             f"got {compression!r}")
+        self.comm = comm
+        self.check_finite = check_finite
+        self.buckets: list[Bucket] = []
+        self.bucket_of: dict = {}
+        wire = _WIRE_DTYPES[compression]
+        current, size, cap = [], 0, first_cap_bytes
+        for p in reversed(params):
+            nbytes = p.numel() * p.element_size()
+            if current and (size + nbytes > cap or p.dtype != current[0].dtype):
+                self._add(current, wire)
+                current, size, cap = [], 0, cap_bytes
+            current.append(p)
+            size += nbytes
+        if current:
+            self._add(current, wire)
+        self.next_launch = 0
+        self.in_backward = False
+
+    def _add(self, params, wire) -> None:
+        b = Bucket(len(self.buckets), params, self.comm, wire)
+        self.buckets.append(b)
+        for p in params:
+            self.bucket_of[p] = b
+
+    def attach_grads(self) -> None:
+        """Before a forward: give every parameter without a gradient its bucket view."""
+        for b in self.buckets:
+            missing = [p for p in b.params if p.grad is None]
+            if len(missing) == len(b.params):
+                b.buffer.zero_()
+                for p in missing:
+                    p.grad = b.views[p]
+            else:
+                for p in missing:
+                    b.attach(p)
+
+    def mark_ready(self, p) -> None:
+        b = self.bucket_of[p]
+        b.attach(p)
+        b.ready.add(p)
+        if len(b.ready) == len(b.params):
+            self._launch_ready()
+
+    def _launch_ready(self) -> None:
+        while (self.next_launch < len(self.buckets)
+               and len(self.buckets[self.next_launch].ready) == len(self.buckets[self.next_launch].params)):
+            self.buckets[self.next_launch].launch()
+            self.next_launch += 1
+
+    def finish(self, find_unused: bool) -> None:
+        """End of backward: launch what is left (unused parameters), wait for every bucket."""
+        try:
+            if self.next_launch < len(self.buckets):
+                missing = [p for b in self.buckets[self.next_launch:] for p in b.params
+                           if p not in b.ready]
+                if not find_unused:
+                    names = getattr(self, "names", {})
+                    shown = ", ".join(names.get(p, f"<{tuple(p.shape)}>") for p in missing[:5])
+                    self.abandon()
+                    raise RuntimeError(
+                        f"{len(missing)} parameter(s) got no gradient in this backward pass "
+                        f"({shown}); pass DDP(find_unused_parameters=True) or remove them "
+                        "from the model")
+                for p in missing:
+                    self.mark_ready(p)
+            for i, b in enumerate(self.buckets):
+                b.wait()
+                if i == 0 and self.check_finite and not bool(torch.isfinite(b.buffer).all()):
+                    self.reset()
+                    raise NonFiniteLossError(
+                        "gradients are NaN/inf after the allreduce (the loss was probably "
+                        "NaN/inf on some rank); lower the learning rate, clip gradients or "
+                        "check the input data")
+        finally:
+            self.reset()
+
+    def abandon(self) -> None:
+        for b in self.buckets:
+            try:
+                b.wait()
+            except Exception:  # noqa: BLE001 - already failing; keep the first error
+                pass
+        self.reset()
+
+    def reset(self) -> None:
+        for b in self.buckets:
+            b.ready.clear()
+        self.next_launch = 0
+        self.in_backward = False

@@ -1,0 +1,188 @@
+"""What a training loop sees of its gang: ``get_context``, ``report``, ``get_checkpoint``.
+
+A worker started by ``Trainer.fit`` gets its session from the Trainer; a
+process started by ``shoal launch`` or torchrun builds one from its
+environment on first use (rank 0 then keeps metrics and checkpoints under
+SHOAL_RUN_DIR, where a restarted job finds them again).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass
+
+from shoal.train.checkpoint import Checkpoint, latest_in, persist
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """A worker's place in its gang."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    experiment_name: str = ""
+    attempt: int = 0
+
+    # Ray Train's accessor names, for loops written against it.
+    def get_world_rank(self) -> int:
+        return self.rank
+
+    def get_world_size(self) -> int:
+        return self.world_size
+
+    def get_local_rank(self) -> int:
+        return self.local_rank
+
+    def get_local_world_size(self) -> int:
+        return self.local_world_size
+
+    def get_node_rank(self) -> int:
+        return self.node_rank
+
+
+class Session:
+    """The worker-side state of one attempt of a run."""
+
+    def __init__(self, context: TrainContext, comm, store, run_dir: str | None,
+                 report_prefix: str | None, checkpoint: Checkpoint | None, strategy,
+                 report_index: int = 0):
+        self.context = context
+        self.comm = comm
+        self.store = store
+        self.run_dir = run_dir
+        self.report_prefix = report_prefix
+        self.checkpoint = checkpoint
+        self.strategy = strategy
+        self.report_index = report_index
+        self.samples = 0            # counted by prepared data loaders
+        self._t_last = time.perf_counter()
+        self._owns_comm = False
+
+    def report(self, metrics: dict, checkpoint: Checkpoint | None = None) -> None:
+        if not isinstance(metrics, dict):
+            raise TypeError(f"report() takes a dict of metrics, got {type(metrics).__name__}")
+        loss = metrics.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            from shoal.exceptions import NonFiniteLossError
+            raise NonFiniteLossError(
+                f"reported loss is {loss} on rank {self.context.rank} (report "
+                f"#{self.report_index}); lower the learning rate, clip gradients or check the "
+                "input data for NaN/inf")
+        now = time.perf_counter()
+        metrics = dict(metrics)
+        if self.samples:
+            metrics.setdefault("samples_per_s", self.samples * self.context.world_size
+                               / max(now - self._t_last, 1e-9))
+        self.samples, self._t_last = 0, now
+        index = self.report_index
+        self.report_index += 1
+        if self.context.rank != 0:
+            return
+        saved = None
+        if checkpoint is not None and self.run_dir is not None:
+            saved = persist(checkpoint, self.run_dir, index)
+            self.checkpoint = saved
+        record = {"index": index, "metrics": metrics, "time": time.time(),
+                  "checkpoint": saved.path if saved else None}
+        if self.report_prefix is not None:
+            self.store.set(f"{self.report_prefix}/{index}", pickle.dumps(record, protocol=5))
+        elif self.run_dir is not None:   # launched by shoal launch / torchrun
+            with open(os.path.join(self.run_dir, "result.json"), "a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
+            print(_progress_text(record), flush=True)
+
+
+def _jsonable(record: dict) -> dict:
+    out = dict(record)
+    out["metrics"] = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
+                      for k, v in record["metrics"].items()}
+    return out
+
+
+def _progress_text(record: dict) -> str:
+    parts = []
+    for k, v in record["metrics"].items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        elif isinstance(v, (int, str)):
+            parts.append(f"{k}={v}")
+    return f"[report {record['index']}] " + " ".join(parts)
+
+
+_session: Session | None = None
+
+
+def _set_session(s: Session | None) -> None:
+    global _session
+    _session = s
+
+
+def current_session(required: bool = True) -> Session | None:
+    """The session of this process (built from the launcher's environment if needed)."""
+    global _session
+    if _session is None and _launched():
+        _session = _session_from_env()
+    if _session is None and required:
+        raise RuntimeError("no training session here: call this inside a train_loop run by "
+                           "shoal.train.Trainer, or in a script started by `shoal launch`/torchrun")
+    return _session
+
+
+def _launched() -> bool:
+    return ("SHOAL_RANK" in os.environ or "RANK" in os.environ) and \
+        ("SHOAL_WORLD_SIZE" in os.environ or "WORLD_SIZE" in os.environ)
+
+
+def _session_from_env() -> Session:
+    from shoal.train._group import group_from_env
+    comm, store = group_from_env()
+    env = os.environ
+    rank, world = comm.rank, comm.world_size
+    local_rank = int(env.get("SHOAL_LOCAL_RANK", env.get("LOCAL_RANK", 0)))
+    local_world = int(env.get("SHOAL_LOCAL_WORLD_SIZE", env.get("LOCAL_WORLD_SIZE", world)))
+    node_rank = int(env.get("SHOAL_NODE_RANK", env.get("GROUP_RANK", 0)))
+    ctx = TrainContext(rank, world, local_rank, local_world, node_rank,
+                       env.get("SHOAL_JOB_NAME", ""), int(env.get("SHOAL_RESTART_COUNT", 0)))
+    run_dir = env.get("SHOAL_RUN_DIR")
+    ckpt = None
+    if run_dir:
+        os.makedirs(run_dir, exist_ok=True)
+        ckpt = latest_in(run_dir)
+    from shoal.train.ddp import DDP
+    s = Session(ctx, comm, store, run_dir, None, ckpt, DDP(),
+                report_index=_next_index(ckpt))
+    s._owns_comm = True
+    return s
+
+
+def _next_index(ckpt: Checkpoint | None) -> int:
+    if ckpt is None:
+        return 0
+    return int(os.path.basename(ckpt.path).split("_")[-1]) + 1
+
+
+# ------------------------------------------------------------------ public API
+def get_context() -> TrainContext:
+    """Rank, world size, local rank and node rank of this worker."""
+    return current_session().context
+
+
+def report(metrics: dict, checkpoint: Checkpoint | None = None) -> None:
+    """Report metrics (and optionally a checkpoint) from the training loop.
+
+    Every rank may call it; rank 0's metrics are recorded and its checkpoint
+    persisted (atomically) in the run directory. A non-finite ``loss``
+    raises NonFiniteLossError.
+    """
+    current_session().report(metrics, checkpoint)
+
+
+def get_checkpoint() -> Checkpoint | None:
+    """The checkpoint to resume from (after a restart or ``Trainer.restore``), or None."""
+    return current_session().checkpoint

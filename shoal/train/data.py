@@ -1,0 +1,145 @@
+"""Sharding a DataLoader over the ranks of a gang.
+
+``ShardSampler`` is torch's DistributedSampler contract: every rank sees
+``ceil(n / world_size)`` indices (padded by wrapping around, or the tail
+dropped with ``drop_last``), a fresh permutation each epoch from
+``seed + epoch``, the same permutation on every rank.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Sampler
+
+from shoal.exceptions import RankMismatchError
+
+
+class ShardSampler(Sampler):
+    """Indices of this rank's shard of a dataset of ``n`` items."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        self.n, self.num_replicas, self.rank = n, num_replicas, rank
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+        if drop_last:
+            self.num_samples = n // num_replicas
+        else:
+            self.num_samples = math.ceil(n / num_replicas)
+        self.total = self.num_samples * num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            idx = torch.randperm(self.n, generator=g)
+        else:
+            idx = torch.arange(self.n)
+        if self.total > self.n:
+            reps = math.ceil(self.total / max(self.n, 1))
+            idx = idx.repeat(reps)[:self.total]
+        else:
+            idx = idx[:self.total]
+        return idx[self.rank:self.total:self.num_replicas]
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class PreparedDataLoader:
+    """A DataLoader over this rank's shard; iterating it starts a new epoch.
+
+    Call ``set_epoch(epoch)`` before each epoch for a reproducible order
+    (needed to resume a run exactly); without it the epoch counts up by
+    itself. On each new epoch, the ranks check that they will yield the same
+    number of batches (RankMismatchError otherwise, instead of a hang).
+    """
+
+    def __init__(self, loader: DataLoader, sampler: ShardSampler | None, session):
+        self.loader = loader
+        self.sampler = sampler
+        self._session = session
+        self._epoch = 0
+        self._epoch_set = False
+        self._checked_len = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch, self._epoch_set = int(epoch), True
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, item):
+        return getattr(self.__dict__["loader"], item)
+
+    def _check_lengths(self) -> None:
+        try:
+            n = len(self.loader)
+        except TypeError:
+            return
+        if self._checked_len == n or self._session.context.world_size == 1:
+            return
+        counts = self._session.comm.allgather_object(n)
+        if len(set(counts)) != 1:
+            raise RankMismatchError(
+                f"the data loaders yield different numbers of batches per rank: {counts}; "
+                "every rank must run the same number of steps. Use prepare_data_loader on "
+                "a map-style dataset, or give each rank an equal shard (drop_last=True)")
+        self._checked_len = n
+
+    def __iter__(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self._epoch)
+        self._check_lengths()
+        if not self._epoch_set:
+            self._epoch += 1
+        self._epoch_set = False
+        session = self._session
+        for batch in self.loader:
+            session.samples += _batch_len(batch)
+            yield batch
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    elif isinstance(batch, dict) and batch:
+        batch = next(iter(batch.values()))
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape else 1
+
+
+def prepare_data_loader(loader: DataLoader, session, seed: int = 0) -> PreparedDataLoader:
+    """Rebuild ``loader`` on a ShardSampler of this rank (shuffled if it shuffled)."""
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"prepare_data_loader takes a torch DataLoader, got "
+                        f"{type(loader).__name__}")
+    ctx = session.context
+    if isinstance(loader.sampler, ShardSampler):
+        return PreparedDataLoader(loader, loader.sampler, session)
+    try:
+        n = len(loader.dataset)
+    except TypeError:
+        # an iterable dataset shards itself; the lengths are still checked per epoch
+        return PreparedDataLoader(loader, None, session)
+    if loader.batch_size is None:
+        raise ValueError("prepare_data_loader needs a DataLoader with batch_size (not a "
+                         "custom batch_sampler); shard the data yourself with ShardSampler")
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = ShardSampler(n, ctx.world_size, ctx.rank, shuffle=shuffle, seed=seed,
+                           drop_last=loader.drop_last)
+    new = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                     num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                     pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                     timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                     persistent_workers=loader.persistent_workers if loader.num_workers else False)
+    return PreparedDataLoader(new, sampler, session)

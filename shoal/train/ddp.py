@@ -1,0 +1,170 @@
+"""Data parallelism: every rank holds the whole model; gradients are averaged.
+
+``prepare_model`` wraps a module: rank 0's parameters and buffers are
+broadcast, every parameter gets a post-accumulate-grad hook, and the buckets
+of ``_bucket.py`` allreduce gradients during backward. The end of backward
+waits for every bucket (an autograd engine callback), so the user's loop —
+``loss.backward(); opt.step()`` — needs no change.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shoal.exceptions import RankMismatchError
+from shoal.train._bucket import BucketManager
+
+
+@dataclass
+class DDP:
+    """Distributed data parallel strategy.
+
+    Args:
+        bucket_cap_mb: largest bucket of gradients allreduced together (MB).
+        find_unused_parameters: tolerate parameters that get no gradient in a
+            step (their gradient is taken as zero).
+        gradient_compression: None, "fp16" or "bf16": dtype on the wire.
+        broadcast_buffers: copy rank 0's buffers (BatchNorm statistics) to all
+            ranks before every training forward.
+        sync_batchnorm: convert BatchNorm layers to shoal.train.SyncBatchNorm.
+        first_bucket_mb: size of the first bucket (small, so communication
+            starts early in backward).
+        check_finite: raise NonFiniteLossError when reduced gradients hold NaN/inf.
+        backend: collective backend: "auto", "native", "torch" or "gloo".
+    """
+
+    bucket_cap_mb: float = 25.0
+    find_unused_parameters: bool = False
+    gradient_compression: str | None = None
+    broadcast_buffers: bool = True
+    sync_batchnorm: bool = False
+    first_bucket_mb: float = 1.0
+    check_finite: bool = True
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if not self.bucket_cap_mb > 0 or not self.first_bucket_mb > 0:
+            raise ValueError(f"DDP bucket sizes must be > 0, got bucket_cap_mb="
+                             f"{self.bucket_cap_mb}, first_bucket_mb={self.first_bucket_mb}")
+        if self.gradient_compression not in (None, "fp16", "bf16"):
+            raise ValueError(f"DDP.gradient_compression must be None, 'fp16' or 'bf16', got "
+                             f"{self.gradient_compression!r}")
+        if self.backend not in ("auto", "native", "torch", "gloo"):
+            raise ValueError(f"DDP.backend must be 'auto', 'native', 'torch' or 'gloo', got "
+                             f"{self.backend!r}")
+
+    def prepare(self, model: nn.Module, comm) -> "DistributedModel":
+        return DistributedModel(model, comm, self)
+
+
+def model_signature(model: nn.Module) -> str:
+    """A hash of the names, shapes and dtypes of a model's parameters and buffers."""
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+    return h.hexdigest()
+
+
+class DistributedModel(nn.Module):
+    """A module whose gradients are averaged over the ranks of ``comm``.
+
+    ``module`` is the wrapped model (save ``model.module.state_dict()`` to
+    get the plain one). ``no_sync()`` skips gradient synchronization for
+    gradient accumulation.
+    """
+
+    def __init__(self, module: nn.Module, comm, strategy: DDP):
+        super().__init__()
+        self.module = module
+        self.comm = comm
+        self.strategy = strategy
+        if strategy.sync_batchnorm:
+            from shoal.train.sync_batchnorm import SyncBatchNorm
+            self.module = module = SyncBatchNorm.convert_sync_batchnorm(module, comm)
+        self._check_same_model()
+        self._broadcast_state()
+        params = [p for p in module.parameters() if p.requires_grad]
+        mb = 1 << 20
+        self._buckets = BucketManager(params, comm, int(strategy.bucket_cap_mb * mb),
+                                      int(min(strategy.first_bucket_mb, strategy.bucket_cap_mb) * mb),
+                                      strategy.gradient_compression, strategy.check_finite)
+        self._buckets.names = {p: n for n, p in module.named_parameters()}
+        self._require_sync = True
+        self._callback_queued = False
+        self._buffers = [b for b in module.buffers() if b.numel()]
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+
+    # ------------------------------------------------------------- setup
+    def _check_same_model(self) -> None:
+        sig = model_signature(self.module)
+        sigs = self.comm.allgather_object(sig)
+        bad = [r for r, s in enumerate(sigs) if s != sigs[0]]
+        if bad:
+            n = sum(p.numel() for p in self.module.parameters())
+            raise RankMismatchError(
+                f"the model passed to prepare_model differs between ranks: ranks {bad} have "
+                f"other parameter names/shapes/dtypes than rank 0 (this rank: "
+                f"{n} parameters). Build the same model on every rank")
+
+    @torch.no_grad()
+    def _broadcast_state(self) -> None:
+        tensors = [p.data for p in self.module.parameters()] + \
+                  [b for b in self.module.buffers() if b.numel()]
+        by_dtype: dict = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            self.comm.broadcast(flat, src=0)
+            off = 0
+            for t in group:
+                t.copy_(flat[off:off + t.numel()].view_as(t))
+                off += t.numel()
+
+    # ------------------------------------------------------------- steps
+    def forward(self, *args, **kwargs):
+        if torch.is_grad_enabled() and self.training:
+            if self._buckets.next_launch or self._callback_queued:   # a backward did not finish
+                self._buckets.abandon()
+                self._callback_queued = False
+            if self._require_sync:
+                self._buckets.attach_grads()
+            if self.strategy.broadcast_buffers and self._buffers:
+                self._sync_buffers()
+        return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def _sync_buffers(self) -> None:
+        for b in self._buffers:
+            self.comm.broadcast(b, src=0)
+
+    def _on_grad(self, p) -> None:
+        if not self._require_sync:
+            return
+        if not self._callback_queued:
+            self._callback_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+        self._buckets.mark_ready(p)
+
+    def _end_of_backward(self) -> None:
+        self._callback_queued = False
+        self._buckets.finish(self.strategy.find_unused_parameters)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate gradients locally; the first backward after the block synchronizes."""
+        old, self._require_sync = self._require_sync, False
+        try:
+            yield
+        finally:
+            self._require_sync = old
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)

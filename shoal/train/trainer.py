@@ -1,0 +1,462 @@
+"""``Trainer``: run a training loop on a gang of workers, restart it when one dies.
+
+The driver reserves the gang (a placement group of ``resources_per_worker``
+bundles), starts one actor per rank in it, and calls ``train_loop(config)``
+on each. The ranks form a communicator among themselves through the
+cluster's key-value store; rank 0's reports (metrics, checkpoints already
+persisted by rank 0) come back through the store too, so the driver never
+sits in the data path. When a worker dies or the loop raises, the driver
+kills the whole gang (no survivor waits on a dead peer) and, while
+``max_failures`` allows, starts a new one from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import cloudpickle
+
+import shoal
+from shoal.exceptions import (ActorDiedError, ShoalError, TaskError, TrainingFailedError,
+                              WorkerCrashedError)
+from shoal.train.checkpoint import Checkpoint, CheckpointManager, latest_in
+from shoal.train.config import FailureConfig, RunConfig
+from shoal.train.context import Session, TrainContext, _set_session
+from shoal.train.ddp import DDP
+
+_STATE_FILE = "trainer_state.pkl"
+
+
+@dataclass
+class Result:
+    """What a run produced.
+
+    Attributes:
+        metrics: the last metrics reported by rank 0.
+        metrics_dataframe: every report of rank 0, one row each (pandas).
+        checkpoint: the latest checkpoint (None if none was reported).
+        best_checkpoints: kept checkpoints with their metrics, best first.
+        error: the exception that ended the run, or None.
+        path: the run directory (metrics in result.json / progress.csv).
+        attempts: how many times the gang was started.
+    """
+
+    metrics: dict
+    metrics_dataframe: object
+    checkpoint: Checkpoint | None
+    best_checkpoints: list = field(default_factory=list)
+    error: BaseException | None = None
+    path: str = ""
+    attempts: int = 1
+
+    def get_best_checkpoint(self, metric: str, mode: str = "max") -> Checkpoint | None:
+        scored = [(c, m[metric]) for c, m in self.best_checkpoints
+                  if isinstance(m.get(metric), (int, float))]
+        if not scored:
+            return None
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda e: e[1])[0]
+
+
+class _RankPrefixedStream(io.TextIOBase):
+    """Prefixes each line written to ``stream`` with the worker's rank."""
+
+    def __init__(self, stream, prefix: str):
+        self._stream, self._prefix, self._pending = stream, prefix, ""
+
+    def write(self, s: str) -> int:
+        data = self._pending + s
+        lines = data.split("\n")
+        self._pending = lines.pop()
+        if lines:
+            self._stream.write("".join(f"{self._prefix}{ln}\n" for ln in lines))
+            self._stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(f"{self._prefix}{self._pending}")
+            self._pending = ""
+        self._stream.flush()
+
+    def fileno(self):
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _TrainWorker:
+    """One rank of the gang (an actor)."""
+
+    def where(self):
+        return shoal.get_runtime_context().node_id, os.getpid()
+
+    def run(self, payload: bytes, setup: dict):
+        from shoal.train._group import form_group
+        train_loop, config = cloudpickle.loads(payload)
+        ctx: TrainContext = setup["context"]
+        prefix = f"(rank {ctx.rank}) "
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout = _RankPrefixedStream(old_out, prefix)
+        sys.stderr = _RankPrefixedStream(old_err, prefix)
+        store = shoal.get_kv_store()
+        comm = None
+        try:
+            strategy = setup["strategy"]
+            comm = form_group(ctx.rank, ctx.world_size, store, setup["group"],
+                              backend=strategy.backend, timeout=setup["timeout"])
+            ckpt = Checkpoint(path=setup["checkpoint"]) if setup["checkpoint"] else None
+            session = Session(ctx, comm, store, setup["run_dir"], setup["report_prefix"], ckpt,
+                              strategy, report_index=setup["report_index"])
+            _set_session(session)
+            if _takes_argument(train_loop):
+                train_loop(config)
+            else:
+                train_loop()
+            return session.report_index
+        finally:
+            _set_session(None)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = old_out, old_err
+            if comm is not None:
+                try:
+                    comm.destroy()
+                except Exception:  # noqa: BLE001 - teardown of a group that may be broken
+                    pass
+
+
+def _takes_argument(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in params)
+
+
+class Trainer:
+    """Runs ``train_loop(config)`` data-parallel on ``num_workers`` workers.
+
+    Args:
+        train_loop: a function of ``config`` (or of nothing) that trains,
+            using shoal.train.get_context / prepare_model /
+            prepare_data_loader / report / get_checkpoint.
+        num_workers: ranks in the gang.
+        resources_per_worker: one bundle of the gang, e.g. {"CPU": 1}.
+        strategy: shoal.train.DDP(...) (the default).
+        config: passed to ``train_loop``.
+        run_config: run name, storage path, checkpoints to keep, verbosity.
+        failure_config: how many gang restarts a run may use.
+        placement_strategy: "PACK", "STRICT_PACK", "SPREAD" or "STRICT_SPREAD".
+        resume_from_checkpoint: a Checkpoint the first attempt starts from.
+        collective_timeout: seconds a collective waits for a peer before raising.
+    """
+
+    def __init__(self, train_loop, *, num_workers: int = 1,
+                 resources_per_worker: dict | None = None, strategy: DDP | None = None,
+                 config: dict | None = None, run_config: RunConfig | None = None,
+                 failure_config: FailureConfig | None = None, placement_strategy: str = "PACK",
+                 resume_from_checkpoint: Checkpoint | None = None,
+                 collective_timeout: float = 300.0):
+        if not callable(train_loop):
+            raise TypeError(f"train_loop must be a function, got {type(train_loop).__name__}")
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        resources_per_worker = dict(resources_per_worker or {"CPU": 1})
+        for k, v in resources_per_worker.items():
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"resources_per_worker[{k!r}] must be a number >= 0, got {v!r}")
+        if placement_strategy not in ("PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"):
+            raise ValueError(f"placement_strategy must be PACK, STRICT_PACK, SPREAD or "
+                             f"STRICT_SPREAD, got {placement_strategy!r}")
+        if resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, Checkpoint):
+            raise TypeError("resume_from_checkpoint must be a shoal.train.Checkpoint")
+        self.train_loop = train_loop
+        self.num_workers = num_workers
+        self.resources_per_worker = resources_per_worker
+        self.strategy = strategy or DDP()
+        if not isinstance(self.strategy, DDP):
+            raise TypeError(f"strategy must be shoal.train.DDP(...), got "
+                            f"{type(self.strategy).__name__}")
+        self.config = config if config is not None else {}
+        self.run_config = run_config or RunConfig()
+        self.failure_config = failure_config or FailureConfig()
+        self.placement_strategy = placement_strategy
+        self.collective_timeout = collective_timeout
+        self._resume = resume_from_checkpoint
+        self._history: list[dict] = []
+        self._run_dir: str | None = None
+
+    # ------------------------------------------------------------ restore
+    @classmethod
+    def restore(cls, path: str, train_loop=None, config: dict | None = None) -> "Trainer":
+        """A Trainer that continues the run in ``path`` from its latest checkpoint.
+
+        ``train_loop`` and ``config`` replace the saved ones when given.
+        """
+        path = os.fspath(path)
+        state_file = os.path.join(path, _STATE_FILE)
+        if not os.path.exists(state_file):
+            raise FileNotFoundError(f"{path!r} is not a shoal.train run directory (no "
+                                    f"{_STATE_FILE}); pass the path of Result.path")
+        with open(state_file, "rb") as f:
+            state = pickle.load(f)
+        rc = state["run_config"]
+        rc = RunConfig(name=os.path.basename(path.rstrip(os.sep)),
+                       storage_path=os.path.dirname(os.path.abspath(path.rstrip(os.sep))),
+                       checkpoint_config=rc.checkpoint_config, verbose=rc.verbose)
+        t = cls(train_loop or state["train_loop"], num_workers=state["num_workers"],
+                resources_per_worker=state["resources_per_worker"], strategy=state["strategy"],
+                config=config if config is not None else state["config"], run_config=rc,
+                failure_config=state["failure_config"],
+                placement_strategy=state["placement_strategy"],
+                collective_timeout=state["collective_timeout"])
+        t._resume = latest_in(path)
+        t._history = _read_history(path, t._resume)
+        return t
+
+    @classmethod
+    def can_restore(cls, path: str) -> bool:
+        return os.path.exists(os.path.join(os.fspath(path), _STATE_FILE))
+
+    # ------------------------------------------------------------ fit
+    def fit(self) -> Result:
+        """Train; returns a Result. Raises TrainingFailedError once restarts are spent."""
+        run_dir = self._prepare_run_dir()
+        manager = CheckpointManager(self.run_config.checkpoint_config)
+        for rec in self._history:
+            if rec.get("checkpoint") and os.path.isdir(rec["checkpoint"]):
+                manager.register(Checkpoint(path=rec["checkpoint"]), rec["metrics"])
+        if self._resume is not None and manager.latest is None:
+            manager.entries.append((self._resume, {}))
+        progress = _Progress(self.run_config, self.config)
+        run_id = uuid.uuid4().hex[:12]
+        attempt, failures = 0, 0
+        while True:
+            start = manager.latest
+            error = self._run_attempt(run_id, attempt, start, manager, progress, run_dir)
+            if error is None:
+                break
+            failures += 1
+            limit = self.failure_config.max_failures
+            if limit != -1 and failures > limit:
+                self._write_results(run_dir)
+                result = self._result(manager, run_dir, error, attempt + 1)
+                exc = TrainingFailedError(
+                    f"training failed on attempt {attempt + 1} (max_failures={limit}): "
+                    f"{_describe(error)}")
+                exc.result = result
+                raise exc from error
+            if self.run_config.verbose:
+                print(f"[shoal.train] attempt {attempt + 1} failed ({_describe(error, short=True)}); "
+                      f"restarting the gang from "
+                      f"{manager.latest.path if manager.latest else 'the beginning'} "
+                      f"({failures}/{limit if limit != -1 else 'inf'} failures)", flush=True)
+            keep = _index_of(manager.latest)
+            self._history = [r for r in self._history if r["index"] <= keep]
+            attempt += 1
+        self._write_results(run_dir)
+        return self._result(manager, run_dir, None, attempt + 1)
+
+    def _prepare_run_dir(self) -> str:
+        rc = self.run_config
+        storage = rc.storage_path or os.path.join(os.path.expanduser("~"), "shoal_results")
+        name = rc.name or time.strftime("shoal_train_%Y%m%d_%H%M%S")
+        run_dir = os.path.abspath(os.path.join(storage, name))
+        os.makedirs(run_dir, exist_ok=True)
+        for n in os.listdir(run_dir):     # half-written checkpoints of a crashed run
+            if n.startswith(".tmp_checkpoint_"):
+                shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
+        state = {"train_loop": self.train_loop, "config": self.config,
+                 "num_workers": self.num_workers,
+                 "resources_per_worker": self.resources_per_worker, "strategy": self.strategy,
+                 "run_config": self.run_config, "failure_config": self.failure_config,
+                 "placement_strategy": self.placement_strategy,
+                 "collective_timeout": self.collective_timeout}
+        tmp = os.path.join(run_dir, _STATE_FILE + ".tmp")
+        with open(tmp, "wb") as f:
+            cloudpickle.dump(state, f)
+        os.replace(tmp, os.path.join(run_dir, _STATE_FILE))
+        self._run_dir = run_dir
+        return run_dir
+
+    def _run_attempt(self, run_id, attempt, start, manager, progress, run_dir):
+        """One gang from start to end; returns None on success, else the error."""
+        n = self.num_workers
+        res = self.resources_per_worker
+        pg = shoal.placement_group([dict(res) for _ in range(n)], strategy=self.placement_strategy)
+        workers = []
+        store = shoal.get_kv_store()
+        prefix = f"shoal-train/{run_id}/{attempt}/report"
+        try:
+            shoal.get(pg.ready(), timeout=None)
+            actor_cls = shoal.remote(_TrainWorker)
+            extra = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
+            for i in range(n):
+                workers.append(actor_cls.options(
+                    num_cpus=res.get("CPU", 0), num_gpus=res.get("GPU", 0),
+                    resources=extra or None, placement_group=pg,
+                    placement_group_bundle_index=i, max_restarts=0).remote())
+            where = shoal.get([w.where.remote() for w in workers])
+            nodes = list(dict.fromkeys(node for node, _ in where))
+            ranks_on = {nd: [r for r, (x, _) in enumerate(where) if x == nd] for nd in nodes}
+            next_index = _index_of(start) + 1 if start is not None else 0
+            next_index = max(next_index, max((r["index"] + 1 for r in self._history), default=0))
+            refs = []
+            payload = cloudpickle.dumps((self.train_loop, self.config))
+            for r, w in enumerate(workers):
+                node = where[r][0]
+                ctx = TrainContext(r, n, ranks_on[node].index(r), len(ranks_on[node]),
+                                   nodes.index(node), os.path.basename(run_dir), attempt)
+                setup = {"context": ctx, "strategy": self.strategy,
+                         "group": f"train-{run_id}-{attempt}", "run_dir": run_dir,
+                         "report_prefix": prefix,
+                         "checkpoint": start.path if start is not None else None,
+                         "report_index": next_index, "timeout": self.collective_timeout}
+                refs.append(w.run.remote(payload, setup))
+            self._worker_pids = [pid for _, pid in where]
+            pending = list(refs)
+            while pending:
+                ready, pending = shoal.wait(pending, num_returns=1, timeout=0.05)
+                next_index = self._drain(store, prefix, next_index, manager, progress, run_dir)
+                for ref in ready:
+                    try:
+                        shoal.get(ref)
+                    except (TaskError, ActorDiedError, WorkerCrashedError, ShoalError) as e:
+                        return e
+            self._drain(store, prefix, next_index, manager, progress, run_dir)
+            return None
+        finally:
+            for w in workers:
+                try:
+                    shoal.kill(w)
+                except Exception:  # noqa: BLE001 - already dead
+                    pass
+            try:
+                shoal.remove_placement_group(pg)
+            except Exception:  # noqa: BLE001
+                pass
+            for k in store.keys(prefix + "/"):
+                store.delete(k)
+
+    def _drain(self, store, prefix, next_index, manager, progress, run_dir) -> int:
+        while store.check([f"{prefix}/{next_index}"]):
+            rec = pickle.loads(store.get(f"{prefix}/{next_index}"))
+            store.delete(f"{prefix}/{next_index}")
+            self._history.append(rec)
+            if rec.get("checkpoint"):
+                manager.register(Checkpoint(path=rec["checkpoint"]), rec["metrics"])
+            with open(os.path.join(run_dir, "result.json"), "a") as f:
+                f.write(json.dumps(_jsonable(rec)) + "\n")
+            progress.show(rec)
+            next_index += 1
+        return next_index
+
+    def _write_results(self, run_dir: str) -> None:
+        df = self._dataframe()
+        df.to_csv(os.path.join(run_dir, "progress.csv"), index=False)
+        with open(os.path.join(run_dir, "result.json"), "w") as f:
+            for rec in self._history:
+                f.write(json.dumps(_jsonable(rec)) + "\n")
+
+    def _dataframe(self):
+        import pandas as pd
+        rows = [dict(rec["metrics"], report_index=rec["index"],
+                     checkpoint=rec.get("checkpoint")) for rec in self._history]
+        return pd.DataFrame(rows)
+
+    def _result(self, manager, run_dir, error, attempts) -> Result:
+        metrics = dict(self._history[-1]["metrics"]) if self._history else {}
+        return Result(metrics=metrics, metrics_dataframe=self._dataframe(),
+                      checkpoint=manager.latest, best_checkpoints=manager.best(), error=error,
+                      path=run_dir, attempts=attempts)
+
+
+def _index_of(ckpt: Checkpoint | None) -> int:
+    if ckpt is None or not ckpt.path:
+        return -1
+    try:
+        return int(os.path.basename(ckpt.path).split("_")[-1])
+    except ValueError:
+        return -1
+
+
+def _read_history(path: str, ckpt: Checkpoint | None) -> list[dict]:
+    f = os.path.join(path, "result.json")
+    if not os.path.exists(f):
+        return []
+    keep = _index_of(ckpt)
+    out = []
+    with open(f) as fh:
+        for line in fh:
+            if line.strip():
+                rec = json.loads(line)
+                if rec["index"] <= keep:
+                    out.append(rec)
+    return out
+
+
+def _jsonable(rec: dict) -> dict:
+    out = dict(rec)
+    out["metrics"] = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else repr(v))
+                      for k, v in rec["metrics"].items()}
+    return out
+
+
+def _describe(error: BaseException, short: bool = False) -> str:
+    if isinstance(error, TaskError):
+        cause = error.cause_repr
+        return cause if short else f"{cause}\n\nRemote traceback:\n{error.remote_traceback}"
+    return f"{type(error).__name__}: {error}"
+
+
+class _Progress:
+    """One line per report of rank 0: metrics, throughput, time left."""
+
+    def __init__(self, run_config: RunConfig, config: dict):
+        self.verbose = run_config.verbose
+        self.total = None
+        if isinstance(config, dict):
+            for k in ("epochs", "num_epochs", "max_epochs"):
+                if isinstance(config.get(k), int):
+                    self.total = config[k]
+                    break
+        self.t0 = time.monotonic()
+        self.count = 0
+
+    def show(self, rec: dict) -> None:
+        self.count += 1
+        if not self.verbose:
+            return
+        m = rec["metrics"]
+        parts = []
+        epoch = m.get("epoch")
+        if isinstance(epoch, int) and self.total:
+            parts.append(f"epoch {epoch + 1}/{self.total}")
+        for k, v in m.items():
+            if k in ("epoch", "samples_per_s"):
+                continue
+            if isinstance(v, float):
+                parts.append(f"{k} {v:.4g}")
+            elif isinstance(v, int) and not isinstance(v, bool):
+                parts.append(f"{k} {v}")
+        if "samples_per_s" in m:
+            parts.append(f"{m['samples_per_s']:.0f} samples/s")
+        elapsed = time.monotonic() - self.t0
+        parts.append(f"elapsed {elapsed:.1f}s")
+        if isinstance(epoch, int) and self.total:
+            left = (self.total - epoch - 1) * elapsed / self.count
+            parts.append(f"~{left:.0f}s left")
+        if rec.get("checkpoint"):
+            parts.append("checkpoint saved")
+        print("[shoal.train] " + " | ".join(parts), flush=True)
