@@ -154,3 +154,7 @@ class NonFiniteLossError(ShoalError, FloatingPointError):
 class RankMismatchError(ShoalError, ValueError):
     """Ranks of a training gang disagree on something that must be equal on all of them
     (model parameters' shapes, number of batches per epoch)."""
+
+
+class InvalidInputTypeError(InvalidInputError, TypeError):
+    """Input data of a type that cannot be used (e.g. a dict inside a numeric array)."""

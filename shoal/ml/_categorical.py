@@ -22,14 +22,19 @@ def _as_columns(X, estimator, fit: bool):
     else:
         arr = np.asarray(X)
         if arr.ndim != 2:
-            raise InvalidInputError(f"Expected 2D array for X, got {arr.ndim}D array instead; reshape "
-                                    f"a single column with X.reshape(-1, 1).")
+            raise InvalidInputError(f"Expected 2D array for X, got {arr.ndim}D array instead. Reshape your "
+                                    f"data with X.reshape(-1, 1) for a single feature.")
         if np.iscomplexobj(arr):
             raise InvalidInputError("Complex data not supported in X")
         names = None
         cols = [arr[:, j] for j in range(arr.shape[1])]
-    if not cols or len(cols[0]) == 0:
-        raise InvalidInputError(f"X given to {type(estimator).__name__} is empty (0 samples or 0 columns).")
+    n = len(cols[0]) if cols else (X.shape[0] if hasattr(X, "shape") else 0)
+    if not cols:
+        raise InvalidInputError(f"Found array with 0 feature(s) (shape=({n}, 0)) while a minimum of 1 is "
+                                f"required by {type(estimator).__name__}.")
+    if n == 0:
+        raise InvalidInputError(f"Found array with 0 sample(s) (shape=(0, {len(cols)})) while a minimum of 1 "
+                                f"is required by {type(estimator).__name__}: X is empty.")
     for j, c in enumerate(cols):
         if c.dtype.kind == "f" and not np.isfinite(c).all():
             label = repr(names[j]) if names else str(j)

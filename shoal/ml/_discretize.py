@@ -62,7 +62,7 @@ class _Bucketing(ShoalEstimatorMixin, OneToOneFeatureMixin, TransformerMixin, Ba
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
+        tags.input_tags.allow_nan = self.handle_invalid != "error"
         return tags
 
 
@@ -78,7 +78,7 @@ class Bucketizer(_Bucketing):
         self._check_handle_invalid()
         if self.splits is None:
             raise InvalidInputError("Bucketizer needs splits=[...] (e.g. [-inf, 0, 10, inf])")
-        dm = fit_input(self, X, y, None, allow_nan=True)
+        dm = fit_input(self, X, y, None, allow_nan=self.handle_invalid != "error")
         per_col = np.ndim(self.splits[0]) == 1 if len(self.splits) else False
         if per_col:
             if len(self.splits) != dm.n_features:
@@ -101,7 +101,7 @@ class QuantileDiscretizer(_Bucketing):
         self._check_handle_invalid()
         if not (isinstance(self.num_buckets, (int, np.integer)) and self.num_buckets >= 2):
             raise InvalidInputError(f"num_buckets must be an integer >= 2, got {self.num_buckets!r}")
-        dm = fit_input(self, X, y, None, allow_nan=True)
+        dm = fit_input(self, X, y, None, allow_nan=self.handle_invalid != "error")
         sketch = dm.map_reduce(block_sketch, reduce=merge_sketches)
         inner = sketch_quantiles(sketch, np.arange(1, self.num_buckets) / self.num_buckets)
         self.splits_ = []

@@ -55,7 +55,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from shoal.exceptions import InvalidInputError
+from shoal.exceptions import InvalidInputError, InvalidInputTypeError
 
 CLUSTER_MIN_ELEMENTS = 1 << 21      # below ~16 MB of float64, task overhead beats parallelism
 DEFAULT_BLOCK_ROWS = 1 << 17        # 131072 rows: a 20-feature block is 20 MB
@@ -364,7 +364,8 @@ def _to_float_matrix(X, argument: str, estimator) -> np.ndarray:
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError) as e:
-            raise InvalidInputError(
+            cls = InvalidInputTypeError if isinstance(e, TypeError) else InvalidInputError
+            raise cls(
                 f"{argument} must hold numbers; converting dtype {arr.dtype} to float64 failed: {e}. "
                 f"Encode strings first (shoal.ml.StringIndexer / OneHotEncoder).") from None
     return np.ascontiguousarray(arr, dtype=np.float64)
@@ -405,9 +406,15 @@ def _prepare_y(y, target: str | None, n: int, estimator, label_name: str = "y"):
         return None, None
     if y is None:
         raise InvalidInputError(
-            f"{_name_of(estimator)} requires y to be passed (the label), but the target y is None.")
+            f"{_name_of(estimator)} requires y to be passed, but the target y is None: pass the label "
+            f"as y (or label='column' for named columns).")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
+        import warnings
+        from sklearn.exceptions import DataConversionWarning
+        warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the "
+                      "shape of y to (n_samples,), for example using ravel().", DataConversionWarning,
+                      stacklevel=4)
         y = y.ravel()
     if y.ndim != 1:
         raise InvalidInputError(f"{label_name} must be 1-dimensional, got shape {y.shape}.")

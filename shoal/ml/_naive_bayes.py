@@ -115,6 +115,7 @@ class MultinomialNB(_DiscreteNB):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
+        tags.classifier_tags.poor_score = True    # as scikit-learn's: counts model, not blobs
         return tags
 
 
@@ -139,6 +140,11 @@ class BernoulliNB(_DiscreteNB):
         with np.errstate(divide="ignore"):
             self.feature_log_prob_ = np.log(fc + self.alpha) - np.log(counts + 2.0 * self.alpha)[:, None]
         return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.poor_score = True
+        return tags
 
     def _joint_log_likelihood(self, X):
         if self.binarize is not None:

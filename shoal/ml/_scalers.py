@@ -129,6 +129,15 @@ class Normalizer(OneToOneFeatureMixin, _Transformer):
         fit_input(self, X, y, None)
         return self
 
+    def transform(self, X):
+        # stateless: usable without fit (scikit-learn's requires_fit=False)
+        if _is_dataset(X):
+            check_fitted(self, "n_features_in_")
+            return transform_dataset(self, X)
+        if self.norm not in ("l1", "l2", "max"):
+            raise InvalidInputError(f"norm must be 'l1', 'l2' or 'max', got {self.norm!r}")
+        return self._transform(check_predict_input(self, X, "transform"))
+
     def _transform(self, X):
         if self.norm == "l2":
             norms = np.sqrt(np.einsum("ij,ij->i", X, X))
