@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+import cloudpickle
 import pyarrow as pa
 
 from shoal.data._block import BlockMeta, meta_of, split_even
@@ -32,14 +33,18 @@ from shoal.exceptions import SchemaMismatchError
 _REMOTE_FNS: dict = {}
 
 
-def remote_fn(fn):
-    """``shoal.remote(fn)``, made once per process."""
+def remote_fn(fn, light: bool = False):
+    """``shoal.remote(fn)``, made once per process.
+
+    ``light`` tasks (slicing, metadata, sampling) take no CPU slot, so they
+    run even while an actor pool holds every CPU of the cluster.
+    """
     import shoal
 
     handle = _REMOTE_FNS.get(fn)
     if handle is None:
         handle = _REMOTE_FNS[fn] = shoal.remote(fn)
-    return handle
+    return handle.options(num_cpus=0) if light else handle
 
 
 def as_list(refs) -> list:
@@ -48,9 +53,16 @@ def as_list(refs) -> list:
 
 # ------------------------------------------------------- task/actor bodies ---
 
+def load_chain(chain):
+    """The transforms of a stage, sent as cloudpickle bytes so that functions and
+    classes defined in a script's ``__main__`` travel by value."""
+    return cloudpickle.loads(chain) if isinstance(chain, (bytes, bytearray, memoryview)) else chain
+
+
 def run_stage(chain, item, k: int):
     """Read (if ``item`` is a ReadTask) or take a block, cut it in ``k``, apply ``chain``."""
     start = time.perf_counter()
+    chain = load_chain(chain)
     table = item() if isinstance(item, ReadTask) else item
     parts = split_even(table, k) if k > 1 else [table]
     outs = [apply_chain(chain, p) for p in parts]
@@ -62,8 +74,8 @@ class MapWorker:
     """The actor behind a callable-class stage: builds the chain's state once."""
 
     def __init__(self, chain):
-        self.chain = chain
-        for transform in chain:
+        self.chain = load_chain(chain)
+        for transform in self.chain:
             transform.setup()
 
     def process(self, item, k: int):
@@ -155,7 +167,7 @@ class Executor:
 
         stats = self.new_stats(name)
         progress = self.progress(name, total)
-        chain_ref = shoal.put(list(chain))
+        chain_ref = shoal.put(cloudpickle.dumps(list(chain)))
         actors, load = [], []
         if compute is not None:
             worker = remote_fn(MapWorker)

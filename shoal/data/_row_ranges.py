@@ -31,10 +31,8 @@ def take_row_ranges(bundles: Sequence[Bundle], ranges: Sequence[tuple[int, int]]
     """One block per ``[start, end)`` range of rows of the concatenated ``bundles``."""
     from shoal.data._execution import as_list, remote_fn
 
-    import shoal
-
     offsets = row_offsets(bundles)
-    task = remote_fn(slice_concat)
+    task = remote_fn(slice_concat, light=True)
     out: list = []
     for start, end in ranges:
         first = int(np.searchsorted(offsets, start, side="right")) - 1
@@ -71,3 +69,37 @@ def _resolve(item) -> Bundle:
 def even_ranges(total: int, n: int) -> list[tuple[int, int]]:
     bounds = np.linspace(0, total, n + 1).astype(np.int64)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def slice_rows(bundles: Sequence[Bundle], start: int, end: int) -> list[Bundle]:
+    """Rows ``[start, end)`` as blocks: whole blocks reused, the cut ones sliced by a task.
+
+    An empty range gives one empty block, so the result keeps the schema.
+    """
+    offsets = row_offsets(bundles)
+    pieces = []
+    for b, (ref, meta) in enumerate(bundles):
+        lo, hi = max(start, int(offsets[b])), min(end, int(offsets[b + 1]))
+        if hi > lo:
+            pieces.append((int(offsets[b]) + 0, lo, hi, b))
+    if not pieces:
+        return take_row_ranges(bundles[:1], [(0, 0)]) if bundles else []
+    out = []
+    for base, lo, hi, b in pieces:
+        if hi - lo == bundles[b][1].num_rows:
+            out.append(bundles[b])
+        else:
+            out.extend(take_row_ranges([bundles[b]], [(lo - base, hi - base)]))
+    return out
+
+
+def group_blocks(bundles: Sequence[Bundle], n: int) -> list[list[Bundle]]:
+    """``n`` runs of consecutive whole blocks with about equal rows (needs ``len >= n``)."""
+    offsets = row_offsets(bundles)
+    targets = offsets[-1] * np.arange(1, n) / n
+    cuts = np.searchsorted(offsets[1:-1], targets, side="left") + 1
+    bounds = [0]
+    for i, cut in enumerate(cuts.tolist(), start=1):  # n cuts: every group gets a block
+        bounds.append(min(max(cut, bounds[-1] + 1), len(bundles) - n + i))
+    bounds.append(len(bundles))
+    return [list(bundles[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,435 @@
+"""Dataset: an ordered list of Arrow blocks in the object store, built lazily."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from shoal.data import _iterate, _row_ranges, _shuffle
+from shoal.data._aggregate import (AggregateFn, Max, Mean, Min, Std, Sum, validate_aggs)
+from shoal.data._block import check_columns, column_to_numpy, concat
+from shoal.data._execution import Executor, StageStats, remote_fn
+from shoal.data._plan import (ActorCompute, AllToAllNode, BlocksNode, Bundle, LimitNode, Node,
+                              UnionNode, add_transform, describe, known_num_blocks,
+                              known_num_rows, known_schema)
+from shoal.data._transforms import (AddColumn, DropColumns, Filter, FlatMap, MapBatches,
+                                    MapRows, RenameColumns, SelectColumns, is_callable_class)
+from shoal.data._write import write_files
+
+
+class Dataset:
+    """An ordered list of blocks (pyarrow Tables) processed by shoal tasks and actors.
+
+    Transforms (``map_batches``, ``filter``, ``sort`` ...) return a new
+    Dataset and run nothing; consumers (``count``, ``take``,
+    ``iter_batches``, ``write_parquet`` ...) execute the plan, streaming
+    block by block. Each consumer runs the plan again; call
+    ``materialize()`` to keep the blocks for several passes.
+    """
+
+    def __init__(self, plan: Node):
+        self._plan = plan
+        self._stats: list[StageStats] = []
+
+    # ------------------------------------------------------- execution ---
+
+    def _stream(self) -> Iterator[Bundle]:
+        executor = Executor()
+        self._stats = executor.stats
+        return executor.stream(self._plan)
+
+    def _bundles(self) -> list[Bundle]:
+        if isinstance(self._plan, BlocksNode):
+            return self._plan.bundles
+        return list(self._stream())
+
+    def materialize(self) -> "Dataset":
+        """Execute the plan and return a Dataset over the resulting blocks."""
+        if isinstance(self._plan, BlocksNode):
+            return self
+        ds = Dataset(BlocksNode(self._bundles(), name=f"materialized({self._plan.name})"))
+        ds._stats = self._stats
+        return ds
+
+    def _with(self, node: Node) -> "Dataset":
+        return Dataset(node)
+
+    # ------------------------------------------------- one-to-one transforms ---
+
+    def map_batches(self, fn: Callable, *, batch_size: int | None = None,
+                    batch_format: str = "numpy", fn_args: Sequence = (),
+                    fn_kwargs: dict | None = None, fn_constructor_args: Sequence = (),
+                    fn_constructor_kwargs: dict | None = None,
+                    concurrency: int | tuple | None = None, num_cpus: float | None = None,
+                    num_gpus: float | None = None, **remote_args) -> "Dataset":
+        """Apply ``fn(batch) -> batch`` to batches of each block.
+
+        ``fn`` is a function (run in tasks) or a callable class (run on a pool
+        of ``concurrency`` actors, constructed once each with
+        ``fn_constructor_args``, e.g. to load a model once). A batch is a dict
+        of NumPy arrays, a pandas DataFrame or a pyarrow Table
+        (``batch_format``); ``fn`` returns any of these. ``batch_size=None``
+        passes whole blocks.
+        """
+        transform = MapBatches(fn, batch_format, batch_size, fn_args, fn_kwargs,
+                               fn_constructor_args, fn_constructor_kwargs)
+        options = dict(remote_args)
+        if num_cpus is not None:
+            options["num_cpus"] = num_cpus
+        if num_gpus is not None:
+            options["num_gpus"] = num_gpus
+        compute = None
+        if is_callable_class(fn):
+            size = concurrency[-1] if isinstance(concurrency, tuple) else concurrency
+            compute = ActorCompute(size if size is not None else _cluster_cpus())
+        elif concurrency is not None:
+            raise ValueError("concurrency= sets the size of the actor pool of a callable class; "
+                             "for a function, limit parallelism with num_cpus= or "
+                             "DataContext.max_tasks_in_flight")
+        elif fn_constructor_args or fn_constructor_kwargs:
+            raise ValueError(f"fn_constructor_args are for callable classes; {fn!r} is a function")
+        return self._with(add_transform(self._plan, transform, compute, options))
+
+    def map(self, fn: Callable[[dict], dict], **remote_args) -> "Dataset":
+        """Apply ``fn(row) -> row`` to every row (prefer map_batches for speed)."""
+        return self._with(add_transform(self._plan, MapRows(fn), None, remote_args))
+
+    def flat_map(self, fn: Callable[[dict], list], **remote_args) -> "Dataset":
+        """Apply ``fn(row) -> list of rows`` and concatenate the results."""
+        return self._with(add_transform(self._plan, FlatMap(fn), None, remote_args))
+
+    def filter(self, fn: Callable[[dict], bool] | None = None, *, expr=None,
+               **remote_args) -> "Dataset":
+        """Keep rows where ``fn(row)`` is true, or where the pyarrow expression ``expr`` holds."""
+        return self._with(add_transform(self._plan, Filter(fn, expr), None, remote_args))
+
+    def select_columns(self, cols: str | Sequence[str]) -> "Dataset":
+        self._check_columns(cols, "select_columns")
+        return self._with(add_transform(self._plan, SelectColumns(cols)))
+
+    def drop_columns(self, cols: str | Sequence[str]) -> "Dataset":
+        self._check_columns(cols, "drop_columns")
+        return self._with(add_transform(self._plan, DropColumns(cols)))
+
+    def rename_columns(self, names: dict | Sequence[str]) -> "Dataset":
+        if isinstance(names, dict):
+            self._check_columns(list(names), "rename_columns")
+        return self._with(add_transform(self._plan, RenameColumns(names)))
+
+    def add_column(self, col: str, fn: Callable, *, batch_format: str = "pandas") -> "Dataset":
+        """Add (or replace) column ``col`` with ``fn(batch) -> values``."""
+        return self._with(add_transform(self._plan, AddColumn(col, fn, batch_format)))
+
+    def _check_columns(self, cols, operation: str) -> None:
+        schema = known_schema(self._plan)
+        if schema is not None:
+            check_columns(schema, [cols] if isinstance(cols, str) else list(cols), operation)
+
+    # ------------------------------------------------- all-to-all transforms ---
+
+    def repartition(self, num_blocks: int, *, shuffle: bool = False) -> "Dataset":
+        """``num_blocks`` blocks of about equal rows, keeping order (or shuffled)."""
+        _check_positive(num_blocks, "repartition(num_blocks)")
+        if shuffle:
+            fn = partial(_shuffle.random_shuffle, seed=None, n=num_blocks)
+        else:
+            fn = partial(_repartition_rows, n=num_blocks)
+        return self._with(AllToAllNode(self._plan, fn, f"repartition({num_blocks})"))
+
+    def random_shuffle(self, *, seed: int | None = None,
+                       num_blocks: int | None = None) -> "Dataset":
+        """Rows in a uniformly random order (reproducible with ``seed``)."""
+        fn = partial(_shuffle.random_shuffle, seed=seed, n=num_blocks)
+        return self._with(AllToAllNode(self._plan, fn, "random_shuffle"))
+
+    def randomize_block_order(self, *, seed: int | None = None) -> "Dataset":
+        """Blocks in a random order; rows within a block keep theirs (no data moves)."""
+        def shuffle_blocks(bundles, ex):
+            order = np.random.default_rng(seed).permutation(len(bundles))
+            return [bundles[i] for i in order]
+        return self._with(AllToAllNode(self._plan, shuffle_blocks, "randomize_block_order"))
+
+    def sort(self, key: str | Sequence[str], descending: bool | Sequence[bool] = False
+             ) -> "Dataset":
+        """Rows sorted by ``key`` (one or several columns); nulls last."""
+        keys = [key] if isinstance(key, str) else list(key)
+        if not keys:
+            raise ValueError("sort needs at least one column name")
+        if not isinstance(descending, bool) and len(descending) != len(keys):
+            raise ValueError(f"sort got {len(descending)} descending flags for {len(keys)} keys")
+        self._check_columns(keys, "sort")
+        fn = partial(_shuffle.sort, keys=keys, descending=descending)
+        return self._with(AllToAllNode(self._plan, fn, f"sort({keys})"))
+
+    def groupby(self, key: str | Sequence[str] | None) -> "GroupedData":
+        """Group rows by ``key``; aggregate with ``.count() .sum() .mean() .aggregate(...)``."""
+        from shoal.data._groupby import GroupedData
+
+        keys = [] if key is None else [key] if isinstance(key, str) else list(key)
+        self._check_columns(keys, "groupby")
+        return GroupedData(self, keys)
+
+    def union(self, *others: "Dataset") -> "Dataset":
+        """This dataset's blocks followed by the others'; columns must match."""
+        for o in others:
+            if not isinstance(o, Dataset):
+                raise TypeError(f"union takes Datasets, got {type(o).__name__}")
+        return self._with(UnionNode([self._plan] + [o._plan for o in others]))
+
+    def limit(self, n: int) -> "Dataset":
+        """The first ``n`` rows (streaming: stops upstream work once it has them)."""
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"limit({n!r}) needs a non-negative int")
+        return self._with(LimitNode(self._plan, int(n)))
+
+    # ------------------------------------------------------------ consumers ---
+
+    def count(self) -> int:
+        """The number of rows (from metadata when known; blocks are not fetched)."""
+        rows = known_num_rows(self._plan)
+        if rows is not None:
+            return rows
+        return sum(meta.num_rows for _, meta in self._stream())
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema (runs the plan up to the first non-empty block if needed)."""
+        schema = known_schema(self._plan)
+        if schema is not None:
+            return schema
+        first = None
+        stream = self._stream()
+        try:
+            for _, meta in stream:
+                first = first or meta.schema
+                if meta.num_rows:
+                    return meta.schema
+        finally:
+            stream.close()
+        return first if first is not None else pa.schema([])
+
+    def columns(self) -> list[str]:
+        return self.schema().names
+
+    def num_blocks(self) -> int:
+        known = known_num_blocks(self._plan)
+        return known if known is not None else len(self._bundles())
+
+    def size_bytes(self) -> int:
+        """Bytes of the blocks in memory (runs the plan if not materialized)."""
+        return sum(meta.size_bytes for _, meta in self._bundles())
+
+    def take(self, limit: int = 20) -> list[dict]:
+        return self.limit(limit).take_all()
+
+    def take_all(self, limit: int | None = None) -> list[dict]:
+        rows = self.to_arrow().to_pylist()
+        if limit is not None and len(rows) > limit:
+            raise ValueError(f"the dataset has more than {limit} rows; use take({limit})")
+        return rows
+
+    def take_batch(self, batch_size: int = 20, *, batch_format: str = "numpy") -> Any:
+        return _iterate.to_batch(self.limit(batch_size).to_arrow(), batch_format)
+
+    def show(self, limit: int = 20) -> None:
+        for row in self.take(limit):
+            print(row)
+
+    def to_arrow(self) -> pa.Table:
+        """All rows as one pyarrow Table."""
+        tables = list(_iterate.fetch_blocks(self._stream(), prefetch_blocks=2))
+        if not tables:
+            return pa.table({})
+        return concat(tables)
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def to_numpy(self, column: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        """All rows as a dict of NumPy arrays, or one array for ``column``."""
+        table = self.to_arrow()
+        if column is not None:
+            check_columns(table.schema, [column], "to_numpy")
+            return column_to_numpy(table.column(column))
+        return {name: column_to_numpy(table.column(name)) for name in table.column_names}
+
+    def iter_batches(self, *, batch_size: int | None = 256, batch_format: str = "numpy",
+                     drop_last: bool = False, prefetch_batches: int = 1,
+                     local_shuffle_buffer_size: int | None = None,
+                     local_shuffle_seed: int | None = None) -> Iterator[Any]:
+        """Batches of exactly ``batch_size`` rows (the last may be short unless ``drop_last``)."""
+        return _iterate.iter_batches(
+            self._stream(), batch_size=batch_size, batch_format=batch_format,
+            drop_last=drop_last, prefetch_batches=prefetch_batches,
+            local_shuffle_buffer_size=local_shuffle_buffer_size,
+            local_shuffle_seed=local_shuffle_seed)
+
+    def iter_torch_batches(self, *, batch_size: int | None = 256, dtypes=None,
+                           device: Any = "cpu", drop_last: bool = False,
+                           prefetch_batches: int = 1, collate_fn=None,
+                           local_shuffle_buffer_size: int | None = None,
+                           local_shuffle_seed: int | None = None) -> Iterator[Any]:
+        """Batches as dicts of torch tensors (``dtypes``: one dtype or a dict per column)."""
+        return _iterate.iter_torch_batches(
+            self._stream(), batch_size=batch_size, dtypes=dtypes, device=device,
+            drop_last=drop_last, prefetch_batches=prefetch_batches, collate_fn=collate_fn,
+            local_shuffle_buffer_size=local_shuffle_buffer_size,
+            local_shuffle_seed=local_shuffle_seed)
+
+    def iter_rows(self) -> Iterator[dict]:
+        return _iterate.iter_rows(self._stream())
+
+    # --------------------------------------------------------------- splits ---
+
+    def split(self, n: int, *, equal: bool = False) -> list["Dataset"]:
+        """``n`` materialized datasets, e.g. one per training worker.
+
+        ``equal=False`` hands out whole blocks (no data moves), balancing
+        rows. ``equal=True`` gives every split exactly ``count() // n`` rows,
+        dropping the remainder.
+        """
+        _check_positive(n, "split(n)")
+        bundles = self._bundles()
+        total = sum(m.num_rows for _, m in bundles)
+        if equal:
+            size = total // n
+            return [Dataset(BlocksNode(_row_ranges.slice_rows(bundles, i * size, (i + 1) * size)))
+                    for i in range(n)]
+        if len(bundles) >= n:
+            groups = _row_ranges.group_blocks(bundles, n)
+            return [Dataset(BlocksNode(g)) for g in groups]
+        return [Dataset(BlocksNode(_row_ranges.slice_rows(bundles, a, b)))
+                for a, b in _row_ranges.even_ranges(total, n)]
+
+    def split_at_indices(self, indices: Sequence[int]) -> list["Dataset"]:
+        """Datasets of rows ``[0, i0)``, ``[i0, i1)``, ..., ``[ik, count())``."""
+        indices = list(indices)
+        if any(b < a for a, b in zip(indices, indices[1:])) or any(i < 0 for i in indices):
+            raise ValueError(f"split_at_indices needs sorted non-negative indices, got {indices}")
+        bundles = self._bundles()
+        total = sum(m.num_rows for _, m in bundles)
+        bounds = [0] + [min(i, total) for i in indices] + [total]
+        return [Dataset(BlocksNode(_row_ranges.slice_rows(bundles, a, b)))
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def train_test_split(self, test_size: float | int, *, shuffle: bool = False,
+                         seed: int | None = None) -> tuple["Dataset", "Dataset"]:
+        """(train, test): the last ``test_size`` (fraction or row count) rows are the test set."""
+        ds = self.random_shuffle(seed=seed) if shuffle else self
+        ds = ds.materialize()
+        total = ds.count()
+        if isinstance(test_size, float):
+            if not 0.0 < test_size < 1.0:
+                raise ValueError(f"test_size={test_size} must be in (0, 1) as a fraction")
+            train_rows = int(total * (1 - test_size))
+        elif isinstance(test_size, (int, np.integer)) and 0 < test_size < total:
+            train_rows = total - int(test_size)
+        else:
+            raise ValueError(f"test_size={test_size!r} must be a fraction in (0, 1) or a row "
+                             f"count in (0, {total})")
+        train, test = ds.split_at_indices([train_rows])
+        return train, test
+
+    # -------------------------------------------------------------- writers ---
+
+    def write_parquet(self, path: str, **arrow_parquet_args) -> list[str]:
+        """Write one Parquet file per non-empty block into folder ``path``; return the files."""
+        return self._write(path, "parquet", arrow_parquet_args)
+
+    def write_csv(self, path: str, **arrow_csv_args) -> list[str]:
+        return self._write(path, "csv", arrow_csv_args)
+
+    def write_json(self, path: str, **pandas_json_args) -> list[str]:
+        """Write newline-delimited JSON files."""
+        return self._write(path, "json", pandas_json_args)
+
+    def _write(self, path, file_format: str, options: dict) -> list[str]:
+        executor = Executor()
+        self._stats = executor.stats
+        return write_files(executor.stream(self._plan), path, file_format, options,
+                           executor.window)
+
+    # ---------------------------------------------------- global aggregates ---
+
+    def aggregate(self, *aggs: AggregateFn) -> dict:
+        """Aggregates over all rows, as ``{name: value}``."""
+        result = self.groupby(None).aggregate(*aggs).take_all()
+        return result[0] if result else {a.name: None for a in aggs}
+
+    def _global(self, agg_type, on, **kwargs):
+        cols = [on] if isinstance(on, str) else list(on)
+        result = self.aggregate(*[agg_type(c, **kwargs) for c in cols])
+        values = list(result.values())
+        return values[0] if isinstance(on, str) else result
+
+    def sum(self, on: str | Sequence[str]):
+        return self._global(Sum, on)
+
+    def min(self, on: str | Sequence[str]):
+        return self._global(Min, on)
+
+    def max(self, on: str | Sequence[str]):
+        return self._global(Max, on)
+
+    def mean(self, on: str | Sequence[str]):
+        return self._global(Mean, on)
+
+    def std(self, on: str | Sequence[str], ddof: int = 1):
+        return self._global(Std, on, ddof=ddof)
+
+    def unique(self, column: str) -> list:
+        """The distinct values of ``column``, sorted (nulls last)."""
+        return [r[column] for r in self.groupby(column).count().take_all()]
+
+    # ------------------------------------------------- internal block access ---
+
+    def get_internal_block_refs(self) -> list:
+        """ObjectRefs of the materialized Arrow blocks, in order (runs the plan if needed)."""
+        return [ref for ref, _ in self._bundles()]
+
+    _block_refs = get_internal_block_refs
+
+    def _block_bundles(self) -> list[Bundle]:
+        """(ObjectRef, BlockMeta) pairs of the materialized blocks."""
+        return self._bundles()
+
+    @staticmethod
+    def from_block_refs(refs: Sequence) -> "Dataset":
+        """A Dataset over ObjectRefs of pyarrow Tables already in the object store."""
+        from shoal.data._sources import from_block_refs
+
+        return from_block_refs(refs)
+
+    # ------------------------------------------------------------- display ---
+
+    def stats(self) -> str:
+        """Per-stage blocks, rows, bytes and times of the last execution."""
+        if not self._stats:
+            return "not executed yet; plan:\n" + describe(self._plan)
+        return "\n".join(s.line() for s in self._stats)
+
+    def __repr__(self) -> str:
+        rows = known_num_rows(self._plan)
+        schema = known_schema(self._plan)
+        blocks = known_num_blocks(self._plan)
+        cols = "?" if schema is None else ", ".join(f"{f.name}: {f.type}" for f in schema)
+        return (f"Dataset(num_blocks={blocks if blocks is not None else '?'}, "
+                f"num_rows={rows if rows is not None else '?'}, schema={{{cols}}})")
+
+
+def _repartition_rows(bundles: list[Bundle], ex, n: int) -> list[Bundle]:
+    total = sum(m.num_rows for _, m in bundles)
+    return _row_ranges.take_row_ranges(bundles, _row_ranges.even_ranges(total, n))
+
+
+def _check_positive(n, what: str) -> None:
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{what} needs a positive int, got {n!r}")
+
+
+def _cluster_cpus() -> int:
+    import shoal
+
+    return max(1, int(shoal.cluster_resources().get("CPU", 1)))
