@@ -118,11 +118,7 @@ class _TrainWorker:
             session = Session(ctx, comm, store, setup["run_dir"], setup["report_prefix"], ckpt,
                               strategy, report_index=setup["report_index"])
             _set_session(session)
-            if _takes_argument(train_loop):
-                train_loop(config)
-            else:
-                train_loop()
-            return session.report_index
+            return train_loop(config) if _takes_argument(train_loop) else train_loop()
         finally:
             _set_session(None)
             sys.stdout.flush()

@@ -1,0 +1,238 @@
+"""DDP: gradients averaged over ranks, bucketed and overlapped with backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import shoal.train as st
+from shoal.exceptions import NonFiniteLossError, RankMismatchError, TaskError
+from shoal.train._bucket import BucketManager
+from shoal.train.ddp import DDP
+
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                         nn.Linear(32, 3))
+
+
+def _data(n: int = 64):
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(n, 12, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+# ------------------------------------------------------------------ gang tests
+def _steps_identical(config):
+    ctx = st.get_context()
+    model = st.prepare_model(_mlp(seed=100 + ctx.rank))   # different init on each rank
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    X, Y = _data()
+    comm = st.get_communicator()
+    same = []
+    for step in range(config["steps"]):
+        x = X[ctx.rank::2][step * 8:(step + 1) * 8]
+        y = Y[ctx.rank::2][step * 8:(step + 1) * 8]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        flats = comm.allgather(_flat(model).clone())
+        same.append(bool(torch.equal(flats[0], flats[1])))
+    return same
+
+
+def test_parameters_identical_on_all_ranks_after_every_step(gang):
+    for same in gang.run(_steps_identical, {"steps": 4}, DDP(bucket_cap_mb=0.001,
+                                                                first_bucket_mb=0.001)):
+        assert same == [True] * 4
+
+
+def _two_rank_training(config):
+    ctx = st.get_context()
+    model = st.prepare_model(_mlp(seed=7))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    X, Y = _data()
+    for step in range(3):
+        xb, yb = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
+        half = slice(ctx.rank * 8, (ctx.rank + 1) * 8)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xb[half]), yb[half]).backward()
+        opt.step()
+    return _flat(model.module)
+
+
+def _single_process_training():
+    model = _mlp(seed=7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    X, Y = _data()
+    for step in range(3):
+        xb, yb = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return _flat(model)
+
+
+def test_two_ranks_equal_single_process_on_concatenated_batch(gang):
+    expected = _single_process_training()
+    for got in gang.run(_two_rank_training, strategy=DDP(bucket_cap_mb=0.002,
+                                                         first_bucket_mb=0.001)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _accumulate(config):
+    ctx = st.get_context()
+    model = st.prepare_model(_mlp(seed=7))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    X, Y = _data()
+    for step in range(3):
+        xb, yb = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
+        mine_x, mine_y = xb[ctx.rank * 8:(ctx.rank + 1) * 8], yb[ctx.rank * 8:(ctx.rank + 1) * 8]
+        opt.zero_grad()
+        with model.no_sync():       # two micro-batches of 4, synchronized on the second
+            (nn.functional.cross_entropy(model(mine_x[:4]), mine_y[:4]) / 2).backward()
+        (nn.functional.cross_entropy(model(mine_x[4:]), mine_y[4:]) / 2).backward()
+        opt.step()
+    return _flat(model.module)
+
+
+def test_no_sync_accumulation_equals_large_batch(gang):
+    expected = _single_process_training()
+    for got in gang.run(_accumulate):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _compressed(config):
+    ctx = st.get_context()
+    model = st.prepare_model(_mlp(seed=7))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    X, Y = _data()
+    for step in range(3):
+        xb, yb = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
+        half = slice(ctx.rank * 8, (ctx.rank + 1) * 8)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xb[half]), yb[half]).backward()
+        opt.step()
+    return _flat(model.module)
+
+
+def test_fp16_gradient_compression_close_to_full_precision(gang):
+    expected = _single_process_training()
+    a, b = gang.run(_compressed, strategy=DDP(gradient_compression="fp16"))
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, expected, rtol=1e-2, atol=1e-3)
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.used = nn.Linear(4, 2)
+        self.unused = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def _unused_step(config):
+    model = st.prepare_model(_Branchy())
+    loss = model(torch.ones(3, 4)).sum()
+    loss.backward()
+    return model.module.used.weight.grad.clone()
+
+
+def test_unused_parameter_needs_find_unused_parameters(gang):
+    with pytest.raises(TaskError, match="find_unused_parameters=True"):
+        gang.run(_unused_step)
+
+
+def test_find_unused_parameters_tolerates_unused_ones(gang):
+    a, b = gang.run(_unused_step, strategy=DDP(find_unused_parameters=True))
+    torch.testing.assert_close(a, torch.full((2, 4), 3.0))
+    assert torch.equal(a, b)
+
+
+def _mismatched(config):
+    width = 8 + st.get_context().rank
+    st.prepare_model(nn.Linear(4, width))
+
+
+def test_model_differing_between_ranks_is_rejected(gang):
+    with pytest.raises(RankMismatchError, match="differs between ranks"):
+        gang.run(_mismatched)
+
+
+def _nan_loss(config):
+    model = st.prepare_model(_mlp(seed=1))
+    x = torch.randn(4, 12)
+    if st.get_context().rank == 1:
+        x[0, 0] = float("nan")
+    model(x).sum().backward()
+
+
+def test_nan_loss_on_one_rank_raises_on_every_rank(gang):
+    with pytest.raises(NonFiniteLossError, match="NaN"):
+        gang.run(_nan_loss)
+
+
+# ------------------------------------------------------------------ in-process units
+class _RecordingComm:
+    """A world of one: allreduce completes at once; records the order of buffers."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self):
+        self.launched = []
+
+    def allreduce(self, t, op="sum", async_op=False):
+        self.launched.append(t.numel())
+
+        class Done:
+            def wait(self, timeout=None):
+                return t
+        return Done() if async_op else t
+
+
+def test_buckets_follow_reverse_parameter_order_and_cap():
+    model = _mlp(seed=0)
+    params = list(model.parameters())
+    bm = BucketManager(params, _RecordingComm(), cap_bytes=32 * 32 * 4, first_cap_bytes=200,
+                       compression=None)
+    first = bm.buckets[0].params
+    assert first[0] is params[-1]          # the output layer's bias comes first
+    assert all(sum(p.numel() for p in b.params) * 4 <= 32 * 32 * 4 or len(b.params) == 1
+               for b in bm.buckets)
+    assert [p for b in bm.buckets for p in b.params] == params[::-1]
+
+
+def test_gradients_are_views_into_the_bucket_buffer():
+    model = _mlp(seed=0)
+    comm = _RecordingComm()
+    bm = BucketManager(list(model.parameters()), comm, cap_bytes=1 << 20, first_cap_bytes=1 << 20,
+                       compression=None)
+    bm.attach_grads()
+    model(torch.randn(2, 12)).sum().backward()
+    for p in model.parameters():
+        b = bm.bucket_of[p]
+        assert p.grad.data_ptr() == b.views[p].data_ptr()
+
+
+def test_buckets_launch_in_index_order_whatever_order_grads_arrive():
+    model = _mlp(seed=0)
+    params = list(model.parameters())
+    comm = _RecordingComm()
+    bm = BucketManager(params, comm, cap_bytes=1, first_cap_bytes=1, compression=None)
+    for p in params:                         # forward order: the last bucket first
+        p.grad = torch.zeros_like(p)
+        bm.mark_ready(p)
+    assert comm.launched == [p.numel() for p in params[::-1]]
+    bm.finish(find_unused=False)
+
+
+def test_ddp_rejects_unknown_compression():
+    with pytest.raises(ValueError, match="gradient_compression"):
+        DDP(gradient_compression="int4")
