@@ -120,19 +120,12 @@ class DataError(ShoalError):
 class ColumnNotFoundError(DataError, KeyError):
     """A dataset operation named a column the data does not have.
 
-    ``column`` is the missing name and ``available`` the columns that exist.
+    The message names the missing column, the operation and the columns
+    that exist.
     """
 
-    def __init__(self, column: str = "", available=(), operation: str = ""):
-        self.column = column
-        self.available = list(available)
-        self.operation = operation
-        super().__init__(column, self.available, operation)
-
-    def __str__(self) -> str:
-        where = f" in {self.operation}" if self.operation else ""
-        return (f"column {self.column!r}{where} does not exist; "
-                f"the data has columns {self.available}")
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 class SchemaMismatchError(DataError, ValueError):

@@ -138,10 +138,24 @@ def to_batch(table: pa.Table, batch_format: str) -> Any:
     if batch_format in ("numpy", "default"):
         return {name: column_to_numpy(table.column(name)) for name in table.column_names}
     if batch_format == "pandas":
-        return table.to_pandas()
+        return table_to_pandas(table)
     if batch_format == "pyarrow":
         return table
     raise ValueError(f"batch_format={batch_format!r} is not one of {BATCH_FORMATS}")
+
+
+def table_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A DataFrame; a tensor column holds one ndarray of the element shape per row."""
+    tensors = [i for i, f in enumerate(table.schema)
+               if isinstance(f.type, pa.FixedShapeTensorType)]
+    if not tensors:
+        return table.to_pandas()
+    df = table.drop_columns([table.column_names[i] for i in tensors]).to_pandas()
+    for i in tensors:
+        values = np.empty(table.num_rows, dtype=object)
+        values[:] = list(column_to_numpy(table.column(i)))
+        df.insert(i, table.column_names[i], values)
+    return df
 
 
 def check_batch_format(batch_format: str) -> str:
@@ -227,7 +241,8 @@ def check_columns(schema: pa.Schema, columns: Iterable[str], operation: str) -> 
     names = schema.names
     for c in columns:
         if c not in names:
-            raise ColumnNotFoundError(c, names, operation)
+            raise ColumnNotFoundError(f"column {c!r} in {operation} does not exist; "
+                                      f"the data has columns {names}")
 
 
 def table_from_items(items: Sequence[Any]) -> pa.Table:

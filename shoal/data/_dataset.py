@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from shoal.data import _iterate, _row_ranges, _shuffle
 from shoal.data._aggregate import (AggregateFn, Max, Mean, Min, Std, Sum, validate_aggs)
-from shoal.data._block import check_columns, column_to_numpy, concat
+from shoal.data._block import check_columns, column_to_numpy, concat, table_to_pandas
 from shoal.data._execution import Executor, StageStats, remote_fn
 from shoal.data._plan import (ActorCompute, AllToAllNode, BlocksNode, Bundle, LimitNode, Node,
                               UnionNode, add_transform, describe, known_num_blocks,
@@ -245,7 +245,7 @@ class Dataset:
         return concat(tables)
 
     def to_pandas(self) -> pd.DataFrame:
-        return self.to_arrow().to_pandas()
+        return table_to_pandas(self.to_arrow())
 
     def to_numpy(self, column: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """All rows as a dict of NumPy arrays, or one array for ``column``."""

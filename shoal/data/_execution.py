@@ -133,7 +133,7 @@ class Executor:
 
     def stream(self, node: Node) -> Iterator[Bundle]:
         if isinstance(node, BlocksNode):
-            return iter(node.bundles)
+            return (bundle for bundle in node.bundles)
         if isinstance(node, ReadNode):
             return self._map_stream(node.tasks, (), None, {}, node.name, len(node.tasks))
         if isinstance(node, MapNode):
