@@ -47,6 +47,11 @@ def _as_columns(X, estimator, fit: bool):
     return cols, names
 
 
+def _py(v):
+    """A NumPy scalar as the plain Python value, for readable messages."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _sorted_unique(col):
     try:
         return np.unique(col)
@@ -104,7 +109,7 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             if not known.all() and self.handle_unknown == "error":
                 label = repr(names[j]) if names else str(j)
                 raise InvalidInputError(
-                    f"Found unknown categories [{c[~known][0]!r}] in column {label} during transform; "
+                    f"Found unknown categories [{_py(c[~known][0])!r}] in column {label} during transform; "
                     f"refit on data holding every category or set handle_unknown='ignore'.")
             width = len(cats) - (1 if self.drop_last else 0)
             out = np.zeros((len(c), width))
@@ -198,7 +203,7 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             if not known.all():
                 if self.handle_invalid == "error":
                     raise InvalidInputError(
-                        f"unseen label {c[~known][0]!r} in column {repr(names[j]) if names else j}; set "
+                        f"unseen label {_py(c[~known][0])!r} in column {repr(names[j]) if names else j}; set "
                         f"handle_invalid='keep' or 'skip', or refit on data holding every label.")
                 idx[~known] = len(labels)
                 if self.handle_invalid == "skip":

@@ -1,0 +1,153 @@
+"""Feature transformers: scikit-learn equivalents where they exist, Spark's semantics otherwise."""
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.preprocessing as skp
+from sklearn.impute import SimpleImputer
+
+import shoal.ml as ml
+
+
+@pytest.fixture(scope="module")
+def X():
+    return np.random.default_rng(0).standard_normal((400, 4)) * [1, 10, 0.1, 3] + [0, 5, -2, 1]
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (ml.StandardScaler(), skp.StandardScaler()),
+    (ml.StandardScaler(with_mean=False), skp.StandardScaler(with_mean=False)),
+    (ml.MinMaxScaler((-1, 2)), skp.MinMaxScaler((-1, 2))),
+    (ml.MaxAbsScaler(), skp.MaxAbsScaler()),
+    (ml.Normalizer("l1"), skp.Normalizer("l1")),
+    (ml.Normalizer("max"), skp.Normalizer("max")),
+    (ml.PolynomialExpansion(3), skp.PolynomialFeatures(3, include_bias=False)),
+], ids=lambda e: repr(e))
+def test_transformer_matches_sklearn(X, ours, theirs):
+    np.testing.assert_allclose(ours.fit(X).transform(X), theirs.fit(X).transform(X), atol=1e-10)
+
+
+def test_standard_scaler_inverse_round_trips(X):
+    s = ml.StandardScaler().fit(X)
+    np.testing.assert_allclose(s.inverse_transform(s.transform(X)), X, atol=1e-12)
+
+
+def test_constant_feature_scales_to_zero_not_nan():
+    X = np.column_stack([np.ones(5), np.arange(5.0)])
+    assert np.isfinite(ml.StandardScaler().fit_transform(X)).all()
+
+
+@pytest.mark.parametrize("strategy", ["mean", "median", "most_frequent"])
+def test_imputer_matches_simple_imputer(X, strategy):
+    Xn = np.round(X) if strategy == "most_frequent" else X.copy()
+    Xn[np.random.default_rng(1).random(Xn.shape) < 0.2] = np.nan
+    np.testing.assert_allclose(ml.Imputer(strategy=strategy).fit(Xn).transform(Xn),
+                               SimpleImputer(strategy=strategy).fit_transform(Xn))
+
+
+def test_imputer_custom_missing_value():
+    X = np.array([[1.0, -1], [3.0, 4], [-1.0, 6]])
+    out = ml.Imputer(missing_value=-1).fit(X).transform(X)
+    np.testing.assert_array_equal(out, [[1, 5], [3, 4], [2, 6]])
+
+
+def test_imputer_all_missing_column_is_named():
+    df = pd.DataFrame({"a": [1.0, 2.0], "empty": [np.nan, np.nan]})
+    with pytest.raises(ValueError, match="column 'empty' holds only missing values"):
+        ml.Imputer().fit(df)
+
+
+def test_bucketizer_follows_spark_bounds():
+    b = ml.Bucketizer(splits=[-np.inf, 0.0, 10.0, 20.0]).fit(np.zeros((1, 1)))
+    out = b.transform(np.array([[-5.0], [0.0], [9.99], [10.0], [20.0]]))
+    np.testing.assert_array_equal(out.ravel(), [0, 1, 1, 2, 2])
+
+
+def test_bucketizer_out_of_range_and_nan_handling():
+    b = ml.Bucketizer(splits=[0.0, 1.0, 2.0]).fit(np.zeros((1, 1)))
+    with pytest.raises(ValueError, match="outside the splits"):
+        b.transform(np.array([[3.0]]))
+    keep = ml.Bucketizer(splits=[0.0, 1.0, 2.0], handle_invalid="keep").fit(np.zeros((1, 1)))
+    np.testing.assert_array_equal(keep.transform(np.array([[np.nan], [0.5]])).ravel(), [2, 0])
+
+
+def test_bucketizer_rejects_unsorted_splits():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ml.Bucketizer(splits=[0.0, 2.0, 1.0]).fit(np.zeros((1, 1)))
+
+
+def test_quantile_discretizer_balances_buckets():
+    X = np.random.default_rng(2).exponential(size=(4000, 2))
+    out = ml.QuantileDiscretizer(num_buckets=4).fit(X).transform(X)
+    counts = np.bincount(out[:, 0].astype(int))
+    assert len(counts) == 4 and counts.min() > 900
+
+
+def test_one_hot_encoder_matches_sklearn():
+    X = np.array([["a", 1], ["b", 2], ["a", 3], ["c", 1]], dtype=object)
+    ours = ml.OneHotEncoder().fit(X)
+    theirs = skp.OneHotEncoder(sparse_output=False).fit(X)
+    np.testing.assert_array_equal(ours.transform(X), theirs.transform(X))
+    assert list(ours.get_feature_names_out()) == list(theirs.get_feature_names_out())
+
+
+def test_one_hot_unknown_category_is_named():
+    enc = ml.OneHotEncoder().fit(pd.DataFrame({"color": ["red", "blue"]}))
+    with pytest.raises(ValueError, match="unknown categories \\['green'\\] in column 'color'"):
+        enc.transform(pd.DataFrame({"color": ["green"]}))
+    ign = ml.OneHotEncoder(handle_unknown="ignore").fit(pd.DataFrame({"color": ["red", "blue"]}))
+    np.testing.assert_array_equal(ign.transform(pd.DataFrame({"color": ["green"]})), [[0, 0]])
+
+
+def test_one_hot_drop_last_like_spark():
+    out = ml.OneHotEncoder(drop_last=True).fit_transform(np.array([[0], [1], [2]]))
+    np.testing.assert_array_equal(out, [[1, 0], [0, 1], [0, 0]])
+
+
+def test_string_indexer_orders_by_frequency():
+    si = ml.StringIndexer().fit(np.array(["b", "a", "a", "c", "a", "b"]))
+    assert list(si.labels_[0]) == ["a", "b", "c"]
+    np.testing.assert_array_equal(si.transform(np.array(["c", "a"])), [2.0, 0.0])
+    np.testing.assert_array_equal(si.inverse_transform([2, 0]), ["c", "a"])
+
+
+def test_string_indexer_unseen_label_modes():
+    si = ml.StringIndexer().fit(np.array(["x", "y"]))
+    with pytest.raises(ValueError, match="unseen label 'z'"):
+        si.transform(np.array(["z"]))
+    keep = ml.StringIndexer(handle_invalid="keep").fit(np.array(["x", "y"]))
+    np.testing.assert_array_equal(keep.transform(np.array(["z", "y"])), [2.0, 1.0])
+    skip = ml.StringIndexer(handle_invalid="skip").fit(np.array(["x", "y"]))
+    np.testing.assert_array_equal(skip.transform(np.array(["z", "y"])), [1.0])
+
+
+def test_vector_assembler_flattens_scalar_and_vector_columns():
+    df = pd.DataFrame({"a": [1.0, 2.0], "v": [np.array([3.0, 4.0]), np.array([5.0, 6.0])]})
+    np.testing.assert_array_equal(ml.VectorAssembler(["a", "v"]).transform(df), [[1, 3, 4], [2, 5, 6]])
+
+
+def test_vector_assembler_names_missing_and_nan_columns():
+    df = pd.DataFrame({"a": [1.0, np.nan]})
+    with pytest.raises(ValueError, match="column 'b' is missing"):
+        ml.VectorAssembler(["a", "b"]).transform(df)
+    with pytest.raises(ValueError, match="column 'a' holds NaN"):
+        ml.VectorAssembler(["a"]).transform(df)
+    assert ml.VectorAssembler(["a"], handle_invalid="skip").transform(df).shape == (1, 1)
+
+
+def test_text_pipeline_tokenizer_hashing_tf_idf():
+    docs = ["Spark and shoal", "shoal shoal shoal", "and more"]
+    tokens = ml.Tokenizer().transform(docs)
+    assert tokens[0] == ["spark", "and", "shoal"]
+    tf = ml.HashingTF(num_features=64).transform(tokens)
+    assert tf.shape == (3, 64) and tf.sum() == 8
+    idf = ml.IDF().fit(tf)
+    # "shoal" is in 2 of 3 documents: idf = log(4 / 3)
+    shoal_col = tf[1].indices[0]
+    assert idf.idf_[shoal_col] == pytest.approx(np.log(4 / 3))
+    out = idf.transform(tf)
+    assert out[1, shoal_col] == pytest.approx(3 * np.log(4 / 3))
+
+
+def test_hashing_tf_rejects_raw_strings():
+    with pytest.raises(ValueError, match="run Tokenizer"):
+        ml.HashingTF().transform(["not tokenized"])
