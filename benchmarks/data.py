@@ -1,0 +1,160 @@
+"""shoal.data vs pandas (and Ray Data when installed) on one ETL pipeline.
+
+    read_parquet -> map_batches(z = 2x + y) -> groupby(key).aggregate(count, mean z, sum y)
+
+on a few million rows in Parquet (several files, several row groups each),
+then a streaming pass read_parquet -> map_batches -> iter_batches. Each
+system runs ``--repeats`` times; the table shows the median and ratios.
+
+    .venv/bin/python benchmarks/data.py --rows 4000000 --cpus 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def make_data(folder: str, rows: int, files: int) -> None:
+    rng = np.random.default_rng(0)
+    per = rows // files
+    for i in range(files):
+        table = pa.table({"key": rng.integers(0, 1000, per), "x": rng.random(per),
+                          "y": rng.normal(size=per)})
+        pq.write_table(table, os.path.join(folder, f"part-{i:03d}.parquet"),
+                       row_group_size=per // 4)
+
+
+def add_z(batch):
+    return {"key": batch["key"], "y": batch["y"], "z": batch["x"] * 2 + batch["y"]}
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def run_pandas(folder: str, repeats: int) -> dict:
+    def etl():
+        df = pd.read_parquet(folder)
+        df["z"] = df["x"] * 2 + df["y"]
+        return df.groupby("key").agg(count=("z", "size"), mean_z=("z", "mean"),
+                                     sum_y=("y", "sum")).reset_index()
+
+    def stream():
+        df = pd.read_parquet(folder)
+        z = df["x"].to_numpy() * 2 + df["y"].to_numpy()
+        return sum(len(z[i:i + 4096]) for i in range(0, len(z), 4096))
+    t_etl, ref = timed(etl, repeats)
+    t_stream, _ = timed(stream, repeats)
+    return {"etl": t_etl, "stream": t_stream, "result": ref}
+
+
+def run_shoal(folder: str, repeats: int, cpus: int) -> dict:
+    import shoal
+    import shoal.data as sd
+
+    shoal.init(num_cpus=cpus)
+    try:
+        def etl():
+            ds = sd.read_parquet(folder).map_batches(add_z)
+            out = ds.groupby("key").aggregate(sd.Count(), sd.Mean("z"), sd.Sum("y"))
+            return out.to_pandas()
+
+        def stream():
+            ds = sd.read_parquet(folder).map_batches(add_z)
+            return sum(len(b["z"]) for b in ds.iter_batches(batch_size=4096))
+        etl()  # warm the worker processes
+        t_etl, out = timed(etl, repeats)
+        t_stream, _ = timed(stream, repeats)
+        return {"etl": t_etl, "stream": t_stream, "result": out}
+    finally:
+        shoal.shutdown()
+
+
+def run_ray(folder: str, repeats: int, cpus: int) -> dict | None:
+    try:
+        import ray
+        import ray.data
+        from ray.data.aggregate import Count, Mean, Sum
+    except ImportError:
+        return None
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+
+        def etl():
+            ds = ray.data.read_parquet(folder).map_batches(add_z, batch_format="numpy",
+                                                           batch_size=None)
+            return ds.groupby("key").aggregate(Count(), Mean("z"), Sum("y")).to_pandas()
+
+        def stream():
+            ds = ray.data.read_parquet(folder).map_batches(add_z, batch_format="numpy",
+                                                           batch_size=None)
+            return sum(len(b["z"]) for b in ds.iter_batches(batch_size=4096))
+        etl()
+        t_etl, out = timed(etl, repeats)
+        t_stream, _ = timed(stream, repeats)
+        return {"etl": t_etl, "stream": t_stream, "result": out}
+    finally:
+        ray.shutdown()
+
+
+def check(ref: pd.DataFrame, out: pd.DataFrame, name: str) -> None:
+    out = out.sort_values("key").reset_index(drop=True)
+    assert out["key"].tolist() == ref["key"].tolist(), name
+    assert out["count()"].tolist() == ref["count"].tolist(), name
+    np.testing.assert_allclose(out["mean(z)"], ref["mean_z"], rtol=1e-9, err_msg=name)
+    np.testing.assert_allclose(out["sum(y)"], ref["sum_y"], rtol=1e-9, err_msg=name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--no-ray", action="store_true")
+    args = parser.parse_args()
+
+    folder = tempfile.mkdtemp(prefix="shoal-bench-data-")
+    try:
+        make_data(folder, args.rows, args.files)
+        results = {"pandas": run_pandas(folder, args.repeats)}
+        results["shoal.data"] = run_shoal(folder, args.repeats, args.cpus)
+        ray_res = None if args.no_ray else run_ray(folder, args.repeats, args.cpus)
+        if ray_res is not None:
+            results["Ray Data"] = ray_res
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    ref = results["pandas"]["result"]
+    for name in ("shoal.data", "Ray Data"):
+        if name in results:
+            check(ref, results[name]["result"], name)
+    print(f"\n{args.rows:,} rows in {args.files} Parquet files, {args.cpus} CPUs, "
+          f"median of {args.repeats}; ratio = time / shoal.data time (>1: shoal faster)")
+    print(f"{'system':<12} {'read+map+groupby s':>19} {'ratio':>7} {'read+map+iter s':>16} "
+          f"{'ratio':>7} {'Mrows/s (iter)':>15}")
+    base = results["shoal.data"]
+    for name, r in results.items():
+        print(f"{name:<12} {r['etl']:>19.3f} {r['etl'] / base['etl']:>7.2f} "
+              f"{r['stream']:>16.3f} {r['stream'] / base['stream']:>7.2f} "
+              f"{args.rows / r['stream'] / 1e6:>15.1f}")
+
+
+if __name__ == "__main__":
+    main()
