@@ -7,9 +7,10 @@ HistGradientBoosting do); each block is then stored as a uint8 matrix. A split
 so fitted trees predict on float input without binning it.
 
 A histogram holds, for each (frontier node, feature, bin), the sums of a few
-per-row statistics (class counts, gradients, hessians). It is built with a
-single ``np.bincount`` over flat indices ``((node * k + j) * B + bin) * C + class``
-per statistic, over chunks of rows so memory stays bounded.
+per-row statistics (class counts, gradients, hessians). Per feature and
+statistic it is one ``np.bincount`` over flat indices ``(node * B + bin) * C + class``,
+over chunks of rows so memory stays bounded; bins are kept feature-major so
+each feature's gather is a contiguous 1-D take.
 """
 from __future__ import annotations
 
@@ -49,52 +50,58 @@ def bin_edges(sample: np.ndarray, max_bins: int) -> np.ndarray:
     return edges
 
 
-def bin_matrix(X: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin codes of X, uint8 of shape (n, n_features), C order (row gathers are contiguous)."""
-    out = np.empty(X.shape, dtype=np.uint8)
+def bin_matrix(X: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Bin codes of X, feature-major: uint8 of shape (n_features, n)."""
+    if out is None:
+        out = np.empty((X.shape[1], X.shape[0]), dtype=np.uint8)
     for f in range(X.shape[1]):
-        out[:, f] = np.searchsorted(edges[f], X[:, f], side="left")
+        out[f] = np.searchsorted(edges[f], X[:, f], side="left")
     return out
 
 
-def histograms(Xb: np.ndarray, rows: np.ndarray, slot: np.ndarray, n_slots: int, n_bins: int,
+def histograms(XbT: np.ndarray, rows: np.ndarray, slot: np.ndarray, n_slots: int, n_bins: int,
                channels: list, codes: np.ndarray | None = None, n_classes: int = 1,
                feats: np.ndarray | None = None) -> np.ndarray:
     """Per-(slot, feature, bin) sums of each channel over the given rows.
 
-    Xb: uint8 bins (n_total, n_features). rows: indices into Xb; slot: each row's
-    frontier slot in [0, n_slots). channels: per-row weight arrays aligned with rows
-    (``None`` means a count, weight 1). codes: per-row class codes folded into the
-    index (one bincount gives every class). feats: (n_slots, k) feature ids per slot
-    (random forests); None means every feature.
-    Returns float64 (n_slots, k, n_bins, n_classes * len(channels)), statistics in
+    XbT: uint8 bins, feature-major (n_features, n_total): one feature's column is
+    contiguous, so gathering it for a set of rows is a fast 1-D take. rows: indices
+    into the columns; slot: each row's frontier slot in [0, n_slots). channels:
+    per-row weight arrays aligned with rows (``None`` means a count, weight 1).
+    codes: per-row class codes folded into the index (one bincount covers every
+    class). feats: (n_slots, k) feature ids per slot (random forests); None means
+    every feature.
+    Returns float64 (n_slots, k, n_bins, len(channels) * n_classes), statistics in
     the order (channel, class).
     """
-    n_features = Xb.shape[1]
+    n_features, n_total = XbT.shape
     k = n_features if feats is None else feats.shape[1]
-    width = n_slots * k * n_bins * n_classes
-    out = np.zeros((len(channels), width))
-    col_base = np.arange(k, dtype=np.intp) * (n_bins * n_classes)
+    per_slot = n_bins * n_classes
+    width = n_slots * per_slot                       # one feature's histogram, all slots
+    out = np.zeros((len(channels), k, width))
+    itype = np.int64 if n_features * n_total >= 2**31 or width >= 2**31 else np.int32
+    flat = XbT.reshape(-1)
     for start in range(0, rows.shape[0], _ROW_CHUNK):
-        r = rows[start:start + _ROW_CHUNK]
-        s = slot[start:start + _ROW_CHUNK].astype(np.intp)
-        if feats is None:
-            b = Xb[r]                                   # (n, F) contiguous row gather
-        else:
-            b = Xb[r[:, None], feats[s]]                # (n, k): each row's node features
-        idx = b.astype(np.intp)
+        r = rows[start:start + _ROW_CHUNK].astype(itype, copy=False)
+        s = slot[start:start + _ROW_CHUNK].astype(itype, copy=False)
+        base = s * per_slot
         if n_classes > 1:
-            idx *= n_classes
-            idx += codes[start:start + _ROW_CHUNK, None]
-        idx += col_base
-        idx += (s * (k * n_bins * n_classes))[:, None]
-        flat = idx.ravel()
-        for c, ch in enumerate(channels):
-            if ch is None:
-                out[c] += np.bincount(flat, minlength=width)
+            base += codes[start:start + _ROW_CHUNK]
+        chans = [None if ch is None else ch[start:start + _ROW_CHUNK] for ch in channels]
+        for j in range(k):                           # one contiguous 1-D pass per feature
+            if feats is None:
+                b = XbT[j].take(r)
             else:
-                w = ch[start:start + _ROW_CHUNK]
-                out[c] += np.bincount(flat, np.broadcast_to(w[:, None], b.shape).ravel(), minlength=width)
-    out = out.reshape(len(channels), n_slots, k, n_bins, n_classes)
-    return np.ascontiguousarray(out.transpose(1, 2, 3, 0, 4)).reshape(
+                col = feats[:, j].astype(itype).take(s)
+                col *= n_total
+                col += r
+                b = flat.take(col)
+            idx = b.astype(itype)
+            if n_classes > 1:
+                idx *= n_classes
+            idx += base
+            for c, ch in enumerate(chans):
+                out[c, j] += np.bincount(idx, ch, minlength=width)
+    out = out.reshape(len(channels), k, n_slots, n_bins, n_classes)
+    return np.ascontiguousarray(out.transpose(2, 1, 3, 0, 4)).reshape(
         n_slots, k, n_bins, len(channels) * n_classes)
