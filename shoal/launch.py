@@ -1,0 +1,255 @@
+"""``shoal launch``: run a script on N processes (what torchrun and horovodrun do).
+
+    shoal launch -n 4 train.py --lr 0.1
+    shoal launch -n 2 --nnodes 2 --node-rank 0 --rdzv 10.0.0.1:29400 train.py   # on each node
+
+Every process gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT (torch.distributed's env:// init) and the SHOAL_*
+twins plus a per-job SHOAL_SECRET (shoal.collective.init_group_from_env,
+shoal.train, shoal.horovod: rank 0 hosts an authenticated TCPStore on
+SHOAL_MASTER_ADDR:SHOAL_MASTER_PORT). Output lines are prefixed with the
+rank. When a process fails the others are stopped; with --max-restarts the
+whole group starts again (SHOAL_RESTART_COUNT counts up; a script resumes
+from its checkpoint) and the launcher exits with the failing process's code.
+
+The launchers of a multi-node job meet in an authenticated TCPStore at
+--rdzv (hosted by node 0's launcher) to agree on ports and on restarts; they
+need the same SHOAL_SECRET exported on every node.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+_GRACE_S = 5.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shoal launch", description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", "--nproc", "--nproc-per-node", "-np", dest="nproc", type=int, required=True,
+                   help="processes on this node")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes in the job (default 1)")
+    p.add_argument("--node-rank", type=int, default=0, help="this node's rank (0..nnodes-1)")
+    p.add_argument("--rdzv", default=None,
+                   help="HOST:PORT where node 0's launcher hosts the launchers' store "
+                        "(needed with --nnodes > 1)")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="restart the whole group this many times after a failure")
+    p.add_argument("--run-dir", default=None,
+                   help="directory for shoal.train reports and checkpoints (SHOAL_RUN_DIR)")
+    p.add_argument("--no-prefix", action="store_true", help="do not prefix output with ranks")
+    p.add_argument("-m", dest="module", action="store_true",
+                   help="run the script argument as a module (python -m)")
+    p.add_argument("script", help="the Python script (or module with -m)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+    return p
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class _Prefixer(threading.Thread):
+    """Copies a child's output to ours, one whole line at a time, with its rank in front."""
+
+    def __init__(self, pipe, out, prefix: bytes, lock: threading.Lock):
+        super().__init__(daemon=True)
+        self.pipe, self.out, self.prefix, self.lock = pipe, out, prefix, lock
+
+    def run(self):
+        for line in iter(self.pipe.readline, b""):
+            with self.lock:
+                self.out.write(self.prefix + line if self.prefix else line)
+                if not line.endswith(b"\n"):
+                    self.out.write(b"\n")
+                self.out.flush()
+        self.pipe.close()
+
+
+class Launcher:
+    """Starts, watches and restarts the local processes of a job."""
+
+    def __init__(self, args):
+        self.args = args
+        if args.nproc < 1 or args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
+            raise SystemExit(f"shoal launch: need -n >= 1, --nnodes >= 1 and 0 <= --node-rank < "
+                             f"--nnodes (got -n {args.nproc}, --nnodes {args.nnodes}, "
+                             f"--node-rank {args.node_rank})")
+        if args.max_restarts < 0:
+            raise SystemExit("shoal launch: --max-restarts must be >= 0")
+        self.world = args.nproc * args.nnodes
+        self.procs: list[subprocess.Popen] = []
+        self.out_lock = threading.Lock()
+        self.stopping = False
+        from shoal.core.kv import TCPStore
+        if args.nnodes > 1:
+            if not args.rdzv or ":" not in args.rdzv:
+                raise SystemExit("shoal launch: --nnodes > 1 needs --rdzv HOST:PORT (node 0's "
+                                 "address and a free port)")
+            secret = os.environ.get("SHOAL_SECRET")
+            if not secret:
+                raise SystemExit("shoal launch: a multi-node job needs the same SHOAL_SECRET on "
+                                 "every node: export SHOAL_SECRET=$(python -c 'import secrets; "
+                                 "print(secrets.token_hex(32))')")
+            host, port = args.rdzv.rsplit(":", 1)
+            self.master_addr = host
+            self.store = TCPStore(host, int(port), secret=bytes.fromhex(secret),
+                                  is_server=args.node_rank == 0, timeout=300)
+        else:
+            secret = os.environ.get("SHOAL_SECRET") or secrets.token_hex(32)
+            self.master_addr = "127.0.0.1"
+            self.store = TCPStore("127.0.0.1", 0, secret=bytes.fromhex(secret), is_server=True)
+        self.secret = secret
+        self.job = os.environ.get("SHOAL_JOB_NAME") or time.strftime("launch_%Y%m%d_%H%M%S")
+        self.run_dir = os.path.abspath(args.run_dir) if args.run_dir else None
+
+    # ---------------------------------------------------------------- rounds
+    def _ports(self, round_: int) -> tuple[int, int]:
+        key = f"launch/{round_}/ports"
+        if self.args.node_rank == 0:
+            bind = self.master_addr if self.args.nnodes > 1 else "127.0.0.1"
+            self.store.set(key, f"{_free_port(bind)},{_free_port(bind)}")
+        shoal_port, torch_port = self.store.get(key, timeout=300).decode().split(",")
+        return int(shoal_port), int(torch_port)
+
+    def _env(self, local_rank: int, round_: int, shoal_port: int, torch_port: int) -> dict:
+        a = self.args
+        rank = a.node_rank * a.nproc + local_rank
+        env = dict(os.environ)
+        common = {"RANK": rank, "WORLD_SIZE": self.world, "LOCAL_RANK": local_rank,
+                  "LOCAL_WORLD_SIZE": a.nproc, "NODE_RANK": a.node_rank,
+                  "MASTER_ADDR": self.master_addr, "MASTER_PORT": torch_port}
+        for k, v in common.items():
+            env[k] = str(v)
+            env["SHOAL_" + k] = str(v)
+        env.update({"GROUP_RANK": str(a.node_rank), "SHOAL_MASTER_PORT": str(shoal_port),
+                    "SHOAL_SECRET": self.secret, "SHOAL_RESTART_COUNT": str(round_),
+                    "TORCHELASTIC_RESTART_COUNT": str(round_), "SHOAL_JOB_NAME": self.job,
+                    "PYTHONUNBUFFERED": "1"})
+        if self.run_dir:
+            env["SHOAL_RUN_DIR"] = self.run_dir
+        if a.nproc > 1:
+            env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def _start(self, round_: int) -> None:
+        shoal_port, torch_port = self._ports(round_)
+        cmd = [sys.executable, "-u"] + (["-m"] if self.args.module else []) + \
+              [self.args.script] + list(self.args.args)
+        self.procs = []
+        for lr in range(self.args.nproc):
+            env = self._env(lr, round_, shoal_port, torch_port)
+            p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+            self.procs.append(p)
+            prefix = b"" if self.args.no_prefix else f"[{env['RANK']}] ".encode()
+            _Prefixer(p.stdout, sys.stdout.buffer, prefix, self.out_lock).start()
+            _Prefixer(p.stderr, sys.stderr.buffer, prefix, self.out_lock).start()
+
+    def _stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + _GRACE_S
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait()
+
+    def _watch(self, round_: int) -> tuple[int, int | None]:
+        """Wait for the round to end: (exit code, failing rank or None)."""
+        failed_key = f"launch/{round_}/failed"
+        done_key = f"launch/{round_}/done"
+        counted = False
+        while True:
+            codes = [p.poll() for p in self.procs]
+            for lr, c in enumerate(codes):
+                if c not in (None, 0):
+                    rank = self.args.node_rank * self.args.nproc + lr
+                    if self.args.nnodes > 1:
+                        self.store.compare_set(failed_key, None, f"{rank},{_code(c)}".encode())
+                    return _code(c), rank
+            if all(c == 0 for c in codes):
+                if self.args.nnodes == 1:
+                    return 0, None
+                if not counted:
+                    self.store.add(done_key, 1)
+                    counted = True
+                if self.store.add(done_key, 0) >= self.args.nnodes:
+                    return 0, None
+            if self.args.nnodes > 1 and self.store.check([failed_key]):
+                rank, code = self.store.get(failed_key).decode().split(",")
+                return int(code), int(rank)
+            time.sleep(0.05)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        round_ = 0
+        try:
+            while True:
+                self._start(round_)
+                code, rank = self._watch(round_)
+                self._stop_all()
+                if rank is None:
+                    return 0
+                if self.stopping:
+                    return code
+                if round_ >= self.args.max_restarts:
+                    _say(f"rank {rank} failed with exit code {code}; no restarts left "
+                         f"(--max-restarts {self.args.max_restarts})")
+                    return code
+                round_ += 1
+                _say(f"rank {rank} failed with exit code {code}; restarting all processes "
+                     f"(restart {round_}/{self.args.max_restarts})")
+        finally:
+            self._stop_all()
+            self.store.close()
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signum)
+                except OSError:
+                    pass
+
+
+def _code(returncode: int) -> int:
+    """A process's exit code; killed by signal N gives 128 + N, as shells report it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"[shoal launch] {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``shoal launch``; returns the exit code (the failing process's)."""
+    args = _parser().parse_args(argv)
+    if not args.module and not os.path.exists(args.script):
+        _parser().error(f"script {args.script!r} does not exist")
+    return Launcher(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""shoal launch: environment, rank-prefixed output, failure propagation, restarts."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def _launch(*args, timeout=90):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SHOAL_SECRET", None)
+    return subprocess.run([sys.executable, "-m", "shoal.launch", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def _script(name):
+    return os.path.join(HERE, "scripts", name)
+
+
+def test_each_rank_gets_its_environment_and_a_prefix():
+    r = _launch("-n", "2", _script("print_env.py"))
+    assert r.returncode == 0, r.stderr
+    lines = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\[(\d)\] ENV (.*)", line)
+        assert m, line
+        lines[int(m.group(1))] = dict(kv.split("=", 1) for kv in m.group(2).split())
+    assert sorted(lines) == [0, 1]
+    for rank, env in lines.items():
+        assert env["RANK"] == env["SHOAL_RANK"] == env["LOCAL_RANK"] == str(rank)
+        assert env["WORLD_SIZE"] == env["LOCAL_WORLD_SIZE"] == "2"
+        assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] != env["SHOAL_MASTER_PORT"]
+        assert len(env["SHOAL_SECRET"]) == 64 and env["SHOAL_RESTART_COUNT"] == "0"
+    assert lines[0]["SHOAL_SECRET"] == lines[1]["SHOAL_SECRET"]
+
+
+def test_failing_rank_stops_the_others_and_sets_the_exit_code():
+    t = time.monotonic()
+    r = _launch("-n", "2", _script("fail_fast.py"), "exit")
+    assert r.returncode == 3
+    assert time.monotonic() - t < 50            # rank 0's 60 s sleep was cut short
+    assert "rank 1 failed with exit code 3" in r.stderr
+
+
+def test_torch_distributed_env_init_script_runs_unchanged():
+    r = _launch("-n", "2", _script("torch_env_init.py"))
+    assert r.returncode == 0, r.stderr
+    assert "[0] sum 3 of 2" in r.stdout and "[1] sum 3 of 2" in r.stdout
+
+
+def _final_weight(stdout):
+    m = re.search(r"final weight (.*)", stdout)
+    assert m, stdout
+    return [float(v) for v in m.group(1).split()]
+
+
+def _uninterrupted_weight(epochs):
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    X, Y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
+    for _ in range(epochs):         # the mean of the two equal shards' losses
+        loss = (nn.functional.mse_loss(model(X[0::2]), Y[0::2])
+                + nn.functional.mse_loss(model(X[1::2]), Y[1::2])) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.weight.detach().reshape(-1).tolist()
+
+
+@pytest.mark.slow
+def test_restart_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path):
+    r = _launch("-n", "2", "--max-restarts", "1", "--run-dir", str(tmp_path),
+                _script("launched_train.py"), "4", "2")
+    assert r.returncode == 0, r.stderr
+    assert "restarting all processes" in r.stderr and "resumed at epoch 3" in r.stdout
+    assert _final_weight(r.stdout) == pytest.approx(_uninterrupted_weight(4), abs=1e-5)
+    assert len(open(tmp_path / "result.json").read().splitlines()) == 4
+
+
+def test_rank_killed_by_a_signal_fails_the_job_with_128_plus_signal():
+    r = _launch("-n", "2", _script("fail_fast.py"), "kill")
+    assert r.returncode == 137
+    assert "no restarts left" in r.stderr
+
+
+def test_missing_script_is_rejected():
+    r = _launch("-n", "2", "no_such_script.py")
+    assert r.returncode == 2 and "does not exist" in r.stderr
