@@ -12,6 +12,7 @@ there attach to the Ray the worker already belongs to.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import weakref
@@ -31,6 +32,10 @@ _ENV = {"SHOAL_BACKEND": "ray"}
 _KV_ACTOR = "shoal_kv"
 _EPS = 1e-9
 _NODES_TTL = 5.0
+_CANCEL_SETTLE = 0.05
+_KILL_WAIT = 30.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_NAME = re.compile(r"ray::([^\s(]+)\(")
 
 
 class RayBackend:
@@ -54,15 +59,21 @@ class RayBackend:
                                               object_store_memory)):
                 raise ValueError("num_cpus/num_gpus/resources/object_store_memory describe a "
                                  f"new local cluster; drop them when connecting to {address!r}")
+            # The job's runtime_env carries SHOAL_BACKEND to every worker, so tasks need
+            # no runtime_env of their own and run on Ray's prestarted workers.
+            kwargs["runtime_env"] = _with_shoal_env(kwargs.get("runtime_env"))
             ray.init(address=address, **kwargs)
             self._owns_ray = True
         ctx = ray.get_runtime_context()
         self.namespace = ctx.namespace
         self._is_driver = ctx.worker.mode == ray.SCRIPT_MODE
+        job_env = (ctx.runtime_env or {}).get("env_vars") or {}
+        self._job_has_env = all(job_env.get(k) == v for k, v in _ENV.items())
         self._fns = weakref.WeakKeyDictionary()     # user function/class -> ray remote
         self._lock = threading.Lock()
         self._nodes_cache = (0.0, [])
         self._kv = None
+        self._last_dep_submit = 0.0
 
     # ---------------------------------------------------------------- objects
     def put_value(self, value) -> ObjectRef:
@@ -90,6 +101,12 @@ class RayBackend:
         return done, pending
 
     def cancel(self, ref: ObjectRef, force: bool = False) -> None:
+        # Ray crashes the driver (RAY_CHECK submitted_task_ref_count > 0, cf.
+        # ray-project/ray#56123) when a task is cancelled while its dependency
+        # resolution is still being started; a few ms after submission it is safe.
+        wait = _CANCEL_SETTLE - (time.monotonic() - self._last_dep_submit)
+        if wait > 0:
+            time.sleep(wait)
         ray.cancel(ref.id, force=force, recursive=True)
 
     # ---------------------------------------------------------------- tasks
@@ -108,6 +125,8 @@ class RayBackend:
             if _is_serialization_error(e):
                 raise _serialization_error(e, f"an argument of {name}") from e
             raise
+        if _has_refs(args, kwargs):
+            self._last_dep_submit = time.monotonic()
         return _wrap_returns(out, n)
 
     # ---------------------------------------------------------------- actors
@@ -154,6 +173,8 @@ class RayBackend:
             raise
         except rex.RayError as e:
             raise to_shoal_error(e) from None
+        if _has_refs(args, kwargs):
+            self._last_dep_submit = time.monotonic()
         return _wrap_returns(out, n)
 
     def get_actor(self, name, namespace=None):
@@ -170,6 +191,18 @@ class RayBackend:
 
     def kill(self, actor_id, no_restart: bool = True) -> None:
         ray.kill(actor_id, no_restart=no_restart)
+        if no_restart:
+            # ray.kill returns before the actor is gone, and a call made right after
+            # could still run; shoal's kill is synchronous, so wait for the death.
+            deadline = time.monotonic() + _KILL_WAIT
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(actor_id.__ray_ready__.remote(), timeout=1.0)
+                except rex.RayActorError:
+                    return
+                except rex.GetTimeoutError:
+                    continue
+                time.sleep(0.01)
 
     # ---------------------------------------------------------------- placement groups
     def placement_group(self, bundles, strategy, name):
@@ -271,9 +304,8 @@ class RayBackend:
             self._check_bundle_feasible(demand, pg, bundle, what)
         else:
             self._check_feasible(demand, what)
-        env = dict(opts.get("runtime_env") or {})
-        env["env_vars"] = {**_ENV, **(env.get("env_vars") or {})}
-        out["runtime_env"] = env
+        if opts.get("runtime_env") or not self._job_has_env:
+            out["runtime_env"] = _with_shoal_env(opts.get("runtime_env"))
         return out
 
     def _alive_nodes(self, refresh: bool = False) -> list:
@@ -314,6 +346,13 @@ class RayBackend:
             f"placement group {bundles!r} with strategy {strategy} can never be reserved on "
             f"this Ray cluster (nodes: {[_plain(n) for n in nodes]!r}); ask for smaller or "
             "fewer bundles, or add nodes.")
+
+
+def _with_shoal_env(runtime_env) -> dict:
+    """``runtime_env`` plus SHOAL_BACKEND=ray (the user's variables win)."""
+    env = dict(runtime_env or {})
+    env["env_vars"] = {**_ENV, **(env.get("env_vars") or {})}
+    return env
 
 
 # ------------------------------------------------------------------ scheduling
@@ -398,6 +437,11 @@ def _unwrap_kw(kwargs: dict) -> dict:
     return kwargs
 
 
+def _has_refs(args: tuple, kwargs: dict) -> bool:
+    return any(type(a) is ObjectRef for a in args) or \
+        any(type(v) is ObjectRef for v in kwargs.values())
+
+
 def _wrap_returns(out, n: int) -> list:
     if n == 0 or out is None:
         return []
@@ -432,7 +476,12 @@ def to_shoal_error(e: BaseException) -> BaseException:
                 return mapped
         if isinstance(cause, rex.RayError):
             cause = None
-        return TaskError(e.function_name, e.traceback_str, cause, cause_repr).as_instanceof_cause()
+        # ray.get raises a dual-class copy that keeps only the cause and the message,
+        # which holds "ray::name() (pid=..)" and the remote traceback.
+        text = _ANSI.sub("", str(e))
+        m = _TASK_NAME.search(text)
+        name = m.group(1) if m else getattr(cause, "__qualname__", "remote task")
+        return TaskError(name, text, cause, cause_repr).as_instanceof_cause()
     if isinstance(e, rex.TaskCancelledError):
         return TaskCancelledError(f"the task was cancelled with shoal.cancel ({e})")
     if isinstance(e, rex.GetTimeoutError):
