@@ -11,6 +11,7 @@ import atexit
 import functools
 import inspect
 import os
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -69,7 +70,8 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: di
                 return _backend
             raise RuntimeError("shoal is already initialized; call shoal.shutdown() first "
                                "or pass ignore_reinit_error=True")
-        backend = backend or os.environ.get("SHOAL_BACKEND") or ("ray" if address else "local")
+        backend = (backend or os.environ.get("SHOAL_BACKEND")
+                   or ("ray" if address or _in_ray_worker() else "local"))
         if backend == "local":
             if address:
                 raise ValueError("address= is for the Ray backend; drop it or use backend='ray'")
@@ -84,6 +86,17 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: di
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
         return _backend
+
+
+def _in_ray_worker() -> bool:
+    """Whether this process is a Ray worker (code run by Ray uses Ray, not a new cluster)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    try:
+        return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    except Exception:  # noqa: BLE001 - a Ray client or an older Ray: not a worker we know
+        return False
 
 
 def shutdown() -> None:
