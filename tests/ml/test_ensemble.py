@@ -1,0 +1,140 @@
+"""Random forests and gradient boosting: quality against scikit-learn, determinism, conventions."""
+import numpy as np
+import pytest
+from sklearn import ensemble as sk_ens
+from sklearn.datasets import make_classification, make_regression
+from sklearn.utils.estimator_checks import check_estimator
+
+from shoal.ml import _input
+from shoal.ml._hist import bin_edges
+from shoal.ml._hist_shards import ShardSet
+from shoal.ml._tree import Gini
+from shoal.ml._tree_grow import GrowParams, grow_trees
+from shoal.ml.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor,
+                               RandomForestClassifier, RandomForestRegressor)
+
+# see tests/ml/test_tree.py: the shared input layer raises ValueError where sklearn wants TypeError
+EXPECTED_FAILED = {"check_dtype_object": "shared input validation raises ValueError, not TypeError"}
+
+
+@pytest.fixture(scope="module")
+def binary():
+    X, y = make_classification(6000, 20, n_informative=8, random_state=0)
+    return X[:4000], y[:4000], X[4000:], y[4000:]
+
+
+@pytest.fixture(scope="module")
+def multiclass():
+    X, y = make_classification(5000, 10, n_informative=6, n_classes=4, random_state=1)
+    return X[:4000], y[:4000], X[4000:], y[4000:]
+
+
+@pytest.fixture(scope="module")
+def regression():
+    X, y = make_regression(6000, 20, n_informative=8, noise=5.0, random_state=0)
+    return X[:4000], y[:4000], X[4000:], y[4000:]
+
+
+def test_random_forest_classifier_accuracy_close_to_sklearn(binary):
+    X, y, Xt, yt = binary
+    ours = RandomForestClassifier(20, max_depth=8, random_state=0).fit(X, y).score(Xt, yt)
+    ref = sk_ens.RandomForestClassifier(20, max_depth=8, random_state=0).fit(X, y).score(Xt, yt)
+    assert ours > ref - 0.02
+
+
+def test_random_forest_regressor_r2_close_to_sklearn(regression):
+    X, y, Xt, yt = regression
+    ours = RandomForestRegressor(20, max_depth=8, random_state=0).fit(X, y).score(Xt, yt)
+    ref = sk_ens.RandomForestRegressor(20, max_depth=8, random_state=0).fit(X, y).score(Xt, yt)
+    assert ours > ref - 0.02
+
+
+def test_gradient_boosting_binary_accuracy_close_to_sklearn(binary):
+    X, y, Xt, yt = binary
+    ours = GradientBoostingClassifier(20, max_depth=5, random_state=0).fit(X, y).score(Xt, yt)
+    ref = sk_ens.GradientBoostingClassifier(n_estimators=20, max_depth=5, random_state=0).fit(X, y).score(Xt, yt)
+    assert ours > ref - 0.02
+
+
+def test_gradient_boosting_multiclass_accuracy_close_to_sklearn(multiclass):
+    X, y, Xt, yt = multiclass
+    est = GradientBoostingClassifier(10, max_depth=4, random_state=0).fit(X, y)
+    ref = sk_ens.GradientBoostingClassifier(n_estimators=10, max_depth=4, random_state=0).fit(X, y).score(Xt, yt)
+    assert est.score(Xt, yt) > ref - 0.03
+    assert len(est.estimators_[0]) == 4      # one tree per class per round
+    np.testing.assert_allclose(est.predict_proba(Xt).sum(axis=1), 1.0)
+
+
+def test_gradient_boosting_regressor_r2_close_to_sklearn(regression):
+    X, y, Xt, yt = regression
+    ours = GradientBoostingRegressor(20, max_depth=5, random_state=0).fit(X, y).score(Xt, yt)
+    ref = sk_ens.GradientBoostingRegressor(n_estimators=20, max_depth=5, random_state=0).fit(X, y).score(Xt, yt)
+    assert ours > ref - 0.02
+
+
+def test_boosting_loss_decreases_with_rounds(regression):
+    X, y, Xt, yt = regression
+    few = GradientBoostingRegressor(5, random_state=0).fit(X, y).score(Xt, yt)
+    many = GradientBoostingRegressor(30, random_state=0).fit(X, y).score(Xt, yt)
+    assert many > few
+
+
+def test_random_forest_is_deterministic_with_a_seed(binary):
+    X, y, Xt, _ = binary
+    a = RandomForestClassifier(5, random_state=3).fit(X, y).predict_proba(Xt)
+    b = RandomForestClassifier(5, random_state=3).fit(X, y).predict_proba(Xt)
+    c = RandomForestClassifier(5, random_state=4).fit(X, y).predict_proba(Xt)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_subsampled_boosting_is_deterministic_with_a_seed(binary):
+    X, y, Xt, _ = binary
+    a = GradientBoostingClassifier(5, subsample=0.5, random_state=1).fit(X, y).predict_proba(Xt)
+    b = GradientBoostingClassifier(5, subsample=0.5, random_state=1).fit(X, y).predict_proba(Xt)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_forest_does_not_depend_on_how_blocks_are_sharded(binary):
+    X, y, _, _ = binary
+    dm = _input.as_design_matrix(X, y, target="classification", block_rows=1000, executor="local")
+    edges = bin_edges(X, 32)
+    params = GrowParams(max_depth=4, max_features=4)
+    trees = []
+    for n_shards in (1, 3):
+        shards = ShardSet(dm, edges, n_classes=2, n_shards=n_shards)
+        shards.call("start_forest", 7, [0, 1], True, False)
+        trees.append(grow_trees(shards.level, 2, Gini(2), edges, params, np.random.default_rng(0)))
+    for a, b in zip(*trees):
+        np.testing.assert_array_equal(a.feature, b.feature)
+        np.testing.assert_array_equal(a.threshold, b.threshold)
+        np.testing.assert_allclose(a.value, b.value)
+
+
+def test_feature_importances_favor_informative_features():
+    X, y = make_classification(4000, 10, n_informative=3, n_redundant=0, shuffle=False, random_state=0)
+    imp = RandomForestClassifier(10, random_state=0).fit(X, y).feature_importances_
+    assert abs(imp.sum() - 1.0) < 1e-9
+    assert imp[:3].sum() > 0.6
+
+
+def test_invalid_parameters_are_rejected(binary):
+    X, y, _, _ = binary
+    with pytest.raises(ValueError, match="n_estimators"):
+        RandomForestClassifier(0).fit(X, y)
+    with pytest.raises(ValueError, match="subsample"):
+        GradientBoostingClassifier(subsample=1.5).fit(X, y)
+    with pytest.raises(ValueError, match="max_features"):
+        RandomForestClassifier(max_features="half").fit(X, y)
+
+
+def test_regressor_rejects_string_labels(regression):
+    X, _, _, _ = regression
+    with pytest.raises(ValueError, match="numbers"):
+        GradientBoostingRegressor().fit(X, np.array(["a", "b"] * 3000))
+
+
+@pytest.mark.parametrize("Estimator", [RandomForestClassifier, RandomForestRegressor,
+                                       GradientBoostingClassifier, GradientBoostingRegressor])
+def test_check_estimator(Estimator):
+    check_estimator(Estimator(n_estimators=5), expected_failed_checks=EXPECTED_FAILED)

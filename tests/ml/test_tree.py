@@ -1,0 +1,142 @@
+"""Decision trees and the histogram/tree kernels under them."""
+import numpy as np
+import pytest
+from sklearn import tree as sk_tree
+from sklearn.datasets import make_classification, make_regression
+from sklearn.utils.estimator_checks import check_estimator
+
+from shoal.exceptions import InvalidInputError
+from shoal.ml._hist import bin_edges, bin_matrix, histograms
+from shoal.ml._tree import Gini, best_splits
+from shoal.ml.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+# _input.py raises InvalidInputError (a ValueError) for X of object dtype that does not convert
+# to numbers; scikit-learn's check wants a TypeError. The validation is shared by every shoal.ml
+# estimator and lives in shoal/ml/_input.py (not this package's file).
+EXPECTED_FAILED = {"check_dtype_object": "shared input validation raises ValueError, not TypeError"}
+
+
+@pytest.fixture(scope="module")
+def clf_data():
+    X, y = make_classification(6000, 10, n_informative=6, random_state=0)
+    return X[:4000], y[:4000], X[4000:], y[4000:]
+
+
+@pytest.fixture(scope="module")
+def reg_data():
+    X, y = make_regression(6000, 10, n_informative=6, noise=5.0, random_state=0)
+    return X[:4000], y[:4000], X[4000:], y[4000:]
+
+
+def test_bin_edges_give_each_of_few_distinct_values_its_own_bin():
+    sample = np.repeat(np.array([[0.0], [1.0], [5.0]]), 10, axis=0)
+    edges = bin_edges(sample, 32)
+    bins = bin_matrix(np.array([[0.0], [1.0], [5.0]]), edges)
+    assert bins[0].tolist() == [0, 1, 2]
+
+
+def test_bin_edges_are_quantiles_for_continuous_features():
+    x = np.random.default_rng(0).normal(size=(20000, 1))
+    bins = bin_matrix(x, bin_edges(x, 16))[0]
+    counts = np.bincount(bins, minlength=16)
+    assert counts.min() > 0.9 * 20000 / 16 and counts.max() < 1.1 * 20000 / 16
+
+
+def test_histograms_match_a_direct_count():
+    rng = np.random.default_rng(1)
+    XbT = rng.integers(0, 8, (3, 500)).astype(np.uint8)
+    rows = np.sort(rng.choice(500, 300, replace=False)).astype(np.int32)
+    slot = rng.integers(0, 4, 300).astype(np.int32)
+    codes = rng.integers(0, 2, 300).astype(np.int32)
+    w = rng.random(300)
+    feats = np.array([[0, 2], [1, 2], [0, 1], [2, 0]])
+    h = histograms(XbT, rows, slot, 4, 8, [w], codes, 2, feats)
+    expected = np.zeros((4, 2, 8, 2))
+    for r, s, c, wi in zip(rows, slot, codes, w):   # reference loop over rows
+        for j in range(2):
+            expected[s, j, XbT[feats[s, j], r], c] += wi
+    np.testing.assert_allclose(h, expected)
+
+
+def test_best_split_finds_the_separating_bin():
+    hist = np.zeros((1, 1, 4, 2))
+    hist[0, 0, :2, 0] = 10      # bins 0-1: class 0
+    hist[0, 0, 2:, 1] = 10      # bins 2-3: class 1
+    j, b, gain, left = best_splits(hist, Gini(2), 1.0)
+    assert (j[0], b[0]) == (0, 1) and left[0].tolist() == [20.0, 0.0] and gain[0] > 0
+
+
+def test_classifier_accuracy_close_to_sklearn(clf_data):
+    X, y, Xt, yt = clf_data
+    ours = DecisionTreeClassifier(max_depth=6, max_bins=256).fit(X, y).score(Xt, yt)
+    ref = sk_tree.DecisionTreeClassifier(max_depth=6, random_state=0).fit(X, y).score(Xt, yt)
+    assert abs(ours - ref) < 0.03
+
+
+def test_regressor_r2_close_to_sklearn(reg_data):
+    X, y, Xt, yt = reg_data
+    ours = DecisionTreeRegressor(max_depth=6, max_bins=256).fit(X, y).score(Xt, yt)
+    ref = sk_tree.DecisionTreeRegressor(max_depth=6, random_state=0).fit(X, y).score(Xt, yt)
+    assert abs(ours - ref) < 0.03
+
+
+def test_feature_importances_close_to_sklearn(reg_data):
+    X, y, _, _ = reg_data
+    ours = DecisionTreeRegressor(max_depth=4, max_bins=256).fit(X, y).feature_importances_
+    ref = sk_tree.DecisionTreeRegressor(max_depth=4).fit(X, y).feature_importances_
+    assert abs(ours.sum() - 1.0) < 1e-9
+    np.testing.assert_allclose(ours, ref, atol=0.05)
+
+
+def test_max_depth_and_min_samples_leaf_are_respected(clf_data):
+    X, y, _, _ = clf_data
+    est = DecisionTreeClassifier(max_depth=3, min_samples_leaf=50).fit(X, y)
+    leaves = est.tree_.feature < 0
+    assert est.get_depth() <= 3
+    assert est.tree_.weight[leaves].min() >= 50
+
+
+def test_string_labels_come_back_from_predict(clf_data):
+    X, y, Xt, _ = clf_data
+    labels = np.array(["no", "yes"])[y]
+    pred = DecisionTreeClassifier(max_depth=3).fit(X, labels).predict(Xt)
+    assert set(np.unique(pred)) <= {"no", "yes"}
+
+
+def test_single_class_is_rejected():
+    with pytest.raises(InvalidInputError, match="one class"):
+        DecisionTreeClassifier().fit(np.ones((10, 2)), np.zeros(10))
+
+
+def test_nan_in_X_is_rejected():
+    X = np.ones((10, 2))
+    X[3, 1] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        DecisionTreeRegressor().fit(X, np.arange(10.0))
+
+
+def test_feature_count_mismatch_at_predict_is_rejected(clf_data):
+    X, y, _, _ = clf_data
+    est = DecisionTreeClassifier(max_depth=2).fit(X, y)
+    with pytest.raises(InvalidInputError, match="expecting 10 features"):
+        est.predict(np.ones((3, 4)))
+
+
+def test_invalid_max_bins_is_rejected(clf_data):
+    X, y, _, _ = clf_data
+    with pytest.raises(InvalidInputError, match="max_bins"):
+        DecisionTreeClassifier(max_bins=1000).fit(X, y)
+
+
+def test_pandas_input_keeps_feature_names(clf_data):
+    pd = pytest.importorskip("pandas")
+    X, y, _, _ = clf_data
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    est = DecisionTreeClassifier(max_depth=3).fit(df, y)
+    assert list(est.feature_names_in_) == list(df.columns)
+    np.testing.assert_array_equal(est.predict(df), est.predict(X))
+
+
+@pytest.mark.parametrize("Estimator", [DecisionTreeClassifier, DecisionTreeRegressor])
+def test_check_estimator(Estimator):
+    check_estimator(Estimator(), expected_failed_checks=EXPECTED_FAILED)
