@@ -35,10 +35,14 @@ def _logistic_block(X, y, W, n_classes, fit_intercept):
         Z += W[d]
     if n_classes == 2:
         z = Z[:, 0]
-        yf = y.astype(np.float64)
-        # log(1 + e^z) - y z  ==  -log_expit(z) + z (1 - y), stable for any z
-        loss = float(z @ (1.0 - yf) - log_expit(z).sum())
-        r = (expit(z) - yf)[:, None]
+        # one exp and one log1p per row: with e = exp(-|z|),
+        # log(1 + e^z) = max(z, 0) + log1p(e) and sigmoid(z) = 1/(1+e) (z >= 0) or e/(1+e)
+        e = np.exp(-np.abs(z))
+        loss = float(np.maximum(z, 0.0).sum() + np.log1p(e).sum() - z[y == 1].sum())
+        inv = 1.0 / (1.0 + e)
+        r = np.where(z >= 0, inv, e * inv)
+        r -= y
+        r = r[:, None]
     else:
         lse = logsumexp(Z, axis=1)
         loss = float(lse.sum() - Z[np.arange(len(y)), y].sum())
@@ -100,13 +104,21 @@ def _block_min(X, y):
 # kmeans
 
 
+def _partial_dist_T(X, C2, C_sq):
+    """(k, n): |c|^2 - 2 c.x for every center and row (|x - c|^2 less |x|^2, same ranking).
+
+    The transposed layout makes the arg-min a reduction over k contiguous rows.
+    """
+    DT = C2 @ X.T
+    DT += C_sq[:, None]
+    return DT
+
+
 def _min_sq_dist(X, C, C_sq):
     """Squared distance of each row to its nearest center, and that center's index."""
-    D = X @ C.T
-    D *= -2.0
-    D += C_sq
-    idx = D.argmin(axis=1)
-    d2 = D[np.arange(X.shape[0]), idx] + np.einsum("ij,ij->i", X, X)
+    DT = _partial_dist_T(X, -2.0 * C, C_sq)
+    idx = DT.argmin(axis=0)
+    d2 = DT[idx, np.arange(X.shape[0])] + np.einsum("ij,ij->i", X, X)
     return np.maximum(d2, 0.0), idx
 
 
@@ -134,19 +146,13 @@ def _block_uniform_rows(X, y, index, fractions, seed):
     return X[rng.random(X.shape[0]) < fractions[index]]
 
 
-def _nearest(X, C2T, C_sq):
-    """Index of the nearest center; C2T = -2 C^T, so X @ C2T + |c|^2 ranks centers like |x - c|^2."""
-    D = X @ C2T
-    D += C_sq
-    return D.argmin(axis=1)
-
-
 def _block_lloyd(X, y, C):
     """Per-cluster sums and counts of one block against centers C (one Lloyd step's map side)."""
     k = C.shape[0]
-    C2T = -2.0 * C.T
+    C2 = -2.0 * C
     C_sq = np.einsum("ij,ij->i", C, C)
-    idx = np.concatenate([_nearest(X[s:s + CHUNK_ROWS], C2T, C_sq) for s in range(0, X.shape[0], CHUNK_ROWS)])
+    idx = np.concatenate([_partial_dist_T(X[s:s + CHUNK_ROWS], C2, C_sq).argmin(axis=0)
+                          for s in range(0, X.shape[0], CHUNK_ROWS)])
     return class_sums(X, idx, k), np.bincount(idx, minlength=k).astype(np.float64)
 
 

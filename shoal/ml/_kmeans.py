@@ -73,15 +73,18 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         if isinstance(self.init, str) and self.init not in ("k-means||", "random"):
             raise InvalidInputError(f"init must be 'k-means||', 'random' or an array, got {self.init!r}")
 
-    def _init_parallel(self, dm, seed, rng):
+    def _init_parallel(self, dm, seed, rng, moments):
         k = self.n_clusters
         sizes = np.asarray(dm.block_rows, dtype=np.float64)
         first = dm.map_indexed(_block_uniform_rows, np.minimum(1.0, 4.0 / sizes), seed)
         first = np.concatenate(first)
         C = first[rng.integers(len(first))][None, :] if len(first) else self._random_rows(dm, 1, seed, rng)
         oversampling = 2.0 * k
+        n, mean, M2 = moments
         for step in range(self.init_steps):
-            cost = dm.map_reduce(_block_cost, C)
+            # the cost of the first center follows from the moments: sum |x - c|^2 = sum M2 + n |mean - c|^2
+            cost = (float(M2.sum() + n * ((mean - C[0]) ** 2).sum()) if step == 0 and len(C) == 1
+                    else dm.map_reduce(_block_cost, C))
             if cost <= 0:
                 break
             new = np.concatenate(dm.map_indexed(_block_sample, C, oversampling, cost, seed + 1 + step))
@@ -103,10 +106,10 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
             rows = np.concatenate(dm.map_indexed(_block_uniform_rows, np.ones(len(sizes)), seed))
         return rows[rng.permutation(len(rows))[:m]]
 
-    def _run_once(self, dm, seed, tol_abs):
+    def _run_once(self, dm, seed, tol_abs, moments):
         rng = np.random.default_rng(seed)
         if isinstance(self.init, str):
-            C = (self._init_parallel(dm, seed, rng) if self.init == "k-means||"
+            C = (self._init_parallel(dm, seed, rng, moments) if self.init == "k-means||"
                  else _pad_centers(np.unique(self._random_rows(dm, self.n_clusters, seed, rng), axis=0),
                                    self.n_clusters, rng))
         else:
@@ -143,7 +146,7 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         n_init = self.n_init if isinstance(self.init, str) else 1
         best = None
         for r in range(n_init):
-            result = self._run_once(dm, seed0 + 7919 * r, tol_abs)
+            result = self._run_once(dm, seed0 + 7919 * r, tol_abs, (n, mean, M2))
             if best is None or result[2] < best[2]:
                 best = result
         self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best

@@ -66,13 +66,8 @@ def merge_moments(a, b):
 
 
 def class_sums(X, codes, k):
-    """(k x d) sums of X's rows per class code."""
-    d = X.shape[1]
-    if d <= 256:   # d weighted bincounts: n*d work, no k x n indicator matrix
-        out = np.empty((k, d))
-        for j in range(d):
-            out[:, j] = np.bincount(codes, weights=X[:, j], minlength=k)
-        return out
+    """(k x d) sums of X's rows per class code: one pass over X through a sparse indicator."""
     import scipy.sparse as sp
     n = codes.shape[0]
-    return np.asarray(sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(k, n)) @ X)
+    indicator = sp.csr_matrix((np.ones(n), codes, np.arange(n + 1)), shape=(n, k))
+    return np.asarray(indicator.T @ X)
