@@ -66,7 +66,10 @@ class RayBackend:
             self._owns_ray = True
         ctx = ray.get_runtime_context()
         self.namespace = ctx.namespace
-        self._is_driver = ctx.worker.mode == ray.SCRIPT_MODE
+        try:
+            self._is_driver = ctx.worker.mode == ray.SCRIPT_MODE
+        except AttributeError:   # Ray client (ray://): only drivers connect that way
+            self._is_driver = True
         job_env = (ctx.runtime_env or {}).get("env_vars") or {}
         self._job_has_env = all(job_env.get(k) == v for k, v in _ENV.items())
         self._fns = weakref.WeakKeyDictionary()     # user function/class -> ray remote
@@ -254,7 +257,7 @@ class RayBackend:
         self._kv = None
         if not ray.is_initialized():
             return
-        if self._is_driver and not self._owns_ray:
+        if self._is_driver:
             # The store is a detached actor (it must outlive whichever worker made it);
             # the driver ends it so the next job starts with an empty store.
             try:

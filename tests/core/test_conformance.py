@@ -8,6 +8,7 @@ nothing depends on timing and nothing is left running.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -53,6 +54,17 @@ def fan_out(n):
 def describe(container):
     inner = container[0]
     return type(inner).__name__, shoal.get(inner)
+
+
+@shoal.remote
+def get_nested_after(key, container):
+    shoal.get_kv_store().get(key, timeout=LONG)
+    return shoal.get(container[0])
+
+
+@shoal.remote
+def call_actor(handle, n):
+    return shoal.get([handle.incr.remote() for _ in range(n)])
 
 
 @shoal.remote
@@ -177,6 +189,15 @@ def test_nested_refs_stay_refs(backend):
     assert shoal.get(describe.remote([ref])) == ("ObjectRef", "payload")
 
 
+def test_nested_ref_keeps_its_object_alive(backend):
+    key = _key("nested-alive")
+    # The driver's ref to the array is dropped at once; the task's nested ref must keep it.
+    ref = get_nested_after.remote(key, [shoal.put(np.arange(200_000, dtype=np.int64))])
+    gc.collect()
+    shoal.get_kv_store().set(key, b"go")
+    assert shoal.get(ref, timeout=LONG).sum() == 200_000 * 199_999 // 2
+
+
 def test_runtime_context_names_the_backend(backend):
     assert shoal.get_runtime_context().backend == backend
     assert shoal.get(context_backend.remote()) == backend
@@ -292,6 +313,15 @@ def test_actor_keeps_state_and_runs_one_callers_calls_in_order(backend):
     try:
         assert shoal.get([c.incr.remote() for _ in range(20)]) == list(range(11, 31))
         assert shoal.get(list(c.pair.remote())) == [30, -30]
+    finally:
+        shoal.kill(c)
+
+
+def test_actor_handle_passed_to_a_task_calls_the_same_actor(backend):
+    c = Counter.remote(0)
+    try:
+        assert shoal.get(call_actor.remote(c, 3), timeout=LONG) == [1, 2, 3]
+        assert shoal.get(c.value.remote()) == 3
     finally:
         shoal.kill(c)
 
