@@ -136,6 +136,7 @@ class LocalBackend(ProcessRuntime):
         self.pg_ready_oid: dict = {}
         self.pending_actors: deque = deque()
         self.min_workers = max(1, int(ncpu))
+        self.max_starting = max(1, int(ncpu))  # worker processes starting at once
         self.closed = False
         self.kv = TCPStore(is_server=True, secret=self.secret)
         self.sock_path = os.path.join(self.dir, "driver.sock")
@@ -564,7 +565,7 @@ class LocalBackend(ProcessRuntime):
                         q.popleft()
                         self._dispatch(w, spec)
                         continue
-                if pool is not None and starting < len(q):
+                if pool is not None and starting < min(len(q), self.max_starting):
                     self._spawn_worker()
                     starting += 1
                 break

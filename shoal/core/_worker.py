@@ -229,6 +229,8 @@ class WorkerRuntime(ProcessRuntime):
                     os._exit(0)
 
     def _on_task(self, m) -> None:
+        if m[3] is not None:  # the function arrives once, with its first task (even a bounced one)
+            self.fns[m[2]] = cloudpickle.loads(m[3])
         if self.actor is not None and self.actor_spec["max_concurrency"] > 1:
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(self._start_async, m)
@@ -283,9 +285,7 @@ class WorkerRuntime(ProcessRuntime):
                 self.send(None)
 
     def _resolve(self, m):
-        _, seq, fn_id, fn_bytes, name, args_desc, dep_descs, returns, method, retry_exc = m
-        if fn_bytes is not None:
-            self.fns[fn_id] = cloudpickle.loads(fn_bytes)
+        fn_id, args_desc, dep_descs, method = m[2], m[5], m[6], m[8]
         args, kwargs = value_of(args_desc)
         if dep_descs:
             args, kwargs = fill_deps(args, kwargs, [value_of(d) for d in dep_descs])
