@@ -98,6 +98,12 @@ class HistShard:
                 self.states.append(_RowState(rows, [w], self.y[rows]))
 
     # -- gradient boosting ----------------------------------------------------------
+    def label_counts(self) -> np.ndarray:
+        return np.bincount(self.y, minlength=self.n_classes)
+
+    def label_sum(self) -> np.ndarray:
+        return np.array([float(self.y.sum()), float(self.y.shape[0])])
+
     def start_boosting(self, init: np.ndarray):
         self.raw = np.tile(np.asarray(init, np.float64), (self.XbT.shape[1], 1))
 

@@ -133,9 +133,10 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
     """Gradient boosting: one pass per level, all trees of a round (one per class) together."""
     dm, edges, shards = prepare(est, X, y, target, features, label)
     try:
+        # label statistics come from the shards: while they live they hold the cluster's CPUs
         if target == "classification":
             K = est.n_classes_
-            counts = np.bincount(np.concatenate(dm.map(_labels_of)), minlength=K).astype(np.float64)
+            counts = np.sum(shards.call("label_counts"), axis=0).astype(np.float64)
             prior = np.clip(counts / counts.sum(), 1e-12, None)
             if K == 2:
                 loss, init = "binary", np.array([np.log(prior[1] / prior[0])])
@@ -143,7 +144,7 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
                 loss, init = "multinomial", np.log(prior)
         else:
             loss = "squared_error"
-            s = dm.map_reduce(_sum_and_count)
+            s = np.sum(shards.call("label_sum"), axis=0)
             init = np.array([s[0] / s[1]])
         with_count = loss != "squared_error" and est.min_samples_leaf > 1
         crit = Newton(l2=float(est.l2_regularization), with_count=with_count)
@@ -167,14 +168,6 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
     est.n_trees_per_round_ = len(init)
     est.feature_importances_ = mean_importances([t for r in rounds for t in r], dm.n_features)
     return est
-
-
-def _labels_of(X, y):
-    return y
-
-
-def _sum_and_count(X, y):
-    return np.array([float(np.sum(y)), float(y.shape[0])])
 
 
 def mean_importances(trees: list[Tree], n_features: int) -> np.ndarray:
