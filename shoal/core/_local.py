@@ -185,7 +185,7 @@ class LocalBackend(ProcessRuntime):
         proc.stdin.close()
         w = WorkerProc(wid, proc, actor)
         self.workers[wid] = w
-        for pipe, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
+        for pipe, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             os.set_blocking(pipe.fileno(), False)
             self.sel.register(pipe, selectors.EVENT_READ, ("pipe", (w, out)))
         return w
@@ -291,8 +291,9 @@ class LocalBackend(ProcessRuntime):
         if data:
             if self.log_to_driver:
                 try:
-                    out.write(data.decode(errors="replace"))
-                    out.flush()
+                    stream = getattr(sys, out)  # looked up now: it may have been redirected
+                    stream.write(data.decode(errors="replace"))
+                    stream.flush()
                 except (ValueError, OSError):
                     pass
             return

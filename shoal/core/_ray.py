@@ -119,6 +119,8 @@ class RayBackend:
         for k in ("max_retries", "retry_exceptions", "name"):
             if opts.get(k) is not None:
                 ray_opts[k] = opts[k]
+        if isinstance(ray_opts.get("retry_exceptions"), tuple):
+            ray_opts["retry_exceptions"] = list(ray_opts["retry_exceptions"])
         n = opts.get("num_returns", 1)
         ray_opts["num_returns"] = n
         fn = self._remote_of(rf._function)
@@ -166,7 +168,8 @@ class RayBackend:
         if opts.get("name"):
             ray_opts["name"] = opts["name"]
         if opts.get("retry_exceptions") is not None:
-            ray_opts["retry_exceptions"] = opts["retry_exceptions"]
+            retry = opts["retry_exceptions"]
+            ray_opts["retry_exceptions"] = list(retry) if isinstance(retry, tuple) else retry
         m = getattr(actor_id, method)
         try:
             out = m.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
@@ -370,7 +373,8 @@ def _strategy_of(opts):
         bundle = getattr(strategy, "placement_group_bundle_index", -1)
         capture = getattr(strategy, "placement_group_capture_child_tasks", False) or False
     if pg is None or pg == "default":
-        return (strategy if isinstance(strategy, str) else None), None, -1
+        # "DEFAULT", "SPREAD" or one of Ray's strategy objects (node affinity, labels).
+        return strategy, None, -1
     ray_pg = pg.id if not isinstance(pg, RayPlacementGroup) else pg
     bundle = -1 if bundle is None else bundle
     shoal_pg = pg if not isinstance(pg, RayPlacementGroup) else _PGView(pg)
@@ -469,22 +473,18 @@ def to_shoal_error(e: BaseException) -> BaseException:
     """The shoal exception for a Ray exception (others pass through)."""
     if isinstance(e, rex.RayTaskError):
         cause = e.cause
-        if isinstance(cause, TaskError):          # a nested get re-raised: keep the root cause
-            cause, cause_repr = cause.cause, cause.cause_repr
-        else:
-            cause_repr = repr(cause)
-        if isinstance(cause, (rex.RayError, ShoalError)) and not isinstance(cause, TaskError):
-            mapped = to_shoal_error(cause) if isinstance(cause, rex.RayError) else cause
-            if not isinstance(mapped, rex.RayError):
-                return mapped
-        if isinstance(cause, rex.RayError):
-            cause = None
         # ray.get raises a dual-class copy that keeps only the cause and the message,
         # which holds "ray::name() (pid=..)" and the remote traceback.
         text = _ANSI.sub("", str(e))
+        if isinstance(cause, TaskError):          # a nested get re-raised: report the root
+            return TaskError(cause.function_name,
+                             f"{cause.remote_traceback}\nre-raised by:\n{text}",
+                             cause.cause, cause.cause_repr).as_instanceof_cause()
+        if isinstance(cause, rex.RayError):       # Ray's own error inside the task
+            cause = to_shoal_error(cause)
         m = _TASK_NAME.search(text)
-        name = m.group(1) if m else getattr(cause, "__qualname__", "remote task")
-        return TaskError(name, text, cause, cause_repr).as_instanceof_cause()
+        name = m.group(1) if m else "remote task"
+        return TaskError(name, text, cause, repr(cause)).as_instanceof_cause()
     if isinstance(e, rex.TaskCancelledError):
         return TaskCancelledError(f"the task was cancelled with shoal.cancel ({e})")
     if isinstance(e, rex.GetTimeoutError):

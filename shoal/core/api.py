@@ -168,7 +168,7 @@ class RemoteFunction:
     def __init__(self, function, options: dict):
         _check_options(options, _TASK_OPTIONS, function.__qualname__)
         self._function = function
-        self._name = function.__qualname__
+        self._name = function.__name__
         self._options = options
         self._fn_ids: dict = {}
         functools.update_wrapper(self, function)
@@ -256,7 +256,7 @@ class ActorClass:
     def __init__(self, cls, options: dict):
         _check_options(options, _ACTOR_OPTIONS, cls.__qualname__)
         self._cls = cls
-        self._name = cls.__qualname__
+        self._name = cls.__name__
         self._options = options
         self._fn_ids: dict = {}
         self._methods = {}

@@ -66,18 +66,20 @@ class ObjectRef:
     left anywhere in the cluster.
     """
 
-    __slots__ = ("id", "_counted", "__weakref__")
+    __slots__ = ("id", "_counter", "__weakref__")
 
     def __init__(self, oid, counted: bool = True):
         self.id = oid
-        self._counted = counted and _counter is not None
-        if self._counted:
-            _counter.add(oid)
+        # The counter of the runtime that made this ref: a ref outliving its
+        # cluster must not touch the next one's counts.
+        self._counter = _counter if counted else None
+        if self._counter is not None:
+            self._counter.add(oid)
 
     def __del__(self):
-        if self._counted and _counter is not None:
+        if self._counter is not None:
             try:
-                _counter.remove(self.id)
+                self._counter.remove(self.id)
             except Exception:  # interpreter shutdown
                 pass
 
