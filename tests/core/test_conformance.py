@@ -85,6 +85,11 @@ def raise_value_error(msg):
 
 
 @shoal.remote
+def get_failing_inner():
+    return shoal.get(raise_value_error.remote("inner-boom"))
+
+
+@shoal.remote
 def crash_counted(key):
     shoal.get_kv_store().add(key, 1)
     os._exit(1)
@@ -267,6 +272,13 @@ def test_task_error_is_a_task_error_and_the_original_type(backend):
     assert isinstance(err, TaskError)
     assert "raise_value_error" in err.remote_traceback
     assert "boom-1234" in err.remote_traceback
+
+
+def test_error_of_a_nested_task_reaches_the_driver_with_its_type(backend):
+    with pytest.raises(ValueError, match="inner-boom") as info:
+        shoal.get(get_failing_inner.remote(), timeout=LONG)
+    assert isinstance(info.value, TaskError)
+    assert info.value.function_name.endswith("raise_value_error")
 
 
 # ------------------------------------------------------------------ failures and cancel
