@@ -50,11 +50,11 @@ class StandardScaler(OneToOneFeatureMixin, _Transformer):
         return self
 
     def _transform(self, X):
-        if self.with_mean:
-            X = X - self.mean_
+        # one output allocation, then in place: first-touching big arrays is the cost here
+        out = np.subtract(X, self.mean_) if self.with_mean else np.array(X, dtype=np.float64)
         if self.with_std:
-            X = X / self.scale_
-        return X
+            out /= self.scale_
+        return out
 
     def inverse_transform(self, X):
         check_fitted(self, "n_samples_seen_")
@@ -87,7 +87,8 @@ class MinMaxScaler(OneToOneFeatureMixin, _Transformer):
         return self
 
     def _transform(self, X):
-        X = X * self.scale_ + self.min_
+        X = np.multiply(X, self.scale_)
+        X += self.min_
         if self.clip:
             np.clip(X, self.feature_range[0], self.feature_range[1], out=X)
         return X
