@@ -162,6 +162,7 @@ class Reducer:
         self.ufunc = _UFUNC[op]
         self.prescale, self.postscale = float(prescale), float(postscale)
         self.store = storage_dtype(dtype_name)
+        self.kind = "f" if dtype_name == "bfloat16" else self.store.kind  # the logical kind
         scaled = self.prescale != 1.0 or self.postscale != 1.0
         if dtype_name in ("float16", "bfloat16"):
             self.acc = np.dtype(np.float32)
@@ -266,7 +267,7 @@ class Reducer:
 
     def _finalize_acc(self, acc: np.ndarray) -> None:
         if self.op == "avg":
-            if self.store.kind in "iu":
+            if self.kind in "iu":
                 np.floor_divide(acc, self.world_size, out=acc)
             else:
                 np.divide(acc, self.world_size, out=acc)

@@ -164,13 +164,14 @@ class ShmGroup:
         i = 0
         while cnt.min() < seq:
             i += 1
-            if i < 200:
-                continue
-            if i < 20000:
+            if i < 100:
+                continue  # the peers are usually a few microseconds away
+            if i < 300:
                 os.sched_yield()
             else:
-                time.sleep(0.0001)
-            if i & 63:
+                # Oversubscribed cores: sleep so the ranks we wait for get the CPU.
+                time.sleep(0.00005 if i < 2000 else 0.0002)
+            if i & 15:
                 continue
             now = time.monotonic()
             if now < next_check:

@@ -38,6 +38,7 @@ class TcpMesh:
         self._peers: dict[int, tuple[str, int]] = {}
         self._conns: dict[tuple[int, int], socket.socket] = {}
         self._cond = threading.Condition()
+        self._connect_lock = threading.Lock()
         self._closed = False
         self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
                                                name=f"shoal-collective-accept-{rank}")
@@ -83,9 +84,12 @@ class TcpMesh:
         if c is not None:
             return c
         if self.rank < peer:
-            c = self._connect(peer, channel)
-            with self._cond:
-                self._conns[key] = c
+            with self._connect_lock:
+                c = self._conns.get(key)
+                if c is None:
+                    c = self._connect(peer, channel)
+                    with self._cond:
+                        self._conns[key] = c
             return c
         deadline = time.monotonic() + self.timeout
         with self._cond:

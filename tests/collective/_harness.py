@@ -66,3 +66,68 @@ def run_ranks(fn, world: int, *args, backend="native", name="t", timeout=30.0, c
                 p.kill()
                 p.join(timeout=5)
         server.close()
+
+
+def _pool_main(rank, port, secret, inbox, outbox):
+    from shoal import collective
+    store = TCPStore("127.0.0.1", port, secret=secret)
+    while True:
+        job = inbox.get()
+        if job is None:
+            return
+        fn, world, backend, name, timeout, config, args = job
+        try:
+            comm = collective.init_group(rank, world, store, backend=backend, name=name,
+                                         timeout=timeout, config=config)
+            try:
+                outbox.put((rank, "ok", fn(comm, *args)))
+            finally:
+                comm.destroy()
+        except BaseException as e:  # reported to the test
+            outbox.put((rank, "error", (type(e).__name__, str(e), traceback.format_exc())))
+
+
+class RankPool:
+    """``size`` long-lived rank processes: each job forms a fresh group among the first ``world``.
+
+    Starting a process that imports torch costs seconds on a loaded machine, so the
+    tests that need no process to die share these.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        secret = secrets.token_bytes(16)
+        self.server = TCPStore("127.0.0.1", 0, secret=secret, is_server=True)
+        self.outbox = _CTX.Queue()
+        self.inboxes = [_CTX.Queue() for _ in range(size)]
+        self.procs = [_CTX.Process(target=_pool_main, args=(r, self.server.port, secret, self.inboxes[r],
+                                                            self.outbox), daemon=True)
+                      for r in range(size)]
+        for p in self.procs:
+            p.start()
+        self._jobs = 0
+
+    def run(self, fn, world: int, *args, backend="native", config=None, timeout=60.0, wait=120.0):
+        self._jobs += 1
+        name = f"pool{self._jobs}"
+        for r in range(world):
+            self.inboxes[r].put((fn, world, backend, name, timeout, config, args))
+        out = {}
+        for _ in range(world):
+            rank, status, value = self.outbox.get(timeout=wait)
+            out[rank] = (status, value)
+        for r in range(world):
+            status, value = out[r]
+            if status == "error":
+                raise RankError(f"rank {r} raised {value[0]}: {value[1]}\n{value[2]}")
+        return [out[r][1] for r in range(world)]
+
+    def close(self):
+        for q in self.inboxes:
+            q.put(None)
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        self.server.close()

@@ -1,0 +1,225 @@
+"""Allreduce bandwidth and latency, shoal native vs torch.distributed Gloo (nccl-tests style).
+
+    python benchmarks/collective.py            # 2 and 4 ranks, 4 KB..256 MB, + across netns
+    python benchmarks/collective.py --quick    # a short run (up to 16 MB)
+
+For each world size and buffer size (float32) it prints the time per
+allreduce, algbw = bytes / time and busbw = algbw * 2(n-1)/n (what each rank
+moves, as nccl-tests), for shoal's native backend and for Gloo in the same
+rank processes, and the ratio. The machine's limit is printed first: NumPy
+memcpy bandwidth. When run as root it repeats the comparison across two
+network namespaces joined by a veth pair (TCP between "hosts").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def memcpy_bandwidth(nbytes: int = 256 << 20) -> float:
+    a = np.ones(nbytes, np.uint8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def _iters(nbytes: int, quick: bool) -> int:
+    budget = (128 << 20) if quick else (1 << 30)
+    return int(min(200 if not quick else 50, max(3, budget // max(nbytes, 1))))
+
+
+# ------------------------------------------------------------------ worker
+def worker(args) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from shoal import collective
+    from shoal.core.kv import TCPStore
+
+    rank, world = args.rank, args.world
+    host, port = args.master.split(":")
+    secret = bytes.fromhex(args.secret)
+    store = TCPStore(host, int(port), secret=secret, is_server=rank == 0, timeout=60)
+    comm = collective.init_group(rank, world, store, backend="native", name="bench", timeout=120)
+    dist.init_process_group("gloo", init_method=f"tcp://{host}:{args.gloo_port}", rank=rank,
+                            world_size=world)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    for nbytes in sizes:
+        n = nbytes // 4
+        a = np.ones(n, np.float32)
+        t = torch.ones(n, dtype=torch.float32)
+        iters = _iters(nbytes, args.quick)
+        res = {"bytes": nbytes}
+        for name in ("native", "gloo"):
+            op = (lambda: comm.allreduce(a)) if name == "native" else (lambda: dist.all_reduce(t))
+            for _ in range(2):
+                op()
+            comm.barrier()
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                op()
+            el = (time.perf_counter() - t0) / iters
+            got = np.array([el], np.float64)
+            comm.allreduce(got, op="max")
+            res[name] = float(got[0])
+        rows.append(res)
+        if rank == 0:
+            print(json.dumps(res), flush=True)
+    comm.destroy()
+    dist.destroy_process_group()
+    store.close()
+
+
+def _launch(world, master, sizes, quick, prefix=None, env=None):
+    secret = secrets.token_hex(16)
+    gloo_port = _free_port(master.split(":")[0]) if prefix is None else 29731
+    procs = []
+    for r in range(world):
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--rank", str(r), "--world",
+               str(world), "--master", master, "--secret", secret, "--gloo-port", str(gloo_port),
+               "--sizes", ",".join(map(str, sizes))] + (["--quick"] if quick else [])
+        if prefix is not None:
+            cmd = prefix(r) + cmd
+        e = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **(env(r) if env else {}))
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+                                      env=e, text=True))
+    rows = []
+    try:
+        for line in procs[0].stdout:
+            rows.append(json.loads(line))
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return rows
+
+
+def _free_port(host="127.0.0.1") -> int:
+    import socket
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _fmt_size(n: int) -> str:
+    for unit, k in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= k:
+            return f"{n // k} {unit}"
+    return f"{n} B"
+
+
+def print_table(title: str, world: int, rows: list[dict]) -> None:
+    f = 2 * (world - 1) / world
+    print(f"\n{title}")
+    print(f"{'size':>8} | {'native us':>10} {'algbw':>7} {'busbw':>7} | {'gloo us':>10} {'algbw':>7} "
+          f"{'busbw':>7} | {'speedup':>7}")
+    for r in rows:
+        nb = r["bytes"]
+        tn, tg = r["native"], r["gloo"]
+        an, ag = nb / tn / 1e9, nb / tg / 1e9
+        print(f"{_fmt_size(nb):>8} | {tn * 1e6:10.1f} {an:7.2f} {an * f:7.2f} | {tg * 1e6:10.1f} "
+              f"{ag:7.2f} {ag * f:7.2f} | {tg / tn:6.2f}x")
+    print("(algbw, busbw in GB/s; busbw = algbw x 2(n-1)/n; speedup = gloo time / native time)")
+
+
+# ------------------------------------------------------------ namespaces
+NS = ("shoalbench0", "shoalbench1")
+
+
+def _sh(*cmd) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def make_namespaces() -> str | None:
+    """Two namespaces joined by a veth pair (10.77.9.1 <-> 10.77.9.2); None or why not."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2"
+    delete_namespaces()
+    try:
+        for ns in NS:
+            _sh("ip", "netns", "add", ns)
+        _sh("ip", "link", "add", "sbveth0", "type", "veth", "peer", "name", "sbveth1")
+        for i, ns in enumerate(NS):
+            _sh("ip", "link", "set", f"sbveth{i}", "netns", ns)
+            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"10.77.9.{i + 1}/24", "dev", f"sbveth{i}")
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", f"sbveth{i}", "up")
+            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as e:
+        delete_namespaces()
+        return f"could not create namespaces: {e.stderr.strip() if e.stderr else e}"
+    return None
+
+
+def delete_namespaces() -> None:
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run: sizes up to 16 MB, fewer iterations")
+    ap.add_argument("--worlds", default="2,4")
+    ap.add_argument("--no-netns", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--world", type=int)
+    ap.add_argument("--master")
+    ap.add_argument("--secret")
+    ap.add_argument("--gloo-port", type=int)
+    ap.add_argument("--sizes")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    top = (16 << 20) if args.quick else (256 << 20)
+    sizes, s = [], 4 << 10
+    while s <= top:
+        sizes.append(s)
+        s *= 4 if args.quick else 2
+    print(f"numpy memcpy bandwidth (256 MB): {memcpy_bandwidth():.2f} GB/s; {os.cpu_count()} CPUs")
+    for world in (int(w) for w in args.worlds.split(",")):
+        port = _free_port()
+        rows = _launch(world, f"127.0.0.1:{port}", sizes, args.quick,
+                       env=lambda r: {"GLOO_SOCKET_IFNAME": "lo"})
+        print_table(f"allreduce float32, {world} ranks on this host (native: shared memory)", world, rows)
+    if args.no_netns:
+        return
+    why = make_namespaces()
+    if why:
+        print(f"\nacross namespaces: skipped ({why})")
+        return
+    try:
+        ns_sizes = [x for x in sizes if x <= (64 << 20)]
+        rows = _launch(2, "10.77.9.1:29730", ns_sizes, args.quick,
+                       prefix=lambda r: ["ip", "netns", "exec", NS[r]],
+                       env=lambda r: {"GLOO_SOCKET_IFNAME": f"sbveth{r}"})
+        print_table("allreduce float32, 2 ranks in 2 network namespaces (native: TCP over veth)", 2, rows)
+    finally:
+        delete_namespaces()
+
+
+if __name__ == "__main__":
+    main()
