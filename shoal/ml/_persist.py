@@ -8,11 +8,16 @@ Layout::
     path/estimators/<n>/ nested estimators (pipeline steps, tuned models), same layout
 
 Values are JSON with tagged containers ({"__ndarray__": file}, {"__tuple__": [...]},
-{"__estimator__": dir}, {"__float__": "nan"}, ...). Only shoal.ml's own estimator classes (and
-scikit-learn's Pipeline) are rebuilt, by name from an allowlist; nothing is imported from the file.
+{"__estimator__": dir}, {"__dataclass__": name}, {"__float__": "nan"}, ...). Only shoal.ml's
+own estimator classes (and scikit-learn's Pipeline), by name from an allowlist, and shoal.ml's
+plain dataclasses (fitted trees' arrays) are rebuilt; no code comes from the file.
+
+An estimator may name derived attributes not to save in a class attribute ``_persist_skip``
+and rebuild them in ``_after_load()``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -44,6 +49,25 @@ def _allowed_classes() -> dict:
         if isinstance(obj, type) and issubclass(obj, BaseEstimator):
             out[f"shoal.ml.{name}"] = obj
     return out
+
+
+def _shoal_ml_dataclass(cls) -> bool:
+    """Plain data holders of shoal.ml (e.g. a fitted tree's arrays) may be saved and rebuilt."""
+    return dataclasses.is_dataclass(cls) and cls.__module__.startswith("shoal.ml.") and "." not in cls.__qualname__
+
+
+def _resolve_dataclass(name: str):
+    module, _, qualname = name.rpartition(".")
+    if not module.startswith("shoal.ml.") or not qualname.isidentifier():
+        raise PersistenceError(f"{name!r} is not a shoal.ml data class; refusing to load")
+    import importlib
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        raise PersistenceError(f"{name!r} is not a shoal.ml data class; refusing to load") from None
+    if not (isinstance(cls, type) and _shoal_ml_dataclass(cls)):
+        raise PersistenceError(f"{name!r} is not a shoal.ml data class; refusing to load")
+    return cls
 
 
 def _class_key(est) -> str:
@@ -85,6 +109,11 @@ class _Writer:
             sub = f"estimators/{self.n_estimators}"
             _save_into(v, self.root / sub)
             return {"__estimator__": sub}
+        if dataclasses.is_dataclass(v) and not isinstance(v, type) and _shoal_ml_dataclass(type(v)):
+            cls = type(v)
+            return {"__dataclass__": f"{cls.__module__}.{cls.__qualname__}",
+                    "fields": {f.name: self.encode(getattr(v, f.name), f"{where}.{f.name}")
+                               for f in dataclasses.fields(v)}}
         if isinstance(v, type) and v in (float, int, bool, np.float64, np.float32, np.int64, np.int32):
             return {"__dtype__": np.dtype(v).str}
         raise PersistenceError(f"{where}: cannot save a value of type {type(v).__name__}")
@@ -119,7 +148,9 @@ def _save_into(est, root: Path):
     w = _Writer(root)
     key = _class_key(est)
     params = est.get_params(deep=False)
-    state = {k: v for k, v in vars(est).items() if k not in params and not k.startswith("__")}
+    skip = set(getattr(type(est), "_persist_skip", ()))
+    state = {k: v for k, v in vars(est).items()
+             if k not in params and k not in skip and not k.startswith("__")}
     import sklearn
 
     import shoal
@@ -177,6 +208,9 @@ class _Reader:
             elif v.get("kind") == "float_object":
                 a = a.astype(object)
             return a
+        if "__dataclass__" in v:
+            cls = _resolve_dataclass(v["__dataclass__"])
+            return cls(**{k: self.decode(x) for k, x in v["fields"].items()})
         if "__estimator__" in v:
             return _load_from(self._inside(v["__estimator__"]))
         raise PersistenceError(f"unknown tagged value {sorted(v)} in {self.root / 'metadata.json'}")
@@ -203,6 +237,8 @@ def _load_from(root: Path):
     est = cls(**{k: r.decode(v) for k, v in meta["params"].items()})
     for k, v in meta["state"].items():
         setattr(est, k, r.decode(v))
+    if hasattr(est, "_after_load"):
+        est._after_load()          # rebuild derived state listed in _persist_skip
     return est
 
 
