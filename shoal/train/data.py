@@ -8,6 +8,7 @@ dropped with ``drop_last``), a fresh permutation each epoch from
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler
@@ -104,6 +105,8 @@ class PreparedDataLoader:
             self._epoch += 1
         self._epoch_set = False
         session = self._session
+        if session.samples == 0:          # throughput counts from the first batch on
+            session._t_last = time.perf_counter()
         for batch in self.loader:
             session.samples += _batch_len(batch)
             yield batch

@@ -429,6 +429,7 @@ class _Progress:
                     break
         self.t0 = time.monotonic()
         self.count = 0
+        self.first = None       # (time, epoch) of the first report: start-up is not an epoch
 
     def show(self, rec: dict) -> None:
         self.count += 1
@@ -448,11 +449,13 @@ class _Progress:
                 parts.append(f"{k} {v}")
         if "samples_per_s" in m:
             parts.append(f"{m['samples_per_s']:.0f} samples/s")
-        elapsed = time.monotonic() - self.t0
-        parts.append(f"elapsed {elapsed:.1f}s")
-        if isinstance(epoch, int) and self.total:
-            left = (self.total - epoch - 1) * elapsed / self.count
-            parts.append(f"~{left:.0f}s left")
+        now = time.monotonic()
+        parts.append(f"elapsed {now - self.t0:.1f}s")
+        if self.first is None:
+            self.first = (now, epoch)
+        elif isinstance(epoch, int) and self.total and epoch > self.first[1]:
+            per_epoch = (now - self.first[0]) / (epoch - self.first[1])
+            parts.append(f"~{(self.total - epoch - 1) * per_epoch:.0f}s left")
         if rec.get("checkpoint"):
             parts.append("checkpoint saved")
         print("[shoal.train] " + " | ".join(parts), flush=True)
