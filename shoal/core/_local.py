@@ -398,7 +398,7 @@ class LocalBackend(ProcessRuntime):
 
     def put(self, value) -> ObjectRef:
         oid = self.new_id()
-        desc = serialize(value, self.new_path, what="shoal.put() value", alloc=self._alloc_local)
+        desc = serialize(value, self.new_path, what="shoal.put() value", alloc=self._alloc)
         with self.lock:
             self.objects.create(oid)
             ref = ObjectRef(oid)
@@ -406,7 +406,7 @@ class LocalBackend(ProcessRuntime):
             self._ready(oid, desc)
         return ref
 
-    def _alloc_local(self, nbytes: int):
+    def _alloc(self, nbytes: int):
         with self.lock:
             self._drain_refs()
             return self.objects.allocate(nbytes, writable_map=True)
@@ -630,7 +630,7 @@ class LocalBackend(ProcessRuntime):
         for c in spec.args[CONTAINED]:
             objs.unpin(c)
         if spec.args[PATH]:
-            _unlink(spec.args[PATH])
+            self.objects.release_file(spec.args)
 
     def _fail(self, spec: TaskSpec, exc: BaseException) -> None:
         desc = serialize(exc, self.new_path, is_error=True)

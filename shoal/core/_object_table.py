@@ -137,6 +137,10 @@ class ObjectTable:
         else:
             self._recycle(path, size)
 
+    def release_file(self, desc) -> None:
+        """A task's argument file is no longer needed (recycled once unmapped)."""
+        self._drop_desc(desc)
+
     # ---------------------------------------------------------------- recycling
     def mapped(self, path, proc, delta: int) -> None:
         procs = self.mappers.get(path)

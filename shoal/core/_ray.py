@@ -73,6 +73,7 @@ class RayBackend:
         job_env = (ctx.runtime_env or {}).get("env_vars") or {}
         self._job_has_env = all(job_env.get(k) == v for k, v in _ENV.items())
         self._fns = weakref.WeakKeyDictionary()     # user function/class -> ray remote
+        self._prepared = weakref.WeakKeyDictionary()  # RemoteFunction -> (its options, ray fn)
         self._lock = threading.Lock()
         self._nodes_cache = (0.0, [])
         self._kv = None
@@ -114,6 +115,23 @@ class RayBackend:
 
     # ---------------------------------------------------------------- tasks
     def submit_task(self, rf, args, kwargs, opts) -> list:
+        fn = self._prepared_task(rf, opts)
+        try:
+            out = fn.remote(*_unwrap(args), **_unwrap_kw(kwargs))
+        except TypeError as e:
+            if _is_serialization_error(e):
+                raise _serialization_error(e, f"an argument of {opts.get('name') or rf._name}") \
+                    from e
+            raise
+        if _has_refs(args, kwargs):
+            self._last_dep_submit = time.monotonic()
+        return _wrap_returns(out, opts.get("num_returns", 1))
+
+    def _prepared_task(self, rf, opts):
+        """The Ray remote function with ``rf``'s options applied (checked and built once)."""
+        hit = self._prepared.get(rf)
+        if hit is not None and hit[0] is opts:
+            return hit[1]
         name = opts.get("name") or rf._name
         ray_opts = self._common_options(opts, f"task {name}", default_cpus=1.0)
         for k in ("max_retries", "retry_exceptions", "name"):
@@ -121,18 +139,10 @@ class RayBackend:
                 ray_opts[k] = opts[k]
         if isinstance(ray_opts.get("retry_exceptions"), tuple):
             ray_opts["retry_exceptions"] = list(ray_opts["retry_exceptions"])
-        n = opts.get("num_returns", 1)
-        ray_opts["num_returns"] = n
-        fn = self._remote_of(rf._function)
-        try:
-            out = fn.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
-        except TypeError as e:
-            if _is_serialization_error(e):
-                raise _serialization_error(e, f"an argument of {name}") from e
-            raise
-        if _has_refs(args, kwargs):
-            self._last_dep_submit = time.monotonic()
-        return _wrap_returns(out, n)
+        ray_opts["num_returns"] = opts.get("num_returns", 1)
+        fn = self._remote_of(rf._function).options(**ray_opts)
+        self._prepared[rf] = (opts, fn)
+        return fn
 
     # ---------------------------------------------------------------- actors
     def create_actor(self, ac, args, kwargs, opts) -> tuple:
@@ -164,15 +174,18 @@ class RayBackend:
 
     def submit_actor_call(self, actor_id, cls_name, method, args, kwargs, opts) -> list:
         n = opts.get("num_returns", 1)
-        ray_opts = {"num_returns": n}
-        if opts.get("name"):
-            ray_opts["name"] = opts["name"]
-        if opts.get("retry_exceptions") is not None:
-            retry = opts["retry_exceptions"]
-            ray_opts["retry_exceptions"] = list(retry) if isinstance(retry, tuple) else retry
         m = getattr(actor_id, method)
+        if n != ((getattr(actor_id, "_ray_method_num_returns", None) or {}).get(method) or 1) or \
+                opts.get("name") or opts.get("retry_exceptions") is not None:
+            ray_opts = {"num_returns": n}
+            if opts.get("name"):
+                ray_opts["name"] = opts["name"]
+            if opts.get("retry_exceptions") is not None:
+                retry = opts["retry_exceptions"]
+                ray_opts["retry_exceptions"] = list(retry) if isinstance(retry, tuple) else retry
+            m = m.options(**ray_opts)
         try:
-            out = m.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
+            out = m.remote(*_unwrap(args), **_unwrap_kw(kwargs))
         except TypeError as e:
             if _is_serialization_error(e):
                 raise _serialization_error(e, f"an argument of {cls_name}.{method}") from e

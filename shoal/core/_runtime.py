@@ -91,7 +91,7 @@ class ProcessRuntime:
         self.check_feasible(demand, pg_id, bundle, f"task {rf._name}")
         a, kw, deps = split_deps(args, kwargs)
         name = opts.get("name") or rf._name
-        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}")
+        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}", alloc=self._alloc)
         n = opts.get("num_returns", 1)
         seq = self.new_id()
         returns = tuple(self.new_id() for _ in range(max(n, 1)))
@@ -107,7 +107,8 @@ class ProcessRuntime:
                            opts.get("memory"), default_cpus=0)
         pg_id, bundle = _pg_of(opts)
         a, kw, deps = split_deps(args, kwargs)
-        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {ac._name}()")
+        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {ac._name}()",
+                              alloc=self._alloc)
         is_async = ac._is_async
         conc = opts.get("max_concurrency") or (1000 if is_async else 1)
         spec = ActorSpec(actor_id=self.new_id(), cls_id=cls_id, cls_name=ac._name,
@@ -124,7 +125,7 @@ class ProcessRuntime:
     def submit_actor_call(self, actor_id, cls_name, method, args, kwargs, opts) -> list:
         a, kw, deps = split_deps(args, kwargs)
         name = f"{cls_name}.{method}"
-        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}")
+        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}", alloc=self._alloc)
         n = opts.get("num_returns", 1)
         seq = self.new_id()
         returns = tuple(self.new_id() for _ in range(max(n, 1)))
