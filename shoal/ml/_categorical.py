@@ -5,7 +5,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from shoal.exceptions import InvalidInputError
-from shoal.ml._base import ShoalEstimatorMixin, check_fitted
+from shoal.ml._base import ShoalEstimatorMixin, check_fitted, transform_dataset
 from shoal.ml._input import _is_dataset, map_dataset_blocks
 
 
@@ -79,7 +79,7 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         if self.handle_unknown not in ("error", "ignore"):
             raise InvalidInputError(f"handle_unknown must be 'error' or 'ignore', got {self.handle_unknown!r}")
         if _is_dataset(X):
-            parts = map_dataset_blocks(X, _block_uniques, None)
+            parts = map_dataset_blocks(X, _block_uniques, y if isinstance(y, str) else None)
             names = list(parts[0][1])
             cats = [_sorted_unique(np.concatenate([p[0][j] for p in parts])) for j in range(len(names))]
         else:
@@ -97,6 +97,8 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         check_fitted(self, "categories_")
+        if _is_dataset(X):
+            return transform_dataset(self, X)     # lazy: indicator columns replace the inputs
         cols, names = _as_columns(X, self, fit=False)
         blocks = []
         for j, (c, cats) in enumerate(zip(cols, self.categories_)):
@@ -135,9 +137,11 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-def _block_uniques(table, _unused):
+def _block_uniques(table, label):
+    """Runs in a task: the sorted distinct values of each column but the label."""
     df = table.to_pandas() if hasattr(table, "to_pandas") else table
-    return [np.unique(df[c].to_numpy()) for c in df.columns], list(map(str, df.columns))
+    cols = [c for c in df.columns if c != label]
+    return [_sorted_unique(df[c].to_numpy()) for c in cols], list(map(str, cols))
 
 
 class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):

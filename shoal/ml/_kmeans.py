@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_block_assign_counts, _block_cost, _block_labels, _block_lloyd, _block_sample, _block_uniform_rows)
-from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
+from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import block_moments, class_sums, merge_moments
 
@@ -164,7 +164,7 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
     def transform(self, X):
         check_fitted(self, "cluster_centers_")
         if _is_dataset(X):
-            return apply_to_dataset(self, X, "transform")
+            return transform_dataset(self, X)     # lazy: kmeans0.. distance columns
         X = check_predict_input(self, X, "transform")
         C = self.cluster_centers_
         D = (np.einsum("ij,ij->i", X, X)[:, None] - 2.0 * X @ C.T + np.einsum("ij,ij->i", C, C))

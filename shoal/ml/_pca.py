@@ -6,7 +6,7 @@ import scipy.linalg
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
 from shoal.exceptions import InvalidInputError
-from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
+from shoal.ml._base import ShoalEstimatorMixin, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import gram_stats
 
@@ -63,7 +63,7 @@ class PCA(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
     def transform(self, X):
         check_fitted(self, "components_")
         if _is_dataset(X):
-            return apply_to_dataset(self, X, "transform")
+            return transform_dataset(self, X)     # lazy: pca0.. columns replace the features
         X = check_predict_input(self, X, "transform")
         Z = (X - self.mean_) @ self.components_.T
         if self.whiten:

@@ -128,3 +128,21 @@ def test_kmeans_on_cluster_reaches_sklearn_inertia():
     with ml.use_executor("cluster"):
         ours = ml.KMeans(4, random_state=0).fit(X)
     assert ours.inertia_ == pytest.approx(SkKMeans(4, n_init=5, random_state=0).fit(X).inertia_, rel=1e-6)
+
+
+def test_pca_transforms_a_dataset_lazily(dataset, frame):
+    pca = ml.PCA(2).fit(dataset, "label")
+    out = pca.transform(dataset)
+    assert isinstance(out, sd.Dataset) and out.columns() == ["label", "pca0", "pca1"]
+    np.testing.assert_allclose(out.to_pandas()[["pca0", "pca1"]].to_numpy(),
+                               pca.transform(frame[["a", "b", "c", "d"]]), atol=1e-10)
+
+
+def test_one_hot_encoder_on_dataset_leaves_label_out():
+    df = pd.DataFrame({"color": ["red", "blue", "red", "green"], "label": [1, 0, 1, 0]})
+    ds = sd.from_pandas(df)
+    enc = ml.OneHotEncoder().fit(ds, "label")
+    assert [list(c) for c in enc.categories_] == [["blue", "green", "red"]]
+    out = enc.transform(ds).to_pandas()
+    assert list(out.columns) == ["label", "color_blue", "color_green", "color_red"]
+    np.testing.assert_array_equal(out["color_red"], [1, 0, 1, 0])
