@@ -20,6 +20,7 @@ from shoal.train.config import CheckpointConfig, FailureConfig, RunConfig
 from shoal.train.context import TrainContext, get_checkpoint, get_context, report
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
+from shoal.train.sync_batchnorm import SyncBatchNorm
 from shoal.train.trainer import Result, Trainer
 
 
@@ -55,6 +56,6 @@ def get_communicator():
 
 
 __all__ = ["Checkpoint", "CheckpointConfig", "DDP", "DistributedModel", "FailureConfig",
-           "PreparedDataLoader", "Result", "RunConfig", "ShardSampler", "TrainContext",
+           "PreparedDataLoader", "Result", "RunConfig", "ShardSampler", "SyncBatchNorm", "TrainContext",
            "Trainer", "get_checkpoint", "get_communicator", "get_context",
            "prepare_data_loader", "prepare_model", "report"]

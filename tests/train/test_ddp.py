@@ -236,3 +236,38 @@ def test_buckets_launch_in_index_order_whatever_order_grads_arrive():
 def test_ddp_rejects_unknown_compression():
     with pytest.raises(ValueError, match="gradient_compression"):
         DDP(gradient_compression="int4")
+
+
+def _bn_model():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _sync_bn_training(config):
+    ctx = st.get_context()
+    model = st.prepare_model(_bn_model(), sync_batchnorm=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    X, Y = _data()
+    for step in range(3):
+        xb, yb = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
+        half = slice(ctx.rank * 8, (ctx.rank + 1) * 8)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xb[half]), yb[half]).backward()
+        opt.step()
+    bn = model.module[1]
+    return _flat(model.module), bn.running_mean.clone(), bn.running_var.clone()
+
+
+def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(gang):
+    model = _bn_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    X, Y = _data()
+    for step in range(3):
+        xb, yb = X[step * 16:(step + 1) * 16], Y[step * 16:(step + 1) * 16]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    for flat, rm, rv in gang.run(_sync_bn_training):
+        torch.testing.assert_close(flat, _flat(model), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rm, model[1].running_mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rv, model[1].running_var, rtol=1e-4, atol=1e-5)
