@@ -11,9 +11,12 @@ system runs ``--repeats`` times; the table shows the median and ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -99,7 +102,9 @@ def run_ray(folder: str, repeats: int, cpus: int) -> dict | None:
         def etl():
             ds = ray.data.read_parquet(folder).map_batches(add_z, batch_format="numpy",
                                                            batch_size=None)
-            return ds.groupby("key").aggregate(Count(), Mean("z"), Sum("y")).to_pandas()
+            # As many partitions as shoal uses, instead of Ray's default of 200.
+            grouped = ds.groupby("key", num_partitions=8)
+            return grouped.aggregate(Count(), Mean("z"), Sum("y")).to_pandas()
 
         def stream():
             ds = ray.data.read_parquet(folder).map_batches(add_z, batch_format="numpy",
@@ -121,6 +126,27 @@ def check(ref: pd.DataFrame, out: pd.DataFrame, name: str) -> None:
     np.testing.assert_allclose(out["sum(y)"], ref["sum_y"], rtol=1e-9, err_msg=name)
 
 
+RUNNERS = {"pandas": lambda folder, a: run_pandas(folder, a.repeats),
+           "shoal.data": lambda folder, a: run_shoal(folder, a.repeats, a.cpus),
+           "Ray Data": lambda folder, a: run_ray(folder, a.repeats, a.cpus)}
+
+
+def run_isolated(name: str, folder: str, args) -> dict | None:
+    """Run one system in a child process, so a crash of one cannot take down the table."""
+    cmd = [sys.executable, __file__, "--only", name, "--folder", folder,
+           "--repeats", str(args.repeats), "--cpus", str(args.cpus)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{name}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    out = json.loads(lines[-1][len("RESULT "):])
+    if out is None:
+        return None
+    out["result"] = pd.DataFrame(out["result"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4_000_000)
@@ -128,16 +154,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--only", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.only:  # child process: one system, results as one JSON line
+        res = RUNNERS[args.only](args.folder, args)
+        if res is not None:
+            res["result"] = res["result"].to_dict("list")
+        print("RESULT " + json.dumps(res))
+        return
+
     folder = tempfile.mkdtemp(prefix="shoal-bench-data-")
+    results = {}
     try:
         make_data(folder, args.rows, args.files)
-        results = {"pandas": run_pandas(folder, args.repeats)}
-        results["shoal.data"] = run_shoal(folder, args.repeats, args.cpus)
-        ray_res = None if args.no_ray else run_ray(folder, args.repeats, args.cpus)
-        if ray_res is not None:
-            results["Ray Data"] = ray_res
+        for name in ("pandas", "shoal.data") + (() if args.no_ray else ("Ray Data",)):
+            res = run_isolated(name, folder, args)
+            if res is not None:
+                results[name] = res
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from shoal.data import _iterate, _row_ranges, _shuffle
-from shoal.data._aggregate import (AggregateFn, Max, Mean, Min, Std, Sum, validate_aggs)
+from shoal.data._aggregate import AggregateFn, Max, Mean, Min, Std, Sum
 from shoal.data._block import check_columns, column_to_numpy, concat, table_to_pandas
-from shoal.data._execution import Executor, StageStats, remote_fn
+from shoal.data._execution import Executor, StageStats
 from shoal.data._plan import (ActorCompute, AllToAllNode, BlocksNode, Bundle, LimitNode, Node,
                               UnionNode, add_transform, describe, known_num_blocks,
                               known_num_rows, known_schema)
 from shoal.data._transforms import (AddColumn, DropColumns, Filter, FlatMap, MapBatches,
                                     MapRows, RenameColumns, SelectColumns, is_callable_class)
 from shoal.data._write import write_files
+
+if TYPE_CHECKING:
+    from shoal.data._groupby import GroupedData
 
 
 class Dataset:
@@ -67,9 +70,10 @@ class Dataset:
                     num_gpus: float | None = None, **remote_args) -> "Dataset":
         """Apply ``fn(batch) -> batch`` to batches of each block.
 
-        ``fn`` is a function (run in tasks) or a callable class (run on a pool
-        of ``concurrency`` actors, constructed once each with
-        ``fn_constructor_args``, e.g. to load a model once). A batch is a dict
+        ``fn`` is a function (run in tasks, at most ``concurrency`` at once if
+        given) or a callable class (run on a pool of ``concurrency`` actors,
+        constructed once each with ``fn_constructor_args``, e.g. to load a
+        model once; a ``(min, max)`` tuple gives a pool of ``max``). A batch is a dict
         of NumPy arrays, a pandas DataFrame or a pyarrow Table
         (``batch_format``); ``fn`` returns any of these. ``batch_size=None``
         passes whole blocks.
@@ -86,10 +90,11 @@ class Dataset:
             size = concurrency[-1] if isinstance(concurrency, tuple) else concurrency
             compute = ActorCompute(size if size is not None else _cluster_cpus())
         elif concurrency is not None:
-            raise ValueError("concurrency= sets the size of the actor pool of a callable class; "
-                             "for a function, limit parallelism with num_cpus= or "
-                             "DataContext.max_tasks_in_flight")
-        elif fn_constructor_args or fn_constructor_kwargs:
+            if not isinstance(concurrency, int) or concurrency < 1:
+                raise ValueError(f"concurrency={concurrency!r} must be a positive int for a "
+                                 "function (the most tasks of this stage at once)")
+            options["concurrency"] = concurrency
+        if compute is None and (fn_constructor_args or fn_constructor_kwargs):
             raise ValueError(f"fn_constructor_args are for callable classes; {fn!r} is a function")
         return self._with(add_transform(self._plan, transform, compute, options))
 

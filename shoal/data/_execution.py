@@ -180,7 +180,8 @@ class Executor:
             window = len(actors) * self.ctx.actor_tasks_in_flight
         else:
             task = remote_fn(run_stage)
-            window = self.window
+            options = dict(options)
+            window = min(self.window, options.pop("concurrency", self.window))
         pending: deque = deque()
         try:
             source = iter(items)

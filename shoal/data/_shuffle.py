@@ -120,7 +120,7 @@ def aggregate_reduce(keys: list, aggs: list, *parts: pa.Table):
 
 # ------------------------------------------------------- all-to-all ops ---
 
-def _exchange(bundles: list[Bundle], map_fn, map_args: tuple, n: int, reduce_fn,
+def _exchange(name: str, bundles: list[Bundle], map_fn, map_args, n: int, reduce_fn,
               reduce_args_of, ex) -> list[Bundle]:
     """Run the map tasks, then one reduce task per output partition."""
     import shoal
@@ -128,7 +128,7 @@ def _exchange(bundles: list[Bundle], map_fn, map_args: tuple, n: int, reduce_fn,
     from shoal.data._execution import as_list, remote_fn
 
     mapper, reducer = remote_fn(map_fn), remote_fn(reduce_fn)
-    progress = ex.progress(map_fn.__name__.split("_")[0], len(bundles) + n)
+    progress = ex.progress(name, len(bundles) + n)
     try:
         parts = [as_list(mapper.options(num_returns=n).remote(*map_args(i), ref))
                  for i, (ref, _) in enumerate(bundles)]
@@ -153,8 +153,8 @@ def random_shuffle(bundles: list[Bundle], ex, seed, n: int | None = None) -> lis
     seq = np.random.SeedSequence(seed)
     map_seeds = seq.spawn(len(bundles))
     reduce_seeds = seq.spawn(n)
-    return _exchange(bundles, shuffle_map, lambda i: (n, map_seeds[i]), n, shuffle_reduce,
-                     lambda j: (reduce_seeds[j],), ex)
+    return _exchange("random_shuffle", bundles, shuffle_map, lambda i: (n, map_seeds[i]), n,
+                     shuffle_reduce, lambda j: (reduce_seeds[j],), ex)
 
 
 def _sample_boundaries(bundles: list[Bundle], key: str, n: int) -> pa.Array:
@@ -181,7 +181,7 @@ def sort(bundles: list[Bundle], ex, keys: list, descending) -> list[Bundle]:
     first_desc = descending if isinstance(descending, bool) else descending[0]
     boundaries = _sample_boundaries(bundles, keys[0], len(bundles))
     n = len(boundaries) + 1
-    return _exchange(bundles, range_map, lambda i: (keys, boundaries, first_desc), n,
+    return _exchange("sort", bundles, range_map, lambda i: (keys, boundaries, first_desc), n,
                      sort_reduce, lambda j: (keys, descending), ex)
 
 
@@ -194,5 +194,5 @@ def aggregate(bundles: list[Bundle], ex, keys: list, aggs: list[AggregateFn]) ->
     else:
         boundaries = pa.array([], type=pa.int64())
     n = len(boundaries) + 1
-    return _exchange(bundles, aggregate_map, lambda i: (keys, aggs, boundaries), n,
+    return _exchange("groupby", bundles, aggregate_map, lambda i: (keys, aggs, boundaries), n,
                      aggregate_reduce, lambda j: (keys, aggs), ex)

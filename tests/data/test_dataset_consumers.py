@@ -130,3 +130,14 @@ def test_size_bytes_stats_and_repr(ds):
     mat = lazy.materialize()
     assert "map_batches" in mat.stats() and "1,000 rows" in mat.stats()
     assert "num_rows=1000" in repr(mat)
+
+
+def test_splits_are_consumed_inside_tasks_like_training_workers(ds, frame):
+    @shoal.remote
+    def consume(shard):
+        return sum(int(b["id"].sum()) for b in shard.iter_batches(batch_size=100))
+    shards = ds.split(2, equal=True)
+    assert shoal.get([consume.remote(s) for s in shards]) == [
+        int(frame.id[:500].sum()), int(frame.id[500:].sum())]
+    lazy = ds.map_batches(lambda b: {"id": b["id"] + 1})
+    assert shoal.get(consume.remote(lazy)) == int((frame.id + 1).sum())

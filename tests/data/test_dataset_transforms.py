@@ -88,6 +88,20 @@ def test_callable_class_runs_on_an_actor_pool_and_loads_once(ds):
     assert 1 <= out["pid"].nunique() <= 2
 
 
+def test_function_concurrency_limits_its_stage(ds, frame):
+    out = ds.map_batches(lambda b: {"id": b["id"] * 2}, concurrency=1)
+    assert out.to_pandas()["id"].tolist() == (frame.id * 2).tolist()
+    with pytest.raises(ValueError, match="concurrency"):
+        ds.map_batches(lambda b: b, concurrency=0)
+
+
+def test_user_function_error_reaches_caller_with_its_type(ds):
+    def fails(batch):
+        raise ValueError("bad row in batch")
+    with pytest.raises(ValueError, match="bad row in batch"):
+        ds.map_batches(fails).take_all()
+
+
 def test_select_missing_column_names_column_before_running(ds):
     with pytest.raises(ColumnNotFoundError, match="'nope'"):
         ds.select_columns(["id", "nope"])
