@@ -230,9 +230,22 @@ def resolve_executor(mode: str | None, n_elements: int, is_dataset: bool):
             raise InvalidInputError("executor='cluster' needs shoal's core runtime (shoal.remote); "
                                     "it is not importable. Use set_executor('local').")
         return ClusterExecutor(core)
-    if core is not None and (is_dataset or n_elements >= CLUSTER_MIN_ELEMENTS):
+    if core is not None and is_dataset:
+        return ClusterExecutor(core)
+    if core is not None and n_elements >= CLUSTER_MIN_ELEMENTS and not _inside_task(core):
         return ClusterExecutor(core)
     return LocalExecutor()
+
+
+def _inside_task(core) -> bool:
+    """True in a shoal worker running a task or actor: there the task is the unit of parallelism."""
+    try:
+        if not core.is_initialized():
+            return False
+        ctx = core.get_runtime_context()
+        return ctx.task_id is not None or ctx.actor_id is not None
+    except Exception:
+        return False
 
 
 def _num_workers(executor) -> int:
