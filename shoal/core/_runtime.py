@@ -66,6 +66,9 @@ def value_of(desc):
     return value
 
 
+_NO_ARGS = serialize(((), {}), None)
+
+
 class ProcessRuntime:
     """High-level operations shared by the driver and the workers."""
 
@@ -83,20 +86,34 @@ class ProcessRuntime:
             holder._fn_ids[self.session] = fid
         return fid
 
+    def _prepare(self, rf, opts) -> tuple:
+        """What every call of ``rf`` with these options shares (checked once per cluster)."""
+        prep = rf._prepared.get(self.session)
+        if prep is None:
+            fn_id = self._fn_id(rf, lambda: dumps_code(rf._function))
+            demand = demand_of(opts.get("num_cpus"), opts.get("num_gpus"), opts.get("resources"),
+                               opts.get("memory"))
+            pg_id, bundle = _pg_of(opts)
+            self.check_feasible(demand, pg_id, bundle, f"task {rf._name}")
+            prep = (fn_id, demand, pg_id, bundle, opts.get("name") or rf._name,
+                    opts.get("num_returns", 1), opts.get("max_retries", 3),
+                    _retry_flag(opts.get("retry_exceptions")))
+            if pg_id is None:  # a placement group can go away: check those every time
+                rf._prepared[self.session] = prep
+        return prep
+
     def submit_task(self, rf, args, kwargs, opts) -> list:
-        fn_id = self._fn_id(rf, lambda: dumps_code(rf._function))
-        demand = demand_of(opts.get("num_cpus"), opts.get("num_gpus"), opts.get("resources"),
-                           opts.get("memory"))
-        pg_id, bundle = _pg_of(opts)
-        self.check_feasible(demand, pg_id, bundle, f"task {rf._name}")
-        a, kw, deps = split_deps(args, kwargs)
-        name = opts.get("name") or rf._name
-        args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}", alloc=self._alloc)
-        n = opts.get("num_returns", 1)
+        fn_id, demand, pg_id, bundle, name, n, max_retries, retry = self._prepare(rf, opts)
+        if args or kwargs:
+            a, kw, deps = split_deps(args, kwargs)
+            args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}",
+                                  alloc=self._alloc)
+        else:
+            deps, args_desc = (), _NO_ARGS
         seq = self.new_id()
-        returns = tuple(self.new_id() for _ in range(max(n, 1)))
+        returns = (self.new_id(),) if n == 1 else tuple(self.new_id() for _ in range(max(n, 1)))
         spec = TaskSpec(seq, fn_id, name, args_desc, deps, returns, demand, pg_id, bundle,
-                        opts.get("max_retries", 3), _retry_flag(opts.get("retry_exceptions")))
+                        max_retries, retry)
         refs = self.submit_local(spec)
         return refs if n != 1 else refs[:1]
 

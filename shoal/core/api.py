@@ -171,6 +171,7 @@ class RemoteFunction:
         self._name = function.__name__
         self._options = options
         self._fn_ids: dict = {}
+        self._prepared: dict = {}
         functools.update_wrapper(self, function)
 
     def __call__(self, *args, **kwargs):
@@ -187,6 +188,7 @@ class RemoteFunction:
         _check_options(merged, _TASK_OPTIONS, self._name)
         rf.__dict__.update(self.__dict__)
         rf._options = merged
+        rf._prepared = {}
         return rf
 
     def __getstate__(self):
@@ -195,6 +197,7 @@ class RemoteFunction:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._prepared = {}
 
 
 class ActorMethod:
