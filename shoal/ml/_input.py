@@ -61,7 +61,7 @@ CLUSTER_MIN_ELEMENTS = 1 << 21      # below ~16 MB of float64, task overhead bea
 DEFAULT_BLOCK_ROWS = 1 << 17        # 131072 rows: a 20-feature block is 20 MB
 MIN_BLOCK_ROWS = 1 << 16
 MAX_BLOCK_ROWS = 1 << 18
-DEFAULT_FAN_IN = 4
+DEFAULT_FAN_IN = 8
 LARGE_ARG_BYTES = 1 << 16
 
 _executor_mode = "auto"
