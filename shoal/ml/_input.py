@@ -50,7 +50,7 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -281,7 +281,6 @@ class DesignMatrix:
     executor: Any
     classes: np.ndarray | None = None
     fan_in: int = DEFAULT_FAN_IN
-    _local_X: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_rows(self) -> int:
@@ -546,8 +545,7 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
         yb = None if y_vals is None else y_vals[start:start + rows]
         blocks.append(ex.put((Xb, yb)))
         sizes.append(Xb.shape[0])
-    return DesignMatrix(blocks, sizes, d, names, ex, classes,
-                        _local_X=X if isinstance(ex, LocalExecutor) else None)
+    return DesignMatrix(blocks, sizes, d, names, ex, classes)
 
 
 def _arrow_block_to_design(table, features, label, target, allow_nan=False):
@@ -573,10 +571,6 @@ def _arrow_block_to_design(table, features, label, target, allow_nan=False):
                 f"the estimator is a classifier; use a regressor or integer/string class labels.")
         return (X, y), (X.shape[0], np.unique(y))
     return (X, None), (X.shape[0], None)
-
-
-def _convert_and_describe(table, features, label, target, allow_nan=False):
-    return _arrow_block_to_design(table, features, label, target, allow_nan)
 
 
 def _encode_block(X, y, classes):
@@ -606,7 +600,7 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
         if features is None:
             features = [c for c in schema_names if c != label]
     features = None if features is None else list(features)
-    convert = core.remote(_convert_and_describe)
+    convert = core.remote(_arrow_block_to_design)
     split = core.remote(_split_pair)
     pair_refs = [convert.remote(b, features, label, target, allow_nan) for b in _dataset_block_refs(ds)]
     blocks = [split.remote(p, 0) for p in pair_refs]
@@ -693,8 +687,3 @@ def check_predict_input(estimator, X, method: str = "predict", features=None):
             f"as input (argument X of {method}()); pass the same columns as at fit time.")
     check_finite(Xa, names, "X")
     return Xa
-
-
-def iter_row_chunks(X: np.ndarray, rows: int = DEFAULT_BLOCK_ROWS):
-    for start in range(0, X.shape[0], rows):
-        yield X[start:start + rows]
