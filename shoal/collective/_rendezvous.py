@@ -119,7 +119,7 @@ def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segmen
     key = f"{prefix}/shm/{host}"
     if rank == leader:
         safe = "".join(c if c.isalnum() else "_" for c in name)[:40]
-        path = os.path.join(shm_dir(), f"shoal-{safe}-{gen}-{secrets.token_hex(6)}")
+        path = os.path.join(shm_dir(), f"shoal-coll-{safe}-{gen}-{secrets.token_hex(6)}")
         shm = ShmGroup(path, 0, len(topo.local_ranks), segment_bytes, True, timeout,
                        topo.local_ranks)
         try:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import secrets
+import time
 import traceback
 
 from shoal.core.kv import TCPStore
@@ -47,12 +49,28 @@ def run_ranks(fn, world: int, *args, backend="native", name="t", timeout=30.0, c
         for p in procs:
             p.start()
         out = {}
-        for _ in range(world):
-            rank, status, value = q.get(timeout=wait)
-            out[rank] = (status, value)
+        deadline = time.monotonic() + wait
+        while len(out) < world:
+            try:
+                rank, status, value = q.get(timeout=0.2)
+                out[rank] = (status, value)
+                continue
+            except queue.Empty:
+                pass
+            for r, p in enumerate(procs):  # a rank that exited without a result died
+                if r not in out and p.exitcode is not None and q.empty():
+                    out[r] = ("died", p.exitcode)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ranks {sorted(set(range(world)) - set(out))} gave no result "
+                                   f"within {wait}s")
         results = []
         for r in range(world):
             status, value = out[r]
+            if status == "died":
+                if not allow_errors:
+                    raise RankError(f"rank {r} died with exit code {value}")
+                results.append(("died", value))
+                continue
             if status == "error" and not allow_errors:
                 raise RankError(f"rank {r} raised {value[0]}: {value[1]}\n{value[2]}")
             results.append(("error",) + tuple(value[:2]) if status == "error" else value)
@@ -80,9 +98,10 @@ def _pool_main(rank, port, secret, inbox, outbox):
             comm = collective.init_group(rank, world, store, backend=backend, name=name,
                                          timeout=timeout, config=config)
             try:
-                outbox.put((rank, "ok", fn(comm, *args)))
+                result = fn(comm, *args)
             finally:
                 comm.destroy()
+            outbox.put((rank, "ok", result))
         except BaseException as e:  # reported to the test
             outbox.put((rank, "error", (type(e).__name__, str(e), traceback.format_exc())))
 
