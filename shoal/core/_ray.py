@@ -244,7 +244,7 @@ class RayBackend:
         if self._kv is None:
             with self._lock:
                 if self._kv is None:
-                    self._kv = RayKVStore(_kv_actor(self.namespace))
+                    self._kv = RayKVStore(self.namespace)
         return self._kv
 
     def runtime_context(self):
@@ -587,12 +587,21 @@ def _kv_actor(namespace: str):
 class RayKVStore(KVStore):
     """shoal's KVStore on Ray: a named actor per namespace; picklable into tasks."""
 
-    def __init__(self, actor):
-        self._actor = actor
+    def __init__(self, namespace: str):
+        self._namespace = namespace
+        self._actor = _kv_actor(namespace)
 
     def _call(self, method: str, *args):
         try:
             return ray.get(getattr(self._actor, method).remote(*args))
+        except rex.RayActorError:
+            # The store was ended (a driver of this namespace shut down): use the
+            # namespace's current store, made anew if there is none.
+            self._actor = _kv_actor(self._namespace)
+            try:
+                return ray.get(getattr(self._actor, method).remote(*args))
+            except rex.RayError as e:
+                raise to_shoal_error(e) from None
         except rex.RayError as e:
             raise to_shoal_error(e) from None
 

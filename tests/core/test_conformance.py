@@ -486,3 +486,20 @@ def test_kv_store_is_shared_with_tasks(backend):
     assert store.get(key_out, timeout=LONG) == b"from-task"
     store.set(key_in, b"from-driver")
     assert shoal.get(ref, timeout=LONG) == b"from-driver"
+
+
+# ------------------------------------------------------------------ Ray only
+def test_ray_backend_attaches_to_a_running_ray_and_leaves_it_running(backend):
+    if backend != "ray":
+        pytest.skip("about the Ray backend's lifecycle")
+    import ray
+
+    from shoal.core._ray import RayBackend
+    attached = RayBackend()
+    assert attached.resources("total")["CPU"] == 2
+    attached.shutdown()
+    assert ray.is_initialized()
+    store = shoal.get_kv_store()          # still usable: the store is made anew if ended
+    store.set("after-attach", b"ok")
+    assert store.get("after-attach", timeout=5) == b"ok"
+    assert shoal.get(add_one.remote(1), timeout=LONG) == 2
