@@ -308,6 +308,22 @@ class Dataset:
         return [Dataset(BlocksNode(_row_ranges.slice_rows(bundles, a, b)))
                 for a, b in _row_ranges.even_ranges(total, n)]
 
+    def streaming_split(self, n: int, *, equal: bool = False) -> list:
+        """``n`` iterators sharing one streaming execution (nothing materialized up front).
+
+        Blocks go to whichever split asks first, so faster consumers take
+        more. Every split must iterate each epoch. ``equal=True`` is not
+        offered on a stream; use ``split(n, equal=True)`` for equal rows.
+        """
+        from shoal.data._streaming_split import streaming_split
+
+        _check_positive(n, "streaming_split(n)")
+        if equal:
+            raise ValueError("streaming_split hands out whole blocks as they are produced and "
+                             "cannot promise equal rows; use split(n, equal=True), which "
+                             "materializes the dataset and cuts it into equal parts")
+        return streaming_split(self._plan, n)
+
     def split_at_indices(self, indices: Sequence[int]) -> list["Dataset"]:
         """Datasets of rows ``[0, i0)``, ``[i0, i1)``, ..., ``[ik, count())``."""
         indices = list(indices)

@@ -141,3 +141,19 @@ def test_splits_are_consumed_inside_tasks_like_training_workers(ds, frame):
         int(frame.id[:500].sum()), int(frame.id[500:].sum())]
     lazy = ds.map_batches(lambda b: {"id": b["id"] + 1})
     assert shoal.get(consume.remote(lazy)) == int((frame.id + 1).sum())
+
+
+def test_streaming_split_shares_rows_between_consumers_over_epochs():
+    ds = sd.range(400, override_num_blocks=8).map_batches(lambda b: {"id": b["id"] * 2})
+
+    @shoal.remote
+    def consume(it, epochs):
+        return [[int(i) for b in it.iter_batches(batch_size=None) for i in b["id"]]
+                for _ in range(epochs)]
+    a, b = ds.streaming_split(2)
+    got_a, got_b = shoal.get([consume.remote(a, 2), consume.remote(b, 2)])
+    for epoch in range(2):
+        ids = got_a[epoch] + got_b[epoch]
+        assert sorted(ids) == list(range(0, 800, 2))
+    with pytest.raises(ValueError, match="split"):
+        ds.streaming_split(2, equal=True)
