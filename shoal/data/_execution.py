@@ -115,13 +115,19 @@ class Executor:
 
         self.ctx = ctx or DataContext.get_current()
         self.stats: list[StageStats] = []
+        self._progress: list[ProgressLine] = []
         cpus = int(shoal.cluster_resources().get("CPU", 1)) or 1
         self.cpus = cpus
         self.window = self.ctx.max_tasks_in_flight or max(2, 2 * cpus)
 
     def progress(self, name: str, total: int | None) -> ProgressLine:
-        return ProgressLine(name, total, self.ctx.progress_enabled(sys.stderr),
-                            self.ctx.progress_after_s)
+        """A progress line; only the first open one of an execution prints (stages
+        that stream into each other would otherwise overwrite one line)."""
+        enabled = self.ctx.progress_enabled(sys.stderr) and not any(
+            p.open for p in self._progress)
+        line = ProgressLine(name, total, enabled, self.ctx.progress_after_s)
+        self._progress.append(line)
+        return line
 
     def new_stats(self, name: str) -> StageStats:
         s = StageStats(name)

@@ -24,6 +24,7 @@ class ProgressLine:
         self.start = time.perf_counter()
         self._shown = False
         self._last = 0.0
+        self.open = True
 
     def update(self, blocks: int = 1, rows: int = 0) -> None:
         self.done += blocks
@@ -45,6 +46,7 @@ class ProgressLine:
         self._shown = True
 
     def close(self) -> None:
+        self.open = False
         if self._shown:
             self._write("\r")
             self.stream.write("\n")

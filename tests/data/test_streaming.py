@@ -75,3 +75,23 @@ def test_no_progress_output_when_not_a_terminal(small_store, capfd, monkeypatch)
     DataContext.get_current().progress_after_s = 0.0
     sd.range(100, override_num_blocks=4).map_batches(lambda b: b).materialize()
     assert "blocks" not in capfd.readouterr().err
+
+
+def test_progress_line_counts_blocks_and_rows():
+    import io
+
+    from shoal.data._progress import ProgressLine
+
+    out = io.StringIO()
+    line = ProgressLine("read->map", total=4, enabled=True, after_s=0.0, stream=out)
+    for _ in range(4):
+        line._last = 0.0
+        line.update(1, 25)
+    line.close()
+    text = out.getvalue()
+    assert "read->map: 4/4 blocks, 100 rows" in text and text.endswith("\n")
+    quiet = io.StringIO()
+    silent = ProgressLine("x", None, enabled=False, stream=quiet)
+    silent.update(1, 1)
+    silent.close()
+    assert quiet.getvalue() == ""
