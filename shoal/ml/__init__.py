@@ -12,8 +12,8 @@ import importlib.util
 
 _EXPORTS = {
     # input layer
-    "DesignMatrix": "_input", "as_design_matrix": "_input", "set_executor": "_input",
-    "use_executor": "_input", "NotFittedError": "_base",
+    "DesignMatrix": "_input", "as_design_matrix": "_input", "set_executor": "_executor",
+    "use_executor": "_executor", "NotFittedError": "_base",
     # linear models
     "LinearRegression": "_linear", "Ridge": "_linear", "Lasso": "_linear", "ElasticNet": "_linear",
     "LogisticRegression": "_linear", "LinearSVC": "_linear",

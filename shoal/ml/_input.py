@@ -39,223 +39,29 @@ Contract (stable; every estimator, the tree models included, builds on it)
     Validates X at predict/transform time against ``estimator.n_features_in_``
     (and ``feature_names_in_``); the error names the method's argument ``X``.
 
-Executors: ``"local"`` maps in this process (a thread pool over blocks; NumPy
-releases the GIL), ``"cluster"`` maps as shoal tasks. ``"auto"`` (the default,
-see ``set_executor``) uses the cluster for Datasets and for inputs of at least
-``CLUSTER_MIN_ELEMENTS`` values once shoal's core runtime is importable, else local.
+Executors (shoal/ml/_executor.py, re-exported here): ``"local"`` maps in this process (a
+thread pool over blocks; NumPy releases the GIL), ``"cluster"`` maps as shoal tasks.
+``"auto"`` (the default, see ``set_executor``) uses the cluster for Datasets and for inputs
+of at least ``CLUSTER_MIN_ELEMENTS`` values once shoal's core runtime is importable (and
+not from inside a task), else local.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from shoal.exceptions import InvalidInputError, InvalidInputTypeError
+# re-exported: the executors are part of this layer's contract
+from shoal.ml._executor import (DEFAULT_FAN_IN, ClusterExecutor, LocalExecutor,  # noqa: F401
+                                _dataset_block_refs, _is_dataset, _num_workers, _shoal_core,
+                                get_executor_mode, map_dataset_blocks, resolve_executor, set_executor,
+                                tree_sum, use_executor)
 
-CLUSTER_MIN_ELEMENTS = 1 << 21      # below ~16 MB of float64, task overhead beats parallelism
 DEFAULT_BLOCK_ROWS = 1 << 17        # 131072 rows: a 20-feature block is 20 MB
 MIN_BLOCK_ROWS = 1 << 16
 MAX_BLOCK_ROWS = 1 << 18
-DEFAULT_FAN_IN = 8
-LARGE_ARG_BYTES = 1 << 16
-
-_executor_mode = "auto"
-_mode_lock = threading.Lock()
-
-
-def set_executor(mode: str) -> None:
-    """Choose where shoal.ml maps over blocks: "auto", "local" or "cluster"."""
-    global _executor_mode
-    if mode not in ("auto", "local", "cluster"):
-        raise InvalidInputError(f"executor must be 'auto', 'local' or 'cluster', got {mode!r}")
-    with _mode_lock:
-        _executor_mode = mode
-
-
-def get_executor_mode() -> str:
-    return _executor_mode
-
-
-@contextlib.contextmanager
-def use_executor(mode: str):
-    """Context manager form of ``set_executor``."""
-    old = _executor_mode
-    set_executor(mode)
-    try:
-        yield
-    finally:
-        set_executor(old)
-
-
-def _shoal_core():
-    """The shoal module when its task API is importable, else None."""
-    try:
-        import shoal
-        if hasattr(shoal, "remote") and hasattr(shoal, "get") and hasattr(shoal, "put"):
-            return shoal
-    except Exception:  # the core package may be mid-development
-        return None
-    return None
-
-
-def _is_dataset(X) -> bool:
-    return hasattr(X, "get_internal_block_refs") or hasattr(X, "_block_refs")
-
-
-def _dataset_block_refs(ds) -> list:
-    if hasattr(ds, "get_internal_block_refs"):
-        return list(ds.get_internal_block_refs())
-    return list(ds._block_refs())
-
-
-# ----------------------------------------------------------------------------------
-# reductions
-
-def tree_sum(a, b):
-    """Elementwise sum of two partial results: numbers, arrays, or tuples/lists/dicts of them."""
-    if isinstance(a, tuple):
-        return tuple(tree_sum(x, y) for x, y in zip(a, b))
-    if isinstance(a, list):
-        return [tree_sum(x, y) for x, y in zip(a, b)]
-    if isinstance(a, dict):
-        return {k: tree_sum(a[k], b[k]) for k in a}
-    if a is None:
-        return b
-    return a + b
-
-
-def _fold(reduce: Callable, parts: Sequence):
-    acc = parts[0]
-    for p in parts[1:]:
-        acc = reduce(acc, p)
-    return acc
-
-
-# ----------------------------------------------------------------------------------
-# executors
-
-def _run_block(fn, block, *args):
-    X, y = block
-    return fn(X, y, *args)
-
-
-def _run_block_indexed(fn, block, index, *args):
-    X, y = block
-    return fn(X, y, index, *args)
-
-
-def _fold_task(reduce, *parts):
-    return _fold(reduce, parts)
-
-
-class LocalExecutor:
-    """Maps over in-process blocks with a thread pool (BLAS and NumPy release the GIL)."""
-
-    name = "local"
-
-    def __init__(self, max_workers: int | None = None):
-        self.max_workers = max_workers or os.cpu_count() or 1
-
-    def put(self, block):
-        return block
-
-    def map(self, fn, blocks, args, indexed=False):
-        def run(i):
-            X, y = blocks[i]
-            return fn(X, y, i, *args) if indexed else fn(X, y, *args)
-        if len(blocks) <= 1 or self.max_workers <= 1:
-            return [run(i) for i in range(len(blocks))]
-        with ThreadPoolExecutor(min(self.max_workers, len(blocks))) as pool:
-            return list(pool.map(run, range(len(blocks))))
-
-    def map_reduce(self, fn, blocks, args, reduce, fan_in):
-        return _fold(reduce, self.map(fn, blocks, args))
-
-    def get_blocks(self, blocks):
-        return list(blocks)
-
-
-class ClusterExecutor:
-    """Maps over blocks held in shoal's object store as tasks; folds partial results in tasks."""
-
-    name = "cluster"
-
-    def __init__(self, shoal_module):
-        self._shoal = shoal_module
-        self._run = shoal_module.remote(_run_block)
-        self._fold = shoal_module.remote(_fold_task)
-
-    def put(self, block):
-        return self._shoal.put(block)
-
-    def _prepare_args(self, args):
-        # a big argument (centroids, a coefficient matrix) travels once, not once per block
-        return tuple(self._shoal.put(a) if isinstance(a, np.ndarray) and a.nbytes >= LARGE_ARG_BYTES
-                     else a for a in args)
-
-    def submit(self, fn, blocks, args, indexed=False):
-        args = self._prepare_args(args)
-        if indexed:
-            run = self._shoal.remote(_run_block_indexed)
-            return [run.remote(fn, b, i, *args) for i, b in enumerate(blocks)]
-        return [self._run.remote(fn, b, *args) for b in blocks]
-
-    def map(self, fn, blocks, args, indexed=False):
-        return self._shoal.get(self.submit(fn, blocks, args, indexed))
-
-    def map_reduce(self, fn, blocks, args, reduce, fan_in):
-        refs = self.submit(fn, blocks, args)
-        while len(refs) > fan_in:
-            refs = [self._fold.remote(reduce, *refs[i:i + fan_in]) for i in range(0, len(refs), fan_in)]
-        return _fold(reduce, self._shoal.get(refs))
-
-    def get_blocks(self, blocks):
-        return self._shoal.get(list(blocks))
-
-
-def resolve_executor(mode: str | None, n_elements: int, is_dataset: bool):
-    mode = mode or _executor_mode
-    core = _shoal_core()
-    if mode == "local":
-        if is_dataset and core is None:
-            raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
-        return LocalExecutor() if not is_dataset else ClusterExecutor(core)
-    if mode == "cluster":
-        if core is None:
-            raise InvalidInputError("executor='cluster' needs shoal's core runtime (shoal.remote); "
-                                    "it is not importable. Use set_executor('local').")
-        return ClusterExecutor(core)
-    if core is not None and is_dataset:
-        return ClusterExecutor(core)
-    if core is not None and n_elements >= CLUSTER_MIN_ELEMENTS and not _inside_task(core):
-        return ClusterExecutor(core)
-    return LocalExecutor()
-
-
-def _inside_task(core) -> bool:
-    """True in a shoal worker running a task or actor: there the task is the unit of parallelism."""
-    try:
-        if not core.is_initialized():
-            return False
-        ctx = core.get_runtime_context()
-        return ctx.task_id is not None or ctx.actor_id is not None
-    except Exception:
-        return False
-
-
-def _num_workers(executor) -> int:
-    if isinstance(executor, ClusterExecutor):
-        try:
-            return max(1, int(executor._shoal.cluster_resources().get("CPU", 1)))
-        except Exception:
-            return os.cpu_count() or 1
-    return executor.max_workers
-
 
 def _choose_block_rows(n_rows: int, executor, block_rows: int | None) -> int:
     if block_rows is not None:
@@ -646,15 +452,6 @@ def _dataset_columns(ds):
     except Exception:
         pass
     return None
-
-
-def map_dataset_blocks(ds, fn: Callable, *args) -> list:
-    """[fn(block, *args) for each raw (Arrow) block of a Dataset], run as shoal tasks."""
-    core = _shoal_core()
-    if core is None:
-        raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
-    task = core.remote(fn)
-    return core.get([task.remote(b, *args) for b in _dataset_block_refs(ds)])
 
 
 # ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 
 from shoal.exceptions import InvalidInputError
-from shoal.ml import _input
+from shoal.ml import _executor, _input
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted
 
 
@@ -66,7 +66,7 @@ def _score(estimator, X, y, scoring):
 
 def _fit_and_score(estimator, params, X, y, train_idx, test_idx, scoring):
     """Runs in a task (or in-process): fit on the train rows, score on the test rows."""
-    with _input.use_executor("local"):      # no nested tasks: this task is the unit of parallelism
+    with _executor.use_executor("local"):      # no nested tasks: this task is the unit of parallelism
         est = clone(estimator).set_params(**params)
         Xtr, Xte = _take(X, train_idx), _take(X, test_idx)
         est.fit(Xtr, None if y is None else y[train_idx])
@@ -110,8 +110,8 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
         rng = np.random.RandomState(self.seed)
         splits = self._splits(n, rng)
         jobs = [(i, f, tr, te) for i, params in enumerate(grid) for f, (tr, te) in enumerate(splits)]
-        core = _input._shoal_core()
-        if core is not None and _input.get_executor_mode() != "local" and len(jobs) > 1:
+        core = _executor._shoal_core()
+        if core is not None and _executor.get_executor_mode() != "local" and len(jobs) > 1:
             task = core.remote(_fit_and_score)
             X_ref, y_ref = core.put(Xl), core.put(yl)
             est_ref = core.put(self.estimator)
