@@ -220,6 +220,7 @@ class TCPStore(KVStore):
         self._server = _StoreServer(host, port, secret) if is_server else None
         self.port = self._server.port if self._server else port
         self._lock = threading.Lock()
+        self._timeout = timeout
         self._sock = self._connect(timeout)
 
     def _connect(self, timeout: float) -> socket.socket:
@@ -242,12 +243,20 @@ class TCPStore(KVStore):
 
     def _call(self, op: int, *args: bytes) -> list[bytes]:
         with self._lock:
+            if self._sock is None:     # the last exchange was cut short: start clean
+                self._sock = self._connect(self._timeout)
             try:
                 self._sock.sendall(_pack([bytes([op]), *args]))
                 frame = _recv_frame(self._sock)
             except OSError as e:
+                self._drop_connection()
                 raise ShoalError(f"lost the connection to the key-value store at "
                                  f"{self.host}:{self.port}: {e}") from e
+            except BaseException:
+                # Interrupted mid-exchange (a cancelled task, KeyboardInterrupt): a reply
+                # may be left half-read, so the next call must not read from this socket.
+                self._drop_connection()
+                raise
         if frame is None:
             raise ShoalError(f"the key-value store at {self.host}:{self.port} closed the connection")
         return _unpack(frame)
@@ -285,11 +294,16 @@ class TCPStore(KVStore):
         return self._call(_CAS, key.encode(), b"0" if expected is None else b"1",
                           expected or b"", _to_bytes(desired))[1]
 
-    def close(self) -> None:
+    def _drop_connection(self) -> None:
+        sock, self._sock = self._sock, None
         try:
-            self._sock.close()
+            sock.close()
         except OSError:
             pass
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._drop_connection()
         if self._server is not None:
             self._server.close()
 
