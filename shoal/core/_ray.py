@@ -65,7 +65,8 @@ class RayBackend:
             ray.init(address=address, **kwargs)
             self._owns_ray = True
         ctx = ray.get_runtime_context()
-        self.namespace = ctx.namespace
+        # Named actors and the kv store live here (the job's namespace unless told).
+        self.namespace = namespace or ctx.namespace
         try:
             self._is_driver = ctx.worker.mode == ray.SCRIPT_MODE
         except AttributeError:   # Ray client (ray://): only drivers connect that way
@@ -147,22 +148,23 @@ class RayBackend:
     # ---------------------------------------------------------------- actors
     def create_actor(self, ac, args, kwargs, opts) -> tuple:
         ray_opts = self._common_options(opts, f"actor {ac._name}", default_cpus=0.0)
-        for k in ("max_restarts", "max_task_retries", "max_concurrency", "name", "namespace",
-                  "lifetime"):
+        for k in ("max_restarts", "max_task_retries", "max_concurrency", "name", "lifetime"):
             if opts.get(k) is not None:
                 ray_opts[k] = opts[k]
+        namespace = opts.get("namespace") or self.namespace
+        if opts.get("name"):
+            ray_opts["namespace"] = namespace
         if opts.get("get_if_exists"):
             ray_opts["get_if_exists"] = True
         if opts.get("name") and not opts.get("get_if_exists"):
             # Ray's own message on a taken name is vague; shoal names the fix.
             try:
-                ray.get_actor(opts["name"], namespace=opts.get("namespace"))
+                ray.get_actor(opts["name"], namespace=namespace)
             except ValueError:
                 pass
             else:
                 raise ValueError(f"an actor named {opts['name']!r} already exists in namespace "
-                                 f"{opts.get('namespace') or self.namespace!r}; pick another "
-                                 "name, or pass get_if_exists=True")
+                                 f"{namespace!r}; pick another name, or pass get_if_exists=True")
         cls = self._remote_of(ac._cls, ac._methods)
         try:
             handle = cls.options(**ray_opts).remote(*_unwrap(args), **_unwrap_kw(kwargs))
@@ -197,7 +199,8 @@ class RayBackend:
         return _wrap_returns(out, n)
 
     def get_actor(self, name, namespace=None):
-        handle = ray.get_actor(name, namespace=namespace)   # ValueError when there is none
+        # ValueError when there is none, as on the local backend.
+        handle = ray.get_actor(name, namespace=namespace or self.namespace)
         sigs = getattr(handle, "_ray_method_signatures", {})
         nret = getattr(handle, "_ray_method_num_returns", {}) or {}
         methods = {}
@@ -252,7 +255,7 @@ class RayBackend:
         ctx = ray.get_runtime_context()
         return RuntimeContext(node_id=ctx.get_node_id(), worker_id=ctx.get_worker_id(),
                               task_id=ctx.get_task_id(), actor_id=ctx.get_actor_id(),
-                              namespace=ctx.namespace, backend="ray")
+                              namespace=self.namespace, backend="ray")
 
     def store_stats(self) -> dict:
         total = ray.cluster_resources().get("object_store_memory", 0.0)
