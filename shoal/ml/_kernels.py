@@ -28,55 +28,63 @@ def logsumexp(Z, axis):
 
 
 def _logistic_block(X, y, W, n_classes, fit_intercept):
-    """Sum over the block of the log-loss and its gradient with respect to W ((d+1) x K)."""
+    """Sum over the block of the log-loss and its gradient with respect to W ((d+1) x K).
+
+    Rows go through in cache-sized chunks: the temporaries stay small and hot.
+    """
     d = X.shape[1]
-    Z = X @ W[:d]
-    if fit_intercept:
-        Z += W[d]
-    if n_classes == 2:
-        z = Z[:, 0]
-        # one exp and one log1p per row: with e = exp(-|z|),
-        # log(1 + e^z) = max(z, 0) + log1p(e) and sigmoid(z) = 1/(1+e) (z >= 0) or e/(1+e)
-        e = np.exp(-np.abs(z))
-        loss = float(np.maximum(z, 0.0).sum() + np.log1p(e).sum() - z[y == 1].sum())
-        inv = 1.0 / (1.0 + e)
-        r = np.where(z >= 0, inv, e * inv)
-        r -= y
-        r = r[:, None]
-    else:
-        lse = logsumexp(Z, axis=1)
-        loss = float(lse.sum() - Z[np.arange(len(y)), y].sum())
-        r = np.exp(Z - lse[:, None])
-        r[np.arange(len(y)), y] -= 1.0
-    grad = np.empty_like(W)
-    grad[:d] = X.T @ r
-    if fit_intercept:
-        grad[d] = r.sum(axis=0)
+    loss = 0.0
+    grad = np.zeros_like(W)
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        Xc, yc = X[s:s + CHUNK_ROWS], y[s:s + CHUNK_ROWS]
+        Z = Xc @ W[:d]
+        if fit_intercept:
+            Z += W[d]
+        if n_classes == 2:
+            z = Z[:, 0]
+            # one exp and one log1p per row: with e = exp(-|z|),
+            # log(1 + e^z) = max(z, 0) + log1p(e) and sigmoid(z) = 1/(1+e) (z >= 0) or e/(1+e)
+            e = np.exp(-np.abs(z))
+            loss += float(np.maximum(z, 0.0).sum() + np.log1p(e).sum() - z[yc == 1].sum())
+            inv = 1.0 / (1.0 + e)
+            r = np.where(z >= 0, inv, e * inv)
+            r -= yc
+            R = r[:, None]
+        else:
+            lse = logsumexp(Z, axis=1)
+            rows = np.arange(len(yc))
+            loss += float(lse.sum() - Z[rows, yc].sum())
+            R = np.exp(Z - lse[:, None])
+            R[rows, yc] -= 1.0
+        grad[:d] += Xc.T @ R
+        if fit_intercept:
+            grad[d] += R.sum(axis=0)
     return loss, grad
 
 
 def _sqhinge_block(X, y, W, n_classes, intercept_scaling):
-    """Sum of squared hinge losses (one-vs-rest) and gradient; the intercept column is X's extra feature."""
+    """Sum of squared hinge losses (one-vs-rest) and gradient; the intercept is a constant
+    feature of value ``intercept_scaling`` (0: no intercept)."""
     d = X.shape[1]
-    Z = X @ W[:d]
-    if intercept_scaling:
-        Z += intercept_scaling * W[d]
-    if n_classes == 2:
-        S = np.where(y == 1, 1.0, -1.0)[:, None]
-    else:
-        S = np.full(Z.shape, -1.0)
-        S[np.arange(len(y)), y] = 1.0
-    M = np.maximum(1.0 - S * Z, 0.0)
-    loss = float(np.einsum("ij,ij->", M, M))
-    R = -2.0 * S * M
-    grad = np.empty_like(W)
-    grad[:d] = X.T @ R
-    if intercept_scaling:
-        grad[d] = intercept_scaling * R.sum(axis=0)
+    loss = 0.0
+    grad = np.zeros_like(W)
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        Xc, yc = X[s:s + CHUNK_ROWS], y[s:s + CHUNK_ROWS]
+        Z = Xc @ W[:d]
+        if intercept_scaling:
+            Z += intercept_scaling * W[d]
+        if n_classes == 2:
+            S = np.where(yc == 1, 1.0, -1.0)[:, None]
+        else:
+            S = np.full(Z.shape, -1.0)
+            S[np.arange(len(yc)), yc] = 1.0
+        M = np.maximum(1.0 - S * Z, 0.0)
+        loss += float(np.einsum("ij,ij->", M, M))
+        R = -2.0 * S * M
+        grad[:d] += Xc.T @ R
+        if intercept_scaling:
+            grad[d] += intercept_scaling * R.sum(axis=0)
     return loss, grad
-
-# ----------------------------------------------------------------------------------
-# naive bayes
 
 
 def _block_class_sums(X, y, k):
