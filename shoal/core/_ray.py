@@ -8,10 +8,17 @@ group's id is the Ray placement group, and Ray's errors become shoal's.
 Code running in Ray workers reaches the same backend: every task and actor
 gets ``SHOAL_BACKEND=ray`` in its environment, so ``shoal.get`` / ``.remote``
 there attach to the Ray the worker already belongs to.
+
+Requests no node could ever hold raise InfeasibleResourceError at
+submission (Ray would queue them forever with a warning); on an autoscaling
+cluster set ``SHOAL_RAY_AUTOSCALING=1`` to leave that to Ray's autoscaler.
+The key-value store is a detached named actor per namespace, ended by the
+driver's ``shoal.shutdown()``.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -79,6 +86,9 @@ class RayBackend:
         self._nodes_cache = (0.0, [])
         self._kv = None
         self._last_dep_submit = 0.0
+        # With an autoscaler, nodes that do not exist yet may hold what is asked for:
+        # leave infeasible requests to Ray (it asks the autoscaler, or warns).
+        self._autoscaling = os.environ.get("SHOAL_RAY_AUTOSCALING", "0") not in ("", "0")
 
     # ---------------------------------------------------------------- objects
     def put_value(self, value) -> ObjectRef:
@@ -338,7 +348,7 @@ class RayBackend:
         return nodes
 
     def _check_feasible(self, demand: dict, what: str) -> None:
-        if not demand:
+        if not demand or self._autoscaling:
             return
         for refresh in (False, True):   # a node may have joined since the last look
             if any(_fits(demand, n) for n in self._alive_nodes(refresh)):
@@ -360,6 +370,8 @@ class RayBackend:
                 f"holds ({bundles!r}); ask for less or make bigger bundles")
 
     def _check_pg_feasible(self, bundles: list, strategy: str) -> None:
+        if self._autoscaling:
+            return
         for refresh in (False, True):
             nodes = self._alive_nodes(refresh)
             if _pg_fits(bundles, strategy, nodes):
