@@ -96,10 +96,11 @@ def histograms(XbT: np.ndarray, rows: np.ndarray, slot: np.ndarray, n_slots: int
                 col *= n_total
                 col += r
                 b = flat.take(col)
-            idx = b.astype(itype)
             if n_classes > 1:
-                idx *= n_classes
-            idx += base
+                idx = np.multiply(b, n_classes, dtype=itype)
+                idx += base
+            else:
+                idx = np.add(base, b, dtype=itype)
             for c, ch in enumerate(chans):
                 out[c, j] += np.bincount(idx, ch, minlength=width)
     out = out.reshape(len(channels), k, n_slots, n_bins, n_classes)

@@ -27,31 +27,38 @@ class _RowState:
         self.codes = codes
 
     def apply_splits(self, XbT, splits):
+        """Move each row to its child's slot; rows whose child is a leaf leave the state."""
         feature, bins, left, right = splits
-        f = feature[self.slot]
-        col = np.maximum(f, 0).astype(self.rows.dtype)
-        col *= XbT.shape[1]
+        n_total = XbT.shape[1]
+        itype = self.rows.dtype
+        col_of_slot = (np.maximum(feature, 0) * n_total).astype(itype)
+        child_of = np.column_stack([left, right]).astype(np.int32)
+        child_of[feature < 0] = -1
+        col = col_of_slot.take(self.slot)
         col += self.rows
-        go_left = XbT.reshape(-1).take(col) <= bins[self.slot]
-        new = np.where(go_left, left[self.slot], right[self.slot])
-        new[f < 0] = -1
+        go_right = XbT.reshape(-1).take(col) > bins.astype(np.uint8).take(self.slot)
+        pos = self.slot * 2
+        pos += go_right
+        new = child_of.reshape(-1).take(pos)
         keep = new >= 0
         if keep.all():
-            self.slot = new.astype(np.int32)
+            self.slot = new
             return
-        self.rows, self.slot = self.rows[keep], new[keep].astype(np.int32)
-        self.channels = [None if c is None else c[keep] for c in self.channels]
+        keep = np.flatnonzero(keep)
+        self.rows, self.slot = self.rows.take(keep), new.take(keep)
+        self.channels = [None if c is None else c.take(keep) for c in self.channels]
         if self.codes is not None:
-            self.codes = self.codes[keep]
+            self.codes = self.codes.take(keep)
 
     def subset(self, cmap):
         """Rows whose slot is computed this pass, renumbered to the computed index."""
         if cmap is None:
             return self.rows, self.slot, self.channels, self.codes
-        s = cmap[self.slot]
-        keep = s >= 0
-        return (self.rows[keep], s[keep], [None if c is None else c[keep] for c in self.channels],
-                None if self.codes is None else self.codes[keep])
+        s = cmap.astype(np.int32).take(self.slot)
+        keep = np.flatnonzero(s >= 0)
+        return (self.rows.take(keep), s.take(keep),
+                [None if c is None else c.take(keep) for c in self.channels],
+                None if self.codes is None else self.codes.take(keep))
 
 
 class HistShard:
@@ -155,21 +162,25 @@ class HistShard:
 
 
 def _leaves_binned(tree, XbT: np.ndarray) -> np.ndarray:
-    """Leaf of every row on the binned columns: one flat take per depth, all rows at once."""
+    """Leaf of every row on the binned columns: a few flat takes per depth, all rows at once."""
     n = XbT.shape[1]
     itype = np.int32 if XbT.size < 2**31 else np.int64
-    ar = np.arange(n, dtype=itype)
     flat = XbT.reshape(-1)
-    feature = np.maximum(tree.feature, 0).astype(itype)
-    node = np.zeros(n, dtype=itype)
+    ids = np.arange(tree.n_nodes, dtype=itype)
     is_split = tree.feature >= 0
+    # a leaf is its own child on both sides, so rows that reached one stay there
+    child = np.column_stack([np.where(is_split, tree.left, ids),
+                             np.where(is_split, tree.right, ids)]).astype(itype).reshape(-1)
+    col_base = (np.maximum(tree.feature, 0) * n).astype(itype)
+    thr = np.where(is_split, tree.bin, 255).astype(np.uint8)
+    ar = np.arange(n, dtype=itype)
+    node = np.zeros(n, dtype=itype)
     for _ in range(tree.max_depth):
-        col = feature.take(node)
-        col *= n
+        col = col_base.take(node)
         col += ar
-        go_left = flat.take(col) <= tree.bin.take(node)
-        nxt = np.where(go_left, tree.left.take(node), tree.right.take(node))
-        node = np.where(is_split.take(node), nxt, node).astype(itype, copy=False)
+        pos = node * 2
+        pos += flat.take(col) > thr.take(node)
+        node = child.take(pos)
     return node
 
 
