@@ -277,7 +277,12 @@ def _encode_labels(y: np.ndarray, label_name: str, estimator):
         lookup = np.cumsum(counts > 0) - 1
         codes = lookup[y].astype(np.int64)
     else:
-        classes, codes = np.unique(y, return_inverse=True)
+        try:
+            classes, codes = np.unique(y, return_inverse=True)
+        except TypeError:
+            raise InvalidInputError(
+                f"label {label_name} mixes value types (e.g. strings and None); give every row a "
+                f"label of one type.") from None
         codes = codes.astype(np.int64).ravel()
     return classes, codes
 
@@ -468,7 +473,12 @@ def check_predict_input(estimator, X, method: str = "predict", features=None):
         mod = "pandas"
     if mod.startswith("pandas") and hasattr(X, "columns"):
         fitted_names = getattr(estimator, "feature_names_in_", None)
-        if features is None and fitted_names is not None and all(c in X.columns for c in fitted_names):
+        if features is None and fitted_names is not None:
+            missing = [c for c in fitted_names if c not in X.columns]
+            if missing:
+                raise InvalidInputError(
+                    f"column {missing[0]!r} seen by {_name_of(estimator)}.fit() is missing from X "
+                    f"(argument X of {method}()); columns given: {[str(c) for c in X.columns]}")
             features = list(fitted_names)
         Xa, _, names = _frame_to_matrix(X, features, None, estimator)
     else:

@@ -131,3 +131,15 @@ def test_predict_input_reorders_dataframe_columns_by_fitted_names():
 def test_unknown_executor_is_rejected():
     with pytest.raises(InvalidInputError, match="executor"):
         ml.set_executor("gpu")
+
+
+def test_predict_names_a_missing_fitted_column():
+    df = pd.DataFrame({"a": [1.0, 2, 3, 4], "b": [0.0, 1, 0, 1]})
+    m = ml.LinearRegression().fit(df, [1.0, 2, 3, 4])
+    with pytest.raises(InvalidInputError, match="column 'b' seen by LinearRegression.fit\\(\\) is missing"):
+        m.predict(df[["a"]])
+
+
+def test_label_with_none_is_rejected():
+    with pytest.raises(InvalidInputError, match="label y mixes"):
+        ml.GaussianNB().fit(np.random.rand(3, 2), np.array(["a", None, "b"], dtype=object))
