@@ -40,6 +40,8 @@ class Dataset:
     # ------------------------------------------------------- execution ---
 
     def _stream(self) -> Iterator[Bundle]:
+        if isinstance(self._plan, BlocksNode):  # nothing to run; keep the stats of the run
+            return (bundle for bundle in self._plan.bundles)
         executor = Executor()
         self._stats = executor.stats
         return executor.stream(self._plan)
