@@ -17,9 +17,7 @@ driver's ``shoal.shutdown()``.
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 import threading
 import time
 import weakref
@@ -29,20 +27,16 @@ import ray.exceptions as rex
 from ray.util.placement_group import PlacementGroup as RayPlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as RayPGStrategy
 
-from shoal.core.kv import KVStore, _to_bytes
+from shoal.core._ray_errors import to_shoal_error
+from shoal.core._ray_kv import KV_ACTOR, RayKVStore
 from shoal.core.object_ref import ObjectRef
-from shoal.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
-                              InfeasibleResourceError, ObjectLostError, SerializationError,
-                              ShoalError, TaskCancelledError, TaskError, WorkerCrashedError)
+from shoal.exceptions import InfeasibleResourceError, SerializationError
 
 _ENV = {"SHOAL_BACKEND": "ray"}
-_KV_ACTOR = "shoal_kv"
 _EPS = 1e-9
 _NODES_TTL = 5.0
 _CANCEL_SETTLE = 0.05
 _KILL_WAIT = 30.0
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_TASK_NAME = re.compile(r"ray::([^\s(]+)\(")
 
 
 class RayBackend:
@@ -290,7 +284,7 @@ class RayBackend:
             # The store is a detached actor (it must outlive whichever worker made it);
             # the driver ends it so the next job starts with an empty store.
             try:
-                ray.kill(ray.get_actor(_KV_ACTOR, namespace=self.namespace))
+                ray.kill(ray.get_actor(KV_ACTOR, namespace=self.namespace))
             except ValueError:
                 pass
         if self._owns_ray:
@@ -494,162 +488,3 @@ def _serialization_error(e: BaseException, what: str) -> SerializationError:
     return SerializationError(
         f"could not serialize {what}: {e}. Pass only picklable objects (open files, locks, "
         "sockets and generators are not), or create the object inside the task instead.")
-
-
-# ------------------------------------------------------------------ errors
-def to_shoal_error(e: BaseException) -> BaseException:
-    """The shoal exception for a Ray exception (others pass through)."""
-    if isinstance(e, rex.RayTaskError):
-        cause = e.cause
-        # ray.get raises a dual-class copy that keeps only the cause and the message,
-        # which holds "ray::name() (pid=..)" and the remote traceback.
-        text = _ANSI.sub("", str(e))
-        if isinstance(cause, TaskError):          # a nested get re-raised: report the root
-            return TaskError(cause.function_name,
-                             f"{cause.remote_traceback}\nre-raised by:\n{text}",
-                             cause.cause, cause.cause_repr).as_instanceof_cause()
-        if isinstance(cause, rex.RayError):       # Ray's own error inside the task
-            cause = to_shoal_error(cause)
-        m = _TASK_NAME.search(text)
-        name = m.group(1) if m else "remote task"
-        return TaskError(name, text, cause, repr(cause)).as_instanceof_cause()
-    if isinstance(e, rex.TaskCancelledError):
-        return TaskCancelledError(f"the task was cancelled with shoal.cancel ({e})")
-    if isinstance(e, rex.GetTimeoutError):
-        return GetTimeoutError(str(e))
-    if isinstance(e, rex.ActorUnavailableError):
-        return ActorUnavailableError(str(e))
-    if isinstance(e, rex.RayActorError):
-        return ActorDiedError(str(e))
-    if isinstance(e, (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError,
-                      rex.LocalRayletDiedError)):
-        return WorkerCrashedError(str(e))
-    if isinstance(e, rex.ObjectLostError):
-        return ObjectLostError(str(e))
-    if isinstance(e, (rex.TaskPlacementGroupRemoved, rex.ActorPlacementGroupRemoved)):
-        return ActorDiedError(str(e)) if isinstance(e, rex.ActorPlacementGroupRemoved) \
-            else WorkerCrashedError(str(e))
-    if isinstance(e, rex.RayError):
-        return ShoalError(f"Ray failed: {e}")
-    return e
-
-
-# ------------------------------------------------------------------ key-value store
-class _KVServer:
-    """The store's state, in a named async actor: one dict and a condition."""
-
-    def __init__(self):
-        self.data: dict = {}
-        self.changed = asyncio.Condition()
-
-    async def _wait_for(self, pred, timeout):
-        async with self.changed:
-            try:
-                await asyncio.wait_for(self.changed.wait_for(pred), timeout)
-                return True
-            except asyncio.TimeoutError:
-                return False
-
-    async def _changed(self):
-        async with self.changed:
-            self.changed.notify_all()
-
-    async def set(self, key, value):
-        self.data[key] = value
-        await self._changed()
-
-    async def get(self, key, timeout):
-        if not await self._wait_for(lambda: key in self.data, timeout):
-            return None
-        return self.data[key]
-
-    async def add(self, key, amount):
-        value = int(self.data.get(key, b"0")) + int(amount)
-        self.data[key] = str(value).encode()
-        await self._changed()
-        return value
-
-    async def wait(self, keys, timeout):
-        return await self._wait_for(lambda: all(k in self.data for k in keys), timeout)
-
-    async def delete(self, key):
-        return self.data.pop(key, None) is not None
-
-    async def check(self, keys):
-        return all(k in self.data for k in keys)
-
-    async def keys(self, prefix):
-        return [k for k in self.data if k.startswith(prefix)]
-
-    async def compare_set(self, key, expected, desired):
-        current = self.data.get(key)
-        if (current is None and expected is None) or (expected is not None and current == expected):
-            self.data[key] = desired
-            await self._changed()
-            return desired
-        return current if current is not None else b""
-
-
-def _kv_actor(namespace: str):
-    try:
-        return ray.get_actor(_KV_ACTOR, namespace=namespace)
-    except ValueError:
-        return ray.remote(_KVServer).options(
-            name=_KV_ACTOR, namespace=namespace, get_if_exists=True, num_cpus=0,
-            lifetime="detached", max_concurrency=10_000, max_restarts=0).remote()
-
-
-class RayKVStore(KVStore):
-    """shoal's KVStore on Ray: a named actor per namespace; picklable into tasks."""
-
-    def __init__(self, namespace: str):
-        self._namespace = namespace
-        self._actor = _kv_actor(namespace)
-
-    def _call(self, method: str, *args):
-        try:
-            return ray.get(getattr(self._actor, method).remote(*args))
-        except rex.RayActorError:
-            # The store was ended (a driver of this namespace shut down): use the
-            # namespace's current store, made anew if there is none.
-            self._actor = _kv_actor(self._namespace)
-            try:
-                return ray.get(getattr(self._actor, method).remote(*args))
-            except rex.RayError as e:
-                raise to_shoal_error(e) from None
-        except rex.RayError as e:
-            raise to_shoal_error(e) from None
-
-    def set(self, key: str, value) -> None:
-        self._call("set", key, _to_bytes(value))
-
-    def get(self, key: str, timeout: float | None = None) -> bytes:
-        """Value of ``key``, waiting up to ``timeout`` seconds for it to be set."""
-        value = self._call("get", key, timeout)
-        if value is None:
-            raise GetTimeoutError(f"key {key!r} was not set within {timeout}s")
-        return value
-
-    def add(self, key: str, amount: int = 1) -> int:
-        return self._call("add", key, int(amount))
-
-    def wait(self, keys: list[str], timeout: float | None = None) -> None:
-        if not self._call("wait", list(keys), timeout):
-            raise GetTimeoutError(f"keys {keys!r} were not all set within {timeout}s")
-
-    def delete(self, key: str) -> bool:
-        return self._call("delete", key)
-
-    def check(self, keys: list[str]) -> bool:
-        return self._call("check", list(keys))
-
-    def keys(self, prefix: str = "") -> list[str]:
-        return self._call("keys", prefix)
-
-    def compare_set(self, key: str, expected: bytes | None, desired) -> bytes:
-        """Set ``key`` to ``desired`` if it equals ``expected`` (None: unset); returns the value now."""
-        return self._call("compare_set", key, None if expected is None else _to_bytes(expected),
-                          _to_bytes(desired))
-
-    def close(self) -> None:
-        """Nothing to close: the store lives as long as the Ray job."""
