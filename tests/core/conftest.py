@@ -7,6 +7,8 @@ usable: kill what they start, release what they block.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 import shoal
@@ -15,11 +17,8 @@ NUM_CPUS = 2
 
 
 def _start(name: str):
-    if name == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError as e:
-            pytest.skip(f"Ray backend tests need ray ({e}); pip install 'ray' to run them")
+    if name == "ray" and importlib.util.find_spec("ray") is None:
+        pytest.skip("the Ray backend's tests need ray: pip install 'ray' to run them")
     if shoal.is_initialized():
         shoal.shutdown()
     return shoal.init(num_cpus=NUM_CPUS, backend=name, **({"log_to_driver": False}
