@@ -30,16 +30,41 @@ def block_gram(X, y, mu, ybar):
     return G, b, yy
 
 
+def block_centered_gram(X, y):
+    """(n, x_mean, y_mean, centered X^T X, centered X^T y, centered y^T y) of one block."""
+    n = X.shape[0]
+    mu = X.mean(axis=0)
+    ybar = float(y.mean()) if y is not None else 0.0
+    G, b, yy = block_gram(X, y, mu, ybar)
+    return n, mu, ybar, G, b, yy
+
+
+def merge_centered_gram(a, c):
+    """Combine two blocks' centered statistics exactly (the covariance form of Chan et al.)."""
+    na, ma, ya, Ga, ba, yya = a
+    nc, mc, yc, Gc, bc, yyc = c
+    if na == 0:
+        return c
+    if nc == 0:
+        return a
+    n = na + nc
+    f = na * nc / n
+    dx, dy = mc - ma, yc - ya
+    return (n, ma + dx * (nc / n), ya + dy * (nc / n), Ga + Gc + f * np.outer(dx, dx),
+            ba + bc + f * dx * dy, yya + yyc + f * dy * dy)
+
+
 def gram_stats(dm, center: bool):
-    """(G, b, yy, n, x_mean, y_mean) over a DesignMatrix; two passes so centering is exact."""
-    sx, sy, n = dm.map_reduce(block_sums)
+    """(G, b, yy, n, x_mean, y_mean) over a DesignMatrix in one pass.
+
+    Centered: each block centers on its own mean and the merge adds the between-block terms,
+    so there is no cancellation however far the data sits from the origin.
+    """
     if center:
-        mu, ybar = sx / n, sy / n
-        G, b, yy = dm.map_reduce(block_gram, mu, ybar)
-    else:
-        mu, ybar = np.zeros(dm.n_features), 0.0
-        G, b, yy = dm.map_reduce(block_gram, None, None)
-    return G, b, yy, n, mu, ybar
+        n, mu, ybar, G, b, yy = dm.map_reduce(block_centered_gram, reduce=merge_centered_gram)
+        return G, b, yy, n, mu, ybar
+    G, b, yy = dm.map_reduce(block_gram, None, None)
+    return G, b, yy, dm.n_rows, np.zeros(dm.n_features), 0.0
 
 
 def block_moments(X, y):
