@@ -148,11 +148,11 @@ def _fill_parquet_estimates(tasks, units, rows, sizes, filter):
 def plan_text(kind: str, paths, num_blocks: int | None, options: dict) -> list[ReadTask]:
     exts = {"csv": (".csv", ".csv.gz", ".tsv"), "json": (".json", ".jsonl", ".json.gz")}[kind]
     files = expand_paths(paths, exts)
-    sizes = np.array([os.path.getsize(f) for f in files])
+    size_of = {f: os.path.getsize(f) for f in files}
+    sizes = np.array([size_of[f] for f in files])
     if num_blocks is None:
         num_blocks = len(files)
-    return [ReadTask(kind, group, k, None, int(sum(sizes[files.index(f)] for f in group)),
-                     options=dict(options))
+    return [ReadTask(kind, group, k, None, sum(size_of[f] for f in group), options=dict(options))
             for group, k in _group_units(files, sizes, num_blocks)]
 
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import shoal
@@ -157,3 +158,17 @@ def test_streaming_split_shares_rows_between_consumers_over_epochs():
         assert sorted(ids) == list(range(0, 800, 2))
     with pytest.raises(ValueError, match="split"):
         ds.streaming_split(2, equal=True)
+
+
+def test_show_prints_rows(ds, capsys):
+    ds.show(2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "'id': 1" in lines[1]
+
+
+def test_empty_result_keeps_working(ds):
+    empty = ds.filter(expr=pc.field("id") < 0)
+    assert empty.count() == 0
+    assert empty.take_all() == []
+    assert list(empty.iter_batches(batch_size=10)) == []
+    assert empty.sort("id").count() == 0
