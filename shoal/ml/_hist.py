@@ -20,13 +20,27 @@ MAX_BINS_LIMIT = 256          # bins are stored as uint8
 _ROW_CHUNK = 1 << 16          # rows per bincount pass: ~10 MB of indices for 20 features
 
 
-def sample_block_rows(X, y, n_rows: int, seed: int) -> np.ndarray:
-    """Up to ``n_rows`` rows of one block, drawn without replacement (a map-side task)."""
-    if X.shape[0] <= n_rows:
-        return np.asarray(X)
-    rng = np.random.default_rng([seed, X.shape[0], 0x5A3])
-    idx = np.sort(rng.choice(X.shape[0], n_rows, replace=False))
-    return np.asarray(X)[idx]
+RANDOM_CHUNK_ROWS = 1 << 16     # random draws are made per chunk of global rows
+
+
+def sample_block_rows(X, y, block_index: int, offsets: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """The rows of one block whose global index is in ``sample`` (sorted), for the bin edges."""
+    lo, hi = offsets[block_index], offsets[block_index + 1]
+    a, b = np.searchsorted(sample, [lo, hi])
+    return np.asarray(X)[sample[a:b] - lo]
+
+
+def row_randoms(draw, key: list, offset: int, n: int) -> np.ndarray:
+    """Per-row random values for global rows [offset, offset + n), independent of block layout.
+
+    ``draw(rng, size)`` is called on chunks of ``RANDOM_CHUNK_ROWS`` global rows, each with a
+    generator seeded by (key, chunk), so any split of the rows into blocks sees the same values.
+    """
+    first, last = offset // RANDOM_CHUNK_ROWS, (offset + n - 1) // RANDOM_CHUNK_ROWS
+    parts = [draw(np.random.default_rng(list(key) + [c]), RANDOM_CHUNK_ROWS)
+             for c in range(first, last + 1)]
+    start = offset - first * RANDOM_CHUNK_ROWS
+    return np.concatenate(parts)[start:start + n]
 
 
 def bin_edges(sample: np.ndarray, max_bins: int) -> np.ndarray:

@@ -5,14 +5,14 @@ plus the per-row state of the trees being grown (which node each row is in,
 its bootstrap weight or gradient). On the cluster each shard is a shoal actor,
 so the binned data and the row state stay where they are between passes and
 the driver sends only splits; in-process the same class is used directly.
-Random draws are seeded per (tree, block), so a fit does not depend on how
-blocks are spread over shards.
+Random draws are seeded per (tree, chunk of global rows), so a fit does not
+depend on how rows are cut into blocks or spread over shards.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from shoal.ml._hist import bin_matrix, histograms
+from shoal.ml._hist import bin_matrix, histograms, row_randoms
 
 
 class _RowState:
@@ -64,9 +64,9 @@ class _RowState:
 class HistShard:
     """Binned blocks plus per-row tree state; every method is one step of a fit."""
 
-    def __init__(self, blocks, block_ids, edges: np.ndarray, n_classes: int = 0):
+    def __init__(self, blocks, row_offset: int, edges: np.ndarray, n_classes: int = 0):
         blocks = _resolve(blocks)
-        self.block_ids = list(block_ids)
+        self.row_offset = int(row_offset)     # global index of this shard's first row
         self.block_sizes = [int(b[0].shape[0]) for b in blocks]
         self.n_bins = edges.shape[1] + 1
         self.n_features = edges.shape[0]
@@ -92,8 +92,8 @@ class HistShard:
         self.states = []
         for t in tree_ids:
             if bootstrap:
-                w = np.concatenate([np.random.default_rng([seed, int(t), int(b)]).poisson(1.0, n)
-                                    for b, n in zip(self.block_ids, self.block_sizes)]).astype(np.float64)
+                w = row_randoms(_poisson, [seed, 1, int(t)], self.row_offset, self.n_rows()
+                                ).astype(np.float64)
                 rows = np.flatnonzero(w).astype(self.itype)
                 w = w[rows]
             else:
@@ -117,8 +117,8 @@ class HistShard:
     def start_round(self, loss: str, seed: int, round_id: int, subsample: float, with_count: bool):
         """Gradients and hessians of the loss at the current raw predictions, one tree per output."""
         if subsample < 1.0:
-            mask = np.concatenate([np.random.default_rng([seed, round_id, int(b)]).random(n) < subsample
-                                   for b, n in zip(self.block_ids, self.block_sizes)])
+            mask = row_randoms(_uniform, [seed, 2, int(round_id)], self.row_offset,
+                               self.n_rows()) < subsample
             rows = np.flatnonzero(mask).astype(self.itype)
         else:
             rows = np.arange(self.XbT.shape[1], dtype=self.itype)
@@ -161,6 +161,14 @@ class HistShard:
         return out
 
 
+def _poisson(rng, n):
+    return rng.poisson(1.0, n)
+
+
+def _uniform(rng, n):
+    return rng.random(n)
+
+
 def _leaves_binned(tree, XbT: np.ndarray) -> np.ndarray:
     """Leaf of every row on the binned columns: a few flat takes per depth, all rows at once."""
     n = XbT.shape[1]
@@ -201,6 +209,7 @@ class ShardSet:
 
     def __init__(self, dm, edges: np.ndarray, n_classes: int = 0, n_shards: int | None = None):
         groups = _shard_blocks(len(dm.blocks), n_shards or _default_shards(dm))
+        offsets = np.concatenate(([0], np.cumsum(dm.block_rows))).astype(np.int64)
         self._remote = bool(getattr(dm, "distributed", False))
         if self._remote:
             import shoal
@@ -208,9 +217,10 @@ class ShardSet:
             actor_cls = shoal.remote(HistShard)
             edges_ref = shoal.put(edges)
             self.shards = [actor_cls.options(num_cpus=1).remote(
-                [dm.blocks[i] for i in g], g, edges_ref, n_classes) for g in groups]
+                [dm.blocks[i] for i in g], int(offsets[g[0]]), edges_ref, n_classes) for g in groups]
         else:
-            self.shards = [HistShard([dm.blocks[i] for i in g], g, edges, n_classes) for g in groups]
+            self.shards = [HistShard([dm.blocks[i] for i in g], int(offsets[g[0]]), edges, n_classes)
+                           for g in groups]
 
     def call(self, method: str, *args) -> list:
         """Run ``method(*args)`` on every shard, in parallel on the cluster; results per shard."""

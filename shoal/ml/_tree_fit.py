@@ -84,8 +84,13 @@ def prepare(est, X, y, target: str, features=None, label=None):
     if target == "classification":
         est.classes_ = dm.classes
         est.n_classes_ = len(dm.classes)
-    per_block = max(1, -(-EDGE_SAMPLE_ROWS // max(1, len(dm.blocks))))
-    sample = np.concatenate(dm.map(sample_block_rows, per_block, 0))
+    # the sample is drawn by global row index, so the edges do not depend on the block layout
+    offsets = np.concatenate(([0], np.cumsum(dm.block_rows))).astype(np.int64)
+    n = int(offsets[-1])
+    rng = np.random.default_rng(0x5A3)
+    pick = (np.arange(n) if n <= EDGE_SAMPLE_ROWS else
+            np.sort(rng.choice(n, EDGE_SAMPLE_ROWS, replace=False))).astype(np.int64)
+    sample = np.concatenate(dm.map_indexed(sample_block_rows, offsets, pick))
     edges = bin_edges(sample, int(est.max_bins))
     shards = ShardSet(dm, edges, n_classes=len(dm.classes) if target == "classification" else 0)
     return dm, edges, shards

@@ -95,13 +95,14 @@ def test_subsampled_boosting_is_deterministic_with_a_seed(binary):
     np.testing.assert_array_equal(a, b)
 
 
-def test_forest_does_not_depend_on_how_blocks_are_sharded(binary):
+def test_forest_does_not_depend_on_how_rows_are_blocked_or_sharded(binary):
     X, y, _, _ = binary
-    dm = _input.as_design_matrix(X, y, target="classification", block_rows=1000, executor="local")
     edges = bin_edges(X, 32)
     params = GrowParams(max_depth=4, max_features=4)
     trees = []
-    for n_shards in (1, 3):
+    for block_rows, n_shards in ((len(X), 1), (1000, 3)):
+        dm = _input.as_design_matrix(X, y, target="classification", block_rows=block_rows,
+                                     executor="local")
         shards = ShardSet(dm, edges, n_classes=2, n_shards=n_shards)
         shards.call("start_forest", 7, [0, 1], True, False)
         trees.append(grow_trees(shards.level, 2, Gini(2), edges, params, np.random.default_rng(0)))
