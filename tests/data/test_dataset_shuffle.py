@@ -101,3 +101,13 @@ def test_repartition_with_shuffle_keeps_all_rows(ds, frame):
     parts = ds.repartition(3, shuffle=True).materialize()
     assert parts.num_blocks() == 3
     assert sorted(parts.to_pandas()["id"].tolist()) == frame.id.tolist()
+
+
+def test_sort_and_shuffle_carry_tensor_columns():
+    rng = np.random.default_rng(0)
+    images, keys = rng.random((60, 3, 2)), rng.permutation(60)
+    ds = sd.from_numpy({"img": images, "k": keys}, override_num_blocks=4)
+    out = ds.sort("k").to_numpy()
+    np.testing.assert_array_equal(out["img"], images[np.argsort(keys)])
+    shuffled = ds.random_shuffle(seed=0).to_numpy()
+    np.testing.assert_array_equal(shuffled["img"], images[np.argsort(keys)][shuffled["k"]])
