@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from shoal.data._block import check_columns
 from shoal.exceptions import DatasetPathError
 
 
@@ -172,15 +173,20 @@ def plan_range(n: int, num_blocks: int, tensor_shape: tuple | None = None) -> li
 def _read_parquet(pieces, columns=None, filter=None) -> pa.Table:
     import pyarrow.parquet as pq
 
+    # A filter may name columns outside ``columns``: read them all, filter, then select.
+    read_columns = columns if filter is None else None
     tables = []
     for path, rgs in pieces:
         f = pq.ParquetFile(path)
-        t = f.read_row_groups(rgs, columns=columns) if rgs else f.schema_arrow.empty_table()
-        if columns is not None and not rgs:
-            t = t.select(columns)
+        t = f.read_row_groups(rgs, columns=read_columns) if rgs else f.schema_arrow.empty_table()
         tables.append(t)
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    return table.filter(filter) if filter is not None else table
+    if filter is not None:
+        table = table.filter(filter)
+    if columns is not None:
+        check_columns(table.schema, columns, "read_parquet(columns=...)")
+        table = table.select(columns)
+    return table
 
 
 def _read_csv(paths, **options) -> pa.Table:

@@ -50,3 +50,12 @@ def test_schema_of_materialized_blocks_skips_empty_ones():
     full = pa.table({"x": [1]})
     node = BlocksNode([(None, meta_of(empty)), (None, meta_of(full))])
     assert known_schema(node).names == ["x"]
+
+
+def test_data_context_rejects_bad_settings():
+    import pytest
+
+    from shoal.data import DataContext
+
+    with pytest.raises(ValueError, match="max_tasks_in_flight"):
+        DataContext(max_tasks_in_flight=0)

@@ -80,6 +80,9 @@ def test_read_parquet_columns_and_filter(cluster, parquet_dir):
     out = ds.to_pandas()
     assert list(out.columns) == ["id", "g"]
     assert out["id"].tolist() == df[df.g == 2]["id"].tolist()
+    # The filter may use a column that is not read out.
+    out = sd.read_parquet(str(folder), columns=["id"], filter=pc.field("x") > 1.0).to_pandas()
+    assert out["id"].tolist() == df[df.x > 1.0]["id"].tolist()
 
 
 def test_read_csv_folder_with_more_blocks_than_files(cluster, tmp_path):
