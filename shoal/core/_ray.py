@@ -72,7 +72,10 @@ class RayBackend:
             self._is_driver = ctx.worker.mode == ray.SCRIPT_MODE
         except AttributeError:   # Ray client (ray://): only drivers connect that way
             self._is_driver = True
-        job_env = (ctx.runtime_env or {}).get("env_vars") or {}
+        try:
+            job_env = (ctx.runtime_env or {}).get("env_vars") or {}
+        except Exception:  # noqa: BLE001 - not every Ray mode exposes it: set it per task
+            job_env = {}
         self._job_has_env = all(job_env.get(k) == v for k, v in _ENV.items())
         self._fns = weakref.WeakKeyDictionary()     # user function/class -> ray remote
         self._prepared = weakref.WeakKeyDictionary()  # RemoteFunction -> (its options, ray fn)
