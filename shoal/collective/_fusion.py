@@ -11,6 +11,7 @@ cycle.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -66,6 +67,7 @@ class Fuser:
         take = batch
         try:
             with queue.exec_lock:
+                queue._runner = threading.get_ident()
                 k = self._negotiate(len(batch))
                 take = batch[:k]
                 queue.push_front(batch[k:])
@@ -83,6 +85,7 @@ class Fuser:
                 if not it.work.is_completed():
                     it.work._finish(error=e)
         finally:
+            queue._runner = None
             queue.done(len(take))
 
     def _negotiate(self, n: int) -> int:

@@ -69,6 +69,31 @@ def _store_adapter(kv, prefix: str, timeout: float):
     return KVStoreAdapter()
 
 
+def _widen(torch) -> dict:
+    """dtypes Gloo cannot reduce, and the type each is reduced in."""
+    return {torch.int16: torch.int32, torch.uint16: torch.int32, torch.uint32: torch.int64,
+            torch.uint64: torch.int64, torch.bool: torch.uint8, torch.float16: torch.float32,
+            torch.bfloat16: torch.float32}
+
+
+def _movable(x):
+    """(a Gloo-movable view of ``x`` with the same rows, a function mapping results back)."""
+    torch = _torch()[0]
+    if x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64, torch.float16, torch.int8,
+                                             torch.uint8, torch.int32, torch.int64, torch.bfloat16):
+        return x, (lambda y: y)
+    shape, dtype = tuple(x.shape), x.dtype
+    rows = shape[0] if shape else 1
+    inner = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    y = x.contiguous().reshape(rows, inner).view(torch.uint8)
+
+    def back(z):
+        n = z.shape[0]
+        out = z.contiguous().view(dtype).reshape((n,) + shape[1:]) if shape else z.view(dtype).reshape(())
+        return out
+    return y, back
+
+
 _OPS = {"sum": "SUM", "avg": "SUM", "min": "MIN", "max": "MAX", "prod": "PRODUCT"}
 
 
@@ -114,7 +139,7 @@ class TorchCommunicator(Communicator):
         buf = as_buffer(x, name=name)
         if buf.dtype_name == "bfloat16":
             raise TypeError(f"{name}: bfloat16 needs a torch tensor")
-        t = torch.from_numpy(buf.array)
+        t = torch.from_numpy(buf.array if buf.array.flags.writeable else buf.array.copy())
         if t.device != self.device:
             work = t.to(self.device)
 
@@ -166,11 +191,21 @@ class TorchCommunicator(Communicator):
 
     def _allreduce_tensor(self, t, op, prescale=1.0, postscale=1.0, root=None):
         torch = _torch()[0]
-        wide = t.dtype in (torch.float16, torch.bfloat16) and self.device.type == "cpu"
-        x = t.float() if wide or (prescale != 1.0 and not t.is_floating_point()) else t
-        if x is t and (prescale != 1.0):
-            x = t.clone()
+        if t.is_complex() and op not in ("sum", "avg"):
+            return self._reduce_by_gather(t, op, prescale, postscale, root)
+        cpu = self.device.type == "cpu"
+        wide = _widen(torch).get(t.dtype) if cpu else None
+        if t.is_complex():
+            x = torch.view_as_real(t)
+        elif wide is not None:
+            x = t.to(wide)
+        elif prescale != 1.0 and not t.is_floating_point():
+            x = t.double()
+        else:
+            x = t
         if prescale != 1.0:
+            if not x.is_floating_point():
+                x = x.double()
             x.mul_(prescale)
         if root is None:
             self._wait(self.pg.allreduce([x], self._allreduce_opts(op)))
@@ -180,15 +215,34 @@ class TorchCommunicator(Communicator):
             self._wait(self.pg.reduce([x], opts))
         if root is not None and root != self.rank:
             return t
-        if op == "avg":
-            if x.is_floating_point() or x.is_complex():
-                x.div_(self.world_size)
+        if op == "avg" and t.dtype != torch.bool:
+            if x.is_floating_point():
+                x.div_(self.world_size) if t.is_floating_point() or t.is_complex() else \
+                    x.copy_(torch.floor(x / self.world_size))
             else:
                 x.floor_divide_(self.world_size)
         if postscale != 1.0:
-            x = x * postscale if not x.is_floating_point() else x.mul_(postscale)
-        if x is not t:
-            t.copy_(x.trunc() if x.is_floating_point() and not t.is_floating_point() else x)
+            if not x.is_floating_point():
+                x = x.double()
+            x.mul_(postscale)
+        if t.is_complex():
+            return t
+        if x.data_ptr() != t.data_ptr():
+            if x.is_floating_point() and not t.is_floating_point():
+                x = x.trunc() if t.dtype != torch.bool else x != 0
+            t.copy_(x)
+        return t
+
+    def _reduce_by_gather(self, t, op, prescale, postscale, root):
+        """Ops Gloo cannot reduce (complex prod): gather everything and reduce in rank order."""
+        from shoal.collective._buffers import Reducer
+        parts = self._do_allgather(t.reshape(-1), None)
+        if root is not None and root != self.rank:
+            return t
+        flat = [p.cpu().numpy() for p in parts]
+        res = np.empty_like(flat[0])
+        Reducer(op, str(t.dtype).replace("torch.", ""), self.world_size, prescale, postscale).reduce(res, flat)
+        t.copy_(_torch()[0].from_numpy(res).reshape(t.shape))
         return t
 
     def _allreduce_opts(self, op):
@@ -270,11 +324,12 @@ class TorchCommunicator(Communicator):
         self._wait(self.pg.allgather([all_rows], [rows]))
         counts = [int(r.item()) for r in all_rows]
         top = max(counts)
-        pad = torch.zeros((top,) + tuple(x.shape[1:]), dtype=x.dtype, device=self.device)
-        pad[:x.shape[0]] = x
+        y, unmove = _movable(x)
+        pad = torch.zeros((top,) + tuple(y.shape[1:]), dtype=y.dtype, device=self.device)
+        pad[:y.shape[0]] = y
         outs = [torch.empty_like(pad) for _ in range(self.world_size)]
         self._wait(self.pg.allgather([outs], [pad]))
-        full = torch.cat([o[:c] for o, c in zip(outs, counts)])
+        full = unmove(torch.cat([o[:c] for o, c in zip(outs, counts)]))
         res = self._deliver(full, t, out)
         offs = np.concatenate([[0], np.cumsum(counts)]).astype(int)
         parts = [res[offs[q]:offs[q + 1]] for q in range(self.world_size)]
@@ -285,7 +340,7 @@ class TorchCommunicator(Communicator):
         self._check(self._desc_of("broadcast", x, root=src))
         opts = self._dist.BroadcastOptions()
         opts.rootRank = src
-        self._wait(self.pg.broadcast([x], opts))
+        self._wait(self.pg.broadcast([_movable(x)[0]], opts))
         if back:
             back()
         return t
@@ -298,28 +353,31 @@ class TorchCommunicator(Communicator):
         torch = _torch()[0]
         if self.rank == src:
             xs = [self._tensor(p, f"parts[{q}]")[0] for q, p in enumerate(parts)]
-            meta = [(tuple(x.shape), str(x.dtype)) for x in xs]
+            meta = [(tuple(x.shape), str(x.dtype).replace("torch.", "")) for x in xs]
         else:
             meta = None
         meta = self.broadcast_object(meta, src)
-        shapes, dtype = [m[0] for m in meta], getattr(torch, meta[0][1].replace("torch.", ""))
-        top = max((s[0] if s else 1) for s in shapes)
-        trail = shapes[0][1:] if shapes[0] else ()
-        recv = torch.zeros((top,) + tuple(trail), dtype=dtype, device=self.device)
+        dtype = getattr(torch, meta[0][1])
+        # Every part as Gloo-movable rows, padded to the longest part.
+        templates = [_movable(torch.empty(shape, dtype=dtype)) for shape, _ in meta]
+        moved = [tm[0] for tm in templates]
+        top = max(m.shape[0] for m in moved)
+        recv = torch.zeros((top,) + tuple(moved[0].shape[1:]), dtype=moved[0].dtype, device=self.device)
         opts = self._dist.ScatterOptions()
         opts.rootRank = src
         if self.rank == src:
             padded = []
             for x in xs:
                 p = torch.zeros_like(recv)
-                flat = x.reshape(1, *trail) if x.dim() == 0 else x
-                p[:flat.shape[0]] = flat
+                m = _movable(x)[0]
+                p[:m.shape[0]] = m
                 padded.append(p)
             self._wait(self.pg.scatter([recv], [padded], opts))
         else:
             self._wait(self.pg.scatter([recv], [], opts))
-        mine = shapes[self.rank]
-        res = recv[:mine[0]] if mine else recv[0]
+        res = templates[self.rank][1](recv[:moved[self.rank].shape[0]])
+        if not meta[self.rank][0]:
+            res = res.reshape(())
         like = parts[0] if self.rank == src else out if out is not None else np.empty(0)
         return self._deliver(res, like, out)
 
@@ -337,9 +395,10 @@ class TorchCommunicator(Communicator):
         recv = [int(v) for v in got.tolist()]
         if recv_splits is not None and [int(v) for v in recv_splits] != recv:
             raise ValueError(f"recv_splits={list(recv_splits)} but the senders send {recv} rows")
-        y = torch.empty((sum(recv),) + tuple(x.shape[1:]), dtype=x.dtype, device=self.device)
-        self._wait(self.pg.alltoall_base(y, x, recv, splits, self._dist.AllToAllOptions()))
-        return self._deliver(y, t, out)
+        xm, unmove = _movable(x)
+        y = torch.empty((sum(recv),) + tuple(xm.shape[1:]), dtype=xm.dtype, device=self.device)
+        self._wait(self.pg.alltoall_base(y, xm, recv, splits, self._dist.AllToAllOptions()))
+        return self._deliver(unmove(y), t, out)
 
     def _do_barrier(self):
         self._check(D.make("barrier", world=self.world_size))
@@ -347,11 +406,11 @@ class TorchCommunicator(Communicator):
 
     def _do_send(self, t, dst, tag):
         x, _ = self._tensor(t)
-        self._wait(self.pg.send([x], dst, tag))
+        self._wait(self.pg.send([_movable(x)[0]], dst, tag))
 
     def _do_recv(self, t, src, tag):
         x, back = self._tensor(t)
-        self._wait(self.pg.recv([x], src, tag))
+        self._wait(self.pg.recv([_movable(x)[0]], src, tag))
         if back:
             back()
         return t

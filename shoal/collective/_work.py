@@ -62,6 +62,7 @@ class OpQueue:
     def __init__(self, name: str, fuse=None):
         self._lock = threading.RLock()
         self.exec_lock = threading.Lock()  # held while an op runs
+        self._runner: int | None = None    # the thread running an op now
         self._cond = threading.Condition(self._lock)
         self._items: deque[_Item] = deque()
         self._inflight = 0
@@ -71,6 +72,8 @@ class OpQueue:
         self._fuse = fuse  # callable(list[_Item], OpQueue) handling fusible heads, or None
 
     def run(self, fn, args, async_op: bool, description: str, fusion_key=None, nbytes: int = 0):
+        if self._runner == threading.get_ident():
+            return fn(*args)  # an op composed of other ops (e.g. scatter's metadata broadcast)
         if not async_op:
             with self._lock:
                 inline = self._inflight == 0
@@ -78,8 +81,10 @@ class OpQueue:
                     self.exec_lock.acquire()
             if inline:
                 try:
+                    self._runner = threading.get_ident()
                     return fn(*args)
                 finally:
+                    self._runner = None
                     self.exec_lock.release()
             return self.submit(fn, args, description, None, 0).wait()
         return self.submit(fn, args, description, fusion_key, nbytes)
@@ -134,7 +139,11 @@ class OpQueue:
     def execute(self, item: _Item) -> None:
         try:
             with self.exec_lock:
-                result = item.fn(*item.args)
+                self._runner = threading.get_ident()
+                try:
+                    result = item.fn(*item.args)
+                finally:
+                    self._runner = None
             item.work._finish(result)
         except BaseException as e:  # delivered to whoever waits on the handle
             item.work._finish(error=e)
