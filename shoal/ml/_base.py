@@ -37,7 +37,18 @@ def apply_to_dataset(estimator, ds, method: str, features=None) -> np.ndarray:
 
 
 class ShoalEstimatorMixin:
-    """Adds ``save(path)``; ``shoal.ml.load(path)`` reads it back without unpickling code."""
+    """Adds ``save(path)``; ``shoal.ml.load(path)`` reads it back without unpickling code.
+
+    ``_fits_design_matrix``: fit accepts a DesignMatrix (a fused Pipeline hands one over).
+    A transformer whose ``_can_block_transform()`` is true gives, once fitted, a NumPy-only
+    block kernel and its arguments ``_block_transform() -> (fn, args)``, ``fn(X, y, *args)
+    -> (X', y)``: a Pipeline then transforms blocks where they live.
+    """
+
+    _fits_design_matrix = False
+
+    def _can_block_transform(self) -> bool:
+        return False
 
     def save(self, path) -> None:
         from shoal.ml._persist import save

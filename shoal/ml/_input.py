@@ -18,6 +18,8 @@ Contract (stable; every estimator, the tree models included, builds on it)
     or column: NaN/inf features, label of the wrong type, empty input, missing
     column, non-numeric feature column, X/y length mismatch.
 
+    X may also be a DesignMatrix (a pipeline passing its blocks on): it is returned as is.
+
 ``DesignMatrix``
     blocks        list of block handles; each holds ``(X_block, y_block)`` with
                   X_block float64 C-contiguous (n_i, d) and y_block None,
@@ -304,6 +306,8 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
     """Validate input and lay it out as blocks for distributed fitting (see module docstring)."""
     if target not in (None, "regression", "classification"):
         raise InvalidInputError(f"target must be None, 'regression' or 'classification', got {target!r}")
+    if isinstance(X, DesignMatrix):
+        return _reuse_design_matrix(X, target, estimator)
     if isinstance(y, str):
         label, y = y, None
     if _is_dataset(X):
@@ -357,6 +361,17 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
         blocks.append(ex.put((Xb, yb)))
         sizes.append(Xb.shape[0])
     return DesignMatrix(blocks, sizes, d, names, ex, classes)
+
+
+def _reuse_design_matrix(dm: DesignMatrix, target, estimator) -> DesignMatrix:
+    """A DesignMatrix passed as X (a fused pipeline) is used as laid out; its label must fit."""
+    if target == "classification" and dm.classes is None:
+        raise InvalidInputError(f"{_name_of(estimator)} is a classifier but the design matrix holds no "
+                                f"class labels; build it with target='classification'.")
+    if target == "regression" and dm.classes is not None:
+        raise InvalidInputError(f"{_name_of(estimator)} is a regressor but the design matrix holds class "
+                                f"codes; build it with target='regression'.")
+    return dm
 
 
 def _arrow_block_to_design(table, features, label, target, allow_nan=False):

@@ -224,3 +224,21 @@ def _block_sketch_missing(X, y, missing):
     if not np.isnan(missing):
         X = np.where(X == missing, np.nan, X)
     return block_sketch(X)
+
+
+
+# ----------------------------------------------------------------------------------
+# fused pipeline transforms (blocks stay in the object store)
+
+def _affine_block(X, y, mul, add):
+    """X * mul + add, column-wise."""
+    out = np.multiply(X, mul)
+    out += add
+    return out, y
+
+
+def _linear_map_block(X, y, M, add):
+    """X @ M + add (a projection such as PCA's)."""
+    out = X @ M
+    out += add
+    return out, y

@@ -51,6 +51,8 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
     (n_clusters, n_features). ``tol`` is relative to the mean feature variance (scikit-learn's rule).
     """
 
+    _fits_design_matrix = True
+
     def __init__(self, n_clusters=8, *, init="k-means||", n_init=1, max_iter=300, tol=1e-4,
                  init_steps=2, random_state=None):
         self.n_clusters = n_clusters

@@ -66,6 +66,8 @@ def _coordinate_descent(G, b, n, l1, l2, max_iter, tol, w0=None):
 
 
 class _LinearRegressorBase(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin, BaseEstimator):
+    _fits_design_matrix = True
+
     def _fit_gram(self, X, y):
         dm = fit_input(self, X, y, "regression")
         G, b, yy, n, mu, ybar = gram_stats(dm, self.fit_intercept)
@@ -212,6 +214,8 @@ def _lbfgs(dm, block_fn, shape, extra, n, l2, l1, penalize_last_row, max_iter, t
 
 
 class _LinearClassifierBase(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
+    _fits_design_matrix = True
+
     def decision_function(self, X):
         check_fitted(self, "coef_")
         if _is_dataset(X):

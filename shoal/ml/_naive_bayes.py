@@ -12,6 +12,8 @@ from shoal.ml._input import _is_dataset, check_predict_input
 
 
 class _BaseNB(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
+    _fits_design_matrix = True
+
     def predict(self, X):
         check_fitted(self, "classes_")
         if _is_dataset(X):

@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted, fit_input, transform_dataset
+from shoal.ml._kernels import _linear_map_block
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import gram_stats
 
@@ -18,6 +19,17 @@ class PCA(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
     the variance) or None (min(n_samples, n_features)). Component signs follow scikit-learn
     (the largest-magnitude loading of each component is positive).
     """
+
+    _fits_design_matrix = True
+
+    def _can_block_transform(self):
+        return True
+
+    def _block_transform(self):
+        M = self.components_.T
+        if self.whiten:
+            M = M / np.sqrt(np.where(self.explained_variance_ > 0, self.explained_variance_, 1.0))
+        return _linear_map_block, (np.ascontiguousarray(M), -self.mean_ @ M)
 
     def __init__(self, n_components=None, *, whiten=False):
         self.n_components = n_components

@@ -1,4 +1,9 @@
-"""Pipeline: scikit-learn's Pipeline, with save/load and shoal.data Datasets flowing through.
+"""Pipeline: scikit-learn's Pipeline, with save/load, fused distributed fitting and Datasets.
+
+On array input that is laid out on the cluster, a Pipeline of shoal.ml steps is fused: the
+data is put in the object store once, each transformer fits on the blocks and then
+transforms them where they live (a task per block), and the final estimator fits on the
+transformed blocks. Nothing returns to the driver between steps.
 
 On a Dataset, fit with the label's column name as y: ``pipe.fit(ds, "label")``. Each
 transformer fits on the feature columns (the label column is left out) and transforms the
@@ -6,13 +11,46 @@ Dataset lazily (the label passes through); the final estimator fits on the resul
 """
 from __future__ import annotations
 
+from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline as _SklearnPipeline
 
-from shoal.ml._base import ShoalEstimatorMixin
+from shoal.ml import _input
 
 
-class Pipeline(ShoalEstimatorMixin, _SklearnPipeline):
+class Pipeline(_SklearnPipeline):
     """A chain of transformers ending in any estimator (scikit-learn's API)."""
+
+    def save(self, path) -> None:
+        from shoal.ml._persist import save
+        save(self, path)
+
+    def fit(self, X, y=None, **params):
+        if params or self.memory is not None or not self._fusable(X):
+            return super().fit(X, y, **params)
+        final = self._final_estimator
+        target = ("classification" if is_classifier(final) else
+                  "regression" if is_regressor(final) else None)
+        dm = _input.as_design_matrix(X, y, target=target, estimator=final)
+        if not dm.distributed:
+            return super().fit(X, y)
+        for _, step in self.steps[:-1]:
+            if step is None or step == "passthrough":
+                continue
+            step.fit(dm)
+            fn, args = step._block_transform()
+            dm = dm.map_blocks(fn, *args)
+        if final != "passthrough":
+            final.fit(dm)
+        return self
+
+    def _fusable(self, X) -> bool:
+        if _input._is_dataset(X) or isinstance(X, str):
+            return False
+        steps = [s for _, s in self.steps if s is not None and s != "passthrough"]
+        if not steps or not getattr(steps[-1], "_fits_design_matrix", False):
+            return False
+        return all(getattr(step, "_fits_design_matrix", False) and step._can_block_transform()
+                   for step in steps[:-1])
 
 
 def make_pipeline(*steps, memory=None, verbose=False) -> Pipeline:

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from shoal.exceptions import InvalidInputError
-from shoal.ml._kernels import (_block_max_abs, _block_min_max, _block_nan_sums, _block_sketch_missing, _block_value_counts, _merge_min_max, _merge_value_counts, _missing_mask)
+from shoal.ml._kernels import (_affine_block, _block_max_abs, _block_min_max, _block_nan_sums, _block_sketch_missing, _block_value_counts, _merge_min_max, _merge_value_counts, _missing_mask)
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_finite, check_predict_input
 from shoal.ml._quantiles import merge_sketches, sketch_quantiles
@@ -35,6 +35,16 @@ class _Transformer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 class StandardScaler(OneToOneFeatureMixin, _Transformer):
     """Remove the mean and scale to unit variance (population variance, as scikit-learn)."""
     _fitted_attr = "scale_"
+    _fits_design_matrix = True
+
+    def _can_block_transform(self):
+        return True
+
+    def _block_transform(self):
+        d = self.n_features_in_
+        mul = 1.0 / self.scale_ if self.with_std else np.ones(d)
+        add = -self.mean_ * mul if self.with_mean else np.zeros(d)
+        return _affine_block, (mul, add)
 
     def __init__(self, *, with_mean=True, with_std=True):
         self.with_mean = with_mean
@@ -69,6 +79,13 @@ class StandardScaler(OneToOneFeatureMixin, _Transformer):
 class MinMaxScaler(OneToOneFeatureMixin, _Transformer):
     """Scale each feature to ``feature_range`` using the distributed min and max."""
     _fitted_attr = "scale_"
+    _fits_design_matrix = True
+
+    def _can_block_transform(self):
+        return not self.clip
+
+    def _block_transform(self):
+        return _affine_block, (self.scale_, self.min_)
 
     def __init__(self, feature_range=(0, 1), *, clip=False):
         self.feature_range = feature_range
@@ -102,6 +119,13 @@ class MinMaxScaler(OneToOneFeatureMixin, _Transformer):
 class MaxAbsScaler(OneToOneFeatureMixin, _Transformer):
     """Scale each feature by its maximum absolute value (keeps sparsity and sign)."""
     _fitted_attr = "scale_"
+    _fits_design_matrix = True
+
+    def _can_block_transform(self):
+        return True
+
+    def _block_transform(self):
+        return _affine_block, (1.0 / self.scale_, np.zeros(self.n_features_in_))
 
     def fit(self, X, y=None):
         dm = fit_input(self, X, y, None)

@@ -146,3 +146,21 @@ def test_one_hot_encoder_on_dataset_leaves_label_out():
     out = enc.transform(ds).to_pandas()
     assert list(out.columns) == ["label", "color_blue", "color_green", "color_red"]
     np.testing.assert_array_equal(out["color_red"], [1, 0, 1, 0])
+
+
+@pytest.mark.parametrize("steps", [
+    lambda: [("s", ml.StandardScaler()), ("m", ml.LogisticRegression())],
+    lambda: [("s", ml.MinMaxScaler()), ("p", ml.PCA(3)), ("m", ml.Ridge())],
+    lambda: [("s", ml.MaxAbsScaler()), ("m", ml.KMeans(3, random_state=0))],
+], ids=["scale-logreg", "minmax-pca-ridge", "maxabs-kmeans"])
+def test_fused_pipeline_on_cluster_equals_in_process(frame, steps):
+    X, y = frame[["a", "b", "c", "d"]].to_numpy(), frame["label"].to_numpy()
+    with ml.use_executor("cluster"):
+        fused = ml.Pipeline(steps()).fit(X, y)
+    with ml.use_executor("local"):
+        local = ml.Pipeline(steps()).fit(X, y)
+    final = fused.steps[-1][1]
+    assert final.n_features_in_ == local.steps[-1][1].n_features_in_
+    if hasattr(final, "coef_"):
+        np.testing.assert_allclose(final.coef_, local.steps[-1][1].coef_, atol=1e-8)
+    np.testing.assert_allclose(fused.predict(X), local.predict(X), atol=1e-8)
