@@ -24,6 +24,7 @@ class Tree:
     value: np.ndarray       # float64 (n_nodes, n_outputs)
     weight: np.ndarray      # float64 weighted samples reaching the node
     gain: np.ndarray        # float64 weighted impurity decrease of the node's split
+    depth: np.ndarray       # int32 depth of the node (root 0)
 
     @property
     def n_nodes(self) -> int:
@@ -31,11 +32,7 @@ class Tree:
 
     @property
     def max_depth(self) -> int:
-        depth = np.zeros(self.n_nodes, dtype=np.int64)
-        for i in range(self.n_nodes):  # nodes are created parents first; runs once per tree at fit
-            if self.feature[i] >= 0:
-                depth[self.left[i]] = depth[self.right[i]] = depth[i] + 1
-        return int(depth.max()) if depth.size else 0
+        return int(self.depth.max()) if self.depth.size else 0
 
     def feature_importances(self, n_features: int) -> np.ndarray:
         imp = np.bincount(self.feature[self.feature >= 0],

@@ -43,19 +43,20 @@ class _Nodes:
         self.value = np.zeros((self._cap, n_outputs))
         self.weight = np.zeros(self._cap)
         self.gain = np.zeros(self._cap)
+        self.depth = np.zeros(self._cap, np.int32)
 
-    def add(self, value: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    def add(self, value: np.ndarray, weight: np.ndarray, depth: int) -> np.ndarray:
         n = value.shape[0]
         while self.n + n > self._cap:
             self._grow()
         ids = np.arange(self.n, self.n + n)
-        self.value[ids], self.weight[ids] = value, weight
+        self.value[ids], self.weight[ids], self.depth[ids] = value, weight, depth
         self.n += n
         return ids
 
     def _grow(self):
         self._cap *= 2
-        for name in ("feature", "bin", "threshold", "left", "right", "weight", "gain"):
+        for name in ("feature", "bin", "threshold", "left", "right", "weight", "gain", "depth"):
             old = getattr(self, name)
             new = np.full(self._cap, -1 if name in ("feature", "left", "right") else 0, old.dtype)
             new[:old.shape[0]] = old
@@ -68,7 +69,7 @@ class _Nodes:
         n = self.n
         return Tree(self.feature[:n].copy(), self.bin[:n].copy(), self.threshold[:n].copy(),
                     self.left[:n].copy(), self.right[:n].copy(), self.value[:n].copy(),
-                    self.weight[:n].copy(), self.gain[:n].copy())
+                    self.weight[:n].copy(), self.gain[:n].copy(), self.depth[:n].copy())
 
 
 class _TreeFrontier:
@@ -140,7 +141,7 @@ def _split_level(f: _TreeFrontier, hist: np.ndarray, depth: int, crit: Criterion
                  edges: np.ndarray, params: GrowParams, rng, k):
     total = hist[:, 0].sum(axis=1)                    # (m, S)
     if f.ids is None:                                 # level 0: the root
-        f.ids = f.nodes.add(crit.value(total), crit.count(total))
+        f.ids = f.nodes.add(crit.value(total), crit.count(total), 0)
         is_open = _is_open(crit, total, depth, params)
         if not is_open[0]:
             f.done = True
@@ -157,7 +158,7 @@ def _split_level(f: _TreeFrontier, hist: np.ndarray, depth: int, crit: Criterion
     left, right = left[sp], total[sp] - left[sp]
     child_stats = np.empty((2 * n_sp, left.shape[1]))
     child_stats[0::2], child_stats[1::2] = left, right
-    child_ids = f.nodes.add(crit.value(child_stats), crit.count(child_stats))
+    child_ids = f.nodes.add(crit.value(child_stats), crit.count(child_stats), depth + 1)
     parent_ids = f.ids[sp]
     nd = f.nodes
     nd.feature[parent_ids] = feature[sp]
