@@ -25,7 +25,9 @@ import weakref
 import ray
 import ray.exceptions as rex
 from ray.util.placement_group import PlacementGroup as RayPlacementGroup
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy as RayPGStrategy
+from ray.util.scheduling_strategies import (
+    PlacementGroupSchedulingStrategy as RayPGStrategy,
+)
 
 from shoal.core._ray_errors import to_shoal_error
 from shoal.core._ray_kv import KV_ACTOR, RayKVStore

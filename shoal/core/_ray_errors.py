@@ -5,9 +5,16 @@ import re
 
 import ray.exceptions as rex
 
-from shoal.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
-                              ObjectLostError, ShoalError, TaskCancelledError, TaskError,
-                              WorkerCrashedError)
+from shoal.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    ObjectLostError,
+    ShoalError,
+    TaskCancelledError,
+    TaskError,
+    WorkerCrashedError,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_NAME = re.compile(r"ray::([^\s(]+)\(")

@@ -31,7 +31,12 @@ from shoal.core._runtime import ProcessRuntime, fill_deps, value_of
 from shoal.core._serialization import serialize
 from shoal.core._spec import TaskSpec
 from shoal.core.object_ref import ObjectRef, RefCounter
-from shoal.exceptions import GetTimeoutError, SerializationError, TaskCancelledError, TaskError
+from shoal.exceptions import (
+    GetTimeoutError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+)
 
 _FLUSH_EVERY = 64
 

@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass
 
 from shoal.core.object_ref import ObjectRef
-from shoal.exceptions import NotInitializedError
 
 _backend = None           # the driver's backend (LocalBackend or RayBackend)
 _worker_rt = None         # set inside worker processes of the local backend
