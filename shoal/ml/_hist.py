@@ -95,6 +95,8 @@ def histograms(XbT: np.ndarray, rows: np.ndarray, slot: np.ndarray, n_slots: int
     out = np.zeros((len(channels), k, width))
     itype = np.int64 if n_features * n_total >= 2**31 or width >= 2**31 else np.int32
     flat = XbT.reshape(-1)
+    every_row = rows.shape[0] == n_total       # distinct indices: rows is arange(n_total)
+    feat_cols = None if feats is None else feats.astype(itype) * n_total
     for start in range(0, rows.shape[0], _ROW_CHUNK):
         r = rows[start:start + _ROW_CHUNK].astype(itype, copy=False)
         s = slot[start:start + _ROW_CHUNK].astype(itype, copy=False)
@@ -104,10 +106,9 @@ def histograms(XbT: np.ndarray, rows: np.ndarray, slot: np.ndarray, n_slots: int
         chans = [None if ch is None else ch[start:start + _ROW_CHUNK] for ch in channels]
         for j in range(k):                           # one contiguous 1-D pass per feature
             if feats is None:
-                b = XbT[j].take(r)
+                b = XbT[j, start:start + _ROW_CHUNK] if every_row else XbT[j].take(r)
             else:
-                col = feats[:, j].astype(itype).take(s)
-                col *= n_total
+                col = feat_cols[:, j].take(s)
                 col += r
                 b = flat.take(col)
             if n_classes > 1:

@@ -42,13 +42,14 @@ def test_bin_edges_are_quantiles_for_continuous_features():
     assert counts.min() > 0.9 * 20000 / 16 and counts.max() < 1.1 * 20000 / 16
 
 
-def test_histograms_match_a_direct_count():
+@pytest.mark.parametrize("n_rows", [300, 500])   # a subset of rows, and every row
+def test_histograms_match_a_direct_count(n_rows):
     rng = np.random.default_rng(1)
     XbT = rng.integers(0, 8, (3, 500)).astype(np.uint8)
-    rows = np.sort(rng.choice(500, 300, replace=False)).astype(np.int32)
-    slot = rng.integers(0, 4, 300).astype(np.int32)
-    codes = rng.integers(0, 2, 300).astype(np.int32)
-    w = rng.random(300)
+    rows = np.sort(rng.choice(500, n_rows, replace=False)).astype(np.int32)
+    slot = rng.integers(0, 4, n_rows).astype(np.int32)
+    codes = rng.integers(0, 2, n_rows).astype(np.int32)
+    w = rng.random(n_rows)
     feats = np.array([[0, 2], [1, 2], [0, 1], [2, 0]])
     h = histograms(XbT, rows, slot, 4, 8, [w], codes, 2, feats)
     expected = np.zeros((4, 2, 8, 2))
