@@ -74,7 +74,25 @@ def allreduce(comm, src: np.ndarray, dst: np.ndarray | None, reducer: Reducer,
 
 
 def hier_allreduce(comm, src, dst, reducer: Reducer) -> None:
-    """Reduce in the host, allreduce across host leaders, broadcast in the host."""
+    """Reduce in the host, allreduce across host leaders, broadcast in the host.
+
+    Types that reduce in a wider accumulator (float16, bfloat16, scaled
+    integers) travel in it end to end, so the result is rounded once.
+    """
+    if reducer.acc is None:
+        return _hier(comm, src, dst, reducer)
+    n, acc = src.size, reducer.acc
+    wsrc = comm.scratch("hier_in", n * acc.itemsize).view(acc)[:n]
+    reducer._load(src, wsrc)  # converts and applies the prescale
+    wdst = comm.scratch("hier_out", n * acc.itemsize).view(acc)[:n] if dst is not None else None
+    inner = Reducer("sum" if reducer.op == "avg" else reducer.op, acc.name, comm.world_size)
+    _hier(comm, wsrc, wdst, inner)
+    if dst is not None:
+        reducer._finalize_acc(wdst)
+        reducer._store(wdst, dst)
+
+
+def _hier(comm, src, dst, reducer: Reducer) -> None:
     topo, shm = comm.topology, comm.shm
     is_leader = comm.rank == topo.local_ranks[0]
     local = Reducer(reducer.op, reducer.dtype_name, comm.world_size, reducer.prescale)

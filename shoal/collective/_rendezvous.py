@@ -19,7 +19,7 @@ from shoal.exceptions import CollectiveError, GetTimeoutError
 
 
 def host_identity() -> str:
-    """Ranks with equal identities can share memory: one kernel, one /dev/shm, one network."""
+    """Ranks with equal identities share memory: one kernel boot, one /dev/shm, one network namespace."""
     override = os.environ.get("SHOAL_COLLECTIVE_HOST_ID")
     if override:
         return override
@@ -30,11 +30,15 @@ def host_identity() -> str:
     except OSError:
         import socket
         parts.append(socket.gethostname())
-    for ns in ("mnt", "net"):
-        try:
-            parts.append(str(os.stat(f"/proc/self/ns/{ns}").st_ino))
-        except OSError:
-            pass
+    try:  # the same shared-memory filesystem (mount namespaces may differ and still share it)
+        st = os.stat(shm_dir())
+        parts.append(f"{st.st_dev}.{st.st_ino}")
+    except OSError:
+        pass
+    try:  # a network namespace is a host of its own (containers, the multi-host tests)
+        parts.append(str(os.stat("/proc/self/ns/net").st_ino))
+    except OSError:
+        pass
     return ":".join(parts)
 
 

@@ -53,12 +53,20 @@ def reference(dtype: str, op: str, inputs: list, prescale=1.0, postscale=1.0):
     return r.astype(dt)
 
 
+# Across hosts the reduction order follows the ring, not the rank order: floats then
+# agree to rounding, not bit for bit.
+TOLERANT = False
+
+
 def _eq(got, want, what):
     got, want = np.asarray(got), np.asarray(want)
     if got.shape != want.shape:
         return f"{what}: shape {got.shape} != {want.shape}"
     if got.dtype.kind == "c":  # complex products differ in the last bit between numpy's loops
         ok = np.allclose(got, want, rtol=1e-5 if got.dtype == np.complex64 else 1e-12, equal_nan=True)
+    elif got.dtype.kind == "f" and TOLERANT:
+        ok = np.allclose(got, want, rtol=1e-2 if got.dtype == np.float16 else 1e-5, atol=1e-6,
+                         equal_nan=True)
     elif got.dtype.kind == "f":
         ok = np.array_equal(got, want, equal_nan=True)
     else:
