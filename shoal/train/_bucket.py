@@ -37,11 +37,13 @@ class Bucket:
         self.work = None
 
     def launch(self) -> None:
+        buf = self.buffer
         if self.wire is not None:
-            self.wire.copy_(self.buffer)
-            self.work = self.comm.allreduce(self.wire, op="avg", async_op=True)
-        else:
-            self.work = self.comm.allreduce(self.buffer, op="avg", async_op=True)
+            self.wire.copy_(buf)
+            buf = self.wire
+        # out= (the same buffer): a bucket is already one flat tensor, so it skips the
+        # communicator's tensor fusion (its cycle-time wait and count negotiation).
+        self.work = self.comm.allreduce(buf, op="avg", async_op=True, out=buf)
 
     def wait(self) -> None:
         if self.work is not None:

@@ -1,0 +1,201 @@
+"""Data-parallel training throughput: shoal DDP vs torch DDP (Gloo) vs one worker.
+
+    python benchmarks/train.py [--quick] [--workers 2] [--steps 60]
+
+The same model, synthetic data and per-rank batch size are trained with
+  - 1 worker (plain PyTorch, no communication),
+  - torch DDP over Gloo (torch.distributed, one process per rank),
+  - shoal DDP over shoal.collective (native backend: shared memory),
+each rank on one thread (torch.set_num_threads(1)), one process per rank,
+all in this run on this host. Reported: samples/s, scaling efficiency
+(samples/s at N / (N x samples/s at 1)), the share of a step that is
+exposed communication ((t_N - t_1) / t_N, the same formula for both), and
+for shoal the measured share of a step spent waiting for gradient buckets.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+import time
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+CONFIGS = [
+    # name, model, per-rank batch
+    ("MLP 784-1024-1024-10, batch 128/rank", "mlp", 128),
+    ("MLP 784-1024-1024-10, batch 16/rank (communication-bound)", "mlp", 16),
+    ("small CNN (2 conv + 2 fc, 28x28), batch 64/rank", "cnn", 64),
+]
+
+
+def make_model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                             nn.Linear(1024, 10))
+    return nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def make_batches(kind: str, batch: int, n: int, rank: int):
+    g = torch.Generator().manual_seed(1000 + rank)
+    shape = (batch, 784) if kind == "mlp" else (batch, 1, 28, 28)
+    return [(torch.randn(*shape, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, secret, out):
+    torch.set_num_threads(1)
+    model = make_model(kind)
+    comm_wait = [0.0]
+    barrier = lambda: None  # noqa: E731
+    if system == "torch":
+        import torch.distributed as dist
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        model = nn.parallel.DistributedDataParallel(model)
+        barrier = dist.barrier
+    elif system == "shoal":
+        from shoal import collective
+        from shoal.core.kv import TCPStore
+        from shoal.train import _bucket
+        from shoal.train.ddp import DDP, DistributedModel
+        store = TCPStore("127.0.0.1", ports[1], secret=secret, is_server=rank == 0)
+        comm = collective.init_group(rank, world, store, backend="native", name="bench")
+        kw = dict(kv.split("=") for kv in os.environ.get("SHOAL_BENCH_DDP", "").split(",") if kv)
+        model = DistributedModel(model, comm, DDP(**{k: float(v) for k, v in kw.items()}))
+        barrier = comm.barrier
+        wait = _bucket.Bucket.wait
+
+        def timed_wait(self):
+            t = time.perf_counter()
+            wait(self)
+            comm_wait[0] += time.perf_counter() - t
+        _bucket.Bucket.wait = timed_wait
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    data = make_batches(kind, batch, 8, rank)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(i):
+        x, y = data[i % len(data)]
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    for i in range(warmup):
+        step(i)
+    barrier()
+    windows = []      # (seconds, seconds waiting on buckets) per window of `window` steps
+    i = 0
+    while i < steps:
+        comm_wait[0] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(window):
+            step(i)
+            i += 1
+        windows.append((time.perf_counter() - t0, comm_wait[0]))
+    barrier()
+    if rank == 0:
+        out.put(windows)
+    if system == "torch":
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    elif system == "shoal":
+        comm.destroy()
+        store.close()
+
+
+def run(system: str, world: int, kind: str, batch: int, steps: int, warmup: int,
+        window: int) -> dict:
+    """Train in one process per rank; the fastest window of ``window`` steps counts
+    (this host is shared: the best window is the least disturbed one)."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ports = (_free_port(), _free_port())
+    secret = secrets.token_bytes(32)
+    procs = [ctx.Process(target=_rank_main, args=(system, r, world, kind, batch, steps, warmup,
+                                                  window, ports, secret, out))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        windows = out.get(timeout=600)
+    finally:
+        for p in procs:
+            p.join(60)
+            if p.is_alive():
+                p.kill()
+    elapsed, wait = min(windows)
+    return {"samples_s": world * batch * window / elapsed, "step_s": elapsed / window,
+            "wait_share": wait / elapsed}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps, MLP batch 128 only... "
+                    "and the communication-bound case")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs per system (the best is kept; default 2, 1 with --quick)")
+    a = ap.parse_args(argv)
+    n = a.workers
+    configs = CONFIGS[:2] if a.quick else CONFIGS
+    repeats = a.repeats or (1 if a.quick else 2)
+    print(f"# {n} workers, 1 thread per rank, host cpus={os.cpu_count()}, torch {torch.__version__}")
+    rows = []
+    for name, kind, batch in configs:
+        steps = a.steps or (30 if a.quick else (80 if batch >= 64 else 300))
+        warmup = max(5, steps // 10)
+        window = max(5, steps // 10)
+        res = {}
+        for system, world in (("1 worker", 1), ("torch", n), ("shoal", n)):
+            best = None
+            for _ in range(repeats):
+                r = run("single" if world == 1 else system, world, kind, batch, steps, warmup,
+                        window)
+                if best is None or r["samples_s"] > best["samples_s"]:
+                    best = r
+            res[system] = best
+        one = res["1 worker"]
+        for system in ("1 worker", "torch", "shoal"):
+            r = res[system]
+            eff = r["samples_s"] / (n * one["samples_s"]) if system != "1 worker" else 1.0
+            exposed = max(0.0, (r["step_s"] - one["step_s"]) / r["step_s"]) if system != "1 worker" else 0.0
+            rows.append((name, {"1 worker": "1 worker", "torch": f"torch DDP (Gloo) x{n}",
+                                "shoal": f"shoal DDP (native) x{n}"}[system],
+                         r["samples_s"], eff, exposed,
+                         r["wait_share"] if system == "shoal" else None,
+                         r["samples_s"] / res["torch"]["samples_s"]))
+        _print_table(rows[-3:])
+        sys.stdout.flush()
+    print()
+    print("| config | system | samples/s | scaling eff. | exposed comm share | bucket wait share | vs torch DDP |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, system, sps, eff, exposed, wait, ratio in rows:
+        w = f"{wait:.2f}" if wait is not None else "-"
+        print(f"| {name} | {system} | {sps:,.0f} | {eff:.2f} | {exposed:.2f} | {w} | {ratio:.2f}x |")
+
+
+def _print_table(rows) -> None:
+    print(f"\n{rows[0][0]}")
+    print(f"  {'system':26s} {'samples/s':>10s} {'scal.eff':>9s} {'exposed':>8s} "
+          f"{'wait':>6s} {'vs torch':>9s}")
+    for _, system, sps, eff, exposed, wait, ratio in rows:
+        w = f"{wait:.2f}" if wait is not None else "-"
+        print(f"  {system:26s} {sps:10,.0f} {eff:9.2f} {exposed:8.2f} {w:>6s} {ratio:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
