@@ -201,13 +201,15 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
                             pass
                     except (BlockingIOError, OSError):
                         pass
+            now = time.monotonic()
+            if not (self._dirty or self.counter.events or now - last_reap > 1.0 or self.closed):
+                continue
             with self.lock:
                 if self.closed:
                     return
                 self._drain_refs()
                 for conn in list(self._dirty):
                     self._flush(conn)
-                now = time.monotonic()
                 if now - last_reap > 1.0:
                     last_reap = now
                     self._check_processes(now)
