@@ -330,3 +330,39 @@ def test_driver_exit_leaves_no_processes_or_shared_memory(tmp_path, how):
             break
         time.sleep(0.1)
     assert alive == [] and left == []
+
+
+def test_unpicklable_result_names_the_function_and_type(cluster):
+    @shoal.remote
+    def make_lock():
+        import threading
+        return threading.Lock()
+
+    with pytest.raises(SerializationError) as info:
+        shoal.get(make_lock.remote())
+    assert "return value of make_lock" in str(info.value) and "lock" in str(info.value)
+
+
+def test_placement_group_waits_until_the_whole_gang_fits(cluster):
+    @shoal.remote
+    def hold(seconds):
+        shoal.get_kv_store().set("holding", b"1")
+        time.sleep(seconds)
+        return True
+
+    busy = hold.remote(1.5)          # takes one of the two CPUs
+    shoal.get_kv_store().get("holding", timeout=30)
+    pg = shoal.placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
+    ready, _ = shoal.wait([pg.ready()], timeout=0.2)
+    assert ready == []               # never half-placed
+    assert shoal.get(busy)
+    assert shoal.get(pg.ready(), timeout=30) is True
+
+    @shoal.remote(num_cpus=1)
+    def where():
+        return shoal.get_runtime_context().worker_id
+
+    refs = [where.options(placement_group=pg, placement_group_bundle_index=i).remote() for i in range(2)]
+    assert len(shoal.get(refs)) == 2
+    shoal.remove_placement_group(pg)
+    assert shoal.available_resources()["CPU"] == 2.0
