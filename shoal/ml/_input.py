@@ -4,7 +4,10 @@ Contract (stable; every estimator, the tree models included, builds on it)
 --------------------------------------------------------------------------
 
 ``as_design_matrix(X, y=None, *, features=None, label=None, target=None,
-                   estimator="estimator", block_rows=None, executor=None) -> DesignMatrix``
+                   estimator="estimator", block_rows=None, executor=None,
+                   min_samples=1, allow_nan=False) -> DesignMatrix``
+(estimators call it through ``shoal.ml._base.fit_input(estimator, X, y, target, ...)``,
+which also sets ``n_features_in_`` / ``feature_names_in_``)
 
     X: NumPy array-like (n, d), pandas DataFrame, pyarrow Table, or a shoal.data
        Dataset. For a DataFrame/Table/Dataset, ``features`` (column names; default:
@@ -34,7 +37,11 @@ Contract (stable; every estimator, the tree models included, builds on it)
                               -> the per-block results folded with ``reduce``
                                  (binary, associative); on the cluster partial
                                  results are folded in tasks, ``fan_in`` at a time.
-    fn and reduce must be module-level functions (they travel by reference).
+    map_blocks(fn, *args)     -> a new DesignMatrix of ``fn(X_block, y_block, *args) -> (X', y')``,
+                                 its blocks left where the tasks made them
+    collect()                 -> (X, y) gathered into the driver (small data, tests)
+    fn and reduce must be module-level functions (they travel by reference); keep them in
+    modules that do not import scikit-learn (as _kernels.py) so that workers start fast.
     Arguments that are large NumPy arrays are put in the object store once per call.
 
 ``check_predict_input(estimator, X, method="predict", features=None) -> np.ndarray | Dataset``
