@@ -11,7 +11,7 @@ from shoal.ml import metrics as M
 from shoal.ml._input import as_design_matrix
 from shoal.ml._stats import block_gram, block_sums
 
-from _ml_cluster import cluster  # noqa: F401  (module-scoped fixture)
+from _cluster import cluster  # noqa: F401  (module-scoped fixture)
 
 pytestmark = pytest.mark.usefixtures("cluster")
 
