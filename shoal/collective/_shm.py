@@ -89,6 +89,8 @@ class ShmGroup:
         buf = self._mm
         self._ctl = np.frombuffer(buf, np.int64, local_size * 8, self._ctl_off)
         self._counters = self._ctl[::8]
+        self._cmv = memoryview(buf)[self._ctl_off:self._ctl_off + local_size * _LINE].cast("q")
+        self._peer_idx = [q * 8 for q in range(local_size)]
         self._abort = np.frombuffer(buf, np.int64, 2, self._abort_off)
         self._abort_msg = np.frombuffer(buf, np.uint8, _MSG, self._abort_off + _LINE)
         self._pids = np.frombuffer(buf, np.int64, local_size, self._pid_off)
@@ -114,6 +116,9 @@ class ShmGroup:
 
     def close(self) -> None:
         self._ctl = self._counters = self._abort = self._abort_msg = self._pids = None
+        if self._cmv is not None:
+            self._cmv.release()
+            self._cmv = None
         self._data = self._meta = self._msg = None
         try:
             self._mm.close()
@@ -147,9 +152,8 @@ class ShmGroup:
         """Publish the next sequence number and wait for every local rank to reach it."""
         self._seq += 1
         seq = self._seq
-        cnt = self._counters
-        cnt[self.lr] = seq
-        if cnt.min() >= seq:
+        self._cmv[self.lr * 8] = seq
+        if self._all_reached(seq):
             return
         tl = self.timeline
         t0 = time.perf_counter() if tl is not None else 0.0
@@ -157,12 +161,20 @@ class ShmGroup:
         if tl is not None:
             tl.phase("wait", t0)
 
+    def _all_reached(self, seq: int) -> bool:
+        mv = self._cmv
+        for i in self._peer_idx:
+            if mv[i] < seq:
+                return False
+        return True
+
     def _wait(self, seq: int) -> None:
         cnt = self._counters
+        reached = self._all_reached
         start = time.monotonic()
         next_check = start + 0.05
         i = 0
-        while cnt.min() < seq:
+        while not reached(seq):
             i += 1
             if i < 100:
                 continue  # the peers are usually a few microseconds away
@@ -200,8 +212,10 @@ class ShmGroup:
 
     def _check(self, h: int) -> list[np.ndarray]:
         metas = [self._meta[q][h].copy() for q in range(self.p)]
-        msgs = [bytes(self._msg[q][h]) if metas[q][D.F_VALID] == D.ERROR else b""
-                for q in range(self.p)]
+        if any(m[D.F_VALID] == D.ERROR for m in metas):
+            msgs = [bytes(self._msg[q][h]) for q in range(self.p)]
+        else:
+            msgs = [b""] * self.p
         D.check(metas, msgs, self.ranks)
         return metas
 

@@ -64,3 +64,19 @@ def test_send_recv_ring(results, world):
 
 def test_mesh_2x2_groups(results):
     _check(results, 4, "mesh_2x2_groups")
+
+
+def _tens_of_mb(comm):
+    import numpy as np
+    n = 6_000_000  # 24 MB of float32: several default-sized segments
+    x = np.arange(n, dtype=np.float32) * (comm.rank + 1)
+    comm.allreduce(x)
+    want = np.arange(n, dtype=np.float32) * sum(range(1, comm.world_size + 1))
+    b = np.full(n, comm.rank, np.float64)
+    comm.broadcast(b, src=1)
+    return bool(np.array_equal(x, want)) and bool((b == 1).all())
+
+
+@pytest.mark.slow
+def test_allreduce_tens_of_megabytes(rank_pool):
+    assert rank_pool.run(_tens_of_mb, 3, wait=120) == [True, True, True]
