@@ -7,7 +7,6 @@ exactly ``batch_size`` rows across block boundaries.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -18,35 +17,32 @@ from shoal.data._plan import Bundle
 
 
 def fetch_blocks(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterator[pa.Table]:
-    """The Tables behind ``bundles`` in order, fetching up to ``prefetch_blocks`` ahead."""
+    """The Tables behind ``bundles`` in order, keeping ``prefetch_blocks`` bundles pulled ahead.
+
+    Pulling a bundle ahead lets the executor submit the tasks behind it while
+    the caller works on the current batch; fetching itself maps shared
+    memory and stays on the caller's thread (a second thread calling
+    ``shoal.get`` inside a worker process was seen to hang).
+    """
     import shoal
 
-    if prefetch_blocks <= 0:
-        for ref, _ in bundles:
-            yield shoal.get(ref)
-        return
     source = iter(bundles)
     ahead: deque = deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-data-prefetch") as pool:
-        try:
-            exhausted = False
-            while True:
-                while not exhausted and len(ahead) <= prefetch_blocks:
-                    try:
-                        ref, _ = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    ahead.append(pool.submit(shoal.get, ref))
-                if not ahead:
-                    return
-                yield ahead.popleft().result()
-        finally:
-            for fut in ahead:
-                fut.cancel()
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(ahead) <= max(prefetch_blocks, 0):
+                try:
+                    ahead.append(next(source)[0])
+                except StopIteration:
+                    exhausted = True
+            if not ahead:
+                return
+            yield shoal.get(ahead.popleft())
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 def local_shuffle(tables: Iterable[pa.Table], buffer_size: int, batch_size: int,

@@ -8,6 +8,7 @@ previous one (as in Ray); a split that asks early waits.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any, Iterator
 
 import cloudpickle
@@ -25,6 +26,10 @@ class SplitCoordinator:
         self.epoch = -1
         self.stream = None
         self.finished: set = set(range(n))
+        # The refs handed out last stay pinned here until consumers hold their
+        # own: a ref travelling inside a return value was seen to be freed
+        # before the receiver registered it.
+        self.recent: deque = deque(maxlen=4 * n + 8)
 
     def next_block(self, split: int, epoch: int):
         """``[ref, meta]`` for the next block, ``[]`` at the end of the epoch, ``None``: retry."""
@@ -41,6 +46,7 @@ class SplitCoordinator:
         if self.stream is not None:
             try:
                 ref, meta = next(self.stream)
+                self.recent.append(ref)
                 return [ref, meta]
             except StopIteration:
                 self.stream = None
