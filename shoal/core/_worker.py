@@ -13,6 +13,7 @@ import inspect
 import itertools
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -26,7 +27,7 @@ import cloudpickle
 from shoal.core import _serialization as _ser
 from shoal.core import object_ref as _oref
 from shoal.core._auth import client_handshake
-from shoal.core._protocol import BlockingConn, encode
+from shoal.core._protocol import BlockingConn, FrameReader, encode
 from shoal.core._runtime import ProcessRuntime, fill_deps, value_of
 from shoal.core._serialization import serialize
 from shoal.core._spec import TaskSpec
@@ -84,6 +85,16 @@ class WorkerRuntime(ProcessRuntime):
         self.loop = None
         self.main_ident = threading.get_ident()
         self.out: list = []
+        self.sock = conn.sock
+        self.read_lock = threading.Lock()
+        self.frames = FrameReader()
+        self.busy = False
+        self.busy_since = 0.0
+        self.main_reading = False
+        self.cancel_pending = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._kv = None
         self.local = threading.local()
 
@@ -108,14 +119,20 @@ class WorkerRuntime(ProcessRuntime):
             self.conn.send_bytes(b"".join(parts))
 
     def call(self, method: str, *args, timeout=None):
+        """Ask the driver; the main thread reads the reply itself (no thread hand-off)."""
         req = next(self._reqs)
         r = _Reply()
         self.replies[req] = r
         self.send(("call", req, method, args))
-        ok = r.event.wait(timeout)
-        if self.blocked and threading.get_ident() == self.main_ident:
-            with self.qcond:
-                self.blocked = False
+        if threading.get_ident() == self.main_ident:
+            try:
+                ok = self._read_until(r, timeout)
+            finally:
+                if self.blocked:
+                    with self.qcond:
+                        self.blocked = False
+        else:
+            ok = r.event.wait(timeout)
         if not ok:
             self.replies.pop(req, None)
             self.send(("call", next(self._reqs), "get_cancel", (req,)))
@@ -205,33 +222,90 @@ class WorkerRuntime(ProcessRuntime):
             self._kv = TCPStore(host, port, secret=bytes.fromhex(self.boot["secret"]))
         return self._kv
 
-    # ------------------------------------------------------------ reader thread
-    def read_loop(self) -> None:
-        while True:
+    # ------------------------------------------------------------ reading
+    # The main thread reads the socket itself whenever it is not running a
+    # task, and while it waits in a nested get, so a call costs no thread
+    # hand-off. While it runs a task, a watcher thread reads in its place
+    # (replies for other threads, cancellations, tasks to queue).
+
+    def _pump(self, poller, timeout) -> None:
+        """Wait up to ``timeout`` seconds for bytes and handle the messages they hold."""
+        try:
+            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        except InterruptedError:
+            return
+        if not events:
+            return
+        if any(fd == self._wake_r for fd, _ in events):
             try:
-                msgs = self.conn.recv()
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        with self.read_lock:
+            try:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                msgs = None
-            if msgs is None:
+                data = b""
+            if not data:
                 _driver_gone(self.shm_prefix)
-            for m in msgs:
-                op = m[0]
-                if op == "task":
-                    self._on_task(m)
-                elif op == "reply":
-                    r = self.replies.pop(m[1], None)
-                    if r is not None:
-                        r.ok, r.value = m[2], m[3]
-                        r.event.set()
-                elif op == "cancel":
-                    self._on_cancel(m[1])
-                elif op == "actor_init":
-                    with self.qcond:
-                        self.queue.append(m)
-                        self.qcond.notify()
-                elif op == "exit":
-                    _flush_std()
-                    os._exit(0)
+            for m in self.frames.feed(data):
+                self._dispatch(m)
+
+    def _read_until(self, r: _Reply, timeout) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.main_reading = True
+        try:
+            while not r.event.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._pump(self._main_poller, 0.05 if left is None else min(left, 0.05))
+                if self.cancel_pending:
+                    self.cancel_pending = False
+                    raise TaskCancelledError(f"task {self.current_name} was cancelled")
+            return True
+        finally:
+            self.main_reading = False
+
+    def _wake_main(self) -> None:
+        if threading.get_ident() != self.main_ident:
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
+
+    def watch_loop(self) -> None:
+        """Read for the main thread while it runs a task for more than a moment."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            time.sleep(0.01)
+            while (self.busy and not self.main_reading
+                   and time.monotonic() - self.busy_since > 0.005):
+                self._pump(poller, 0.005)
+
+    def _dispatch(self, m) -> None:
+        op = m[0]
+        if op == "task":
+            self._on_task(m)
+        elif op == "reply":
+            r = self.replies.pop(m[1], None)
+            if r is not None:
+                r.ok, r.value = m[2], m[3]
+                r.event.set()
+                if self.main_reading:
+                    self._wake_main()
+        elif op == "cancel":
+            self._on_cancel(m[1])
+        elif op == "actor_init":
+            with self.qcond:
+                self.queue.append(m)
+            self._wake_main()
+        elif op == "exit":
+            _flush_std()
+            os._exit(0)
 
     def _on_task(self, m) -> None:
         if m[3] is not None:  # the function arrives once, with its first task (even a bounced one)
@@ -243,14 +317,13 @@ class WorkerRuntime(ProcessRuntime):
                 self.pool.submit(self.run, m)
             return
         with self.qcond:
-            if self.blocked and self.actor_id is None:
-                bounce = True
-            else:
-                bounce = False
+            bounce = self.blocked and self.actor_id is None
+            if not bounce:
                 self.queue.append(m)
-                self.qcond.notify()
         if bounce:
             self.send(("bounce", [m[1]]))
+        else:
+            self._wake_main()
 
     def _on_cancel(self, seq) -> None:
         with self.qcond:
@@ -263,27 +336,37 @@ class WorkerRuntime(ProcessRuntime):
                     break
             else:
                 if self.current_seq == seq:
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                        ctypes.c_ulong(self.main_ident), ctypes.py_object(TaskCancelledError))
+                    if threading.get_ident() == self.main_ident:
+                        self.cancel_pending = True  # raised by the nested wait, not mid-dispatch
+                    else:
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(self.main_ident), ctypes.py_object(TaskCancelledError))
                 return
         self.send(None)
 
     # ------------------------------------------------------------ execution
     def main_loop(self) -> None:
+        self._main_poller = select.poll()
+        self._main_poller.register(self.sock, select.POLLIN)
+        self._main_poller.register(self._wake_r, select.POLLIN)
         while True:
             with self.qcond:
-                while not self.queue:
-                    if self.out:
-                        break
-                    self.qcond.wait()
                 m = self.queue.popleft() if self.queue else None
             if m is None:
-                self.send(None)
+                if self.out or self.counter.events:
+                    self.send(None)
+                self._pump(self._main_poller, None)
                 continue
             if m[0] == "actor_init":
                 self._init_actor(m)
                 continue
-            self.run(m)
+            self.cancel_pending = False
+            self.busy_since = time.monotonic()
+            self.busy = True
+            try:
+                self.run(m)
+            finally:
+                self.busy = False
             with self.qcond:
                 flush = not self.queue or len(self.out) >= _FLUSH_EVERY
             if flush:
@@ -486,7 +569,7 @@ def main() -> None:
     api._set_worker_runtime(rt)
     sys.stdout = _PrefixedStream(sys.stdout, rt)
     sys.stderr = _PrefixedStream(sys.stderr, rt)
-    threading.Thread(target=rt.read_loop, daemon=True, name="shoal-reader").start()
+    threading.Thread(target=rt.watch_loop, daemon=True, name="shoal-watch").start()
     rt.main_loop()
 
 
