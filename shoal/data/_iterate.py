@@ -20,9 +20,8 @@ def fetch_blocks(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterato
     """The Tables behind ``bundles`` in order, keeping ``prefetch_blocks`` bundles pulled ahead.
 
     Pulling a bundle ahead lets the executor submit the tasks behind it while
-    the caller works on the current batch; fetching itself maps shared
-    memory and stays on the caller's thread (a second thread calling
-    ``shoal.get`` inside a worker process was seen to hang).
+    the caller works on the current batch; fetching itself only maps shared
+    memory, so it stays on the caller's thread.
     """
     import shoal
 

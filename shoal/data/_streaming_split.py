@@ -27,8 +27,8 @@ class SplitCoordinator:
         self.stream = None
         self.finished: set = set(range(n))
         # The refs handed out last stay pinned here until consumers hold their
-        # own: a ref travelling inside a return value was seen to be freed
-        # before the receiver registered it.
+        # own: with the local backend, a ref inside an actor's return value that
+        # the actor does not keep is freed before the caller can get it.
         self.recent: deque = deque(maxlen=4 * n + 8)
 
     def next_block(self, split: int, epoch: int):
