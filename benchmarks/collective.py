@@ -63,8 +63,8 @@ def worker(args) -> None:
     rows = []
     for nbytes in sizes:
         n = nbytes // 4
-        a = np.ones(n, np.float32)
-        t = torch.ones(n, dtype=torch.float32)
+        a = np.zeros(n, np.float32)  # zeros stay finite over repeated in-place sums
+        t = torch.zeros(n, dtype=torch.float32)
         iters = _iters(nbytes, args.quick)
         res = {"bytes": nbytes}
         for name in ("native", "gloo"):

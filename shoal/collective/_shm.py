@@ -4,15 +4,17 @@ Layout of the segment (one file in /dev/shm, unlinked as soon as every local
 rank has mapped it, so the kernel frees it when the last rank exits, even
 after a crash):
 
-    counters   one int64 per rank, each on its own cache line
+    counters   per rank, on its own cache line: an int64 sequence number (its low
+               half is the futex word) and an int64 "someone sleeps on it" flag
     abort      [flag, rank], then a message
     pids       the process id of every rank (to notice a dead one)
     meta       per rank and half: an op descriptor (see _descriptor)
     data       per rank and half: ``segment_bytes`` of staging space
 
 Synchronisation is a sequence number per rank: a rank publishes ``seq`` and
-waits until every counter reaches it, polling the shared memory (spin, then
-yield, then short sleeps) - no socket, no syscall on the fast path. Data
+waits until every counter reaches it: it polls the shared memory briefly,
+then sleeps on the laggard's counter with a futex, which that rank wakes when
+it publishes - no socket, and no busy waiting on oversubscribed cores. Data
 moves by NumPy copies and ufuncs in segments; the two halves alternate so a
 rank fills the next segment while slower ranks still read the last one (each
 use of a half contains at least one synchronisation, which orders the reads of
@@ -20,13 +22,16 @@ use i before the writes of use i+2).
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
+import sys
 import time
 
 import numpy as np
 
 from shoal.collective import _descriptor as D
+from shoal.collective import _futex
 from shoal.exceptions import CollectiveError
 
 _LINE = 64
@@ -91,6 +96,10 @@ class ShmGroup:
         self._counters = self._ctl[::8]
         self._cmv = memoryview(buf)[self._ctl_off:self._ctl_off + local_size * _LINE].cast("q")
         self._peer_idx = [q * 8 for q in range(local_size)]
+        # futex words: the low half of each rank's counter (little-endian int64)
+        self._anchor = ctypes.c_char.from_buffer(buf) if _futex.available and sys.byteorder == "little" \
+            else None
+        self._base = ctypes.addressof(self._anchor) if self._anchor is not None else 0
         self._abort = np.frombuffer(buf, np.int64, 2, self._abort_off)
         self._abort_msg = np.frombuffer(buf, np.uint8, _MSG, self._abort_off + _LINE)
         self._pids = np.frombuffer(buf, np.int64, local_size, self._pid_off)
@@ -119,6 +128,7 @@ class ShmGroup:
         if self._cmv is not None:
             self._cmv.release()
             self._cmv = None
+        self._anchor = None
         self._data = self._meta = self._msg = None
         try:
             self._mm.close()
@@ -152,7 +162,11 @@ class ShmGroup:
         """Publish the next sequence number and wait for every local rank to reach it."""
         self._seq += 1
         seq = self._seq
-        self._cmv[self.lr * 8] = seq
+        mv = self._cmv
+        mv[self.lr * 8] = seq
+        if mv[self.lr * 8 + 1]:  # someone sleeps on our word: wake them
+            mv[self.lr * 8 + 1] = 0
+            _futex.wake(self._base + self.lr * _LINE)
         if self._all_reached(seq):
             return
         tl = self.timeline
@@ -168,41 +182,55 @@ class ShmGroup:
                 return False
         return True
 
+    def _laggard(self, seq: int) -> int:
+        mv = self._cmv
+        for q, i in enumerate(self._peer_idx):
+            if mv[i] < seq:
+                return q
+        return -1
+
     def _wait(self, seq: int) -> None:
-        cnt = self._counters
-        reached = self._all_reached
+        mv, futex = self._cmv, self._anchor is not None
         start = time.monotonic()
         next_check = start + 0.05
         i = 0
-        while not reached(seq):
+        while True:
+            q = self._laggard(seq)
+            if q < 0:
+                return
             i += 1
-            if i < 100:
+            if i < 50:
                 continue  # the peers are usually a few microseconds away
-            if i < 300:
-                os.sched_yield()
+            if futex:
+                # Sleep in the kernel on the laggard's word; it wakes us when it publishes.
+                # (The flag tells it to; a wake lost to store reordering costs one 2 ms timeout.)
+                mv[q * 8 + 1] = 1
+                v = mv[q * 8]
+                if v < seq:
+                    _futex.wait(self._base + q * _LINE, _futex.as_int32(v), 0.002)
             else:
-                # Oversubscribed cores: sleep so the ranks we wait for get the CPU.
                 time.sleep(0.00005 if i < 2000 else 0.0002)
-            if i & 15:
-                continue
             now = time.monotonic()
             if now < next_check:
                 continue
             next_check = now + 0.05
-            if self._abort[0]:
-                raise CollectiveError(self._aborted_message())
-            late = [q for q in range(self.p) if cnt[q] < seq]
-            dead = [q for q in late if not _pid_alive(int(self._pids[q]))]
-            if dead:
-                msg = (f"rank {self.ranks[dead[0]]} (pid {int(self._pids[dead[0]])}) died during a "
-                       "collective; destroy() this group and form a new one")
-                self.abort(msg)
-                raise CollectiveError(msg)
-            if now - start > self.timeout:
-                msg = (f"ranks {[self.ranks[q] for q in late]} did not reach the collective within "
-                       f"{self.timeout}s (raise the group's timeout if they are just slow)")
-                self.abort(msg)
-                raise CollectiveError(msg)
+            self._check_health(seq, now - start)
+
+    def _check_health(self, seq: int, waited: float) -> None:
+        if self._abort[0]:
+            raise CollectiveError(self._aborted_message())
+        late = [q for q in range(self.p) if self._cmv[q * 8] < seq]
+        dead = [q for q in late if not _pid_alive(int(self._pids[q]))]
+        if dead:
+            msg = (f"rank {self.ranks[dead[0]]} (pid {int(self._pids[dead[0]])}) died during a "
+                   "collective; destroy() this group and form a new one")
+            self.abort(msg)
+            raise CollectiveError(msg)
+        if waited > self.timeout:
+            msg = (f"ranks {[self.ranks[q] for q in late]} did not reach the collective within "
+                   f"{self.timeout}s (raise the group's timeout if they are just slow)")
+            self.abort(msg)
+            raise CollectiveError(msg)
 
     def _publish(self, h: int, desc: np.ndarray, msg: bytes = b"") -> None:
         self._meta[self.lr][h][:] = desc
