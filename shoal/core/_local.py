@@ -124,6 +124,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         os.set_blocking(self._wake_w, False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._dirty: set = set()           # conns with pending output
+        self._last_reap = time.monotonic()
         self._io = threading.Thread(target=self._io_loop, name="shoal-io", daemon=True)
         self._io.start()
         with self.lock:
@@ -175,44 +176,45 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
 
     # ---------------------------------------------------------------- I/O loop
     def _io_loop(self) -> None:
-        last_reap = time.monotonic()
         while not self.closed:
-            try:
-                events = self.sel.select(0.05)
-            except (OSError, ValueError):
-                if self.closed:
-                    return
-                continue
-            for key, mask in events:
-                kind, data = key.data
-                if kind == "conn":
-                    if mask & selectors.EVENT_WRITE:
-                        with self.lock:
-                            self._flush(data.conn)
-                    if mask & selectors.EVENT_READ:
-                        self._read_worker(data)
-                elif kind == "pipe":
-                    self._read_pipe(key.fileobj, *data)
-                elif kind == "listen":
-                    self._accept()
-                elif kind == "wake":
-                    try:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                    except (BlockingIOError, OSError):
+            self._turn(0.05)
+
+    def _turn(self, timeout: float) -> None:
+        """One turn of the event loop: wait up to ``timeout``, handle what came."""
+        try:
+            events = self.sel.select(timeout)
+        except (OSError, ValueError):
+            return
+        for key, mask in events:
+            kind, data = key.data
+            if kind == "conn":
+                if mask & selectors.EVENT_WRITE:
+                    with self.lock:
+                        self._flush(data.conn)
+                if mask & selectors.EVENT_READ:
+                    self._read_worker(data)
+            elif kind == "pipe":
+                self._read_pipe(key.fileobj, *data)
+            elif kind == "listen":
+                self._accept()
+            elif kind == "wake":
+                try:
+                    while os.read(self._wake_r, 4096):
                         pass
-            now = time.monotonic()
-            if not (self._dirty or self.counter.events or now - last_reap > 1.0 or self.closed):
-                continue
-            with self.lock:
-                if self.closed:
-                    return
-                self._drain_refs()
-                for conn in list(self._dirty):
-                    self._flush(conn)
-                if now - last_reap > 1.0:
-                    last_reap = now
-                    self._check_processes(now)
+                except (BlockingIOError, OSError):
+                    pass
+        now = time.monotonic()
+        if not (self._dirty or self.counter.events or now - self._last_reap > 1.0):
+            return
+        with self.lock:
+            if self.closed:
+                return
+            self._drain_refs()
+            for conn in list(self._dirty):
+                self._flush(conn)
+            if now - self._last_reap > 1.0:
+                self._last_reap = now
+                self._check_processes(now)
 
     def _flush(self, conn: NonBlockingConn) -> None:
         more = conn.flush()
@@ -258,6 +260,12 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
                 self._schedule()
 
     def _read_pipe(self, pipe, w: WorkerProc, out) -> None:
+        with self.lock:
+            self._read_pipe_locked(pipe, w, out)
+
+    def _read_pipe_locked(self, pipe, w: WorkerProc, out) -> None:
+        if pipe.closed:
+            return
         try:
             data = pipe.read()
         except (BlockingIOError, OSError, ValueError):
@@ -273,19 +281,23 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             return
         if data is None:
             return
-        self.sel.unregister(pipe)
+        try:
+            self.sel.unregister(pipe)
+        except (KeyError, ValueError):
+            return
         pipe.close()
-        with self.lock:
-            w.pipes -= 1
-            if w.pipes == 0 and w.state != "dead":
-                self._on_worker_death(w)
+        w.pipes -= 1
+        if w.pipes == 0 and w.state != "dead":
+            self._on_worker_death(w)
 
     def _read_worker(self, w: WorkerProc) -> None:
-        try:
-            msgs = w.conn.read()
-        except OSError:
-            msgs = None
-        with self.lock:
+        with self.lock:  # threads turning the loop together must not split a stream
+            if w.conn is None or w.conn.closed:
+                return
+            try:
+                msgs = w.conn.read()
+            except OSError:
+                msgs = None
             if msgs is None:
                 self._on_worker_death(w)
                 return
