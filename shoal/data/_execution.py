@@ -245,7 +245,7 @@ class Executor:
                     remaining -= meta.num_rows
                     yield ref, meta
                 else:
-                    yield from take_row_ranges([(ref, meta)], [(0, remaining)])
+                    yield from take_row_ranges([(ref, meta)], [(0, remaining)], light=True)
                     remaining = 0
                 if remaining == 0:
                     return

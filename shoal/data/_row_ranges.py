@@ -27,12 +27,17 @@ def row_offsets(bundles: Sequence[Bundle]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(counts)])
 
 
-def take_row_ranges(bundles: Sequence[Bundle], ranges: Sequence[tuple[int, int]]) -> list[Bundle]:
-    """One block per ``[start, end)`` range of rows of the concatenated ``bundles``."""
+def take_row_ranges(bundles: Sequence[Bundle], ranges: Sequence[tuple[int, int]],
+                    light: bool = False) -> list[Bundle]:
+    """One block per ``[start, end)`` range of rows of the concatenated ``bundles``.
+
+    ``light``: the slicing tasks take no CPU slot (for use while an actor
+    pool may hold every CPU, as ``limit`` does mid-stream).
+    """
     from shoal.data._execution import as_list, remote_fn
 
     offsets = row_offsets(bundles)
-    task = remote_fn(slice_concat, light=True)
+    task = remote_fn(slice_concat, light=light)
     out: list = []
     for start, end in ranges:
         first = int(np.searchsorted(offsets, start, side="right")) - 1

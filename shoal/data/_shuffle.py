@@ -162,7 +162,7 @@ def _sample_boundaries(bundles: list[Bundle], key: str, n: int) -> pa.Array:
 
     from shoal.data._execution import remote_fn
 
-    sampler = remote_fn(sample_keys, light=True)
+    sampler = remote_fn(sample_keys)
     refs = [sampler.remote(key, i, ref) for i, (ref, _) in enumerate(bundles)]
     return choose_boundaries(shoal.get(refs), n)
 

@@ -165,6 +165,6 @@ def from_block_refs(refs: Sequence) -> Dataset:
     from shoal.data._execution import remote_fn
 
     refs = list(refs)
-    task = remote_fn(block_meta, light=True)
+    task = remote_fn(block_meta)
     metas = shoal.get([task.remote(r) for r in refs]) if refs else []
     return Dataset(BlocksNode(list(builtins.zip(refs, metas)), "from_block_refs"))
