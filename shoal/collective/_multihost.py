@@ -134,22 +134,50 @@ def tcp_allreduce(comm, members: list[int], buf: np.ndarray, reducer: Reducer) -
             reducer.reduce(buf, [buf, tmp] if i < (i ^ mask) else [tmp, buf], final=False)
             mask <<= 1
         return
+    _ring_allreduce(comm, members, buf, reducer)
+
+
+_PIECE = 1 << 20
+
+
+def _ring_allreduce(comm, members, buf, reducer) -> None:
+    """Ring reduce-scatter + allgather, pipelined in pieces.
+
+    Each received piece is reduced (or, in the allgather, forwarded) while the
+    next one is still on the wire; the last reduce-scatter step hands each
+    finished piece straight to the allgather.
+    """
+    P, n, mesh = len(members), buf.size, comm.mesh
+    i = members.index(comm.rank)
     align = max(1, _ALIGN // buf.itemsize)
     per = -(-n // P)
     base = -(-per // align) * align
     bounds = [(min(c * base, n), min((c + 1) * base, n)) for c in range(P)]
+    piece = max(align, _PIECE // buf.itemsize // align * align)
     tmp = comm.scratch("tcp", base * buf.itemsize).view(buf.dtype)
     nxt, prv = members[(i + 1) % P], members[(i - 1) % P]
-    for s in range(P - 1):  # reduce-scatter: leader i ends owning chunk i+1
-        sa, sb = bounds[(i - s) % P]
-        ra, rb = bounds[(i - s - 1) % P]
-        mesh.sendrecv(nxt, buf[sa:sb], prv, tmp[:rb - ra])
-        if rb > ra:
-            reducer.reduce(buf[ra:rb], [tmp[:rb - ra], buf[ra:rb]], final=False)
-    for s in range(P - 1):  # allgather of the reduced chunks
-        sa, sb = bounds[(i + 1 - s) % P]
-        ra, rb = bounds[(i - s) % P]
-        mesh.sendrecv(nxt, buf[sa:sb], prv, buf[ra:rb])
+    pending = []
+    try:
+        sa, sb = bounds[i]
+        pending.append(mesh.send_async(nxt, buf[sa:sb]))
+        for s in range(P - 1):  # reduce-scatter: leader i ends owning chunk i+1
+            ra, rb = bounds[(i - s - 1) % P]
+            for a in range(ra, rb, piece):
+                b = min(a + piece, rb)
+                mesh.recv_into(prv, tmp[:b - a])
+                reducer.reduce(buf[a:b], [tmp[:b - a], buf[a:b]], final=False)
+                # the next step sends this chunk on: reduce-scatter if not last, else allgather
+                pending.append(mesh.send_async(nxt, buf[a:b]))
+        for s in range(P - 1):  # allgather: receive chunk i-s, forward it unless it is the last
+            ra, rb = bounds[(i - s) % P]
+            for a in range(ra, rb, piece):
+                b = min(a + piece, rb)
+                mesh.recv_into(prv, buf[a:b])
+                if s < P - 2:
+                    pending.append(mesh.send_async(nxt, buf[a:b]))
+    finally:
+        for p in pending:
+            p.wait(comm.timeout)
 
 
 def reduce_scatter(comm, src, dst, parts, reducer: Reducer, desc) -> None:

@@ -22,7 +22,6 @@ from shoal.core._auth import client_handshake, server_handshake
 from shoal.exceptions import AuthenticationError, CollectiveError
 
 _HELLO = struct.Struct("!qq")
-_BUF = 4 << 20
 
 
 class TcpMesh:
@@ -66,13 +65,13 @@ class TcpMesh:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             server_handshake(conn, self._secret)
-            conn.settimeout(10)
             peer, channel = _HELLO.unpack(_recv_exact(conn, _HELLO.size, -1))
-            conn.settimeout(None)
+            # One timeout for the socket's life: the sender thread and a receiving thread
+            # share it, and toggling blocking mode under a concurrent sendall breaks it.
+            conn.settimeout(self.timeout)
         except (AuthenticationError, OSError, CollectiveError):
             conn.close()
             return
-        _tune(conn)
         with self._cond:
             self._conns[(int(peer), int(channel))] = conn
             self._cond.notify_all()
@@ -119,8 +118,7 @@ class TcpMesh:
         except (AuthenticationError, OSError) as e:
             s.close()
             raise CollectiveError(f"rank {peer} at {host}:{port} failed authentication: {e}") from e
-        s.settimeout(None)
-        _tune(s)
+        s.settimeout(self.timeout)
         return s
 
     # -------------------------------------------------------------- moving
@@ -134,12 +132,11 @@ class TcpMesh:
         except OSError as e:
             raise CollectiveError(f"lost the connection to rank {peer} while sending: {e}") from e
 
-    def recv_into(self, peer: int, out, channel: int = 0, timeout: float | None = None) -> None:
+    def recv_into(self, peer: int, out, channel: int = 0) -> None:
         view = memoryview(out).cast("B")
         if not view.nbytes:
             return
-        sock = self.conn(peer, channel)
-        _recv_into(sock, view, peer, self.timeout if timeout is None else timeout)
+        _recv_into(self.conn(peer, channel), view, peer, self.timeout)
 
     def send_async(self, peer: int, data, channel: int = 0) -> "_Pending":
         """Send on the background sender thread (while this thread receives)."""
@@ -199,17 +196,8 @@ class _Pending:
             raise self._err
 
 
-def _tune(s: socket.socket) -> None:
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            s.setsockopt(socket.SOL_SOCKET, opt, _BUF)
-        except OSError:
-            pass
-
-
 def _recv_into(sock: socket.socket, view: memoryview, peer: int, timeout: float) -> None:
     got, n = 0, view.nbytes
-    sock.settimeout(timeout)
     try:
         while got < n:
             k = sock.recv_into(view[got:], min(n - got, 1 << 24))
@@ -221,15 +209,11 @@ def _recv_into(sock: socket.socket, view: memoryview, peer: int, timeout: float)
         raise CollectiveError(f"rank {peer} sent nothing for {timeout}s during a collective") from None
     except OSError as e:
         raise CollectiveError(f"lost the connection to rank {peer}: {e}") from e
-    finally:
-        try:
-            sock.settimeout(None)
-        except OSError:
-            pass
 
 
 def _recv_exact(sock: socket.socket, n: int, peer: int) -> bytes:
     buf = bytearray(n)
+    sock.settimeout(10)
     _recv_into(sock, memoryview(buf), peer, 10)
     return bytes(buf)
 
