@@ -17,6 +17,8 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/tour.py
+	$(BIN)/python examples/train_digits.py
+	$(BIN)/python examples/ml_pipeline.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -24,6 +26,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
+	$(BIN)/python benchmarks/collective.py --quick
+	$(BIN)/python benchmarks/train.py --quick
+	$(BIN)/python benchmarks/ml.py --quick
+	$(BIN)/python benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
