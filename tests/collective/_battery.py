@@ -77,12 +77,13 @@ def _eq(got, want, what):
     return None
 
 
-def allreduce_cases(comm, sizes, dtypes=NUMPY_DTYPES, ops=OPS):
-    """{case: failure or None} for allreduce of every dtype x op x size."""
-    import torch
+def allreduce_cases(comm, sizes, dtypes=NUMPY_DTYPES, ops=OPS, with_torch=True):
+    """{case: failure or None} for allreduce of every dtype x op x size (+ torch bfloat16)."""
+    if with_torch:
+        import torch
     out = {}
     W, r = comm.world_size, comm.rank
-    for dtype in dtypes + ["bfloat16"]:
+    for dtype in dtypes + (["bfloat16"] if with_torch else []):
         for op in ops:
             if dtype.startswith("complex") and op in ("min", "max"):
                 continue
@@ -109,9 +110,8 @@ def allreduce_cases(comm, sizes, dtypes=NUMPY_DTYPES, ops=OPS):
     return out
 
 
-def ops_cases(comm):
-    """{case: failure or None} for every other op of the API."""
-    import torch
+def ops_cases(comm, with_torch=True):
+    """{case: failure or None} for every other op of the API (torch inputs too, unless told)."""
     W, r = comm.world_size, comm.rank
     out = {}
     ins = [make_input("float32", 3001, q, seed=7) for q in range(W)]
@@ -128,10 +128,8 @@ def ops_cases(comm):
     comm.allreduce(view)
     out["allreduce_non_contiguous_numpy"] = _eq(base[::2], want, "strided") or _eq(base[1::2], 0 * want, "gaps")
 
-    m = torch.from_numpy(np.stack([x.reshape(-1)[:40] for x in ins])).float()  # W x 40
-    mine = m[r].reshape(8, 5).clone().t()  # non-contiguous torch tensor
-    comm.allreduce(mine)
-    out["allreduce_non_contiguous_torch"] = _eq(mine.t().reshape(-1).numpy(), m.sum(0).numpy(), "torch")
+    if with_torch:
+        out.update(_torch_cases(comm, ins))
 
     for dtype in ("float32", "int32", "float16"):
         xs = [make_input(dtype, 500, q, seed=3) for q in range(W)]
@@ -139,9 +137,6 @@ def ops_cases(comm):
         comm.allreduce(y, op="sum", prescale=0.5, postscale=3.0)
         out[f"allreduce_scaled_{dtype}"] = _eq(y, reference(dtype, "sum", xs, 0.5, 3.0), dtype)
 
-    t = torch.from_numpy(ins[r].copy())
-    comm.allreduce(t, op="avg")
-    out["allreduce_torch_avg"] = _eq(t.numpy(), reference("float32", "avg", ins), "torch avg")
 
     root = W - 1
     y = ins[r].copy()
@@ -169,9 +164,6 @@ def ops_cases(comm):
     out["allgather_large_into_out"] = _eq(o, np.concatenate(bigs), "allgather out")
     parts = comm.allgather(np.float32(r))
     out["allgather_scalars"] = _eq(np.array(parts), np.arange(W, dtype=np.float32), "scalars")
-    tparts = comm.allgather(torch.full((2,), float(r), dtype=torch.bfloat16))
-    out["allgather_torch_bfloat16"] = _eq(torch.cat(tparts).float().numpy(),
-                                          np.repeat(np.arange(W), 2).astype(np.float32), "bf16")
 
     b = make_input("float64", 40_000, 99) if r == W - 1 else np.zeros(40_000)
     comm.broadcast(b, src=W - 1)
@@ -237,6 +229,23 @@ def ops_cases(comm):
     comm.allreduce(y)  # a sync op queues behind the async one
     w.wait(30)
     out["sync_after_async_ordered"] = _eq(x, np.full(10, W, float), "x") or _eq(y, np.full(10, W, float), "y")
+    return out
+
+
+def _torch_cases(comm, ins):
+    import torch
+    W, r = comm.world_size, comm.rank
+    out = {}
+    m = torch.from_numpy(np.stack([x.reshape(-1)[:40] for x in ins])).float()  # W x 40
+    mine = m[r].reshape(8, 5).clone().t()  # non-contiguous torch tensor
+    comm.allreduce(mine)
+    out["allreduce_non_contiguous_torch"] = _eq(mine.t().reshape(-1).numpy(), m.sum(0).numpy(), "torch")
+    t = torch.from_numpy(ins[r].copy())
+    comm.allreduce(t, op="avg")
+    out["allreduce_torch_avg"] = _eq(t.numpy(), reference("float32", "avg", ins), "torch avg")
+    tparts = comm.allgather(torch.full((2,), float(r), dtype=torch.bfloat16))
+    out["allgather_torch_bfloat16"] = _eq(torch.cat(tparts).float().numpy(),
+                                          np.repeat(np.arange(W), 2).astype(np.float32), "bf16")
     return out
 
 
