@@ -10,7 +10,9 @@ each rank on one thread (torch.set_num_threads(1)), one process per rank,
 all in this run on this host. Reported: samples/s, scaling efficiency
 (samples/s at N / (N x samples/s at 1)), the share of a step that is
 exposed communication ((t_N - t_1) / t_N, the same formula for both), and
-for shoal the measured share of a step spent waiting for gradient buckets.
+for shoal the measured share of a step spent waiting for gradient buckets,
+and the CPU time per step of rank 0 (all its threads: compute + communication),
+a figure that other load on the host disturbs much less than wall-clock rates.
 """
 from __future__ import annotations
 
@@ -98,6 +100,7 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
     barrier()
     windows = []      # (seconds, seconds waiting on buckets) per window of `window` steps
     i = 0
+    cpu0 = time.process_time()
     while i < steps:
         comm_wait[0] = 0.0
         t0 = time.perf_counter()
@@ -105,9 +108,10 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
             step(i)
             i += 1
         windows.append((time.perf_counter() - t0, comm_wait[0]))
+    cpu = (time.process_time() - cpu0) / steps   # all threads of this rank, per step
     barrier()
     if rank == 0:
-        out.put(windows)
+        out.put((windows, cpu))
     if system == "torch":
         import torch.distributed as dist
         dist.destroy_process_group()
@@ -130,7 +134,7 @@ def run(system: str, world: int, kind: str, batch: int, steps: int, warmup: int,
     for p in procs:
         p.start()
     try:
-        windows = out.get(timeout=600)
+        windows, cpu = out.get(timeout=600)
     finally:
         for p in procs:
             p.join(60)
@@ -138,13 +142,13 @@ def run(system: str, world: int, kind: str, batch: int, steps: int, warmup: int,
                 p.kill()
     elapsed, wait = min(windows)
     return {"samples_s": world * batch * window / elapsed, "step_s": elapsed / window,
-            "wait_share": wait / elapsed}
+            "wait_share": wait / elapsed, "cpu_ms": cpu * 1e3}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer steps, MLP batch 128 only... "
-                    "and the communication-bound case")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer steps; only the two MLP configurations")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None,
@@ -177,24 +181,27 @@ def main(argv=None) -> None:
                                 "shoal": f"shoal DDP (native) x{n}"}[system],
                          r["samples_s"], eff, exposed,
                          r["wait_share"] if system == "shoal" else None,
-                         r["samples_s"] / res["torch"]["samples_s"]))
+                         r["samples_s"] / res["torch"]["samples_s"], r["cpu_ms"]))
         _print_table(rows[-3:])
         sys.stdout.flush()
     print()
-    print("| config | system | samples/s | scaling eff. | exposed comm share | bucket wait share | vs torch DDP |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, system, sps, eff, exposed, wait, ratio in rows:
+    print("| config | system | samples/s | scaling eff. | exposed comm share | bucket wait share "
+          "| vs torch DDP | CPU ms/step/rank |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, system, sps, eff, exposed, wait, ratio, cpu in rows:
         w = f"{wait:.2f}" if wait is not None else "-"
-        print(f"| {name} | {system} | {sps:,.0f} | {eff:.2f} | {exposed:.2f} | {w} | {ratio:.2f}x |")
+        print(f"| {name} | {system} | {sps:,.0f} | {eff:.2f} | {exposed:.2f} | {w} | {ratio:.2f}x "
+              f"| {cpu:.1f} |")
 
 
 def _print_table(rows) -> None:
     print(f"\n{rows[0][0]}")
     print(f"  {'system':26s} {'samples/s':>10s} {'scal.eff':>9s} {'exposed':>8s} "
-          f"{'wait':>6s} {'vs torch':>9s}")
-    for _, system, sps, eff, exposed, wait, ratio in rows:
+          f"{'wait':>6s} {'vs torch':>9s} {'CPU ms/step':>12s}")
+    for _, system, sps, eff, exposed, wait, ratio, cpu in rows:
         w = f"{wait:.2f}" if wait is not None else "-"
-        print(f"  {system:26s} {sps:10,.0f} {eff:9.2f} {exposed:8.2f} {w:>6s} {ratio:8.2f}x")
+        print(f"  {system:26s} {sps:10,.0f} {eff:9.2f} {exposed:8.2f} {w:>6s} {ratio:8.2f}x "
+              f"{cpu:12.1f}")
 
 
 if __name__ == "__main__":

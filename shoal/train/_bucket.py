@@ -6,7 +6,10 @@ backward produces their gradients), into buckets of at most ``cap`` bytes
 flat gradient buffer reused across steps, and each parameter's ``.grad`` is
 a view into it, so the allreduce needs no packing copy. Buckets are launched
 strictly in index order on every rank, whatever order gradients arrive in,
-so all ranks issue the same collectives in the same sequence.
+so all ranks issue the same collectives in the same sequence. A gradient
+autograd put elsewhere (after ``zero_grad(set_to_none=True)``) is copied into
+the bucket once, in the hook: one pass, cheaper than zeroing the bucket and
+letting autograd accumulate into it.
 """
 from __future__ import annotations
 

@@ -131,8 +131,6 @@ class DistributedModel(nn.Module):
             if self._buckets.next_launch or self._callback_queued:   # a backward did not finish
                 self._buckets.abandon()
                 self._callback_queued = False
-            if self._require_sync:
-                self._buckets.attach_grads()
             if self.strategy.broadcast_buffers and self._buffers:
                 self._sync_buffers()
         return self.module(*args, **kwargs)
