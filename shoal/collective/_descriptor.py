@@ -94,6 +94,12 @@ def _describe(prop: str, d: np.ndarray):
     raise KeyError(prop)
 
 
+def _mismatch(message: str) -> CollectiveError:
+    err = CollectiveError(message)
+    err.mismatch = True  # the group stays usable: every rank raised at the same step
+    return err
+
+
 def check(metas: list[np.ndarray], messages: list[bytes], ranks: list[int] | None = None) -> None:
     """Raise CollectiveError (identically on every rank) unless all descriptors agree."""
     first = metas[0].tobytes()
@@ -103,21 +109,21 @@ def check(metas: list[np.ndarray], messages: list[bytes], ranks: list[int] | Non
     for i, d in enumerate(metas):
         if d[F_VALID] == ERROR:
             msg = messages[i].rstrip(b"\0").decode(errors="replace")
-            raise CollectiveError(f"rank {ranks[i]} rejected its input to {KINDS[d[F_KIND]]}: {msg}")
+            raise _mismatch(f"rank {ranks[i]} rejected its input to {KINDS[d[F_KIND]]}: {msg}")
         if d[F_VALID] != VALID:
             raise CollectiveError(f"rank {ranks[i]} published no valid op descriptor; the group's "
                                   "shared state is corrupt; destroy() it and form a new group")
     kinds = [KINDS[d[F_KIND]] for d in metas]
     if len(set(kinds)) > 1:
         calls = ", ".join(f"rank {r}: {k}" for r, k in zip(ranks, kinds))
-        raise CollectiveError(f"ranks called different collectives at the same step ({calls}); "
+        raise _mismatch(f"ranks called different collectives at the same step ({calls}); "
                               "every rank must issue the same sequence of collective calls")
     for prop in _MUST_MATCH[kinds[0]]:
         vals = [_describe(prop, d) for d in metas]
         if any(v != vals[0] for v in vals[1:]):
             what = {"rop": "reduce op", "row": "shape after the first dimension"}.get(prop, prop)
             calls = ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
-            raise CollectiveError(f"{kinds[0]} called with mismatched {what} across ranks "
+            raise _mismatch(f"{kinds[0]} called with mismatched {what} across ranks "
                                   f"({calls}); every rank must pass the same {what}")
 
 

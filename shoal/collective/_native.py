@@ -144,11 +144,10 @@ class NativeCommunicator(Communicator):
         try:
             return fn()
         except CollectiveError as e:
-            msg = str(e)
-            if not any(k in msg for k in ("mismatched", "rejected", "different collectives")):
+            if not getattr(e, "mismatch", False):  # a dead, late or unreachable rank
                 e.fatal = True
                 if self.shm is not None:
-                    self.shm.abort(msg)
+                    self.shm.abort(str(e))
             raise
 
     def _do_grouped_allreduce(self, ts, op, prescale, postscale):

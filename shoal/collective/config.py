@@ -58,7 +58,7 @@ class NativeConfig:
             SHOAL_TIMELINE, else no timeline.
     """
 
-    segment_bytes: int = 4 << 20
+    segment_bytes: int = 2 << 20
     small_bytes: int = 64 << 10
     tcp_small_bytes: int = 64 << 10
     listen_host: str | None = None
