@@ -55,6 +55,7 @@ class NativeCommunicator(Communicator):
             self.shm.timeline = self.timeline
         self._cuda = None
         self._scratch: dict[str, np.ndarray] = {}
+        self._reducers: dict[tuple, Reducer] = {}
         self._barrier_now()
 
     def _barrier_now(self) -> None:
@@ -121,7 +122,7 @@ class NativeCommunicator(Communicator):
             if ob.shape != buf.shape or ob.dtype_name != buf.dtype_name:
                 raise ValueError(f"out has shape {ob.shape} and dtype {ob.dtype_name}; it must match "
                                  f"the input's {buf.shape} and {buf.dtype_name}")
-            return buf, ob, Reducer(op, buf.dtype_name, self.world_size, prescale, postscale)
+            return buf, ob, self._reducer(op, buf.dtype_name, prescale, postscale)
         buf, ob, reducer = self._prepare("allreduce", prep)
         self._allreduce_flat(buf.flat, ob.flat, reducer, "allreduce", buf.shape)
         ob.finish()
@@ -139,6 +140,16 @@ class NativeCommunicator(Communicator):
             self._guarded(lambda: (
                 self.shm.allreduce(src, dst if take else None, reducer, desc, self.config.small_bytes)
                 if self.single_host else MH.allreduce(self, src, dst if take else None, reducer, desc)))
+
+    def _reducer(self, op, dtype_name, prescale=1.0, postscale=1.0) -> Reducer:
+        """A cached Reducer (it keeps its scratch buffers between ops)."""
+        key = (op, dtype_name, prescale, postscale)
+        r = self._reducers.get(key)
+        if r is None:
+            if len(self._reducers) > 64:
+                self._reducers.clear()
+            r = self._reducers[key] = Reducer(op, dtype_name, self.world_size, prescale, postscale)
+        return r
 
     def _guarded(self, fn):
         try:
@@ -168,7 +179,7 @@ class NativeCommunicator(Communicator):
             ob = buf if out is None else as_buffer(out, name="out")
             if ob.shape != buf.shape or ob.dtype_name != buf.dtype_name:
                 raise ValueError(f"out has shape {ob.shape}; it must match the input's {buf.shape}")
-            return buf, ob, Reducer(op, buf.dtype_name, self.world_size)
+            return buf, ob, self._reducer(op, buf.dtype_name)
         buf, ob, reducer = self._prepare("reduce", prep)
         self._allreduce_flat(buf.flat, ob.flat, reducer, "reduce", buf.shape, root=dst)
         if self.rank == dst:
