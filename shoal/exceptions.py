@@ -21,7 +21,9 @@ class TaskError(ShoalError):
         self.remote_traceback = remote_traceback
         self.cause = cause
         self.cause_repr = cause_repr or repr(cause)
-        super().__init__(function_name, remote_traceback, cause, cause_repr)
+        # Not super(): in the class that is also the cause's type, the next
+        # __init__ would be the cause's, with its own signature.
+        Exception.__init__(self, function_name, remote_traceback, cause, cause_repr)
 
     def __str__(self) -> str:
         return (f"{self.function_name} raised {self.cause_repr}\n\n"
@@ -29,7 +31,8 @@ class TaskError(ShoalError):
 
     def __reduce__(self):
         return (_rebuild_task_error,
-                (self.function_name, self.remote_traceback, self.cause, self.cause_repr))
+                (self.function_name, self.remote_traceback, _exception_state(self.cause),
+                 self.cause_repr))
 
     def as_instanceof_cause(self) -> "TaskError":
         """Return a TaskError that is also an instance of the cause's type."""
@@ -46,6 +49,8 @@ class TaskError(ShoalError):
             err = cls.__new__(cls)
             TaskError.__init__(err, self.function_name, self.remote_traceback,
                                self.cause, self.cause_repr)
+            for k, v in getattr(self.cause, "__dict__", {}).items():
+                err.__dict__.setdefault(k, v)  # the cause's own attributes (e.g. .column)
             return err
         except TypeError:  # layouts that cannot be combined (some C exceptions)
             return self
@@ -54,8 +59,30 @@ class TaskError(ShoalError):
 _DUAL_CLASSES: dict = {}
 
 
-def _rebuild_task_error(function_name, remote_traceback, cause, cause_repr):
+def _rebuild_task_error(function_name, remote_traceback, cause_state, cause_repr):
+    cause = _exception_from_state(cause_state)
     return TaskError(function_name, remote_traceback, cause, cause_repr).as_instanceof_cause()
+
+
+def _exception_state(e):
+    # An exception pickles as cls(*args), which fails for classes whose
+    # __init__ takes other arguments; carry its type, args and attributes.
+    if e is None:
+        return None
+    return (type(e), e.args, dict(getattr(e, "__dict__", {})))
+
+
+def _exception_from_state(state):
+    if state is None:
+        return None
+    cls, args, attrs = state
+    try:
+        e = cls.__new__(cls, *args)
+        e.args = args
+        e.__dict__.update(attrs)
+        return e
+    except Exception:  # noqa: BLE001 - an exotic type: keep the error, lose the cause
+        return None
 
 
 class WorkerCrashedError(ShoalError):

@@ -181,7 +181,6 @@ class TorchCommunicator(Communicator):
             raise
 
     def _desc_of(self, kind, t, **kw):
-        torch = _torch()[0]
         dname = str(t.dtype).replace("torch.", "")
         return D.make(kind, dtype=dname if dname in D.DTYPES else None, shape=tuple(t.shape),
                       world=self.world_size, **kw)

@@ -125,6 +125,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._dirty: set = set()           # conns with pending output
         self._last_reap = time.monotonic()
+        self._reap: list = []              # killed processes not yet waited for
         self._io = threading.Thread(target=self._io_loop, name="shoal-io", daemon=True)
         self._io.start()
         with self.lock:
@@ -313,6 +314,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             self._schedule()
 
     def _check_processes(self, now: float) -> None:
+        self._reap = [p for p in self._reap if p.poll() is None]
         for w in list(self.workers.values()):
             if w.state == "dead":
                 continue
@@ -382,6 +384,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
                 w.proc.kill()
             except OSError:
                 pass
+            self._reap.append(w.proc)  # waited for later: no zombie left behind
         if w.lease is not None and not w.blocked:
             w.lease[0].release(w.lease[1])
         w.lease = None
@@ -438,6 +441,11 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait(timeout=5)
+        for p in self._reap:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         for w in workers:
             for f in (w.proc.stdout, w.proc.stderr):
                 try:

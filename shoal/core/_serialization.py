@@ -28,11 +28,19 @@ def dumps_code(obj) -> bytes:
     return cloudpickle.dumps(obj, protocol=5)
 
 
-def _dumps(value, buffer_callback):
+def _dumps(value, take, bufs: list, ids: list) -> bytes:
+    """Pickle with the fast C pickler; fall back to cloudpickle for lambdas,
+    local classes and anything of the driver's ``__main__``, which pickles by
+    reference there but cannot be imported by a worker."""
     try:
-        return pickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+        data = pickle.dumps(value, protocol=5, buffer_callback=take)
+        if b"__main__" not in data:
+            return data
     except (pickle.PicklingError, AttributeError, TypeError):
-        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+        pass
+    bufs.clear()
+    ids.clear()
+    return cloudpickle.dumps(value, protocol=5, buffer_callback=take)
 
 
 def serialize(value, new_path, *, is_error: bool = False, what: str = "value",
@@ -55,7 +63,7 @@ def serialize(value, new_path, *, is_error: bool = False, what: str = "value",
     ids: list = []
     _oref._collect.ids = ids
     try:
-        data = _dumps(value, take)
+        data = _dumps(value, take, bufs, ids)
     except Exception as e:  # noqa: BLE001 - any pickling failure becomes one clear error
         raise SerializationError(
             f"could not serialize {what} of type {type(value).__name__}: {e}. "

@@ -107,14 +107,16 @@ class WorkerRuntime(ProcessRuntime):
 
     def send(self, msg, flush: bool = True) -> None:
         """Send ``msg`` after any pending ref changes and buffered results."""
-        events = self.counter.drain()
+        held, released = _split_ref_events(self.counter.drain())
         with self.qcond:
             parts = self.out
             self.out = []
-        if events:
-            parts.insert(0, encode(("ref", events)))
+        if held:
+            parts.insert(0, encode(("ref", held)))
         if msg is not None:
             parts.append(encode(msg))
+        if released:  # after the messages, whose results may pin what is released here
+            parts.append(encode(("ref", released)))
         if parts:
             self.conn.send_bytes(b"".join(parts))
 
@@ -497,6 +499,27 @@ class WorkerRuntime(ProcessRuntime):
             first = len(self.out) == 1
         if first:  # batch the results of calls finishing in the same loop turn
             self.loop.call_soon(self.send, None)
+
+
+def _split_ref_events(events: list) -> tuple[list, list]:
+    """Order ref changes around a message: refs taken go before it, refs
+    dropped after it, so an object returned inside a result is pinned by the
+    result before the worker's own ref to it is let go. Per object only the
+    last change counts (a ref dropped and taken again is still held)."""
+    if not events:
+        return [], []
+    last: dict = {}
+    maps_on, maps_off = [], []
+    for delta, key in events:
+        if delta == 1 or delta == -1:
+            last[key] = delta
+        elif delta > 0:
+            maps_on.append((delta, key))
+        else:
+            maps_off.append((delta, key))
+    held = [(1, k) for k, d in last.items() if d == 1] + maps_on
+    released = [(-1, k) for k, d in last.items() if d == -1] + maps_off
+    return held, released
 
 
 class _PrefixedStream:

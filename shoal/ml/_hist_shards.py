@@ -216,7 +216,10 @@ class ShardSet:
             self._shoal = shoal
             actor_cls = shoal.remote(HistShard)
             edges_ref = shoal.put(edges)
-            self.shards = [actor_cls.options(num_cpus=1).remote(
+            # a shard reserves a CPU when one is free; with none free (a fit inside a busy
+            # actor or task) it reserves nothing rather than wait forever for one
+            cpus = 1 if _free_cpus(shoal) >= len(groups) else 0
+            self.shards = [actor_cls.options(num_cpus=cpus).remote(
                 [dm.blocks[i] for i in g], int(offsets[g[0]]), edges_ref, n_classes) for g in groups]
         else:
             self.shards = [HistShard([dm.blocks[i] for i in g], int(offsets[g[0]]), edges, n_classes)
@@ -254,12 +257,15 @@ def _sum(arrays):
     return acc
 
 
+def _free_cpus(shoal) -> int:
+    try:
+        return int(shoal.available_resources().get("CPU", 0))
+    except Exception:  # a backend without resource accounting
+        return 1
+
+
 def _default_shards(dm) -> int:
     if not getattr(dm, "distributed", False):
         return 1   # in-process: np.bincount holds the GIL, more shards would not run in parallel
-    try:
-        import shoal
-        cpus = int(shoal.cluster_resources().get("CPU", 1))
-    except Exception:
-        cpus = 1
-    return max(1, min(cpus, len(dm.blocks)))
+    import shoal
+    return max(1, min(_free_cpus(shoal), len(dm.blocks)))

@@ -366,3 +366,46 @@ def test_placement_group_waits_until_the_whole_gang_fits(cluster):
     assert len(shoal.get(refs)) == 2
     shoal.remove_placement_group(pg)
     assert shoal.available_resources()["CPU"] == 2.0
+
+
+def test_ref_returned_inside_an_actor_result_stays_alive(cluster):
+    @shoal.remote
+    class Maker:
+        def give(self, i):
+            return [shoal.put(np.full(100_000, i))]  # the actor keeps no ref of its own
+
+    m = Maker.remote()
+    for i in range(10):
+        inner = shoal.get(m.give.remote(i), timeout=30)[0]
+        assert shoal.get(inner, timeout=30)[0] == i
+
+
+class _ColumnError(ValueError):
+    def __init__(self, column, message):
+        super().__init__(message)
+        self.column = column
+
+
+def test_exception_with_its_own_init_is_caught_by_type_with_its_attributes(cluster):
+    @shoal.remote
+    def bad():
+        raise _ColumnError("age", "missing column age")
+
+    with pytest.raises(_ColumnError) as info:
+        shoal.get(bad.remote())
+    assert info.value.column == "age" and isinstance(info.value, TaskError)
+
+
+def test_classes_of_the_drivers_main_script_reach_workers(tmp_path):
+    script = tmp_path / "main_class.py"
+    script.write_text(textwrap.dedent("""
+        import shoal
+        class Point:
+            def __init__(self, x): self.x = x
+        @shoal.remote
+        def move(p): return Point(p.x + 1)
+        print(shoal.get(move.remote(Point(1))).x)
+    """))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("2")
