@@ -67,8 +67,13 @@ def _die_in_allreduce(comm):
     try:
         comm.allreduce(x)
     except CollectiveError as e:
-        return ("raised", str(e), time.monotonic() - t0)
-    return ("no error", "", 0.0)
+        try:
+            comm.allreduce(x)
+            after = "no error"
+        except CollectiveError as e2:
+            after = str(e2)
+        return ("raised", str(e), after)
+    return ("no error", "", "")
 
 
 def _shm_files():
@@ -80,6 +85,11 @@ def test_dead_rank_makes_the_others_raise():
     for r in (0, 1):
         status, msg, _ = results[r]
         assert status == "raised" and "died" in msg, results[r]
+
+
+def test_group_with_a_dead_rank_refuses_further_ops():
+    results = run_ranks(_die_in_allreduce, 2, timeout=60, allow_errors=True, wait=60, name="die3")
+    assert "broken group" in results[0][2], results[0]
 
 
 def test_shared_memory_released_after_a_rank_dies():
