@@ -50,3 +50,16 @@ def test_forest_fits_a_dataset_by_column_names(data):
         ref = RandomForestClassifier(4, max_depth=4, random_state=0).fit(df, label="label")
     features = df[[f"x{i}" for i in range(6)]]
     np.testing.assert_array_equal(est.predict_proba(features), ref.predict_proba(features))
+
+
+def _fit_inside_a_task(X, y):
+    with use_executor("cluster"):
+        return RandomForestClassifier(2, max_depth=3, random_state=0).fit(X, y).score(X, y)
+
+
+def test_forest_fits_from_inside_a_task_that_holds_a_cpu(data):
+    import shoal
+    X, y = data
+    # the task holds one of the two CPUs: shards must not wait for CPUs that never free up
+    score = shoal.get(shoal.remote(_fit_inside_a_task).remote(X, y), timeout=100)
+    assert score > 0.7
