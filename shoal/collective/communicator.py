@@ -117,6 +117,30 @@ class Communicator:
         src = self._check_rank(src, "src")
         return self._run("broadcast", self._do_broadcast, (t, src), async_op)
 
+    def grouped_broadcast(self, tensors: list, src: int = 0, async_op: bool = False):
+        """Broadcast a list of tensors from rank ``src`` in one packed operation (in place)."""
+        src = self._check_rank(src, "src")
+        tensors = list(tensors)
+        return self._run("grouped_broadcast", self._do_grouped_broadcast, (tensors, src), async_op)
+
+    def _do_grouped_broadcast(self, tensors, src):
+        from shoal.collective._buffers import as_buffer, is_torch_tensor
+        if any(is_torch_tensor(t) and t.device.type != "cpu" for t in tensors):
+            for t in tensors:  # device tensors: one broadcast each
+                self._do_broadcast(t, src)
+            return tensors
+        bufs = [as_buffer(t, name=f"tensors[{i}]") for i, t in enumerate(tensors)]
+        views = [b.array.reshape(-1).view(np.uint8) for b in bufs]
+        packed = np.concatenate(views) if views else np.empty(0, np.uint8)
+        self._do_broadcast(packed, src)
+        if self.rank != src:
+            off = 0
+            for b, v in zip(bufs, views):
+                v[...] = packed[off:off + v.size]
+                off += v.size
+                b.finish()
+        return tensors
+
     def gather(self, t, dst: int = 0, async_op: bool = False):
         """Every rank's ``t`` as a list on rank ``dst`` (None on the others)."""
         dst = self._check_rank(dst, "dst")

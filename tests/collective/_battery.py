@@ -193,6 +193,11 @@ def ops_cases(comm, with_torch=True):
     comm.barrier()
     out["barrier"] = None
 
+    gts = [np.full(5, float(r)), np.full((2, 3), r, np.int16), np.full(1, r == 0)]
+    comm.grouped_broadcast(gts, src=0)
+    out["grouped_broadcast"] = (_eq(gts[0], np.zeros(5), "g0") or _eq(gts[1], np.zeros((2, 3), np.int16), "g1")
+                                or _eq(gts[2], np.ones(1, bool), "g2"))
+
     if W > 1:
         msg = np.full(1000, r, np.float32)
         rec = np.empty(1000, np.float32)

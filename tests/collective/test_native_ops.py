@@ -46,7 +46,7 @@ OP_CASES = ["allreduce_out_of_place", "allreduce_non_contiguous_numpy", "allredu
             "allreduce_torch_avg", "reduce_to_root", "reduce_scatter_uneven_rows", "reduce_scatter_large",
             "allgather_equal", "allgather_variable_rows", "allgather_large_into_out", "allgather_scalars",
             "allgather_torch_bfloat16", "broadcast_large", "gather_to_root", "scatter_variable_parts",
-            "alltoall_with_splits", "alltoall_even", "barrier", "broadcast_object", "allgather_object",
+            "alltoall_with_splits", "alltoall_even", "barrier", "grouped_broadcast", "broadcast_object", "allgather_object",
             "grouped_allreduce_mixed_dtypes", "async_allreduce_results", "async_handles_completed",
             "sync_after_async_ordered", "new_group_allreduce", "split_rank_order_by_key", "split_allreduce"]
 

@@ -8,7 +8,7 @@ OPS_CASES = ["allreduce_out_of_place", "allreduce_non_contiguous_numpy", "allred
              "allreduce_torch_avg", "reduce_to_root", "reduce_scatter_uneven_rows", "reduce_scatter_large",
              "allgather_equal", "allgather_variable_rows", "allgather_large_into_out", "allgather_scalars",
              "allgather_torch_bfloat16", "broadcast_large", "gather_to_root", "scatter_variable_parts",
-             "alltoall_with_splits", "alltoall_even", "barrier", "send_recv_ring", "broadcast_object",
+             "alltoall_with_splits", "alltoall_even", "barrier", "grouped_broadcast", "send_recv_ring", "broadcast_object",
              "allgather_object", "grouped_allreduce_mixed_dtypes", "async_allreduce_results",
              "sync_after_async_ordered"]
 DTYPES = ["int32", "int64", "float16", "float32", "float64"]
