@@ -139,6 +139,13 @@ def storage_dtype(dtype_name: str) -> np.dtype:
 # ----------------------------------------------------------------------- reduce
 
 
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same elements (two views of one buffer)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides)
+
+
+
 def check_op(op: str, dtype_name: str) -> None:
     if op not in REDUCE_OPS:
         raise ValueError(f"unknown reduce op {op!r}; use one of {', '.join(REDUCE_OPS)}")
@@ -218,7 +225,7 @@ class Reducer:
         n = out.size
         if self.acc is None:
             if len(sources) == 1:
-                if sources[0] is not out:
+                if not _same_memory(sources[0], out):
                     np.copyto(out, sources[0])
             else:
                 self.ufunc(sources[0], sources[1], out=out)
