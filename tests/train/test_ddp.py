@@ -271,3 +271,9 @@ def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(gang):
         torch.testing.assert_close(flat, _flat(model), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(rm, model[1].running_mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(rv, model[1].running_var, rtol=1e-4, atol=1e-5)
+
+
+def test_gloo_adapter_backend_trains_the_same(gang):
+    expected = _single_process_training()
+    for got in gang.run(_two_rank_training, strategy=DDP(backend="gloo")):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
