@@ -62,7 +62,7 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
     torch.set_num_threads(1)
     model = make_model(kind)
     comm_wait = [0.0]
-    barrier = lambda: None  # noqa: E731
+    barrier = lambda: None
     if system == "torch":
         import torch.distributed as dist
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))

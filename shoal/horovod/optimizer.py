@@ -13,7 +13,15 @@ from contextlib import contextmanager
 import torch
 
 from shoal.horovod import _ops
-from shoal.horovod._ops import Average, Sum, _w, broadcast_, broadcast_object, size, synchronize
+from shoal.horovod._ops import (
+    Average,
+    Sum,
+    _w,
+    broadcast_,
+    broadcast_object,
+    size,
+    synchronize,
+)
 from shoal.horovod.compression import Compression
 
 
@@ -82,12 +90,12 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _make_hook(self, p):
         def hook(*_):
-            if p in self._handles and self._handles[p][0] is not None:
-                if self._allreduce_delay[p] <= 0:
-                    raise AssertionError(
-                        "Gradients were computed more than backward_passes_per_step times "
-                        "before call to step(). Increase backward_passes_per_step to "
-                        "accumulate gradients locally.")
+            if (p in self._handles and self._handles[p][0] is not None
+                    and self._allreduce_delay[p] <= 0):
+                raise AssertionError(
+                    "Gradients were computed more than backward_passes_per_step times "
+                    "before call to step(). Increase backward_passes_per_step to "
+                    "accumulate gradients locally.")
             assert not p.grad.requires_grad
             assert self._allreduce_delay[p] > 0
             handle, ctx = None, None
@@ -193,7 +201,7 @@ def broadcast_parameters(params, root_rank: int) -> None:
 def broadcast_optimizer_state(optimizer, root_rank: int) -> None:
     """Copy rank ``root_rank``'s optimizer state (and hyperparameters) to every rank."""
     if isinstance(optimizer, torch.optim.LBFGS):
-        raise ValueError("cannot broadcast torch.optim.LBFGS state")
+        raise ValueError("cannot broadcast torch.optim.LBFGS state")  # noqa: TRY004 - as Horovod
     if size() == 1:
         return
     state = broadcast_object(optimizer.state_dict(), root_rank)

@@ -55,7 +55,23 @@ def get_communicator():
     return current_session().comm
 
 
-__all__ = ["Checkpoint", "CheckpointConfig", "DDP", "DistributedModel", "FailureConfig",
-           "PreparedDataLoader", "Result", "RunConfig", "ShardSampler", "SyncBatchNorm", "TrainContext",
-           "Trainer", "get_checkpoint", "get_communicator", "get_context",
-           "prepare_data_loader", "prepare_model", "report"]
+__all__ = [
+    "DDP",
+    "Checkpoint",
+    "CheckpointConfig",
+    "DistributedModel",
+    "FailureConfig",
+    "PreparedDataLoader",
+    "Result",
+    "RunConfig",
+    "ShardSampler",
+    "SyncBatchNorm",
+    "TrainContext",
+    "Trainer",
+    "get_checkpoint",
+    "get_communicator",
+    "get_context",
+    "prepare_data_loader",
+    "prepare_model",
+    "report",
+]

@@ -154,7 +154,7 @@ class BucketManager:
         for b in self.buckets:
             try:
                 b.wait()
-            except Exception:  # noqa: BLE001 - already failing; keep the first error
+            except Exception:  # noqa: BLE001, S110 - already failing; keep the first error
                 pass
         self.reset()
 

@@ -30,13 +30,13 @@ class Checkpoint:
         self._data = data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Checkpoint":
+    def from_dict(cls, data: dict) -> Checkpoint:
         if not isinstance(data, dict):
             raise TypeError(f"Checkpoint.from_dict takes a dict, got {type(data).__name__}")
         return cls(data=dict(data))
 
     @classmethod
-    def from_directory(cls, path) -> "Checkpoint":
+    def from_directory(cls, path) -> Checkpoint:
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")

@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass, field
 
 
-
 @dataclass
 class CheckpointConfig:
     """Which checkpoints a run keeps.

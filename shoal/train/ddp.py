@@ -57,7 +57,7 @@ class DDP:
             raise ValueError(f"DDP.backend must be 'auto', 'native', 'torch' or 'gloo', got "
                              f"{self.backend!r}")
 
-    def prepare(self, model: nn.Module, comm) -> "DistributedModel":
+    def prepare(self, model: nn.Module, comm) -> DistributedModel:
         return DistributedModel(model, comm, self)
 
 

@@ -25,8 +25,13 @@ from dataclasses import dataclass, field
 import cloudpickle
 
 import shoal
-from shoal.exceptions import (ActorDiedError, ShoalError, TaskError, TrainingFailedError,
-                              WorkerCrashedError)
+from shoal.exceptions import (
+    ActorDiedError,
+    ShoalError,
+    TaskError,
+    TrainingFailedError,
+    WorkerCrashedError,
+)
 from shoal.train.checkpoint import Checkpoint, CheckpointManager, latest_in
 from shoal.train.config import FailureConfig, RunConfig
 from shoal.train.context import Session, TrainContext, _set_session
@@ -127,7 +132,7 @@ class _TrainWorker:
             if comm is not None:
                 try:
                     comm.destroy()
-                except Exception:  # noqa: BLE001 - teardown of a group that may be broken
+                except Exception:  # noqa: BLE001, S110 - teardown of a group that may be broken
                     pass
 
 
@@ -195,7 +200,7 @@ class Trainer:
 
     # ------------------------------------------------------------ restore
     @classmethod
-    def restore(cls, path: str, train_loop=None, config: dict | None = None) -> "Trainer":
+    def restore(cls, path: str, train_loop=None, config: dict | None = None) -> Trainer:
         """A Trainer that continues the run in ``path`` from its latest checkpoint.
 
         ``train_loop`` and ``config`` replace the saved ones when given.
@@ -336,11 +341,11 @@ class Trainer:
             for w in workers:
                 try:
                     shoal.kill(w)
-                except Exception:  # noqa: BLE001 - already dead
+                except Exception:  # noqa: BLE001, S110 - already dead
                     pass
             try:
                 shoal.remove_placement_group(pg)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110
                 pass
             for k in store.keys(prefix + "/"):
                 store.delete(k)
@@ -362,8 +367,7 @@ class Trainer:
         df = self._dataframe()
         df.to_csv(os.path.join(run_dir, "progress.csv"), index=False)
         with open(os.path.join(run_dir, "result.json"), "w") as f:
-            for rec in self._history:
-                f.write(json.dumps(_jsonable(rec)) + "\n")
+            f.writelines(json.dumps(_jsonable(rec)) + "\n" for rec in self._history)
 
     def _dataframe(self):
         import pandas as pd

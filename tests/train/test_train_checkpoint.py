@@ -22,7 +22,8 @@ def test_directory_checkpoint_copies_its_files(tmp_path):
     src.mkdir()
     (src / "model.bin").write_bytes(b"abc")
     out = Checkpoint.from_directory(src).to_directory(tmp_path / "dst")
-    assert open(os.path.join(out, "model.bin"), "rb").read() == b"abc"
+    with open(os.path.join(out, "model.bin"), "rb") as f:
+        assert f.read() == b"abc"
 
 
 def test_from_directory_rejects_missing_path(tmp_path):

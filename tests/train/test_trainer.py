@@ -136,7 +136,8 @@ def test_worker_killed_from_outside_is_restarted(cluster, tmp_path):
         while time.monotonic() < deadline and not os.path.exists(marker + ".pid"):
             time.sleep(0.05)
         time.sleep(0.1)
-        os.kill(int(open(marker + ".pid").read()), signal.SIGKILL)
+        with open(marker + ".pid") as f:
+            os.kill(int(f.read()), signal.SIGKILL)
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     result = _trainer(tmp_path, "outside", max_failures=1, die_epoch=1, die_rank=0,

@@ -3,10 +3,9 @@ a download, fewer epochs. The only Horovod-specific change: ``import shoal.horov
 import argparse
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-import torch.optim as optim
 import torch.utils.data.distributed
+from torch import nn, optim
 
 import shoal.horovod as hvd
 
@@ -62,9 +61,7 @@ def train(epoch):
         loss.backward()
         optimizer.step()
         if batch_idx % args.log_interval == 0:
-            print("Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}".format(
-                epoch, batch_idx * len(data), len(train_sampler),
-                100. * batch_idx / len(train_loader), loss.item()))
+            print(f"Train Epoch: {epoch} [{batch_idx * len(data)}/{len(train_sampler)} ({100. * batch_idx / len(train_loader):.0f}%)]\tLoss: {loss.item():.6f}")
 
 
 def metric_average(val, name):
@@ -87,8 +84,7 @@ def test():
     test_loss = metric_average(test_loss, "avg_loss")
     test_accuracy = metric_average(test_accuracy, "avg_accuracy")
     if hvd.rank() == 0:
-        print("\nTest set: Average loss: {:.4f}, Accuracy: {:.2f}%\n".format(
-            test_loss, 100. * test_accuracy))
+        print(f"\nTest set: Average loss: {test_loss:.4f}, Accuracy: {100. * test_accuracy:.2f}%\n")
     return test_accuracy
 
 
