@@ -221,7 +221,22 @@ class Launcher:
                      f"(restart {round_}/{self.args.max_restarts})")
         finally:
             self._stop_all()
+            self._leave()
             self.store.close()
+
+    def _leave(self) -> None:
+        """Multi-node: node 0 hosts the store, so it closes it only after every node left."""
+        if self.args.nnodes == 1:
+            return
+        try:
+            self.store.add("launch/left", 1)
+            if self.args.node_rank == 0:
+                deadline = time.monotonic() + 30
+                while (self.store.add("launch/left", 0) < self.args.nnodes
+                       and time.monotonic() < deadline):
+                    time.sleep(0.05)
+        except Exception:  # noqa: BLE001, S110 - the host node is gone; nothing to wait for
+            pass
 
     def _on_signal(self, signum, frame):
         self.stopping = True

@@ -97,3 +97,29 @@ def test_rank_killed_by_a_signal_fails_the_job_with_128_plus_signal():
 def test_missing_script_is_rejected():
     r = _launch("-n", "2", "no_such_script.py")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_two_node_job_meets_at_the_rendezvous_store():
+    import secrets
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT, SHOAL_SECRET=secrets.token_hex(32))
+    procs = [subprocess.Popen([sys.executable, "-m", "shoal.launch", "-n", "1", "--nnodes", "2",
+                               "--node-rank", str(node), "--rdzv", f"127.0.0.1:{port}",
+                               _script("print_env.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=ROOT)
+             for node in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    assert "RANK=0 WORLD_SIZE=2 LOCAL_RANK=0" in outs[0][0]
+    assert "RANK=1 WORLD_SIZE=2 LOCAL_RANK=0" in outs[1][0]
+    ports = {re.search(r"SHOAL_MASTER_PORT=(\d+)", o[0]).group(1) for o in outs}
+    assert len(ports) == 1                     # both nodes agreed on the job's store
