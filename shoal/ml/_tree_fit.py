@@ -134,6 +134,19 @@ def fit_forest(est, X, y, target: str, n_trees: int, bootstrap: bool, features=N
     return est
 
 
+class PackedTrees:
+    """Fitted trees save as their arrays (shoal.ml.save); the packed prediction
+    layout is derived from them and rebuilt on load."""
+
+    _persist_skip = ("_packed",)
+
+    def _after_load(self) -> None:
+        if hasattr(self, "estimators_") and hasattr(self, "init_"):
+            self._packed = PackedForest([t for r in self.estimators_ for t in r])
+        elif hasattr(self, "trees_"):
+            self._packed = PackedForest(self.trees_)
+
+
 def fit_boosting(est, X, y, target: str, features=None, label=None):
     """Gradient boosting: one pass per level, all trees of a round (one per class) together."""
     dm, edges, shards = prepare(est, X, y, target, features, label)

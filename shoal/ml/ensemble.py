@@ -22,7 +22,8 @@ def _forest_checks(est) -> dict:
     return checks
 
 
-class RandomForestClassifier(ClassifierMixin, _base.ShoalEstimatorMixin, BaseEstimator):
+class RandomForestClassifier(ClassifierMixin, _tree_fit.PackedTrees, _base.ShoalEstimatorMixin,
+                             BaseEstimator):
     """Random forest classifier (Spark MLlib's RandomForestClassifier).
 
     n_estimators trees, each on a Poisson(1) bootstrap of the rows (as Spark's
@@ -60,7 +61,8 @@ class RandomForestClassifier(ClassifierMixin, _base.ShoalEstimatorMixin, BaseEst
         return self.classes_[np.argmax(proba, axis=1)]
 
 
-class RandomForestRegressor(RegressorMixin, _base.ShoalEstimatorMixin, BaseEstimator):
+class RandomForestRegressor(RegressorMixin, _tree_fit.PackedTrees, _base.ShoalEstimatorMixin,
+                            BaseEstimator):
     """Random forest regressor (Spark MLlib's RandomForestRegressor); max_features=1.0 (all) by default."""
 
     def __init__(self, n_estimators=20, *, criterion="squared_error", max_depth=5, min_samples_split=2,
@@ -98,7 +100,7 @@ def _boosting_checks(est) -> dict:
     return checks
 
 
-class _BaseBoosting(_base.ShoalEstimatorMixin, BaseEstimator):
+class _BaseBoosting(_tree_fit.PackedTrees, _base.ShoalEstimatorMixin, BaseEstimator):
     def __init__(self, n_estimators=20, *, learning_rate=0.1, max_depth=5, min_samples_leaf=1,
                  subsample=1.0, l2_regularization=0.0, max_bins=32, random_state=None):
         self.n_estimators = n_estimators

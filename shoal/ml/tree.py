@@ -7,7 +7,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from shoal.ml import _base, _tree_fit
 
 
-class _BaseTree(_base.ShoalEstimatorMixin, BaseEstimator):
+class _BaseTree(_tree_fit.PackedTrees, _base.ShoalEstimatorMixin, BaseEstimator):
     def _fit(self, X, y, target, features, label):
         _tree_fit.check_params(self, **_tree_fit.common_checks(self))
         return _tree_fit.fit_forest(self, X, y, target, n_trees=1, bootstrap=False,

@@ -139,3 +139,21 @@ def test_regressor_rejects_string_labels(regression):
                                        GradientBoostingClassifier, GradientBoostingRegressor])
 def test_check_estimator(Estimator):
     check_estimator(Estimator(n_estimators=5), expected_failed_checks=EXPECTED_FAILED)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("DecisionTreeClassifier", {"max_depth": 3}),
+    ("RandomForestRegressor", {"n_estimators": 3}),
+    ("GradientBoostingClassifier", {"n_estimators": 3}),
+])
+def test_fitted_trees_save_and_load_without_pickle(name, params, tmp_path):
+    import shoal.ml
+    from shoal.ml import load, save
+    make = lambda: getattr(shoal.ml, name)(**params)  # noqa: E731
+    rng = np.random.default_rng(0)
+    X = rng.random((500, 4))
+    y = (X[:, 0] + X[:, 1] > 1).astype(int)
+    est = make().fit(X, y)
+    save(est, str(tmp_path / "model"))
+    again = load(str(tmp_path / "model"))
+    np.testing.assert_allclose(again.predict(X), est.predict(X))
