@@ -75,7 +75,7 @@ class ProcessRuntime:
     namespace = "default"
 
     # primitives: new_id, new_path, register_function, submit_local, get_descs, wait_ids,
-    # put, cancel, create_actor, get_actor, kill, check_feasible, create_pg, remove_pg,
+    # put, _alloc, cancel, create_actor_spec, get_actor, kill, check_feasible, create_pg, remove_pg,
     # resources, nodes, store_stats, kv
 
     def _fn_id(self, holder, make_bytes) -> int:
@@ -164,32 +164,6 @@ class ProcessRuntime:
     def put_value(self, value) -> ObjectRef:
         return self.put(value)
 
-
-def _retry_flag(retry_exceptions):
-    if retry_exceptions is None or retry_exceptions is False:
-        return False
-    if retry_exceptions is True:
-        return True
-    return tuple(retry_exceptions)
-
-
-def _pg_of(opts):
-    pg = opts.get("placement_group")
-    strategy = opts.get("scheduling_strategy")
-    if pg is None and strategy is not None and hasattr(strategy, "placement_group"):
-        pg = strategy.placement_group
-        bundle = getattr(strategy, "placement_group_bundle_index", -1)
-    else:
-        bundle = opts.get("placement_group_bundle_index", -1)
-    if pg is None or pg == "default":
-        return None, -1
-    return pg.id, (-1 if bundle is None else bundle)
-
-
-
-class _Ops:
-    """API operations written once over the primitives (mixed into ProcessRuntime)."""
-
     def wait(self, refs: list, num_returns: int, timeout):
         ready_ids = set(self.wait_ids([r.id for r in refs], num_returns, timeout))
         ready, not_ready = [], []
@@ -214,6 +188,23 @@ class _Ops:
                               namespace=self.namespace, backend="local")
 
 
-for _name, _fn in list(vars(_Ops).items()):
-    if callable(_fn) and not _name.startswith("__"):
-        setattr(ProcessRuntime, _name, _fn)
+def _retry_flag(retry_exceptions):
+    if retry_exceptions is None or retry_exceptions is False:
+        return False
+    if retry_exceptions is True:
+        return True
+    return tuple(retry_exceptions)
+
+
+def _pg_of(opts):
+    pg = opts.get("placement_group")
+    strategy = opts.get("scheduling_strategy")
+    if pg is None and strategy is not None and hasattr(strategy, "placement_group"):
+        pg = strategy.placement_group
+        bundle = getattr(strategy, "placement_group_bundle_index", -1)
+    else:
+        bundle = opts.get("placement_group_bundle_index", -1)
+    if pg is None or pg == "default":
+        return None, -1
+    return pg.id, (-1 if bundle is None else bundle)
+

@@ -105,7 +105,7 @@ class WorkerRuntime(ProcessRuntime):
     def new_path(self) -> str:
         return f"{self.shm_prefix}{self.wid}-{next(self._paths)}"
 
-    def send(self, msg, flush: bool = True) -> None:
+    def send(self, msg) -> None:
         """Send ``msg`` after any pending ref changes and buffered results."""
         held, released = _split_ref_events(self.counter.drain())
         with self.qcond:
