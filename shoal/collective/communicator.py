@@ -141,6 +141,57 @@ class Communicator:
                 b.finish()
         return tensors
 
+    def grouped_allgather(self, tensors: list, async_op: bool = False) -> list:
+        """``allgather`` of each tensor of a list, packed into one collective.
+
+        Returns one list per input tensor, each holding every rank's version
+        of it in rank order (first dimensions may differ between ranks;
+        dtypes and the other dimensions must agree).
+        """
+        tensors = list(tensors)
+        return self._run("grouped_allgather", self._do_grouped_allgather, (tensors,), async_op)
+
+    def grouped_reduce_scatter(self, tensors: list, op: str = "sum", async_op: bool = False) -> list:
+        """``reduce_scatter`` of each tensor of a list; one packed collective per dtype.
+
+        Returns this rank's part (``numpy.array_split`` rows of dimension 0)
+        of every tensor, in input order.
+        """
+        self._check_op(op)
+        tensors = list(tensors)
+        return self._run("grouped_reduce_scatter", self._do_grouped_reduce_scatter,
+                         (tensors, op), async_op)
+
+    def grouped_reduce(self, tensors: list, dst: int = 0, op: str = "sum", async_op: bool = False):
+        """``reduce`` of each tensor of a list into rank ``dst`` (in place); one packed
+        collective per dtype. Returns the list."""
+        self._check_op(op)
+        dst = self._check_rank(dst, "dst")
+        tensors = list(tensors)
+        return self._run("grouped_reduce", self._do_grouped_reduce, (tensors, dst, op), async_op)
+
+    def grouped_alltoall(self, tensors: list, async_op: bool = False) -> list:
+        """``alltoall`` (even ``array_split`` of dimension 0) of each tensor of a list, packed
+        into one collective. Returns the received tensor for each input, in input order."""
+        tensors = list(tensors)
+        return self._run("grouped_alltoall", self._do_grouped_alltoall, (tensors,), async_op)
+
+    def _do_grouped_allgather(self, tensors):
+        from shoal.collective import _grouped
+        return _grouped.grouped_allgather(self, tensors)
+
+    def _do_grouped_reduce_scatter(self, tensors, op):
+        from shoal.collective import _grouped
+        return _grouped.grouped_reduce_scatter(self, tensors, op)
+
+    def _do_grouped_reduce(self, tensors, dst, op):
+        from shoal.collective import _grouped
+        return _grouped.grouped_reduce(self, tensors, dst, op)
+
+    def _do_grouped_alltoall(self, tensors):
+        from shoal.collective import _grouped
+        return _grouped.grouped_alltoall(self, tensors)
+
     def gather(self, t, dst: int = 0, async_op: bool = False):
         """Every rank's ``t`` as a list on rank ``dst`` (None on the others)."""
         dst = self._check_rank(dst, "dst")
