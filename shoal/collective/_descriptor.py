@@ -9,6 +9,8 @@ that the others raise too.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -18,12 +20,27 @@ from shoal.exceptions import CollectiveError
 
 KINDS = ("barrier", "allreduce", "reduce", "reduce_scatter", "broadcast", "allgather",
          "gather", "scatter", "alltoall", "fused_allreduce")
-FIELDS = 16
+FIELDS = 17
 MSG_BYTES = 256
 MAX_DIMS = 8
 VALID, ERROR = 1, 2
 # field positions
 F_VALID, F_KIND, F_ROP, F_DTYPE, F_ROOT, F_NELEM, F_NBYTES, F_NDIM, F_DIMS = range(9)
+F_GROUP = 16  # signature of the whole tensor list of a grouped op (0 for single-tensor ops)
+
+# Set while a grouped op runs its packed collective(s): every descriptor made then carries
+# it, so ranks whose lists differ (count, dtypes, shapes) fail the first check together.
+_GROUP_SIG: contextvars.ContextVar[int] = contextvars.ContextVar("shoal_group_sig", default=0)
+
+
+@contextlib.contextmanager
+def group_signature(sig: int):
+    """Descriptors made inside carry ``sig`` (see ``F_GROUP``)."""
+    token = _GROUP_SIG.set(int(sig) & 0x3FFFFFFFFFFFFFFF)
+    try:
+        yield
+    finally:
+        _GROUP_SIG.reset(token)
 
 # which properties must agree across ranks, per op
 _MUST_MATCH = {
@@ -61,6 +78,7 @@ def make(kind: str, *, rop: str | None = None, dtype: str | None = None, shape=(
     fields = [VALID, _KIND[kind], -1 if rop is None else _ROP[rop], -1 if dtype is None else _DT[dtype],
               root, nelem, nbytes, len(shape)] + dims
     fields += [0] * (FIELDS - len(fields))
+    fields[F_GROUP] = _GROUP_SIG.get()
     if splits is not None:
         fields += [int(x) for x in splits]
     fields += [0] * (FIELDS + world - len(fields))
@@ -91,6 +109,8 @@ def _describe(prop: str, d: np.ndarray):
         return int(d[F_ROOT])
     if prop == "nelem":
         return int(d[F_NELEM])
+    if prop == "group":
+        return int(d[F_GROUP])
     raise KeyError(prop)
 
 
@@ -118,10 +138,11 @@ def check(metas: list[np.ndarray], messages: list[bytes], ranks: list[int] | Non
         calls = ", ".join(f"rank {r}: {k}" for r, k in zip(ranks, kinds))
         raise _mismatch(f"ranks called different collectives at the same step ({calls}); "
                               "every rank must issue the same sequence of collective calls")
-    for prop in _MUST_MATCH[kinds[0]]:
+    for prop in _MUST_MATCH[kinds[0]] + ("group",):
         vals = [_describe(prop, d) for d in metas]
         if any(v != vals[0] for v in vals[1:]):
-            what = {"rop": "reduce op", "row": "shape after the first dimension"}.get(prop, prop)
+            what = {"rop": "reduce op", "row": "shape after the first dimension",
+                    "group": "tensor list (count, dtypes or shapes of a grouped op)"}.get(prop, prop)
             calls = ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
             raise _mismatch(f"{kinds[0]} called with mismatched {what} across ranks "
                                   f"({calls}); every rank must pass the same {what}")

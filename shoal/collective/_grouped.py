@@ -7,14 +7,18 @@ goes through the usual cross-rank check. Movement ops (allgather, alltoall)
 pack every tensor's bytes, whatever its dtype, into one byte buffer led by an
 int64 header (count, and per tensor dtype code, rows and a signature of the
 shape after dimension 0): one collective for the whole group, and every rank
-checks every header it receives, so a mismatched group raises the same
-CollectiveError on every rank.
+checks every header it receives. Every descriptor a grouped op publishes also
+carries a signature of its whole list (``_descriptor.group_signature``), so
+ranks whose lists differ in count, dtypes or shapes fail the first packed
+collective's metadata check together with the same CollectiveError, even when
+the packed sizes happen to agree or the per-dtype collective counts differ.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from shoal.collective._buffers import as_buffer, dtype_code, empty_like_buffer, is_torch_tensor
+from shoal.collective import _descriptor as D
 from shoal.collective._descriptor import _mismatch
 
 _ALIGN = 8
@@ -27,6 +31,19 @@ def _pad(n: int) -> int:
 def _row_sig(shape: tuple) -> int:
     """A deterministic signature of the dimensions after the first (ints hash stably)."""
     return hash((len(shape),) + tuple(shape[1:])) & 0x7FFFFFFFFFFFFFFF
+
+
+_KIND = {"reduce": 1, "reduce_scatter": 2, "allgather": 3, "alltoall": 4}
+
+
+def _signature(kind: str, bufs, full_shape: bool) -> int:
+    """Ints only (their hash is the same in every process): the list's count, dtypes and
+    shapes (without dimension 0 for ops whose first dimensions may differ between ranks)."""
+    items = [_KIND[kind], len(bufs)]
+    for b in bufs:
+        items += [dtype_code(b.dtype_name), len(b.shape)]
+        items += list(b.shape if full_shape else b.shape[1:])
+    return (hash(tuple(items)) & 0x3FFFFFFFFFFFFFFF) or 1
 
 
 def _bufs(comm, kind, tensors, need_dim=False):
@@ -72,6 +89,12 @@ def grouped_reduce(comm, tensors, dst, op):
             comm._do_reduce(t, dst, op, None)
         return tensors
     bufs = _bufs(comm, "reduce", tensors)
+    with D.group_signature(_signature("reduce", bufs, True)):
+        _reduce_packed(comm, bufs, dst, op)
+    return tensors
+
+
+def _reduce_packed(comm, bufs, dst, op):
     for dname, idx in _by_dtype(bufs).items():
         sizes = np.array([bufs[i].array.size for i in idx], np.int64)
         offs = np.concatenate([[0], np.cumsum(sizes)])
@@ -84,17 +107,21 @@ def grouped_reduce(comm, tensors, dst, op):
             for i, a, e in zip(idx, offs[:-1], offs[1:]):
                 bufs[i].flat[...] = pb.flat[a:e]
                 bufs[i].finish()
-    return tensors
 
 
 # ---------------------------------------------------------- reduce_scatter
 def grouped_reduce_scatter(comm, tensors, op):
-    from shoal.collective.communicator import split_sizes
     if not tensors:
         return []
     if _device(tensors):
         return [comm._do_reduce_scatter(t, op, None) for t in tensors]
     bufs = _bufs(comm, "reduce_scatter", tensors, need_dim=True)
+    with D.group_signature(_signature("reduce_scatter", bufs, True)):
+        return _reduce_scatter_packed(comm, bufs, op)
+
+
+def _reduce_scatter_packed(comm, bufs, op):
+    from shoal.collective.communicator import split_sizes
     world, me = comm.world_size, comm.rank
     results: list = [None] * len(bufs)
     for dname, idx in _by_dtype(bufs).items():
@@ -182,7 +209,8 @@ def grouped_allgather(comm, tensors):
     bufs = _bufs(comm, "allgather", tensors)
     rows = [b.shape[0] if b.shape else 1 for b in bufs]
     packed = _pack(bufs, [_bytes(b) for b in bufs], rows)
-    parts = comm._do_allgather(packed, None)
+    with D.group_signature(_signature("allgather", bufs, False)):
+        parts = comm._do_allgather(packed, None)
     parsed = []
     for q, p in enumerate(parts):
         p = np.ascontiguousarray(p.numpy() if is_torch_tensor(p) else p)
@@ -226,7 +254,8 @@ def grouped_alltoall(comm, tensors):
             rows.append(sp[q])
         chunks.append(_pack(bufs, pieces, rows))
     send = np.concatenate(chunks)
-    got = comm._do_alltoall(send, [c.size for c in chunks], None, None)
+    with D.group_signature(_signature("alltoall", bufs, False)):
+        got = comm._do_alltoall(send, [c.size for c in chunks], None, None)
     got = np.ascontiguousarray(got.numpy() if is_torch_tensor(got) else got)
     parsed, off = [], 0
     for q in range(world):

@@ -127,6 +127,12 @@ def _mismatch(comm, which):
     elif which == "row":
         ts = [np.zeros((2, 3 if r == 1 else 4), np.float32)]
         call = lambda: comm.grouped_alltoall(ts)  # noqa: E731
+    elif which == "split":  # same dtype and total size, split differently
+        ts = [np.zeros(2 if r == 0 else 4), np.zeros(4 if r == 0 else 2)]
+        call = lambda: comm.grouped_reduce(ts, dst=0)  # noqa: E731
+    elif which == "dtype_groups":  # one packed collective here, two on the other ranks
+        ts = [np.zeros(w * 2, np.float32)] + ([] if r == 0 else [np.zeros(w, np.int64)])
+        call = lambda: comm.grouped_reduce_scatter(ts)  # noqa: E731
     else:  # same total size, different dtype
         ts = [np.zeros(6, np.float32 if r == 0 else np.int32)]
         call = lambda: comm.grouped_reduce(ts, dst=0)  # noqa: E731
@@ -162,13 +168,13 @@ def _battery(comm):
         out["async"] = _first_error(errs) or (None if all(h.is_completed() for h in handles) else "not completed")
     except Exception as e:  # reported as the case's failure
         out["async"] = f"{type(e).__name__}: {e}"
-    for which in ("count", "row", "dtype"):
+    for which in ("count", "row", "dtype", "split", "dtype_groups"):
         out[f"mismatch_{which}"] = _mismatch(comm, which)
     return out
 
 
 CASES = ["allgather", "reduce", "reduce_scatter_sum", "reduce_scatter_max", "alltoall", "empty", "async",
-         "mismatch_count", "mismatch_row", "mismatch_dtype"]
+         "mismatch_count", "mismatch_row", "mismatch_dtype", "mismatch_split", "mismatch_dtype_groups"]
 
 
 @pytest.fixture(scope="module")
