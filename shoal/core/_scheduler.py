@@ -1,7 +1,8 @@
 """Scheduling in the driver: objects, tasks, dispatch to workers, nested waits.
 
-A mixin of ``LocalBackend``; every method runs under ``self.lock`` unless it
-says otherwise.
+A mixin of ``LocalBackend``. Private methods and ``rpc_*`` handlers run
+with ``self.lock`` held; the public ones (put, get_descs, wait_ids,
+submit_local, cancel) take it themselves.
 """
 from __future__ import annotations
 
