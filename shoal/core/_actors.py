@@ -45,7 +45,7 @@ class ActorState:
             return
         if err_desc is not None:
             err = deserialize(err_desc)
-            self._die(b, f"its constructor raised: {err}", restartable=False)
+            self._die(b, f"its constructor raised: {err}")
             return
         self.state = "alive"
         w.state = "busy"
@@ -106,16 +106,14 @@ class ActorState:
         if w is not None and w.state != "dead":
             if graceful:
                 b._send(w, ("exit",))
-                self._die(b, self.cause, restartable=False)
-                return
-            try:
-                w.proc.kill()
-            except OSError:
-                pass
-            if no_restart:
-                self._die(b, self.cause, restartable=False)
-        elif no_restart:
-            self._die(b, self.cause, restartable=False)
+            else:
+                try:
+                    w.proc.kill()
+                except OSError:
+                    pass
+        # A kill that allows restarts leaves the death to on_death (which restarts).
+        if no_restart:
+            self._die(b, self.cause)
 
     def on_death(self, b, w, inflight) -> None:
         if w is not self.worker:
@@ -146,7 +144,7 @@ class ActorState:
             self.try_place(b)
             return
         self._die(b, f"its process died (exit code {code})"
-                  + (f" and the {limit} restarts are spent" if limit else ""), restartable=False,
+                  + (f" and the {limit} restarts are spent" if limit else ""),
                   inflight=inflight)
 
     def _release(self, b) -> None:
@@ -154,7 +152,7 @@ class ActorState:
             self.lease[0].release(self.lease[1])
             self.lease = None
 
-    def _die(self, b, cause: str, restartable: bool, inflight=()) -> None:
+    def _die(self, b, cause: str, inflight=()) -> None:
         self.state = "dead"
         self.cause = cause
         self._release(b)

@@ -20,14 +20,23 @@ def _mac(secret: bytes, nonce: bytes, role: bytes) -> bytes:
     return hmac.new(secret, role + nonce, "sha256").digest()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise AuthenticationError("peer closed the connection during authentication")
-        buf += chunk
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly ``n`` bytes from ``sock``; None if the peer closed first."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
     return bytes(buf)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = recv_exact(sock, n)
+    if data is None:
+        raise AuthenticationError("peer closed the connection during authentication")
+    return data
 
 
 def server_handshake(sock: socket.socket, secret: bytes, timeout: float = 10.0) -> None:

@@ -336,9 +336,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         elif op == "ref":
             self._apply_refs(m[1], w.wid)
         elif op == "submit":
-            spec = TaskSpec.from_wire(m[1])
-            spec.owner = w.wid
-            self._submit(spec)
+            self._submit(TaskSpec.from_wire(m[1]))
         elif op == "fn":
             self.functions[m[1]] = m[2]
         elif op == "put":

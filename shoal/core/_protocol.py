@@ -42,12 +42,11 @@ class FrameReader:
 
 
 class BlockingConn:
-    """The worker's end: blocking sends under a lock, reads in one thread."""
+    """The worker's end: blocking sends under a lock (the worker reads the socket itself)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self._lock = threading.Lock()
-        self._reader = FrameReader()
 
     def send_bytes(self, data: bytes) -> None:
         with self._lock:
@@ -55,16 +54,6 @@ class BlockingConn:
 
     def send(self, msg) -> None:
         self.send_bytes(encode(msg))
-
-    def recv(self) -> list | None:
-        """Block for the next batch of messages; None when the peer closed."""
-        while True:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                return None
-            msgs = self._reader.feed(data)
-            if msgs:
-                return msgs
 
 
 class NonBlockingConn:

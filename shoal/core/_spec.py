@@ -7,7 +7,7 @@ _WIRE = ("seq", "fn_id", "name", "args", "deps", "returns", "demand", "pg_id", "
 
 
 class TaskSpec:
-    __slots__ = _WIRE + ("owner", "unresolved", "retries_left", "cancelled", "worker",
+    __slots__ = _WIRE + ("unresolved", "retries_left", "cancelled", "worker",
                          "task_retries_left", "done")
 
     def __init__(self, seq, fn_id, name, args, deps, returns, demand, pg_id=None, bundle=-1,
@@ -25,7 +25,6 @@ class TaskSpec:
         self.retry_exc = retry_exc
         self.actor_id = actor_id
         self.method = method
-        self.owner = 0
         self.unresolved = 0
         self.retries_left = max_retries
         self.task_retries_left = 0

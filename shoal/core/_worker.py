@@ -406,12 +406,9 @@ class WorkerRuntime(ProcessRuntime):
 
     def _finish(self, seq, descs, elapsed, retryable, buffered) -> None:
         msg = encode(("done", seq, descs, elapsed, retryable))
-        if buffered:
-            with self.qcond:
-                self.out.append(msg)
-        else:
-            with self.qcond:
-                self.out.append(msg)
+        with self.qcond:
+            self.out.append(msg)
+        if not buffered:  # off the main thread nobody flushes later: send now
             self.send(None)
 
     def _store(self, result, returns, name) -> list:

@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 
-from shoal.core._auth import client_handshake, server_handshake
+from shoal.core._auth import client_handshake, recv_exact, server_handshake
 from shoal.exceptions import AuthenticationError, GetTimeoutError, ShoalError
 
 _SET, _GET, _ADD, _WAIT, _DELETE, _CHECK, _KEYS, _CAS = range(1, 9)
@@ -42,21 +42,10 @@ def _unpack(body: bytes) -> list[bytes]:
 
 
 def _recv_frame(sock: socket.socket) -> bytes | None:
-    head = _recv_n(sock, 4)
+    head = recv_exact(sock, 4)
     if head is None:
         return None
-    return _recv_n(sock, _U32.unpack(head)[0])
-
-
-def _recv_n(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            return None
-        got += k
-    return bytes(buf)
+    return recv_exact(sock, _U32.unpack(head)[0])
 
 
 def _to_bytes(value) -> bytes:
