@@ -14,6 +14,7 @@ import threading
 
 import torch
 
+from shoal.horovod import _join
 from shoal.horovod.compression import Compression
 
 Average, Sum, Adasum, Min, Max, Product = "avg", "sum", "adasum", "min", "max", "prod"
@@ -29,6 +30,7 @@ class _World:
     cross_rank = 0
     cross_size = 1
     owns_comm = False
+    rounds = 0            # descriptor exchanges so far (see _join)
 
 
 _world: _World | None = None
@@ -175,6 +177,7 @@ def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1
         if prescale_factor != 1.0 or postscale_factor != 1.0:
             tensor.mul_(prescale_factor * postscale_factor)
         return _register(_Done(tensor), lambda r: r)
+    _join.announce(w, _join.ALLREDUCE, (tensor,), op)
     work = w.comm.allreduce(tensor, op=op, async_op=True, prescale=prescale_factor,
                             postscale=postscale_factor)
     return _register(work, lambda r: tensor)
@@ -231,6 +234,7 @@ def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale
         for t in tensors:
             t.mul_(prescale_factor * postscale_factor)
         return _register(_Done(tensors), lambda r: r)
+    _join.announce(w, _join.GROUPED_ALLREDUCE, tensors, op)
     work = w.comm.grouped_allreduce(tensors, op=op, async_op=True, prescale=prescale_factor,
                                     postscale=postscale_factor)
     return _register(work, lambda r: tensors)
@@ -263,6 +267,10 @@ def allgather_async(tensor, name=None, process_set=None) -> int:
     if w.comm is None:
         return _register(_Done([tensor.detach().clone()]), lambda parts: torch.cat(parts))
     t = tensor.detach().contiguous()
+    if t.dim() == 0:
+        raise ValueError("hvd.allgather needs a tensor of at least one dimension (rows are "
+                         "concatenated along dimension 0); reshape a scalar with t.reshape(1)")
+    _join.announce(w, _join.ALLGATHER, (t,))
     work = w.comm.allgather(t, async_op=True)
     return _register(work, lambda parts: torch.cat([torch.as_tensor(p) for p in parts]))
 
@@ -278,6 +286,7 @@ def broadcast_async_(tensor, root_rank, name=None, process_set=None) -> int:
         raise ValueError(f"root_rank {root_rank} is not a rank of this job (0..{w.size - 1})")
     if w.comm is None:
         return _register(_Done(tensor), lambda r: r)
+    _join.announce(w, _join.BROADCAST, (tensor,))
     work = w.comm.broadcast(tensor, src=root_rank, async_op=True)
     return _register(work, lambda r: tensor)
 
@@ -312,6 +321,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=None) -> int:
     if w.comm is None:
         return _register(_Done(None),
                          lambda _: (tensor.detach().clone(), torch.tensor(send, dtype=torch.int32)))
+    _join.announce(w, _join.ALLTOALL, (tensor,))
     counts = torch.tensor(send, dtype=torch.int64)
     recv = w.comm.alltoall(counts.clone())          # one count to and from every rank
     work = w.comm.alltoall(tensor.detach().contiguous(), async_op=True, send_splits=send)
@@ -329,6 +339,7 @@ def reducescatter_async(tensor, name=None, op=Average, process_set=None) -> int:
     w = _w()
     if w.comm is None:
         return _register(_Done(tensor.detach().clone()), lambda r: r)
+    _join.announce(w, _join.REDUCESCATTER, (tensor,), op)
     work = w.comm.reduce_scatter(tensor.detach().contiguous().clone(), op=op, async_op=True)
     return _register(work, lambda out: torch.as_tensor(out))
 
@@ -342,22 +353,24 @@ def reducescatter(tensor, name=None, compression=Compression.none, op=Average, p
 def barrier(process_set=None) -> None:
     w = _w()
     if w.comm is not None:
+        _join.announce(w, _join.BARRIER)
         w.comm.barrier()
 
 
 def join(device=-1) -> int:
-    """Wait until every rank has joined; returns the rank that joined last.
+    """Signal that this rank has no more data; returns the rank that joined last.
 
-    Unlike Horovod, ranks that joined do not stand in for collectives the
-    others still issue: every rank must reach join() after the same
-    collectives (give ranks equal numbers of batches).
+    Until every rank has joined, this rank keeps taking part in the
+    collectives the others still issue, as in Horovod: it contributes zeros to
+    allreduces (Average still divides by ``size()``) and zero rows to
+    allgathers; broadcast, alltoall and reducescatter raise on the ranks that
+    issue them meanwhile. This is how ranks with different numbers of batches
+    train together: each calls ``join()`` after its last batch.
     """
-    import time
     w = _w()
     if w.comm is None:
         return 0
-    stamps = w.comm.allgather_object(time.time())
-    return int(max(range(w.size), key=lambda r: stamps[r]))
+    return _join.join(w)
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=None):
@@ -365,6 +378,9 @@ def broadcast_object(obj, root_rank=0, name=None, process_set=None):
     w = _w()
     if w.comm is None:
         return obj
+    if not 0 <= root_rank < w.size:
+        raise ValueError(f"root_rank {root_rank} is not a rank of this job (0..{w.size - 1})")
+    _join.announce(w, _join.BROADCAST_OBJECT)
     return w.comm.broadcast_object(obj, src=root_rank)
 
 
@@ -373,4 +389,5 @@ def allgather_object(obj, name=None, process_set=None) -> list:
     w = _w()
     if w.comm is None:
         return [obj]
+    _join.announce(w, _join.ALLGATHER_OBJECT)
     return w.comm.allgather_object(obj)
