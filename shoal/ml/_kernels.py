@@ -154,6 +154,18 @@ def _block_uniform_rows(X, y, index, fractions, seed):
     return X[rng.random(X.shape[0]) < fractions[index]]
 
 
+def _block_moments_and_rows(X, y, index, fraction, seed):
+    """One pass for KMeans: (count, mean, M2) per feature and a uniform sample of rows."""
+    n = X.shape[0]
+    mean = X.mean(axis=0)
+    M2 = np.zeros(X.shape[1])
+    for s in range(0, n, CHUNK_ROWS):
+        D = X[s:s + CHUNK_ROWS] - mean
+        M2 += np.einsum("ij,ij->j", D, D)
+    rng = np.random.default_rng([seed, index])
+    return (n, mean, M2), X[rng.random(n) < fraction]
+
+
 def _block_lloyd(X, y, C):
     """Per-cluster sums and counts of one block against centers C (one Lloyd step's map side)."""
     k = C.shape[0]

@@ -1,4 +1,13 @@
-"""KMeans: k-means|| initialisation (Bahmani et al., as in Spark) and Lloyd iterations on per-block sums."""
+"""KMeans: k-means|| initialisation (Bahmani et al., as in Spark) and Lloyd iterations on per-block sums.
+
+The data is read ``init_steps + 2 + n_iter`` times: one pass gathers the feature moments and a
+uniform sample of rows (SAMPLE_ROWS), ``init_steps`` passes draw the k-means|| candidates, then
+Lloyd's passes and a last one for labels and inertia. The uniform sample stands in for the data
+where k-means|| only needs an estimate: the sampling cost of the second and later steps (it sets
+how many candidates are drawn) and the weight of each candidate before the driver reduces the
+candidates to k centers with weighted k-means++ (Spark makes both full passes). When the data
+has no more than SAMPLE_ROWS rows, the sample is the data and both are exact.
+"""
 from __future__ import annotations
 
 import warnings
@@ -8,10 +17,13 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
-from shoal.ml._kernels import (_block_assign_counts, _block_cost, _block_labels, _block_lloyd, _block_sample, _block_uniform_rows)
+from shoal.ml._kernels import (_block_labels, _block_lloyd, _block_moments_and_rows, _block_sample,
+                               _block_uniform_rows, _min_sq_dist)
 from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_predict_input
-from shoal.ml._stats import block_moments, class_sums, merge_moments
+from shoal.ml._stats import class_sums, merge_moments
+
+SAMPLE_ROWS = 50_000   # at least this many uniformly drawn rows (or 1000 per cluster) stand in for the data
 
 
 def _weighted_kmeanspp(points, weights, k, rng, n_iter=30):
@@ -75,18 +87,17 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         if isinstance(self.init, str) and self.init not in ("k-means||", "random"):
             raise InvalidInputError(f"init must be 'k-means||', 'random' or an array, got {self.init!r}")
 
-    def _init_parallel(self, dm, seed, rng, moments):
+    def _init_parallel(self, dm, seed, rng, moments, sample):
         k = self.n_clusters
-        sizes = np.asarray(dm.block_rows, dtype=np.float64)
-        first = dm.map_indexed(_block_uniform_rows, np.minimum(1.0, 4.0 / sizes), seed)
-        first = np.concatenate(first)
-        C = first[rng.integers(len(first))][None, :] if len(first) else self._random_rows(dm, 1, seed, rng)
-        oversampling = 2.0 * k
         n, mean, M2 = moments
+        scale = n / max(len(sample), 1)           # data rows per sampled row
+        C = sample[rng.integers(len(sample))][None, :] if len(sample) else self._random_rows(dm, 1, seed, rng)
+        oversampling = 2.0 * k
         for step in range(self.init_steps):
-            # the cost of the first center follows from the moments: sum |x - c|^2 = sum M2 + n |mean - c|^2
-            cost = (float(M2.sum() + n * ((mean - C[0]) ** 2).sum()) if step == 0 and len(C) == 1
-                    else dm.map_reduce(_block_cost, C))
+            if step == 0 and len(C) == 1:   # exact: sum |x - c|^2 = sum M2 + n |mean - c|^2
+                cost = float(M2.sum() + n * ((mean - C[0]) ** 2).sum())
+            else:
+                cost = scale * float(_min_sq_dist(sample, C, np.einsum("ij,ij->i", C, C))[0].sum())
             if cost <= 0:
                 break
             new = np.concatenate(dm.map_indexed(_block_sample, C, oversampling, cost, seed + 1 + step))
@@ -94,11 +105,15 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
                 C = np.vstack([C, new])
         C = np.unique(C, axis=0)
         if len(C) < k:
+            C = np.unique(np.vstack([C, sample[rng.permutation(len(sample))[:2 * k]]]), axis=0)
+        if len(C) < k and len(sample) < n:
             C = np.unique(np.vstack([C, self._random_rows(dm, 2 * k, seed + 99, rng)]), axis=0)
         if len(C) <= k:
             return C if len(C) == k else _pad_centers(C, k, rng)
-        weights = dm.map_reduce(_block_assign_counts, C)
-        return _weighted_kmeanspp(C, weights + 1e-12, k, rng)
+        # each candidate is a data row, so it weighs at least 1
+        nearest = _min_sq_dist(sample, C, np.einsum("ij,ij->i", C, C))[1]
+        weights = np.maximum(scale * np.bincount(nearest, minlength=len(C)), 1.0)
+        return _weighted_kmeanspp(C, weights, k, rng)
 
     def _random_rows(self, dm, m, seed, rng):
         sizes = np.asarray(dm.block_rows, dtype=np.float64)
@@ -108,12 +123,23 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
             rows = np.concatenate(dm.map_indexed(_block_uniform_rows, np.ones(len(sizes)), seed))
         return rows[rng.permutation(len(rows))[:m]]
 
-    def _run_once(self, dm, seed, tol_abs, moments):
+    def _random_init(self, dm, seed, rng, sample):
+        """k distinct rows drawn uniformly (from the uniform sample while it holds k distinct rows)."""
+        k = self.n_clusters
+        rows = sample[rng.permutation(len(sample))[:4 * k]]
+        first = np.sort(np.unique(rows, axis=0, return_index=True)[1])
+        if len(first) < k:
+            rows = sample if len(sample) == dm.n_rows else self._random_rows(dm, dm.n_rows, seed, rng)
+            rows = rows[rng.permutation(len(rows))]
+            first = np.sort(np.unique(rows, axis=0, return_index=True)[1])
+        C = rows[first[:k]]
+        return C if len(C) == k else _pad_centers(C, k, rng)
+
+    def _run_once(self, dm, seed, tol_abs, moments, sample):
         rng = np.random.default_rng(seed)
         if isinstance(self.init, str):
-            C = (self._init_parallel(dm, seed, rng, moments) if self.init == "k-means||"
-                 else _pad_centers(np.unique(self._random_rows(dm, self.n_clusters, seed, rng), axis=0),
-                                   self.n_clusters, rng))
+            C = (self._init_parallel(dm, seed, rng, moments, sample) if self.init == "k-means||"
+                 else self._random_init(dm, seed, rng, sample))
         else:
             C = np.array(self.init, dtype=np.float64)
             if C.shape != (self.n_clusters, dm.n_features):
@@ -141,14 +167,20 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
     def fit(self, X, y=None):
         dm = fit_input(self, X, y, None)
         self._validate(dm.n_rows)
-        n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
-        tol_abs = float(self.tol * np.mean(M2 / n))
         seed0 = np.random.RandomState(self.random_state).randint(0, 2**31 - 1) \
             if not isinstance(self.random_state, np.random.RandomState) else self.random_state.randint(2**31 - 1)
+        fraction = min(1.0, max(SAMPLE_ROWS, 1000 * self.n_clusters) / dm.n_rows)
+        parts = dm.map_indexed(_block_moments_and_rows, fraction, seed0 + 1)
+        moments = parts[0][0]
+        for p in parts[1:]:
+            moments = merge_moments(moments, p[0])
+        sample = np.concatenate([p[1] for p in parts])
+        n, mean, M2 = moments
+        tol_abs = float(self.tol * np.mean(M2 / n))
         n_init = self.n_init if isinstance(self.init, str) else 1
         best = None
         for r in range(n_init):
-            result = self._run_once(dm, seed0 + 7919 * r, tol_abs, (n, mean, M2))
+            result = self._run_once(dm, seed0 + 7919 * r, tol_abs, moments, sample)
             if best is None or result[2] < best[2]:
                 best = result
         self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best
