@@ -99,6 +99,34 @@ class _RankPrefixedStream(io.TextIOBase):
         return False
 
 
+def _dumps_by_value(train_loop, config) -> bytes:
+    """Pickle the loop and its config; the user's own module travels by value.
+
+    Workers on another host or on Ray do not share the driver's ``sys.path``,
+    so a loop defined in a module next to the script (not installed) would
+    not import there. Installed packages (site-packages, the standard library,
+    shoal) still travel by reference.
+    """
+    mod = sys.modules.get(getattr(train_loop, "__module__", None) or "")
+    by_value = (mod is not None and mod.__name__ != "__main__"
+                and getattr(mod, "__file__", None) and not _is_installed(mod.__file__)
+                and mod.__name__.split(".")[0] != "shoal")
+    if not by_value:
+        return cloudpickle.dumps((train_loop, config))
+    cloudpickle.register_pickle_by_value(mod)
+    try:
+        return cloudpickle.dumps((train_loop, config))
+    finally:
+        cloudpickle.unregister_pickle_by_value(mod)
+
+
+def _is_installed(path: str) -> bool:
+    import sysconfig
+    path = os.path.realpath(path)
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(path.startswith(os.path.realpath(r) + os.sep) for r in roots)
+
+
 class _TrainWorker:
     """One rank of the gang (an actor)."""
 
@@ -314,7 +342,7 @@ class Trainer:
             next_index = _index_of(start) + 1 if start is not None else 0
             next_index = max(next_index, max((r["index"] + 1 for r in self._history), default=0))
             refs = []
-            payload = cloudpickle.dumps((self.train_loop, self.config))
+            payload = _dumps_by_value(self.train_loop, self.config)
             for r, w in enumerate(workers):
                 node = where[r][0]
                 ctx = TrainContext(r, n, ranks_on[node].index(r), len(ranks_on[node]),
