@@ -5,9 +5,9 @@ import importlib.util
 import os
 
 import pytest
+from test_trainer import EPOCHS, _assert_same_weights, _expected_weights, _trainer
 
 import shoal
-from test_trainer import EPOCHS, _assert_same_weights, _expected_weights, _trainer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
