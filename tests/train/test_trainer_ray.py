@@ -16,13 +16,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def ray_cluster():
     if importlib.util.find_spec("ray") is None:
         pytest.skip("the Ray backend's tests need ray: pip install 'ray' to run them")
-    if shoal.is_initialized():
+    was_local = shoal.is_initialized()     # the session's local cluster (conftest), if up
+    if was_local:
         shoal.shutdown()
     shoal.init(num_cpus=2, backend="ray", log_to_driver=False)
     try:
         yield
     finally:
         shoal.shutdown()
+        if was_local:
+            shoal.init(num_cpus=4)
 
 
 def test_fit_on_ray_reports_metrics_checkpoints_and_trains_like_one_process(ray_cluster,
