@@ -148,8 +148,56 @@ def _mismatch(comm, which):
     return None if (x == w).all() and msg else f"group unusable after mismatch: {x}"
 
 
+class _CountingGroup:
+    """Stands in for a torch process group and counts the collectives issued through it."""
+
+    def __init__(self, pg):
+        self._pg, self.calls = pg, {}
+
+    def __getattr__(self, name):
+        fn = getattr(self._pg, name)
+
+        def counted(*a, **k):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*a, **k)
+        return counted
+
+
+def _allreduce_coalesced(comm, op="sum"):
+    """grouped_allreduce of a mixed list equals per-tensor reductions; on the torch backend it
+    issues one metadata check and one allreduce per dtype, not one per tensor."""
+    import torch
+    w, r = comm.world_size, comm.rank
+    ts = _inputs(r, w, same_rows=True) + [_torch_bf16(r), torch.arange(6.0).reshape(2, 3) + r]
+    counter = None
+    if comm.backend == "torch":
+        counter = comm.pg = _CountingGroup(comm.pg)
+    try:
+        res = comm.grouped_allreduce(ts, op=op)
+    finally:
+        if counter is not None:
+            comm.pg = counter._pg
+    if len(res) != len(ts) or any(a is not b for a, b in zip(res, ts)):
+        return "grouped_allreduce did not return its tensors"
+    every = [_inputs(q, w, True) + [_torch_bf16(q), torch.arange(6.0).reshape(2, 3) + q] for q in range(w)]
+    for k, got in enumerate(ts):
+        parts = [np.asarray(e[k].float() if hasattr(e[k], "float") else e[k], dtype=np.float64)
+                 for e in every]
+        want = np.sum(parts, axis=0) if op == "sum" else np.max(parts, axis=0)
+        have = np.asarray(got.float() if hasattr(got, "float") else got, dtype=np.float64)
+        err = _eq(have, want, f"tensor {k}")
+        if err:
+            return err
+    if counter is not None:
+        dtypes = len({str(t.dtype).replace("torch.", "") for t in ts})
+        if counter.calls.get("allreduce", 0) != dtypes or counter.calls.get("allgather", 0) != 1:
+            return f"expected 1 allgather and {dtypes} allreduces (one per dtype), got {counter.calls}"
+    return None
+
+
 def _battery(comm):
-    out = {"allgather": _allgather(comm), "reduce": _reduce(comm), "reduce_scatter_sum": _reduce_scatter(comm),
+    out = {"allreduce_coalesced": _allreduce_coalesced(comm),
+           "allreduce_coalesced_max": _allreduce_coalesced(comm, "max"),"allgather": _allgather(comm), "reduce": _reduce(comm), "reduce_scatter_sum": _reduce_scatter(comm),
            "reduce_scatter_max": _reduce_scatter(comm, "max"), "alltoall": _alltoall(comm),
            "empty": _empty(comm)}
     handles = None
@@ -173,7 +221,7 @@ def _battery(comm):
     return out
 
 
-CASES = ["allgather", "reduce", "reduce_scatter_sum", "reduce_scatter_max", "alltoall", "empty", "async",
+CASES = ["allreduce_coalesced", "allreduce_coalesced_max", "allgather", "reduce", "reduce_scatter_sum", "reduce_scatter_max", "alltoall", "empty", "async",
          "mismatch_count", "mismatch_row", "mismatch_dtype", "mismatch_split", "mismatch_dtype_groups"]
 
 
