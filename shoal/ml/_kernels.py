@@ -115,19 +115,39 @@ def _block_min(X, y):
 def _partial_dist_T(X, C2, C_sq):
     """(k, n): |c|^2 - 2 c.x for every center and row (|x - c|^2 less |x|^2, same ranking).
 
-    The transposed layout makes the arg-min a reduction over k contiguous rows.
+    The transposed layout makes the minimum a reduction over k contiguous rows.
     """
     DT = C2 @ X.T
     DT += C_sq[:, None]
     return DT
 
 
+_POWERS = 2.0 ** np.arange(52, -1, -1)     # 2^52 .. 2^0: exact sums of distinct powers in float64
+
+
+def _argmin_rows(DT):
+    """(min over rows, arg-min over rows) of a (k, n) array, ties to the lowest row like argmin.
+
+    NumPy's argmin over axis 0 copies the array and runs k-long loops per column; here the
+    minimum is a contiguous reduction and the arg-min is read from a bit code: row j of the
+    equality mask weighs 2^(k-1-j), so the highest set bit of the (exact, k <= 53) sum is the
+    first minimal row, and frexp's exponent gives it.
+    """
+    k = DT.shape[0]
+    mn = DT.min(axis=0)
+    if k == 1:
+        return mn, np.zeros(DT.shape[1], dtype=np.intp)
+    if k > 53:
+        return mn, DT.argmin(axis=0)
+    code = _POWERS[53 - k:] @ np.equal(DT, mn).astype(np.float64)
+    return mn, k - np.frexp(code)[1]
+
+
 def _min_sq_dist(X, C, C_sq):
     """Squared distance of each row to its nearest center, and that center's index."""
-    DT = _partial_dist_T(X, -2.0 * C, C_sq)
-    idx = DT.argmin(axis=0)
-    d2 = DT[idx, np.arange(X.shape[0])] + np.einsum("ij,ij->i", X, X)
-    return np.maximum(d2, 0.0), idx
+    mn, idx = _argmin_rows(_partial_dist_T(X, -2.0 * C, C_sq))
+    mn += np.einsum("ij,ij->i", X, X)
+    return np.maximum(mn, 0.0), idx
 
 
 def _block_cost(X, y, C):
@@ -171,7 +191,7 @@ def _block_lloyd(X, y, C):
     k = C.shape[0]
     C2 = -2.0 * C
     C_sq = np.einsum("ij,ij->i", C, C)
-    idx = np.concatenate([_partial_dist_T(X[s:s + CHUNK_ROWS], C2, C_sq).argmin(axis=0)
+    idx = np.concatenate([_argmin_rows(_partial_dist_T(X[s:s + CHUNK_ROWS], C2, C_sq))[1]
                           for s in range(0, X.shape[0], CHUNK_ROWS)])
     return class_sums(X, idx, k), np.bincount(idx, minlength=k).astype(np.float64)
 
