@@ -42,6 +42,11 @@ def group_signature(sig: int):
     finally:
         _GROUP_SIG.reset(token)
 
+def current_group_signature() -> int:
+    """The signature descriptors made now carry (0 outside a grouped op)."""
+    return _GROUP_SIG.get()
+
+
 # which properties must agree across ranks, per op
 _MUST_MATCH = {
     "barrier": (),

@@ -56,6 +56,7 @@ class NativeCommunicator(Communicator):
         self._cuda = None
         self._scratch: dict[str, np.ndarray] = {}
         self._reducers: dict[tuple, Reducer] = {}
+        self._descs: dict[tuple, np.ndarray] = {}
         self._barrier_now()
 
     def _barrier_now(self) -> None:
@@ -133,13 +134,24 @@ class NativeCommunicator(Communicator):
             if root is None or root == self.rank:
                 reducer.reduce(dst, [src])
             return
-        desc = D.make(kind, rop=reducer.op, dtype=reducer.dtype_name, shape=shape,
-                      root=-1 if root is None else root, world=self._meta_world())
+        desc = self._desc(kind, reducer.op, reducer.dtype_name, shape, -1 if root is None else root)
         take = root is None or root == self.rank
         with self._traced(kind, src.nbytes):
             self._guarded(lambda: (
                 self.shm.allreduce(src, dst if take else None, reducer, desc, self.config.small_bytes)
                 if self.single_host else MH.allreduce(self, src, dst if take else None, reducer, desc)))
+
+    def _desc(self, kind, rop, dtype, shape, root) -> np.ndarray:
+        """The descriptor of a reduction, cached: training repeats the same calls."""
+        key = (kind, rop, dtype, shape, root, D.current_group_signature())
+        d = self._descs.get(key)
+        if d is None:
+            if len(self._descs) > 256:
+                self._descs.clear()
+            d = self._descs[key] = D.make(kind, rop=rop, dtype=dtype, shape=shape, root=root,
+                                          world=self._meta_world())
+            d.flags.writeable = False
+        return d
 
     def _reducer(self, op, dtype_name, prescale=1.0, postscale=1.0) -> Reducer:
         """A cached Reducer (it keeps its scratch buffers between ops)."""

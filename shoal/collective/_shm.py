@@ -42,6 +42,13 @@ def shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
 
 
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -107,10 +114,17 @@ class ShmGroup:
         self._meta = [[np.frombuffer(buf, np.int64, D.FIELDS + local_size,
                                      self._meta_off + (r * 2 + h) * self._mb) for h in (0, 1)]
                       for r in range(local_size)]
+        # every rank's descriptor of each half at once: [rank, half, field]
+        self._meta_all = np.ndarray((local_size, 2, D.FIELDS + local_size), np.int64, buf,
+                                    self._meta_off, (2 * self._mb, self._mb, 8))
         self._msg = [[np.frombuffer(buf, np.uint8, D.MSG_BYTES, self._meta_off + (r * 2 + h) * self._mb
                                     + (D.FIELDS + local_size) * 8) for h in (0, 1)]
                      for r in range(local_size)]
         self._pids[local_rank] = os.getpid()
+        # Poll a peer's counter briefly before sleeping only when every rank has a core of its
+        # own: on oversubscribed cores the peer we wait for is not running, and polling would
+        # only delay it.
+        self._spin = 50 if local_size <= _cpus() else 0
         self._seq = int(self._counters[local_rank])
         self._use = 0
         self._half = 0
@@ -129,7 +143,7 @@ class ShmGroup:
             self._cmv.release()
             self._cmv = None
         self._anchor = None
-        self._data = self._meta = self._msg = None
+        self._data = self._meta = self._meta_all = self._msg = None
         try:
             self._mm.close()
         except BufferError:
@@ -199,7 +213,7 @@ class ShmGroup:
             if q < 0:
                 return
             i += 1
-            if i < 50:
+            if i < self._spin:
                 continue  # the peers are usually a few microseconds away
             if futex:
                 # Sleep in the kernel on the laggard's word; it wakes us when it publishes.
@@ -239,6 +253,9 @@ class ShmGroup:
             self._msg[self.lr][h][len(msg):] = 0
 
     def _check(self, h: int) -> list[np.ndarray]:
+        every = self._meta_all[:, h]
+        if every[0, D.F_VALID] == D.VALID and (every == every[0]).all():
+            return list(every.copy())  # the common case: identical calls (one comparison, one copy)
         metas = [self._meta[q][h].copy() for q in range(self.p)]
         if any(m[D.F_VALID] == D.ERROR for m in metas):
             msgs = [bytes(self._msg[q][h]) for q in range(self.p)]
@@ -296,42 +313,70 @@ class ShmGroup:
         if tl is not None:
             tl.phase("reduce", t0)
 
-    def _chunks(self, m: int, item: int) -> list[tuple[int, int]]:
+    def _chunk_stride(self, item: int) -> int:
+        """Elements between the places of consecutive chunks in a slot (cache-line aligned)."""
+        cb = self.S // item // self.p
+        align = max(1, _LINE // item)
+        if cb >= align:
+            cb = cb // align * align
+        if cb < 1:
+            raise CollectiveError(f"segment_bytes={self.S} is too small for {self.p} local ranks and "
+                                  f"{item}-byte elements; raise NativeConfig.segment_bytes")
+        return cb
+
+    def _chunks(self, m: int, item: int, cb: int) -> list[tuple[int, int]]:
+        """Balanced, aligned chunks of a segment of ``m`` elements (each at most ``cb``)."""
         align = max(1, _LINE // item)
         base = -(-m // self.p)
-        base = -(-base // align) * align
+        base = min(cb, -(-base // align) * align)
         return [(min(q * base, m), min((q + 1) * base, m)) for q in range(self.p)]
 
-    def _allreduce_two_phase(self, src, dst, reducer, desc, final) -> None:
-        # Bandwidth path, per segment: every rank stages the chunks the others reduce,
-        # reduces its own chunk from all ranks into its slot, then all copy the results:
-        # each rank moves 2(p-1)/p of the data through shared memory, like a ring.
-        n, item, dt, r = src.size, src.itemsize, src.dtype, self.lr
-        seg = self.S // item
-        first = True
-        for a in range(0, n, seg):
-            b = min(a + seg, n)
-            h = self._next_half()
-            chunks = self._chunks(b - a, item)
-            mine = self.slot(r, h).view(dt)
+    def _stage(self, src, a: int, chunks, cb: int, h: int) -> None:
+        """Copy the other ranks' chunks of the segment at ``src[a:]`` into chunk places of our slot."""
+        mine, r = self.slot(self.lr, h).view(src.dtype), self.lr
+        if chunks[1][0] == cb or self.p == 1:  # a full segment: the places are the offsets
             lo, hi = chunks[r]
             self._copy("copy_in", mine[:lo], src[a:a + lo])
-            self._copy("copy_in", mine[hi:b - a], src[a + hi:b])
-            if first:
-                self._publish(h, desc)
-            self.sync()
-            if first:
-                self._check(h)
-                first = False
+            self._copy("copy_in", mine[hi:chunks[-1][1]], src[a + hi:a + chunks[-1][1]])
+            return
+        for q, (lo, hi) in enumerate(chunks):
+            if q != r and hi > lo:
+                self._copy("copy_in", mine[q * cb:q * cb + hi - lo], src[a + lo:a + hi])
+
+    def _allreduce_two_phase(self, src, dst, reducer, desc, final) -> None:
+        # Bandwidth path, in segments of p * cb elements; rank r reduces chunk r of each
+        # segment from every rank's slot, then every rank copies all reduced chunks out: each
+        # rank moves 2(p-1)/p of the data through shared memory, like a ring. Chunk q of a
+        # segment always sits at q * cb in a slot, so one synchronisation per segment is
+        # enough: before sync k+1 a rank reduces its chunk of segment k and stages segment
+        # k+1 (into the other half; it writes only the places of other ranks' chunks, while
+        # slower ranks may still copy out chunk places of segment k-1 there - each rank's own
+        # place); after it, it copies segment k out.
+        n, item, dt, r = src.size, src.itemsize, src.dtype, self.lr
+        cb = self._chunk_stride(item)
+        seg = self.p * cb
+        starts = range(0, n, seg)
+        halves = [self._next_half() for _ in starts]
+        chunks = [self._chunks(min(a + seg, n) - a, item, cb) for a in starts]
+        self._stage(src, 0, chunks[0], cb, halves[0])
+        self._publish(halves[0], desc)
+        self.sync()
+        self._check(halves[0])
+        for k, a in enumerate(starts):
+            h = halves[k]
+            lo, hi = chunks[k][r]
             if hi > lo:
-                sources = [src[a + lo:a + hi] if q == r else self.slot(q, h).view(dt)[lo:hi]
+                sources = [src[a + lo:a + hi] if q == r else self.slot(q, h).view(dt)[r * cb:r * cb + hi - lo]
                            for q in range(self.p)]
-                self._reduce(reducer, mine[lo:hi], sources, final)
+                self._reduce(reducer, self.slot(r, h).view(dt)[r * cb:r * cb + hi - lo], sources, final)
+            if k + 1 < len(halves):
+                self._stage(src, a + seg, chunks[k + 1], cb, halves[k + 1])
             self.sync()
             if dst is not None:
-                for q, (qlo, qhi) in enumerate(chunks):
+                for q, (qlo, qhi) in enumerate(chunks[k]):
                     if qhi > qlo:
-                        self._copy("copy_out", dst[a + qlo:a + qhi], self.slot(q, h).view(dt)[qlo:qhi])
+                        self._copy("copy_out", dst[a + qlo:a + qhi],
+                                   self.slot(q, h).view(dt)[q * cb:q * cb + qhi - qlo])
 
     def reduce_scatter(self, src: np.ndarray, dst: np.ndarray, parts: list[tuple[int, int]],
                        reducer, desc: np.ndarray, final: bool = True) -> None:
