@@ -41,6 +41,25 @@ _CANCEL_SETTLE = 0.05
 _KILL_WAIT = 30.0
 
 
+def _use_token_auth_if_configured() -> None:
+    """Let a Ray Client connection send this user's Ray token, as ``ray start`` would.
+
+    A cluster started where a token exists (``~/.ray/auth_token``) requires it, but
+    Ray's client only sends it under RAY_AUTH_MODE=token and otherwise times out
+    with no hint why. An explicit RAY_AUTH_MODE is left as the user set it.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:   # Ray read its config when imported: have it read the mode again
+            from ray._raylet import Config
+            Config.initialize("")
+        except (ImportError, AttributeError):   # an older Ray without token auth
+            pass
+
+
 class RayBackend:
     """Runs shoal's API on Ray: a local Ray it starts, or a cluster it connects to."""
 
@@ -65,6 +84,8 @@ class RayBackend:
             # The job's runtime_env carries SHOAL_BACKEND to every worker, so tasks need
             # no runtime_env of their own and run on Ray's prestarted workers.
             kwargs["runtime_env"] = _with_shoal_env(kwargs.get("runtime_env"))
+            if isinstance(address, str) and address.startswith("ray://"):
+                _use_token_auth_if_configured()
             ray.init(address=address, **kwargs)
             self._owns_ray = True
         ctx = ray.get_runtime_context()
