@@ -9,7 +9,9 @@ strictly in index order on every rank, whatever order gradients arrive in,
 so all ranks issue the same collectives in the same sequence. A gradient
 autograd put elsewhere (after ``zero_grad(set_to_none=True)``) is copied into
 the bucket once, in the hook: one pass, cheaper than zeroing the bucket and
-letting autograd accumulate into it.
+letting autograd accumulate into it. A parameter of at least ``solo_bytes``
+(default: the first bucket's size) is a bucket of its own, reduced in place
+in whatever tensor autograd made: no copy at all for the big gradients.
 """
 from __future__ import annotations
 
@@ -21,26 +23,37 @@ _WIRE_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Bucket:
-    """Parameters whose gradients travel together in one flat buffer."""
+    """Parameters whose gradients travel together in one flat buffer.
 
-    def __init__(self, index: int, params: list, comm, wire_dtype):
+    A bucket of one large parameter (``solo``) has no buffer of its own: it
+    reduces the parameter's ``.grad`` in place, wherever autograd put it, so
+    the largest gradients are never copied (and go out as soon as each is
+    ready rather than waiting for a whole bucket).
+    """
+
+    def __init__(self, index: int, params: list, comm, wire_dtype, solo: bool = False):
         self.index = index
         self.params = params
         self.comm = comm
+        self.solo = solo
         dtype = params[0].dtype
         numel = sum(p.numel() for p in params)
-        self.buffer = torch.zeros(numel, dtype=dtype, device=params[0].device)
         self.views, off = {}, 0
-        for p in params:
-            self.views[p] = self.buffer[off:off + p.numel()].view_as(p)
-            off += p.numel()
-        self.wire = (torch.empty(numel, dtype=wire_dtype, device=self.buffer.device)
+        if solo:
+            self.buffer = None
+        else:
+            self.buffer = torch.zeros(numel, dtype=dtype, device=params[0].device)
+            for p in params:
+                self.views[p] = self.buffer[off:off + p.numel()].view_as(p)
+                off += p.numel()
+        self.wire = (torch.empty(numel, dtype=wire_dtype, device=params[0].device)
                      if wire_dtype is not None and wire_dtype != dtype else None)
         self.ready: set = set()
         self.work = None
+        self.flat = self.buffer      # what the last launch reduced
 
     def launch(self) -> None:
-        buf = self.buffer
+        self.flat = buf = self.params[0].grad.view(-1) if self.solo else self.buffer
         if self.wire is not None:
             self.wire.copy_(buf)
             buf = self.wire
@@ -53,11 +66,18 @@ class Bucket:
             self.work.wait()
             self.work = None
             if self.wire is not None:
-                self.buffer.copy_(self.wire)
+                self.flat.copy_(self.wire)
 
     def attach(self, p) -> None:
         """Make ``p.grad`` this bucket's view (copying a gradient autograd put elsewhere)."""
-        view, g = self.views[p], p.grad
+        g = p.grad
+        if self.solo:
+            if g is None:
+                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            elif not g.is_contiguous():
+                p.grad = g.contiguous()
+            return
+        view = self.views[p]
         if g is None:
             view.zero_()
             p.grad = view
@@ -70,18 +90,26 @@ class BucketManager:
     """Launches bucket allreduces during backward and waits for them at its end."""
 
     def __init__(self, params: list, comm, cap_bytes: int, first_cap_bytes: int,
-                 compression: str | None, check_finite: bool = True):
+                 compression: str | None, check_finite: bool = True,
+                 solo_bytes: int | None = None):
         if compression not in _WIRE_DTYPES:
             raise ValueError(f"gradient_compression must be None, 'fp16' or 'bf16', "
                              f"got {compression!r}")
         self.comm = comm
         self.check_finite = check_finite
+        solo_bytes = first_cap_bytes if solo_bytes is None else solo_bytes
         self.buckets: list[Bucket] = []
         self.bucket_of: dict = {}
         wire = _WIRE_DTYPES[compression]
         current, size, cap = [], 0, first_cap_bytes
         for p in reversed(params):
             nbytes = p.numel() * p.element_size()
+            if nbytes >= solo_bytes:          # large: reduced in place, on its own
+                if current:
+                    self._add(current, wire)
+                self._add([p], wire, solo=True)
+                current, size, cap = [], 0, cap_bytes
+                continue
             if current and (size + nbytes > cap or p.dtype != current[0].dtype):
                 self._add(current, wire)
                 current, size, cap = [], 0, cap_bytes
@@ -92,8 +120,8 @@ class BucketManager:
         self.next_launch = 0
         self.in_backward = False
 
-    def _add(self, params, wire) -> None:
-        b = Bucket(len(self.buckets), params, self.comm, wire)
+    def _add(self, params, wire, solo: bool = False) -> None:
+        b = Bucket(len(self.buckets), params, self.comm, wire, solo)
         self.buckets.append(b)
         for p in params:
             self.bucket_of[p] = b
@@ -102,7 +130,10 @@ class BucketManager:
         """Before a forward: give every parameter without a gradient its bucket view."""
         for b in self.buckets:
             missing = [p for p in b.params if p.grad is None]
-            if len(missing) == len(b.params):
+            if b.solo:
+                for p in missing:
+                    b.attach(p)
+            elif len(missing) == len(b.params):
                 b.buffer.zero_()
                 for p in missing:
                     p.grad = b.views[p]
@@ -141,7 +172,7 @@ class BucketManager:
                     self.mark_ready(p)
             for i, b in enumerate(self.buckets):
                 b.wait()
-                if i == 0 and self.check_finite and not bool(torch.isfinite(b.buffer).all()):
+                if i == 0 and self.check_finite and not bool(torch.isfinite(b.flat).all()):
                     self.reset()
                     raise NonFiniteLossError(
                         "gradients are NaN/inf after the allreduce (the loss was probably "
@@ -161,5 +192,7 @@ class BucketManager:
     def reset(self) -> None:
         for b in self.buckets:
             b.ready.clear()
+            if b.solo:
+                b.flat = None      # do not pin a gradient the user may drop
         self.next_launch = 0
         self.in_backward = False

@@ -187,9 +187,11 @@ class _RecordingComm:
 
     def __init__(self):
         self.launched = []
+        self.ptrs = []
 
     def allreduce(self, t, op="sum", async_op=False, **kwargs):
         self.launched.append(t.numel())
+        self.ptrs.append(t.data_ptr())
 
         class Done:
             def wait(self, timeout=None):
@@ -219,6 +221,24 @@ def test_gradients_are_views_into_the_bucket_buffer():
     for p in model.parameters():
         b = bm.bucket_of[p]
         assert p.grad.data_ptr() == b.views[p].data_ptr()
+
+
+def test_large_gradients_are_reduced_in_place_without_a_copy():
+    model = _mlp(seed=0)
+    params = list(model.parameters())
+    comm = _RecordingComm()
+    # 32x32 floats = 4 KB: the middle weight gets a bucket of its own
+    bm = BucketManager(params, comm, cap_bytes=1 << 20, first_cap_bytes=4096, compression=None)
+    big = params[2]
+    assert [b.params for b in bm.buckets if b.solo] == [[big]]
+    model.zero_grad(set_to_none=True)
+    hooks = [p.register_post_accumulate_grad_hook(bm.mark_ready) for p in params]
+    model(torch.randn(2, 12)).sum().backward()
+    bm.finish(find_unused=False)
+    for h in hooks:
+        h.remove()
+    assert big.grad.data_ptr() in comm.ptrs           # autograd's own tensor went out
+    assert len(comm.launched) == len(bm.buckets) == 3
 
 
 def test_buckets_launch_in_index_order_whatever_order_grads_arrive():
