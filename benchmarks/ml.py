@@ -4,7 +4,11 @@ Data: N x 20 float features, a binary label (``label``) and a continuous target
 (``target``), generated once and written as Parquet (train 80% / test 20%);
 every system reads the Parquet files. Algorithms: LogisticRegression (20
 iterations), LinearRegression, KMeans (k=10, 20 iterations), RandomForest
-(20 trees, depth 8), GradientBoosting (20 rounds, depth 5). Fit time excludes
+(20 trees, depth 8), GradientBoosting (20 rounds, depth 5, learning rate 0.1).
+scikit-learn runs two boosting models: the exact GradientBoostingClassifier (row
+"gbt") and its histogram HistGradientBoostingClassifier (row "gbt (HGB)", the
+like-for-like anchor for shoal's histogram boosting: same rounds, depth, learning
+rate and 32 bins, no leaf-count cap, no early stopping). Fit time excludes
 starting Spark's session and reading the data (Spark's DataFrame is cached and
 counted before the clock starts); quality is measured on the test split: AUC
 for classifiers, RMSE for regression, inertia (sum of squared distances to the
@@ -13,6 +17,11 @@ nearest center) for KMeans.
     .venv/bin/python benchmarks/ml.py            # 1,000,000 rows
     .venv/bin/python benchmarks/ml.py --quick    # 200,000 rows, fewer algorithms
     .venv/bin/python benchmarks/ml.py --large    # 10,000,000 rows
+
+--large skips the two scikit-learn fits that would take most of the run on two
+cores (exact GradientBoostingClassifier: hours; RandomForestClassifier: about ten
+minutes at 10M rows, 56 s at 1M) and gives Spark's driver more memory; it prints
+a note for each skip. Expect about 25-35 minutes on a quiet 2-core machine.
 
 Needs ``pyspark`` (and Java 17) for the Spark column: it is in the ``bench`` extra.
 """
@@ -98,6 +107,7 @@ def run_numpy_system(name: str, algo: str, train, test, cpus: int):
             "kmeans": lambda: m.KMeans(10, max_iter=20, random_state=0),
             "random_forest": lambda: m.RandomForestClassifier(20, max_depth=8, random_state=0),
             "gbt": lambda: m.GradientBoostingClassifier(20, max_depth=5, random_state=0),
+            "gbt_lr2": lambda: m.GradientBoostingClassifier(20, max_depth=5, learning_rate=0.2, random_state=0),
         }
     else:
         from sklearn import cluster, ensemble, linear_model
@@ -108,6 +118,12 @@ def run_numpy_system(name: str, algo: str, train, test, cpus: int):
             "random_forest": lambda: ensemble.RandomForestClassifier(20, max_depth=8, n_jobs=cpus,
                                                                      random_state=0),
             "gbt": lambda: ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=5, random_state=0),
+            "gbt_hist": lambda: ensemble.HistGradientBoostingClassifier(
+                max_iter=20, max_depth=5, learning_rate=0.1, early_stopping=False, max_leaf_nodes=None,
+                min_samples_leaf=1, max_bins=32, random_state=0),
+            "gbt_hist_lr2": lambda: ensemble.HistGradientBoostingClassifier(
+                max_iter=20, max_depth=5, learning_rate=0.2, early_stopping=False, max_leaf_nodes=None,
+                min_samples_leaf=1, max_bins=32, random_state=0),
         }
     est = models[algo]()
     target = t if algo == "linear" else None if algo == "kmeans" else y
@@ -178,8 +194,15 @@ def print_table(rows: list[dict], n_rows: int, cpus: int) -> None:
             f"{'x vs sklearn':>13}   {'metric':<8}{'shoal':>10}{'Spark':>10}{'sklearn':>10}")
     print(head)
     print("-" * len(head))
+    lines = []
     for r in rows:
-        s, k, l = r.get("shoal"), r.get("spark"), r.get("sklearn")
+        lines.append((r["algo"], r, r.get("shoal"), r.get("sklearn")))
+        if r["algo"] == "gbt":
+            lines.append(("gbt (HGB)", r, r.get("shoal"), r.get("sklearn_hist")))
+            if "shoal_lr2" in r or "sklearn_hist_lr2" in r:
+                lines.append(("gbt lr .2 HGB", r, r.get("shoal_lr2"), r.get("sklearn_hist_lr2")))
+    for label, r, s, l in lines:
+        k = r.get("spark")
 
         def t(x):
             return f"{x[0]:.2f}" if x else "-"
@@ -187,9 +210,18 @@ def print_table(rows: list[dict], n_rows: int, cpus: int) -> None:
         def ratio(other):
             return f"{other[0] / s[0]:.1f}x" if s and other else "-"
         m = METRIC[r["algo"]]
-        print(f"{r['algo']:<15}{t(s):>9}{t(k):>9}{t(l):>10}{ratio(k):>11}{ratio(l):>13}   {m:<8}"
+        print(f"{label:<15}{t(s):>9}{t(k):>9}{t(l):>10}{ratio(k):>11}{ratio(l):>13}   {m:<8}"
               f"{fmt_metric(m, s and s[1]):>10}{fmt_metric(m, k and k[1]):>10}{fmt_metric(m, l and l[1]):>10}")
     print("\nx vs Spark / x vs sklearn: the other system's fit time divided by shoal's (higher is better).")
+    if any("sklearn_hist" in r for r in rows):
+        print("gbt: sklearn = exact GradientBoostingClassifier; gbt (HGB): sklearn = HistGradientBoostingClassifier"
+              "\n(max_iter=20, max_depth=5, learning_rate=0.1, max_bins=32, max_leaf_nodes=None, "
+              "min_samples_leaf=1, early_stopping=False).\n"
+              "gbt lr .2 HGB: shoal and HistGradientBoosting at learning_rate=0.2 against Spark's stepSize=0.1 "
+              "(the same Spark run). Spark's GBT\nminimises 2 log(1 + exp(-2yF)) on a margin F that is half "
+              "the log-odds and fits each tree to the gradient, so a step\nof 0.1 moves the log-odds about "
+              "twice as far as a Newton step of learning_rate=0.1 near p = 1/2 (and its first\ntree is not "
+              "shrunk); shoal's and scikit-learn's learning_rate shrinks a Newton step in log-odds.")
     for r in rows:
         for note in r.get("notes", []):
             print(f"note: {r['algo']}: {note}")
@@ -206,7 +238,7 @@ def main(argv=None) -> None:
     ap.add_argument("--algorithms", default=None, help=f"comma-separated subset of {ALGORITHMS}")
     ap.add_argument("--systems", default="shoal,spark,sklearn")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "shoal-bench-ml"))
-    ap.add_argument("--spark-memory", default="6g")
+    ap.add_argument("--spark-memory", default=None, help="Spark driver memory (6g; 14g with --large)")
     args = ap.parse_args(argv)
 
     rows = args.rows or (200_000 if args.quick else 10_000_000 if args.large else 1_000_000)
@@ -216,6 +248,16 @@ def main(argv=None) -> None:
     os.makedirs(args.data_dir, exist_ok=True)
     train_path, test_path = make_data(args.data_dir, rows)
     results = {a: {"algo": a, "notes": []} for a in algos}
+    spark_memory = args.spark_memory or ("14g" if rows > 2_000_000 else "6g")
+    skip_sklearn = set()
+    if rows > 2_000_000:
+        for a, why in (("gbt", "exact GradientBoostingClassifier skipped above 2M rows (it takes hours on "
+                               "2 cores); the gbt (HGB) row is scikit-learn's histogram boosting"),
+                       ("random_forest", "scikit-learn RandomForestClassifier skipped above 2M rows (about "
+                                         "10 minutes at 10M rows with n_jobs=2; see the 1M-row table)")):
+            if a in results:
+                skip_sklearn.add(a)
+                results[a]["notes"].append(why)
 
     if "shoal" in systems or "sklearn" in systems:
         train, test = read_numpy(train_path), read_numpy(test_path)
@@ -225,13 +267,21 @@ def main(argv=None) -> None:
                 shoal.init(num_cpus=args.cpus)
             try:
                 for a in algos:
-                    try:
-                        results[a][name] = run_numpy_system(name, a, train, test, args.cpus)
-                        print(f"{name:8} {a:15} fit {results[a][name][0]:8.2f} s  "
-                              f"{METRIC[a]} {results[a][name][1]:.4g}", flush=True)
-                    except (AttributeError, ImportError) as e:   # an estimator not written yet
-                        results[a]["notes"].append(f"{name} skipped: {e}")
-                    gc.collect()
+                    runs = [(a, name)]
+                    if name == "sklearn":
+                        runs = ([] if a in skip_sklearn else runs) + (
+                            [("gbt_hist", "sklearn_hist"), ("gbt_hist_lr2", "sklearn_hist_lr2")]
+                            if a == "gbt" else [])
+                    elif a == "gbt":
+                        runs.append(("gbt_lr2", "shoal_lr2"))
+                    for model, key in runs:
+                        try:
+                            results[a][key] = run_numpy_system(name, model, train, test, args.cpus)
+                            print(f"{key:8} {model:15} fit {results[a][key][0]:8.2f} s  "
+                                  f"{METRIC[a]} {results[a][key][1]:.4g}", flush=True)
+                        except (AttributeError, ImportError) as e:   # an estimator not written yet
+                            results[a]["notes"].append(f"{key} skipped: {e}")
+                        gc.collect()
             finally:
                 if name == "shoal":
                     shoal.shutdown()
@@ -240,7 +290,7 @@ def main(argv=None) -> None:
 
     if "spark" in systems:
         try:
-            spark = start_spark(args.cpus, args.spark_memory)
+            spark = start_spark(args.cpus, spark_memory)
         except Exception as e:  # pyspark or Java missing: report, keep the other columns
             spark = None
             for a in algos:

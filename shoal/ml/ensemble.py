@@ -130,6 +130,14 @@ class GradientBoostingClassifier(ClassifierMixin, _BaseBoosting):
     (Newton) gain with leaf values -G/(H + l2_regularization); ``subsample`` < 1
     draws that fraction of rows per round. Fitted: classes_, init_, estimators_
     (a list of rounds, each a list of trees), feature_importances_.
+
+    ``learning_rate`` has scikit-learn's meaning (HistGradientBoostingClassifier's:
+    each tree's Newton step in log-odds is shrunk by it; with 32 bins and no leaf cap
+    the two fit the same model). Spark's ``stepSize`` is not the same number: Spark
+    minimises 2 log(1 + exp(-2yF)) (labels +-1) on a margin F that is half the
+    log-odds, fits each tree to the gradient (leaf = mean pseudo-residual 4(y - p))
+    and does not shrink its first tree, so near p = 1/2 a Spark step of s moves the
+    log-odds about as far as learning_rate = 2s here.
     """
 
     def fit(self, X, y=None, *, features=None, label=None):
