@@ -12,6 +12,7 @@ data.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections import deque
@@ -21,13 +22,13 @@ from typing import Iterable, Iterator
 import cloudpickle
 import pyarrow as pa
 
-from shoal.data._block import BlockMeta, meta_of, split_even
+from shoal.data._block import BlockMeta, concat, meta_of, split_even
 from shoal.data._context import DataContext
 from shoal.data._plan import (AllToAllNode, BlocksNode, Bundle, LimitNode, MapNode, Node,
                               ReadNode, UnionNode)
 from shoal.data._progress import ProgressLine
 from shoal.data._read import ReadTask
-from shoal.data._transforms import apply_chain
+from shoal.data._transforms import MapBatches, apply_chain
 from shoal.exceptions import SchemaMismatchError
 
 _REMOTE_FNS: dict = {}
@@ -59,15 +60,55 @@ def load_chain(chain):
     return cloudpickle.loads(chain) if isinstance(chain, (bytes, bytearray, memoryview)) else chain
 
 
-def run_stage(chain, item, k: int):
-    """Read (if ``item`` is a ReadTask) or take a block, cut it in ``k``, apply ``chain``."""
+def coalesce_point(chain) -> tuple[int | None, int | None]:
+    """Index and batch size of the first ``map_batches`` with a ``batch_size``.
+
+    From that transform on, a stage works on the concatenation of its input
+    blocks, so every call but the last of a task gets exactly ``batch_size``
+    rows; the transforms before it still see one block at a time.
+    """
+    for index, transform in enumerate(chain):
+        if isinstance(transform, MapBatches) and transform.batch_size is not None:
+            return index, transform.batch_size
+    return None, None
+
+
+def apply_stage(chain, tables: list[pa.Table], k: int) -> list[pa.Table]:
+    """Apply ``chain`` to the input ``tables`` of one task and return ``k`` blocks."""
+    index, _ = coalesce_point(chain)
+    if index is None:
+        if len(tables) == 1 and k > 1:
+            tables = split_even(tables[0], k)
+        return [apply_chain(chain, t) for t in tables]
+    head = [apply_chain(chain[:index], t) for t in tables]
+    # pa.concat_tables only chains the chunks together; slicing it into batches
+    # copies nothing unless a batch spans two input blocks.
+    out = apply_chain(chain[index:], concat(head))
+    return split_even(out, k) if k > 1 else [out]
+
+
+def run_stage(chain, k: int, *items):
+    """Read (``ReadTask`` items) or take blocks, apply ``chain``, return ``k`` blocks + metas."""
     start = time.perf_counter()
     chain = load_chain(chain)
-    table = item() if isinstance(item, ReadTask) else item
-    parts = split_even(table, k) if k > 1 else [table]
-    outs = [apply_chain(chain, p) for p in parts]
+    tables = [item() if isinstance(item, ReadTask) else item for item in items]
+    outs = apply_stage(chain, tables, k)
     elapsed = (time.perf_counter() - start) / len(outs)
     return (*outs, [meta_of(o, elapsed) for o in outs])
+
+
+def group_bundles(bundles: Iterable[Bundle], min_rows: int) -> Iterator[list[Bundle]]:
+    """Consecutive bundles joined until each group holds at least ``min_rows`` rows."""
+    group: list[Bundle] = []
+    rows = 0
+    for bundle in bundles:
+        group.append(bundle)
+        rows += bundle[1].num_rows
+        if rows >= min_rows:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
 
 
 class MapWorker:
@@ -78,8 +119,8 @@ class MapWorker:
         for transform in self.chain:
             transform.setup()
 
-    def process(self, item, k: int):
-        return run_stage(self.chain, item, k)
+    def process(self, k: int, *items):
+        return run_stage(self.chain, k, *items)
 
 
 # -------------------------------------------------------------- executor ---
@@ -143,11 +184,14 @@ class Executor:
         if isinstance(node, ReadNode):
             return self._map_stream(node.tasks, (), None, {}, node.name, len(node.tasks))
         if isinstance(node, MapNode):
-            if isinstance(node.child, ReadNode):
+            _, batch_size = coalesce_point(node.chain)
+            if isinstance(node.child, ReadNode) and not _reads_small(node.child, batch_size):
                 items, total = node.child.tasks, len(node.child.tasks)
                 name = f"{node.child.name}->{node.name}"
             else:
                 items, total = self.stream(node.child), None
+                if batch_size is not None:
+                    items = group_bundles(items, batch_size)
                 name = node.name
             return self._map_stream(items, node.chain, node.compute, node.options, name, total)
         if isinstance(node, AllToAllNode):
@@ -175,7 +219,15 @@ class Executor:
         progress = self.progress(name, total)
         chain_ref = shoal.put(cloudpickle.dumps(list(chain)))
         actors, load = [], []
+        source = iter(items)
         if compute is not None:
+            # Pull the first input before the pool takes the CPUs: a barrier
+            # upstream (repartition, sort) runs its tasks inside this first pull.
+            first = next(source, None)
+            if first is None:
+                progress.close()
+                return
+            source = itertools.chain([first], source)
             worker = remote_fn(MapWorker)
             actor_options = dict(options)
             # By default a pool shares the cluster's CPUs rather than waiting for more.
@@ -190,7 +242,6 @@ class Executor:
             window = min(self.window, options.pop("concurrency", self.window))
         pending: deque = deque()
         try:
-            source = iter(items)
             exhausted = False
             while True:
                 while not exhausted and len(pending) < window:
@@ -200,17 +251,19 @@ class Executor:
                         exhausted = True
                         break
                     if isinstance(item, ReadTask):
-                        k, payload = item.num_blocks, item
+                        k, payload = item.num_blocks, [item]
+                    elif isinstance(item, list):  # a group of bundles joined for batch_size
+                        k, payload = len(item), [ref for ref, _ in item]
                     else:
-                        k, payload = 1, item[0]
+                        k, payload = 1, [item[0]]
                     if actors:
                         i = load.index(min(load))
                         load[i] += 1
-                        refs = actors[i].process.options(num_returns=k + 1).remote(payload, k)
+                        refs = actors[i].process.options(num_returns=k + 1).remote(k, *payload)
                     else:
                         i = -1
-                        refs = task.options(num_returns=k + 1, **options).remote(chain_ref,
-                                                                                 payload, k)
+                        refs = task.options(num_returns=k + 1, **options).remote(chain_ref, k,
+                                                                                 *payload)
                     pending.append((as_list(refs), i))
                 if not pending:
                     break
@@ -264,6 +317,16 @@ class Executor:
                         check_union_schema(reference, meta.schema, index)
                     checked = True
                 yield ref, meta
+
+
+def _reads_small(node: ReadNode, batch_size: int | None) -> bool:
+    """True when read tasks give fewer rows than a batch, so the map stage must run
+    after the read (to join their blocks) instead of fused into it."""
+    if batch_size is None:
+        return False
+    rows = [t.num_rows for t in node.tasks]
+    return (len(rows) > 1 and all(r is not None for r in rows)
+            and min(rows[:-1]) < batch_size)
 
 
 def check_union_schema(reference: pa.Schema, schema: pa.Schema, index: int) -> None:
