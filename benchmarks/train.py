@@ -13,6 +13,9 @@ exposed communication ((t_N - t_1) / t_N, the same formula for both), and
 for shoal the measured share of a step spent waiting for gradient buckets,
 and the CPU time per step of rank 0 (all its threads: compute + communication),
 a figure that other load on the host disturbs much less than wall-clock rates.
+The row "N x 1 worker, no comm" runs N independent single workers at once:
+the ceiling this host puts on any data-parallel system (the ranks share
+cores, caches and memory bandwidth even with no communication at all).
 """
 from __future__ import annotations
 
@@ -63,12 +66,13 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
     model = make_model(kind)
     comm_wait = [0.0]
     barrier = lambda: None
-    if system == "torch":
+    if system in ("torch", "pair"):
         import torch.distributed as dist
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-        model = nn.parallel.DistributedDataParallel(model)
-        barrier = dist.barrier
+        if system == "torch":
+            model = nn.parallel.DistributedDataParallel(model)
+        barrier = dist.barrier     # "pair": the ranks only start and stop together
     elif system == "shoal":
         from shoal import collective
         from shoal.core.kv import TCPStore
@@ -112,7 +116,7 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
     barrier()
     if rank == 0:
         out.put((windows, cpu))
-    if system == "torch":
+    if system in ("torch", "pair"):
         import torch.distributed as dist
         dist.destroy_process_group()
     elif system == "shoal":
@@ -164,7 +168,7 @@ def main(argv=None) -> None:
         warmup = max(5, steps // 10)
         window = max(5, steps // 10)
         res = {}
-        for system, world in (("1 worker", 1), ("torch", n), ("shoal", n)):
+        for system, world in (("1 worker", 1), ("pair", n), ("torch", n), ("shoal", n)):
             best = None
             for _ in range(repeats):
                 r = run("single" if world == 1 else system, world, kind, batch, steps, warmup,
@@ -173,16 +177,17 @@ def main(argv=None) -> None:
                     best = r
             res[system] = best
         one = res["1 worker"]
-        for system in ("1 worker", "torch", "shoal"):
+        for system in ("1 worker", "pair", "torch", "shoal"):
             r = res[system]
             eff = r["samples_s"] / (n * one["samples_s"]) if system != "1 worker" else 1.0
             exposed = max(0.0, (r["step_s"] - one["step_s"]) / r["step_s"]) if system != "1 worker" else 0.0
-            rows.append((name, {"1 worker": "1 worker", "torch": f"torch DDP (Gloo) x{n}",
+            rows.append((name, {"1 worker": "1 worker", "pair": f"{n} x 1 worker, no comm",
+                                "torch": f"torch DDP (Gloo) x{n}",
                                 "shoal": f"shoal DDP (native) x{n}"}[system],
                          r["samples_s"], eff, exposed,
                          r["wait_share"] if system == "shoal" else None,
                          r["samples_s"] / res["torch"]["samples_s"], r["cpu_ms"]))
-        _print_table(rows[-3:])
+        _print_table(rows[-4:])
         sys.stdout.flush()
     print()
     print("| config | system | samples/s | scaling eff. | exposed comm share | bucket wait share "

@@ -2,7 +2,8 @@
 
 Parameters are grouped, in reverse order of registration (roughly the order
 backward produces their gradients), into buckets of at most ``cap`` bytes
-(the first one smaller, so communication starts early). Each bucket owns one
+(the first one smaller, so communication starts early); buckets launch in
+the order of their last parameter. Each bucket owns one
 flat gradient buffer reused across steps, and each parameter's ``.grad`` is
 a view into it, so the allreduce needs no packing copy. Buckets are launched
 strictly in index order on every rank, whatever order gradients arrive in,
@@ -101,22 +102,25 @@ class BucketManager:
         self.buckets: list[Bucket] = []
         self.bucket_of: dict = {}
         wire = _WIRE_DTYPES[compression]
-        current, size, cap = [], 0, first_cap_bytes
-        for p in reversed(params):
+        # Small gradients pack into buckets in reverse order; a large one is a bucket of
+        # its own and does not close the small bucket being filled (one collective fewer
+        # per large parameter). Buckets launch in order of their last parameter.
+        groups, current, size, cap = [], [], 0, first_cap_bytes
+        for i, p in enumerate(reversed(params)):
             nbytes = p.numel() * p.element_size()
             if nbytes >= solo_bytes:          # large: reduced in place, on its own
-                if current:
-                    self._add(current, wire)
-                self._add([p], wire, solo=True)
-                current, size, cap = [], 0, cap_bytes
+                groups.append((i, [p], True))
                 continue
             if current and (size + nbytes > cap or p.dtype != current[0].dtype):
-                self._add(current, wire)
+                groups.append((last, current, False))
                 current, size, cap = [], 0, cap_bytes
             current.append(p)
             size += nbytes
+            last = i
         if current:
-            self._add(current, wire)
+            groups.append((last, current, False))
+        for _, ps, solo in sorted(groups, key=lambda g: g[0]):
+            self._add(ps, wire, solo)
         self.next_launch = 0
         self.in_backward = False
 

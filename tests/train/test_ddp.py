@@ -203,12 +203,24 @@ def test_buckets_follow_reverse_parameter_order_and_cap():
     model = _mlp(seed=0)
     params = list(model.parameters())
     bm = BucketManager(params, _RecordingComm(), cap_bytes=32 * 32 * 4, first_cap_bytes=200,
-                       compression=None)
+                       compression=None, solo_bytes=1 << 20)
     first = bm.buckets[0].params
     assert first[0] is params[-1]          # the output layer's bias comes first
     assert all(sum(p.numel() for p in b.params) * 4 <= 32 * 32 * 4 or len(b.params) == 1
                for b in bm.buckets)
     assert [p for b in bm.buckets for p in b.params] == params[::-1]
+
+
+def test_large_parameters_do_not_close_the_small_bucket_and_launch_in_order():
+    model = _mlp(seed=0)
+    params = list(model.parameters())       # w1 b1 w2 b2 w3 b3; weights >= 384 bytes
+    bm = BucketManager(params, _RecordingComm(), cap_bytes=1 << 20, first_cap_bytes=1 << 20,
+                       compression=None, solo_bytes=384)
+    w1, b1, w2, b2, w3, b3 = params
+    # reverse order b3 w3 b2 w2 b1 w1: the biases share one bucket, which goes out once
+    # its last one (b1) is ready, after w2 and before w1
+    assert [(b.params, b.solo) for b in bm.buckets] == [([w3], True), ([w2], True),
+                                                        ([b3, b2, b1], False), ([w1], True)]
 
 
 def test_gradients_are_views_into_the_bucket_buffer():
@@ -238,7 +250,7 @@ def test_large_gradients_are_reduced_in_place_without_a_copy():
     for h in hooks:
         h.remove()
     assert big.grad.data_ptr() in comm.ptrs           # autograd's own tensor went out
-    assert len(comm.launched) == len(bm.buckets) == 3
+    assert len(comm.launched) == len(bm.buckets) == 2      # the small ones go out together
 
 
 def test_buckets_launch_in_index_order_whatever_order_grads_arrive():
