@@ -105,7 +105,7 @@ class BucketManager:
         # Small gradients pack into buckets in reverse order; a large one is a bucket of
         # its own and does not close the small bucket being filled (one collective fewer
         # per large parameter). Buckets launch in order of their last parameter.
-        groups, current, size, cap = [], [], 0, first_cap_bytes
+        groups, current, size, cap, last = [], [], 0, first_cap_bytes, -1
         for i, p in enumerate(reversed(params)):
             nbytes = p.numel() * p.element_size()
             if nbytes >= solo_bytes:          # large: reduced in place, on its own
