@@ -87,7 +87,13 @@ def as_buffer(x, *, name: str = "tensor") -> Buffer:
     return Buffer(x, work, dname, back)
 
 
+_NAME_OF = {np.dtype(n): n for n in DTYPES if n != "bfloat16"}  # dtype.name is slow
+
+
 def _numpy_dtype_name(dt: np.dtype, name: str) -> str:
+    dname = _NAME_OF.get(dt)
+    if dname is not None:
+        return dname
     dname = dt.name
     if dname not in _CODE:
         raise TypeError(f"{name} has dtype {dt}, which collectives do not reduce; use one of "
