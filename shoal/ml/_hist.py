@@ -65,12 +65,33 @@ def bin_edges(sample: np.ndarray, max_bins: int) -> np.ndarray:
 
 
 def bin_matrix(X: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Bin codes of X, feature-major: uint8 of shape (n_features, n)."""
+    """Bin codes of X, feature-major: uint8 of shape (n_features, n).
+
+    The code of x is the number of edges below it (``searchsorted(edges, x, "left")``),
+    counted as a sum of comparisons: with at most 255 edges, one vectorized compare
+    and add per edge over a cache-sized chunk of rows beats a binary search per value
+    about threefold. X must be finite (fit input is validated).
+    """
+    n, d = X.shape
     if out is None:
-        out = np.empty((X.shape[1], X.shape[0]), dtype=np.uint8)
-    for f in range(X.shape[1]):
-        out[f] = np.searchsorted(edges[f], X[:, f], side="left")
+        out = np.empty((d, n), dtype=np.uint8)
+    n_edges = np.isfinite(edges).sum(axis=1)      # edges are sorted, +inf padded
+    chunk = min(n, _BIN_CHUNK) or 1
+    below = np.empty(chunk, dtype=bool)
+    for s in range(0, n, chunk):
+        XT = np.ascontiguousarray(X[s:s + chunk].T)    # (d, rows): each feature contiguous
+        m = XT.shape[1]
+        for f in range(d):
+            o = out[f, s:s + m]
+            o[:] = 0
+            col, b = XT[f], below[:m]
+            for e in edges[f, :n_edges[f]]:
+                np.greater(col, e, out=b)
+                o += b
     return out
+
+
+_BIN_CHUNK = 1 << 14
 
 
 def histograms(XbT: np.ndarray, rows: np.ndarray, slot: np.ndarray, n_slots: int, n_bins: int,
