@@ -6,7 +6,7 @@ Lloyd's passes and a last one for labels and inertia. The uniform sample stands 
 where k-means|| only needs an estimate: the sampling cost of the second and later steps (it sets
 how many candidates are drawn) and the weight of each candidate before the driver reduces the
 candidates to k centers with weighted k-means++ (Spark makes both full passes). When the data
-has no more than SAMPLE_ROWS rows, the sample is the data and both are exact.
+has no more rows than the sample would hold, the sample is the data and both are exact.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, 
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import class_sums, merge_moments
 
-SAMPLE_ROWS = 50_000   # at least this many uniformly drawn rows (or 1000 per cluster) stand in for the data
+SAMPLE_ROWS = 50_000           # uniformly drawn rows that stand in for the data in k-means|| estimates,
+SAMPLE_ROWS_PER_CLUSTER = 1000  # or this many per cluster if that is more
 
 
 def _weighted_kmeanspp(points, weights, k, rng, n_iter=30):
@@ -169,7 +170,7 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         self._validate(dm.n_rows)
         seed0 = np.random.RandomState(self.random_state).randint(0, 2**31 - 1) \
             if not isinstance(self.random_state, np.random.RandomState) else self.random_state.randint(2**31 - 1)
-        fraction = min(1.0, max(SAMPLE_ROWS, 1000 * self.n_clusters) / dm.n_rows)
+        fraction = min(1.0, max(SAMPLE_ROWS, SAMPLE_ROWS_PER_CLUSTER * self.n_clusters) / dm.n_rows)
         parts = dm.map_indexed(_block_moments_and_rows, fraction, seed0 + 1)
         moments = parts[0][0]
         for p in parts[1:]:

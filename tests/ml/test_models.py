@@ -73,6 +73,31 @@ def test_kmeans_given_centers_converge_like_sklearn(blobs):
     np.testing.assert_allclose(np.sort(a.cluster_centers_, axis=0), np.sort(b.cluster_centers_, axis=0), atol=1e-8)
 
 
+def test_kmeans_sampled_init_reaches_sklearn_inertia(blobs, monkeypatch):
+    # a uniform sample smaller than the data stands in for it in the k-means|| estimates
+    from shoal.ml import _kmeans
+    monkeypatch.setattr(_kmeans, "SAMPLE_ROWS", 300)
+    monkeypatch.setattr(_kmeans, "SAMPLE_ROWS_PER_CLUSTER", 10)
+    a = ml.KMeans(5, random_state=0).fit(blobs)
+    b = skc.KMeans(5, random_state=0, n_init=10).fit(blobs)
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-6)
+
+
+def test_kmeans_random_init_draws_distinct_rows_when_the_data_repeats():
+    X = np.repeat(np.arange(6, dtype=float)[:, None], 50, axis=0)
+    a = ml.KMeans(6, init="random", random_state=0).fit(X)
+    np.testing.assert_array_equal(np.sort(a.cluster_centers_[:, 0]), np.arange(6.0))
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 53, 60])
+def test_kmeans_arg_min_over_centers_breaks_ties_like_numpy(k):
+    from shoal.ml._kernels import _argmin_rows
+    D = np.random.default_rng(k).integers(0, 3, size=(k, 2000)).astype(float)   # many ties
+    mn, idx = _argmin_rows(D)
+    np.testing.assert_array_equal(idx, D.argmin(axis=0))
+    np.testing.assert_array_equal(mn, D.min(axis=0))
+
+
 def test_kmeans_more_clusters_than_rows_is_rejected():
     with pytest.raises(ValueError, match="n_samples=3 should be >= n_clusters=4"):
         ml.KMeans(4).fit(np.random.rand(3, 2))

@@ -35,6 +35,15 @@ def test_bin_edges_give_each_of_few_distinct_values_its_own_bin():
     assert bins[0].tolist() == [0, 1, 2]
 
 
+def test_bin_matrix_counts_the_edges_below_each_value():
+    rng = np.random.default_rng(0)
+    X = np.round(rng.normal(size=(40_000, 3)), 1)       # values on the edges too
+    X[:, 2] = rng.integers(0, 4, X.shape[0])            # few distinct values: padded edges
+    edges = bin_edges(X[:5000], 32)
+    expected = np.stack([np.searchsorted(edges[f], X[:, f], side="left") for f in range(3)])
+    np.testing.assert_array_equal(bin_matrix(X, edges), expected)
+
+
 def test_bin_edges_are_quantiles_for_continuous_features():
     x = np.random.default_rng(0).normal(size=(20000, 1))
     bins = bin_matrix(x, bin_edges(x, 16))[0]
