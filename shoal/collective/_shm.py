@@ -371,13 +371,16 @@ class ShmGroup:
             if hi > lo:
                 sources = [src[a + lo:a + hi] if q == r else self.slot(q, h).view(dt)[r * cb:r * cb + hi - lo]
                            for q in range(self.p)]
-                self._reduce(reducer, self.slot(r, h).view(dt)[r * cb:r * cb + hi - lo], sources, final)
+                reduced = self.slot(r, h).view(dt)[r * cb:r * cb + hi - lo]
+                self._reduce(reducer, reduced, sources, final)
+                if dst is not None:  # our own chunk now, while it is in cache (no one reads src's)
+                    self._copy("copy_out", dst[a + lo:a + hi], reduced)
             if k + 1 < len(halves):
                 self._stage(src, a + seg, chunks[k + 1], cb, halves[k + 1])
             self.sync()
             if dst is not None:
                 for q, (qlo, qhi) in enumerate(chunks[k]):
-                    if qhi > qlo:
+                    if qhi > qlo and q != r:
                         self._copy("copy_out", dst[a + qlo:a + qhi],
                                    self.slot(q, h).view(dt)[q * cb:q * cb + qhi - qlo])
 
