@@ -77,6 +77,8 @@ def _transform_batch(batch, estimator, in_cols, out_cols, method):
     if out.ndim == 1:
         out = out[:, None]
     rest = df.drop(columns=[c for c in in_cols if c not in out_cols])
+    if out.shape[0] != len(df):   # the transformer dropped rows (handle_invalid="skip")
+        rest = rest[estimator._rows_kept(df[list(in_cols)])].reset_index(drop=True)
     for j, c in enumerate(out_cols):
         rest[c] = out[:, j]
     return rest

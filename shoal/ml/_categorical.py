@@ -6,7 +6,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted, transform_dataset
-from shoal.ml._input import _is_dataset, map_dataset_blocks
+from shoal.ml._input import _is_dataset, column_to_matrix, dense_to_vectors, map_dataset_blocks
 
 
 def _as_columns(X, estimator, fit: bool):
@@ -69,18 +69,24 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 
     handle_unknown: "error" (default) or "ignore" (all zeros). drop_last=True drops each
     column's last category (Spark's dropLast).
+
+    On a Dataset, ``fit(ds, "label")`` finds the categories of ``input_cols`` (default: every
+    column but the label) per block in tasks; ``transform(ds)`` lazily replaces each of them
+    by its indicator columns ``<column>_<category>``; other columns pass through.
     """
 
-    def __init__(self, *, handle_unknown="error", drop_last=False):
+    def __init__(self, *, handle_unknown="error", drop_last=False, input_cols=None):
         self.handle_unknown = handle_unknown
         self.drop_last = drop_last
+        self.input_cols = input_cols
 
     def fit(self, X, y=None):
         if self.handle_unknown not in ("error", "ignore"):
             raise InvalidInputError(f"handle_unknown must be 'error' or 'ignore', got {self.handle_unknown!r}")
         if _is_dataset(X):
-            parts = map_dataset_blocks(X, _block_uniques, y if isinstance(y, str) else None)
-            names = list(parts[0][1])
+            names = _dataset_input_cols(X, self.input_cols, y if isinstance(y, str) else None,
+                                        "OneHotEncoder")
+            parts = map_dataset_blocks(X, _block_uniques, names)
             cats = [_sorted_unique(np.concatenate([p[0][j] for p in parts])) for j in range(len(names))]
         else:
             cols, names = _as_columns(X, self, fit=True)
@@ -137,11 +143,12 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-def _block_uniques(table, label):
-    """Runs in a task: the sorted distinct values of each column but the label."""
-    df = table.to_pandas() if hasattr(table, "to_pandas") else table
-    cols = [c for c in df.columns if c != label]
-    return [_sorted_unique(df[c].to_numpy()) for c in cols], list(map(str, cols))
+def _block_uniques(table, cols):
+    """Runs in a task: the sorted distinct values of each of ``cols`` in one block."""
+    values = [table.column(c).to_numpy(zero_copy_only=False) for c in cols]
+    for c, v in zip(cols, values):
+        _check_no_missing(v, repr(c))
+    return [_sorted_unique(v) for v in values], list(cols)
 
 
 class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
@@ -150,11 +157,18 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     string_order_type: "frequencyDesc" (default: the most frequent label gets 0; ties by
     label), "frequencyAsc", "alphabetAsc", "alphabetDesc". handle_invalid for unseen labels:
     "error", "keep" (index k) or "skip" (drop the row). Fits one column (1-D input) or several.
+
+    On a Dataset, ``fit(ds, "label")`` counts labels per block in tasks and merges the counts;
+    ``input_cols`` (default: every string column but the label) are indexed and
+    ``transform(ds)`` lazily adds ``output_cols`` (default ``<column>_index``, float64).
     """
 
-    def __init__(self, *, string_order_type="frequencyDesc", handle_invalid="error"):
+    def __init__(self, *, string_order_type="frequencyDesc", handle_invalid="error",
+                 input_cols=None, output_cols=None):
         self.string_order_type = string_order_type
         self.handle_invalid = handle_invalid
+        self.input_cols = input_cols
+        self.output_cols = output_cols
 
     def _columns(self, X, fit):
         arr = X
@@ -170,13 +184,42 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             raise InvalidInputError(f"unknown string_order_type {self.string_order_type!r}")
         if self.handle_invalid not in ("error", "keep", "skip"):
             raise InvalidInputError(f"handle_invalid must be 'error', 'keep' or 'skip', got {self.handle_invalid!r}")
+        if _is_dataset(X):
+            return self._fit_dataset(X, y if isinstance(y, str) else None)
         cols, names, one_d = self._columns(X, fit=True)
         if len(cols[0]) == 0:
             raise InvalidInputError("StringIndexer got an empty input (0 rows)")
-        self.labels_ = []
+        counted = []
         for j, c in enumerate(cols):
             _check_no_missing(c, repr(names[j]) if names else str(j))
-            values, counts = np.unique(c, return_counts=True)
+            counted.append(np.unique(c, return_counts=True))
+        self._set_labels(counted)
+        self._one_d = one_d
+        self.n_features_in_ = len(cols)
+        return self
+
+    def _fit_dataset(self, ds, label):
+        in_cols = _dataset_input_cols(ds, self.input_cols, label, "StringIndexer", strings_only=True)
+        parts = map_dataset_blocks(ds, _block_label_counts, in_cols)
+        counted = []
+        for j, c in enumerate(in_cols):
+            values = [p[j][0] for p in parts if len(p[j][0])]
+            if not values:
+                raise InvalidInputError(f"StringIndexer got an empty Dataset (0 rows in column {c!r})")
+            all_values = np.concatenate(values)
+            all_counts = np.concatenate([p[j][1] for p in parts if len(p[j][0])])
+            merged, inverse = np.unique(all_values, return_inverse=True)
+            counted.append((merged, np.bincount(inverse.ravel(), weights=all_counts).astype(np.int64)))
+        self._set_labels(counted)
+        self._one_d = False
+        self.n_features_in_ = len(in_cols)
+        self.feature_names_in_ = np.asarray(in_cols, dtype=object)
+        self.output_cols_ = _output_names(self.output_cols, in_cols, "_index", "StringIndexer")
+        return self
+
+    def _set_labels(self, counted):
+        self.labels_ = []
+        for values, counts in counted:
             if self.string_order_type == "frequencyDesc":
                 order = np.lexsort((values, -counts))
             elif self.string_order_type == "frequencyAsc":
@@ -186,13 +229,21 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             else:
                 order = np.arange(len(values))[::-1]
             self.labels_.append(values[order])
-        self._one_d = one_d
-        self.n_features_in_ = len(cols)
-        return self
 
     def transform(self, X):
         check_fitted(self, "labels_")
+        if _is_dataset(X):
+            if not hasattr(self, "output_cols_"):
+                raise InvalidInputError("StringIndexer was fitted on arrays; fit it on a Dataset to "
+                                        "transform a Dataset by column name.")
+            return X.map_batches(_index_table, batch_format="pyarrow", fn_args=(self,))
         cols, names, _ = self._columns(X, fit=False)
+        out, keep = self._indices(cols, names)
+        out = out[keep]
+        return out[:, 0] if self._one_d else out
+
+    def _indices(self, cols, names):
+        """(indices as float64 (n, k), rows kept) for k input columns."""
         if len(cols) != self.n_features_in_:
             raise InvalidInputError(f"X has {len(cols)} features, but StringIndexer is expecting "
                                     f"{self.n_features_in_} features as input (argument X of transform()).")
@@ -213,8 +264,7 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
                 if self.handle_invalid == "skip":
                     keep &= known
             out[:, j] = idx
-        out = out[keep]
-        return out[:, 0] if self._one_d else out
+        return out, keep
 
     def inverse_transform(self, X):
         check_fitted(self, "labels_")
@@ -228,11 +278,14 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Gather named columns (scalars or fixed-length vectors per row) into one float64 matrix.
 
     handle_invalid: "error" (NaN names the column), "skip" (drop rows with NaN) or "keep".
+    On a Dataset, ``transform`` lazily adds the vector column ``output_col`` (default
+    "features", the column shoal.ml estimators read by default), one float64 vector per row.
     """
 
-    def __init__(self, input_cols=None, *, handle_invalid="error"):
+    def __init__(self, input_cols=None, *, handle_invalid="error", output_col="features"):
         self.input_cols = input_cols
         self.handle_invalid = handle_invalid
+        self.output_col = output_col
 
     def fit(self, X=None, y=None):
         if not self.input_cols:
@@ -246,6 +299,10 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         if not hasattr(self, "n_features_in_"):
             self.fit()
+        if _is_dataset(X):
+            if not self.output_col:
+                raise InvalidInputError("VectorAssembler needs output_col='<name>' to transform a Dataset")
+            return X.map_batches(_assemble_table, batch_format="pyarrow", fn_args=(self,))
         if type(X).__module__.startswith("pyarrow"):
             X = X.to_pandas()
         if not (hasattr(X, "columns") or isinstance(X, dict)):
@@ -266,7 +323,13 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
                 raise InvalidInputError(f"column {c!r} has non-numeric dtype {v.dtype}; index it first "
                                         f"(StringIndexer)")
             parts.append(v.astype(np.float64).reshape(len(v), -1))
+        out, keep = self._assemble(parts)
+        return out[keep]
+
+    def _assemble(self, parts):
+        """(the columns side by side, rows kept) after the handle_invalid check."""
         out = np.hstack(parts)
+        keep = np.ones(out.shape[0], dtype=bool)
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             if self.handle_invalid == "error":
@@ -276,5 +339,86 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
                 raise InvalidInputError(f"column {name!r} holds NaN or infinity; set handle_invalid='skip' "
                                         f"or 'keep', or impute first.")
             if self.handle_invalid == "skip":
-                out = out[~bad]
-        return out
+                keep = ~bad
+        return out, keep
+
+
+# ----------------------------------------------------------------------------------
+# Dataset helpers (the block functions run in tasks)
+
+def _dataset_input_cols(ds, input_cols, label, who, strings_only=False):
+    """The columns a transformer reads from a Dataset: ``input_cols`` (checked) or a default."""
+    import pyarrow as pa
+    schema = ds.schema()
+    if input_cols is not None:
+        cols = [input_cols] if isinstance(input_cols, str) else list(input_cols)
+        for c in cols:
+            if c not in schema.names:
+                raise InvalidInputError(f"column {c!r} given to {who} (input_cols) is missing from the "
+                                        f"Dataset; available columns: {schema.names}")
+        return cols
+    cols = [f.name for f in schema if f.name != label and
+            (not strings_only or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+             or pa.types.is_dictionary(f.type))]
+    if not cols:
+        raise InvalidInputError(f"{who} found no {'string ' if strings_only else ''}column to fit in "
+                                f"the Dataset (columns {schema.names}); pass input_cols=[...]")
+    return cols
+
+
+def _output_names(output_cols, in_cols, suffix, who):
+    if output_cols is None:
+        return [f"{c}{suffix}" for c in in_cols]
+    out = [output_cols] if isinstance(output_cols, str) else list(output_cols)
+    if len(out) != len(in_cols):
+        raise InvalidInputError(f"{who} has {len(in_cols)} input columns but {len(out)} output_cols; "
+                                f"give one output name per input column")
+    return out
+
+
+def _block_label_counts(table, cols):
+    """Runs in a task: (distinct values, counts) of each column of one block."""
+    out = []
+    for c in cols:
+        values = table.column(c).to_numpy(zero_copy_only=False)
+        _check_no_missing(values, repr(c))
+        out.append(np.unique(values, return_counts=True) if len(values) else
+                   (values, np.zeros(0, dtype=np.int64)))
+    return out
+
+
+def _index_table(table, indexer):
+    """Runs in a task: the block with the indexer's output columns added (rows dropped by 'skip')."""
+    import pyarrow as pa
+    if table.num_rows == 0:
+        return _add_columns(table, indexer.output_cols_, [pa.array([], pa.float64())] * len(indexer.output_cols_))
+    names = list(indexer.feature_names_in_)
+    cols = [table.column(c).to_numpy(zero_copy_only=False) for c in names]
+    out, keep = indexer._indices(cols, names)
+    if not keep.all():
+        table, out = table.filter(pa.array(keep)), out[keep]
+    return _add_columns(table, indexer.output_cols_, [pa.array(out[:, j]) for j in range(out.shape[1])])
+
+
+def _assemble_table(table, assembler):
+    """Runs in a task: the block with the assembled vector column added."""
+    import pyarrow as pa
+    for c in assembler.input_cols:
+        if c not in table.column_names:
+            raise InvalidInputError(f"column {c!r} is missing from the input of VectorAssembler; "
+                                    f"available columns: {table.column_names}")
+    parts = [column_to_matrix(table.column(c), c) for c in assembler.input_cols]
+    out, keep = assembler._assemble(parts)
+    if not keep.all():
+        table, out = table.filter(pa.array(keep)), out[keep]
+    return _add_columns(table, [assembler.output_col], [dense_to_vectors(out)])
+
+
+def _add_columns(table, names, arrays):
+    """``table`` with each named column added, or replaced where it exists."""
+    for name, array in zip(names, arrays):
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, array)
+        else:
+            table = table.append_column(name, array)
+    return table

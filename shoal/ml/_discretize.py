@@ -56,6 +56,10 @@ class _Bucketing(ShoalEstimatorMixin, OneToOneFeatureMixin, TransformerMixin, Ba
         X = _validate_with_nan(self, X)
         return _bucketize(X, self.splits_, self.handle_invalid, getattr(self, "feature_names_in_", None))
 
+    def _rows_kept(self, frame):
+        """The rows ``transform`` keeps (with handle_invalid="skip": those without NaN)."""
+        return ~frame.isna().to_numpy().any(axis=1)
+
     def _check_handle_invalid(self):
         if self.handle_invalid not in _HANDLE_INVALID:
             raise InvalidInputError(f"handle_invalid must be one of {_HANDLE_INVALID}, got {self.handle_invalid!r}")

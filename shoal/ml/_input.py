@@ -143,6 +143,114 @@ def _block_shape(X, y):
 
 
 # ----------------------------------------------------------------------------------
+# vector columns: a row of a Dataset column may hold a whole feature vector
+
+SPARSE_VECTOR_FIELDS = ("size", "indices", "values")
+
+
+def sparse_vector_type():
+    """Arrow type of a sparse vector column (Spark's SparseVector): size, indices, values per row."""
+    import pyarrow as pa
+    return pa.struct([("size", pa.int32()), ("indices", pa.list_(pa.int32())),
+                      ("values", pa.list_(pa.float64()))])
+
+
+def is_sparse_vector_type(arrow_type) -> bool:
+    import pyarrow as pa
+    return pa.types.is_struct(arrow_type) and \
+        [arrow_type.field(i).name for i in range(arrow_type.num_fields)] == list(SPARSE_VECTOR_FIELDS)
+
+
+def is_vector_type(arrow_type) -> bool:
+    """True for Arrow column types holding one vector per row (tensor, list, sparse vector)."""
+    import pyarrow as pa
+    if isinstance(arrow_type, pa.FixedShapeTensorType):
+        return True
+    if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type) \
+            or pa.types.is_large_list(arrow_type):
+        return True
+    return is_sparse_vector_type(arrow_type)
+
+
+def _one_chunk(col):
+    import pyarrow as pa
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks == 0:
+            return pa.array([], type=col.type)
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
+def sparse_vectors_to_csr(col):
+    """A sparse vector column as a SciPy CSR matrix (rows in order)."""
+    import pyarrow.compute as pc
+    import scipy.sparse as sp
+    col = _one_chunk(col)
+    size, indices, values = col.flatten()   # children with the parent's offset applied
+    n = len(col)
+    width = int(pc.max(size).as_py() or 0) if n else 0
+    lengths = pc.list_value_length(indices).to_numpy(zero_copy_only=False)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    idx = indices.flatten().to_numpy(zero_copy_only=False)
+    vals = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    return sp.csr_matrix((vals, idx, indptr), shape=(n, width))
+
+
+def csr_to_sparse_vectors(X):
+    """A SciPy sparse matrix as a sparse vector column (the inverse of sparse_vectors_to_csr)."""
+    import pyarrow as pa
+    X = X.tocsr()
+    n, width = X.shape
+    offsets = pa.array(X.indptr.astype(np.int32))
+    indices = pa.ListArray.from_arrays(offsets, pa.array(X.indices.astype(np.int32)))
+    values = pa.ListArray.from_arrays(offsets, pa.array(X.data.astype(np.float64)))
+    size = pa.array(np.full(n, width, dtype=np.int32))
+    return pa.StructArray.from_arrays([size, indices, values], names=list(SPARSE_VECTOR_FIELDS))
+
+
+def dense_to_vectors(X):
+    """A 2-D array as a fixed-shape tensor column (one vector per row)."""
+    import pyarrow as pa
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(X, dtype=np.float64))
+
+
+def column_to_matrix(col, name: str = "column") -> np.ndarray:
+    """One Arrow column as a float64 matrix (n, width): scalars give width 1, vector columns
+    (tensor, fixed-size or equal-length list, sparse vector) their length."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    col = _one_chunk(col)
+    t = col.type
+    n = len(col)
+    if isinstance(t, pa.FixedShapeTensorType):
+        if n == 0:
+            return np.empty((0, int(np.prod(t.shape))))
+        return col.to_numpy_ndarray().reshape(n, -1).astype(np.float64, copy=False)
+    if is_sparse_vector_type(t):
+        return sparse_vectors_to_csr(col).toarray()
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        if col.null_count:
+            raise InvalidInputError(f"vector column {name!r} holds a missing (null) row; drop or "
+                                    f"fill it first.")
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        width = int(lengths[0]) if n else 0
+        if n and (lengths != width).any():
+            raise InvalidInputError(f"vector column {name!r} holds vectors of different lengths "
+                                    f"({width} and {int(lengths[lengths != width][0])}); every row "
+                                    f"needs the same length.")
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        if flat.dtype.kind not in "biuf":
+            raise InvalidInputError(f"vector column {name!r} holds {flat.dtype} values; it needs numbers.")
+        return flat.astype(np.float64, copy=False).reshape(n, width)
+    values = col.to_numpy(zero_copy_only=False)
+    if values.dtype.kind not in "biuf":
+        raise InvalidInputError(
+            f"feature column {name!r} has non-numeric dtype {values.dtype}; encode it first "
+            f"(shoal.ml.StringIndexer / OneHotEncoder) or leave it out of features=.")
+    return values.astype(np.float64).reshape(n, 1)
+
+
+# ----------------------------------------------------------------------------------
 # validation helpers
 
 def _name_of(estimator) -> str:
@@ -384,13 +492,18 @@ def _reuse_design_matrix(dm: DesignMatrix, target, estimator) -> DesignMatrix:
 def _arrow_block_to_design(table, features, label, target, allow_nan=False):
     """Runs in a task: one Arrow block of a Dataset -> ((X, y_raw), (n_rows, label classes or None))."""
     import pyarrow as pa
-    if isinstance(table, pa.Table):
-        df = table.to_pandas()
-    else:  # a block may also arrive as a pandas frame or a dict of arrays
-        import pandas as pd
-        df = table if hasattr(table, "columns") else pd.DataFrame(table)
-    X, y, _ = _frame_to_matrix(df, features, label, "Dataset block")
-    check_finite(np.where(np.isnan(X), 0.0, X) if allow_nan else X, features, "Dataset")
+    if isinstance(table, pa.Table) and features is not None and any(
+            is_vector_type(table.schema.field(c).type) for c in features if c in table.column_names):
+        X, y = _arrow_vectors_to_matrix(table, features, label)
+    else:
+        if isinstance(table, pa.Table):
+            df = table.to_pandas()
+        else:  # a block may also arrive as a pandas frame or a dict of arrays
+            import pandas as pd
+            df = table if hasattr(table, "columns") else pd.DataFrame(table)
+        X, y, _ = _frame_to_matrix(df, features, label, "Dataset block")
+    check_finite(np.where(np.isnan(X), 0.0, X) if allow_nan else X,
+                 features if features is not None and len(features) == X.shape[1] else None, "Dataset")
     if target == "regression":
         y, _ = _prepare_y(y, "regression", X.shape[0], "regressor", label)
         return (X, y), (X.shape[0], None)
@@ -404,6 +517,18 @@ def _arrow_block_to_design(table, features, label, target, allow_nan=False):
                 f"the estimator is a classifier; use a regressor or integer/string class labels.")
         return (X, y), (X.shape[0], np.unique(y))
     return (X, None), (X.shape[0], None)
+
+
+def _arrow_vectors_to_matrix(table, features, label):
+    """Feature columns (some holding vectors) of an Arrow block side by side, and the raw label."""
+    for c in ([label] if label is not None else []) + list(features):
+        if c not in table.column_names:
+            raise InvalidInputError(f"column {c!r} is missing from the Dataset block; available "
+                                    f"columns: {table.column_names}")
+    parts = [column_to_matrix(table.column(c), c) for c in features]
+    X = np.ascontiguousarray(np.hstack(parts)) if parts else np.empty((table.num_rows, 0))
+    y = table.column(label).to_numpy(zero_copy_only=False) if label is not None else None
+    return X, y
 
 
 def _encode_block(X, y, classes):
@@ -431,7 +556,8 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
                     f"column {c!r} is missing from the Dataset given to {_name_of(estimator)}; "
                     f"available columns: {list(schema_names)}")
         if features is None:
-            features = [c for c in schema_names if c != label]
+            vector = _default_vector_column(ds)
+            features = [vector] if vector is not None else [c for c in schema_names if c != label]
     features = None if features is None else list(features)
     convert = core.remote(_arrow_block_to_design)
     split = core.remote(_split_pair)
@@ -445,7 +571,7 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
         raise InvalidInputError(
             f"the Dataset given to {_name_of(estimator)} is empty (0 rows); a minimum of {min_samples} "
             f"sample(s) is required.")
-    if features is None:
+    if features is None or any(_default_vector_column(ds, c) is not None for c in features):
         d = int(core.get(ex.submit(_block_shape, blocks[:1], ()))[0][1])
     else:
         d = len(features)
@@ -459,6 +585,17 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
         blocks = ex.submit(_encode_block, blocks, (classes,))
     names = np.asarray(features, dtype=object) if features is not None else None
     return DesignMatrix(blocks, sizes, d, names, ex, classes)
+
+
+def _default_vector_column(ds, name: str = "features"):
+    """``name`` if the Dataset has a vector column of that name (Spark's featuresCol), else None."""
+    try:
+        schema = ds.schema()
+    except Exception:  # noqa: BLE001 - not a shoal Dataset with a known schema
+        return None
+    if schema is None or name not in schema.names:
+        return None
+    return name if is_vector_type(schema.field(name).type) else None
 
 
 def _dataset_columns(ds):

@@ -1,4 +1,11 @@
-"""Text features: Tokenizer, HashingTF (the hashing trick) and IDF (Spark's smoothed formula)."""
+"""Text features: Tokenizer, HashingTF (the hashing trick) and IDF (Spark's smoothed formula).
+
+On a Dataset each reads ``input_col`` and lazily adds ``output_col`` (Spark's inputCol/outputCol):
+Tokenizer "text" -> "tokens" (list of strings), HashingTF "tokens" -> "tf" and IDF "tf" -> "tfidf"
+(sparse vectors: a struct of size, indices, values per row), so ``Pipeline([Tokenizer(),
+HashingTF(), IDF()])`` runs on a Dataset with the defaults. IDF's document frequencies are
+counted per block in tasks and summed.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +15,8 @@ from sklearn.feature_extraction import FeatureHasher
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted
+from shoal.ml._input import (_is_dataset, column_to_matrix, csr_to_sparse_vectors, dense_to_vectors,
+                             is_sparse_vector_type, map_dataset_blocks, sparse_vectors_to_csr)
 
 
 def _documents(X, what):
@@ -29,15 +38,21 @@ def _documents(X, what):
 class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Lower-case each document and split it on ``pattern`` (a regex; default whitespace)."""
 
-    def __init__(self, *, pattern=r"\s+", to_lowercase=True, min_token_length=1):
+    def __init__(self, *, pattern=r"\s+", to_lowercase=True, min_token_length=1,
+                 input_col="text", output_col="tokens"):
         self.pattern = pattern
         self.to_lowercase = to_lowercase
         self.min_token_length = min_token_length
+        self.input_col = input_col
+        self.output_col = output_col
 
     def fit(self, X=None, y=None):
         return self
 
     def transform(self, X):
+        if _is_dataset(X):
+            _check_column(X, self.input_col, "Tokenizer")
+            return X.map_batches(_tokenize_table, batch_format="pyarrow", fn_args=(self,))
         s = _documents(X, "Tokenizer").astype(str)
         if self.to_lowercase:
             s = s.str.lower()
@@ -56,9 +71,11 @@ class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Term frequencies of token lists hashed into ``num_features`` columns (sparse CSR output)."""
 
-    def __init__(self, num_features=1 << 18, *, binary=False):
+    def __init__(self, num_features=1 << 18, *, binary=False, input_col="tokens", output_col="tf"):
         self.num_features = num_features
         self.binary = binary
+        self.input_col = input_col
+        self.output_col = output_col
 
     def fit(self, X=None, y=None):
         return self
@@ -66,6 +83,9 @@ class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         if not (isinstance(self.num_features, (int, np.integer)) and self.num_features >= 1):
             raise InvalidInputError(f"num_features must be a positive integer, got {self.num_features!r}")
+        if _is_dataset(X):
+            _check_column(X, self.input_col, "HashingTF")
+            return X.map_batches(_hash_table, batch_format="pyarrow", fn_args=(self,))
         docs = list(X.iloc[:, 0] if hasattr(X, "iloc") and X.ndim == 2 else X)
         for i, d in enumerate(docs[:1]):
             if isinstance(d, str):
@@ -87,23 +107,41 @@ class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Inverse document frequency weights: idf = log((m + 1) / (df + 1)) (Spark's formula);
     terms in fewer than ``min_doc_freq`` documents get weight 0."""
 
-    def __init__(self, *, min_doc_freq=0):
+    def __init__(self, *, min_doc_freq=0, input_col="tf", output_col="tfidf"):
         self.min_doc_freq = min_doc_freq
+        self.input_col = input_col
+        self.output_col = output_col
 
     def fit(self, X, y=None):
+        if _is_dataset(X):
+            _check_column(X, self.input_col, "IDF")
+            parts = map_dataset_blocks(X, _block_doc_freq, self.input_col)
+            m = sum(p[0] for p in parts)
+            if m == 0:
+                raise InvalidInputError("IDF got an empty Dataset (0 documents)")
+            width = max(len(p[1]) for p in parts)
+            df = np.zeros(width)
+            for _, counts in parts:
+                df[:len(counts)] += counts
+            return self._set_idf(df, m)
         X = _tf_matrix(X)
-        m = X.shape[0]
         df = np.asarray((X > 0).sum(axis=0)).ravel().astype(np.float64)
+        return self._set_idf(df, X.shape[0])
+
+    def _set_idf(self, df, m):
         idf = np.log((m + 1.0) / (df + 1.0))
         idf[df < self.min_doc_freq] = 0.0
         self.idf_ = idf
         self.doc_freq_ = df
         self.num_docs_ = m
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = len(df)
         return self
 
     def transform(self, X):
         check_fitted(self, "idf_")
+        if _is_dataset(X):
+            _check_column(X, self.input_col, "IDF")
+            return X.map_batches(_idf_table, batch_format="pyarrow", fn_args=(self,))
         X = _tf_matrix(X)
         if X.shape[1] != self.n_features_in_:
             raise InvalidInputError(f"X has {X.shape[1]} features, but IDF is expecting {self.n_features_in_} "
@@ -127,3 +165,83 @@ def _tf_matrix(X):
     if not np.isfinite(X).all():
         raise InvalidInputError("the term-frequency matrix holds NaN or infinity")
     return X
+
+
+# ----------------------------------------------------------------------------------
+# Dataset helpers (the block functions run in tasks)
+
+def _check_column(ds, column, who):
+    names = ds.columns()
+    if column not in names:
+        raise InvalidInputError(f"column {column!r} (input_col of {who}) is missing from the Dataset; "
+                                f"available columns: {names}; set input_col='<column>'")
+
+
+def _add_column(table, name, array):
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, array)
+    return table.append_column(name, array)
+
+
+def _tokenize_table(table, tokenizer):
+    """Runs in a task: split each document with Arrow's regex kernel, keep tokens long enough."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    col = table.column(tokenizer.input_col)
+    if col.null_count:
+        raise InvalidInputError(f"column {tokenizer.input_col!r} holds a missing document; fill or "
+                                f"drop it before Tokenizer")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise InvalidInputError(f"Tokenizer reads text, but column {tokenizer.input_col!r} is {col.type}")
+    text = pc.utf8_lower(col) if tokenizer.to_lowercase else col
+    tokens = pc.split_pattern_regex(text, tokenizer.pattern)
+    tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
+    if isinstance(tokens, pa.ChunkedArray):   # no chunks: an empty block
+        tokens = pa.array([], type=pa.list_(pa.string()))
+    words = tokens.flatten()
+    keep = pc.greater_equal(pc.utf8_length(words), tokenizer.min_token_length).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+    row = np.repeat(np.arange(len(tokens)), lengths)
+    kept = np.bincount(row[keep], minlength=len(tokens))
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int32)
+    out = pa.ListArray.from_arrays(pa.array(offsets), words.filter(pa.array(keep)))
+    return _add_column(table, tokenizer.output_col, out)
+
+
+def _hash_table(table, hashing_tf):
+    """Runs in a task: the hashed term frequencies of each row's tokens as a sparse vector column."""
+    col = table.column(hashing_tf.input_col)
+    docs = col.to_pylist()
+    if docs and isinstance(docs[0], str):
+        raise InvalidInputError(f"HashingTF takes token lists, but column {hashing_tf.input_col!r} "
+                                f"holds strings; run Tokenizer on the text first")
+    if not docs:
+        X = sp.csr_matrix((0, int(hashing_tf.num_features)))
+    else:
+        X = hashing_tf.transform([d if d is not None else [] for d in docs])
+    return _add_column(table, hashing_tf.output_col, csr_to_sparse_vectors(X))
+
+
+def _block_doc_freq(table, column):
+    """Runs in a task: (documents, document frequency of each term) of one block."""
+    col = table.column(column)
+    if is_sparse_vector_type(col.type):
+        X = sparse_vectors_to_csr(col)
+        return X.shape[0], np.bincount(X.indices[X.data > 0], minlength=X.shape[1]).astype(np.float64)
+    X = column_to_matrix(col, column)
+    return X.shape[0], (X > 0).sum(axis=0).astype(np.float64)
+
+
+def _idf_table(table, idf):
+    """Runs in a task: the block with the tf-idf weighted column added (sparse stays sparse)."""
+    col = table.column(idf.input_col)
+    if is_sparse_vector_type(col.type):
+        X = sparse_vectors_to_csr(col)
+        if X.shape[0] and X.shape[1] != idf.n_features_in_:
+            raise InvalidInputError(f"column {idf.input_col!r} has {X.shape[1]} features, but IDF is "
+                                    f"expecting {idf.n_features_in_}")
+        X = sp.csr_matrix((X.data * idf.idf_[X.indices], X.indices, X.indptr),
+                          shape=(X.shape[0], idf.n_features_in_))
+        return _add_column(table, idf.output_col, csr_to_sparse_vectors(X))
+    X = column_to_matrix(col, idf.input_col)
+    return _add_column(table, idf.output_col, dense_to_vectors(X * idf.idf_))

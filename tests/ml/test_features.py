@@ -151,3 +151,145 @@ def test_text_pipeline_tokenizer_hashing_tf_idf():
 def test_hashing_tf_rejects_raw_strings():
     with pytest.raises(ValueError, match="run Tokenizer"):
         ml.HashingTF().transform(["not tokenized"])
+
+
+# ----------------------------------------------------------------------------------
+# on a shoal.data Dataset: fit from per-block statistics, transform lazily
+
+from _cluster import cluster  # noqa: E402,F401  (module-scoped fixture)
+
+on_cluster = pytest.mark.usefixtures("cluster")
+
+
+@pytest.fixture(scope="module")
+def frame():
+    rng = np.random.default_rng(3)
+    n = 2000
+    # block-dependent label frequencies: per-block orders differ from the global one
+    color = np.where(np.arange(n) < n // 2, rng.choice(["red", "blue"], n, p=[0.9, 0.1]),
+                     rng.choice(["blue", "green"], n, p=[0.55, 0.45]))
+    df = pd.DataFrame({"color": color, "x": rng.normal(size=n), "z": rng.uniform(-3, 3, n)})
+    df["label"] = ((df.color == "red") | (df.x > 0.5)).astype(int)
+    return df
+
+
+def _dataset(df, blocks=4):
+    import shoal.data as sd
+    return sd.from_pandas(df).repartition(blocks)
+
+
+@on_cluster
+def test_string_indexer_on_dataset_merges_block_counts(frame):
+    ours = ml.StringIndexer().fit(_dataset(frame), "label")
+    ref = ml.StringIndexer().fit(frame[["color"]])
+    assert [list(v) for v in ours.labels_] == [list(v) for v in ref.labels_]
+    assert list(ours.feature_names_in_) == ["color"] and ours.output_cols_ == ["color_index"]
+
+
+@on_cluster
+def test_string_indexer_transform_on_dataset_adds_column(frame):
+    import shoal.data as sd
+    ds = _dataset(frame)
+    indexer = ml.StringIndexer(input_cols=["color"], output_cols=["c"]).fit(ds)
+    out = indexer.transform(ds)
+    assert isinstance(out, sd.Dataset)
+    result = out.to_pandas()
+    assert list(result.columns) == ["color", "x", "z", "label", "c"]
+    np.testing.assert_array_equal(result["c"], indexer.transform(frame[["color"]])[:, 0])
+
+
+@on_cluster
+def test_string_indexer_skip_drops_unseen_rows_of_dataset(frame):
+    train = frame[frame.color != "green"]
+    indexer = ml.StringIndexer(handle_invalid="skip").fit(_dataset(train), "label")
+    result = indexer.transform(_dataset(frame)).to_pandas()
+    assert len(result) == (frame.color != "green").sum()
+    assert set(result["color"]) == {"red", "blue"}
+
+
+@on_cluster
+def test_string_indexer_missing_input_col_is_named(frame):
+    with pytest.raises(ValueError, match="column 'nope'"):
+        ml.StringIndexer(input_cols=["nope"]).fit(_dataset(frame))
+
+
+@on_cluster
+def test_vector_assembler_on_dataset_adds_a_vector_column(frame):
+    out = ml.VectorAssembler(["x", "z"]).transform(_dataset(frame))
+    vectors = out.to_numpy("features")
+    assert vectors.shape == (len(frame), 2)
+    np.testing.assert_array_equal(vectors, frame[["x", "z"]].to_numpy())
+    assert out.columns() == ["color", "x", "z", "label", "features"]
+
+
+@on_cluster
+def test_one_hot_encoder_on_dataset_encodes_input_cols_only(frame):
+    enc = ml.OneHotEncoder(input_cols=["color"]).fit(_dataset(frame), "label")
+    result = enc.transform(_dataset(frame)).to_pandas()
+    assert list(result.columns) == ["x", "z", "label", "color_blue", "color_green", "color_red"]
+    np.testing.assert_array_equal(result["color_green"], (frame.color == "green").astype(float))
+
+
+@on_cluster
+def test_pipeline_of_spark_style_stages_runs_on_a_dataset(frame):
+    ds = _dataset(frame)
+    pipe = ml.Pipeline([("index", ml.StringIndexer()), ("assemble", ml.VectorAssembler(["color_index", "x"])),
+                        ("lr", ml.LogisticRegression())]).fit(ds, "label")
+    indexed = ml.StringIndexer().fit(frame[["color"]]).transform(frame[["color"]])[:, 0]
+    ref = ml.LogisticRegression().fit(np.column_stack([indexed, frame.x]), frame.label)
+    np.testing.assert_allclose(pipe.named_steps["lr"].coef_, ref.coef_, atol=1e-6)
+    np.testing.assert_array_equal(pipe.predict(ds), ref.predict(np.column_stack([indexed, frame.x])))
+
+
+@on_cluster
+def test_text_stages_on_dataset_match_arrays():
+    texts = ["Spark and shoal", "shoal shoal shoal", "and more", "  More  text ", "x"] * 7
+    df = pd.DataFrame({"text": texts, "label": np.arange(len(texts)) % 2})
+    pipe = ml.Pipeline([("tok", ml.Tokenizer()), ("tf", ml.HashingTF(num_features=32)),
+                        ("idf", ml.IDF())])
+    out = pipe.fit(_dataset(df, 3), "label").transform(_dataset(df, 3))
+    result = out.to_pandas()
+    tokens = ml.Tokenizer().transform(texts)
+    assert [list(t) for t in result["tokens"]] == [list(t) for t in tokens]
+    tf = ml.HashingTF(num_features=32).transform(tokens)
+    idf = ml.IDF().fit(tf)
+    np.testing.assert_allclose(pipe.named_steps["idf"].idf_, idf.idf_)
+    from shoal.ml._input import sparse_vectors_to_csr
+    tfidf = sparse_vectors_to_csr(out.to_arrow().column("tfidf"))
+    np.testing.assert_allclose(tfidf.toarray(), idf.transform(tf).toarray())
+
+
+@on_cluster
+def test_tokenizer_missing_text_column_is_named(frame):
+    with pytest.raises(ValueError, match="column 'text'"):
+        ml.Tokenizer().transform(_dataset(frame))
+
+
+@on_cluster
+@pytest.mark.parametrize("make", [
+    lambda: ml.StandardScaler(), lambda: ml.MinMaxScaler(), lambda: ml.MaxAbsScaler(),
+    lambda: ml.Normalizer(), lambda: ml.Imputer(strategy="median"),
+    lambda: ml.Bucketizer([-np.inf, -1, 0, 1, np.inf]), lambda: ml.QuantileDiscretizer(4),
+    lambda: ml.PolynomialExpansion(2),
+], ids=["standard", "minmax", "maxabs", "normalizer", "imputer", "bucketizer", "quantile", "poly"])
+def test_numeric_transformers_on_dataset_match_dataframe(frame, make):
+    cols = ["x", "z"]
+    ds = _dataset(frame[cols + ["label"]])
+    ours = make().fit(ds, "label")
+    ref = make().fit(frame[cols])
+    out = ours.transform(ds).to_pandas()
+    names = list(ours.get_feature_names_out())
+    assert "label" in out.columns
+    np.testing.assert_allclose(out[names].to_numpy(), ours.transform(frame[cols]), atol=1e-12)
+    if not isinstance(ours, ml.QuantileDiscretizer):   # its merged sketch is approximate
+        np.testing.assert_allclose(out[names].to_numpy(), ref.transform(frame[cols]), atol=1e-9)
+
+
+@on_cluster
+def test_bucketizer_skip_drops_nan_rows_of_dataset(frame):
+    df = frame[["x", "label"]].copy()
+    df.loc[[3, 700, 1500], "x"] = np.nan
+    bucketizer = ml.Bucketizer([-np.inf, 0, np.inf], handle_invalid="skip").fit(_dataset(df), "label")
+    out = bucketizer.transform(_dataset(df)).to_pandas()
+    assert len(out) == len(df) - 3
+    np.testing.assert_array_equal(out["label"], df["label"].drop([3, 700, 1500]))
