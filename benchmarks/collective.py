@@ -46,7 +46,7 @@ ROUNDS = 3  # alternating native / Gloo timing rounds per size
 
 def _iters(nbytes: int, quick: bool) -> int:
     budget = (128 << 20) if quick else (1 << 30)
-    return int(min(200 if not quick else 50, max(3, budget // max(nbytes, 1))))
+    return int(min(600 if not quick else 150, max(3 * ROUNDS, budget // max(nbytes, 1))))
 
 
 # ------------------------------------------------------------------ worker
