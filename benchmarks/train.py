@@ -107,10 +107,14 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
     cpu0 = time.process_time()
     while i < steps:
         comm_wait[0] = 0.0
+        if system == "pair":      # independent ranks: time windows both ranks ran in full
+            barrier()
         t0 = time.perf_counter()
         for _ in range(window):
             step(i)
             i += 1
+        if system == "pair":
+            barrier()
         windows.append((time.perf_counter() - t0, comm_wait[0]))
     cpu = (time.process_time() - cpu0) / steps   # all threads of this rank, per step
     barrier()
