@@ -73,6 +73,36 @@ def _fit_and_score(estimator, params, X, y, train_idx, test_idx, scoring):
         return _score(est, Xte, None if y is None else y[test_idx], scoring)
 
 
+def _union(datasets):
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+class _PredictionsOf:
+    """An estimator seen by a scikit-learn scorer: its methods answer for a fixed Dataset
+    (block-parallel, rows in order) whatever X the scorer passes."""
+
+    def __init__(self, estimator, ds):
+        self._estimator = estimator
+        self._ds = ds
+
+    def __getattr__(self, name):
+        attr = getattr(self._estimator, name)
+        if name in ("predict", "predict_proba", "predict_log_proba", "decision_function"):
+            def on_dataset(X=None, **kwargs):
+                return attr(self._ds)
+            on_dataset.__name__ = name   # scikit-learn dispatches on the method's name
+            return on_dataset
+        return attr
+
+
+def _score_dataset(estimator, ds, label, scoring):
+    if scoring is None:
+        return float(estimator.score(ds, label))
+    from sklearn.metrics import get_scorer
+    y_true = ds.to_numpy(label)
+    return float(get_scorer(scoring)(_PredictionsOf(estimator, ds), np.zeros((len(y_true), 1)), y_true))
+
+
 def _take(X, idx):
     return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
@@ -103,8 +133,32 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
     def _splits(self, n, rng):
         raise NotImplementedError
 
+    def _dataset_splits(self, ds):
+        """[(train, test)] Datasets cut from ``ds`` shuffled once (by ``seed``)."""
+        raise NotImplementedError
+
+    def _fit_dataset(self, ds, label, grid):
+        """Each (parameters, split) fit runs on Datasets (distributed over their blocks, in turn);
+        nothing is collected to the driver but the test labels for a named scorer."""
+        if label is None:
+            raise InvalidInputError(f"{type(self).__name__}.fit on a Dataset needs the label's column "
+                                    f"name: fit(ds, 'label')")
+        if label not in ds.columns():
+            raise InvalidInputError(f"label column {label!r} is missing from the Dataset; available "
+                                    f"columns: {ds.columns()}")
+        splits = self._dataset_splits(ds.materialize())
+        table = np.full((len(grid), len(splits)), np.nan)
+        for f, (train, test) in enumerate(splits):
+            for i, params in enumerate(grid):
+                est = clone(self.estimator).set_params(**params).fit(train, label)
+                table[i, f] = _score_dataset(est, test, label, self.scoring)
+        return table
+
     def fit(self, X, y=None, *, label=None):
         grid = _expand_grid(self.param_grid)
+        if _input._is_dataset(X):
+            table = self._fit_dataset(X, label if label is not None else y, grid)
+            return self._finish(X, y, label, grid, table)
         Xl, yl = _as_local_table(X, y, label)
         n = Xl.shape[0]
         rng = np.random.RandomState(self.seed)
@@ -123,6 +177,9 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
         table = np.full((len(grid), len(splits)), np.nan)
         for (i, f, _, _), s in zip(jobs, scores):
             table[i, f] = s
+        return self._finish(X, y, label, grid, table)
+
+    def _finish(self, X, y, label, grid, table):
         self.candidate_params_ = grid
         self.split_scores_ = table
         self.avg_metrics_ = table.mean(axis=1)
@@ -172,10 +229,21 @@ class CrossValidator(_Search):
         self.seed = seed
         self.refit = refit
 
-    def _splits(self, n, rng):
+    def _dataset_splits(self, ds):
+        n = ds.count()
+        self._check_folds(n)
+        k = int(self.num_folds)
+        folds = ds.random_shuffle(seed=self.seed).split_at_indices([n * i // k for i in range(1, k)])
+        return [(_union([fold for j, fold in enumerate(folds) if j != i]), folds[i]) for i in range(k)]
+
+    def _check_folds(self, n):
         k = self.num_folds
         if not (isinstance(k, (int, np.integer)) and 2 <= k <= n):
             raise InvalidInputError(f"num_folds must be an integer in [2, n_samples={n}], got {k!r}")
+
+    def _splits(self, n, rng):
+        self._check_folds(n)
+        k = self.num_folds
         order = rng.permutation(n)
         folds = np.array_split(order, k)
         return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), np.sort(folds[i])) for i in range(k)]
@@ -192,11 +260,20 @@ class TrainValidationSplit(_Search):
         self.seed = seed
         self.refit = refit
 
-    def _splits(self, n, rng):
+    def _cut(self, n):
         if not 0 < self.train_ratio < 1:
             raise InvalidInputError(f"train_ratio must be in (0, 1), got {self.train_ratio!r}")
-        order = rng.permutation(n)
         cut = int(round(self.train_ratio * n))
         if cut == 0 or cut == n:
             raise InvalidInputError(f"train_ratio={self.train_ratio} leaves an empty side with {n} rows")
+        return cut
+
+    def _dataset_splits(self, ds):
+        cut = self._cut(ds.count())
+        train, test = ds.random_shuffle(seed=self.seed).split_at_indices([cut])
+        return [(train, test)]
+
+    def _splits(self, n, rng):
+        cut = self._cut(n)
+        order = rng.permutation(n)
         return [(np.sort(order[:cut]), np.sort(order[cut:]))]

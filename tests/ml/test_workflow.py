@@ -122,3 +122,59 @@ def test_load_refuses_paths_outside_the_folder(tmp_path, data):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(PersistenceError, match="outside the model folder"):
         ml.load(tmp_path / "m")
+
+
+# ----------------------------------------------------------------------------------
+# model selection on a shoal.data Dataset: split by rows of the Dataset, never collected
+
+from _cluster import cluster  # noqa: E402,F401  (module-scoped fixture)
+
+
+@pytest.fixture(scope="module")
+def labelled_dataset(data):
+    import shoal.data as sd
+    X, y = data
+    df = pd.DataFrame(X, columns=[f"f{j}" for j in range(X.shape[1])])
+    df["label"] = y
+    return df, sd.from_pandas(df).repartition(3)
+
+
+@pytest.mark.usefixtures("cluster")
+def test_cross_validator_folds_partition_the_dataset(labelled_dataset):
+    df, ds = labelled_dataset
+    cv = ml.CrossValidator(ml.LogisticRegression(), {"C": [1.0]}, num_folds=3, seed=4)
+    splits = cv._dataset_splits(ds.materialize())
+    tests = [set(t.to_pandas()["f0"]) for _, t in splits]
+    assert sum(len(t) for t in tests) == len(df) and set().union(*tests) == set(df["f0"])
+    for train, test in splits:
+        assert train.count() + test.count() == len(df)
+        assert not set(train.to_pandas()["f0"]) & set(test.to_pandas()["f0"])
+
+
+@pytest.mark.usefixtures("cluster")
+def test_cross_validator_on_dataset_picks_the_better_model(labelled_dataset):
+    _, ds = labelled_dataset
+    cv = ml.CrossValidator(ml.Pipeline([("s", ml.StandardScaler()), ("lr", ml.LogisticRegression())]),
+                           {"lr__C": [1e-4, 1.0]}, num_folds=3, seed=0, scoring="roc_auc").fit(ds, "label")
+    assert cv.split_scores_.shape == (2, 3)
+    assert cv.best_params_ == {"lr__C": 1.0}
+    assert cv.best_score_ > 0.8
+    assert len(cv.predict(ds)) == ds.count()
+
+
+@pytest.mark.usefixtures("cluster")
+def test_train_validation_split_on_dataset_scores_held_out_rows(labelled_dataset):
+    df, ds = labelled_dataset
+    tvs = ml.TrainValidationSplit(ml.LogisticRegression(), {"C": [0.01, 1.0]}, train_ratio=0.8,
+                                  seed=1).fit(ds, "label")
+    [(train, test)] = tvs._dataset_splits(ds.materialize())
+    assert (train.count(), test.count()) == (480, 120)
+    assert tvs.split_scores_.shape == (2, 1) and 0.5 < tvs.best_score_ <= 1.0
+    assert list(tvs.best_estimator_.feature_names_in_) == [f"f{j}" for j in range(5)]
+
+
+@pytest.mark.usefixtures("cluster")
+def test_search_on_dataset_needs_a_label(labelled_dataset):
+    _, ds = labelled_dataset
+    with pytest.raises(ValueError, match="label"):
+        ml.CrossValidator(ml.LogisticRegression(), {"C": [1.0]}).fit(ds)
