@@ -157,10 +157,14 @@ def sort_table(table: pa.Table, keys: Sequence[str], descending: bool | Sequence
     """Rows sorted by ``keys``; nulls (and NaN) last."""
     if not keys or table.num_rows <= 1:
         return table
+    return table.take(pc.sort_indices(table, sort_keys=sort_order(keys, descending)))
+
+
+def sort_order(keys: Sequence[str], descending: bool | Sequence[bool] = False) -> list[tuple]:
+    """Arrow ``sort_keys`` for ``keys``, nulls last: the one order sort and partitioning share."""
     if isinstance(descending, bool):
         descending = [descending] * len(keys)
-    order = [(k, "descending" if d else "ascending", "at_end") for k, d in zip(keys, descending)]
-    return table.take(pc.sort_indices(table, sort_keys=order))
+    return [(k, "descending" if d else "ascending", "at_end") for k, d in zip(keys, descending)]
 
 
 def combine_partials(partials: Sequence[pa.Table], keys: Sequence[str],
@@ -178,10 +182,11 @@ def combine_partials(partials: Sequence[pa.Table], keys: Sequence[str],
         table = table.append_column(f"__{col}_s", pa.array(n * mean))
         table = table.append_column(f"__{col}_m2", pa.array(m2))
         extra_specs += [(f"__{col}_s", "sum"), (f"__{col}_m2", "sum")]
-    # With use_threads=False groups come out in order of first appearance,
-    # which on the sorted table is sorted order and matches the gids below.
-    reduced = table.group_by(list(keys), use_threads=False).aggregate(
-        specs + extra_specs + [([], "count_all")])
+    # Arrow's group_by does not keep the order of first appearance for every key set
+    # (seen with two int keys), so sort the groups: then they follow the sorted table's
+    # runs, which the gids below count on.
+    reduced = sort_table(table.group_by(list(keys), use_threads=False).aggregate(
+        specs + extra_specs + [([], "count_all")]), keys)
     extra = {}
     if std_cols:
         sizes = reduced.column("count_all").to_numpy()

@@ -70,8 +70,8 @@ class GroupedData:
 class MapGroups(BlockTransform):
     """``fn`` over each run of equal keys in a block sorted by them.
 
-    Sorting partitions by ranges of the first key, so every group lies
-    whole inside one block.
+    Sorting partitions by ranges of whole key tuples, so rows with equal
+    keys, and so every group, lie inside one block.
     """
 
     def __init__(self, fn, keys, batch_format, fn_args, fn_kwargs):
@@ -86,8 +86,9 @@ class MapGroups(BlockTransform):
         if table.num_rows == 0:
             return table
         table = sort_table(table, self.keys)
-        sizes = table.group_by(self.keys, use_threads=False).aggregate(
-            [([], "count_all")]).column("count_all").to_numpy()
+        groups = table.group_by(self.keys, use_threads=False).aggregate([([], "count_all")])
+        # sorted like the table's runs (group_by's own order is not first appearance)
+        sizes = sort_table(groups, self.keys).column("count_all").to_numpy()
         outs, start = [], 0
         for size in sizes.tolist():
             batch = to_batch(table.slice(start, size), self.batch_format)

@@ -3,8 +3,10 @@
 Each is a map phase (one task per input block, cutting it into ``n``
 parts, one return value per part) and a reduce phase (one task per output
 block, taking the j-th part of every map output as arguments). Sort and
-groupby partition by ranges of the first key, with boundaries chosen from
-a sample, so the output blocks are globally ordered.
+groupby partition by ranges of the key, with boundaries chosen from a
+sample, so the output blocks are globally ordered. With several keys the
+boundaries are whole key tuples, so a skewed first key still spreads over
+the partitions by the next keys (and equal tuples stay together).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shoal.data._aggregate import AggregateFn, combine_partials, partial_aggregate, sort_table
+from shoal.data._aggregate import (AggregateFn, combine_partials, partial_aggregate, sort_order,
+                                   sort_table)
 from shoal.data._block import check_columns, concat, meta_of
 from shoal.data._plan import Bundle
 
@@ -67,6 +70,39 @@ def choose_boundaries(samples: Sequence[pa.Array], n: int) -> pa.Array:
     return pc.unique(values.take(pa.array(picks)))
 
 
+def tuple_partition_ids(table: pa.Table, keys: list, boundaries: pa.Table,
+                        descending) -> np.ndarray:
+    """Partition of each row by its key tuple: the number of boundary tuples at or before it in
+    the sort order of ``keys`` (lexicographic, per-key direction, nulls last)."""
+    nb = boundaries.num_rows
+    if nb == 0:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    rows = table.select(keys)
+    rows = rows.cast(boundaries.schema) if not rows.schema.equals(boundaries.schema) else rows
+    # Boundaries first: Arrow's sort is stable, so a row equal to a boundary sorts after it
+    # (searchsorted's side="right", as the single-key path).
+    both = pa.concat_tables([boundaries, rows])
+    order = pc.sort_indices(both, sort_keys=sort_order(keys, descending)).to_numpy()
+    is_boundary = order < nb
+    seen = np.cumsum(is_boundary)
+    ids = np.empty(table.num_rows, dtype=np.int64)
+    ids[order[~is_boundary] - nb] = seen[~is_boundary]
+    return ids
+
+
+def choose_tuple_boundaries(samples: Sequence[pa.Table], keys: list, n: int,
+                            descending) -> pa.Table:
+    """Up to ``n - 1`` distinct key tuples at the quantiles of the sampled rows."""
+    samples = [s for s in samples if s.num_rows]
+    if not samples or n <= 1:
+        return samples[0].slice(0, 0) if samples else pa.table({})
+    values = sort_table(concat(samples), keys, descending)
+    picks = (np.arange(1, n) * values.num_rows) // n
+    picked = values.take(pa.array(picks))
+    distinct = picked.group_by(keys, use_threads=False).aggregate([])
+    return sort_table(distinct.select(keys), keys, descending)
+
+
 def _map_return(parts: list):
     return parts if len(parts) > 1 else parts[0]
 
@@ -85,16 +121,27 @@ def shuffle_reduce(seed, *parts: pa.Table):
     return table, meta_of(table, time.perf_counter() - start)
 
 
-def sample_keys(key: str, seed, table: pa.Table) -> pa.Array:
-    check_columns(table.schema, [key], "sort/groupby")
+def sample_keys(key, seed, table: pa.Table):
+    """Sampled values of one key column (``key`` a name) or rows of several (a list)."""
+    keys = [key] if isinstance(key, str) else list(key)
+    check_columns(table.schema, keys, "sort/groupby")
     k = min(table.num_rows, SAMPLES_PER_BLOCK)
-    idx = np.random.default_rng(seed).choice(table.num_rows, size=k, replace=False)
-    return table.column(key).take(pa.array(idx)).combine_chunks()
+    idx = pa.array(np.random.default_rng(seed).choice(table.num_rows, size=k, replace=False))
+    if isinstance(key, str):
+        return table.column(key).take(idx).combine_chunks()
+    return table.select(keys).take(idx)
 
 
-def range_map(keys: list, boundaries: pa.Array, descending: bool, table: pa.Table):
+def partition_ids(table: pa.Table, keys: list, boundaries, descending) -> np.ndarray:
+    if isinstance(boundaries, pa.Table):
+        return tuple_partition_ids(table, keys, boundaries, descending)
+    first_desc = descending if isinstance(descending, bool) else descending[0]
+    return range_partition_ids(table.column(keys[0]), boundaries, first_desc)
+
+
+def range_map(keys: list, boundaries, descending, table: pa.Table):
     check_columns(table.schema, keys, "sort")
-    ids = range_partition_ids(table.column(keys[0]), boundaries, descending)
+    ids = partition_ids(table, keys, boundaries, descending)
     return _map_return(split_by_partition(table, ids, len(boundaries) + 1))
 
 
@@ -108,7 +155,7 @@ def aggregate_map(keys: list, aggs: list, boundaries: pa.Array, table: pa.Table)
     partial = partial_aggregate(table, keys, aggs)
     if not keys:
         return partial
-    ids = range_partition_ids(partial.column(keys[0]), boundaries, False)
+    ids = partition_ids(partial, keys, boundaries, False)
     return _map_return(split_by_partition(partial, ids, len(boundaries) + 1))
 
 
@@ -157,14 +204,18 @@ def random_shuffle(bundles: list[Bundle], ex, seed, n: int | None = None) -> lis
                      shuffle_reduce, lambda j: (reduce_seeds[j],), ex)
 
 
-def _sample_boundaries(bundles: list[Bundle], key: str, n: int) -> pa.Array:
+def _sample_boundaries(bundles: list[Bundle], keys: list, n: int, descending=False):
+    """Boundaries for ``n`` partitions: values of the key (one key) or key tuples (several)."""
     import shoal
 
     from shoal.data._execution import remote_fn
 
     sampler = remote_fn(sample_keys)
-    refs = [sampler.remote(key, i, ref) for i, (ref, _) in enumerate(bundles)]
-    return choose_boundaries(shoal.get(refs), n)
+    key = keys[0] if len(keys) == 1 else list(keys)
+    samples = shoal.get([sampler.remote(key, i, ref) for i, (ref, _) in enumerate(bundles)])
+    if len(keys) == 1:
+        return choose_boundaries(samples, n)
+    return choose_tuple_boundaries(samples, list(keys), n, descending)
 
 
 def _check_known_schema(bundles: list[Bundle], keys: list, operation: str) -> None:
@@ -178,10 +229,9 @@ def sort(bundles: list[Bundle], ex, keys: list, descending) -> list[Bundle]:
     if not bundles:
         return bundles
     _check_known_schema(bundles, keys, "sort")
-    first_desc = descending if isinstance(descending, bool) else descending[0]
-    boundaries = _sample_boundaries(bundles, keys[0], len(bundles))
+    boundaries = _sample_boundaries(bundles, keys, len(bundles), descending)
     n = len(boundaries) + 1
-    return _exchange("sort", bundles, range_map, lambda i: (keys, boundaries, first_desc), n,
+    return _exchange("sort", bundles, range_map, lambda i: (keys, boundaries, descending), n,
                      sort_reduce, lambda j: (keys, descending), ex)
 
 
@@ -190,7 +240,7 @@ def aggregate(bundles: list[Bundle], ex, keys: list, aggs: list[AggregateFn]) ->
         return bundles
     _check_known_schema(bundles, keys + [a.on for a in aggs if a.on is not None], "groupby")
     if keys:
-        boundaries = _sample_boundaries(bundles, keys[0], len(bundles))
+        boundaries = _sample_boundaries(bundles, keys, len(bundles))
     else:
         boundaries = pa.array([], type=pa.int64())
     n = len(boundaries) + 1
