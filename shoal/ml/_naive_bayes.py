@@ -8,7 +8,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_block_binary_class_sums, _block_class_ssq, _block_class_sums, _block_min)
 from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
-from shoal.ml._input import _is_dataset, check_predict_input
+from shoal.ml._input import _is_dataset, check_predict_input, tree_sum
+from shoal.ml._stats import (block_moments, block_offsets, block_weighted_class_ssq, block_weighted_class_sums,
+                             check_sample_weight, fold, merge_moments)
 
 
 class _BaseNB(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
@@ -50,16 +52,32 @@ class GaussianNB(_BaseNB):
         self.priors = priors
         self.var_smoothing = var_smoothing
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
+        """Per-class means and variances; ``sample_weight`` (one weight per row) weights them
+        and the class counts (the smoothing term uses the unweighted variance, as scikit-learn)."""
         dm = fit_input(self, X, y, "classification")
         self.classes_ = dm.classes
         k = len(self.classes_)
-        counts, sums = dm.map_reduce(_block_class_sums, k)
-        theta = sums / counts[:, None]
-        ssq = dm.map_reduce(_block_class_ssq, theta)
-        n = counts.sum()
-        mean_all = counts @ theta / n
-        total_var = (ssq.sum(axis=0) + counts @ (theta - mean_all) ** 2) / n
+        w = check_sample_weight(sample_weight, dm.n_rows, "GaussianNB")
+        if w is None:
+            counts, sums = dm.map_reduce(_block_class_sums, k)
+            theta = sums / counts[:, None]
+            ssq = dm.map_reduce(_block_class_ssq, theta)
+            n = counts.sum()
+            mean_all = counts @ theta / n
+            total_var = (ssq.sum(axis=0) + counts @ (theta - mean_all) ** 2) / n
+        else:
+            offsets = block_offsets(dm)
+            counts, sums = fold(dm.map_indexed(block_weighted_class_sums, w, offsets, k), tree_sum)
+            present = counts > 0
+            if not present.all():
+                raise InvalidInputError(
+                    f"class {self.classes_[~present][0]!r} has a total sample_weight of 0; give its rows "
+                    f"positive weights or drop them.")
+            theta = sums / counts[:, None]
+            ssq = fold(dm.map_indexed(block_weighted_class_ssq, w, offsets, theta), tree_sum)
+            rows, _, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
+            total_var = M2 / rows
         self.epsilon_ = float(self.var_smoothing * total_var.max())
         self.var_ = ssq / counts[:, None] + self.epsilon_
         self.theta_ = theta

@@ -12,7 +12,8 @@ from shoal.ml._kernels import (_affine_block, _block_max_abs, _block_min_max, _b
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_finite, check_predict_input
 from shoal.ml._quantiles import merge_sketches, sketch_quantiles
-from shoal.ml._stats import block_moments, merge_moments
+from shoal.ml._stats import (block_moments, block_offsets, block_weighted_moments, check_sample_weight,
+                             fold, merge_moments)
 
 
 def _safe_scale(scale):
@@ -50,10 +51,17 @@ class StandardScaler(OneToOneFeatureMixin, _Transformer):
         self.with_mean = with_mean
         self.with_std = with_std
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
+        """Learn the mean and scale; ``sample_weight`` (one weight per row) weights both."""
         dm = fit_input(self, X, y, None)
-        n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
-        self.n_samples_seen_ = int(n)
+        w = check_sample_weight(sample_weight, dm.n_rows, "StandardScaler")
+        if w is None:
+            n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
+            self.n_samples_seen_ = int(n)
+        else:
+            n, mean, M2 = fold(dm.map_indexed(block_weighted_moments, w, block_offsets(dm)),
+                               merge_moments)
+            self.n_samples_seen_ = float(n)   # scikit-learn's: the sum of the weights
         self.mean_ = mean if self.with_mean else None
         self.var_ = M2 / n if self.with_std else None
         self.scale_ = _safe_scale(np.sqrt(M2 / n)) if self.with_std else None

@@ -96,3 +96,74 @@ def class_sums(X, codes, k):
     n = codes.shape[0]
     indicator = sp.csr_matrix((np.ones(n), codes, np.arange(n + 1)), shape=(n, k))
     return np.asarray(indicator.T @ X)
+
+
+# ------------------------------------------------------------------ sample weights ---
+# A block reads its slice of the weights ``w`` (put in the object store once per call)
+# by its index and the row offsets of the blocks.
+
+def check_sample_weight(sample_weight, n: int, estimator: str) -> np.ndarray | None:
+    """None, or the weights as float64 after the checks scikit-learn makes (named in errors)."""
+    from shoal.exceptions import InvalidInputError
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, str):
+        raise InvalidInputError(
+            f"sample_weight of {estimator}.fit takes an array of one weight per row, got the "
+            f"string {sample_weight!r}; for a Dataset, take the column out first "
+            f"(ds.to_numpy({sample_weight!r})) and drop it from the features.")
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise InvalidInputError(f"sample_weight of {estimator}.fit has shape {w.shape}; it needs one "
+                                f"weight per row of X, shape ({n},).")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise InvalidInputError(f"sample_weight of {estimator}.fit holds negative, NaN or infinite "
+                                f"values; weights must be finite and >= 0.")
+    if w.sum() <= 0:
+        raise InvalidInputError(f"sample_weight of {estimator}.fit: every weight is zero (they sum to "
+                                f"0); at least one row needs a positive weight.")
+    return w
+
+
+def block_offsets(dm) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(dm.block_rows)]).astype(np.int64)
+
+
+def block_weighted_moments(X, y, index, w, offsets):
+    """(weight sum, weighted mean, weighted M2) per feature of one block."""
+    wb = w[offsets[index]:offsets[index + 1]]
+    total = float(wb.sum())
+    if total == 0.0:
+        return 0.0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    mean = (wb @ X) / total
+    M2 = np.zeros(X.shape[1])
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        D = X[s:s + CHUNK_ROWS] - mean
+        M2 += wb[s:s + CHUNK_ROWS] @ (D * D)
+    return total, mean, M2
+
+
+def block_weighted_class_sums(X, y, index, w, offsets, k):
+    """(weight per class, weighted feature sums per class) of one block."""
+    wb = w[offsets[index]:offsets[index + 1]]
+    return np.bincount(y, weights=wb, minlength=k), class_sums(X * wb[:, None], y, k)
+
+
+def block_weighted_class_ssq(X, y, index, w, offsets, theta):
+    """Weighted squared deviations from each row's class mean, summed per class."""
+    wb = w[offsets[index]:offsets[index + 1]]
+    k = theta.shape[0]
+    out = np.zeros_like(theta)
+    for s in range(0, X.shape[0], CHUNK_ROWS):
+        codes = y[s:s + CHUNK_ROWS]
+        D = X[s:s + CHUNK_ROWS] - theta[codes]
+        out += class_sums(D * D * wb[s:s + CHUNK_ROWS, None], codes, k)
+    return out
+
+
+def fold(parts, reduce):
+    """Fold per-block results on the driver (a handful of small statistics)."""
+    from functools import reduce as _reduce
+    return _reduce(reduce, parts)

@@ -27,3 +27,21 @@ def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)
+
+
+def test_gaussian_nb_sample_weight_matches_sklearn():
+    import numpy as np
+    from sklearn.datasets import make_classification
+    from sklearn.naive_bayes import GaussianNB as SkGaussianNB
+
+    import shoal.ml as ml
+    from shoal.ml._input import as_design_matrix
+    X, y = make_classification(600, 4, n_informative=3, n_redundant=0, n_classes=3, random_state=0)
+    w = np.random.default_rng(0).uniform(0, 2, len(y))
+    theirs = SkGaussianNB().fit(X, y, sample_weight=w)
+    dm = as_design_matrix(X, y, target="classification", block_rows=90, executor="local")
+    for ours in (ml.GaussianNB().fit(X, y, sample_weight=w), ml.GaussianNB().fit(dm, sample_weight=w)):
+        np.testing.assert_allclose(ours.theta_, theirs.theta_, rtol=1e-10)
+        np.testing.assert_allclose(ours.var_, theirs.var_, rtol=1e-10)
+        np.testing.assert_allclose(ours.class_count_, theirs.class_count_)
+        np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))

@@ -293,3 +293,36 @@ def test_bucketizer_skip_drops_nan_rows_of_dataset(frame):
     out = bucketizer.transform(_dataset(df)).to_pandas()
     assert len(out) == len(df) - 3
     np.testing.assert_array_equal(out["label"], df["label"].drop([3, 700, 1500]))
+
+
+# ----------------------------------------------------------------------------------
+# sample_weight
+
+def test_standard_scaler_sample_weight_matches_sklearn(X):
+    w = np.random.default_rng(1).uniform(0, 3, len(X))
+    w[:10] = 0
+    ours = ml.StandardScaler().fit(X, sample_weight=w)
+    theirs = skp.StandardScaler().fit(X, sample_weight=w)
+    np.testing.assert_allclose(ours.mean_, theirs.mean_, rtol=1e-12)
+    np.testing.assert_allclose(ours.var_, theirs.var_, rtol=1e-10)
+    assert ours.n_samples_seen_ == pytest.approx(theirs.n_samples_seen_)
+
+
+def test_standard_scaler_sample_weight_across_blocks(X):
+    from shoal.ml._input import as_design_matrix
+    w = np.random.default_rng(2).uniform(0, 2, len(X))
+    dm = as_design_matrix(X, block_rows=70, executor="local")
+    assert len(dm.blocks) > 5
+    ours = ml.StandardScaler().fit(dm, sample_weight=w)
+    theirs = skp.StandardScaler().fit(X, sample_weight=w)
+    np.testing.assert_allclose(ours.mean_, theirs.mean_, rtol=1e-12)
+    np.testing.assert_allclose(ours.scale_, theirs.scale_, rtol=1e-10)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda n: np.ones(n - 1), "shape"), (lambda n: -np.ones(n), "negative"),
+    (lambda n: np.zeros(n), "weight is zero"), (lambda n: "w", "array of one weight per row"),
+])
+def test_standard_scaler_bad_sample_weight_is_named(X, bad, match):
+    with pytest.raises(ValueError, match=match):
+        ml.StandardScaler().fit(X, sample_weight=bad(len(X)))
