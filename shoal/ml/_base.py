@@ -102,15 +102,17 @@ def transform_dataset(estimator, ds, method: str = "transform"):
 
 def _block_score(table, estimator, features, label, classifier):
     """Runs in a task: (sum of hits or squared errors, sum y, sum y^2, rows) for one block."""
-    import pandas as pd
     import pyarrow as pa
-    df = table.to_pandas() if isinstance(table, pa.Table) else pd.DataFrame(table)
-    if label not in df.columns:
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table) if hasattr(table, "columns") else pa.table(table)
+    if label not in table.column_names:
         raise _input.InvalidInputError(f"label column {label!r} is missing from the Dataset")
-    if len(df) == 0:
+    if table.num_rows == 0:
         return 0.0, 0.0, 0.0, 0
-    pred = estimator.predict(df[list(features)])
-    t = df[label].to_numpy()
+    # vector columns (VectorAssembler's "features") expand to their width, as at fit time
+    X, t = _input._arrow_vectors_to_matrix(table, list(features), label)
+    _input.check_finite(X, None, "Dataset")
+    pred = estimator.predict(X)
     if classifier:
         return float((pred == t).sum()), 0.0, 0.0, len(t)
     t = t.astype(np.float64)

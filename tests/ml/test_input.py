@@ -143,3 +143,56 @@ def test_predict_names_a_missing_fitted_column():
 def test_label_with_none_is_rejected():
     with pytest.raises(InvalidInputError, match="label y mixes"):
         ml.GaussianNB().fit(np.random.rand(3, 2), np.array(["a", None, "b"], dtype=object))
+
+
+# ----------------------------------------------------------------------------------
+# predict on a Dataset: block-parallel, rows in order, nothing collected to the driver
+
+from _cluster import cluster  # noqa: E402,F401  (module-scoped fixture)
+
+
+@pytest.fixture
+def no_collect(monkeypatch):
+    """Fail a test that gathers a whole Dataset into the driver."""
+    import shoal.data as sd
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the Dataset was collected to the driver")
+    for name in ("to_pandas", "to_arrow", "take_all"):
+        monkeypatch.setattr(sd.Dataset, name, refuse)
+
+
+def _frame(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.normal(size=n)})
+    df["label"] = (df.a + 0.5 * df.b > 0).astype(int)
+    return df
+
+
+@pytest.mark.usefixtures("cluster")
+def test_predict_on_dataset_keeps_row_order_over_uneven_and_empty_blocks():
+    import shoal.data as sd
+    df = _frame()
+    model = ml.LogisticRegression().fit(df[["a", "b", "c"]], df["label"])
+    # uneven blocks, some emptied by the filter
+    ds = sd.from_pandas(df, override_num_blocks=7).filter(expr=pa.compute.field("a") > -0.5)
+    kept = df[df.a > -0.5]
+    np.testing.assert_array_equal(model.predict(ds), model.predict(kept[["a", "b", "c"]]))
+    np.testing.assert_allclose(model.predict_proba(ds), model.predict_proba(kept[["a", "b", "c"]]))
+
+
+@pytest.mark.usefixtures("cluster", "no_collect")
+def test_pipeline_fit_and_predict_on_dataset_never_collect():
+    import shoal.data as sd
+    df = _frame(seed=1)
+    ds = sd.from_pandas(df).repartition(4)
+    pipe = ml.Pipeline([("scale", ml.StandardScaler()), ("assemble", ml.VectorAssembler(["a", "b", "c"])),
+                        ("nb", ml.GaussianNB())])
+    pipe.fit(ds, "label")
+    pred = pipe.predict(ds)
+    assert pred.shape == (len(df),)
+    assert list(pipe.named_steps["nb"].feature_names_in_) == ["features"]
+    assert pipe.named_steps["nb"].n_features_in_ == 3
+    assert (pred == df["label"].to_numpy()).mean() > 0.8
+    X = ml.StandardScaler().fit(df[["a", "b", "c"]]).transform(df[["a", "b", "c"]])
+    np.testing.assert_array_equal(pred, ml.GaussianNB().fit(X, df["label"]).predict(X))
