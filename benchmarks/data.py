@@ -3,7 +3,9 @@
     read_parquet -> map_batches(z = 2x + y) -> groupby(key).aggregate(count, mean z, sum y)
 
 on a few million rows in Parquet (several files, several row groups each),
-then a streaming pass read_parquet -> map_batches -> iter_batches. Each
+then a streaming pass read_parquet -> map_batches -> iter_batches, and a
+pass over many small blocks (range(rows) in ``--small-blocks`` blocks ->
+map_batches(batch_size=65536), which joins them into full batches). Each
 system runs ``--repeats`` times; the table shows the median and ratios.
 
     .venv/bin/python benchmarks/data.py --rows 4000000 --cpus 2
@@ -36,6 +38,13 @@ def make_data(folder: str, rows: int, files: int) -> None:
                        row_group_size=per // 4)
 
 
+BATCH = 65536
+
+
+def count_calls(batch):
+    return {"rows": [len(batch["id"])], "sum": [int((batch["id"] % 7).sum())]}
+
+
 def add_z(batch):
     return {"key": batch["key"], "y": batch["y"], "z": batch["x"] * 2 + batch["y"]}
 
@@ -49,7 +58,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run_pandas(folder: str, repeats: int) -> dict:
+def run_pandas(folder: str, repeats: int, rows: int) -> dict:
     def etl():
         df = pd.read_parquet(folder)
         df["z"] = df["x"] * 2 + df["y"]
@@ -60,12 +69,16 @@ def run_pandas(folder: str, repeats: int) -> dict:
         df = pd.read_parquet(folder)
         z = df["x"].to_numpy() * 2 + df["y"].to_numpy()
         return sum(len(z[i:i + 4096]) for i in range(0, len(z), 4096))
+    def small():
+        ids = np.arange(rows)
+        return sum(int((ids[i:i + BATCH] % 7).sum()) for i in range(0, rows, BATCH))
     t_etl, ref = timed(etl, repeats)
     t_stream, _ = timed(stream, repeats)
-    return {"etl": t_etl, "stream": t_stream, "result": ref}
+    t_small, _ = timed(small, repeats)
+    return {"etl": t_etl, "stream": t_stream, "small": t_small, "result": ref}
 
 
-def run_shoal(folder: str, repeats: int, cpus: int) -> dict:
+def run_shoal(folder: str, repeats: int, cpus: int, small_blocks: int, rows: int) -> dict:
     import shoal
     import shoal.data as sd
 
@@ -79,15 +92,23 @@ def run_shoal(folder: str, repeats: int, cpus: int) -> dict:
         def stream():
             ds = sd.read_parquet(folder).map_batches(add_z)
             return sum(len(b["z"]) for b in ds.iter_batches(batch_size=4096))
+
+        def small():
+            ds = sd.range(rows, override_num_blocks=small_blocks).map_batches(
+                count_calls, batch_size=BATCH)
+            batches = list(ds.iter_batches(batch_size=None))
+            assert sum(int(b["rows"].sum()) for b in batches) == rows
+            return sum(b["rows"].size for b in batches)
         etl()  # warm the worker processes
         t_etl, out = timed(etl, repeats)
         t_stream, _ = timed(stream, repeats)
-        return {"etl": t_etl, "stream": t_stream, "result": out}
+        t_small, calls = timed(small, repeats)
+        return {"etl": t_etl, "stream": t_stream, "small": t_small, "calls": calls, "result": out}
     finally:
         shoal.shutdown()
 
 
-def run_ray(folder: str, repeats: int, cpus: int) -> dict | None:
+def run_ray(folder: str, repeats: int, cpus: int, small_blocks: int, rows: int) -> dict | None:
     try:
         import ray
         import ray.data
@@ -110,10 +131,18 @@ def run_ray(folder: str, repeats: int, cpus: int) -> dict | None:
             ds = ray.data.read_parquet(folder).map_batches(add_z, batch_format="numpy",
                                                            batch_size=None)
             return sum(len(b["z"]) for b in ds.iter_batches(batch_size=4096))
+
+        def small():
+            ds = ray.data.range(rows, override_num_blocks=small_blocks).map_batches(
+                count_calls, batch_format="numpy", batch_size=BATCH)
+            batches = list(ds.iter_batches(batch_size=None))
+            assert sum(int(b["rows"].sum()) for b in batches) == rows
+            return sum(b["rows"].size for b in batches)
         etl()
         t_etl, out = timed(etl, repeats)
         t_stream, _ = timed(stream, repeats)
-        return {"etl": t_etl, "stream": t_stream, "result": out}
+        t_small, calls = timed(small, repeats)
+        return {"etl": t_etl, "stream": t_stream, "small": t_small, "calls": calls, "result": out}
     finally:
         ray.shutdown()
 
@@ -126,15 +155,16 @@ def check(ref: pd.DataFrame, out: pd.DataFrame, name: str) -> None:
     np.testing.assert_allclose(out["sum(y)"], ref["sum_y"], rtol=1e-9, err_msg=name)
 
 
-RUNNERS = {"pandas": lambda folder, a: run_pandas(folder, a.repeats),
-           "shoal.data": lambda folder, a: run_shoal(folder, a.repeats, a.cpus),
-           "Ray Data": lambda folder, a: run_ray(folder, a.repeats, a.cpus)}
+RUNNERS = {"pandas": lambda folder, a: run_pandas(folder, a.repeats, a.rows),
+           "shoal.data": lambda folder, a: run_shoal(folder, a.repeats, a.cpus, a.small_blocks, a.rows),
+           "Ray Data": lambda folder, a: run_ray(folder, a.repeats, a.cpus, a.small_blocks, a.rows)}
 
 
 def run_isolated(name: str, folder: str, args) -> dict | None:
     """Run one system in a child process, so a crash of one cannot take down the table."""
     cmd = [sys.executable, __file__, "--only", name, "--folder", folder,
-           "--repeats", str(args.repeats), "--cpus", str(args.cpus)]
+           "--repeats", str(args.repeats), "--cpus", str(args.cpus),
+           "--small-blocks", str(args.small_blocks), "--rows", str(args.rows)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -153,6 +183,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--small-blocks", type=int, default=400)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -183,12 +214,16 @@ def main() -> None:
     print(f"\n{args.rows:,} rows in {args.files} Parquet files, {args.cpus} CPUs, "
           f"median of {args.repeats}; ratio = time / shoal.data time (>1: shoal faster)")
     print(f"{'system':<12} {'read+map+groupby s':>19} {'ratio':>7} {'read+map+iter s':>16} "
-          f"{'ratio':>7} {'Mrows/s (iter)':>15}")
+          f"{'ratio':>7} {'Mrows/s (iter)':>15} {'small blocks s':>15} {'ratio':>7} {'calls':>6}")
     base = results["shoal.data"]
     for name, r in results.items():
         print(f"{name:<12} {r['etl']:>19.3f} {r['etl'] / base['etl']:>7.2f} "
               f"{r['stream']:>16.3f} {r['stream'] / base['stream']:>7.2f} "
-              f"{args.rows / r['stream'] / 1e6:>15.1f}")
+              f"{args.rows / r['stream'] / 1e6:>15.1f} {r['small']:>15.3f} "
+              f"{r['small'] / base['small']:>7.2f} {r.get('calls', '-'):>6}")
+    print(f"small blocks: range({args.rows:,}) in {args.small_blocks} blocks -> "
+          f"map_batches(batch_size={BATCH}); 'calls' = UDF calls (ceil(rows/batch) = "
+          f"{-(-args.rows // BATCH)} is the least possible)")
 
 
 if __name__ == "__main__":
