@@ -121,6 +121,9 @@ class BucketManager:
             groups.append((last, current, False))
         for _, ps, solo in sorted(groups, key=lambda g: g[0]):
             self._add(ps, wire, solo)
+        # A NaN/inf loss reaches every used gradient: check the bucket of the last parameter
+        # (usually the output layer's bias, in a small bucket), not a large one.
+        self.finite_probe = self.bucket_of[params[-1]].index if params else 0
         self.next_launch = 0
         self.in_backward = False
 
@@ -176,7 +179,8 @@ class BucketManager:
                     self.mark_ready(p)
             for i, b in enumerate(self.buckets):
                 b.wait()
-                if i == 0 and self.check_finite and not bool(torch.isfinite(b.flat).all()):
+                if (i == self.finite_probe and self.check_finite
+                        and not bool(torch.isfinite(b.flat).all())):
                     self.reset()
                     raise NonFiniteLossError(
                         "gradients are NaN/inf after the allreduce (the loss was probably "
