@@ -81,13 +81,65 @@ def _by_dtype(bufs) -> dict:
 
 
 # ------------------------------------------------------------------ reduce
+def device_packed(tensors, by_dtype: bool):
+    """Torch tensors on a device (CUDA) packed where they live: ``[(indices, flat, pieces)]``,
+    one flat tensor per device (and dtype, when ``by_dtype``; else their bytes), in order of
+    first appearance, so every rank packs alike. ``pieces[j]`` views ``flat`` for tensor j."""
+    import torch
+    xs = [t.detach() if is_torch_tensor(t) else torch.from_numpy(as_buffer(t).array) for t in tensors]
+    groups: dict = {}
+    for i, x in enumerate(xs):
+        key = (str(x.device), x.dtype if by_dtype else None)
+        groups.setdefault(key, []).append(i)
+    out = []
+    for idx in groups.values():
+        parts = [xs[i].contiguous().reshape(-1) for i in idx]
+        if not by_dtype:
+            parts = [x.view(torch.uint8) for x in parts]
+        flat = torch.cat(parts)
+        out.append((idx, flat, list(flat.split([x.numel() for x in parts]))))
+    return out
+
+
+def device_unpack(tensors, idx, pieces, by_dtype: bool) -> None:
+    """Copy the pieces of a packed group back into their tensors."""
+    for i, piece in zip(idx, pieces):
+        t = tensors[i]
+        if is_torch_tensor(t):
+            if not by_dtype:  # bytes: view them as the dtype (from an aligned copy if need be)
+                aligned = piece.storage_offset() % t.element_size() == 0
+                piece = (piece if aligned else piece.clone()).view(t.dtype)
+            t.detach().copy_(piece.view(t.shape))
+        else:
+            buf = as_buffer(t)
+            arr = piece.cpu().numpy()
+            buf.array[...] = (arr if by_dtype else arr.view(buf.array.dtype)).reshape(buf.array.shape)
+            buf.finish()
+
+
+def device_reduce(comm, tensors, dst, op):
+    """grouped_reduce of device tensors: one reduce per device and dtype, packed there."""
+    for idx, flat, pieces in device_packed(tensors, by_dtype=True):
+        comm._do_reduce(flat, dst, op, None)
+        if comm.rank == dst:
+            device_unpack(tensors, idx, pieces, by_dtype=True)
+    return tensors
+
+
+def device_broadcast(comm, tensors, src):
+    """grouped_broadcast of device tensors: one broadcast of their bytes per device."""
+    for idx, flat, pieces in device_packed(tensors, by_dtype=False):
+        comm._do_broadcast(flat, src)
+        if comm.rank != src:
+            device_unpack(tensors, idx, pieces, by_dtype=False)
+    return tensors
+
+
 def grouped_reduce(comm, tensors, dst, op):
     if not tensors:
         return tensors
     if _device(tensors):
-        for t in tensors:
-            comm._do_reduce(t, dst, op, None)
-        return tensors
+        return device_reduce(comm, tensors, dst, op)
     bufs = _bufs(comm, "reduce", tensors)
     with D.group_signature(_signature("reduce", bufs, True)):
         _reduce_packed(comm, bufs, dst, op)

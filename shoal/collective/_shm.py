@@ -337,7 +337,7 @@ class ShmGroup:
     def _stage(self, src, a: int, chunks, cb: int, h: int) -> None:
         """Copy the other ranks' chunks of the segment at ``src[a:]`` into chunk places of our slot."""
         mine, r = self.slot(self.lr, h).view(src.dtype), self.lr
-        if chunks[1][0] == cb or self.p == 1:  # a full segment: the places are the offsets
+        if self.p == 1 or chunks[1][0] == cb:  # a full segment: the places are the offsets
             lo, hi = chunks[r]
             self._copy("copy_in", mine[:lo], src[a:a + lo])
             self._copy("copy_in", mine[hi:chunks[-1][1]], src[a + hi:a + chunks[-1][1]])

@@ -126,9 +126,8 @@ class Communicator:
     def _do_grouped_broadcast(self, tensors, src):
         from shoal.collective._buffers import as_buffer, is_torch_tensor
         if any(is_torch_tensor(t) and t.device.type != "cpu" for t in tensors):
-            for t in tensors:  # device tensors: one broadcast each
-                self._do_broadcast(t, src)
-            return tensors
+            from shoal.collective import _grouped
+            return _grouped.device_broadcast(self, tensors, src)
         bufs = [as_buffer(t, name=f"tensors[{i}]") for i, t in enumerate(tensors)]
         views = [b.array.reshape(-1).view(np.uint8) for b in bufs]
         packed = np.concatenate(views) if views else np.empty(0, np.uint8)

@@ -195,8 +195,54 @@ def _allreduce_coalesced(comm, op="sum"):
     return None
 
 
+def _device_packing(comm):
+    """The device (CUDA) paths of grouped reduce and broadcast pack each device's tensors into
+    one collective; run here on CPU torch tensors and NumPy arrays, which pack the same way."""
+    import torch
+    from shoal.collective import _grouped
+    w, r = comm.world_size, comm.rank
+
+    def make(q):
+        return [torch.arange(6.0).reshape(2, 3) + q, np.arange(4, dtype=np.int64) * (q + 1),
+                torch.full((3,), q + 1, dtype=torch.bfloat16), torch.arange(8.0)[::2] * q]
+    calls = {"reduce": 0, "broadcast": 0}
+    real_reduce, real_bcast = comm._do_reduce, comm._do_broadcast
+
+    def counted(name, fn):
+        def call(*a):
+            calls[name] += 1
+            return fn(*a)
+        return call
+    comm._do_reduce, comm._do_broadcast = counted("reduce", real_reduce), counted("broadcast", real_bcast)
+    try:
+        ts = make(r)
+        _grouped.device_reduce(comm, ts, 0, "sum")
+        every = [make(q) for q in range(w)]
+        for k, got in enumerate(ts):
+            want = np.sum([np.asarray(e[k].float() if hasattr(e[k], "float") else e[k], np.float64)
+                           for e in every], axis=0) if r == 0 else np.asarray(
+                make(r)[k].float() if hasattr(make(r)[k], "float") else make(r)[k], np.float64)
+            err = _eq(np.asarray(got.float() if hasattr(got, "float") else got, np.float64), want,
+                      f"reduce tensor {k}")
+            if err:
+                return err
+        ts = make(r)
+        _grouped.device_broadcast(comm, ts, 1 % w)
+        for k, got in enumerate(ts):
+            want = make(1 % w)[k]
+            same = (got == want).all() if hasattr(got, "dtype") and not isinstance(got, np.ndarray) \
+                else np.array_equal(got, want)
+            if not bool(same) or getattr(got, "dtype", None) != getattr(want, "dtype", None):
+                return f"broadcast tensor {k}: {got} != {want}"
+    finally:
+        comm._do_reduce, comm._do_broadcast = real_reduce, real_bcast
+    if calls != {"reduce": 3, "broadcast": 1}:  # float32, int64, bfloat16; one device
+        return f"expected 3 reduces (one per dtype) and 1 broadcast, got {calls}"
+    return None
+
+
 def _battery(comm):
-    out = {"allreduce_coalesced": _allreduce_coalesced(comm),
+    out = {"device_packing": _device_packing(comm),"allreduce_coalesced": _allreduce_coalesced(comm),
            "allreduce_coalesced_max": _allreduce_coalesced(comm, "max"),"allgather": _allgather(comm), "reduce": _reduce(comm), "reduce_scatter_sum": _reduce_scatter(comm),
            "reduce_scatter_max": _reduce_scatter(comm, "max"), "alltoall": _alltoall(comm),
            "empty": _empty(comm)}
@@ -221,7 +267,7 @@ def _battery(comm):
     return out
 
 
-CASES = ["allreduce_coalesced", "allreduce_coalesced_max", "allgather", "reduce", "reduce_scatter_sum", "reduce_scatter_max", "alltoall", "empty", "async",
+CASES = ["device_packing", "allreduce_coalesced", "allreduce_coalesced_max", "allgather", "reduce", "reduce_scatter_sum", "reduce_scatter_max", "alltoall", "empty", "async",
          "mismatch_count", "mismatch_row", "mismatch_dtype", "mismatch_split", "mismatch_dtype_groups"]
 
 
