@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 import shoal.data as sd
-from shoal.data._execution import apply_stage, group_bundles
 from shoal.data._block import BlockMeta
+from shoal.data._execution import apply_stage, group_bundles
 from shoal.data._transforms import Filter, MapBatches
 
 pytestmark = pytest.mark.usefixtures("cluster")

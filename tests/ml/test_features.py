@@ -156,7 +156,7 @@ def test_hashing_tf_rejects_raw_strings():
 # ----------------------------------------------------------------------------------
 # on a shoal.data Dataset: fit from per-block statistics, transform lazily
 
-from _cluster import cluster  # noqa: E402,F401  (module-scoped fixture)
+from _cluster import cluster  # noqa: F401  (module-scoped fixture)
 
 on_cluster = pytest.mark.usefixtures("cluster")
 

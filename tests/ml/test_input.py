@@ -148,7 +148,7 @@ def test_label_with_none_is_rejected():
 # ----------------------------------------------------------------------------------
 # predict on a Dataset: block-parallel, rows in order, nothing collected to the driver
 
-from _cluster import cluster  # noqa: E402,F401  (module-scoped fixture)
+from _cluster import cluster  # noqa: F401  (module-scoped fixture)
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def test_load_refuses_paths_outside_the_folder(tmp_path, data):
 # ----------------------------------------------------------------------------------
 # model selection on a shoal.data Dataset: split by rows of the Dataset, never collected
 
-from _cluster import cluster  # noqa: E402,F401  (module-scoped fixture)
+from _cluster import cluster  # noqa: F401  (module-scoped fixture)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_cross_validator_on_dataset_picks_the_better_model(labelled_dataset):
 
 @pytest.mark.usefixtures("cluster")
 def test_train_validation_split_on_dataset_scores_held_out_rows(labelled_dataset):
-    df, ds = labelled_dataset
+    _, ds = labelled_dataset
     tvs = ml.TrainValidationSplit(ml.LogisticRegression(), {"C": [0.01, 1.0]}, train_ratio=0.8,
                                   seed=1).fit(ds, "label")
     [(train, test)] = tvs._dataset_splits(ds.materialize())
