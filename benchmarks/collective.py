@@ -191,7 +191,8 @@ def delete_namespaces() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short run: sizes up to 16 MB, fewer iterations")
-    ap.add_argument("--worlds", default="2,4")
+    ap.add_argument("--worlds", default="2,4", help="world sizes on this host ('' for none)")
+    ap.add_argument("--min-mb", type=float, default=0, help="skip buffers smaller than this")
     ap.add_argument("--no-netns", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int)
@@ -207,11 +208,12 @@ def main() -> None:
     top = (16 << 20) if args.quick else (256 << 20)
     sizes, s = [], 4 << 10
     while s <= top:
-        sizes.append(s)
+        if s >= args.min_mb * (1 << 20):
+            sizes.append(s)
         s *= 4 if args.quick else 2
     print(f"numpy memcpy bandwidth (256 MB): {memcpy_bandwidth():.2f} GB/s; {os.cpu_count()} CPUs; "
           "load average %.2f %.2f %.2f" % os.getloadavg())
-    for world in (int(w) for w in args.worlds.split(",")):
+    for world in (int(w) for w in args.worlds.split(",") if w):
         port = _free_port()
         rows = _launch(world, f"127.0.0.1:{port}", sizes, args.quick,
                        env=lambda r: {"GLOO_SOCKET_IFNAME": "lo"})
