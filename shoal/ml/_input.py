@@ -548,6 +548,9 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
     if target is not None and label is None:
         raise InvalidInputError(
             f"{_name_of(estimator)} needs a label: pass label='<column name>' with a Dataset.")
+    if hasattr(ds, "materialize"):
+        # run the plan once: the schema look-ups below and the block conversion reuse it
+        ds = ds.materialize()
     schema_names = _dataset_columns(ds)
     if schema_names is not None:
         for c in ([label] if label else []) + list(features or []):

@@ -6,8 +6,11 @@ transforms them where they live (a task per block), and the final estimator fits
 transformed blocks. Nothing returns to the driver between steps.
 
 On a Dataset, fit with the label's column name as y: ``pipe.fit(ds, "label")``. Each
-transformer fits on the feature columns (the label column is left out) and transforms the
-Dataset lazily (the label passes through); the final estimator fits on the result.
+transformer fits on the feature columns (the label column is left out) from per-block
+statistics, then transforms the Dataset (the label passes through; the output is
+materialized once so that later steps do not rerun it); the final estimator fits on the
+result. ``predict``/``transform`` on a Dataset stay lazy until the final estimator's
+block-parallel predict.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ class Pipeline(_SklearnPipeline):
         save(self, path)
 
     def fit(self, X, y=None, **params):
+        if _input._is_dataset(X) and not params and self.memory is None:
+            return self._fit_dataset(X, y)
         if params or self.memory is not None or not self._fusable(X):
             return super().fit(X, y, **params)
         final = self._final_estimator
@@ -41,6 +46,20 @@ class Pipeline(_SklearnPipeline):
             dm = dm.map_blocks(fn, *args)
         if final != "passthrough":
             final.fit(dm)
+        return self
+
+    def _fit_dataset(self, ds, y):
+        """Fit each step on the previous step's output, materialized once: a lazy chain would
+        rerun every earlier transform for every later fit."""
+        self._validate_steps()
+        ds = ds.materialize()
+        for _, step in self.steps[:-1]:
+            if step is None or step == "passthrough":
+                continue
+            ds = step.fit(ds, y).transform(ds).materialize()
+        final = self._final_estimator
+        if final is not None and final != "passthrough":
+            final.fit(ds, y)
         return self
 
     def _fusable(self, X) -> bool:

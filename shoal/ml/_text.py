@@ -50,8 +50,7 @@ class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        if _is_dataset(X):
-            _check_column(X, self.input_col, "Tokenizer")
+        if _is_dataset(X):   # lazy: a missing column is reported when the blocks run
             return X.map_batches(_tokenize_table, batch_format="pyarrow", fn_args=(self,))
         s = _documents(X, "Tokenizer").astype(str)
         if self.to_lowercase:
@@ -84,7 +83,6 @@ class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         if not (isinstance(self.num_features, (int, np.integer)) and self.num_features >= 1):
             raise InvalidInputError(f"num_features must be a positive integer, got {self.num_features!r}")
         if _is_dataset(X):
-            _check_column(X, self.input_col, "HashingTF")
             return X.map_batches(_hash_table, batch_format="pyarrow", fn_args=(self,))
         docs = list(X.iloc[:, 0] if hasattr(X, "iloc") and X.ndim == 2 else X)
         for i, d in enumerate(docs[:1]):
@@ -140,7 +138,6 @@ class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         check_fitted(self, "idf_")
         if _is_dataset(X):
-            _check_column(X, self.input_col, "IDF")
             return X.map_batches(_idf_table, batch_format="pyarrow", fn_args=(self,))
         X = _tf_matrix(X)
         if X.shape[1] != self.n_features_in_:
@@ -171,7 +168,8 @@ def _tf_matrix(X):
 # Dataset helpers (the block functions run in tasks)
 
 def _check_column(ds, column, who):
-    names = ds.columns()
+    """Raise naming ``column`` when the Dataset (or an Arrow block) lacks it."""
+    names = ds.column_names if hasattr(ds, "column_names") else ds.columns()
     if column not in names:
         raise InvalidInputError(f"column {column!r} (input_col of {who}) is missing from the Dataset; "
                                 f"available columns: {names}; set input_col='<column>'")
@@ -187,6 +185,7 @@ def _tokenize_table(table, tokenizer):
     """Runs in a task: split each document with Arrow's regex kernel, keep tokens long enough."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    _check_column(table, tokenizer.input_col, "Tokenizer")
     col = table.column(tokenizer.input_col)
     if col.null_count:
         raise InvalidInputError(f"column {tokenizer.input_col!r} holds a missing document; fill or "
@@ -210,6 +209,7 @@ def _tokenize_table(table, tokenizer):
 
 def _hash_table(table, hashing_tf):
     """Runs in a task: the hashed term frequencies of each row's tokens as a sparse vector column."""
+    _check_column(table, hashing_tf.input_col, "HashingTF")
     col = table.column(hashing_tf.input_col)
     docs = col.to_pylist()
     if docs and isinstance(docs[0], str):
@@ -234,6 +234,7 @@ def _block_doc_freq(table, column):
 
 def _idf_table(table, idf):
     """Runs in a task: the block with the tf-idf weighted column added (sparse stays sparse)."""
+    _check_column(table, idf.input_col, "IDF")
     col = table.column(idf.input_col)
     if is_sparse_vector_type(col.type):
         X = sparse_vectors_to_csr(col)

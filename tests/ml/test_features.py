@@ -262,8 +262,9 @@ def test_text_stages_on_dataset_match_arrays():
 
 @on_cluster
 def test_tokenizer_missing_text_column_is_named(frame):
+    out = ml.Tokenizer().transform(_dataset(frame))    # lazy: nothing runs yet
     with pytest.raises(ValueError, match="column 'text'"):
-        ml.Tokenizer().transform(_dataset(frame))
+        out.materialize()
 
 
 @on_cluster
