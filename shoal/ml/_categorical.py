@@ -84,6 +84,7 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         if self.handle_unknown not in ("error", "ignore"):
             raise InvalidInputError(f"handle_unknown must be 'error' or 'ignore', got {self.handle_unknown!r}")
         if _is_dataset(X):
+            X = X.materialize()   # one run serves the schema look-up and the per-block pass
             names = _dataset_input_cols(X, self.input_cols, y if isinstance(y, str) else None,
                                         "OneHotEncoder")
             parts = map_dataset_blocks(X, _block_uniques, names)
@@ -199,6 +200,7 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _fit_dataset(self, ds, label):
+        ds = ds.materialize()   # one run serves the schema look-up and the per-block pass
         in_cols = _dataset_input_cols(ds, self.input_cols, label, "StringIndexer", strings_only=True)
         parts = map_dataset_blocks(ds, _block_label_counts, in_cols)
         counted = []

@@ -112,6 +112,7 @@ class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         if _is_dataset(X):
+            X = X.materialize()   # one run serves the column check and the per-block pass
             _check_column(X, self.input_col, "IDF")
             parts = map_dataset_blocks(X, _block_doc_freq, self.input_col)
             m = sum(p[0] for p in parts)
@@ -208,17 +209,34 @@ def _tokenize_table(table, tokenizer):
 
 
 def _hash_table(table, hashing_tf):
-    """Runs in a task: the hashed term frequencies of each row's tokens as a sparse vector column."""
+    """Runs in a task: the hashed term frequencies of each row's tokens as a sparse vector column.
+
+    Tokens are dictionary-encoded first, so only each distinct token is hashed (by the same
+    FeatureHasher as the array path); the counts are built with NumPy.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     _check_column(table, hashing_tf.input_col, "HashingTF")
     col = table.column(hashing_tf.input_col)
-    docs = col.to_pylist()
-    if docs and isinstance(docs[0], str):
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
         raise InvalidInputError(f"HashingTF takes token lists, but column {hashing_tf.input_col!r} "
-                                f"holds strings; run Tokenizer on the text first")
-    if not docs:
-        X = sp.csr_matrix((0, int(hashing_tf.num_features)))
-    else:
-        X = hashing_tf.transform([d if d is not None else [] for d in docs])
+                                f"is {col.type}; run Tokenizer on the text first")
+    n, width = table.num_rows, int(hashing_tf.num_features)
+    col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    words = col.flatten()
+    if len(words) == 0:
+        return _add_column(table, hashing_tf.output_col, csr_to_sparse_vectors(sp.csr_matrix((n, width))))
+    encoded = pc.dictionary_encode(words)
+    distinct = encoded.dictionary.to_pylist()
+    hasher = FeatureHasher(n_features=width, input_type="string", alternate_sign=False)
+    bucket_of = hasher.transform([[w] for w in distinct]).tocsr().indices   # one bucket per token
+    buckets = bucket_of[encoded.indices.to_numpy(zero_copy_only=False)]
+    rows = np.repeat(np.arange(n), lengths)
+    X = sp.csr_matrix((np.ones(len(buckets)), (rows, buckets)), shape=(n, width))   # sums repeats
+    X.sort_indices()
+    if hashing_tf.binary:
+        X.data[:] = 1.0
     return _add_column(table, hashing_tf.output_col, csr_to_sparse_vectors(X))
 
 

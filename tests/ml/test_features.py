@@ -328,3 +328,25 @@ def test_standard_scaler_sample_weight_across_blocks(X):
 def test_standard_scaler_bad_sample_weight_is_named(X, bad, match):
     with pytest.raises(ValueError, match=match):
         ml.StandardScaler().fit(X, sample_weight=bad(len(X)))
+
+
+@on_cluster
+def test_hashing_tf_on_dataset_counts_repeats_like_arrays():
+    tokens = [["a", "b", "a"], [], ["c"] * 4 + ["a"], ["b"]]
+    import pyarrow as pa
+
+    import shoal.data as sd
+    ds = sd.from_arrow(pa.table({"tokens": pa.array(tokens, pa.list_(pa.string()))}))
+    from shoal.ml._input import sparse_vectors_to_csr
+    for binary in (False, True):
+        hashing = ml.HashingTF(num_features=8, binary=binary)
+        out = sparse_vectors_to_csr(hashing.transform(ds).to_arrow().column("tf"))
+        np.testing.assert_array_equal(out.toarray(), hashing.transform(tokens).toarray())
+
+
+@on_cluster
+def test_hashing_tf_on_dataset_rejects_text_column():
+    import shoal.data as sd
+    ds = sd.from_pandas(pd.DataFrame({"tokens": ["not tokenized"]}))
+    with pytest.raises(ValueError, match="run Tokenizer"):
+        ml.HashingTF().transform(ds).materialize()
