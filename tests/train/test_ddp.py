@@ -100,9 +100,11 @@ def _accumulate(config):
     return _flat(model.module)
 
 
-def test_no_sync_accumulation_equals_large_batch(gang):
+# first_bucket_mb=0.001: the weights (>= 1 KB) are buckets of their own, reduced in place
+@pytest.mark.parametrize("first_mb", [1.0, 0.001], ids=["flat-buckets", "in-place-weights"])
+def test_no_sync_accumulation_equals_large_batch(gang, first_mb):
     expected = _single_process_training()
-    for got in gang.run(_accumulate):
+    for got in gang.run(_accumulate, strategy=DDP(first_bucket_mb=first_mb)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -120,9 +122,11 @@ def _compressed(config):
     return _flat(model.module)
 
 
-def test_fp16_gradient_compression_close_to_full_precision(gang):
+@pytest.mark.parametrize("first_mb", [1.0, 0.001], ids=["flat-buckets", "in-place-weights"])
+def test_fp16_gradient_compression_close_to_full_precision(gang, first_mb):
     expected = _single_process_training()
-    a, b = gang.run(_compressed, strategy=DDP(gradient_compression="fp16"))
+    a, b = gang.run(_compressed, strategy=DDP(gradient_compression="fp16",
+                                              first_bucket_mb=first_mb))
     assert torch.equal(a, b)
     torch.testing.assert_close(a, expected, rtol=1e-2, atol=1e-3)
 
