@@ -77,8 +77,10 @@ class Dataset:
         constructed once each with ``fn_constructor_args``, e.g. to load a
         model once; a ``(min, max)`` tuple gives a pool of ``max``). A batch is a dict
         of NumPy arrays, a pandas DataFrame or a pyarrow Table
-        (``batch_format``); ``fn`` returns any of these. ``batch_size=None``
-        passes whole blocks.
+        (``batch_format``); ``fn`` returns any of these. ``batch_size=N``: blocks
+        are sliced, and small ones joined (zero-copy where a batch lies in one
+        block), so every call of a task but its last gets exactly N rows;
+        ``batch_size=None`` passes whole blocks, one call per block.
         """
         transform = MapBatches(fn, batch_format, batch_size, fn_args, fn_kwargs,
                                fn_constructor_args, fn_constructor_kwargs)

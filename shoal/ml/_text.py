@@ -36,7 +36,11 @@ def _documents(X, what):
 
 
 class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
-    """Lower-case each document and split it on ``pattern`` (a regex; default whitespace)."""
+    """Lower-case each document and split it on ``pattern`` (a regex; default whitespace).
+
+    On a Dataset the split runs in Arrow's regex kernel (RE2 syntax: no look-arounds or
+    back-references); on arrays and pandas input, Python's ``re``.
+    """
 
     def __init__(self, *, pattern=r"\s+", to_lowercase=True, min_token_length=1,
                  input_col="text", output_col="tokens"):

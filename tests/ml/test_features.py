@@ -350,3 +350,13 @@ def test_hashing_tf_on_dataset_rejects_text_column():
     ds = sd.from_pandas(pd.DataFrame({"tokens": ["not tokenized"]}))
     with pytest.raises(ValueError, match="run Tokenizer"):
         ml.HashingTF().transform(ds).materialize()
+
+
+@on_cluster
+def test_dataset_fitted_string_indexer_saves_and_loads(frame, tmp_path):
+    ds = _dataset(frame)
+    indexer = ml.StringIndexer(output_cols=["ci"]).fit(ds, "label")
+    indexer.save(tmp_path / "indexer")
+    loaded = ml.load(tmp_path / "indexer")
+    assert loaded.output_cols_ == ["ci"]
+    np.testing.assert_array_equal(loaded.transform(ds).to_numpy("ci"), indexer.transform(ds).to_numpy("ci"))
