@@ -150,12 +150,6 @@ def _min_sq_dist(X, C, C_sq):
     return np.maximum(mn, 0.0), idx
 
 
-def _block_cost(X, y, C):
-    C_sq = np.einsum("ij,ij->i", C, C)
-    return float(sum(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[0].sum()
-                     for s in range(0, X.shape[0], CHUNK_ROWS)))
-
-
 def _block_sample(X, y, index, C, oversampling, cost, seed):
     """k-means|| step: keep each row with probability min(1, l * d^2(x, C) / cost)."""
     rng = np.random.default_rng([seed, index])
@@ -201,13 +195,6 @@ def _block_labels(X, y, C):
     out = [_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq) for s in range(0, X.shape[0], CHUNK_ROWS)]
     return np.concatenate([o[1] for o in out]), float(sum(o[0].sum() for o in out))
 
-
-def _block_assign_counts(X, y, C):
-    C_sq = np.einsum("ij,ij->i", C, C)
-    counts = np.zeros(C.shape[0])
-    for s in range(0, X.shape[0], CHUNK_ROWS):
-        counts += np.bincount(_min_sq_dist(X[s:s + CHUNK_ROWS], C, C_sq)[1], minlength=C.shape[0])
-    return counts
 
 # ----------------------------------------------------------------------------------
 # scalers
