@@ -81,7 +81,8 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
         store = TCPStore("127.0.0.1", ports[1], secret=secret, is_server=rank == 0)
         comm = collective.init_group(rank, world, store, backend="native", name="bench")
         kw = dict(kv.split("=") for kv in os.environ.get("SHOAL_BENCH_DDP", "").split(",") if kv)
-        model = DistributedModel(model, comm, DDP(**{k: float(v) for k, v in kw.items()}))
+        model = DistributedModel(model, comm, DDP(**{k: bool(int(v)) if k == "overlap" else float(v)
+                                                     for k, v in kw.items()}))
         barrier = comm.barrier
         wait = _bucket.Bucket.wait
 

@@ -8,9 +8,9 @@ from shoal import exceptions
 from shoal.core import (ActorClass, ActorHandle, KVStore, ObjectRef, PlacementGroup,
                         PlacementGroupSchedulingStrategy, RemoteFunction, RuntimeContext,
                         TCPStore, available_resources, cancel, cluster_resources, get, get_actor,
-                        get_kv_store, get_runtime_context, init, is_initialized, kill, method,
-                        nodes, placement_group, put, remote, remove_placement_group, shutdown,
-                        wait)
+                        get_gpu_ids, get_kv_store, get_runtime_context, init, is_initialized,
+                        kill, method, nodes, placement_group, put, remote,
+                        remove_placement_group, shutdown, wait)
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,6 @@ __all__ = [
     "ActorClass", "ActorHandle", "KVStore", "ObjectRef", "PlacementGroup",
     "PlacementGroupSchedulingStrategy", "RemoteFunction", "RuntimeContext", "TCPStore",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
-    "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "placement_group", "put", "remote", "remove_placement_group", "shutdown", "wait",
+    "get_gpu_ids", "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill",
+    "method", "nodes", "placement_group", "put", "remote", "remove_placement_group", "shutdown", "wait",
 ]

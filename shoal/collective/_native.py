@@ -10,6 +10,8 @@ over shared memory in pipelined segments, like a ring.
 """
 from __future__ import annotations
 
+import contextlib
+import pickle
 import struct
 
 import numpy as np
@@ -27,6 +29,14 @@ from shoal.collective.timeline import Timeline
 from shoal.exceptions import CollectiveError
 
 _P2P = struct.Struct("!qqq")  # tag, nbytes, dtype code
+
+
+def _no_grad():
+    try:
+        import torch
+    except ImportError:
+        return contextlib.nullcontext()
+    return torch.no_grad()
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -67,6 +77,8 @@ class NativeCommunicator(Communicator):
         return self._fuser.handle
 
     def _fusion_key(self, t, op, out, prescale, postscale):
+        if self._is_cuda(t):
+            return None
         return self._fuser.key(t, op, out, prescale, postscale)
 
     @property
@@ -100,8 +112,34 @@ class NativeCommunicator(Communicator):
             self._reject(kind, e)
             raise
 
-    def _cuda_comm(self):
-        if self._cuda is None:
+    # ------------------------------------------------------------- CUDA
+    def _cuda_route(self, decide: bool = True):
+        """Where this group's CUDA tensors go: a NCCL communicator, or "host".
+
+        Decided once, by every rank together at the group's first collective
+        on CUDA tensors: NCCL when it is available and each rank has a GPU of
+        its own; else (ranks sharing one GPU, which NCCL refuses, or no NCCL)
+        the tensors are staged through host memory and reduced over shared
+        memory / TCP like CPU ones. ``NativeConfig.cuda`` forces either.
+        """
+        if self._cuda is not None or not decide:
+            return self._cuda
+        import torch
+        choice = self.config.cuda
+        if choice == "auto":
+            if not torch.distributed.is_nccl_available():
+                mine = None
+            else:
+                props = torch.cuda.get_device_properties(torch.cuda.current_device())
+                mine = (self.topology.host_of[self.rank], str(getattr(props, "uuid", "")) or
+                        f"{props.name}/{torch.cuda.current_device()}")
+            payload = np.frombuffer(pickle.dumps(mine, protocol=5), np.uint8).copy()
+            everyone = [pickle.loads(p.tobytes()) for p in self._do_allgather(payload, None)]
+            distinct = None not in everyone and len(set(everyone)) == len(everyone)
+            choice = "nccl" if distinct else "host"
+        if choice == "host":
+            self._cuda = "host"
+        else:
             from shoal.collective._torch_backend import TorchCommunicator
             self._cuda = TorchCommunicator(self.rank, self.world_size, self.store,
                                            name=f"{self.name}/nccl", timeout=self.timeout,
@@ -112,10 +150,55 @@ class NativeCommunicator(Communicator):
     def _is_cuda(t) -> bool:
         return is_torch_tensor(t) and t.device.type == "cuda"
 
+    def _any_cuda(self, x) -> bool:
+        if isinstance(x, (list, tuple)):
+            return any(self._any_cuda(v) for v in x)
+        return self._is_cuda(x)
+
+    def _on_cuda(self, op: str, *args, decide: bool = True):
+        """Run ``_do_<op>`` on CUDA tensors: through NCCL, or staged through host memory."""
+        route = self._cuda_route(decide)
+        if route is not None and route != "host":
+            return getattr(route, "_do_" + op)(*args)
+        staged: list = []          # (host copy, the caller's CUDA tensor)
+
+        def down(x):
+            if isinstance(x, (list, tuple)):
+                return type(x)(down(v) for v in x)
+            if self._is_cuda(x):
+                for h, y in staged:
+                    if y is x:          # the same tensor passed twice (out=t): one host copy
+                        return h
+                h = x.detach().to("cpu")
+                staged.append((h, x))
+                return h
+            return x
+        host_args = [down(args[0])]
+        # the first argument of these is only read: no copy back to the GPU
+        n_read_only = len(staged) if op in ("allgather", "gather", "alltoall", "send",
+                                            "scatter") else 0
+        host_args += [down(a) for a in args[1:]]
+        res = getattr(self, "_do_" + op)(*host_args)
+        back = {id(h): x for h, x in staged}
+        device = staged[0][1].device if staged else None
+        with _no_grad():
+            for h, x in staged[n_read_only:]:
+                x.copy_(h)
+
+        def up(r):
+            if isinstance(r, (list, tuple)):
+                return type(r)(up(v) for v in r)
+            if id(r) in back:
+                return back[id(r)]
+            if is_torch_tensor(r) and device is not None:
+                return r.to(device)
+            return r
+        return up(res)
+
     # ------------------------------------------------------------ allreduce
     def _do_allreduce(self, t, op, out, prescale, postscale):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_allreduce(t, op, out, prescale, postscale)
+            return self._on_cuda("allreduce", t, op, out, prescale, postscale)
 
         def prep():
             buf = as_buffer(t)
@@ -176,15 +259,15 @@ class NativeCommunicator(Communicator):
     def _do_grouped_allreduce(self, ts, op, prescale, postscale):
         if not ts:
             return ts
-        if any(self._is_cuda(t) for t in ts):
-            return self._cuda_comm()._do_grouped_allreduce(ts, op, prescale, postscale)
+        if self._any_cuda(ts):
+            return self._on_cuda("grouped_allreduce", ts, op, prescale, postscale)
         bufs = self._prepare("fused_allreduce", lambda: [as_buffer(t) for t in ts])
         self._fuser.reduce_buffers(bufs, op, prescale, postscale)
         return ts
 
     def _do_reduce(self, t, dst, op, out):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_reduce(t, dst, op, out)
+            return self._on_cuda("reduce", t, dst, op, out)
 
         def prep():
             buf = as_buffer(t)
@@ -200,7 +283,7 @@ class NativeCommunicator(Communicator):
 
     def _do_reduce_scatter(self, t, op, out):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_reduce_scatter(t, op, out)
+            return self._on_cuda("reduce_scatter", t, op, out)
 
         def prep():
             buf = as_buffer(t)
@@ -251,7 +334,7 @@ class NativeCommunicator(Communicator):
 
     def _do_broadcast(self, t, src):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_broadcast(t, src)
+            return self._on_cuda("broadcast", t, src)
         buf = self._prepare("broadcast", lambda: as_buffer(t))
         if self.world_size == 1:
             return t
@@ -322,20 +405,22 @@ class NativeCommunicator(Communicator):
 
     def _do_allgather(self, t, out):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_allgather(t, out)
+            return self._on_cuda("allgather", t, out)
         return self._gather_like("allgather", t, out, None)
 
     def _do_gather(self, t, dst):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_gather(t, dst)
+            return self._on_cuda("gather", t, dst)
         return self._gather_like("gather", t, None, dst)
 
     def _do_scatter(self, parts, src, out):
+        if self._any_cuda(parts) or self._is_cuda(out):
+            return self._on_cuda("scatter", parts, src, out)
         return PX.scatter(self, parts, src, out)
 
     def _do_alltoall(self, t, send_splits, recv_splits, out):
         if self._is_cuda(t):
-            return self._cuda_comm()._do_alltoall(t, send_splits, recv_splits, out)
+            return self._on_cuda("alltoall", t, send_splits, recv_splits, out)
         return PX.alltoall(self, t, send_splits, recv_splits, out)
 
     def _do_barrier(self):
@@ -347,6 +432,8 @@ class NativeCommunicator(Communicator):
 
     # ------------------------------------------------------- point-to-point
     def _do_send(self, t, dst, tag):
+        if self._is_cuda(t):   # p2p never decides the route: only two ranks take part
+            return self._on_cuda("send", t, dst, tag, decide=False)
         buf = as_buffer(t)
         data = _bytes(buf.array)
         self.mesh.send(dst, _P2P.pack(tag, data.size, dtype_code(buf.dtype_name)), channel=1)
@@ -354,6 +441,8 @@ class NativeCommunicator(Communicator):
         return None
 
     def _do_recv(self, t, src, tag):
+        if self._is_cuda(t):
+            return self._on_cuda("recv", t, src, tag, decide=False)
         buf = as_buffer(t)
         data = _bytes(buf.array)
         head = bytearray(_P2P.size)
@@ -375,7 +464,7 @@ class NativeCommunicator(Communicator):
                                   timeout=self.timeout, config=self.config)
 
     def _close(self) -> None:
-        if self._cuda is not None:
+        if self._cuda not in (None, "host"):
             self._cuda.destroy()
         self.timeline.close()
         if self.shm is not None:

@@ -118,9 +118,13 @@ class TorchCommunicator(Communicator):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:   # NCCL needs the index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.store = store
         gen = store.add(f"shoal/collective-torch/{name}/gen/{rank}", 1)
         adapter = _store_adapter(store, f"shoal/collective-torch/{name}/{gen}/", timeout)
+        # NCCL reads the store later (at its first collective), through this Python object
+        self._store_keepalive = adapter
         td = datetime.timedelta(seconds=timeout)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)

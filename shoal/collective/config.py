@@ -53,6 +53,10 @@ class NativeConfig:
             the address facing the store, else SHOAL_COLLECTIVE_HOST, else
             127.0.0.1).
         fusion: tensor fusion settings.
+        cuda: where collectives on CUDA tensors run: "auto" (NCCL when every
+            rank has a GPU of its own, else staged through host memory and
+            reduced like CPU tensors), "nccl" or "host". Default:
+            SHOAL_COLLECTIVE_CUDA, else "auto".
         timeline: a path prefix; each rank writes ``<prefix>.<name>.rank<r>.json``
             (Chrome trace: open in chrome://tracing or Perfetto). Default:
             SHOAL_TIMELINE, else no timeline.
@@ -64,8 +68,11 @@ class NativeConfig:
     listen_host: str | None = None
     fusion: FusionConfig = field(default_factory=FusionConfig)
     timeline: str | None = field(default_factory=lambda: os.environ.get("SHOAL_TIMELINE") or None)
+    cuda: str = field(default_factory=lambda: os.environ.get("SHOAL_COLLECTIVE_CUDA") or "auto")
 
     def __post_init__(self):
+        if self.cuda not in ("auto", "nccl", "host"):
+            raise ValueError(f"NativeConfig.cuda must be 'auto', 'nccl' or 'host', got {self.cuda!r}")
         if self.segment_bytes < 4096:
             raise ValueError(f"NativeConfig.segment_bytes must be at least 4096, got {self.segment_bytes}")
         if self.small_bytes < 0 or self.tcp_small_bytes < 0:

@@ -11,6 +11,7 @@ from shoal.core.api import (
                             cluster_resources,
                             get,
                             get_actor,
+                            get_gpu_ids,
                             get_kv_store,
                             get_runtime_context,
                             init,
@@ -31,7 +32,7 @@ from shoal.core.object_ref import ObjectRef
 __all__ = [
     "ActorClass", "ActorHandle", "KVStore", "ObjectRef", "PlacementGroup",
     "PlacementGroupSchedulingStrategy", "RemoteFunction", "RuntimeContext", "TCPStore",
-    "available_resources", "cancel", "cluster_resources", "get", "get_actor", "get_kv_store",
-    "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes", "placement_group",
+    "available_resources", "cancel", "cluster_resources", "get", "get_actor", "get_gpu_ids",
+    "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes", "placement_group",
     "put", "remote", "remove_placement_group", "shutdown", "wait",
 ]

@@ -27,6 +27,8 @@ from shoal.core import object_ref as _oref
 from shoal.core._actors import ActorState
 from shoal.core._auth import server_handshake
 from shoal.core._cluster import ClusterState
+from shoal.core._gpus import ENV_IDS as ENV_GPU_IDS
+from shoal.core._gpus import GpuIds, visible_gpu_ids
 from shoal.core._object_table import ObjectTable
 from shoal.core._protocol import NonBlockingConn, encode
 from shoal.core._resources import Pool
@@ -43,7 +45,7 @@ _IDLE_REAP_S = 30.0
 
 class WorkerProc:
     __slots__ = ("wid", "proc", "conn", "state", "inflight", "lease", "blocked", "fns_sent",
-                 "actor", "shape", "started", "idle_since", "pipes", "gets")
+                 "actor", "shape", "started", "idle_since", "pipes", "gets", "gpus")
 
     def __init__(self, wid, proc, actor=None):
         self.wid = wid
@@ -60,6 +62,7 @@ class WorkerProc:
         self.idle_since = time.monotonic()
         self.pipes = 2
         self.gets: dict = {}      # req -> waiter, for nested get/wait
+        self.gpus = ([], 0.0)     # (device ids, amount) an actor's process holds
 
 
 class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
@@ -69,7 +72,10 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
                  namespace=None, log_to_driver=True):
         import psutil
         ncpu = (os.cpu_count() or 1) if num_cpus is None else num_cpus
-        total = {"CPU": float(ncpu), "GPU": float(num_gpus or 0)}
+        found = visible_gpu_ids()
+        ngpu = len(found) if num_gpus is None else num_gpus
+        self.gpus = GpuIds(found, ngpu)
+        total = {"CPU": float(ncpu), "GPU": float(ngpu or 0)}
         mem = psutil.virtual_memory().total
         store = int(object_store_memory or min(mem * 0.3, _shm_free() * 0.8))
         total["memory"] = float(mem - store)
@@ -147,6 +153,11 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env.setdefault(var, "1")
         env["SHOAL_WORKER"] = "1"
+        env.pop(ENV_GPU_IDS, None)
+        gpu_amount = actor.spec.demand.get("GPU", 0.0) if actor is not None else 0.0
+        gpu_ids = self.gpus.take(gpu_amount)
+        if gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = env[ENV_GPU_IDS] = ",".join(gpu_ids)
         proc = subprocess.Popen(
             [sys.executable, "-m", "shoal.core._worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
@@ -158,6 +169,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         proc.stdin.write(json.dumps(boot).encode() + b"\n")
         proc.stdin.close()
         w = WorkerProc(wid, proc, actor)
+        w.gpus = (gpu_ids, gpu_amount)
         self.workers[wid] = w
         for pipe, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             os.set_blocking(pipe.fileno(), False)
@@ -386,6 +398,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         if w.lease is not None and not w.blocked:
             w.lease[0].release(w.lease[1])
         w.lease = None
+        self.gpus.give_back(*w.gpus)
+        w.gpus = ([], 0.0)
         for oid in list(self.objects.objs):  # refs held by the dead process are gone
             o = self.objects.objs.get(oid)
             if o is not None and w.wid in o.holders:

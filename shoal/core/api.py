@@ -412,6 +412,21 @@ def nodes() -> list:
     return _runtime().nodes()
 
 
+def get_gpu_ids() -> list[str]:
+    """The GPU ids given to this actor or task (CUDA_VISIBLE_DEVICES' naming).
+
+    An actor that asked for ``num_gpus`` runs with ``CUDA_VISIBLE_DEVICES``
+    set to these, so ``torch.device("cuda")`` is its own GPU. Empty in the
+    driver and in workers that asked for none.
+    """
+    rt = _runtime()
+    if rt.name == "ray":
+        import ray
+        return [str(i) for i in ray.get_gpu_ids()]
+    from shoal.core._gpus import assigned_gpu_ids
+    return assigned_gpu_ids()
+
+
 def get_kv_store():
     """The cluster's key-value store (a ``KVStore``), reachable from every process."""
     return _runtime().kv

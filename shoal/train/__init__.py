@@ -13,26 +13,35 @@
 
     result = st.Trainer(train_loop, num_workers=2, config={"epochs": 5}).fit()
 
+With ``use_gpu=True`` (or "GPU" in ``resources_per_worker``) each worker gets
+its GPU: ``get_device()`` names it, and prepare_model / prepare_data_loader
+move the model and the batches there.
+
 Scripts started by ``shoal launch`` (or torchrun) use the same functions.
 """
 from shoal.train.checkpoint import Checkpoint
 from shoal.train.config import CheckpointConfig, FailureConfig, RunConfig
-from shoal.train.context import TrainContext, get_checkpoint, get_context, report
+from shoal.train.context import TrainContext, get_checkpoint, get_context, get_device, report
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
 from shoal.train.sync_batchnorm import SyncBatchNorm
 from shoal.train.trainer import Result, Trainer
 
 
-def prepare_model(model, *, sync_batchnorm: bool | None = None):
+def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: bool = True):
     """Wrap ``model`` for data-parallel training in this gang (a DistributedModel).
 
-    Rank 0's parameters and buffers are copied to every rank; a model whose
+    When this worker trains on a GPU (``get_device()``) the model is first
+    moved there, unless ``move_to_device=False``; on the CPU it stays where
+    it is. Rank 0's
+    parameters and buffers are copied to every rank; a model whose
     parameters differ in names/shapes between ranks raises RankMismatchError.
-    With one worker the model is returned as it is.
+    With one worker the (moved) model is returned unwrapped.
     """
     from shoal.train.context import current_session
     s = current_session()
+    if move_to_device and s.device.type != "cpu":
+        model = model.to(s.device)
     strategy = s.strategy
     if sync_batchnorm is not None and sync_batchnorm != strategy.sync_batchnorm:
         import dataclasses
@@ -42,11 +51,15 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None):
     return strategy.prepare(model, s.comm)
 
 
-def prepare_data_loader(loader, *, seed: int = 0):
-    """This rank's shard of ``loader`` (see PreparedDataLoader)."""
+def prepare_data_loader(loader, *, seed: int = 0, move_to_device: bool = True):
+    """This rank's shard of ``loader`` (see PreparedDataLoader).
+
+    Batches (tensors, or tuples/lists/dicts of them) come out on this
+    worker's device (``get_device()``) unless ``move_to_device=False``.
+    """
     from shoal.train.context import current_session
     from shoal.train.data import prepare_data_loader as _prepare
-    return _prepare(loader, current_session(), seed=seed)
+    return _prepare(loader, current_session(), seed=seed, move_to_device=move_to_device)
 
 
 def get_communicator():
@@ -71,6 +84,7 @@ __all__ = [
     "get_checkpoint",
     "get_communicator",
     "get_context",
+    "get_device",
     "prepare_data_loader",
     "prepare_model",
     "report",

@@ -53,13 +53,19 @@ class Bucket:
         self.work = None
         self.flat = self.buffer      # what the last launch reduced
 
-    def launch(self) -> None:
+    def launch(self, inline: bool = False) -> None:
+        """Start this bucket's allreduce (``inline``: run it now, in this thread)."""
         self.flat = buf = self.params[0].grad.view(-1) if self.solo else self.buffer
         if self.wire is not None:
             self.wire.copy_(buf)
             buf = self.wire
         # out= (the same buffer): a bucket is already one flat tensor, so it skips the
         # communicator's tensor fusion (its cycle-time wait and count negotiation).
+        if inline:
+            self.comm.allreduce(buf, op="avg", out=buf)
+            if self.wire is not None:
+                self.flat.copy_(self.wire)
+            return
         self.work = self.comm.allreduce(buf, op="avg", async_op=True, out=buf)
 
     def wait(self) -> None:
@@ -92,12 +98,13 @@ class BucketManager:
 
     def __init__(self, params: list, comm, cap_bytes: int, first_cap_bytes: int,
                  compression: str | None, check_finite: bool = True,
-                 solo_bytes: int | None = None):
+                 solo_bytes: int | None = None, overlap: bool = True):
         if compression not in _WIRE_DTYPES:
             raise ValueError(f"gradient_compression must be None, 'fp16' or 'bf16', "
                              f"got {compression!r}")
         self.comm = comm
         self.check_finite = check_finite
+        self.overlap = overlap     # False: every bucket is reduced at the end of backward, inline
         solo_bytes = first_cap_bytes if solo_bytes is None else solo_bytes
         self.buckets: list[Bucket] = []
         self.bucket_of: dict = {}
@@ -152,7 +159,7 @@ class BucketManager:
         b = self.bucket_of[p]
         b.attach(p)
         b.ready.add(p)
-        if len(b.ready) == len(b.params):
+        if len(b.ready) == len(b.params) and self.overlap:
             self._launch_ready()
 
     def _launch_ready(self) -> None:
@@ -164,9 +171,9 @@ class BucketManager:
     def finish(self, find_unused: bool) -> None:
         """End of backward: launch what is left (unused parameters), wait for every bucket."""
         try:
-            if self.next_launch < len(self.buckets):
-                missing = [p for b in self.buckets[self.next_launch:] for p in b.params
-                           if p not in b.ready]
+            missing = [p for b in self.buckets[self.next_launch:] for p in b.params
+                       if p not in b.ready]
+            if missing:
                 if not find_unused:
                     names = getattr(self, "names", {})
                     shown = ", ".join(names.get(p, f"<{tuple(p.shape)}>") for p in missing[:5])
@@ -177,6 +184,9 @@ class BucketManager:
                         "from the model")
                 for p in missing:
                     self.mark_ready(p)
+            if not self.overlap:
+                for b in self.buckets:
+                    b.launch(inline=True)
             for i, b in enumerate(self.buckets):
                 b.wait()
                 if (i == self.finite_probe and self.check_finite

@@ -51,8 +51,10 @@ class Session:
 
     def __init__(self, context: TrainContext, comm, store, run_dir: str | None,
                  report_prefix: str | None, checkpoint: Checkpoint | None, strategy,
-                 report_index: int = 0):
+                 report_index: int = 0, use_gpu: bool | None = None):
         self.context = context
+        self.use_gpu = use_gpu      # None: a GPU when the process has one
+        self._device = None
         self.comm = comm
         self.store = store
         self.run_dir = run_dir
@@ -63,6 +65,13 @@ class Session:
         self.samples = 0            # counted by prepared data loaders
         self._t_last = time.perf_counter()
         self._owns_comm = False
+
+    @property
+    def device(self):
+        """The torch device this rank trains on (see ``get_device``)."""
+        if self._device is None:
+            self._device = pick_device(self.context.local_rank, self.use_gpu)
+        return self._device
 
     def report(self, metrics: dict, checkpoint: Checkpoint | None = None) -> None:
         if not isinstance(metrics, dict):
@@ -96,6 +105,24 @@ class Session:
             with open(os.path.join(self.run_dir, "result.json"), "a") as f:
                 f.write(json.dumps(_jsonable(record)) + "\n")
             print(_progress_text(record), flush=True)
+
+
+def pick_device(local_rank: int, use_gpu: bool | None):
+    """cuda:0 in a worker given its own GPUs (CUDA_VISIBLE_DEVICES names them);
+    cuda:<local_rank mod GPUs> in a launched script on a GPU host; else cpu."""
+    import torch
+    if use_gpu is False or not torch.cuda.is_available():
+        if use_gpu:
+            raise RuntimeError("this worker was given a GPU but torch sees no CUDA device here "
+                               f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
+                               f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); install a CUDA "
+                               "build of torch, or train on CPU (no GPU in resources_per_worker)")
+        return torch.device("cpu")
+    from shoal.core._gpus import assigned_gpu_ids
+    index = 0 if assigned_gpu_ids() else local_rank % torch.cuda.device_count()
+    device = torch.device("cuda", index)
+    torch.cuda.set_device(device)
+    return device
 
 
 def _jsonable(record: dict) -> dict:
@@ -155,8 +182,9 @@ def _session_from_env() -> Session:
         os.makedirs(run_dir, exist_ok=True)
         ckpt = latest_in(run_dir)
     from shoal.train.ddp import DDP
+    use_gpu = env.get("SHOAL_USE_GPU", "").strip().lower() in ("1", "true", "yes")
     s = Session(ctx, comm, store, run_dir, None, ckpt, DDP(),
-                report_index=_next_index(ckpt))
+                report_index=_next_index(ckpt), use_gpu=use_gpu)
     s._owns_comm = True
     return s
 
@@ -181,6 +209,18 @@ def report(metrics: dict, checkpoint: Checkpoint | None = None) -> None:
     raises NonFiniteLossError.
     """
     current_session().report(metrics, checkpoint)
+
+
+def get_device():
+    """The torch device this worker trains on.
+
+    In a Trainer worker with GPUs in its resources (or ``use_gpu=True``): its
+    GPU; in a script started by ``shoal launch``/torchrun on a host with
+    GPUs and SHOAL_USE_GPU=1: ``cuda:<local rank>`` (modulo the GPUs);
+    otherwise the CPU (such scripts place their model and data themselves,
+    as under torchrun).
+    """
+    return current_session().device
 
 
 def get_checkpoint() -> Checkpoint | None:

@@ -65,8 +65,10 @@ class PreparedDataLoader:
     number of batches (RankMismatchError otherwise, instead of a hang).
     """
 
-    def __init__(self, loader: DataLoader, sampler: ShardSampler | None, session):
+    def __init__(self, loader: DataLoader, sampler: ShardSampler | None, session,
+                 device=None):
         self.loader = loader
+        self.device = device        # batches are moved here (None: left where they are)
         self.sampler = sampler
         self._session = session
         self._epoch = 0
@@ -107,9 +109,22 @@ class PreparedDataLoader:
         session = self._session
         if session.samples == 0:          # throughput counts from the first batch on
             session._t_last = time.perf_counter()
+        device = self.device
         for batch in self.loader:
             session.samples += _batch_len(batch)
-            yield batch
+            yield batch if device is None else _to_device(batch, device)
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return type(batch)((k, _to_device(v, device)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):     # a namedtuple
+        return type(batch)(*(_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
 
 
 def _batch_len(batch) -> int:
@@ -121,19 +136,23 @@ def _batch_len(batch) -> int:
     return int(shape[0]) if shape else 1
 
 
-def prepare_data_loader(loader: DataLoader, session, seed: int = 0) -> PreparedDataLoader:
+def prepare_data_loader(loader: DataLoader, session, seed: int = 0,
+                        move_to_device: bool = True) -> PreparedDataLoader:
     """Rebuild ``loader`` on a ShardSampler of this rank (shuffled if it shuffled)."""
     if not isinstance(loader, DataLoader):
         raise TypeError(f"prepare_data_loader takes a torch DataLoader, got "
                         f"{type(loader).__name__}")
     ctx = session.context
+    device = session.device if move_to_device else None
+    if device is not None and device.type == "cpu":
+        device = None                      # CPU batches stay as the loader made them
     if isinstance(loader.sampler, ShardSampler):
-        return PreparedDataLoader(loader, loader.sampler, session)
+        return PreparedDataLoader(loader, loader.sampler, session, device)
     try:
         n = len(loader.dataset)
     except TypeError:
         # an iterable dataset shards itself; the lengths are still checked per epoch
-        return PreparedDataLoader(loader, None, session)
+        return PreparedDataLoader(loader, None, session, device)
     if loader.batch_size is None:
         raise ValueError("prepare_data_loader needs a DataLoader with batch_size (not a "
                          "custom batch_sampler); shard the data yourself with ShardSampler")
@@ -145,4 +164,4 @@ def prepare_data_loader(loader: DataLoader, session, seed: int = 0) -> PreparedD
                      pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                      persistent_workers=loader.persistent_workers if loader.num_workers else False)
-    return PreparedDataLoader(new, sampler, session)
+    return PreparedDataLoader(new, sampler, session, device)

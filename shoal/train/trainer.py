@@ -149,7 +149,8 @@ class _TrainWorker:
                               backend=strategy.backend, timeout=setup["timeout"])
             ckpt = Checkpoint(path=setup["checkpoint"]) if setup["checkpoint"] else None
             session = Session(ctx, comm, store, setup["run_dir"], setup["report_prefix"], ckpt,
-                              strategy, report_index=setup["report_index"])
+                              strategy, report_index=setup["report_index"],
+                              use_gpu=setup.get("use_gpu", False))
             _set_session(session)
             return train_loop(config) if _takes_argument(train_loop) else train_loop()
         finally:
@@ -181,7 +182,12 @@ class Trainer:
             using shoal.train.get_context / prepare_model /
             prepare_data_loader / report / get_checkpoint.
         num_workers: ranks in the gang.
-        resources_per_worker: one bundle of the gang, e.g. {"CPU": 1}.
+        resources_per_worker: one bundle of the gang, e.g. {"CPU": 1} or
+            {"CPU": 1, "GPU": 1}. A worker given GPUs trains on its GPU
+            (``get_device()``; prepare_model / prepare_data_loader move the
+            model and batches there).
+        use_gpu: shorthand for one GPU per worker (adds "GPU": 1 to
+            ``resources_per_worker`` unless it names GPUs already).
         strategy: shoal.train.DDP(...) (the default).
         config: passed to ``train_loop``.
         run_config: run name, storage path, checkpoints to keep, verbosity.
@@ -196,12 +202,14 @@ class Trainer:
                  config: dict | None = None, run_config: RunConfig | None = None,
                  failure_config: FailureConfig | None = None, placement_strategy: str = "PACK",
                  resume_from_checkpoint: Checkpoint | None = None,
-                 collective_timeout: float = 300.0):
+                 collective_timeout: float = 300.0, use_gpu: bool = False):
         if not callable(train_loop):
             raise TypeError(f"train_loop must be a function, got {type(train_loop).__name__}")
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
         resources_per_worker = dict(resources_per_worker or {"CPU": 1})
+        if use_gpu and not resources_per_worker.get("GPU"):
+            resources_per_worker["GPU"] = 1
         for k, v in resources_per_worker.items():
             if not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"resources_per_worker[{k!r}] must be a number >= 0, got {v!r}")
@@ -351,7 +359,8 @@ class Trainer:
                          "group": f"train-{run_id}-{attempt}", "run_dir": run_dir,
                          "report_prefix": prefix,
                          "checkpoint": start.path if start is not None else None,
-                         "report_index": next_index, "timeout": self.collective_timeout}
+                         "report_index": next_index, "timeout": self.collective_timeout,
+                         "use_gpu": bool(res.get("GPU"))}
                 refs.append(w.run.remote(payload, setup))
             self._worker_pids = [pid for _, pid in where]
             pending = list(refs)

@@ -45,9 +45,11 @@ def _steps_identical(config):
     return same
 
 
-def test_parameters_identical_on_all_ranks_after_every_step(gang):
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_parameters_identical_on_all_ranks_after_every_step(gang, overlap):
     for same in gang.run(_steps_identical, {"steps": 4}, DDP(bucket_cap_mb=0.001,
-                                                                first_bucket_mb=0.001)):
+                                                                first_bucket_mb=0.001,
+                                                                overlap=overlap)):
         assert same == [True] * 4
 
 
@@ -77,10 +79,12 @@ def _single_process_training():
     return _flat(model)
 
 
-def test_two_ranks_equal_single_process_on_concatenated_batch(gang):
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_two_ranks_equal_single_process_on_concatenated_batch(gang, overlap):
     expected = _single_process_training()
     for got in gang.run(_two_rank_training, strategy=DDP(bucket_cap_mb=0.002,
-                                                         first_bucket_mb=0.001)):
+                                                         first_bucket_mb=0.001,
+                                                         overlap=overlap)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -102,9 +106,10 @@ def _accumulate(config):
 
 # first_bucket_mb=0.001: the weights (>= 1 KB) are buckets of their own, reduced in place
 @pytest.mark.parametrize("first_mb", [1.0, 0.001], ids=["flat-buckets", "in-place-weights"])
-def test_no_sync_accumulation_equals_large_batch(gang, first_mb):
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_no_sync_accumulation_equals_large_batch(gang, first_mb, overlap):
     expected = _single_process_training()
-    for got in gang.run(_accumulate, strategy=DDP(first_bucket_mb=first_mb)):
+    for got in gang.run(_accumulate, strategy=DDP(first_bucket_mb=first_mb, overlap=overlap)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -123,10 +128,11 @@ def _compressed(config):
 
 
 @pytest.mark.parametrize("first_mb", [1.0, 0.001], ids=["flat-buckets", "in-place-weights"])
-def test_fp16_gradient_compression_close_to_full_precision(gang, first_mb):
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_fp16_gradient_compression_close_to_full_precision(gang, first_mb, overlap):
     expected = _single_process_training()
     a, b = gang.run(_compressed, strategy=DDP(gradient_compression="fp16",
-                                              first_bucket_mb=first_mb))
+                                              first_bucket_mb=first_mb, overlap=overlap))
     assert torch.equal(a, b)
     torch.testing.assert_close(a, expected, rtol=1e-2, atol=1e-3)
 
@@ -149,13 +155,15 @@ def _unused_step(config):
     return model.module.used.weight.grad.clone()
 
 
-def test_unused_parameter_needs_find_unused_parameters(gang):
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_unused_parameter_needs_find_unused_parameters(gang, overlap):
     with pytest.raises(TaskError, match="find_unused_parameters=True"):
-        gang.run(_unused_step)
+        gang.run(_unused_step, strategy=DDP(overlap=overlap))
 
 
-def test_find_unused_parameters_tolerates_unused_ones(gang):
-    a, b = gang.run(_unused_step, strategy=DDP(find_unused_parameters=True))
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_find_unused_parameters_tolerates_unused_ones(gang, overlap):
+    a, b = gang.run(_unused_step, strategy=DDP(find_unused_parameters=True, overlap=overlap))
     torch.testing.assert_close(a, torch.full((2, 4), 3.0))
     assert torch.equal(a, b)
 
@@ -178,9 +186,10 @@ def _nan_loss(config):
     model(x).sum().backward()
 
 
-def test_nan_loss_on_one_rank_raises_on_every_rank(gang):
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_nan_loss_on_one_rank_raises_on_every_rank(gang, overlap):
     with pytest.raises(NonFiniteLossError, match="NaN"):
-        gang.run(_nan_loss)
+        gang.run(_nan_loss, strategy=DDP(overlap=overlap))
 
 
 # ------------------------------------------------------------------ in-process units
@@ -267,6 +276,20 @@ def test_buckets_launch_in_index_order_whatever_order_grads_arrive():
         bm.mark_ready(p)
     assert comm.launched == [p.numel() for p in params[::-1]]
     bm.finish(find_unused=False)
+
+
+def test_inline_mode_reduces_every_bucket_at_the_end_in_order():
+    model = _mlp(seed=0)
+    params = list(model.parameters())
+    comm = _RecordingComm()
+    bm = BucketManager(params, comm, cap_bytes=1, first_cap_bytes=1, compression=None,
+                       overlap=False)
+    for p in params:
+        p.grad = torch.ones_like(p)
+        bm.mark_ready(p)
+    assert comm.launched == []               # nothing goes out during backward
+    bm.finish(find_unused=False)
+    assert comm.launched == [p.numel() for p in params[::-1]]
 
 
 def test_ddp_rejects_unknown_compression():

@@ -10,6 +10,8 @@ import shoal.train as st
 
 epochs, die_at = int(sys.argv[1]), int(sys.argv[2])
 ctx = st.get_context()
+dev = st.get_device()               # the CPU, or with SHOAL_USE_GPU=1 on a GPU host its GPU
+print(f"device {dev}")
 torch.manual_seed(0)
 model = st.prepare_model(nn.Linear(4, 1))
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -23,7 +25,7 @@ if ckpt is not None:
 g = torch.Generator().manual_seed(1)
 X, Y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
 for epoch in range(start, epochs):
-    x, y = X[ctx.rank::ctx.world_size], Y[ctx.rank::ctx.world_size]
+    x, y = X[ctx.rank::ctx.world_size].to(dev), Y[ctx.rank::ctx.world_size].to(dev)
     loss = nn.functional.mse_loss(model(x), y)
     opt.zero_grad()
     loss.backward()
