@@ -132,7 +132,7 @@ def empty_like_buffer(buf: Buffer, shape) -> tuple[object, Buffer]:
     """A new tensor/array of the same kind and dtype as ``buf.original`` with ``shape``."""
     if is_torch_tensor(buf.original):
         torch = _torch()
-        t = torch.empty(tuple(shape), dtype=buf.original.dtype)
+        t = torch.empty(tuple(shape), dtype=buf.original.dtype, device="cpu")
         return t, as_buffer(t)
     arr = np.empty(tuple(shape), dtype=buf.array.dtype)
     return arr, Buffer(arr, arr, buf.dtype_name, None)

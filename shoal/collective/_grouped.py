@@ -67,7 +67,7 @@ def _packed_of(dname: str, n: int):
     """A new flat tensor of ``n`` elements of ``dname`` (torch for bfloat16) and its Buffer."""
     if dname == "bfloat16":
         import torch
-        t = torch.zeros(n, dtype=torch.bfloat16)
+        t = torch.zeros(n, dtype=torch.bfloat16, device="cpu")
     else:
         t = np.zeros(n, dtype=dname)
     return t, as_buffer(t)

@@ -24,7 +24,7 @@ def _row_bytes(shape, itemsize: int) -> int:
 def _new_array(dtype_name: str, shape):
     if dtype_name == "bfloat16":
         import torch
-        t = torch.empty(tuple(shape), dtype=torch.bfloat16)
+        t = torch.empty(tuple(shape), dtype=torch.bfloat16, device="cpu")
         return t, as_buffer(t)
     a = np.empty(tuple(shape), dtype=dtype_name)
     return a, Buffer(a, a, dtype_name, None)

@@ -16,24 +16,37 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def _launch(script, *args, timeout=150):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def _launch(script, *args, timeout=150, **extra_env):
+    env = dict(os.environ, PYTHONPATH=ROOT, **extra_env)
     return subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
                            os.path.join(HERE, "scripts", script), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
                           check=False)
 
 
-@pytest.fixture(scope="module")
-def checks():
-    r = _launch("hvd_api.py")
+def _run_checks(**env) -> dict:
+    r = _launch("hvd_api.py", **env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out: dict = {0: {}, 1: {}}
     for line in r.stdout.splitlines():
         m = re.match(r"\[(\d)\] CHECK (\S+) (.*)", line)
         if m:
             out[int(m.group(1))][m.group(2)] = m.group(3)
+    out["devices"] = re.findall(r"\[\d\] DEVICE (\S+)", r.stdout)
     return out
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return _run_checks()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (runs on a GPU machine)")
+def test_the_same_script_on_cuda_tensors_gives_the_same_results(checks):
+    on_gpu = _run_checks(HVD_TEST_DEVICE="cuda")
+    assert on_gpu.pop("devices") == ["cuda", "cuda"]
+    assert checks["devices"] == ["cpu", "cpu"]
+    assert on_gpu == {r: checks[r] for r in (0, 1)}
 
 
 def _both(checks, name):

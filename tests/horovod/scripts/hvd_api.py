@@ -1,4 +1,9 @@
-"""Exercises shoal.horovod on every rank; prints one 'CHECK name value' line per result."""
+"""Exercises shoal.horovod on every rank; prints one 'CHECK name value' line per result.
+
+With HVD_TEST_DEVICE=cuda every tensor (and model) is made on the GPU.
+"""
+import os
+
 import torch
 
 import shoal.horovod as hvd
@@ -8,6 +13,9 @@ def check(name, value):
     print(f"CHECK {name} {value}", flush=True)
 
 
+if os.environ.get("HVD_TEST_DEVICE"):
+    torch.set_default_device(os.environ["HVD_TEST_DEVICE"])
+print(f"DEVICE {torch.ones(1).device.type}", flush=True)
 hvd.init()
 r, n = hvd.rank(), hvd.size()
 check("rank_size", f"{r}/{n}/{hvd.local_rank()}/{hvd.local_size()}/{hvd.cross_size()}")
