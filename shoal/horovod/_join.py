@@ -48,7 +48,7 @@ def _shapes_code(tensors) -> list:
         if t.dtype not in _DTYPE_CODE:
             raise TypeError(f"shoal.horovod cannot reduce tensors of dtype {t.dtype}; use one of "
                             f"{', '.join(map(str, _DTYPES))}")
-        out += [_DTYPE_CODE[t.dtype], t.dim(), *t.shape]
+        out += [_DTYPE_CODE[t.dtype], int(t.device.type == "cuda"), t.dim(), *t.shape]
     return out
 
 
@@ -56,9 +56,10 @@ def _shapes_decode(code, at: int):
     n, at = int(code[at]), at + 1
     specs = []
     for _ in range(n):
-        dtype, ndim = _DTYPES[int(code[at])], int(code[at + 1])
-        specs.append((dtype, tuple(int(s) for s in code[at + 2:at + 2 + ndim])))
-        at += 2 + ndim
+        dtype, cuda, ndim = _DTYPES[int(code[at])], int(code[at + 1]), int(code[at + 2])
+        specs.append((dtype, tuple(int(s) for s in code[at + 3:at + 3 + ndim]),
+                      "cuda" if cuda else "cpu"))
+        at += 3 + ndim
     return specs
 
 
@@ -93,15 +94,18 @@ def _stand_in(comm, desc) -> None:
     """Take part in the op that ``desc`` announces, contributing nothing."""
     kind, rop = int(desc[0]), _ROPS[int(desc[1])]
     specs = _shapes_decode(desc, 2)
+    # the stand-ins live where the working ranks' tensors do (a GPU group may run on NCCL)
     if kind == ALLREDUCE:
-        dtype, shape = specs[0]
+        dtype, shape, device = specs[0]
         # async as the working ranks' op is, so that it takes the same (fusion) path
-        comm.allreduce(torch.zeros(shape, dtype=dtype), op=rop, async_op=True).wait()
+        comm.allreduce(torch.zeros(shape, dtype=dtype, device=device), op=rop,
+                       async_op=True).wait()
     elif kind == GROUPED_ALLREDUCE:
-        comm.grouped_allreduce([torch.zeros(s, dtype=d) for d, s in specs], op=rop)
+        comm.grouped_allreduce([torch.zeros(s, dtype=d, device=dev) for d, s, dev in specs],
+                               op=rop)
     elif kind == ALLGATHER:
-        dtype, shape = specs[0]
-        comm.allgather(torch.zeros((0, *shape[1:]), dtype=dtype))
+        dtype, shape, device = specs[0]
+        comm.allgather(torch.zeros((0, *shape[1:]), dtype=dtype, device=device))
     elif kind == ALLGATHER_OBJECT:
         comm.allgather_object(None)
     elif kind == BARRIER:

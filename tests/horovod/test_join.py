@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-@pytest.fixture(scope="module")
-def checks():
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def _run_checks(**extra_env) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT, **extra_env)
     r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
                         os.path.join(HERE, "scripts", "hvd_join.py")],
                        capture_output=True, text=True, timeout=110, env=env, cwd=ROOT, check=False)
@@ -26,6 +26,17 @@ def checks():
         if m:
             out[int(m.group(1))][m.group(2)] = ast.literal_eval(m.group(3))
     return out
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return _run_checks()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (runs on a GPU machine)")
+def test_join_on_cuda_tensors_gives_the_same_results(checks):
+    # the joined rank's stand-ins are made on the GPU too, so they take the GPU ops' path
+    assert _run_checks(HVD_TEST_DEVICE="cuda") == checks
 
 
 def test_joined_rank_contributes_zeros_and_average_divides_by_size(checks):

@@ -1,5 +1,9 @@
-"""hvd.join() with uneven work per rank; prints one 'CHECK name value' line per result."""
+"""hvd.join() with uneven work per rank; prints one 'CHECK name value' line per result.
+
+With HVD_TEST_DEVICE=cuda every tensor (and model) is made on the GPU.
+"""
 import copy
+import os
 
 import torch
 
@@ -11,6 +15,8 @@ def check(name, value):
     print(f"CHECK {name} {value}", flush=True)
 
 
+if os.environ.get("HVD_TEST_DEVICE"):
+    torch.set_default_device(os.environ["HVD_TEST_DEVICE"])
 hvd.init()
 r, n = hvd.rank(), hvd.size()
 
