@@ -20,6 +20,8 @@ class Worker:
 
 @pytest.fixture
 def cluster():
+    if shoal.is_initialized():      # another package's tests left a cluster running
+        shoal.shutdown()
     shoal.init(num_cpus=2)
     try:
         yield
