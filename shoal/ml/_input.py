@@ -392,7 +392,7 @@ def _encode_labels(y: np.ndarray, label_name: str, estimator):
         counts = np.bincount(y)
         classes = np.flatnonzero(counts).astype(y.dtype)
         lookup = np.cumsum(counts > 0) - 1
-        codes = lookup[y].astype(np.int64)
+        codes = lookup[y].astype(np.int64, copy=False)   # already int64: no second copy
     else:
         try:
             classes, codes = np.unique(y, return_inverse=True)
@@ -400,7 +400,7 @@ def _encode_labels(y: np.ndarray, label_name: str, estimator):
             raise InvalidInputError(
                 f"label {label_name} mixes value types (e.g. strings and None); give every row a "
                 f"label of one type.") from None
-        codes = codes.astype(np.int64).ravel()
+        codes = codes.astype(np.int64, copy=False).ravel()
     return classes, codes
 
 
