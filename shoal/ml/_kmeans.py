@@ -19,6 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_block_labels, _block_lloyd, _block_moments_and_rows, _block_sample,
                                _block_uniform_rows, _min_sq_dist)
+from shoal.ml._executor import held_by_shards
 from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input, transform_dataset
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import class_sums, merge_moments
@@ -180,10 +181,11 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         tol_abs = float(self.tol * np.mean(M2 / n))
         n_init = self.n_init if isinstance(self.init, str) else 1
         best = None
-        for r in range(n_init):
-            result = self._run_once(dm, seed0 + 7919 * r, tol_abs, moments, sample)
-            if best is None or result[2] < best[2]:
-                best = result
+        with held_by_shards(dm) as held:     # the blocks stay mapped across Lloyd's passes
+            for r in range(n_init):
+                result = self._run_once(held, seed0 + 7919 * r, tol_abs, moments, sample)
+                if best is None or result[2] < best[2]:
+                    best = result
         self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best
         self.labels_ = self.labels_.astype(np.int32)
         self._n_features_out = self.n_clusters

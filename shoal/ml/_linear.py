@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
+from shoal.ml._executor import held_by_shards
 from shoal.ml._kernels import (_logistic_block, _sqhinge_block)
 from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
 from shoal.ml._input import _is_dataset, check_predict_input
@@ -203,9 +204,12 @@ def _lbfgs(dm, block_fn, shape, extra, n, l2, l1, penalize_last_row, max_iter, t
         bounds = [(0.0, None)] * (2 * size)
     else:
         fun, x0, bounds = value, np.zeros(size), None
-    res = scipy.optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
+    with held_by_shards(dm) as held:      # the blocks stay mapped across the evaluations
+        dm = held                         # (``value`` reads ``dm`` when it is called)
+        res = scipy.optimize.minimize(
+            fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+            options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                     "ftol": 64 * np.finfo(float).eps})
     if not res.success and res.nit >= max_iter:
         warnings.warn(f"L-BFGS-B did not converge in max_iter={max_iter} iterations; raise max_iter "
                       f"or scale the features (shoal.ml.StandardScaler).", ConvergenceWarning)
