@@ -5,6 +5,10 @@ over blocks held in the object store as shoal tasks and folds partial results in
 ``fan_in`` at a time. ``set_executor``/``use_executor`` choose: "auto" (default: the cluster
 for Datasets and for inputs of at least CLUSTER_MIN_ELEMENTS values, once shoal's core is
 importable, and never from inside a task), "local" or "cluster".
+
+Iterative fits (L-BFGS, Lloyd) wrap their passes in ``held_by_shards``: on the cluster the
+blocks are then held by a session-wide pool of shard actors, mapped once for the fit, and
+each pass is one call per shard (see ``_BlockShard``).
 """
 from __future__ import annotations
 
