@@ -19,5 +19,6 @@ __all__ = [
     "PlacementGroupSchedulingStrategy", "RemoteFunction", "RuntimeContext", "TCPStore",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill",
-    "method", "nodes", "placement_group", "put", "remote", "remove_placement_group", "shutdown", "wait",
+    "method", "nodes", "placement_group", "put", "remote", "remove_placement_group", "shutdown",
+    "wait",
 ]

@@ -33,6 +33,6 @@ __all__ = [
     "ActorClass", "ActorHandle", "KVStore", "ObjectRef", "PlacementGroup",
     "PlacementGroupSchedulingStrategy", "RemoteFunction", "RuntimeContext", "TCPStore",
     "available_resources", "cancel", "cluster_resources", "get", "get_actor", "get_gpu_ids",
-    "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes", "placement_group",
-    "put", "remote", "remove_placement_group", "shutdown", "wait",
+    "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
+    "placement_group", "put", "remote", "remove_placement_group", "shutdown", "wait",
 ]

@@ -33,10 +33,10 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: 
 
     When this worker trains on a GPU (``get_device()``) the model is first
     moved there, unless ``move_to_device=False``; on the CPU it stays where
-    it is. Rank 0's
-    parameters and buffers are copied to every rank; a model whose
-    parameters differ in names/shapes between ranks raises RankMismatchError.
-    With one worker the (moved) model is returned unwrapped.
+    it is. Rank 0's parameters and buffers are copied to every rank; a model
+    whose parameters differ in names/shapes between ranks raises
+    RankMismatchError. With one worker the (moved) model is returned
+    unwrapped.
     """
     from shoal.train.context import current_session
     s = current_session()
