@@ -10,7 +10,6 @@ over shared memory in pipelined segments, like a ring.
 """
 from __future__ import annotations
 
-import contextlib
 import pickle
 import struct
 
@@ -29,14 +28,6 @@ from shoal.collective.timeline import Timeline
 from shoal.exceptions import CollectiveError
 
 _P2P = struct.Struct("!qqq")  # tag, nbytes, dtype code
-
-
-def _no_grad():
-    try:
-        import torch
-    except ImportError:
-        return contextlib.nullcontext()
-    return torch.no_grad()
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -157,6 +148,7 @@ class NativeCommunicator(Communicator):
 
     def _on_cuda(self, op: str, *args, decide: bool = True):
         """Run ``_do_<op>`` on CUDA tensors: through NCCL, or staged through host memory."""
+        import torch
         route = self._cuda_route(decide)
         if route is not None and route != "host":
             return getattr(route, "_do_" + op)(*args)
@@ -181,7 +173,7 @@ class NativeCommunicator(Communicator):
         res = getattr(self, "_do_" + op)(*host_args)
         back = {id(h): x for h, x in staged}
         device = staged[0][1].device if staged else None
-        with _no_grad():
+        with torch.no_grad():
             for h, x in staged[n_read_only:]:
                 x.copy_(h)
 
