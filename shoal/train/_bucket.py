@@ -63,17 +63,20 @@ class Bucket:
         # communicator's tensor fusion (its cycle-time wait and count negotiation).
         if inline:
             self.comm.allreduce(buf, op="avg", out=buf)
-            if self.wire is not None:
-                self.flat.copy_(self.wire)
-            return
-        self.work = self.comm.allreduce(buf, op="avg", async_op=True, out=buf)
+            self._unpack()
+        else:
+            self.work = self.comm.allreduce(buf, op="avg", async_op=True, out=buf)
 
     def wait(self) -> None:
         if self.work is not None:
             self.work.wait()
             self.work = None
-            if self.wire is not None:
-                self.flat.copy_(self.wire)
+            self._unpack()
+
+    def _unpack(self) -> None:
+        """After the allreduce: a compressed wire buffer goes back into the gradients."""
+        if self.wire is not None:
+            self.flat.copy_(self.wire)
 
     def attach(self, p) -> None:
         """Make ``p.grad`` this bucket's view (copying a gradient autograd put elsewhere)."""

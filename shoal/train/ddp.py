@@ -99,7 +99,7 @@ class DistributedModel(nn.Module):
         self._buckets = BucketManager(params, comm, int(strategy.bucket_cap_mb * mb),
                                       int(min(strategy.first_bucket_mb, strategy.bucket_cap_mb) * mb),
                                       strategy.gradient_compression, strategy.check_finite,
-                                      overlap=bool(strategy.overlap))
+                                      overlap=strategy.overlap)
         self._buckets.names = {p: n for n, p in module.named_parameters()}
         self._require_sync = True
         self._callback_queued = False
