@@ -231,6 +231,15 @@ def map_dataset_blocks(ds, fn: Callable, *args) -> list:
 # ----------------------------------------------------------------------------------
 # blocks held by actors across the passes of an iterative fit
 
+def kill_actors(shoal, actors) -> None:
+    """Kill each actor; one already gone is fine (its worker died, its cluster shut down)."""
+    for a in actors:
+        try:
+            shoal.kill(a)
+        except Exception:  # noqa: BLE001, S110 - already gone: nothing to release
+            pass
+
+
 class _BlockShard:
     """An actor holding some blocks of a design matrix, mapped once for a whole fit.
 
@@ -282,7 +291,7 @@ class _ShardPool:
     @classmethod
     def _start(cls, shoal, rt, n):
         if cls._pool is not None and cls._pool[0] is rt:
-            cls._kill(shoal, cls._pool[1])
+            kill_actors(shoal, cls._pool[1])
         actor = shoal.remote(_BlockShard)
         actors = [actor.options(num_cpus=0).remote() for _ in range(n)]
         cls._pool = (rt, actors, [a.hold.remote(0) for a in actors])
@@ -321,16 +330,8 @@ class _ShardPool:
         with cls._lock:
             cls._busy = False
             if broken and cls._pool is not None:
-                cls._kill(shoal, cls._pool[1])
+                kill_actors(shoal, cls._pool[1])
                 cls._pool = None
-
-    @staticmethod
-    def _kill(shoal, actors) -> None:
-        for a in actors:
-            try:
-                shoal.kill(a)
-            except Exception:  # noqa: BLE001, S110 - already gone
-                pass
 
 
 class ShardExecutor(ClusterExecutor):

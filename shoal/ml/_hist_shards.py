@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shoal.ml._executor import kill_actors
 from shoal.ml._hist import bin_matrix, histograms, row_randoms
 
 
@@ -242,11 +243,7 @@ class ShardSet:
 
     def close(self):
         if self._remote:
-            for s in self.shards:
-                try:
-                    self._shoal.kill(s)
-                except Exception:  # already gone: nothing to release
-                    pass
+            kill_actors(self._shoal, self.shards)
         self.shards = []
 
 

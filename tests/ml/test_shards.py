@@ -53,7 +53,7 @@ def test_shards_give_the_tasks_results_and_are_reused(data):
 def test_small_fits_use_tasks_and_start_the_pool_for_later_ones(data):
     with E._ShardPool._lock:
         old, E._ShardPool._pool = E._ShardPool._pool, None
-    E._ShardPool._kill(shoal, old[1] if old else [])
+    E.kill_actors(shoal, old[1] if old else [])
     dm = _dm(data, block_rows=3000)                   # 2 blocks: not worth starting actors for
     with E.held_by_shards(dm) as held:
         assert held is dm
