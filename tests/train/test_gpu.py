@@ -16,7 +16,9 @@ from torch import nn
 import shoal
 import shoal.train as st
 from shoal.train.context import pick_device
-from shoal.train.data import ShardSampler, _to_device
+from shoal.train.data import _to_device
+
+from _reference import ddp_reference
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device here (these run on a GPU machine)")
@@ -94,21 +96,7 @@ def gpu_loop(config):
 
 def _expected(world):
     """``world`` ranks' DDP = one CPU process on the union of their shards."""
-    model, ds = _model(), _dataset()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    samplers = [ShardSampler(len(ds), world, r, shuffle=True) for r in range(world)]
-    for epoch in range(EPOCHS):
-        idx = []
-        for s in samplers:
-            s.set_epoch(epoch)
-            idx.append(s.indices())
-        for b in range(0, len(idx[0]), BATCH):
-            losses = [nn.functional.cross_entropy(model(x), y)
-                      for x, y in (ds[i[b:b + BATCH]] for i in idx)]
-            opt.zero_grad()
-            (sum(losses) / world).backward()
-            opt.step()
-    return model.state_dict()
+    return ddp_reference(_model(), _dataset(), world, EPOCHS, BATCH)
 
 
 @needs_cuda

@@ -15,6 +15,8 @@ import shoal.train as st
 from shoal.exceptions import NonFiniteLossError, RankMismatchError, TrainingFailedError
 from shoal.train.data import ShardSampler
 
+from _reference import ddp_reference
+
 EPOCHS = 4
 BATCH = 8
 
@@ -69,22 +71,7 @@ def train_loop(config):
 
 def _expected_weights():
     """Two ranks' DDP = one process on the union of their shards, step by step."""
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ds = _dataset()
-    samplers = [ShardSampler(len(ds), 2, r, shuffle=True) for r in range(2)]
-    for epoch in range(EPOCHS):
-        idx = []
-        for s in samplers:
-            s.set_epoch(epoch)
-            idx.append(s.indices())
-        for b in range(0, len(idx[0]), BATCH):
-            parts = [ds[i[b:b + BATCH]] for i in idx]
-            losses = [nn.functional.cross_entropy(model(x), y) for x, y in parts]
-            opt.zero_grad()
-            (sum(losses) / 2).backward()
-            opt.step()
-    return model.state_dict()
+    return ddp_reference(_model(), _dataset(), 2, EPOCHS, BATCH)
 
 
 def _trainer(tmp_path, name, max_failures=0, **config):
