@@ -86,7 +86,17 @@ class RayBackend:
             kwargs["runtime_env"] = _with_shoal_env(kwargs.get("runtime_env"))
             if isinstance(address, str) and address.startswith("ray://"):
                 _use_token_auth_if_configured()
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except BaseException:
+                # A failed connect leaves Ray half set up (a ray:// connect leaves its
+                # client mode on, which breaks every later local ray.init in this
+                # process): undo it so the caller can retry or start another backend.
+                try:
+                    ray.shutdown()
+                except Exception:  # noqa: BLE001 - best effort: the connect error matters
+                    pass
+                raise
             self._owns_ray = True
         ctx = ray.get_runtime_context()
         # Named actors and the kv store live here (the job's namespace unless told).
