@@ -251,6 +251,9 @@ class _BlockShard:
 
     def __init__(self):
         self.first, self.blocks = 0, ()
+        # what the passes run: imported while the pool starts, not in a fit's first pass
+        import scipy.sparse  # noqa: F401
+        import shoal.ml._kernels  # noqa: F401
 
     def hold(self, first: int, *blocks) -> int:
         self.first, self.blocks = first, blocks

@@ -160,12 +160,13 @@ def _min_sq_dist(X, C, C_sq):
 def _block_sample(X, y, index, C, oversampling, cost, seed):
     """k-means|| step: keep each row with probability min(1, l * d^2(x, C) / cost)."""
     rng = np.random.default_rng([seed, index])
-    C_sq = np.einsum("ij,ij->i", C, C)
+    C2, C_sq = -2.0 * C, np.einsum("ij,ij->i", C, C)
     picked = []
     for s in range(0, X.shape[0], CHUNK_ROWS):
         Xc = X[s:s + CHUNK_ROWS]
-        d2, _ = _min_sq_dist(Xc, C, C_sq)
-        keep = rng.random(Xc.shape[0]) < oversampling * d2 / cost
+        d2 = _partial_dist_T(Xc, C2, C_sq).min(axis=0)    # the distance only: no arg-min
+        d2 += np.einsum("ij,ij->i", Xc, Xc)
+        keep = rng.random(Xc.shape[0]) < oversampling * np.maximum(d2, 0.0) / cost
         picked.append(Xc[keep])
     return np.concatenate(picked) if picked else np.empty((0, X.shape[1]))
 
