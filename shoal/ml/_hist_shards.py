@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from shoal.exceptions import ActorDiedError, WorkerCrashedError
 from shoal.ml._executor import kill_actors
 from shoal.ml._hist import bin_matrix, histograms, row_randoms
+
+MAX_SHARD_LOSSES = 3      # shard actors a fit may lose (and replace) before it gives up
+
+
+class ShardLost(Exception):
+    """Shard actors died during a call; they have been replaced by fresh ones (binned, without
+    tree state). ``indices``: the replaced shards, whose state the fit must rebuild."""
+
+    def __init__(self, indices: list[int]):
+        super().__init__(f"tree shards {indices} died and were replaced")
+        self.indices = indices
 
 
 class _RowState:
@@ -83,6 +95,7 @@ class HistShard:
         self.itype = np.int32 if self.XbT.size < 2**31 else np.int64
         self.states: list = []
         self.raw = None
+        self.rounds_done = 0     # boosting rounds added to raw (end_round is idempotent per round)
 
     def n_rows(self) -> int:
         return int(self.XbT.shape[1])
@@ -114,6 +127,7 @@ class HistShard:
 
     def start_boosting(self, init: np.ndarray):
         self.raw = np.tile(np.asarray(init, np.float64), (self.XbT.shape[1], 1))
+        self.rounds_done = 0
 
     def start_round(self, loss: str, seed: int, round_id: int, subsample: float, with_count: bool):
         """Gradients and hessians of the loss at the current raw predictions, one tree per output."""
@@ -141,9 +155,17 @@ class HistShard:
             ch = [g, h] + ([None] if with_count and h is not None else [])
             self.states.append(_RowState(rows, ch, None))
 
-    def end_round(self, trees, learning_rate: float):
+    def end_round(self, trees, learning_rate: float, round_id: int):
+        """Add round ``round_id``'s trees to the raw predictions, once: a round replayed after
+        another shard died is skipped where it was already added."""
+        if round_id < self.rounds_done:
+            return
+        if round_id != self.rounds_done:
+            raise RuntimeError(f"boosting round {round_id} reached a shard that has "
+                               f"{self.rounds_done} rounds")
         for k, tree in enumerate(trees):
             self.raw[:, k] += learning_rate * tree.value[_leaves_binned(tree, self.XbT), 0]
+        self.rounds_done += 1
 
     # -- one level of every tree ------------------------------------------------------
     def level(self, requests):
@@ -206,31 +228,66 @@ def _shard_blocks(n_blocks: int, n_shards: int) -> list:
 
 
 class ShardSet:
-    """The shards of one fit: actors on the cluster, plain objects in-process."""
+    """The shards of one fit: actors on the cluster, plain objects in-process.
+
+    A shard actor that dies is replaced by a new one that bins the same blocks again (they
+    are still in the object store); ``call`` then raises ``ShardLost`` so the fit rebuilds
+    the new shard's tree state and repeats its current step (see ``_tree_fit``).
+    """
 
     def __init__(self, dm, edges: np.ndarray, n_classes: int = 0, n_shards: int | None = None):
         groups = _shard_blocks(len(dm.blocks), n_shards or _default_shards(dm))
         offsets = np.concatenate(([0], np.cumsum(dm.block_rows))).astype(np.int64)
         self._remote = bool(getattr(dm, "distributed", False))
+        self._args = [([dm.blocks[i] for i in g], int(offsets[g[0]])) for g in groups]
+        self.losses = 0
         if self._remote:
             import shoal
             self._shoal = shoal
-            actor_cls = shoal.remote(HistShard)
-            edges_ref = shoal.put(edges)
+            self._actor_cls = shoal.remote(HistShard)
+            self._edges = shoal.put(edges)
+            self._n_classes = n_classes
             # a shard reserves a CPU when one is free; with none free (a fit inside a busy
             # actor or task) it reserves nothing rather than wait forever for one
-            cpus = 1 if _free_cpus(shoal) >= len(groups) else 0
-            self.shards = [actor_cls.options(num_cpus=cpus).remote(
-                [dm.blocks[i] for i in g], int(offsets[g[0]]), edges_ref, n_classes) for g in groups]
+            self._cpus = 1 if _free_cpus(shoal) >= len(groups) else 0
+            self.shards = [self._spawn(i) for i in range(len(groups))]
         else:
-            self.shards = [HistShard([dm.blocks[i] for i in g], int(offsets[g[0]]), edges, n_classes)
-                           for g in groups]
+            self.shards = [HistShard(blocks, offset, edges, n_classes) for blocks, offset in self._args]
 
-    def call(self, method: str, *args) -> list:
-        """Run ``method(*args)`` on every shard, in parallel on the cluster; results per shard."""
-        if self._remote:
-            return self._shoal.get([getattr(s, method).remote(*args) for s in self.shards])
-        return [getattr(s, method)(*args) for s in self.shards]
+    def _spawn(self, i: int):
+        blocks, offset = self._args[i]
+        return self._actor_cls.options(num_cpus=self._cpus).remote(
+            blocks, offset, self._edges, self._n_classes)
+
+    def call(self, method: str, *args, only: list[int] | None = None) -> list:
+        """Run ``method(*args)`` on every shard (or those in ``only``), in parallel on the
+        cluster; results per shard. Raises ShardLost when a shard actor died."""
+        which = range(len(self.shards)) if only is None else only
+        if not self._remote:
+            return [getattr(self.shards[i], method)(*args) for i in which]
+        try:
+            return self._shoal.get([getattr(self.shards[i], method).remote(*args) for i in which])
+        except (ActorDiedError, WorkerCrashedError) as e:
+            raise ShardLost(self._replace_dead(e)) from e
+
+    def _replace_dead(self, error: Exception) -> list[int]:
+        dead = []
+        for i, s in enumerate(self.shards):
+            try:
+                self._shoal.get(s.n_rows.remote())
+            except (ActorDiedError, WorkerCrashedError):
+                dead.append(i)
+        self.losses += max(1, len(dead))
+        if self.losses > MAX_SHARD_LOSSES:
+            raise WorkerCrashedError(
+                f"the tree fit lost its shard actors {self.losses} times (at most "
+                f"{MAX_SHARD_LOSSES} are replaced per fit); last: {error}. Check the workers' "
+                "memory (each shard holds its rows binned, n_features bytes per row) and logs."
+            ) from error
+        for i in dead:
+            kill_actors(self._shoal, [self.shards[i]])
+            self.shards[i] = self._spawn(i)
+        return dead
 
     def level(self, requests) -> list:
         """One pass: per-tree histograms summed over shards."""

@@ -16,7 +16,7 @@ from sklearn.utils import check_random_state
 from shoal.exceptions import InvalidInputError
 from shoal.ml import _base, _input
 from shoal.ml._hist import MAX_BINS_LIMIT, bin_edges, sample_block_rows
-from shoal.ml._hist_shards import ShardSet
+from shoal.ml._hist_shards import ShardLost, ShardSet
 from shoal.ml._tree import Entropy, Gini, Newton, PackedForest, Tree, Variance
 from shoal.ml._tree_grow import GrowParams, grow_trees
 
@@ -123,9 +123,15 @@ def fit_forest(est, X, y, target: str, n_trees: int, bootstrap: bool, features=N
         params = grow_params(est, dm.n_features)
         params.min_gain = float(est.min_impurity_decrease) * dm.n_rows
         seed = seed_of(est.random_state)
-        rng = np.random.default_rng([seed, 1])
-        shards.call("start_forest", seed, list(range(n_trees)), bootstrap, target == "regression")
-        trees = grow_trees(shards.level, n_trees, crit, edges, params, rng)
+        while True:       # a shard actor died: grow the forest again, the same way
+            try:
+                rng = np.random.default_rng([seed, 1])
+                shards.call("start_forest", seed, list(range(n_trees)), bootstrap,
+                            target == "regression")
+                trees = grow_trees(shards.level, n_trees, crit, edges, params, rng)
+                break
+            except ShardLost:
+                continue
     finally:
         shards.close()
     est.trees_ = trees
@@ -154,7 +160,7 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
         # label statistics come from the shards: while they live they hold the cluster's CPUs
         if target == "classification":
             K = est.n_classes_
-            counts = np.sum(shards.call("label_counts"), axis=0).astype(np.float64)
+            counts = np.sum(_retrying(shards, "label_counts"), axis=0).astype(np.float64)
             prior = np.clip(counts / counts.sum(), 1e-12, None)
             if K == 2:
                 loss, init = "binary", np.array([np.log(prior[1] / prior[0])])
@@ -162,21 +168,37 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
                 loss, init = "multinomial", np.log(prior)
         else:
             loss = "squared_error"
-            s = np.sum(shards.call("label_sum"), axis=0)
+            s = np.sum(_retrying(shards, "label_sum"), axis=0)
             init = np.array([s[0] / s[1]])
         with_count = loss != "squared_error" and est.min_samples_leaf > 1
         crit = Newton(l2=float(est.l2_regularization), with_count=with_count)
         params = grow_params(est, dm.n_features)
         seed = seed_of(est.random_state)
         rng = np.random.default_rng([seed, 2])
-        shards.call("start_boosting", init)
         lr = float(est.learning_rate)
         est._learning_rate = lr
         rounds = []
+        rebuild = list(range(len(shards.shards)))     # shards whose raw predictions to (re)build
         for r in range(int(est.n_estimators)):
-            shards.call("start_round", loss, seed, r, float(est.subsample), with_count)
-            trees = grow_trees(shards.level, len(init), crit, edges, params, rng)
-            shards.call("end_round", trees, lr)
+            draws, trees = rng.bit_generator.state, None
+            while True:
+                try:
+                    if rebuild:   # a new shard: the rounds so far, replayed on it alone
+                        shards.call("start_boosting", init, only=rebuild)
+                        for i, done in enumerate(rounds):
+                            shards.call("end_round", done, lr, i, only=rebuild)
+                        rebuild = []
+                    if trees is None:
+                        shards.call("start_round", loss, seed, r, float(est.subsample), with_count)
+                        trees = grow_trees(shards.level, len(init), crit, edges, params, rng)
+                    # lost while adding the round: the trees stand, and shards that added
+                    # them already skip them (end_round is idempotent per round)
+                    shards.call("end_round", trees, lr, r)
+                    break
+                except ShardLost as lost:   # lost while growing: grow the round again, the same way
+                    rebuild = sorted(set(rebuild) | set(lost.indices))
+                    if trees is None:
+                        rng.bit_generator.state = draws
             rounds.append(trees)
     finally:
         shards.close()
@@ -186,6 +208,15 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
     est.n_trees_per_round_ = len(init)
     est.feature_importances_ = mean_importances([t for r in rounds for t in r], dm.n_features)
     return est
+
+
+def _retrying(shards, method: str) -> list:
+    """A stateless shard call, repeated when a shard died (it was replaced)."""
+    while True:
+        try:
+            return shards.call(method)
+        except ShardLost:
+            continue
 
 
 def mean_importances(trees: list[Tree], n_features: int) -> np.ndarray:

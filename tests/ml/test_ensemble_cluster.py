@@ -63,3 +63,67 @@ def test_forest_fits_from_inside_a_task_that_holds_a_cpu(data):
     # the task holds one of the two CPUs: shards must not wait for CPUs that never free up
     score = shoal.get(shoal.remote(_fit_inside_a_task).remote(X, y), timeout=100)
     assert score > 0.7
+
+
+# -- a shard actor that dies mid-fit: replaced, its state rebuilt, the fit unchanged ----------
+
+def _kill_shard(monkeypatch, when):
+    """Kill shard 0's actor (as a crashed worker) right before the shard call ``when`` picks."""
+    import shoal
+    from shoal.ml._hist_shards import ShardSet
+    seen = {"level": 0, "killed": 0}
+    call = ShardSet.call
+
+    def killing_call(self, method, *args, only=None):
+        if method == "level":
+            seen["level"] += 1
+        if when(method, seen, args):
+            shoal.kill(self.shards[0])
+            seen["killed"] += 1
+        return call(self, method, *args, only=only)
+    monkeypatch.setattr(ShardSet, "call", killing_call)
+    return seen
+
+
+def test_boosting_survives_a_shard_killed_mid_round(data, monkeypatch):
+    X, y = data
+    with use_executor("cluster"):
+        want = GradientBoostingClassifier(5, max_depth=3, random_state=0).fit(X, y)
+        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "level" and s["level"] == 8
+                           and not s["killed"])
+        got = GradientBoostingClassifier(5, max_depth=3, random_state=0).fit(X, y)
+    assert seen["killed"] == 1 and seen["level"] > 8     # round 3 was grown again
+    np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
+
+
+def test_boosting_survives_a_shard_killed_as_a_round_ends(data, monkeypatch):
+    # the other shard has added round 2 already: the replay must not add it twice
+    X, y = data
+    with use_executor("cluster"):
+        want = GradientBoostingClassifier(4, max_depth=2, random_state=0).fit(X, y)
+        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "end_round" and a[2] == 2
+                           and not s["killed"])
+        got = GradientBoostingClassifier(4, max_depth=2, random_state=0).fit(X, y)
+    assert seen["killed"] == 1
+    np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
+
+
+def test_forest_survives_a_killed_shard(data, monkeypatch):
+    X, y = data
+    with use_executor("cluster"):
+        want = RandomForestClassifier(4, max_depth=4, random_state=0).fit(X, y)
+        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "level" and s["level"] == 3
+                           and not s["killed"])
+        got = RandomForestClassifier(4, max_depth=4, random_state=0).fit(X, y)
+    assert seen["killed"] == 1
+    np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
+
+
+def test_a_fit_whose_shards_keep_dying_gives_up_with_a_clear_error(data, monkeypatch):
+    from shoal.exceptions import WorkerCrashedError
+    from shoal.ml._hist_shards import MAX_SHARD_LOSSES
+    X, y = data
+    seen = _kill_shard(monkeypatch, lambda m, s, a: m == "level")
+    with use_executor("cluster"), pytest.raises(WorkerCrashedError, match="lost its shard actors"):
+        GradientBoostingClassifier(3, max_depth=2, random_state=0).fit(X, y)
+    assert seen["killed"] == MAX_SHARD_LOSSES + 1
