@@ -250,17 +250,25 @@ class _BlockShard:
     """
 
     def __init__(self):
-        self.first, self.blocks = 0, ()
+        self.first, self.blocks, self.hosted = 0, (), None
         # what the passes run: imported while the pool starts, not in a fit's first pass
         import scipy.sparse  # noqa: F401
+        import shoal.ml._hist_shards  # noqa: F401
         import shoal.ml._kernels  # noqa: F401
 
     def hold(self, first: int, *blocks) -> int:
         self.first, self.blocks = first, blocks
         return len(blocks)
 
+    def host(self, factory, *args) -> None:
+        """Build an object that lives here until ``release`` (a tree fit's HistShard)."""
+        self.hosted = factory(*args)
+
+    def call_hosted(self, method: str, *args):
+        return getattr(self.hosted, method)(*args)
+
     def release(self) -> None:
-        self.first, self.blocks = 0, ()
+        self.first, self.blocks, self.hosted = 0, (), None
 
     def map(self, fn, indexed, *args):
         return [fn(X, y, self.first + i, *args) if indexed else fn(X, y, *args)
@@ -389,6 +397,14 @@ class ShardExecutor(ClusterExecutor):
         self.shards = []
 
 
+def pool_size(shoal) -> int:
+    """Shard actors in the session's pool: one per CPU of the cluster."""
+    try:
+        return max(1, int(shoal.cluster_resources().get("CPU", 1)))
+    except Exception:  # noqa: BLE001 - a backend without resource accounting
+        return 1
+
+
 @contextlib.contextmanager
 def held_by_shards(dm):
     """``dm`` with its blocks held by shard actors for the passes of an iterative fit.
@@ -400,11 +416,7 @@ def held_by_shards(dm):
         yield dm
         return
     shoal = dm.executor._shoal
-    try:
-        total = int(shoal.cluster_resources().get("CPU", 1))
-    except Exception:  # noqa: BLE001 - a backend without resource accounting
-        total = 1
-    n = max(1, total)
+    n = pool_size(shoal)
     shards = _ShardPool.acquire(shoal, n, len(dm.blocks))
     if shards is None:
         try:

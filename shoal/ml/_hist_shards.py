@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from shoal.exceptions import ActorDiedError, WorkerCrashedError
-from shoal.ml._executor import kill_actors
+from shoal.ml._executor import _ShardPool, kill_actors, pool_size
 from shoal.ml._hist import bin_matrix, histograms, row_randoms
 
 MAX_SHARD_LOSSES = 3      # shard actors a fit may lose (and replace) before it gives up
@@ -230,9 +230,12 @@ def _shard_blocks(n_blocks: int, n_shards: int) -> list:
 class ShardSet:
     """The shards of one fit: actors on the cluster, plain objects in-process.
 
-    A shard actor that dies is replaced by a new one that bins the same blocks again (they
-    are still in the object store); ``call`` then raises ``ShardLost`` so the fit rebuilds
-    the new shard's tree state and repeats its current step (see ``_tree_fit``).
+    On the cluster a shard lives in one of the session's pooled shard actors when the pool
+    is up and free (no process to start: see ``_executor._ShardPool``), else in an actor
+    of its own. A shard actor that dies is replaced by a new one of its own that bins the
+    same blocks again (they are still in the object store); ``call`` then raises
+    ``ShardLost`` so the fit rebuilds the new shard's tree state and repeats its current
+    step (see ``_tree_fit``).
     """
 
     def __init__(self, dm, edges: np.ndarray, n_classes: int = 0, n_shards: int | None = None):
@@ -250,14 +253,41 @@ class ShardSet:
             # a shard reserves a CPU when one is free; with none free (a fit inside a busy
             # actor or task) it reserves nothing rather than wait forever for one
             self._cpus = 1 if _free_cpus(shoal) >= len(groups) else 0
-            self.shards = [self._spawn(i) for i in range(len(groups))]
+            self._pooled = self._host_on_pool(len(dm.blocks))
+            self._holds_pool = self._pooled is not None
+            if not self._holds_pool:
+                self._pooled = [False] * len(groups)
+                self.shards = [self._spawn(i) for i in range(len(groups))]
         else:
             self.shards = [HistShard(blocks, offset, edges, n_classes) for blocks, offset in self._args]
+
+    def _host_on_pool(self, n_blocks: int):
+        """Shards built inside the pooled actors, or None (the pool is busy or not up)."""
+        pool = _ShardPool.acquire(self._shoal, pool_size(self._shoal), n_blocks)
+        if pool is None:
+            return None
+        if len(pool) < len(self._args):
+            _ShardPool.give_back(False, self._shoal)
+            return None
+        self.shards = pool[:len(self._args)]
+        try:
+            self._shoal.get([a.host.remote(HistShard, blocks, offset, self._edges, self._n_classes)
+                             for a, (blocks, offset) in zip(self.shards, self._args)])
+        except (ActorDiedError, WorkerCrashedError):
+            _ShardPool.give_back(True, self._shoal)
+            return None
+        self._pool_broken = False
+        return [True] * len(self.shards)
 
     def _spawn(self, i: int):
         blocks, offset = self._args[i]
         return self._actor_cls.options(num_cpus=self._cpus).remote(
             blocks, offset, self._edges, self._n_classes)
+
+    def _invoke(self, i: int, method: str, *args):
+        s = self.shards[i]
+        return (s.call_hosted.remote(method, *args) if self._pooled[i]
+                else getattr(s, method).remote(*args))
 
     def call(self, method: str, *args, only: list[int] | None = None) -> list:
         """Run ``method(*args)`` on every shard (or those in ``only``), in parallel on the
@@ -266,15 +296,15 @@ class ShardSet:
         if not self._remote:
             return [getattr(self.shards[i], method)(*args) for i in which]
         try:
-            return self._shoal.get([getattr(self.shards[i], method).remote(*args) for i in which])
+            return self._shoal.get([self._invoke(i, method, *args) for i in which])
         except (ActorDiedError, WorkerCrashedError) as e:
             raise ShardLost(self._replace_dead(e)) from e
 
     def _replace_dead(self, error: Exception) -> list[int]:
         dead = []
-        for i, s in enumerate(self.shards):
+        for i in range(len(self.shards)):
             try:
-                self._shoal.get(s.n_rows.remote())
+                self._shoal.get(self._invoke(i, "n_rows"))
             except (ActorDiedError, WorkerCrashedError):
                 dead.append(i)
         self.losses += max(1, len(dead))
@@ -285,7 +315,10 @@ class ShardSet:
                 "memory (each shard holds its rows binned, n_features bytes per row) and logs."
             ) from error
         for i in dead:
-            kill_actors(self._shoal, [self.shards[i]])
+            if self._pooled[i]:      # the pool is given back broken (and restarted later)
+                self._pool_broken, self._pooled[i] = True, False
+            else:
+                kill_actors(self._shoal, [self.shards[i]])
             self.shards[i] = self._spawn(i)
         return dead
 
@@ -299,8 +332,19 @@ class ShardSet:
         return out
 
     def close(self):
-        if self._remote:
-            kill_actors(self._shoal, self.shards)
+        if self._remote and self.shards:
+            kill_actors(self._shoal, [s for s, p in zip(self.shards, self._pooled) if not p])
+            if self._holds_pool:
+                broken = self._pool_broken
+                try:      # the pooled actors drop their shard (binned rows, tree state)
+                    self._shoal.get([s.release.remote()
+                                     for s, p in zip(self.shards, self._pooled) if p])
+                except (ActorDiedError, WorkerCrashedError):
+                    broken = True
+                _ShardPool.give_back(broken, self._shoal)
+                self._holds_pool = False
+            else:         # the pool was not up: start it for the fits after this one
+                _ShardPool.start_later(self._shoal, pool_size(self._shoal))
         self.shards = []
 
 

@@ -127,3 +127,53 @@ def test_a_fit_whose_shards_keep_dying_gives_up_with_a_clear_error(data, monkeyp
     with use_executor("cluster"), pytest.raises(WorkerCrashedError, match="lost its shard actors"):
         GradientBoostingClassifier(3, max_depth=2, random_state=0).fit(X, y)
     assert seen["killed"] == MAX_SHARD_LOSSES + 1
+
+
+def _pool_up():
+    """Start the session's shard pool (if needed) and wait until its actors are ready."""
+    import shoal
+    from shoal.ml import _executor as E
+    E._ShardPool.start_later(shoal, E.pool_size(shoal))
+    shoal.get(E._ShardPool._pool[2], timeout=60)
+    return E._ShardPool._pool[1]
+
+
+def _record_shards(monkeypatch):
+    from shoal.ml._hist_shards import ShardSet
+    used, close = [], ShardSet.close
+
+    def recording_close(self):
+        used.append((list(self.shards), list(getattr(self, "_pooled", []))))
+        close(self)
+    monkeypatch.setattr(ShardSet, "close", recording_close)
+    return used
+
+
+def test_tree_fits_use_the_pooled_shard_actors_when_they_are_up(data, monkeypatch):
+    from shoal.ml import _executor as E
+    X, y = data
+    pool = _pool_up()
+    used = _record_shards(monkeypatch)
+    with use_executor("cluster"):
+        got = GradientBoostingClassifier(4, max_depth=3, random_state=0).fit(X, y)
+    shards, pooled = used[0]
+    assert all(pooled) and shards == pool[:len(shards)] and len(shards) == 2
+    assert not E._ShardPool._busy and E._ShardPool._pool[1] == pool   # given back, kept
+    with use_executor("local"):
+        local = GradientBoostingClassifier(4, max_depth=3, random_state=0).fit(X, y)
+    np.testing.assert_allclose(got.predict_proba(X[:2000]), local.predict_proba(X[:2000]), atol=1e-9)
+
+
+def test_a_pooled_shard_that_dies_is_replaced_and_the_pool_restarted_later(data, monkeypatch):
+    from shoal.ml import _executor as E
+    X, y = data
+    with use_executor("cluster"):
+        want = RandomForestClassifier(3, max_depth=4, random_state=0).fit(X, y)
+        _pool_up()
+        used = _record_shards(monkeypatch)
+        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "level" and s["level"] == 2
+                           and not s["killed"])
+        got = RandomForestClassifier(3, max_depth=4, random_state=0).fit(X, y)
+    assert seen["killed"] == 1 and used[0][1] == [False, True]   # shard 0 now has its own actor
+    assert E._ShardPool._pool is None and not E._ShardPool._busy  # the broken pool was dropped
+    np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
