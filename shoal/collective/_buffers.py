@@ -186,6 +186,14 @@ class Reducer:
             self.acc = None  # reduce in the storage dtype directly
         self._scratch: dict = {}
 
+    def divides_on_copy(self) -> bool:
+        """An avg in a plain float type: its division can ride on the copy that reads the
+        sum out (``copy_divided``), one pass over the data fewer than ``finalize``."""
+        return self.acc is None and self.op == "avg" and self.store.kind in "fc"
+
+    def copy_divided(self, dst: np.ndarray, src: np.ndarray) -> None:
+        np.divide(src, self.world_size, out=dst)
+
     def _buf(self, key: str, n: int, dtype) -> np.ndarray:
         b = self._scratch.get(key)
         if b is None or b.size < n or b.dtype != dtype:

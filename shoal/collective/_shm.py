@@ -273,13 +273,15 @@ class ShmGroup:
         self._publish(h, desc, msg)
         self.sync()
 
-    def _copy(self, name: str, dst, src) -> None:
+    def _copy(self, name: str, dst, src, divide=None) -> None:
+        """``dst[:] = src`` (``divide``: a Reducer whose avg division rides on the copy)."""
         tl = self.timeline
-        if tl is None:
+        t0 = time.perf_counter() if tl is not None else 0.0
+        if divide is None:
             np.copyto(dst, src)
         else:
-            t0 = time.perf_counter()
-            np.copyto(dst, src)
+            divide.copy_divided(dst, src)
+        if tl is not None:
             tl.phase(name, t0)
 
     # ---------------------------------------------------------- algorithms
@@ -356,6 +358,9 @@ class ShmGroup:
         # slower ranks may still copy out chunk places of segment k-1 there - each rank's own
         # place); after it, it copies segment k out.
         n, item, dt, r = src.size, src.itemsize, src.dtype, self.lr
+        # an avg is divided while the sums are copied out (every rank decides alike, so the
+        # chunks in shared memory hold plain sums for all readers)
+        divide = reducer if final and reducer.divides_on_copy() else None
         cb = self._chunk_stride(item)
         seg = self.p * cb
         starts = range(0, n, seg)
@@ -372,9 +377,9 @@ class ShmGroup:
                 sources = [src[a + lo:a + hi] if q == r else self.slot(q, h).view(dt)[r * cb:r * cb + hi - lo]
                            for q in range(self.p)]
                 reduced = self.slot(r, h).view(dt)[r * cb:r * cb + hi - lo]
-                self._reduce(reducer, reduced, sources, final)
+                self._reduce(reducer, reduced, sources, final and divide is None)
                 if dst is not None:  # our own chunk now, while it is in cache (no one reads src's)
-                    self._copy("copy_out", dst[a + lo:a + hi], reduced)
+                    self._copy("copy_out", dst[a + lo:a + hi], reduced, divide)
             if k + 1 < len(halves):
                 self._stage(src, a + seg, chunks[k + 1], cb, halves[k + 1])
             self.sync()
@@ -382,7 +387,7 @@ class ShmGroup:
                 for q, (qlo, qhi) in enumerate(chunks[k]):
                     if qhi > qlo and q != r:
                         self._copy("copy_out", dst[a + qlo:a + qhi],
-                                   self.slot(q, h).view(dt)[q * cb:q * cb + qhi - qlo])
+                                   self.slot(q, h).view(dt)[q * cb:q * cb + qhi - qlo], divide)
 
     def reduce_scatter(self, src: np.ndarray, dst: np.ndarray, parts: list[tuple[int, int]],
                        reducer, desc: np.ndarray, final: bool = True) -> None:

@@ -276,6 +276,9 @@ class ShardSet:
         except (ActorDiedError, WorkerCrashedError):
             _ShardPool.give_back(True, self._shoal)
             return None
+        except BaseException:       # binning failed there (bad input, memory): free the pool
+            _ShardPool.give_back(True, self._shoal)
+            raise
         self._pool_broken = False
         return [True] * len(self.shards)
 
