@@ -32,6 +32,7 @@ from shoal.data._transforms import MapBatches, apply_chain
 from shoal.exceptions import SchemaMismatchError
 
 _REMOTE_FNS: dict = {}
+ACTOR_RESTARTS = 3     # restarts of a map stage's pool actor (and retries of its calls)
 
 
 def remote_fn(fn, light: bool = False):
@@ -232,6 +233,11 @@ class Executor:
             actor_options = dict(options)
             # By default a pool shares the cluster's CPUs rather than waiting for more.
             actor_options.setdefault("num_cpus", min(1.0, self.cpus / compute.size))
+            # An actor whose process dies is started again (its class rebuilds the same
+            # state) and the batches it held are mapped again, as Ray Data does; one
+            # that keeps dying fails the dataset with ActorDiedError.
+            actor_options.setdefault("max_restarts", ACTOR_RESTARTS)
+            actor_options.setdefault("max_task_retries", ACTOR_RESTARTS)
             actors = [worker.options(**actor_options).remote(chain_ref)
                       for _ in range(compute.size)]
             load = [0] * len(actors)

@@ -127,3 +127,45 @@ def test_union_with_mismatched_schema_is_rejected(ds):
     with pytest.raises(sd.SchemaMismatchError if hasattr(sd, "SchemaMismatchError")
                        else shoal.exceptions.SchemaMismatchError, match="'id'"):
         ds.select_columns(["id"]).union(other).take_all()
+
+
+def test_an_actor_of_the_pool_that_dies_is_restarted_and_its_batches_redone(ds, frame, tmp_path):
+    marker = str(tmp_path / "died")
+
+    class DiesOnce:
+        def __init__(self, marker):
+            self.marker = marker
+
+        def __call__(self, batch):
+            import os
+            if batch["id"][0] >= 500 and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)              # the actor's process dies mid-stage
+            return {"id": batch["id"] * 2}
+    out = ds.map_batches(DiesOnce, fn_constructor_args=(marker,), concurrency=2,
+                         batch_size=100).to_pandas()
+    assert (tmp_path / "died").exists()
+    assert sorted(out["id"].tolist()) == (frame.id * 2).tolist()
+
+
+def test_an_actor_that_keeps_dying_fails_the_dataset_with_a_clear_error(ds):
+    class AlwaysDies:
+        def __call__(self, batch):
+            import os
+            os._exit(1)
+    from shoal.exceptions import ActorDiedError
+    with pytest.raises(ActorDiedError):
+        ds.map_batches(AlwaysDies, concurrency=1).take_all()
+
+
+def test_an_error_raised_in_a_pool_actor_is_not_retried(ds, tmp_path):
+    calls = tmp_path / "calls"
+
+    class Raises:
+        def __call__(self, batch):
+            with open(calls, "a") as f:
+                f.write("x")
+            raise ValueError("bad batch")
+    with pytest.raises(ValueError, match="bad batch"):
+        ds.map_batches(Raises, concurrency=1, batch_size=1000).take_all()
+    assert calls.read_text() == "x"          # raised once: a user error is not a lost actor
