@@ -10,7 +10,9 @@ scikit-learn runs two boosting models: the exact GradientBoostingClassifier (row
 like-for-like anchor for shoal's histogram boosting: same rounds, depth, learning
 rate and 32 bins, no leaf-count cap, no early stopping). Fit time excludes
 starting Spark's session and reading the data (Spark's DataFrame is cached and
-counted before the clock starts); quality is measured on the test split: AUC
+counted before the clock starts); a fit shorter than 20 s runs 3 times
+(``--repeats``) in every system and the fastest run counts; quality is measured
+on the test split: AUC
 for classifiers, RMSE for regression, inertia (sum of squared distances to the
 nearest center) for KMeans.
 
@@ -95,6 +97,25 @@ def inertia(X, centers) -> float:
 
 # ----------------------------------------------------------------------------- systems
 
+REPEATS = 3          # --repeats: fits shorter than REPEAT_BELOW_S run this many times
+REPEAT_BELOW_S = 20.0
+
+
+def fastest(fit):
+    """(seconds, model) of the fastest of up to REPEATS runs of ``fit`` (every system alike:
+    this host is shared, the fastest run is the least disturbed); a fit slower than
+    REPEAT_BELOW_S runs once."""
+    best, model = fit()
+    for _ in range(REPEATS - 1):
+        if best >= REPEAT_BELOW_S:
+            break
+        gc.collect()
+        s, m = fit()
+        if s < best:
+            best, model = s, m
+    return best, model
+
+
 def run_numpy_system(name: str, algo: str, train, test, cpus: int):
     """shoal.ml or scikit-learn: the same estimator calls, different modules."""
     X, y, t = train
@@ -125,11 +146,14 @@ def run_numpy_system(name: str, algo: str, train, test, cpus: int):
                 max_iter=20, max_depth=5, learning_rate=0.2, early_stopping=False, max_leaf_nodes=None,
                 min_samples_leaf=1, max_bins=32, random_state=0),
         }
-    est = models[algo]()
     target = t if algo == "linear" else None if algo == "kmeans" else y
-    start = time.perf_counter()
-    est.fit(X, target) if target is not None else est.fit(X)
-    fit_s = time.perf_counter() - start
+
+    def fit():
+        est = models[algo]()
+        start = time.perf_counter()
+        est.fit(X, target) if target is not None else est.fit(X)
+        return time.perf_counter() - start, est
+    fit_s, est = fastest(fit)
     if algo == "linear":
         return fit_s, rmse(tt, est.predict(Xt))
     if algo == "kmeans":
@@ -164,10 +188,13 @@ def run_spark(algo: str, tr, te, test_np):
         "random_forest": lambda: C.RandomForestClassifier(numTrees=20, maxDepth=8, labelCol="label", seed=0),
         "gbt": lambda: C.GBTClassifier(maxIter=20, maxDepth=5, labelCol="label", seed=0),
     }
-    est = models[algo]()
-    start = time.perf_counter()
-    model = est.fit(tr)
-    fit_s = time.perf_counter() - start
+
+    def fit():
+        est = models[algo]()
+        start = time.perf_counter()
+        model = est.fit(tr)
+        return time.perf_counter() - start, model
+    fit_s, model = fastest(fit)
     Xt, yt, tt = test_np
     if algo == "kmeans":
         return fit_s, inertia(Xt, np.array(model.clusterCenters()))
@@ -237,10 +264,14 @@ def main(argv=None) -> None:
     ap.add_argument("--cpus", type=int, default=2, help="shoal workers = Spark local[N] = sklearn n_jobs")
     ap.add_argument("--algorithms", default=None, help=f"comma-separated subset of {ALGORITHMS}")
     ap.add_argument("--systems", default="shoal,spark,sklearn")
+    ap.add_argument("--repeats", type=int, default=REPEATS,
+                    help=f"runs of each fit shorter than {REPEAT_BELOW_S:.0f} s (the fastest counts)")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "shoal-bench-ml"))
     ap.add_argument("--spark-memory", default=None, help="Spark driver memory (6g; 14g with --large)")
     args = ap.parse_args(argv)
 
+    global REPEATS
+    REPEATS = max(1, args.repeats)
     rows = args.rows or (200_000 if args.quick else 10_000_000 if args.large else 1_000_000)
     algos = (args.algorithms.split(",") if args.algorithms else
              QUICK_ALGORITHMS if args.quick else ALGORITHMS)
