@@ -257,6 +257,7 @@ def print_table(rows: list[dict], n_rows: int, cpus: int) -> None:
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> None:
+    global REPEATS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="200,000 rows, fewer algorithms")
@@ -270,7 +271,6 @@ def main(argv=None) -> None:
     ap.add_argument("--spark-memory", default=None, help="Spark driver memory (6g; 14g with --large)")
     args = ap.parse_args(argv)
 
-    global REPEATS
     REPEATS = max(1, args.repeats)
     rows = args.rows or (200_000 if args.quick else 10_000_000 if args.large else 1_000_000)
     algos = (args.algorithms.split(",") if args.algorithms else
