@@ -329,8 +329,11 @@ class _ShardPool:
 
     @classmethod
     def start_later(cls, shoal, n: int) -> None:
-        """Start the pool (in the background) if this session has none yet."""
+        """Start the pool (in the background) if this session has none yet; not from inside
+        a task or actor (a worker's pool would outlive the task, idle)."""
         from shoal.core.api import _runtime
+        if _inside_task(shoal):
+            return
         with cls._lock:
             rt = _runtime()
             if cls._current(rt, n) is None and not cls._busy:

@@ -172,16 +172,16 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         seed0 = np.random.RandomState(self.random_state).randint(0, 2**31 - 1) \
             if not isinstance(self.random_state, np.random.RandomState) else self.random_state.randint(2**31 - 1)
         fraction = min(1.0, max(SAMPLE_ROWS, SAMPLE_ROWS_PER_CLUSTER * self.n_clusters) / dm.n_rows)
+        parts = dm.map_indexed(_block_moments_and_rows, fraction, seed0 + 1)
+        moments = parts[0][0]
+        for p in parts[1:]:
+            moments = merge_moments(moments, p[0])
+        sample = np.concatenate([p[1] for p in parts])
+        n, mean, M2 = moments
+        tol_abs = float(self.tol * np.mean(M2 / n))
         n_init = self.n_init if isinstance(self.init, str) else 1
         best = None
-        with held_by_shards(dm) as held:     # the blocks stay mapped across every pass
-            parts = held.map_indexed(_block_moments_and_rows, fraction, seed0 + 1)
-            moments = parts[0][0]
-            for p in parts[1:]:
-                moments = merge_moments(moments, p[0])
-            sample = np.concatenate([p[1] for p in parts])
-            n, mean, M2 = moments
-            tol_abs = float(self.tol * np.mean(M2 / n))
+        with held_by_shards(dm) as held:     # the blocks stay mapped across Lloyd's passes
             for r in range(n_init):
                 result = self._run_once(held, seed0 + 7919 * r, tol_abs, moments, sample)
                 if best is None or result[2] < best[2]:

@@ -53,16 +53,18 @@ def test_forest_fits_a_dataset_by_column_names(data):
 
 
 def _fit_inside_a_task(X, y):
+    from shoal.ml import _executor as E
     with use_executor("cluster"):
-        return RandomForestClassifier(2, max_depth=3, random_state=0).fit(X, y).score(X, y)
+        score = RandomForestClassifier(2, max_depth=3, random_state=0).fit(X, y).score(X, y)
+    return score, E._ShardPool._pool is None      # no shard pool left behind in the worker
 
 
 def test_forest_fits_from_inside_a_task_that_holds_a_cpu(data):
     import shoal
     X, y = data
     # the task holds one of the two CPUs: shards must not wait for CPUs that never free up
-    score = shoal.get(shoal.remote(_fit_inside_a_task).remote(X, y), timeout=100)
-    assert score > 0.7
+    score, no_pool = shoal.get(shoal.remote(_fit_inside_a_task).remote(X, y), timeout=100)
+    assert score > 0.7 and no_pool
 
 
 # -- a shard actor that dies mid-fit: replaced, its state rebuilt, the fit unchanged ----------
