@@ -87,38 +87,35 @@ def _kill_shard(monkeypatch, when):
     return seen
 
 
-def test_boosting_survives_a_shard_killed_mid_round(data, monkeypatch):
-    X, y = data
+def _refit_with_one_kill(monkeypatch, make, X, y, when):
+    """(uninterrupted model, model of a fit whose shard 0 was killed once at ``when``, calls seen)."""
     with use_executor("cluster"):
-        want = GradientBoostingClassifier(5, max_depth=3, random_state=0).fit(X, y)
-        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "level" and s["level"] == 8
-                           and not s["killed"])
-        got = GradientBoostingClassifier(5, max_depth=3, random_state=0).fit(X, y)
-    assert seen["killed"] == 1 and seen["level"] > 8     # round 3 was grown again
+        want = make().fit(X, y)
+        seen = _kill_shard(monkeypatch, lambda m, s, a: not s["killed"] and when(m, s, a))
+        got = make().fit(X, y)
+    assert seen["killed"] == 1
     np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
+    return seen
+
+
+def test_boosting_survives_a_shard_killed_mid_round(data, monkeypatch):
+    seen = _refit_with_one_kill(
+        monkeypatch, lambda: GradientBoostingClassifier(5, max_depth=3, random_state=0), *data,
+        lambda m, s, a: m == "level" and s["level"] == 8)
+    assert seen["level"] > 8     # round 3 was grown again
 
 
 def test_boosting_survives_a_shard_killed_as_a_round_ends(data, monkeypatch):
     # the other shard has added round 2 already: the replay must not add it twice
-    X, y = data
-    with use_executor("cluster"):
-        want = GradientBoostingClassifier(4, max_depth=2, random_state=0).fit(X, y)
-        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "end_round" and a[2] == 2
-                           and not s["killed"])
-        got = GradientBoostingClassifier(4, max_depth=2, random_state=0).fit(X, y)
-    assert seen["killed"] == 1
-    np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
+    _refit_with_one_kill(
+        monkeypatch, lambda: GradientBoostingClassifier(4, max_depth=2, random_state=0), *data,
+        lambda m, s, a: m == "end_round" and a[2] == 2)
 
 
 def test_forest_survives_a_killed_shard(data, monkeypatch):
-    X, y = data
-    with use_executor("cluster"):
-        want = RandomForestClassifier(4, max_depth=4, random_state=0).fit(X, y)
-        seen = _kill_shard(monkeypatch, lambda m, s, a: m == "level" and s["level"] == 3
-                           and not s["killed"])
-        got = RandomForestClassifier(4, max_depth=4, random_state=0).fit(X, y)
-    assert seen["killed"] == 1
-    np.testing.assert_array_equal(got.predict_proba(X[:2000]), want.predict_proba(X[:2000]))
+    _refit_with_one_kill(
+        monkeypatch, lambda: RandomForestClassifier(4, max_depth=4, random_state=0), *data,
+        lambda m, s, a: m == "level" and s["level"] == 3)
 
 
 def test_a_fit_whose_shards_keep_dying_gives_up_with_a_clear_error(data, monkeypatch):
