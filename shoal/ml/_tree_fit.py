@@ -123,15 +123,12 @@ def fit_forest(est, X, y, target: str, n_trees: int, bootstrap: bool, features=N
         params = grow_params(est, dm.n_features)
         params.min_gain = float(est.min_impurity_decrease) * dm.n_rows
         seed = seed_of(est.random_state)
-        while True:       # a shard actor died: grow the forest again, the same way
-            try:
-                rng = np.random.default_rng([seed, 1])
-                shards.call("start_forest", seed, list(range(n_trees)), bootstrap,
-                            target == "regression")
-                trees = grow_trees(shards.level, n_trees, crit, edges, params, rng)
-                break
-            except ShardLost:
-                continue
+
+        def grow():   # from the start, with the same draws, each time a shard died
+            shards.call("start_forest", seed, list(range(n_trees)), bootstrap, target == "regression")
+            return grow_trees(shards.level, n_trees, crit, edges, params,
+                              np.random.default_rng([seed, 1]))
+        trees = _retrying(grow)
     finally:
         shards.close()
     est.trees_ = trees
@@ -160,7 +157,7 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
         # label statistics come from the shards: while they live they hold the cluster's CPUs
         if target == "classification":
             K = est.n_classes_
-            counts = np.sum(_retrying(shards, "label_counts"), axis=0).astype(np.float64)
+            counts = np.sum(_retrying(lambda: shards.call("label_counts")), axis=0).astype(np.float64)
             prior = np.clip(counts / counts.sum(), 1e-12, None)
             if K == 2:
                 loss, init = "binary", np.array([np.log(prior[1] / prior[0])])
@@ -168,7 +165,7 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
                 loss, init = "multinomial", np.log(prior)
         else:
             loss = "squared_error"
-            s = np.sum(_retrying(shards, "label_sum"), axis=0)
+            s = np.sum(_retrying(lambda: shards.call("label_sum")), axis=0)
             init = np.array([s[0] / s[1]])
         with_count = loss != "squared_error" and est.min_samples_leaf > 1
         crit = Newton(l2=float(est.l2_regularization), with_count=with_count)
@@ -210,11 +207,12 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
     return est
 
 
-def _retrying(shards, method: str) -> list:
-    """A stateless shard call, repeated when a shard died (it was replaced)."""
+def _retrying(step):
+    """``step()``, run again whenever a shard died during it (the shard was replaced); for
+    steps that start from scratch on every shard."""
     while True:
         try:
-            return shards.call(method)
+            return step()
         except ShardLost:
             continue
 
