@@ -255,6 +255,8 @@ class _BlockShard:
         import scipy.sparse  # noqa: F401
         import shoal.ml._hist_shards  # noqa: F401
         import shoal.ml._kernels  # noqa: F401
+        import shoal.ml._tree_kernels
+        shoal.ml._tree_kernels.warm()
 
     def hold(self, first: int, *blocks) -> int:
         self.first, self.blocks = first, blocks

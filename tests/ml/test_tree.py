@@ -6,7 +6,8 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.utils.estimator_checks import check_estimator
 
 from shoal.exceptions import InvalidInputError
-from shoal.ml._hist import bin_edges, bin_matrix, histograms
+from shoal.ml._hist import bin_edges, bin_matrix
+from shoal.ml._hist_shards import _RowState
 from shoal.ml._tree import Gini, best_splits
 from shoal.ml.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
@@ -32,7 +33,7 @@ def test_bin_edges_give_each_of_few_distinct_values_its_own_bin():
     sample = np.repeat(np.array([[0.0], [1.0], [5.0]]), 10, axis=0)
     edges = bin_edges(sample, 32)
     bins = bin_matrix(np.array([[0.0], [1.0], [5.0]]), edges)
-    assert bins[0].tolist() == [0, 1, 2]
+    assert bins[:, 0].tolist() == [0, 1, 2]
 
 
 def test_bin_matrix_counts_the_edges_below_each_value():
@@ -40,31 +41,61 @@ def test_bin_matrix_counts_the_edges_below_each_value():
     X = np.round(rng.normal(size=(40_000, 3)), 1)       # values on the edges too
     X[:, 2] = rng.integers(0, 4, X.shape[0])            # few distinct values: padded edges
     edges = bin_edges(X[:5000], 32)
-    expected = np.stack([np.searchsorted(edges[f], X[:, f], side="left") for f in range(3)])
+    expected = np.stack([np.searchsorted(edges[f], X[:, f], side="left") for f in range(3)], axis=1)
     np.testing.assert_array_equal(bin_matrix(X, edges), expected)
+    np.testing.assert_array_equal(bin_matrix(np.asfortranarray(X[:, :2]).astype(np.float32),
+                                             edges[:2]),
+                                  np.stack([np.searchsorted(edges[f], X[:, f].astype(np.float32),
+                                                            side="left") for f in range(2)], axis=1))
 
 
 def test_bin_edges_are_quantiles_for_continuous_features():
     x = np.random.default_rng(0).normal(size=(20000, 1))
-    bins = bin_matrix(x, bin_edges(x, 16))[0]
+    bins = bin_matrix(x, bin_edges(x, 16))[:, 0]
     counts = np.bincount(bins, minlength=16)
     assert counts.min() > 0.9 * 20000 / 16 and counts.max() < 1.1 * 20000 / 16
 
 
 @pytest.mark.parametrize("n_rows", [300, 500])   # a subset of rows, and every row
-def test_histograms_match_a_direct_count(n_rows):
+def test_level_histograms_match_a_direct_count(n_rows):
     rng = np.random.default_rng(1)
-    XbT = rng.integers(0, 8, (3, 500)).astype(np.uint8)
+    Xb = rng.integers(0, 8, (500, 3)).astype(np.uint8)
     rows = np.sort(rng.choice(500, n_rows, replace=False)).astype(np.int32)
-    slot = rng.integers(0, 4, n_rows).astype(np.int32)
     codes = rng.integers(0, 2, n_rows).astype(np.int32)
-    w = rng.random(n_rows)
+    w = rng.random(n_rows).astype(np.float32)
+    st = _RowState(rows, w[:, None], codes)
+    st.slot[:] = rng.integers(0, 4, n_rows)
+    slot = st.slot.copy()
     feats = np.array([[0, 2], [1, 2], [0, 1], [2, 0]])
-    h = histograms(XbT, rows, slot, 4, 8, [w], codes, 2, feats)
+    h = st.level(Xb, None, None, feats, 4, 8, 2)
     expected = np.zeros((4, 2, 8, 2))
     for r, s, c, wi in zip(rows, slot, codes, w):   # reference loop over rows
         for j in range(2):
-            expected[s, j, XbT[feats[s, j], r], c] += wi
+            expected[s, j, Xb[r, feats[s, j]], c] += wi
+    np.testing.assert_allclose(h, expected)
+    assert st.m == n_rows
+
+
+def test_a_level_moves_rows_to_their_children_and_drops_rows_in_leaves():
+    rng = np.random.default_rng(2)
+    Xb = rng.integers(0, 8, (400, 3)).astype(np.uint8)
+    g, hs = rng.normal(size=400).astype(np.float32), rng.random(400).astype(np.float32)
+    st = _RowState(np.arange(400), np.column_stack([g, hs]))
+    st.slot[:] = np.arange(400) % 2                     # two open nodes
+    # node 0 splits on feature 1 at bin 3 into slots (0, -1: a leaf); node 1 on feature 2
+    # at bin 5 into slots (1, 2); slot 1 is derived (cmap -1), slots 0 and 2 computed as 0, 1
+    splits = (np.array([1, 2]), np.array([3, 5]), np.array([0, 1]), np.array([-1, 2]))
+    h = st.level(Xb, splits, np.array([0, -1, 1]), None, 2, 8, 1)
+    r = np.arange(400)
+    new = np.where(r % 2 == 0, np.where(Xb[:, 1] > 3, -1, 0), np.where(Xb[:, 2] > 5, 2, 1))
+    live = new >= 0
+    np.testing.assert_array_equal(st.rows[:st.m], r[live])
+    np.testing.assert_array_equal(st.slot[:st.m], new[live])
+    np.testing.assert_array_equal(st.W[:st.m], np.column_stack([g, hs])[live])
+    expected = np.zeros((2, 3, 8, 2))
+    for i in r[live & (new != 1)]:
+        for f in range(3):
+            expected[0 if new[i] == 0 else 1, f, Xb[i, f]] += (g[i], hs[i])
     np.testing.assert_allclose(h, expected)
 
 
