@@ -20,10 +20,11 @@ RANDOM_CHUNK_ROWS = 1 << 16     # random draws are made per chunk of global rows
 
 
 def sample_block_rows(X, y, block_index: int, offsets: np.ndarray, sample: np.ndarray) -> np.ndarray:
-    """The rows of one block whose global index is in ``sample`` (sorted), for the bin edges."""
+    """The rows of one block whose global index is in ``sample`` (sorted), for the bin edges,
+    feature-major (n_features, rows): the edges sort each feature's values."""
     lo, hi = offsets[block_index], offsets[block_index + 1]
     a, b = np.searchsorted(sample, [lo, hi])
-    return np.asarray(X)[sample[a:b] - lo]
+    return np.ascontiguousarray(np.asarray(X)[sample[a:b] - lo].T)
 
 
 def row_randoms(draw, key: list, offset: int, n: int) -> np.ndarray:
@@ -39,16 +40,17 @@ def row_randoms(draw, key: list, offset: int, n: int) -> np.ndarray:
     return np.concatenate(parts)[start:start + n]
 
 
-def bin_edges(sample: np.ndarray, max_bins: int) -> np.ndarray:
+def bin_edges(sample: np.ndarray, max_bins: int, feature_major: bool = False) -> np.ndarray:
     """Split points per feature, shape (n_features, max_bins - 1), padded with +inf.
 
     A feature with at most ``max_bins`` distinct values gets the midpoints between
     them (every value its own bin); otherwise the edges are quantiles of the sample.
+    sample: (rows, n_features), or (n_features, rows) with ``feature_major``.
     """
-    n_features = sample.shape[1]
+    n_features = sample.shape[0 if feature_major else 1]
     edges = np.full((n_features, max_bins - 1), np.inf)
     qs = np.linspace(0.0, 1.0, max_bins + 1)[1:-1]
-    cols = np.sort(np.ascontiguousarray(sample.T), axis=1)     # each feature sorted once
+    cols = np.sort(sample if feature_major else np.ascontiguousarray(sample.T), axis=1)
     for f in range(n_features):
         col = cols[f]
         distinct = col[np.concatenate(([True], col[1:] != col[:-1]))]

@@ -183,6 +183,15 @@ class HistShard:
                      float(learning_rate), self.raw, k)
         self.rounds_done += 1
 
+    def next_round(self, previous, round_args, requests):
+        """One call per boosting round: add the previous round's trees (``previous``: the
+        arguments of ``end_round``, or None), start this round (``start_round``'s
+        arguments) and return the first level's histograms."""
+        if previous is not None:
+            self.end_round(*previous)
+        self.start_round(*round_args)
+        return self.level(requests)
+
     # -- one level of every tree ------------------------------------------------------
     def level(self, requests):
         out = []
@@ -319,9 +328,10 @@ class ShardSet:
             self.shards[i] = self._spawn(i)
         return dead
 
-    def level(self, requests) -> list:
-        """One pass: per-tree histograms summed over shards."""
-        parts = self.call("level", requests)
+    def level(self, requests, method: str = "level", *before) -> list:
+        """One pass: per-tree histograms summed over shards (``method(*before, requests)``
+        on each shard)."""
+        parts = self.call(method, *before, requests)
         out = []
         for t in range(len(requests)):
             hs = [p[t] for p in parts]

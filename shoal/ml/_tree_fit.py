@@ -90,8 +90,8 @@ def prepare(est, X, y, target: str, features=None, label=None):
     rng = np.random.default_rng(0x5A3)
     pick = (np.arange(n) if n <= EDGE_SAMPLE_ROWS else
             np.sort(rng.choice(n, EDGE_SAMPLE_ROWS, replace=False))).astype(np.int64)
-    sample = np.concatenate(dm.map_indexed(sample_block_rows, offsets, pick))
-    edges = bin_edges(sample, int(est.max_bins))
+    sample = np.concatenate(dm.map_indexed(sample_block_rows, offsets, pick), axis=1)
+    edges = bin_edges(sample, int(est.max_bins), feature_major=True)
     shards = ShardSet(dm, edges, n_classes=len(dm.classes) if target == "classification" else 0)
     return dm, edges, shards
 
@@ -177,7 +177,8 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
         rounds = []
         rebuild = list(range(len(shards.shards)))     # shards whose raw predictions to (re)build
         for r in range(int(est.n_estimators)):
-            draws, trees = rng.bit_generator.state, None
+            draws = rng.bit_generator.state
+            round_args = (loss, seed, r, float(est.subsample), with_count)
             while True:
                 try:
                     if rebuild:   # a new shard: the rounds so far, replayed on it alone
@@ -185,18 +186,24 @@ def fit_boosting(est, X, y, target: str, features=None, label=None):
                         for i, done in enumerate(rounds):
                             shards.call("end_round", done, lr, i, only=rebuild)
                         rebuild = []
-                    if trees is None:
-                        shards.call("start_round", loss, seed, r, float(est.subsample), with_count)
-                        trees = grow_trees(shards.level, len(init), crit, edges, params, rng)
-                    # lost while adding the round: the trees stand, and shards that added
-                    # them already skip them (end_round is idempotent per round)
-                    shards.call("end_round", trees, lr, r)
+                    # the round's first pass also adds the previous round's trees (a shard
+                    # that already added them skips them: end_round is idempotent per round)
+                    # and starts this round: one call instead of three
+                    previous = (rounds[-1], lr, r - 1) if rounds else None
+                    first = [True]
+
+                    def level(requests):
+                        if first[0]:
+                            first[0] = False
+                            return shards.level(requests, "next_round", previous, round_args)
+                        return shards.level(requests)
+                    trees = grow_trees(level, len(init), crit, edges, params, rng)
                     break
-                except ShardLost as lost:   # lost while growing: grow the round again, the same way
+                except ShardLost as lost:   # grow the round again, with the same draws
                     rebuild = sorted(set(rebuild) | set(lost.indices))
-                    if trees is None:
-                        rng.bit_generator.state = draws
+                    rng.bit_generator.state = draws
             rounds.append(trees)
+        # the last round's trees are not added on the shards: nothing reads them there
     finally:
         shards.close()
     est.init_ = init
