@@ -251,12 +251,11 @@ class _BlockShard:
 
     def __init__(self):
         self.first, self.blocks, self.hosted = 0, (), None
-        # what the passes run: imported while the pool starts, not in a fit's first pass
+        # what the passes run: imported while the pool starts, not in a fit's first pass (the
+        # tree fits' compiled kernels load when a tree fit first uses the pool: loading Numba
+        # costs about 0.7 s of CPU, which fits of other models would pay for nothing)
         import scipy.sparse  # noqa: F401
-        import shoal.ml._hist_shards  # noqa: F401
         import shoal.ml._kernels  # noqa: F401
-        import shoal.ml._tree_kernels
-        shoal.ml._tree_kernels.warm()
 
     def hold(self, first: int, *blocks) -> int:
         self.first, self.blocks = first, blocks

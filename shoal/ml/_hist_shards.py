@@ -371,6 +371,6 @@ def _free_cpus(shoal) -> int:
 
 def _default_shards(dm) -> int:
     if not getattr(dm, "distributed", False):
-        return 1   # in-process: np.bincount holds the GIL, more shards would not run in parallel
+        return 1   # in-process: one shard, run in the calling thread
     import shoal
     return max(1, min(_free_cpus(shoal), len(dm.blocks)))

@@ -6,8 +6,9 @@ full pass over memory. Compiled, a level of every tree is one pass over the rows
 row to its child, drop it if the child is a leaf, and add its statistics to its node's
 histogram, all features at once (the binned row is 20-odd contiguous bytes).
 
-The functions are compiled once per machine and cached beside this file (``cache=True``);
-a worker process loads the cached machine code on first use. They release the GIL.
+The functions are compiled once per machine and cached (``cache=True``: beside this file,
+or in Numba's cache folder in the user's home when the package folder is read-only); a
+process loads the cached machine code when it first calls one. They release the GIL.
 Arrays come in with fixed dtypes (the callers in ``_hist`` and ``_hist_shards`` convert),
 so each kernel has one compiled signature.
 """
@@ -238,15 +239,3 @@ def binary_gradients(raw, y, rows, W):
         p = 1.0 / (1.0 + np.exp(-raw[r, 0]))
         W[i, 0] = p - y[r]
         W[i, 1] = p * (1.0 - p)
-
-
-def warm() -> None:
-    """Load (or compile) every kernel now, e.g. while a worker starts, not in a fit's pass."""
-    Xb = np.zeros((1, 1), np.uint8)
-    bin_rows(np.zeros((1, 1)), np.zeros((1, 1)), Xb)
-    i32 = np.zeros(1, np.int32)
-    level_pass(Xb, i32.copy(), i32.copy(), np.zeros((1, 2), np.float32), i32, 1, i32,
-               np.zeros(1, np.uint8), np.zeros((1, 2), np.int32), i32, np.zeros((0, 0), np.int32),
-               np.zeros((1, 1, 1, 2)), 1)
-    add_tree(Xb, i32, i32, np.zeros(2, np.int32), 0, np.zeros(1), 1.0, np.zeros((1, 1)), 0)
-    binary_gradients(np.zeros((1, 1)), i32, i32, np.zeros((1, 2), np.float32))
