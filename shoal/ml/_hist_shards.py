@@ -34,15 +34,16 @@ class ShardLost(Exception):
 class _RowState:
     """The rows of one tree still in open nodes: the first ``m`` entries of each array are
     live (the level kernel compacts them in place as rows reach leaves). Per-row statistics
-    are float32, as HistGradientBoosting's gradients (sums are float64): half the bytes
-    each level reads."""
+    are float32 by default, as HistGradientBoosting's gradients (sums are float64): half
+    the bytes each level reads. A regression forest's are float64: its statistics hold the
+    raw targets (w * y), where float32 would lose a large target's digits."""
 
     __slots__ = ("rows", "slot", "W", "codes", "m")
 
-    def __init__(self, rows, W, codes=None):
+    def __init__(self, rows, W, codes=None, dtype=np.float32):
         self.rows = np.ascontiguousarray(rows, dtype=np.int32)
         self.slot = np.zeros(rows.shape[0], np.int32)
-        self.W = np.ascontiguousarray(W, dtype=np.float32)     # (rows, statistics)
+        self.W = np.ascontiguousarray(W, dtype=dtype)     # (rows, statistics)
         self.codes = _NO_I32 if codes is None else np.ascontiguousarray(codes, dtype=np.int32)
         self.m = int(rows.shape[0])
 
@@ -83,8 +84,8 @@ class HistShard:
         self.n_features = edges.shape[0]
         n = sum(self.block_sizes)
         if n >= 2**31:
-            raise InvalidInputError(f"a tree shard holds {n} rows, over the 2**31 it indexes; "
-                                    "split the data into more blocks so it spreads over more shards")
+            raise InvalidInputError(f"a tree shard holds {n} rows, over the 2**31 - 1 it can "
+                                    "index; run the fit on more workers (one shard per CPU)")
         # row-major bins: a row's codes are contiguous for the level kernel
         self.Xb = np.empty((n, edges.shape[0]), dtype=np.uint8)
         offsets = np.concatenate(([0], np.cumsum(self.block_sizes)))
@@ -101,8 +102,10 @@ class HistShard:
         return int(self.Xb.shape[0])
 
     # -- random forests -------------------------------------------------------------
-    def start_forest(self, seed: int, tree_ids, bootstrap: bool, regression: bool):
-        """Per-tree row weights: Poisson(1) per row as Spark's bagging, or 1 without bootstrap."""
+    def start_forest(self, seed: int, tree_ids, bootstrap: bool, regression: bool,
+                     offset: float = 0.0):
+        """Per-tree row weights: Poisson(1) per row as Spark's bagging, or 1 without bootstrap.
+        A regression forest's second statistic is w * (y - offset) (see ``_tree.Variance``)."""
         self.states = []
         for t in tree_ids:
             if bootstrap:
@@ -114,7 +117,8 @@ class HistShard:
                 rows = np.arange(self.n_rows(), dtype=np.int32)
                 w = np.ones(rows.shape[0])
             if regression:
-                self.states.append(_RowState(rows, np.column_stack([w, w * self.y[rows]])))
+                self.states.append(_RowState(rows, np.column_stack([w, w * (self.y[rows] - offset)]),
+                                             dtype=np.float64))
             else:
                 self.states.append(_RowState(rows, w[:, None], self.y[rows]))
 

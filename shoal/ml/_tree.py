@@ -138,10 +138,18 @@ class Entropy(Gini):
 
 
 class Variance(Criterion):
-    """Stats (weight, weighted sum of y); gain = weighted decrease of variance."""
+    """Stats (weight, weighted sum of y - offset); gain = weighted decrease of variance.
+
+    The gain S_L^2/W_L + S_R^2/W_R - S^2/W cancels catastrophically when the targets sit
+    far from 0 (y = 1e7 + noise left no split at all), so the shards sum y less an offset
+    near its mean, and a node's value adds the offset back.
+    """
 
     n_stats = 2
     n_outputs = 1
+
+    def __init__(self, offset: float = 0.0):
+        self.offset = float(offset)
 
     def score(self, s):
         w = s[..., 0]
@@ -152,7 +160,7 @@ class Variance(Criterion):
 
     def value(self, s):
         w = s[..., :1]
-        return np.divide(s[..., 1:2], w, out=np.zeros_like(w), where=w > 0)
+        return np.divide(s[..., 1:2], w, out=np.zeros_like(w), where=w > 0) + self.offset
 
 
 class Newton(Criterion):

@@ -119,13 +119,15 @@ def fit_forest(est, X, y, target: str, n_trees: int, bootstrap: bool, features=N
             if est.criterion not in ("squared_error", "variance"):
                 raise InvalidInputError(f"{type(est).__name__}: criterion={est.criterion!r} is invalid; "
                                         f"use 'squared_error'.")
-            crit = Variance()
+            s = np.sum(_retrying(lambda: shards.call("label_sum")), axis=0)
+            crit = Variance(offset=s[0] / s[1])       # the mean target
         params = grow_params(est, dm.n_features)
         params.min_gain = float(est.min_impurity_decrease) * dm.n_rows
         seed = seed_of(est.random_state)
 
         def grow():   # from the start, with the same draws, each time a shard died
-            shards.call("start_forest", seed, list(range(n_trees)), bootstrap, target == "regression")
+            shards.call("start_forest", seed, list(range(n_trees)), bootstrap, target == "regression",
+                        getattr(crit, "offset", 0.0))
             return grow_trees(shards.level, n_trees, crit, edges, params,
                               np.random.default_rng([seed, 1]))
         trees = _retrying(grow)

@@ -49,6 +49,19 @@ def test_random_forest_regressor_r2_close_to_sklearn(regression):
     assert ours > ref - 0.02
 
 
+@pytest.mark.parametrize("make", [lambda: RandomForestRegressor(5, max_depth=6, random_state=0),
+                                  lambda: GradientBoostingRegressor(10, max_depth=4, random_state=0)])
+def test_regression_trees_fit_a_target_far_from_zero_as_well_as_near_it(regression, make):
+    # the split gains cancel catastrophically on raw targets far from 0 (a forest on
+    # y + 1e7 made no split at all), and float32 gradients must keep their digits
+    from sklearn.metrics import r2_score
+    X, y, Xt, yt = regression
+    near = make().fit(X, y).predict(Xt)
+    far = make().fit(X, y + 1e7).predict(Xt) - 1e7
+    assert r2_score(yt, far) > r2_score(yt, near) - 0.01
+    assert np.mean(np.abs(far - near) < 1e-3 * np.std(y)) > 0.99     # the same trees, nearly
+
+
 def test_gradient_boosting_binary_accuracy_close_to_sklearn(binary):
     X, y, Xt, yt = binary
     ours = GradientBoostingClassifier(20, max_depth=5, random_state=0).fit(X, y).score(Xt, yt)
