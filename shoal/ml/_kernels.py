@@ -190,12 +190,12 @@ def _block_moments_and_rows(X, y, index, fraction, seed):
 
 def _block_lloyd(X, y, C):
     """Per-cluster sums and counts of one block against centers C (one Lloyd step's map side)."""
-    k = C.shape[0]
-    C2 = -2.0 * C
-    C_sq = np.einsum("ij,ij->i", C, C)
-    idx = np.concatenate([_argmin_rows(_partial_dist_T(X[s:s + CHUNK_ROWS], C2, C_sq))[1]
-                          for s in range(0, X.shape[0], CHUNK_ROWS)])
-    return class_sums(X, idx, k), np.bincount(idx, minlength=k).astype(np.float64)
+    from shoal.ml._kmeans_kernels import lloyd_block     # Numba loads on first use only
+    k, d = C.shape
+    sums, counts = np.zeros((k, d)), np.zeros(k)
+    lloyd_block(np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(-2.0 * C.T),
+                np.einsum("ij,ij->i", C, C), sums, counts)
+    return sums, counts
 
 
 def _block_labels(X, y, C):
