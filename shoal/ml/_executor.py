@@ -240,15 +240,6 @@ def kill_actors(shoal, actors) -> None:
             pass
 
 
-def _load_compiled_kernels() -> None:
-    try:
-        from shoal.ml import _hist_shards, _kmeans_kernels, _tree_kernels  # noqa: F401
-        _kmeans_kernels.warm()
-        _tree_kernels.warm()
-    except Exception:  # noqa: BLE001, S110 - a fit that calls a kernel raises the real error
-        pass
-
-
 class _BlockShard:
     """An actor holding some blocks of a design matrix, mapped once for a whole fit.
 
@@ -260,14 +251,13 @@ class _BlockShard:
 
     def __init__(self):
         self.first, self.blocks, self.hosted = 0, (), None
-        # what the passes run: imported while the pool starts, not in a fit's first pass
+        # what the passes run: imported while the pool starts, not in a fit's first pass.
+        # Not the compiled kernels (KMeans, trees): loading Numba takes about 0.7 s of CPU
+        # per process, which slowed the linear models' fits running while the pool started
+        # (LogisticRegression at 1M: the pool came into use one fit later, 0.74 -> 1.02 s
+        # fastest of 3); they load when a fit first calls them here.
         import scipy.sparse  # noqa: F401
         import shoal.ml._kernels  # noqa: F401
-        # the compiled kernels (KMeans, trees) load in the background: loading Numba takes
-        # about 0.7 s, which a fit that waits for the pool and runs NumPy kernels (linear
-        # models) should not wait for
-        threading.Thread(target=_load_compiled_kernels, daemon=True,
-                         name="shoal-ml-kernels").start()
 
     def hold(self, first: int, *blocks) -> int:
         self.first, self.blocks = first, blocks

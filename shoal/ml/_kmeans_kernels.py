@@ -39,11 +39,3 @@ def lloyd_block(X, C2T, C_sq, sums, counts):
             counts[bj] += 1.0
             for f in range(d):
                 sums[bj, f] += X[s + i, f]
-
-
-def warm() -> None:
-    """Load (or compile) the kernel now, e.g. while a worker starts, for the read-only blocks
-    a worker maps from the object store."""
-    X = np.zeros((1, 1))
-    X.flags.writeable = False
-    lloyd_block(X, np.zeros((1, 1)), np.zeros(1), np.zeros((1, 1)), np.zeros(1))

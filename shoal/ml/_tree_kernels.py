@@ -239,18 +239,3 @@ def binary_gradients(raw, y, rows, W):
         p = 1.0 / (1.0 + np.exp(-raw[r, 0]))
         W[i, 0] = p - y[r]
         W[i, 1] = p * (1.0 - p)
-
-
-def warm() -> None:
-    """Load (or compile) every kernel now, e.g. while a worker starts, not in a fit's pass."""
-    Xb = np.zeros((1, 1), np.uint8)
-    i32 = np.zeros(1, np.int32)
-    X = np.zeros((1, 1))
-    X.flags.writeable = False       # blocks mapped from the object store are read-only
-    bin_rows(X, np.zeros((1, 1)), Xb)
-    for W in (np.zeros((1, 2), np.float32), np.zeros((1, 2))):    # boosting, regression forest
-        level_pass(Xb, i32.copy(), i32.copy(), W, i32, 1, i32, np.zeros(1, np.uint8),
-                   np.zeros((1, 2), np.int32), i32, np.zeros((0, 0), np.int32),
-                   np.zeros((1, 1, 1, 2)), 1)
-    add_tree(Xb, i32, i32, np.zeros(2, np.int32), 0, np.zeros(1), 1.0, np.zeros((1, 1)), 0)
-    binary_gradients(np.zeros((1, 1)), i32, i32, np.zeros((1, 2), np.float32))
