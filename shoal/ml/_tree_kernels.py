@@ -10,7 +10,8 @@ The functions are compiled once per machine and cached (``cache=True``: beside t
 or in Numba's cache folder in the user's home when the package folder is read-only); a
 process loads the cached machine code when it first calls one. They release the GIL.
 Arrays come in with fixed dtypes (the callers in ``_hist`` and ``_hist_shards`` convert),
-so each kernel has one compiled signature.
+so a kernel has at most two compiled signatures: float32 or float64 per-row statistics
+(a regression forest's are float64), a read-only block or a writable array to bin.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def level_pass(Xb, rows, slot, W, codes, m, split_feature, split_bin, child, cma
     """One level of one tree over its m live rows; returns how many rows stay live.
 
     Xb: binned rows (n, d) uint8. rows/slot/W/codes: per live row its row index, its open
-    node's slot, its statistics (m, C) float32 and its class code (empty without classes);
+    node's slot, its statistics (m, C), float32 (float64 for a regression forest), and its
+    class code (empty without classes);
     the first m entries are live. split_feature/split_bin/child: the previous level's
     splits per slot (feature -1: the node became a leaf; child[s] = (left slot, right
     slot), -1 a leaf); empty at the first level. A row is moved to its child's slot and
