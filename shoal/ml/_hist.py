@@ -81,7 +81,8 @@ def bin_matrix(X: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) 
     """Bin codes of X, row-major: uint8 of shape (n, n_features).
 
     The code of x is the number of edges below it (``searchsorted(edges, x, "left")``),
-    one compiled binary search per value. X must be finite (fit input is validated).
+    counted by a compiled kernel (``_tree_kernels.bin_rows``). X must be finite (fit input
+    is validated).
     """
     from shoal.ml._tree_kernels import bin_rows
     X = np.ascontiguousarray(X, dtype=np.float64)

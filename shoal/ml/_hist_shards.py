@@ -209,8 +209,9 @@ class HistShard:
         return out
 
 
-# Poisson(1) by its inverse distribution function on float32 uniforms: 2-3x faster than
-# Generator.poisson, and the same distribution (the table runs past 1 - 2**-24)
+# Poisson(1) by its inverse distribution function on float32 uniforms: 1.2-1.7x faster than
+# Generator.poisson (measured per 400k draws), and the same distribution (the table runs
+# past 1 - 2**-24)
 _POISSON1_CDF = np.cumsum([np.exp(-1.0) / math.factorial(k) for k in range(14)]).astype(np.float32)
 
 
