@@ -192,7 +192,16 @@ class Reducer:
         return self.acc is None and self.op == "avg" and self.store.kind in "fc"
 
     def copy_divided(self, dst: np.ndarray, src: np.ndarray) -> None:
-        np.divide(src, self.world_size, out=dst)
+        self._divide(src, dst)
+
+    def _divide(self, src: np.ndarray, out: np.ndarray) -> None:
+        """``out = src / world_size`` for floats: a multiplication by 2**-k when the world size
+        is a power of two (bit-identical to the division, and cheaper per element)."""
+        n = self.world_size
+        if n & (n - 1) == 0:
+            np.multiply(src, 1.0 / n, out=out)
+        else:
+            np.divide(src, n, out=out)
 
     def _buf(self, key: str, n: int, dtype) -> np.ndarray:
         b = self._scratch.get(key)
@@ -284,13 +293,13 @@ class Reducer:
             elif self.store.kind == "b":
                 pass  # the average of booleans, as their sum, is "any"
             else:
-                np.divide(out, self.world_size, out=out)
+                self._divide(out, out)
 
     def _finalize_acc(self, acc: np.ndarray) -> None:
         if self.op == "avg":
             if self.kind in "iu":
                 np.floor_divide(acc, self.world_size, out=acc)
             else:
-                np.divide(acc, self.world_size, out=acc)
+                self._divide(acc, acc)
         if self.postscale != 1.0:
             np.multiply(acc, self.postscale, out=acc)
