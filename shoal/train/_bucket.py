@@ -13,14 +13,21 @@ the bucket once, in the hook: one pass, cheaper than zeroing the bucket and
 letting autograd accumulate into it. A parameter of at least ``solo_bytes``
 (default: the first bucket's size) is a bucket of its own, reduced in place
 in whatever tensor autograd made: no copy at all for the big gradients.
+Buckets that have backward work left to overlap with go to the
+communicator's background thread; the rest (the last bucket, and any after
+which the previous step's backward ended within 2 ms) are reduced at the
+end of backward in the training thread.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
 from shoal.exceptions import NonFiniteLossError
 
 _WIRE_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_MIN_OVERLAP_S = 0.002   # backward time left below which a bucket is reduced inline
 
 
 class Bucket:
@@ -134,6 +141,19 @@ class BucketManager:
         # A NaN/inf loss reaches every used gradient: check the bucket of the last parameter
         # (usually the output layer's bias, in a small bucket), not a large one.
         self.finite_probe = self.bucket_of[params[-1]].index if params else 0
+        # Which buckets go to the background thread: a bucket is worth handing off only when
+        # backward still has work to overlap it with. The last bucket in launch order never
+        # has any; a bucket after which the previous step's backward ended within
+        # _MIN_OVERLAP_S has too little. Such a bucket, and all after it (the order is
+        # fixed), is reduced inline at the end of backward in the training thread: no hand-off
+        # to the background thread and back, each of which costs a wake-up. Measured on 2
+        # ranks, alternating windows in the same processes: small CNN (one bucket) 1.06x,
+        # MLP at batch 16 (the 4 MB bucket is ready 0.5 ms before backward ends) 1.045x
+        # with everything inline; MLP at batch 128 (3-4 ms left) is 1.04x faster overlapped.
+        self.adaptive = True
+        self.ready_at: list = [0.0] * len(self.buckets)   # when each bucket's grads were all ready
+        self.tail_s: list = [None] * len(self.buckets)    # last step: backward time left after
+        self.deferred = False
         self.next_launch = 0
         self.in_backward = False
 
@@ -162,14 +182,29 @@ class BucketManager:
         b = self.bucket_of[p]
         b.attach(p)
         b.ready.add(p)
-        if len(b.ready) == len(b.params) and self.overlap:
-            self._launch_ready()
+        if len(b.ready) == len(b.params):
+            self.ready_at[b.index] = time.perf_counter()
+            if self.overlap:
+                self._launch_ready()
 
     def _launch_ready(self) -> None:
-        while (self.next_launch < len(self.buckets)
+        last = len(self.buckets) - 1
+        while (self.next_launch <= last and not self.deferred
                and len(self.buckets[self.next_launch].ready) == len(self.buckets[self.next_launch].params)):
-            self.buckets[self.next_launch].launch()
+            i = self.next_launch
+            tail = self.tail_s[i]
+            if self.adaptive and (i == last or (tail is not None and tail < _MIN_OVERLAP_S)):
+                self.deferred = True     # this bucket and the rest: inline, in finish()
+                return
+            self.buckets[i].launch()
             self.next_launch += 1
+
+    def _record_tails(self) -> None:
+        """How much of backward was left after each bucket could launch (for the next step)."""
+        end, launchable = time.perf_counter(), 0.0
+        for i, t in enumerate(self.ready_at):
+            launchable = max(launchable, t)   # a bucket launches after all before it
+            self.tail_s[i] = end - launchable
 
     def finish(self, find_unused: bool) -> None:
         """End of backward: launch what is left (unused parameters), wait for every bucket."""
@@ -187,11 +222,14 @@ class BucketManager:
                         "from the model")
                 for p in missing:
                     self.mark_ready(p)
-            if not self.overlap:
-                for b in self.buckets:
-                    b.launch(inline=True)
+            if self.overlap:
+                self._record_tails()
             for i, b in enumerate(self.buckets):
-                b.wait()
+                if i < self.next_launch:
+                    b.wait()           # launched during backward
+                else:                  # deferred (or overlap=False): reduce it here, in order
+                    b.launch(inline=True)
+                    self.next_launch = i + 1
                 if (i == self.finite_probe and self.check_finite
                         and not bool(torch.isfinite(b.flat).all())):
                     self.reset()
@@ -216,4 +254,5 @@ class BucketManager:
             if b.solo:
                 b.flat = None      # do not pin a gradient the user may drop
         self.next_launch = 0
+        self.deferred = False
         self.in_backward = False

@@ -39,8 +39,11 @@ class DDP:
             gradients are ready (True, the default), or every bucket at the
             end of backward in the training thread (False: no thread
             hand-offs, for hosts where the ranks' compute leaves no core for
-            a background thread; on this project's 2-core machine the two
-            measured the same within the noise).
+            a background thread). With True, a bucket after which the
+            previous step's backward had less than 2 ms left (and the last
+            bucket always) is reduced at the end of backward in the training
+            thread too: there is nothing to overlap it with, and the
+            hand-off would cost a wake-up each way.
     """
 
     bucket_cap_mb: float = 25.0

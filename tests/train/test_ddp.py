@@ -7,6 +7,7 @@ from torch import nn
 
 import shoal.train as st
 from shoal.exceptions import NonFiniteLossError, RankMismatchError, TaskError
+from shoal.train import _bucket
 from shoal.train._bucket import BucketManager
 from shoal.train.ddp import DDP
 
@@ -274,8 +275,55 @@ def test_buckets_launch_in_index_order_whatever_order_grads_arrive():
     for p in params:                         # forward order: the last bucket first
         p.grad = torch.zeros_like(p)
         bm.mark_ready(p)
-    assert comm.launched == [p.numel() for p in params[::-1]]
+    in_order = [p.numel() for p in params[::-1]]
+    # the last bucket has no backward left to overlap with: it is reduced inline in finish()
+    assert comm.launched == in_order[:-1]
     bm.finish(find_unused=False)
+    assert comm.launched == in_order
+
+
+def _async_log(comm):
+    """Which launches went out async (during backward) and which inline."""
+    log, plain = [], comm.allreduce
+
+    def allreduce(t, op="sum", async_op=False, **kwargs):
+        log.append((t.numel(), async_op))
+        return plain(t, op=op, async_op=async_op, **kwargs)
+    comm.allreduce = allreduce
+    return log
+
+
+def test_a_bucket_with_little_backward_left_after_it_is_reduced_inline_with_the_rest(monkeypatch):
+    monkeypatch.setattr(_bucket, "_MIN_OVERLAP_S", 30.0)   # a unit test's steps take far less
+    model = _mlp(seed=0)
+    params = list(model.parameters())
+    comm = _RecordingComm()
+    log = _async_log(comm)
+    bm = BucketManager(params, comm, cap_bytes=1, first_cap_bytes=1, compression=None)
+    n = len(bm.buckets)
+    sizes = [b.params[0].numel() for b in bm.buckets]
+
+    def step():
+        log.clear()
+        for p in params[::-1]:               # backward order: bucket 0 first
+            p.grad = torch.ones_like(p)
+            bm.mark_ready(p)
+        bm.finish(find_unused=False)
+        return list(log)
+
+    # first step: no timings yet, so every bucket but the last goes out during backward
+    assert step() == [(s, i < n - 1) for i, s in enumerate(sizes)]
+    assert all(t is not None and t >= 0 for t in bm.tail_s)
+    # backward ended long after bucket 0 but soon after bucket 1: from bucket 1 on, inline
+    bm.tail_s = [60.0] + [0.0] * (n - 1)
+    assert step() == [(s, i == 0) for i, s in enumerate(sizes)]
+    # with plenty of backward after every bucket, all but the last overlap again
+    bm.tail_s = [60.0] * n
+    assert step() == [(s, i < n - 1) for i, s in enumerate(sizes)]
+    # the timings of each step decide the next: here backward ended right after each
+    # bucket was ready, so the next step reduces every bucket inline
+    assert all(t < 30.0 for t in bm.tail_s)
+    assert step() == [(s, False) for s in sizes]
 
 
 def test_inline_mode_reduces_every_bucket_at_the_end_in_order():
