@@ -30,6 +30,13 @@ _WIRE_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 _MIN_OVERLAP_S = 0.002   # backward time left below which a bucket is reduced inline
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN/inf in ``t``: one summing pass (``isfinite(t).all()`` makes four, with
+    temporaries: 6.5 ms against 0.17 ms for 7.4 MB), and the exact check only when the sum
+    is not finite (a NaN/inf is there, or finite values overflowed the sum)."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 class Bucket:
     """Parameters whose gradients travel together in one flat buffer.
 
@@ -163,21 +170,6 @@ class BucketManager:
         for p in params:
             self.bucket_of[p] = b
 
-    def attach_grads(self) -> None:
-        """Before a forward: give every parameter without a gradient its bucket view."""
-        for b in self.buckets:
-            missing = [p for p in b.params if p.grad is None]
-            if b.solo:
-                for p in missing:
-                    b.attach(p)
-            elif len(missing) == len(b.params):
-                b.buffer.zero_()
-                for p in missing:
-                    p.grad = b.views[p]
-            else:
-                for p in missing:
-                    b.attach(p)
-
     def mark_ready(self, p) -> None:
         b = self.bucket_of[p]
         b.attach(p)
@@ -230,8 +222,7 @@ class BucketManager:
                 else:                  # deferred (or overlap=False): reduce it here, in order
                     b.launch(inline=True)
                     self.next_launch = i + 1
-                if (i == self.finite_probe and self.check_finite
-                        and not bool(torch.isfinite(b.flat).all())):
+                if i == self.finite_probe and self.check_finite and not _all_finite(b.flat):
                     self.reset()
                     raise NonFiniteLossError(
                         "gradients are NaN/inf after the allreduce (the loss was probably "

@@ -240,10 +240,14 @@ def test_large_parameters_do_not_close_the_small_bucket_and_launch_in_order():
 def test_gradients_are_views_into_the_bucket_buffer():
     model = _mlp(seed=0)
     comm = _RecordingComm()
-    bm = BucketManager(list(model.parameters()), comm, cap_bytes=1 << 20, first_cap_bytes=1 << 20,
+    params = list(model.parameters())
+    bm = BucketManager(params, comm, cap_bytes=1 << 20, first_cap_bytes=1 << 20,
                        compression=None)
-    bm.attach_grads()
+    hooks = [p.register_post_accumulate_grad_hook(bm.mark_ready) for p in params]
     model(torch.randn(2, 12)).sum().backward()
+    bm.finish(find_unused=False)
+    for h in hooks:
+        h.remove()
     for p in model.parameters():
         b = bm.bucket_of[p]
         assert p.grad.data_ptr() == b.views[p].data_ptr()
@@ -384,3 +388,15 @@ def test_gloo_adapter_backend_trains_the_same(gang):
     expected = _single_process_training()
     for got in gang.run(_two_rank_training, strategy=DDP(backend="gloo")):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_finite_check_is_exact_when_the_sum_overflows():
+    big = torch.full((1000,), 3e38)                  # finite, but its float32 sum is inf
+    assert _bucket._all_finite(big)
+    assert _bucket._all_finite(torch.full((100,), 60000.0, dtype=torch.float16))
+    mixed = torch.tensor([3e38, 3e38, -3e38, -3e38])  # partial sums inf - inf = nan
+    assert _bucket._all_finite(mixed)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.randn(4096)
+        t[1234] = bad
+        assert not _bucket._all_finite(t)
