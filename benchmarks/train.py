@@ -10,8 +10,10 @@ each rank on one thread (torch.set_num_threads(1)), one process per rank,
 all in this run on this host. Reported: samples/s, scaling efficiency
 (samples/s at N / (N x samples/s at 1)), the share of a step that is
 exposed communication ((t_N - t_1) / t_N, the same formula for both), and
-for shoal the measured share of a step spent waiting for gradient buckets,
-and the CPU time per step of rank 0 (all its threads: compute + communication),
+for shoal the measured share of a step the training thread spends on
+gradient buckets (waiting for a background allreduce, or reducing a bucket
+itself at the end of backward), and the CPU time per step of rank 0 (all
+its threads: compute + communication),
 a figure that other load on the host disturbs much less than wall-clock rates.
 The row "N x 1 worker, no comm" runs N independent single workers at once:
 the ceiling this host puts on any data-parallel system (the ranks share
@@ -103,13 +105,20 @@ def _rank_main(system, rank, world, kind, batch, steps, warmup, window, ports, s
         model = DistributedModel(model, comm, DDP(**{k: bool(int(v)) if k == "overlap" else float(v)
                                                      for k, v in kw.items()}))
         barrier = comm.barrier
-        wait = _bucket.Bucket.wait
+        wait, launch = _bucket.Bucket.wait, _bucket.Bucket.launch
 
         def timed_wait(self):
             t = time.perf_counter()
             wait(self)
             comm_wait[0] += time.perf_counter() - t
+
+        def timed_launch(self, inline=False):   # a bucket reduced in the training thread
+            t = time.perf_counter()
+            launch(self, inline)
+            if inline:
+                comm_wait[0] += time.perf_counter() - t
         _bucket.Bucket.wait = timed_wait
+        _bucket.Bucket.launch = timed_launch
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     data = make_batches(kind, batch, 8, rank)
     loss_fn = nn.CrossEntropyLoss()
