@@ -154,9 +154,11 @@ class BucketManager:
         # _MIN_OVERLAP_S has too little. Such a bucket, and all after it (the order is
         # fixed), is reduced inline at the end of backward in the training thread: no hand-off
         # to the background thread and back, each of which costs a wake-up. Measured on 2
-        # ranks, alternating windows in the same processes: small CNN (one bucket) 1.06x,
-        # MLP at batch 16 (the 4 MB bucket is ready 0.5 ms before backward ends) 1.045x
-        # with everything inline; MLP at batch 128 (3-4 ms left) is 1.04x faster overlapped.
+        # ranks, alternating windows in the same processes, against handing every bucket
+        # off: small CNN (one bucket) 1.12x; MLP at batch 16 (its 4 MB bucket is ready
+        # 0.7 ms before backward ends) 1.09x. At batch 128 that bucket has 4.7 ms left and
+        # still overlaps (on the 2-core test machine, overlapped and inline measured within
+        # the noise there; with a spare core, overlap hides the allreduce).
         self.adaptive = True
         self.ready_at: list = [0.0] * len(self.buckets)   # when each bucket's grads were all ready
         self.tail_s: list = [None] * len(self.buckets)    # last step: backward time left after
