@@ -159,12 +159,10 @@ class BucketManager:
         # 0.7 ms before backward ends) 1.09x. At batch 128 that bucket has 4.7 ms left and
         # still overlaps (on the 2-core test machine, overlapped and inline measured within
         # the noise there; with a spare core, overlap hides the allreduce).
-        self.adaptive = True
         self.ready_at: list = [0.0] * len(self.buckets)   # when each bucket's grads were all ready
         self.tail_s: list = [None] * len(self.buckets)    # last step: backward time left after
         self.deferred = False
         self.next_launch = 0
-        self.in_backward = False
 
     def _add(self, params, wire, solo: bool = False) -> None:
         b = Bucket(len(self.buckets), params, self.comm, wire, solo)
@@ -187,7 +185,7 @@ class BucketManager:
                and len(self.buckets[self.next_launch].ready) == len(self.buckets[self.next_launch].params)):
             i = self.next_launch
             tail = self.tail_s[i]
-            if self.adaptive and (i == last or (tail is not None and tail < _MIN_OVERLAP_S)):
+            if i == last or (tail is not None and tail < _MIN_OVERLAP_S):
                 self.deferred = True     # this bucket and the rest: inline, in finish()
                 return
             self.buckets[i].launch()
@@ -248,4 +246,3 @@ class BucketManager:
                 b.flat = None      # do not pin a gradient the user may drop
         self.next_launch = 0
         self.deferred = False
-        self.in_backward = False
