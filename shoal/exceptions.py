@@ -178,3 +178,45 @@ class RankMismatchError(ShoalError, ValueError):
 
 class InvalidInputTypeError(InvalidInputError, TypeError):
     """Input data of a type that cannot be used (e.g. a dict inside a numeric array)."""
+
+
+class MissingDependencyError(ShoalError, ImportError):
+    """A part of shoal needs a package that is not installed.
+
+    ``pip install shoal`` brings what ``shoal.core`` and ``shoal.collective``
+    need; each library's heavier dependencies come with an extra
+    (``pip install 'shoal[ml]'``). The message names the missing packages and
+    that extra; ``missing`` lists the packages, ``extra`` the extra.
+    """
+
+    # import name -> the name pip installs it under, where they differ
+    _PIP_NAMES = {"sklearn": "scikit-learn"}
+
+    def __init__(self, message: str, missing: tuple = (), extra: str = "", name: str | None = None):
+        super().__init__(message, name=name)
+        self.missing = tuple(missing)
+        self.extra = extra
+
+    def __reduce__(self):  # ImportError's pickling would drop missing/extra
+        return (type(self), (str(self), self.missing, self.extra, self.name))
+
+    @classmethod
+    def require(cls, part: str, extra: str, *modules: str) -> None:
+        """Raise unless every top-level module in ``modules`` is importable.
+
+        The check finds the modules without importing them (microseconds), so
+        a library's ``__init__`` can call it first and keep its own imports
+        lazy. ``part`` names what needs them ("shoal.ml"), ``extra`` the pip
+        extra that installs them ("ml").
+
+        Raises:
+            MissingDependencyError: e.g. ``shoal.ml needs scikit-learn, numba:
+                pip install 'shoal[ml]'``.
+        """
+        import importlib.util
+        absent = [m for m in modules if importlib.util.find_spec(m) is None]
+        if absent:
+            missing = tuple(cls._PIP_NAMES.get(m, m) for m in absent)
+            raise cls(f"{part} needs {', '.join(missing)}, which "
+                      f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                      f"pip install 'shoal[{extra}]'", missing, extra, absent[0])

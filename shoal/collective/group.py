@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from shoal.collective._buffers import is_torch_tensor
 from shoal.collective.config import NativeConfig
-from shoal.exceptions import CollectiveError
+from shoal.exceptions import CollectiveError, MissingDependencyError
 
 BACKENDS = ("auto", "native", "torch")
 
@@ -71,6 +71,7 @@ def init_group(rank: int, world_size: int, store, backend: str = "auto", name: s
     if store is None or not hasattr(store, "get"):
         raise TypeError("store must be a shoal.core.KVStore (shoal.get_kv_store() or a TCPStore)")
     if backend == "torch":
+        MissingDependencyError.require("shoal.collective's torch backend", "train", "torch")
         from shoal.collective._torch_backend import TorchCommunicator
         return TorchCommunicator(rank, world_size, store, name=name, timeout=timeout, device=device)
     from shoal.collective._native import NativeCommunicator

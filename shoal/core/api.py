@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from shoal.core.object_ref import ObjectRef
+from shoal.exceptions import MissingDependencyError
 
 _backend = None           # the driver's backend (LocalBackend or RayBackend)
 _worker_rt = None         # set inside worker processes of the local backend
@@ -78,6 +79,7 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: di
             _backend = LocalBackend(num_cpus, num_gpus, resources, object_store_memory,
                                     namespace, log_to_driver)
         elif backend == "ray":
+            MissingDependencyError.require("shoal's Ray backend", "ray", "ray")
             from shoal.core._ray import RayBackend
             _backend = RayBackend(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                   object_store_memory=object_store_memory, address=address,

@@ -8,6 +8,10 @@ Sources are lazy (files, ``range``) or put into the object store at once
 (``from_numpy``, ``from_pandas``, ...). Transforms build a plan; consumers
 run it, streaming block by block through a bounded window of tasks.
 """
+from shoal.exceptions import MissingDependencyError
+
+MissingDependencyError.require("shoal.data", "data", "pyarrow", "pandas")
+
 from shoal.data._aggregate import AggregateFn, Count, Max, Mean, Min, Std, Sum
 from shoal.data._context import DataContext
 from shoal.data._dataset import Dataset

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from shoal.data._block import check_batch_format, column_to_numpy, rebatch, to_batch
 from shoal.data._plan import Bundle
+from shoal.exceptions import MissingDependencyError
 
 
 def fetch_blocks(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterator[pa.Table]:
@@ -79,6 +80,7 @@ def iter_batches(bundles: Iterable[Bundle], *, batch_size: int | None = 256,
 
 def to_torch_batch(batch: pa.Table, dtypes=None, device: str | Any = "cpu") -> dict:
     """A dict of torch tensors; non-numeric columns stay NumPy arrays."""
+    MissingDependencyError.require("torch batches", "train", "torch")
     import torch
 
     out = {}

@@ -10,6 +10,10 @@
 The collectives run on shoal.collective (shared memory on one host,
 authenticated TCP across hosts).
 """
+from shoal.exceptions import MissingDependencyError
+
+MissingDependencyError.require("shoal.horovod", "train", "torch")
+
 from shoal.horovod._ops import (
                                 Adasum,
                                 Average,

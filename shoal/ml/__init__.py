@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from shoal.exceptions import MissingDependencyError
+
+MissingDependencyError.require("shoal.ml", "ml", "sklearn", "scipy", "numba")
+
 _EXPORTS = {
     # input layer
     "DesignMatrix": "_input", "as_design_matrix": "_input", "set_executor": "_executor",

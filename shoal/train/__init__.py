@@ -19,6 +19,10 @@ move the model and the batches there.
 
 Scripts started by ``shoal launch`` (or torchrun) use the same functions.
 """
+from shoal.exceptions import MissingDependencyError
+
+MissingDependencyError.require("shoal.train", "train", "torch", "pandas")
+
 from shoal.train.checkpoint import Checkpoint
 from shoal.train.config import CheckpointConfig, FailureConfig, RunConfig
 from shoal.train.context import TrainContext, get_checkpoint, get_context, get_device, report
