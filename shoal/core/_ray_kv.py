@@ -134,5 +134,12 @@ class RayKVStore(KVStore):
         return self._call("compare_set", key, None if expected is None else _to_bytes(expected),
                           _to_bytes(desired))
 
+    def reachable_host(self) -> str | None:
+        """The IP address of this process's Ray node, as Ray reports it (other nodes reach it there)."""
+        try:
+            return ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - not connected to Ray here: the caller falls back
+            return None
+
     def close(self) -> None:
         """Nothing to close: the store lives as long as the Ray job."""

@@ -1,7 +1,7 @@
 """The two-node cluster itself: both nodes alive, work spread over them, objects between them."""
 import pytest
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def test_tasks_and_actors_run_on_both_nodes(cluster):
