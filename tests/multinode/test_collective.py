@@ -64,3 +64,18 @@ emit({"errors": errors, "seconds": time.monotonic() - t0})
         assert "rank 0 could not connect to rank 1 at 127.0.0.1:" in err
         assert "SHOAL_COLLECTIVE_HOST" in err
     assert got["seconds"] < 120  # the formation timeout: failing ranks do not wait it out
+
+
+def test_two_ranks_per_node_share_memory_inside_a_node_and_tcp_between(cluster):
+    got = cluster.run(MEMBER + """
+members = [Member.options(resources={"head" if r < 2 else "worker": 1}).remote() for r in range(4)]
+info = shoal.get([m.form.remote(r, 4, "quad") for r, m in enumerate(members)], timeout=90)
+sums = shoal.get([m.allreduce.remote(n) for m in members for n in (5, 3000, 1 << 20)], timeout=120)
+shoal.get([m.destroy.remote() for m in members], timeout=30)
+emit({"info": info, "sums": sums})
+""")
+    nodes = [i["node"] for i in got["info"]]
+    assert nodes[0] == nodes[1] != nodes[2] == nodes[3]
+    assert all(i["hosts"] == [[0, 1], [2, 3]] and i["shm"] for i in got["info"])
+    want = [10.0 * n * (n - 1) / 2 for n in (5, 3000, 1 << 20)]
+    assert got["sums"] == want * 4
