@@ -42,20 +42,33 @@ def host_identity() -> str:
     return ":".join(parts)
 
 
-def listen_host_for(store, configured: str | None) -> str:
-    """The address peers can reach this rank at: configured, or the one facing the store."""
+def listen_host_for(store, configured: str | None, spans_hosts: bool | None = True) -> str:
+    """The address this rank listens on and advertises to its peers.
+
+    In order: ``configured`` (NativeConfig.listen_host), SHOAL_COLLECTIVE_HOST,
+    127.0.0.1 when every rank is on this host, else the address the store
+    says the other hosts reach this process at (the node IP Ray reports on
+    the Ray backend, the interface facing the server for a TCPStore).
+    ``spans_hosts=None`` (not known): the store's address if it has one, else
+    127.0.0.1.
+    """
     if configured:
         return configured
     env = os.environ.get("SHOAL_COLLECTIVE_HOST")
     if env:
         return env
-    sock = getattr(store, "_sock", None)
-    try:
-        if sock is not None:
-            return sock.getsockname()[0]
-    except OSError:
-        pass
-    return "127.0.0.1"
+    if spans_hosts is False:
+        return "127.0.0.1"
+    reachable = getattr(store, "reachable_host", None)
+    host = reachable() if reachable is not None else None
+    if not host and spans_hosts is None:
+        return "127.0.0.1"
+    if not host:
+        raise CollectiveError(
+            f"the group spans several hosts but the store ({type(store).__name__}) cannot tell "
+            "the address other hosts reach this rank at; set SHOAL_COLLECTIVE_HOST (or "
+            "NativeConfig(listen_host=...)) on every rank to its address")
+    return host
 
 
 @dataclass
@@ -85,36 +98,70 @@ def _get(store, key: str, timeout: float, what: str) -> bytes:
 
 def rendezvous(rank: int, world_size: int, store, name: str, timeout: float,
                segment_bytes: int, listen_host: str | None):
-    """Returns (prefix, topology, ShmGroup or None, TcpMesh)."""
+    """Returns (prefix, topology, ShmGroup or None, TcpMesh).
+
+    First every rank publishes its host identity, so each knows whether the
+    group stays on its host (listen on loopback) or spans hosts (listen on
+    the address other hosts reach); then where it listens. A group that
+    spans hosts opens its connections now, so an unreachable rank fails the
+    formation (on every rank, naming it) instead of the first collective.
+    """
     base = f"shoal/collective/{name}"
     gen = store.add(f"{base}/gen/{rank}", 1)
     prefix = f"{base}/{gen}"
     if rank == 0:
         store.set(f"{prefix}/secret", secrets.token_hex(32))
     secret = bytes.fromhex(_get(store, f"{prefix}/secret", timeout, "rank 0").decode())
-    mesh = TcpMesh(rank, world_size, secret, listen_host_for(store, listen_host), timeout)
+    store.set(f"{prefix}/host/{rank}", host_identity())
+    idents = [_get(store, f"{prefix}/host/{r}", timeout, f"rank {r}").decode()
+              for r in range(world_size)]
+    order: dict[str, int] = {}
+    for i in idents:
+        order.setdefault(i, len(order))
+    host_of = [order[i] for i in idents]
+    hosts = [[r for r in range(world_size) if host_of[r] == h] for h in range(len(order))]
+    local = hosts[host_of[rank]]
+    topo = Topology(hosts, host_of, local, local.index(rank))
+    mesh = TcpMesh(rank, world_size, secret, listen_host_for(store, listen_host, len(hosts) > 1),
+                   timeout)
     try:
-        ident = host_identity()
-        store.set(f"{prefix}/rank/{rank}", f"{mesh.address[0]}|{mesh.address[1]}|{ident}")
-        peers, idents = {}, []
+        store.set(f"{prefix}/rank/{rank}", f"{mesh.address[0]}|{mesh.address[1]}")
+        peers = {}
         for r in range(world_size):
-            h, p, i = _get(store, f"{prefix}/rank/{r}", timeout, f"rank {r}").decode().split("|", 2)
+            h, p = _get(store, f"{prefix}/rank/{r}", timeout, f"rank {r}").decode().split("|")
             peers[r] = (h, int(p))
-            idents.append(i)
         mesh.set_peers(peers)
-        order: dict[str, int] = {}
-        for i in idents:
-            order.setdefault(i, len(order))
-        host_of = [order[i] for i in idents]
-        hosts = [[r for r in range(world_size) if host_of[r] == h] for h in range(len(order))]
-        local = hosts[host_of[rank]]
-        topo = Topology(hosts, host_of, local, local.index(rank))
+        if len(hosts) > 1:
+            _connect_all(mesh, store, prefix, rank, world_size, timeout)
         shm = _map_segment(store, prefix, topo, rank, name, gen, timeout, segment_bytes) \
             if len(local) > 1 else None
     except BaseException:
         mesh.close()
         raise
     return prefix, topo, shm, mesh
+
+
+def _connect_all(mesh: TcpMesh, store, prefix: str, rank: int, world_size: int,
+                 timeout: float) -> None:
+    """Open the collective connection to every peer; the first failure fails every rank."""
+    failed = f"{prefix}/unreachable"
+    try:
+        for q in range(rank + 1, world_size):
+            mesh.conn(q)
+    except CollectiveError as e:
+        store.compare_set(failed, None, str(e))
+        raise
+    deadline = time.monotonic() + timeout
+    for q in range(rank):
+        while not mesh.wait_connected(q, 0.5):
+            if store.check([failed]):
+                raise CollectiveError(store.get(failed).decode())
+            if time.monotonic() > deadline:
+                host, port = mesh.address
+                raise CollectiveError(
+                    f"rank {q} did not connect to rank {rank} at {host}:{port} within "
+                    f"{timeout}s; if rank {q} cannot reach that address, set "
+                    f"SHOAL_COLLECTIVE_HOST on rank {rank} to one it can reach")
 
 
 def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segment_bytes):

@@ -22,6 +22,9 @@ from shoal.core._auth import client_handshake, server_handshake
 from shoal.exceptions import AuthenticationError, CollectiveError
 
 _HELLO = struct.Struct("!qq")
+# A peer's address is in the store only once it listens there, so a refused or
+# unroutable connection means a wrong address: give up well before a collective's timeout.
+CONNECT_TIMEOUT = 30.0
 
 
 class TcpMesh:
@@ -76,6 +79,13 @@ class TcpMesh:
             self._conns[(int(peer), int(channel))] = conn
             self._cond.notify_all()
 
+    def wait_connected(self, peer: int, timeout: float, channel: int = 0) -> bool:
+        """Wait up to ``timeout`` for ``peer`` (a lower rank) to open ``channel``; True if it did."""
+        key = (peer, channel)
+        with self._cond:
+            return self._cond.wait_for(lambda: key in self._conns or self._closed, timeout) \
+                and key in self._conns
+
     def conn(self, peer: int, channel: int = 0) -> socket.socket:
         """The connection to ``peer`` on ``channel`` (opened on first use)."""
         key = (peer, channel)
@@ -95,21 +105,29 @@ class TcpMesh:
             while key not in self._conns:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
-                    raise CollectiveError(f"rank {peer} did not connect to rank {self.rank} within "
-                                          f"{self.timeout}s; is it alive and reachable?")
+                    host, port = self.address
+                    raise CollectiveError(
+                        f"rank {peer} did not connect to rank {self.rank} at {host}:{port} within "
+                        f"{self.timeout}s; is it alive, and can it reach that address? (if not, "
+                        f"set SHOAL_COLLECTIVE_HOST on rank {self.rank} to one it can reach)")
                 self._cond.wait(min(left, 0.5))
             return self._conns[key]
 
     def _connect(self, peer: int, channel: int) -> socket.socket:
         host, port = self._peers[peer]
-        deadline = time.monotonic() + self.timeout
+        bound = min(self.timeout, CONNECT_TIMEOUT)
+        deadline = time.monotonic() + bound
         while True:
             try:
-                s = socket.create_connection((host, port), timeout=10)
+                s = socket.create_connection((host, port), timeout=min(10.0, bound))
                 break
             except OSError as e:
                 if time.monotonic() > deadline:
-                    raise CollectiveError(f"could not connect to rank {peer} at {host}:{port}: {e}") from e
+                    raise CollectiveError(
+                        f"rank {self.rank} could not connect to rank {peer} at {host}:{port} (the "
+                        f"address rank {peer} advertised) within {bound:.0f}s: {e}; if rank {peer} "
+                        "is on another host, set SHOAL_COLLECTIVE_HOST on it to an address this "
+                        "host reaches (on Ray the node IP is used by default)") from e
                 time.sleep(0.05)
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

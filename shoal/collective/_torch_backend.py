@@ -134,7 +134,8 @@ class TorchCommunicator(Communicator):
         else:
             from shoal.collective._rendezvous import listen_host_for
             opts = dist.ProcessGroupGloo._Options()
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=listen_host_for(store, None))]
+            opts._devices = [dist.ProcessGroupGloo.create_device(
+                hostname=listen_host_for(store, None, spans_hosts=None))]
             opts._timeout = td
             self.pg = dist.ProcessGroupGloo(adapter, rank, world_size, opts)
         self._dist = dist

@@ -49,9 +49,11 @@ class NativeConfig:
         tcp_small_bytes: across hosts, allreduces up to this size use
             recursive doubling (when the number of hosts is a power of two),
             larger ones a ring.
-        listen_host: address this rank accepts TCP connections on (default:
-            the address facing the store, else SHOAL_COLLECTIVE_HOST, else
-            127.0.0.1).
+        listen_host: address this rank accepts TCP connections on and
+            advertises to its peers. Default: SHOAL_COLLECTIVE_HOST, else
+            127.0.0.1 when every rank is on this host, else the address the
+            store says other hosts reach this process at (on Ray: the node
+            IP Ray reports).
         fusion: tensor fusion settings.
         cuda: where collectives on CUDA tensors run: "auto" (NCCL when every
             rank has a GPU of its own, else staged through host memory and

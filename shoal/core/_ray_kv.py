@@ -2,7 +2,9 @@
 
 Same semantics as ``shoal.core.kv.TCPStore``: values are bytes, ``get`` and
 ``wait`` block until the keys are set or the timeout passes (then raise
-GetTimeoutError), ``add`` counts, ``compare_set`` swaps atomically.
+GetTimeoutError), ``add`` counts, ``compare_set`` swaps atomically. The
+actor lives on the head node, so losing a worker node loses no rendezvous
+state (the Trainer reads its reports there while it restarts a gang).
 """
 from __future__ import annotations
 
@@ -73,13 +75,26 @@ class _KVServer:
         return current if current is not None else b""
 
 
+def _head_node_affinity():
+    """Pin to the head node: the store must outlive any worker node (it holds no CPU)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    try:
+        for node in ray.nodes():
+            if node.get("Alive") and "node:__internal_head__" in (node.get("Resources") or {}):
+                return NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+    except Exception:  # noqa: BLE001 - the head is not known here: let Ray place it
+        pass
+    return None
+
+
 def _kv_actor(namespace: str):
     try:
         return ray.get_actor(KV_ACTOR, namespace=namespace)
     except ValueError:
         return ray.remote(_KVServer).options(
             name=KV_ACTOR, namespace=namespace, get_if_exists=True, num_cpus=0,
-            lifetime="detached", max_concurrency=10_000, max_restarts=0).remote()
+            lifetime="detached", max_concurrency=10_000, max_restarts=0,
+            scheduling_strategy=_head_node_affinity()).remote()
 
 
 class RayKVStore(KVStore):
@@ -133,6 +148,13 @@ class RayKVStore(KVStore):
         """Set ``key`` to ``desired`` if it equals ``expected`` (None: unset); returns the value now."""
         return self._call("compare_set", key, None if expected is None else _to_bytes(expected),
                           _to_bytes(desired))
+
+    def reachable_host(self) -> str | None:
+        """The IP address of this process's Ray node, as Ray reports it (other nodes reach it there)."""
+        try:
+            return ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - not connected to Ray here: the caller falls back
+            return None
 
     def close(self) -> None:
         """Nothing to close: the store lives as long as the Ray job."""

@@ -69,6 +69,14 @@ class KVStore:
     def keys(self, prefix: str = "") -> list[str]: ...
     def compare_set(self, key: str, expected: bytes | None, desired: bytes) -> bytes: ...
 
+    def reachable_host(self) -> str | None:
+        """An address of this process that the store's other users can reach, or None.
+
+        Listeners for peers (a collective group's connections) advertise it.
+        None means the store cannot tell; callers fall back to 127.0.0.1.
+        """
+        return None
+
 
 class _StoreServer:
     def __init__(self, host: str, port: int, secret: bytes):
@@ -282,6 +290,16 @@ class TCPStore(KVStore):
         """Set ``key`` to ``desired`` if it equals ``expected`` (None: unset); returns the value now."""
         return self._call(_CAS, key.encode(), b"0" if expected is None else b"1",
                           expected or b"", _to_bytes(desired))[1]
+
+    def reachable_host(self) -> str | None:
+        """The local address of this client's connection: the interface facing the server."""
+        with self._lock:
+            if self._sock is None:
+                self._sock = self._connect(self._timeout)
+            try:
+                return self._sock.getsockname()[0]
+            except OSError:
+                return None
 
     def _drop_connection(self) -> None:
         sock, self._sock = self._sock, None

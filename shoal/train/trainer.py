@@ -27,6 +27,7 @@ import cloudpickle
 import shoal
 from shoal.exceptions import (
     ActorDiedError,
+    GetTimeoutError,
     ShoalError,
     TaskError,
     TrainingFailedError,
@@ -194,7 +195,9 @@ class Trainer:
         failure_config: how many gang restarts a run may use.
         placement_strategy: "PACK", "STRICT_PACK", "SPREAD" or "STRICT_SPREAD".
         resume_from_checkpoint: a Checkpoint the first attempt starts from.
-        collective_timeout: seconds a collective waits for a peer before raising.
+        collective_timeout: seconds a collective waits for a peer before raising,
+            and the gang's start waits for its resources and workers (a
+            start that runs past it is a failed attempt).
     """
 
     def __init__(self, train_loop, *, num_workers: int = 1,
@@ -336,7 +339,14 @@ class Trainer:
         store = shoal.get_kv_store()
         prefix = f"shoal-train/{run_id}/{attempt}/report"
         try:
-            shoal.get(pg.ready(), timeout=None)
+            try:
+                shoal.get(pg.ready(), timeout=self.collective_timeout)
+            except GetTimeoutError:
+                return TrainingFailedError(
+                    f"the gang's {n} bundles of {res} ({self.placement_strategy}) were not all "
+                    f"placed within {self.collective_timeout}s (collective_timeout): the cluster "
+                    f"has {shoal.available_resources()} free. Add nodes, lower num_workers or "
+                    "resources_per_worker, or use a softer placement_strategy")
             actor_cls = shoal.remote(_TrainWorker)
             extra = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
             for i in range(n):
@@ -344,7 +354,14 @@ class Trainer:
                     num_cpus=res.get("CPU", 0), num_gpus=res.get("GPU", 0),
                     resources=extra or None, placement_group=pg,
                     placement_group_bundle_index=i, max_restarts=0).remote())
-            where = shoal.get([w.where.remote() for w in workers])
+            try:
+                where = shoal.get([w.where.remote() for w in workers],
+                                  timeout=self.collective_timeout)
+            except GetTimeoutError:
+                return TrainingFailedError(f"the gang's {n} workers did not start within "
+                                           f"{self.collective_timeout}s (collective_timeout)")
+            except (ActorDiedError, WorkerCrashedError, TaskError) as e:
+                return e
             nodes = list(dict.fromkeys(node for node, _ in where))
             ranks_on = {nd: [r for r, (x, _) in enumerate(where) if x == nd] for nd in nodes}
             next_index = _index_of(start) + 1 if start is not None else 0

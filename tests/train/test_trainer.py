@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import shoal
 import shoal.train as st
 from shoal.exceptions import NonFiniteLossError, RankMismatchError, TrainingFailedError
 from shoal.train.data import ShardSampler
@@ -192,3 +193,19 @@ def test_trainer_rejects_bad_arguments():
         st.Trainer(train_loop, num_workers=0)
     with pytest.raises(TypeError, match="train_loop"):
         st.Trainer("not a function")
+
+
+def _noop(config):
+    st.report({"done": 1})
+
+
+def test_gang_that_cannot_be_placed_fails_within_collective_timeout(cluster, tmp_path):
+    hog = shoal.placement_group([{"CPU": 4}])       # every CPU of the cluster is taken
+    shoal.get(hog.ready(), timeout=30)
+    try:
+        t = st.Trainer(_noop, num_workers=2, collective_timeout=2,
+                       run_config=st.RunConfig(storage_path=str(tmp_path), verbose=0))
+        with pytest.raises(TrainingFailedError, match="were not all placed within 2"):
+            t.fit()
+    finally:
+        shoal.remove_placement_group(hog)
