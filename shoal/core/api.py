@@ -181,6 +181,11 @@ class RemoteFunction:
         refs = _runtime().submit_task(self, args, kwargs, self._options)
         return refs[0] if self._options.get("num_returns", 1) == 1 else refs
 
+    def bind(self, *args, **kwargs):
+        """A DAG node calling this function with these arguments (see ``shoal.dag``)."""
+        from shoal.core.dag import FunctionNode
+        return FunctionNode(self, args, kwargs)
+
     def options(self, **opts) -> "RemoteFunction":
         merged = dict(self._options, **opts)
         rf = RemoteFunction.__new__(RemoteFunction)
@@ -210,6 +215,11 @@ class ActorMethod:
         refs = _runtime().submit_actor_call(h._actor_id, h._cls_name, self._name, args, kwargs,
                                             self._options)
         return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+
+    def bind(self, *args, **kwargs):
+        """A DAG node calling this method of this live actor (see ``shoal.dag``)."""
+        from shoal.core.dag import ClassMethodNode
+        return ClassMethodNode(self._handle, self._name, args, kwargs, self._options)
 
     def options(self, **opts) -> "ActorMethod":
         _check_options(opts, _METHOD_OPTIONS, self._name)
@@ -278,6 +288,11 @@ class ActorClass:
         rt = _runtime()
         actor_id, handle_ref, methods, is_async = rt.create_actor(self, args, kwargs, self._options)
         return ActorHandle(actor_id, handle_ref, self._name, methods, is_async)
+
+    def bind(self, *args, **kwargs):
+        """A DAG node creating this actor (see ``shoal.dag``); ``node.method.bind(...)`` calls it."""
+        from shoal.core.dag import ClassNode
+        return ClassNode(self, args, kwargs)
 
     def options(self, **opts) -> "ActorClass":
         ac = ActorClass.__new__(ActorClass)
