@@ -105,6 +105,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         self.workers: dict = {}            # wid -> WorkerProc
         self.queues: dict = {}             # shape -> deque of ready TaskSpecs
         self.producing: dict = {}          # return id -> TaskSpec while pending
+        self.streams: dict = {}            # streaming task's first return id -> _Stream
         self.functions: dict = {}          # fn_id -> cloudpickled bytes
         self.fn_time: dict = {}            # fn_id -> mean run seconds
         self.actors: dict = {}             # actor_id -> ActorState
@@ -347,6 +348,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             self._on_done(w, m[1], m[2], m[3], m[4])
         elif op == "ref":
             self._apply_refs(m[1], w.wid)
+        elif op == "yield":
+            self._on_yield(w, m[1], m[2], m[3])
         elif op == "submit":
             self._submit(TaskSpec.from_wire(m[1]))
         elif op == "fn":

@@ -31,8 +31,15 @@ from ray.util.scheduling_strategies import (
 
 from shoal.core._ray_errors import to_shoal_error
 from shoal.core._ray_kv import KV_ACTOR, RayKVStore
+from shoal.core.generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from shoal.core.object_ref import ObjectRef
-from shoal.exceptions import InfeasibleResourceError, SerializationError
+from shoal.exceptions import GetTimeoutError, InfeasibleResourceError, SerializationError
+
+try:
+    from ray._raylet import DynamicObjectRefGenerator as _RayDynamicGenerator
+except ImportError:   # a Ray without dynamic generators: nothing to convert
+    class _RayDynamicGenerator:  # noqa: D101 - never instantiated
+        pass
 
 _ENV = {"SHOAL_BACKEND": "ray"}
 _EPS = 1e-9
@@ -131,9 +138,29 @@ class RayBackend:
 
     def get(self, refs: list, timeout=None) -> list:
         try:
-            return ray.get([r.id for r in refs], timeout=timeout)
+            out = ray.get([r.id for r in refs], timeout=timeout)
         except rex.RayError as e:
             raise to_shoal_error(e) from None
+        for i, v in enumerate(out):
+            if type(v) is _RayDynamicGenerator:   # a num_returns="dynamic" task's value
+                out[i] = DynamicObjectRefGenerator([ObjectRef(r, counted=False) for r in v])
+        return out
+
+    def stream_next(self, gen, timeout):
+        """The shoal ref of the next item of Ray's streaming generator, None at its end."""
+        rg = gen._ray
+        if timeout is not None:
+            ready, _ = ray.wait([rg], timeout=timeout)
+            if not ready:
+                raise GetTimeoutError(f"no item of the generator came within {timeout}s")
+        try:
+            ref = next(rg)
+        except StopIteration:
+            return None
+        return ObjectRef(ref, counted=False)
+
+    def cancel_generator(self, gen, force: bool = False) -> None:
+        ray.cancel(gen._ray, force=force, recursive=True)
 
     def wait(self, refs: list, num_returns: int, timeout):
         if num_returns == 0 or not refs:
@@ -507,10 +534,12 @@ def _has_refs(args: tuple, kwargs: dict) -> bool:
         any(type(v) is ObjectRef for v in kwargs.values())
 
 
-def _wrap_returns(out, n: int) -> list:
+def _wrap_returns(out, n) -> list:
+    if n == "streaming":
+        return [ObjectRefGenerator(ObjectRef(out.completed(), counted=False), "ray", out)]
     if n == 0 or out is None:
         return []
-    if n == 1:
+    if n == 1 or n == "dynamic":
         return [ObjectRef(out, counted=False)]
     return [ObjectRef(r, counted=False) for r in out]
 

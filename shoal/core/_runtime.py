@@ -7,10 +7,16 @@ driver).
 """
 from __future__ import annotations
 
+import time
+
 from shoal.core._resources import demand_of
 from shoal.core._serialization import IS_ERROR, deserialize, dumps_code, serialize
 from shoal.core._spec import ActorSpec, TaskSpec
+from shoal.core.generator import ObjectRefGenerator, deadline_left
 from shoal.core.object_ref import ObjectRef
+from shoal.exceptions import GetTimeoutError
+
+_GEN_MODE = {"streaming": 1, "dynamic": 2}
 
 
 class DepMarker:
@@ -95,15 +101,16 @@ class ProcessRuntime:
                                opts.get("memory"))
             pg_id, bundle = _pg_of(opts)
             self.check_feasible(demand, pg_id, bundle, f"task {rf._name}")
+            n = opts.get("num_returns", 1)
             prep = (fn_id, demand, pg_id, bundle, opts.get("name") or rf._name,
-                    opts.get("num_returns", 1), opts.get("max_retries", 3),
-                    _retry_flag(opts.get("retry_exceptions")))
+                    1 if n.__class__ is str else n, opts.get("max_retries", 3),
+                    _retry_flag(opts.get("retry_exceptions")), _GEN_MODE.get(n, 0))
             if pg_id is None:  # a placement group can go away: check those every time
                 rf._prepared[self.session] = prep
         return prep
 
     def submit_task(self, rf, args, kwargs, opts) -> list:
-        fn_id, demand, pg_id, bundle, name, n, max_retries, retry = self._prepare(rf, opts)
+        fn_id, demand, pg_id, bundle, name, n, max_retries, retry, gen = self._prepare(rf, opts)
         if args or kwargs:
             a, kw, deps = split_deps(args, kwargs)
             args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}",
@@ -113,8 +120,10 @@ class ProcessRuntime:
         seq = self.new_id()
         returns = (self.new_id(),) if n == 1 else tuple(self.new_id() for _ in range(max(n, 1)))
         spec = TaskSpec(seq, fn_id, name, args_desc, deps, returns, demand, pg_id, bundle,
-                        max_retries, retry)
+                        max_retries, retry, None, None, gen)
         refs = self.submit_local(spec)
+        if gen == 1:
+            return [ObjectRefGenerator(refs[0], "local")]
         return refs if n != 1 else refs[:1]
 
     def create_actor(self, ac, args, kwargs, opts) -> tuple:
@@ -144,11 +153,16 @@ class ProcessRuntime:
         name = f"{cls_name}.{method}"
         args_desc = serialize((a, kw), self.new_path, what=f"arguments of {name}", alloc=self._alloc)
         n = opts.get("num_returns", 1)
+        gen = _GEN_MODE.get(n, 0) if n.__class__ is str else 0
+        if gen:
+            n = 1
         seq = self.new_id()
         returns = tuple(self.new_id() for _ in range(max(n, 1)))
         spec = TaskSpec(seq, None, name, args_desc, deps, returns, {}, None, -1,
-                        0, _retry_flag(opts.get("retry_exceptions")), actor_id, method)
+                        0, _retry_flag(opts.get("retry_exceptions")), actor_id, method, gen)
         refs = self.submit_local(spec)
+        if gen == 1:
+            return [ObjectRefGenerator(refs[0], "local")]
         return refs if n != 1 else refs[:1]
 
     def get(self, refs: list, timeout=None) -> list:
@@ -160,6 +174,20 @@ class ProcessRuntime:
             except FileNotFoundError:  # spilled between lookup and map: look again
                 out.append(value_of(self.get_descs([r.id], timeout)[0]))
         return out
+
+    def stream_next(self, gen, timeout):
+        """The ref of a streaming task's next item, or None after the last."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        gid = gen._task_ref.id
+        while True:
+            oid, state = self.stream_slot(gid, gen._index)
+            if state == "item":
+                return ObjectRef(oid)
+            if state == "end":
+                return None
+            # The slot becomes ready when the item (or the end) arrives.
+            if not self.wait_ids([oid], 1, deadline_left(deadline)):
+                raise GetTimeoutError(f"no item of the generator came within {timeout}s")
 
     def put_value(self, value) -> ObjectRef:
         return self.put(value)

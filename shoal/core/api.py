@@ -15,6 +15,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from shoal.core.generator import ObjectRefGenerator
 from shoal.core.object_ref import ObjectRef
 
 _backend = None           # the driver's backend (LocalBackend or RayBackend)
@@ -29,6 +30,7 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
                   "lifetime", "placement_group", "placement_group_bundle_index",
                   "scheduling_strategy", "runtime_env"}
 _METHOD_OPTIONS = {"num_returns", "name", "retry_exceptions"}
+GENERATOR_MODES = ("streaming", "dynamic")
 
 
 def _set_worker_runtime(rt) -> None:
@@ -150,9 +152,21 @@ def wait(refs: list, *, num_returns: int = 1, timeout: float | None = None,
     return _runtime().wait(refs, num_returns, timeout)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(ref, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task producing ``ref``: queued tasks never run; a running one
-    gets TaskCancelledError raised inside it (``force=True`` kills its worker)."""
+    gets TaskCancelledError raised inside it (``force=True`` kills its worker).
+
+    ``ref`` may be an ObjectRefGenerator: its streaming task stops, and the
+    next item's ref raises TaskCancelledError.
+    """
+    if isinstance(ref, ObjectRefGenerator):
+        if _is_ray():
+            _runtime().cancel_generator(ref, force)
+            return
+        ref = ref._task_ref
+    elif not isinstance(ref, ObjectRef):
+        raise TypeError(f"shoal.cancel() takes an ObjectRef or an ObjectRefGenerator, "
+                        f"got {type(ref).__name__}")
     _runtime().cancel(ref.id if not _is_ray() else ref, force)
 
 
@@ -179,7 +193,8 @@ class RemoteFunction:
 
     def remote(self, *args, **kwargs):
         refs = _runtime().submit_task(self, args, kwargs, self._options)
-        return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+        n = self._options.get("num_returns", 1)
+        return refs[0] if n == 1 or n.__class__ is str else refs
 
     def bind(self, *args, **kwargs):
         """A DAG node calling this function with these arguments (see ``shoal.dag``)."""
@@ -214,7 +229,8 @@ class ActorMethod:
         h = self._handle
         refs = _runtime().submit_actor_call(h._actor_id, h._cls_name, self._name, args, kwargs,
                                             self._options)
-        return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+        n = self._options.get("num_returns", 1)
+        return refs[0] if n == 1 or n.__class__ is str else refs
 
     def bind(self, *args, **kwargs):
         """A DAG node calling this method of this live actor (see ``shoal.dag``)."""
@@ -340,8 +356,9 @@ def _check_options(options: dict, allowed: set, what: str) -> None:
     if bad:
         raise ValueError(f"unknown option(s) {sorted(bad)} for {what}; allowed: {sorted(allowed)}")
     n = options.get("num_returns", 1)
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"num_returns must be an int >= 0 for {what}, got {n!r}")
+    if n not in GENERATOR_MODES and (not isinstance(n, int) or n < 0):
+        raise ValueError(f"num_returns must be an int >= 0, \"streaming\" or \"dynamic\" for "
+                         f"{what}, got {n!r}")
     for k in ("num_cpus", "num_gpus"):
         v = options.get(k)
         if v is not None and (not isinstance(v, (int, float)) or v < 0):
