@@ -268,15 +268,7 @@ class RayBackend:
     def get_actor(self, name, namespace=None):
         # ValueError when there is none, as on the local backend.
         handle = ray.get_actor(name, namespace=namespace or self.namespace)
-        sigs = getattr(handle, "_ray_method_signatures", {})
-        nret = getattr(handle, "_ray_method_num_returns", {}) or {}
-        methods = {}
-        for m in sigs:
-            if m.startswith("__ray"):
-                continue
-            n = nret.get(m)
-            methods[m] = {"num_returns": n} if isinstance(n, int) and n != 1 else {}
-        return handle, None, methods, False
+        return handle, None, _methods_of(handle), False
 
     def kill(self, actor_id, no_restart: bool = True) -> None:
         ray.kill(actor_id, no_restart=no_restart)
@@ -320,9 +312,29 @@ class RayBackend:
     def runtime_context(self):
         from shoal.core.api import RuntimeContext
         ctx = ray.get_runtime_context()
-        return RuntimeContext(node_id=ctx.get_node_id(), worker_id=ctx.get_worker_id(),
-                              task_id=ctx.get_task_id(), actor_id=ctx.get_actor_id(),
-                              namespace=self.namespace, backend="ray")
+        actor_id = ctx.get_actor_id()
+        task_id = ctx.get_task_id()
+        try:
+            restarts = int(ctx.was_current_actor_reconstructed) if actor_id else 0
+        except Exception:  # noqa: BLE001 - asked outside an actor on some Ray versions
+            restarts = 0
+        in_work = actor_id is not None or not self._is_driver
+        return RuntimeContext(
+            node_id=ctx.get_node_id(), worker_id=ctx.get_worker_id(), task_id=task_id,
+            actor_id=actor_id, namespace=self.namespace, backend="ray",
+            job_id=ctx.get_job_id(), task_name=ctx.get_task_name() if in_work else None,
+            actor_name=(ctx.get_actor_name() or None) if actor_id else None,
+            assigned_resources=dict(ctx.get_assigned_resources()) if in_work else {},
+            accelerator_ids={"GPU": [str(i) for i in ray.get_gpu_ids()]} if in_work
+            else {"GPU": []},
+            actor_restarts=restarts)
+
+    def current_actor(self):
+        from shoal.core.api import ActorHandle
+        handle = ray.get_runtime_context().current_actor
+        return ActorHandle(handle, None, handle._ray_actor_creation_function_descriptor.class_name
+                           if hasattr(handle, "_ray_actor_creation_function_descriptor")
+                           else "actor", _methods_of(handle), False)
 
     def store_stats(self) -> dict:
         total = ray.cluster_resources().get("object_store_memory", 0.0)
@@ -437,6 +449,19 @@ class RayBackend:
             f"placement group {bundles!r} with strategy {strategy} can never be reserved on "
             f"this Ray cluster (nodes: {[_plain(n) for n in nodes]!r}); ask for smaller or "
             "fewer bundles, or add nodes.")
+
+
+def _methods_of(handle) -> dict:
+    """The method table of a Ray actor handle, in shoal's form (name -> default options)."""
+    sigs = getattr(handle, "_ray_method_signatures", {})
+    nret = getattr(handle, "_ray_method_num_returns", {}) or {}
+    methods = {}
+    for m in sigs:
+        if m.startswith("__ray"):
+            continue
+        n = nret.get(m)
+        methods[m] = {"num_returns": n} if n is not None and n != 1 else {}
+    return methods
 
 
 def _with_shoal_env(runtime_env) -> dict:

@@ -208,12 +208,24 @@ class ProcessRuntime:
         self.remove_pg(pg.id)
 
     def runtime_context(self):
+        from shoal.core._gpus import assigned_gpu_ids
         from shoal.core.api import RuntimeContext
         local = getattr(self, "local", None)
         task = getattr(local, "task", None) if local is not None else None
-        return RuntimeContext(node_id=self.node_id, worker_id=getattr(self, "wid", None),
-                              task_id=task, actor_id=getattr(self, "actor_id", None),
-                              namespace=self.namespace, backend="local")
+        spec = getattr(self, "actor_spec", None)
+        if spec is not None:
+            demand = spec["demand"] or {}
+        else:
+            demand = getattr(local, "demand", None) if task is not None else None
+        return RuntimeContext(
+            node_id=self.node_id, worker_id=getattr(self, "wid", None), task_id=task,
+            actor_id=getattr(self, "actor_id", None), namespace=self.namespace,
+            backend="local", job_id=self.session,
+            task_name=getattr(local, "name", None) if task is not None else None,
+            actor_name=spec.get("name") if spec is not None else None,
+            assigned_resources={k: v for k, v in (demand or {}).items() if v},
+            accelerator_ids={"GPU": assigned_gpu_ids()},
+            actor_restarts=getattr(self, "actor_restarts", 0))
 
 
 def _retry_flag(retry_exceptions):

@@ -179,6 +179,12 @@ class WorkerRuntime(ProcessRuntime):
             self.blocked = True
         return returned
 
+    def current_actor(self):
+        from shoal.core.api import ActorHandle
+        spec = self.actor_spec
+        return ActorHandle(self.actor_id, ObjectRef(spec["handle_oid"]), spec["cls_name"],
+                           spec["methods"], spec["is_async"])
+
     def stream_slot(self, gid, k):
         return self.call("stream_slot", gid, k)
 
@@ -396,6 +402,7 @@ class WorkerRuntime(ProcessRuntime):
             self.current_seq, self.current_name = seq, name
         self.local.task = seq
         self.local.demand = m[11]
+        self.local.name = name
         try:
             fn, args, kwargs = self._resolve(m)
             result = fn(*args, **kwargs)
@@ -499,7 +506,7 @@ class WorkerRuntime(ProcessRuntime):
 
     # ------------------------------------------------------------ actors
     def _init_actor(self, m) -> None:
-        _, spec, cls_bytes, dep_descs = m
+        _, spec, cls_bytes, dep_descs, self.actor_restarts = m
         self.actor_spec = spec
         self.current_name = spec["cls_name"]
         err = None
@@ -543,6 +550,7 @@ class WorkerRuntime(ProcessRuntime):
             try:
                 self.local.task = seq
                 self.local.demand = m[11]
+                self.local.name = name
                 fn, args, kwargs = self._resolve(m)
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):

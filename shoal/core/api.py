@@ -13,7 +13,7 @@ import inspect
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.core.generator import ObjectRefGenerator
 from shoal.core.object_ref import ObjectRef
@@ -464,25 +464,88 @@ def get_kv_store():
     return _runtime().kv
 
 
+def _hex(v):
+    if v is None or isinstance(v, str):
+        return v
+    return f"{v:016x}" if isinstance(v, int) else v.hex()
+
+
 @dataclass
 class RuntimeContext:
+    """Where the calling code runs: job, node, worker, task, actor (``ray.get_runtime_context()``).
+
+    The ``get_*_id`` methods return hex strings (None where there is none,
+    e.g. the task id in the driver); the attributes keep the backend's raw ids.
+    """
+
     node_id: str
-    worker_id: int | None
-    task_id: int | None
-    actor_id: int | None
+    worker_id: object
+    task_id: object
+    actor_id: object
     namespace: str
     backend: str
+    job_id: str = ""
+    task_name: str | None = None
+    actor_name: str | None = None
+    assigned_resources: dict = field(default_factory=dict)
+    accelerator_ids: dict = field(default_factory=lambda: {"GPU": []})
+    actor_restarts: int = 0
+
+    def get_job_id(self) -> str:
+        """The id of this job (one ``shoal.init`` of a driver), a hex string."""
+        return self.job_id
 
     def get_node_id(self) -> str:
-        return self.node_id
+        """The id of the node this process runs on, a hex string."""
+        return _hex(self.node_id)
 
-    def get_actor_id(self):
-        return self.actor_id
+    def get_worker_id(self) -> str | None:
+        """The id of this worker process (the driver's on Ray; None in the local driver)."""
+        return _hex(self.worker_id)
 
-    def get_task_id(self):
-        return self.task_id
+    def get_task_id(self) -> str | None:
+        """The id of the task or actor call running now; None outside one."""
+        return _hex(self.task_id)
+
+    def get_actor_id(self) -> str | None:
+        """The id of the actor this code runs in; None outside an actor."""
+        return _hex(self.actor_id)
+
+    def get_actor_name(self) -> str | None:
+        """The name the current actor was given (``name=``); None if unnamed or not an actor."""
+        return self.actor_name
+
+    def get_task_name(self) -> str | None:
+        """The name of the task or actor call running now (``name=`` or the function's)."""
+        return self.task_name
+
+    def get_assigned_resources(self) -> dict:
+        """The resources reserved for the running task or actor, e.g. ``{"CPU": 1.0}``."""
+        return dict(self.assigned_resources)
+
+    def get_accelerator_ids(self) -> dict:
+        """The accelerator ids given to this worker, e.g. ``{"GPU": ["0"]}``."""
+        return {k: list(v) for k, v in self.accelerator_ids.items()}
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether the current actor was restarted after its process died."""
+        return self.actor_restarts > 0
+
+    @property
+    def current_actor(self) -> "ActorHandle":
+        """A handle to the actor this code runs in; RuntimeError outside an actor."""
+        if self.actor_id is None:
+            raise RuntimeError("current_actor is only available inside an actor")
+        return _runtime().current_actor()
+
+    def get(self) -> dict:
+        """The context as a dict (job, node, task and actor ids, namespace)."""
+        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                "worker_id": self.get_worker_id(), "task_id": self.get_task_id(),
+                "actor_id": self.get_actor_id(), "namespace": self.namespace}
 
 
 def get_runtime_context() -> RuntimeContext:
-    rt = _runtime()
-    return rt.runtime_context()
+    """The RuntimeContext of the calling code (driver, task or actor)."""
+    return _runtime().runtime_context()
