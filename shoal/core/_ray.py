@@ -33,7 +33,8 @@ from shoal.core._ray_errors import to_shoal_error
 from shoal.core._ray_kv import KV_ACTOR, RayKVStore
 from shoal.core.generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from shoal.core.object_ref import ObjectRef
-from shoal.exceptions import GetTimeoutError, InfeasibleResourceError, SerializationError
+from shoal.exceptions import (GetTimeoutError, InfeasibleResourceError, RuntimeEnvSetupError,
+                              SerializationError)
 
 try:
     from ray._raylet import DynamicObjectRefGenerator as _RayDynamicGenerator
@@ -406,7 +407,8 @@ class RayBackend:
         else:
             self._check_feasible(demand, what)
         if opts.get("runtime_env") or not self._job_has_env:
-            out["runtime_env"] = _with_shoal_env(opts.get("runtime_env"))
+            out["runtime_env"] = _with_shoal_env(_upload_local_dirs(opts.get("runtime_env"),
+                                                                    what))
         return out
 
     def _alive_nodes(self, refresh: bool = False) -> list:
@@ -449,6 +451,37 @@ class RayBackend:
             f"placement group {bundles!r} with strategy {strategy} can never be reserved on "
             f"this Ray cluster (nodes: {[_plain(n) for n in nodes]!r}); ask for smaller or "
             "fewer bundles, or add nodes.")
+
+
+def _upload_local_dirs(runtime_env, what: str):
+    """A runtime_env whose local working_dir / py_modules are uploaded to the cluster.
+
+    Ray takes local directories only in ``ray.init``'s job-level runtime_env;
+    per task or actor it wants URIs. Uploading them here, as ``ray.init``
+    does, lets a task ship its own directory on Ray as on the local backend.
+    """
+    if not runtime_env or not isinstance(runtime_env, dict):
+        return runtime_env
+    wd = runtime_env.get("working_dir")
+    mods = runtime_env.get("py_modules") or []
+    local = (isinstance(wd, (str, os.PathLike)) and "://" not in os.fspath(wd)) or any(
+        not (isinstance(m, str) and "://" in m) for m in mods)
+    if not local:
+        return runtime_env
+    try:
+        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+    except ImportError as e:   # a Ray that moved its private helpers
+        raise RuntimeEnvSetupError(
+            f"{what}: this Ray cannot upload local runtime_env directories per task ({e}); "
+            "pass them to shoal.init(runtime_env=...) or use gcs:// / s3:// URIs") from e
+    env = dict(runtime_env)
+    if env.get("working_dir") is not None:
+        env["working_dir"] = os.fspath(env["working_dir"])
+    env = upload_py_modules_if_needed(env, include_gitignore=True)
+    env = upload_working_dir_if_needed(env, include_gitignore=True)
+    env.pop("excludes", None)
+    return env
 
 
 def _methods_of(handle) -> dict:

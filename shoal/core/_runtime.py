@@ -7,8 +7,10 @@ driver).
 """
 from __future__ import annotations
 
+import os
 import time
 
+from shoal.core import _runtime_env
 from shoal.core._resources import demand_of
 from shoal.core._serialization import IS_ERROR, deserialize, dumps_code, serialize
 from shoal.core._spec import ActorSpec, TaskSpec
@@ -96,7 +98,14 @@ class ProcessRuntime:
         """What every call of ``rf`` with these options shares (checked once per cluster)."""
         prep = rf._prepared.get(self.session)
         if prep is None:
-            fn_id = self._fn_id(rf, lambda: dumps_code(rf._function))
+            renv = opts.get("runtime_env")
+            if renv:   # its own function id: the same function runs in another environment
+                env = _runtime_env.prepare(renv, self.resource_dir(), f"task {rf._name}")
+                fn_id = self.new_id()
+                self.register_function(fn_id, dumps_code(_runtime_env.EnvFunction(rf._function,
+                                                                                  env)))
+            else:
+                fn_id = self._fn_id(rf, lambda: dumps_code(rf._function))
             demand = demand_of(opts.get("num_cpus"), opts.get("num_gpus"), opts.get("resources"),
                                opts.get("memory"))
             pg_id, bundle = _pg_of(opts)
@@ -137,6 +146,9 @@ class ProcessRuntime:
                               alloc=self._alloc)
         is_async = ac._is_async
         conc = opts.get("max_concurrency") or (1000 if is_async else 1)
+        renv = opts.get("runtime_env")
+        env = _runtime_env.prepare(renv, self.resource_dir(), f"actor {ac._name}") \
+            if renv else None
         spec = ActorSpec(actor_id=self.new_id(), cls_id=cls_id, cls_name=ac._name,
                          args=args_desc, deps=deps, demand=demand, pg_id=pg_id, bundle=bundle,
                          max_restarts=opts.get("max_restarts", 0),
@@ -144,7 +156,7 @@ class ProcessRuntime:
                          max_concurrency=conc, is_async=is_async, name=opts.get("name"),
                          namespace=opts.get("namespace") or self.namespace,
                          methods=ac._methods, handle_oid=self.new_id(),
-                         get_if_exists=opts.get("get_if_exists", False))
+                         get_if_exists=opts.get("get_if_exists", False), runtime_env=env)
         actor_id, handle_oid, methods = self.create_actor_spec(spec, None)
         return actor_id, ObjectRef(handle_oid), methods, is_async
 
@@ -174,6 +186,12 @@ class ProcessRuntime:
             except FileNotFoundError:  # spilled between lookup and map: look again
                 out.append(value_of(self.get_descs([r.id], timeout)[0]))
         return out
+
+    def resource_dir(self) -> str:
+        """Where shipped working_dir / py_modules copies live (inside the session's dir)."""
+        d = os.path.join(self.dir, "runtime_resources")
+        os.makedirs(d, exist_ok=True)
+        return d
 
     def stream_next(self, gen, timeout):
         """The ref of a streaming task's next item, or None after the last."""

@@ -46,7 +46,7 @@ class ActorSpec:
 
     __slots__ = ("actor_id", "cls_id", "cls_name", "args", "deps", "demand", "pg_id", "bundle",
                  "max_restarts", "max_task_retries", "max_concurrency", "is_async", "name",
-                 "namespace", "methods", "handle_oid", "get_if_exists")
+                 "namespace", "methods", "handle_oid", "get_if_exists", "runtime_env")
 
     def __init__(self, **kw):
         for k in self.__slots__:

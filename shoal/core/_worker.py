@@ -66,6 +66,7 @@ class WorkerRuntime(ProcessRuntime):
         self.node_id = boot["node_id"]
         self.namespace = boot["namespace"]
         self.shm_prefix = boot["shm_prefix"]
+        self.dir = os.path.dirname(boot["sock"])   # the session's directory
         self._ids = itertools.count(1)
         self._paths = itertools.count(1)
         self._reqs = itertools.count(1)
