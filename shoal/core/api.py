@@ -180,6 +180,7 @@ class RemoteFunction:
 
     def __init__(self, function, options: dict):
         _check_options(options, _TASK_OPTIONS, function.__qualname__)
+        _check_generator(function, options)
         self._function = function
         self._name = function.__name__
         self._options = options
@@ -205,6 +206,7 @@ class RemoteFunction:
         merged = dict(self._options, **opts)
         rf = RemoteFunction.__new__(RemoteFunction)
         _check_options(merged, _TASK_OPTIONS, self._name)
+        _check_generator(self._function, merged)
         rf.__dict__.update(self.__dict__)
         rf._options = merged
         rf._prepared = {}
@@ -349,6 +351,13 @@ def _make_remote(obj, options):
     if callable(obj):
         return RemoteFunction(obj, options)
     raise TypeError(f"@shoal.remote applies to functions and classes, not {type(obj).__name__}")
+
+
+def _check_generator(function, options: dict) -> None:
+    if options.get("num_returns") in GENERATOR_MODES and not (
+            inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)):
+        raise ValueError(f"num_returns={options['num_returns']!r} needs a generator function "
+                         f"(one that yields); {function.__qualname__} does not yield")
 
 
 def _check_options(options: dict, allowed: set, what: str) -> None:
