@@ -5,7 +5,8 @@ collectives in ``shoal.collective``; training in ``shoal.train``; datasets
 in ``shoal.data``; classic ML in ``shoal.ml``.
 """
 from shoal import exceptions
-from shoal.core import (ActorClass, ActorHandle, KVStore, ObjectRef, PlacementGroup,
+from shoal.core import (ActorClass, ActorHandle, DynamicObjectRefGenerator, KVStore, ObjectRef,
+                        ObjectRefGenerator, PlacementGroup,
                         PlacementGroupSchedulingStrategy, RemoteFunction, RuntimeContext,
                         TCPStore, available_resources, cancel, cluster_resources, get, get_actor,
                         get_gpu_ids, get_kv_store, get_runtime_context, init, is_initialized,
@@ -15,7 +16,7 @@ from shoal.core import (ActorClass, ActorHandle, KVStore, ObjectRef, PlacementGr
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActorClass", "ActorHandle", "KVStore", "ObjectRef", "PlacementGroup",
+    "ActorClass", "ActorHandle", "DynamicObjectRefGenerator", "KVStore", "ObjectRefGenerator", "ObjectRef", "PlacementGroup",
     "PlacementGroupSchedulingStrategy", "RemoteFunction", "RuntimeContext", "TCPStore",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_kv_store", "get_runtime_context", "init", "is_initialized", "kill",

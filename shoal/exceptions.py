@@ -117,6 +117,10 @@ class InfeasibleResourceError(ShoalError, ValueError):
     """A resource request that the cluster can never satisfy."""
 
 
+class RuntimeEnvSetupError(ShoalError, ValueError):
+    """A ``runtime_env`` could not be set up (an unsupported key, a missing directory)."""
+
+
 class AuthenticationError(ShoalError, ConnectionError):
     """A peer failed to prove it holds the cluster secret."""
 

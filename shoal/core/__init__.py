@@ -26,10 +26,12 @@ from shoal.core.api import (
                             shutdown,
                             wait,
 )
+from shoal.core.generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from shoal.core.kv import KVStore, TCPStore
 from shoal.core.object_ref import ObjectRef
 
 __all__ = [
+    "DynamicObjectRefGenerator", "ObjectRefGenerator",
     "ActorClass", "ActorHandle", "KVStore", "ObjectRef", "PlacementGroup",
     "PlacementGroupSchedulingStrategy", "RemoteFunction", "RuntimeContext", "TCPStore",
     "available_resources", "cancel", "cluster_resources", "get", "get_actor", "get_gpu_ids",

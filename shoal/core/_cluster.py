@@ -54,7 +54,7 @@ class ClusterState:
         objs = self.objects.objs
         deps = [objs[d].desc if d in objs else None for d in a.spec.deps]
         self._send(w, ("actor_init", a.spec.wire(), self.functions[a.spec.cls_id],
-                       deps))
+                       deps, a.restarts))
 
     def _on_actor_ready(self, w: WorkerProc, err_desc) -> None:
         if w.actor is not None:

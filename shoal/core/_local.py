@@ -33,6 +33,7 @@ from shoal.core._object_table import ObjectTable
 from shoal.core._protocol import NonBlockingConn, encode
 from shoal.core._resources import Pool
 from shoal.core._runtime import ProcessRuntime
+from shoal.core._runtime_env import process_env
 from shoal.core._scheduler import DEFERRED, Scheduler
 from shoal.core._serialization import _unlink
 from shoal.core._spec import TaskSpec
@@ -105,6 +106,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         self.workers: dict = {}            # wid -> WorkerProc
         self.queues: dict = {}             # shape -> deque of ready TaskSpecs
         self.producing: dict = {}          # return id -> TaskSpec while pending
+        self.streams: dict = {}            # streaming task's first return id -> _Stream
         self.functions: dict = {}          # fn_id -> cloudpickled bytes
         self.fn_time: dict = {}            # fn_id -> mean run seconds
         self.actors: dict = {}             # actor_id -> ActorState
@@ -154,6 +156,9 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             env.setdefault(var, "1")
         env["SHOAL_WORKER"] = "1"
         env.pop(ENV_GPU_IDS, None)
+        renv = actor.spec.runtime_env if actor is not None else None
+        if renv:
+            process_env(env, renv)
         gpu_amount = actor.spec.demand.get("GPU", 0.0) if actor is not None else 0.0
         gpu_ids = self.gpus.take(gpu_amount)
         if gpu_ids:
@@ -161,7 +166,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         proc = subprocess.Popen(
             [sys.executable, "-m", "shoal.core._worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
-            close_fds=True)
+            close_fds=True, cwd=(renv or {}).get("cwd"))
         boot = {"sock": self.sock_path, "secret": self.secret.hex(), "wid": wid,
                 "session": self.session, "shm_prefix": self.shm_prefix, "node_id": self.node_id,
                 "kv": [self.kv.host, self.kv.port], "namespace": self.namespace,
@@ -347,6 +352,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             self._on_done(w, m[1], m[2], m[3], m[4])
         elif op == "ref":
             self._apply_refs(m[1], w.wid)
+        elif op == "yield":
+            self._on_yield(w, m[1], m[2], m[3])
         elif op == "submit":
             self._submit(TaskSpec.from_wire(m[1]))
         elif op == "fn":

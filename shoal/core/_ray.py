@@ -31,8 +31,16 @@ from ray.util.scheduling_strategies import (
 
 from shoal.core._ray_errors import to_shoal_error
 from shoal.core._ray_kv import KV_ACTOR, RayKVStore
+from shoal.core.generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from shoal.core.object_ref import ObjectRef
-from shoal.exceptions import InfeasibleResourceError, SerializationError
+from shoal.exceptions import (GetTimeoutError, InfeasibleResourceError, RuntimeEnvSetupError,
+                              SerializationError)
+
+try:
+    from ray._raylet import DynamicObjectRefGenerator as _RayDynamicGenerator
+except ImportError:   # a Ray without dynamic generators: nothing to convert
+    class _RayDynamicGenerator:  # noqa: D101 - never instantiated
+        pass
 
 _ENV = {"SHOAL_BACKEND": "ray"}
 _EPS = 1e-9
@@ -131,9 +139,29 @@ class RayBackend:
 
     def get(self, refs: list, timeout=None) -> list:
         try:
-            return ray.get([r.id for r in refs], timeout=timeout)
+            out = ray.get([r.id for r in refs], timeout=timeout)
         except rex.RayError as e:
             raise to_shoal_error(e) from None
+        for i, v in enumerate(out):
+            if type(v) is _RayDynamicGenerator:   # a num_returns="dynamic" task's value
+                out[i] = DynamicObjectRefGenerator([ObjectRef(r, counted=False) for r in v])
+        return out
+
+    def stream_next(self, gen, timeout):
+        """The shoal ref of the next item of Ray's streaming generator, None at its end."""
+        rg = gen._ray
+        if timeout is not None:
+            ready, _ = ray.wait([rg], timeout=timeout)
+            if not ready:
+                raise GetTimeoutError(f"no item of the generator came within {timeout}s")
+        try:
+            ref = next(rg)
+        except StopIteration:
+            return None
+        return ObjectRef(ref, counted=False)
+
+    def cancel_generator(self, gen, force: bool = False) -> None:
+        ray.cancel(gen._ray, force=force, recursive=True)
 
     def wait(self, refs: list, num_returns: int, timeout):
         if num_returns == 0 or not refs:
@@ -241,15 +269,7 @@ class RayBackend:
     def get_actor(self, name, namespace=None):
         # ValueError when there is none, as on the local backend.
         handle = ray.get_actor(name, namespace=namespace or self.namespace)
-        sigs = getattr(handle, "_ray_method_signatures", {})
-        nret = getattr(handle, "_ray_method_num_returns", {}) or {}
-        methods = {}
-        for m in sigs:
-            if m.startswith("__ray"):
-                continue
-            n = nret.get(m)
-            methods[m] = {"num_returns": n} if isinstance(n, int) and n != 1 else {}
-        return handle, None, methods, False
+        return handle, None, _methods_of(handle), False
 
     def kill(self, actor_id, no_restart: bool = True) -> None:
         ray.kill(actor_id, no_restart=no_restart)
@@ -293,9 +313,29 @@ class RayBackend:
     def runtime_context(self):
         from shoal.core.api import RuntimeContext
         ctx = ray.get_runtime_context()
-        return RuntimeContext(node_id=ctx.get_node_id(), worker_id=ctx.get_worker_id(),
-                              task_id=ctx.get_task_id(), actor_id=ctx.get_actor_id(),
-                              namespace=self.namespace, backend="ray")
+        actor_id = ctx.get_actor_id()
+        task_id = ctx.get_task_id()
+        try:
+            restarts = int(ctx.was_current_actor_reconstructed) if actor_id else 0
+        except Exception:  # noqa: BLE001 - asked outside an actor on some Ray versions
+            restarts = 0
+        in_work = actor_id is not None or not self._is_driver
+        return RuntimeContext(
+            node_id=ctx.get_node_id(), worker_id=ctx.get_worker_id(), task_id=task_id,
+            actor_id=actor_id, namespace=self.namespace, backend="ray",
+            job_id=ctx.get_job_id(), task_name=ctx.get_task_name() if in_work else None,
+            actor_name=(ctx.get_actor_name() or None) if actor_id else None,
+            assigned_resources=dict(ctx.get_assigned_resources()) if in_work else {},
+            accelerator_ids={"GPU": [str(i) for i in ray.get_gpu_ids()]} if in_work
+            else {"GPU": []},
+            actor_restarts=restarts)
+
+    def current_actor(self):
+        from shoal.core.api import ActorHandle
+        handle = ray.get_runtime_context().current_actor
+        return ActorHandle(handle, None, handle._ray_actor_creation_function_descriptor.class_name
+                           if hasattr(handle, "_ray_actor_creation_function_descriptor")
+                           else "actor", _methods_of(handle), False)
 
     def store_stats(self) -> dict:
         total = ray.cluster_resources().get("object_store_memory", 0.0)
@@ -367,7 +407,8 @@ class RayBackend:
         else:
             self._check_feasible(demand, what)
         if opts.get("runtime_env") or not self._job_has_env:
-            out["runtime_env"] = _with_shoal_env(opts.get("runtime_env"))
+            out["runtime_env"] = _with_shoal_env(_upload_local_dirs(opts.get("runtime_env"),
+                                                                    what))
         return out
 
     def _alive_nodes(self, refresh: bool = False) -> list:
@@ -410,6 +451,50 @@ class RayBackend:
             f"placement group {bundles!r} with strategy {strategy} can never be reserved on "
             f"this Ray cluster (nodes: {[_plain(n) for n in nodes]!r}); ask for smaller or "
             "fewer bundles, or add nodes.")
+
+
+def _upload_local_dirs(runtime_env, what: str):
+    """A runtime_env whose local working_dir / py_modules are uploaded to the cluster.
+
+    Ray takes local directories only in ``ray.init``'s job-level runtime_env;
+    per task or actor it wants URIs. Uploading them here, as ``ray.init``
+    does, lets a task ship its own directory on Ray as on the local backend.
+    """
+    if not runtime_env or not isinstance(runtime_env, dict):
+        return runtime_env
+    wd = runtime_env.get("working_dir")
+    mods = runtime_env.get("py_modules") or []
+    local = (isinstance(wd, (str, os.PathLike)) and "://" not in os.fspath(wd)) or any(
+        not (isinstance(m, str) and "://" in m) for m in mods)
+    if not local:
+        return runtime_env
+    try:
+        from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+        from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+    except ImportError as e:   # a Ray that moved its private helpers
+        raise RuntimeEnvSetupError(
+            f"{what}: this Ray cannot upload local runtime_env directories per task ({e}); "
+            "pass them to shoal.init(runtime_env=...) or use gcs:// / s3:// URIs") from e
+    env = dict(runtime_env)
+    if env.get("working_dir") is not None:
+        env["working_dir"] = os.fspath(env["working_dir"])
+    env = upload_py_modules_if_needed(env, include_gitignore=True)
+    env = upload_working_dir_if_needed(env, include_gitignore=True)
+    env.pop("excludes", None)
+    return env
+
+
+def _methods_of(handle) -> dict:
+    """The method table of a Ray actor handle, in shoal's form (name -> default options)."""
+    sigs = getattr(handle, "_ray_method_signatures", {})
+    nret = getattr(handle, "_ray_method_num_returns", {}) or {}
+    methods = {}
+    for m in sigs:
+        if m.startswith("__ray"):
+            continue
+        n = nret.get(m)
+        methods[m] = {"num_returns": n} if n is not None and n != 1 else {}
+    return methods
 
 
 def _with_shoal_env(runtime_env) -> dict:
@@ -507,10 +592,12 @@ def _has_refs(args: tuple, kwargs: dict) -> bool:
         any(type(v) is ObjectRef for v in kwargs.values())
 
 
-def _wrap_returns(out, n: int) -> list:
+def _wrap_returns(out, n) -> list:
+    if n == "streaming":
+        return [ObjectRefGenerator(ObjectRef(out.completed(), counted=False), "ray", out)]
     if n == 0 or out is None:
         return []
-    if n == 1:
+    if n == 1 or n == "dynamic":
         return [ObjectRef(out, counted=False)]
     return [ObjectRef(r, counted=False) for r in out]
 

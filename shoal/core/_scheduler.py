@@ -12,7 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from shoal.core._resources import Pool
-from shoal.core._serialization import CONTAINED, PATH, _unlink, serialize
+from shoal.core._serialization import CONTAINED, IS_ERROR, PATH, _unlink, deserialize, serialize
 from shoal.core._spec import TaskSpec
 from shoal.core.object_ref import ObjectRef
 from shoal.exceptions import (
@@ -54,6 +54,21 @@ class _Waiter:
                 self.event.set()
             else:
                 self.fire(self)
+
+
+class _Stream:
+    """What the driver keeps of one streaming task's items."""
+
+    __slots__ = ("oids", "pinned", "count", "end")
+
+    def __init__(self):
+        self.oids: dict = {}     # item index -> object id
+        self.pinned: set = set()  # indexes not yet handed to a caller
+        self.count = 0           # items received so far
+        self.end = None          # index of the first slot past the last item, once known
+
+
+_END_MARK = serialize(None, None)
 
 
 class Scheduler:
@@ -166,6 +181,8 @@ class Scheduler:
         for rid in spec.returns:
             objs.create(rid)
             self.producing[rid] = spec
+        if spec.gen == 1 and spec.returns[0] not in self.streams:
+            self._stream_open(spec.returns[0])
         for c in spec.args[CONTAINED]:  # contained refs inside the arguments
             objs.create(c).pins += 1
         unresolved = 0
@@ -271,7 +288,7 @@ class Scheduler:
         objs = self.objects.objs
         deps = [objs[d].desc for d in spec.deps]
         self._send(w, ("task", spec.seq, spec.fn_id, fn_bytes, spec.name, spec.args, deps,
-                       spec.returns, spec.method, spec.retry_exc))
+                       spec.returns, spec.method, spec.retry_exc, spec.gen, spec.demand))
 
     def _on_done(self, w: WorkerProc, seq, descs, elapsed, retryable) -> None:
         spec = w.inflight.pop(seq, None)
@@ -302,6 +319,8 @@ class Scheduler:
     def _complete(self, spec: TaskSpec, descs) -> None:
         spec.done = True
         spec.worker = None
+        if spec.gen == 1:
+            self._stream_close(spec.returns[0], descs[0])
         for rid, desc in zip(spec.returns, descs):
             self._ready(rid, desc)
         objs = self.objects
@@ -324,6 +343,80 @@ class Scheduler:
             w.shape = None
             w.state = "idle"
             w.idle_since = time.monotonic()
+
+    # ---------------------------------------------------------------- streaming generators
+    # A streaming task's items are objects made as it yields. Slot k of a
+    # stream is the object of item k; a caller asking for a slot not yet
+    # filled waits on its object, which becomes ready with the item, or with
+    # an end marker when the task ends sooner. The stream pins its slots until
+    # they are handed out, and lets go of the rest when its generator is freed.
+    def _stream_open(self, gid) -> None:
+        self.streams[gid] = _Stream()
+        self.objects.create(gid).on_free = lambda: self._stream_release(gid)
+
+    def _stream_slot_oid(self, st: "_Stream", k: int):
+        oid = st.oids.get(k)
+        if oid is None:
+            oid = st.oids[k] = self.new_id()
+            self.objects.create(oid).pins += 1
+            st.pinned.add(k)
+        return oid
+
+    def _on_yield(self, w, seq, index, desc) -> None:
+        spec = w.inflight.get(seq)
+        st = self.streams.get(spec.returns[0]) if spec is not None else None
+        if st is None or st.end is not None or index != st.count:
+            # A retry yields again what its first attempt did; keep the first.
+            if desc[PATH]:
+                _unlink(desc[PATH])
+            return
+        oid = self._stream_slot_oid(st, index)
+        st.count += 1
+        self._ready(oid, desc)
+
+    def _stream_close(self, gid, desc) -> None:
+        st = self.streams.get(gid)
+        if st is None or st.end is not None:
+            return
+        if desc[IS_ERROR]:  # the error is the item after the last one yielded
+            oid = self._stream_slot_oid(st, st.count)
+            st.count += 1
+            self._ready(oid, serialize(deserialize(desc), self.new_path, is_error=True))
+        st.end = st.count
+        for k, oid in list(st.oids.items()):
+            if k >= st.end:
+                self._ready(oid, _END_MARK)
+
+    def _stream_release(self, gid) -> None:
+        st = self.streams.pop(gid, None)
+        if st is not None:
+            for k in st.pinned:
+                self.objects.unpin(st.oids[k])
+            st.pinned = set()
+
+    def _stream_slot(self, gid, k, proc):
+        st = self.streams.get(gid)
+        if st is None or (st.end is not None and k >= st.end):
+            return None, "end"
+        oid = self._stream_slot_oid(st, k)
+        if k >= st.count:
+            return oid, "pending"
+        if oid not in self.objects.objs:
+            raise ObjectLostError(f"item {k} of the generator was freed; take each item's "
+                                  "ObjectRef once and keep it while you need the value")
+        self.objects.add_holder(oid, proc)   # before the caller's own ref says so
+        if k in st.pinned:
+            st.pinned.discard(k)
+            self.objects.unpin(oid)
+        return oid, "item"
+
+    def stream_slot(self, gid, k):
+        with self.lock:
+            self._drain_refs()
+            return self._stream_slot(gid, k, DRIVER)
+
+    def rpc_stream_slot(self, w, req, gid, k):
+        return self._stream_slot(gid, k, w.wid)
 
     # ---------------------------------------------------------------- nested get/wait
     def rpc_get(self, w, req, ids, returned):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 # Fields sent over the wire, in order.
 _WIRE = ("seq", "fn_id", "name", "args", "deps", "returns", "demand", "pg_id", "bundle",
-         "max_retries", "retry_exc", "actor_id", "method")
+         "max_retries", "retry_exc", "actor_id", "method", "gen")
 
 
 class TaskSpec:
@@ -11,7 +11,7 @@ class TaskSpec:
                          "task_retries_left", "done")
 
     def __init__(self, seq, fn_id, name, args, deps, returns, demand, pg_id=None, bundle=-1,
-                 max_retries=0, retry_exc=False, actor_id=None, method=None):
+                 max_retries=0, retry_exc=False, actor_id=None, method=None, gen=0):
         self.seq = seq
         self.fn_id = fn_id
         self.name = name
@@ -25,6 +25,7 @@ class TaskSpec:
         self.retry_exc = retry_exc
         self.actor_id = actor_id
         self.method = method
+        self.gen = gen            # 0: plain returns, 1: streaming generator, 2: dynamic
         self.unresolved = 0
         self.retries_left = max_retries
         self.task_retries_left = 0
@@ -45,7 +46,7 @@ class ActorSpec:
 
     __slots__ = ("actor_id", "cls_id", "cls_name", "args", "deps", "demand", "pg_id", "bundle",
                  "max_restarts", "max_task_retries", "max_concurrency", "is_async", "name",
-                 "namespace", "methods", "handle_oid", "get_if_exists")
+                 "namespace", "methods", "handle_oid", "get_if_exists", "runtime_env")
 
     def __init__(self, **kw):
         for k in self.__slots__:

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 
 import cloudpickle
 
@@ -31,6 +32,7 @@ from shoal.core._protocol import BlockingConn, FrameReader, encode
 from shoal.core._runtime import ProcessRuntime, fill_deps, value_of
 from shoal.core._serialization import serialize
 from shoal.core._spec import TaskSpec
+from shoal.core.generator import DynamicObjectRefGenerator
 from shoal.core.object_ref import ObjectRef, RefCounter
 from shoal.exceptions import (
     GetTimeoutError,
@@ -64,6 +66,7 @@ class WorkerRuntime(ProcessRuntime):
         self.node_id = boot["node_id"]
         self.namespace = boot["namespace"]
         self.shm_prefix = boot["shm_prefix"]
+        self.dir = os.path.dirname(boot["sock"])   # the session's directory
         self._ids = itertools.count(1)
         self._paths = itertools.count(1)
         self._reqs = itertools.count(1)
@@ -176,6 +179,15 @@ class WorkerRuntime(ProcessRuntime):
             self.queue.clear()
             self.blocked = True
         return returned
+
+    def current_actor(self):
+        from shoal.core.api import ActorHandle
+        spec = self.actor_spec
+        return ActorHandle(self.actor_id, ObjectRef(spec["handle_oid"]), spec["cls_name"],
+                           spec["methods"], spec["is_async"])
+
+    def stream_slot(self, gid, k):
+        return self.call("stream_slot", gid, k)
 
     def get_descs(self, ids, timeout):
         return self.call("get", ids, self._hand_back(), timeout=timeout)
@@ -383,18 +395,22 @@ class WorkerRuntime(ProcessRuntime):
         return fn, args, kwargs
 
     def run(self, m) -> None:
-        seq, name, returns, retry_exc = m[1], m[4], m[7], m[9]
+        seq, name, returns, retry_exc, gen = m[1], m[4], m[7], m[9], m[10]
         on_main = threading.get_ident() == self.main_ident
         t0 = time.perf_counter()
         retryable = False
         if on_main:
             self.current_seq, self.current_name = seq, name
         self.local.task = seq
+        self.local.demand = m[11]
+        self.local.name = name
         try:
             fn, args, kwargs = self._resolve(m)
             result = fn(*args, **kwargs)
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
+            if gen:
+                result = self._drain_generator(result, seq, name, gen)
             if on_main:
                 self.current_seq = None
             descs = self._store(result, returns, name)
@@ -403,6 +419,55 @@ class WorkerRuntime(ProcessRuntime):
                 self.current_seq = None
             descs, retryable = self._error(e, name, returns, retry_exc)
         self._finish(seq, descs, time.perf_counter() - t0, retryable, on_main)
+
+    def _drain_generator(self, result, seq, name, gen):
+        """Run a generator task's body: stream each item, or collect their refs (dynamic)."""
+        if inspect.isasyncgen(result):
+            result = _sync_iter(result)
+        elif not inspect.isgenerator(result) and not isinstance(result, Iterator):
+            raise TypeError(f"{name} was called with num_returns="
+                            f"{'streaming' if gen == 1 else 'dynamic'!r} but returned "
+                            f"{type(result).__name__}, not a generator; make it yield its items")
+        if gen == 1:
+            for i, item in enumerate(result):
+                desc = serialize(item, self.new_path, what=f"item {i} of {name}",
+                                 alloc=self._alloc)
+                self.send(("yield", seq, i, desc))
+            return None
+        refs = []
+        try:
+            for item in result:
+                refs.append(self.put(item))
+        except Exception as e:  # noqa: BLE001 - stored as the last item, as Ray does
+            refs.append(self._put_error(e, name))
+        return DynamicObjectRefGenerator(refs)
+
+    def _put_error(self, e, name) -> ObjectRef:
+        desc, _ = self._error(e, name, (None,), False)
+        oid = self.new_id()
+        ref = ObjectRef(oid)
+        self.send(("put", oid, desc[0]))
+        return ref
+
+    async def _stream_async(self, result, seq, name, gen):
+        """An async actor's generator method: iterate it on the event loop."""
+        if not inspect.isasyncgen(result):
+            return self._drain_generator(result, seq, name, gen)
+        if gen == 1:
+            i = 0
+            async for item in result:
+                desc = serialize(item, self.new_path, what=f"item {i} of {name}",
+                                 alloc=self._alloc)
+                self.send(("yield", seq, i, desc))
+                i += 1
+            return None
+        refs = []
+        try:
+            async for item in result:
+                refs.append(self.put(item))
+        except Exception as e:  # noqa: BLE001 - stored as the last item
+            refs.append(self._put_error(e, name))
+        return DynamicObjectRefGenerator(refs)
 
     def _finish(self, seq, descs, elapsed, retryable, buffered) -> None:
         msg = encode(("done", seq, descs, elapsed, retryable))
@@ -442,7 +507,7 @@ class WorkerRuntime(ProcessRuntime):
 
     # ------------------------------------------------------------ actors
     def _init_actor(self, m) -> None:
-        _, spec, cls_bytes, dep_descs = m
+        _, spec, cls_bytes, dep_descs, self.actor_restarts = m
         self.actor_spec = spec
         self.current_name = spec["cls_name"]
         err = None
@@ -484,10 +549,15 @@ class WorkerRuntime(ProcessRuntime):
         retryable = False
         async with self._sem:
             try:
+                self.local.task = seq
+                self.local.demand = m[11]
+                self.local.name = name
                 fn, args, kwargs = self._resolve(m)
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
+                if m[10]:
+                    result = await self._stream_async(result, seq, name, m[10])
                 descs = self._store(result, returns, name)
             except BaseException as e:  # noqa: BLE001
                 descs, retryable = self._error(e, name, returns, retry_exc)
@@ -496,6 +566,19 @@ class WorkerRuntime(ProcessRuntime):
             first = len(self.out) == 1
         if first:  # batch the results of calls finishing in the same loop turn
             self.loop.call_soon(self.send, None)
+
+
+def _sync_iter(agen):
+    """Iterate an async generator from synchronous code (a task, not an async actor)."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
 
 
 def _split_ref_events(events: list) -> tuple[list, list]:

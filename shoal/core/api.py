@@ -13,8 +13,9 @@ import inspect
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from shoal.core.generator import ObjectRefGenerator
 from shoal.core.object_ref import ObjectRef
 from shoal.exceptions import MissingDependencyError
 
@@ -30,6 +31,7 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
                   "lifetime", "placement_group", "placement_group_bundle_index",
                   "scheduling_strategy", "runtime_env"}
 _METHOD_OPTIONS = {"num_returns", "name", "retry_exceptions"}
+GENERATOR_MODES = ("streaming", "dynamic")
 
 
 def _set_worker_runtime(rt) -> None:
@@ -152,9 +154,21 @@ def wait(refs: list, *, num_returns: int = 1, timeout: float | None = None,
     return _runtime().wait(refs, num_returns, timeout)
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(ref, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task producing ``ref``: queued tasks never run; a running one
-    gets TaskCancelledError raised inside it (``force=True`` kills its worker)."""
+    gets TaskCancelledError raised inside it (``force=True`` kills its worker).
+
+    ``ref`` may be an ObjectRefGenerator: its streaming task stops, and the
+    next item's ref raises TaskCancelledError.
+    """
+    if isinstance(ref, ObjectRefGenerator):
+        if _is_ray():
+            _runtime().cancel_generator(ref, force)
+            return
+        ref = ref._task_ref
+    elif not isinstance(ref, ObjectRef):
+        raise TypeError(f"shoal.cancel() takes an ObjectRef or an ObjectRefGenerator, "
+                        f"got {type(ref).__name__}")
     _runtime().cancel(ref.id if not _is_ray() else ref, force)
 
 
@@ -168,6 +182,7 @@ class RemoteFunction:
 
     def __init__(self, function, options: dict):
         _check_options(options, _TASK_OPTIONS, function.__qualname__)
+        _check_generator(function, options)
         self._function = function
         self._name = function.__name__
         self._options = options
@@ -181,12 +196,19 @@ class RemoteFunction:
 
     def remote(self, *args, **kwargs):
         refs = _runtime().submit_task(self, args, kwargs, self._options)
-        return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+        n = self._options.get("num_returns", 1)
+        return refs[0] if n == 1 or n.__class__ is str else refs
+
+    def bind(self, *args, **kwargs):
+        """A DAG node calling this function with these arguments (see ``shoal.dag``)."""
+        from shoal.core.dag import FunctionNode
+        return FunctionNode(self, args, kwargs)
 
     def options(self, **opts) -> "RemoteFunction":
         merged = dict(self._options, **opts)
         rf = RemoteFunction.__new__(RemoteFunction)
         _check_options(merged, _TASK_OPTIONS, self._name)
+        _check_generator(self._function, merged)
         rf.__dict__.update(self.__dict__)
         rf._options = merged
         rf._prepared = {}
@@ -211,7 +233,13 @@ class ActorMethod:
         h = self._handle
         refs = _runtime().submit_actor_call(h._actor_id, h._cls_name, self._name, args, kwargs,
                                             self._options)
-        return refs[0] if self._options.get("num_returns", 1) == 1 else refs
+        n = self._options.get("num_returns", 1)
+        return refs[0] if n == 1 or n.__class__ is str else refs
+
+    def bind(self, *args, **kwargs):
+        """A DAG node calling this method of this live actor (see ``shoal.dag``)."""
+        from shoal.core.dag import ClassMethodNode
+        return ClassMethodNode(self._handle, self._name, args, kwargs, self._options)
 
     def options(self, **opts) -> "ActorMethod":
         _check_options(opts, _METHOD_OPTIONS, self._name)
@@ -281,6 +309,11 @@ class ActorClass:
         actor_id, handle_ref, methods, is_async = rt.create_actor(self, args, kwargs, self._options)
         return ActorHandle(actor_id, handle_ref, self._name, methods, is_async)
 
+    def bind(self, *args, **kwargs):
+        """A DAG node creating this actor (see ``shoal.dag``); ``node.method.bind(...)`` calls it."""
+        from shoal.core.dag import ClassNode
+        return ClassNode(self, args, kwargs)
+
     def options(self, **opts) -> "ActorClass":
         ac = ActorClass.__new__(ActorClass)
         ac.__dict__.update(self.__dict__)
@@ -322,13 +355,21 @@ def _make_remote(obj, options):
     raise TypeError(f"@shoal.remote applies to functions and classes, not {type(obj).__name__}")
 
 
+def _check_generator(function, options: dict) -> None:
+    if options.get("num_returns") in GENERATOR_MODES and not (
+            inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)):
+        raise ValueError(f"num_returns={options['num_returns']!r} needs a generator function "
+                         f"(one that yields); {function.__qualname__} does not yield")
+
+
 def _check_options(options: dict, allowed: set, what: str) -> None:
     bad = set(options) - allowed
     if bad:
         raise ValueError(f"unknown option(s) {sorted(bad)} for {what}; allowed: {sorted(allowed)}")
     n = options.get("num_returns", 1)
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"num_returns must be an int >= 0 for {what}, got {n!r}")
+    if n not in GENERATOR_MODES and (not isinstance(n, int) or n < 0):
+        raise ValueError(f"num_returns must be an int >= 0, \"streaming\" or \"dynamic\" for "
+                         f"{what}, got {n!r}")
     for k in ("num_cpus", "num_gpus"):
         v = options.get(k)
         if v is not None and (not isinstance(v, (int, float)) or v < 0):
@@ -434,25 +475,88 @@ def get_kv_store():
     return _runtime().kv
 
 
+def _hex(v):
+    if v is None or isinstance(v, str):
+        return v
+    return f"{v:016x}" if isinstance(v, int) else v.hex()
+
+
 @dataclass
 class RuntimeContext:
+    """Where the calling code runs: job, node, worker, task, actor (``ray.get_runtime_context()``).
+
+    The ``get_*_id`` methods return hex strings (None where there is none,
+    e.g. the task id in the driver); the attributes keep the backend's raw ids.
+    """
+
     node_id: str
-    worker_id: int | None
-    task_id: int | None
-    actor_id: int | None
+    worker_id: object
+    task_id: object
+    actor_id: object
     namespace: str
     backend: str
+    job_id: str = ""
+    task_name: str | None = None
+    actor_name: str | None = None
+    assigned_resources: dict = field(default_factory=dict)
+    accelerator_ids: dict = field(default_factory=lambda: {"GPU": []})
+    actor_restarts: int = 0
+
+    def get_job_id(self) -> str:
+        """The id of this job (one ``shoal.init`` of a driver), a hex string."""
+        return self.job_id
 
     def get_node_id(self) -> str:
-        return self.node_id
+        """The id of the node this process runs on, a hex string."""
+        return _hex(self.node_id)
 
-    def get_actor_id(self):
-        return self.actor_id
+    def get_worker_id(self) -> str | None:
+        """The id of this worker process (the driver's on Ray; None in the local driver)."""
+        return _hex(self.worker_id)
 
-    def get_task_id(self):
-        return self.task_id
+    def get_task_id(self) -> str | None:
+        """The id of the task or actor call running now; None outside one."""
+        return _hex(self.task_id)
+
+    def get_actor_id(self) -> str | None:
+        """The id of the actor this code runs in; None outside an actor."""
+        return _hex(self.actor_id)
+
+    def get_actor_name(self) -> str | None:
+        """The name the current actor was given (``name=``); None if unnamed or not an actor."""
+        return self.actor_name
+
+    def get_task_name(self) -> str | None:
+        """The name of the task or actor call running now (``name=`` or the function's)."""
+        return self.task_name
+
+    def get_assigned_resources(self) -> dict:
+        """The resources reserved for the running task or actor, e.g. ``{"CPU": 1.0}``."""
+        return dict(self.assigned_resources)
+
+    def get_accelerator_ids(self) -> dict:
+        """The accelerator ids given to this worker, e.g. ``{"GPU": ["0"]}``."""
+        return {k: list(v) for k, v in self.accelerator_ids.items()}
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether the current actor was restarted after its process died."""
+        return self.actor_restarts > 0
+
+    @property
+    def current_actor(self) -> "ActorHandle":
+        """A handle to the actor this code runs in; RuntimeError outside an actor."""
+        if self.actor_id is None:
+            raise RuntimeError("current_actor is only available inside an actor")
+        return _runtime().current_actor()
+
+    def get(self) -> dict:
+        """The context as a dict (job, node, task and actor ids, namespace)."""
+        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                "worker_id": self.get_worker_id(), "task_id": self.get_task_id(),
+                "actor_id": self.get_actor_id(), "namespace": self.namespace}
 
 
 def get_runtime_context() -> RuntimeContext:
-    rt = _runtime()
-    return rt.runtime_context()
+    """The RuntimeContext of the calling code (driver, task or actor)."""
+    return _runtime().runtime_context()

@@ -503,3 +503,313 @@ def test_ray_backend_attaches_to_a_running_ray_and_leaves_it_running(backend):
     store.set("after-attach", b"ok")
     assert store.get("after-attach", timeout=5) == b"ok"
     assert shoal.get(add_one.remote(1), timeout=LONG) == 2
+
+
+# ------------------------------------------------------------------ generators
+@shoal.remote(num_returns="streaming")
+def count_up(n, fail_at=None):
+    for i in range(n):
+        if i == fail_at:
+            raise ValueError(f"failed at item {i}")
+        yield i * 10
+
+
+@shoal.remote(num_returns="streaming")
+def yield_then_wait(key):
+    yield "first"
+    shoal.get_kv_store().get(key, timeout=LONG)
+    yield "second"
+
+
+@shoal.remote(num_returns="streaming")
+def yield_forever(key):
+    shoal.get_kv_store().set(key, b"started")
+    for i in range(LONG * 10):
+        yield i
+        time.sleep(0.1)
+
+
+@shoal.remote(num_returns="dynamic")
+def dynamic_items(n, fail_at=None):
+    for i in range(n):
+        if i == fail_at:
+            raise KeyError(f"failed at item {i}")
+        yield np.full(3, i)
+
+
+@shoal.remote
+def sum_stream(n):
+    return sum(shoal.get(r) for r in count_up.remote(n))
+
+
+@shoal.remote
+class Streamer:
+    @shoal.method(num_returns="streaming")
+    def items(self, n):
+        for i in range(n):
+            yield i
+
+    def plain_gen(self, n):
+        for i in range(n, 0, -1):   # not `yield from range(...)`: Ray sends into the generator
+            yield i
+
+
+@shoal.remote
+class AsyncStreamer:
+    async def items(self, n):
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+
+
+def test_streaming_generator_yields_refs_in_order(backend):
+    gen = count_up.remote(4)
+    assert isinstance(gen, shoal.ObjectRefGenerator)
+    refs = list(gen)
+    assert all(isinstance(r, shoal.ObjectRef) for r in refs)
+    assert shoal.get(refs) == [0, 10, 20, 30]
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert shoal.get(gen.completed(), timeout=LONG) is None
+
+
+def test_streaming_next_returns_each_item_as_it_is_yielded(backend):
+    key = _key("stream-wait")
+    gen = yield_then_wait.remote(key)
+    try:
+        assert shoal.get(next(gen), timeout=LONG) == "first"
+        assert not gen.next_ready()           # the task is blocked before its second item
+    finally:
+        shoal.get_kv_store().set(key, b"go")
+    assert shoal.get(next(gen), timeout=LONG) == "second"
+    assert list(gen) == []
+
+
+def test_streaming_error_surfaces_at_its_item_then_stops(backend):
+    gen = count_up.remote(5, fail_at=2)
+    assert shoal.get(next(gen)) == 0
+    assert shoal.get(next(gen)) == 10
+    with pytest.raises(ValueError, match="failed at item 2"):
+        shoal.get(next(gen), timeout=LONG)
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_cancel_streaming_generator_stops_it(backend):
+    key = _key("stream-cancel")
+    gen = yield_forever.remote(key)
+    assert shoal.get(next(gen), timeout=LONG) == 0
+    shoal.get_kv_store().get(key, timeout=LONG)
+    shoal.cancel(gen)
+    seen = 0
+    with pytest.raises(TaskCancelledError):
+        for ref in gen:                        # items yielded before the cancel, then the error
+            shoal.get(ref, timeout=LONG)
+            seen += 1
+    assert seen < LONG * 10
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_streaming_actor_methods(backend):
+    s = Streamer.remote()
+    assert shoal.get(list(s.items.remote(3))) == [0, 1, 2]
+    gen = s.plain_gen.options(num_returns="streaming").remote(3)
+    assert shoal.get(list(gen)) == [3, 2, 1]
+    a = AsyncStreamer.remote()
+    assert shoal.get(list(a.items.options(num_returns="streaming").remote(3))) == [0, 1, 2]
+
+
+def test_streaming_generator_iterated_inside_a_task(backend):
+    assert shoal.get(sum_stream.remote(4), timeout=LONG) == 60
+
+
+def test_streaming_needs_a_generator_function(backend):
+    with pytest.raises(ValueError, match="generator function"):
+        add_one.options(num_returns="streaming")
+    with pytest.raises(ValueError, match="generator function"):
+        shoal.remote(num_returns="dynamic")(lambda: [1, 2])
+
+
+def test_dynamic_generator_is_a_ref_to_the_item_refs(backend):
+    ref = dynamic_items.remote(3)
+    assert isinstance(ref, shoal.ObjectRef)
+    gen = shoal.get(ref, timeout=LONG)
+    assert isinstance(gen, shoal.DynamicObjectRefGenerator)
+    values = [shoal.get(r) for r in gen]
+    assert [v.tolist() for v in values] == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
+
+
+def test_dynamic_generator_error_is_its_last_ref(backend):
+    refs = list(shoal.get(dynamic_items.remote(5, fail_at=2), timeout=LONG))
+    assert len(refs) == 3
+    assert shoal.get(refs[1]).tolist() == [1, 1, 1]
+    with pytest.raises(KeyError):
+        shoal.get(refs[2])
+
+
+def test_bad_num_returns_is_rejected(backend):
+    with pytest.raises(ValueError, match="num_returns"):
+        add_one.options(num_returns="lots")
+
+
+# ------------------------------------------------------------------ DAG
+def test_dag_of_functions_runs_each_node_once_per_execute(backend):
+    from shoal.dag import InputNode
+    with InputNode() as inp:
+        doubled = add.bind(inp, inp)
+        dag = add.bind(doubled, doubled)
+    assert shoal.get(dag.execute(3), timeout=LONG) == 12
+    assert shoal.get(dag.execute(5), timeout=LONG) == 20
+
+
+def test_dag_actor_keeps_state_across_executions(backend):
+    from shoal.dag import InputNode
+    with InputNode() as inp:
+        counter = Counter.bind(100)
+        dag = counter.incr.bind(add_one.bind(inp))
+    assert shoal.get(dag.execute(0), timeout=LONG) == 101
+    assert shoal.get(dag.execute(1), timeout=LONG) == 103
+    live = Counter.remote(0)
+    assert shoal.get(live.incr.bind(7).execute(), timeout=LONG) == 7
+
+
+def test_dag_multi_output_and_input_parts(backend):
+    from shoal.dag import InputNode, MultiOutputNode
+    with InputNode() as inp:
+        dag = MultiOutputNode([add.bind(inp[0], y=inp.y), add_one.bind(inp[1])])
+    refs = dag.execute(1, 10, y=2)
+    assert shoal.get(refs, timeout=LONG) == [3, 11]
+
+
+def test_dag_error_reaches_the_result(backend):
+    from shoal.dag import InputNode
+    with InputNode() as inp:
+        dag = add_one.bind(raise_value_error.bind(inp))
+    with pytest.raises(ValueError, match="dag-boom"):
+        shoal.get(dag.execute("dag-boom"), timeout=LONG)
+
+
+def test_dag_actor_cannot_take_the_input(backend):
+    from shoal.dag import InputNode
+    with InputNode() as inp:
+        with pytest.raises(ValueError, match="cannot take the InputNode"):
+            Counter.bind(inp)
+
+
+# ------------------------------------------------------------------ runtime context
+@shoal.remote(num_cpus=1)
+def task_context():
+    c = shoal.get_runtime_context()
+    return (c.get_job_id(), c.get_node_id(), c.get_task_id(), c.get_actor_id(),
+            c.get_task_name(), c.get_assigned_resources(), c.get_worker_id())
+
+
+@shoal.remote(max_restarts=1)
+class ContextActor:
+    def context(self):
+        c = shoal.get_runtime_context()
+        return (c.get_actor_id(), c.get_actor_name(), c.was_current_actor_reconstructed,
+                c.get_assigned_resources(), c.get_accelerator_ids())
+
+    def ping_self(self):
+        me = shoal.get_runtime_context().current_actor
+        return isinstance(me, shoal.ActorHandle)
+
+    def crash(self):
+        os._exit(1)
+
+
+def test_runtime_context_in_driver_task_and_actor(backend):
+    from shoal.util import get_node_ip_address
+    ctx = shoal.get_runtime_context()
+    assert ctx.get_task_id() is None and ctx.get_actor_id() is None
+    assert isinstance(ctx.get_job_id(), str) and ctx.get_job_id()
+    with pytest.raises(RuntimeError):
+        ctx.current_actor
+    job, node, task, actor, name, res, worker = shoal.get(
+        task_context.options(name="ctx-task").remote(), timeout=LONG)
+    assert job == ctx.get_job_id() and node == ctx.get_node_id()
+    assert isinstance(task, str) and actor is None and name == "ctx-task"
+    assert res == {"CPU": 1.0} and isinstance(worker, str)
+    a = ContextActor.options(name=_key("ctx-actor"), num_cpus=1).remote()
+    actor_id, actor_name, reconstructed, res, accel = shoal.get(a.context.remote(), timeout=LONG)
+    assert isinstance(actor_id, str) and actor_name.startswith("test/ctx-actor/")
+    assert reconstructed is False and res == {"CPU": 1.0} and accel == {"GPU": []}
+    assert shoal.get(a.ping_self.remote(), timeout=LONG) is True
+    shoal.kill(a)
+    assert isinstance(get_node_ip_address(), str) and get_node_ip_address()
+
+
+def test_restarted_actor_knows_it_was_reconstructed(backend):
+    a = ContextActor.remote()
+    assert shoal.get(a.context.remote(), timeout=LONG)[2] is False
+    a.crash.remote()
+    deadline = time.monotonic() + LONG
+    while True:
+        try:
+            assert shoal.get(a.context.remote(), timeout=LONG)[2] is True
+            break
+        except (ActorDiedError, ActorUnavailableError):
+            assert time.monotonic() < deadline, "the actor never came back"
+            time.sleep(0.1)
+    shoal.kill(a)
+
+
+# ------------------------------------------------------------------ runtime_env
+@shoal.remote
+def read_shipped_files():
+    import shipped_helper   # only importable from the working_dir
+    with open("data.txt") as f:
+        return f.read(), shipped_helper.VALUE, os.environ.get("SHOAL_TEST_VAR")
+
+
+@shoal.remote
+def shipped_helper_importable():
+    try:
+        import shipped_helper  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@shoal.remote
+class ModuleUser:
+    def use(self):
+        import shipped_pkg
+        return shipped_pkg.NAME, os.getcwd() != "", os.environ.get("SHOAL_TEST_VAR")
+
+
+def test_runtime_env_working_dir_is_cwd_and_importable(backend, tmp_path):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "data.txt").write_text("shipped")
+    (wd / "shipped_helper.py").write_text("VALUE = 7\n")
+    env = {"working_dir": str(wd), "env_vars": {"SHOAL_TEST_VAR": "on"}}
+    ref = read_shipped_files.options(runtime_env=env).remote()
+    assert shoal.get(ref, timeout=LONG) == ("shipped", 7, "on")
+    # Other tasks run without it (no leaked module, cwd or variable).
+    assert shoal.get([shipped_helper_importable.remote() for _ in range(4)],
+                     timeout=LONG) == [False] * 4
+
+
+def test_runtime_env_py_modules_for_an_actor(backend, tmp_path):
+    pkg = tmp_path / "shipped_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("NAME = 'from-py-modules'\n")
+    a = ModuleUser.options(runtime_env={"py_modules": [str(pkg)],
+                                        "env_vars": {"SHOAL_TEST_VAR": "actor"}}).remote()
+    assert shoal.get(a.use.remote(), timeout=LONG) == ("from-py-modules", True, "actor")
+    shoal.kill(a)
+
+
+def test_runtime_env_missing_dir_or_pip_is_rejected_on_the_embedded_backend(backend, tmp_path):
+    if backend != "local":
+        pytest.skip("Ray installs pip/conda environments itself")
+    from shoal.exceptions import RuntimeEnvSetupError
+    with pytest.raises(RuntimeEnvSetupError, match="use backend='ray'"):
+        add_one.options(runtime_env={"pip": ["requests"]}).remote(1)
+    with pytest.raises(RuntimeEnvSetupError, match="not supported on the embedded backend"):
+        Counter.options(runtime_env={"conda": "env"}).remote()
+    with pytest.raises(RuntimeEnvSetupError, match="not a directory"):
+        add_one.options(runtime_env={"working_dir": str(tmp_path / "missing")}).remote(1)
