@@ -127,7 +127,7 @@ def check(key: str, entries: dict, set_ranks: list) -> str | None:
     items = sorted(entries.items())
     kinds = {meta[0] for _, (meta, _) in items}
     if len(kinds) > 1:
-        calls = ", ".join(f"rank {set_ranks[r]} did a {m[0]}" for r, (m, _) in items)
+        calls = ", ".join(f"rank {set_ranks[r]} issued {m[0]}" for r, (m, _) in items)
         return (f"Mismatched Horovod operations on tensor {key!r}: {calls}; every rank must "
                 "issue the same operation under one name")
     for what in _MUST_MATCH[items[0][1][0][0]]:
