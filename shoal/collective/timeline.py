@@ -40,6 +40,15 @@ class Timeline:
             self._events.append({"name": name, "ph": "X", "ts": self._us(t0), "dur": (t1 - t0) * 1e6,
                                  "pid": self.rank, "tid": tid})
 
+    def span(self, name: str, t0: float, t1: float, tid: str = "ops", args: dict | None = None) -> None:
+        """Record an event from ``t0`` to ``t1`` (``time.perf_counter()`` values) on row ``tid``."""
+        ev = {"name": name, "ph": "X", "ts": self._us(t0), "dur": (t1 - t0) * 1e6,
+              "pid": self.rank, "tid": tid}
+        if args:
+            ev["args"] = args
+        with self._lock:
+            self._events.append(ev)
+
     @contextmanager
     def op(self, name: str, nbytes: int):
         t0 = time.perf_counter()
@@ -83,6 +92,9 @@ class _NullTimeline(Timeline):
         return False
 
     def phase(self, name, t0, tid="phases") -> None:
+        pass
+
+    def span(self, name, t0, t1, tid="ops", args=None) -> None:
         pass
 
     def flush(self) -> None:

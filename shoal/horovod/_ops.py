@@ -1,156 +1,30 @@
-"""Horovod's collective functions on a shoal communicator.
+"""Horovod's collective functions, run by the process set's engine (see _engine).
 
-Ops return new tensors (the ``_`` variants work in place), async ops return
-integer handles for ``synchronize``/``poll``, exactly as horovod.torch.
-Every rank must issue collectives in the same order (Horovod matches them by
-name; shoal's communicator by order, which a script that runs the same code
-on every rank gives for free).
+Ops return new tensors (the ``_`` variants work in place); async ops return
+integer handles for ``synchronize``/``poll``, exactly as horovod.torch. Ops
+are matched across ranks by name (unnamed ops by their position among the
+unnamed ops of their process set), and checked: a mismatch raises the same
+error on every rank and the next op runs normally.
 """
 from __future__ import annotations
 
 import itertools
-import os
+import pickle
 import threading
 
 import torch
 
-from shoal.horovod import _join
+from shoal.horovod._engine import (ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, JOIN,
+                                   REDUCESCATTER, Request)
+from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.compression import Compression
 
 Average, Sum, Adasum, Min, Max, Product = "avg", "sum", "adasum", "min", "max", "prod"
 _OPS = {Average, Sum, Min, Max, Product}
 
-
-class _World:
-    comm = None           # a shoal communicator, or None for a single process
-    rank = 0
-    size = 1
-    local_rank = 0
-    local_size = 1
-    cross_rank = 0
-    cross_size = 1
-    owns_comm = False
-    rounds = 0            # descriptor exchanges so far (see _join)
-
-
-_world: _World | None = None
-_lock = threading.Lock()
 _handles: dict = {}
+_handles_lock = threading.Lock()
 _next_handle = itertools.count(1)
-
-
-def init(comm=None, process_sets=None) -> None:
-    """Join the job's group (idempotent).
-
-    In a script started by ``shoal launch`` (or torchrun) the group comes from
-    the environment; inside a shoal.train loop it is the gang's communicator;
-    otherwise this process is a world of one. ``comm`` passes a communicator
-    explicitly.
-    """
-    global _world
-    with _lock:
-        if _world is not None:
-            return
-        w = _World()
-        if comm is None:
-            from shoal.train.context import current_session
-            session = current_session(required=False)
-            if session is not None:
-                comm = session.comm
-                ctx = session.context
-                w.local_rank, w.local_size = ctx.local_rank, ctx.local_world_size
-                w.cross_rank = ctx.node_rank
-        else:
-            env = os.environ
-            w.local_rank = int(env.get("SHOAL_LOCAL_RANK", env.get("LOCAL_RANK", 0)))
-            w.local_size = int(env.get("SHOAL_LOCAL_WORLD_SIZE",
-                                       env.get("LOCAL_WORLD_SIZE", comm.world_size)))
-            w.cross_rank = int(env.get("SHOAL_NODE_RANK", env.get("GROUP_RANK", 0)))
-        if comm is not None:
-            w.comm, w.rank, w.size = comm, comm.rank, comm.world_size
-            w.local_size = w.local_size or w.size
-            w.cross_size = max(1, w.size // max(1, w.local_size))
-        _world = w
-
-
-def shutdown() -> None:
-    """Leave the group; ``init`` may be called again."""
-    global _world
-    with _lock:
-        _world = None
-        _handles.clear()
-
-
-def is_initialized() -> bool:
-    return _world is not None
-
-
-def _w() -> _World:
-    if _world is None:
-        raise ValueError("Horovod has not been initialized; use hvd.init().")
-    return _world
-
-
-def rank() -> int:
-    return _w().rank
-
-
-def size() -> int:
-    return _w().size
-
-
-def local_rank() -> int:
-    return _w().local_rank
-
-
-def local_size() -> int:
-    return _w().local_size
-
-
-def cross_rank() -> int:
-    return _w().cross_rank
-
-
-def cross_size() -> int:
-    return _w().cross_size
-
-
-def mpi_threads_supported() -> bool:
-    return False
-
-
-# ------------------------------------------------------------------ handles
-class _Done:
-    def __init__(self, value=None):
-        self.value = value
-
-    def wait(self, timeout=None):
-        return self.value
-
-    def is_completed(self) -> bool:
-        return True
-
-
-def _register(work, finish) -> int:
-    h = next(_next_handle)
-    _handles[h] = (work, finish)
-    return h
-
-
-def synchronize(handle: int):
-    """Wait for an async op; returns its output tensor."""
-    if handle not in _handles:
-        raise ValueError(f"unknown or already synchronized Horovod handle {handle!r}")
-    work, finish = _handles.pop(handle)
-    result = work.wait()
-    return finish(result)
-
-
-def poll(handle: int) -> bool:
-    """True if the async op of ``handle`` is done (``synchronize`` will not block)."""
-    if handle not in _handles:
-        raise ValueError(f"unknown or already synchronized Horovod handle {handle!r}")
-    return _handles[handle][0].is_completed()
 
 
 def _check_op(op, average) -> str:
@@ -167,194 +41,330 @@ def _check_op(op, average) -> str:
     return op
 
 
+def _submit(kind, name, tensors, finish, process_set, op="sum", root=-1, pre=1.0, post=1.0,
+            error=None, splits=None) -> int:
+    eng = engine_of(process_set)
+    key = str(name) if name is not None else eng.auto_name(kind)
+    req = Request(key, kind, tensors, op, root, pre, post, error=error)
+    req.splits = splits
+    handle = eng.submit(req)
+    h = next(_next_handle)
+    with _handles_lock:
+        _handles[h] = (eng, handle, finish)
+    return h
+
+
+def synchronize(handle):
+    """Wait for an async op; returns its output (tensor, or tuple for alltoall).
+
+    Raises the op's error (the same on every rank for mismatched calls).
+    """
+    if callable(handle):            # sparse_allreduce_async returns a function, as Horovod's
+        return handle()
+    with _handles_lock:
+        entry = _handles.pop(handle, None)
+    if entry is None:
+        raise ValueError(f"unknown or already synchronized Horovod handle {handle!r}")
+    eng, h, finish = entry
+    return finish(h.wait(eng, None))
+
+
+def poll(handle) -> bool:
+    """True if the async op of ``handle`` is done (``synchronize`` will not block)."""
+    with _handles_lock:
+        entry = _handles.get(handle)
+    if entry is None:
+        raise ValueError(f"unknown or already synchronized Horovod handle {handle!r}")
+    return entry[1].event.is_set()
+
+
+def _same(outs):
+    return outs[0]
+
+
 # ------------------------------------------------------------------ allreduce
 def allreduce_async_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
-                     postscale_factor=1.0, process_set=None) -> int:
-    """Start an in-place allreduce of ``tensor``; returns a handle."""
+                     postscale_factor=1.0, process_set=global_process_set) -> int:
+    """Start an in-place allreduce of ``tensor``; returns a handle for ``synchronize``."""
     op = _check_op(op, average)
-    w = _w()
-    if w.comm is None:
-        if prescale_factor != 1.0 or postscale_factor != 1.0:
-            tensor.mul_(prescale_factor * postscale_factor)
-        return _register(_Done(tensor), lambda r: r)
-    _join.announce(w, _join.ALLREDUCE, (tensor,), op)
-    work = w.comm.allreduce(tensor, op=op, async_op=True, prescale=prescale_factor,
-                            postscale=postscale_factor)
-    return _register(work, lambda r: tensor)
+    return _submit(ALLREDUCE, name, [tensor], _same, process_set, op, -1, prescale_factor,
+                   postscale_factor)
 
 
 def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.0,
-                    postscale_factor=1.0, process_set=None) -> int:
-    """Start an allreduce into a new tensor; returns a handle."""
+                    postscale_factor=1.0, process_set=global_process_set) -> int:
+    """Start an allreduce into a new tensor; returns a handle for ``synchronize``."""
     return allreduce_async_(tensor.detach().clone(), average, name, op, prescale_factor,
                             postscale_factor, process_set)
 
 
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
-               postscale_factor=1.0, process_set=None):
+               postscale_factor=1.0, process_set=global_process_set):
+    """Allreduce ``tensor`` in place over the process set's ranks; returns ``tensor``."""
     return synchronize(allreduce_async_(tensor, average, name, op, prescale_factor,
-                                        postscale_factor))
+                                        postscale_factor, process_set))
 
 
 class _AllreduceFn(torch.autograd.Function):
     """allreduce is differentiable: the gradient of an allreduce is an allreduce."""
 
     @staticmethod
-    def forward(ctx, tensor, op, prescale, postscale):
-        ctx.op, ctx.scale = op, (prescale, postscale)
-        return synchronize(allreduce_async(tensor, op=op, prescale_factor=prescale,
-                                           postscale_factor=postscale))
+    def forward(ctx, tensor, op, prescale, postscale, name, process_set):
+        ctx.args = (op, prescale, postscale, process_set)
+        return synchronize(allreduce_async(tensor, op=op, name=name, prescale_factor=prescale,
+                                           postscale_factor=postscale, process_set=process_set))
 
     @staticmethod
     def backward(ctx, grad):
-        return (synchronize(allreduce_async(grad.contiguous(), op=ctx.op,
-                                            prescale_factor=ctx.scale[0],
-                                            postscale_factor=ctx.scale[1])), None, None, None)
+        op, pre, post, ps = ctx.args
+        return (synchronize(allreduce_async(grad.contiguous(), op=op, prescale_factor=pre,
+                                            postscale_factor=post, process_set=ps)),
+                None, None, None, None, None)
 
 
 def allreduce(tensor, average=None, name=None, compression=Compression.none, op=None,
-              prescale_factor=1.0, postscale_factor=1.0, process_set=None):
-    """The reduction of ``tensor`` over all ranks (a new tensor; default op: Average)."""
+              prescale_factor=1.0, postscale_factor=1.0, process_set=global_process_set):
+    """The reduction of ``tensor`` over the process set (a new tensor; default op: Average).
+
+    Average of integer tensors floors (as Horovod's). Differentiable for
+    Average and Sum.
+    """
     op = _check_op(op, average)
     compressed, ctx = compression.compress(tensor)
     if op in (Average, Sum) and compressed.requires_grad:
-        out = _AllreduceFn.apply(compressed, op, prescale_factor, postscale_factor)
+        out = _AllreduceFn.apply(compressed, op, prescale_factor, postscale_factor, name,
+                                 process_set)
     else:
-        out = synchronize(allreduce_async(compressed, op=op, prescale_factor=prescale_factor,
-                                          postscale_factor=postscale_factor))
+        out = synchronize(allreduce_async(compressed, op=op, name=name,
+                                          prescale_factor=prescale_factor,
+                                          postscale_factor=postscale_factor,
+                                          process_set=process_set))
     return compression.decompress(out, ctx)
 
 
 def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
-                             postscale_factor=1.0, process_set=None) -> int:
+                             postscale_factor=1.0, process_set=global_process_set) -> int:
+    """Start an in-place allreduce of a list of tensors as one fused op; returns a handle."""
     op = _check_op(op, average)
-    tensors = list(tensors)
-    w = _w()
-    if w.comm is None:
-        for t in tensors:
-            t.mul_(prescale_factor * postscale_factor)
-        return _register(_Done(tensors), lambda r: r)
-    _join.announce(w, _join.GROUPED_ALLREDUCE, tensors, op)
-    work = w.comm.grouped_allreduce(tensors, op=op, async_op=True, prescale=prescale_factor,
-                                    postscale=postscale_factor)
-    return _register(work, lambda r: tensors)
+    return _submit(ALLREDUCE, name, list(tensors), lambda outs: outs, process_set, op, -1,
+                   prescale_factor, postscale_factor)
 
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0,
-                            postscale_factor=1.0, process_set=None) -> int:
+                            postscale_factor=1.0, process_set=global_process_set) -> int:
+    """Start a fused allreduce of a list of tensors into new tensors; returns a handle."""
     return grouped_allreduce_async_([t.detach().clone() for t in tensors], average, name, op,
-                                    prescale_factor, postscale_factor)
+                                    prescale_factor, postscale_factor, process_set)
 
 
 def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
-                       postscale_factor=1.0, process_set=None):
+                       postscale_factor=1.0, process_set=global_process_set):
+    """Allreduce a list of tensors in place as one fused op; returns the list."""
     return synchronize(grouped_allreduce_async_(tensors, average, name, op, prescale_factor,
-                                                postscale_factor))
+                                                postscale_factor, process_set))
 
 
 def grouped_allreduce(tensors, average=None, name=None, compression=Compression.none, op=None,
-                      prescale_factor=1.0, postscale_factor=1.0, process_set=None):
+                      prescale_factor=1.0, postscale_factor=1.0, process_set=global_process_set):
     """Allreduce a list of tensors as one fused operation; returns new tensors."""
     pairs = [compression.compress(t) for t in tensors]
     outs = synchronize(grouped_allreduce_async([p[0] for p in pairs], average, name, op,
-                                               prescale_factor, postscale_factor))
+                                               prescale_factor, postscale_factor, process_set))
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 
-# ------------------------------------------------------------------ others
-def allgather_async(tensor, name=None, process_set=None) -> int:
-    w = _w()
-    if w.comm is None:
-        return _register(_Done([tensor.detach().clone()]), lambda parts: torch.cat(parts))
+def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_process_set):
+    """Start an allreduce of a sparse COO tensor; returns a function for ``synchronize``.
+
+    As Horovod does: the indices and values of every rank are allgathered
+    and form a sparse tensor of the same size (duplicate indices sum when it
+    is coalesced); Average divides the values by the process set's size.
+    """
+    op = _check_op(op, None)
+    if op not in (Average, Sum):
+        raise ValueError(f"sparse_allreduce_async supports hvd.Average and hvd.Sum, got {op!r}")
+    t = tensor.coalesce() if not tensor.is_coalesced() else tensor
+    base = name if name is not None else engine_of(process_set).auto_name("sparse")
+    hi = allgather_async(t.indices().transpose(0, 1).contiguous(), name=f"{base}.indices",
+                         process_set=process_set)
+    hv = allgather_async(t.values().contiguous(), name=f"{base}.values", process_set=process_set)
+    n = len(engine_of(process_set).set_ranks)
+
+    def finish():
+        values = synchronize(hv)
+        indices = synchronize(hi)
+        if op == Average:
+            values = values / n if values.is_floating_point() else values.div(n, rounding_mode="floor")
+        return torch.sparse_coo_tensor(indices.transpose(0, 1), values, t.size())
+    return finish
+
+
+# ------------------------------------------------------------------ allgather
+def _cat(outs):
+    return outs[0]
+
+
+def allgather_async(tensor, name=None, process_set=global_process_set) -> int:
+    """Start an allgather (rows of every rank, concatenated along dimension 0); returns a handle."""
     t = tensor.detach().contiguous()
+    err = None
     if t.dim() == 0:
-        raise ValueError("hvd.allgather needs a tensor of at least one dimension (rows are "
-                         "concatenated along dimension 0); reshape a scalar with t.reshape(1)")
-    _join.announce(w, _join.ALLGATHER, (t,))
-    work = w.comm.allgather(t, async_op=True)
-    return _register(work, lambda parts: torch.cat([torch.as_tensor(p) for p in parts]))
+        err = ("hvd.allgather needs a tensor of at least one dimension (rows are concatenated "
+               "along dimension 0); reshape a scalar with t.reshape(1)")
+    return _submit(ALLGATHER, name, [t], _cat, process_set, error=err)
 
 
-def allgather(tensor, name=None, process_set=None):
+def allgather(tensor, name=None, process_set=global_process_set):
     """Every rank's ``tensor`` concatenated along dimension 0 (first dims may differ)."""
-    return synchronize(allgather_async(tensor, name))
+    return synchronize(allgather_async(tensor, name, process_set))
 
 
-def broadcast_async_(tensor, root_rank, name=None, process_set=None) -> int:
-    w = _w()
-    if not 0 <= root_rank < w.size:
-        raise ValueError(f"root_rank {root_rank} is not a rank of this job (0..{w.size - 1})")
-    if w.comm is None:
-        return _register(_Done(tensor), lambda r: r)
-    _join.announce(w, _join.BROADCAST, (tensor,))
-    work = w.comm.broadcast(tensor, src=root_rank, async_op=True)
-    return _register(work, lambda r: tensor)
+def grouped_allgather_async(tensors, name=None, process_set=global_process_set) -> int:
+    """Start an allgather of each tensor of a list, as one op; returns a handle."""
+    ts = [t.detach().contiguous() for t in tensors]
+    err = None
+    if any(t.dim() == 0 for t in ts):
+        err = "hvd.grouped_allgather needs tensors of at least one dimension"
+    return _submit(ALLGATHER, name, ts, lambda outs: outs, process_set, error=err)
 
 
-def broadcast_async(tensor, root_rank, name=None, process_set=None) -> int:
-    return broadcast_async_(tensor.detach().clone(), root_rank, name)
+def grouped_allgather(tensors, name=None, process_set=global_process_set) -> list:
+    """``allgather`` of each tensor of a list, in one op; returns a list of tensors."""
+    return synchronize(grouped_allgather_async(tensors, name, process_set))
 
 
-def broadcast_(tensor, root_rank, name=None, process_set=None):
+# ------------------------------------------------------------------ broadcast
+def _check_root(root_rank, process_set) -> tuple[int, str | None]:
+    """The root's rank within the set, or an error every rank raises."""
+    ranks = engine_of(process_set).set_ranks
+    if root_rank not in ranks:
+        return -1, f"root_rank {root_rank} is not a rank of the process set {ranks}"
+    return ranks.index(root_rank), None
+
+
+def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_set) -> int:
+    """Start an in-place broadcast of rank ``root_rank``'s ``tensor``; returns a handle."""
+    root, err = _check_root(root_rank, process_set)
+    return _submit(BROADCAST, name, [tensor], _same, process_set, root=root, error=err)
+
+
+def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set) -> int:
+    """Start a broadcast into a new tensor; returns a handle."""
+    return broadcast_async_(tensor.detach().clone(), root_rank, name, process_set)
+
+
+def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     """Copy rank ``root_rank``'s ``tensor`` into ``tensor`` on every rank."""
-    return synchronize(broadcast_async_(tensor, root_rank, name))
+    return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
 
 
-def broadcast(tensor, root_rank, name=None, process_set=None):
+def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
     """Rank ``root_rank``'s ``tensor`` on every rank (a new tensor)."""
-    return synchronize(broadcast_async(tensor, root_rank, name))
+    return synchronize(broadcast_async(tensor, root_rank, name, process_set))
 
 
-def alltoall_async(tensor, splits=None, name=None, process_set=None) -> int:
-    w = _w()
-    n = tensor.shape[0]
-    if splits is None:
-        if n % w.size:
-            raise ValueError(f"alltoall without splits needs the first dimension ({n}) to be "
-                             f"divisible by the number of ranks ({w.size})")
-        send = [n // w.size] * w.size
+def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
+    """Rank ``root_rank``'s picklable ``obj`` on every rank (peers are authenticated)."""
+    me = _w().rank
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8) \
+        if me == root_rank else torch.empty(0, dtype=torch.uint8)
+    base = name or engine_of(process_set).auto_name("object")
+    n = broadcast(torch.tensor([payload.numel()], dtype=torch.int64), root_rank,
+                  f"{base}.size", process_set)
+    data = payload if me == root_rank else torch.empty(int(n[0]), dtype=torch.uint8)
+    data = broadcast(data, root_rank, f"{base}.data", process_set)
+    return obj if me == root_rank else pickle.loads(data.numpy().tobytes())
+
+
+def allgather_object(obj, name=None, process_set=global_process_set) -> list:
+    """Every rank's picklable ``obj``, in rank order."""
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    base = name or engine_of(process_set).auto_name("object")
+    sizes = allgather(torch.tensor([payload.numel()], dtype=torch.int64), f"{base}.sizes",
+                      process_set)
+    data = allgather(payload, f"{base}.data", process_set).numpy().tobytes()
+    out, at = [], 0
+    for s in sizes.tolist():
+        out.append(pickle.loads(data[at:at + s]))
+        at += s
+    return out
+
+
+# ------------------------------------------------------------------ alltoall, reducescatter
+def alltoall_async(tensor, splits=None, name=None, process_set=global_process_set) -> int:
+    """Start an alltoall; returns a handle whose result is (received rows, received splits)."""
+    n_ranks = len(engine_of(process_set).set_ranks)
+    n = tensor.shape[0] if tensor.dim() else 0
+    err, send = None, None
+    if tensor.dim() == 0:
+        err = "hvd.alltoall needs a tensor of at least one dimension"
+    elif splits is None:
+        if n % n_ranks:
+            err = (f"alltoall without splits needs the first dimension ({n}) to be divisible "
+                   f"by the number of ranks ({n_ranks})")
+        else:
+            send = [n // n_ranks] * n_ranks
     else:
         send = [int(s) for s in torch.as_tensor(splits).reshape(-1).tolist()]
-        if len(send) != w.size or sum(send) != n or min(send) < 0:
-            raise ValueError(f"splits must hold {w.size} non-negative counts summing to the "
-                             f"first dimension {n}, got {send}")
-    if w.comm is None:
-        return _register(_Done(None),
-                         lambda _: (tensor.detach().clone(), torch.tensor(send, dtype=torch.int32)))
-    _join.announce(w, _join.ALLTOALL, (tensor,))
-    counts = torch.tensor(send, dtype=torch.int64)
-    recv = w.comm.alltoall(counts.clone())          # one count to and from every rank
-    work = w.comm.alltoall(tensor.detach().contiguous(), async_op=True, send_splits=send)
-    recv_t = torch.as_tensor(recv).to(torch.int32)
-    return _register(work, lambda out: (torch.as_tensor(out), recv_t))
+        if len(send) != n_ranks or sum(send) != n or min(send) < 0:
+            err = (f"splits must hold {n_ranks} non-negative counts summing to the first "
+                   f"dimension {n}, got {send}")
+    return _submit(ALLTOALL, name, [tensor.detach().contiguous()], lambda outs: tuple(outs),
+                   process_set, error=err, splits=send)
 
 
-def alltoall(tensor, splits=None, name=None, process_set=None):
+def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
     """Rows ``splits[q]`` of ``tensor`` go to rank q; returns (received rows, received splits)."""
-    return synchronize(alltoall_async(tensor, splits, name))
+    return synchronize(alltoall_async(tensor, splits, name, process_set))
 
 
-def reducescatter_async(tensor, name=None, op=Average, process_set=None) -> int:
+def reducescatter_async(tensor, name=None, op=Average, process_set=global_process_set,
+                        prescale_factor=1.0, postscale_factor=1.0) -> int:
+    """Start a reducescatter; returns a handle whose result is this rank's part."""
     op = _check_op(op, None)
-    w = _w()
-    if w.comm is None:
-        return _register(_Done(tensor.detach().clone()), lambda r: r)
-    _join.announce(w, _join.REDUCESCATTER, (tensor,), op)
-    work = w.comm.reduce_scatter(tensor.detach().contiguous().clone(), op=op, async_op=True)
-    return _register(work, lambda out: torch.as_tensor(out))
+    t = tensor.detach().contiguous()
+    err = "hvd.reducescatter needs a tensor of at least one dimension" if t.dim() == 0 else None
+    return _submit(REDUCESCATTER, name, [t], _same, process_set, op, -1, prescale_factor,
+                   postscale_factor, error=err)
 
 
-def reducescatter(tensor, name=None, compression=Compression.none, op=Average, process_set=None):
-    """Reduce ``tensor`` over all ranks; this rank gets its part along dimension 0."""
+def reducescatter(tensor, name=None, compression=Compression.none, op=Average,
+                  process_set=global_process_set, prescale_factor=1.0, postscale_factor=1.0):
+    """Reduce ``tensor`` over the ranks; this rank gets its part along dimension 0.
+
+    Parts follow ``numpy.array_split``: the first ``dim0 % size`` ranks get one more row.
+    """
     compressed, ctx = compression.compress(tensor)
-    return compression.decompress(synchronize(reducescatter_async(compressed, name, op)), ctx)
+    out = synchronize(reducescatter_async(compressed, name, op, process_set, prescale_factor,
+                                          postscale_factor))
+    return compression.decompress(out, ctx)
 
 
-def barrier(process_set=None) -> None:
-    w = _w()
-    if w.comm is not None:
-        _join.announce(w, _join.BARRIER)
-        w.comm.barrier()
+def grouped_reducescatter_async(tensors, name=None, op=Average, process_set=global_process_set,
+                                prescale_factor=1.0, postscale_factor=1.0) -> int:
+    """Start a reducescatter of each tensor of a list, as one op; returns a handle."""
+    op = _check_op(op, None)
+    ts = [t.detach().contiguous() for t in tensors]
+    err = ("hvd.grouped_reducescatter needs tensors of at least one dimension"
+           if any(t.dim() == 0 for t in ts) else None)
+    return _submit(REDUCESCATTER, name, ts, lambda outs: outs, process_set, op, -1,
+                   prescale_factor, postscale_factor, error=err)
+
+
+def grouped_reducescatter(tensors, name=None, compression=Compression.none, op=Average,
+                          process_set=global_process_set, prescale_factor=1.0,
+                          postscale_factor=1.0) -> list:
+    """``reducescatter`` of each tensor of a list in one op; returns this rank's parts."""
+    pairs = [compression.compress(t) for t in tensors]
+    outs = synchronize(grouped_reducescatter_async([p[0] for p in pairs], name, op, process_set,
+                                                   prescale_factor, postscale_factor))
+    return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
+
+
+# ------------------------------------------------------------------ barrier, join
+def barrier(process_set=global_process_set) -> None:
+    """Return once every rank of the process set reached the barrier."""
+    synchronize(_submit(BARRIER, None, [], lambda outs: None, process_set))
 
 
 def join(device=-1) -> int:
@@ -362,32 +372,12 @@ def join(device=-1) -> int:
 
     Until every rank has joined, this rank keeps taking part in the
     collectives the others still issue, as in Horovod: it contributes zeros to
-    allreduces (Average still divides by ``size()``) and zero rows to
-    allgathers; broadcast, alltoall and reducescatter raise on the ranks that
-    issue them meanwhile. This is how ranks with different numbers of batches
-    train together: each calls ``join()`` after its last batch.
+    allreduces (Average still divides by ``size()``, as Horovod's does) and no
+    rows to allgathers; broadcast, alltoall and reducescatter raise on the
+    ranks that issue them meanwhile. Among ranks that joined in the same
+    round, the highest counts as the last.
     """
-    w = _w()
-    if w.comm is None:
-        return 0
-    return _join.join(w)
-
-
-def broadcast_object(obj, root_rank=0, name=None, process_set=None):
-    """Rank ``root_rank``'s picklable ``obj`` on every rank."""
-    w = _w()
-    if w.comm is None:
-        return obj
-    if not 0 <= root_rank < w.size:
-        raise ValueError(f"root_rank {root_rank} is not a rank of this job (0..{w.size - 1})")
-    _join.announce(w, _join.BROADCAST_OBJECT)
-    return w.comm.broadcast_object(obj, src=root_rank)
-
-
-def allgather_object(obj, name=None, process_set=None) -> list:
-    """Every rank's picklable ``obj``, in rank order."""
-    w = _w()
-    if w.comm is None:
-        return [obj]
-    _join.announce(w, _join.ALLGATHER_OBJECT)
-    return w.comm.allgather_object(obj)
+    eng = engine_of(global_process_set)
+    req = Request(f"join.{id(eng)}", JOIN)
+    handle = eng.submit(req)
+    return handle.wait(eng, None)

@@ -16,19 +16,23 @@ from shoal.horovod import _ops
 from shoal.horovod._ops import (
     Average,
     Sum,
-    _w,
     broadcast_,
     broadcast_object,
-    size,
+    sparse_allreduce_async,
     synchronize,
 )
+from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.compression import Compression
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, named_parameters, compression, backward_passes_per_step=1,
-                 op=Average, gradient_predivide_factor=1.0):
+                 op=Average, gradient_predivide_factor=1.0, sparse_as_dense=False,
+                 process_set=global_process_set):
         super(self.__class__, self).__init__(params)
+        self._process_set = process_set
+        self._sparse_as_dense = sparse_as_dense
+        self._set_size = len(engine_of(process_set).set_ranks)
         self._compression = compression
         if named_parameters is not None:
             named_parameters = list(named_parameters)
@@ -67,7 +71,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._requires_update: list = []
         self._synchronized = False
         self._should_synchronize = True
-        if size() > 1:
+        if self._set_size > 1:
             self._register_hooks()
 
     def _register_hooks(self) -> None:
@@ -79,13 +83,20 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def _allreduce_grad_async(self, p):
         name = self._parameter_names.get(p)
+        if p.grad.is_sparse:
+            if self._sparse_as_dense:
+                p.grad = p.grad.to_dense()
+            else:   # an embedding's sparse gradient: allgather its indices and values
+                return sparse_allreduce_async(p.grad, name=name, op=self._op,
+                                              process_set=self._process_set), (None, None)
         tensor_compressed, ctx = self._compression.compress(p.grad)
         if self._op == Average:
             pre, post = 1.0 / self._predivide, self._predivide
         else:
             pre = post = 1.0
         handle = _ops.allreduce_async_(tensor_compressed, name=name, op=self._op,
-                                       prescale_factor=pre, postscale_factor=post)
+                                       prescale_factor=pre, postscale_factor=post,
+                                       process_set=self._process_set)
         return handle, (ctx, tensor_compressed)
 
     def _make_hook(self, p):
@@ -96,7 +107,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                     "Gradients were computed more than backward_passes_per_step times "
                     "before call to step(). Increase backward_passes_per_step to "
                     "accumulate gradients locally.")
-            assert not p.grad.requires_grad
+            assert p.grad.is_sparse or not p.grad.requires_grad
             assert self._allreduce_delay[p] > 0
             handle, ctx = None, None
             self._allreduce_delay[p] -= 1
@@ -107,7 +118,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def synchronize(self) -> None:
         """Wait for every gradient's allreduce (started by hooks, or now for the rest)."""
-        if size() == 1:
+        if self._set_size == 1:
             self._synchronized = True
             return
         for p in self._requires_update:   # a fixed order on every rank
@@ -118,7 +129,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         for p, (handle, (ctx, compressed)) in list(self._handles.items()):
             output = synchronize(handle)
             self._allreduce_delay[p] = self.backward_passes_per_step
-            if ctx is not None or output.data_ptr() != p.grad.data_ptr():
+            if output.is_sparse:
+                p.grad = output
+            elif ctx is not None or output.data_ptr() != p.grad.data_ptr():
                 p.grad.copy_(self._compression.decompress(output, ctx))
         self._handles.clear()
         self._synchronized = True
@@ -159,21 +172,27 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=Compressi
 
     Args are Horovod's: ``named_parameters`` (model.named_parameters()),
     ``compression`` (hvd.Compression.none / fp16), ``backward_passes_per_step``
-    (local accumulation), ``op`` (hvd.Average or hvd.Sum).
+    (local accumulation), ``op`` (hvd.Average or hvd.Sum),
+    ``gradient_predivide_factor``, ``sparse_as_dense`` (densify sparse
+    gradients, e.g. of ``nn.Embedding(sparse=True)``, before the allreduce;
+    otherwise their indices and values are allgathered, as Horovod does) and
+    ``process_set`` (average over that set's ranks only; its members call
+    this). ``num_groups``/``groups`` are accepted: gradients are fused
+    anyway (consecutive ready allreduces run as one collective).
     """
     _w()
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
                dict(_DistributedOptimizer.__dict__))
     return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
-               op, gradient_predivide_factor)
+               op, gradient_predivide_factor, sparse_as_dense, process_set)
 
 
 @torch.no_grad()
-def broadcast_parameters(params, root_rank: int) -> None:
+def broadcast_parameters(params, root_rank: int, process_set=global_process_set) -> None:
     """Copy rank ``root_rank``'s parameters into ``params`` on every rank, in place.
 
     ``params`` is a state_dict or a list of (name, tensor) such as
-    ``model.named_parameters()``.
+    ``model.named_parameters()``; with ``process_set`` only its members take part.
     """
     if isinstance(params, dict):
         items = sorted(params.items())
@@ -184,26 +203,26 @@ def broadcast_parameters(params, root_rank: int) -> None:
     else:
         raise ValueError("invalid params of type: " + str(type(params)))
     tensors = [p for _, p in items if isinstance(p, torch.Tensor)]
-    if size() == 1 or not tensors:
+    if len(engine_of(process_set).set_ranks) == 1 or not tensors:
         return
     by_dtype: dict = {}
     for t in tensors:
         by_dtype.setdefault(t.dtype, []).append(t)
     for group in by_dtype.values():    # one broadcast per dtype, not per tensor
         flat = torch.cat([t.detach().reshape(-1) for t in group])
-        broadcast_(flat, root_rank)
+        broadcast_(flat, root_rank, process_set=process_set)
         off = 0
         for t in group:
             t.copy_(flat[off:off + t.numel()].view_as(t))
             off += t.numel()
 
 
-def broadcast_optimizer_state(optimizer, root_rank: int) -> None:
+def broadcast_optimizer_state(optimizer, root_rank: int, process_set=global_process_set) -> None:
     """Copy rank ``root_rank``'s optimizer state (and hyperparameters) to every rank."""
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ValueError("cannot broadcast torch.optim.LBFGS state")  # noqa: TRY004 - as Horovod
-    if size() == 1:
+    if len(engine_of(process_set).set_ranks) == 1:
         return
-    state = broadcast_object(optimizer.state_dict(), root_rank)
+    state = broadcast_object(optimizer.state_dict(), root_rank, process_set=process_set)
     if _w().rank != root_rank:
         optimizer.load_state_dict(state)

@@ -52,7 +52,8 @@ def test_grouped_allreduce_with_a_joined_rank(checks):
 
 def test_allgather_with_a_joined_rank_has_only_the_working_ranks_rows(checks):
     assert checks[1]["allgather_with_joined"] == [[7.0] * 3] * 2
-    assert checks[1]["allgather_object_with_joined"] == [None, "mine"]
+    # as Horovod (an allgather of pickles): the joined rank contributes no object
+    assert checks[1]["allgather_object_with_joined"] == ["mine"]
 
 
 def test_broadcast_alltoall_reducescatter_raise_while_a_rank_has_joined(checks):

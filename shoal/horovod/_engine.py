@@ -1,0 +1,441 @@
+"""Horovod's coordinator on a shoal communicator: ops matched by name, checked on every rank.
+
+Each process set has one ``Engine``. An op call submits a ``Request`` and
+returns; the engine's thread runs *rounds*: every rank publishes the requests
+it submitted since its last round (name, kind, dtypes, shapes, reduce op,
+root, scale factors: a few hundred bytes) in one small allgather, and every
+rank adds them to the same table. A name is *ready* once every rank that has
+not joined has submitted it; every rank then takes the ready names in the
+same order and either runs them (consecutive allreduces with the same dtype,
+op and scale factors as one grouped collective: tensor fusion) or, when the
+ranks' descriptions disagree, fails them with one and the same error on every
+rank. So a mismatch raises the same error everywhere and the next op runs
+normally, as in Horovod.
+
+A rank that called ``join()`` keeps running rounds and stands in for the ops
+the others still issue (zeros for allreduce, no rows for allgather). A rank
+runs rounds only while it has requests in flight (or has joined), so an idle
+job costs nothing. When every working rank waits on an op that is not ready
+and nothing else is, the ranks waited on differently named ops: they all
+raise. A name that some ranks never submit fails after the stall timeout.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+
+import torch
+
+from shoal.exceptions import CollectiveError
+
+# what must agree across ranks, per kind (beyond the kind itself)
+ALLREDUCE, ALLGATHER, BROADCAST, ALLTOALL, REDUCESCATTER, BARRIER, JOIN, ADD_SET, REMOVE_SET = (
+    "allreduce", "allgather", "broadcast", "alltoall", "reducescatter", "barrier", "join",
+    "add_process_set", "remove_process_set")
+# ops that joined ranks stand in for; the others fail while a rank has joined (as in Horovod)
+_JOINABLE = frozenset({ALLREDUCE, ALLGATHER, BARRIER})
+
+
+class Request:
+    """One submitted op: its tensors, its description for the other ranks, its handle."""
+
+    __slots__ = ("key", "kind", "tensors", "op", "root", "pre", "post", "extra", "error",
+                 "handle", "t0", "meta", "splits")
+
+    def __init__(self, key, kind, tensors=(), op="sum", root=-1, pre=1.0, post=1.0, extra=None,
+                 error=None):
+        self.key, self.kind, self.tensors = key, kind, list(tensors)
+        self.op, self.root, self.pre, self.post, self.extra = op, root, float(pre), float(post), extra
+        self.error = error          # a local input error: every rank raises it
+        self.splits = None          # alltoall: this rank's send counts (may differ by rank)
+        self.handle = Handle(self)
+        self.t0 = time.perf_counter()
+        specs = tuple((str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type)
+                      for t in self.tensors)
+        self.meta = (kind, specs, op, root, self.pre, self.post, extra)
+
+
+class Handle:
+    """Completion of one request: ``wait()`` returns its outputs or raises its error."""
+
+    def __init__(self, request):
+        self.request = request
+        self.event = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+        self.waiting = False
+
+    def done(self, result=None, error=None) -> None:
+        self.result, self.error = result, error
+        self.event.set()
+
+    def wait(self, engine, bound: float | None):
+        """The request's outputs; ``bound`` None: as long as the engine runs (its rounds
+        are bounded by the communicator's timeout and the stall timeout)."""
+        self.waiting = True
+        try:
+            deadline = None if bound is None else time.monotonic() + bound
+            while not self.event.wait(0.5):
+                if engine.broken is not None and not self.event.is_set():
+                    raise CollectiveError(f"the Horovod engine stopped: {engine.broken}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise CollectiveError(f"Horovod op did not finish within {bound:.0f}s; check "
+                                          "that every rank issues it")
+        finally:
+            self.waiting = False
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _spec_text(meta, what: str):
+    kind, specs, op, root, pre, post, extra = meta
+    if what == "dtype":
+        return [s[0] for s in specs]
+    if what == "shape":
+        return [s[1] for s in specs]
+    if what == "trailing shape":
+        return [s[1][1:] for s in specs]
+    if what == "rank count":
+        return [len(s[1]) for s in specs]
+    if what == "device":
+        return [s[2] for s in specs]
+    if what == "tensor count":
+        return len(specs)
+    return {"reduce op": op, "root rank": root, "prescale/postscale factors": (pre, post),
+            "process set ranks": extra}[what]
+
+
+_MUST_MATCH = {
+    ALLREDUCE: ("tensor count", "dtype", "device", "shape", "reduce op",
+                "prescale/postscale factors"),
+    ALLGATHER: ("tensor count", "dtype", "device", "rank count", "trailing shape"),
+    BROADCAST: ("tensor count", "dtype", "device", "shape", "root rank"),
+    ALLTOALL: ("tensor count", "dtype", "device", "rank count", "trailing shape"),
+    REDUCESCATTER: ("tensor count", "dtype", "device", "shape", "reduce op"),
+    BARRIER: (), JOIN: (), ADD_SET: ("process set ranks",), REMOVE_SET: ("process set ranks",),
+}
+
+
+def check(key: str, entries: dict, set_ranks: list) -> str | None:
+    """The error every rank raises for ``key`` (None: the ranks' calls agree)."""
+    for r, (meta, err) in sorted(entries.items()):
+        if err:
+            return f"rank {set_ranks[r]} rejected its input to {meta[0]} {key!r}: {err}"
+    items = sorted(entries.items())
+    kinds = {meta[0] for _, (meta, _) in items}
+    if len(kinds) > 1:
+        calls = ", ".join(f"rank {set_ranks[r]} issued {m[0]}" for r, (m, _) in items)
+        return (f"Mismatched Horovod operations on tensor {key!r}: {calls}; every rank must "
+                "issue the same operation under one name")
+    for what in _MUST_MATCH[items[0][1][0][0]]:
+        vals = [_spec_text(m, what) for _, (m, _) in items]
+        if any(v != vals[0] for v in vals[1:]):
+            calls = ", ".join(f"rank {set_ranks[r]}: {v}" for (r, _), v in zip(items, vals))
+            return (f"Mismatched {items[0][1][0][0]} {what} for tensor {key!r} ({calls}); "
+                    f"every rank must pass the same {what}")
+    return None
+
+
+class _Entry:
+    __slots__ = ("metas", "first", "order")
+
+    def __init__(self, first, order):
+        self.metas: dict[int, tuple] = {}
+        self.first, self.order = first, order
+
+
+class Engine:
+    """Negotiates and runs the ops of one process set (see the module docstring)."""
+
+    def __init__(self, comm, set_ranks: list[int], timeline=None):
+        self.comm = comm
+        self.rank, self.size = comm.rank, comm.world_size
+        self.set_ranks = set_ranks            # global rank of each member
+        self.timeline = timeline              # a callable(name, kind, t_submit, t_ready) or None
+        self.stall_s = float(os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS") or
+                             max(60.0, getattr(comm, "timeout", 300.0)))
+        self._cond = threading.Condition()
+        self._new: deque[Request] = deque()   # submitted, not yet announced
+        self._mine: dict[str, Request] = {}   # announced or not, not finished (by name)
+        self._table: dict[str, _Entry] = {}   # identical on every rank
+        self._joined: dict[int, int] = {}     # member -> round it joined (identical everywhere)
+        self._join_req: Request | None = None
+        self._rounds = 0
+        self._noname = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.broken: str | None = None
+
+    # ------------------------------------------------------------ submission
+    def auto_name(self, kind: str) -> str:
+        """The name of an unnamed op: the n-th unnamed op of this set, the same on every rank."""
+        with self._cond:
+            self._noname += 1
+            return f"noname.{self._noname}"
+
+    def submit(self, req: Request) -> Handle:
+        with self._cond:
+            if self.broken is not None:
+                raise CollectiveError(f"the Horovod engine stopped: {self.broken}; call "
+                                      "hvd.shutdown() and hvd.init() to form a new group")
+            if req.key in self._mine:
+                raise ValueError(
+                    f"Requested to {req.kind} a tensor with the same name ({req.key!r}) as "
+                    "another tensor that is currently being processed. If you want to request "
+                    "another tensor, use a different tensor name.")
+            self._mine[req.key] = req
+            self._new.append(req)
+            if self.size == 1:
+                self._round()           # no one to agree with: run it now, in this thread
+            else:
+                self._start()
+                self._cond.notify_all()
+        return req.handle
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name=f"shoal-horovod-{self.comm.name}")
+            self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._fail_all(CollectiveError("hvd.shutdown() was called before this op finished"))
+
+    # ------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        idle = 0
+        while True:
+            with self._cond:
+                while not self._closed and not self._mine:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                progressed = self._round()
+            except BaseException as e:  # noqa: BLE001 - a dead or broken group ends the engine
+                self.broken = f"{type(e).__name__}: {e}"
+                self._fail_all(e if isinstance(e, CollectiveError) else
+                               CollectiveError(f"Horovod engine failed: {self.broken}"))
+                return
+            # nothing ready: back off a little so that waiting ranks do not spin
+            idle = 0 if progressed else min(idle + 1, 20)
+            if idle:
+                with self._cond:
+                    if not self._new:
+                        self._cond.wait(0.0005 * idle)
+
+    def _fail_all(self, err) -> None:
+        with self._cond:
+            pending = list(self._mine.values())
+            self._mine.clear()
+            self._new.clear()
+            self._join_req = None
+        for req in pending:
+            if not req.handle.event.is_set():
+                req.handle.done(error=err)
+
+    def _round(self) -> bool:
+        """One negotiation; runs what became ready. Returns whether anything ran."""
+        with self._cond:
+            new = list(self._new)
+            self._new.clear()
+            for req in new:
+                if req.kind == JOIN:
+                    self._join_req = req
+            blocked = [k for k, r in self._mine.items() if r.handle.waiting]
+        msg = (self._join_req is not None, [(r.key, r.meta, r.error) for r in new if r.kind != JOIN],
+               blocked, self._noname, time.time())
+        msgs = self.comm.allgather_object(msg) if self.size > 1 else [msg]
+        self._rounds += 1
+        now = max(m[4] for m in msgs)
+        for member, (joined, reqs, _, _, sent) in enumerate(msgs):
+            if joined and member not in self._joined:
+                self._joined[member] = self._rounds
+            for key, meta, err in reqs:
+                e = self._table.get(key)
+                if e is None:
+                    e = self._table[key] = _Entry(sent, len(self._table) + self._rounds * 1_000_000)
+                e.metas[member] = (meta, err)
+        working = [m for m in range(self.size) if m not in self._joined]
+        ready = [k for k, e in self._table.items() if all(w in e.metas for w in working)]
+        failed: dict[str, str] = {}
+        if not ready and working:
+            failed = self._stalls(msgs, working, now)
+        self._run([(k, self._table.pop(k)) for k in ready])
+        for k, why in failed.items():
+            self._table.pop(k, None)
+            self._finish_error(k, CollectiveError(why))
+        if not working:
+            self._finish_join(msgs)
+        return bool(ready or failed or not working)
+
+    def _stalls(self, msgs, working, now) -> dict:
+        """Names that can never become ready: the same verdict on every rank."""
+        waits = {w: msgs[w][2] for w in working}
+        if all(waits.values()):
+            # every working rank waits on an op the others have not issued: a deadlock
+            calls = ", ".join(f"rank {self.set_ranks[w]} waits for {v[0]!r}" for w, v in waits.items())
+            why = (f"Mismatched Horovod tensor names: {calls}, and none of them was submitted by "
+                   "every rank; ranks must issue collectives with the same names")
+            return {k: why for v in waits.values() for k in v if k in self._table}
+        out = {}
+        for k, e in self._table.items():
+            if now - e.first > self.stall_s:
+                missing = [self.set_ranks[w] for w in working if w not in e.metas]
+                out[k] = (f"tensor {k!r} was submitted by ranks "
+                          f"{[self.set_ranks[m] for m in sorted(e.metas)]} but not by ranks "
+                          f"{missing} within {self.stall_s:.0f}s (HOROVOD_STALL_SHUTDOWN_TIME_SECONDS)")
+        return out
+
+    def _finish_error(self, key: str, err: BaseException) -> None:
+        with self._cond:
+            req = self._mine.pop(key, None)
+        if req is not None:
+            req.handle.done(error=err)
+
+    def _finish_join(self, msgs) -> None:
+        last = max(self._joined, key=lambda m: (self._joined[m], m))
+        self._joined.clear()
+        with self._cond:
+            req, self._join_req = self._join_req, None
+            self._noname = max(m[3] for m in msgs)   # unnamed ops issued meanwhile by others
+            if req is not None:
+                self._mine.pop(req.key, None)
+        if req is not None:
+            req.handle.done(self.set_ranks[last])
+
+    # ------------------------------------------------------------ execution
+    def _run(self, ready: list) -> None:
+        """Run (or fail) the ready names in order; consecutive compatible allreduces as one."""
+        batch: list = []
+        sig = None
+        for key, entry in ready:
+            meta = next(iter(entry.metas.values()))[0]
+            kind = meta[0]
+            why = check(key, entry.metas, self.set_ranks)
+            if why is None and self._joined and kind not in _JOINABLE:
+                why = (f"hvd.{kind} ({key!r}) is not supported while ranks "
+                       f"{sorted(self.set_ranks[m] for m in self._joined)} have called hvd.join() "
+                       "(as in Horovod); only allreduce, allgather and barrier run with joined "
+                       "ranks. Issue it after every rank has returned from join().")
+            with self._cond:
+                req = self._mine.pop(key, None)
+            if why is not None:
+                self._flush(batch)
+                batch, sig = [], None
+                if req is not None:
+                    req.handle.done(error=_mismatch(why))
+                continue
+            if kind == ALLREDUCE:
+                s = (meta[2], meta[4], meta[5], tuple(sorted({d for _, _, d in meta[1]})))
+                if batch and s != sig:
+                    self._flush(batch)
+                    batch = []
+                batch.append((key, req, meta))
+                sig = s
+                continue
+            self._flush(batch)
+            batch, sig = [], None
+            self._guarded([(key, req, meta)], lambda: self._run_one(kind, req, meta))
+        self._flush(batch)
+
+    def _flush(self, batch: list) -> None:
+        if not batch:
+            return
+        _, _, meta = batch[0]
+        op, pre, post = meta[2], meta[4], meta[5]
+        tensors = [t for key, req, m in batch for t in (req.tensors if req else _zeros(m[1]))]
+
+        def go():
+            self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
+            return None
+        self._guarded(batch, go)
+
+    def _guarded(self, batch: list, fn) -> None:
+        """Run one collective for ``batch``; a non-fatal error fails just its requests."""
+        t_start = time.perf_counter()
+        try:
+            result = fn()
+        except CollectiveError as e:
+            if getattr(e, "fatal", False) or not getattr(e, "mismatch", False):
+                raise
+            for _, req, _ in batch:
+                if req is not None:
+                    req.handle.done(error=e)
+            return
+        except (TypeError, ValueError, RuntimeError) as e:
+            # rejected on this rank's side (the collective told the others with an error record)
+            for _, req, _ in batch:
+                if req is not None:
+                    req.handle.done(error=e)
+            return
+        t_end = time.perf_counter()
+        for key, req, meta in batch:
+            if req is None:
+                continue
+            if self.timeline is not None:
+                self.timeline(key, meta[0], req.t0, t_start, t_end)
+            req.handle.done(req.tensors if result is None else result)
+
+    def _run_one(self, kind, req, meta):
+        comm, specs = self.comm, meta[1]
+        ts = req.tensors if req is not None else _zeros(specs, rows=0)
+        if kind == ALLGATHER:
+            if len(ts) == 1:
+                return [torch.cat([torch.as_tensor(p) for p in comm.allgather(ts[0])])]
+            return [torch.cat([torch.as_tensor(p) for p in parts])
+                    for parts in comm.grouped_allgather(ts)]
+        if kind == BARRIER:
+            comm.barrier()
+            return []
+        if kind == BROADCAST:
+            if len(ts) == 1:
+                comm.broadcast(ts[0], src=meta[3])
+            else:
+                comm.grouped_broadcast(ts, src=meta[3])
+            return ts
+        if kind == REDUCESCATTER:
+            if meta[4] != 1.0:
+                ts = [t * meta[4] for t in ts]
+            if len(ts) == 1:
+                outs = [torch.as_tensor(comm.reduce_scatter(ts[0], op=meta[2]))]
+            else:
+                outs = [torch.as_tensor(o) for o in comm.grouped_reduce_scatter(ts, op=meta[2])]
+            if meta[5] != 1.0:
+                outs = [o * meta[5] for o in outs]
+            return outs
+        if kind == ALLTOALL:
+            t, send = ts[0], req.splits
+            recv = comm.alltoall(torch.tensor(send, dtype=torch.int64))
+            out = comm.alltoall(t, send_splits=send)
+            return [torch.as_tensor(out), torch.as_tensor(recv).to(torch.int32)]
+        if kind == ADD_SET:
+            return comm.new_group(list(meta[6]))
+        if kind == REMOVE_SET:
+            return None
+        raise AssertionError(kind)
+
+
+def _zeros(specs, rows=None) -> list:
+    """Stand-ins for a joined rank: zeros shaped as the working ranks' tensors (``rows``:
+    override dimension 0, e.g. no rows for an allgather)."""
+    out = []
+    for dtype, shape, device in specs:
+        if rows is not None and shape:
+            shape = (rows, *shape[1:])
+        out.append(torch.zeros(shape, dtype=getattr(torch, dtype), device=device))
+    return out
+
+
+def _mismatch(why: str) -> CollectiveError:
+    err = CollectiveError(why)
+    err.mismatch = True
+    return err
