@@ -1,6 +1,8 @@
 """What every shoal.ml estimator shares: the fitted check, predicting over a Dataset, persistence hooks."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
@@ -19,26 +21,83 @@ def check_fitted(estimator, attribute: str) -> None:
             f"appropriate arguments before using this estimator.")
 
 
-def _call_method(X, y, estimator, method):
-    return getattr(estimator, method)(X)
+# the column a predict-like method appends to a Dataset (Spark's predictionCol and friends)
+PREDICTION_COLUMNS = {"predict": "prediction", "predict_proba": "probability",
+                      "predict_log_proba": "log_probability", "decision_function": "raw_prediction"}
 
 
-def apply_to_dataset(estimator, ds, method: str, features=None) -> np.ndarray:
-    """Run ``estimator.<method>`` on every block of a Dataset as tasks; rows come back in order."""
-    names = features if features is not None else getattr(estimator, "feature_names_in_", None)
-    dm = _input.as_design_matrix(ds, features=None if names is None else list(names),
-                                 estimator=estimator)
-    if dm.n_features != estimator.n_features_in_:
+def on_dataset(method):
+    """Decorate a predict-like method (predict, predict_proba, predict_log_proba,
+    decision_function): on a Dataset it returns the Dataset with the result appended as the
+    column ``PREDICTION_COLUMNS[name]`` (see predict_dataset); on anything else it runs as is."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self, X, *args, **kwargs):
+        if _input._is_dataset(X):
+            return predict_dataset(self, X, name)
+        return method(self, X, *args, **kwargs)
+    return wrapper
+
+
+def predict_dataset(estimator, ds, method: str = "predict"):
+    """A lazy Dataset: ``ds`` with ``estimator.<method>`` of its fitted feature columns appended
+    as ``PREDICTION_COLUMNS[method]`` ("prediction", "probability" ...); one task per block,
+    rows in order, every other column kept. 2-D results (probabilities) become one vector
+    column. A missing feature column is reported, with the available ones, when blocks run."""
+    if not hasattr(estimator, "n_features_in_"):
+        check_fitted(estimator, "n_features_in_")
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
         raise _input.InvalidInputError(
-            f"X has {dm.n_features} features, but {type(estimator).__name__} is expecting "
-            f"{estimator.n_features_in_} features as input (argument X of {method}()).")
-    parts = dm.map(_call_method, estimator, method)
-    return np.concatenate(parts) if parts else np.empty(0)
+            f"{type(estimator).__name__} was fitted on unnamed columns (an array), so it cannot find "
+            f"its features in a Dataset by name; fit it on the Dataset (or a DataFrame) with "
+            f"features=[...].")
+    return ds.map_batches(_predict_batch, batch_format="pyarrow",
+                          fn_args=(estimator, list(names), method, PREDICTION_COLUMNS[method]))
+
+
+def dataset_predictions(estimator, ds, method: str = "predict") -> np.ndarray:
+    """``estimator.<method>`` over a Dataset gathered as one array (for scorers)."""
+    return predict_dataset(estimator, ds, method).to_numpy(PREDICTION_COLUMNS[method])
+
+
+def _predict_batch(table, estimator, features, method, column):
+    """Runs in a task: one block with the estimator's output column appended."""
+    import pyarrow as pa
+    X, _ = _input._arrow_vectors_to_matrix(table, features, None)
+    _input.check_finite(X, features if len(features) == X.shape[1] else None, "Dataset")
+    if X.shape[0] == 0:   # an empty block still gets the column, of the type the others get
+        out = np.asarray(getattr(estimator, method)(np.zeros((1, estimator.n_features_in_))))[:0]
+    else:
+        out = np.asarray(getattr(estimator, method)(X))
+    values = pa.array(out) if out.ndim == 1 else _input.dense_to_vectors(out)
+    if column in table.column_names:
+        return table.set_column(table.column_names.index(column), column, values)
+    return table.append_column(column, values)
 
 
 class ShoalEstimatorMixin:
-    """Adds ``save(path)``; ``shoal.ml.load(path)`` reads it back without unpickling code.
+    """What every shoal.ml estimator and transformer shares, the fit signature first.
 
+    One signature (checked by ``shoal.ml._input.resolve_fit_columns``, the one place)::
+
+        est.fit(X, y=None, *, features=None, label=None)
+
+    - X a shoal.data Dataset, pandas/Polars DataFrame or Arrow Table: ``features=`` names the
+      input columns (default: every column but the label, or a vector column ``"features"``
+      if there is one) and ``label=`` the label column (``y="column"`` means the same). A
+      supervised estimator without a label, or a name not among the columns, is an
+      InvalidInputError that lists the available columns.
+    - X a NumPy array: y is the label array, as in scikit-learn.
+    - On a Dataset, ``predict``/``predict_proba``/``decision_function`` return the Dataset
+      with a ``prediction``/``probability``/``raw_prediction`` column appended, and
+      ``transform`` returns the Dataset with the output columns in place of the inputs (lazy:
+      blocks are processed by tasks when consumed). On arrays they return arrays.
+    - ``Pipeline.fit(ds, features=..., label=...)`` routes both through its steps: each step
+      reads the columns the previous one wrote.
+
+    Also: ``save(path)`` (``shoal.ml.load(path)`` reads it back without unpickling code);
     ``_fits_design_matrix``: fit accepts a DesignMatrix (a fused Pipeline hands one over).
     A transformer whose ``_can_block_transform()`` is true gives, once fitted, a NumPy-only
     block kernel and its arguments ``_block_transform() -> (fn, args)``, ``fn(X, y, *args)
@@ -50,13 +109,27 @@ class ShoalEstimatorMixin:
     def _can_block_transform(self) -> bool:
         return False
 
+    def _own_input_columns(self):
+        """The input columns this transformer's constructor names (``input_cols=``), or None;
+        a Pipeline routes ``features=`` only to steps that name none."""
+        return None
+
+    def _dataset_columns_io(self) -> tuple[list, list]:
+        """(columns read, columns written) by ``transform`` on a Dataset, once fitted: how a
+        Pipeline follows ``features=`` from step to step."""
+        return list(self.feature_names_in_), [str(c) for c in self.get_feature_names_out()]
+
     def save(self, path) -> None:
         from shoal.ml._persist import save
         save(self, path)
 
 
 def fit_input(estimator, X, y, target, *, features=None, label=None, allow_nan=False, min_samples=1):
-    """The one validation entry point of fit: returns the DesignMatrix and records input metadata."""
+    """The one validation entry point of fit: returns the DesignMatrix and records input metadata.
+
+    X, y, features, label are fit's arguments (see ShoalEstimatorMixin for the contract);
+    target is None (unsupervised), "regression" or "classification".
+    """
     dm = _input.as_design_matrix(X, y, features=features, label=label, target=target,
                                  estimator=estimator, allow_nan=allow_nan, min_samples=min_samples)
     estimator.n_features_in_ = dm.n_features
@@ -121,14 +194,20 @@ def _block_score(table, estimator, features, label, classifier):
 
 
 class DatasetScoreMixin:
-    """``score(ds, "label")`` on a Dataset: accuracy or R^2 from per-block sums computed in tasks."""
+    """``score(ds, label="y")`` (or ``score(ds, "y")``) on a Dataset: accuracy or R^2 from per-block sums computed in tasks."""
 
-    def score(self, X, y=None, sample_weight=None):
+    def score(self, X, y=None, sample_weight=None, *, label=None):
         if not _input._is_dataset(X):
+            if label is not None:
+                y, _, label = _input.resolve_fit_columns(X, y, label=label, estimator=self,
+                                                         method="score")
+                X = _input.as_frame(X)
+                X, y = X.drop(columns=[label]), X[label].to_numpy()
             return super().score(X, y, sample_weight=sample_weight)
         from sklearn.base import is_classifier
-        if not isinstance(y, str):
-            raise _input.InvalidInputError("score on a Dataset takes the label's column name as y")
+        y, _, label = _input.resolve_fit_columns(X, y, label=label, estimator=self, supervised=True,
+                                                 method="score")
+        y = label
         names = getattr(self, "feature_names_in_", None)
         if names is None:
             raise _input.InvalidInputError(f"{type(self).__name__} was fitted on unnamed columns; fit it on "

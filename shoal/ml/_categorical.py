@@ -6,7 +6,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted, transform_dataset
-from shoal.ml._input import _is_dataset, column_to_matrix, dense_to_vectors, map_dataset_blocks
+from shoal.ml._input import (_is_dataset, column_to_matrix, dense_to_vectors, map_dataset_blocks,
+                             merge_input_columns, resolve_fit_columns, select_table)
 
 
 def _as_columns(X, estimator, fit: bool):
@@ -70,8 +71,8 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     handle_unknown: "error" (default) or "ignore" (all zeros). drop_last=True drops each
     column's last category (Spark's dropLast).
 
-    On a Dataset, ``fit(ds, "label")`` finds the categories of ``input_cols`` (default: every
-    column but the label) per block in tasks; ``transform(ds)`` lazily replaces each of them
+    On a Dataset, ``fit(ds, features=[...], label="y")`` finds the categories of the input
+    columns (``input_cols`` or ``features=``; default: every column but the label) per block in tasks; ``transform(ds)`` lazily replaces each of them
     by its indicator columns ``<column>_<category>``; other columns pass through.
     """
 
@@ -80,17 +81,19 @@ class OneHotEncoder(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.drop_last = drop_last
         self.input_cols = input_cols
 
-    def fit(self, X, y=None):
+    def _own_input_columns(self):
+        return self.input_cols
+
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.handle_unknown not in ("error", "ignore"):
             raise InvalidInputError(f"handle_unknown must be 'error' or 'ignore', got {self.handle_unknown!r}")
+        X, features, label = _fit_columns(self, X, y, features, label)
         if _is_dataset(X):
-            X = X.materialize()   # one run serves the schema look-up and the per-block pass
-            names = _dataset_input_cols(X, self.input_cols, y if isinstance(y, str) else None,
-                                        "OneHotEncoder")
+            names = _dataset_input_cols(X, features, label, "OneHotEncoder")
             parts = map_dataset_blocks(X, _block_uniques, names)
             cats = [_sorted_unique(np.concatenate([p[0][j] for p in parts])) for j in range(len(names))]
         else:
-            cols, names = _as_columns(X, self, fit=True)
+            cols, names = _as_columns(select_table(X, features, label), self, fit=True)
             for j, c in enumerate(cols):
                 _check_no_missing(c, repr(names[j]) if names else str(j))
             cats = [_sorted_unique(c) for c in cols]
@@ -159,8 +162,9 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     label), "frequencyAsc", "alphabetAsc", "alphabetDesc". handle_invalid for unseen labels:
     "error", "keep" (index k) or "skip" (drop the row). Fits one column (1-D input) or several.
 
-    On a Dataset, ``fit(ds, "label")`` counts labels per block in tasks and merges the counts;
-    ``input_cols`` (default: every string column but the label) are indexed and
+    On a Dataset, ``fit(ds, label="y")`` counts labels per block in tasks and merges the counts;
+    ``input_cols`` (or the string columns among ``features=``; default: every string column but
+    the label) are indexed and
     ``transform(ds)`` lazily adds ``output_cols`` (default ``<column>_index``, float64).
     """
 
@@ -171,6 +175,12 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.input_cols = input_cols
         self.output_cols = output_cols
 
+    def _own_input_columns(self):
+        return self.input_cols
+
+    def _dataset_columns_io(self):
+        return list(self.feature_names_in_), list(self.output_cols_)
+
     def _columns(self, X, fit):
         arr = X
         if not hasattr(X, "columns") and not type(X).__module__.startswith("pyarrow"):
@@ -180,14 +190,16 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         cols, names = _as_columns(arr, self, fit)
         return cols, names, False
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.string_order_type not in ("frequencyDesc", "frequencyAsc", "alphabetAsc", "alphabetDesc"):
             raise InvalidInputError(f"unknown string_order_type {self.string_order_type!r}")
         if self.handle_invalid not in ("error", "keep", "skip"):
             raise InvalidInputError(f"handle_invalid must be 'error', 'keep' or 'skip', got {self.handle_invalid!r}")
+        routed = self.input_cols is None and features is not None
+        X, features, label = _fit_columns(self, X, y, features, label)
         if _is_dataset(X):
-            return self._fit_dataset(X, y if isinstance(y, str) else None)
-        cols, names, one_d = self._columns(X, fit=True)
+            return self._fit_dataset(X, label, features, routed)
+        cols, names, one_d = self._columns(select_table(X, features, label), fit=True)
         if len(cols[0]) == 0:
             raise InvalidInputError("StringIndexer got an empty input (0 rows)")
         counted = []
@@ -199,9 +211,10 @@ class StringIndexer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.n_features_in_ = len(cols)
         return self
 
-    def _fit_dataset(self, ds, label):
-        ds = ds.materialize()   # one run serves the schema look-up and the per-block pass
-        in_cols = _dataset_input_cols(ds, self.input_cols, label, "StringIndexer", strings_only=True)
+    def _fit_dataset(self, ds, label, in_cols, routed):
+        # columns from features= (not input_cols): index the string ones, the rest pass by
+        in_cols = _dataset_input_cols(ds, in_cols, label, "StringIndexer", strings_only=True,
+                                      filter_given=routed)
         parts = map_dataset_blocks(ds, _block_label_counts, in_cols)
         counted = []
         for j, c in enumerate(in_cols):
@@ -289,14 +302,27 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.handle_invalid = handle_invalid
         self.output_col = output_col
 
-    def fit(self, X=None, y=None):
-        if not self.input_cols:
-            raise InvalidInputError("VectorAssembler needs input_cols=[...] column names")
+    def fit(self, X=None, y=None, *, features=None, label=None):
+        if X is not None:
+            _, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=self)
+        cols = merge_input_columns(self.input_cols, features, self)
+        if X is not None and cols:
+            resolve_fit_columns(X, None, features=cols, label=label, estimator=self,
+                                features_param="input_cols=")
+        if not cols:
+            raise InvalidInputError("VectorAssembler needs the columns to gather: input_cols=[...] or "
+                                    "fit(..., features=[...])")
         if self.handle_invalid not in ("error", "keep", "skip"):
             raise InvalidInputError(f"handle_invalid must be 'error', 'keep' or 'skip', got {self.handle_invalid!r}")
-        self.n_features_in_ = len(self.input_cols)
-        self.feature_names_in_ = np.asarray(self.input_cols, dtype=object)
+        self.n_features_in_ = len(cols)
+        self.feature_names_in_ = np.asarray(cols, dtype=object)
         return self
+
+    def _own_input_columns(self):
+        return self.input_cols
+
+    def _dataset_columns_io(self):
+        return list(self.feature_names_in_), [self.output_col]
 
     def transform(self, X):
         if not hasattr(self, "n_features_in_"):
@@ -310,7 +336,7 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         if not (hasattr(X, "columns") or isinstance(X, dict)):
             raise InvalidInputError("VectorAssembler needs named columns: a DataFrame, an Arrow Table or a dict")
         parts = []
-        for c in self.input_cols:
+        for c in self.feature_names_in_:
             if c not in X:
                 raise InvalidInputError(f"column {c!r} is missing from the input of VectorAssembler")
             v = X[c]
@@ -337,7 +363,7 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             if self.handle_invalid == "error":
                 col_idx = np.flatnonzero(~np.isfinite(out[bad][0]))[0]
                 widths = np.cumsum([p.shape[1] for p in parts])
-                name = self.input_cols[int(np.searchsorted(widths, col_idx, side="right"))]
+                name = self.feature_names_in_[int(np.searchsorted(widths, col_idx, side="right"))]
                 raise InvalidInputError(f"column {name!r} holds NaN or infinity; set handle_invalid='skip' "
                                         f"or 'keep', or impute first.")
             if self.handle_invalid == "skip":
@@ -348,23 +374,34 @@ class VectorAssembler(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 # ----------------------------------------------------------------------------------
 # Dataset helpers (the block functions run in tasks)
 
-def _dataset_input_cols(ds, input_cols, label, who, strings_only=False):
-    """The columns a transformer reads from a Dataset: ``input_cols`` (checked) or a default."""
+def _fit_columns(estimator, X, y, features, label):
+    """fit's arguments checked (resolve_fit_columns), the input columns merged with input_cols."""
+    if _is_dataset(X):
+        X = X.materialize()   # one run serves the schema look-up and the per-block pass
+    _, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=estimator)
+    if estimator.input_cols is not None:
+        features = merge_input_columns(estimator.input_cols, features, estimator)
+        resolve_fit_columns(X, None, features=features, label=label, estimator=estimator,
+                            features_param="input_cols=")
+    return X, features, label
+
+
+def _dataset_input_cols(ds, input_cols, label, who, strings_only=False, filter_given=False):
+    """The columns a transformer reads from a Dataset: ``input_cols`` (checked by
+    resolve_fit_columns), the string ones among them (``filter_given``), or a default."""
     import pyarrow as pa
     schema = ds.schema()
-    if input_cols is not None:
-        cols = [input_cols] if isinstance(input_cols, str) else list(input_cols)
-        for c in cols:
-            if c not in schema.names:
-                raise InvalidInputError(f"column {c!r} given to {who} (input_cols) is missing from the "
-                                        f"Dataset; available columns: {schema.names}")
-        return cols
-    cols = [f.name for f in schema if f.name != label and
-            (not strings_only or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-             or pa.types.is_dictionary(f.type))]
+
+    def is_string(f):
+        return pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type)
+
+    if input_cols is not None and not filter_given:
+        return [input_cols] if isinstance(input_cols, str) else list(input_cols)
+    candidates = list(input_cols) if input_cols is not None else [f.name for f in schema if f.name != label]
+    cols = [c for c in candidates if not strings_only or is_string(schema.field(c))]
     if not cols:
-        raise InvalidInputError(f"{who} found no {'string ' if strings_only else ''}column to fit in "
-                                f"the Dataset (columns {schema.names}); pass input_cols=[...]")
+        raise InvalidInputError(f"{who} found no {'string ' if strings_only else ''}column to fit among "
+                                f"{candidates} (Dataset columns {schema.names}); pass input_cols=[...]")
     return cols
 
 
@@ -405,11 +442,11 @@ def _index_table(table, indexer):
 def _assemble_table(table, assembler):
     """Runs in a task: the block with the assembled vector column added."""
     import pyarrow as pa
-    for c in assembler.input_cols:
+    for c in assembler.feature_names_in_:
         if c not in table.column_names:
             raise InvalidInputError(f"column {c!r} is missing from the input of VectorAssembler; "
                                     f"available columns: {table.column_names}")
-    parts = [column_to_matrix(table.column(c), c) for c in assembler.input_cols]
+    parts = [column_to_matrix(table.column(c), c) for c in assembler.feature_names_in_]
     out, keep = assembler._assemble(parts)
     if not keep.all():
         table, out = table.filter(pa.array(keep)), out[keep]

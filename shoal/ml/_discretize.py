@@ -78,11 +78,11 @@ class Bucketizer(_Bucketing):
         self.splits = splits
         self.handle_invalid = handle_invalid
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         self._check_handle_invalid()
         if self.splits is None:
             raise InvalidInputError("Bucketizer needs splits=[...] (e.g. [-inf, 0, 10, inf])")
-        dm = fit_input(self, X, y, None, allow_nan=self.handle_invalid != "error")
+        dm = fit_input(self, X, y, None, features=features, label=label, allow_nan=self.handle_invalid != "error")
         per_col = np.ndim(self.splits[0]) == 1 if len(self.splits) else False
         if per_col:
             if len(self.splits) != dm.n_features:
@@ -101,11 +101,11 @@ class QuantileDiscretizer(_Bucketing):
         self.num_buckets = num_buckets
         self.handle_invalid = handle_invalid
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         self._check_handle_invalid()
         if not (isinstance(self.num_buckets, (int, np.integer)) and self.num_buckets >= 2):
             raise InvalidInputError(f"num_buckets must be an integer >= 2, got {self.num_buckets!r}")
-        dm = fit_input(self, X, y, None, allow_nan=self.handle_invalid != "error")
+        dm = fit_input(self, X, y, None, features=features, label=label, allow_nan=self.handle_invalid != "error")
         sketch = dm.map_reduce(block_sketch, reduce=merge_sketches)
         inner = sketch_quantiles(sketch, np.arange(1, self.num_buckets) / self.num_buckets)
         self.splits_ = []

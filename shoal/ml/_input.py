@@ -331,10 +331,6 @@ def _frame_to_matrix(df, features, label, estimator):
     return X, y, names
 
 
-def _arrow_to_frame(table):
-    return table.to_pandas()
-
-
 def _prepare_y(y, target: str | None, n: int, estimator, label_name: str = "y"):
     """Validate a driver-side label array; returns (y_values, classes)."""
     if target is None:
@@ -412,6 +408,139 @@ def _check_classes(classes, estimator):
 
 
 # ----------------------------------------------------------------------------------
+# the fit signature: which columns of a table to use
+
+def is_table(X) -> bool:
+    """True for input with named columns: a shoal.data Dataset, pandas DataFrame, pyarrow Table,
+    or Polars DataFrame."""
+    if _is_dataset(X):
+        return True
+    mod = type(X).__module__
+    return (mod.startswith(("pandas", "polars")) and hasattr(X, "columns")) or \
+        (mod.startswith("pyarrow") and hasattr(X, "column_names"))
+
+
+def as_frame(X):
+    """A pyarrow Table or Polars DataFrame as a pandas DataFrame; anything else unchanged."""
+    mod = type(X).__module__
+    if mod.startswith("pyarrow") and hasattr(X, "column_names"):
+        return X.to_pandas()
+    if mod.startswith("polars") and hasattr(X, "to_pandas"):
+        return X.to_pandas()
+    return X
+
+
+def table_columns(X) -> list[str] | None:
+    """The column names of a table (see is_table), or None for unnamed input (arrays)."""
+    if _is_dataset(X):
+        return _dataset_columns(X)
+    if not is_table(X):
+        return None
+    cols = X.column_names if hasattr(X, "column_names") else X.columns
+    return [str(c) for c in cols]
+
+
+def resolve_fit_columns(X, y=None, *, features=None, label=None, estimator="estimator",
+                        supervised: bool = False, method: str = "fit", features_param: str = "features="):
+    """The one contract of ``fit(X, y=None, *, features=None, label=None)`` for every shoal.ml
+    estimator, transformer and Pipeline; returns ``(y, features, label)`` checked against X.
+
+    - X a table (shoal.data Dataset, pandas, Arrow or Polars): ``features=`` names the input
+      columns (a list, or one name; default: every column but the label, or the estimator's own
+      default such as a ``features`` vector column) and ``label=`` the label column.
+      ``y="column"`` is the same as ``label="column"``. Unknown names raise
+      InvalidInputError listing the available columns.
+    - X an array: ``y`` is the label array; ``features=``/``label=`` are an error (no names).
+    - ``supervised``: a label is required (as ``label=``, ``y="column"`` or an array y).
+      A Dataset's label must be a column name, never a separate array.
+
+    Returns features as a list of str (or None: the estimator's default) and label as a str
+    (or None, y then being the label array or None). ``features_param`` names the argument
+    the feature columns came from in messages (a transformer's ``input_cols=``).
+    """
+    who = f"{_name_of(estimator)}.{method}()"
+    if isinstance(y, str):
+        if label is not None and label != y:
+            raise InvalidInputError(f"{who} got the label twice, y={y!r} and label={label!r}; "
+                                    f"pass it once, as label='<column>'.")
+        label, y = y, None
+    if features is not None:
+        if isinstance(features, str):
+            features = [features]
+        try:
+            features = list(features)
+        except TypeError:
+            raise InvalidInputError(f"features= of {who} must be a list of column names, got "
+                                    f"{type(features).__name__}") from None
+        bad = [c for c in features if not isinstance(c, str)]
+        if bad or not features:
+            raise InvalidInputError(f"features= of {who} must be a non-empty list of column names "
+                                    f"(str), got {features!r}")
+        dup = sorted({c for c in features if features.count(c) > 1})
+        if dup:
+            raise InvalidInputError(f"features= of {who} names {dup} more than once; name each "
+                                    f"column once.")
+    if label is not None and not isinstance(label, str):
+        raise InvalidInputError(f"label= of {who} must be a column name (str), got "
+                                f"{type(label).__name__}; pass an array label as y.")
+    columns = table_columns(X)
+    if columns is None:
+        if features is not None or label is not None:
+            raise InvalidInputError(
+                f"features= and label= of {who} name columns, but X is an unnamed "
+                f"{type(X).__name__}; pass the label array as y, or give a shoal.data Dataset, a "
+                f"pandas/Polars DataFrame or an Arrow Table with named columns.")
+        return y, None, None
+    if _is_dataset(X) and y is not None:
+        raise InvalidInputError(
+            f"{who}: pass the label of a Dataset as a column name (label='<column>'), not as a "
+            f"separate array y; available columns: {columns}")
+    if label is not None and y is not None:
+        raise InvalidInputError(f"{who} got the label twice, as y and as label={label!r}; pass "
+                                f"one of them.")
+    unknown = [c for c in ([label] if label is not None else []) + list(features or [])
+               if c not in columns]
+    if unknown:
+        kind = "label=" if unknown[0] == label else features_param
+        raise InvalidInputError(
+            f"column {unknown[0]!r} is missing from X (given to {who} as {kind}); available "
+            f"columns: {columns}. Name columns from that list (check the spelling, or the columns "
+            f"an earlier step wrote).")
+    if features is not None and label is not None and label in features:
+        raise InvalidInputError(f"{who}: the label column {label!r} is also in features=; a model "
+                                f"must not read its own label. Remove it from features=.")
+    if supervised and label is None and y is None:
+        raise InvalidInputError(
+            f"{_name_of(estimator)} is supervised: {who} needs the label column, label='<column>' "
+            f"(one of {columns}).")
+    return y, features, label
+
+
+def select_table(X, features=None, label=None):
+    """An in-memory table (pandas, Arrow, Polars) as a pandas DataFrame of the ``features``
+    columns (default: all but ``label``); a Dataset or an array is returned unchanged."""
+    if _is_dataset(X) or not is_table(X):
+        return X
+    X = as_frame(X)
+    if features is not None:
+        return X[list(features)]
+    return X.drop(columns=[label]) if label is not None else X
+
+
+def merge_input_columns(own, features, estimator, param: str = "input_cols"):
+    """The input columns of a transformer that can also name them in its constructor
+    (``input_cols=``): ``own`` or fit's ``features=``, which must agree when both are given."""
+    if own is None:
+        return features
+    own = [own] if isinstance(own, str) else list(own)
+    if features is not None and list(features) != own:
+        raise InvalidInputError(
+            f"{_name_of(estimator)} got its input columns twice, {param}={own} and features="
+            f"{list(features)}; name them once (either is fine).")
+    return own
+
+
+# ----------------------------------------------------------------------------------
 # building the design matrix
 
 def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None = None,
@@ -423,23 +552,18 @@ def as_design_matrix(X, y=None, *, features=None, label=None, target: str | None
         raise InvalidInputError(f"target must be None, 'regression' or 'classification', got {target!r}")
     if isinstance(X, DesignMatrix):
         return _reuse_design_matrix(X, target, estimator)
-    if isinstance(y, str):
-        label, y = y, None
+    if _is_dataset(X) and hasattr(X, "materialize"):
+        # run the plan once: the column check and the block conversion reuse it
+        X = X.materialize()
+    y, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=estimator,
+                                             supervised=target is not None)
     if _is_dataset(X):
-        if y is not None:
-            raise InvalidInputError(
-                "pass the label of a Dataset as a column name (label='col'), not as a separate array y.")
         return _dataset_design_matrix(X, features, label, target, estimator, block_rows, executor,
                                       min_samples, allow_nan)
 
     names = None
-    mod = type(X).__module__
-    if mod.startswith("pyarrow"):
-        X = _arrow_to_frame(X)
-        mod = "pandas"
-    if mod.startswith("pandas") and hasattr(X, "columns"):
-        if label is not None and y is not None:
-            raise InvalidInputError("give the label either as y or as label='column', not both.")
+    X = as_frame(X)
+    if type(X).__module__.startswith("pandas") and hasattr(X, "columns"):
         X, y_col, names = _frame_to_matrix(X, features, label, estimator)
         if label is not None:
             y = y_col
@@ -523,8 +647,9 @@ def _arrow_vectors_to_matrix(table, features, label):
     """Feature columns (some holding vectors) of an Arrow block side by side, and the raw label."""
     for c in ([label] if label is not None else []) + list(features):
         if c not in table.column_names:
-            raise InvalidInputError(f"column {c!r} is missing from the Dataset block; available "
-                                    f"columns: {table.column_names}")
+            raise InvalidInputError(f"column {c!r} is missing from the Dataset; available columns: "
+                                    f"{table.column_names}. Give the model a Dataset holding the "
+                                    f"columns it was fitted on.")
     parts = [column_to_matrix(table.column(c), c) for c in features]
     X = np.ascontiguousarray(np.hstack(parts)) if parts else np.empty((table.num_rows, 0))
     y = table.column(label).to_numpy(zero_copy_only=False) if label is not None else None
@@ -545,19 +670,9 @@ def _dataset_design_matrix(ds, features, label, target, estimator, block_rows, e
     if core is None:
         raise InvalidInputError("a shoal.data Dataset needs shoal's core runtime; it is not importable")
     ex = ClusterExecutor(core)
-    if target is not None and label is None:
-        raise InvalidInputError(
-            f"{_name_of(estimator)} needs a label: pass label='<column name>' with a Dataset.")
-    if hasattr(ds, "materialize"):
-        # run the plan once: the schema look-ups below and the block conversion reuse it
-        ds = ds.materialize()
+    # the columns were checked by resolve_fit_columns (as_design_matrix)
     schema_names = _dataset_columns(ds)
     if schema_names is not None:
-        for c in ([label] if label else []) + list(features or []):
-            if c not in schema_names:
-                raise InvalidInputError(
-                    f"column {c!r} is missing from the Dataset given to {_name_of(estimator)}; "
-                    f"available columns: {list(schema_names)}")
         if features is None:
             vector = _default_vector_column(ds)
             features = [vector] if vector is not None else [c for c in schema_names if c != label]
@@ -629,11 +744,8 @@ def check_predict_input(estimator, X, method: str = "predict", features=None):
     if _is_dataset(X):
         return X
     names = None
-    mod = type(X).__module__
-    if mod.startswith("pyarrow"):
-        X = _arrow_to_frame(X)
-        mod = "pandas"
-    if mod.startswith("pandas") and hasattr(X, "columns"):
+    X = as_frame(X)
+    if type(X).__module__.startswith("pandas") and hasattr(X, "columns"):
         fitted_names = getattr(estimator, "feature_names_in_", None)
         if features is None and fitted_names is not None:
             missing = [c for c in fitted_names if c not in X.columns]

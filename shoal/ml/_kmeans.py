@@ -20,7 +20,7 @@ from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_block_labels, _block_lloyd, _block_moments_and_rows, _block_sample,
                                _block_uniform_rows, _min_sq_dist)
 from shoal.ml._executor import held_by_shards
-from shoal.ml._base import ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input, transform_dataset
+from shoal.ml._base import ShoalEstimatorMixin, check_fitted, fit_input, on_dataset, transform_dataset
 from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml._stats import class_sums, merge_moments
 
@@ -166,8 +166,8 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         inertia = float(sum(p[1] for p in parts))
         return C, labels, inertia, n_iter
 
-    def fit(self, X, y=None):
-        dm = fit_input(self, X, y, None)
+    def fit(self, X, y=None, *, features=None, label=None):
+        dm = fit_input(self, X, y, None, features=features, label=label)
         self._validate(dm.n_rows)
         seed0 = np.random.RandomState(self.random_state).randint(0, 2**31 - 1) \
             if not isinstance(self.random_state, np.random.RandomState) else self.random_state.randint(2**31 - 1)
@@ -191,10 +191,9 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         self._n_features_out = self.n_clusters
         return self
 
+    @on_dataset
     def predict(self, X):
         check_fitted(self, "cluster_centers_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "predict")
         X = check_predict_input(self, X, "predict")
         return _block_labels(X, None, self.cluster_centers_)[0].astype(np.int32)
 
@@ -207,8 +206,9 @@ class KMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMi
         D = (np.einsum("ij,ij->i", X, X)[:, None] - 2.0 * X @ C.T + np.einsum("ij,ij->i", C, C))
         return np.sqrt(np.maximum(D, 0.0))
 
-    def fit_predict(self, X, y=None):
-        return self.fit(X).labels_
+    def fit_predict(self, X, y=None, *, features=None, label=None):
+        self.fit(X, y, features=features, label=label)
+        return self.predict(X) if _is_dataset(X) else self.labels_
 
     def score(self, X, y=None):
         check_fitted(self, "cluster_centers_")

@@ -18,8 +18,8 @@ from sklearn.exceptions import ConvergenceWarning
 from shoal.exceptions import InvalidInputError
 from shoal.ml._executor import held_by_shards
 from shoal.ml._kernels import (_logistic_block, _sqhinge_block)
-from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
-from shoal.ml._input import _is_dataset, check_predict_input
+from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, check_fitted, fit_input, on_dataset
+from shoal.ml._input import check_predict_input
 from shoal.ml._stats import gram_stats
 
 
@@ -69,18 +69,17 @@ def _coordinate_descent(G, b, n, l1, l2, max_iter, tol, w0=None):
 class _LinearRegressorBase(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin, BaseEstimator):
     _fits_design_matrix = True
 
-    def _fit_gram(self, X, y):
-        dm = fit_input(self, X, y, "regression")
+    def _fit_gram(self, X, y, features, label):
+        dm = fit_input(self, X, y, "regression", features=features, label=label)
         G, b, yy, n, mu, ybar = gram_stats(dm, self.fit_intercept)
         return G, b, n, mu, ybar
 
     def _set_intercept(self, mu, ybar):
         self.intercept_ = float(ybar - mu @ self.coef_) if self.fit_intercept else 0.0
 
+    @on_dataset
     def predict(self, X):
         check_fitted(self, "coef_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "predict")
         X = check_predict_input(self, X, "predict")
         return X @ self.coef_ + self.intercept_
 
@@ -95,10 +94,10 @@ class LinearRegression(_LinearRegressorBase):
         self.fit_intercept = fit_intercept
         self.reg_param = reg_param
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.reg_param < 0:
             raise InvalidInputError(f"reg_param must be >= 0, got {self.reg_param!r}")
-        G, b, n, mu, ybar = self._fit_gram(X, y)
+        G, b, n, mu, ybar = self._fit_gram(X, y, features, label)
         self.coef_ = _solve_psd(G, b, self.reg_param * n)
         self._set_intercept(mu, ybar)
         return self
@@ -111,10 +110,10 @@ class Ridge(_LinearRegressorBase):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.alpha < 0:
             raise InvalidInputError(f"alpha must be >= 0, got {self.alpha!r}")
-        G, b, n, mu, ybar = self._fit_gram(X, y)
+        G, b, n, mu, ybar = self._fit_gram(X, y, features, label)
         self.coef_ = _solve_psd(G, b, float(self.alpha))
         self._set_intercept(mu, ybar)
         return self
@@ -133,13 +132,13 @@ class ElasticNet(_LinearRegressorBase):
         self.max_iter = max_iter
         self.tol = tol
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.alpha < 0:
             raise InvalidInputError(f"alpha must be >= 0, got {self.alpha!r}")
         l1_ratio = self._l1_ratio()
         if not 0.0 <= l1_ratio <= 1.0:
             raise InvalidInputError(f"l1_ratio must be in [0, 1], got {l1_ratio!r}")
-        G, b, n, mu, ybar = self._fit_gram(X, y)
+        G, b, n, mu, ybar = self._fit_gram(X, y, features, label)
         # the d x d solve is cheap; a tight tolerance makes the result match exact optima
         self.coef_, self.n_iter_ = _coordinate_descent(
             G, b, n, self.alpha * l1_ratio, self.alpha * (1 - l1_ratio),
@@ -220,18 +219,16 @@ def _lbfgs(dm, block_fn, shape, extra, n, l2, l1, penalize_last_row, max_iter, t
 class _LinearClassifierBase(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
     _fits_design_matrix = True
 
+    @on_dataset
     def decision_function(self, X):
         check_fitted(self, "coef_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "decision_function")
         X = check_predict_input(self, X, "decision_function")
         scores = X @ self.coef_.T + self.intercept_
         return scores.ravel() if scores.shape[1] == 1 else scores
 
+    @on_dataset
     def predict(self, X):
         check_fitted(self, "coef_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "predict")
         scores = self.decision_function(X)
         idx = (scores > 0).astype(np.int64) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_[idx]
@@ -260,11 +257,11 @@ class LogisticRegression(_LinearClassifierBase):
         self.max_iter = max_iter
         self.tol = tol
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         self._validate_common()
         if not 0.0 <= self.l1_ratio <= 1.0:
             raise InvalidInputError(f"l1_ratio must be in [0, 1], got {self.l1_ratio!r}")
-        dm = fit_input(self, X, y, "classification")
+        dm = fit_input(self, X, y, "classification", features=features, label=label)
         self.classes_ = dm.classes
         K = len(self.classes_)
         n, d = dm.n_rows, dm.n_features
@@ -279,16 +276,16 @@ class LogisticRegression(_LinearClassifierBase):
         self.n_iter_ = np.array([self.n_iter_])
         return self
 
+    @on_dataset
     def predict_proba(self, X):
         check_fitted(self, "coef_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "predict_proba")
         scores = self.decision_function(X)
         if scores.ndim == 1:
             p = expit(scores)
             return np.column_stack([1 - p, p])
         return np.exp(scores - logsumexp(scores, axis=1, keepdims=True))
 
+    @on_dataset
     def predict_log_proba(self, X):
         return np.log(self.predict_proba(X))
 
@@ -307,11 +304,11 @@ class LinearSVC(_LinearClassifierBase):
         self.max_iter = max_iter
         self.tol = tol
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         self._validate_common()
         if np.isinf(self.C):
             raise InvalidInputError("LinearSVC needs a finite C")
-        dm = fit_input(self, X, y, "classification")
+        dm = fit_input(self, X, y, "classification", features=features, label=label)
         self.classes_ = dm.classes
         K = len(self.classes_)
         n, d = dm.n_rows, dm.n_features

@@ -7,8 +7,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._kernels import (_block_binary_class_sums, _block_class_ssq, _block_class_sums, _block_min)
-from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, apply_to_dataset, check_fitted, fit_input
-from shoal.ml._input import _is_dataset, check_predict_input, tree_sum
+from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, check_fitted, fit_input, on_dataset
+from shoal.ml._input import check_predict_input, tree_sum
 from shoal.ml._stats import (block_moments, block_offsets, block_weighted_class_ssq, block_weighted_class_sums,
                              check_sample_weight, fold, merge_moments)
 
@@ -16,19 +16,18 @@ from shoal.ml._stats import (block_moments, block_offsets, block_weighted_class_
 class _BaseNB(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEstimator):
     _fits_design_matrix = True
 
+    @on_dataset
     def predict(self, X):
         check_fitted(self, "classes_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "predict")
         return self.classes_[self._joint_log_likelihood(check_predict_input(self, X)).argmax(axis=1)]
 
+    @on_dataset
     def predict_log_proba(self, X):
         check_fitted(self, "classes_")
-        if _is_dataset(X):
-            return apply_to_dataset(self, X, "predict_log_proba")
         jll = self._joint_log_likelihood(check_predict_input(self, X, "predict_log_proba"))
         return jll - logsumexp(jll, axis=1, keepdims=True)
 
+    @on_dataset
     def predict_proba(self, X):
         return np.exp(self.predict_log_proba(X))
 
@@ -52,10 +51,10 @@ class GaussianNB(_BaseNB):
         self.priors = priors
         self.var_smoothing = var_smoothing
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, *, features=None, label=None):
         """Per-class means and variances; ``sample_weight`` (one weight per row) weights them
         and the class counts (the smoothing term uses the unweighted variance, as scikit-learn)."""
-        dm = fit_input(self, X, y, "classification")
+        dm = fit_input(self, X, y, "classification", features=features, label=label)
         self.classes_ = dm.classes
         k = len(self.classes_)
         w = check_sample_weight(sample_weight, dm.n_rows, "GaussianNB")
@@ -113,9 +112,9 @@ class MultinomialNB(_DiscreteNB):
         self.fit_prior = fit_prior
         self.class_prior = class_prior
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         self._check_alpha()
-        dm = fit_input(self, X, y, "classification")
+        dm = fit_input(self, X, y, "classification", features=features, label=label)
         if min(dm.map(_block_min)) < 0:
             raise InvalidInputError("Negative values in data passed to MultinomialNB (input X): it "
                                     "models counts; use GaussianNB or scale with MinMaxScaler.")
@@ -148,9 +147,9 @@ class BernoulliNB(_DiscreteNB):
         self.fit_prior = fit_prior
         self.class_prior = class_prior
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         self._check_alpha()
-        dm = fit_input(self, X, y, "classification")
+        dm = fit_input(self, X, y, "classification", features=features, label=label)
         self.classes_ = dm.classes
         if self.binarize is None:   # features are already 0/1
             counts, fc = dm.map_reduce(_block_class_sums, len(self.classes_))

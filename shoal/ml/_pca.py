@@ -35,8 +35,8 @@ class PCA(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
         self.n_components = n_components
         self.whiten = whiten
 
-    def fit(self, X, y=None):
-        dm = fit_input(self, X, y, None)
+    def fit(self, X, y=None, *, features=None, label=None):
+        dm = fit_input(self, X, y, None, features=features, label=label)
         n, d = dm.n_rows, dm.n_features
         G, _, _, _, mu, _ = gram_stats(dm, center=True)
         ddof_n = max(n - 1, 1)

@@ -51,9 +51,9 @@ class StandardScaler(OneToOneFeatureMixin, _Transformer):
         self.with_mean = with_mean
         self.with_std = with_std
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, *, features=None, label=None):
         """Learn the mean and scale; ``sample_weight`` (one weight per row) weights both."""
-        dm = fit_input(self, X, y, None)
+        dm = fit_input(self, X, y, None, features=features, label=label)
         w = check_sample_weight(sample_weight, dm.n_rows, "StandardScaler")
         if w is None:
             n, mean, M2 = dm.map_reduce(block_moments, reduce=merge_moments)
@@ -99,11 +99,11 @@ class MinMaxScaler(OneToOneFeatureMixin, _Transformer):
         self.feature_range = feature_range
         self.clip = clip
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         lo, hi = self.feature_range
         if lo >= hi:
             raise InvalidInputError(f"feature_range must be (min, max) with min < max, got {self.feature_range}")
-        dm = fit_input(self, X, y, None)
+        dm = fit_input(self, X, y, None, features=features, label=label)
         self.data_min_, self.data_max_ = dm.map_reduce(_block_min_max, reduce=_merge_min_max)
         self.data_range_ = self.data_max_ - self.data_min_
         self.scale_ = (hi - lo) / _safe_scale(self.data_range_)
@@ -135,8 +135,8 @@ class MaxAbsScaler(OneToOneFeatureMixin, _Transformer):
     def _block_transform(self):
         return _affine_block, (1.0 / self.scale_, np.zeros(self.n_features_in_))
 
-    def fit(self, X, y=None):
-        dm = fit_input(self, X, y, None)
+    def fit(self, X, y=None, *, features=None, label=None):
+        dm = fit_input(self, X, y, None, features=features, label=label)
         self.max_abs_ = dm.map_reduce(_block_max_abs, reduce=np.maximum)
         self.scale_ = _safe_scale(self.max_abs_)
         self.n_samples_seen_ = dm.n_rows
@@ -156,10 +156,10 @@ class Normalizer(OneToOneFeatureMixin, _Transformer):
     def __init__(self, norm="l2"):
         self.norm = norm
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.norm not in ("l1", "l2", "max"):
             raise InvalidInputError(f"norm must be 'l1', 'l2' or 'max', got {self.norm!r}")
-        fit_input(self, X, y, None)
+        fit_input(self, X, y, None, features=features, label=label)
         return self
 
     def transform(self, X):
@@ -198,10 +198,10 @@ class Imputer(OneToOneFeatureMixin, _Transformer):
         self.strategy = strategy
         self.missing_value = missing_value
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if self.strategy not in ("mean", "median", "most_frequent"):
             raise InvalidInputError(f"strategy must be 'mean', 'median' or 'most_frequent', got {self.strategy!r}")
-        dm = fit_input(self, X, y, None, allow_nan=True)
+        dm = fit_input(self, X, y, None, features=features, label=label, allow_nan=True)
         missing = float(self.missing_value)
         if self.strategy == "mean":
             sums, counts = dm.map_reduce(_block_nan_sums, missing)
@@ -258,10 +258,10 @@ class PolynomialExpansion(_Transformer):
     def __init__(self, degree=2):
         self.degree = degree
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if not (isinstance(self.degree, (int, np.integer)) and self.degree >= 1):
             raise InvalidInputError(f"degree must be a positive integer, got {self.degree!r}")
-        dm = fit_input(self, X, y, None)
+        dm = fit_input(self, X, y, None, features=features, label=label)
         self.powers_ = np.array([np.bincount(c, minlength=dm.n_features)
                                  for k in range(1, self.degree + 1)
                                  for c in itertools.combinations_with_replacement(range(dm.n_features), k)])

@@ -1,6 +1,7 @@
 """Text features: Tokenizer, HashingTF (the hashing trick) and IDF (Spark's smoothed formula).
 
-On a Dataset each reads ``input_col`` and lazily adds ``output_col`` (Spark's inputCol/outputCol):
+On a Dataset each reads ``input_col`` (or the one column fit's ``features=`` names) and lazily
+adds ``output_col`` (Spark's inputCol/outputCol):
 Tokenizer "text" -> "tokens" (list of strings), HashingTF "tokens" -> "tf" and IDF "tf" -> "tfidf"
 (sparse vectors: a struct of size, indices, values per row), so ``Pipeline([Tokenizer(),
 HashingTF(), IDF()])`` runs on a Dataset with the defaults. IDF's document frequencies are
@@ -15,8 +16,43 @@ from sklearn.feature_extraction import FeatureHasher
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted
-from shoal.ml._input import (_is_dataset, column_to_matrix, csr_to_sparse_vectors, dense_to_vectors,
-                             is_sparse_vector_type, map_dataset_blocks, sparse_vectors_to_csr)
+from shoal.ml._input import (_is_dataset, as_frame, column_to_matrix, csr_to_sparse_vectors,
+                             dense_to_vectors, is_sparse_vector_type, is_table, map_dataset_blocks,
+                             resolve_fit_columns, sparse_vectors_to_csr)
+
+
+class _OneColumn:
+    """A transformer reading one column of a table: ``input_col``, or the one column fit's
+    ``features=`` names (it then wins: a Pipeline routes the column an earlier step wrote)."""
+
+    def _fit_column(self, X, y, features, label):
+        if X is not None:
+            _, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=self)
+        if features is not None:
+            if len(features) != 1:
+                raise InvalidInputError(f"{type(self).__name__} reads one column, but features= names "
+                                        f"{len(features)}: {features}; pass one column.")
+            self.input_col_ = features[0]
+        elif hasattr(self, "input_col_"):
+            del self.input_col_
+        return X
+
+    def _column(self) -> str:
+        return getattr(self, "input_col_", self.input_col)
+
+    def _own_input_columns(self):
+        return None
+
+    def _dataset_columns_io(self):
+        return [self._column()], [self.output_col]
+
+    def _documents_of(self, X):
+        """A table's input column (arrays pass as they are)."""
+        if is_table(X) and not _is_dataset(X):
+            X = as_frame(X)
+            if self._column() in X.columns:
+                return X[[self._column()]]
+        return X
 
 
 def _documents(X, what):
@@ -35,7 +71,7 @@ def _documents(X, what):
     return s
 
 
-class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
+class Tokenizer(_OneColumn, ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Lower-case each document and split it on ``pattern`` (a regex; default whitespace).
 
     On a Dataset the split runs in Arrow's regex kernel (RE2 syntax: no look-arounds or
@@ -50,13 +86,14 @@ class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.input_col = input_col
         self.output_col = output_col
 
-    def fit(self, X=None, y=None):
+    def fit(self, X=None, y=None, *, features=None, label=None):
+        self._fit_column(X, y, features, label)
         return self
 
     def transform(self, X):
         if _is_dataset(X):   # lazy: a missing column is reported when the blocks run
             return X.map_batches(_tokenize_table, batch_format="pyarrow", fn_args=(self,))
-        s = _documents(X, "Tokenizer").astype(str)
+        s = _documents(self._documents_of(X), "Tokenizer").astype(str)
         if self.to_lowercase:
             s = s.str.lower()
         tokens = s.str.split(self.pattern, regex=True)
@@ -71,7 +108,7 @@ class Tokenizer(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
+class HashingTF(_OneColumn, ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Term frequencies of token lists hashed into ``num_features`` columns (sparse CSR output)."""
 
     def __init__(self, num_features=1 << 18, *, binary=False, input_col="tokens", output_col="tf"):
@@ -80,7 +117,8 @@ class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.input_col = input_col
         self.output_col = output_col
 
-    def fit(self, X=None, y=None):
+    def fit(self, X=None, y=None, *, features=None, label=None):
+        self._fit_column(X, y, features, label)
         return self
 
     def transform(self, X):
@@ -88,6 +126,7 @@ class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             raise InvalidInputError(f"num_features must be a positive integer, got {self.num_features!r}")
         if _is_dataset(X):
             return X.map_batches(_hash_table, batch_format="pyarrow", fn_args=(self,))
+        X = self._documents_of(X)
         docs = list(X.iloc[:, 0] if hasattr(X, "iloc") and X.ndim == 2 else X)
         for i, d in enumerate(docs[:1]):
             if isinstance(d, str):
@@ -105,7 +144,7 @@ class HashingTF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
+class IDF(_OneColumn, ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     """Inverse document frequency weights: idf = log((m + 1) / (df + 1)) (Spark's formula);
     terms in fewer than ``min_doc_freq`` documents get weight 0."""
 
@@ -114,11 +153,13 @@ class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         self.input_col = input_col
         self.output_col = output_col
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, features=None, label=None):
         if _is_dataset(X):
             X = X.materialize()   # one run serves the column check and the per-block pass
-            _check_column(X, self.input_col, "IDF")
-            parts = map_dataset_blocks(X, _block_doc_freq, self.input_col)
+        X = self._fit_column(X, y, features, label)
+        if _is_dataset(X):
+            _check_column(X, self._column(), "IDF")
+            parts = map_dataset_blocks(X, _block_doc_freq, self._column())
             m = sum(p[0] for p in parts)
             if m == 0:
                 raise InvalidInputError("IDF got an empty Dataset (0 documents)")
@@ -127,7 +168,7 @@ class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             for _, counts in parts:
                 df[:len(counts)] += counts
             return self._set_idf(df, m)
-        X = _tf_matrix(X)
+        X = _tf_matrix(self._documents_of(X))
         df = np.asarray((X > 0).sum(axis=0)).ravel().astype(np.float64)
         return self._set_idf(df, X.shape[0])
 
@@ -144,7 +185,7 @@ class IDF(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         check_fitted(self, "idf_")
         if _is_dataset(X):
             return X.map_batches(_idf_table, batch_format="pyarrow", fn_args=(self,))
-        X = _tf_matrix(X)
+        X = _tf_matrix(self._documents_of(X))
         if X.shape[1] != self.n_features_in_:
             raise InvalidInputError(f"X has {X.shape[1]} features, but IDF is expecting {self.n_features_in_} "
                                     f"features as input (argument X of transform()).")
@@ -190,13 +231,13 @@ def _tokenize_table(table, tokenizer):
     """Runs in a task: split each document with Arrow's regex kernel, keep tokens long enough."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    _check_column(table, tokenizer.input_col, "Tokenizer")
-    col = table.column(tokenizer.input_col)
+    _check_column(table, tokenizer._column(), "Tokenizer")
+    col = table.column(tokenizer._column())
     if col.null_count:
-        raise InvalidInputError(f"column {tokenizer.input_col!r} holds a missing document; fill or "
+        raise InvalidInputError(f"column {tokenizer._column()!r} holds a missing document; fill or "
                                 f"drop it before Tokenizer")
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise InvalidInputError(f"Tokenizer reads text, but column {tokenizer.input_col!r} is {col.type}")
+        raise InvalidInputError(f"Tokenizer reads text, but column {tokenizer._column()!r} is {col.type}")
     text = pc.utf8_lower(col) if tokenizer.to_lowercase else col
     tokens = pc.split_pattern_regex(text, tokenizer.pattern)
     tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
@@ -220,10 +261,10 @@ def _hash_table(table, hashing_tf):
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    _check_column(table, hashing_tf.input_col, "HashingTF")
-    col = table.column(hashing_tf.input_col)
+    _check_column(table, hashing_tf._column(), "HashingTF")
+    col = table.column(hashing_tf._column())
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise InvalidInputError(f"HashingTF takes token lists, but column {hashing_tf.input_col!r} "
+        raise InvalidInputError(f"HashingTF takes token lists, but column {hashing_tf._column()!r} "
                                 f"is {col.type}; run Tokenizer on the text first")
     n, width = table.num_rows, int(hashing_tf.num_features)
     col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
@@ -256,15 +297,15 @@ def _block_doc_freq(table, column):
 
 def _idf_table(table, idf):
     """Runs in a task: the block with the tf-idf weighted column added (sparse stays sparse)."""
-    _check_column(table, idf.input_col, "IDF")
-    col = table.column(idf.input_col)
+    _check_column(table, idf._column(), "IDF")
+    col = table.column(idf._column())
     if is_sparse_vector_type(col.type):
         X = sparse_vectors_to_csr(col)
         if X.shape[0] and X.shape[1] != idf.n_features_in_:
-            raise InvalidInputError(f"column {idf.input_col!r} has {X.shape[1]} features, but IDF is "
+            raise InvalidInputError(f"column {idf._column()!r} has {X.shape[1]} features, but IDF is "
                                     f"expecting {idf.n_features_in_}")
         X = sp.csr_matrix((X.data * idf.idf_[X.indices], X.indices, X.indptr),
                           shape=(X.shape[0], idf.n_features_in_))
         return _add_column(table, idf.output_col, csr_to_sparse_vectors(X))
-    X = column_to_matrix(col, idf.input_col)
+    X = column_to_matrix(col, idf._column())
     return _add_column(table, idf.output_col, dense_to_vectors(X * idf.idf_))

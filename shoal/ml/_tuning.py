@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml import _executor, _input
-from shoal.ml._base import ShoalEstimatorMixin, check_fitted
+from shoal.ml._base import ShoalEstimatorMixin, check_fitted, dataset_predictions
 
 
 class ParamGridBuilder:
@@ -89,7 +89,7 @@ class _PredictionsOf:
         attr = getattr(self._estimator, name)
         if name in ("predict", "predict_proba", "predict_log_proba", "decision_function"):
             def on_dataset(X=None, **kwargs):
-                return attr(self._ds)
+                return dataset_predictions(self._estimator, self._ds, name)
             on_dataset.__name__ = name   # scikit-learn dispatches on the method's name
             return on_dataset
         return attr
@@ -107,20 +107,8 @@ def _take(X, idx):
     return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
 
 
-def _as_local_table(X, y, label):
-    """Dataset -> (pandas frame of its rows, label array); arrays pass through."""
-    if _input._is_dataset(X):
-        df = X.to_pandas()
-        lab = label if label is not None else (y if isinstance(y, str) else None)
-        if lab is None:
-            return df, None
-        if lab not in df.columns:
-            raise InvalidInputError(f"label column {lab!r} is missing from the Dataset")
-        return df.drop(columns=[lab]), df[lab].to_numpy()
-    if isinstance(y, str):
-        if not hasattr(X, "columns") or y not in X.columns:
-            raise InvalidInputError(f"y={y!r} names a column, but X has no such column")
-        return X.drop(columns=[y]), X[y].to_numpy()
+def _as_local_table(X, y):
+    """In-memory X (a frame or an array) and its label array, checked."""
     if hasattr(X, "iloc"):
         return X, None if y is None else np.asarray(y)
     Xa = np.asarray(X)
@@ -137,29 +125,32 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
         """[(train, test)] Datasets cut from ``ds`` shuffled once (by ``seed``)."""
         raise NotImplementedError
 
-    def _fit_dataset(self, ds, label, grid):
+    def _fit_dataset(self, ds, features, label, grid):
         """Each (parameters, split) fit runs on Datasets (distributed over their blocks, in turn);
         nothing is collected to the driver but the test labels for a named scorer."""
-        if label is None:
-            raise InvalidInputError(f"{type(self).__name__}.fit on a Dataset needs the label's column "
-                                    f"name: fit(ds, 'label')")
-        if label not in ds.columns():
-            raise InvalidInputError(f"label column {label!r} is missing from the Dataset; available "
-                                    f"columns: {ds.columns()}")
-        splits = self._dataset_splits(ds.materialize())
+        splits = self._dataset_splits(ds)
         table = np.full((len(grid), len(splits)), np.nan)
         for f, (train, test) in enumerate(splits):
             for i, params in enumerate(grid):
-                est = clone(self.estimator).set_params(**params).fit(train, label)
+                est = clone(self.estimator).set_params(**params).fit(train, features=features, label=label)
                 table[i, f] = _score_dataset(est, test, label, self.scoring)
         return table
 
-    def fit(self, X, y=None, *, label=None):
+    def fit(self, X, y=None, *, features=None, label=None):
+        """Search the grid; fit's signature is every shoal.ml estimator's (features=, label=)."""
         grid = _expand_grid(self.param_grid)
         if _input._is_dataset(X):
-            table = self._fit_dataset(X, label if label is not None else y, grid)
-            return self._finish(X, y, label, grid, table)
-        Xl, yl = _as_local_table(X, y, label)
+            X = X.materialize()
+            _, features, label = _input.resolve_fit_columns(X, y, features=features, label=label,
+                                                            estimator=self, supervised=True)
+            table = self._fit_dataset(X, features, label, grid)
+            return self._finish(X, None, features, label, grid, table)
+        y, features, label = _input.resolve_fit_columns(X, y, features=features, label=label,
+                                                        estimator=self)
+        if label is not None:
+            y = _input.as_frame(X)[label].to_numpy()
+        X = _input.select_table(X, features, label)
+        Xl, yl = _as_local_table(X, y)
         n = Xl.shape[0]
         rng = np.random.RandomState(self.seed)
         splits = self._splits(n, rng)
@@ -177,9 +168,9 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
         table = np.full((len(grid), len(splits)), np.nan)
         for (i, f, _, _), s in zip(jobs, scores):
             table[i, f] = s
-        return self._finish(X, y, label, grid, table)
+        return self._finish(X, y, None, None, grid, table)
 
-    def _finish(self, X, y, label, grid, table):
+    def _finish(self, X, y, features, label, grid, table):
         self.candidate_params_ = grid
         self.split_scores_ = table
         self.avg_metrics_ = table.mean(axis=1)
@@ -189,7 +180,7 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
         if self.refit:
             best = clone(self.estimator).set_params(**self.best_params_)
             if _input._is_dataset(X):
-                best.fit(X, label if label is not None else y)
+                best.fit(X, features=features, label=label)
             else:
                 best.fit(X, y)
             self.best_estimator_ = best

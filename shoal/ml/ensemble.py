@@ -22,7 +22,8 @@ def _forest_checks(est) -> dict:
     return checks
 
 
-class RandomForestClassifier(ClassifierMixin, _tree_fit.PackedTrees, _base.ShoalEstimatorMixin,
+class RandomForestClassifier(_base.DatasetScoreMixin, ClassifierMixin, _tree_fit.PackedTrees,
+                             _base.ShoalEstimatorMixin,
                              BaseEstimator):
     """Random forest classifier (Spark MLlib's RandomForestClassifier).
 
@@ -52,16 +53,19 @@ class RandomForestClassifier(ClassifierMixin, _tree_fit.PackedTrees, _base.Shoal
         return _tree_fit.fit_forest(self, X, y, "classification", int(self.n_estimators),
                                     bool(self.bootstrap), features, label)
 
+    @_base.on_dataset
     def predict_proba(self, X) -> np.ndarray:
         X = _tree_fit.predict_input(self, X, "predict_proba", "trees_")
         return _tree_fit.forest_mean(self, X)
 
+    @_base.on_dataset
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
 
-class RandomForestRegressor(RegressorMixin, _tree_fit.PackedTrees, _base.ShoalEstimatorMixin,
+class RandomForestRegressor(_base.DatasetScoreMixin, RegressorMixin, _tree_fit.PackedTrees,
+                            _base.ShoalEstimatorMixin,
                             BaseEstimator):
     """Random forest regressor (Spark MLlib's RandomForestRegressor); max_features=1.0 (all) by default."""
 
@@ -84,6 +88,7 @@ class RandomForestRegressor(RegressorMixin, _tree_fit.PackedTrees, _base.ShoalEs
         return _tree_fit.fit_forest(self, X, y, "regression", int(self.n_estimators),
                                     bool(self.bootstrap), features, label)
 
+    @_base.on_dataset
     def predict(self, X) -> np.ndarray:
         X = _tree_fit.predict_input(self, X, "predict", "trees_")
         return _tree_fit.forest_mean(self, X)[:, 0]
@@ -122,7 +127,7 @@ class _BaseBoosting(_tree_fit.PackedTrees, _base.ShoalEstimatorMixin, BaseEstima
         return _tree_fit.boosting_raw(self, X)
 
 
-class GradientBoostingClassifier(ClassifierMixin, _BaseBoosting):
+class GradientBoostingClassifier(_base.DatasetScoreMixin, ClassifierMixin, _BaseBoosting):
     """Gradient-boosted trees for classification (Spark MLlib's GBTClassifier, plus multiclass).
 
     Binary: log-loss, one tree per round. Multiclass: softmax cross-entropy, one
@@ -144,10 +149,12 @@ class GradientBoostingClassifier(ClassifierMixin, _BaseBoosting):
         _tree_fit.check_params(self, **_boosting_checks(self))
         return _tree_fit.fit_boosting(self, X, y, "classification", features, label)
 
+    @_base.on_dataset
     def decision_function(self, X) -> np.ndarray:
         raw = self._raw(X, "decision_function")
         return raw[:, 0] if raw.shape[1] == 1 else raw
 
+    @_base.on_dataset
     def predict_proba(self, X) -> np.ndarray:
         raw = self._raw(X, "predict_proba")
         if raw.shape[1] == 1:
@@ -156,17 +163,19 @@ class GradientBoostingClassifier(ClassifierMixin, _BaseBoosting):
         z = np.exp(raw - raw.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
+    @_base.on_dataset
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
 
-class GradientBoostingRegressor(RegressorMixin, _BaseBoosting):
+class GradientBoostingRegressor(_base.DatasetScoreMixin, RegressorMixin, _BaseBoosting):
     """Gradient-boosted trees for regression with squared error (Spark MLlib's GBTRegressor)."""
 
     def fit(self, X, y=None, *, features=None, label=None):
         _tree_fit.check_params(self, **_boosting_checks(self))
         return _tree_fit.fit_boosting(self, X, y, "regression", features, label)
 
+    @_base.on_dataset
     def predict(self, X) -> np.ndarray:
         return self._raw(X, "predict")[:, 0]

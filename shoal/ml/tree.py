@@ -30,7 +30,7 @@ class _BaseTree(_tree_fit.PackedTrees, _base.ShoalEstimatorMixin, BaseEstimator)
         return self._packed.apply(X)[:, 0]
 
 
-class DecisionTreeClassifier(ClassifierMixin, _BaseTree):
+class DecisionTreeClassifier(_base.DatasetScoreMixin, ClassifierMixin, _BaseTree):
     """A classification tree grown on quantile bins (Spark MLlib's DecisionTreeClassifier).
 
     Parameters follow scikit-learn; defaults follow Spark (max_depth=5, max_bins=32).
@@ -53,16 +53,18 @@ class DecisionTreeClassifier(ClassifierMixin, _BaseTree):
     def fit(self, X, y=None, *, features=None, label=None):
         return self._fit(X, y, "classification", features, label)
 
+    @_base.on_dataset
     def predict_proba(self, X) -> np.ndarray:
         X = _tree_fit.predict_input(self, X, "predict_proba", "trees_")
         return _tree_fit.forest_mean(self, X)
 
+    @_base.on_dataset
     def predict(self, X) -> np.ndarray:
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
 
-class DecisionTreeRegressor(RegressorMixin, _BaseTree):
+class DecisionTreeRegressor(_base.DatasetScoreMixin, RegressorMixin, _BaseTree):
     """A regression tree grown on quantile bins (Spark MLlib's DecisionTreeRegressor).
 
     criterion: "squared_error". Other parameters as DecisionTreeClassifier.
@@ -83,6 +85,7 @@ class DecisionTreeRegressor(RegressorMixin, _BaseTree):
     def fit(self, X, y=None, *, features=None, label=None):
         return self._fit(X, y, "regression", features, label)
 
+    @_base.on_dataset
     def predict(self, X) -> np.ndarray:
         X = _tree_fit.predict_input(self, X, "predict", "trees_")
         return _tree_fit.forest_mean(self, X)[:, 0]

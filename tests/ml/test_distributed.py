@@ -54,7 +54,7 @@ def test_fit_on_dataset_matches_dataframe(frame, dataset):
     on_df = ml.LogisticRegression().fit(frame[["a", "b", "c", "d"]], frame["label"])
     assert list(on_ds.feature_names_in_) == ["a", "b", "c", "d"]
     np.testing.assert_allclose(on_ds.coef_, on_df.coef_, atol=1e-8)
-    np.testing.assert_array_equal(on_ds.predict(dataset), on_df.predict(frame[["a", "b", "c", "d"]]))
+    np.testing.assert_array_equal(on_ds.predict(dataset).to_numpy("prediction"), on_df.predict(frame[["a", "b", "c", "d"]]))
     assert on_ds.score(dataset, "label") == pytest.approx(on_df.score(frame[["a", "b", "c", "d"]], frame["label"]))
 
 

@@ -238,7 +238,7 @@ def test_pipeline_of_spark_style_stages_runs_on_a_dataset(frame):
     indexed = ml.StringIndexer().fit(frame[["color"]]).transform(frame[["color"]])[:, 0]
     ref = ml.LogisticRegression().fit(np.column_stack([indexed, frame.x]), frame.label)
     np.testing.assert_allclose(pipe.named_steps["lr"].coef_, ref.coef_, atol=1e-6)
-    np.testing.assert_array_equal(pipe.predict(ds), ref.predict(np.column_stack([indexed, frame.x])))
+    np.testing.assert_array_equal(pipe.predict(ds).to_numpy("prediction"), ref.predict(np.column_stack([indexed, frame.x])))
     assert pipe.score(ds, "label") == pytest.approx(ref.score(np.column_stack([indexed, frame.x]), frame.label))
 
 

@@ -177,8 +177,9 @@ def test_predict_on_dataset_keeps_row_order_over_uneven_and_empty_blocks():
     # uneven blocks, some emptied by the filter
     ds = sd.from_pandas(df, override_num_blocks=7).filter(expr=pa.compute.field("a") > -0.5)
     kept = df[df.a > -0.5]
-    np.testing.assert_array_equal(model.predict(ds), model.predict(kept[["a", "b", "c"]]))
-    np.testing.assert_allclose(model.predict_proba(ds), model.predict_proba(kept[["a", "b", "c"]]))
+    np.testing.assert_array_equal(model.predict(ds).to_numpy("prediction"), model.predict(kept[["a", "b", "c"]]))
+    np.testing.assert_allclose(model.predict_proba(ds).to_numpy("probability"),
+                               model.predict_proba(kept[["a", "b", "c"]]))
 
 
 @pytest.mark.usefixtures("cluster", "no_collect")
@@ -189,7 +190,8 @@ def test_pipeline_fit_and_predict_on_dataset_never_collect():
     pipe = ml.Pipeline([("scale", ml.StandardScaler()), ("assemble", ml.VectorAssembler(["a", "b", "c"])),
                         ("nb", ml.GaussianNB())])
     pipe.fit(ds, "label")
-    pred = pipe.predict(ds)
+    out = pipe.predict(ds)   # lazy: consumed below block by block, never gathered as a table
+    pred = np.concatenate([b["prediction"] for b in out.iter_batches(batch_size=None)])
     assert pred.shape == (len(df),)
     assert list(pipe.named_steps["nb"].feature_names_in_) == ["features"]
     assert pipe.named_steps["nb"].n_features_in_ == 3
