@@ -31,5 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ml.py --quick
 	$(BIN)/python benchmarks/data.py
 
+# The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) build *.egg-info
