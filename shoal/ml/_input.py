@@ -9,7 +9,7 @@ Contract (stable; every estimator, the tree models included, builds on it)
 (estimators call it through ``shoal.ml._base.fit_input(estimator, X, y, target, ...)``,
 which also sets ``n_features_in_`` / ``feature_names_in_``)
 
-    X: NumPy array-like (n, d), pandas DataFrame, pyarrow Table, or a shoal.data
+    X: NumPy array-like (n, d), pandas or Polars DataFrame, pyarrow Table, or a shoal.data
        Dataset. For a DataFrame/Table/Dataset, ``features`` (column names; default:
        every column but the label) and ``label`` (a column name) pick the columns;
        ``y`` may also be given as a column name.
@@ -43,6 +43,13 @@ which also sets ``n_features_in_`` / ``feature_names_in_``)
     fn and reduce must be module-level functions (they travel by reference); keep them in
     modules that do not import scikit-learn (as _kernels.py) so that workers start fast.
     Arguments that are large NumPy arrays are put in the object store once per call.
+
+``resolve_fit_columns(X, y=None, *, features=None, label=None, estimator, supervised=False)
+                    -> (y, features, label)``
+    The one check of fit's signature ``fit(X, y=None, *, features=None, label=None)``, shared
+    by every estimator, transformer and Pipeline (as_design_matrix calls it): column names
+    against a table's columns (an error lists the available ones), the label required for a
+    supervised estimator, names refused on unnamed arrays. See its docstring.
 
 ``check_predict_input(estimator, X, method="predict", features=None) -> np.ndarray | Dataset``
     Validates X at predict/transform time against ``estimator.n_features_in_``
