@@ -80,7 +80,7 @@ def _predict_batch(table, estimator, features, method, column):
 class ShoalEstimatorMixin:
     """What every shoal.ml estimator and transformer shares, the fit signature first.
 
-    One signature (checked by ``shoal.ml._input.resolve_fit_columns``, the one place)::
+    One signature (checked by ``shoal.ml._columns.resolve_fit_columns``, the one place)::
 
         est.fit(X, y=None, *, features=None, label=None)
 
