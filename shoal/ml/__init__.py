@@ -1,7 +1,11 @@
 """shoal.ml: Spark MLlib's algorithms with scikit-learn's API, trained across shoal's cluster.
 
-Estimators take NumPy arrays, pandas DataFrames, Arrow Tables or shoal.data Datasets
-(name the columns with ``features=`` and the label with ``label=`` or ``y="column"``).
+Every estimator, transformer and Pipeline fits the same way: ``fit(X, y)`` on NumPy arrays,
+``fit(table, features=[...], label="y")`` on a shoal.data Dataset, a pandas or Polars
+DataFrame or an Arrow Table (``y="column"`` means ``label="column"``; unknown columns are an
+error listing the available ones). On a Dataset, ``predict`` returns the Dataset with a
+``prediction`` column appended and ``transform`` the Dataset with its output columns; on
+arrays both return arrays.
 Names load lazily so that worker processes, which import only the map-side kernels,
 never pay for scikit-learn's import.
 """

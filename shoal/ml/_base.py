@@ -80,7 +80,7 @@ def _predict_batch(table, estimator, features, method, column):
 class ShoalEstimatorMixin:
     """What every shoal.ml estimator and transformer shares, the fit signature first.
 
-    One signature (checked by ``shoal.ml._input.resolve_fit_columns``, the one place)::
+    One signature (checked by ``shoal.ml._columns.resolve_fit_columns``, the one place)::
 
         est.fit(X, y=None, *, features=None, label=None)
 
@@ -140,21 +140,28 @@ def fit_input(estimator, X, y, target, *, features=None, label=None, allow_nan=F
     return dm
 
 
-def _transform_batch(batch, estimator, in_cols, out_cols, method):
-    """Runs in a task: replace a batch's input columns by the estimator's output columns."""
-    import pandas as pd
+def _transform_batch(table, estimator, in_cols, out_cols, method):
+    """Runs in a task: replace a block's input columns by the estimator's output columns.
+
+    Arrow in and out: the other columns (label, ids, token lists, vectors) pass untouched."""
     import pyarrow as pa
-    df = batch.to_pandas() if isinstance(batch, pa.Table) else pd.DataFrame(batch)
-    out = getattr(estimator, method)(df[list(in_cols)])
-    out = np.asarray(out)
+    df = table.select(list(in_cols)).to_pandas()
+    if table.num_rows == 0:
+        out = np.empty((0, len(out_cols)))
+    else:
+        out = np.asarray(getattr(estimator, method)(df))
     if out.ndim == 1:
         out = out[:, None]
-    rest = df.drop(columns=[c for c in in_cols if c not in out_cols])
-    if out.shape[0] != len(df):   # the transformer dropped rows (handle_invalid="skip")
-        rest = rest[estimator._rows_kept(df[list(in_cols)])].reset_index(drop=True)
+    if out.shape[0] != table.num_rows:   # the transformer dropped rows (handle_invalid="skip")
+        table = table.filter(pa.array(estimator._rows_kept(df)))
+    table = table.drop_columns([c for c in in_cols if c not in out_cols])
     for j, c in enumerate(out_cols):
-        rest[c] = out[:, j]
-    return rest
+        values = pa.array(out[:, j])
+        if c in table.column_names:
+            table = table.set_column(table.column_names.index(c), c, values)
+        else:
+            table = table.append_column(c, values)
+    return table
 
 
 def transform_dataset(estimator, ds, method: str = "transform"):
@@ -169,7 +176,7 @@ def transform_dataset(estimator, ds, method: str = "transform"):
             f"{type(estimator).__name__} was fitted on unnamed columns; fit it on the Dataset (or a "
             f"DataFrame) to transform a Dataset by column name.")
     out_cols = [str(c) for c in estimator.get_feature_names_out()]
-    return ds.map_batches(_transform_batch, batch_format="pandas",
+    return ds.map_batches(_transform_batch, batch_format="pyarrow",
                           fn_args=(estimator, list(names), out_cols, method))
 
 

@@ -6,7 +6,7 @@ transforms them where they live (a task per block), and the final estimator fits
 transformed blocks. Nothing returns to the driver between steps.
 
 On a table the Pipeline takes the one fit signature of shoal.ml (see
-``shoal.ml._input.resolve_fit_columns``): ``pipe.fit(ds, features=[...], label="y")``. On a
+``shoal.ml._columns.resolve_fit_columns``): ``pipe.fit(ds, features=[...], label="y")``. On a
 Dataset each transformer fits on its input columns from per-block statistics, then
 transforms the Dataset (the label and other columns pass through; the output is
 materialized once so that later steps do not rerun it); ``features=`` follows the data: a

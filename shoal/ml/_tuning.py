@@ -10,6 +10,7 @@ import itertools
 
 import numpy as np
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
+from sklearn.utils.metaestimators import available_if
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml import _executor, _input
@@ -117,6 +118,11 @@ def _as_local_table(X, y):
     return Xa, None if y is None else np.asarray(y)
 
 
+def _estimator_has(name):
+    """For available_if: the searched estimator has the method ``name``."""
+    return lambda search: hasattr(search.estimator, name)
+
+
 class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
     def _splits(self, n, rng):
         raise NotImplementedError
@@ -190,12 +196,15 @@ class _Search(ShoalEstimatorMixin, MetaEstimatorMixin, BaseEstimator):
         check_fitted(self, "best_estimator_")
         return self.best_estimator_
 
+    @available_if(_estimator_has("predict"))
     def predict(self, X):
         return self._best().predict(X)
 
+    @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X):
         return self._best().predict_proba(X)
 
+    @available_if(_estimator_has("transform"))
     def transform(self, X):
         return self._best().transform(X)
 
