@@ -21,11 +21,14 @@ raise. A name that some ranks never submit fails after the stall timeout.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import threading
 import time
 from collections import deque
 
+import numpy as np
 import torch
 
 from shoal.exceptions import CollectiveError
@@ -50,7 +53,7 @@ class Request:
         self.op, self.root, self.pre, self.post, self.extra = op, root, float(pre), float(post), extra
         self.error = error          # a local input error: every rank raises it
         self.splits = None          # alltoall: this rank's send counts (may differ by rank)
-        self.handle = Handle(self)
+        self.handle = Handle()
         self.t0 = time.perf_counter()
         specs = tuple((str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type)
                       for t in self.tensors)
@@ -60,8 +63,7 @@ class Request:
 class Handle:
     """Completion of one request: ``wait()`` returns its outputs or raises its error."""
 
-    def __init__(self, request):
-        self.request = request
+    def __init__(self):
         self.event = threading.Event()
         self.result = None
         self.error: BaseException | None = None
@@ -76,13 +78,7 @@ class Handle:
         are bounded by the communicator's timeout and the stall timeout)."""
         self.waiting = True
         try:
-            deadline = None if bound is None else time.monotonic() + bound
-            while not self.event.wait(0.5):
-                if engine.broken is not None and not self.event.is_set():
-                    raise CollectiveError(f"the Horovod engine stopped: {engine.broken}")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise CollectiveError(f"Horovod op did not finish within {bound:.0f}s; check "
-                                          "that every rank issues it")
+            engine.drive(self, None if bound is None else time.monotonic() + bound)
         finally:
             self.waiting = False
         if self.error is not None:
@@ -166,6 +162,7 @@ class Engine:
         self._rounds = 0
         self._noname = 0
         self._thread: threading.Thread | None = None
+        self._round_lock = threading.Lock()  # one thread runs rounds at a time
         self._closed = False
         self.broken: str | None = None
 
@@ -176,7 +173,9 @@ class Engine:
             self._noname += 1
             return f"noname.{self._noname}"
 
-    def submit(self, req: Request) -> Handle:
+    def submit(self, req: Request, wake: bool = True) -> Handle:
+        """Queue ``req``; ``wake=False`` when the caller waits for it at once (it then runs
+        the rounds itself, saving two thread switches per synchronous op)."""
         with self._cond:
             if self.broken is not None:
                 raise CollectiveError(f"the Horovod engine stopped: {self.broken}; call "
@@ -188,12 +187,45 @@ class Engine:
                     "another tensor, use a different tensor name.")
             self._mine[req.key] = req
             self._new.append(req)
-            if self.size == 1:
-                self._round()           # no one to agree with: run it now, in this thread
-            else:
+            if self.size > 1:
                 self._start()
-                self._cond.notify_all()
+                if wake:
+                    self._cond.notify_all()
+        if self.size == 1:
+            self._safe_round()          # no one to agree with: run it now, in this thread
         return req.handle
+
+    def drive(self, handle: Handle, deadline: float | None) -> None:
+        """Wait for ``handle``, running rounds in this thread while no other thread does."""
+        idle = 0
+        while not handle.event.is_set():
+            if self.broken is not None:
+                raise CollectiveError(f"the Horovod engine stopped: {self.broken}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise CollectiveError("Horovod op did not finish in time; check that every "
+                                      "rank issues it")
+            if self._round_lock.acquire(blocking=False):
+                try:
+                    progressed = handle.event.is_set() or self._safe_round()
+                finally:
+                    self._round_lock.release()
+                idle = 0 if progressed else min(idle + 1, 20)
+                if idle:
+                    handle.event.wait(0.0005 * idle)
+            else:   # the engine's thread is in a round: it goes on while requests are pending
+                handle.event.wait(0.05)
+
+    def _safe_round(self) -> bool:
+        with self._cond:
+            if not self._mine or self.broken is not None:
+                return False
+        try:
+            return self._round()
+        except BaseException as e:  # noqa: BLE001 - a dead or broken group ends the engine
+            self.broken = f"{type(e).__name__}: {e}"
+            self._fail_all(e if isinstance(e, CollectiveError) else
+                           CollectiveError(f"Horovod engine failed: {self.broken}"))
+            return True
 
     def _start(self) -> None:
         if self._thread is None:
@@ -216,15 +248,10 @@ class Engine:
             with self._cond:
                 while not self._closed and not self._mine:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or self.broken is not None:
                     return
-            try:
-                progressed = self._round()
-            except BaseException as e:  # noqa: BLE001 - a dead or broken group ends the engine
-                self.broken = f"{type(e).__name__}: {e}"
-                self._fail_all(e if isinstance(e, CollectiveError) else
-                               CollectiveError(f"Horovod engine failed: {self.broken}"))
-                return
+            with self._round_lock:
+                progressed = self._safe_round()
             # nothing ready: back off a little so that waiting ranks do not spin
             idle = 0 if progressed else min(idle + 1, 20)
             if idle:
@@ -251,9 +278,10 @@ class Engine:
                 if req.kind == JOIN:
                     self._join_req = req
             blocked = [k for k, r in self._mine.items() if r.handle.waiting]
-        msg = (self._join_req is not None, [(r.key, r.meta, r.error) for r in new if r.kind != JOIN],
-               blocked, self._noname, time.time())
-        msgs = self.comm.allgather_object(msg) if self.size > 1 else [msg]
+        joined = self._join_req is not None
+        announce = [(r.key, r.meta, r.error) for r in new if r.kind != JOIN]
+        msg = (joined, announce, blocked, self._noname, time.time())
+        msgs = self._exchange(msg) if self.size > 1 else [msg]
         self._rounds += 1
         now = max(m[4] for m in msgs)
         for member, (joined, reqs, _, _, sent) in enumerate(msgs):
@@ -276,6 +304,20 @@ class Engine:
         if not working:
             self._finish_join(msgs)
         return bool(ready or failed or not working)
+
+    def _exchange(self, msg) -> list:
+        """Every member's message. The common round (every rank announces the same new ops,
+        none joined) costs one 16-byte allreduce of a digest; otherwise the messages are
+        allgathered (joins, mismatches, ops in different orders, stalls)."""
+        joined, announce = msg[0], msg[1]
+        # every rank takes the same path: the digest covers all that decides it
+        blob = pickle.dumps((joined, announce), protocol=5)
+        h = int.from_bytes(hashlib.blake2b(blob, digest_size=7).digest(), "little")
+        v = np.array([h, -h], np.int64)
+        self.comm.allreduce(v, op="max")
+        if int(v[0]) == -int(v[1]) and announce and not joined and not self._joined:
+            return [msg] * self.size        # max == min: every rank sent this very list
+        return self.comm.allgather_object(msg)
 
     def _stalls(self, msgs, working, now) -> dict:
         """Names that can never become ready: the same verdict on every rank."""
@@ -355,7 +397,10 @@ class Engine:
         tensors = [t for key, req, m in batch for t in (req.tensors if req else _zeros(m[1]))]
 
         def go():
-            self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
+            if len(tensors) == 1:   # no packing for a lone tensor
+                self.comm.allreduce(tensors[0], op=op, prescale=pre, postscale=post)
+            else:
+                self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
             return None
         self._guarded(batch, go)
 

@@ -42,16 +42,29 @@ def _check_op(op, average) -> str:
 
 
 def _submit(kind, name, tensors, finish, process_set, op="sum", root=-1, pre=1.0, post=1.0,
-            error=None, splits=None) -> int:
+            error=None, splits=None, wake=True) -> int:
     eng = engine_of(process_set)
     key = str(name) if name is not None else eng.auto_name(kind)
     req = Request(key, kind, tensors, op, root, pre, post, error=error)
     req.splits = splits
-    handle = eng.submit(req)
+    handle = eng.submit(req, wake and not getattr(_tls, "sync", False))
     h = next(_next_handle)
     with _handles_lock:
         _handles[h] = (eng, handle, finish)
     return h
+
+
+_tls = threading.local()
+
+
+def _now(async_fn, *args, **kwargs):
+    """Run an async op and wait for it; the calling thread drives the negotiation."""
+    _tls.sync = True
+    try:
+        h = async_fn(*args, **kwargs)
+    finally:
+        _tls.sync = False
+    return synchronize(h)
 
 
 def synchronize(handle):
@@ -101,8 +114,8 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                postscale_factor=1.0, process_set=global_process_set):
     """Allreduce ``tensor`` in place over the process set's ranks; returns ``tensor``."""
-    return synchronize(allreduce_async_(tensor, average, name, op, prescale_factor,
-                                        postscale_factor, process_set))
+    return _now(allreduce_async_, tensor, average, name, op, prescale_factor,
+                                        postscale_factor, process_set)
 
 
 class _AllreduceFn(torch.autograd.Function):
@@ -111,14 +124,14 @@ class _AllreduceFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, op, prescale, postscale, name, process_set):
         ctx.args = (op, prescale, postscale, process_set)
-        return synchronize(allreduce_async(tensor, op=op, name=name, prescale_factor=prescale,
-                                           postscale_factor=postscale, process_set=process_set))
+        return _now(allreduce_async, tensor, op=op, name=name, prescale_factor=prescale,
+                                           postscale_factor=postscale, process_set=process_set)
 
     @staticmethod
     def backward(ctx, grad):
         op, pre, post, ps = ctx.args
-        return (synchronize(allreduce_async(grad.contiguous(), op=op, prescale_factor=pre,
-                                            postscale_factor=post, process_set=ps)),
+        return (_now(allreduce_async, grad.contiguous(), op=op, prescale_factor=pre,
+                                            postscale_factor=post, process_set=ps),
                 None, None, None, None, None)
 
 
@@ -135,10 +148,10 @@ def allreduce(tensor, average=None, name=None, compression=Compression.none, op=
         out = _AllreduceFn.apply(compressed, op, prescale_factor, postscale_factor, name,
                                  process_set)
     else:
-        out = synchronize(allreduce_async(compressed, op=op, name=name,
+        out = _now(allreduce_async, compressed, op=op, name=name,
                                           prescale_factor=prescale_factor,
                                           postscale_factor=postscale_factor,
-                                          process_set=process_set))
+                                          process_set=process_set)
     return compression.decompress(out, ctx)
 
 
@@ -160,16 +173,16 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
 def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
                        postscale_factor=1.0, process_set=global_process_set):
     """Allreduce a list of tensors in place as one fused op; returns the list."""
-    return synchronize(grouped_allreduce_async_(tensors, average, name, op, prescale_factor,
-                                                postscale_factor, process_set))
+    return _now(grouped_allreduce_async_, tensors, average, name, op, prescale_factor,
+                                                postscale_factor, process_set)
 
 
 def grouped_allreduce(tensors, average=None, name=None, compression=Compression.none, op=None,
                       prescale_factor=1.0, postscale_factor=1.0, process_set=global_process_set):
     """Allreduce a list of tensors as one fused operation; returns new tensors."""
     pairs = [compression.compress(t) for t in tensors]
-    outs = synchronize(grouped_allreduce_async([p[0] for p in pairs], average, name, op,
-                                               prescale_factor, postscale_factor, process_set))
+    outs = _now(grouped_allreduce_async, [p[0] for p in pairs], average, name, op,
+                                               prescale_factor, postscale_factor, process_set)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 
@@ -216,7 +229,7 @@ def allgather_async(tensor, name=None, process_set=global_process_set) -> int:
 
 def allgather(tensor, name=None, process_set=global_process_set):
     """Every rank's ``tensor`` concatenated along dimension 0 (first dims may differ)."""
-    return synchronize(allgather_async(tensor, name, process_set))
+    return _now(allgather_async, tensor, name, process_set)
 
 
 def grouped_allgather_async(tensors, name=None, process_set=global_process_set) -> int:
@@ -230,7 +243,7 @@ def grouped_allgather_async(tensors, name=None, process_set=global_process_set) 
 
 def grouped_allgather(tensors, name=None, process_set=global_process_set) -> list:
     """``allgather`` of each tensor of a list, in one op; returns a list of tensors."""
-    return synchronize(grouped_allgather_async(tensors, name, process_set))
+    return _now(grouped_allgather_async, tensors, name, process_set)
 
 
 # ------------------------------------------------------------------ broadcast
@@ -255,12 +268,12 @@ def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set
 
 def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     """Copy rank ``root_rank``'s ``tensor`` into ``tensor`` on every rank."""
-    return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
+    return _now(broadcast_async_, tensor, root_rank, name, process_set)
 
 
 def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
     """Rank ``root_rank``'s ``tensor`` on every rank (a new tensor)."""
-    return synchronize(broadcast_async(tensor, root_rank, name, process_set))
+    return _now(broadcast_async, tensor, root_rank, name, process_set)
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
@@ -315,7 +328,7 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
 
 def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
     """Rows ``splits[q]`` of ``tensor`` go to rank q; returns (received rows, received splits)."""
-    return synchronize(alltoall_async(tensor, splits, name, process_set))
+    return _now(alltoall_async, tensor, splits, name, process_set)
 
 
 def reducescatter_async(tensor, name=None, op=Average, process_set=global_process_set,
@@ -335,8 +348,8 @@ def reducescatter(tensor, name=None, compression=Compression.none, op=Average,
     Parts follow ``numpy.array_split``: the first ``dim0 % size`` ranks get one more row.
     """
     compressed, ctx = compression.compress(tensor)
-    out = synchronize(reducescatter_async(compressed, name, op, process_set, prescale_factor,
-                                          postscale_factor))
+    out = _now(reducescatter_async, compressed, name, op, process_set, prescale_factor,
+                                          postscale_factor)
     return compression.decompress(out, ctx)
 
 
@@ -356,15 +369,15 @@ def grouped_reducescatter(tensors, name=None, compression=Compression.none, op=A
                           postscale_factor=1.0) -> list:
     """``reducescatter`` of each tensor of a list in one op; returns this rank's parts."""
     pairs = [compression.compress(t) for t in tensors]
-    outs = synchronize(grouped_reducescatter_async([p[0] for p in pairs], name, op, process_set,
-                                                   prescale_factor, postscale_factor))
+    outs = _now(grouped_reducescatter_async, [p[0] for p in pairs], name, op, process_set,
+                                                   prescale_factor, postscale_factor)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 
 # ------------------------------------------------------------------ barrier, join
 def barrier(process_set=global_process_set) -> None:
     """Return once every rank of the process set reached the barrier."""
-    synchronize(_submit(BARRIER, None, [], lambda outs: None, process_set))
+    _now(_submit, BARRIER, None, [], lambda outs: None, process_set)
 
 
 def join(device=-1) -> int:

@@ -14,6 +14,9 @@ class _Solo:
 
     rank, world_size, name, timeout = 0, 1, "solo", 300.0
 
+    def allreduce(self, t, op="sum", prescale=1.0, postscale=1.0):
+        return self.grouped_allreduce([t], op, prescale, postscale)[0]
+
     def grouped_allreduce(self, tensors, op="sum", prescale=1.0, postscale=1.0):
         for t in tensors:
             if prescale * postscale != 1.0:

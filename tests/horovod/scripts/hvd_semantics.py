@@ -56,10 +56,20 @@ for what, fn in cases.items():
     check(f"mismatch_{what}", attempt(fn) + [next_op_ok()])
 
 # ---------------------------------------------------------------- duplicate in-flight name
+# The checking rank submits "dup" while the others wait on "gate" (so "dup" cannot finish
+# yet), then submits it again: ValueError, as Horovod. Then it opens the gate.
 t = torch.ones(4)
-h = hvd.allreduce_async(t, name="duplicate_name", op=hvd.Sum)
-dup = attempt(lambda: hvd.allreduce_async(t, name="duplicate_name"))
-check("duplicate_name", [dup[1], hvd.synchronize(h).tolist(), next_op_ok()])
+dups = []
+for checker in (0, n - 1):
+    if r == checker:
+        h = hvd.allreduce_async(t, name=f"dup{checker}", op=hvd.Sum)
+        dups.append(attempt(lambda: hvd.allreduce_async(t, name=f"dup{checker}"))[1])
+        hvd.allreduce(t, name=f"gate{checker}")
+    else:
+        hvd.allreduce(t, name=f"gate{checker}")
+        h = hvd.allreduce_async(t, name=f"dup{checker}", op=hvd.Sum)
+    dups.append(hvd.synchronize(h).tolist())
+check("duplicate_name", [dups, next_op_ok()])
 
 # ---------------------------------------------------------------- integer average
 xi = torch.tensor([3 * r + 1, -(3 * r + 1), 7, -7], dtype=torch.int32)
