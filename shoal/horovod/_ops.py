@@ -227,8 +227,31 @@ def allgather_async(tensor, name=None, process_set=global_process_set) -> int:
     return _submit(ALLGATHER, name, [t], _cat, process_set, error=err)
 
 
+class _AllgatherFn(torch.autograd.Function):
+    """As Horovod's: the gradient is this rank's rows of the average of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor, name, process_set):
+        ctx.rows, ctx.process_set = tensor.shape[0], process_set
+        return _now(allgather_async, tensor, name, process_set)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ps = ctx.process_set
+        reduced = _now(allreduce_async, grad.contiguous(), op=Average, process_set=ps)
+        rows = _now(allgather_async, torch.tensor([ctx.rows]), process_set=ps)
+        me = engine_of(ps).set_ranks.index(_w().rank)
+        start = int(rows[:me].sum())
+        return reduced.narrow(0, start, ctx.rows), None, None
+
+
 def allgather(tensor, name=None, process_set=global_process_set):
-    """Every rank's ``tensor`` concatenated along dimension 0 (first dims may differ)."""
+    """Every rank's ``tensor`` concatenated along dimension 0 (first dims may differ).
+
+    Differentiable (as Horovod's).
+    """
+    if tensor.requires_grad and tensor.dim() > 0:
+        return _AllgatherFn.apply(tensor, name, process_set)
     return _now(allgather_async, tensor, name, process_set)
 
 
@@ -271,8 +294,26 @@ def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     return _now(broadcast_async_, tensor, root_rank, name, process_set)
 
 
+class _BroadcastFn(torch.autograd.Function):
+    """As Horovod's: the root's gradient is the average of every rank's, the others' zero."""
+
+    @staticmethod
+    def forward(ctx, tensor, root_rank, name, process_set):
+        ctx.root, ctx.process_set = root_rank, process_set
+        return _now(broadcast_async, tensor, root_rank, name, process_set)
+
+    @staticmethod
+    def backward(ctx, grad):
+        reduced = _now(allreduce_async, grad.contiguous(), op=Average, process_set=ctx.process_set)
+        if _w().rank != ctx.root:
+            reduced.zero_()
+        return reduced, None, None, None
+
+
 def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
-    """Rank ``root_rank``'s ``tensor`` on every rank (a new tensor)."""
+    """Rank ``root_rank``'s ``tensor`` on every rank (a new tensor). Differentiable."""
+    if tensor.requires_grad:
+        return _BroadcastFn.apply(tensor, root_rank, name, process_set)
     return _now(broadcast_async, tensor, root_rank, name, process_set)
 
 

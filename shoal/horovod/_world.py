@@ -346,7 +346,7 @@ def gloo_enabled() -> bool:
     w = _world
     comm = w.comm if w is not None else None
     return bool(comm is not None and getattr(comm, "backend", "") == "torch"
-                and getattr(comm, "device", "cpu") == "cpu")
+                and str(getattr(comm, "device", "cpu")).startswith("cpu"))
 
 
 def nccl_built() -> int:

@@ -170,9 +170,26 @@ def test_timeline_has_negotiate_and_op_rows_per_tensor(run):
                                   ["timed_tensor", "NEGOTIATE_ALLREDUCE"]]
 
 
+def test_init_again_with_process_sets(run):
+    n, out = run
+    for q in range(n):
+        assert out[q]["reinit_process_sets"] == [True, n, True, True]
+
+
 def test_introspection_is_truthful_for_shoal(run):
     n, out = run
     for q in range(n):
         # no MPI, no Gloo (the native backend), no oneCCL/DDL; mpi_threads_supported raises
         assert out[q]["introspection"][:5] == [False, False, False, False, False]
         assert out[q]["introspection"][6] == "ValueError"
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_horovod_style_torch_suite_passes_on_every_rank(ranks):
+    """Checks in the manner of Horovod's test_torch.py (dtypes, dims, fusion, grads, join)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-np", str(ranks),
+                        os.path.join(HERE, "scripts", "hvd_torch_suite.py")],
+                       capture_output=True, text=True, timeout=240, env=env, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert all(f"[{q}] OK" in r.stdout + r.stderr for q in range(ranks)), r.stderr[-4000:]

@@ -201,4 +201,12 @@ check("introspection", [hvd.mpi_built(), hvd.mpi_enabled(), hvd.gloo_enabled(),
                         hvd.ccl_built(), hvd.ddl_built(), hvd.rocm_built(),
                         attempt(hvd.mpi_threads_supported)[1]])
 hvd.shutdown()
+
+# ---------------------------------------------------------------- init again, with process sets
+given = [hvd.ProcessSet([0]), hvd.ProcessSet([n - 1])]
+hvd.init(process_sets=given)
+check("reinit_process_sets", [hvd.is_initialized(), hvd.global_process_set.size(),
+                              [ps.included() for ps in given] == [r == 0, r == n - 1],
+                              hvd.allreduce(ones, op=hvd.Sum).tolist() == [float(n)] * 3])
+hvd.shutdown()
 check("done", True)
