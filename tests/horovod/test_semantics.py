@@ -193,3 +193,15 @@ def test_horovod_style_torch_suite_passes_on_every_rank(ranks):
                        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT, check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert all(f"[{q}] OK" in r.stdout + r.stderr for q in range(ranks)), r.stderr[-4000:]
+
+
+def test_a_dead_rank_fails_the_pending_and_later_ops_with_a_clear_error():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-np", "2",
+                        os.path.join(HERE, "scripts", "hvd_dead_rank.py")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"\[0\] CHECK first CollectiveError: rank 1 .*died", r.stdout), r.stdout
+    assert re.search(r"\[0\] CHECK second CollectiveError: the Horovod engine stopped.*"
+                     r"hvd.shutdown\(\) and hvd.init\(\)", r.stdout), r.stdout
+    assert float(re.search(r"CHECK seconds ([\d.]+)", r.stdout).group(1)) < 60
