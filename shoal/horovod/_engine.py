@@ -94,7 +94,7 @@ def _spec_text(meta, what: str):
         return [s[1] for s in specs]
     if what == "trailing shape":
         return [s[1][1:] for s in specs]
-    if what == "rank count":
+    if what == "number of dimensions":
         return [len(s[1]) for s in specs]
     if what == "device":
         return [s[2] for s in specs]
@@ -107,9 +107,9 @@ def _spec_text(meta, what: str):
 _MUST_MATCH = {
     ALLREDUCE: ("tensor count", "dtype", "device", "shape", "reduce op",
                 "prescale/postscale factors"),
-    ALLGATHER: ("tensor count", "dtype", "device", "rank count", "trailing shape"),
+    ALLGATHER: ("tensor count", "dtype", "device", "number of dimensions", "trailing shape"),
     BROADCAST: ("tensor count", "dtype", "device", "shape", "root rank"),
-    ALLTOALL: ("tensor count", "dtype", "device", "rank count", "trailing shape"),
+    ALLTOALL: ("tensor count", "dtype", "device", "number of dimensions", "trailing shape"),
     REDUCESCATTER: ("tensor count", "dtype", "device", "shape", "reduce op"),
     BARRIER: (), JOIN: (), ADD_SET: ("process set ranks",), REMOVE_SET: ("process set ranks",),
 }
@@ -136,11 +136,14 @@ def check(key: str, entries: dict, set_ranks: list) -> str | None:
 
 
 class _Entry:
-    __slots__ = ("metas", "first", "order")
+    """A name in the table: each member's (description, local error), and when it was
+    first announced (for the stall timeout)."""
 
-    def __init__(self, first, order):
+    __slots__ = ("metas", "first")
+
+    def __init__(self, first: float):
         self.metas: dict[int, tuple] = {}
-        self.first, self.order = first, order
+        self.first = first
 
 
 class Engine:
@@ -150,7 +153,7 @@ class Engine:
         self.comm = comm
         self.rank, self.size = comm.rank, comm.world_size
         self.set_ranks = set_ranks            # global rank of each member
-        self.timeline = timeline              # a callable(name, kind, t_submit, t_ready) or None
+        self.timeline = timeline    # callable(name, kind, t_submit, t_start, t_end) or None
         self.stall_s = float(os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS") or
                              max(60.0, getattr(comm, "timeout", 300.0)))
         self._cond = threading.Condition()
@@ -284,13 +287,13 @@ class Engine:
         msgs = self._exchange(msg) if self.size > 1 else [msg]
         self._rounds += 1
         now = max(m[4] for m in msgs)
-        for member, (joined, reqs, _, _, sent) in enumerate(msgs):
-            if joined and member not in self._joined:
+        for member, (has_joined, reqs, _, _, sent) in enumerate(msgs):
+            if has_joined and member not in self._joined:
                 self._joined[member] = self._rounds
             for key, meta, err in reqs:
                 e = self._table.get(key)
                 if e is None:
-                    e = self._table[key] = _Entry(sent, len(self._table) + self._rounds * 1_000_000)
+                    e = self._table[key] = _Entry(sent)
                 e.metas[member] = (meta, err)
         working = [m for m in range(self.size) if m not in self._joined]
         ready = [k for k, e in self._table.items() if all(w in e.metas for w in working)]

@@ -227,6 +227,12 @@ def cross_size() -> int:
     return _w().cross_size
 
 
+def is_homogeneous() -> bool:
+    """True if every host runs the same number of processes (always, under ``shoal launch``)."""
+    w = _w()
+    return w.size == w.local_size * w.cross_size
+
+
 # ------------------------------------------------------------------ process sets
 def engine_of(process_set) -> Engine:
     """The engine that runs ``process_set``'s ops on this rank (ValueError if not a member)."""
