@@ -284,23 +284,22 @@ class Engine:
         joined = self._join_req is not None
         announce = [(r.key, r.meta, r.error) for r in new if r.kind != JOIN]
         msg = (joined, announce, blocked, self._noname, time.time())
-        msgs = self._exchange(msg) if self.size > 1 else [msg]
+        msgs, now = self._exchange(msg) if self.size > 1 else ([msg], msg[4])
         self._rounds += 1
-        now = max(m[4] for m in msgs)
-        for member, (has_joined, reqs, _, _, sent) in enumerate(msgs):
+        for member, (has_joined, reqs, _, _, _) in enumerate(msgs):
             if has_joined and member not in self._joined:
                 self._joined[member] = self._rounds
             for key, meta, err in reqs:
                 e = self._table.get(key)
                 if e is None:
-                    e = self._table[key] = _Entry(sent)
+                    e = self._table[key] = _Entry(now)   # the same clock everywhere
                 e.metas[member] = (meta, err)
         working = [m for m in range(self.size) if m not in self._joined]
         ready = [k for k, e in self._table.items() if all(w in e.metas for w in working)]
-        failed: dict[str, str] = {}
-        if not ready and working:
-            failed = self._stalls(msgs, working, now)
-        self._run([(k, self._table.pop(k)) for k in ready])
+        ready_entries = [(k, self._table.pop(k)) for k in ready]
+        failed = self._stalls(msgs, working, now, deadlock=not ready) if working and self._table \
+            else {}
+        self._run(ready_entries)
         for k, why in failed.items():
             self._table.pop(k, None)
             self._finish_error(k, CollectiveError(why))
@@ -308,24 +307,26 @@ class Engine:
             self._finish_join(msgs)
         return bool(ready or failed or not working)
 
-    def _exchange(self, msg) -> list:
-        """Every member's message. The common round (every rank announces the same new ops,
+    def _exchange(self, msg) -> tuple[list, float]:
+        """Every member's message, and the latest clock among them. The common round (every rank announces the same new ops,
         none joined) costs one 16-byte allreduce of a digest; otherwise the messages are
         allgathered (joins, mismatches, ops in different orders, stalls)."""
         joined, announce = msg[0], msg[1]
         # every rank takes the same path: the digest covers all that decides it
         blob = pickle.dumps((joined, announce), protocol=5)
         h = int.from_bytes(hashlib.blake2b(blob, digest_size=7).digest(), "little")
-        v = np.array([h, -h], np.int64)
+        # the latest clock of any rank comes along, so stall verdicts agree everywhere
+        v = np.array([h, -h, int(msg[4] * 1000)], np.int64)
         self.comm.allreduce(v, op="max")
         if int(v[0]) == -int(v[1]) and announce and not joined and not self._joined:
-            return [msg] * self.size        # max == min: every rank sent this very list
-        return self.comm.allgather_object(msg)
+            return [msg] * self.size, int(v[2]) / 1000   # max == min: every rank sent this list
+        msgs = self.comm.allgather_object(msg)
+        return msgs, max(m[4] for m in msgs)
 
-    def _stalls(self, msgs, working, now) -> dict:
+    def _stalls(self, msgs, working, now, deadlock: bool) -> dict:
         """Names that can never become ready: the same verdict on every rank."""
         waits = {w: msgs[w][2] for w in working}
-        if all(waits.values()):
+        if deadlock and all(waits.values()):
             # every working rank waits on an op the others have not issued: a deadlock
             calls = ", ".join(f"rank {self.set_ranks[w]} waits for {v[0]!r}" for w, v in waits.items())
             why = (f"Mismatched Horovod tensor names: {calls}, and none of them was submitted by "

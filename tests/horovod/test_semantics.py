@@ -205,3 +205,14 @@ def test_a_dead_rank_fails_the_pending_and_later_ops_with_a_clear_error():
     assert re.search(r"\[0\] CHECK second CollectiveError: the Horovod engine stopped.*"
                      r"hvd.shutdown\(\) and hvd.init\(\)", r.stdout), r.stdout
     assert float(re.search(r"CHECK seconds ([\d.]+)", r.stdout).group(1)) < 60
+
+
+def test_an_op_some_ranks_never_issue_fails_after_the_stall_timeout():
+    env = dict(os.environ, PYTHONPATH=ROOT, HOROVOD_STALL_SHUTDOWN_TIME_SECONDS="1")
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-np", "2",
+                        os.path.join(HERE, "scripts", "hvd_stall.py")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"\[0\] CHECK lonely CollectiveError: tensor 'lonely' was submitted by "
+                     r"ranks \[0\] but not by ranks \[1\]", r.stdout), r.stdout
+    assert "[0] CHECK after [2.0]" in r.stdout and "[1] CHECK after [2.0]" in r.stdout
