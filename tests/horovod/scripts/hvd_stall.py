@@ -9,10 +9,12 @@ import shoal.horovod as hvd
 hvd.init()
 r = hvd.rank()
 h = hvd.allreduce_async(torch.ones(2), name="lonely") if r == 0 else None
-t0, i = time.monotonic(), 0
-while time.monotonic() - t0 < 3.0:
+t0, i, go = time.monotonic(), 0, True
+while go:     # rank 0's clock decides for everyone when to stop
     hvd.allreduce(torch.ones(1), name=f"tick.{i}")
-    i = int(hvd.broadcast(torch.tensor([i + 1]), root_rank=0, name=f"step.{i}")[0])
+    go = bool(hvd.broadcast(torch.tensor([time.monotonic() - t0 < 3.0]), root_rank=0,
+                            name=f"step.{i}")[0])
+    i += 1
 if r == 0:
     try:
         hvd.synchronize(h)
