@@ -184,3 +184,31 @@ def test_host_plan_places_processes_in_order_and_finds_this_host():
         plan_hosts(hosts, 4, local_names={"c"})
     with pytest.raises(ValueError, match="slots must be an integer"):
         parse_hosts("a:x")
+
+
+def test_two_hosts_from_h_run_as_two_nodes():
+    # the same command line on each "host" (both loopback here, so --node-rank says which)
+    import secrets
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT, SHOAL_SECRET=secrets.token_hex(32))
+    procs = [subprocess.Popen([sys.executable, "-m", "shoal.launch", "-np", "2",
+                               "-H", "127.0.0.1:1,127.0.0.1:1", "--node-rank", str(node),
+                               "--rdzv", f"127.0.0.1:{port}", _script("print_env.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=ROOT)
+             for node in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    for node, (out, _) in enumerate(outs):
+        env_of = _envs(out)[node]
+        assert env_of["HOROVOD_RANK"] == env_of["OMPI_COMM_WORLD_RANK"] == str(node)
+        assert env_of["HOROVOD_SIZE"] == "2" and env_of["HOROVOD_LOCAL_SIZE"] == "1"
+        assert env_of["HOROVOD_CROSS_RANK"] == str(node) and env_of["HOROVOD_CROSS_SIZE"] == "2"
