@@ -115,7 +115,7 @@ def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                postscale_factor=1.0, process_set=global_process_set):
     """Allreduce ``tensor`` in place over the process set's ranks; returns ``tensor``."""
     return _now(allreduce_async_, tensor, average, name, op, prescale_factor,
-                                        postscale_factor, process_set)
+                postscale_factor, process_set)
 
 
 class _AllreduceFn(torch.autograd.Function):
@@ -125,13 +125,13 @@ class _AllreduceFn(torch.autograd.Function):
     def forward(ctx, tensor, op, prescale, postscale, name, process_set):
         ctx.args = (op, prescale, postscale, process_set)
         return _now(allreduce_async, tensor, op=op, name=name, prescale_factor=prescale,
-                                           postscale_factor=postscale, process_set=process_set)
+                    postscale_factor=postscale, process_set=process_set)
 
     @staticmethod
     def backward(ctx, grad):
         op, pre, post, ps = ctx.args
         return (_now(allreduce_async, grad.contiguous(), op=op, prescale_factor=pre,
-                                            postscale_factor=post, process_set=ps),
+                     postscale_factor=post, process_set=ps),
                 None, None, None, None, None)
 
 
@@ -149,9 +149,8 @@ def allreduce(tensor, average=None, name=None, compression=Compression.none, op=
                                  process_set)
     else:
         out = _now(allreduce_async, compressed, op=op, name=name,
-                                          prescale_factor=prescale_factor,
-                                          postscale_factor=postscale_factor,
-                                          process_set=process_set)
+                   prescale_factor=prescale_factor, postscale_factor=postscale_factor,
+                   process_set=process_set)
     return compression.decompress(out, ctx)
 
 
@@ -174,7 +173,7 @@ def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_facto
                        postscale_factor=1.0, process_set=global_process_set):
     """Allreduce a list of tensors in place as one fused op; returns the list."""
     return _now(grouped_allreduce_async_, tensors, average, name, op, prescale_factor,
-                                                postscale_factor, process_set)
+                postscale_factor, process_set)
 
 
 def grouped_allreduce(tensors, average=None, name=None, compression=Compression.none, op=None,
@@ -182,7 +181,7 @@ def grouped_allreduce(tensors, average=None, name=None, compression=Compression.
     """Allreduce a list of tensors as one fused operation; returns new tensors."""
     pairs = [compression.compress(t) for t in tensors]
     outs = _now(grouped_allreduce_async, [p[0] for p in pairs], average, name, op,
-                                               prescale_factor, postscale_factor, process_set)
+                prescale_factor, postscale_factor, process_set)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 
@@ -369,8 +368,30 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
                    process_set, error=err, splits=send)
 
 
+class _AlltoallFn(torch.autograd.Function):
+    """The gradient of the received rows goes back to their senders: an alltoall."""
+
+    @staticmethod
+    def forward(ctx, tensor, splits, name, process_set):
+        out, received = _now(alltoall_async, tensor, splits, name, process_set)
+        ctx.received, ctx.process_set = received, process_set
+        ctx.mark_non_differentiable(received)
+        return out, received
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        back, _ = _now(alltoall_async, grad.contiguous(), ctx.received,
+                       process_set=ctx.process_set)
+        return back, None, None, None
+
+
 def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
-    """Rows ``splits[q]`` of ``tensor`` go to rank q; returns (received rows, received splits)."""
+    """Rows ``splits[q]`` of ``tensor`` go to rank q; returns (received rows, received splits).
+
+    Differentiable in ``tensor``.
+    """
+    if tensor.requires_grad:
+        return _AlltoallFn.apply(tensor, splits, name, process_set)
     return _now(alltoall_async, tensor, splits, name, process_set)
 
 
@@ -389,11 +410,34 @@ def reducescatter(tensor, name=None, compression=Compression.none, op=Average,
     """Reduce ``tensor`` over the ranks; this rank gets its part along dimension 0.
 
     Parts follow ``numpy.array_split``: the first ``dim0 % size`` ranks get one more row.
+    Differentiable for Average and Sum.
     """
     compressed, ctx = compression.compress(tensor)
-    out = _now(reducescatter_async, compressed, name, op, process_set, prescale_factor,
-                                          postscale_factor)
+    if compressed.requires_grad and op in (Average, Sum):
+        out = _ReducescatterFn.apply(compressed, name, op, process_set, prescale_factor,
+                                     postscale_factor)
+    else:
+        out = _now(reducescatter_async, compressed, name, op, process_set, prescale_factor,
+                   postscale_factor)
     return compression.decompress(out, ctx)
+
+
+class _ReducescatterFn(torch.autograd.Function):
+    """Each input row reaches one rank's part: the gradient is every part's gradient,
+    allgathered (scaled as the forward scaled)."""
+
+    @staticmethod
+    def forward(ctx, tensor, name, op, process_set, pre, post):
+        ctx.args = (op, process_set, pre * post)
+        return _now(reducescatter_async, tensor, name, op, process_set, pre, post)
+
+    @staticmethod
+    def backward(ctx, grad):
+        op, ps, scale = ctx.args
+        full = _now(allgather_async, grad.contiguous(), process_set=ps)
+        if op == Average:
+            scale /= len(engine_of(ps).set_ranks)
+        return (full * scale if scale != 1.0 else full), None, None, None, None, None
 
 
 def grouped_reducescatter_async(tensors, name=None, op=Average, process_set=global_process_set,
@@ -413,7 +457,7 @@ def grouped_reducescatter(tensors, name=None, compression=Compression.none, op=A
     """``reducescatter`` of each tensor of a list in one op; returns this rank's parts."""
     pairs = [compression.compress(t) for t in tensors]
     outs = _now(grouped_reducescatter_async, [p[0] for p in pairs], name, op, process_set,
-                                                   prescale_factor, postscale_factor)
+                prescale_factor, postscale_factor)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 

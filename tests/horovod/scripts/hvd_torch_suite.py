@@ -109,6 +109,23 @@ class HorovodTorchTests(unittest.TestCase):
             self.assertTrue(torch.all(out == self.rank))
             self.assertEqual(out.shape[0], (self.rank + 1) * self.size)
 
+    def test_alltoall_grad(self):
+        vals = torch.cat([torch.full([r + 1, 2], float(self.rank)) for r in range(self.size)])
+        vals.requires_grad_()
+        splits = torch.tensor([r + 1 for r in range(self.size)], dtype=torch.int32)
+        out, _ = hvd.alltoall(vals, splits)
+        (out * (self.rank + 1)).sum().backward()     # rows sent to rank q get gradient q + 1
+        want = torch.cat([torch.full([q + 1, 2], float(q + 1)) for q in range(self.size)])
+        self.assertTrue(torch.equal(vals.grad, want))
+
+    def test_reducescatter_grad(self):
+        for op, scale in ((hvd.Sum, 1.0), (hvd.Average, 1.0 / self.size)):
+            t = torch.ones([self.size * 2, 3], requires_grad=True)
+            part = hvd.reducescatter(t, op=op)
+            (part * (self.rank + 1)).sum().backward()
+            want = torch.cat([torch.full([2, 3], (q + 1) * scale) for q in range(self.size)])
+            self.assertTrue(torch.allclose(t.grad, want), op)
+
     def test_reducescatter(self):
         for dtype in INTS + FLOATS:
             t = _random([self.size * 4, 3], dtype)
