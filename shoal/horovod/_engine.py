@@ -1,10 +1,12 @@
 """Horovod's coordinator on a shoal communicator: ops matched by name, checked on every rank.
 
 Each process set has one ``Engine``. An op call submits a ``Request`` and
-returns; the engine's thread runs *rounds*: every rank publishes the requests
-it submitted since its last round (name, kind, dtypes, shapes, reduce op,
-root, scale factors: a few hundred bytes) in one small allgather, and every
-rank adds them to the same table. A name is *ready* once every rank that has
+returns; rounds run on the engine's thread (or on the caller's, when it waits
+for its op at once): every rank publishes the requests it submitted since its
+last round (name, kind, dtypes, shapes, reduce op, root, scale factors) and
+every rank adds them to the same table. The common round, where every rank
+announces the same list, costs one 24-byte allreduce (a digest of the list,
+its negation and the clock); any other round allgathers the lists. A name is *ready* once every rank that has
 not joined has submitted it; every rank then takes the ready names in the
 same order and either runs them (consecutive allreduces with the same dtype,
 op and scale factors as one grouped collective: tensor fusion) or, when the
@@ -33,7 +35,7 @@ import torch
 
 from shoal.exceptions import CollectiveError
 
-# what must agree across ranks, per kind (beyond the kind itself)
+# request kinds
 ALLREDUCE, ALLGATHER, BROADCAST, ALLTOALL, REDUCESCATTER, BARRIER, JOIN, ADD_SET, REMOVE_SET = (
     "allreduce", "allgather", "broadcast", "alltoall", "reducescatter", "barrier", "join",
     "add_process_set", "remove_process_set")
@@ -104,6 +106,7 @@ def _spec_text(meta, what: str):
             "process set ranks": extra}[what]
 
 
+# what must agree across ranks, per kind (beyond the kind itself)
 _MUST_MATCH = {
     ALLREDUCE: ("tensor count", "dtype", "device", "shape", "reduce op",
                 "prescale/postscale factors"),
@@ -309,7 +312,7 @@ class Engine:
 
     def _exchange(self, msg) -> tuple[list, float]:
         """Every member's message, and the latest clock among them. The common round (every rank announces the same new ops,
-        none joined) costs one 16-byte allreduce of a digest; otherwise the messages are
+        none joined) costs one 24-byte allreduce of a digest; otherwise the messages are
         allgathered (joins, mismatches, ops in different orders, stalls)."""
         joined, announce = msg[0], msg[1]
         # every rank takes the same path: the digest covers all that decides it
