@@ -3,6 +3,7 @@
     shoal --version
     shoal info                    the embedded cluster's resources
     shoal launch -n 2 train.py    run a script on N processes (torchrun's job)
+    shoal launch -np 2 python train.py   the same in horovodrun's / mpirun's form (any command)
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="start the embedded cluster and print its resources")
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--json", action="store_true")
-    sub.add_parser("launch", help="run a script on N processes: shoal launch -n N script.py ARGS")
+    sub.add_parser("launch", help="run a script or command on N processes: shoal launch -n N "
+                                  "script.py ARGS, or -np N [-H host:slots,...] python script.py")
     args = ap.parse_args(argv)
     if args.cmd == "info":
         return _info(args)

@@ -1,11 +1,22 @@
-"""``shoal launch``: run a script on N processes (what torchrun and horovodrun do).
+"""``shoal launch``: run a script on N processes (what torchrun, horovodrun and mpirun do).
 
-    shoal launch -n 4 train.py --lr 0.1
+    shoal launch -n 4 train.py --lr 0.1                 # torchrun's form
+    shoal launch -np 4 python train.py --lr 0.1         # horovodrun's / mpirun's: any command
     shoal launch -n 2 --nnodes 2 --node-rank 0 --rdzv 10.0.0.1:29400 train.py   # on each node
+    shoal launch -np 4 -H host1:2,host2:2 python train.py   # on each host (or --hostfile)
+
+A script ending in ``.py`` runs with this Python; anything else is a command
+(``python train.py``, ``./run.sh``). With ``-H``/``--hostfile``, ``-np`` is
+the job's total, hosts are filled in order up to their slots, and the same
+command line is run on every listed host (shoal does not ssh): each finds its
+place by its host name or address (or ``--node-rank``) and the launchers meet
+at ``--rdzv`` (default: the first host, port 29400).
 
 Every process gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
-MASTER_ADDR, MASTER_PORT (torch.distributed's env:// init) and the SHOAL_*
-twins plus a per-job SHOAL_SECRET (shoal.collective.init_group_from_env,
+MASTER_ADDR, MASTER_PORT (torch.distributed's env:// init), Horovod's
+HOROVOD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE/CROSS_RANK/CROSS_SIZE, MPI-style
+OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE and PMI_RANK/PMI_SIZE, and
+the SHOAL_* twins plus a per-job SHOAL_SECRET (shoal.collective.init_group_from_env,
 shoal.train, shoal.horovod: rank 0 hosts an authenticated TCPStore on
 SHOAL_MASTER_ADDR:SHOAL_MASTER_PORT). Output lines are prefixed with the
 rank. When a process fails the others are stopped; with --max-restarts the
@@ -21,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,14 +41,22 @@ import threading
 import time
 
 _GRACE_S = 5.0
+_RDZV_PORT = 29400
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shoal launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("-n", "--nproc", "--nproc-per-node", "-np", dest="nproc", type=int, required=True,
-                   help="processes on this node")
+    p.add_argument("-n", "--nproc", "--nproc-per-node", "-np", "--num-proc", dest="nproc",
+                   type=int, required=True,
+                   help="processes on this node (with -H/--hostfile: in the whole job)")
+    p.add_argument("-H", "--hosts", default=None,
+                   help="host1:slots,host2:slots (horovodrun/mpirun form); run the same "
+                        "command on every listed host")
+    p.add_argument("--hostfile", default=None,
+                   help="a file of hosts, one a line: 'host slots=N', 'host:N' or 'host'")
     p.add_argument("--nnodes", type=int, default=1, help="nodes in the job (default 1)")
-    p.add_argument("--node-rank", type=int, default=0, help="this node's rank (0..nnodes-1)")
+    p.add_argument("--node-rank", type=int, default=None,
+                   help="this node's rank (0..nnodes-1; default 0, or found in -H)")
     p.add_argument("--rdzv", default=None,
                    help="HOST:PORT where node 0's launcher hosts the launchers' store "
                         "(needed with --nnodes > 1)")
@@ -47,9 +67,123 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefix", action="store_true", help="do not prefix output with ranks")
     p.add_argument("-m", dest="module", action="store_true",
                    help="run the script argument as a module (python -m)")
-    p.add_argument("script", help="the Python script (or module with -m)")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script")
+    p.add_argument("script", help="the Python script (or module with -m), or a command")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the script or command")
     return p
+
+
+def parse_hosts(spec: str) -> list[tuple[str, int]]:
+    """``"h1:2,h2"`` (or a hostfile's lines) as [(host, slots)]; a host without slots has 1."""
+    out = []
+    for item in spec.replace("\n", ",").split(","):
+        item = item.split("#", 1)[0].strip()
+        if not item:
+            continue
+        host, slots = item, "1"
+        if "slots=" in item:
+            host, slots = item.split()[0], item.split("slots=", 1)[1].split()[0]
+        elif ":" in item:
+            host, slots = item.rsplit(":", 1)
+        try:
+            n = int(slots)
+        except ValueError:
+            raise ValueError(f"bad host entry {item!r}: slots must be an integer "
+                             "(host:N or 'host slots=N')") from None
+        if n < 1 or not host:
+            raise ValueError(f"bad host entry {item!r}: need a host name and slots >= 1")
+        out.append((host.strip(), n))
+    if not out:
+        raise ValueError("no hosts given; pass -H host1:2,host2:2 or a --hostfile")
+    return out
+
+
+def _local_names() -> set[str]:
+    names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+    try:
+        names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    return names
+
+
+def plan_hosts(hosts: list[tuple[str, int]], total: int, node_rank: int | None = None,
+               local_names: set[str] | None = None) -> tuple[int, int, int, str]:
+    """Place ``total`` processes on ``hosts`` in order, up to each host's slots.
+
+    Returns (processes per node, number of nodes, this node's rank, first host).
+    Every node runs the same number of processes (the launchers number ranks
+    node by node); this node is ``node_rank`` or the host that names this machine.
+
+    Raises:
+        ValueError: more processes than slots, uneven placement, or this machine
+            is not among the hosts.
+    """
+    if total < 1:
+        raise ValueError(f"-np must be >= 1, got {total}")
+    left, counts = total, []
+    for host, slots in hosts:
+        take = min(slots, left)
+        if take:
+            counts.append((host, take))
+        left -= take
+    if left:
+        raise ValueError(f"-np {total} needs more slots than the hosts give "
+                         f"({sum(s for _, s in hosts)}: {', '.join(f'{h}:{s}' for h, s in hosts)})")
+    per = {c for _, c in counts}
+    if len(per) > 1:
+        raise ValueError("shoal launch runs the same number of processes on every host; "
+                         f"-np {total} on these hosts gives {', '.join(f'{h}:{c}' for h, c in counts)}; "
+                         "change -np or the slots")
+    if node_rank is None:
+        if len(counts) == 1:
+            node_rank = 0
+        else:
+            local = _local_names() if local_names is None else local_names
+            mine = [i for i, (h, _) in enumerate(counts) if h in local]
+            if len(mine) != 1:
+                raise ValueError(
+                    f"cannot tell which of the hosts {[h for h, _ in counts]} this machine is "
+                    f"(its names: {sorted(local)}); run shoal launch on each host with "
+                    "--node-rank, or name the hosts as they resolve here")
+            node_rank = mine[0]
+    if not 0 <= node_rank < len(counts):
+        raise ValueError(f"--node-rank {node_rank} is not one of the {len(counts)} hosts")
+    return per.pop(), len(counts), node_rank, counts[0][0]
+
+
+def _apply_hosts(args) -> None:
+    """-H/--hostfile: turn the job's total and its hosts into this node's arguments."""
+    if not (args.hosts or args.hostfile):
+        if args.node_rank is None:
+            args.node_rank = 0
+        return
+    if args.hosts and args.hostfile:
+        raise SystemExit("shoal launch: pass -H or --hostfile, not both")
+    if args.hostfile:
+        try:
+            with open(args.hostfile) as f:
+                spec = f.read()
+        except OSError as e:
+            raise SystemExit(f"shoal launch: cannot read --hostfile {args.hostfile!r}: {e}") from None
+    else:
+        spec = args.hosts
+    try:
+        per, nnodes, node_rank, first = plan_hosts(parse_hosts(spec), args.nproc, args.node_rank)
+    except ValueError as e:
+        raise SystemExit(f"shoal launch: {e}") from None
+    args.nproc, args.nnodes, args.node_rank = per, nnodes, node_rank
+    if nnodes > 1 and not args.rdzv:
+        args.rdzv = f"{first}:{_RDZV_PORT}"
+
+
+def command(args) -> list[str]:
+    """The command each process runs: a ``.py`` script (or ``-m`` module) with this
+    Python, anything else as a command found on PATH."""
+    if args.module:
+        return [sys.executable, "-u", "-m", args.script] + list(args.args)
+    if args.script.endswith(".py"):
+        return [sys.executable, "-u", args.script] + list(args.args)
+    return [args.script] + list(args.args)
 
 
 def _free_port(host: str) -> int:
@@ -131,6 +265,13 @@ class Launcher:
         for k, v in common.items():
             env[k] = str(v)
             env["SHOAL_" + k] = str(v)
+        # what Horovod, MPI-style (Open MPI, PMI) programs read
+        place = {"RANK": rank, "SIZE": self.world, "LOCAL_RANK": local_rank, "LOCAL_SIZE": a.nproc}
+        for k, v in place.items():
+            env["HOROVOD_" + k] = env["OMPI_COMM_WORLD_" + k] = str(v)
+        env.update({"HOROVOD_CROSS_RANK": str(a.node_rank), "HOROVOD_CROSS_SIZE": str(a.nnodes),
+                    "HOROVOD_HOSTNAME": socket.gethostname(), "PMI_RANK": str(rank),
+                    "PMI_SIZE": str(self.world)})
         env.update({"GROUP_RANK": str(a.node_rank), "SHOAL_MASTER_PORT": str(shoal_port),
                     "SHOAL_SECRET": self.secret, "SHOAL_RESTART_COUNT": str(round_),
                     "TORCHELASTIC_RESTART_COUNT": str(round_), "SHOAL_JOB_NAME": self.job,
@@ -143,8 +284,7 @@ class Launcher:
 
     def _start(self, round_: int) -> None:
         shoal_port, torch_port = self._ports(round_)
-        cmd = [sys.executable, "-u"] + (["-m"] if self.args.module else []) + \
-              [self.args.script] + list(self.args.args)
+        cmd = command(self.args)
         self.procs = []
         for lr in range(self.args.nproc):
             env = self._env(lr, round_, shoal_port, torch_port)
@@ -261,8 +401,14 @@ def _say(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``shoal launch``; returns the exit code (the failing process's)."""
     args = _parser().parse_args(argv)
-    if not args.module and not os.path.exists(args.script):
-        _parser().error(f"script {args.script!r} does not exist")
+    if not args.module:
+        if args.script.endswith(".py"):
+            if not os.path.exists(args.script):
+                _parser().error(f"script {args.script!r} does not exist")
+        elif shutil.which(args.script) is None:
+            _parser().error(f"command {args.script!r} not found (not an executable file, nor on "
+                            "PATH); pass a .py script or a command such as 'python train.py'")
+    _apply_hosts(args)
     return Launcher(args).run()
 
 

@@ -1,10 +1,12 @@
 """Horovod's coordinator on a shoal communicator: ops matched by name, checked on every rank.
 
 Each process set has one ``Engine``. An op call submits a ``Request`` and
-returns; the engine's thread runs *rounds*: every rank publishes the requests
-it submitted since its last round (name, kind, dtypes, shapes, reduce op,
-root, scale factors: a few hundred bytes) in one small allgather, and every
-rank adds them to the same table. A name is *ready* once every rank that has
+returns; rounds run on the engine's thread (or on the caller's, when it waits
+for its op at once): every rank publishes the requests it submitted since its
+last round (name, kind, dtypes, shapes, reduce op, root, scale factors) and
+every rank adds them to the same table. The common round, where every rank
+announces the same list, costs one 24-byte allreduce (a digest of the list,
+its negation and the clock); any other round allgathers the lists. A name is *ready* once every rank that has
 not joined has submitted it; every rank then takes the ready names in the
 same order and either runs them (consecutive allreduces with the same dtype,
 op and scale factors as one grouped collective: tensor fusion) or, when the
@@ -21,16 +23,19 @@ raise. A name that some ranks never submit fails after the stall timeout.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import threading
 import time
 from collections import deque
 
+import numpy as np
 import torch
 
 from shoal.exceptions import CollectiveError
 
-# what must agree across ranks, per kind (beyond the kind itself)
+# request kinds
 ALLREDUCE, ALLGATHER, BROADCAST, ALLTOALL, REDUCESCATTER, BARRIER, JOIN, ADD_SET, REMOVE_SET = (
     "allreduce", "allgather", "broadcast", "alltoall", "reducescatter", "barrier", "join",
     "add_process_set", "remove_process_set")
@@ -50,7 +55,7 @@ class Request:
         self.op, self.root, self.pre, self.post, self.extra = op, root, float(pre), float(post), extra
         self.error = error          # a local input error: every rank raises it
         self.splits = None          # alltoall: this rank's send counts (may differ by rank)
-        self.handle = Handle(self)
+        self.handle = Handle()
         self.t0 = time.perf_counter()
         specs = tuple((str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type)
                       for t in self.tensors)
@@ -60,8 +65,7 @@ class Request:
 class Handle:
     """Completion of one request: ``wait()`` returns its outputs or raises its error."""
 
-    def __init__(self, request):
-        self.request = request
+    def __init__(self):
         self.event = threading.Event()
         self.result = None
         self.error: BaseException | None = None
@@ -76,13 +80,7 @@ class Handle:
         are bounded by the communicator's timeout and the stall timeout)."""
         self.waiting = True
         try:
-            deadline = None if bound is None else time.monotonic() + bound
-            while not self.event.wait(0.5):
-                if engine.broken is not None and not self.event.is_set():
-                    raise CollectiveError(f"the Horovod engine stopped: {engine.broken}")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise CollectiveError(f"Horovod op did not finish within {bound:.0f}s; check "
-                                          "that every rank issues it")
+            engine.drive(self, None if bound is None else time.monotonic() + bound)
         finally:
             self.waiting = False
         if self.error is not None:
@@ -98,7 +96,7 @@ def _spec_text(meta, what: str):
         return [s[1] for s in specs]
     if what == "trailing shape":
         return [s[1][1:] for s in specs]
-    if what == "rank count":
+    if what == "number of dimensions":
         return [len(s[1]) for s in specs]
     if what == "device":
         return [s[2] for s in specs]
@@ -108,12 +106,13 @@ def _spec_text(meta, what: str):
             "process set ranks": extra}[what]
 
 
+# what must agree across ranks, per kind (beyond the kind itself)
 _MUST_MATCH = {
     ALLREDUCE: ("tensor count", "dtype", "device", "shape", "reduce op",
                 "prescale/postscale factors"),
-    ALLGATHER: ("tensor count", "dtype", "device", "rank count", "trailing shape"),
+    ALLGATHER: ("tensor count", "dtype", "device", "number of dimensions", "trailing shape"),
     BROADCAST: ("tensor count", "dtype", "device", "shape", "root rank"),
-    ALLTOALL: ("tensor count", "dtype", "device", "rank count", "trailing shape"),
+    ALLTOALL: ("tensor count", "dtype", "device", "number of dimensions", "trailing shape"),
     REDUCESCATTER: ("tensor count", "dtype", "device", "shape", "reduce op"),
     BARRIER: (), JOIN: (), ADD_SET: ("process set ranks",), REMOVE_SET: ("process set ranks",),
 }
@@ -140,11 +139,14 @@ def check(key: str, entries: dict, set_ranks: list) -> str | None:
 
 
 class _Entry:
-    __slots__ = ("metas", "first", "order")
+    """A name in the table: each member's (description, local error), and when it was
+    first announced (for the stall timeout)."""
 
-    def __init__(self, first, order):
+    __slots__ = ("metas", "first")
+
+    def __init__(self, first: float):
         self.metas: dict[int, tuple] = {}
-        self.first, self.order = first, order
+        self.first = first
 
 
 class Engine:
@@ -154,7 +156,7 @@ class Engine:
         self.comm = comm
         self.rank, self.size = comm.rank, comm.world_size
         self.set_ranks = set_ranks            # global rank of each member
-        self.timeline = timeline              # a callable(name, kind, t_submit, t_ready) or None
+        self.timeline = timeline    # callable(name, kind, t_submit, t_start, t_end) or None
         self.stall_s = float(os.environ.get("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS") or
                              max(60.0, getattr(comm, "timeout", 300.0)))
         self._cond = threading.Condition()
@@ -166,6 +168,7 @@ class Engine:
         self._rounds = 0
         self._noname = 0
         self._thread: threading.Thread | None = None
+        self._round_lock = threading.Lock()  # one thread runs rounds at a time
         self._closed = False
         self.broken: str | None = None
 
@@ -176,7 +179,9 @@ class Engine:
             self._noname += 1
             return f"noname.{self._noname}"
 
-    def submit(self, req: Request) -> Handle:
+    def submit(self, req: Request, wake: bool = True) -> Handle:
+        """Queue ``req``; ``wake=False`` when the caller waits for it at once (it then runs
+        the rounds itself, saving two thread switches per synchronous op)."""
         with self._cond:
             if self.broken is not None:
                 raise CollectiveError(f"the Horovod engine stopped: {self.broken}; call "
@@ -188,12 +193,45 @@ class Engine:
                     "another tensor, use a different tensor name.")
             self._mine[req.key] = req
             self._new.append(req)
-            if self.size == 1:
-                self._round()           # no one to agree with: run it now, in this thread
-            else:
+            if self.size > 1:
                 self._start()
-                self._cond.notify_all()
+                if wake:
+                    self._cond.notify_all()
+        if self.size == 1:
+            self._safe_round()          # no one to agree with: run it now, in this thread
         return req.handle
+
+    def drive(self, handle: Handle, deadline: float | None) -> None:
+        """Wait for ``handle``, running rounds in this thread while no other thread does."""
+        idle = 0
+        while not handle.event.is_set():
+            if self.broken is not None:
+                raise CollectiveError(f"the Horovod engine stopped: {self.broken}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise CollectiveError("Horovod op did not finish in time; check that every "
+                                      "rank issues it")
+            if self._round_lock.acquire(blocking=False):
+                try:
+                    progressed = handle.event.is_set() or self._safe_round()
+                finally:
+                    self._round_lock.release()
+                idle = 0 if progressed else min(idle + 1, 20)
+                if idle:
+                    handle.event.wait(0.0005 * idle)
+            else:   # the engine's thread is in a round: it goes on while requests are pending
+                handle.event.wait(0.05)
+
+    def _safe_round(self) -> bool:
+        with self._cond:
+            if not self._mine or self.broken is not None:
+                return False
+        try:
+            return self._round()
+        except BaseException as e:  # noqa: BLE001 - a dead or broken group ends the engine
+            self.broken = f"{type(e).__name__}: {e}"
+            self._fail_all(e if isinstance(e, CollectiveError) else
+                           CollectiveError(f"Horovod engine failed: {self.broken}"))
+            return True
 
     def _start(self) -> None:
         if self._thread is None:
@@ -216,15 +254,10 @@ class Engine:
             with self._cond:
                 while not self._closed and not self._mine:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or self.broken is not None:
                     return
-            try:
-                progressed = self._round()
-            except BaseException as e:  # noqa: BLE001 - a dead or broken group ends the engine
-                self.broken = f"{type(e).__name__}: {e}"
-                self._fail_all(e if isinstance(e, CollectiveError) else
-                               CollectiveError(f"Horovod engine failed: {self.broken}"))
-                return
+            with self._round_lock:
+                progressed = self._safe_round()
             # nothing ready: back off a little so that waiting ranks do not spin
             idle = 0 if progressed else min(idle + 1, 20)
             if idle:
@@ -251,25 +284,25 @@ class Engine:
                 if req.kind == JOIN:
                     self._join_req = req
             blocked = [k for k, r in self._mine.items() if r.handle.waiting]
-        msg = (self._join_req is not None, [(r.key, r.meta, r.error) for r in new if r.kind != JOIN],
-               blocked, self._noname, time.time())
-        msgs = self.comm.allgather_object(msg) if self.size > 1 else [msg]
+        joined = self._join_req is not None
+        announce = [(r.key, r.meta, r.error) for r in new if r.kind != JOIN]
+        msg = (joined, announce, blocked, self._noname, time.time())
+        msgs, now = self._exchange(msg) if self.size > 1 else ([msg], msg[4])
         self._rounds += 1
-        now = max(m[4] for m in msgs)
-        for member, (joined, reqs, _, _, sent) in enumerate(msgs):
-            if joined and member not in self._joined:
+        for member, (has_joined, reqs, _, _, _) in enumerate(msgs):
+            if has_joined and member not in self._joined:
                 self._joined[member] = self._rounds
             for key, meta, err in reqs:
                 e = self._table.get(key)
                 if e is None:
-                    e = self._table[key] = _Entry(sent, len(self._table) + self._rounds * 1_000_000)
+                    e = self._table[key] = _Entry(now)   # the same clock everywhere
                 e.metas[member] = (meta, err)
         working = [m for m in range(self.size) if m not in self._joined]
         ready = [k for k, e in self._table.items() if all(w in e.metas for w in working)]
-        failed: dict[str, str] = {}
-        if not ready and working:
-            failed = self._stalls(msgs, working, now)
-        self._run([(k, self._table.pop(k)) for k in ready])
+        ready_entries = [(k, self._table.pop(k)) for k in ready]
+        failed = self._stalls(msgs, working, now, deadlock=not ready) if working and self._table \
+            else {}
+        self._run(ready_entries)
         for k, why in failed.items():
             self._table.pop(k, None)
             self._finish_error(k, CollectiveError(why))
@@ -277,10 +310,26 @@ class Engine:
             self._finish_join(msgs)
         return bool(ready or failed or not working)
 
-    def _stalls(self, msgs, working, now) -> dict:
+    def _exchange(self, msg) -> tuple[list, float]:
+        """Every member's message, and the latest clock among them. The common round (every rank announces the same new ops,
+        none joined) costs one 24-byte allreduce of a digest; otherwise the messages are
+        allgathered (joins, mismatches, ops in different orders, stalls)."""
+        joined, announce = msg[0], msg[1]
+        # every rank takes the same path: the digest covers all that decides it
+        blob = pickle.dumps((joined, announce), protocol=5)
+        h = int.from_bytes(hashlib.blake2b(blob, digest_size=7).digest(), "little")
+        # the latest clock of any rank comes along, so stall verdicts agree everywhere
+        v = np.array([h, -h, int(msg[4] * 1000)], np.int64)
+        self.comm.allreduce(v, op="max")
+        if int(v[0]) == -int(v[1]) and announce and not joined and not self._joined:
+            return [msg] * self.size, int(v[2]) / 1000   # max == min: every rank sent this list
+        msgs = self.comm.allgather_object(msg)
+        return msgs, max(m[4] for m in msgs)
+
+    def _stalls(self, msgs, working, now, deadlock: bool) -> dict:
         """Names that can never become ready: the same verdict on every rank."""
         waits = {w: msgs[w][2] for w in working}
-        if all(waits.values()):
+        if deadlock and all(waits.values()):
             # every working rank waits on an op the others have not issued: a deadlock
             calls = ", ".join(f"rank {self.set_ranks[w]} waits for {v[0]!r}" for w, v in waits.items())
             why = (f"Mismatched Horovod tensor names: {calls}, and none of them was submitted by "
@@ -355,7 +404,10 @@ class Engine:
         tensors = [t for key, req, m in batch for t in (req.tensors if req else _zeros(m[1]))]
 
         def go():
-            self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
+            if len(tensors) == 1:   # no packing for a lone tensor
+                self.comm.allreduce(tensors[0], op=op, prescale=pre, postscale=post)
+            else:
+                self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
             return None
         self._guarded(batch, go)
 

@@ -42,16 +42,29 @@ def _check_op(op, average) -> str:
 
 
 def _submit(kind, name, tensors, finish, process_set, op="sum", root=-1, pre=1.0, post=1.0,
-            error=None, splits=None) -> int:
+            error=None, splits=None, wake=True) -> int:
     eng = engine_of(process_set)
     key = str(name) if name is not None else eng.auto_name(kind)
     req = Request(key, kind, tensors, op, root, pre, post, error=error)
     req.splits = splits
-    handle = eng.submit(req)
+    handle = eng.submit(req, wake and not getattr(_tls, "sync", False))
     h = next(_next_handle)
     with _handles_lock:
         _handles[h] = (eng, handle, finish)
     return h
+
+
+_tls = threading.local()
+
+
+def _now(async_fn, *args, **kwargs):
+    """Run an async op and wait for it; the calling thread drives the negotiation."""
+    _tls.sync = True
+    try:
+        h = async_fn(*args, **kwargs)
+    finally:
+        _tls.sync = False
+    return synchronize(h)
 
 
 def synchronize(handle):
@@ -101,8 +114,8 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
 def allreduce_(tensor, average=None, name=None, op=None, prescale_factor=1.0,
                postscale_factor=1.0, process_set=global_process_set):
     """Allreduce ``tensor`` in place over the process set's ranks; returns ``tensor``."""
-    return synchronize(allreduce_async_(tensor, average, name, op, prescale_factor,
-                                        postscale_factor, process_set))
+    return _now(allreduce_async_, tensor, average, name, op, prescale_factor,
+                postscale_factor, process_set)
 
 
 class _AllreduceFn(torch.autograd.Function):
@@ -111,14 +124,14 @@ class _AllreduceFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, op, prescale, postscale, name, process_set):
         ctx.args = (op, prescale, postscale, process_set)
-        return synchronize(allreduce_async(tensor, op=op, name=name, prescale_factor=prescale,
-                                           postscale_factor=postscale, process_set=process_set))
+        return _now(allreduce_async, tensor, op=op, name=name, prescale_factor=prescale,
+                    postscale_factor=postscale, process_set=process_set)
 
     @staticmethod
     def backward(ctx, grad):
         op, pre, post, ps = ctx.args
-        return (synchronize(allreduce_async(grad.contiguous(), op=op, prescale_factor=pre,
-                                            postscale_factor=post, process_set=ps)),
+        return (_now(allreduce_async, grad.contiguous(), op=op, prescale_factor=pre,
+                     postscale_factor=post, process_set=ps),
                 None, None, None, None, None)
 
 
@@ -135,10 +148,9 @@ def allreduce(tensor, average=None, name=None, compression=Compression.none, op=
         out = _AllreduceFn.apply(compressed, op, prescale_factor, postscale_factor, name,
                                  process_set)
     else:
-        out = synchronize(allreduce_async(compressed, op=op, name=name,
-                                          prescale_factor=prescale_factor,
-                                          postscale_factor=postscale_factor,
-                                          process_set=process_set))
+        out = _now(allreduce_async, compressed, op=op, name=name,
+                   prescale_factor=prescale_factor, postscale_factor=postscale_factor,
+                   process_set=process_set)
     return compression.decompress(out, ctx)
 
 
@@ -160,16 +172,16 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
 def grouped_allreduce_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
                        postscale_factor=1.0, process_set=global_process_set):
     """Allreduce a list of tensors in place as one fused op; returns the list."""
-    return synchronize(grouped_allreduce_async_(tensors, average, name, op, prescale_factor,
-                                                postscale_factor, process_set))
+    return _now(grouped_allreduce_async_, tensors, average, name, op, prescale_factor,
+                postscale_factor, process_set)
 
 
 def grouped_allreduce(tensors, average=None, name=None, compression=Compression.none, op=None,
                       prescale_factor=1.0, postscale_factor=1.0, process_set=global_process_set):
     """Allreduce a list of tensors as one fused operation; returns new tensors."""
     pairs = [compression.compress(t) for t in tensors]
-    outs = synchronize(grouped_allreduce_async([p[0] for p in pairs], average, name, op,
-                                               prescale_factor, postscale_factor, process_set))
+    outs = _now(grouped_allreduce_async, [p[0] for p in pairs], average, name, op,
+                prescale_factor, postscale_factor, process_set)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 
@@ -195,7 +207,9 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=global_pro
         indices = synchronize(hi)
         if op == Average:
             values = values / n if values.is_floating_point() else values.div(n, rounding_mode="floor")
-        return torch.sparse_coo_tensor(indices.transpose(0, 1), values, t.size())
+        # every rank's indices were valid for this size: no need to check them again
+        return torch.sparse_coo_tensor(indices.transpose(0, 1), values, t.size(),
+                                       check_invariants=False)
     return finish
 
 
@@ -214,9 +228,32 @@ def allgather_async(tensor, name=None, process_set=global_process_set) -> int:
     return _submit(ALLGATHER, name, [t], _cat, process_set, error=err)
 
 
+class _AllgatherFn(torch.autograd.Function):
+    """As Horovod's: the gradient is this rank's rows of the average of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor, name, process_set):
+        ctx.rows, ctx.process_set = tensor.shape[0], process_set
+        return _now(allgather_async, tensor, name, process_set)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ps = ctx.process_set
+        reduced = _now(allreduce_async, grad.contiguous(), op=Average, process_set=ps)
+        rows = _now(allgather_async, torch.tensor([ctx.rows]), process_set=ps)
+        me = engine_of(ps).set_ranks.index(_w().rank)
+        start = int(rows[:me].sum())
+        return reduced.narrow(0, start, ctx.rows), None, None
+
+
 def allgather(tensor, name=None, process_set=global_process_set):
-    """Every rank's ``tensor`` concatenated along dimension 0 (first dims may differ)."""
-    return synchronize(allgather_async(tensor, name, process_set))
+    """Every rank's ``tensor`` concatenated along dimension 0 (first dims may differ).
+
+    Differentiable (as Horovod's).
+    """
+    if tensor.requires_grad and tensor.dim() > 0:
+        return _AllgatherFn.apply(tensor, name, process_set)
+    return _now(allgather_async, tensor, name, process_set)
 
 
 def grouped_allgather_async(tensors, name=None, process_set=global_process_set) -> int:
@@ -230,7 +267,7 @@ def grouped_allgather_async(tensors, name=None, process_set=global_process_set) 
 
 def grouped_allgather(tensors, name=None, process_set=global_process_set) -> list:
     """``allgather`` of each tensor of a list, in one op; returns a list of tensors."""
-    return synchronize(grouped_allgather_async(tensors, name, process_set))
+    return _now(grouped_allgather_async, tensors, name, process_set)
 
 
 # ------------------------------------------------------------------ broadcast
@@ -255,12 +292,30 @@ def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set
 
 def broadcast_(tensor, root_rank, name=None, process_set=global_process_set):
     """Copy rank ``root_rank``'s ``tensor`` into ``tensor`` on every rank."""
-    return synchronize(broadcast_async_(tensor, root_rank, name, process_set))
+    return _now(broadcast_async_, tensor, root_rank, name, process_set)
+
+
+class _BroadcastFn(torch.autograd.Function):
+    """As Horovod's: the root's gradient is the average of every rank's, the others' zero."""
+
+    @staticmethod
+    def forward(ctx, tensor, root_rank, name, process_set):
+        ctx.root, ctx.process_set = root_rank, process_set
+        return _now(broadcast_async, tensor, root_rank, name, process_set)
+
+    @staticmethod
+    def backward(ctx, grad):
+        reduced = _now(allreduce_async, grad.contiguous(), op=Average, process_set=ctx.process_set)
+        if _w().rank != ctx.root:
+            reduced.zero_()
+        return reduced, None, None, None
 
 
 def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
-    """Rank ``root_rank``'s ``tensor`` on every rank (a new tensor)."""
-    return synchronize(broadcast_async(tensor, root_rank, name, process_set))
+    """Rank ``root_rank``'s ``tensor`` on every rank (a new tensor). Differentiable."""
+    if tensor.requires_grad:
+        return _BroadcastFn.apply(tensor, root_rank, name, process_set)
+    return _now(broadcast_async, tensor, root_rank, name, process_set)
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
@@ -313,9 +368,31 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
                    process_set, error=err, splits=send)
 
 
+class _AlltoallFn(torch.autograd.Function):
+    """The gradient of the received rows goes back to their senders: an alltoall."""
+
+    @staticmethod
+    def forward(ctx, tensor, splits, name, process_set):
+        out, received = _now(alltoall_async, tensor, splits, name, process_set)
+        ctx.received, ctx.process_set = received, process_set
+        ctx.mark_non_differentiable(received)
+        return out, received
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        back, _ = _now(alltoall_async, grad.contiguous(), ctx.received,
+                       process_set=ctx.process_set)
+        return back, None, None, None
+
+
 def alltoall(tensor, splits=None, name=None, process_set=global_process_set):
-    """Rows ``splits[q]`` of ``tensor`` go to rank q; returns (received rows, received splits)."""
-    return synchronize(alltoall_async(tensor, splits, name, process_set))
+    """Rows ``splits[q]`` of ``tensor`` go to rank q; returns (received rows, received splits).
+
+    Differentiable in ``tensor``.
+    """
+    if tensor.requires_grad:
+        return _AlltoallFn.apply(tensor, splits, name, process_set)
+    return _now(alltoall_async, tensor, splits, name, process_set)
 
 
 def reducescatter_async(tensor, name=None, op=Average, process_set=global_process_set,
@@ -333,11 +410,34 @@ def reducescatter(tensor, name=None, compression=Compression.none, op=Average,
     """Reduce ``tensor`` over the ranks; this rank gets its part along dimension 0.
 
     Parts follow ``numpy.array_split``: the first ``dim0 % size`` ranks get one more row.
+    Differentiable for Average and Sum.
     """
     compressed, ctx = compression.compress(tensor)
-    out = synchronize(reducescatter_async(compressed, name, op, process_set, prescale_factor,
-                                          postscale_factor))
+    if compressed.requires_grad and op in (Average, Sum):
+        out = _ReducescatterFn.apply(compressed, name, op, process_set, prescale_factor,
+                                     postscale_factor)
+    else:
+        out = _now(reducescatter_async, compressed, name, op, process_set, prescale_factor,
+                   postscale_factor)
     return compression.decompress(out, ctx)
+
+
+class _ReducescatterFn(torch.autograd.Function):
+    """Each input row reaches one rank's part: the gradient is every part's gradient,
+    allgathered (scaled as the forward scaled)."""
+
+    @staticmethod
+    def forward(ctx, tensor, name, op, process_set, pre, post):
+        ctx.args = (op, process_set, pre * post)
+        return _now(reducescatter_async, tensor, name, op, process_set, pre, post)
+
+    @staticmethod
+    def backward(ctx, grad):
+        op, ps, scale = ctx.args
+        full = _now(allgather_async, grad.contiguous(), process_set=ps)
+        if op == Average:
+            scale /= len(engine_of(ps).set_ranks)
+        return (full * scale if scale != 1.0 else full), None, None, None, None, None
 
 
 def grouped_reducescatter_async(tensors, name=None, op=Average, process_set=global_process_set,
@@ -356,15 +456,15 @@ def grouped_reducescatter(tensors, name=None, compression=Compression.none, op=A
                           postscale_factor=1.0) -> list:
     """``reducescatter`` of each tensor of a list in one op; returns this rank's parts."""
     pairs = [compression.compress(t) for t in tensors]
-    outs = synchronize(grouped_reducescatter_async([p[0] for p in pairs], name, op, process_set,
-                                                   prescale_factor, postscale_factor))
+    outs = _now(grouped_reducescatter_async, [p[0] for p in pairs], name, op, process_set,
+                prescale_factor, postscale_factor)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
 
 
 # ------------------------------------------------------------------ barrier, join
 def barrier(process_set=global_process_set) -> None:
     """Return once every rank of the process set reached the barrier."""
-    synchronize(_submit(BARRIER, None, [], lambda outs: None, process_set))
+    _now(_submit, BARRIER, None, [], lambda outs: None, process_set)
 
 
 def join(device=-1) -> int:

@@ -14,6 +14,9 @@ class _Solo:
 
     rank, world_size, name, timeout = 0, 1, "solo", 300.0
 
+    def allreduce(self, t, op="sum", prescale=1.0, postscale=1.0):
+        return self.grouped_allreduce([t], op, prescale, postscale)[0]
+
     def grouped_allreduce(self, tensors, op="sum", prescale=1.0, postscale=1.0):
         for t in tensors:
             if prescale * postscale != 1.0:
@@ -224,6 +227,12 @@ def cross_size() -> int:
     return _w().cross_size
 
 
+def is_homogeneous() -> bool:
+    """True if every host runs the same number of processes (always, under ``shoal launch``)."""
+    w = _w()
+    return w.size == w.local_size * w.cross_size
+
+
 # ------------------------------------------------------------------ process sets
 def engine_of(process_set) -> Engine:
     """The engine that runs ``process_set``'s ops on this rank (ValueError if not a member)."""
@@ -343,7 +352,7 @@ def gloo_enabled() -> bool:
     w = _world
     comm = w.comm if w is not None else None
     return bool(comm is not None and getattr(comm, "backend", "") == "torch"
-                and getattr(comm, "device", "cpu") == "cpu")
+                and str(getattr(comm, "device", "cpu")).startswith("cpu"))
 
 
 def nccl_built() -> int:

@@ -79,6 +79,7 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input):
+        """Normalize ``input`` (N, C, ...) with the statistics of every rank's batch."""
         self._check_input_dim(input)
         if not self.training or len(engine_of(self.process_set).set_ranks) == 1:
             return super().forward(input)

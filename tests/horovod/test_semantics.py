@@ -63,8 +63,12 @@ def test_mismatch_messages_name_what_differs(run):
 
 def test_duplicate_in_flight_name_raises_value_error_and_the_first_op_completes(run):
     n, out = run
+    total = [float(n)] * 4
+    assert out[0]["duplicate_name"][0][:2] == ["ValueError", total]
+    assert out[n - 1]["duplicate_name"][0][-2:] == ["ValueError", total]
     for q in range(n):
-        assert out[q]["duplicate_name"] == ["ValueError", [float(n)] * 4, True]
+        assert out[q]["duplicate_name"][1] is True
+        assert [v for v in out[q]["duplicate_name"][0] if v != "ValueError"] == [total, total]
 
 
 def test_integer_average_floors_as_horovod(run):
@@ -166,9 +170,49 @@ def test_timeline_has_negotiate_and_op_rows_per_tensor(run):
                                   ["timed_tensor", "NEGOTIATE_ALLREDUCE"]]
 
 
+def test_init_again_with_process_sets(run):
+    n, out = run
+    for q in range(n):
+        assert out[q]["reinit_process_sets"] == [True, n, True, True]
+
+
 def test_introspection_is_truthful_for_shoal(run):
     n, out = run
     for q in range(n):
         # no MPI, no Gloo (the native backend), no oneCCL/DDL; mpi_threads_supported raises
         assert out[q]["introspection"][:5] == [False, False, False, False, False]
         assert out[q]["introspection"][6] == "ValueError"
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_horovod_style_torch_suite_passes_on_every_rank(ranks):
+    """Checks in the manner of Horovod's test_torch.py (dtypes, dims, fusion, grads, join)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-np", str(ranks),
+                        os.path.join(HERE, "scripts", "hvd_torch_suite.py")],
+                       capture_output=True, text=True, timeout=240, env=env, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert all(f"[{q}] OK" in r.stdout + r.stderr for q in range(ranks)), r.stderr[-4000:]
+
+
+def test_a_dead_rank_fails_the_pending_and_later_ops_with_a_clear_error():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-np", "2",
+                        os.path.join(HERE, "scripts", "hvd_dead_rank.py")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"\[0\] CHECK first CollectiveError: rank 1 .*died", r.stdout), r.stdout
+    assert re.search(r"\[0\] CHECK second CollectiveError: the Horovod engine stopped.*"
+                     r"hvd.shutdown\(\) and hvd.init\(\)", r.stdout), r.stdout
+    assert float(re.search(r"CHECK seconds ([\d.]+)", r.stdout).group(1)) < 60
+
+
+def test_an_op_some_ranks_never_issue_fails_after_the_stall_timeout():
+    env = dict(os.environ, PYTHONPATH=ROOT, HOROVOD_STALL_SHUTDOWN_TIME_SECONDS="1")
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-np", "2",
+                        os.path.join(HERE, "scripts", "hvd_stall.py")],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"\[0\] CHECK lonely CollectiveError: tensor 'lonely' was submitted by "
+                     r"ranks \[0\] but not by ranks \[1\]", r.stdout), r.stdout
+    assert "[0] CHECK after [2.0]" in r.stdout and "[1] CHECK after [2.0]" in r.stdout

@@ -56,10 +56,20 @@ for what, fn in cases.items():
     check(f"mismatch_{what}", attempt(fn) + [next_op_ok()])
 
 # ---------------------------------------------------------------- duplicate in-flight name
+# The checking rank submits "dup" while the others wait on "gate" (so "dup" cannot finish
+# yet), then submits it again: ValueError, as Horovod. Then it opens the gate.
 t = torch.ones(4)
-h = hvd.allreduce_async(t, name="duplicate_name", op=hvd.Sum)
-dup = attempt(lambda: hvd.allreduce_async(t, name="duplicate_name"))
-check("duplicate_name", [dup[1], hvd.synchronize(h).tolist(), next_op_ok()])
+dups = []
+for checker in (0, n - 1):
+    if r == checker:
+        h = hvd.allreduce_async(t, name=f"dup{checker}", op=hvd.Sum)
+        dups.append(attempt(lambda: hvd.allreduce_async(t, name=f"dup{checker}"))[1])
+        hvd.allreduce(t, name=f"gate{checker}")
+    else:
+        hvd.allreduce(t, name=f"gate{checker}")
+        h = hvd.allreduce_async(t, name=f"dup{checker}", op=hvd.Sum)
+    dups.append(hvd.synchronize(h).tolist())
+check("duplicate_name", [dups, next_op_ok()])
 
 # ---------------------------------------------------------------- integer average
 xi = torch.tensor([3 * r + 1, -(3 * r + 1), 7, -7], dtype=torch.int32)
@@ -190,5 +200,13 @@ if r == 0:
 check("introspection", [hvd.mpi_built(), hvd.mpi_enabled(), hvd.gloo_enabled(),
                         hvd.ccl_built(), hvd.ddl_built(), hvd.rocm_built(),
                         attempt(hvd.mpi_threads_supported)[1]])
+hvd.shutdown()
+
+# ---------------------------------------------------------------- init again, with process sets
+given = [hvd.ProcessSet([0]), hvd.ProcessSet([n - 1])]
+hvd.init(process_sets=given)
+check("reinit_process_sets", [hvd.is_initialized(), hvd.global_process_set.size(),
+                              [ps.included() for ps in given] == [r == 0, r == n - 1],
+                              hvd.allreduce(ones, op=hvd.Sum).tolist() == [float(n)] * 3])
 hvd.shutdown()
 check("done", True)
