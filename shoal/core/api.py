@@ -442,10 +442,12 @@ class PlacementGroupSchedulingStrategy:
 
 # ------------------------------------------------------------------ cluster
 def cluster_resources() -> dict:
+    """Every resource of the cluster and its total, e.g. ``{"CPU": 8.0, "GPU": 1.0}``."""
     return _runtime().resources("total")
 
 
 def available_resources() -> dict:
+    """The resources not reserved now; one all taken is absent, as in Ray."""
     return _runtime().resources("available")
 
 

@@ -457,6 +457,16 @@ def test_cluster_and_available_resources(backend):
     assert len(nodes) == 1 and nodes[0]["Resources"]["CPU"] == 2
 
 
+def test_resource_all_taken_is_absent_from_available(backend):
+    hog = Counter.options(num_cpus=2).remote()
+    assert shoal.get(hog.value.remote(), timeout=LONG) == 0
+    deadline = time.monotonic() + LONG
+    while "CPU" in shoal.available_resources():     # Ray's view settles after a moment
+        assert time.monotonic() < deadline, shoal.available_resources()
+        time.sleep(0.05)
+    shoal.kill(hog)
+
+
 # ------------------------------------------------------------------ key-value store
 def test_kv_store_operations_from_the_driver(backend):
     store = shoal.get_kv_store()
