@@ -478,6 +478,8 @@ class WorkerRuntime(ProcessRuntime):
 
     def _store(self, result, returns, name) -> list:
         n = len(returns)
+        if inspect.isgenerator(result):
+            return self._store_yielded(result, returns, name)
         if n == 1:
             return [serialize(result, self.new_path, what=f"return value of {name}",
                               alloc=self._alloc)]
@@ -487,6 +489,30 @@ class WorkerRuntime(ProcessRuntime):
                              f"{'of length ' + str(len(result)) if hasattr(result, '__len__') else ''}")
         return [serialize(v, self.new_path, what=f"return value {i} of {name}", alloc=self._alloc)
                 for i, v in enumerate(result)]
+
+    def _store_yielded(self, gen, returns, name) -> list:
+        """A generator's items as a task's fixed returns, as Ray: an error mid-way, or a
+        ValueError when it yields too few, fills the returns it did not reach."""
+        n = len(returns)
+        descs = []
+        try:
+            for item in gen:
+                if len(descs) == n:   # Ray keeps the first n and reports the rest
+                    sys.stderr.write(f"{name} yielded more than its num_returns={n} values; "
+                                     "the rest are dropped\n")
+                    gen.close()
+                    break
+                descs.append(serialize(item, self.new_path, alloc=self._alloc,
+                                       what=f"return value {len(descs)} of {name}"))
+        except Exception as e:  # noqa: BLE001 - the returns not reached raise it
+            err, _ = self._error(e, name, (None,), False)
+            return descs + err * (n - len(descs))
+        if len(descs) < n:   # as Ray: the values it gave count, the missing ones raise
+            err, _ = self._error(ValueError(f"{name} was declared with num_returns={n} but "
+                                            f"its generator yielded {len(descs)} values"),
+                                 name, (None,), False)
+            return descs + err * (n - len(descs))
+        return descs
 
     def _error(self, e, name, returns, retry_exc):
         if isinstance(e, KeyboardInterrupt):

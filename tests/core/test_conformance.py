@@ -641,6 +641,26 @@ def test_streaming_needs_a_generator_function(backend):
         shoal.remote(num_returns="dynamic")(lambda: [1, 2])
 
 
+def test_generator_fills_fixed_returns_and_its_error_the_rest(backend):
+    @shoal.remote(max_retries=0)
+    def gen(n, fail=False):
+        for i in range(n):
+            yield [i]
+        if fail:
+            raise KeyError("after the items")
+
+    assert shoal.get(gen.options(num_returns=3).remote(3), timeout=LONG) == [[0], [1], [2]]
+    assert shoal.get(gen.remote(1), timeout=LONG) == [0]          # num_returns=1: the item
+    first, second, third = gen.options(num_returns=3).remote(2, fail=True)
+    assert shoal.get(first, timeout=LONG) == [0]
+    with pytest.raises(KeyError):
+        shoal.get(third, timeout=LONG)
+    short = gen.options(num_returns=3).remote(2)
+    assert shoal.get(short[1], timeout=LONG) == [1]
+    with pytest.raises(ValueError, match="num_returns=3"):
+        shoal.get(short[2], timeout=LONG)
+
+
 def test_dynamic_generator_is_a_ref_to_the_item_refs(backend):
     ref = dynamic_items.remote(3)
     assert isinstance(ref, shoal.ObjectRef)
