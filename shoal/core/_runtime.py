@@ -251,7 +251,20 @@ def _retry_flag(retry_exceptions):
         return False
     if retry_exceptions is True:
         return True
-    return tuple(retry_exceptions)
+    return ExceptionTypes(retry_exceptions)
+
+
+class ExceptionTypes(tuple):
+    """``retry_exceptions``' classes; they travel by value (a test's local class too)."""
+
+    def __reduce__(self):
+        import cloudpickle
+        return (_exception_types, (cloudpickle.dumps(tuple(self)),))
+
+
+def _exception_types(data: bytes) -> ExceptionTypes:
+    import cloudpickle
+    return ExceptionTypes(cloudpickle.loads(data))
 
 
 def _pg_of(opts):

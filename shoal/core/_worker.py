@@ -411,6 +411,8 @@ class WorkerRuntime(ProcessRuntime):
                 result = asyncio.run(result)
             if gen:
                 result = self._drain_generator(result, seq, name, gen)
+                # A dynamic generator's retryable error reruns the task while retries last.
+                retryable = _retryable(getattr(result, "_error", None), retry_exc)
             if on_main:
                 self.current_seq = None
             descs = self._store(result, returns, name)
@@ -440,6 +442,7 @@ class WorkerRuntime(ProcessRuntime):
                 refs.append(self.put(item))
         except Exception as e:  # noqa: BLE001 - stored as the last item, as Ray does
             refs.append(self._put_error(e, name))
+            return DynamicObjectRefGenerator(refs, error=e)
         return DynamicObjectRefGenerator(refs)
 
     def _put_error(self, e, name) -> ObjectRef:
@@ -467,6 +470,7 @@ class WorkerRuntime(ProcessRuntime):
                 refs.append(self.put(item))
         except Exception as e:  # noqa: BLE001 - stored as the last item
             refs.append(self._put_error(e, name))
+            return DynamicObjectRefGenerator(refs, error=e)
         return DynamicObjectRefGenerator(refs)
 
     def _finish(self, seq, descs, elapsed, retryable, buffered) -> None:
@@ -527,9 +531,7 @@ class WorkerRuntime(ProcessRuntime):
         except SerializationError:
             err = TaskError(name, getattr(err, "remote_traceback", ""), None, repr(e))
             desc = serialize(err, self.new_path, is_error=True)
-        retryable = (retry_exc is True or (isinstance(retry_exc, tuple) and isinstance(e, retry_exc))) \
-            and not isinstance(e, TaskCancelledError)
-        return [desc] * len(returns), retryable
+        return [desc] * len(returns), _retryable(e, retry_exc)
 
     # ------------------------------------------------------------ actors
     def _init_actor(self, m) -> None:
@@ -584,6 +586,7 @@ class WorkerRuntime(ProcessRuntime):
                     result = await result
                 if m[10]:
                     result = await self._stream_async(result, seq, name, m[10])
+                    retryable = _retryable(getattr(result, "_error", None), retry_exc)
                 descs = self._store(result, returns, name)
             except BaseException as e:  # noqa: BLE001
                 descs, retryable = self._error(e, name, returns, retry_exc)
@@ -592,6 +595,13 @@ class WorkerRuntime(ProcessRuntime):
             first = len(self.out) == 1
         if first:  # batch the results of calls finishing in the same loop turn
             self.loop.call_soon(self.send, None)
+
+
+def _retryable(e, retry_exc) -> bool:
+    """Whether error ``e`` may rerun its task under ``retry_exceptions``."""
+    if e is None or isinstance(e, TaskCancelledError):
+        return False
+    return retry_exc is True or (isinstance(retry_exc, tuple) and isinstance(e, retry_exc))
 
 
 def _sync_iter(agen):

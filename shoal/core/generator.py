@@ -103,8 +103,9 @@ class DynamicObjectRefGenerator:
     raised, the last ref raises its error. ``len()`` is the number of refs.
     """
 
-    def __init__(self, refs: list):
+    def __init__(self, refs: list, error: BaseException | None = None):
         self._refs = list(refs)
+        self._error = error      # the task's error, where it is made (not sent)
 
     def __iter__(self):
         return iter(self._refs)

@@ -678,6 +678,19 @@ def test_dynamic_generator_error_is_its_last_ref(backend):
         shoal.get(refs[2])
 
 
+@shoal.remote(num_returns="dynamic", max_retries=1, retry_exceptions=[KeyError])
+def dynamic_fails_once(key):
+    yield "a"
+    if shoal.get_kv_store().add(key, 1) == 1:
+        raise KeyError("first attempt")
+    yield "b"
+
+
+def test_dynamic_generator_retries_a_retryable_error(backend):
+    refs = list(shoal.get(dynamic_fails_once.remote(_key("dyn-retry")), timeout=LONG))
+    assert shoal.get(refs, timeout=LONG) == ["a", "b"]
+
+
 def test_bad_num_returns_is_rejected(backend):
     with pytest.raises(ValueError, match="num_returns"):
         add_one.options(num_returns="lots")
