@@ -14,7 +14,7 @@ from shoal.core import _runtime_env
 from shoal.core._resources import demand_of
 from shoal.core._serialization import IS_ERROR, deserialize, dumps_code, serialize
 from shoal.core._spec import ActorSpec, TaskSpec
-from shoal.core.generator import ObjectRefGenerator, deadline_left
+from shoal.core.generator import ObjectRefGenerator, _deadline_left
 from shoal.core.object_ref import ObjectRef
 from shoal.exceptions import GetTimeoutError
 
@@ -204,7 +204,7 @@ class ProcessRuntime:
             if state == "end":
                 return None
             # The slot becomes ready when the item (or the end) arrives.
-            if not self.wait_ids([oid], 1, deadline_left(deadline)):
+            if not self.wait_ids([oid], 1, _deadline_left(deadline)):
                 raise GetTimeoutError(f"no item of the generator came within {timeout}s")
 
     def put_value(self, value) -> ObjectRef:

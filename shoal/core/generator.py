@@ -120,7 +120,7 @@ class DynamicObjectRefGenerator:
         return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
 
-def deadline_left(deadline):
+def _deadline_left(deadline):
     """Seconds left until ``deadline`` (None: no bound); raises once it has passed."""
     if deadline is None:
         return None
