@@ -234,7 +234,7 @@ class ProcessRuntime:
         if spec is not None:
             demand = spec["demand"] or {}
         else:
-            demand = getattr(local, "demand", None) if task is not None else None
+            demand = self.task_demand(task) if task is not None else None
         return RuntimeContext(
             node_id=self.node_id, worker_id=getattr(self, "wid", None), task_id=task,
             actor_id=getattr(self, "actor_id", None), namespace=self.namespace,

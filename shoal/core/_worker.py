@@ -180,6 +180,9 @@ class WorkerRuntime(ProcessRuntime):
             self.blocked = True
         return returned
 
+    def task_demand(self, seq) -> dict:
+        return self.call("task_demand", seq)
+
     def current_actor(self):
         from shoal.core.api import ActorHandle
         spec = self.actor_spec
@@ -402,7 +405,6 @@ class WorkerRuntime(ProcessRuntime):
         if on_main:
             self.current_seq, self.current_name = seq, name
         self.local.task = seq
-        self.local.demand = m[11]
         self.local.name = name
         try:
             fn, args, kwargs = self._resolve(m)
@@ -578,7 +580,6 @@ class WorkerRuntime(ProcessRuntime):
         async with self._sem:
             try:
                 self.local.task = seq
-                self.local.demand = m[11]
                 self.local.name = name
                 fn, args, kwargs = self._resolve(m)
                 result = fn(*args, **kwargs)
