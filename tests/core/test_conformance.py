@@ -670,6 +670,23 @@ def test_dynamic_generator_is_a_ref_to_the_item_refs(backend):
     assert [v.tolist() for v in values] == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
 
 
+@shoal.remote
+def read_dynamic(gen):
+    return [int(shoal.get(ref)[0]) for ref in gen]
+
+
+def test_dynamic_generator_passed_to_a_task(backend):
+    ref = dynamic_items.remote(3)
+    assert shoal.get(read_dynamic.remote(ref), timeout=LONG) == [0, 1, 2]     # resolved there
+    assert shoal.get(read_dynamic.remote(shoal.get(ref)), timeout=LONG) == [0, 1, 2]
+
+
+def test_actor_generator_method_with_fixed_returns(backend):
+    s = Streamer.remote()
+    assert shoal.get(s.items.options(num_returns=2).remote(2), timeout=LONG) == [0, 1]
+    assert shoal.get(s.plain_gen.remote(1), timeout=LONG) == 1
+
+
 def test_dynamic_generator_error_is_its_last_ref(backend):
     refs = list(shoal.get(dynamic_items.remote(5, fail_at=2), timeout=LONG))
     assert len(refs) == 3
