@@ -157,8 +157,10 @@ class ClusterState:
 
     def resources(self, which: str) -> dict:
         with self.lock:
-            src = self.node.total if which == "total" else self.node.avail
-            return {k: max(0.0, v) for k, v in src.items()}
+            if which == "total":
+                return {k: max(0.0, v) for k, v in self.node.total.items()}
+            # As Ray: a resource all taken is absent from what is available.
+            return {k: v for k, v in self.node.avail.items() if v > 1e-9}
 
     def nodes(self) -> list:
         return [{"NodeID": self.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",

@@ -245,7 +245,8 @@ class RayBackend:
     def submit_actor_call(self, actor_id, cls_name, method, args, kwargs, opts) -> list:
         n = opts.get("num_returns", 1)
         m = getattr(actor_id, method)
-        if n != ((getattr(actor_id, "_ray_method_num_returns", None) or {}).get(method) or 1) or \
+        # Ray's default for the method (a generator method streams unless told otherwise).
+        if n != getattr(m, "_num_returns", 1) or \
                 opts.get("name") or opts.get("retry_exceptions") is not None:
             ray_opts = {"num_returns": n}
             if opts.get("name"):

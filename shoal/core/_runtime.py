@@ -14,7 +14,7 @@ from shoal.core import _runtime_env
 from shoal.core._resources import demand_of
 from shoal.core._serialization import IS_ERROR, deserialize, dumps_code, serialize
 from shoal.core._spec import ActorSpec, TaskSpec
-from shoal.core.generator import ObjectRefGenerator, deadline_left
+from shoal.core.generator import ObjectRefGenerator, _deadline_left
 from shoal.core.object_ref import ObjectRef
 from shoal.exceptions import GetTimeoutError
 
@@ -204,7 +204,7 @@ class ProcessRuntime:
             if state == "end":
                 return None
             # The slot becomes ready when the item (or the end) arrives.
-            if not self.wait_ids([oid], 1, deadline_left(deadline)):
+            if not self.wait_ids([oid], 1, _deadline_left(deadline)):
                 raise GetTimeoutError(f"no item of the generator came within {timeout}s")
 
     def put_value(self, value) -> ObjectRef:
@@ -234,7 +234,7 @@ class ProcessRuntime:
         if spec is not None:
             demand = spec["demand"] or {}
         else:
-            demand = getattr(local, "demand", None) if task is not None else None
+            demand = self.task_demand(task) if task is not None else None
         return RuntimeContext(
             node_id=self.node_id, worker_id=getattr(self, "wid", None), task_id=task,
             actor_id=getattr(self, "actor_id", None), namespace=self.namespace,
@@ -251,7 +251,20 @@ def _retry_flag(retry_exceptions):
         return False
     if retry_exceptions is True:
         return True
-    return tuple(retry_exceptions)
+    return ExceptionTypes(retry_exceptions)
+
+
+class ExceptionTypes(tuple):
+    """``retry_exceptions``' classes; they travel by value (a test's local class too)."""
+
+    def __reduce__(self):
+        import cloudpickle
+        return (_exception_types, (cloudpickle.dumps(tuple(self)),))
+
+
+def _exception_types(data: bytes) -> ExceptionTypes:
+    import cloudpickle
+    return ExceptionTypes(cloudpickle.loads(data))
 
 
 def _pg_of(opts):

@@ -288,7 +288,7 @@ class Scheduler:
         objs = self.objects.objs
         deps = [objs[d].desc for d in spec.deps]
         self._send(w, ("task", spec.seq, spec.fn_id, fn_bytes, spec.name, spec.args, deps,
-                       spec.returns, spec.method, spec.retry_exc, spec.gen, spec.demand))
+                       spec.returns, spec.method, spec.retry_exc, spec.gen))
 
     def _on_done(self, w: WorkerProc, seq, descs, elapsed, retryable) -> None:
         spec = w.inflight.pop(seq, None)
@@ -414,6 +414,11 @@ class Scheduler:
         with self.lock:
             self._drain_refs()
             return self._stream_slot(gid, k, DRIVER)
+
+    def rpc_task_demand(self, w, req, seq):
+        """The resources of a task the worker runs (asked rarely: not sent with each task)."""
+        spec = w.inflight.get(seq)
+        return dict(spec.demand) if spec is not None else {}
 
     def rpc_stream_slot(self, w, req, gid, k):
         return self._stream_slot(gid, k, w.wid)

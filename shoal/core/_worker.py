@@ -180,6 +180,9 @@ class WorkerRuntime(ProcessRuntime):
             self.blocked = True
         return returned
 
+    def task_demand(self, seq) -> dict:
+        return self.call("task_demand", seq)
+
     def current_actor(self):
         from shoal.core.api import ActorHandle
         spec = self.actor_spec
@@ -402,7 +405,6 @@ class WorkerRuntime(ProcessRuntime):
         if on_main:
             self.current_seq, self.current_name = seq, name
         self.local.task = seq
-        self.local.demand = m[11]
         self.local.name = name
         try:
             fn, args, kwargs = self._resolve(m)
@@ -411,6 +413,8 @@ class WorkerRuntime(ProcessRuntime):
                 result = asyncio.run(result)
             if gen:
                 result = self._drain_generator(result, seq, name, gen)
+                # A dynamic generator's retryable error reruns the task while retries last.
+                retryable = _retryable(getattr(result, "_error", None), retry_exc)
             if on_main:
                 self.current_seq = None
             descs = self._store(result, returns, name)
@@ -440,6 +444,7 @@ class WorkerRuntime(ProcessRuntime):
                 refs.append(self.put(item))
         except Exception as e:  # noqa: BLE001 - stored as the last item, as Ray does
             refs.append(self._put_error(e, name))
+            return DynamicObjectRefGenerator(refs, error=e)
         return DynamicObjectRefGenerator(refs)
 
     def _put_error(self, e, name) -> ObjectRef:
@@ -467,6 +472,7 @@ class WorkerRuntime(ProcessRuntime):
                 refs.append(self.put(item))
         except Exception as e:  # noqa: BLE001 - stored as the last item
             refs.append(self._put_error(e, name))
+            return DynamicObjectRefGenerator(refs, error=e)
         return DynamicObjectRefGenerator(refs)
 
     def _finish(self, seq, descs, elapsed, retryable, buffered) -> None:
@@ -478,6 +484,8 @@ class WorkerRuntime(ProcessRuntime):
 
     def _store(self, result, returns, name) -> list:
         n = len(returns)
+        if inspect.isgenerator(result):
+            return self._store_yielded(result, returns, name)
         if n == 1:
             return [serialize(result, self.new_path, what=f"return value of {name}",
                               alloc=self._alloc)]
@@ -487,6 +495,30 @@ class WorkerRuntime(ProcessRuntime):
                              f"{'of length ' + str(len(result)) if hasattr(result, '__len__') else ''}")
         return [serialize(v, self.new_path, what=f"return value {i} of {name}", alloc=self._alloc)
                 for i, v in enumerate(result)]
+
+    def _store_yielded(self, gen, returns, name) -> list:
+        """A generator's items as a task's fixed returns, as Ray: an error mid-way, or a
+        ValueError when it yields too few, fills the returns it did not reach."""
+        n = len(returns)
+        descs = []
+        try:
+            for item in gen:
+                if len(descs) == n:   # Ray keeps the first n and reports the rest
+                    sys.stderr.write(f"{name} yielded more than its num_returns={n} values; "
+                                     "the rest are dropped\n")
+                    gen.close()
+                    break
+                descs.append(serialize(item, self.new_path, alloc=self._alloc,
+                                       what=f"return value {len(descs)} of {name}"))
+        except Exception as e:  # noqa: BLE001 - the returns not reached raise it
+            err, _ = self._error(e, name, (None,), False)
+            return descs + err * (n - len(descs))
+        if len(descs) < n:   # as Ray: the values it gave count, the missing ones raise
+            err, _ = self._error(ValueError(f"{name} was declared with num_returns={n} but "
+                                            f"its generator yielded {len(descs)} values"),
+                                 name, (None,), False)
+            return descs + err * (n - len(descs))
+        return descs
 
     def _error(self, e, name, returns, retry_exc):
         if isinstance(e, KeyboardInterrupt):
@@ -501,9 +533,7 @@ class WorkerRuntime(ProcessRuntime):
         except SerializationError:
             err = TaskError(name, getattr(err, "remote_traceback", ""), None, repr(e))
             desc = serialize(err, self.new_path, is_error=True)
-        retryable = (retry_exc is True or (isinstance(retry_exc, tuple) and isinstance(e, retry_exc))) \
-            and not isinstance(e, TaskCancelledError)
-        return [desc] * len(returns), retryable
+        return [desc] * len(returns), _retryable(e, retry_exc)
 
     # ------------------------------------------------------------ actors
     def _init_actor(self, m) -> None:
@@ -550,7 +580,6 @@ class WorkerRuntime(ProcessRuntime):
         async with self._sem:
             try:
                 self.local.task = seq
-                self.local.demand = m[11]
                 self.local.name = name
                 fn, args, kwargs = self._resolve(m)
                 result = fn(*args, **kwargs)
@@ -558,6 +587,7 @@ class WorkerRuntime(ProcessRuntime):
                     result = await result
                 if m[10]:
                     result = await self._stream_async(result, seq, name, m[10])
+                    retryable = _retryable(getattr(result, "_error", None), retry_exc)
                 descs = self._store(result, returns, name)
             except BaseException as e:  # noqa: BLE001
                 descs, retryable = self._error(e, name, returns, retry_exc)
@@ -566,6 +596,13 @@ class WorkerRuntime(ProcessRuntime):
             first = len(self.out) == 1
         if first:  # batch the results of calls finishing in the same loop turn
             self.loop.call_soon(self.send, None)
+
+
+def _retryable(e, retry_exc) -> bool:
+    """Whether error ``e`` may rerun its task under ``retry_exceptions``."""
+    if e is None or isinstance(e, TaskCancelledError):
+        return False
+    return retry_exc is True or (isinstance(retry_exc, tuple) and isinstance(e, retry_exc))
 
 
 def _sync_iter(agen):

@@ -136,11 +136,21 @@ def get(refs, *, timeout: float | None = None):
     if isinstance(refs, ObjectRef):
         return rt.get([refs], timeout)[0]
     if isinstance(refs, (list, tuple)):
-        for r in refs:
-            if not isinstance(r, ObjectRef):
-                raise TypeError(f"shoal.get() takes ObjectRefs, got {type(r).__name__} in the list")
+        if not all(isinstance(r, ObjectRef) for r in refs):
+            refs = [r if isinstance(r, ObjectRef) else _foreign_ref(rt, r, "in the list")
+                    for r in refs]
         return rt.get(list(refs), timeout)
-    raise TypeError(f"shoal.get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
+    return rt.get([_foreign_ref(rt, refs, "")], timeout)[0]
+
+
+def _foreign_ref(rt, ref, where: str) -> ObjectRef:
+    """A Ray ObjectRef met on the Ray backend (e.g. from a dynamic generator a task was
+    given) taken as shoal's; anything else is a TypeError."""
+    if rt.name == "ray" and type(ref).__name__ == "ObjectRef" and \
+            type(ref).__module__.startswith("ray"):
+        return ObjectRef(ref, counted=False)
+    raise TypeError(f"shoal.get() takes an ObjectRef or a list of them, got "
+                    f"{type(ref).__name__} {where}".rstrip())
 
 
 def wait(refs: list, *, num_returns: int = 1, timeout: float | None = None,
@@ -444,10 +454,12 @@ class PlacementGroupSchedulingStrategy:
 
 # ------------------------------------------------------------------ cluster
 def cluster_resources() -> dict:
+    """Every resource of the cluster and its total, e.g. ``{"CPU": 8.0, "GPU": 1.0}``."""
     return _runtime().resources("total")
 
 
 def available_resources() -> dict:
+    """The resources not reserved now; one all taken is absent, as in Ray."""
     return _runtime().resources("available")
 
 

@@ -103,8 +103,9 @@ class DynamicObjectRefGenerator:
     raised, the last ref raises its error. ``len()`` is the number of refs.
     """
 
-    def __init__(self, refs: list):
+    def __init__(self, refs: list, error: BaseException | None = None):
         self._refs = list(refs)
+        self._error = error      # the task's error, where it is made (not sent)
 
     def __iter__(self):
         return iter(self._refs)
@@ -119,7 +120,7 @@ class DynamicObjectRefGenerator:
         return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
 
-def deadline_left(deadline):
+def _deadline_left(deadline):
     """Seconds left until ``deadline`` (None: no bound); raises once it has passed."""
     if deadline is None:
         return None

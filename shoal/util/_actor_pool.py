@@ -34,7 +34,7 @@ class ActorPool:
         self._futures: dict = {}       # submission index -> future
         self._next_submit = 0
         self._next_return = 0
-        self._backlog: deque = deque()  # (fn, value) waiting for a free actor
+        self._pending_submits: deque = deque()  # (fn, value) waiting for a free actor
         self._done: deque = deque()    # future keys known finished, for unordered gets
 
     # ---------------------------------------------------------------- submitting
@@ -45,7 +45,7 @@ class ActorPool:
         ``get_next_unordered()`` (completion order).
         """
         if not self._idle:
-            self._backlog.append((fn, value))
+            self._pending_submits.append((fn, value))
             return
         actor = self._idle.pop()
         future = fn(actor, value)
@@ -180,13 +180,13 @@ class ActorPool:
     def _return_actor(self, actor, alive: bool = True) -> None:
         if alive:
             self._idle.append(actor)
-        while self._backlog and self._idle:
-            self.submit(*self._backlog.popleft())
+        while self._pending_submits and self._idle:
+            self.submit(*self._pending_submits.popleft())
 
     # ---------------------------------------------------------------- membership
     def has_free(self) -> bool:
         """Whether an actor is idle and no submitted value is waiting for one."""
-        return bool(self._idle) and not self._backlog
+        return bool(self._idle) and not self._pending_submits
 
     def pop_idle(self):
         """Take an idle actor out of the pool; None when none is free."""

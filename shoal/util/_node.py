@@ -11,8 +11,7 @@ def get_node_ip_address() -> str:
     127.0.0.1 (the address ``shoal.nodes()`` reports); on Ray it is the
     address Ray gives the node.
     """
-    rt = api._runtime()
-    if rt.name == "ray":
+    if api.get_runtime_context().backend == "ray":
         import ray
         return ray.util.get_node_ip_address()
     return "127.0.0.1"

@@ -24,13 +24,31 @@ class _PoolProcess:
         if initializer is not None:
             initializer(*initargs)
 
+    def ping(self):
+        return True
+
     def run_chunk(self, func, chunk, star):
-        if star:
-            return [func(*args) for args in chunk]
-        return [func(arg) for arg in chunk]
+        # Each call's error is kept in its place: the other calls of the chunk still count.
+        out = []
+        for args in chunk:
+            try:
+                out.append(func(*args) if star else func(args))
+            except Exception as e:  # noqa: BLE001 - returned to the caller, in order
+                out.append(_CallError(e))
+        return out
 
     def run_one(self, func, args, kwds):
         return func(*args, **kwds)
+
+
+class _CallError:
+    """A call of a chunk raised: its error, in the call's place."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __reduce__(self):
+        return (_CallError, (self.error,))
 
 
 _POOL_PROCESS = api.remote(_PoolProcess)
@@ -61,8 +79,13 @@ class AsyncResult:
                 return
             try:
                 values = api.get(self._refs)
-                self._value = values[0] if self._single else \
-                    list(itertools.chain.from_iterable(values))
+                if self._single:
+                    self._value = values[0]
+                else:
+                    self._value = list(itertools.chain.from_iterable(values))
+                    failed = next((v for v in self._value if type(v) is _CallError), None)
+                    if failed is not None:   # the first error, as the standard library
+                        self._value, self._error = None, failed.error
             except Exception as e:  # noqa: BLE001 - kept for get() to raise
                 self._error = e
             self._event.set()
@@ -106,7 +129,11 @@ class AsyncResult:
 
 
 class IMapIterator:
-    """The iterator ``imap`` / ``imap_unordered`` return; ``next(timeout)`` bounds a wait."""
+    """The iterator ``imap`` / ``imap_unordered`` return; ``next(timeout)`` bounds a wait.
+
+    As in Ray's Pool, a call that raised yields its exception object in its
+    place (the other results still come); a lost process raises.
+    """
 
     def __init__(self, refs: list, ordered: bool):
         self._pending = list(refs)
@@ -134,7 +161,7 @@ class IMapIterator:
             raise TimeoutError(f"no result of the pool was ready within {timeout}s")
         ref = ready[0]
         self._pending.remove(ref)
-        self._buffer = list(api.get(ref))
+        self._buffer = [v.error if type(v) is _CallError else v for v in api.get(ref)]
         return self.next(timeout)
 
 
@@ -147,21 +174,33 @@ class Pool:
         maxtasksperchild: chunks a process runs before it is replaced by a fresh
             one (None: never replaced).
         context: accepted for compatibility; the processes are the cluster's.
-        ray_remote_args: options of each process's actor (default one CPU each,
-            or an even share of the cluster's CPUs when there are more processes).
+        ray_remote_args: options of each process's actor (default ``num_cpus=0``,
+            as Ray's: a pool inside a pool's call cannot starve for CPUs).
+        ray_address: the cluster to start on (``shoal.init(address=...)``) when
+            shoal is not started yet; otherwise a local one with ``processes`` CPUs.
 
+    Raises ValueError when the cluster has fewer CPUs than ``processes``.
     Use it as a context manager (``terminate()`` on exit), or ``close()`` then
-    ``join()``.
+    ``join()``. Errors: ``map`` and ``AsyncResult.get`` raise the first
+    call's error; ``imap`` yields it in its place, as Ray's Pool does.
     """
 
     def __init__(self, processes: int | None = None, initializer=None, initargs=(),
                  maxtasksperchild: int | None = None, context=None,
                  ray_remote_args: dict | None = None, ray_address=None):
-        cpus = api.cluster_resources().get("CPU", 1.0)
+        if processes is not None and (not isinstance(processes, int) or processes < 1):
+            raise ValueError(f"processes must be an int >= 1, got {processes!r}")
+        if not api.is_initialized():
+            if ray_address is not None and ray_address != "local":
+                api.init(address=ray_address)
+            else:
+                api.init(num_cpus=processes)
+        cpus = api.cluster_resources().get("CPU", 0.0)
         if processes is None:
             processes = max(1, int(cpus))
-        if not isinstance(processes, int) or processes < 1:
-            raise ValueError(f"processes must be an int >= 1, got {processes!r}")
+        if processes > cpus:
+            raise ValueError(f"a Pool of {processes} processes needs as many CPUs but the "
+                             f"cluster has {cpus:g}; ask for fewer processes")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int)
                                               or maxtasksperchild < 1):
             raise ValueError(f"maxtasksperchild must be an int >= 1 or None, "
@@ -172,10 +211,10 @@ class Pool:
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._maxtasks = maxtasksperchild
-        opts = {"num_cpus": 1.0 if processes <= cpus else cpus / processes}
-        opts.update(ray_remote_args or {})
-        self._opts = opts
+        self._opts = {"num_cpus": 0, **(ray_remote_args or {})}
         self._actors = [self._new_actor() for _ in range(processes)]
+        # Ready before the constructor returns: the initializers have run, as with processes.
+        api.get([a.ping.remote() for a in self._actors])
         self._served = [0] * processes
         self._next = 0
         self._state = "running"

@@ -457,6 +457,16 @@ def test_cluster_and_available_resources(backend):
     assert len(nodes) == 1 and nodes[0]["Resources"]["CPU"] == 2
 
 
+def test_resource_all_taken_is_absent_from_available(backend):
+    hog = Counter.options(num_cpus=2).remote()
+    assert shoal.get(hog.value.remote(), timeout=LONG) == 0
+    deadline = time.monotonic() + LONG
+    while "CPU" in shoal.available_resources():     # Ray's view settles after a moment
+        assert time.monotonic() < deadline, shoal.available_resources()
+        time.sleep(0.05)
+    shoal.kill(hog)
+
+
 # ------------------------------------------------------------------ key-value store
 def test_kv_store_operations_from_the_driver(backend):
     store = shoal.get_kv_store()
@@ -631,6 +641,26 @@ def test_streaming_needs_a_generator_function(backend):
         shoal.remote(num_returns="dynamic")(lambda: [1, 2])
 
 
+def test_generator_fills_fixed_returns_and_its_error_the_rest(backend):
+    @shoal.remote(max_retries=0)
+    def gen(n, fail=False):
+        for i in range(n):
+            yield [i]
+        if fail:
+            raise KeyError("after the items")
+
+    assert shoal.get(gen.options(num_returns=3).remote(3), timeout=LONG) == [[0], [1], [2]]
+    assert shoal.get(gen.remote(1), timeout=LONG) == [0]          # num_returns=1: the item
+    first, second, third = gen.options(num_returns=3).remote(2, fail=True)
+    assert shoal.get(first, timeout=LONG) == [0]
+    with pytest.raises(KeyError):
+        shoal.get(third, timeout=LONG)
+    short = gen.options(num_returns=3).remote(2)
+    assert shoal.get(short[1], timeout=LONG) == [1]
+    with pytest.raises(ValueError, match="num_returns=3"):
+        shoal.get(short[2], timeout=LONG)
+
+
 def test_dynamic_generator_is_a_ref_to_the_item_refs(backend):
     ref = dynamic_items.remote(3)
     assert isinstance(ref, shoal.ObjectRef)
@@ -640,12 +670,42 @@ def test_dynamic_generator_is_a_ref_to_the_item_refs(backend):
     assert [v.tolist() for v in values] == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
 
 
+@shoal.remote
+def read_dynamic(gen):
+    return [int(shoal.get(ref)[0]) for ref in gen]
+
+
+def test_dynamic_generator_passed_to_a_task(backend):
+    ref = dynamic_items.remote(3)
+    assert shoal.get(read_dynamic.remote(ref), timeout=LONG) == [0, 1, 2]     # resolved there
+    assert shoal.get(read_dynamic.remote(shoal.get(ref)), timeout=LONG) == [0, 1, 2]
+
+
+def test_actor_generator_method_with_fixed_returns(backend):
+    s = Streamer.remote()
+    assert shoal.get(s.items.options(num_returns=2).remote(2), timeout=LONG) == [0, 1]
+    assert shoal.get(s.plain_gen.remote(1), timeout=LONG) == 1
+
+
 def test_dynamic_generator_error_is_its_last_ref(backend):
     refs = list(shoal.get(dynamic_items.remote(5, fail_at=2), timeout=LONG))
     assert len(refs) == 3
     assert shoal.get(refs[1]).tolist() == [1, 1, 1]
     with pytest.raises(KeyError):
         shoal.get(refs[2])
+
+
+@shoal.remote(num_returns="dynamic", max_retries=1, retry_exceptions=[KeyError])
+def dynamic_fails_once(key):
+    yield "a"
+    if shoal.get_kv_store().add(key, 1) == 1:
+        raise KeyError("first attempt")
+    yield "b"
+
+
+def test_dynamic_generator_retries_a_retryable_error(backend):
+    refs = list(shoal.get(dynamic_fails_once.remote(_key("dyn-retry")), timeout=LONG))
+    assert shoal.get(refs, timeout=LONG) == ["a", "b"]
 
 
 def test_bad_num_returns_is_rejected(backend):

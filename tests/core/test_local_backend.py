@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import gc
 import time
 
 import numpy as np
@@ -409,3 +410,41 @@ def test_classes_of_the_drivers_main_script_reach_workers(tmp_path):
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith("2")
+
+
+@shoal.remote(num_returns="streaming")
+def _stream_arrays(n):
+    for i in range(n):
+        yield np.full(300_000, i)          # big enough for shared-memory files
+
+
+@shoal.remote(num_returns="dynamic")
+def _dynamic_arrays(n):
+    for i in range(n):
+        yield np.full(300_000, i)
+
+
+def test_generator_items_are_freed_when_their_refs_go(cluster):
+    def settle():
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with cluster.lock:
+                cluster._drain_refs()
+                if not cluster.objects.objs and not cluster.streams:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"left: {len(cluster.objects.objs)} objects, "
+                             f"{len(cluster.streams)} streams")
+
+    gen = _stream_arrays.remote(6)
+    assert [int(shoal.get(r)[0]) for r in gen] == list(range(6))
+    del gen
+    half = _stream_arrays.remote(6)
+    assert int(shoal.get(next(half))[0]) == 0
+    shoal.get(half.completed())
+    del half                                 # items never taken are let go too
+    refs = list(shoal.get(_dynamic_arrays.remote(4)))
+    assert [int(shoal.get(r)[0]) for r in refs] == list(range(4))
+    del refs
+    settle()

@@ -272,11 +272,19 @@ def test_pool_async_results_and_callbacks(backend):
         assert s.get() == [4]
 
 
-def test_pool_error_in_map_raises_its_type(backend):
+def test_pool_error_in_map_raises_its_type_and_imap_yields_it(backend):
     with Pool(2) as p:
         with pytest.raises(ZeroDivisionError, match="no 3"):
             p.map(_fail_on_three, range(6))
         assert p.map(_square, [2]) == [4]                # the pool still works
+        got = list(p.imap(_fail_on_three, range(5), chunksize=5))
+        assert got[:3] == [0, 1, 2] and got[4] == 4      # as Ray's Pool: the error in its place
+        assert isinstance(got[3], ZeroDivisionError)
+
+
+def test_pool_larger_than_the_cluster_is_rejected(backend):
+    with pytest.raises(ValueError, match="ask for fewer processes"):
+        Pool(64)
 
 
 def test_pool_timeout_and_not_ready(backend):
