@@ -34,7 +34,7 @@ bench: $(STAMP)
 # The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
 .PHONY: docs
 docs: $(STAMP)
-	$(BIN)/python -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -45,6 +45,7 @@ class Work:
         return self._result
 
     def result(self):
+        """Block until the op finished and return its result (``wait()`` without a timeout)."""
         return self.wait()
 
 

@@ -50,6 +50,7 @@ class Mesh:
         return self._groups[dim]
 
     def size(self, dim: str) -> int:
+        """The number of ranks along dimension ``dim``."""
         return self.shape[self.dim_names.index(dim)]
 
     def ranks_of(self, dim: str) -> list[int]:
@@ -59,6 +60,7 @@ class Mesh:
         return [int(r) for r in self.grid[index]]
 
     def destroy(self) -> None:
+        """Destroy the sub-groups this mesh made (not ``comm`` itself)."""
         for g in self._groups.values():
             if g is not None:
                 g.destroy()

@@ -32,11 +32,12 @@ class AggregateFn:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.on!r})"
 
-    # Partial state columns this aggregate needs: (column, arrow aggregation).
     def partial_specs(self) -> list[tuple]:
+        """The partial states this aggregate needs per block: ``(column, arrow aggregation)`` pairs."""
         return [(self.on, self.kind)]
 
     def finalize(self, reduced: pa.Table, extra: dict) -> pa.Array:
+        """The aggregate per group, from the combined partial states in ``reduced``."""
         return reduced.column(_combined_name(self.on, self.kind))
 
 
@@ -46,32 +47,44 @@ class Count(AggregateFn):
     kind = "count"
 
     def partial_specs(self):
+        """See AggregateFn.partial_specs."""
         return [([], "count_all")] if self.on is None else [(self.on, "count")]
 
     def finalize(self, reduced, extra):
+        """See AggregateFn.finalize."""
         name = "count_all" if self.on is None else _partial_name(self.on, "count")
         return reduced.column(f"{name}_sum")
 
 
 class Sum(AggregateFn):
+    """Sum of a column's non-null values."""
+
     kind = "sum"
 
 
 class Min(AggregateFn):
+    """Smallest non-null value of a column."""
+
     kind = "min"
 
 
 class Max(AggregateFn):
+    """Largest non-null value of a column."""
+
     kind = "max"
 
 
 class Mean(AggregateFn):
+    """Mean of a column's non-null values (null for a group without any)."""
+
     kind = "mean"
 
     def partial_specs(self):
+        """See AggregateFn.partial_specs."""
         return [(self.on, "sum"), (self.on, "count")]
 
     def finalize(self, reduced, extra):
+        """See AggregateFn.finalize."""
         total = reduced.column(_combined_name(self.on, "sum")).to_numpy(zero_copy_only=False)
         count = reduced.column(_combined_name(self.on, "count")).to_numpy(zero_copy_only=False)
         total = np.asarray(total, dtype=np.float64)
@@ -90,9 +103,11 @@ class Std(AggregateFn):
         self.ddof = ddof
 
     def partial_specs(self):
+        """See AggregateFn.partial_specs."""
         return [(self.on, "count"), (self.on, "mean"), (self.on, "variance")]
 
     def finalize(self, reduced, extra):
+        """See AggregateFn.finalize (Chan's merge of count, mean and M2)."""
         n, m2 = extra[("std", self.on)]
         with np.errstate(invalid="ignore", divide="ignore"):
             std = np.sqrt(m2 / (n - self.ddof))

@@ -44,11 +44,13 @@ class DataContext:
 
     @classmethod
     def get_current(cls) -> "DataContext":
+        """This driver's DataContext (created with the defaults on first use); change it in place."""
         if cls._current is None:
             cls._current = cls()
         return cls._current
 
     def progress_enabled(self, stream) -> bool:
+        """Whether to draw the progress line on ``stream`` (SHOAL_DATA_PROGRESS overrides)."""
         forced = os.environ.get("SHOAL_DATA_PROGRESS")
         if forced is not None:
             return _env_flag("SHOAL_DATA_PROGRESS", True)

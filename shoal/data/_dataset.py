@@ -116,14 +116,17 @@ class Dataset:
         return self._with(add_transform(self._plan, Filter(fn, expr), None, remote_args))
 
     def select_columns(self, cols: str | Sequence[str]) -> "Dataset":
+        """Only the columns ``cols``, in that order (ColumnNotFoundError names a missing one)."""
         self._check_columns(cols, "select_columns")
         return self._with(add_transform(self._plan, SelectColumns(cols)))
 
     def drop_columns(self, cols: str | Sequence[str]) -> "Dataset":
+        """Every column but ``cols``."""
         self._check_columns(cols, "drop_columns")
         return self._with(add_transform(self._plan, DropColumns(cols)))
 
     def rename_columns(self, names: dict | Sequence[str]) -> "Dataset":
+        """Columns renamed by a ``{old: new}`` dict, or a list of new names for all columns."""
         if isinstance(names, dict):
             self._check_columns(list(names), "rename_columns")
         return self._with(add_transform(self._plan, RenameColumns(names)))
@@ -220,9 +223,11 @@ class Dataset:
         return first if first is not None else pa.schema([])
 
     def columns(self) -> list[str]:
+        """The column names (from the schema)."""
         return self.schema().names
 
     def num_blocks(self) -> int:
+        """The number of blocks (from the plan when known, else by running it)."""
         known = known_num_blocks(self._plan)
         return known if known is not None else len(self._bundles())
 
@@ -231,18 +236,22 @@ class Dataset:
         return sum(meta.size_bytes for _, meta in self._bundles())
 
     def take(self, limit: int = 20) -> list[dict]:
+        """The first ``limit`` rows as dicts (only the blocks needed are computed)."""
         return self.limit(limit).take_all()
 
     def take_all(self, limit: int | None = None) -> list[dict]:
+        """Every row as a dict; ValueError when there are more than ``limit``."""
         rows = self.to_arrow().to_pylist()
         if limit is not None and len(rows) > limit:
             raise ValueError(f"the dataset has more than {limit} rows; use take({limit})")
         return rows
 
     def take_batch(self, batch_size: int = 20, *, batch_format: str = "numpy") -> Any:
+        """The first ``batch_size`` rows as one batch of ``batch_format`` (numpy, pandas, pyarrow)."""
         return _iterate.to_batch(self.limit(batch_size).to_arrow(), batch_format)
 
     def show(self, limit: int = 20) -> None:
+        """Print the first ``limit`` rows."""
         for row in self.take(limit):
             print(row)
 
@@ -254,6 +263,7 @@ class Dataset:
         return concat(tables)
 
     def to_pandas(self) -> pd.DataFrame:
+        """All rows as one pandas DataFrame in the driver."""
         return table_to_pandas(self.to_arrow())
 
     def to_numpy(self, column: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
@@ -288,6 +298,7 @@ class Dataset:
             local_shuffle_seed=local_shuffle_seed)
 
     def iter_rows(self) -> Iterator[dict]:
+        """Every row as a dict, streaming block by block."""
         return _iterate.iter_rows(self._stream())
 
     # --------------------------------------------------------------- splits ---
@@ -364,6 +375,7 @@ class Dataset:
         return self._write(path, "parquet", arrow_parquet_args)
 
     def write_csv(self, path: str, **arrow_csv_args) -> list[str]:
+        """Write one CSV file per non-empty block into folder ``path``; return the files."""
         return self._write(path, "csv", arrow_csv_args)
 
     def write_json(self, path: str, **pandas_json_args) -> list[str]:
@@ -390,18 +402,23 @@ class Dataset:
         return values[0] if isinstance(on, str) else result
 
     def sum(self, on: str | Sequence[str]):
+        """Sum of column ``on`` (a value), or of each column of a list (a ``{name: value}`` dict)."""
         return self._global(Sum, on)
 
     def min(self, on: str | Sequence[str]):
+        """Smallest value of ``on`` (one column: a value; a list: a dict), as ``sum``."""
         return self._global(Min, on)
 
     def max(self, on: str | Sequence[str]):
+        """Largest value of ``on`` (one column: a value; a list: a dict), as ``sum``."""
         return self._global(Max, on)
 
     def mean(self, on: str | Sequence[str]):
+        """Mean of ``on`` (one column: a value; a list: a dict), as ``sum``."""
         return self._global(Mean, on)
 
     def std(self, on: str | Sequence[str], ddof: int = 1):
+        """Standard deviation of ``on`` (``ddof=1``: the sample's, as pandas), as ``sum``."""
         return self._global(Std, on, ddof=ddof)
 
     def unique(self, column: str) -> list:

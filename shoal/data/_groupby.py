@@ -26,6 +26,7 @@ class GroupedData:
         self._keys = keys
 
     def aggregate(self, *aggs: AggregateFn):
+        """A Dataset of one row per group: the key columns, then one column per aggregate, sorted by key."""
         aggs = validate_aggs(aggs)
         from shoal.data._dataset import Dataset
 
@@ -34,6 +35,7 @@ class GroupedData:
         return Dataset(AllToAllNode(self._dataset._plan, fn, name))
 
     def count(self):
+        """Rows per group, in a column ``count()``."""
         return self.aggregate(Count())
 
     def _each(self, agg_type, on, **kwargs):
@@ -41,18 +43,23 @@ class GroupedData:
         return self.aggregate(*[agg_type(c, **kwargs) for c in cols])
 
     def sum(self, on: str | Sequence[str]):
+        """Sum per group of column ``on`` (or each of a list)."""
         return self._each(Sum, on)
 
     def min(self, on: str | Sequence[str]):
+        """Smallest value per group of ``on``."""
         return self._each(Min, on)
 
     def max(self, on: str | Sequence[str]):
+        """Largest value per group of ``on``."""
         return self._each(Max, on)
 
     def mean(self, on: str | Sequence[str]):
+        """Mean per group of ``on``."""
         return self._each(Mean, on)
 
     def std(self, on: str | Sequence[str], ddof: int = 1):
+        """Standard deviation per group of ``on`` (``ddof=1``: the sample's)."""
         return self._each(Std, on, ddof=ddof)
 
     def map_groups(self, fn: Callable, *, batch_format: str = "numpy", fn_args: Sequence = (),

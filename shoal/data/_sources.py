@@ -132,6 +132,7 @@ def from_pandas(dfs: pd.DataFrame | list[pd.DataFrame], *,
 
 def from_arrow(tables: pa.Table | list[pa.Table], *,
                override_num_blocks: int | None = None) -> Dataset:
+    """One block per pyarrow Table or RecordBatch (or ``override_num_blocks`` blocks), put in the store now."""
     tables = [tables] if isinstance(tables, (pa.Table, pa.RecordBatch)) else list(tables)
     tables = [pa.Table.from_batches([t]) if isinstance(t, pa.RecordBatch) else t for t in tables]
     return _put_tables(tables, _num_blocks(override_num_blocks, None), "from_arrow")

@@ -31,12 +31,14 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, data: dict) -> Checkpoint:
+        """A checkpoint of ``data`` (any picklable values, torch tensors included)."""
         if not isinstance(data, dict):
             raise TypeError(f"Checkpoint.from_dict takes a dict, got {type(data).__name__}")
         return cls(data=dict(data))
 
     @classmethod
     def from_directory(cls, path) -> Checkpoint:
+        """A checkpoint of the files in the existing directory ``path``."""
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")

@@ -31,18 +31,23 @@ class TrainContext:
 
     # Ray Train's accessor names, for loops written against it.
     def get_world_rank(self) -> int:
+        """This worker's rank in the gang (Ray Train's name for ``rank``)."""
         return self.rank
 
     def get_world_size(self) -> int:
+        """Number of workers in the gang."""
         return self.world_size
 
     def get_local_rank(self) -> int:
+        """This worker's rank among the gang's workers on its node."""
         return self.local_rank
 
     def get_local_world_size(self) -> int:
+        """Number of the gang's workers on this node."""
         return self.local_world_size
 
     def get_node_rank(self) -> int:
+        """This node's index among the gang's nodes."""
         return self.node_rank
 
 

@@ -33,9 +33,11 @@ class ShardSampler(Sampler):
         self.total = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
+        """Seed the next shuffle with ``seed + epoch`` (every rank must pass the same epoch)."""
         self.epoch = int(epoch)
 
     def indices(self) -> torch.Tensor:
+        """This rank's indices for the current epoch (padded by repeating, unless ``drop_last``)."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
@@ -76,6 +78,7 @@ class PreparedDataLoader:
         self._checked_len = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose shard order the next iteration uses (the same on every rank)."""
         self._epoch, self._epoch_set = int(epoch), True
 
     def __len__(self) -> int:

@@ -68,6 +68,7 @@ class DDP:
                              f"{self.backend!r}")
 
     def prepare(self, model: nn.Module, comm) -> DistributedModel:
+        """Wrap ``model`` for this strategy over ``comm`` (what ``prepare_model`` calls)."""
         return DistributedModel(model, comm, self)
 
 
@@ -138,6 +139,7 @@ class DistributedModel(nn.Module):
 
     # ------------------------------------------------------------- steps
     def forward(self, *args, **kwargs):
+        """Run the wrapped module (in training, after copying rank 0's buffers)."""
         if torch.is_grad_enabled() and self.training:
             if self._buckets.next_launch or self._callback_queued:   # a backward did not finish
                 self._buckets.abandon()
@@ -173,7 +175,9 @@ class DistributedModel(nn.Module):
             self._require_sync = old
 
     def state_dict(self, *args, **kwargs):
+        """The wrapped module's state_dict (keys without a ``module.`` prefix)."""
         return self.module.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load into the wrapped module (keys without a ``module.`` prefix)."""
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)

@@ -66,6 +66,7 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"SyncBatchNorm expects at least 2D input, got {x.dim()}D")
 
     def forward(self, x):
+        """Normalise ``x``; in training, with statistics over every rank's batch."""
         self._check_input_dim(x)
         if not self.training or self.comm is None or self.comm.world_size == 1:
             return super().forward(x)

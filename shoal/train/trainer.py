@@ -64,6 +64,7 @@ class Result:
     attempts: int = 1
 
     def get_best_checkpoint(self, metric: str, mode: str = "max") -> Checkpoint | None:
+        """The kept checkpoint with the best ``metric`` (``mode``: "max" or "min"), or None."""
         scored = [(c, m[metric]) for c, m in self.best_checkpoints
                   if isinstance(m.get(metric), (int, float))]
         if not scored:
@@ -267,6 +268,7 @@ class Trainer:
 
     @classmethod
     def can_restore(cls, path: str) -> bool:
+        """Whether ``path`` holds a run that ``Trainer.restore`` can continue."""
         return os.path.exists(os.path.join(os.fspath(path), _STATE_FILE))
 
     # ------------------------------------------------------------ fit
