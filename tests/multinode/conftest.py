@@ -158,6 +158,16 @@ class RayCluster:
             raise AssertionError(f"the driver exited with {p.returncode}:\n{out[-6000:]}")
         return json.loads(results[-1])
 
+    def run_program(self, path: str, timeout: float = 240, env: dict | None = None) -> str:
+        """Run the program at ``path`` as a Ray job would (RAY_ADDRESS set); returns its output."""
+        p = subprocess.run(["ip", "netns", "exec", self.head_ns, sys.executable, path],
+                           cwd=self.tmp, env={**self.env, "RAY_ADDRESS": self.address, **(env or {})},
+                           capture_output=True, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise AssertionError(f"{path} exited with {p.returncode}:\n{p.stdout[-3000:]}\n"
+                                 f"{p.stderr[-3000:]}")
+        return p.stdout
+
     def close(self) -> None:
         self.remove_network()
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,5 +1,9 @@
 """The two-node cluster itself: both nodes alive, work spread over them, objects between them."""
+import os
+
 import pytest
+
+from conftest import ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -41,3 +45,10 @@ head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head
 emit({"maker": maker, "store": store_nodes, "head": head})
 """)
     assert got["store"] == got["head"] != [got["maker"]]
+
+
+def test_the_kubernetes_job_program_runs_on_the_cluster(cluster, tmp_path):
+    out = cluster.run_program(os.path.join(ROOT, "deploy", "kubernetes", "shoal_job.py"),
+                              env={"SHOAL_STORAGE": str(tmp_path)})
+    assert "cluster: 2 node(s), 4 CPUs" in out
+    assert "trained 2 workers" in out
