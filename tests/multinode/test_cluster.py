@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from _cluster import ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
