@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cluster import ROOT, RayCluster, namespaces_unavailable  # noqa: E402,F401
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cluster():
     why = namespaces_unavailable()
     if why:
