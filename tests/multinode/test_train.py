@@ -156,3 +156,22 @@ except shoal.exceptions.TrainingFailedError as e:
         cluster.start_worker()
     assert got["error"] and "max_failures=0" in got["error"], log[-3000:]
     assert got["attempts"] == 1
+
+
+def test_trainer_whose_ranks_cannot_reach_each_other_fails_naming_rank_address_and_fix(cluster,
+                                                                                         tmp_path):
+    # every rank advertises loopback: the rank on the other node cannot reach it
+    got = cluster.run(LOOP + f"""
+shoal.shutdown()
+shoal.init(address={cluster.address!r},
+           runtime_env={{"env_vars": {{"SHOAL_COLLECTIVE_HOST": "127.0.0.1"}}}})
+try:
+    st.Trainer(loop, num_workers=2, config={{"epochs": 2}}, placement_strategy="STRICT_SPREAD",
+               run_config=st.RunConfig(storage_path={str(tmp_path)!r}, verbose=0)).fit()
+    emit(None)
+except shoal.exceptions.TrainingFailedError as e:
+    emit(str(e))
+""", timeout=300)
+    assert got is not None
+    assert "could not connect to rank 1 at 127.0.0.1:" in got
+    assert "SHOAL_COLLECTIVE_HOST" in got
