@@ -1,6 +1,6 @@
 """Data-parallel training throughput: shoal DDP vs torch DDP (Gloo) vs one worker.
 
-    python benchmarks/train.py [--quick] [--workers 2] [--steps 60]
+    python benchmarks/train.py [--quick] [--workers 2] [--steps 60] [--two-nodes also|only|no]
 
 The same model, synthetic data and per-rank batch size are trained with
   - 1 worker (plain PyTorch, no communication),
@@ -15,6 +15,11 @@ gradient buckets (waiting for a background allreduce, or reducing a bucket
 itself at the end of backward), and the CPU time per step of rank 0 (all
 its threads: compute + communication),
 a figure that other load on the host disturbs much less than wall-clock rates.
+When run as root it then times 2 nodes x 1 worker (``--two-nodes only``:
+just that): shoal's Trainer on a Ray cluster whose two nodes are network
+namespaces joined by a veth pair (``ray start`` in each, token auth on)
+against torch DDP (Gloo) launched across the same two namespaces, in
+alternating rounds, the best window of each system kept.
 The row "N x 1 worker, no comm" runs N independent single workers at once:
 the ceiling this host puts on any data-parallel system (the ranks share
 cores, caches and memory bandwidth even with no communication at all).
