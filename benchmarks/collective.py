@@ -10,7 +10,10 @@ rank processes, and the ratio. The two are timed in alternating rounds and
 each keeps its best round, so load from other processes on a shared machine
 skews neither side. The machine's limit is printed first: NumPy
 memcpy bandwidth. When run as root it repeats the comparison across two
-network namespaces joined by a veth pair (TCP between "hosts").
+network namespaces joined by a veth pair (TCP between "hosts"), and once
+more with the two ranks as actors on the two nodes of a real Ray cluster
+(``ray start`` in each namespace, token authentication on; ``--only-ray``
+runs just that case).
 """
 from __future__ import annotations
 
@@ -51,7 +54,6 @@ def _iters(nbytes: int, quick: bool) -> int:
 
 # ------------------------------------------------------------------ worker
 def worker(args) -> None:
-    import torch
     import torch.distributed as dist
 
     from shoal import collective
@@ -64,13 +66,22 @@ def worker(args) -> None:
     comm = collective.init_group(rank, world, store, backend="native", name="bench", timeout=120)
     dist.init_process_group("gloo", init_method=f"tcp://{host}:{args.gloo_port}", rank=rank,
                             world_size=world)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    time_allreduce(comm, dist, rank, [int(s) for s in args.sizes.split(",")], args.quick,
+                   lambda res: print(json.dumps(res), flush=True))
+    comm.destroy()
+    dist.destroy_process_group()
+    store.close()
+
+
+def time_allreduce(comm, dist, rank, sizes, quick, emit=None) -> list[dict]:
+    """Time shoal's ``comm`` against Gloo's default group in alternating rounds; rank 0 emits rows."""
+    import torch
     rows = []
     for nbytes in sizes:
         n = nbytes // 4
         a = np.zeros(n, np.float32)  # zeros stay finite over repeated in-place sums
         t = torch.zeros(n, dtype=torch.float32)
-        iters = max(2, _iters(nbytes, args.quick) // ROUNDS)
+        iters = max(2, _iters(nbytes, quick) // ROUNDS)
         ops = {"native": lambda: comm.allreduce(a), "gloo": lambda: dist.all_reduce(t)}
         for op in ops.values():
             for _ in range(2):
@@ -90,11 +101,9 @@ def worker(args) -> None:
                 best[name] = min(best[name], float(got[0]))
         res = {"bytes": nbytes, **best}
         rows.append(res)
-        if rank == 0:
-            print(json.dumps(res), flush=True)
-    comm.destroy()
-    dist.destroy_process_group()
-    store.close()
+        if rank == 0 and emit is not None:
+            emit(res)
+    return rows
 
 
 def _launch(world, master, sizes, quick, prefix=None, env=None):
@@ -158,6 +167,61 @@ def print_table(title: str, world: int, rows: list[dict]) -> None:
 # ------------------------------------------------------------ namespaces
 NS = ("shoalbench0", "shoalbench1")
 
+# A rank of the Ray case: an actor pinned to one node; shoal's group forms through the
+# cluster's key-value store (advertising the node IP), Gloo's over the same veth.
+_RAY_DRIVER = """
+import importlib.util
+
+@shoal.remote(num_cpus=1)
+class Rank:
+    def run(self, rank, sizes, quick, gloo, ifname):
+        os.environ.update(GLOO_SOCKET_IFNAME=ifname, OMP_NUM_THREADS="1")
+        import torch
+        torch.set_num_threads(1)
+        import torch.distributed as dist
+        from shoal import collective
+        spec = importlib.util.spec_from_file_location("shoal_bench_collective", {bench!r})
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        comm = collective.init_group(rank, 2, shoal.get_kv_store(), backend="native",
+                                     name="bench", timeout=120)
+        dist.init_process_group("gloo", init_method="tcp://" + gloo, rank=rank, world_size=2)
+        rows = bench.time_allreduce(comm, dist, rank, sizes, quick)
+        info = [len(comm.topology.hosts), comm.mesh.address[0]]
+        comm.destroy()
+        dist.destroy_process_group()
+        return rows, info
+
+ranks = [Rank.options(resources={{"head": 1}}).remote(), Rank.options(resources={{"worker": 1}}).remote()]
+out = shoal.get([r.run.remote(i, {sizes!r}, {quick!r}, {gloo!r}, {ifnames!r}[i])
+                 for i, r in enumerate(ranks)], timeout=1800)
+emit({{"rows": out[0][0], "info": [o[1] for o in out]}})
+"""
+
+
+def ray_cross_node(sizes, quick) -> None:
+    """Allreduce between two actors on the two nodes of a Ray cluster in two namespaces."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "multinode"))
+    from _cluster import RayCluster, namespaces_unavailable
+    why = namespaces_unavailable()
+    if why:
+        print(f"\nRay across namespaces: skipped ({why})")
+        return
+    cluster = RayCluster()
+    try:
+        cluster.make_network()
+        cluster.start_head()
+        cluster.start_worker()
+        got = cluster.run(_RAY_DRIVER.format(
+            bench=os.path.abspath(__file__), sizes=sizes, quick=quick,
+            gloo=f"{cluster.head_ip}:29733", ifnames=list(cluster.veth)), timeout=1800)
+    finally:
+        cluster.close()
+    hosts, addrs = got["info"][0][0], [i[1] for i in got["info"]]
+    print_table(f"allreduce float32, 2 actors on the 2 nodes of a Ray cluster in 2 network "
+                f"namespaces ({hosts} hosts; native: TCP over veth, listening on {addrs})", 2,
+                got["rows"])
+
 
 def _sh(*cmd) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -194,6 +258,8 @@ def main() -> None:
     ap.add_argument("--worlds", default="2,4", help="world sizes on this host ('' for none)")
     ap.add_argument("--min-mb", type=float, default=0, help="skip buffers smaller than this")
     ap.add_argument("--no-netns", action="store_true")
+    ap.add_argument("--only-ray", action="store_true",
+                    help="only the Ray case: 2 actors on 2 nodes of a Ray cluster in namespaces")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int)
     ap.add_argument("--world", type=int)
@@ -213,6 +279,9 @@ def main() -> None:
         s *= 4 if args.quick else 2
     print(f"numpy memcpy bandwidth (256 MB): {memcpy_bandwidth():.2f} GB/s; {os.cpu_count()} CPUs; "
           "load average %.2f %.2f %.2f" % os.getloadavg())
+    if args.only_ray:
+        ray_cross_node([x for x in sizes if x <= (64 << 20)], args.quick)
+        return
     for world in (int(w) for w in args.worlds.split(",") if w):
         port = _free_port()
         rows = _launch(world, f"127.0.0.1:{port}", sizes, args.quick,
@@ -232,6 +301,7 @@ def main() -> None:
         print_table("allreduce float32, 2 ranks in 2 network namespaces (native: TCP over veth)", 2, rows)
     finally:
         delete_namespaces()
+    ray_cross_node(ns_sizes, args.quick)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ metadata check). Allreduce is hierarchical: reduce within each host through
 shared memory to the host's leader, allreduce among the leaders over TCP
 (recursive doubling for small buffers when the number of hosts is a power of
 two, a ring otherwise: each leader sends 2(h-1)/h of the data), broadcast
-back through shared memory. The byte-stream exchanges (broadcast, gathers,
+back through shared memory. A small allreduce of two ranks on two hosts
+sends each rank's data right behind its descriptor: one round trip. The byte-stream exchanges (broadcast, gathers,
 scatter, alltoall) send each consumer exactly the ranges it wants, in
 ``world_size - 1`` pairwise steps (rank r sends to r+s while receiving from r-s).
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from shoal.collective import _descriptor as D
 from shoal.collective._buffers import Reducer
+from shoal.exceptions import CollectiveError
 
 _ALIGN = 64
 
@@ -34,6 +36,11 @@ def _pairwise(comm, payload_for, sink_for) -> None:
                 pend.wait(comm.timeout)
 
 
+# A descriptor whose message starts with this carries the sender's data right behind
+# it (a small allreduce between two ranks: one round trip instead of two).
+_WITH_DATA = b"+data:"
+
+
 def exchange_descs(comm, desc: np.ndarray, msg: bytes = b"") -> list[np.ndarray]:
     """All ranks' descriptors (checked: raises the same CollectiveError on every rank)."""
     p = comm.world_size
@@ -46,8 +53,72 @@ def exchange_descs(comm, desc: np.ndarray, msg: bytes = b"") -> list[np.ndarray]
     _pairwise(comm, lambda to: [mine], lambda frm: [got[frm]])
     metas = [got[q, :desc.size * 8].view(np.int64).copy() for q in range(p)]
     msgs = [got[q, desc.size * 8:].tobytes() for q in range(p)]
+    fused = [q for q in range(p) if msgs[q].startswith(_WITH_DATA)]
+    for q in fused:     # keep the stream in step before anything raises
+        n = _data_bytes(msgs[q])
+        _drain(comm, q, n)
+        msgs[q] = b""
     D.check(metas, msgs)
+    if fused:
+        raise _fusion_mismatch(fused[0], comm.rank)
     return metas
+
+
+def _data_bytes(msg: bytes) -> int:
+    return int(msg[len(_WITH_DATA):].split(b"\0", 1)[0])
+
+
+def _drain(comm, peer: int, n: int) -> None:
+    if n:
+        comm.mesh.recv_into(peer, comm.scratch("drain", n))
+
+
+def _fusion_mismatch(fused_rank: int, plain_rank: int):
+    err = CollectiveError(
+        f"rank {fused_rank} sent a small allreduce's data with its descriptor but rank "
+        f"{plain_rank} did not: their NativeConfig.tcp_small_bytes or prescale/postscale differ; "
+        "give every rank the same")
+    err.mismatch = True
+    return err
+
+
+def pair_allreduce(comm, src: np.ndarray, dst: np.ndarray | None, reducer: Reducer,
+                   desc: np.ndarray) -> None:
+    """A small allreduce of a group of two ranks on two hosts, in one round trip.
+
+    Each rank sends its descriptor with its data behind it and checks the
+    other's descriptor (both ranks see both: the same error on each); the sum
+    is taken in rank order, so both hold the same bits.
+    """
+    peer, dbytes = 1 - comm.rank, desc.size * 8
+    size = dbytes + D.MSG_BYTES
+    out = comm.scratch("pair_out", size + src.nbytes)
+    out[:size] = 0
+    out[:dbytes] = desc.view(np.uint8)
+    tag = _WITH_DATA + str(src.nbytes).encode()
+    out[dbytes:dbytes + len(tag)] = np.frombuffer(tag, np.uint8)
+    out[size:] = src.reshape(-1).view(np.uint8)
+    head = comm.scratch("pair_head", size)
+    pending = comm.mesh.send_async(peer, out)
+    try:
+        comm.mesh.recv_into(peer, head)
+        msg = head[dbytes:].tobytes()
+        with_data = msg.startswith(_WITH_DATA)
+        n = _data_bytes(msg) if with_data else 0
+        theirs = comm.scratch("pair_in", n)
+        if n:
+            comm.mesh.recv_into(peer, theirs)
+    finally:
+        pending.wait(comm.timeout)
+    metas = [desc, head[:dbytes].view(np.int64)]
+    if comm.rank == 1:
+        metas.reverse()
+    D.check(metas, [b"", b"" if with_data else msg])
+    if not with_data:
+        raise _fusion_mismatch(comm.rank, peer)
+    if dst is not None:
+        other = theirs.view(src.dtype).reshape(src.shape)
+        reducer.reduce(dst, [src, other] if comm.rank == 0 else [other, src])
 
 
 def exchange(comm, send: np.ndarray, desc: np.ndarray, ranges, sink) -> list[np.ndarray]:
@@ -69,6 +140,8 @@ def exchange(comm, send: np.ndarray, desc: np.ndarray, ranges, sink) -> list[np.
 
 def allreduce(comm, src: np.ndarray, dst: np.ndarray | None, reducer: Reducer,
               desc: np.ndarray) -> None:
+    if comm.world_size == 2 and reducer.acc is None and src.nbytes <= comm.config.tcp_small_bytes:
+        return pair_allreduce(comm, src, dst, reducer, desc)
     exchange_descs(comm, desc)
     hier_allreduce(comm, src, dst, reducer)
 

@@ -10,6 +10,7 @@ from the wire here.
 """
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import struct
@@ -25,6 +26,9 @@ _HELLO = struct.Struct("!qq")
 # A peer's address is in the store only once it listens there, so a refused or
 # unroutable connection means a wrong address: give up well before a collective's timeout.
 CONNECT_TIMEOUT = 30.0
+# Sends up to this size are written by the calling thread when nothing is queued
+# (one write that never blocks): a small collective pays no hand-off to the sender thread.
+INLINE_SEND_BYTES = 64 << 10
 
 
 class TcpMesh:
@@ -46,6 +50,8 @@ class TcpMesh:
                                                name=f"shoal-collective-accept-{rank}")
         self._accept_thread.start()
         self._send_q: queue.Queue = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._queued = 0          # sends queued or in progress on the sender thread
         self._sender = threading.Thread(target=self._send_loop, daemon=True,
                                         name=f"shoal-collective-send-{rank}")
         self._sender.start()
@@ -157,9 +163,29 @@ class TcpMesh:
         _recv_into(self.conn(peer, channel), view, peer, self.timeout)
 
     def send_async(self, peer: int, data, channel: int = 0) -> "_Pending":
-        """Send on the background sender thread (while this thread receives)."""
+        """Send on the background sender thread (while this thread receives).
+
+        A small send with nothing queued before it is written here at once,
+        without blocking; what the socket does not take goes to the thread.
+        """
         p = _Pending()
-        self._send_q.put((peer, data, channel, p))
+        view = memoryview(data).cast("B")
+        with self._send_lock:
+            if view.nbytes <= INLINE_SEND_BYTES and self._queued == 0:
+                try:
+                    sent = _write_now(self.conn(peer, channel), view)
+                except OSError as e:
+                    p.done(CollectiveError(f"lost the connection to rank {peer} while sending: {e}"))
+                    return p
+                except CollectiveError as e:
+                    p.done(e)
+                    return p
+                if sent == view.nbytes:
+                    p.done(None)
+                    return p
+                view = view[sent:]
+            self._queued += 1
+            self._send_q.put((peer, view, channel, p))
         return p
 
     def sendrecv(self, dst: int, send, src: int, recv, channel: int = 0) -> None:
@@ -178,9 +204,12 @@ class TcpMesh:
             peer, data, channel, pending = item
             try:
                 self.send(peer, data, channel)
-                pending.done(None)
+                err = None
             except BaseException as e:  # handed to the waiting thread
-                pending.done(e)
+                err = e
+            with self._send_lock:
+                self._queued -= 1
+            pending.done(err)
 
     def close(self) -> None:
         self._closed = True
@@ -212,6 +241,16 @@ class _Pending:
             raise CollectiveError(f"a send did not complete within {timeout}s")
         if self._err is not None:
             raise self._err
+
+
+def _write_now(sock: socket.socket, view: memoryview) -> int:
+    """Write what the socket takes now (its descriptor is non-blocking when it has a timeout)."""
+    if sock.gettimeout() is None:     # a blocking descriptor: leave it to the sender thread
+        return 0
+    try:
+        return os.write(sock.fileno(), view)
+    except BlockingIOError:
+        return 0
 
 
 def _recv_into(sock: socket.socket, view: memoryview, peer: int, timeout: float) -> None:

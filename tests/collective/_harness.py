@@ -14,7 +14,8 @@ _CTX = mp.get_context("spawn")
 
 
 def _rank_main(fn, rank, world, port, secret, backend, name, timeout, config, q, args, env):
-    os.environ.update(env or {})
+    # "{rank}" in a value becomes the rank (e.g. a host identity of its own per rank)
+    os.environ.update({k: v.replace("{rank}", str(rank)) for k, v in (env or {}).items()})
     try:
         from shoal import collective
         store = TCPStore("127.0.0.1", port, secret=secret)

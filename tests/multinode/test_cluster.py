@@ -1,5 +1,11 @@
 """The two-node cluster itself: both nodes alive, work spread over them, objects between them."""
+import os
+import subprocess
+import sys
+
 import pytest
+
+from _cluster import ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -41,3 +47,24 @@ head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head
 emit({"maker": maker, "store": store_nodes, "head": head})
 """)
     assert got["store"] == got["head"] != [got["maker"]]
+
+
+def test_the_kubernetes_job_program_runs_on_the_cluster(cluster, tmp_path):
+    out = cluster.run_program(os.path.join(ROOT, "deploy", "kubernetes", "shoal_job.py"),
+                              env={"SHOAL_STORAGE": str(tmp_path)})
+    assert "cluster: 2 node(s), 4 CPUs" in out
+    assert "trained 2 workers" in out
+
+
+def test_core_conformance_suite_passes_on_the_two_node_cluster(cluster):
+    # tests/core's Ray half, run by a driver on the head node against this cluster; the two
+    # tests that count the CPUs of a 2-CPU local cluster are left out (this one has 4)
+    out = subprocess.run(
+        ["ip", "netns", "exec", cluster.head_ns, sys.executable, "-m", "pytest", "-q", "-m", "ray",
+         "-p", "no:cacheprovider", "-k",
+         "not (cluster_and_available_resources or attaches_to_a_running_ray)",
+         os.path.join(ROOT, "tests", "core", "test_conformance.py")],
+        env={**cluster.env, "SHOAL_TEST_RAY_ADDRESS": cluster.address}, cwd=ROOT,
+        capture_output=True, text=True, timeout=360)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout

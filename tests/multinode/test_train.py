@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from _cluster import ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -25,7 +25,8 @@ def loop(config):
     g = torch.Generator().manual_seed(1)
     X = torch.randn(64, 8, generator=g)
     y = X @ torch.arange(8.0).unsqueeze(1)
-    part = slice(ctx.rank * 32, (ctx.rank + 1) * 32)
+    n = 64 // ctx.world_size
+    part = slice(ctx.rank * n, (ctx.rank + 1) * n)
     start = 0
     ck = st.get_checkpoint()
     if ck is not None:
@@ -42,19 +43,19 @@ def loop(config):
             import time; time.sleep(config["slow"])
         w = [float(v) for v in next(model.parameters()).detach().reshape(-1)]
         st.report({"epoch": epoch, "loss": float(loss), "w": json.dumps(w),
-                   "node": shoal.get_runtime_context().node_id},
+                   "hosts": len(st.get_communicator().topology.hosts)},
                   checkpoint=st.Checkpoint.from_dict({"model": model.state_dict(),
                                                       "opt": opt.state_dict(), "epoch": epoch}))
 """
 
 
-def _fit_code(storage, **kw):
+def _fit_code(storage, workers=2, **kw):
     args = ", ".join(f"{k}={v}" for k, v in kw.items())
     return LOOP + f"""
-res = st.Trainer(loop, num_workers=2, config={{"epochs": 5}},
+res = st.Trainer(loop, num_workers={workers}, config={{"epochs": 5}},
                  run_config=st.RunConfig(storage_path={storage!r}, verbose=0), {args}).fit()
 emit({{"w": json.loads(res.metrics["w"]), "loss": res.metrics["loss"],
-       "attempts": res.attempts}})
+       "attempts": res.attempts, "hosts": res.metrics["hosts"]}})
 """
 
 
@@ -62,7 +63,7 @@ def _one_machine(code, tmp_path):
     """Run ``code`` on the local backend (one machine) and return what it emitted."""
     src = ("import json, sys, shoal\n"
            "def emit(o): print('SHOAL-RESULT ' + json.dumps(o), flush=True)\n"
-           "shoal.init(num_cpus=2)\n" + code)
+           "shoal.init(num_cpus=4)\n" + code)
     out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=240,
                          env=dict(os.environ, PYTHONPATH=ROOT), cwd=str(tmp_path))
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("SHOAL-RESULT ")]
@@ -74,8 +75,20 @@ def test_trainer_one_worker_per_node_matches_one_machine(cluster, tmp_path):
     got = cluster.run(_fit_code(str(tmp_path / "c"), placement_strategy='"STRICT_SPREAD"'),
                       timeout=240)
     local = _one_machine(_fit_code(str(tmp_path / "l")), tmp_path)
+    assert got["hosts"] == 2 and local["hosts"] == 1
     assert got["w"] == pytest.approx(local["w"], rel=1e-6)
     assert got["loss"] == pytest.approx(local["loss"], rel=1e-6)
+
+
+def test_trainer_two_workers_per_node_matches_one_machine(cluster, tmp_path):
+    got = cluster.run(_fit_code(str(tmp_path / "c"), workers=4, placement_strategy='"SPREAD"'),
+                      timeout=240)
+    local = _one_machine(_fit_code(str(tmp_path / "l"), workers=4), tmp_path)
+    assert got["hosts"] == 2 and local["hosts"] == 1
+    # float32 gradients summed in another order ((r0+r1)+(r2+r3) across hosts, in rank
+    # order in one shared-memory group) round differently in the last bits
+    assert got["w"] == pytest.approx(local["w"], rel=1e-5, abs=1e-6)
+    assert got["loss"] == pytest.approx(local["loss"], rel=1e-5)
 
 
 def _wait_for(path, proc, timeout=180):
@@ -156,3 +169,22 @@ except shoal.exceptions.TrainingFailedError as e:
         cluster.start_worker()
     assert got["error"] and "max_failures=0" in got["error"], log[-3000:]
     assert got["attempts"] == 1
+
+
+def test_trainer_whose_ranks_cannot_reach_each_other_fails_naming_rank_address_and_fix(cluster,
+                                                                                         tmp_path):
+    # every rank advertises loopback: the rank on the other node cannot reach it
+    got = cluster.run(LOOP + f"""
+shoal.shutdown()
+shoal.init(address={cluster.address!r},
+           runtime_env={{"env_vars": {{"SHOAL_COLLECTIVE_HOST": "127.0.0.1"}}}})
+try:
+    st.Trainer(loop, num_workers=2, config={{"epochs": 2}}, placement_strategy="STRICT_SPREAD",
+               run_config=st.RunConfig(storage_path={str(tmp_path)!r}, verbose=0)).fit()
+    emit(None)
+except shoal.exceptions.TrainingFailedError as e:
+    emit(str(e))
+""", timeout=300)
+    assert got is not None
+    assert "could not connect to rank 1 at 127.0.0.1:" in got
+    assert "SHOAL_COLLECTIVE_HOST" in got
