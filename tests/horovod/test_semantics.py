@@ -104,6 +104,7 @@ def test_join_refuses_broadcast_alltoall_reducescatter_on_every_working_rank(run
 
 def test_join_returns_the_last_rank_and_ops_continue(run):
     n, out = run
+    assert out[n - 1]["alone_after_joins"] == [float(n - 1)] * 2
     assert {out[q]["join_last"] for q in range(n)} == {n - 1}
     assert all(out[q]["after_join_ok"] for q in range(n))
 

@@ -98,6 +98,11 @@ else:
         res = attempt(fn)
         out[f"{what}_raised"] = res[0] and "hvd.join()" in res[2]
     check("join_ops", out)
+    if r == n - 1:
+        # completes only once every other rank has joined (they stand in with zeros), so
+        # this rank joins strictly last
+        check("alone_after_joins", hvd.allreduce(torch.full((2,), float(r)), op=hvd.Sum,
+                                                 name="alone").tolist())
     check("join_last", hvd.join())
 check("after_join_ok", next_op_ok())
 
