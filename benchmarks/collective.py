@@ -202,7 +202,7 @@ emit({{"rows": out[0][0], "info": [o[1] for o in out]}})
 def ray_cross_node(sizes, quick) -> None:
     """Allreduce between two actors on the two nodes of a Ray cluster in two namespaces."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "multinode"))
-    from _cluster import RayCluster, namespaces_unavailable
+    from _netns_ray import RayCluster, namespaces_unavailable
     why = namespaces_unavailable()
     if why:
         print(f"\nRay across namespaces: skipped ({why})")

@@ -272,7 +272,7 @@ def two_nodes(a, configs, repeats) -> None:
     """2 nodes x 1 worker: shoal's Trainer on a Ray cluster in two network namespaces
     against torch DDP (Gloo) launched across the same two namespaces."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "multinode"))
-    from _cluster import RayCluster, namespaces_unavailable
+    from _netns_ray import RayCluster, namespaces_unavailable
     why = namespaces_unavailable()
     if why:
         print(f"\n2 nodes x 1 worker: skipped ({why})")

@@ -1,4 +1,4 @@
-"""The ``cluster`` fixture: a real two-node Ray cluster in two network namespaces (see _cluster.py)."""
+"""The ``cluster`` fixture: a real two-node Ray cluster in two network namespaces (see _netns_ray.py)."""
 import os
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cluster import ROOT, RayCluster, namespaces_unavailable  # noqa: E402,F401
+from _netns_ray import ROOT, RayCluster, namespaces_unavailable  # noqa: E402,F401
 
 
 @pytest.fixture(scope="package")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from _cluster import ROOT
+from _netns_ray import ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from _cluster import ROOT
+from _netns_ray import ROOT
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
