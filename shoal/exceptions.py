@@ -184,6 +184,10 @@ class InvalidInputTypeError(InvalidInputError, TypeError):
     """Input data of a type that cannot be used (e.g. a dict inside a numeric array)."""
 
 
+class DataStarvedError(DataError, TimeoutError):
+    """A shoal.data stage could not start: no CPU was free in the cluster for it."""
+
+
 class MissingDependencyError(ShoalError, ImportError):
     """A part of shoal needs a package that is not installed.
 

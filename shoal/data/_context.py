@@ -26,6 +26,11 @@ class DataContext:
         turns it off, =1 forces it on.
     progress_after_s: an execution shorter than this prints nothing.
     actor_tasks_in_flight: calls queued per actor of a callable-class pool.
+    starved_warning_s: a stage that started with no CPU free in the cluster and
+        has had none since warns after this many seconds without a result
+        (actors such as a training gang may hold every CPU).
+    starved_timeout_s: ... and fails with ``DataStarvedError`` after this many
+        (None: wait for as long as it takes).
     """
 
     max_tasks_in_flight: int | None = None
@@ -33,6 +38,8 @@ class DataContext:
     progress_bars: bool = True
     progress_after_s: float = 1.0
     actor_tasks_in_flight: int = 2
+    starved_warning_s: float = 10.0
+    starved_timeout_s: float | None = 300.0
 
     def __post_init__(self):
         for name in ("max_tasks_in_flight", "default_num_blocks"):

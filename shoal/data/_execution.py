@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -29,7 +30,7 @@ from shoal.data._plan import (AllToAllNode, BlocksNode, Bundle, LimitNode, MapNo
 from shoal.data._progress import ProgressLine
 from shoal.data._read import ReadTask
 from shoal.data._transforms import MapBatches, apply_chain
-from shoal.exceptions import SchemaMismatchError
+from shoal.exceptions import DataStarvedError, SchemaMismatchError
 
 _REMOTE_FNS: dict = {}
 ACTOR_RESTARTS = 3     # restarts of a map stage's pool actor (and retries of its calls)
@@ -238,6 +239,7 @@ class Executor:
             # that keeps dying fails the dataset with ActorDiedError.
             actor_options.setdefault("max_restarts", ACTOR_RESTARTS)
             actor_options.setdefault("max_task_retries", ACTOR_RESTARTS)
+            watch = StarvationWatch(name, actor_options["num_cpus"], self.ctx)
             actors = [worker.options(**actor_options).remote(chain_ref)
                       for _ in range(compute.size)]
             load = [0] * len(actors)
@@ -246,6 +248,7 @@ class Executor:
             task = remote_fn(run_stage)
             options = dict(options)
             window = min(self.window, options.pop("concurrency", self.window))
+            watch = StarvationWatch(name, options.get("num_cpus", 1), self.ctx)
         pending: deque = deque()
         try:
             exhausted = False
@@ -274,7 +277,7 @@ class Executor:
                 if not pending:
                     break
                 refs, i = pending.popleft()
-                metas = shoal.get(refs[-1])
+                metas = watch.get(refs[-1]) if watch.armed else shoal.get(refs[-1])
                 if i >= 0:
                     load[i] -= 1
                 for ref, meta in zip(refs[:-1], metas):
@@ -323,6 +326,54 @@ class Executor:
                         check_union_schema(reference, meta.schema, index)
                     checked = True
                 yield ref, meta
+
+
+class StarvationWatch:
+    """Turns a stage that can never start into a warning and then an error, not a hang.
+
+    Armed only when no CPU was free for the stage as it started (actors such as a
+    training gang may hold them all); disarmed by its first result or by a CPU
+    seen free, so a busy but moving cluster never trips it.
+    """
+
+    POLL_S = 1.0
+
+    def __init__(self, name: str, need: float, ctx: DataContext):
+        self.name, self.need, self.ctx = name, need, ctx
+        self.since = time.monotonic()
+        self.warned = False
+        self.armed = bool(need) and self._free() < need
+
+    @staticmethod
+    def _free() -> float:
+        import shoal
+
+        return shoal.available_resources().get("CPU", 0.0)
+
+    def _message(self, waited: float) -> str:
+        return (f"shoal.data stage {self.name!r} has waited {waited:.0f}s to start: its tasks "
+                f"need {self.need:g} CPU each and no CPU has been free in the cluster. If "
+                "actors hold every CPU (a Trainer gang, an actor pool), give them fewer "
+                "(e.g. resources_per_worker={'CPU': 0.5}), start shoal with more CPUs, or "
+                "materialize the dataset before they start. "
+                "DataContext.starved_timeout_s bounds this wait.")
+
+    def get(self, ref):
+        import shoal
+
+        while self.armed:
+            ready, _ = shoal.wait([ref], timeout=self.POLL_S)
+            if ready or self._free() >= self.need:
+                break
+            waited = time.monotonic() - self.since
+            if not self.warned and waited >= self.ctx.starved_warning_s:
+                warnings.warn(self._message(waited), RuntimeWarning, stacklevel=2)
+                self.warned = True
+            limit = self.ctx.starved_timeout_s
+            if limit is not None and waited >= limit:
+                raise DataStarvedError(self._message(waited))
+        self.armed = False
+        return shoal.get(ref)
 
 
 def _reads_small(node: ReadNode, batch_size: int | None) -> bool:
