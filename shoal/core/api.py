@@ -112,6 +112,7 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
+    """True in a driver after ``init()`` (until ``shutdown()``) and in any task or actor."""
     return _backend is not None or _worker_rt is not None
 
 
@@ -447,6 +448,13 @@ def remove_placement_group(pg: PlacementGroup) -> None:
 
 @dataclass
 class PlacementGroupSchedulingStrategy:
+    """Run a task or actor inside a placement group: ``.options(scheduling_strategy=...)``.
+
+    ``placement_group_bundle_index`` picks a bundle (-1: any bundle with room);
+    ``placement_group_capture_child_tasks`` places the tasks it starts in the
+    group too, as in Ray.
+    """
+
     placement_group: PlacementGroup
     placement_group_bundle_index: int = -1
     placement_group_capture_child_tasks: bool = False
@@ -464,6 +472,8 @@ def available_resources() -> dict:
 
 
 def nodes() -> list:
+    """The cluster's nodes as Ray lists them: dicts with ``NodeID``, ``Alive``,
+    ``NodeManagerAddress`` and ``Resources``."""
     return _runtime().nodes()
 
 

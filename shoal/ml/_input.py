@@ -99,6 +99,14 @@ def _choose_block_rows(n_rows: int, executor, block_rows: int | None) -> int:
 
 @dataclass
 class DesignMatrix:
+    """A fit's input as row blocks (X, y) in the object store or in memory, with the
+    executor that maps functions over them; what every shoal.ml estimator fits on.
+
+    Build one with ``as_design_matrix``; ``map``, ``map_indexed`` and
+    ``map_reduce`` run a function on every block (as tasks on a cluster) and
+    combine the results.
+    """
+
     blocks: list
     block_rows: list
     n_features: int
