@@ -13,6 +13,7 @@ import inspect
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 from shoal.core.generator import ObjectRefGenerator
@@ -156,13 +157,38 @@ def _foreign_ref(rt, ref, where: str) -> ObjectRef:
 
 def wait(refs: list, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True):
-    """Wait until ``num_returns`` of ``refs`` are ready; returns (ready, not_ready)."""
+    """Wait until ``num_returns`` of ``refs`` are ready; returns (ready, not_ready).
+
+    ``refs`` may hold ObjectRefGenerators of streaming tasks, as in Ray: one is
+    ready when its next item exists or its task has ended.
+    """
     refs = list(refs)
-    if len({r.id for r in refs}) != len(refs):
+    keys = [id(r) if isinstance(r, ObjectRefGenerator) else r.id for r in refs]
+    if len(set(keys)) != len(refs):
         raise ValueError("shoal.wait() got the same ObjectRef twice")
     if not 0 <= num_returns <= len(refs):
         raise ValueError(f"num_returns={num_returns} must be between 0 and len(refs)={len(refs)}")
+    if any(isinstance(r, ObjectRefGenerator) for r in refs):
+        return _wait_with_generators(refs, num_returns, timeout)
     return _runtime().wait(refs, num_returns, timeout)
+
+
+def _wait_with_generators(refs: list, num_returns: int, timeout: float | None):
+    # A generator has no single ref to block on: poll, backing off to 20 ms.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    plain = [r for r in refs if not isinstance(r, ObjectRefGenerator)]
+    pause = 0.0005
+    while True:
+        done = {r.id for r in _runtime().wait(plain, len(plain), 0)[0]} if plain else set()
+        ready = [r for r in refs
+                 if (r.next_ready() if isinstance(r, ObjectRefGenerator) else r.id in done)]
+        left = None if deadline is None else deadline - time.monotonic()
+        if len(ready) >= num_returns or (left is not None and left <= 0):
+            ready = ready[:num_returns]
+            chosen = {id(r) for r in ready}
+            return ready, [r for r in refs if id(r) not in chosen]
+        time.sleep(pause if left is None else max(0.0, min(pause, left)))
+        pause = min(pause * 2, 0.02)
 
 
 def cancel(ref, *, force: bool = False, recursive: bool = True) -> None:

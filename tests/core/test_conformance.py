@@ -595,6 +595,31 @@ def test_streaming_next_returns_each_item_as_it_is_yielded(backend):
     assert list(gen) == []
 
 
+def test_wait_takes_generators_ready_when_their_next_item_exists(backend):
+    key = _key("stream-wait-gen")
+    gen = yield_then_wait.remote(key)
+    blocker = yield_then_wait.remote(_key("stream-wait-never"))
+    try:
+        ready, pending = shoal.wait([gen], timeout=LONG)
+        assert ready == [gen] and pending == []
+        assert shoal.get(next(gen), timeout=LONG) == "first"
+        shoal.get(next(blocker), timeout=LONG)
+        # both tasks now blocked before their second item: nothing is ready
+        ready, pending = shoal.wait([gen, blocker], timeout=0.3)
+        assert ready == [] and pending == [gen, blocker]
+        done = shoal.put(1)
+        ready, pending = shoal.wait([gen, done, blocker], num_returns=1, timeout=LONG)
+        assert ready == [done] and pending == [gen, blocker]
+    finally:
+        shoal.get_kv_store().set(key, b"go")
+    ready, _ = shoal.wait([blocker, gen], timeout=LONG)
+    assert ready == [gen]
+    assert shoal.get(next(gen), timeout=LONG) == "second"
+    assert shoal.wait([gen], timeout=LONG)[0] == [gen]     # ended: ready, next() stops
+    assert list(gen) == []
+    shoal.cancel(blocker)
+
+
 def test_streaming_error_surfaces_at_its_item_then_stops(backend):
     gen = count_up.remote(5, fail_at=2)
     assert shoal.get(next(gen)) == 0
