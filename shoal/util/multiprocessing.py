@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as _mp
 import threading
+import weakref
 
 from shoal.core import api
 
@@ -131,14 +132,33 @@ class AsyncResult:
 class IMapIterator:
     """The iterator ``imap`` / ``imap_unordered`` return; ``next(timeout)`` bounds a wait.
 
-    As in Ray's Pool, a call that raised yields its exception object in its
-    place (the other results still come); a lost process raises.
+    The input is read as the results are taken: a bounded window of chunks is
+    in the pool at a time, so a long or endless iterable streams through. As in
+    Ray's Pool, a call that raised yields its exception object in its place
+    (the other results still come); a lost process raises.
     """
 
-    def __init__(self, refs: list, ordered: bool):
-        self._pending = list(refs)
+    def __init__(self, submit, chunks, window: int, ordered: bool):
+        self._submit = submit               # chunk -> ref of its results
+        self._chunks = chunks               # the rest of the input, chunk by chunk
+        self._window = window
+        self._pending: list = []
         self._ordered = ordered
         self._buffer: list = []
+        self._fill()
+
+    def _fill(self, limit: int | None = None) -> None:
+        limit = self._window if limit is None else limit
+        while self._chunks is not None and len(self._pending) < limit:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._chunks = None
+                break
+            self._pending.append(self._submit(chunk))
+
+    def _submit_rest(self) -> None:
+        """Send every chunk not sent yet (``Pool.join`` waits for the whole input)."""
+        self._fill(limit=float("inf"))
 
     def __iter__(self):
         return self
@@ -161,6 +181,7 @@ class IMapIterator:
             raise TimeoutError(f"no result of the pool was ready within {timeout}s")
         ref = ready[0]
         self._pending.remove(ref)
+        self._fill()
         self._buffer = [v.error if type(v) is _CallError else v for v in api.get(ref)]
         return self.next(timeout)
 
@@ -219,6 +240,7 @@ class Pool:
         self._next = 0
         self._state = "running"
         self._outstanding: list = []
+        self._imaps: weakref.WeakSet = weakref.WeakSet()   # imaps whose input is not all sent
         self._lock = threading.Lock()
 
     def _new_actor(self):
@@ -293,11 +315,32 @@ class Pool:
 
     def imap(self, func, iterable, chunksize: int = 1) -> IMapIterator:
         """An iterator of ``func(x)`` in the order of ``iterable``, as results arrive."""
-        return IMapIterator(self._submit_chunks(func, iterable, chunksize, False), True)
+        return self._imap(func, iterable, chunksize, True)
 
     def imap_unordered(self, func, iterable, chunksize: int = 1) -> IMapIterator:
         """An iterator of ``func(x)`` in the order the results finish."""
-        return IMapIterator(self._submit_chunks(func, iterable, chunksize, False), False)
+        return self._imap(func, iterable, chunksize, False)
+
+    def _imap(self, func, iterable, chunksize, ordered: bool) -> IMapIterator:
+        self._check_running()
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        fn = api.put(func)
+        source = iter(iterable)
+        chunks = iter(lambda: list(itertools.islice(source, chunksize)), [])
+
+        def submit(chunk):
+            with self._lock:
+                if self._state == "terminated":
+                    raise ValueError("Pool was terminated while its imap was being read")
+                ref = self._pick().run_chunk.remote(fn, chunk, False)
+                self._outstanding.append(ref)
+            return ref
+
+        # Two chunks per process: each has the next one queued while it works.
+        it = IMapIterator(submit, chunks, 2 * self._processes, ordered)
+        self._imaps.add(it)
+        return it
 
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
@@ -325,6 +368,8 @@ class Pool:
         """
         if self._state == "running":
             raise ValueError("Pool is still running; call close() or terminate() first")
+        for it in list(self._imaps):
+            it._submit_rest()
         if self._outstanding:
             api.wait(self._outstanding, num_returns=len(self._outstanding))
         self.terminate()

@@ -6,6 +6,7 @@ which the test sets, so nothing depends on timing.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import sys
@@ -280,6 +281,39 @@ def test_pool_error_in_map_raises_its_type_and_imap_yields_it(backend):
         got = list(p.imap(_fail_on_three, range(5), chunksize=5))
         assert got[:3] == [0, 1, 2] and got[4] == 4      # as Ray's Pool: the error in its place
         assert isinstance(got[3], ZeroDivisionError)
+
+
+def _mark(item):
+    shoal.get_kv_store().set(item, b"1")
+    return item
+
+
+def test_pool_imap_streams_its_input_through_a_bounded_window(backend):
+    read = []
+
+    def endless():
+        i = 0
+        while True:
+            read.append(i)
+            yield i
+            i += 1
+
+    with Pool(2) as p:
+        it = p.imap(_square, endless(), chunksize=3)
+        assert [next(it) for _ in range(20)] == [x * x for x in range(20)]
+        assert len(read) <= 20 + 3 * 2 * 2 + 3          # a window of 2 chunks per process
+        got = list(itertools.islice(p.imap_unordered(_square, endless()), 5))
+        assert len(set(got)) == 5 and all(round(g ** 0.5) ** 2 == g for g in got)
+
+
+def test_pool_join_runs_the_rest_of_an_imap_input(backend):
+    keys = [_key(f"imap-rest-{i}") for i in range(12)]
+    p = Pool(2)
+    it = p.imap(_mark, iter(keys))
+    assert next(it) == keys[0]                          # the rest is not all sent yet
+    p.close()
+    p.join()                                            # as the standard library: all of it runs
+    assert shoal.get_kv_store().check(keys)
 
 
 def test_pool_larger_than_the_cluster_is_rejected(backend):
