@@ -16,9 +16,20 @@ _ROUTE_ATTRS = ("response_model", "status_code", "tags", "dependencies", "summar
                 "operation_id", "response_class", "name", "include_in_schema", "openapi_extra")
 
 
+class _InstanceOf:
+    """FastAPI dependency giving a class route its ``self`` (pickles by reference, so
+    the replica reads its own table)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    async def __call__(self):
+        return _instances[self.key]
+
+
 def set_instance(cls, instance) -> None:
     """The instance that class routes of ``cls`` run on in this replica."""
-    _instances[cls.__qualname__] = instance
+    _instances[cls._shoal_ingress_key] = instance
 
 
 def ingress(app):
@@ -38,6 +49,8 @@ def ingress(app):
     def deco(cls):
         if not inspect.isclass(cls):
             raise TypeError("@serve.ingress applies to a class (the deployment)")
+        # by-value pickling does not keep __qualname__; the key travels with the class
+        cls._shoal_ingress_key = f"{cls.__module__}.{cls.__qualname__}"
         _rebind_class_routes(app, cls)
         cls._shoal_asgi_app = app
         return cls
@@ -51,7 +64,7 @@ def _rebind_class_routes(app, cls) -> None:
     except ImportError:   # a plain ASGI app: nothing to rewrite
         return
     prefix = cls.__qualname__ + "."
-    key = cls.__qualname__
+    key = cls._shoal_ingress_key
     for route in list(app.router.routes):
         if not isinstance(route, APIRoute):
             continue
@@ -62,9 +75,7 @@ def _rebind_class_routes(app, cls) -> None:
         params = list(sig.parameters.values())
         if not params:
             continue
-
-        def current(_key=key):
-            return _instances[_key]
+        current = _InstanceOf(key)
         # keyword-only: FastAPI passes every parameter by name, and a default on
         # ``self`` may then precede parameters without one
         kw = inspect.Parameter.KEYWORD_ONLY
@@ -74,3 +85,21 @@ def _rebind_class_routes(app, cls) -> None:
         kwargs = {a: getattr(route, a) for a in _ROUTE_ATTRS if hasattr(route, a)}
         app.router.routes.remove(route)
         app.router.add_api_route(route.path, fn, **kwargs)
+
+
+def _reduce_state(state):
+    return (type(state), (dict(state._state),))
+
+
+def _register_reducers() -> None:
+    """Let Starlette's ``State`` (held by every app) pickle: by default its
+    ``__getattr__`` recurses while it is rebuilt, so an app could not travel to replicas."""
+    import copyreg
+    try:
+        from starlette.datastructures import State
+    except ImportError:
+        return
+    copyreg.pickle(State, _reduce_state)
+
+
+_register_reducers()

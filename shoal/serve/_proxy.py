@@ -74,14 +74,17 @@ class Proxy:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        match = self._match(path)
-        if match is None:
+        if path.startswith("/-/"):     # the proxy's own paths, never an application's
             if path == "/-/healthz":
                 return await _reply(send, 200, [(b"content-type", b"text/plain")], b"success")
             if path == "/-/routes":
                 body = json.dumps({p: a for p, (a, _) in self.routes.items()}).encode()
                 return await _reply(send, 200, _JSON, body)
-            if path == "/metrics":
+            if path == "/-/metrics":
+                return await self.metrics.reply(send)
+        match = self._match(path)
+        if match is None:
+            if path == "/metrics":     # also here while no application claims it
                 return await self.metrics.reply(send)
             return await _error(send, 404, f"no application is served at {path}; routes: "
                                            f"{sorted(self.routes)}")
