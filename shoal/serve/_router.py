@@ -155,11 +155,8 @@ class Router:
         while True:
             free = [r for r in self.replicas.values() if not r.dead and r.ongoing < self.max_ongoing]
             if free:
-                if len(free) > 2:
+                if len(free) > 1:   # sampled, so ties go either way
                     a, b = random.sample(free, 2)
-                    r = a if a.ongoing <= b.ongoing else b
-                elif len(free) == 2:
-                    a, b = free
                     r = a if a.ongoing <= b.ongoing else b
                 else:
                     r = free[0]
