@@ -70,7 +70,10 @@ class Proxy:
         registry.close()
 
     # ------------------------------------------------------------ ASGI
-    async def _asgi(self, scope, receive, send):
+    async def _asgi(self, scope, receive, send) -> None:
+        await self._answer(scope, receive, send)
+
+    async def _answer(self, scope, receive, send):
         if scope["type"] != "http":
             return
         path = scope["path"]
