@@ -276,6 +276,8 @@ class Controller:
     # ------------------------------------------------------------ the loop
     def _loop(self) -> None:
         while not self.stop_event.is_set():
+            if not shoal.is_initialized():   # shoal.shutdown() without serve.shutdown()
+                return
             try:
                 with self.lock:
                     self._reconcile()
