@@ -26,10 +26,51 @@ import sys
 import tempfile
 import time
 
+ECHO_BODY = '{"user": 42, "text": "hello shoal", "values": [1, 2, 3]}'
+DIGIT_BODY = '{"image": [%s]}' % ", ".join(["[" + ", ".join(["0.5"] * 8) + "]"] * 8)
 LUA = """wrk.method = "POST"
-wrk.body = '{"user": 42, "text": "hello shoal", "values": [1, 2, 3]}'
+wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
 """
+
+
+def app_of(serve, workload: str, replicas: int, **actor_options):
+    """The same deployment code for shoal.serve and Ray Serve (their APIs match)."""
+    if workload == "echo":
+        @serve.deployment(num_replicas=replicas, **actor_options)
+        class Echo:
+            async def __call__(self, request):
+                return await request.json()
+        return Echo.bind()
+    sys.path.insert(0, os.path.join(_root(), "examples"))
+    import numpy as np
+    import torch
+    from train_digits import DigitsCNN
+    batched = workload == "digits-batch"
+
+    @serve.deployment(num_replicas=replicas, max_ongoing_requests=32 if batched else 5,
+                      **actor_options)
+    class Digits:
+        def __init__(self):
+            torch.set_num_threads(1)
+            torch.manual_seed(0)
+            self.model = DigitsCNN().eval()
+
+        def forward(self, images):
+            with torch.no_grad():
+                x = torch.from_numpy(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 8, 8)
+                return self.model(x).argmax(1).tolist()
+
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+        async def batch(self, images):
+            return self.forward(images)
+
+        async def __call__(self, request):
+            image = (await request.json())["image"]
+            if batched:
+                return {"digit": await self.batch(image)}
+            return {"digit": self.forward([image])[0]}
+    return Digits.bind()
 
 
 # ----------------------------------------------------------------- the servers
@@ -47,36 +88,34 @@ def serve_bare(port: int) -> None:
                 http="httptools")
 
 
-def serve_shoal(port: int, replicas: int) -> None:
+def serve_shoal(port: int, replicas: int, workload: str) -> None:
+    import cloudpickle
+
     import shoal
     from shoal import serve
 
-    @serve.deployment(num_replicas=replicas)
-    class Echo:
-        async def __call__(self, request):
-            return await request.json()
-
     shoal.init(num_cpus=2)
-    serve.run(Echo.bind(), port=port)
+    app = app_of(serve, workload, replicas)
+    if workload != "echo":
+        import train_digits
+        cloudpickle.register_pickle_by_value(train_digits)
+    serve.run(app, port=port)
     print("READY", flush=True)
     _wait_for_stop()
     serve.shutdown()
     shoal.shutdown()
 
 
-def serve_ray(port: int, replicas: int) -> None:
+def serve_ray(port: int, replicas: int, workload: str) -> None:
     import ray
     from ray import serve
 
-    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": 0})
-    class Echo:
-        async def __call__(self, request):
-            return await request.json()
-
     tmp = tempfile.mkdtemp(prefix="rsb-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp,
+             runtime_env={"env_vars": {"PYTHONPATH": os.path.join(_root(), "examples")}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(Echo.bind(), route_prefix="/")
+    serve.run(app_of(serve, workload, replicas, ray_actor_options={"num_cpus": 0}),
+              route_prefix="/")
     print("READY", flush=True)
     _wait_for_stop()
     serve.shutdown()
@@ -98,10 +137,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(system: str, replicas: int):
+def start(system: str, replicas: int, workload: str = "echo"):
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--server", system, "--port", str(port),
-                             "--replicas", str(replicas)],
+                             "--replicas", str(replicas), "--workload", workload],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=_root()))
     deadline = time.monotonic() + 180
@@ -113,7 +152,7 @@ def start(system: str, replicas: int):
             raise RuntimeError(f"the {system} server exited with code {proc.returncode}")
     url = f"http://127.0.0.1:{port}/"
     while time.monotonic() < deadline:   # the port answers a request
-        if wrk(url, 1, 1, script=None, check=True):
+        if wrk(url, 1, 1, body=ECHO_BODY if workload == "echo" else DIGIT_BODY, check=True):
             return proc, url
         time.sleep(0.5)
     stop(proc)
@@ -136,19 +175,17 @@ def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-_script_path = None
-
-
-def wrk(url: str, conns: int, seconds: float, script=LUA, check=False):
+def wrk(url: str, conns: int, seconds: float, body: str = ECHO_BODY, check=False):
     """Run wrk; returns {"rps", "p50_ms", "p99_ms", "errors", "requests"}."""
-    global _script_path
-    if _script_path is None:
-        fd, _script_path = tempfile.mkstemp(suffix=".lua", prefix="shoal-serve-bench-")
-        with os.fdopen(fd, "w") as f:
-            f.write(LUA)
+    fd, script = tempfile.mkstemp(suffix=".lua", prefix="shoal-serve-bench-")
+    with os.fdopen(fd, "w") as f:
+        f.write(LUA % body)
     cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{max(1, int(seconds))}s", "--latency",
-           "--timeout", "10s", "-s", _script_path, url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+           "--timeout", "10s", "-s", script, url]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script)
     if check:
         return "Requests/sec" in out and "Non-2xx" not in out and "Socket errors" not in out
     return parse_wrk(out)
@@ -173,29 +210,64 @@ def parse_wrk(out: str) -> dict:
             "requests": reqs}
 
 
+def measure(servers: dict, concs: list, rounds: int, duration: float, body: str) -> dict:
+    """Alternating rounds over ``servers`` ({label: url}); the best round of each kept."""
+    best: dict = {}
+    for label, url in servers.items():        # warm up: connections, code paths
+        wrk(url, 8, 1, body)
+    for rnd in range(rounds):
+        for c in concs:
+            for label, url in servers.items():
+                r = wrk(url, c, duration, body)
+                key = (label, c)
+                if key not in best or r["rps"] > best[key]["rps"]:
+                    best[key] = r
+                print(f"round {rnd + 1} c={c:3d} {label:14s} {r['rps']:9.0f} req/s "
+                      f"p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f} ms "
+                      f"errors {r['errors']}", flush=True)
+    return best
+
+
+def table(title: str, best: dict, labels: list, concs: list, anchors: list) -> None:
+    load = os.getloadavg()
+    print(f"\n{title}; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'c':>3} {'system':14s} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+          + " ".join(f"{'vs ' + a:>14s}" for a in anchors))
+    for c in concs:
+        for s in labels:
+            r = best[(s, c)]
+            ratios = " ".join(f"{r['rps'] / best[(a, c)]['rps']:13.2f}x" if (a, c) in best
+                              else f"{'-':>14s}" for a in anchors)
+            print(f"{c:3d} {s:14s} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+                  f"{r['errors']:7d} {ratios}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 s")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 s, echo only")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", default="8,64")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--systems", default="shoal,ray,bare")
+    ap.add_argument("--parts", default="echo,digits", help="echo JSON; the digits CNN with "
+                                                          "and without @serve.batch")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workload", default="echo", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.server:
         {"bare": lambda: serve_bare(args.port),
-         "shoal": lambda: serve_shoal(args.port, args.replicas),
-         "ray": lambda: serve_ray(args.port, args.replicas)}[args.server]()
+         "shoal": lambda: serve_shoal(args.port, args.replicas, args.workload),
+         "ray": lambda: serve_ray(args.port, args.replicas, args.workload)}[args.server]()
         return 0
     if shutil.which("wrk") is None:
         print("benchmarks/serve.py needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
     if args.quick:
-        args.duration, args.rounds = 3.0, 2
+        args.duration, args.rounds, args.parts = 3.0, 2, "echo"
     systems = [s for s in args.systems.split(",") if s]
     if "ray" in systems:
         try:
@@ -205,45 +277,42 @@ def main() -> int:
                   file=sys.stderr)
             systems.remove("ray")
     concs = [int(c) for c in args.concurrency.split(",")]
-    procs = {}
-    best: dict = {}
-    try:
-        for s in systems:
-            procs[s] = start(s, args.replicas)
-        for s in systems:        # warm up: connections, code paths
-            wrk(procs[s][1], 8, 1)
-        for rnd in range(args.rounds):
-            for c in concs:
-                for s in systems:
-                    r = wrk(procs[s][1], c, args.duration)
-                    key = (s, c)
-                    if key not in best or r["rps"] > best[key]["rps"]:
-                        best[key] = r
-                    print(f"round {rnd + 1} c={c:3d} {s:6s} {r['rps']:9.0f} req/s "
-                          f"p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f} ms "
-                          f"errors {r['errors']}", flush=True)
-    finally:
-        for proc, _ in procs.values():
-            stop(proc)
-        if _script_path:
-            os.unlink(_script_path)
-    load = os.getloadavg()
-    print(f"\nEcho JSON, {args.replicas} replicas, wrk {args.duration:.0f} s x {args.rounds} "
-          f"alternating rounds, best kept; load average after: "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'c':>3} {'system':8s} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'vs ray':>7} {'vs bare':>8}")
-    for c in concs:
-        for s in systems:
-            r = best[(s, c)]
-            vs = {o: (r["rps"] / best[(o, c)]["rps"] if (o, c) in best else float("nan"))
-                  for o in ("ray", "bare")}
-            print(f"{c:3d} {s:8s} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
-                  f"{r['errors']:7d} {vs['ray']:6.1f}x {vs['bare']:7.2f}x")
+    results = {}
+    if "echo" in args.parts:
+        procs = {}
+        try:
+            for s in systems:
+                procs[s] = start(s, args.replicas)
+            best = measure({s: procs[s][1] for s in systems}, concs, args.rounds,
+                           args.duration, ECHO_BODY)
+        finally:
+            for proc, _ in procs.values():
+                stop(proc)
+        table(f"Echo JSON, {args.replicas} replicas, wrk {args.duration:.0f} s x {args.rounds} "
+              "alternating rounds, best kept", best, systems, concs,
+              [a for a in ("ray", "bare") if a in systems])
+        results["echo"] = best
+    if "digits" in args.parts:
+        labels = [f"{s}-{w}" for s in systems if s != "bare" for w in ("batch", "single")]
+        procs = {}
+        try:
+            for label in labels:
+                s, w = label.split("-")
+                procs[label] = start(s, args.replicas, f"digits-{w}")
+            best = measure({k: v[1] for k, v in procs.items()}, [64], args.rounds,
+                           args.duration, DIGIT_BODY)
+        finally:
+            for proc, _ in procs.values():
+                stop(proc)
+        table(f"Digits CNN, {args.replicas} replicas, with and without @serve.batch "
+              f"(max_batch_size 32), wrk c=64", best, labels, [64],
+              [a for a in ("shoal-single", "ray-batch") if a in labels])
+        results["digits"] = best
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"load_average": load, "results": [
-                dict(system=s, concurrency=c, **best[(s, c)]) for (s, c) in best]}, f, indent=1)
+            json.dump({"load_average": os.getloadavg(), "results": {
+                part: [dict(system=s, concurrency=c, **r) for (s, c), r in best.items()]
+                for part, best in results.items()}}, f, indent=1)
     return 0
 
 
