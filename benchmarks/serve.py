@@ -106,6 +106,64 @@ def serve_shoal(port: int, replicas: int, workload: str) -> None:
     shoal.shutdown()
 
 
+def serve_soak(port: int, replicas: int, kill_every: float) -> None:
+    """shoal.serve echo whose replicas are SIGKILLed every ``kill_every`` s; prints RSS."""
+    import random
+    import threading
+
+    import psutil
+
+    import shoal
+    from shoal import serve
+
+    @serve.deployment(num_replicas=replicas)
+    class Echo:
+        @serve.idempotent         # in-flight requests of a killed replica are retried
+        async def __call__(self, request):
+            return await request.json()
+
+        def pid(self):
+            return os.getpid()
+
+    shoal.init(num_cpus=2)
+    h = serve.run(Echo.bind(), port=port)
+
+    def rss():
+        me = psutil.Process()
+        procs = [me] + me.children(recursive=True)
+        out = {}
+        for p in procs:
+            try:
+                out[p.pid] = p.memory_info().rss
+            except psutil.Error:
+                pass
+        return out
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        while not stop.wait(kill_every):
+            pids = {h.pid.remote().result() for _ in range(8)}
+            victim = random.choice(sorted(pids))
+            os.kill(victim, signal.SIGKILL)
+            kills.append(victim)
+    print("READY", flush=True)
+    before = rss()
+    threading.Thread(target=killer, daemon=True).start()
+    _wait_for_stop()
+    stop.set()
+    after = rss()
+    common = [p for p in before if p in after]
+    print("SOAK " + json.dumps({
+        "kills": len(kills),
+        "rss_mb_before": {str(p): round(before[p] / 2**20, 1) for p in common},
+        "rss_mb_after": {str(p): round(after[p] / 2**20, 1) for p in common},
+        "new_processes_rss_mb": {str(p): round(after[p] / 2**20, 1) for p in after
+                                 if p not in before}}), flush=True)
+    serve.shutdown()
+    shoal.shutdown()
+
+
 def serve_ray(port: int, replicas: int, workload: str) -> None:
     import ray
     from ray import serve
@@ -242,6 +300,41 @@ def table(title: str, best: dict, labels: list, concs: list, anchors: list) -> N
                   f"{r['errors']:7d} {ratios}")
 
 
+def soak(args) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--server", "soak", "--port", str(port),
+                             "--replicas", str(args.replicas), "--kill-every",
+                             str(args.kill_every)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=_root()))
+    try:
+        while not proc.stdout.readline().startswith("READY"):
+            if proc.poll() is not None:
+                raise RuntimeError("the soak server exited")
+        r = wrk(f"http://127.0.0.1:{port}/", 32, args.soak_s)
+        proc.stdin.close()
+        report = {}
+        for line in proc.stdout:
+            if line.startswith("SOAK "):
+                report = json.loads(line[5:])
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    report.update(r)
+    load = os.getloadavg()
+    print(f"\nSoak: {args.soak_s:.0f} s at c=32, a replica SIGKILLed every "
+          f"{args.kill_every:.0f} s ({report.get('kills')} kills); load average after: "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"  {r['requests']} requests, {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+          f"p99 {r['p99_ms']:.2f} ms, failed {r['errors']}")
+    print(f"  RSS MB before -> after, processes alive throughout: "
+          + ", ".join(f"{report['rss_mb_before'][p]}->{report['rss_mb_after'][p]}"
+                      for p in report.get("rss_mb_before", {})))
+    return report
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,17 +344,22 @@ def main() -> int:
     ap.add_argument("--concurrency", default="8,64")
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--systems", default="shoal,ray,bare")
-    ap.add_argument("--parts", default="echo,digits", help="echo JSON; the digits CNN with "
-                                                          "and without @serve.batch")
+    ap.add_argument("--parts", default="echo,digits,soak",
+                    help="echo JSON; the digits CNN with and without @serve.batch; a soak at "
+                         "c=32 with a replica killed every --kill-every s")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workload", default="echo", help=argparse.SUPPRESS)
+    ap.add_argument("--soak-s", type=float, default=60.0, help="length of the soak part")
+    ap.add_argument("--kill-every", type=float, default=15.0,
+                    help="soak: seconds between SIGKILLs of a replica")
     args = ap.parse_args()
     if args.server:
         {"bare": lambda: serve_bare(args.port),
          "shoal": lambda: serve_shoal(args.port, args.replicas, args.workload),
-         "ray": lambda: serve_ray(args.port, args.replicas, args.workload)}[args.server]()
+         "ray": lambda: serve_ray(args.port, args.replicas, args.workload),
+         "soak": lambda: serve_soak(args.port, args.replicas, args.kill_every)}[args.server]()
         return 0
     if shutil.which("wrk") is None:
         print("benchmarks/serve.py needs wrk: apt-get install -y wrk", file=sys.stderr)
@@ -308,6 +406,8 @@ def main() -> int:
               f"(max_batch_size 32), wrk c=64", best, labels, [64],
               [a for a in ("shoal-single", "ray-batch") if a in labels])
         results["digits"] = best
+    if "soak" in args.parts:
+        results["soak"] = soak(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"load_average": os.getloadavg(), "results": {
