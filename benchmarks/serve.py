@@ -35,7 +35,8 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 def app_of(serve, workload: str, replicas: int, **actor_options):
-    """The same deployment code for shoal.serve and Ray Serve (their APIs match)."""
+    """The same deployment code for shoal.serve and Ray Serve (their APIs match); the
+    digits workload is two applications, {"batch": ..., "single": ...}."""
     if workload == "echo":
         @serve.deployment(num_replicas=replicas, **actor_options)
         class Echo:
@@ -46,31 +47,33 @@ def app_of(serve, workload: str, replicas: int, **actor_options):
     import numpy as np
     import torch
     from train_digits import DigitsCNN
-    batched = workload == "digits-batch"
 
-    @serve.deployment(num_replicas=replicas, max_ongoing_requests=32 if batched else 5,
-                      **actor_options)
-    class Digits:
-        def __init__(self):
-            torch.set_num_threads(1)
-            torch.manual_seed(0)
-            self.model = DigitsCNN().eval()
+    def make(batched: bool):
+        @serve.deployment(num_replicas=replicas, max_ongoing_requests=32 if batched else 5,
+                          **actor_options)
+        class Digits:
+            def __init__(self):
+                torch.set_num_threads(1)
+                torch.manual_seed(0)
+                self.model = DigitsCNN().eval()
 
-        def forward(self, images):
-            with torch.no_grad():
-                x = torch.from_numpy(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 8, 8)
-                return self.model(x).argmax(1).tolist()
+            def forward(self, images):
+                with torch.no_grad():
+                    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+                    return self.model(x.reshape(-1, 1, 8, 8)).argmax(1).tolist()
 
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-        async def batch(self, images):
-            return self.forward(images)
+            @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+            async def batch(self, images):
+                return self.forward(images)
 
-        async def __call__(self, request):
-            image = (await request.json())["image"]
-            if batched:
-                return {"digit": await self.batch(image)}
-            return {"digit": self.forward([image])[0]}
-    return Digits.bind()
+            async def __call__(self, request):
+                image = (await request.json())["image"]
+                if batched:
+                    return {"digit": await self.batch(image)}
+                return {"digit": self.forward([image])[0]}
+        return Digits.bind()
+    # one server per system holds both, at /batch and /single
+    return {"batch": make(True), "single": make(False)}
 
 
 # ----------------------------------------------------------------- the servers
@@ -99,7 +102,11 @@ def serve_shoal(port: int, replicas: int, workload: str) -> None:
     if workload != "echo":
         import train_digits
         cloudpickle.register_pickle_by_value(train_digits)
-    serve.run(app, port=port)
+    if isinstance(app, dict):
+        for name, a in app.items():
+            serve.run(a, name=name, route_prefix=f"/{name}", port=port)
+    else:
+        serve.run(app, port=port)
     print("READY", flush=True)
     _wait_for_stop()
     serve.shutdown()
@@ -172,8 +179,12 @@ def serve_ray(port: int, replicas: int, workload: str) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp,
              runtime_env={"env_vars": {"PYTHONPATH": os.path.join(_root(), "examples")}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_of(serve, workload, replicas, ray_actor_options={"num_cpus": 0}),
-              route_prefix="/")
+    app = app_of(serve, workload, replicas, ray_actor_options={"num_cpus": 0})
+    if isinstance(app, dict):
+        for name, a in app.items():
+            serve.run(a, name=name, route_prefix=f"/{name}")
+    else:
+        serve.run(app, route_prefix="/")
     print("READY", flush=True)
     _wait_for_stop()
     serve.shutdown()
@@ -201,7 +212,7 @@ def start(system: str, replicas: int, workload: str = "echo"):
                              "--replicas", str(replicas), "--workload", workload],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=_root()))
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if line.startswith("READY"):
@@ -209,8 +220,9 @@ def start(system: str, replicas: int, workload: str = "echo"):
         if not line and proc.poll() is not None:
             raise RuntimeError(f"the {system} server exited with code {proc.returncode}")
     url = f"http://127.0.0.1:{port}/"
+    probe = url if workload == "echo" else url + "batch"
     while time.monotonic() < deadline:   # the port answers a request
-        if wrk(url, 1, 1, body=ECHO_BODY if workload == "echo" else DIGIT_BODY, check=True):
+        if wrk(probe, 1, 1, body=ECHO_BODY if workload == "echo" else DIGIT_BODY, check=True):
             return proc, url
         time.sleep(0.5)
     stop(proc)
@@ -391,13 +403,14 @@ def main() -> int:
               [a for a in ("ray", "bare") if a in systems])
         results["echo"] = best
     if "digits" in args.parts:
-        labels = [f"{s}-{w}" for s in systems if s != "bare" for w in ("batch", "single")]
+        digit_systems = [s for s in systems if s != "bare"]
+        labels = [f"{s}-{w}" for s in digit_systems for w in ("batch", "single")]
         procs = {}
         try:
-            for label in labels:
-                s, w = label.split("-")
-                procs[label] = start(s, args.replicas, f"digits-{w}")
-            best = measure({k: v[1] for k, v in procs.items()}, [64], args.rounds,
+            for s in digit_systems:
+                procs[s] = start(s, args.replicas, "digits")
+            best = measure({f"{s}-{w}": procs[s][1] + w for s in digit_systems
+                            for w in ("batch", "single")}, [64], args.rounds,
                            args.duration, DIGIT_BODY)
         finally:
             for proc, _ in procs.values():

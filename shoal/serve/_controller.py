@@ -123,7 +123,14 @@ class Controller:
             for st in states.values():
                 have = [r for r in st.replicas if r.version == st.version]
                 starting += [self._start_replica(st) for _ in range(st.target - len(have))]
-            self._wait_ready(starting)
+            try:
+                self._wait_ready(starting)
+            except Exception:   # nothing of a failed deploy stays up; the old version serves on
+                for r in starting:
+                    if r in r.owner.replicas:
+                        r.owner.replicas.remove(r)
+                    _kill(r.handle)
+                raise
             retired = []
             if old:
                 for dname, st in old["deployments"].items():

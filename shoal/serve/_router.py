@@ -173,19 +173,21 @@ class Router:
                     f"no replica of deployment {self.name!r} (application {self.app!r}) took the "
                     f"request within {_WAIT_FOR_REPLICAS_S:.0f}s "
                     f"({len(self.replicas)} replicas known); check serve.status()")
+            # a bare future and a timer: cheaper than wait_for (a task per wait) when
+            # many requests queue
             fut = loop.create_future()
             self.waiters.append(fut)
+            timer = loop.call_later(min(left, 1.0), _wake_one, fut)
             try:
-                await asyncio.wait_for(fut, min(left, 1.0))
-            except asyncio.TimeoutError:
-                pass
+                await fut
             finally:
+                timer.cancel()
                 if not fut.done():
                     fut.cancel()
-                    try:
-                        self.waiters.remove(fut)
-                    except ValueError:
-                        pass
+                try:
+                    self.waiters.remove(fut)
+                except ValueError:
+                    pass
 
     async def _conn(self, r: _Replica):
         if r.conn is not None and not r.conn.closed:
@@ -301,6 +303,11 @@ class Router:
             entry.queue.put_nowait(_Failure(err))
         elif not entry.fut.done():
             entry.fut.set_exception(err)
+
+
+def _wake_one(fut) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Failure:

@@ -200,3 +200,25 @@ def test_shutdown_leaves_no_replica_process_or_socket(serve):
         s.bind(("127.0.0.1", port))    # the port is free again
     finally:
         s.close()
+
+
+def test_a_constructor_that_raises_fails_the_deploy_and_keeps_the_old_version(serve, http):
+    from shoal.exceptions import ServeError
+
+    def make(fail):
+        @serve.deployment(num_replicas=2)
+        class App:
+            def __init__(self):
+                if fail:
+                    raise RuntimeError("cannot load the model")
+
+            def __call__(self, request):
+                return "old"
+        return App
+
+    serve.run(make(False).bind(), port=0)
+    with pytest.raises(ServeError, match="cannot load the model"):
+        serve.run(make(True).bind(), port=0)
+    assert http.get(http.url("/")).text == "old"
+    st = serve.status()["applications"]["default"]["deployments"]["App"]
+    assert len(st["replicas"]) == 2 and st["status"] == "HEALTHY"
