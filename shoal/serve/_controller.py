@@ -308,7 +308,8 @@ class Controller:
                 for r in running:
                     if r in dead:
                         continue
-                    if r.health_ref is None and now - r.last_health >= st.config.health_check_period_s:
+                    period = st.config.health_check_period_s
+                    if r.health_ref is None and now - r.last_health >= period:
                         r.health_ref, r.health_sent = r.handle.check_health.remote(), now
                     elif r.health_ref is not None:
                         ok, _ = shoal.wait([r.health_ref], timeout=0)

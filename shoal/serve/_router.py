@@ -153,7 +153,8 @@ class Router:
     async def _choose(self, deadline: float) -> _Replica:
         loop = asyncio.get_running_loop()
         while True:
-            free = [r for r in self.replicas.values() if not r.dead and r.ongoing < self.max_ongoing]
+            cap = self.max_ongoing
+            free = [r for r in self.replicas.values() if not r.dead and r.ongoing < cap]
             if free:
                 if len(free) > 1:   # sampled, so ties go either way
                     a, b = random.sample(free, 2)
