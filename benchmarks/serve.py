@@ -423,7 +423,8 @@ def main() -> int:
         results["soak"] = soak(args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"load_average": os.getloadavg(), "results": {
+            soak_report = results.pop("soak", None)
+            json.dump({"load_average": os.getloadavg(), "soak": soak_report, "results": {
                 part: [dict(system=s, concurrency=c, **r) for (s, c), r in best.items()]
                 for part, best in results.items()}}, f, indent=1)
     return 0
