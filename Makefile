@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/tour.py
 	$(BIN)/python examples/train_digits.py
 	$(BIN)/python examples/ml_pipeline.py
+	$(BIN)/python examples/serve_digits.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,6 +31,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py --quick
 	$(BIN)/python benchmarks/ml.py --quick
 	$(BIN)/python benchmarks/data.py
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
+		echo "benchmarks/serve.py needs wrk (apt-get install wrk); skipping it"
+	if command -v wrk >/dev/null; then $(BIN)/python benchmarks/serve.py --quick; fi
 
 # The documentation site (docs/, mkdocs.yml) into site/; fails on any warning.
 .PHONY: docs

@@ -4,6 +4,8 @@
     shoal info                    the embedded cluster's resources
     shoal launch -n 2 train.py    run a script on N processes (torchrun's job)
     shoal launch -np 2 python train.py   the same in horovodrun's / mpirun's form (any command)
+    shoal serve run module:app    serve an application in the foreground (Ctrl-C drains)
+    shoal serve status            applications, deployments and replicas of running serves
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "launch":
         from shoal.launch import main as launch_main
         return launch_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from shoal.serve.cli import main as serve_main
+        return serve_main(argv[1:])
     from shoal import __version__
     ap = argparse.ArgumentParser(prog="shoal", description="shoal: one framework for distributed ML")
     ap.add_argument("--version", action="version", version=f"shoal {__version__}")
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     sub.add_parser("launch", help="run a script or command on N processes: shoal launch -n N "
                                   "script.py ARGS, or -np N [-H host:slots,...] python script.py")
+    sub.add_parser("serve", help="shoal serve run module:app | shoal serve status")
     args = ap.parse_args(argv)
     if args.cmd == "info":
         return _info(args)

@@ -228,3 +228,35 @@ class MissingDependencyError(ShoalError, ImportError):
             raise cls(f"{part} needs {', '.join(missing)}, which "
                       f"{'is' if len(missing) == 1 else 'are'} not installed: "
                       f"pip install 'shoal[{extra}]'", missing, extra, absent[0])
+
+
+class ServeError(ShoalError, RuntimeError):
+    """shoal.serve could not deploy, route or answer a request; the message says why."""
+
+
+class BackPressureError(ServeError):
+    """A deployment's queue is full (``max_queued_requests``): retry later.
+
+    Over HTTP this is a 503 with a ``Retry-After`` header.
+    """
+
+
+class DeploymentUnavailableError(ServeError):
+    """No replica of a deployment could take the request in time (none running,
+    or every one died); the message names the deployment."""
+
+
+class RequestError(ServeError):
+    """A request to a deployment failed in the replica's user code.
+
+    ``error_id`` also appears in the replica's log next to the traceback;
+    ``cause`` is the original exception when it could be sent back.
+    """
+
+    def __init__(self, message: str, error_id: str = "", cause: BaseException | None = None):
+        super().__init__(message)
+        self.error_id = error_id
+        self.cause = cause
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.error_id, self.cause))

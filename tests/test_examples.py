@@ -20,12 +20,14 @@ TIMEOUT_S = 300
 SIZES = {
     "ml_pipeline.py": ["20000"],                       # rows (default 3,000,000)
     "train_digits.py": ["--epochs", "2"],              # epochs (default 12)
+    "serve_digits.py": ["--epochs", "1", "--port", "0", "--requests", "16"],
 }
 # what each example prints when it reaches its end
 EXPECT = {
     "tour.py": "done: no process or shared memory left behind",
     "ml_pipeline.py": "RandomForestClassifier",
     "train_digits.py": "final test accuracy",
+    "serve_digits.py": "predictions over HTTP",
 }
 
 

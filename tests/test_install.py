@@ -103,6 +103,7 @@ def test_a_worker_running_a_task_loads_no_heavy_library():
     ("import shoal.data", ["pyarrow"], "data", "pyarrow"),
     ("import shoal.ml", ["sklearn", "numba"], "ml", "scikit-learn, numba"),
     ("import shoal.train", ["torch"], "train", "torch"),
+    ("from shoal import serve", ["starlette", "uvicorn"], "serve", "starlette, uvicorn"),
     ("import shoal.horovod", ["torch"], "train", "torch"),
     ("import shoal; shoal.init(backend='ray')", ["ray"], "ray", "ray"),
     ("from shoal import collective; collective.init_group(0, 1, {}, backend='torch')",

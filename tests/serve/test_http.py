@@ -1,0 +1,191 @@
+"""The HTTP front: bodies, route prefixes, errors, FastAPI ingress, streaming."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+try:   # module level: this file's string annotations must resolve in FastAPI
+    from pydantic import BaseModel
+
+    class Item(BaseModel):
+        name: str
+        qty: int
+except ImportError:
+    pass
+
+
+def test_json_and_binary_bodies_round_trip(serve, http):
+    @serve.deployment
+    class Echo:
+        async def __call__(self, request):
+            if request.headers.get("content-type") == "application/json":
+                return {"got": await request.json()}
+            return (await request.body())[::-1]
+
+    serve.run(Echo.bind(), port=0)
+    r = http.post(http.url("/"), json={"a": [1, 2]})
+    assert r.status_code == 200 and r.json() == {"got": {"a": [1, 2]}}
+    r = http.post(http.url("/"), content=b"\x00\x01\x02", headers={"content-type": "x/bin"})
+    assert r.status_code == 200 and r.content == b"\x02\x01\x00"
+    assert r.headers["content-type"] == "application/octet-stream"
+
+
+def test_each_application_has_its_route_prefix(serve, http):
+    @serve.deployment
+    def hello(request):
+        return f"hello {request.url.path}"
+
+    @serve.deployment
+    def bye(request):
+        return "bye"
+
+    serve.run(hello.bind(), name="a", route_prefix="/a", port=0)
+    serve.run(bye.bind(), name="b", route_prefix="/b/c")
+    assert http.get(http.url("/a/x")).text == "hello /a/x"
+    assert http.get(http.url("/b/c")).text == "bye"
+    r = http.get(http.url("/nowhere"))
+    assert r.status_code == 404 and "/a" in r.json()["error"]
+
+
+def test_bad_input_gets_4xx_with_a_message(serve, http):
+    @serve.deployment
+    class Echo:
+        async def __call__(self, request):
+            return await request.json()
+
+    serve.run(Echo.bind(), port=0, max_body_bytes=1000)
+    r = http.post(http.url("/"), content=b"{not json", headers={"content-type": "text/plain"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = http.post(http.url("/"), content=b"x" * 5000)
+    assert r.status_code == 413 and "1000" in r.json()["error"]
+
+    def chunks():          # no content-length: the proxy counts as the body arrives
+        for _ in range(10):
+            yield b"y" * 500
+    r = http.post(http.url("/"), content=chunks())
+    assert r.status_code == 413
+
+
+def test_default_body_limit_is_10_mb(serve, http):
+    @serve.deployment
+    class Size:
+        async def __call__(self, request):
+            return len(await request.body())
+
+    serve.run(Size.bind(), port=0)
+    assert http.post(http.url("/"), content=b"a" * (9 << 20)).json() == 9 << 20
+    assert http.post(http.url("/"), content=b"a" * (11 << 20)).status_code == 413
+
+
+def test_user_exception_is_a_500_with_an_error_id_in_the_replica_log(serve, http, capfd):
+    @serve.deployment
+    class Flaky:
+        def __init__(self):
+            self.n = 0
+
+        async def __call__(self, request):
+            self.n += 1
+            if (await request.json())["fail"]:
+                raise ValueError("boom")
+            return self.n
+
+    serve.run(Flaky.bind(), port=0)
+    r = http.post(http.url("/"), json={"fail": True})
+    assert r.status_code == 500
+    body = r.json()
+    assert "ValueError" in body["error"] and len(body["error_id"]) == 16
+    # the replica stays up, with its state
+    assert http.post(http.url("/"), json={"fail": False}).json() == 2
+    import time
+    deadline = time.time() + 10
+    seen = ""
+    while time.time() < deadline and body["error_id"] not in seen:
+        seen += capfd.readouterr().err
+        time.sleep(0.2)
+    assert body["error_id"] in seen and "boom" in seen
+
+
+def test_fastapi_ingress_with_class_routes_and_openapi(serve, http):
+    FastAPI = pytest.importorskip("fastapi").FastAPI
+    app = FastAPI()
+
+    @app.get("/plain")
+    def plain():
+        return {"plain": True}
+
+    @serve.deployment
+    @serve.ingress(app)
+    class Api:
+        def __init__(self, greeting):
+            self.greeting = greeting
+
+        @app.get("/hello/{name}")
+        def hello(self, name: str, punct: str = "!") -> str:
+            return f"{self.greeting} {name}{punct}"
+
+        @app.post("/items")
+        async def items(self, item: Item) -> dict:
+            return {"total": item.qty * 2, "who": self.greeting}
+
+    serve.run(Api.bind("hi"), route_prefix="/api", port=0)
+    assert http.get(http.url("/api/hello/bob"), params={"punct": "?"}).json() == "hi bob?"
+    assert http.post(http.url("/api/items"), json={"name": "x", "qty": 3}).json() == \
+        {"total": 6, "who": "hi"}
+    assert http.post(http.url("/api/items"), json={"name": "x"}).status_code == 422
+    assert http.get(http.url("/api/plain")).json() == {"plain": True}
+    spec = http.get(http.url("/api/openapi.json")).json()
+    assert "/hello/{name}" in spec["paths"]
+    params = [p["name"] for p in spec["paths"]["/hello/{name}"]["get"]["parameters"]]
+    assert "self" not in params and "name" in params
+    assert http.get(http.url("/api/docs")).status_code == 200
+
+
+def test_generator_streams_chunks_over_http_and_handles(serve, http):
+    @serve.deployment
+    class Counter:
+        def __call__(self, request):
+            n = int(request.query_params["n"])
+            for i in range(n):
+                yield f"{i}\n"
+
+        async def numbers(self, n):
+            for i in range(n):
+                yield {"i": i}
+
+    h = serve.run(Counter.bind(), port=0)
+    with http.stream("GET", http.url("/"), params={"n": 5}) as r:
+        lines = [ln for ln in r.iter_lines()]
+    assert lines == ["0", "1", "2", "3", "4"]
+    assert list(h.options(stream=True).numbers.remote(3)) == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+def test_proxy_binds_loopback_by_default(serve):
+    @serve.deployment
+    def f(request):
+        return "x"
+
+    serve.run(f.bind(), port=0)
+    st = serve.status()
+    assert st["proxy"]["host"] == "127.0.0.1"
+    port = st["proxy"]["port"]
+    out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout \
+        if sys.platform.startswith("linux") else ""
+    if out:
+        lines = [ln for ln in out.splitlines() if f":{port} " in ln]
+        assert lines and all("127.0.0.1" in ln for ln in lines)
+
+
+def test_metrics_endpoint_counts_requests(serve, http):
+    pytest.importorskip("prometheus_client")
+
+    @serve.deployment
+    def f(request):
+        return "x"
+
+    serve.run(f.bind(), port=0)
+    for _ in range(3):
+        http.get(http.url("/"))
+    text = http.get(http.url("/-/metrics")).text
+    assert 'shoal_serve_http_requests_total{application="default",status="200"} 3.0' in text
