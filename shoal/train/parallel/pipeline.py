@@ -8,11 +8,14 @@
 
 A batch is cut into micro-batches along dimension 0. Stage ``s`` receives
 micro-batch activations from ``s - 1`` and sends them to ``s + 1``; in
-backward the gradients of those activations travel the other way. Every
-send is queued to one sender thread per neighbour (so two neighbours
-sending to each other at once cannot deadlock, as with Megatron's batched
-isend/irecv) and every receive goes into a buffer allocated once per
-micro-batch shape. Shapes are negotiated when the micro-batch sizes of a step
+backward the gradients of those activations travel the other way. Sends and
+receives are plain blocking calls in the training thread (no hand-off to a
+thread that would wait for the GIL while the peer idles). They cannot
+deadlock: on every link both stages handle the link's messages in one order
+(in 1F1B's steady state a stage receives the next activation from ``s - 1``
+before it sends ``s - 1`` the last gradient, the order in which ``s - 1``
+sends and receives them), and on a chain of stages that is enough. Every
+receive goes into a buffer allocated once per micro-batch shape. Shapes are negotiated when the micro-batch sizes of a step
 differ from the previous step's, so a steady loop moves only the payload and
 one small step header per link.
 
@@ -22,8 +25,6 @@ batch in one process.
 """
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -207,58 +208,6 @@ def _balanced_starts(sizes: list[int], k: int) -> list[int]:
     return starts[::-1]
 
 
-# ------------------------------------------------------------------ sending
-class _Sender:
-    """One thread that sends, in order, what is queued for one peer (bounded waits)."""
-
-    def __init__(self, comm, peer: int, timeout: float):
-        self.comm, self.peer, self.timeout = comm, peer, timeout
-        self._q: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._pending = 0
-        self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"shoal-pipeline-send-{peer}")
-        self._thread.start()
-
-    def _loop(self):
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            t, tag = item
-            try:
-                if self._error is None:
-                    self.comm.send(t, self.peer, tag=tag)
-            except BaseException as e:  # delivered to the training thread by put/flush
-                self._error = e
-            with self._cv:
-                self._pending -= 1
-                self._cv.notify_all()
-
-    def put(self, t: torch.Tensor, tag: int) -> None:
-        self._raise()
-        with self._cv:
-            self._pending += 1
-        self._q.put((t, tag))
-
-    def flush(self) -> None:
-        with self._cv:
-            if not self._cv.wait_for(lambda: self._pending == 0, timeout=self.timeout):
-                raise CollectiveError(f"pipeline sends to rank {self.peer} did not complete within "
-                                      f"{self.timeout}s; is that stage still running the schedule?")
-        self._raise()
-
-    def _raise(self):
-        if self._error is not None:
-            raise CollectiveError(f"pipeline send to rank {self.peer} failed: {self._error}") \
-                from self._error
-
-    def close(self):
-        self._q.put(None)
-        self._thread.join(timeout=5)
-
-
 # ------------------------------------------------------------------ schedule
 @dataclass
 class StepStats:
@@ -293,9 +242,8 @@ class PipelineSchedule:
         num_microbatches: micro-batches per step (``m``).
         loss_fn: ``loss_fn(output, targets)`` -> a mean loss; needed on the
             last stage.
-        timeout: seconds a send may stay queued before the step fails
-            (receives are bounded by the group's own timeout). Default: the
-            group's timeout.
+
+    Every send and receive is bounded by the group's timeout.
 
     Raises:
         InvalidInputError: bad schedule, num_microbatches, or no loss_fn on
@@ -303,7 +251,7 @@ class PipelineSchedule:
     """
 
     def __init__(self, stage: nn.Module, pp_group, schedule: str = "1f1b",
-                 num_microbatches: int = 4, loss_fn=None, timeout: float | None = None):
+                 num_microbatches: int = 4, loss_fn=None):
         if schedule not in SCHEDULES:
             raise InvalidInputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not isinstance(num_microbatches, int) or num_microbatches < 1:
@@ -316,7 +264,6 @@ class PipelineSchedule:
         if self.is_last and loss_fn is None:
             raise InvalidInputError(f"stage {self.rank} is the last of {self.num_stages}: it needs "
                                     "loss_fn(output, targets)")
-        self.timeout = float(timeout if timeout is not None else getattr(pp_group, "timeout", 300.0))
         self.stats = StepStats()
         self._step = 0
         self._key = None             # micro-batch sizes of the previous step
@@ -324,8 +271,6 @@ class PipelineSchedule:
         self._out_meta: list = []     # per micro-batch (shape, dtype, requires_grad) sent
         self._in_bufs: dict = {}
         self._grad_bufs: dict = {}
-        self._next = _Sender(pp_group, self.rank + 1, self.timeout) if not self.is_last else None
-        self._prev = _Sender(pp_group, self.rank - 1, self.timeout) if not self.is_first else None
 
     # -------------------------------------------------------------- public
     def step(self, inputs=None, targets=None):
@@ -360,6 +305,7 @@ class PipelineSchedule:
             total = sum(key)
             weights = [k / total for k in key]
         inputs_of, outputs_of, losses = [None] * m, [None] * m, []
+        pending_grad = []    # a gradient for s - 1 held back until the next activation arrived
 
         sync_ctx = getattr(self.stage, "no_sync", None)   # a DDP-wrapped stage: sync on the last backward
 
@@ -368,6 +314,8 @@ class PipelineSchedule:
                 x = micro_in[i]
             else:
                 x = self._recv_activation(i, renegotiate)
+            while pending_grad:
+                self.group.send(pending_grad.pop(), self.rank - 1, tag=_TAG_GRAD)
             c = time.perf_counter()
             out = self.stage(x)
             if self.is_last:
@@ -379,7 +327,7 @@ class PipelineSchedule:
             if not self.is_last:
                 self._send_activation(i, out, renegotiate)
 
-        def backward(i, last):
+        def backward(i, last, forward_next):
             out = outputs_of[i]
             grad = None
             if not self.is_last:
@@ -396,37 +344,38 @@ class PipelineSchedule:
                     torch.autograd.backward(out, grad)
             self.stats.compute_s += time.perf_counter() - c
             x = inputs_of[i]
+            inputs_of[i] = outputs_of[i] = None
             if not self.is_first and self._in_meta[i][2]:
                 g = x.grad if x.grad is not None else torch.zeros_like(x)
-                self._prev.put(g, _TAG_GRAD)
-            inputs_of[i] = outputs_of[i] = None
+                if forward_next:
+                    pending_grad.append(g)   # s - 1 sends that activation before it receives this
+                else:
+                    self.group.send(g, self.rank - 1, tag=_TAG_GRAD)
 
+        actions = self._actions()
         with torch.enable_grad():
-            if self.schedule == "gpipe":
-                for i in range(m):
+            for k, (kind, i) in enumerate(actions):
+                if kind == "F":
                     forward(i)
-                for i in range(m):
-                    backward(i, i == m - 1)
-            else:
-                warmup = min(self.num_stages - self.rank - 1, m)
-                for i in range(warmup):
-                    forward(i)
-                for i in range(m - warmup):
-                    forward(warmup + i)
-                    backward(i, i == m - 1)
-                for i in range(m - warmup, m):
-                    backward(i, i == m - 1)
-        for sender in (self._next, self._prev):
-            if sender is not None:
-                sender.flush()
+                else:
+                    nxt = actions[k + 1][0] if k + 1 < len(actions) else None
+                    backward(i, i == m - 1, nxt == "F")
         self.stats.wall_s = time.perf_counter() - t0
         return torch.stack(losses).sum() if self.is_last else None
 
+    def _actions(self) -> list[tuple[str, int]]:
+        """This stage's forwards ("F", i) and backwards ("B", i), in schedule order."""
+        m = self.num_microbatches
+        if self.schedule == "gpipe":
+            return [("F", i) for i in range(m)] + [("B", i) for i in range(m)]
+        warmup = min(self.num_stages - self.rank - 1, m)
+        out = [("F", i) for i in range(warmup)]
+        for i in range(m - warmup):
+            out += [("F", warmup + i), ("B", i)]
+        return out + [("B", i) for i in range(m - warmup, m)]
+
     def close(self) -> None:
-        """Stop the sender threads (the group itself is the caller's)."""
-        for sender in (self._next, self._prev):
-            if sender is not None:
-                sender.close()
+        """Nothing to release (kept so a schedule can be used as a context manager)."""
 
     def __enter__(self):
         return self
@@ -460,7 +409,7 @@ class PipelineSchedule:
                     f"pipeline stage {self.rank} is at step {self._step} but stage {self.rank - 1} "
                     f"sent step {int(head[0])}: every stage must call step() once per batch")
         if not self.is_last:
-            self._next.put(head, _TAG_STEP)
+            self.group.send(head, self.rank + 1, tag=_TAG_STEP)
         return tuple(int(v) for v in head[1:])
 
     def _send_activation(self, i, out, renegotiate):
@@ -472,13 +421,13 @@ class PipelineSchedule:
             if i == 0:
                 self._out_meta = []
             self._out_meta.append(meta)
-            self._next.put(_encode_meta(meta), _TAG_SHAPE)
+            self.group.send(_encode_meta(meta), self.rank + 1, tag=_TAG_SHAPE)
         elif meta != self._out_meta[i]:
             raise InvalidInputError(
                 f"stage {self.rank}'s output for micro-batch {i} is {meta[0]} {meta[1]}, but it was "
                 f"{self._out_meta[i][0]} {self._out_meta[i][1]} for the same micro-batch sizes "
                 "before; a stage's output shape must depend only on its input's")
-        self._next.put(out.detach().contiguous(), _TAG_ACT)
+        self.group.send(out.detach().contiguous(), self.rank + 1, tag=_TAG_ACT)
 
     def _recv_activation(self, i, renegotiate):
         if renegotiate:

@@ -398,14 +398,20 @@ def _expect(module, cls, name, style):
                                 f"{cls.__name__}, but {name!r} is a {type(module).__name__}")
 
 
+def _matches(name: str, pattern: str) -> bool:
+    # part by part, so "*" stands for one name part ("blocks.*.attn" is not "blocks.0.mlp.attn")
+    parts, pats = name.split("."), pattern.split(".")
+    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pats))
+
+
 def apply_tensor_parallel(model: nn.Module, tp_group, plan: dict) -> nn.Module:
     """Replace the modules a plan names by their tensor-parallel versions (in place).
 
     Args:
         model: the whole model, built identically on every rank of ``tp_group``.
         tp_group: a shoal.collective communicator over the tensor-parallel ranks.
-        plan: module-name pattern (``fnmatch``, ``*`` matches one or more
-            name parts, e.g. ``"blocks.*.attn.qkv"``) -> a style: "colwise",
+        plan: module-name pattern (``fnmatch`` per dotted part: ``*`` stands
+            for one name part, e.g. ``"blocks.*.attn.qkv"``) -> a style: "colwise",
             "colwise_gather", "colwise_qkv", "rowwise", "rowwise_split_input",
             "vocab", "heads", or a ColwiseParallel / RowwiseParallel /
             VocabParallel / HeadParallel instance.
@@ -429,7 +435,7 @@ def apply_tensor_parallel(model: nn.Module, tp_group, plan: dict) -> nn.Module:
             raise InvalidInputError(f"plan entry {pattern!r}: {style!r} is not a style")
         styles[pattern] = style
     names = [n for n, _ in model.named_modules() if n]
-    matches = {p: [n for n in names if fnmatch.fnmatchcase(n, p)] for p in styles}
+    matches = {p: [n for n in names if _matches(n, p)] for p in styles}
     missing = [p for p, found in matches.items() if not found]
     if missing:
         raise InvalidInputError(
