@@ -265,6 +265,8 @@ class PipelineSchedule:
             raise InvalidInputError(f"stage {self.rank} is the last of {self.num_stages}: it needs "
                                     "loss_fn(output, targets)")
         self.stats = StepStats()
+        params = next(iter(stage.parameters()), None)
+        self.device = params.device if params is not None else torch.device("cpu")
         self._step = 0
         self._key = None             # micro-batch sizes of the previous step
         self._in_meta: list = []      # per micro-batch (shape, dtype, requires_grad) received
@@ -439,7 +441,7 @@ class PipelineSchedule:
         shape, dtype, requires_grad = self._in_meta[i]
         buf = self._in_bufs.get(i)
         if buf is None:
-            buf = self._in_bufs[i] = torch.empty(shape, dtype=dtype)
+            buf = self._in_bufs[i] = torch.empty(shape, dtype=dtype, device=self.device)
         self.group.recv(buf, self.rank - 1, tag=_TAG_ACT)
         x = buf.detach()
         if requires_grad:
@@ -450,7 +452,7 @@ class PipelineSchedule:
         key = (tuple(out.shape), out.dtype)
         buf = self._grad_bufs.get(key)
         if buf is None:
-            buf = self._grad_bufs[key] = torch.empty(key[0], dtype=key[1])
+            buf = self._grad_bufs[key] = torch.empty(key[0], dtype=key[1], device=out.device)
         self.group.recv(buf, self.rank + 1, tag=_TAG_GRAD)
         return buf
 

@@ -95,7 +95,7 @@ def _gather_last(x: torch.Tensor, group, chunks: int) -> torch.Tensor:
     if tp == 1:
         return x
     xt = x.movedim(-1, 0).contiguous()
-    out = torch.empty((tp * xt.shape[0],) + tuple(xt.shape[1:]), dtype=x.dtype)
+    out = torch.empty((tp * xt.shape[0],) + tuple(xt.shape[1:]), dtype=x.dtype, device=x.device)
     group.allgather(xt, out=out)
     full = out.movedim(0, -1)
     if chunks > 1:   # [q0 k0 v0 | q1 k1 v1] -> [q0 q1 | k0 k1 | v0 v1]

@@ -163,3 +163,35 @@ def test_uneven_micro_batches_and_changing_batch_sizes_keep_the_losses(gang):
     short = (5, 6, 12)
     _, last = gang.run(_pp_train, {"schedule": "1f1b", "m": 3, "short_steps": short})
     assert last["losses"] == pytest.approx(_reference_with_short_steps(short), abs=LOSS_ATOL)
+
+
+class _Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def _large_activations(config):
+    comm = st.get_communicator()
+    torch.manual_seed(0)
+    model = nn.Sequential(*[_Scale() for _ in range(4)])
+    stage = split_model(model, 2)[comm.rank]
+    x = torch.randn(8, 1 << 22)      # 16 MiB per micro-batch, more than socket buffers hold
+    with PipelineSchedule(stage, comm, schedule=config["schedule"], num_microbatches=8,
+                          loss_fn=lambda out, t: (out - t).square().mean()) as sched:
+        loss = sched.step(x, torch.zeros_like(x))
+    return None if loss is None else loss.item(), [p.grad.item() for p in stage.parameters()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_activations_larger_than_socket_buffers_do_not_deadlock(gang, schedule):
+    (_, g0), (loss, g1) = gang.run(_large_activations, {"schedule": schedule}, timeout=120)
+    torch.manual_seed(0)
+    x = torch.randn(8, 1 << 22)
+    # loss = mean(x^2) with all scales 1; d loss / d w = 2 mean(x^2) for each scale
+    assert loss == pytest.approx(x.square().mean().item(), rel=1e-5)
+    assert g0 + g1 == pytest.approx([2 * x.square().mean().item()] * 4, rel=1e-4)
