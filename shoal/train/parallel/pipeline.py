@@ -242,6 +242,8 @@ class PipelineSchedule:
         num_microbatches: micro-batches per step (``m``).
         loss_fn: ``loss_fn(output, targets)`` -> a mean loss; needed on the
             last stage.
+        broadcast_loss: also return the loss on every other stage (one small
+            broadcast per step), e.g. for ``report()`` on rank 0.
 
     Every send and receive is bounded by the group's timeout.
 
@@ -251,7 +253,7 @@ class PipelineSchedule:
     """
 
     def __init__(self, stage: nn.Module, pp_group, schedule: str = "1f1b",
-                 num_microbatches: int = 4, loss_fn=None):
+                 num_microbatches: int = 4, loss_fn=None, broadcast_loss: bool = False):
         if schedule not in SCHEDULES:
             raise InvalidInputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not isinstance(num_microbatches, int) or num_microbatches < 1:
@@ -259,6 +261,7 @@ class PipelineSchedule:
                                     f"{num_microbatches!r}")
         self.stage, self.group, self.schedule = stage, pp_group, schedule
         self.num_microbatches, self.loss_fn = num_microbatches, loss_fn
+        self.broadcast_loss = broadcast_loss
         self.rank, self.num_stages = pp_group.rank, pp_group.world_size
         self.is_first, self.is_last = self.rank == 0, self.rank == self.num_stages - 1
         if self.is_last and loss_fn is None:
@@ -288,7 +291,8 @@ class PipelineSchedule:
 
         Returns:
             On the last stage the batch's loss (a 0-dim tensor, the
-            micro-batch losses weighted by size); None on the other stages.
+            micro-batch losses weighted by size); on the other stages None,
+            or the same loss with ``broadcast_loss``.
         """
         t0 = time.perf_counter()
         self.stats = StepStats(num_microbatches=self.num_microbatches)
@@ -362,8 +366,12 @@ class PipelineSchedule:
                 else:
                     nxt = actions[k + 1][0] if k + 1 < len(actions) else None
                     backward(i, i == m - 1, nxt == "F")
+        loss = torch.stack(losses).sum().reshape(1) if self.is_last else None
+        if self.broadcast_loss and self.num_stages > 1:
+            loss = torch.empty(1, dtype=torch.float32) if loss is None else loss.float()
+            self.group.broadcast(loss, src=self.num_stages - 1)
         self.stats.wall_s = time.perf_counter() - t0
-        return torch.stack(losses).sum() if self.is_last else None
+        return None if loss is None else loss.reshape(())
 
     def _actions(self) -> list[tuple[str, int]]:
         """This stage's forwards ("F", i) and backwards ("B", i), in schedule order."""
