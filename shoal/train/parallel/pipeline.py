@@ -26,7 +26,6 @@ batch in one process.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
