@@ -121,7 +121,8 @@ def _pp_train(config):
     opt = torch.optim.Adam(stage.parameters(), lr=0.05)
     losses, bubbles = [], []
     with PipelineSchedule(stage, comm, schedule=config["schedule"],
-                          num_microbatches=config["m"], loss_fn=lm_loss) as sched:
+                          num_microbatches=config["m"], loss_fn=lm_loss,
+                          broadcast_loss=config.get("broadcast", False)) as sched:
         for step, (ids, tg) in enumerate(batches(STEPS)):
             if step in config.get("short_steps", ()):   # a smaller batch: shapes renegotiated
                 ids, tg = ids[:5], tg[:5]
@@ -135,8 +136,11 @@ def _pp_train(config):
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_two_stage_pipeline_trains_to_the_one_process_losses(gang, schedule):
-    first, last = gang.run(_pp_train, {"schedule": schedule, "m": 4, "split": [3]})
-    assert first["losses"] == [None] * STEPS
+    # 1F1B's run also broadcasts the loss from the last stage to the first
+    broadcast = schedule == "1f1b"
+    first, last = gang.run(_pp_train, {"schedule": schedule, "m": 4, "split": [3],
+                                       "broadcast": broadcast})
+    assert first["losses"] == (last["losses"] if broadcast else [None] * STEPS)
     assert first["stage"] == ["embed", "blocks.0", "blocks.1"]
     ref = reference_losses(STEPS)
     assert last["losses"] == pytest.approx(ref, abs=LOSS_ATOL)
