@@ -101,12 +101,14 @@ class PipelineStage(nn.Module):
                 self._modules[parent].add_module(leaf, layer)
             else:
                 self.add_module(leaf, layer)
-        self._order = [layer for _, layer in layers]   # a plain list: not registered twice
+        # looked up by name at every call, so a wrapper put in a layer's place later
+        # (sharded data parallel, activation checkpointing) is the one that runs
+        self._path = [tuple(n.rpartition(".")[::2]) for n in self.layer_names]
 
     def forward(self, x):
         """Run this stage's layers in order."""
-        for layer in self._order:
-            x = layer(x)
+        for parent, leaf in self._path:
+            x = (self._modules[parent]._modules[leaf] if parent else self._modules[leaf])(x)
         return x
 
     def extra_repr(self) -> str:

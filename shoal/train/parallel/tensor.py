@@ -268,6 +268,7 @@ def _rows(t: torch.Tensor, group, chunks: int) -> torch.Tensor:
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, group, start, ignore_index):
+        ctx.dtype = logits.dtype
         logits = logits.float()
         row_max = logits.max(dim=-1).values
         if group.world_size > 1:
@@ -294,7 +295,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         g = softmax
         g.scatter_add_(-1, local.unsqueeze(-1), -(~not_here).to(g.dtype).unsqueeze(-1))
         g.mul_((grad * (~ignored).to(grad.dtype)).unsqueeze(-1))
-        return g, None, None, None, None
+        return g.to(ctx.dtype), None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, tp_group,

@@ -199,3 +199,19 @@ def test_activations_larger_than_socket_buffers_do_not_deadlock(gang, schedule):
     # loss = mean(x^2) with all scales 1; d loss / d w = 2 mean(x^2) for each scale
     assert loss == pytest.approx(x.square().mean().item(), rel=1e-5)
     assert g0 + g1 == pytest.approx([2 * x.square().mean().item()] * 4, rel=1e-4)
+
+
+def test_a_layer_replaced_after_splitting_is_the_one_that_runs():
+    stage = split_model(make_gpt(), 2, split_points=[3])[1]
+
+    class Doubled(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return 2 * self.inner(x)
+    x = torch.randn(2, 16, 32)
+    before = stage(x)
+    stage.head = Doubled(stage.head)      # as a sharded-data-parallel wrapper would
+    assert torch.allclose(stage(x), 2 * before)
