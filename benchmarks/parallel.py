@@ -1,0 +1,327 @@
+"""Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
+
+    python benchmarks/parallel.py [--only pipeline,tensor] [--quick] [--rounds 5]
+
+Sections (``--only`` picks some; the integrator adds the sharded data-parallel one):
+
+pipeline
+    shoal's PipelineSchedule against ``torch.distributed.pipelining``
+    (PipelineStage + ScheduleGPipe / Schedule1F1B over Gloo) on the same two
+    stages (``split_model`` of one residual-MLP stack, the stage modules deep-copied
+    so each system has its own), the same batch and micro-batches, 2 ranks,
+    one thread each. Each round times a window of steps (forward + backward of
+    every micro-batch, then zero_grad) of each system, the order alternating;
+    the best window of each is kept. Reported: samples/s, the ratio, and
+    shoal's measured bubble (the share of a step a stage spends not computing,
+    averaged over both stages) against the theory (p - 1) / (m + p - 1).
+
+tensor
+    A stack of transformer blocks split 2 ways by a plan (qkv and fc1
+    column-parallel, proj and fc2 row-parallel) against the whole stack in one
+    process (rank 0, while rank 1 waits), alternating windows. Reported:
+    step time of each, and the communication of one tp step counted at the
+    tp group (every allreduce's payload) against the expected 2 allreduces per
+    block in forward and 2 in backward of (batch x seq x dim) fp32 values.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import secrets
+import socket
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+# ------------------------------------------------------------------ harness
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(section, rank, world, ports, secret, args, out):
+    torch.set_num_threads(1)
+    try:
+        import torch.distributed as dist
+
+        from shoal import collective
+        from shoal.core.kv import TCPStore
+        store = TCPStore("127.0.0.1", ports[0], secret=secret, is_server=rank == 0)
+        comm = collective.init_group(rank, world, store, name=f"bench-{section}", timeout=120)
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                init_method=f"tcp://127.0.0.1:{ports[1]}")
+        try:
+            out.put((rank, SECTIONS[section](rank, comm, args)))
+        finally:
+            dist.destroy_process_group()
+            comm.destroy()
+            store.close()
+    except BaseException as e:  # reported by the parent
+        import traceback
+        out.put((rank, {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}))
+
+
+def _run(section, world, args):
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ports, secret = (_free_port(), _free_port()), secrets.token_bytes(16)
+    procs = [ctx.Process(target=_rank_main, args=(section, r, world, ports, secret, args, out))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        results = dict(out.get(timeout=1800) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    for r, res in results.items():
+        if "error" in res:
+            raise RuntimeError(f"rank {r} of section {section} failed: {res['error']}")
+    return [results[r] for r in range(world)]
+
+
+def _windows(systems, rounds, steps, warmup, barrier, cpu=None):
+    """Best seconds per step of each system: alternating rounds, each a timed window.
+
+    With a ``cpu`` dict, it also gets the best CPU seconds per step of this
+    process (all its threads): a figure other load on the host disturbs much
+    less than wall-clock time.
+    """
+    best = {name: math.inf for name in systems}
+    if cpu is not None:
+        cpu.update({name: math.inf for name in systems})
+    for rnd in range(rounds):
+        order = list(systems) if rnd % 2 == 0 else list(systems)[::-1]
+        for name in order:
+            step = systems[name]
+            for _ in range(warmup):
+                step()
+            barrier()
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                step()
+            c = time.process_time() - c
+            barrier()
+            best[name] = min(best[name], (time.perf_counter() - t) / steps)
+            if cpu is not None:
+                cpu[name] = min(cpu[name], c / steps)
+    return best
+
+
+# ------------------------------------------------------------------ pipeline
+class ResidualMLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(self.ln(x))))
+
+
+PIPELINE_CONFIGS = [  # name, layers, dim, batch
+    ("compute-bound", 8, 256, 128),
+    ("overhead-bound", 8, 64, 32),
+]
+
+
+def _pipeline(rank, comm, args):
+    return [row for name, layers, dim, batch in PIPELINE_CONFIGS
+            for row in _pipeline_config(rank, comm, dict(args, name=name, layers=layers, dim=dim,
+                                                         batch=batch))]
+
+
+def _pipeline_config(rank, comm, args):
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    from shoal.train.parallel.pipeline import PipelineSchedule, split_model
+    torch.manual_seed(0)
+    model = nn.Sequential(*[ResidualMLP(args["dim"]) for _ in range(args["layers"])])
+    stage = split_model(model, 2, balance="layers")[rank]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args["batch"], args["dim"], generator=g)
+    y = torch.randn(args["batch"], args["dim"], generator=g)
+    m = args["microbatches"]
+    rows = []
+    for schedule in ("gpipe", "1f1b"):
+        ours = PipelineSchedule(stage, comm, schedule=schedule, num_microbatches=m,
+                                loss_fn=F.mse_loss)
+        theirs_mod = copy.deepcopy(stage)
+        tstage = PipelineStage(theirs_mod, rank, 2, torch.device("cpu"))
+        cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+        tsched = cls(tstage, n_microbatches=m, loss_fn=F.mse_loss)
+        bubbles = []
+
+        def shoal_step():
+            ours.step(x, y)
+            bubbles.append(ours.stats.bubble)
+            stage.zero_grad(set_to_none=True)
+
+        def torch_step():
+            if rank == 0:
+                tsched.step(x)
+            else:
+                tsched.step(target=y, losses=[])
+            theirs_mod.zero_grad(set_to_none=True)
+
+        cpu = {}
+        best = _windows({"shoal": shoal_step, "torch": torch_step}, args["rounds"], args["steps"],
+                        args["warmup"], lambda: dist.barrier(), cpu)
+        timed = bubbles[-args["steps"]:]   # the last window's steps (steady state)
+        ours.close()
+        rows.append({"config": args["name"], "layers": args["layers"], "dim": args["dim"],
+                     "batch": args["batch"], "schedule": schedule,
+                     "shoal_s": best["shoal"], "torch_s": best["torch"],
+                     "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
+                     "bubble": min(sorted(timed)[len(timed) // 2], 1.0)})
+    return rows
+
+
+def _report_pipeline(results, args):
+    p, m = 2, args["microbatches"]
+    theory = (p - 1) / (m + p - 1)
+    print(f"\n## pipeline: 2 stages of residual MLP blocks, {m} micro-batches, 1 thread per rank",
+          flush=True)
+    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch (wall) | "
+          "shoal bubble (stage 0 / 1, mean) | theory (p-1)/(m+p-1) | bubble / theory | "
+          "CPU ms/step/rank shoal / torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, row in enumerate(results[0]):
+        shoal_s = max(r[i]["shoal_s"] for r in results)
+        torch_s = max(r[i]["torch_s"] for r in results)
+        b = [r[i]["bubble"] for r in results]
+        mean = sum(b) / len(b)
+        model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
+        print(f"| {model} | {row['schedule']} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
+              f"{torch_s / shoal_s:.2f}x | {b[0]:.3f} / {b[1]:.3f}, {mean:.3f} | {theory:.3f} | "
+              f"{mean / theory:.2f} | {_cpu_ms(results, i, 'shoal')} / {_cpu_ms(results, i, 'torch')} "
+              f"({_cpu_ms(results, i, 'torch', raw=True) / _cpu_ms(results, i, 'shoal', raw=True):.2f}x) |",
+              flush=True)
+
+
+def _cpu_ms(results, i, system, raw=False):
+    ms = 1e3 * sum(r[i][f"{system}_cpu"] for r in results) / len(results)
+    return ms if raw else f"{ms:.1f}"
+
+
+# ------------------------------------------------------------------ tensor
+class Block(nn.Module):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, dim // n_head
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).chunk(3, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class _Counting:
+    """The tp group, counting what its allreduces carry."""
+
+    def __init__(self, comm):
+        self.comm, self.rank, self.world_size = comm, comm.rank, comm.world_size
+        self.count, self.bytes, self.on = 0, 0, False
+
+    def allreduce(self, t, *a, **kw):
+        if self.on:
+            self.count += 1
+            self.bytes += t.numel() * t.element_size()
+        return self.comm.allreduce(t, *a, **kw)
+
+    def allgather(self, t, *a, **kw):
+        raise AssertionError("the benchmark's plan gathers nothing")
+
+
+def _tensor(rank, comm, args):
+    import torch.distributed as dist
+
+    from shoal.train.parallel.tensor import apply_tensor_parallel
+    torch.manual_seed(0)
+    layers, dim, heads = args["tp_layers"], args["tp_dim"], args["tp_heads"]
+    full = nn.Sequential(*[Block(dim, heads) for _ in range(layers)])
+    group = _Counting(comm)
+    plan = {"*": "heads", "*.qkv": "colwise_qkv", "*.proj": "rowwise", "*.fc1": "colwise",
+            "*.fc2": "rowwise"}
+    tp = apply_tensor_parallel(copy.deepcopy(full), group, plan)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args["tp_batch"], args["tp_seq"], dim, generator=g)
+
+    def tp_step():
+        tp(x).square().mean().backward()
+        tp.zero_grad(set_to_none=True)
+
+    def one_step():
+        if rank == 0:
+            full(x).square().mean().backward()
+            full.zero_grad(set_to_none=True)
+
+    group.on = True
+    tp_step()
+    group.on = False
+    best = _windows({"tp2": tp_step, "one": one_step}, args["rounds"], args["steps"],
+                    args["warmup"], lambda: dist.barrier())
+    return {"tp_s": best["tp2"], "one_s": best["one"], "count": group.count, "bytes": group.bytes}
+
+
+def _report_tensor(results, args):
+    r = results[0]
+    layers, b, t, d = args["tp_layers"], args["tp_batch"], args["tp_seq"], args["tp_dim"]
+    exp_count, exp_bytes = 4 * layers, 4 * layers * b * t * d * 4
+    print(f"\n## tensor parallel: {layers} transformer blocks (dim {d}, {args['tp_heads']} heads), "
+          f"batch {b} x seq {t}, 2 ranks vs one process, 1 thread per rank")
+    print("| | step ms | allreduces / step | allreduce payload / step | expected (2 fwd + 2 bwd per block) |")
+    print("|---|---|---|---|---|")
+    print(f"| one process | {r['one_s'] * 1e3:.1f} | 0 | 0 | - |")
+    print(f"| tp2 (shoal) | {max(x['tp_s'] for x in results) * 1e3:.1f} | {r['count']} | "
+          f"{r['bytes'] / 2**20:.2f} MiB | {exp_count} x {b * t * d * 4 / 2**10:.0f} KiB = "
+          f"{exp_bytes / 2**20:.2f} MiB ({r['bytes'] / exp_bytes:.2f}x) |")
+    print(f"tp2 step / one-process step: {max(x['tp_s'] for x in results) / r['one_s']:.2f}", flush=True)
+
+
+SECTIONS = {"pipeline": _pipeline, "tensor": _tensor}
+REPORTS = {"pipeline": _report_pipeline, "tensor": _report_tensor}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="pipeline,tensor",
+                    help="comma-separated sections to run (pipeline, tensor)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--microbatches", type=int, default=8)
+    args = ap.parse_args(argv)
+    cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
+           "warmup": 2, "microbatches": args.microbatches,
+           "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64}
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    for section in only:
+        REPORTS[section](_run(section, 2, cfg), cfg)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""shoal.train.parallel: model parallelism (pipeline, tensor) on shoal.collective groups."""
