@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from shoal.rl.config import AlgorithmConfig
-from shoal.rl.env import check_observation, check_spaces, env_name, make_env
+from shoal.rl.env import check_observation, check_spaces, env_name, make_env, portable
 from shoal.rl.env_runner import RunnerSpec
 from shoal.rl.runner_group import EnvRunnerGroup
 
@@ -77,7 +77,7 @@ class Algorithm:
 
     def _runner_spec(self, **kwargs) -> RunnerSpec:
         c = self.config
-        return RunnerSpec(env=c.env, env_config=c.env_config, num_envs=c.num_envs_per_env_runner,
+        return RunnerSpec(env=portable(c.env), env_config=c.env_config, num_envs=c.num_envs_per_env_runner,
                           module_factory=self.module_factory(), fragment_length=c.fragment_length(),
                           seed=c.seed, **kwargs)
 

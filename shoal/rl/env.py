@@ -22,6 +22,8 @@ def env_name(env) -> str:
     """A short readable name of an environment spec (for messages and logs)."""
     if isinstance(env, str):
         return env
+    if isinstance(env, gym.envs.registration.EnvSpec):
+        return env.id
     return getattr(env, "__qualname__", None) or type(env).__name__
 
 
@@ -32,13 +34,14 @@ def make_env(env, env_config: dict | None = None) -> gym.Env:
         InvalidInputError: the id is not registered, or the object built is not a gymnasium.Env.
     """
     env_config = dict(env_config or {})
-    if isinstance(env, str):
+    if isinstance(env, (str, gym.envs.registration.EnvSpec)):
         try:
             e = gym.make(env, **env_config)
-        except gym.error.Error as err:
+        except (gym.error.Error, TypeError) as err:
             raise InvalidInputError(
-                f"environment {env!r} could not be made ({err}); pass a registered Gymnasium id "
-                f"(gymnasium.register(...)), a gymnasium.Env subclass or a function returning an Env"
+                f"environment {env!r} could not be made with env_config={env_config!r} ({err}); "
+                f"pass a registered Gymnasium id (gymnasium.register(...)) and the keyword "
+                f"arguments of its constructor, a gymnasium.Env subclass or a function returning an Env"
             ) from err
     elif inspect.isclass(env):
         if not issubclass(env, gym.Env):
@@ -54,6 +57,21 @@ def make_env(env, env_config: dict | None = None) -> gym.Env:
         raise InvalidInputError(f"environment {env_name(env)} built a {type(e).__name__}, not a "
                                 f"gymnasium.Env; return an Env from the factory")
     return e
+
+
+def portable(env):
+    """What runner processes should build: a registered id becomes its EnvSpec.
+
+    An id registered in this process only (``gymnasium.register`` in a
+    script or notebook) is unknown in a runner's process; its EnvSpec
+    carries the entry point, so the runner builds the same environment.
+    """
+    if isinstance(env, str):
+        try:
+            return gym.spec(env)
+        except gym.error.Error:
+            return env      # make_env names it when it fails
+    return env
 
 
 def _takes_argument(fn, skip_self: bool = False) -> bool:

@@ -105,7 +105,8 @@ class EnvRunnerGroup:
         return self._call_all("sample_episodes", kwargs, per_runner=[{"num_episodes": k} for k in per])
 
     def _call_all(self, method: str, kwargs: dict, per_runner: list | None = None) -> list:
-        for _attempt in range(self.max_restarts + 2):
+        last_error = None
+        for attempt in range(2):
             refs = [getattr(r, method).remote(self._weights_ref, self._version, **kwargs,
                                               **(per_runner[i] if per_runner else {}))
                     for i, r in enumerate(self.runners)]
@@ -117,11 +118,13 @@ class EnvRunnerGroup:
                 except SpaceMismatchError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a dead process, an env error, a timeout
+                    last_error = e
                     self._replace(i, e)
             if results:
                 return results
-        raise EnvRunnerError(f"every env runner failed on each of {self.max_restarts + 2} "
-                             f"attempts of {method}")
+        # every runner failed, and then every fresh replacement too: not bad luck
+        raise EnvRunnerError(f"every env runner failed {method}, and so did their fresh "
+                             f"replacements: {last_error!r}"[:2000]) from last_error
 
     def _replace(self, index: int, error: BaseException) -> None:
         what = ("did not answer within sample_timeout_s="
