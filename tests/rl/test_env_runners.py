@@ -38,12 +38,13 @@ def test_runner_returns_time_major_arrays_and_finished_episodes():
 
 def test_custom_env_class_and_registered_id_train(cluster, tmp_path):
     # a class and a factory get env_config; a registered id gets it as keyword arguments
-    for env, cfg in ((Corridor, {"length": 3}), ("ShoalTestCorridor-v0", {}),
-                     (lambda cfg: Corridor(cfg), {"length": 3})):
-        algo = _ppo(env, cfg).build()
+    # (runner actors only where the process boundary is the point: the id registered here)
+    for env, cfg, runners in ((Corridor, {"length": 3}, 0), ("ShoalTestCorridor-v0", {}, 1),
+                              (lambda cfg: Corridor(cfg), {"length": 3}, 0)):
+        algo = _ppo(env, cfg, runners=runners).build()
         try:
             result = algo.train()
-            assert result["num_env_steps_sampled"] == 64
+            assert result["num_env_steps_sampled"] == 16 * 2 * max(1, runners)
             assert result["episodes_this_iter"] > 0
         finally:
             algo.stop()
@@ -108,7 +109,7 @@ def test_failed_runner_is_replaced_and_training_continues(cluster, tmp_path, mod
 
 
 def test_runner_failures_past_the_limit_raise(cluster, tmp_path):
-    config = _ppo(Faulty, {"flag": str(tmp_path / "f"), "mode": "always", "fail_at": 3})
+    config = _ppo(Faulty, {"flag": str(tmp_path / "f"), "mode": "always", "fail_at": 3}, runners=1)
     algo = config.fault_tolerance(max_num_env_runner_restarts=2).build()
     try:
         with pytest.raises(EnvRunnerError, match="max_num_env_runner_restarts=2") as info:
