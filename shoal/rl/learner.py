@@ -53,7 +53,7 @@ class Learner:
         self.generator.manual_seed(0 if spec.seed is None else spec.seed)
         self.module = spec.module_factory(spec.observation_space, spec.action_space)
         self.model = self.module
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=spec.lr, eps=spec.adam_eps)
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=spec.lr, eps=spec.adam_eps, fused=True)
         self.rank, self.world_size = 0, 1
         self.comm = None
         self.extra: dict = {}
