@@ -1,5 +1,8 @@
 """shoal.rl: distributed reinforcement learning on shoal's actors and object store.
 
+Algorithms: PPO (discrete and continuous actions) and DQN (double, dueling,
+n-step, prioritized replay).
+
     from shoal.rl import PPOConfig
 
     algo = (PPOConfig()
@@ -24,15 +27,18 @@ MissingDependencyError.require("shoal.rl", "rl", "gymnasium", "torch")
 from shoal.rl.advantages import compute_gae, vtrace
 from shoal.rl.algorithm import Algorithm
 from shoal.rl.config import AlgorithmConfig
+from shoal.rl.dqn import DQN, DQNConfig, n_step_transitions
 from shoal.rl.env import make_env
 from shoal.rl.env_runner import EnvRunner, RunnerSpec
 from shoal.rl.learner import Learner, LearnerGroup, LearnerSpec
 from shoal.rl.models import ActorCritic, ModelConfig, QNetwork
 from shoal.rl.ppo import PPO, PPOConfig, ppo_loss
+from shoal.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 from shoal.rl.runner_group import EnvRunnerGroup
 
 __all__ = [
-    "PPO", "ActorCritic", "Algorithm", "AlgorithmConfig", "EnvRunner", "EnvRunnerGroup", "Learner",
+    "DQN", "DQNConfig", "PPO", "ActorCritic", "PrioritizedReplayBuffer", "ReplayBuffer",
+    "n_step_transitions", "Algorithm", "AlgorithmConfig", "EnvRunner", "EnvRunnerGroup", "Learner",
     "LearnerGroup", "LearnerSpec", "ModelConfig", "PPOConfig", "QNetwork", "RunnerSpec",
     "compute_gae", "make_env", "ppo_loss", "vtrace",
 ]
