@@ -145,6 +145,7 @@ class Algorithm:
             "time_this_iter_s": dt,
             "time_total_s": self.time_total,
             "num_env_runner_restarts": self.env_runner_group.num_restarts,
+            "num_learner_restarts": self.learner_group.num_restarts,
         }
         out.update(result)
         if c.verbose:

@@ -26,7 +26,8 @@ _SECTIONS = {
     "learners": ("num_learners", "num_cpus_per_learner", "num_threads_per_learner"),
     "evaluation": ("evaluation_interval", "evaluation_duration", "evaluation_num_env_runners",
                    "evaluation_explore"),
-    "fault_tolerance": ("restart_failed_env_runners", "max_num_env_runner_restarts"),
+    "fault_tolerance": ("restart_failed_env_runners", "max_num_env_runner_restarts",
+                        "max_num_learner_restarts"),
     "debugging": ("seed",),
     "reporting": ("metrics_num_episodes_for_smoothing", "verbose", "run_dir"),
     "rl_module": ("model_config",),
@@ -51,7 +52,9 @@ class AlgorithmConfig:
     ``evaluation_duration`` episodes on ``evaluation_num_env_runners``
     separate runners (0: in the driver), greedy unless ``evaluation_explore``.
     Faults: failed runners are replaced while ``restart_failed_env_runners``
-    and fewer than ``max_num_env_runner_restarts`` replacements happened.
+    and fewer than ``max_num_env_runner_restarts`` replacements happened;
+    a learner group (num_learners >= 1) whose actor dies restarts from the
+    state after the last update, up to ``max_num_learner_restarts`` times.
     Reporting: returns are averaged over the last
     ``metrics_num_episodes_for_smoothing`` episodes; ``verbose`` 1 prints a
     line per iteration; results go to ``run_dir``/result.csv (None: no files).
@@ -77,6 +80,7 @@ class AlgorithmConfig:
     evaluation_explore: bool = False
     restart_failed_env_runners: bool = True
     max_num_env_runner_restarts: int = 1000
+    max_num_learner_restarts: int = 3
     seed: int | None = None
     metrics_num_episodes_for_smoothing: int = 100
     verbose: int = 1
@@ -130,7 +134,7 @@ class AlgorithmConfig:
         return self._set("evaluation", kwargs)
 
     def fault_tolerance(self, **kwargs) -> "AlgorithmConfig":
-        """restart_failed_env_runners, max_num_env_runner_restarts."""
+        """restart_failed_env_runners, max_num_env_runner_restarts, max_num_learner_restarts."""
         return self._set("fault_tolerance", kwargs)
 
     def debugging(self, **kwargs) -> "AlgorithmConfig":
@@ -169,6 +173,7 @@ class AlgorithmConfig:
         _check_int(self, "evaluation_duration", 1)
         _check_int(self, "evaluation_num_env_runners", 0)
         _check_int(self, "max_num_env_runner_restarts", 0)
+        _check_int(self, "max_num_learner_restarts", 0)
         _check_int(self, "metrics_num_episodes_for_smoothing", 1)
         if self.rollout_fragment_length != "auto":
             _check_int(self, "rollout_fragment_length", 1)

@@ -202,7 +202,7 @@ class DQN(Algorithm):
             LearnerSpec(self.module_factory(), self.observation_space, self.action_space, c.lr,
                         _DQNUpdate(c), setup=dqn_setup, grad_clip=c.grad_clip, seed=c.seed,
                         num_threads=c.num_threads_per_learner),
-            c.num_learners, c.num_cpus_per_learner)
+            c.num_learners, c.num_cpus_per_learner, c.max_num_learner_restarts)
         self.replay = (PrioritizedReplayBuffer(c.replay_buffer_capacity, c.prioritized_replay_alpha,
                                                c.prioritized_replay_beta, seed=c.seed)
                        if c.prioritized_replay else ReplayBuffer(c.replay_buffer_capacity, seed=c.seed))

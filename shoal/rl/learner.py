@@ -11,6 +11,7 @@ contiguous shard (the driver shuffles rows first).
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,31 @@ import numpy as np
 import shoal
 
 _groups = itertools.count()
+log = logging.getLogger("shoal.rl")
+
+
+def _get_first_error_first(refs: list, timeout: float) -> list:
+    """The values of ``refs`` in order; the first error raises as soon as it is known.
+
+    (``shoal.get`` of the list would wait on a live rank blocked in a
+    collective with a dead one, up to the collective's timeout.)
+    """
+    import time
+    deadline = time.monotonic() + timeout
+    pending = list(refs)
+    while pending:
+        ready, pending = shoal.wait(pending, num_returns=1,
+                                    timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        shoal.get(ready, timeout=1)          # raises the error of a failed rank now
+    return shoal.get(refs, timeout=max(1.0, deadline - time.monotonic()))
+
+
+def _is_user_error(e: BaseException) -> bool:
+    # errors of the update's own code repeat on a fresh group: raise them
+    from shoal.exceptions import ActorDiedError, CollectiveError, GetTimeoutError, WorkerCrashedError
+    return not isinstance(e, (ActorDiedError, WorkerCrashedError, CollectiveError, GetTimeoutError))
 
 
 @dataclass
@@ -116,6 +142,11 @@ class Learner:
 class LearnerActor(Learner):
     """A learner in its own process, one rank of the learner group (``self.comm`` is set by the group)."""
 
+    def pid(self) -> int:
+        """This learner's process id."""
+        import os
+        return os.getpid()
+
     def join(self, rank: int, world_size: int) -> bool:
         import torch
         torch.set_num_threads(self.spec.num_threads)
@@ -133,20 +164,37 @@ class LearnerActor(Learner):
 
 
 class LearnerGroup:
-    """The driver's view of the learners: one local Learner, or N learner actors."""
+    """The driver's view of the learners: one local Learner, or N learner actors.
 
-    def __init__(self, spec: LearnerSpec, num_learners: int = 0, num_cpus_per_learner: float = 0):
+    Learner actors that fail (a dead process, a broken collective group) are
+    replaced as a whole group that restarts from the state after the last
+    successful update (kept in the driver), and the update is run again, up
+    to ``max_restarts`` times.
+    """
+
+    def __init__(self, spec: LearnerSpec, num_learners: int = 0, num_cpus_per_learner: float = 0,
+                 max_restarts: int = 3):
         self.spec = spec
         self.local = None
         self.actors: list = []
+        self.num_cpus = num_cpus_per_learner
+        self.max_restarts = max_restarts
+        self.num_restarts = 0
+        self._n = num_learners
+        self._state = None
         if num_learners == 0:
             self.local = Learner(spec)
             return
+        self._start()
+
+    def _start(self) -> None:
         from shoal import collective
         self.actors = collective.create_actor_group(
-            LearnerActor, num_learners, spec, name=f"shoal-rl-learners-{id(self)}-{next(_groups)}",
-            actor_options={"num_cpus": num_cpus_per_learner}, timeout=120.0)
-        shoal.get([a.join.remote(i, num_learners) for i, a in enumerate(self.actors)], timeout=120)
+            LearnerActor, self._n, self.spec, name=f"shoal-rl-learners-{id(self)}-{next(_groups)}",
+            actor_options={"num_cpus": self.num_cpus}, timeout=120.0)
+        shoal.get([a.join.remote(i, self._n) for i, a in enumerate(self.actors)], timeout=120)
+        if self._state is not None:
+            self.set_state(self._state)
 
     @property
     def num_learners(self) -> int:
@@ -161,7 +209,20 @@ class LearnerGroup:
         rows = len(batch["obs"]) // n * n
         perm = np.random.default_rng(shuffle_seed).permutation(len(batch["obs"]))[:rows]
         ref = shoal.put({k: v[perm] for k, v in batch.items()})
-        results = shoal.get([a.update_shard.remote(ref, **kwargs) for a in self.actors], timeout=600)
+        while True:
+            try:
+                results = _get_first_error_first([a.update_shard.remote(ref, **kwargs)
+                                                  for a in self.actors], timeout=600)
+                self._state = self.get_state()
+                break
+            except Exception as e:  # noqa: BLE001 - a learner died or its group broke
+                if self.num_restarts >= self.max_restarts or _is_user_error(e):
+                    raise
+                self.num_restarts += 1
+                log.warning("learner group failed (%r); restarting it from the last update's state "
+                            "(restart %d of %d)", e, self.num_restarts, self.max_restarts)
+                self.stop()
+                self._start()
         return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
     def get_weights(self) -> dict:

@@ -180,7 +180,7 @@ class PPO(Algorithm):
             LearnerSpec(self.module_factory(), self.observation_space, self.action_space, c.lr,
                         _PPOUpdate(c), grad_clip=c.grad_clip, seed=c.seed,
                         num_threads=c.num_threads_per_learner),
-            c.num_learners, c.num_cpus_per_learner)
+            c.num_learners, c.num_cpus_per_learner, c.max_num_learner_restarts)
         self._make_runner_groups()
         self._publish_weights()
 

@@ -59,13 +59,23 @@ def test_same_seed_gives_the_same_training(cluster):
 
 
 @pytest.mark.slow
-def test_two_learners_train_data_parallel_and_stay_in_sync(cluster):
+def test_two_learners_train_data_parallel_stay_in_sync_and_survive_a_death(cluster):
     import shoal
     algo = _config(runners=1).learners(num_learners=2).build()
     try:
         for _ in range(2):
             result = algo.train()
         assert np.isfinite(result["policy_loss"]) and result["num_env_steps_trained"] == 128
+        w = shoal.get([a.get_weights.remote() for a in algo.learner_group.actors])
+        for k in w[0]:
+            np.testing.assert_array_equal(w[0][k], w[1][k])
+        # a learner process dies: the group restarts from the last update's state
+        os.kill(shoal.get(algo.learner_group.actors[1].pid.remote()), 9)
+        before = algo.learner_group.get_weights()
+        result = algo.train()
+        assert result["num_learner_restarts"] == 1 and np.isfinite(result["policy_loss"])
+        after = algo.learner_group.get_weights()
+        assert any(not np.array_equal(before[k], after[k]) for k in before)   # it trained on
         w = shoal.get([a.get_weights.remote() for a in algo.learner_group.actors])
         for k in w[0]:
             np.testing.assert_array_equal(w[0][k], w[1][k])
