@@ -72,4 +72,5 @@ class Faulty(Corridor):
         return super().step(action)
 
 
-gym.register("ShoalTestCorridor-v0", entry_point=Corridor, max_episode_steps=50)
+gym.register("ShoalTestCorridor-v0", entry_point=Corridor, max_episode_steps=50,
+             kwargs={"config": {"length": 2}})

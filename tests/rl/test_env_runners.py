@@ -108,13 +108,24 @@ def test_failed_runner_is_replaced_and_training_continues(cluster, tmp_path, mod
         algo.stop()
 
 
-def test_runner_failures_past_the_limit_raise(cluster, tmp_path):
-    config = _ppo(Faulty, {"flag": str(tmp_path / "f"), "mode": "always", "fail_at": 3}, runners=1)
-    algo = config.fault_tolerance(max_num_env_runner_restarts=2).build()
+def test_runner_failure_past_the_restart_limit_raises(cluster, tmp_path):
+    config = _ppo(Faulty, {"flag": str(tmp_path / "f"), "mode": "raise", "fail_at": 3}, runners=1)
+    algo = config.fault_tolerance(max_num_env_runner_restarts=0).build()
     try:
-        with pytest.raises(EnvRunnerError, match="max_num_env_runner_restarts=2") as info:
-            for _ in range(5):
-                algo.train()
+        with pytest.raises(EnvRunnerError, match="max_num_env_runner_restarts=0") as info:
+            algo.train()
         assert "simulator crashed" in str(info.value.__cause__)
+    finally:
+        algo.stop()
+
+
+def test_runners_that_fail_again_when_fresh_raise(cluster, tmp_path):
+    config = _ppo(Faulty, {"flag": str(tmp_path / "f"), "mode": "always", "fail_at": 3}, runners=1)
+    algo = config.build()
+    try:
+        with pytest.raises(EnvRunnerError, match="fresh replacements") as info:
+            algo.train()
+        assert "simulator crashed" in str(info.value)
+        assert algo.env_runner_group.num_restarts == 2      # not the 1000 allowed: it gave up
     finally:
         algo.stop()
