@@ -57,8 +57,8 @@ def solve_shoal(seed: int, max_steps: int, max_s: float) -> dict:
         ret = algo.train()["episode_return_mean"]
         if ret >= TARGET:
             break
-    out = {"wall_s": time.perf_counter() - t0, "env_steps": algo.env_steps_sampled,
-           "solved": ret >= TARGET, "return": ret}
+    out = {"wall_s": time.perf_counter() - t0, "env_steps": int(algo.env_steps_sampled),
+           "solved": bool(ret >= TARGET), "return": float(ret)}
     algo.stop()
     shoal.shutdown()
     return out
@@ -110,8 +110,8 @@ def solve_rllib(seed: int, max_steps: int, max_s: float) -> dict:
             steps = r["env_runners"]["num_env_steps_sampled_lifetime"]
             if ret >= TARGET:
                 break
-        out = {"wall_s": time.perf_counter() - t0, "env_steps": int(steps), "solved": ret >= TARGET,
-               "return": ret}
+        out = {"wall_s": time.perf_counter() - t0, "env_steps": int(steps),
+               "solved": bool(ret >= TARGET), "return": float(ret)}
         algo.stop()
         ray.shutdown()
     return out
@@ -150,7 +150,7 @@ def solve_sb3(seed: int, max_steps: int, max_s: float) -> dict:
     model.learn(total_timesteps=max_steps, callback=cb)
     ret = sum(cb.returns) / max(1, len(cb.returns))
     return {"wall_s": time.perf_counter() - t0, "env_steps": int(model.num_timesteps),
-            "solved": len(cb.returns) == WINDOW and ret >= TARGET, "return": ret}
+            "solved": bool(len(cb.returns) == WINDOW and ret >= TARGET), "return": float(ret)}
 
 
 SOLVERS = {"shoal": solve_shoal, "rllib": solve_rllib, "sb3": solve_sb3}
@@ -256,7 +256,7 @@ def _timed(one, calls: int) -> dict:
         for _ in range(calls):
             steps += one()
         best = max(best, steps / (time.perf_counter() - t))
-    return {"steps_per_s": best}
+    return {"steps_per_s": float(best)}
 
 
 THROUGHPUT = {"shoal": throughput_shoal, "rllib": throughput_rllib}
