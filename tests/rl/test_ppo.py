@@ -4,13 +4,10 @@ from __future__ import annotations
 import csv
 import os
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 from shoal.rl import PPO, Algorithm, PPOConfig
-
-from envs import Corridor   # noqa: E402 - tests/rl is on sys.path
 
 
 def _config(env="CartPole-v1", runners=1, **training):
