@@ -38,11 +38,17 @@ class RunnerSpec:
 
 
 class EnvRunner:
-    """Steps ``spec.num_envs`` copies of the environment (a SyncVectorEnv) with the policy."""
+    """Steps ``spec.num_envs`` copies of the environment (a SyncVectorEnv) with the policy.
 
-    def __init__(self, spec: RunnerSpec, index: int = 0, seed: int | None = None):
+    ``own_process``: the runner is an actor, so it may set its process's
+    torch threads to one (a runner in the caller's process leaves them).
+    """
+
+    def __init__(self, spec: RunnerSpec, index: int = 0, seed: int | None = None,
+                 own_process: bool = True):
         import torch
-        torch.set_num_threads(1)   # a small MLP on one core; more threads only contend
+        if own_process:
+            torch.set_num_threads(1)   # a small MLP on one core; more threads only contend
         self.spec, self.index = spec, index
         self.name = env_name(spec.env)
         if seed is not None:

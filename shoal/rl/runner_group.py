@@ -51,7 +51,8 @@ class EnvRunnerGroup:
         self.local = None
         self.runners: list = []
         if num_runners == 0:
-            self.local = EnvRunner(spec, 0, self._next_seed())
+            # in the caller's process: its torch settings stay the caller's
+            self.local = EnvRunner(spec, 0, self._next_seed(), own_process=False)
         else:
             self._cls = shoal.remote(EnvRunner)
             self.runners = [self._start(i) for i in range(num_runners)]
