@@ -260,3 +260,30 @@ class RequestError(ServeError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.error_id, self.cause))
+
+class SpaceMismatchError(InvalidInputError):
+    """An observation or action does not fit the environment's declared space (shoal.rl).
+
+    The message names the space, the value's shape and dtype, and where the
+    value came from; ``space`` and ``value`` hold them.
+    """
+
+    def __init__(self, message: str, space=None, value=None):
+        super().__init__(message)
+        self.space = space
+        self.value = value
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.space, self.value))
+
+
+class EnvError(ShoalError, RuntimeError):
+    """A Gymnasium environment raised inside an env runner (shoal.rl).
+
+    The runner is replaced and the episode discarded while restarts last;
+    the message names the environment and the runner.
+    """
+
+
+class EnvRunnerError(ShoalError, RuntimeError):
+    """Env runners kept failing and their restarts are spent (shoal.rl)."""
