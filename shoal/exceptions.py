@@ -261,6 +261,7 @@ class RequestError(ServeError):
     def __reduce__(self):
         return (type(self), (str(self), self.error_id, self.cause))
 
+
 class SpaceMismatchError(InvalidInputError):
     """An observation or action does not fit the environment's declared space (shoal.rl).
 

@@ -24,7 +24,7 @@ from shoal.exceptions import MissingDependencyError, ShoalError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # top-level modules of the extras' packages; none may load with the base
 HEAVY = ("pyarrow", "pandas", "scipy", "sklearn", "numba", "llvmlite", "torch", "ray", "polars",
-         "starlette", "uvicorn")
+         "starlette", "uvicorn", "fastapi", "gymnasium")
 # modules of the base install; the later ones are checked once they exist
 BASE = ("shoal", "shoal.core", "shoal.collective", "shoal.cli", "shoal.launch")
 BASE_LATER = ("shoal.util", "shoal.util.queue", "shoal.util.multiprocessing", "shoal.state")
@@ -105,6 +105,7 @@ def test_a_worker_running_a_task_loads_no_heavy_library():
     ("import shoal.train", ["torch"], "train", "torch"),
     ("from shoal import serve", ["starlette", "uvicorn"], "serve", "starlette, uvicorn"),
     ("import shoal.horovod", ["torch"], "train", "torch"),
+    ("import shoal.rl", ["gymnasium"], "rl", "gymnasium"),
     ("import shoal; shoal.init(backend='ray')", ["ray"], "ray", "ray"),
     ("from shoal import collective; collective.init_group(0, 1, {}, backend='torch')",
      ["torch"], "train", "torch"),
