@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 
-from shoal.collective import _tf
+from shoal.collective import tf_tensors as _tf
 from shoal.collective._buffers import REDUCE_OPS
 from shoal.collective._work import OpQueue, Work
 from shoal.exceptions import CollectiveError

@@ -2,6 +2,9 @@
 import numpy as np
 import pytest
 
+# the rank processes import TensorFlow (tens of seconds on a loaded machine)
+pytestmark = pytest.mark.timeout(600)
+
 
 def _allreduce_tensor(comm):
     import tensorflow as tf
