@@ -130,9 +130,10 @@ def from_numpy(arr: np.ndarray, dname: str):
         if arr.dtype == np.uint16:  # the bits, as collectives allocate bfloat16 outputs
             return tf.bitcast(tf.constant(arr), tf.bfloat16)
         return tf.constant(arr)
-    if (arr.dtype == np.bool_ or not arr.flags.c_contiguous
+    if (arr.dtype == np.bool_ or not arr.flags.c_contiguous or not arr.flags.writeable
             or arr.__array_interface__["data"][0] % _ALIGN):
-        # TensorFlow's kernels assume 64-byte aligned buffers (and DLPack has no bool): copy
+        # TensorFlow's kernels assume 64-byte aligned buffers; DLPack has no bool and no
+        # read-only arrays (e.g. Arrow's buffers): copy
         return tf.constant(arr)
     return tf.experimental.dlpack.from_dlpack(arr.__dlpack__())
 

@@ -187,3 +187,21 @@ def test_warmup_callback_and_errors(tf_pool):
         assert "backward_passes_per_step" in errors[1]
         assert "tf.RaggedTensor" in errors[2]
         assert after == [4.0]
+
+
+def _undocumented(comm):
+    import importlib
+    import inspect
+    out = []
+    for package in ("shoal.horovod.tensorflow", "shoal.horovod.tensorflow.keras",
+                    "shoal.horovod.keras", "shoal.horovod.tensorflow.keras.callbacks"):
+        mod = importlib.import_module(package)
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not inspect.ismodule(obj) and not getattr(obj, "__doc__", None):
+                out.append(f"{package}.{name}")
+    return out
+
+
+def test_every_public_name_of_the_tf_faces_has_a_docstring(tf_pool):
+    assert tf_pool.run(_undocumented, 1)[0] == []
