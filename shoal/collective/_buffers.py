@@ -78,6 +78,8 @@ def as_buffer(x, *, name: str = "tensor") -> Buffer:
             raise TypeError(f"{name} must be a NumPy array, a torch tensor or an object with the "
                             f"buffer protocol / DLPack, got {type(x).__name__}") from None
     dname = _numpy_dtype_name(arr.dtype, name)
+    if dname == "bfloat16":
+        arr = arr.view(np.uint16)  # ml_dtypes' bfloat16 (TensorFlow, JAX): carried as its bits
     if arr.flags.c_contiguous:
         return Buffer(x, arr, dname, None)
     work = np.ascontiguousarray(arr)

@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 
+from shoal.collective import tf_tensors as _tf
 from shoal.collective._buffers import REDUCE_OPS
 from shoal.collective._work import OpQueue, Work
 from shoal.exceptions import CollectiveError
@@ -38,6 +39,8 @@ class Communicator:
 
     # -------------------------------------------------------------- plumbing
     def _run(self, what: str, fn, args, async_op: bool, fusion_key=None, nbytes: int = 0):
+        if _tf.loaded() and _tf.mentions(args):
+            return self._run_tf(what, fn, args, async_op)
         if self._destroyed:
             raise CollectiveError(f"{what} on communicator {self.name!r} after destroy(); "
                                   "form a new group with init_group")
@@ -46,6 +49,16 @@ class Communicator:
                                   "and form a new group")
         return self._queue.run(self._guard(fn), args, async_op, f"{what} on {self.name!r}",
                                fusion_key, nbytes)
+
+    def _run_tf(self, what: str, fn, args, async_op: bool):
+        """An op on TensorFlow tensors: NumPy stand-ins in, TF results out (see ``_tf``)."""
+        if any(_tf.is_symbolic(a) for a in _tf_args(args)):
+            if async_op:
+                raise ValueError(f"{what} with async_op=True inside tf.function; the graph "
+                                 "orders ops itself: call it with async_op=False")
+            return _tf.graph_call(self, what, lambda *a: self._run_tf(what, fn, a, False), args)
+        np_args, back = _tf.adapt(what, args, self.world_size)
+        return self._run(what, lambda *a: back(fn(*a)), np_args, async_op)
 
     def _guard(self, fn):
         def call(*args):
@@ -77,7 +90,8 @@ class Communicator:
         ``postscale * op(prescale * t_r)``. avg of integers floors.
         """
         self._check_op(op)
-        key = self._fusion_key(t, op, out, prescale, postscale) if async_op else None
+        fuse = async_op and not (_tf.loaded() and _tf.is_tf(t))
+        key = self._fusion_key(t, op, out, prescale, postscale) if fuse else None
         return self._run("allreduce", self._do_allreduce, (t, op, out, prescale, postscale),
                          async_op, key, _nbytes(t) if key else 0)
 
@@ -344,6 +358,14 @@ class Communicator:
     def _do_barrier(self): raise NotImplementedError
     def _do_send(self, t, dst, tag): raise NotImplementedError
     def _do_recv(self, t, src, tag): raise NotImplementedError
+
+
+def _tf_args(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from (x for x in a if _tf.is_tf(x))
+        elif _tf.is_tf(a):
+            yield a
 
 
 def _nbytes(t) -> int:

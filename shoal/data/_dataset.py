@@ -297,6 +297,44 @@ class Dataset:
             local_shuffle_buffer_size=local_shuffle_buffer_size,
             local_shuffle_seed=local_shuffle_seed)
 
+    def iter_tf_batches(self, *, batch_size: int | None = 256, dtypes=None,
+                        drop_last: bool = False, prefetch_batches: int = 1,
+                        local_shuffle_buffer_size: int | None = None,
+                        local_shuffle_seed: int | None = None) -> Iterator[Any]:
+        """Batches as dicts of ``tf.Tensor`` (``dtypes``: one tf dtype or a dict per column;
+        needs the ``tf`` extra). Numeric columns pass to TensorFlow without a copy where
+        their buffers allow."""
+        return _iterate.iter_tf_batches(
+            self._stream(), batch_size=batch_size, dtypes=dtypes, drop_last=drop_last,
+            prefetch_batches=prefetch_batches,
+            local_shuffle_buffer_size=local_shuffle_buffer_size,
+            local_shuffle_seed=local_shuffle_seed)
+
+    def to_tf(self, feature_columns, label_columns=None, *, batch_size: int = 256,
+              drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
+              local_shuffle_buffer_size: int | None = None,
+              local_shuffle_seed: int | None = None):
+        """A ``tf.data.Dataset`` of ``(features, labels)`` batches (Ray Data's ``to_tf``).
+
+        ``feature_columns``/``label_columns`` are a column name (that column's
+        tensor) or a list (a dict of tensors). With ``rank`` and ``world_size``
+        (e.g. ``shoal.train.get_context()``'s) the rows are split into
+        ``world_size`` equal parts (``split(world_size, equal=True)``) and this
+        rank's is used, so every rank sees the same number of batches. Needs
+        the ``tf`` extra.
+        """
+        if (rank is None) != (world_size is None):
+            raise ValueError("to_tf needs both rank and world_size, or neither")
+        ds = self
+        if world_size is not None:
+            if not 0 <= int(rank) < int(world_size):
+                raise ValueError(f"rank={rank} is not in 0..{world_size - 1}")
+            ds = self.split(int(world_size), equal=True)[int(rank)]
+        return _iterate.to_tf_dataset(
+            lambda: ds._stream(), feature_columns, label_columns, batch_size=batch_size,
+            drop_last=drop_last, local_shuffle_buffer_size=local_shuffle_buffer_size,
+            local_shuffle_seed=local_shuffle_seed, schema=ds.schema())
+
     def iter_rows(self) -> Iterator[dict]:
         """Every row as a dict, streaming block by block."""
         return _iterate.iter_rows(self._stream())

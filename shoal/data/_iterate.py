@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from shoal.data._block import check_batch_format, column_to_numpy, rebatch, to_batch
+from shoal.data._block import check_batch_format, check_columns, column_to_numpy, rebatch, to_batch
 from shoal.data._plan import Bundle
 from shoal.exceptions import MissingDependencyError
 
@@ -112,6 +112,82 @@ def iter_torch_batches(bundles: Iterable[Bundle], *, batch_size: int | None = 25
             yield collate_fn(to_batch(batch, "numpy"))
         else:
             yield to_torch_batch(batch, dtypes, device)
+
+
+def to_tf_batch(batch: pa.Table, dtypes=None) -> dict:
+    """A dict of tf.Tensors (numeric columns through DLPack where aligned, else a copy)."""
+    MissingDependencyError.require("TensorFlow batches", "tf", "tensorflow")
+    import tensorflow as tf
+
+    from shoal.collective.tf_tensors import from_numpy
+
+    out = {}
+    for name in batch.column_names:
+        array = column_to_numpy(batch.column(name))
+        if array.dtype == object or array.dtype.kind in "USM":
+            tensor = tf.constant(array.astype(str) if array.dtype.kind == "M" else array)
+        else:
+            tensor = from_numpy(array, array.dtype.name)
+        dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
+        out[name] = tf.cast(tensor, dtype) if dtype is not None else tensor
+    return out
+
+
+def iter_tf_batches(bundles: Iterable[Bundle], *, batch_size: int | None = 256, dtypes=None,
+                    drop_last: bool = False, prefetch_batches: int = 1,
+                    local_shuffle_buffer_size: int | None = None,
+                    local_shuffle_seed: int | None = None) -> Iterator[dict]:
+    for batch in iter_batches(bundles, batch_size=batch_size, batch_format="pyarrow",
+                              drop_last=drop_last, prefetch_batches=prefetch_batches,
+                              local_shuffle_buffer_size=local_shuffle_buffer_size,
+                              local_shuffle_seed=local_shuffle_seed):
+        yield to_tf_batch(batch, dtypes)
+
+
+def to_tf_dataset(make_bundles, feature_columns, label_columns, *, batch_size, drop_last,
+                  local_shuffle_buffer_size, local_shuffle_seed, schema):
+    """A tf.data.Dataset over ``make_bundles()`` (called once per pass over the data)."""
+    MissingDependencyError.require("Dataset.to_tf", "tf", "tensorflow")
+    import tensorflow as tf
+
+    def columns(spec):
+        return [spec] if isinstance(spec, str) else list(spec)
+
+    wanted = columns(feature_columns) + (columns(label_columns) if label_columns else [])
+    check_columns(schema, wanted, "to_tf")
+
+    def spec_of(name):
+        field = schema.field(name)
+        import pyarrow as pa
+        t = field.type
+        if pa.types.is_fixed_size_list(t):
+            inner = tf.dtypes.as_dtype(t.value_type.to_pandas_dtype())
+            return tf.TensorSpec([None, t.list_size], inner)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return tf.TensorSpec([None], tf.string)
+        return tf.TensorSpec([None], tf.dtypes.as_dtype(t.to_pandas_dtype()))
+
+    def pick(batch, spec):
+        if isinstance(spec, str):
+            return batch[spec]
+        return {c: batch[c] for c in spec}
+
+    def sig(spec):
+        return spec_of(spec) if isinstance(spec, str) else {c: spec_of(c) for c in spec}
+
+    def gen():
+        for batch in iter_tf_batches(make_bundles(), batch_size=batch_size,
+                                     drop_last=drop_last,
+                                     local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                     local_shuffle_seed=local_shuffle_seed):
+            if label_columns is None:
+                yield pick(batch, feature_columns)
+            else:
+                yield pick(batch, feature_columns), pick(batch, label_columns)
+
+    signature = (sig(feature_columns) if label_columns is None
+                 else (sig(feature_columns), sig(label_columns)))
+    return tf.data.Dataset.from_generator(gen, output_signature=signature)
 
 
 def iter_rows(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterator[dict]:

@@ -93,6 +93,10 @@ class StreamSplitIterator:
         """As ``Dataset.iter_torch_batches``."""
         return _iterate.iter_torch_batches(self._bundles(), **kwargs)
 
+    def iter_tf_batches(self, **kwargs) -> Iterator[Any]:
+        """As ``Dataset.iter_tf_batches``."""
+        return _iterate.iter_tf_batches(self._bundles(), **kwargs)
+
     def iter_rows(self) -> Iterator[dict]:
         return _iterate.iter_rows(self._bundles())
 

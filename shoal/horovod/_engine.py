@@ -57,8 +57,7 @@ class Request:
         self.splits = None          # alltoall: this rank's send counts (may differ by rank)
         self.handle = Handle()
         self.t0 = time.perf_counter()
-        specs = tuple((str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type)
-                      for t in self.tensors)
+        specs = tuple(_spec(t) for t in self.tensors)
         self.meta = (kind, specs, op, root, self.pre, self.post, extra)
 
 
@@ -442,9 +441,8 @@ class Engine:
         ts = req.tensors if req is not None else _zeros(specs, rows=0)
         if kind == ALLGATHER:
             if len(ts) == 1:
-                return [torch.cat([torch.as_tensor(p) for p in comm.allgather(ts[0])])]
-            return [torch.cat([torch.as_tensor(p) for p in parts])
-                    for parts in comm.grouped_allgather(ts)]
+                return [_cat(comm.allgather(ts[0]), ts[0])]
+            return [_cat(parts, t) for parts, t in zip(comm.grouped_allgather(ts), ts)]
         if kind == BARRIER:
             comm.barrier()
             return []
@@ -458,22 +456,41 @@ class Engine:
             if meta[4] != 1.0:
                 ts = [t * meta[4] for t in ts]
             if len(ts) == 1:
-                outs = [torch.as_tensor(comm.reduce_scatter(ts[0], op=meta[2]))]
+                outs = [_like(comm.reduce_scatter(ts[0], op=meta[2]), ts[0])]
             else:
-                outs = [torch.as_tensor(o) for o in comm.grouped_reduce_scatter(ts, op=meta[2])]
+                outs = [_like(o, t) for o, t in zip(comm.grouped_reduce_scatter(ts, op=meta[2]), ts)]
             if meta[5] != 1.0:
                 outs = [o * meta[5] for o in outs]
             return outs
         if kind == ALLTOALL:
             t, send = ts[0], req.splits
-            recv = comm.alltoall(torch.tensor(send, dtype=torch.int64))
+            recv = comm.alltoall(np.array(send, dtype=np.int64))
             out = comm.alltoall(t, send_splits=send)
-            return [torch.as_tensor(out), torch.as_tensor(recv).to(torch.int32)]
+            return [_like(out, t), _like(recv.astype(np.int32), t)]
         if kind == ADD_SET:
             return comm.new_group(list(meta[6]))
         if kind == REMOVE_SET:
             return None
         raise AssertionError(kind)
+
+
+def _spec(t) -> tuple:
+    """(dtype, shape, device) of a torch tensor or a NumPy array (device "numpy": the
+    array API of shoal.horovod.tensorflow, which hands the engine NumPy views)."""
+    if isinstance(t, np.ndarray):
+        return t.dtype.name, t.shape, "numpy"
+    return str(t.dtype).replace("torch.", ""), tuple(t.shape), t.device.type
+
+
+def _cat(parts, like):
+    """Every rank's rows, concatenated, as the kind of ``like`` (torch tensor or array)."""
+    if isinstance(like, np.ndarray):
+        return np.concatenate([np.asarray(p) for p in parts])
+    return torch.cat([torch.as_tensor(p) for p in parts])
+
+
+def _like(x, like):
+    return np.asarray(x) if isinstance(like, np.ndarray) else torch.as_tensor(x)
 
 
 def _zeros(specs, rows=None) -> list:
@@ -483,7 +500,8 @@ def _zeros(specs, rows=None) -> list:
     for dtype, shape, device in specs:
         if rows is not None and shape:
             shape = (rows, *shape[1:])
-        out.append(torch.zeros(shape, dtype=getattr(torch, dtype), device=device))
+        out.append(np.zeros(shape, dtype=dtype) if device == "numpy" else
+                   torch.zeros(shape, dtype=getattr(torch, dtype), device=device))
     return out
 
 

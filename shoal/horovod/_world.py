@@ -20,14 +20,14 @@ class _Solo:
     def grouped_allreduce(self, tensors, op="sum", prescale=1.0, postscale=1.0):
         for t in tensors:
             if prescale * postscale != 1.0:
-                t.mul_(prescale * postscale)
+                t *= prescale * postscale
         return tensors
 
     def allgather(self, t):
-        return [t.clone()]
+        return [_clone(t)]
 
     def grouped_allgather(self, tensors):
-        return [[t.clone()] for t in tensors]
+        return [[_clone(t)] for t in tensors]
 
     def broadcast(self, t, src=0):
         return t
@@ -36,13 +36,13 @@ class _Solo:
         return tensors
 
     def reduce_scatter(self, t, op="sum"):
-        return t.clone()
+        return _clone(t)
 
     def grouped_reduce_scatter(self, tensors, op="sum"):
-        return [t.clone() for t in tensors]
+        return [_clone(t) for t in tensors]
 
     def alltoall(self, t, send_splits=None):
-        return t.clone()
+        return _clone(t)
 
     def barrier(self):
         return None
@@ -52,6 +52,10 @@ class _Solo:
 
     def destroy(self):
         pass
+
+
+def _clone(t):
+    return t.copy() if hasattr(t, "copy") and not hasattr(t, "clone") else t.clone()
 
 
 class ProcessSet:

@@ -29,6 +29,7 @@ from shoal.train.context import TrainContext, get_checkpoint, get_context, get_d
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
 from shoal.train.sync_batchnorm import SyncBatchNorm
+from shoal.train.tensorflow import TensorflowConfig
 from shoal.train.trainer import Result, Trainer
 
 
@@ -73,6 +74,7 @@ def get_communicator():
 
 
 __all__ = [
+    "TensorflowConfig",
     "DDP",
     "Checkpoint",
     "CheckpointConfig",

@@ -37,6 +37,7 @@ from shoal.train.checkpoint import Checkpoint, CheckpointManager, latest_in
 from shoal.train.config import FailureConfig, RunConfig
 from shoal.train.context import Session, TrainContext, _set_session
 from shoal.train.ddp import DDP
+from shoal.train.tensorflow import TensorflowConfig
 
 _STATE_FILE = "trainer_state.pkl"
 
@@ -144,7 +145,7 @@ class _TrainWorker:
         sys.stdout = _RankPrefixedStream(old_out, prefix)
         sys.stderr = _RankPrefixedStream(old_err, prefix)
         store = shoal.get_kv_store()
-        comm = None
+        comm, env = None, {}
         try:
             strategy = setup["strategy"]
             comm = form_group(ctx.rank, ctx.world_size, store, setup["group"],
@@ -154,8 +155,12 @@ class _TrainWorker:
                               strategy, report_index=setup["report_index"],
                               use_gpu=setup.get("use_gpu", False))
             _set_session(session)
+            env = strategy.worker_env(comm, ctx) if hasattr(strategy, "worker_env") else {}
+            os.environ.update(env)   # e.g. TF_CONFIG (TensorflowConfig)
             return train_loop(config) if _takes_argument(train_loop) else train_loop()
         finally:
+            for k in env:
+                os.environ.pop(k, None)
             _set_session(None)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -190,7 +195,8 @@ class Trainer:
             model and batches there).
         use_gpu: shorthand for one GPU per worker (adds "GPU": 1 to
             ``resources_per_worker`` unless it names GPUs already).
-        strategy: shoal.train.DDP(...) (the default).
+        strategy: shoal.train.DDP(...) (the default), or TensorflowConfig() to run a
+            TensorFlow loop with TF_CONFIG set for MultiWorkerMirroredStrategy.
         config: passed to ``train_loop``.
         run_config: run name, storage path, checkpoints to keep, verbosity.
         failure_config: how many gang restarts a run may use.
@@ -226,8 +232,8 @@ class Trainer:
         self.num_workers = num_workers
         self.resources_per_worker = resources_per_worker
         self.strategy = strategy or DDP()
-        if not isinstance(self.strategy, DDP):
-            raise TypeError(f"strategy must be shoal.train.DDP(...), got "
+        if not isinstance(self.strategy, (DDP, TensorflowConfig)):
+            raise TypeError(f"strategy must be shoal.train.DDP(...) or TensorflowConfig(), got "
                             f"{type(self.strategy).__name__}")
         self.config = config if config is not None else {}
         self.run_config = run_config or RunConfig()

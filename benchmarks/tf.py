@@ -1,0 +1,184 @@
+"""Keras models trained on 2 workers: tf.distribute.MultiWorkerMirroredStrategy (TensorFlow's
+own collectives over gRPC, the anchor) against shoal.horovod.tensorflow
+(DistributedGradientTape on shoal.collective), samples/s.
+
+    python benchmarks/tf.py [--workers 2] [--rounds 2] [--steps 30] [--models mlp,cnn]
+
+Each run is one ``shoal launch`` of the workers for one system (TensorFlow creates the
+strategy before any op, so the two do not share processes); runs alternate, every system
+once per round. A worker limits TensorFlow to one intra-op thread, builds each Keras model
+(an MLP 784-512-512-10 and a small CNN on 28x28x1) and runs the same ``tf.function``
+training step (forward, GradientTape, SGD update) on a fixed batch of ``--batch`` samples
+per worker; the systems differ only in how the gradients are averaged: the strategy's
+``all_reduce`` inside ``strategy.run`` (TF_CONFIG names the workers on 127.0.0.1), or
+``hvd.DistributedGradientTape``. (Keras 3's ``Model.fit`` does not run under
+MultiWorkerMirroredStrategy with more than one worker, keras-team/keras#20585, so both
+use a custom loop.) After 3 untimed steps (tracing), ``--repeats`` timed runs of
+``--steps`` steps; the figure is the best samples/s over rounds and repeats; the ratio is
+shoal's over the anchor's. Needs the ``tf`` and ``train`` extras.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _model(kind: str):
+    import keras
+    if kind == "mlp":
+        return keras.Sequential([keras.Input((784,)), keras.layers.Dense(512, activation="relu"),
+                                 keras.layers.Dense(512, activation="relu"),
+                                 keras.layers.Dense(10)]), (784,)
+    return keras.Sequential([keras.Input((28, 28, 1)),
+                             keras.layers.Conv2D(16, 3, activation="relu"),
+                             keras.layers.MaxPooling2D(),
+                             keras.layers.Conv2D(32, 3, activation="relu"),
+                             keras.layers.MaxPooling2D(),
+                             keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"),
+                             keras.layers.Dense(10)]), (28, 28, 1)
+
+
+def worker(args) -> None:
+    rank, n = int(os.environ["SHOAL_RANK"]), int(os.environ["SHOAL_WORLD_SIZE"])
+    mwms = args.system == "mwms"
+    if mwms:
+        ports = [int(p) for p in args.ports.split(",")]
+        os.environ["TF_CONFIG"] = json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": rank}})
+    import numpy as np
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
+    if mwms:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    import keras
+    if not mwms:
+        import shoal.horovod.tensorflow as hvd
+        hvd.init()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    results = {}
+    for kind in args.models.split(","):
+        keras.utils.set_random_seed(0)
+        model, shape = _model(kind)
+        rng = np.random.default_rng(rank)
+        x = tf.constant(rng.normal(size=(args.batch, *shape)).astype(np.float32))
+        y = tf.constant(rng.integers(0, 10, size=(args.batch,)))
+        lr = tf.constant(0.01)
+        variables = model.trainable_variables
+
+        def grads_of(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(loss_fn(yb, model(xb, training=True)))
+            return tape, loss
+
+        if mwms:
+            @tf.function
+            def step(xb, yb):
+                def replica(xr, yr):
+                    tape, loss = grads_of(xr, yr)
+                    grads = tape.gradient(loss, variables)
+                    ctx = tf.distribute.get_replica_context()
+                    grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+                    for v, g in zip(variables, grads):
+                        v.assign_sub(lr * g)
+                strategy.run(replica, args=(xb, yb))
+        else:
+            @tf.function
+            def step(xb, yb):
+                tape, loss = grads_of(xb, yb)
+                grads = hvd.DistributedGradientTape(tape).gradient(loss, variables)
+                for v, g in zip(variables, grads):
+                    v.assign_sub(lr * g)
+
+        for _ in range(3):
+            step(x, y)                     # trace and warm up
+        best = 0.0
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(x, y)
+            best = max(best, args.steps * args.batch * n / (time.perf_counter() - t0))
+        results[kind] = best
+    if rank == 0:
+        print("RESULT " + json.dumps(results), flush=True)
+    if not mwms:
+        hvd.shutdown()
+
+
+SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "hvd": "shoal.horovod.tensorflow"}
+
+
+def _run(system: str, args) -> dict:
+    ports = ",".join(map(str, _free_ports(args.workers)))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, "-m", "shoal.launch", "-n", str(args.workers), __file__, "--worker",
+           "--system", system, "--ports", ports, "--steps", str(args.steps),
+           "--repeats", str(args.repeats), "--batch", str(args.batch), "--models", args.models,
+           "--inter-op", str(args.inter_op)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    line = next((ln for ln in out.stdout.splitlines() if "RESULT " in ln), None)
+    if out.returncode or line is None:
+        sys.exit(f"{system} workers failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n"
+                 f"{out.stderr[-5000:]}")
+    return json.loads(line.split("RESULT ", 1)[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=64, help="samples per worker per step")
+    ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--inter-op", type=int, default=1,
+                    help="TensorFlow inter-op threads per worker (intra-op is 1)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed fits per run")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--system", default="hvd", help=argparse.SUPPRESS)
+    ap.add_argument("--ports", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    load0 = os.getloadavg()
+    best: dict = {}
+    for _ in range(args.rounds):           # alternating: every system once per round
+        for system in SYSTEMS:
+            for kind, sps in _run(system, args).items():
+                best.setdefault(kind, {})[system] = max(best.get(kind, {}).get(system, 0), sps)
+    load1 = os.getloadavg()
+    print(f"{args.workers} workers, 1 intra-op thread each, batch {args.batch}/worker, "
+          f"{args.steps} steps, best of {args.rounds} alternating rounds x {args.repeats} fits")
+    print(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    print("| model | MultiWorkerMirroredStrategy samples/s | shoal.horovod.tensorflow samples/s "
+          "| ratio |")
+    print("|---|---:|---:|---:|")
+    for kind, systems in best.items():
+        a, s = systems["mwms"], systems["hvd"]
+        print(f"| {kind} | {a:,.0f} | {s:,.0f} | {s / a:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""shoal.horovod.tensorflow / .keras: Horovod's TensorFlow and Keras APIs on shoal."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+# the rank processes import TensorFlow (tens of seconds on a loaded machine)
+pytestmark = pytest.mark.timeout(600)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def _ops(comm):
+    import tensorflow as tf
+    import shoal.horovod.tensorflow as hvd
+    hvd.init(comm=comm)
+    try:
+        r = hvd.rank()
+        out = {"ar": hvd.allreduce(tf.constant([1.0, 2.0 + r])).numpy().tolist(),
+               "sum": hvd.allreduce(tf.constant([1, 2]), op=hvd.Sum).numpy().tolist(),
+               "ag": hvd.allgather(tf.fill([r + 1, 2], float(r))).numpy().tolist(),
+               "bc": hvd.broadcast(tf.constant([r, r]), root_rank=1).numpy().tolist(),
+               "rs": hvd.reducescatter(tf.ones([4, 1]) * (r + 1), op=hvd.Sum).numpy().tolist(),
+               "fp16": hvd.allreduce(tf.constant([1.0, 3.0]),
+                                     compression=hvd.Compression.fp16).numpy().tolist(),
+               "obj": hvd.broadcast_object({"a": r}, root_rank=1)}
+        a, s = hvd.alltoall(tf.constant([[r], [10 + r]]))
+        out["a2a"] = (a.numpy().tolist(), s.numpy().tolist())
+        v = tf.Variable([float(r), 5.0 * r])
+        hvd.broadcast_variables([v], root_rank=1)
+        out["bv"] = v.numpy().tolist()
+        sl = hvd.allreduce(tf.IndexedSlices(tf.constant([[1.0, 1.0]]), tf.constant([r]),
+                                            tf.constant([2, 2], tf.int64)))
+        out["sparse"] = tf.convert_to_tensor(sl).numpy().tolist()
+
+        @tf.function
+        def f(x):
+            return hvd.allreduce(x, op=hvd.Sum), hvd.allgather(x)
+        y, g = f(tf.constant([float(r)]))
+        out["graph"] = (y.numpy().tolist(), g.numpy().tolist())
+        x = tf.constant([1.0, 2.0])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = tf.reduce_sum(hvd.allreduce(x * (r + 1), op=hvd.Sum))
+        out["grad"] = tape.gradient(z, x).numpy().tolist()
+        return out
+    finally:
+        hvd.shutdown()
+
+
+def test_ops_match_horovod_semantics_eager_and_in_tf_function(tf_pool):
+    for r, out in enumerate(tf_pool.run(_ops, 2)):
+        assert out["ar"] == [1.0, 2.5] and out["sum"] == [2, 4]
+        assert out["ag"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+        assert out["bc"] == [1, 1] and out["bv"] == [1.0, 5.0] and out["obj"] == {"a": 1}
+        assert out["rs"] == [[3.0], [3.0]]
+        assert out["fp16"] == [1.0, 3.0]
+        assert out["a2a"] == ([[10 * r], [10 * r + 1]], [1, 1])
+        assert out["sparse"] == [[0.5, 0.5], [0.5, 0.5]]     # Average over 2 ranks
+        assert out["graph"] == ([1.0], [0.0, 1.0])
+        assert out["grad"] == [2.0 * (r + 1)] * 2              # Sum's gradient: Sum of ones
+
+
+def _tape_loop(comm, steps):
+    """A custom GradientTape loop inside tf.function; each rank takes half of each batch."""
+    import keras
+    import tensorflow as tf
+    import shoal.horovod.tensorflow as hvd
+    hvd.init(comm=comm)
+    try:
+        keras.utils.set_random_seed(3)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(steps * 16, 6)).astype(np.float32)
+        y = rng.normal(size=(steps * 16, 1)).astype(np.float32)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
+                                  keras.layers.Dense(1)])
+        opt = keras.optimizers.Adam(0.01)
+
+        @tf.function
+        def step(xb, yb, first):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((model(xb, training=True) - yb) ** 2)
+            tape = hvd.DistributedGradientTape(tape)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            if first:
+                hvd.broadcast_variables(model.variables, root_rank=0)
+                hvd.broadcast_variables(opt.variables, root_rank=0)
+            return loss
+
+        for i in range(steps):
+            sl = slice(i * 16 + hvd.rank(), (i + 1) * 16, hvd.size())
+            step(x[sl], y[sl], i == 0)
+        return [np.asarray(w) for w in model.get_weights()]
+    finally:
+        hvd.shutdown()
+
+
+def test_gradient_tape_on_two_workers_equals_one_worker_on_the_whole_batch(tf_pool):
+    two = tf_pool.run(_tape_loop, 2, 4)
+    one = tf_pool.run(_tape_loop, 1, 4)[0]
+    for a, b, ref in zip(two[0], two[1], one):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
+
+
+def _keras_fit(comm):
+    import shoal.horovod.tensorflow.keras as hvd
+    sys.path.insert(0, os.path.join(HERE, "scripts"))
+    import keras_mlp
+    hvd.init(comm=comm)
+    try:
+        return keras_mlp.train(hvd)
+    finally:
+        hvd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def keras_one_worker(tf_pool):
+    return tf_pool.run(_keras_fit, 1)[0]
+
+
+def test_keras_fit_on_two_workers_equals_one_worker(tf_pool, keras_one_worker):
+    two = tf_pool.run(_keras_fit, 2)
+    assert two[0] == two[1]                       # weights and averaged metrics agree
+    np.testing.assert_allclose(two[0]["weights"], keras_one_worker["weights"], rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(two[0]["loss"], keras_one_worker["loss"], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_horovod_keras_script_runs_under_shoal_launch(keras_one_worker):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(HERE, "scripts", "keras_mlp.py")],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = json.loads(re.search(r"RESULT (.*)", r.stdout).group(1))
+    np.testing.assert_allclose(out["weights"], keras_one_worker["weights"], rtol=1e-4,
+                               atol=1e-5)
+
+
+def _callbacks_and_errors(comm):
+    import keras
+    import tensorflow as tf
+    import shoal.horovod.tensorflow.keras as hvd
+    hvd.init(comm=comm)
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.SGD(0.4)), loss="mse")
+        seen = []
+        record = keras.callbacks.LambdaCallback(on_batch_begin=lambda b, logs: seen.append(
+            round(float(np.asarray(model.optimizer.learning_rate)), 6)))
+        warm = hvd.callbacks.LearningRateWarmupCallback(0.4, warmup_epochs=2, momentum_correction=False)
+        model.fit(np.ones((8, 2), np.float32), np.ones((8, 1), np.float32), batch_size=4,
+                  epochs=3, callbacks=[warm, record], verbose=0)
+        errors = []
+        try:   # shapes differ between the ranks: the same error everywhere, then the next op runs
+            hvd.allreduce(tf.ones([hvd.rank() + 1]), name="bad")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{type(e).__name__}: {e}")
+        try:
+            hvd.DistributedOptimizer(keras.optimizers.SGD(), backward_passes_per_step=2)
+        except ValueError as e:
+            errors.append(str(e))
+        try:
+            hvd.allreduce(tf.ragged.constant([[1.0], [2.0, 3.0]]))
+        except TypeError as e:
+            errors.append(str(e))
+        after = hvd.allreduce(tf.constant([2.0]), op=hvd.Sum).numpy().tolist()
+        return seen, errors, after
+    finally:
+        hvd.shutdown()
+
+
+def test_warmup_callback_and_errors(tf_pool):
+    for seen, errors, after in tf_pool.run(_callbacks_and_errors, 2):
+        # lr = 0.4 / 2 * (epoch * (2 - 1) / 2 + 1), epoch fractional per batch; then kept
+        assert seen == [0.2, 0.25, 0.3, 0.35, 0.35, 0.35]
+        assert "Mismatched allreduce shape" in errors[0] and "'bad'" in errors[0]
+        assert "backward_passes_per_step" in errors[1]
+        assert "tf.RaggedTensor" in errors[2]
+        assert after == [4.0]
+
+
+def _undocumented(comm):
+    import importlib
+    import inspect
+    out = []
+    for package in ("shoal.horovod.tensorflow", "shoal.horovod.tensorflow.keras",
+                    "shoal.horovod.keras", "shoal.horovod.tensorflow.keras.callbacks"):
+        mod = importlib.import_module(package)
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            if not inspect.ismodule(obj) and not getattr(obj, "__doc__", None):
+                out.append(f"{package}.{name}")
+    return out
+
+
+def test_every_public_name_of_the_tf_faces_has_a_docstring(tf_pool):
+    assert tf_pool.run(_undocumented, 1)[0] == []
