@@ -21,8 +21,12 @@ demo: $(STAMP)
 	$(BIN)/python examples/ml_pipeline.py
 	$(BIN)/python examples/serve_digits.py
 
+# TensorFlow (the `tf` extra, kept out of `all` for its size) is added after the
+# main suite, for tests/tf only.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/tf
+	$(BIN)/python -m pip install -q -e '.[tf]'
+	$(BIN)/python -m pytest -q tests/tf
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
