@@ -28,6 +28,8 @@ _EXPORTS = {
     # naive Bayes, clustering, decomposition
     "GaussianNB": "_naive_bayes", "MultinomialNB": "_naive_bayes", "BernoulliNB": "_naive_bayes",
     "KMeans": "_kmeans", "PCA": "_pca",
+    # recommendation
+    "ALS": "recommendation",
     # features
     "StandardScaler": "_scalers", "MinMaxScaler": "_scalers", "MaxAbsScaler": "_scalers",
     "Normalizer": "_scalers", "Imputer": "_scalers", "PolynomialExpansion": "_scalers",
