@@ -125,6 +125,26 @@ def _pair_index(block: np.ndarray, ids: np.ndarray):
     return order, new, np.cumsum(new) - 1
 
 
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def initial_factors(ids: np.ndarray, rank: int, seed: int, nonnegative: bool) -> np.ndarray:
+    """Gaussian rows of unit norm (Spark's initialisation), each a function of its id and
+    the seed only, so a fit does not depend on how ids fall into blocks."""
+    base = _splitmix64(ids.astype(np.int64).view(np.uint64) ^ np.uint64(seed & (2**64 - 1)))
+    cols = np.arange(2 * rank, dtype=np.uint64)
+    bits = _splitmix64(base[:, None] * np.uint64(0x100000001B3) + cols[None, :])
+    uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53   # in (0, 1)
+    u1, u2 = uniform[:, :rank], uniform[:, rank:]
+    factors = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)         # Box-Muller
+    factors /= np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-30)
+    return np.abs(factors) if nonnegative else factors
+
+
 def build_block(index: int, n_other: int, rank: int, seed, nonnegative: bool, *parts):
     """The layout of one block (see the module docstring), random initial factors, the
     parts they send, and their Gram matrix: ``(layout, factors, *sends, gram)``."""
@@ -147,11 +167,7 @@ def build_block(index: int, n_other: int, rank: int, seed, nonnegative: bool, *p
     indptr = np.concatenate([[0], np.cumsum(np.bincount(own_loc, minlength=len(ids)))])
     layout = {"ids": ids, "indptr": indptr, "cols": cols[by_row], "vals": vals[by_row],
               "sends": sends, "expected": expected}
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    factors = rng.standard_normal((len(ids), rank))   # Spark: Gaussian rows of unit norm
-    factors /= np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-30)
-    if nonnegative:
-        factors = np.abs(factors)
+    factors = initial_factors(ids, rank, seed, nonnegative)
     return (layout, factors, *[factors[s] for s in sends], factors.T @ factors)
 
 

@@ -157,12 +157,12 @@ class ALS(ShoalEstimatorMixin, BaseEstimator):
         solve = shoal.remote(blocks.solve_block)
         parts = [part.options(num_returns=nu + ni).remote(cols, nu, ni, ref) for ref in refs]
         parts = [p if isinstance(p, list) else [p] for p in parts]
-        seed = np.random.SeedSequence(self.random_state).entropy
+        seed = int(np.random.SeedSequence(self.random_state).generate_state(1, np.uint64)[0])
         nonneg = bool(self.nonnegative)
 
         def build_side(n, n_other, offset, salt):
             out = [build.options(num_returns=3 + n_other).remote(
-                b, n_other, int(self.rank), [seed, salt], nonneg, *[p[offset + b] for p in parts])
+                b, n_other, int(self.rank), seed + salt, nonneg, *[p[offset + b] for p in parts])
                 for b in range(n)]
             return ([o[0] for o in out], [o[1] for o in out], [o[2:2 + n_other] for o in out],
                     [o[-1] for o in out])
