@@ -40,6 +40,8 @@ _EXPORTS = {
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",
     "save": "_persist", "load": "_persist", "metrics": "metrics",
+    "RegressionEvaluator": "evaluation", "BinaryClassificationEvaluator": "evaluation",
+    "MulticlassClassificationEvaluator": "evaluation",
     # trees and ensembles (written alongside; optional until their modules exist)
     "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
     "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",
