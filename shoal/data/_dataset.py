@@ -322,6 +322,13 @@ class Dataset:
         """All rows as one pandas DataFrame in the driver."""
         return table_to_pandas(self.to_arrow())
 
+    def to_spark(self, spark):
+        """A Spark DataFrame of all rows, handed to the session ``spark`` as Arrow (no
+        row-by-row conversion); 1-D tensor columns become Spark arrays."""
+        from shoal.data._spark import arrow_to_spark
+
+        return arrow_to_spark(self.to_arrow(), spark)
+
     def to_numpy(self, column: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """All rows as a dict of NumPy arrays, or one array for ``column``."""
         table = self.to_arrow()
