@@ -267,6 +267,7 @@ def print_table(rows: list[dict], n_rows: int, cpus: int) -> None:
 # ----------------------------------------------------------------------------- ALS
 
 ALS_RANK, ALS_ITERS, ALS_REG, ALS_ALPHA = 10, 10, 0.1, 1.0
+WARM_UP_ROWS = 20_000
 
 
 def als_data(n_ratings: int):
@@ -318,10 +319,12 @@ def als_system(name: str, mode: str, train, test, cpus: int):
         from shoal.ml import ALS
         shoal.init(num_cpus=cpus)
         ds = sd.from_pandas(train).materialize()
+        small = sd.from_pandas(train.iloc[:WARM_UP_ROWS]).materialize()
 
-        def fit():
+        def fit(warm_up=False):
             return ALS(rank=ALS_RANK, max_iter=ALS_ITERS, reg_param=ALS_REG, implicit_prefs=implicit,
-                       alpha=ALS_ALPHA, cold_start_strategy="drop", random_state=0).fit(ds)
+                       alpha=ALS_ALPHA, cold_start_strategy="drop",
+                       random_state=0).fit(small if warm_up else ds)
 
         def quality(m):
             if implicit:
@@ -334,12 +337,13 @@ def als_system(name: str, mode: str, train, test, cpus: int):
         spark = start_spark(cpus, "6g")
         spark.sparkContext.setLogLevel("ERROR")
         tr = spark.createDataFrame(train).cache()
-        tr.count()
+        small = spark.createDataFrame(train.iloc[:WARM_UP_ROWS]).cache()
+        tr.count(), small.count()
 
-        def fit():
+        def fit(warm_up=False):
             return SparkALS(rank=ALS_RANK, maxIter=ALS_ITERS, regParam=ALS_REG, implicitPrefs=implicit,
                             alpha=ALS_ALPHA, coldStartStrategy="drop", seed=0,
-                            numUserBlocks=2 * cpus, numItemBlocks=2 * cpus).fit(tr)
+                            numUserBlocks=2 * cpus, numItemBlocks=2 * cpus).fit(small if warm_up else tr)
 
         def factors(frame):
             p = frame.toPandas().sort_values("id")
@@ -365,10 +369,10 @@ def als_system(name: str, mode: str, train, test, cpus: int):
                           shape=(len(users), len(items)))
         reg = ALS_REG * len(train) / len(users)
 
-        def fit():
+        def fit(warm_up=False):
             m = AlternatingLeastSquares(factors=ALS_RANK, regularization=reg, alpha=1.0,
                                         iterations=ALS_ITERS, num_threads=cpus, random_state=0)
-            m.fit(C, show_progress=False)
+            m.fit(C[:WARM_UP_ROWS // 50] if warm_up else C, show_progress=False)
             return m
 
         def quality(m):
@@ -387,7 +391,7 @@ def als_child(name: str, mode: str, n_ratings: int, cpus: int) -> None:
     except ImportError as e:
         print(f"SKIP {e}", flush=True)
         return
-    fit()  # warm up: worker processes, compiled kernels, the JVM's JIT
+    fit(warm_up=True)  # on a slice: worker processes, compiled kernels, the JVM's JIT
     print("READY", flush=True)
     try:
         for _ in sys.stdin:

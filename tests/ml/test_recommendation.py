@@ -9,6 +9,7 @@ import pytest
 from scipy.optimize import nnls
 
 import shoal.data as sd
+import shoal.ml as ml
 from shoal.exceptions import InvalidInputError
 from shoal.ml import ALS
 from shoal.ml._als_blocks import initial_factors
@@ -104,6 +105,13 @@ def test_predict_on_arrays_frames_and_datasets_with_cold_start(ratings):
     assert list(out.columns) == ["user", "item", "id", "prediction"] and len(out) == 3
     als.set_params(cold_start_strategy="drop")
     assert als.predict(sd.from_pandas(pairs)).to_pandas()["id"].tolist() == [0]
+
+
+def test_a_fitted_model_saves_and_loads(ratings, tmp_path):
+    als = ALS(rank=3, max_iter=2, random_state=0).fit(ratings)
+    ml.save(als, tmp_path / "als")
+    again = ml.load(tmp_path / "als")
+    np.testing.assert_array_equal(again.predict(ratings), als.predict(ratings))
 
 
 def test_recommendations_are_the_top_k_of_the_factors(ratings):
