@@ -407,6 +407,8 @@ def run_als(args) -> None:
     import json
     import subprocess
     for mode, systems in (("explicit", ["shoal", "spark"]), ("implicit", ["shoal", "spark", "implicit"])):
+        if mode not in args.als_modes.split(","):
+            continue
         procs = {}
         for name in systems:
             env = dict(os.environ, OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")  # implicit asks this
@@ -464,6 +466,7 @@ def main(argv=None) -> None:
     ap.add_argument("--als-ratings", type=int, default=1_000_000)
     ap.add_argument("--als-rounds", type=int, default=2)
     ap.add_argument("--als-only", action="store_true", help="run only the ALS comparison")
+    ap.add_argument("--als-modes", default="explicit,implicit", help="ALS feedback kinds to run")
     ap.add_argument("--no-als", action="store_true", help="skip the ALS comparison")
     ap.add_argument("--als-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
