@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from shoal.data import _iterate, _row_ranges, _shuffle
+from shoal.data import _iterate, _join, _row_ranges, _shuffle
 from shoal.data._aggregate import AggregateFn, Max, Mean, Min, Std, Sum
 from shoal.data._block import check_columns, column_to_numpy, concat, table_to_pandas
 from shoal.data._execution import Executor, StageStats
-from shoal.data._plan import (ActorCompute, AllToAllNode, BlocksNode, Bundle, LimitNode, Node,
+from shoal.data._plan import (ActorCompute, AllToAllNode, BinaryNode, BlocksNode, Bundle, LimitNode, Node,
                               UnionNode, add_transform, describe, known_num_blocks,
                               known_num_rows, known_schema)
 from shoal.data._transforms import (AddColumn, DropColumns, Filter, FlatMap, MapBatches,
@@ -191,6 +191,62 @@ class Dataset:
                 raise TypeError(f"union takes Datasets, got {type(o).__name__}")
         return self._with(UnionNode([self._plan] + [o._plan for o in others]))
 
+    def join(self, other: "Dataset", on: str | Sequence[str], how: str = "inner", *,
+             suffixes: tuple[str, str] = ("_x", "_y"),
+             num_partitions: int | None = None) -> "Dataset":
+        """Rows of this dataset joined with ``other``'s on equal values of the ``on`` columns.
+
+        how: "inner", "left", "right", "outer" (rows of both sides, nulls where
+        a side has no match), "semi" (rows of this dataset that have a match,
+        its columns only) or "anti" (rows that have none). Both sides are
+        hash-partitioned on the keys into ``num_partitions`` parts (default:
+        the larger block count) by tasks, and each part joined in its own
+        task, so no process holds either side whole. Key columns are
+        coalesced into one; other columns both sides have get ``suffixes``
+        (pandas.merge's rule and column order). As in SQL and Spark, a null
+        key matches nothing. Keys of comparable types (int32/int64, int/float,
+        string/large_string) are cast to one; SchemaMismatchError names a key
+        column whose types cannot be compared, ColumnNotFoundError one that
+        is missing. The order of the output rows is not defined.
+        """
+        if not isinstance(other, Dataset):
+            raise TypeError(f"join takes a Dataset as other, got {type(other).__name__}")
+        if how not in _join.JOIN_TYPES:
+            raise ValueError(f"join how={how!r} is not one of {list(_join.JOIN_TYPES)}")
+        keys = [on] if isinstance(on, str) else list(on)
+        if not keys or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"join on={on!r} needs one column name or a list of them")
+        if len(suffixes) != 2 or suffixes[0] == suffixes[1]:
+            raise ValueError(f"join suffixes={suffixes!r} must be two different strings")
+        if num_partitions is not None:
+            _check_positive(num_partitions, "join(num_partitions)")
+        self._check_columns(keys, "join (left side)")
+        other._check_columns(keys, "join (right side)")
+        fn = partial(_join.join, keys=keys, how=how, suffixes=tuple(suffixes),
+                     num_partitions=num_partitions)
+        return self._with(BinaryNode(self._plan, other._plan, fn, f"join({keys}, how={how!r})"))
+
+    def zip(self, other: "Dataset") -> "Dataset":
+        """This dataset's columns and ``other``'s side by side, row by row (same row counts).
+
+        The result keeps this dataset's blocks; ``other`` is re-cut to match.
+        A column name both have gets ``_1`` appended on ``other``'s side (Ray
+        Data's rule). ValueError when the row counts differ.
+        """
+        if not isinstance(other, Dataset):
+            raise TypeError(f"zip takes a Dataset, got {type(other).__name__}")
+        return self._with(BinaryNode(self._plan, other._plan, _join.zip_datasets, "zip"))
+
+    def random_sample(self, fraction: float, *, seed: int | None = None) -> "Dataset":
+        """Each row kept with probability ``fraction`` (about ``fraction * count()`` rows).
+
+        With ``seed`` the sample is the same on every run over the same blocks.
+        """
+        if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"random_sample fraction={fraction!r} must be in [0, 1]")
+        fn = partial(_join.random_sample, fraction=float(fraction), seed=seed)
+        return self._with(AllToAllNode(self._plan, fn, f"random_sample({fraction})"))
+
     def limit(self, n: int) -> "Dataset":
         """The first ``n`` rows (streaming: stops upstream work once it has them)."""
         if not isinstance(n, (int, np.integer)) or n < 0:
@@ -265,6 +321,13 @@ class Dataset:
     def to_pandas(self) -> pd.DataFrame:
         """All rows as one pandas DataFrame in the driver."""
         return table_to_pandas(self.to_arrow())
+
+    def to_spark(self, spark):
+        """A Spark DataFrame of all rows, handed to the session ``spark`` as Arrow (no
+        row-by-row conversion); 1-D tensor columns become Spark arrays."""
+        from shoal.data._spark import arrow_to_spark
+
+        return arrow_to_spark(self.to_arrow(), spark)
 
     def to_numpy(self, column: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """All rows as a dict of NumPy arrays, or one array for ``column``."""

@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from shoal.data._block import BlockMeta, concat, meta_of, split_even
 from shoal.data._context import DataContext
-from shoal.data._plan import (AllToAllNode, BlocksNode, Bundle, LimitNode, MapNode, Node,
-                              ReadNode, UnionNode)
+from shoal.data._plan import (AllToAllNode, BinaryNode, BlocksNode, Bundle, LimitNode, MapNode,
+                              Node, ReadNode, UnionNode)
 from shoal.data._progress import ProgressLine
 from shoal.data._read import ReadTask
 from shoal.data._transforms import MapBatches, apply_chain
@@ -198,6 +198,8 @@ class Executor:
             return self._map_stream(items, node.chain, node.compute, node.options, name, total)
         if isinstance(node, AllToAllNode):
             return self._all_to_all(node)
+        if isinstance(node, BinaryNode):
+            return self._binary(node)
         if isinstance(node, LimitNode):
             return self._limit(node)
         if isinstance(node, UnionNode):
@@ -209,6 +211,15 @@ class Executor:
         stats = self.new_stats(node.name)
         out = node.fn(bundles, self)
         del bundles
+        for bundle in out:
+            stats.add(bundle[1])
+        yield from out
+
+    def _binary(self, node: BinaryNode) -> Iterator[Bundle]:
+        left, right = (self.materialize(child) for child in node.children)
+        stats = self.new_stats(node.name)
+        out = node.fn(left, right, self)
+        del left, right
         for bundle in out:
             stats.add(bundle[1])
         yield from out

@@ -71,6 +71,15 @@ class AllToAllNode(Node):
         self.name = name
 
 
+class BinaryNode(Node):
+    """A barrier over two inputs: ``fn(left_bundles, right_bundles, executor) -> bundles``."""
+
+    def __init__(self, left: Node, right: Node, fn: Callable[[list, list, Any], list], name: str):
+        self.children = (left, right)
+        self.fn = fn
+        self.name = name
+
+
 class LimitNode(Node):
     def __init__(self, child: Node, n: int):
         self.child = child

@@ -138,6 +138,16 @@ def from_arrow(tables: pa.Table | list[pa.Table], *,
     return _put_tables(tables, _num_blocks(override_num_blocks, None), "from_arrow")
 
 
+def from_spark(df, *, override_num_blocks: int | None = None) -> Dataset:
+    """A Dataset of a Spark DataFrame's rows, collected through Arrow and put in the store now
+    (one block per CPU unless ``override_num_blocks``). Needs pyspark (a Spark session)."""
+    from shoal.data._spark import spark_to_arrow
+
+    table = spark_to_arrow(df)
+    n = _num_blocks(override_num_blocks, None) or _default_blocks()
+    return _put_tables([table], n, "from_spark")
+
+
 def from_polars(dfs, *, override_num_blocks: int | None = None) -> Dataset:
     """One block per polars DataFrame (needs polars installed)."""
     try:

@@ -28,6 +28,8 @@ _EXPORTS = {
     # naive Bayes, clustering, decomposition
     "GaussianNB": "_naive_bayes", "MultinomialNB": "_naive_bayes", "BernoulliNB": "_naive_bayes",
     "KMeans": "_kmeans", "PCA": "_pca",
+    # recommendation
+    "ALS": "recommendation",
     # features
     "StandardScaler": "_scalers", "MinMaxScaler": "_scalers", "MaxAbsScaler": "_scalers",
     "Normalizer": "_scalers", "Imputer": "_scalers", "PolynomialExpansion": "_scalers",
@@ -38,6 +40,8 @@ _EXPORTS = {
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",
     "save": "_persist", "load": "_persist", "metrics": "metrics",
+    "RegressionEvaluator": "evaluation", "BinaryClassificationEvaluator": "evaluation",
+    "MulticlassClassificationEvaluator": "evaluation",
     # trees and ensembles (written alongside; optional until their modules exist)
     "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
     "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",

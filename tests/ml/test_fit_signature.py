@@ -61,6 +61,7 @@ RECIPES = {
     "Bucketizer": (lambda: ml.Bucketizer(splits=[-np.inf, 0.5, np.inf]), NUMERIC, None),
     "QuantileDiscretizer": (lambda: ml.QuantileDiscretizer(num_buckets=3), NUMERIC, None),
     "KMeans": (lambda: ml.KMeans(n_clusters=2, random_state=0), NUMERIC, None),
+    "ALS": (lambda: ml.ALS(rank=2, max_iter=2, random_state=0), ["id", "y"], "target"),
     "OneHotEncoder": (ml.OneHotEncoder, ["color"], None),
     "StringIndexer": (ml.StringIndexer, ["color"], None),
     "VectorAssembler": (ml.VectorAssembler, NUMERIC, None),
