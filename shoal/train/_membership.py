@@ -81,9 +81,12 @@ class MembershipLink:
             if g >= min_generation:
                 rec = pickle.loads(self.store.get(f"{self.prefix}/gen/{g}", timeout=self.timeout))
                 if self.wid not in rec["members"]:
-                    raise WorkerRemovedError(
-                        f"worker {self.wid} is not in generation {g} of the gang "
-                        f"(members {rec['members']}): the driver removed it")
+                    if self.generation >= 0:    # it was a member: the driver dropped it
+                        raise WorkerRemovedError(
+                            f"worker {self.wid} is not in generation {g} of the gang "
+                            f"(members {rec['members']}): the driver removed it")
+                    min_generation = g + 1      # a new worker: wait until it is added
+                    continue
                 rank, world = rec["members"].index(self.wid), len(rec["members"])
                 self.generation, self.members, self.where = g, rec["members"], rec["where"]
                 self.newer = False

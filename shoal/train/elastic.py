@@ -92,6 +92,7 @@ class State:
         for k, v in extra.items():
             setattr(self, k, v)
         self._callbacks: list = []
+        self._flag = None           # (communicator, Work, array) of the pending agreement
         self._commits = 0
         self._saved_model: dict | None = None
         self._saved_optim: dict | None = None
@@ -133,18 +134,40 @@ class State:
         self.check_host_updates()
 
     def check_host_updates(self) -> None:
-        """Raise MembershipChangedInterrupt (on every rank together) if the gang changed."""
+        """Raise MembershipChangedInterrupt (on every rank together) if the gang changed.
+
+        The ranks agree through a one-element allreduce started here and
+        read at the next call, so the check never waits on the step: a
+        change seen at commit k stops every rank at commit k + 1.
+        """
         s = current_session(required=False)
         link = s.elastic if s is not None else None
         if link is None:
             return
-        flag = np.array([1 if link.newer else 0], dtype=np.int64)
-        if s.context.world_size > 1:
-            s.comm.allreduce(flag, op="max")    # agree, so that every rank stops at this step
-        if flag[0]:
+        comm = s.comm
+        pending, self._flag = self._flag, None
+        if comm.world_size == 1:
+            changed = link.newer
+        elif pending is not None and pending[0] is comm:
+            pending[1].wait()
+            changed = bool(pending[2][0])
+        else:
+            changed = False
+        if changed:
             raise MembershipChangedInterrupt(
                 f"the gang's membership changed after generation {link.generation}; "
                 "re-forming the group at this step")
+        if comm.world_size > 1:
+            flag = np.array([1 if link.newer else 0], dtype=np.int64)
+            work = comm.allreduce(flag, op="max", async_op=True, out=flag)
+            self._flag = (comm, work, flag)
+
+    def _settle(self) -> None:
+        """Wait for the agreement started by the last commit (every rank does, at the end)."""
+        pending, self._flag = self._flag, None
+        s = current_session(required=False)
+        if pending is not None and s is not None and pending[0] is s.comm:
+            pending[1].wait()
 
     def restore(self) -> None:
         """Put back the last saved state (model, optimizer, extras, loader positions)."""
@@ -227,7 +250,9 @@ def run(func):
         while True:
             try:
                 state.sync()
-                return func(state, *args, **kwargs)
+                out = func(state, *args, **kwargs)
+                state._settle()
+                return out
             except MembershipChangedInterrupt:
                 if link is None:
                     raise
@@ -236,6 +261,7 @@ def run(func):
                     raise
                 link.report_failure(str(_group_failure(e)))
                 state.restore()
+            state._flag = None          # its group is gone
             session.regroup(link.generation + 1)
             state.on_reset()
     return wrapper

@@ -1,0 +1,304 @@
+"""Elastic training: recovery from a killed rank, lost steps, commit cost; shoal vs torchrun.
+
+    python benchmarks/elastic.py [--rounds 3] [--steps 60] [--kill-at 20] [--batch 64]
+
+The MLP of benchmarks/train.py (784-1024-1024-10, SGD with momentum) trains
+data-parallel on 2 ranks, one thread each, in alternating rounds of
+  - shoal: ``Trainer(num_workers=(1, 2))`` with ``elastic.State`` committed
+    every step; on a dead rank the survivor restores the last commit and
+    continues alone, and the replacement rank rejoins when its CPU is free;
+  - torchrun: ``torchrun --standalone --nproc-per-node 2 --max-restarts 3``
+    running torch DDP (Gloo) on the same model and data, saving a
+    checkpoint (model + optimizer, to /dev/shm) every step so that it too
+    loses at most one step; on a dead rank torchrun stops every worker and
+    starts them all again, and they load the checkpoint.
+In each run, once step ``--kill-at`` is done, rank 1's process gets SIGKILL.
+Reported per system (best and median over rounds):
+  - recovery: from the SIGKILL to the next step completed by the job;
+  - lost steps: steps completed before the kill that were computed again;
+  - step time before the kill, and the per-step cost of keeping state
+    (shoal: ``State.commit()``; torchrun: ``torch.save`` of the checkpoint)
+    as a share of the step.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+N_SAMPLES = 4096
+
+
+def _data():
+    import torch
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(N_SAMPLES, 784, generator=g), torch.randint(0, 10, (N_SAMPLES,), generator=g)
+
+
+def _model():
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 10))
+
+
+def _log(path: str, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+# ------------------------------------------------------------------ shoal
+def shoal_loop(config):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import shoal.train as st
+    from shoal.train import elastic
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = st.prepare_model(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = st.prepare_data_loader(DataLoader(TensorDataset(x, y), batch_size=config["batch"],
+                                               shuffle=True))
+    state = elastic.State(model=model, optimizer=opt, loader=loader, epoch=0, step=0)
+    pid = os.getpid()
+
+    @elastic.run
+    def train(state):
+        _log(config["log"], {"event": "resume", "step": state.step, "t": time.time(), "pid": pid,
+                             "world": st.get_context().world_size})
+        for state.epoch in range(state.epoch, 1000):
+            loader.set_epoch(state.epoch)
+            t0 = time.perf_counter()
+            for xb, yb in loader:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                t1 = time.perf_counter()
+                state.step += 1
+                state.commit()
+                t2 = time.perf_counter()
+                _log(config["log"], {"event": "step", "step": state.step, "t": time.time(),
+                                     "pid": pid, "rank": st.get_context().rank,
+                                     "world": st.get_context().world_size,
+                                     "step_s": t1 - t0, "keep_s": t2 - t1})
+                if state.step >= config["steps"]:
+                    return
+                t0 = time.perf_counter()
+    train(state)
+
+
+def run_shoal(args, log: str) -> None:
+    import shoal
+    import shoal.train as st
+    shoal.init(num_cpus=2)
+    try:
+        st.Trainer(shoal_loop, num_workers=(1, 2),
+                   config={"batch": args.batch, "steps": args.steps, "log": log},
+                   collective_timeout=60,
+                   run_config=st.RunConfig(storage_path=tempfile.mkdtemp(prefix="shoal-elastic-"),
+                                           verbose=0)).fit()
+    finally:
+        shoal.shutdown()
+
+
+# ------------------------------------------------------------------ torchrun
+def torch_worker(args) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = _data()
+    model = DistributedDataParallel(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ds = TensorDataset(x, y)
+    sampler = DistributedSampler(ds, world, rank, shuffle=True)
+    step, epoch, skip = 0, 0, 0
+    if os.path.exists(args.ckpt):
+        ck = torch.load(args.ckpt, weights_only=False)
+        model.module.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, epoch, skip = ck["step"], ck["epoch"], ck["batch"]
+    pid = os.getpid()
+    _log(args.log, {"event": "resume", "step": step, "t": time.time(), "pid": pid,
+                    "world": world})
+    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
+    while True:
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        for b, (xb, yb) in enumerate(loader):
+            if b < skip:
+                continue
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            t1 = time.perf_counter()
+            step += 1
+            if rank == 0:
+                tmp = args.ckpt + ".tmp"
+                torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(),
+                            "step": step, "epoch": epoch, "batch": b + 1}, tmp)
+                os.replace(tmp, args.ckpt)
+            dist.barrier()      # the checkpoint is complete before anyone goes on
+            t2 = time.perf_counter()
+            _log(args.log, {"event": "step", "step": step, "t": time.time(), "pid": pid,
+                            "rank": rank, "world": world, "step_s": t1 - t0, "keep_s": t2 - t1})
+            if step >= args.steps:
+                dist.destroy_process_group()
+                return
+            t0 = time.perf_counter()
+        epoch, skip = epoch + 1, 0
+
+
+def run_torchrun(args, log: str) -> subprocess.Popen:
+    ckpt = f"/dev/shm/shoal-elastic-bench-{os.getpid()}.pt"
+    if os.path.exists(ckpt):
+        os.remove(ckpt)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--max-restarts", "3",
+           "--monitor-interval", "0.1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"bench{port}",
+           os.path.abspath(__file__), "--torch-worker", "--steps", str(args.steps),
+           "--batch", str(args.batch), "--bench-log", log, "--bench-ckpt", ckpt]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), ckpt
+
+
+# ------------------------------------------------------------------ measuring
+def _records(log: str) -> list[dict]:
+    if not os.path.exists(log):
+        return []
+    with open(log) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _kill_when_ready(log: str, kill_at: int, timeout: float = 300) -> tuple[float, int, int]:
+    """SIGKILL rank 1 once step ``kill_at`` is done; (time, pid, last step done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recs = [r for r in _records(log) if r["event"] == "step"]
+        if recs and max(r["step"] for r in recs) >= kill_at:
+            victim = next((r["pid"] for r in reversed(recs) if r.get("rank") == 1), None)
+            if victim is not None:
+                last = max(r["step"] for r in recs)
+                t = time.time()
+                os.kill(victim, signal.SIGKILL)
+                return t, victim, last
+        time.sleep(0.01)
+    raise TimeoutError(f"step {kill_at} not reached within {timeout}s")
+
+
+def _measure(log: str, t_kill: float, last_before: int) -> dict:
+    recs = _records(log)
+    before = [r for r in recs if r["event"] == "step" and r["t"] < t_kill]
+    after = [r for r in recs if r["event"] == "step" and r["t"] > t_kill]
+    resumes = [r for r in recs if r["event"] == "resume" and r["t"] > t_kill]
+    first_after = min(after, key=lambda r: r["t"])
+    resumed_from = min(r["step"] for r in resumes) if resumes else last_before
+    warm = [r for r in before if r["step"] > 3 and r.get("rank") == 0]
+    step_s = statistics.median(r["step_s"] for r in warm)
+    keep_s = statistics.median(r["keep_s"] for r in warm)
+    return {"recovery_s": first_after["t"] - t_kill,
+            "lost_steps": max(last_before - resumed_from, 0),
+            "step_s": step_s, "keep_s": keep_s, "keep_share": keep_s / (step_s + keep_s)}
+
+
+def one_round(system: str, args) -> dict:
+    work = tempfile.mkdtemp(prefix=f"shoal-elastic-{system}-")
+    log = os.path.join(work, "log.jsonl")
+    try:
+        if system == "torchrun":
+            proc, ckpt = run_torchrun(args, log)
+            try:
+                t_kill, _, last = _kill_when_ready(log, args.kill_at)
+                proc.wait(timeout=300)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if os.path.exists(ckpt):
+                    os.remove(ckpt)
+        else:
+            import threading
+            box = {}
+
+            def killer():
+                try:
+                    box["kill"] = _kill_when_ready(log, args.kill_at)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    box["error"] = e
+            th = threading.Thread(target=killer, daemon=True)
+            th.start()
+            run_shoal(args, log)
+            th.join(timeout=10)
+            if "error" in box:
+                raise box["error"]
+            t_kill, _, last = box["kill"]
+        return _measure(log, t_kill, last)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--kill-at", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=64, help="per-rank batch")
+    ap.add_argument("--systems", default="shoal,torchrun")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bench-log", dest="log", help=argparse.SUPPRESS)
+    ap.add_argument("--bench-ckpt", dest="ckpt", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_worker:
+        torch_worker(args)
+        return
+    systems = args.systems.split(",")
+    results: dict = {s: [] for s in systems}
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    for r in range(args.rounds):
+        for s in systems:
+            m = one_round(s, args)
+            results[s].append(m)
+            print(f"round {r + 1} {s:8s} recovery {m['recovery_s']:.2f}s  lost steps "
+                  f"{m['lost_steps']}  step {m['step_s'] * 1e3:.1f} ms  keeping state "
+                  f"{m['keep_s'] * 1e3:.2f} ms ({m['keep_share']:.1%})", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+    print(f"\n| system | recovery best / median (s) | lost steps (max) | step (ms) | "
+          f"keeping state per step |")
+    print("|---|---|---|---|---|")
+    for s in systems:
+        ms = results[s]
+        rec = sorted(m["recovery_s"] for m in ms)
+        print(f"| {s} | {rec[0]:.2f} / {statistics.median(rec):.2f} | "
+              f"{max(m['lost_steps'] for m in ms)} | "
+              f"{statistics.median(m['step_s'] for m in ms) * 1e3:.1f} | "
+              f"{statistics.median(m['keep_s'] for m in ms) * 1e3:.2f} ms "
+              f"({statistics.median(m['keep_share'] for m in ms):.1%}) |")
+    if "shoal" in results and "torchrun" in results:
+        a = sorted(m["recovery_s"] for m in results["torchrun"])
+        b = sorted(m["recovery_s"] for m in results["shoal"])
+        print(f"\nrecovery, torchrun / shoal: best {a[0] / b[0]:.1f}x, median "
+              f"{statistics.median(a) / statistics.median(b):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
