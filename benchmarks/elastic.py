@@ -216,9 +216,13 @@ def _measure(log: str, t_kill: float, last_before: int) -> dict:
     warm = [r for r in before if r["step"] > 3 and r.get("rank") == 0]
     step_s = statistics.median(r["step_s"] for r in warm)
     keep_s = statistics.median(r["keep_s"] for r in warm)
+    step_min = min(r["step_s"] for r in warm)
+    keep_min = min(r["keep_s"] for r in warm)
     return {"recovery_s": first_after["t"] - t_kill,
             "lost_steps": max(last_before - resumed_from, 0),
-            "step_s": step_s, "keep_s": keep_s, "keep_share": keep_s / (step_s + keep_s)}
+            "step_s": step_s, "keep_s": keep_s, "keep_share": keep_s / (step_s + keep_s),
+            "step_min": step_min, "keep_min": keep_min,
+            "keep_share_min": keep_min / (step_min + keep_min)}
 
 
 def one_round(system: str, args) -> dict:
@@ -279,18 +283,23 @@ def main() -> None:
             m = one_round(s, args)
             results[s].append(m)
             print(f"round {r + 1} {s:8s} recovery {m['recovery_s']:.2f}s  lost steps "
-                  f"{m['lost_steps']}  step {m['step_s'] * 1e3:.1f} ms  keeping state "
-                  f"{m['keep_s'] * 1e3:.2f} ms ({m['keep_share']:.1%})", flush=True)
+                  f"{m['lost_steps']}  step {m['step_s'] * 1e3:.1f} ms (best "
+                  f"{m['step_min'] * 1e3:.1f})  keeping state {m['keep_s'] * 1e3:.2f} ms "
+                  f"({m['keep_share']:.1%}; best {m['keep_min'] * 1e3:.2f} ms, "
+                  f"{m['keep_share_min']:.1%})", flush=True)
     print(f"load average after: {os.getloadavg()}")
-    print(f"\n| system | recovery best / median (s) | lost steps (max) | step (ms) | "
-          f"keeping state per step |")
+    print("\n| system | recovery best / median (s) | lost steps (max) | step best / median "
+          "(ms) | keeping state per step, best / median (share of the step) |")
     print("|---|---|---|---|---|")
     for s in systems:
         ms = results[s]
         rec = sorted(m["recovery_s"] for m in ms)
+        kb = min(m["keep_min"] for m in ms)
+        sb = min(m["step_min"] for m in ms)
         print(f"| {s} | {rec[0]:.2f} / {statistics.median(rec):.2f} | "
-              f"{max(m['lost_steps'] for m in ms)} | "
+              f"{max(m['lost_steps'] for m in ms)} | {sb * 1e3:.1f} / "
               f"{statistics.median(m['step_s'] for m in ms) * 1e3:.1f} | "
+              f"{kb * 1e3:.2f} ms ({kb / (kb + sb):.1%}) / "
               f"{statistics.median(m['keep_s'] for m in ms) * 1e3:.2f} ms "
               f"({statistics.median(m['keep_share'] for m in ms):.1%}) |")
     if "shoal" in results and "torchrun" in results:

@@ -78,7 +78,7 @@ class State:
         for name in extra:
             if name in ("model", "optimizer", "commits") or name.startswith("_"):
                 raise ValueError(f"State(..., {name}=) is a reserved name; pick another")
-        plain = {k: v for k, v in extra.items() if not isinstance(v, PreparedDataLoader)}
+        plain = {k: v for k, v in extra.items() if not _is_data(v)}
         for k, v in plain.items():
             try:
                 pickle.dumps(v, protocol=5)
@@ -87,7 +87,7 @@ class State:
                                 f"pickled ({e}); elastic state is sent to new ranks, so keep "
                                 "plain values, tensors or state_dicts there") from None
         self.model, self.optimizer = model, optimizer
-        self._loaders = {k: v for k, v in extra.items() if isinstance(v, PreparedDataLoader)}
+        self._loaders = {k: v for k, v in extra.items() if _is_data(v)}
         self._names = list(plain)
         for k, v in extra.items():
             setattr(self, k, v)
@@ -238,6 +238,12 @@ def run(func):
     gang's next generation, the reset callbacks run, the state is synced
     from rank 0 and ``func`` is called again. Other exceptions propagate.
     """
+    return run_with(func)
+
+
+def run_with(func, on_regroup=None):
+    """``run``, calling ``on_regroup()`` each time the group re-formed (before the reset
+    callbacks): shoal.horovod re-initializes itself there."""
     @functools.wraps(func)
     def wrapper(state: State, *args, **kwargs):
         if not isinstance(state, State):
@@ -247,6 +253,8 @@ def run(func):
         link = session.elastic if session is not None else None
         if link is not None and session.comm is None:
             session.regroup(0)          # first call: join the gang (see Trainer's elastic run)
+            if on_regroup is not None:
+                on_regroup()
         while True:
             try:
                 state.sync()
@@ -263,8 +271,17 @@ def run(func):
                 state.restore()
             state._flag = None          # its group is gone
             session.regroup(link.generation + 1)
+            if on_regroup is not None:
+                on_regroup()
             state.on_reset()
     return wrapper
+
+
+def _is_data(v) -> bool:
+    """A data position kept by the state: a PreparedDataLoader, or anything with its
+    ``state()`` / ``load_state()`` / ``reshard()`` (Horovod's ElasticSampler)."""
+    return isinstance(v, PreparedDataLoader) or all(
+        callable(getattr(v, m, None)) for m in ("state", "load_state", "reshard"))
 
 
 def _group_failure(e: BaseException | None):
