@@ -209,8 +209,11 @@ def _kill_when_ready(log: str, kill_at: int, timeout: float = 300) -> tuple[floa
 def _measure(log: str, t_kill: float, last_before: int) -> dict:
     recs = _records(log)
     before = [r for r in recs if r["event"] == "step" and r["t"] < t_kill]
-    after = [r for r in recs if r["event"] == "step" and r["t"] > t_kill]
     resumes = [r for r in recs if r["event"] == "resume" and r["t"] > t_kill]
+    t_resumed = min(r["t"] for r in resumes)
+    # a step already past its allreduce when the rank died may still end after the kill:
+    # recovery counts to the first step of the job that resumed
+    after = [r for r in recs if r["event"] == "step" and r["t"] > t_resumed]
     first_after = min(after, key=lambda r: r["t"])
     resumed_from = min(r["step"] for r in resumes) if resumes else last_before
     warm = [r for r in before if r["step"] > 3 and r.get("rank") == 0]

@@ -56,6 +56,11 @@ class State:
     Args:
         model: a module (prepared with ``prepare_model`` or plain), or None.
         optimizer: a torch optimizer, or None.
+        local: a dict of this rank's own values (per-rank counters, RNG
+            state...): never overwritten by ``sync()``; each commit replicates
+            every rank's ``local`` on the other ranks, so when a rank is lost
+            its last committed ``local`` is in ``state.lost_local`` (keyed by
+            its rank before the change) on every rank after the change.
         **extra: other values kept the same way (epoch, step counters, a
             PreparedDataLoader whose position in the epoch is kept). They are
             attributes of the state: ``state.epoch``. They must be picklable
@@ -69,14 +74,14 @@ class State:
     rank 0's state.
     """
 
-    def __init__(self, model=None, optimizer=None, **extra):
+    def __init__(self, model=None, optimizer=None, local: dict | None = None, **extra):
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for name in extra:
-            if name in ("model", "optimizer", "commits") or name.startswith("_"):
+            if name in ("model", "optimizer", "commits", "lost_local") or name.startswith("_"):
                 raise ValueError(f"State(..., {name}=) is a reserved name; pick another")
         plain = {k: v for k, v in extra.items() if not _is_data(v)}
         for k, v in plain.items():
@@ -86,7 +91,13 @@ class State:
                 raise TypeError(f"State(..., {k}=) holds a {type(v).__name__} that cannot be "
                                 f"pickled ({e}); elastic state is sent to new ranks, so keep "
                                 "plain values, tensors or state_dicts there") from None
+        if local is not None and not isinstance(local, dict):
+            raise TypeError(f"State(local=) takes a dict of this rank's values, got "
+                            f"{type(local).__name__}")
         self.model, self.optimizer = model, optimizer
+        self.local = dict(local) if local is not None else {}
+        self.lost_local: dict = {}      # rank -> committed ``local`` of ranks that left
+        self._replicas: dict = {}       # worker id -> (rank, committed ``local``)
         self._loaders = {k: v for k, v in extra.items() if _is_data(v)}
         self._names = list(plain)
         for k, v in extra.items():
@@ -118,6 +129,7 @@ class State:
             saved["param_groups"] = copy.deepcopy(sd["param_groups"])
             self._saved_optim = saved
         self._saved_extra = copy.deepcopy({k: getattr(self, k) for k in self._names})
+        self._saved_extra["_local"] = copy.deepcopy(self.local)
         self._saved_extra.update({"_loader/" + k: v.state() for k, v in self._loaders.items()})
         self._saved_commits = self._commits
 
@@ -130,8 +142,19 @@ class State:
         added or lost; ``run`` catches it.
         """
         self._commits += 1
+        self._replicate()
         self.save()
         self.check_host_updates()
+
+    def _replicate(self) -> None:
+        """Every rank's ``local`` to every rank (before the save: a failure here rolls back
+        to the previous commit, whose replicas are the ones kept)."""
+        s = current_session(required=False)
+        if not self.local or s is None or s.comm is None:
+            return
+        me = s.elastic.wid if s.elastic is not None else s.context.rank
+        parts = s.comm.allgather_object((me, s.context.rank, self.local))
+        self._replicas = {wid: (rank, local) for wid, rank, local in parts}
 
     def check_host_updates(self) -> None:
         """Raise MembershipChangedInterrupt (on every rank together) if the gang changed.
@@ -177,6 +200,7 @@ class State:
             self.optimizer.load_state_dict(_clone(self._saved_optim))
         for k in self._names:
             setattr(self, k, copy.deepcopy(self._saved_extra[k]))
+        self.local = copy.deepcopy(self._saved_extra["_local"])
         for k, loader in self._loaders.items():
             loader.load_state(self._saved_extra["_loader/" + k])
         self._commits = self._saved_commits
@@ -194,7 +218,8 @@ class State:
                 payload = {"optim": self.optimizer.state_dict() if self.optimizer else None,
                            "extra": {k: getattr(self, k) for k in self._names},
                            "loaders": {k: v.state() for k, v in self._loaders.items()},
-                           "commits": self._commits, "report_index": s.report_index}
+                           "commits": self._commits, "report_index": s.report_index,
+                           "lost": self._lost(s)}
             payload = comm.broadcast_object(payload, src=0)
             if comm.rank != 0:
                 if self.optimizer is not None and payload["optim"] is not None:
@@ -205,6 +230,9 @@ class State:
                     self._loaders[k].load_state(v)
                 self._commits = payload["commits"]
                 s.report_index = payload["report_index"]
+            self.lost_local = payload["lost"]
+        elif s is not None:
+            self.lost_local = self._lost(s)
         for loader in self._loaders.values():     # every rank continues the epoch where the
             loader.load_state(loader.state())     # gang is, dealt over the current world
         self.save()
@@ -213,6 +241,14 @@ class State:
             s.store.set(f"{link.prefix}/resumed/{link.generation}",
                         pickle.dumps({"step": self._commits, "time": time.time(),
                                       "world_size": s.context.world_size}, protocol=5))
+
+    def _lost(self, s) -> dict:
+        """rank -> committed ``local`` of the replicated ranks not in the current group."""
+        if s.elastic is None:
+            return {}
+        members = set(s.elastic.members)
+        return {rank: local for wid, (rank, local) in self._replicas.items()
+                if wid not in members}
 
     # ---------------------------------------------------------------- reset
     def register_reset_callbacks(self, callbacks) -> None:

@@ -44,7 +44,7 @@ def _elastic_loop(config):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loader = st.prepare_data_loader(DataLoader(ds, batch_size=BATCH, shuffle=True))
     state = elastic.State(model=model, optimizer=optimizer, loader=loader, epoch=0,
-                          worlds=[], done=False)
+                          worlds=[], done=False, local={"steps": 0})
 
     def on_reset():
         state.worlds = state.worlds + [st.get_context().world_size]
@@ -56,13 +56,15 @@ def _elastic_loop(config):
         ctx = st.get_context()
         p, o = _digest(model, optimizer)
         with open(f"{out}/sync-{pid}", "a") as f:
-            f.write(json.dumps([state.commits, ctx.world_size, ctx.rank, p, o]) + "\n")
+            f.write(json.dumps([state.commits, ctx.world_size, ctx.rank, p, o,
+                                state.lost_local]) + "\n")
         for state.epoch in range(state.epoch, 200):
             loader.set_epoch(state.epoch)
             for x, y, idx in loader:
                 optimizer.zero_grad()
                 nn.functional.mse_loss(model(x), y).backward()
                 optimizer.step()
+                state.local["steps"] += 1
                 with open(f"{out}/steps-{pid}", "a") as f:
                     f.write(json.dumps([state.epoch, st.get_context().rank,
                                         st.get_context().world_size, idx.tolist()]) + "\n")
@@ -121,10 +123,17 @@ def test_shrinks_on_a_dead_rank_and_grows_back(cluster, tmp_path):
     # every rank of a generation holds the same parameters and optimizer state after the
     # sync: the new rank got exactly the survivors' (momentum buffers included)
     syncs: dict = {}
+    replica_seen = False
     for f in glob.glob(f"{out}/sync-*"):
         for line in open(f).read().splitlines():
-            commits, world, rank, p, o = json.loads(line)
+            commits, world, rank, p, o, lost = json.loads(line)
             syncs.setdefault((commits, world), []).append((p, o))
+            if world == 2 and lost:
+                # the dead rank's committed per-rank state, from its replica on the others:
+                # it trained every committed step of generation 0 (its count == the commits)
+                assert lost == {"1": {"steps": commits}}, lost
+                replica_seen = True
+    assert replica_seen
     grown = [v for (c, w), v in syncs.items() if w == 3 and c > 0]
     assert grown and all(len(v) == 3 for v in grown), syncs
     for v in syncs.values():
