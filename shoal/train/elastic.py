@@ -32,6 +32,15 @@ the group re-forms and the new rank receives the state from rank 0, not from
 disk. The same code runs under a fixed-size Trainer or ``shoal launch``:
 there ``run`` syncs once and a failure propagates.
 
+In an elastic run a worker joins the group at its first ``run`` call (a
+worker added to a running gang builds its model and data first, while the
+others keep training): before that, ``get_context().rank`` is -1 and the
+loop must not call collectives; ``prepare_model`` and
+``prepare_data_loader`` objects follow the group from then on. Each worker
+is placed on its own (no gang placement group), and the driver asks for
+``max`` workers all along, so a slot freed on the cluster is taken and its
+worker joins at the next commit.
+
 This is Elastic Horovod's model (``hvd.elastic.TorchState``, ``run``,
 reset callbacks); ``shoal.horovod.elastic`` is that face over this module.
 """

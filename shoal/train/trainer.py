@@ -144,7 +144,8 @@ class _TrainWorker:
         from shoal.train._group import form_group
         train_loop, config = cloudpickle.loads(payload)
         ctx: TrainContext = setup["context"]
-        prefix = f"(rank {ctx.rank}) "
+        prefix = (f"(worker {setup['elastic']['wid']}) " if setup.get("elastic")
+                  else f"(rank {ctx.rank}) ")
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = _RankPrefixedStream(old_out, prefix)
         sys.stderr = _RankPrefixedStream(old_err, prefix)
