@@ -179,7 +179,9 @@ def run_torchrun(args, log: str) -> subprocess.Popen:
            os.path.abspath(__file__), "--torch-worker", "--steps", str(args.steps),
            "--batch", str(args.batch), "--bench-log", log, "--bench-ckpt", ckpt]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), ckpt
+    # its own session: the agent and its workers are stopped together (killpg) at the end
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True), ckpt
 
 
 # ------------------------------------------------------------------ measuring
@@ -210,6 +212,9 @@ def _measure(log: str, t_kill: float, last_before: int) -> dict:
     recs = _records(log)
     before = [r for r in recs if r["event"] == "step" and r["t"] < t_kill]
     resumes = [r for r in recs if r["event"] == "resume" and r["t"] > t_kill]
+    if not resumes or not any(r["event"] == "step" and r["t"] > min(x["t"] for x in resumes)
+                              for r in recs):
+        return None         # the job did not resume (a hang, or past --give-up seconds)
     t_resumed = min(r["t"] for r in resumes)
     # a step already past its allreduce when the rank died may still end after the kill:
     # recovery counts to the first step of the job that resumed
@@ -236,11 +241,16 @@ def one_round(system: str, args) -> dict:
             proc, ckpt = run_torchrun(args, log)
             try:
                 t_kill, _, last = _kill_when_ready(log, args.kill_at)
-                proc.wait(timeout=300)
+                try:
+                    proc.wait(timeout=args.give_up)
+                except subprocess.TimeoutExpired:
+                    pass            # counted below if no step followed the kill
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
                 if os.path.exists(ckpt):
                     os.remove(ckpt)
         else:
@@ -271,6 +281,8 @@ def main() -> None:
     ap.add_argument("--kill-at", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64, help="per-rank batch")
     ap.add_argument("--systems", default="shoal,torchrun")
+    ap.add_argument("--give-up", type=float, default=300,
+                    help="seconds a job may take to finish after the kill")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bench-log", dest="log", help=argparse.SUPPRESS)
     ap.add_argument("--bench-ckpt", dest="ckpt", help=argparse.SUPPRESS)
@@ -280,10 +292,16 @@ def main() -> None:
         return
     systems = args.systems.split(",")
     results: dict = {s: [] for s in systems}
+    failed: dict = {}
     print(f"load average before: {os.getloadavg()}", flush=True)
     for r in range(args.rounds):
         for s in systems:
             m = one_round(s, args)
+            if m is None:
+                failed[s] = failed.get(s, 0) + 1
+                print(f"round {r + 1} {s:8s} did not resume within {args.give_up:.0f}s",
+                      flush=True)
+                continue
             results[s].append(m)
             print(f"round {r + 1} {s:8s} recovery {m['recovery_s']:.2f}s  lost steps "
                   f"{m['lost_steps']}  step {m['step_s'] * 1e3:.1f} ms (best "
@@ -296,6 +314,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for s in systems:
         ms = results[s]
+        if not ms:
+            print(f"| {s} | no round resumed | | | |")
+            continue
         rec = sorted(m["recovery_s"] for m in ms)
         kb = min(m["keep_min"] for m in ms)
         sb = min(m["step_min"] for m in ms)
@@ -305,7 +326,9 @@ def main() -> None:
               f"{kb * 1e3:.2f} ms ({kb / (kb + sb):.1%}) / "
               f"{statistics.median(m['keep_s'] for m in ms) * 1e3:.2f} ms "
               f"({statistics.median(m['keep_share'] for m in ms):.1%}) |")
-    if "shoal" in results and "torchrun" in results:
+    if failed:
+        print(f"\nrounds that did not resume: {failed}")
+    if results.get("shoal") and results.get("torchrun"):
         a = sorted(m["recovery_s"] for m in results["torchrun"])
         b = sorted(m["recovery_s"] for m in results["shoal"])
         print(f"\nrecovery, torchrun / shoal: best {a[0] / b[0]:.1f}x, median "

@@ -94,13 +94,16 @@ class ElasticSampler(ShardSampler):
 
     # the protocol of shoal.train.elastic.State's data objects
     def state(self) -> tuple[int, int]:
+        """(epoch, position): what a TorchState commits."""
         return self.epoch, self.position
 
     def load_state(self, state) -> None:
+        """Continue epoch ``state[0]`` after its first ``state[1]`` processed items."""
         self.epoch, self.position = int(state[0]), int(state[1])
         self.set_start(self.position)
 
     def reshard(self, num_replicas: int, rank: int) -> None:
+        """Deal what the epoch has left over ``num_replicas`` ranks, as rank ``rank``."""
         super().reshard(num_replicas, rank)
         self.set_start(self.position)
 
@@ -118,12 +121,14 @@ class TorchState(State):
         super().__init__(model=model, optimizer=optimizer, **kwargs)
 
     def restore(self) -> None:
+        """Back to the last commit; a DistributedOptimizer forgets a cut-short backward."""
         reset = getattr(self.optimizer, "_reset_handles", None)
         if reset is not None:
             reset()
         super().restore()
 
     def sync(self) -> None:
+        """Rank 0's state on every rank, samplers dealt over the current world."""
         from shoal.horovod import _world
         if _world.is_initialized():
             for s in self._samplers.values():       # deal the rest over the current world
@@ -131,6 +136,8 @@ class TorchState(State):
         super().sync()
 
     def on_reset(self) -> None:
+        """After a membership change: reset the optimizer's pending allreduces, then the
+        registered callbacks."""
         reset = getattr(self.optimizer, "_reset_handles", None)
         if reset is not None:
             reset()
