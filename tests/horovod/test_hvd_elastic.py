@@ -83,6 +83,7 @@ def _kill_rank_one(out, stop):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_elastic_run_resets_horovod_and_keeps_state_across_a_dead_rank(cluster, tmp_path):
     out = str(tmp_path)

@@ -95,6 +95,7 @@ def _kill_rank_one(out: str, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_shrinks_on_a_dead_rank_and_grows_back(cluster, tmp_path):
     out = str(tmp_path)
