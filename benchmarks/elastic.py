@@ -1,6 +1,6 @@
 """Elastic training: recovery from a killed rank, lost steps, commit cost; shoal vs torchrun.
 
-    python benchmarks/elastic.py [--rounds 3] [--steps 60] [--kill-at 20] [--batch 64]
+    python benchmarks/elastic.py [--rounds 3] [--steps 30] [--kill-at 10] [--batch 128]
 
 The MLP of benchmarks/train.py (784-1024-1024-10, SGD with momentum) trains
 data-parallel on 2 ranks, one thread each, in alternating rounds of
@@ -16,9 +16,12 @@ In each run, once step ``--kill-at`` is done, rank 1's process gets SIGKILL.
 Reported per system (best and median over rounds):
   - recovery: from the SIGKILL to the next step completed by the job;
   - lost steps: steps completed before the kill that were computed again;
-  - step time before the kill, and the per-step cost of keeping state
-    (shoal: ``State.commit()``; torchrun: ``torch.save`` of the checkpoint)
-    as a share of the step.
+  - step time before the kill, and the time per step spent keeping state
+    (shoal: the ``State.commit()`` call; torchrun: ``torch.save`` of the
+    checkpoint and the barrier after it) as a share of the step;
+  - and, in this process, the MLP's step time with and without a commit
+    after every step (alternating windows): the commit's whole cost,
+    including its copy that runs in the background during the next step.
 """
 from __future__ import annotations
 
@@ -184,6 +187,44 @@ def run_torchrun(args, log: str) -> subprocess.Popen:
                             start_new_session=True), ckpt
 
 
+# ------------------------------------------------------------------ commit cost
+def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
+    """Step time of the MLP with and without ``State.commit()`` after each step, in one
+    process, alternating windows; the commit's whole cost (its background copy included,
+    which the next optimizer.step() waits for) shows in the difference."""
+    import torch
+
+    from shoal.train import elastic
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = elastic.State(model=model, optimizer=opt, step=0)
+    b = args.batch
+
+    def window_time(commit: bool) -> float:
+        t0 = time.perf_counter()
+        for i in range(window):
+            j = (i * b) % (N_SAMPLES - b)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[j:j + b]), y[j:j + b]).backward()
+            opt.step()
+            if commit:
+                state.step += 1
+                state.commit()
+        state._join_copy()
+        return (time.perf_counter() - t0) / window
+    window_time(True)           # warm-up
+    with_c, without = [], []
+    for _ in range(rounds):
+        without.append(window_time(False))
+        with_c.append(window_time(True))
+    best = (min(with_c) - min(without)) / min(without)
+    med = (statistics.median(with_c) - statistics.median(without)) / statistics.median(without)
+    return {"step_ms": min(without) * 1e3, "with_ms": min(with_c) * 1e3, "best": best,
+            "median": med}
+
+
 # ------------------------------------------------------------------ measuring
 def _records(log: str) -> list[dict]:
     if not os.path.exists(log):
@@ -277,10 +318,12 @@ def one_round(system: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--kill-at", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=64, help="per-rank batch")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--kill-at", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=128, help="per-rank batch (train.py's MLP: 128)")
     ap.add_argument("--systems", default="shoal,torchrun")
+    ap.add_argument("--commit-cost-only", action="store_true",
+                    help="only the with/without commit() step times")
     ap.add_argument("--give-up", type=float, default=300,
                     help="seconds a job may take to finish after the kill")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
@@ -289,6 +332,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.torch_worker:
         torch_worker(args)
+        return
+    if args.commit_cost_only:
+        print(f"load average before: {os.getloadavg()}")
+        cc = commit_cost(args)
+        print(f"commit every step: step {cc['step_ms']:.1f} ms without, {cc['with_ms']:.1f} ms "
+              f"with (best windows): cost {cc['best']:.1%} (median windows {cc['median']:.1%})")
+        print(f"load average after: {os.getloadavg()}")
         return
     systems = args.systems.split(",")
     results: dict = {s: [] for s in systems}
@@ -308,6 +358,10 @@ def main() -> None:
                   f"{m['step_min'] * 1e3:.1f})  keeping state {m['keep_s'] * 1e3:.2f} ms "
                   f"({m['keep_share']:.1%}; best {m['keep_min'] * 1e3:.2f} ms, "
                   f"{m['keep_share_min']:.1%})", flush=True)
+    cc = commit_cost(args)
+    print(f"commit every step, MLP batch {args.batch} on one thread: step {cc['step_ms']:.1f} ms "
+          f"without, {cc['with_ms']:.1f} ms with (best windows): cost {cc['best']:.1%} "
+          f"(median windows {cc['median']:.1%})")
     print(f"load average after: {os.getloadavg()}")
     print("\n| system | recovery best / median (s) | lost steps (max) | step best / median "
           "(ms) | keeping state per step, best / median (share of the step) |")

@@ -70,6 +70,11 @@ class State:
             every rank's ``local`` on the other ranks, so when a rank is lost
             its last committed ``local`` is in ``state.lost_local`` (keyed by
             its rank before the change) on every rank after the change.
+        background_copy: copy parameters and optimizer state on a
+            background thread during the next step's forward and backward
+            (the next ``optimizer.step()`` waits for it). Worth it on a host
+            with a core to spare; on one whose cores all train, the copy
+            competes with them (measured slower there: benchmarks/elastic.py).
         **extra: other values kept the same way (epoch, step counters, a
             PreparedDataLoader whose position in the epoch is kept). They are
             attributes of the state: ``state.epoch``. They must be picklable
@@ -83,7 +88,8 @@ class State:
     rank 0's state.
     """
 
-    def __init__(self, model=None, optimizer=None, local: dict | None = None, **extra):
+    def __init__(self, model=None, optimizer=None, local: dict | None = None,
+                 background_copy: bool = False, **extra):
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
@@ -118,6 +124,13 @@ class State:
         self._saved_optim: dict | None = None
         self._saved_extra: dict = {}
         self._saved_commits = 0
+        self._copying = None
+        self._copier = None
+        if optimizer is not None and background_copy:
+            import concurrent.futures
+            self._copier = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="shoal-elastic-commit")
+            optimizer.register_step_pre_hook(self._join_copy)
         self.save()
 
     @property
@@ -127,20 +140,45 @@ class State:
 
     # ---------------------------------------------------------------- commit
     def save(self) -> None:
-        """Keep a copy of the current state in this process (``commit`` without the check)."""
+        """Keep a copy of the current state in this process (``commit`` without the check).
+
+        With ``background_copy`` (and an optimizer) the parameters' and
+        optimizer state's copies run on a background thread, overlapped with
+        the next step's forward and backward (which do not change them); the
+        next ``optimizer.step()``, ``save``, ``restore`` or ``sync`` waits
+        for them first.
+        """
+        self._join_copy()
+        pairs: tuple[list, list] = ([], [])
         if self.model is not None:
-            self._saved_model = _copy_into(self._saved_model, self.model.state_dict())
+            # buffers (BatchNorm statistics) change in forward: copied now; parameters later
+            now: tuple[list, list] = ([], [])
+            params = {p.data_ptr() for p in self.model.parameters()}
+            self._saved_model = _copy_into(self._saved_model, self.model.state_dict(), pairs,
+                                           now, lambda t: t.data_ptr() in params)
+            if now[0]:
+                torch._foreach_copy_(*now)
         if self.optimizer is not None:
             sd = self.optimizer.state_dict()
             saved = self._saved_optim or {"state": {}, "param_groups": []}
-            saved["state"] = {i: _copy_into(saved["state"].get(i), s)
+            saved["state"] = {i: _copy_into(saved["state"].get(i), s, pairs)
                               for i, s in sd["state"].items()}
             saved["param_groups"] = copy.deepcopy(sd["param_groups"])
             self._saved_optim = saved
+        if pairs[0]:
+            if self._copier is not None:
+                self._copying = self._copier.submit(torch._foreach_copy_, *pairs)
+            else:
+                torch._foreach_copy_(*pairs)
         self._saved_extra = copy.deepcopy({k: getattr(self, k) for k in self._names})
         self._saved_extra["_local"] = copy.deepcopy(self.local)
         self._saved_extra.update({"_loader/" + k: v.state() for k, v in self._loaders.items()})
         self._saved_commits = self._commits
+
+    def _join_copy(self, *_) -> None:
+        copying, self._copying = self._copying, None
+        if copying is not None:
+            copying.result()
 
     def commit(self) -> None:
         """Save this step's state, then stop here if the gang's membership changes.
@@ -203,6 +241,7 @@ class State:
 
     def restore(self) -> None:
         """Put back the last saved state (model, optimizer, extras, loader positions)."""
+        self._join_copy()
         if self.model is not None and self._saved_model is not None:
             self.model.load_state_dict(self._saved_model)
         if self.optimizer is not None and self._saved_optim is not None:
@@ -217,6 +256,7 @@ class State:
     # ---------------------------------------------------------------- sync
     def sync(self) -> None:
         """Make every rank hold rank 0's state (after a membership change), then save it."""
+        self._join_copy()
         s = current_session(required=False)
         comm = s.comm if s is not None else None
         if comm is not None and comm.world_size > 1:
@@ -340,24 +380,25 @@ def _group_failure(e: BaseException | None):
     return None
 
 
-def _copy_into(saved: dict | None, live: dict) -> dict:
-    """``live``'s values into ``saved``: tensors copied into the buffers already there."""
+def _copy_into(saved: dict | None, live: dict, pairs: tuple[list, list],
+               now: tuple[list, list] | None = None, later=None) -> dict:
+    """``live``'s values into ``saved``: tensors to copy into the buffers already there are
+    added to ``pairs`` (destinations, sources), or to ``now`` when ``later(tensor)`` is
+    false; new ones are cloned at once."""
     if saved is None or saved.keys() != live.keys():
         saved = {}
-    dst, src = [], []
     for k, v in live.items():
         if isinstance(v, torch.Tensor):
             old = saved.get(k)
             if (isinstance(old, torch.Tensor) and old.shape == v.shape and old.dtype == v.dtype
                     and old.device == v.device):
+                dst, src = pairs if later is None or later(v) else now
                 dst.append(old)
                 src.append(v.detach())
             else:
                 saved[k] = v.detach().clone()
         else:
             saved[k] = copy.deepcopy(v)
-    if dst:
-        torch._foreach_copy_(dst, src)
     return saved
 
 
