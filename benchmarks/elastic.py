@@ -168,7 +168,7 @@ def torch_worker(args) -> None:
         epoch, skip = epoch + 1, 0
 
 
-def run_torchrun(args, log: str) -> subprocess.Popen:
+def run_torchrun(args, log: str):
     ckpt = f"/dev/shm/shoal-elastic-bench-{os.getpid()}.pt"
     if os.path.exists(ckpt):
         os.remove(ckpt)
@@ -183,7 +183,8 @@ def run_torchrun(args, log: str) -> subprocess.Popen:
            "--batch", str(args.batch), "--bench-log", log, "--bench-ckpt", ckpt]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # its own session: the agent and its workers are stopped together (killpg) at the end
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    err = open(log + ".stderr", "wb")   # noqa: SIM115 - closed with the run's directory
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err,
                             start_new_session=True), ckpt
 
 
@@ -310,7 +311,12 @@ def one_round(system: str, args) -> dict:
             if "error" in box:
                 raise box["error"]
             t_kill, _, last = box["kill"]
-        return _measure(log, t_kill, last)
+        m = _measure(log, t_kill, last)
+        if m is None and os.path.exists(log + ".stderr"):
+            with open(log + ".stderr", "rb") as f:
+                tail = f.read()[-1500:].decode(errors="replace")
+            print(f"--- {system} did not resume; the end of its stderr:\n{tail}", flush=True)
+        return m
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
