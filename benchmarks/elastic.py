@@ -7,7 +7,7 @@ data-parallel on 2 ranks, one thread each, in alternating rounds of
   - shoal: ``Trainer(num_workers=(1, 2))`` with ``elastic.State`` committed
     every step; on a dead rank the survivor restores the last commit and
     continues alone, and the replacement rank rejoins when its CPU is free;
-  - torchrun: ``torchrun --standalone --nproc-per-node 2 --max-restarts 3``
+  - torchrun: ``torchrun --nproc-per-node 2 --max-restarts 3`` (c10d rendezvous)
     running torch DDP (Gloo) on the same model and data, saving a
     checkpoint (model + optimizer, to /dev/shm) every step so that it too
     loses at most one step; on a dead rank torchrun stops every worker and
