@@ -226,6 +226,24 @@ def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
             "median": med}
 
 
+def _kill_workers_of(log: str) -> None:
+    """torchrun starts its workers in sessions of their own: stop those of this run (their
+    command line names this run's unique log path) when the agent was killed."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--torch-worker" in args and log.encode() in args:
+            try:
+                os.kill(int(d), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 # ------------------------------------------------------------------ measuring
 def _records(log: str) -> list[dict]:
     if not os.path.exists(log):
@@ -293,6 +311,7 @@ def one_round(system: str, args) -> dict:
                 except ProcessLookupError:
                     pass
                 proc.wait()
+                _kill_workers_of(log)
                 if os.path.exists(ckpt):
                     os.remove(ckpt)
         else:
