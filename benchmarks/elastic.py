@@ -107,14 +107,15 @@ def run_shoal(args, log: str) -> None:
     import shoal
     import shoal.train as st
     shoal.init(num_cpus=2)
+    storage = tempfile.mkdtemp(prefix="shoal-elastic-run-")
     try:
         st.Trainer(shoal_loop, num_workers=(1, 2),
                    config={"batch": args.batch, "steps": args.steps, "log": log},
                    collective_timeout=60,
-                   run_config=st.RunConfig(storage_path=tempfile.mkdtemp(prefix="shoal-elastic-"),
-                                           verbose=0)).fit()
+                   run_config=st.RunConfig(storage_path=storage, verbose=0)).fit()
     finally:
         shoal.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ torchrun
