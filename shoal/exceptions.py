@@ -137,6 +137,11 @@ class TrainingFailedError(ShoalError, RuntimeError):
     """Training failed and the allowed restarts are spent."""
 
 
+class MembershipChangedInterrupt(ShoalError):
+    """An elastic gang gained or lost workers; raised by ``State.commit()`` on every rank at the
+    same step so that the group re-forms there (``shoal.train.elastic.run`` catches it)."""
+
+
 class InvalidInputError(ShoalError, ValueError):
     """Input data was rejected (NaN/inf, wrong label type, empty, missing column, wrong shape).
 

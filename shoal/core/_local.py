@@ -416,6 +416,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         w.inflight.clear()
         if w.actor is not None:
             w.actor.on_death(self, w, inflight)
+            if not self.closed:
+                self._schedule()    # its resources may let a pending actor or task start
             return
         code = w.proc.poll()
         for spec in inflight:

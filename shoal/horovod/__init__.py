@@ -89,6 +89,7 @@ from shoal.horovod.optimizer import (
                                 broadcast_parameters,
 )
 from shoal.horovod.sync_batch_norm import SyncBatchNorm
+from shoal.horovod import elastic
 
 __all__ = [
     "Adasum", "Average", "Compression", "DistributedOptimizer", "Max", "Min", "Product",
@@ -103,5 +104,5 @@ __all__ = [
     "is_homogeneous", "is_initialized", "join", "local_rank", "local_size", "mpi_built", "mpi_enabled",
     "mpi_threads_supported", "nccl_built", "poll", "rank", "reducescatter",
     "reducescatter_async", "remove_process_set", "rocm_built", "shutdown", "size",
-    "sparse_allreduce_async", "start_timeline", "stop_timeline", "synchronize",
+    "sparse_allreduce_async", "start_timeline", "stop_timeline", "synchronize", "elastic",
 ]

@@ -32,7 +32,6 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         super(self.__class__, self).__init__(params)
         self._process_set = process_set
         self._sparse_as_dense = sparse_as_dense
-        self._set_size = len(engine_of(process_set).set_ranks)
         self._compression = compression
         if named_parameters is not None:
             named_parameters = list(named_parameters)
@@ -71,8 +70,19 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._requires_update: list = []
         self._synchronized = False
         self._should_synchronize = True
-        if self._set_size > 1:
-            self._register_hooks()
+        if self._set_size > 1 or _elastic():
+            self._register_hooks()     # an elastic job may grow: hooks from the start
+
+    @property
+    def _set_size(self) -> int:
+        return len(engine_of(self._process_set).set_ranks)
+
+    def _reset_handles(self) -> None:
+        """Forget the allreduces of a backward cut short (an elastic job's group changed)."""
+        self._handles.clear()
+        for p in self._allreduce_delay:
+            self._allreduce_delay[p] = self.backward_passes_per_step
+        self._synchronized = False
 
     def _register_hooks(self) -> None:
         for group in self.param_groups:
@@ -118,7 +128,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
     def synchronize(self) -> None:
         """Wait for every gradient's allreduce (started by hooks, or now for the rest)."""
-        if self._set_size == 1:
+        if self._set_size == 1 and not self._handles:
             self._synchronized = True
             return
         for p in self._requires_update:   # a fixed order on every rank
@@ -163,6 +173,16 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                                  "before optimizer.step() or optimizer.synchronize(). This is "
                                  "prohibited as it can cause a race condition.")
         return super(self.__class__, self).zero_grad(set_to_none=set_to_none)
+
+
+def _elastic() -> bool:
+    """True in an elastic job (an elastic shoal.train session, or HOROVOD_ELASTIC=1)."""
+    import os
+    if os.environ.get("HOROVOD_ELASTIC") == "1":
+        return True
+    from shoal.train.context import current_session
+    s = current_session(required=False)
+    return s is not None and s.elastic is not None
 
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=Compression.none,

@@ -24,7 +24,8 @@ from shoal.exceptions import MissingDependencyError
 MissingDependencyError.require("shoal.train", "train", "torch", "pandas")
 
 from shoal.train.checkpoint import Checkpoint
-from shoal.train.config import CheckpointConfig, FailureConfig, RunConfig
+from shoal.train import elastic
+from shoal.train.config import CheckpointConfig, ElasticConfig, FailureConfig, RunConfig
 from shoal.train.context import TrainContext, get_checkpoint, get_context, get_device, report
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
@@ -51,6 +52,10 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: 
     if sync_batchnorm is not None and sync_batchnorm != strategy.sync_batchnorm:
         import dataclasses
         strategy = dataclasses.replace(strategy, sync_batchnorm=sync_batchnorm)
+    if s.elastic is not None:         # the world may grow: always wrap, follow the group
+        wrapped = strategy.prepare(model, s.comm, sync_state=False)
+        s.models.append(wrapped)
+        return wrapped
     if s.context.world_size == 1:
         return model
     return strategy.prepare(model, s.comm)
@@ -64,7 +69,11 @@ def prepare_data_loader(loader, *, seed: int = 0, move_to_device: bool = True):
     """
     from shoal.train.context import current_session
     from shoal.train.data import prepare_data_loader as _prepare
-    return _prepare(loader, current_session(), seed=seed, move_to_device=move_to_device)
+    s = current_session()
+    prepared = _prepare(loader, s, seed=seed, move_to_device=move_to_device)
+    if s.elastic is not None:
+        s.loaders.append(prepared)
+    return prepared
 
 
 def get_communicator():
@@ -79,6 +88,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointConfig",
     "DistributedModel",
+    "ElasticConfig",
     "FailureConfig",
     "PreparedDataLoader",
     "Result",
@@ -87,6 +97,7 @@ __all__ = [
     "SyncBatchNorm",
     "TrainContext",
     "Trainer",
+    "elastic",
     "get_checkpoint",
     "get_communicator",
     "get_context",

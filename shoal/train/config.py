@@ -44,6 +44,43 @@ class FailureConfig:
 
 
 @dataclass
+class ElasticConfig:
+    """How an elastic run (``Trainer(num_workers=(min, max))``) waits, grows and gives up.
+
+    Args:
+        min_workers_timeout: seconds the run may have fewer than ``min``
+            workers placed (at the start, or after losing some) before it
+            fails with an error naming what is missing.
+        settle_s: once ``min`` workers are placed at the start, how long to
+            wait for more (up to ``max``) before the first step; a worker
+            placed later joins at a step boundary.
+        max_repeated_failures: a worker failing with the same exception this
+            many times stops the run with that exception's traceback.
+        max_resets: membership changes allowed before the run fails (None:
+            no limit), Horovod's ``--reset-limit``.
+    """
+
+    min_workers_timeout: float = 60.0
+    settle_s: float = 1.0
+    max_repeated_failures: int = 3
+    max_resets: int | None = None
+
+    def __post_init__(self):
+        if not self.min_workers_timeout > 0:
+            raise ValueError(f"ElasticConfig.min_workers_timeout must be > 0, got "
+                             f"{self.min_workers_timeout!r}")
+        if not self.settle_s >= 0:
+            raise ValueError(f"ElasticConfig.settle_s must be >= 0, got {self.settle_s!r}")
+        if not isinstance(self.max_repeated_failures, int) or self.max_repeated_failures < 1:
+            raise ValueError(f"ElasticConfig.max_repeated_failures must be an int >= 1, got "
+                             f"{self.max_repeated_failures!r}")
+        if self.max_resets is not None and (not isinstance(self.max_resets, int)
+                                            or self.max_resets < 0):
+            raise ValueError(f"ElasticConfig.max_resets must be None or an int >= 0, got "
+                             f"{self.max_resets!r}")
+
+
+@dataclass
 class RunConfig:
     """Where a run keeps its results and how it reports.
 

@@ -70,6 +70,32 @@ class Session:
         self.samples = 0            # counted by prepared data loaders
         self._t_last = time.perf_counter()
         self._owns_comm = False
+        self.elastic = None         # a MembershipLink when the Trainer runs elastic
+        self.models: list = []      # what follows the group when it re-forms (elastic)
+        self.loaders: list = []
+
+    def regroup(self, min_generation: int) -> None:
+        """Leave the current group and join the gang's next generation (elastic only).
+
+        Prepared models average over the new group and prepared data loaders
+        deal the rest of the epoch over the new world.
+        """
+        import dataclasses
+        link = self.elastic
+        if self.comm is not None:
+            try:
+                self.comm.destroy()
+            except Exception:  # noqa: BLE001, S110 - the old group may be broken
+                pass
+            self.comm = None
+        comm, rank, world = link.join(min_generation)
+        self.comm = comm
+        self.context = dataclasses.replace(self.context, rank=rank, world_size=world,
+                                           **place_of(link.members, link.where, link.wid))
+        for m in self.models:
+            m.rebind(comm)
+        for loader in self.loaders:
+            loader.reshard(rank, world)
 
     @property
     def device(self):
@@ -110,6 +136,15 @@ class Session:
             with open(os.path.join(self.run_dir, "result.json"), "a") as f:
                 f.write(json.dumps(_jsonable(record)) + "\n")
             print(_progress_text(record), flush=True)
+
+
+def place_of(members: list, where: dict, wid) -> dict:
+    """local_rank, local_world_size and node_rank of worker ``wid`` among ``members``."""
+    nodes = list(dict.fromkeys(where[m][0] for m in members))
+    node = where[wid][0]
+    local = [m for m in members if where[m][0] == node]
+    return {"local_rank": local.index(wid), "local_world_size": len(local),
+            "node_rank": nodes.index(node)}
 
 
 def pick_device(local_rank: int, use_gpu: bool | None):

@@ -26,26 +26,50 @@ class ShardSampler(Sampler):
         self.n, self.num_replicas, self.rank = n, num_replicas, rank
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.epoch = 0
-        if drop_last:
-            self.num_samples = n // num_replicas
+        self.start = 0
+        self._size()
+
+    def _size(self) -> None:
+        left = max(self.n - self.start, 0)
+        if self.drop_last:
+            self.num_samples = left // self.num_replicas
         else:
-            self.num_samples = math.ceil(n / num_replicas)
-        self.total = self.num_samples * num_replicas
+            self.num_samples = math.ceil(left / self.num_replicas)
+        self.total = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next shuffle with ``seed + epoch`` (every rank must pass the same epoch)."""
         self.epoch = int(epoch)
 
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` items of this epoch's order (those the whole gang has
+        already consumed): an elastic job re-shards what is left over its new world."""
+        self.start = int(start)
+        self._size()
+
+    def reshard(self, num_replicas: int, rank: int) -> None:
+        """Take rank ``rank``'s shard of ``num_replicas`` from now on (a membership change)."""
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        self.num_replicas, self.rank = num_replicas, rank
+        self._size()
+
     def indices(self) -> torch.Tensor:
-        """This rank's indices for the current epoch (padded by repeating, unless ``drop_last``)."""
+        """This rank's indices for the current epoch (padded by repeating, unless ``drop_last``).
+
+        The items at positions ``start, start + 1, ...`` of the epoch's order are
+        dealt round-robin: after k batches of b on each of W ranks the gang has
+        consumed positions ``start .. start + k*b*W - 1`` exactly.
+        """
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
             idx = torch.randperm(self.n, generator=g)
         else:
             idx = torch.arange(self.n)
-        if self.total > self.n:
-            reps = math.ceil(self.total / max(self.n, 1))
+        idx = idx[self.start:]
+        if self.total > len(idx):
+            reps = math.ceil(self.total / max(len(idx), 1))
             idx = idx.repeat(reps)[:self.total]
         else:
             idx = idx[:self.total]
@@ -65,6 +89,11 @@ class PreparedDataLoader:
     (needed to resume a run exactly); without it the epoch counts up by
     itself. On each new epoch, the ranks check that they will yield the same
     number of batches (RankMismatchError otherwise, instead of a hang).
+
+    ``position`` is how many items of the current epoch's order the whole
+    gang has consumed (every rank's batches so far); an elastic job commits
+    it (``shoal.train.elastic.State``) and, after a membership change,
+    resumes the epoch there with the rest re-sharded over the new world.
     """
 
     def __init__(self, loader: DataLoader, sampler: ShardSampler | None, session,
@@ -76,6 +105,9 @@ class PreparedDataLoader:
         self._epoch = 0
         self._epoch_set = False
         self._checked_len = None
+        self.position = 0
+        self._current = 0           # the epoch being (or last) iterated
+        self._resume: tuple[int, int] | None = None     # (epoch, position) to continue
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch whose shard order the next iteration uses (the same on every rank)."""
@@ -86,6 +118,24 @@ class PreparedDataLoader:
 
     def __getattr__(self, item):
         return getattr(self.__dict__["loader"], item)
+
+    # ---------------------------------------------------------- elastic
+    def state(self) -> tuple[int, int]:
+        """(epoch, position): where the gang is in the data (see ``position``)."""
+        return self._current, self.position
+
+    def load_state(self, state: tuple[int, int]) -> None:
+        """Continue at ``state`` (from ``state()``): the next iteration of that epoch starts
+        at that position; ``set_epoch`` of another epoch starts it from the beginning."""
+        self._resume = (int(state[0]), int(state[1]))
+        self._epoch, self.position = self._resume
+        self._current = self._epoch
+
+    def reshard(self, rank: int, world_size: int) -> None:
+        """Deal the rest of the data over a new world (after a membership change)."""
+        if self.sampler is not None:
+            self.sampler.reshard(world_size, rank)
+        self._checked_len = None
 
     def _check_lengths(self) -> None:
         try:
@@ -103,8 +153,15 @@ class PreparedDataLoader:
         self._checked_len = n
 
     def __iter__(self):
+        if self._resume is not None and self._resume[0] != self._epoch:
+            self._resume = None                 # another epoch was asked for: start it afresh
+        start = self._resume[1] if self._resume is not None else 0
+        self._resume = None
         if self.sampler is not None:
             self.sampler.set_epoch(self._epoch)
+            self.sampler.set_start(start)
+        self.position = start
+        self._current = self._epoch
         self._check_lengths()
         if not self._epoch_set:
             self._epoch += 1
@@ -113,8 +170,13 @@ class PreparedDataLoader:
         if session.samples == 0:          # throughput counts from the first batch on
             session._t_last = time.perf_counter()
         device = self.device
+        n = self.sampler.n if self.sampler is not None else None
         for batch in self.loader:
-            session.samples += _batch_len(batch)
+            k = _batch_len(batch)
+            session.samples += k
+            world = session.context.world_size
+            self.position = min(self.position + k * world, n) if n is not None \
+                else self.position + k * world
             yield batch if device is None else _to_device(batch, device)
 
 
@@ -160,7 +222,7 @@ def prepare_data_loader(loader: DataLoader, session, seed: int = 0,
         raise ValueError("prepare_data_loader needs a DataLoader with batch_size (not a "
                          "custom batch_sampler); shard the data yourself with ShardSampler")
     shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler = ShardSampler(n, ctx.world_size, ctx.rank, shuffle=shuffle, seed=seed,
+    sampler = ShardSampler(n, ctx.world_size, max(ctx.rank, 0), shuffle=shuffle, seed=seed,
                            drop_last=loader.drop_last)
     new = DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,

@@ -67,9 +67,13 @@ class DDP:
             raise ValueError(f"DDP.backend must be 'auto', 'native', 'torch' or 'gloo', got "
                              f"{self.backend!r}")
 
-    def prepare(self, model: nn.Module, comm) -> DistributedModel:
-        """Wrap ``model`` for this strategy over ``comm`` (what ``prepare_model`` calls)."""
-        return DistributedModel(model, comm, self)
+    def prepare(self, model: nn.Module, comm, sync_state: bool = True) -> DistributedModel:
+        """Wrap ``model`` for this strategy over ``comm`` (what ``prepare_model`` calls).
+
+        ``sync_state=False`` skips the check and broadcast of rank 0's state
+        (an elastic job does both in ``State.sync()``, with every rank at once).
+        """
+        return DistributedModel(model, comm, self, sync_state=sync_state)
 
 
 def model_signature(model: nn.Module) -> str:
@@ -88,7 +92,7 @@ class DistributedModel(nn.Module):
     gradient accumulation.
     """
 
-    def __init__(self, module: nn.Module, comm, strategy: DDP):
+    def __init__(self, module: nn.Module, comm, strategy: DDP, sync_state: bool = True):
         super().__init__()
         self.module = module
         self.comm = comm
@@ -96,21 +100,43 @@ class DistributedModel(nn.Module):
         if strategy.sync_batchnorm:
             from shoal.train.sync_batchnorm import SyncBatchNorm
             self.module = module = SyncBatchNorm.convert_sync_batchnorm(module, comm)
-        self._check_same_model()
-        self._broadcast_state()
+        if sync_state:
+            self._check_same_model()
+            self._broadcast_state()
         params = [p for p in module.parameters() if p.requires_grad]
-        mb = 1 << 20
-        self._buckets = BucketManager(params, comm, int(strategy.bucket_cap_mb * mb),
-                                      int(min(strategy.first_bucket_mb, strategy.bucket_cap_mb) * mb),
-                                      strategy.gradient_compression, strategy.check_finite,
-                                      overlap=strategy.overlap)
-        self._buckets.names = {p: n for n, p in module.named_parameters()}
+        self._buckets = self._make_buckets(params, comm)
         self._require_sync = True
         self._callback_queued = False
         self._buffers = [b for b in module.buffers() if b.numel()]
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
 
     # ------------------------------------------------------------- setup
+    def _make_buckets(self, params, comm) -> BucketManager:
+        mb, st = 1 << 20, self.strategy
+        buckets = BucketManager(params, comm, int(st.bucket_cap_mb * mb),
+                                int(min(st.first_bucket_mb, st.bucket_cap_mb) * mb),
+                                st.gradient_compression, st.check_finite, overlap=st.overlap)
+        buckets.names = {p: n for n, p in self.module.named_parameters()}
+        return buckets
+
+    def rebind(self, comm) -> None:
+        """Average gradients over ``comm`` from now on (an elastic job's new group).
+
+        A backward cut short by the old group's failure is dropped. The
+        parameters are not broadcast here: ``State.sync()`` does that.
+        """
+        try:
+            self._buckets.abandon()
+        except Exception:  # noqa: BLE001, S110 - the old group is broken; nothing to keep
+            pass
+        self._callback_queued = False
+        self.comm = comm
+        for m in self.module.modules():
+            if hasattr(m, "comm") and m is not self:     # SyncBatchNorm layers
+                m.comm = comm
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self._buckets = self._make_buckets(params, comm)
+
     def _check_same_model(self) -> None:
         sig = model_signature(self.module)
         sigs = self.comm.allgather_object(sig)

@@ -34,7 +34,7 @@ from shoal.exceptions import (
     WorkerCrashedError,
 )
 from shoal.train.checkpoint import Checkpoint, CheckpointManager, latest_in
-from shoal.train.config import FailureConfig, RunConfig
+from shoal.train.config import ElasticConfig, FailureConfig, RunConfig
 from shoal.train.context import Session, TrainContext, _set_session
 from shoal.train.ddp import DDP
 from shoal.train.tensorflow import TensorflowConfig
@@ -54,6 +54,10 @@ class Result:
         error: the exception that ended the run, or None.
         path: the run directory (metrics in result.json / progress.csv).
         attempts: how many times the gang was started.
+        membership_changes: an elastic run's changes of membership, in order:
+            dicts with generation, reason, left (rank, worker, why), joined,
+            world_size, previous_world_size, resumed_step and took_s (from the
+            driver noticing the change to rank 0 resuming).
     """
 
     metrics: dict
@@ -63,6 +67,7 @@ class Result:
     error: BaseException | None = None
     path: str = ""
     attempts: int = 1
+    membership_changes: list = field(default_factory=list)
 
     def get_best_checkpoint(self, metric: str, mode: str = "max") -> Checkpoint | None:
         """The kept checkpoint with the best ``metric`` (``mode``: "max" or "min"), or None."""
@@ -140,20 +145,34 @@ class _TrainWorker:
         from shoal.train._group import form_group
         train_loop, config = cloudpickle.loads(payload)
         ctx: TrainContext = setup["context"]
-        prefix = f"(rank {ctx.rank}) "
+        prefix = (f"(worker {setup['elastic']['wid']}) " if setup.get("elastic")
+                  else f"(rank {ctx.rank}) ")
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = _RankPrefixedStream(old_out, prefix)
         sys.stderr = _RankPrefixedStream(old_err, prefix)
         store = shoal.get_kv_store()
-        comm, env = None, {}
+        comm = link = session = None
+        env = {}
         try:
             strategy = setup["strategy"]
-            comm = form_group(ctx.rank, ctx.world_size, store, setup["group"],
-                              backend=strategy.backend, timeout=setup["timeout"])
+            elastic = setup.get("elastic")
+            if elastic is not None:
+                import dataclasses
+
+                from shoal.train._membership import MembershipLink
+                # The group is joined by the first elastic.run: a worker added to a running
+                # gang builds its model and data first, while the others keep training.
+                link = MembershipLink(store, elastic["prefix"], elastic["wid"], setup["group"],
+                                      strategy.backend, setup["timeout"], elastic["join_timeout"])
+                ctx = dataclasses.replace(ctx, rank=-1, world_size=1)
+            else:
+                comm = form_group(ctx.rank, ctx.world_size, store, setup["group"],
+                                  backend=strategy.backend, timeout=setup["timeout"])
             ckpt = Checkpoint(path=setup["checkpoint"]) if setup["checkpoint"] else None
             session = Session(ctx, comm, store, setup["run_dir"], setup["report_prefix"], ckpt,
                               strategy, report_index=setup["report_index"],
                               use_gpu=setup.get("use_gpu", False))
+            session.elastic = link
             _set_session(session)
             env = strategy.worker_env(comm, ctx) if hasattr(strategy, "worker_env") else {}
             os.environ.update(env)   # e.g. TF_CONFIG (TensorflowConfig)
@@ -161,6 +180,10 @@ class _TrainWorker:
         finally:
             for k in env:
                 os.environ.pop(k, None)
+            if session is not None:
+                comm = session.comm         # an elastic session may have re-formed it
+            if link is not None:
+                link.close()
             _set_session(None)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -188,7 +211,12 @@ class Trainer:
         train_loop: a function of ``config`` (or of nothing) that trains,
             using shoal.train.get_context / prepare_model /
             prepare_data_loader / report / get_checkpoint.
-        num_workers: ranks in the gang.
+        num_workers: ranks in the gang; ``(min, max)`` makes the run elastic:
+            it starts once ``min`` workers are placed, uses up to ``max``,
+            drops a dead worker and continues, adds workers when slots free
+            (the loop keeps its state with shoal.train.elastic.State and
+            ``elastic.run``; each worker is placed on its own, so
+            ``placement_strategy`` does not apply).
         resources_per_worker: one bundle of the gang, e.g. {"CPU": 1} or
             {"CPU": 1, "GPU": 1}. A worker given GPUs trains on its GPU
             (``get_device()``; prepare_model / prepare_data_loader move the
@@ -205,6 +233,9 @@ class Trainer:
         collective_timeout: seconds a collective waits for a peer before raising,
             and the gang's start waits for its resources and workers (a
             start that runs past it is a failed attempt).
+        elastic_config: waits and limits of an elastic run (ElasticConfig);
+            giving it with an int ``num_workers`` makes the run elastic with
+            that many workers as both minimum and maximum.
     """
 
     def __init__(self, train_loop, *, num_workers: int = 1,
@@ -212,11 +243,15 @@ class Trainer:
                  config: dict | None = None, run_config: RunConfig | None = None,
                  failure_config: FailureConfig | None = None, placement_strategy: str = "PACK",
                  resume_from_checkpoint: Checkpoint | None = None,
-                 collective_timeout: float = 300.0, use_gpu: bool = False):
+                 collective_timeout: float = 300.0, use_gpu: bool = False,
+                 elastic_config: ElasticConfig | None = None):
         if not callable(train_loop):
             raise TypeError(f"train_loop must be a function, got {type(train_loop).__name__}")
-        if not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        self.min_workers, self.max_workers = _worker_range(num_workers)
+        if elastic_config is not None and not isinstance(elastic_config, ElasticConfig):
+            raise TypeError("elastic_config must be a shoal.train.ElasticConfig")
+        self.elastic = isinstance(num_workers, tuple) or elastic_config is not None
+        self.elastic_config = elastic_config or ElasticConfig()
         resources_per_worker = dict(resources_per_worker or {"CPU": 1})
         if use_gpu and not resources_per_worker.get("GPU"):
             resources_per_worker["GPU"] = 1
@@ -229,7 +264,8 @@ class Trainer:
         if resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, Checkpoint):
             raise TypeError("resume_from_checkpoint must be a shoal.train.Checkpoint")
         self.train_loop = train_loop
-        self.num_workers = num_workers
+        self.num_workers = num_workers if not isinstance(num_workers, tuple) else self.max_workers
+        self._num_workers_arg = num_workers
         self.resources_per_worker = resources_per_worker
         self.strategy = strategy or DDP()
         if not isinstance(self.strategy, (DDP, TensorflowConfig)):
@@ -267,7 +303,8 @@ class Trainer:
                 config=config if config is not None else state["config"], run_config=rc,
                 failure_config=state["failure_config"],
                 placement_strategy=state["placement_strategy"],
-                collective_timeout=state["collective_timeout"])
+                collective_timeout=state["collective_timeout"],
+                elastic_config=state.get("elastic_config") if state.get("elastic") else None)
         t._resume = latest_in(path)
         t._history = _read_history(path, t._resume)
         return t
@@ -288,6 +325,23 @@ class Trainer:
         if self._resume is not None and manager.latest is None:
             manager.entries.append((self._resume, {}))
         progress = _Progress(self.run_config, self.config)
+        if self.elastic:
+            from shoal.train._elastic_fit import ElasticDriver
+            driver = ElasticDriver(self, run_dir, manager, progress)
+            error = driver.run()
+            self._write_results(run_dir)
+            changes = [{k: v for k, v in ch.items() if not k.startswith("_")}
+                       for ch in driver.changes]
+            with open(os.path.join(run_dir, "membership.json"), "w") as f:
+                json.dump(changes, f, indent=1)
+            result = self._result(manager, run_dir, error, 1)
+            result.membership_changes = changes
+            if error is not None:
+                exc = error if isinstance(error, TrainingFailedError) else TrainingFailedError(
+                    f"elastic training failed: {_describe(error)}")
+                exc.result = result
+                raise exc
+            return result
         run_id = uuid.uuid4().hex[:12]
         attempt, failures = 0, 0
         while True:
@@ -326,7 +380,8 @@ class Trainer:
             if n.startswith(".tmp_checkpoint_"):
                 shutil.rmtree(os.path.join(run_dir, n), ignore_errors=True)
         state = {"train_loop": self.train_loop, "config": self.config,
-                 "num_workers": self.num_workers,
+                 "num_workers": self._num_workers_arg, "elastic": self.elastic,
+                 "elastic_config": self.elastic_config,
                  "resources_per_worker": self.resources_per_worker, "strategy": self.strategy,
                  "run_config": self.run_config, "failure_config": self.failure_config,
                  "placement_strategy": self.placement_strategy,
@@ -442,6 +497,30 @@ class Trainer:
         return Result(metrics=metrics, metrics_dataframe=self._dataframe(),
                       checkpoint=manager.latest, best_checkpoints=manager.best(), error=error,
                       path=run_dir, attempts=attempts)
+
+
+def _worker_range(num_workers) -> tuple[int, int]:
+    """(min, max) of ``num_workers``: an int n is (n, n)."""
+    if isinstance(num_workers, tuple):
+        if len(num_workers) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in num_workers):
+            raise ValueError(f"num_workers=(min, max) takes two ints, got {num_workers!r}")
+        lo, hi = num_workers
+        if lo < 1:
+            raise ValueError(f"num_workers=(min, max) needs min >= 1, got {num_workers!r}")
+        if lo > hi:
+            raise ValueError(f"num_workers=(min, max) has min {lo} > max {hi}; pass "
+                             f"({hi}, {lo}) or equal values")
+        return lo, hi
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an int >= 1 or a (min, max) tuple, got "
+                         f"{num_workers!r}")
+    return num_workers, num_workers
+
+
+def _drain_reports(trainer, store, prefix, next_index, manager, progress, run_dir) -> int:
+    """Take rank 0's reports out of the store (see Trainer._drain); the next index."""
+    return trainer._drain(store, prefix, next_index, manager, progress, run_dir)
 
 
 def _index_of(ckpt: Checkpoint | None) -> int:

@@ -448,3 +448,20 @@ def test_generator_items_are_freed_when_their_refs_go(cluster):
     assert [int(shoal.get(r)[0]) for r in refs] == list(range(4))
     del refs
     settle()
+
+
+def test_pending_actor_starts_when_a_dead_actor_frees_its_cpu(cluster):
+    @shoal.remote(num_cpus=1)
+    class Slot:
+        def pid(self):
+            return os.getpid()
+
+    actors = [Slot.remote() for _ in range(3)]        # 2 CPUs: the third waits
+    refs = [a.pid.remote() for a in actors]
+    ready, pending = shoal.wait(refs, num_returns=3, timeout=3)
+    assert len(ready) == 2 and len(pending) == 1
+    os.kill(shoal.get(ready[0]), signal.SIGKILL)      # a crash, not shoal.kill
+    ready, _ = shoal.wait(pending, num_returns=1, timeout=20)
+    assert ready, "the pending actor did not start after a CPU was freed by a death"
+    for a in actors:
+        shoal.kill(a)

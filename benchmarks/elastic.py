@@ -1,0 +1,419 @@
+"""Elastic training: recovery from a killed rank, lost steps, commit cost; shoal vs torchrun.
+
+    python benchmarks/elastic.py [--rounds 3] [--steps 30] [--kill-at 10] [--batch 128]
+
+The MLP of benchmarks/train.py (784-1024-1024-10, SGD with momentum) trains
+data-parallel on 2 ranks, one thread each, in alternating rounds of
+  - shoal: ``Trainer(num_workers=(1, 2))`` with ``elastic.State`` committed
+    every step; on a dead rank the survivor restores the last commit and
+    continues alone, and the replacement rank rejoins when its CPU is free;
+  - torchrun: ``torchrun --nproc-per-node 2 --max-restarts 3`` (c10d rendezvous)
+    running torch DDP (Gloo) on the same model and data, saving a
+    checkpoint (model + optimizer, to /dev/shm) every step so that it too
+    loses at most one step; on a dead rank torchrun stops every worker and
+    starts them all again, and they load the checkpoint.
+In each run, once step ``--kill-at`` is done, rank 1's process gets SIGKILL.
+Reported per system (best and median over rounds):
+  - recovery: from the SIGKILL to the next step completed by the job;
+  - lost steps: steps completed before the kill that were computed again;
+  - step time before the kill, and the time per step spent keeping state
+    (shoal: the ``State.commit()`` call; torchrun: ``torch.save`` of the
+    checkpoint and the barrier after it) as a share of the step;
+  - and, in this process, the MLP's step time with and without a commit
+    after every step (alternating windows): the commit's whole cost,
+    including its copy that runs in the background during the next step.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+N_SAMPLES = 4096
+
+
+def _data():
+    import torch
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(N_SAMPLES, 784, generator=g), torch.randint(0, 10, (N_SAMPLES,), generator=g)
+
+
+def _model():
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                         nn.Linear(1024, 10))
+
+
+def _log(path: str, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+# ------------------------------------------------------------------ shoal
+def shoal_loop(config):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import shoal.train as st
+    from shoal.train import elastic
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = st.prepare_model(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = st.prepare_data_loader(DataLoader(TensorDataset(x, y), batch_size=config["batch"],
+                                               shuffle=True))
+    state = elastic.State(model=model, optimizer=opt, loader=loader, epoch=0, step=0)
+    pid = os.getpid()
+
+    @elastic.run
+    def train(state):
+        _log(config["log"], {"event": "resume", "step": state.step, "t": time.time(), "pid": pid,
+                             "world": st.get_context().world_size})
+        for state.epoch in range(state.epoch, 1000):
+            loader.set_epoch(state.epoch)
+            t0 = time.perf_counter()
+            for xb, yb in loader:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                t1 = time.perf_counter()
+                state.step += 1
+                state.commit()
+                t2 = time.perf_counter()
+                _log(config["log"], {"event": "step", "step": state.step, "t": time.time(),
+                                     "pid": pid, "rank": st.get_context().rank,
+                                     "world": st.get_context().world_size,
+                                     "step_s": t1 - t0, "keep_s": t2 - t1})
+                if state.step >= config["steps"]:
+                    return
+                t0 = time.perf_counter()
+    train(state)
+
+
+def run_shoal(args, log: str) -> None:
+    import shoal
+    import shoal.train as st
+    shoal.init(num_cpus=2)
+    storage = tempfile.mkdtemp(prefix="shoal-elastic-run-")
+    try:
+        st.Trainer(shoal_loop, num_workers=(1, 2),
+                   config={"batch": args.batch, "steps": args.steps, "log": log},
+                   collective_timeout=60,
+                   run_config=st.RunConfig(storage_path=storage, verbose=0)).fit()
+    finally:
+        shoal.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ torchrun
+def torch_worker(args) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = _data()
+    model = DistributedDataParallel(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ds = TensorDataset(x, y)
+    sampler = DistributedSampler(ds, world, rank, shuffle=True)
+    step, epoch, skip = 0, 0, 0
+    if os.path.exists(args.ckpt):
+        ck = torch.load(args.ckpt, weights_only=False)
+        model.module.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, epoch, skip = ck["step"], ck["epoch"], ck["batch"]
+    pid = os.getpid()
+    _log(args.log, {"event": "resume", "step": step, "t": time.time(), "pid": pid,
+                    "world": world})
+    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
+    while True:
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        for b, (xb, yb) in enumerate(loader):
+            if b < skip:
+                continue
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            t1 = time.perf_counter()
+            step += 1
+            if rank == 0:
+                tmp = args.ckpt + ".tmp"
+                torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(),
+                            "step": step, "epoch": epoch, "batch": b + 1}, tmp)
+                os.replace(tmp, args.ckpt)
+            dist.barrier()      # the checkpoint is complete before anyone goes on
+            t2 = time.perf_counter()
+            _log(args.log, {"event": "step", "step": step, "t": time.time(), "pid": pid,
+                            "rank": rank, "world": world, "step_s": t1 - t0, "keep_s": t2 - t1})
+            if step >= args.steps:
+                dist.destroy_process_group()
+                return
+            t0 = time.perf_counter()
+        epoch, skip = epoch + 1, 0
+
+
+def run_torchrun(args, log: str):
+    ckpt = f"/dev/shm/shoal-elastic-bench-{os.getpid()}.pt"
+    if os.path.exists(ckpt):
+        os.remove(ckpt)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--max-restarts", "3",
+           "--monitor-interval", "0.1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"bench{port}",
+           os.path.abspath(__file__), "--torch-worker", "--steps", str(args.steps),
+           "--batch", str(args.batch), "--bench-log", log, "--bench-ckpt", ckpt]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # its own session: the agent and its workers are stopped together (killpg) at the end
+    err = open(log + ".stderr", "wb")   # noqa: SIM115 - closed with the run's directory
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                            start_new_session=True), ckpt
+
+
+# ------------------------------------------------------------------ commit cost
+def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
+    """Step time of the MLP with and without ``State.commit()`` after each step, in one
+    process, alternating windows; the commit's whole cost (its background copy included,
+    which the next optimizer.step() waits for) shows in the difference."""
+    import torch
+
+    from shoal.train import elastic
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = elastic.State(model=model, optimizer=opt, step=0)
+    b = args.batch
+
+    def window_time(commit: bool) -> float:
+        t0 = time.perf_counter()
+        for i in range(window):
+            j = (i * b) % (N_SAMPLES - b)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[j:j + b]), y[j:j + b]).backward()
+            opt.step()
+            if commit:
+                state.step += 1
+                state.commit()
+        state._join_copy()
+        return (time.perf_counter() - t0) / window
+    window_time(True)           # warm-up
+    with_c, without = [], []
+    for _ in range(rounds):
+        without.append(window_time(False))
+        with_c.append(window_time(True))
+    best = (min(with_c) - min(without)) / min(without)
+    med = (statistics.median(with_c) - statistics.median(without)) / statistics.median(without)
+    return {"step_ms": min(without) * 1e3, "with_ms": min(with_c) * 1e3, "best": best,
+            "median": med}
+
+
+def _kill_workers_of(log: str) -> None:
+    """torchrun starts its workers in sessions of their own: stop those of this run (their
+    command line names this run's unique log path) when the agent was killed."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--torch-worker" in args and log.encode() in args:
+            try:
+                os.kill(int(d), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ------------------------------------------------------------------ measuring
+def _records(log: str) -> list[dict]:
+    if not os.path.exists(log):
+        return []
+    with open(log) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _kill_when_ready(log: str, kill_at: int, timeout: float = 300) -> tuple[float, int, int]:
+    """SIGKILL rank 1 once step ``kill_at`` is done; (time, pid, last step done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recs = [r for r in _records(log) if r["event"] == "step"]
+        if recs and max(r["step"] for r in recs) >= kill_at:
+            victim = next((r["pid"] for r in reversed(recs) if r.get("rank") == 1), None)
+            if victim is not None:
+                last = max(r["step"] for r in recs)
+                t = time.time()
+                os.kill(victim, signal.SIGKILL)
+                return t, victim, last
+        time.sleep(0.01)
+    raise TimeoutError(f"step {kill_at} not reached within {timeout}s")
+
+
+def _measure(log: str, t_kill: float, last_before: int) -> dict:
+    recs = _records(log)
+    before = [r for r in recs if r["event"] == "step" and r["t"] < t_kill]
+    resumes = [r for r in recs if r["event"] == "resume" and r["t"] > t_kill]
+    if not resumes or not any(r["event"] == "step" and r["t"] > min(x["t"] for x in resumes)
+                              for r in recs):
+        return None         # the job did not resume (a hang, or past --give-up seconds)
+    t_resumed = min(r["t"] for r in resumes)
+    # a step already past its allreduce when the rank died may still end after the kill:
+    # recovery counts to the first step of the job that resumed
+    after = [r for r in recs if r["event"] == "step" and r["t"] > t_resumed]
+    first_after = min(after, key=lambda r: r["t"])
+    resumed_from = min(r["step"] for r in resumes) if resumes else last_before
+    warm = [r for r in before if r["step"] > 3 and r.get("rank") == 0]
+    step_s = statistics.median(r["step_s"] for r in warm)
+    keep_s = statistics.median(r["keep_s"] for r in warm)
+    step_min = min(r["step_s"] for r in warm)
+    keep_min = min(r["keep_s"] for r in warm)
+    return {"recovery_s": first_after["t"] - t_kill,
+            "lost_steps": max(last_before - resumed_from, 0),
+            "step_s": step_s, "keep_s": keep_s, "keep_share": keep_s / (step_s + keep_s),
+            "step_min": step_min, "keep_min": keep_min,
+            "keep_share_min": keep_min / (step_min + keep_min)}
+
+
+def one_round(system: str, args) -> dict:
+    work = tempfile.mkdtemp(prefix=f"shoal-elastic-{system}-")
+    log = os.path.join(work, "log.jsonl")
+    try:
+        if system == "torchrun":
+            proc, ckpt = run_torchrun(args, log)
+            try:
+                t_kill, _, last = _kill_when_ready(log, args.kill_at)
+                try:
+                    proc.wait(timeout=args.give_up)
+                except subprocess.TimeoutExpired:
+                    pass            # counted below if no step followed the kill
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+                _kill_workers_of(log)
+                if os.path.exists(ckpt):
+                    os.remove(ckpt)
+        else:
+            import threading
+            box = {}
+
+            def killer():
+                try:
+                    box["kill"] = _kill_when_ready(log, args.kill_at)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    box["error"] = e
+            th = threading.Thread(target=killer, daemon=True)
+            th.start()
+            run_shoal(args, log)
+            th.join(timeout=10)
+            if "error" in box:
+                raise box["error"]
+            t_kill, _, last = box["kill"]
+        m = _measure(log, t_kill, last)
+        if m is None and os.path.exists(log + ".stderr"):
+            with open(log + ".stderr", "rb") as f:
+                tail = f.read()[-1500:].decode(errors="replace")
+            print(f"--- {system} did not resume; the end of its stderr:\n{tail}", flush=True)
+        return m
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--kill-at", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=128, help="per-rank batch (train.py's MLP: 128)")
+    ap.add_argument("--systems", default="shoal,torchrun")
+    ap.add_argument("--commit-cost-only", action="store_true",
+                    help="only the with/without commit() step times")
+    ap.add_argument("--give-up", type=float, default=300,
+                    help="seconds a job may take to finish after the kill")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bench-log", dest="log", help=argparse.SUPPRESS)
+    ap.add_argument("--bench-ckpt", dest="ckpt", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_worker:
+        torch_worker(args)
+        return
+    if args.commit_cost_only:
+        print(f"load average before: {os.getloadavg()}")
+        cc = commit_cost(args)
+        print(f"commit every step: step {cc['step_ms']:.1f} ms without, {cc['with_ms']:.1f} ms "
+              f"with (best windows): cost {cc['best']:.1%} (median windows {cc['median']:.1%})")
+        print(f"load average after: {os.getloadavg()}")
+        return
+    systems = args.systems.split(",")
+    results: dict = {s: [] for s in systems}
+    failed: dict = {}
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    for r in range(args.rounds):
+        for s in systems:
+            m = one_round(s, args)
+            if m is None:
+                failed[s] = failed.get(s, 0) + 1
+                print(f"round {r + 1} {s:8s} did not resume within {args.give_up:.0f}s",
+                      flush=True)
+                continue
+            results[s].append(m)
+            print(f"round {r + 1} {s:8s} recovery {m['recovery_s']:.2f}s  lost steps "
+                  f"{m['lost_steps']}  step {m['step_s'] * 1e3:.1f} ms (best "
+                  f"{m['step_min'] * 1e3:.1f})  keeping state {m['keep_s'] * 1e3:.2f} ms "
+                  f"({m['keep_share']:.1%}; best {m['keep_min'] * 1e3:.2f} ms, "
+                  f"{m['keep_share_min']:.1%})", flush=True)
+    cc = commit_cost(args)
+    print(f"commit every step, MLP batch {args.batch} on one thread: step {cc['step_ms']:.1f} ms "
+          f"without, {cc['with_ms']:.1f} ms with (best windows): cost {cc['best']:.1%} "
+          f"(median windows {cc['median']:.1%})")
+    print(f"load average after: {os.getloadavg()}")
+    print("\n| system | recovery best / median (s) | lost steps (max) | step best / median "
+          "(ms) | keeping state per step, best / median (share of the step) |")
+    print("|---|---|---|---|---|")
+    for s in systems:
+        ms = results[s]
+        if not ms:
+            print(f"| {s} | no round resumed | | | |")
+            continue
+        rec = sorted(m["recovery_s"] for m in ms)
+        kb = min(m["keep_min"] for m in ms)
+        sb = min(m["step_min"] for m in ms)
+        print(f"| {s} | {rec[0]:.2f} / {statistics.median(rec):.2f} | "
+              f"{max(m['lost_steps'] for m in ms)} | {sb * 1e3:.1f} / "
+              f"{statistics.median(m['step_s'] for m in ms) * 1e3:.1f} | "
+              f"{kb * 1e3:.2f} ms ({kb / (kb + sb):.1%}) / "
+              f"{statistics.median(m['keep_s'] for m in ms) * 1e3:.2f} ms "
+              f"({statistics.median(m['keep_share'] for m in ms):.1%}) |")
+    if failed:
+        print(f"\nrounds that did not resume: {failed}")
+    if results.get("shoal") and results.get("torchrun"):
+        a = sorted(m["recovery_s"] for m in results["torchrun"])
+        b = sorted(m["recovery_s"] for m in results["shoal"])
+        print(f"\nrecovery, torchrun / shoal: best {a[0] / b[0]:.1f}x, median "
+              f"{statistics.median(a) / statistics.median(b):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Elastic training: State commit/restore, shrink on a dead rank, grow on a new slot."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import shoal.train as st
+from shoal.exceptions import TrainingFailedError
+from shoal.train import elastic
+
+N = 96          # samples per epoch
+BATCH = 4       # per rank
+
+
+def _digest(model, optimizer) -> tuple[str, str]:
+    hp = hashlib.sha256()
+    for t in model.state_dict().values():
+        hp.update(t.detach().numpy().tobytes())
+    ho = hashlib.sha256()
+    for i, s in sorted(optimizer.state_dict()["state"].items()):
+        for k, v in sorted(s.items()):
+            ho.update(f"{i}{k}".encode())
+            ho.update(v.numpy().tobytes() if isinstance(v, torch.Tensor) else repr(v).encode())
+    return hp.hexdigest(), ho.hexdigest()
+
+
+def _elastic_loop(config):
+    """Trains until the gang has shrunk and grown back, then one more epoch; every rank
+    writes what it trained on (before each commit) and what it holds after each sync."""
+    out = config["out"]
+    torch.manual_seed(0)
+    ds = TensorDataset(torch.randn(N, 8), torch.randn(N, 1), torch.arange(N))
+    model = st.prepare_model(nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = st.prepare_data_loader(DataLoader(ds, batch_size=BATCH, shuffle=True))
+    state = elastic.State(model=model, optimizer=optimizer, loader=loader, epoch=0,
+                          worlds=[], done=False, local={"steps": 0})
+
+    def on_reset():
+        state.worlds = state.worlds + [st.get_context().world_size]
+    state.register_reset_callbacks([on_reset])
+    pid = os.getpid()
+
+    @elastic.run
+    def train(state):
+        ctx = st.get_context()
+        p, o = _digest(model, optimizer)
+        with open(f"{out}/sync-{pid}", "a") as f:
+            f.write(json.dumps([state.commits, ctx.world_size, ctx.rank, p, o,
+                                state.lost_local]) + "\n")
+        for state.epoch in range(state.epoch, 200):
+            loader.set_epoch(state.epoch)
+            for x, y, idx in loader:
+                optimizer.zero_grad()
+                nn.functional.mse_loss(model(x), y).backward()
+                optimizer.step()
+                state.local["steps"] += 1
+                with open(f"{out}/steps-{pid}", "a") as f:
+                    f.write(json.dumps([state.epoch, st.get_context().rank,
+                                        st.get_context().world_size, idx.tolist()]) + "\n")
+                state.commit()
+                time.sleep(0.03)
+            w = state.worlds
+            if state.done:
+                break
+            state.done = 2 in w and w[-1] == 3 and w.index(2) < len(w) - 1
+    train(state)
+    return st.get_context().world_size
+
+
+def _kill_rank_one(out: str, stop: threading.Event) -> None:
+    """Once three ranks have trained a few steps, SIGKILL the process of rank 1."""
+    while not stop.is_set():
+        rows = {}
+        for f in glob.glob(f"{out}/steps-*"):
+            with open(f) as fh:
+                lines = fh.read().splitlines()
+            if len(lines) >= 5:
+                last = json.loads(lines[-1])
+                rows[int(f.rsplit("-", 1)[1])] = last
+        victims = [pid for pid, r in rows.items() if r[2] == 3 and r[1] == 1]
+        if len(rows) >= 3 and victims:
+            os.kill(victims[0], signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_shrinks_on_a_dead_rank_and_grows_back(cluster, tmp_path):
+    out = str(tmp_path)
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_rank_one, args=(out, stop), daemon=True)
+    killer.start()
+    try:
+        result = st.Trainer(_elastic_loop, num_workers=(2, 3), config={"out": out},
+                            collective_timeout=60,
+                            elastic_config=st.ElasticConfig(settle_s=30),
+                            run_config=st.RunConfig(storage_path=out, verbose=0)).fit()
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    changes = result.membership_changes
+    sizes = [c["world_size"] for c in changes]
+    assert sizes[0] == 3
+    shrink = next(i for i, c in enumerate(changes) if c["left"])
+    assert changes[shrink]["world_size"] == 2 and changes[shrink]["left"][0]["rank"] == 1
+    assert 3 in sizes[shrink + 1:], changes
+    for c in changes:
+        assert c["resumed_step"] is not None and c["took_s"] is not None
+    with open(os.path.join(result.path, "membership.json")) as f:
+        assert json.load(f) == changes
+
+    # every rank of a generation holds the same parameters and optimizer state after the
+    # sync: the new rank got exactly the survivors' (momentum buffers included)
+    syncs: dict = {}
+    replica_seen = False
+    for f in glob.glob(f"{out}/sync-*"):
+        for line in open(f).read().splitlines():
+            commits, world, rank, p, o, lost = json.loads(line)
+            syncs.setdefault((commits, world), []).append((p, o))
+            if world == 2 and lost:
+                # the dead rank's committed per-rank state, from its replica on the others:
+                # it trained every committed step of generation 0 (its count == the commits)
+                assert lost == {"1": {"steps": commits}}, lost
+                replica_seen = True
+    assert replica_seen
+    grown = [v for (c, w), v in syncs.items() if w == 3 and c > 0]
+    assert grown and all(len(v) == 3 for v in grown), syncs
+    for v in syncs.values():
+        assert len(set(v)) == 1, v
+
+    # each epoch's samples were used once (plus at most world-1 of DistributedSampler's
+    # end-of-epoch padding), across the shrink and the grow
+    seen: dict = {}
+    for f in glob.glob(f"{out}/steps-*"):
+        for line in open(f).read().splitlines():
+            epoch, _, _, idx = json.loads(line)
+            seen.setdefault(epoch, []).extend(idx)
+    last = max(seen)
+    for epoch, idx in seen.items():
+        if epoch == last:
+            continue            # the run stops when it is done, not at an epoch's end
+        assert set(idx) == set(range(N)), epoch
+        assert len(idx) - N < 3, (epoch, len(idx))
+
+
+def test_state_commit_and_restore_round_trip():
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    state = elastic.State(model=model, optimizer=optimizer, epoch=3, history=[1])
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    state.epoch, state.history = 4, [1, 2]
+    state.commit()
+    committed = _digest(model, optimizer)
+    for _ in range(2):
+        model(torch.randn(5, 4)).sum().backward()
+        optimizer.step()
+    state.epoch = 9
+    state.history.append(3)
+    assert _digest(model, optimizer) != committed
+    state.restore()
+    assert _digest(model, optimizer) == committed
+    assert state.epoch == 4 and state.history == [1, 2] and state.commits == 1
+    # restoring does not alias the saved copy: training on and restoring again gives it back
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    state.restore()
+    assert _digest(model, optimizer) == committed
+
+
+def test_data_loader_resumes_an_epoch_resharded():
+    from shoal.train.data import ShardSampler
+    n = 30
+    a = ShardSampler(n, 3, 0, shuffle=True, seed=1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(1)).tolist()
+    used = []
+    for r in range(3):                     # two rounds of batch 2 on 3 ranks: 12 items
+        s = ShardSampler(n, 3, r, shuffle=True, seed=1)
+        used += s.indices().tolist()[:4]
+    assert sorted(used) == sorted(order[:12])
+    rest = []
+    for r in range(2):                     # the rest, dealt over 2 ranks
+        s = ShardSampler(n, 3, 0, shuffle=True, seed=1)
+        s.set_start(12)
+        s.reshard(2, r)
+        rest += s.indices().tolist()
+    assert sorted(used + rest) == list(range(n))
+    assert len(a) == 10
+
+
+def test_num_workers_range_is_checked():
+    with pytest.raises(ValueError, match="min 3 > max 2"):
+        st.Trainer(lambda: None, num_workers=(3, 2))
+    with pytest.raises(ValueError, match="min >= 1"):
+        st.Trainer(lambda: None, num_workers=(0, 2))
+    with pytest.raises(ValueError, match="two ints"):
+        st.Trainer(lambda: None, num_workers=(1, 2, 3))
+    with pytest.raises(ValueError, match="max_repeated_failures"):
+        st.ElasticConfig(max_repeated_failures=0)
+
+
+def test_unpicklable_state_is_an_error_at_start():
+    with pytest.raises(TypeError, match="lock.*cannot be pickled"):
+        elastic.State(model=nn.Linear(2, 2), lock=threading.Lock())
+
+
+def _noop_loop():
+    pass
+
+
+@pytest.mark.timeout(60)
+def test_fewer_than_min_workers_fails_naming_what_is_missing(cluster, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(TrainingFailedError, match=r"only \d of the minimum 9 workers"):
+        st.Trainer(_noop_loop, num_workers=(9, 9), elastic_config=st.ElasticConfig(
+            min_workers_timeout=2), run_config=st.RunConfig(storage_path=str(tmp_path),
+                                                            verbose=0)).fit()
+    assert time.monotonic() - t0 < 30
+
+
+def _failing_loop():
+    model = st.prepare_model(nn.Linear(2, 2))
+    state = elastic.State(model=model)
+
+    @elastic.run
+    def train(state):
+        raise ValueError("bad batch 7")
+    train(state)
+
+
+@pytest.mark.timeout(90)
+def test_a_rank_failing_the_same_way_three_times_stops_the_run(cluster, tmp_path):
+    with pytest.raises(TrainingFailedError, match="same exception 3 times") as info:
+        st.Trainer(_failing_loop, num_workers=(1, 2), collective_timeout=20,
+                   run_config=st.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    assert "bad batch 7" in str(info.value) and "Traceback" in str(info.value)
