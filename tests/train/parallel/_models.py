@@ -1,0 +1,114 @@
+"""A small GPT-style model for the model-parallel tests, and its one-process training.
+
+Its children in order (embed, blocks, norm, head) compute its forward, so a
+pipeline can cut it; attention reads its head count from ``n_head`` and infers
+the local heads from the projection's width, so tensor parallelism can split it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Embed(nn.Module):
+    def __init__(self, vocab, dim, seq):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(seq, dim)
+
+    def forward(self, ids):
+        return self.tok(ids) + self.pos(torch.arange(ids.shape[-1]))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, dim // n_head
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)     # local heads under tensor parallelism
+        q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(dim), Attention(dim, n_head)
+        self.ln2, self.mlp = nn.LayerNorm(dim), MLP(dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab=64, dim=32, n_head=4, n_layer=4, seq=16):
+        super().__init__()
+        self.embed = Embed(vocab, dim, seq)
+        self.blocks = nn.ModuleList(Block(dim, n_head) for _ in range(n_layer))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+TP_PLAN = {"embed.tok": "vocab", "blocks.*.attn": "heads", "blocks.*.attn.qkv": "colwise_qkv",
+           "blocks.*.attn.proj": "rowwise", "blocks.*.mlp.fc1": "colwise",
+           "blocks.*.mlp.fc2": "rowwise", "head": "colwise"}
+
+
+def lm_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def make_gpt(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(**kw)
+
+
+def batches(steps: int, batch: int = 8, seq: int = 16, vocab: int = 64, seed: int = 1):
+    """``steps`` (ids, targets) batches of a learnable sequence task (next token = f(token))."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, (batch, seq), generator=g)
+        out.append((ids, (ids * 7 + 3) % vocab))
+    return out
+
+
+def reference_losses(steps: int, lr: float = 0.05, **kw) -> list[float]:
+    """The losses of ``steps`` Adam steps of the whole model in one process."""
+    model = make_gpt(**kw)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for ids, tg in batches(steps):
+        opt.zero_grad()
+        loss = lm_loss(model(ids), tg)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
