@@ -28,11 +28,14 @@ from shoal.train.config import CheckpointConfig, FailureConfig, RunConfig
 from shoal.train.context import TrainContext, get_checkpoint, get_context, get_device, report
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
+from shoal.train.parallel import (FSDP, Mesh, Parallel, ShardedModel, ZeRO, load_sharded,
+                                  parallelize, save_sharded)
 from shoal.train.sync_batchnorm import SyncBatchNorm
 from shoal.train.trainer import Result, Trainer
 
 
-def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: bool = True):
+def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: bool = True,
+                  strategy=None):
     """Wrap ``model`` for data-parallel training in this gang (a DistributedModel).
 
     When this worker trains on a GPU (``get_device()``) the model is first
@@ -40,13 +43,14 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: 
     it is. Rank 0's parameters and buffers are copied to every rank; a model
     whose parameters differ in names/shapes between ranks raises
     RankMismatchError. With one worker the (moved) model is returned
-    unwrapped.
+    unwrapped. ``strategy`` (e.g. ``ZeRO(stage=3)``) overrides the session's,
+    the Trainer's ``strategy=`` or DDP in a script under ``shoal launch``.
     """
     from shoal.train.context import current_session
     s = current_session()
     if move_to_device and s.device.type != "cpu":
         model = model.to(s.device)
-    strategy = s.strategy
+    strategy = strategy if strategy is not None else s.strategy
     if sync_batchnorm is not None and sync_batchnorm != strategy.sync_batchnorm:
         import dataclasses
         strategy = dataclasses.replace(strategy, sync_batchnorm=sync_batchnorm)
@@ -74,22 +78,30 @@ def get_communicator():
 
 __all__ = [
     "DDP",
+    "FSDP",
     "Checkpoint",
     "CheckpointConfig",
     "DistributedModel",
     "FailureConfig",
+    "Mesh",
+    "Parallel",
     "PreparedDataLoader",
     "Result",
     "RunConfig",
     "ShardSampler",
+    "ShardedModel",
     "SyncBatchNorm",
     "TrainContext",
     "Trainer",
+    "ZeRO",
     "get_checkpoint",
     "get_communicator",
     "get_context",
     "get_device",
+    "load_sharded",
+    "parallelize",
     "prepare_data_loader",
     "prepare_model",
     "report",
+    "save_sharded",
 ]
