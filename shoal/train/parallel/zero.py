@@ -35,10 +35,12 @@ memory (the step runs on the CPU; only the shard goes back to the device).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -234,17 +236,18 @@ class _Unit:
         if self.gathered and not self.stale:
             return
         src = self._source()
+        target = self.full
         if self.stage == 3:
-            # A tensor the collective has seen through NumPy can never be resized again, so
-            # stage 3 gathers into a pooled buffer and copies into ``full``, whose storage
-            # must stay resizable (freed between uses, views kept).
             self.full.untyped_storage().resize_(self.padded * self.full.element_size())
-            target = self.owner.take_buffer(self.padded, self.dtype, self.device)
-        else:
-            target = self.full
-            if src.data_ptr() == self.full.data_ptr() + self.lo * self.full.element_size():
-                src = src.clone()    # the input may not alias its own slot of the output
-        self.gather_src, self.gather_target = src, target
+            if self.device.type == "cpu":
+                # A tensor a collective sees through NumPy/DLPack can never be resized again;
+                # stage 3 must free this storage between uses, so the allgather writes through
+                # a raw byte view of it (valid until the next free, which waits for the gather).
+                target = _raw_bytes(self.full)
+                src = src.view(torch.uint8)
+        elif src.data_ptr() == self.full.data_ptr() + self.lo * self.full.element_size():
+            src = src.clone()    # the input may not alias its own slot of the output
+        self.gather_src = src
         self.gather_work = self.comm.allgather(src, out=target, async_op=True)
         if not async_op:
             self.wait_gather()
@@ -253,11 +256,7 @@ class _Unit:
         if self.gather_work is not None:
             work, self.gather_work = self.gather_work, None
             work.wait()
-            if self.gather_target is not self.full:
-                with torch.no_grad():
-                    self.full.copy_(self.gather_target)
-                self.owner.give_back(self.gather_target)
-            self.gather_src = self.gather_target = None
+            self.gather_src = None
             self.gathered, self.stale = True, False
 
     # -------------------------------------------------------------- gradients
@@ -355,7 +354,6 @@ class ShardedModel(nn.Module):
         self.order: list[int] = []           # non-root unit indices in forward order
         self._order_done = False
         self._callback_queued = False
-        self._buffers: dict = {}             # stage 3 gather buffers, dropped after each step
         self._build_units()
         self.shards = nn.ParameterList([u.master for u in self.units])
         self._hooks = [module.register_forward_pre_hook(self._root_pre_forward),
@@ -434,14 +432,6 @@ class ShardedModel(nn.Module):
         if not self.units:
             raise InvalidInputError("the model has no trainable parameters to shard")
 
-    def take_buffer(self, numel: int, dtype, device) -> torch.Tensor:
-        """A gather buffer of ``numel`` elements (reused within a step)."""
-        free = self._buffers.setdefault((numel, dtype, device), [])
-        return free.pop() if free else torch.empty(numel, dtype=dtype, device=device)
-
-    def give_back(self, buf: torch.Tensor) -> None:
-        self._buffers.setdefault((buf.numel(), buf.dtype, buf.device), []).append(buf)
-
     @property
     def _root(self):
         return self.units[self.root_index] if self.root_index >= 0 else None
@@ -478,8 +468,7 @@ class ShardedModel(nn.Module):
                 self._hook_outputs(root, output)
             else:
                 root.free()
-                self._buffers.clear()
-        return None
+            return None
 
     def _make_pre_forward(self, unit: _Unit):
         def hook(module, args):
@@ -542,7 +531,6 @@ class ShardedModel(nn.Module):
             for u in self.units:
                 u.wait_gather()
                 u.free()
-            self._buffers.clear()
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -631,6 +619,13 @@ class ShardedModel(nn.Module):
     def num_parameters(self) -> int:
         """Parameters of the whole (unsharded) model that ZeRO manages."""
         return sum(u.numel for u in self.units)
+
+
+def _raw_bytes(t: torch.Tensor) -> np.ndarray:
+    """A NumPy byte view of ``t``'s memory that torch does not know of (its storage stays
+    resizable); the caller keeps ``t`` allocated while the view is in use."""
+    n = t.numel() * t.element_size()
+    return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(t.data_ptr()))
 
 
 def _tensors(obj):

@@ -1,0 +1,464 @@
+"""Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
+
+    python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
+
+Sections (``--only`` picks some):
+
+sharded
+    shoal's ZeRO stage 3 (FSDP) against torch's ``fully_shard`` (FSDP2) over
+    Gloo on the same GPT-style model (embedding, transformer blocks, norm,
+    head; each block a unit / ``fully_shard``-ed module, then the root), the
+    same batches and Adam, 2 ranks, one thread each. Each round times a window
+    of full steps (forward, backward, optimizer step, zero_grad) of each
+    system, the order alternating; the best window of each is kept. Peak
+    memory per rank: the bytes of torch tensors reachable from Python (one
+    count per storage; parameters, gradients, optimizer state, gather
+    buffers; activations autograd holds in C++ are not counted, the same for
+    both), sampled after every block's forward and before its backward, and
+    after backward and the optimizer step, over one step of each system.
+
+pipeline
+    shoal's PipelineSchedule against ``torch.distributed.pipelining``
+    (PipelineStage + ScheduleGPipe / Schedule1F1B over Gloo) on the same two
+    stages (``split_model`` of one residual-MLP stack, the stage modules deep-copied
+    so each system has its own), the same batch and micro-batches, 2 ranks,
+    one thread each. Each round times a window of steps (forward + backward of
+    every micro-batch, then zero_grad) of each system, the order alternating;
+    the best window of each is kept. Reported: samples/s, the ratio, and
+    shoal's measured bubble (the share of a step a stage spends not computing,
+    averaged over both stages) against the theory (p - 1) / (m + p - 1).
+
+tensor
+    A stack of transformer blocks split 2 ways by a plan (qkv and fc1
+    column-parallel, proj and fc2 row-parallel) against the whole stack in one
+    process (rank 0, while rank 1 waits), alternating windows. Reported:
+    step time of each, and the communication of one tp step counted at the
+    tp group (every allreduce's payload) against the expected 2 allreduces per
+    block in forward and 2 in backward of (batch x seq x dim) fp32 values.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import secrets
+import socket
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+# ------------------------------------------------------------------ harness
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(section, rank, world, ports, secret, args, out):
+    torch.set_num_threads(1)
+    try:
+        import torch.distributed as dist
+
+        from shoal import collective
+        from shoal.core.kv import TCPStore
+        store = TCPStore("127.0.0.1", ports[0], secret=secret, is_server=rank == 0)
+        comm = collective.init_group(rank, world, store, name=f"bench-{section}", timeout=120)
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                init_method=f"tcp://127.0.0.1:{ports[1]}")
+        try:
+            out.put((rank, SECTIONS[section](rank, comm, args)))
+        finally:
+            dist.destroy_process_group()
+            comm.destroy()
+            store.close()
+    except BaseException as e:  # reported by the parent
+        import traceback
+        out.put((rank, {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}))
+
+
+def _run(section, world, args):
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ports, secret = (_free_port(), _free_port()), secrets.token_bytes(16)
+    procs = [ctx.Process(target=_rank_main, args=(section, r, world, ports, secret, args, out))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        results = dict(out.get(timeout=1800) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    for r, res in results.items():
+        if "error" in res:
+            raise RuntimeError(f"rank {r} of section {section} failed: {res['error']}")
+    return [results[r] for r in range(world)]
+
+
+def _windows(systems, rounds, steps, warmup, barrier):
+    """Best seconds per step of each system: alternating rounds, each a timed window."""
+    best = {name: math.inf for name in systems}
+    for rnd in range(rounds):
+        order = list(systems) if rnd % 2 == 0 else list(systems)[::-1]
+        for name in order:
+            step = systems[name]
+            for _ in range(warmup):
+                step()
+            barrier()
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            barrier()
+            best[name] = min(best[name], (time.perf_counter() - t) / steps)
+    return best
+
+
+# ------------------------------------------------------------------ pipeline
+class ResidualMLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.ln, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(self.ln(x))))
+
+
+def _pipeline(rank, comm, args):
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    from shoal.train.parallel.pipeline import PipelineSchedule, split_model
+    torch.manual_seed(0)
+    model = nn.Sequential(*[ResidualMLP(args["dim"]) for _ in range(args["layers"])])
+    stage = split_model(model, 2, balance="layers")[rank]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args["batch"], args["dim"], generator=g)
+    y = torch.randn(args["batch"], args["dim"], generator=g)
+    m = args["microbatches"]
+    rows = []
+    for schedule in ("gpipe", "1f1b"):
+        ours = PipelineSchedule(stage, comm, schedule=schedule, num_microbatches=m,
+                                loss_fn=F.mse_loss)
+        theirs_mod = copy.deepcopy(stage)
+        tstage = PipelineStage(theirs_mod, rank, 2, torch.device("cpu"))
+        cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+        tsched = cls(tstage, n_microbatches=m, loss_fn=F.mse_loss)
+        bubbles = []
+
+        def shoal_step():
+            ours.step(x, y)
+            bubbles.append(ours.stats.bubble)
+            stage.zero_grad(set_to_none=True)
+
+        def torch_step():
+            if rank == 0:
+                tsched.step(x)
+            else:
+                tsched.step(target=y, losses=[])
+            theirs_mod.zero_grad(set_to_none=True)
+
+        best = _windows({"shoal": shoal_step, "torch": torch_step}, args["rounds"], args["steps"],
+                        args["warmup"], lambda: dist.barrier())
+        timed = bubbles[-args["steps"]:]   # the last window's steps (steady state)
+        ours.close()
+        rows.append({"schedule": schedule, "shoal_s": best["shoal"], "torch_s": best["torch"],
+                     "bubble": min(sorted(timed)[len(timed) // 2], 1.0)})
+    return rows
+
+
+def _report_pipeline(results, args):
+    p, m = 2, args["microbatches"]
+    theory = (p - 1) / (m + p - 1)
+    print(f"\n## pipeline: 2 stages of {args['layers']} residual MLP blocks (dim {args['dim']}), "
+          f"batch {args['batch']}, {m} micro-batches, 1 thread per rank")
+    print("| schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
+          "shoal bubble (stage 0 / 1, mean) | theory (p-1)/(m+p-1) | bubble / theory |")
+    print("|---|---|---|---|---|---|---|")
+    for i, row in enumerate(results[0]):
+        shoal_s = max(r[i]["shoal_s"] for r in results)
+        torch_s = max(r[i]["torch_s"] for r in results)
+        b = [r[i]["bubble"] for r in results]
+        mean = sum(b) / len(b)
+        print(f"| {row['schedule']} | {args['batch'] / shoal_s:,.0f} | {args['batch'] / torch_s:,.0f} | "
+              f"{torch_s / shoal_s:.2f}x | {b[0]:.3f} / {b[1]:.3f}, {mean:.3f} | {theory:.3f} | "
+              f"{mean / theory:.2f} |")
+
+
+# ------------------------------------------------------------------ tensor
+class Block(nn.Module):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, dim // n_head
+        self.ln1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).chunk(3, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class _Counting:
+    """The tp group, counting what its allreduces carry."""
+
+    def __init__(self, comm):
+        self.comm, self.rank, self.world_size = comm, comm.rank, comm.world_size
+        self.count, self.bytes, self.on = 0, 0, False
+
+    def allreduce(self, t, *a, **kw):
+        if self.on:
+            self.count += 1
+            self.bytes += t.numel() * t.element_size()
+        return self.comm.allreduce(t, *a, **kw)
+
+    def allgather(self, t, *a, **kw):
+        raise AssertionError("the benchmark's plan gathers nothing")
+
+
+def _tensor(rank, comm, args):
+    import torch.distributed as dist
+
+    from shoal.train.parallel.tensor import apply_tensor_parallel
+    torch.manual_seed(0)
+    layers, dim, heads = args["tp_layers"], args["tp_dim"], args["tp_heads"]
+    full = nn.Sequential(*[Block(dim, heads) for _ in range(layers)])
+    group = _Counting(comm)
+    plan = {"*": "heads", "*.qkv": "colwise_qkv", "*.proj": "rowwise", "*.fc1": "colwise",
+            "*.fc2": "rowwise"}
+    tp = apply_tensor_parallel(copy.deepcopy(full), group, plan)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args["tp_batch"], args["tp_seq"], dim, generator=g)
+
+    def tp_step():
+        tp(x).square().mean().backward()
+        tp.zero_grad(set_to_none=True)
+
+    def one_step():
+        if rank == 0:
+            full(x).square().mean().backward()
+            full.zero_grad(set_to_none=True)
+
+    group.on = True
+    tp_step()
+    group.on = False
+    best = _windows({"tp2": tp_step, "one": one_step}, args["rounds"], args["steps"],
+                    args["warmup"], lambda: dist.barrier())
+    return {"tp_s": best["tp2"], "one_s": best["one"], "count": group.count, "bytes": group.bytes}
+
+
+def _report_tensor(results, args):
+    r = results[0]
+    layers, b, t, d = args["tp_layers"], args["tp_batch"], args["tp_seq"], args["tp_dim"]
+    exp_count, exp_bytes = 4 * layers, 4 * layers * b * t * d * 4
+    print(f"\n## tensor parallel: {layers} transformer blocks (dim {d}, {args['tp_heads']} heads), "
+          f"batch {b} x seq {t}, 2 ranks vs one process, 1 thread per rank")
+    print("| | step ms | allreduces / step | allreduce payload / step | expected (2 fwd + 2 bwd per block) |")
+    print("|---|---|---|---|---|")
+    print(f"| one process | {r['one_s'] * 1e3:.1f} | 0 | 0 | - |")
+    print(f"| tp2 (shoal) | {max(x['tp_s'] for x in results) * 1e3:.1f} | {r['count']} | "
+          f"{r['bytes'] / 2**20:.2f} MiB | {exp_count} x {b * t * d * 4 / 2**10:.0f} KiB = "
+          f"{exp_bytes / 2**20:.2f} MiB ({r['bytes'] / exp_bytes:.2f}x) |")
+    print(f"tp2 step / one-process step: {max(x['tp_s'] for x in results) / r['one_s']:.2f}")
+
+
+# ------------------------------------------------------------------ sharded data parallel
+class GPTBench(nn.Module):
+    """Embedding, ``Block``s, final norm and head: the sharded section's model."""
+
+    def __init__(self, vocab, dim, n_head, layers, seq):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+        self.blocks = nn.ModuleList(Block(dim, n_head) for _ in range(layers))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[-1]))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x))
+
+
+def _held_tensor_bytes() -> int:
+    import gc
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor):
+            if hasattr(obj, "_local_tensor"):      # a DTensor: its local shard is what is held
+                obj = obj._local_tensor
+            s = obj.untyped_storage()
+            if s.nbytes() and s.data_ptr() not in seen:
+                seen.add(s.data_ptr())
+                total += s.nbytes()
+    return total
+
+
+def _resting_bytes(model, opt) -> int:
+    """Bytes of a system's own parameters (local shards), gradients and optimizer state."""
+    ts = []
+    for p in model.parameters():
+        ts += [p, p.grad] if p.grad is not None else [p]
+    for st in opt.state.values():
+        ts += [v for v in st.values() if torch.is_tensor(v)]
+    seen, total = set(), 0
+    for t in ts:
+        t = getattr(t, "_local_tensor", t)
+        s = t.untyped_storage()
+        if s.data_ptr() not in seen:
+            seen.add(s.data_ptr())
+            total += s.nbytes()
+    return total
+
+
+def _peak_of_step(model, blocks, step) -> int:
+    """Held tensor bytes over one ``step()`` above those before it, sampled at block boundaries."""
+    import gc
+    gc.collect()
+    before = _held_tensor_bytes()
+    peak = [before]
+
+    def sample(*_):
+        peak[0] = max(peak[0], _held_tensor_bytes())
+
+    def on_output(module, args, out):
+        sample()
+        if out.requires_grad:
+            out.register_hook(lambda g: sample())
+    hooks = [b.register_forward_hook(on_output) for b in blocks]
+    try:
+        step(after_backward=sample)
+        sample()
+    finally:
+        for h in hooks:
+            h.remove()
+    return peak[0] - before
+
+
+def _sharded(rank, comm, args):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from shoal.train.parallel import ZeRO
+    v, d, h, n, t, b = (args["z_vocab"], args["z_dim"], args["z_heads"], args["z_layers"],
+                        args["z_seq"], args["z_batch"])
+    torch.manual_seed(0)
+    base = GPTBench(v, d, h, n, t)
+    psi = sum(p.numel() for p in base.parameters())
+    ours = ZeRO(stage=3).prepare(copy.deepcopy(base), comm)
+    theirs = copy.deepcopy(base)
+    for blk in theirs.blocks:
+        fully_shard(blk)
+    fully_shard(theirs)
+    del base
+    opts = {"shoal": torch.optim.Adam(ours.parameters(), lr=1e-4),
+            "torch": torch.optim.Adam(theirs.parameters(), lr=1e-4)}
+    models = {"shoal": ours, "torch": theirs}
+    g = torch.Generator().manual_seed(1 + rank)
+    ids = torch.randint(0, v, (b, t), generator=g)
+    tg = torch.randint(0, v, (b, t), generator=g)
+    losses = {"shoal": [], "torch": []}
+
+    def stepper(name):
+        model, opt = models[name], opts[name]
+
+        def step(after_backward=None):
+            loss = F.cross_entropy(model(ids).reshape(-1, v), tg.reshape(-1))
+            loss.backward()
+            if after_backward:
+                after_backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[name].append(loss.item())
+        return step
+
+    steps = {name: stepper(name) for name in models}
+    peaks = {}
+    for name in models:     # one untimed step each first: Adam's state exists in both
+        steps[name]()
+    for name, model in models.items():   # each system's own state + what its step adds on top
+        blocks = ours.module.blocks if name == "shoal" else theirs.blocks
+        peaks[name] = _resting_bytes(model, opts[name]) + _peak_of_step(model, blocks, steps[name])
+    rest = {f"{name}_rest": _resting_bytes(model, opts[name]) for name, model in models.items()}
+    cpu = {name: 0.0 for name in models}
+
+    def cpu_timed(name):
+        def step():
+            c = time.process_time()
+            steps[name]()
+            cpu[name] = min(cpu[name] or math.inf, time.process_time() - c)
+        return step
+    best = _windows({name: cpu_timed(name) for name in models}, args["rounds"], args["steps"],
+                    args["warmup"], lambda: dist.barrier())
+    return {"shoal_s": best["shoal"], "torch_s": best["torch"], "psi": psi,
+            "shoal_peak": peaks["shoal"], "torch_peak": peaks["torch"],
+            "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
+            "loss_gap": abs(losses["shoal"][0] - losses["torch"][0]), **rest}
+
+
+def _report_sharded(results, args):
+    b, world = args["z_batch"], len(results)
+    r0 = results[0]
+    print(f"\n## sharded data parallel: ZeRO-3 vs torch fully_shard (Gloo), GPT {args['z_layers']} "
+          f"blocks, dim {args['z_dim']}, vocab {args['z_vocab']}, seq {args['z_seq']} "
+          f"({r0['psi'] / 1e6:.1f}M parameters), batch {b}/rank, {world} ranks, Adam, 1 thread per rank")
+    print("| | samples/s (all ranks) | CPU ms/step rank 0 (best) | peak MiB rank 0 / rank 1 | "
+          "at rest MiB rank 0 |")
+    print("|---|---|---|---|---|")
+    for name, label in (("torch", "torch fully_shard"), ("shoal", "shoal ZeRO(stage=3)")):
+        s = max(r[f"{name}_s"] for r in results)
+        peaks = " / ".join(f"{r[f'{name}_peak'] / 2**20:.1f}" for r in results)
+        print(f"| {label} | {world * b / s:,.1f} | {r0[f'{name}_cpu'] * 1e3:.0f} | {peaks} | "
+              f"{r0[f'{name}_rest'] / 2**20:.1f} |")
+    print(f"(at rest, after zero_grad(set_to_none=True): parameters + Adam state = 12 Psi / N = "
+          f"{12 * r0['psi'] / world / 2**20:.1f} MiB per rank)")
+    t_s = max(r["torch_s"] for r in results)
+    s_s = max(r["shoal_s"] for r in results)
+    mem = max(r["shoal_peak"] for r in results) / max(r["torch_peak"] for r in results)
+    print(f"shoal / torch: throughput {t_s / s_s:.2f}x, CPU time per step "
+          f"{r0['torch_cpu'] / r0['shoal_cpu']:.2f}x less, peak memory {mem:.2f}x; first-step loss "
+          f"gap {r0['loss_gap']:.2e} (same model and batch)")
+
+
+SECTIONS = {"sharded": _sharded, "pipeline": _pipeline, "tensor": _tensor}
+REPORTS = {"sharded": _report_sharded, "pipeline": _report_pipeline, "tensor": _report_tensor}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--microbatches", type=int, default=8)
+    args = ap.parse_args(argv)
+    cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
+           "warmup": 2, "microbatches": args.microbatches,
+           "layers": 8, "dim": 256, "batch": 128,
+           "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64,
+           "z_vocab": 256, "z_dim": 128, "z_heads": 4, "z_layers": 6, "z_seq": 32, "z_batch": 4}
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
+    print(f"load average before: {os.getloadavg()}")
+    for section in only:
+        REPORTS[section](_run(section, 2, cfg), cfg)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
