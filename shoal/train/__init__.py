@@ -42,8 +42,8 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: 
     moved there, unless ``move_to_device=False``; on the CPU it stays where
     it is. Rank 0's parameters and buffers are copied to every rank; a model
     whose parameters differ in names/shapes between ranks raises
-    RankMismatchError. With one worker the (moved) model is returned
-    unwrapped. ``strategy`` (e.g. ``ZeRO(stage=3)``) overrides the session's,
+    RankMismatchError. With one worker and DDP the (moved) model is
+    returned unwrapped. ``strategy`` (e.g. ``ZeRO(stage=3)``) overrides the session's,
     the Trainer's ``strategy=`` or DDP in a script under ``shoal launch``.
     """
     from shoal.train.context import current_session
@@ -54,8 +54,8 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: 
     if sync_batchnorm is not None and sync_batchnorm != strategy.sync_batchnorm:
         import dataclasses
         strategy = dataclasses.replace(strategy, sync_batchnorm=sync_batchnorm)
-    if s.context.world_size == 1:
-        return model
+    if s.context.world_size == 1 and isinstance(strategy, DDP):
+        return model       # nothing to synchronize (ZeRO still wraps: its checkpoints, precision)
     return strategy.prepare(model, s.comm)
 
 
