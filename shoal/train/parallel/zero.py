@@ -280,6 +280,7 @@ class _Unit:
             flat.grad = None          # the reduce-scatter holds it until done
         self.rs_grad, self.rs_out, self.rs_accumulate = g, out, accumulate
         self.rs_work = self.comm.reduce_scatter(g, op="avg", out=out, async_op=True)
+        owner.reducing(self)
         if self.stage == 3 and self.index != owner.root_index:
             owner.after_backward_of(self)
 
@@ -354,6 +355,7 @@ class ShardedModel(nn.Module):
         self.order: list[int] = []           # non-root unit indices in forward order
         self._order_done = False
         self._callback_queued = False
+        self._reducing: list = []            # units whose reduce-scatter is in flight
         self._build_units()
         self.shards = nn.ParameterList([u.master for u in self.units])
         self._hooks = [module.register_forward_pre_hook(self._root_pre_forward),
@@ -517,6 +519,18 @@ class ShardedModel(nn.Module):
         if unit.gather_work is None:
             unit.free()
 
+    def reducing(self, unit: _Unit) -> None:
+        """A unit's reduce-scatter started: settle the finished ones, and all but the last
+        two, so that at most two full gradients are alive during backward."""
+        self._reducing.append(unit)
+        keep = []
+        for i, u in enumerate(self._reducing):
+            if len(self._reducing) - i > 2 or (u.rs_work is not None and u.rs_work.is_completed()):
+                u.finish_grad()
+            else:
+                keep.append(u)
+        self._reducing = keep
+
     def backward_started(self) -> None:
         """Make sure the end of this backward settles every unit (an engine callback)."""
         if not self._callback_queued:
@@ -525,6 +539,7 @@ class ShardedModel(nn.Module):
 
     def _end_of_backward(self) -> None:
         self._callback_queued = False
+        self._reducing = []
         for u in self.units:
             u.finish_grad()
         if self.strategy.stage == 3:

@@ -134,8 +134,9 @@ def _held_bytes(exclude=()) -> int:
     gc.collect()
     seen, total = set(), 0
     skip = {t.untyped_storage().data_ptr() for t in exclude}
+    kinds = (torch.Tensor, torch.nn.Parameter)
     for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+        if type(obj) in kinds and obj.device.type == "cpu":
             s = obj.untyped_storage()
             if s.data_ptr() in seen or s.data_ptr() in skip or s.nbytes() == 0:
                 continue
@@ -298,3 +299,49 @@ def test_trainer_runs_a_zero_strategy(cluster, tmp_path):
 def test_trainer_rejects_a_non_strategy():
     with pytest.raises(TypeError, match="ZeRO"):
         st.Trainer(lambda: None, num_workers=1, strategy="zero3")
+
+
+# ------------------------------------------------------------------ a memory budget
+def _peak_under(config):
+    ctx = st.get_context()
+    base = _held_bytes()
+    net = make_gpt(dim=64, n_layer=8, n_head=4)
+    psi = sum(p.numel() for p in net.parameters())
+    strategy = st.DDP() if config["stage"] == 0 else ZeRO(stage=config["stage"])
+    model = st.prepare_model(net, strategy=strategy)
+    blocks = list(net.blocks)
+    del net
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    peak, on = [0], [False]
+
+    def sample(*_):
+        if on[0]:
+            peak[0] = max(peak[0], _held_bytes() - base)
+
+    def on_output(module, args, out):
+        sample()
+        out.register_hook(lambda g: sample())
+    for b in blocks:
+        b.register_forward_hook(on_output)
+    losses = []
+    for i, (ids, tg) in enumerate(batches(3, batch=4)):
+        on[0] = i == 2            # sampled in a steady step (Adam's state exists)
+        opt.zero_grad()
+        loss = lm_loss(model(ids[ctx.rank::2]), tg[ctx.rank::2])
+        loss.backward()
+        sample()
+        opt.step()
+        sample()
+        losses.append(loss.item())
+    return psi, peak[0], losses
+
+
+@pytest.mark.slow
+def test_a_model_over_the_ddp_budget_trains_under_stage_3(gang):
+    ddp = gang.run(_peak_under, {"stage": 0}, timeout=300)
+    zero3 = gang.run(_peak_under, {"stage": 3}, timeout=300)
+    for (psi, ddp_peak, _), (_, z_peak, losses) in zip(ddp, zero3):
+        budget = 12 * psi          # bytes per rank: three quarters of DDP's 16 Psi
+        assert ddp_peak > budget   # DDP's parameters + gradients + Adam state do not fit
+        assert z_peak < budget, (z_peak / psi)   # stage 3's peak, gathered blocks included
+        assert losses[-1] < losses[0]
