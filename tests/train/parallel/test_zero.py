@@ -345,3 +345,21 @@ def test_a_model_over_the_ddp_budget_trains_under_stage_3(gang):
         assert ddp_peak > budget   # DDP's parameters + gradients + Adam state do not fit
         assert z_peak < budget, (z_peak / psi)   # stage 3's peak, gathered blocks included
         assert losses[-1] < losses[0]
+
+
+# ------------------------------------------------------------------ shoal launch
+def test_a_script_under_shoal_launch_parallelizes_over_a_mesh():
+    import os
+    import re
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(here)))
+    env = dict(os.environ, PYTHONPATH=root)
+    env.pop("SHOAL_SECRET", None)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(here, "scripts", "launched_zero.py")], capture_output=True,
+                       text=True, timeout=120, env=env, cwd=root, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(r"loss (\S+) ShardedModel dp=2", r.stdout)
+    assert m, r.stdout
+    assert abs(float(m.group(1)) - reference_losses(5, seed=100)[-1]) < TOL
