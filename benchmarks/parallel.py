@@ -17,6 +17,7 @@ sharded
     both), sampled after every block's forward and before its backward, and
     after backward and the optimizer step, over one step of each system.
 
+
 pipeline
     shoal's PipelineSchedule against ``torch.distributed.pipelining``
     (PipelineStage + ScheduleGPipe / Schedule1F1B over Gloo) on the same two
@@ -106,9 +107,16 @@ def _run(section, world, args):
     return [results[r] for r in range(world)]
 
 
-def _windows(systems, rounds, steps, warmup, barrier):
-    """Best seconds per step of each system: alternating rounds, each a timed window."""
+def _windows(systems, rounds, steps, warmup, barrier, cpu=None):
+    """Best seconds per step of each system: alternating rounds, each a timed window.
+
+    With a ``cpu`` dict, it also gets the best CPU seconds per step of this
+    process (all its threads): a figure other load on the host disturbs much
+    less than wall-clock time.
+    """
     best = {name: math.inf for name in systems}
+    if cpu is not None:
+        cpu.update({name: math.inf for name in systems})
     for rnd in range(rounds):
         order = list(systems) if rnd % 2 == 0 else list(systems)[::-1]
         for name in order:
@@ -116,11 +124,14 @@ def _windows(systems, rounds, steps, warmup, barrier):
             for _ in range(warmup):
                 step()
             barrier()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 step()
+            c = time.process_time() - c
             barrier()
             best[name] = min(best[name], (time.perf_counter() - t) / steps)
+            if cpu is not None:
+                cpu[name] = min(cpu[name], c / steps)
     return best
 
 
@@ -134,7 +145,19 @@ class ResidualMLP(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.ln(x))))
 
 
+PIPELINE_CONFIGS = [  # name, layers, dim, batch
+    ("compute-bound", 8, 256, 128),
+    ("overhead-bound", 8, 64, 32),
+]
+
+
 def _pipeline(rank, comm, args):
+    return [row for name, layers, dim, batch in PIPELINE_CONFIGS
+            for row in _pipeline_config(rank, comm, dict(args, name=name, layers=layers, dim=dim,
+                                                         batch=batch))]
+
+
+def _pipeline_config(rank, comm, args):
     import torch.distributed as dist
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -168,11 +191,15 @@ def _pipeline(rank, comm, args):
                 tsched.step(target=y, losses=[])
             theirs_mod.zero_grad(set_to_none=True)
 
+        cpu = {}
         best = _windows({"shoal": shoal_step, "torch": torch_step}, args["rounds"], args["steps"],
-                        args["warmup"], lambda: dist.barrier())
+                        args["warmup"], lambda: dist.barrier(), cpu)
         timed = bubbles[-args["steps"]:]   # the last window's steps (steady state)
         ours.close()
-        rows.append({"schedule": schedule, "shoal_s": best["shoal"], "torch_s": best["torch"],
+        rows.append({"config": args["name"], "layers": args["layers"], "dim": args["dim"],
+                     "batch": args["batch"], "schedule": schedule,
+                     "shoal_s": best["shoal"], "torch_s": best["torch"],
+                     "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
                      "bubble": min(sorted(timed)[len(timed) // 2], 1.0)})
     return rows
 
@@ -180,19 +207,28 @@ def _pipeline(rank, comm, args):
 def _report_pipeline(results, args):
     p, m = 2, args["microbatches"]
     theory = (p - 1) / (m + p - 1)
-    print(f"\n## pipeline: 2 stages of {args['layers']} residual MLP blocks (dim {args['dim']}), "
-          f"batch {args['batch']}, {m} micro-batches, 1 thread per rank")
-    print("| schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
-          "shoal bubble (stage 0 / 1, mean) | theory (p-1)/(m+p-1) | bubble / theory |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n## pipeline: 2 stages of residual MLP blocks, {m} micro-batches, 1 thread per rank",
+          flush=True)
+    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch (wall) | "
+          "shoal bubble (stage 0 / 1, mean) | theory (p-1)/(m+p-1) | bubble / theory | "
+          "CPU ms/step/rank shoal / torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
         b = [r[i]["bubble"] for r in results]
         mean = sum(b) / len(b)
-        print(f"| {row['schedule']} | {args['batch'] / shoal_s:,.0f} | {args['batch'] / torch_s:,.0f} | "
+        model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
+        print(f"| {model} | {row['schedule']} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
               f"{torch_s / shoal_s:.2f}x | {b[0]:.3f} / {b[1]:.3f}, {mean:.3f} | {theory:.3f} | "
-              f"{mean / theory:.2f} |")
+              f"{mean / theory:.2f} | {_cpu_ms(results, i, 'shoal')} / {_cpu_ms(results, i, 'torch')} "
+              f"({_cpu_ms(results, i, 'torch', raw=True) / _cpu_ms(results, i, 'shoal', raw=True):.2f}x) |",
+              flush=True)
+
+
+def _cpu_ms(results, i, system, raw=False):
+    ms = 1e3 * sum(r[i][f"{system}_cpu"] for r in results) / len(results)
+    return ms if raw else f"{ms:.1f}"
 
 
 # ------------------------------------------------------------------ tensor
@@ -272,7 +308,7 @@ def _report_tensor(results, args):
     print(f"| tp2 (shoal) | {max(x['tp_s'] for x in results) * 1e3:.1f} | {r['count']} | "
           f"{r['bytes'] / 2**20:.2f} MiB | {exp_count} x {b * t * d * 4 / 2**10:.0f} KiB = "
           f"{exp_bytes / 2**20:.2f} MiB ({r['bytes'] / exp_bytes:.2f}x) |")
-    print(f"tp2 step / one-process step: {max(x['tp_s'] for x in results) / r['one_s']:.2f}")
+    print(f"tp2 step / one-process step: {max(x['tp_s'] for x in results) / r['one_s']:.2f}", flush=True)
 
 
 # ------------------------------------------------------------------ sharded data parallel
@@ -392,16 +428,9 @@ def _sharded(rank, comm, args):
         blocks = ours.module.blocks if name == "shoal" else theirs.blocks
         peaks[name] = _resting_bytes(model, opts[name]) + _peak_of_step(model, blocks, steps[name])
     rest = {f"{name}_rest": _resting_bytes(model, opts[name]) for name, model in models.items()}
-    cpu = {name: 0.0 for name in models}
-
-    def cpu_timed(name):
-        def step():
-            c = time.process_time()
-            steps[name]()
-            cpu[name] = min(cpu[name] or math.inf, time.process_time() - c)
-        return step
-    best = _windows({name: cpu_timed(name) for name in models}, args["rounds"], args["steps"],
-                    args["warmup"], lambda: dist.barrier())
+    cpu = {}
+    best = _windows(steps, args["rounds"], args["steps"], args["warmup"], lambda: dist.barrier(),
+                    cpu=cpu)
     return {"shoal_s": best["shoal"], "torch_s": best["torch"], "psi": psi,
             "shoal_peak": peaks["shoal"], "torch_peak": peaks["torch"],
             "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
@@ -414,7 +443,7 @@ def _report_sharded(results, args):
     print(f"\n## sharded data parallel: ZeRO-3 vs torch fully_shard (Gloo), GPT {args['z_layers']} "
           f"blocks, dim {args['z_dim']}, vocab {args['z_vocab']}, seq {args['z_seq']} "
           f"({r0['psi'] / 1e6:.1f}M parameters), batch {b}/rank, {world} ranks, Adam, 1 thread per rank")
-    print("| | samples/s (all ranks) | CPU ms/step rank 0 (best) | peak MiB rank 0 / rank 1 | "
+    print("| | samples/s (all ranks) | CPU ms/step rank 0 | peak MiB rank 0 / rank 1 | "
           "at rest MiB rank 0 |")
     print("|---|---|---|---|---|")
     for name, label in (("torch", "torch fully_shard"), ("shoal", "shoal ZeRO(stage=3)")):
@@ -439,7 +468,7 @@ REPORTS = {"sharded": _report_sharded, "pipeline": _report_pipeline, "tensor": _
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
+                    help=f"comma-separated sections to run ({", ".join(SECTIONS)})")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
@@ -447,14 +476,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches,
-           "layers": 8, "dim": 256, "batch": 128,
            "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64,
            "z_vocab": 256, "z_dim": 128, "z_heads": 4, "z_layers": 6, "z_seq": 32, "z_batch": 4}
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
-    print(f"load average before: {os.getloadavg()}")
+    print(f"load average before: {os.getloadavg()}", flush=True)
     for section in only:
         REPORTS[section](_run(section, 2, cfg), cfg)
     print(f"load average after: {os.getloadavg()}")
