@@ -468,7 +468,7 @@ REPORTS = {"sharded": _report_sharded, "pipeline": _report_pipeline, "tensor": _
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections to run ({", ".join(SECTIONS)})")
+                    help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
