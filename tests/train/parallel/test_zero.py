@@ -363,3 +363,40 @@ def test_a_script_under_shoal_launch_parallelizes_over_a_mesh():
     m = re.search(r"loss (\S+) ShardedModel dp=2", r.stdout)
     assert m, r.stdout
     assert abs(float(m.group(1)) - reference_losses(5, seed=100)[-1]) < TOL
+
+
+# ------------------------------------------------------------------ hybrid: dp2 x tp2
+def _dp2_tp2(config):
+    from shoal.train.parallel.tensor import vocab_parallel_cross_entropy
+    from _models import TP_PLAN
+    mesh = Mesh(dp=2, tp=2)
+    model = st.parallelize(make_gpt(seed=100), mesh, TP_PLAN, zero_stage=config["stage"])
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    comm = st.get_communicator()
+    losses = []
+    for ids, tg in batches(20, batch=8):
+        opt.zero_grad()
+        loss = vocab_parallel_cross_entropy(model(ids[mesh.dp_rank::2]), tg[mesh.dp_rank::2],
+                                            mesh.tp_group)
+        loss.backward()
+        opt.step()
+        t = torch.tensor([loss.item()])
+        comm.allreduce(t, op="avg")
+        losses.append(t.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def gang4z(gang):
+    g = type(gang)(4)
+    yield g
+    g.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])
+def test_tensor_parallel_then_zero_on_a_dp2_tp2_mesh_matches_one_process(gang4z, stage):
+    pytest.importorskip("shoal.train.parallel.tensor", reason="tensor parallelism is not merged")
+    ref = reference_losses(20, seed=100)
+    for losses in gang4z.run(_dp2_tp2, {"stage": stage}, timeout=300):
+        assert max(abs(a - b) for a, b in zip(losses, ref)) < TOL, (losses, ref)
