@@ -1,8 +1,22 @@
 """Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
 
-    python benchmarks/parallel.py [--only pipeline,tensor] [--quick] [--rounds 5]
+    python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
 
-Sections (``--only`` picks some; the integrator adds the sharded data-parallel one):
+Sections (``--only`` picks some):
+
+sharded
+    shoal's ZeRO stage 3 (FSDP) against torch's ``fully_shard`` (FSDP2) over
+    Gloo on the same GPT-style model (embedding, transformer blocks, norm,
+    head; each block a unit / ``fully_shard``-ed module, then the root), the
+    same batches and Adam, 2 ranks, one thread each. Each round times a window
+    of full steps (forward, backward, optimizer step, zero_grad) of each
+    system, the order alternating; the best window of each is kept. Peak
+    memory per rank: the bytes of torch tensors reachable from Python (one
+    count per storage; parameters, gradients, optimizer state, gather
+    buffers; activations autograd holds in C++ are not counted, the same for
+    both), sampled after every block's forward and before its backward, and
+    after backward and the optimizer step, over one step of each system.
+
 
 pipeline
     shoal's PipelineSchedule against ``torch.distributed.pipelining``
@@ -297,14 +311,164 @@ def _report_tensor(results, args):
     print(f"tp2 step / one-process step: {max(x['tp_s'] for x in results) / r['one_s']:.2f}", flush=True)
 
 
-SECTIONS = {"pipeline": _pipeline, "tensor": _tensor}
-REPORTS = {"pipeline": _report_pipeline, "tensor": _report_tensor}
+# ------------------------------------------------------------------ sharded data parallel
+class GPTBench(nn.Module):
+    """Embedding, ``Block``s, final norm and head: the sharded section's model."""
+
+    def __init__(self, vocab, dim, n_head, layers, seq):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+        self.blocks = nn.ModuleList(Block(dim, n_head) for _ in range(layers))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[-1]))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x))
+
+
+def _held_tensor_bytes() -> int:
+    import gc
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor):
+            if hasattr(obj, "_local_tensor"):      # a DTensor: its local shard is what is held
+                obj = obj._local_tensor
+            s = obj.untyped_storage()
+            if s.nbytes() and s.data_ptr() not in seen:
+                seen.add(s.data_ptr())
+                total += s.nbytes()
+    return total
+
+
+def _resting_bytes(model, opt) -> int:
+    """Bytes of a system's own parameters (local shards), gradients and optimizer state."""
+    ts = []
+    for p in model.parameters():
+        ts += [p, p.grad] if p.grad is not None else [p]
+    for st in opt.state.values():
+        ts += [v for v in st.values() if torch.is_tensor(v)]
+    seen, total = set(), 0
+    for t in ts:
+        t = getattr(t, "_local_tensor", t)
+        s = t.untyped_storage()
+        if s.data_ptr() not in seen:
+            seen.add(s.data_ptr())
+            total += s.nbytes()
+    return total
+
+
+def _peak_of_step(model, blocks, step) -> int:
+    """Held tensor bytes over one ``step()`` above those before it, sampled at block boundaries."""
+    import gc
+    gc.collect()
+    before = _held_tensor_bytes()
+    peak = [before]
+
+    def sample(*_):
+        peak[0] = max(peak[0], _held_tensor_bytes())
+
+    def on_output(module, args, out):
+        sample()
+        if out.requires_grad:
+            out.register_hook(lambda g: sample())
+    hooks = [b.register_forward_hook(on_output) for b in blocks]
+    try:
+        step(after_backward=sample)
+        sample()
+    finally:
+        for h in hooks:
+            h.remove()
+    return peak[0] - before
+
+
+def _sharded(rank, comm, args):
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from shoal.train.parallel import ZeRO
+    v, d, h, n, t, b = (args["z_vocab"], args["z_dim"], args["z_heads"], args["z_layers"],
+                        args["z_seq"], args["z_batch"])
+    torch.manual_seed(0)
+    base = GPTBench(v, d, h, n, t)
+    psi = sum(p.numel() for p in base.parameters())
+    ours = ZeRO(stage=3).prepare(copy.deepcopy(base), comm)
+    theirs = copy.deepcopy(base)
+    for blk in theirs.blocks:
+        fully_shard(blk)
+    fully_shard(theirs)
+    del base
+    opts = {"shoal": torch.optim.Adam(ours.parameters(), lr=1e-4),
+            "torch": torch.optim.Adam(theirs.parameters(), lr=1e-4)}
+    models = {"shoal": ours, "torch": theirs}
+    g = torch.Generator().manual_seed(1 + rank)
+    ids = torch.randint(0, v, (b, t), generator=g)
+    tg = torch.randint(0, v, (b, t), generator=g)
+    losses = {"shoal": [], "torch": []}
+
+    def stepper(name):
+        model, opt = models[name], opts[name]
+
+        def step(after_backward=None):
+            loss = F.cross_entropy(model(ids).reshape(-1, v), tg.reshape(-1))
+            loss.backward()
+            if after_backward:
+                after_backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses[name].append(loss.item())
+        return step
+
+    steps = {name: stepper(name) for name in models}
+    peaks = {}
+    for name in models:     # one untimed step each first: Adam's state exists in both
+        steps[name]()
+    for name, model in models.items():   # each system's own state + what its step adds on top
+        blocks = ours.module.blocks if name == "shoal" else theirs.blocks
+        peaks[name] = _resting_bytes(model, opts[name]) + _peak_of_step(model, blocks, steps[name])
+    rest = {f"{name}_rest": _resting_bytes(model, opts[name]) for name, model in models.items()}
+    cpu = {}
+    best = _windows(steps, args["rounds"], args["steps"], args["warmup"], lambda: dist.barrier(),
+                    cpu=cpu)
+    return {"shoal_s": best["shoal"], "torch_s": best["torch"], "psi": psi,
+            "shoal_peak": peaks["shoal"], "torch_peak": peaks["torch"],
+            "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
+            "loss_gap": abs(losses["shoal"][0] - losses["torch"][0]), **rest}
+
+
+def _report_sharded(results, args):
+    b, world = args["z_batch"], len(results)
+    r0 = results[0]
+    print(f"\n## sharded data parallel: ZeRO-3 vs torch fully_shard (Gloo), GPT {args['z_layers']} "
+          f"blocks, dim {args['z_dim']}, vocab {args['z_vocab']}, seq {args['z_seq']} "
+          f"({r0['psi'] / 1e6:.1f}M parameters), batch {b}/rank, {world} ranks, Adam, 1 thread per rank")
+    print("| | samples/s (all ranks) | CPU ms/step rank 0 | peak MiB rank 0 / rank 1 | "
+          "at rest MiB rank 0 |")
+    print("|---|---|---|---|---|")
+    for name, label in (("torch", "torch fully_shard"), ("shoal", "shoal ZeRO(stage=3)")):
+        s = max(r[f"{name}_s"] for r in results)
+        peaks = " / ".join(f"{r[f'{name}_peak'] / 2**20:.1f}" for r in results)
+        print(f"| {label} | {world * b / s:,.1f} | {r0[f'{name}_cpu'] * 1e3:.0f} | {peaks} | "
+              f"{r0[f'{name}_rest'] / 2**20:.1f} |")
+    print(f"(at rest, after zero_grad(set_to_none=True): parameters + Adam state = 12 Psi / N = "
+          f"{12 * r0['psi'] / world / 2**20:.1f} MiB per rank)")
+    t_s = max(r["torch_s"] for r in results)
+    s_s = max(r["shoal_s"] for r in results)
+    mem = max(r["shoal_peak"] for r in results) / max(r["torch_peak"] for r in results)
+    print(f"shoal / torch: throughput {t_s / s_s:.2f}x, CPU time per step "
+          f"{r0['torch_cpu'] / r0['shoal_cpu']:.2f}x less, peak memory {mem:.2f}x; first-step loss "
+          f"gap {r0['loss_gap']:.2e} (same model and batch)")
+
+
+SECTIONS = {"sharded": _sharded, "pipeline": _pipeline, "tensor": _tensor}
+REPORTS = {"sharded": _report_sharded, "pipeline": _report_pipeline, "tensor": _report_tensor}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="pipeline,tensor",
-                    help="comma-separated sections to run (pipeline, tensor)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run ({', '.join(SECTIONS)})")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
@@ -312,7 +476,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches,
-           "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64}
+           "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64,
+           "z_vocab": 256, "z_dim": 128, "z_heads": 4, "z_layers": 6, "z_seq": 32, "z_batch": 4}
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:

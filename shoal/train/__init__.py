@@ -29,35 +29,42 @@ from shoal.train.config import CheckpointConfig, ElasticConfig, FailureConfig, R
 from shoal.train.context import TrainContext, get_checkpoint, get_context, get_device, report
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
+from shoal.train.parallel import (FSDP, Mesh, Parallel, ShardedModel, ZeRO, load_sharded,
+                                  parallelize, save_sharded)
 from shoal.train.sync_batchnorm import SyncBatchNorm
 from shoal.train.tensorflow import TensorflowConfig
 from shoal.train.trainer import Result, Trainer
 
 
-def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: bool = True):
+def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: bool = True,
+                  strategy=None):
     """Wrap ``model`` for data-parallel training in this gang (a DistributedModel).
 
     When this worker trains on a GPU (``get_device()``) the model is first
     moved there, unless ``move_to_device=False``; on the CPU it stays where
     it is. Rank 0's parameters and buffers are copied to every rank; a model
     whose parameters differ in names/shapes between ranks raises
-    RankMismatchError. With one worker the (moved) model is returned
-    unwrapped.
+    RankMismatchError. With one worker and DDP the (moved) model is
+    returned unwrapped. ``strategy`` (e.g. ``ZeRO(stage=3)``) overrides the session's,
+    the Trainer's ``strategy=`` or DDP in a script under ``shoal launch``.
     """
     from shoal.train.context import current_session
     s = current_session()
     if move_to_device and s.device.type != "cpu":
         model = model.to(s.device)
-    strategy = s.strategy
+    strategy = strategy if strategy is not None else s.strategy
     if sync_batchnorm is not None and sync_batchnorm != strategy.sync_batchnorm:
         import dataclasses
         strategy = dataclasses.replace(strategy, sync_batchnorm=sync_batchnorm)
     if s.elastic is not None:         # the world may grow: always wrap, follow the group
+        if not isinstance(strategy, DDP):
+            raise TypeError(f"an elastic run trains with DDP; {type(strategy).__name__} "
+                            "is not supported in elastic runs yet")
         wrapped = strategy.prepare(model, s.comm, sync_state=False)
         s.models.append(wrapped)
         return wrapped
-    if s.context.world_size == 1:
-        return model
+    if s.context.world_size == 1 and isinstance(strategy, DDP):
+        return model       # nothing to synchronize (ZeRO still wraps: its checkpoints, precision)
     return strategy.prepare(model, s.comm)
 
 
@@ -85,24 +92,32 @@ def get_communicator():
 __all__ = [
     "TensorflowConfig",
     "DDP",
+    "FSDP",
     "Checkpoint",
     "CheckpointConfig",
     "DistributedModel",
     "ElasticConfig",
     "FailureConfig",
+    "Mesh",
+    "Parallel",
     "PreparedDataLoader",
     "Result",
     "RunConfig",
     "ShardSampler",
+    "ShardedModel",
     "SyncBatchNorm",
     "TrainContext",
     "Trainer",
+    "ZeRO",
     "elastic",
     "get_checkpoint",
     "get_communicator",
     "get_context",
     "get_device",
+    "load_sharded",
+    "parallelize",
     "prepare_data_loader",
     "prepare_model",
     "report",
+    "save_sharded",
 ]

@@ -223,8 +223,10 @@ class Trainer:
             model and batches there).
         use_gpu: shorthand for one GPU per worker (adds "GPU": 1 to
             ``resources_per_worker`` unless it names GPUs already).
-        strategy: shoal.train.DDP(...) (the default), or TensorflowConfig() to run a
-            TensorFlow loop with TF_CONFIG set for MultiWorkerMirroredStrategy.
+        strategy: shoal.train.DDP(...) (the default); ZeRO(stage=...) / FSDP(...)
+            for sharded data parallelism; Parallel(dp=, tp=, pp=, ...) for a mesh;
+            TensorflowConfig() to run a TensorFlow loop with TF_CONFIG set for
+            MultiWorkerMirroredStrategy.
         config: passed to ``train_loop``.
         run_config: run name, storage path, checkpoints to keep, verbosity.
         failure_config: how many gang restarts a run may use.
@@ -239,7 +241,7 @@ class Trainer:
     """
 
     def __init__(self, train_loop, *, num_workers: int = 1,
-                 resources_per_worker: dict | None = None, strategy: DDP | None = None,
+                 resources_per_worker: dict | None = None, strategy=None,
                  config: dict | None = None, run_config: RunConfig | None = None,
                  failure_config: FailureConfig | None = None, placement_strategy: str = "PACK",
                  resume_from_checkpoint: Checkpoint | None = None,
@@ -268,8 +270,11 @@ class Trainer:
         self._num_workers_arg = num_workers
         self.resources_per_worker = resources_per_worker
         self.strategy = strategy or DDP()
-        if not isinstance(self.strategy, (DDP, TensorflowConfig)):
-            raise TypeError(f"strategy must be shoal.train.DDP(...) or TensorflowConfig(), got "
+        if not isinstance(self.strategy, TensorflowConfig) and not (
+                callable(getattr(self.strategy, "prepare", None))
+                and hasattr(self.strategy, "backend") and hasattr(self.strategy, "sync_batchnorm")):
+            raise TypeError(f"strategy must be shoal.train.DDP(...), ZeRO(...), FSDP(...), "
+                            f"Parallel(...) or TensorflowConfig(), got "
                             f"{type(self.strategy).__name__}")
         self.config = config if config is not None else {}
         self.run_config = run_config or RunConfig()

@@ -1,1 +1,18 @@
-"""shoal.train.parallel: model parallelism (pipeline, tensor) on shoal.collective groups."""
+"""shoal.train.parallel: sharded data parallel (ZeRO/FSDP), pipeline and tensor parallel,
+composed over one ``Mesh``.
+
+    mesh = Mesh(dp=2)                                   # the gang as a dp x tp x pp grid
+    model = parallelize(GPT(), mesh, zero_stage=3)      # TP, then PP, then sharded DP
+    opt = torch.optim.AdamW(model.parameters())         # this rank's shards only
+
+``ZeRO(stage=1|2|3)`` / ``FSDP()`` are also ``Trainer`` strategies
+(``Trainer(loop, num_workers=2, strategy=ZeRO(stage=2))``; ``prepare_model``
+shards the model).
+"""
+from shoal.train.parallel.api import Parallel, parallelize
+from shoal.train.parallel.mesh import Mesh
+from shoal.train.parallel.sharded_checkpoint import load_sharded, save_sharded
+from shoal.train.parallel.zero import FSDP, ShardedModel, ZeRO
+
+__all__ = ["FSDP", "Mesh", "Parallel", "ShardedModel", "ZeRO", "load_sharded", "parallelize",
+           "save_sharded"]
