@@ -29,8 +29,9 @@ from shoal.train.config import CheckpointConfig, ElasticConfig, FailureConfig, R
 from shoal.train.context import TrainContext, get_checkpoint, get_context, get_device, report
 from shoal.train.data import PreparedDataLoader, ShardSampler
 from shoal.train.ddp import DDP, DistributedModel
-from shoal.train.parallel import (FSDP, Mesh, Parallel, ShardedModel, ZeRO, load_sharded,
-                                  parallelize, save_sharded)
+from shoal.train.parallel import (FSDP, Mesh, Parallel, PipelineSchedule, ShardedModel, ZeRO,
+                                  apply_tensor_parallel, load_sharded, parallelize, save_sharded,
+                                  split_model, vocab_parallel_cross_entropy)
 from shoal.train.sync_batchnorm import SyncBatchNorm
 from shoal.train.tensorflow import TensorflowConfig
 from shoal.train.trainer import Result, Trainer
@@ -90,7 +91,6 @@ def get_communicator():
 
 
 __all__ = [
-    "TensorflowConfig",
     "DDP",
     "FSDP",
     "Checkpoint",
@@ -100,6 +100,7 @@ __all__ = [
     "FailureConfig",
     "Mesh",
     "Parallel",
+    "PipelineSchedule",
     "PreparedDataLoader",
     "Result",
     "RunConfig",
@@ -107,8 +108,10 @@ __all__ = [
     "ShardedModel",
     "SyncBatchNorm",
     "TrainContext",
+    "TensorflowConfig",
     "Trainer",
     "ZeRO",
+    "apply_tensor_parallel",
     "elastic",
     "get_checkpoint",
     "get_communicator",
@@ -120,4 +123,6 @@ __all__ = [
     "prepare_model",
     "report",
     "save_sharded",
+    "split_model",
+    "vocab_parallel_cross_entropy",
 ]

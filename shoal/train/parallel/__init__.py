@@ -11,8 +11,19 @@ shards the model).
 """
 from shoal.train.parallel.api import Parallel, parallelize
 from shoal.train.parallel.mesh import Mesh
+from shoal.train.parallel.pipeline import (PipelineSchedule, PipelineStage, StepStats,
+                                           pipeline_layers, split_model)
 from shoal.train.parallel.sharded_checkpoint import load_sharded, save_sharded
+from shoal.train.parallel.tensor import (ColumnParallelLinear, ColwiseParallel, HeadParallel,
+                                         RowParallelLinear, RowwiseParallel, VocabParallel,
+                                         VocabParallelEmbedding, apply_tensor_parallel,
+                                         copy_to_tp, gather_from_tp, reduce_from_tp,
+                                         vocab_parallel_cross_entropy)
 from shoal.train.parallel.zero import FSDP, ShardedModel, ZeRO
 
-__all__ = ["FSDP", "Mesh", "Parallel", "ShardedModel", "ZeRO", "load_sharded", "parallelize",
-           "save_sharded"]
+__all__ = ["ColumnParallelLinear", "ColwiseParallel", "FSDP", "HeadParallel", "Mesh", "Parallel",
+           "PipelineSchedule", "PipelineStage", "RowParallelLinear", "RowwiseParallel",
+           "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
+           "apply_tensor_parallel", "copy_to_tp", "gather_from_tp", "load_sharded",
+           "parallelize", "pipeline_layers", "reduce_from_tp", "save_sharded", "split_model",
+           "vocab_parallel_cross_entropy"]

@@ -112,6 +112,7 @@ class PipelineStage(nn.Module):
         return x
 
     def extra_repr(self) -> str:
+        """The layer's settings, shown in ``repr(model)``."""
         return f"stage {self.index} of {self.num_stages}: {', '.join(self.layer_names)}"
 
 
@@ -225,6 +226,7 @@ class StepStats:
 
     @property
     def bubble(self) -> float:
+        """The share of the step this stage spent waiting: 1 - compute_s / wall_s."""
         return 1.0 - self.compute_s / self.wall_s if self.wall_s > 0 else 0.0
 
 

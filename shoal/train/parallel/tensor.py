@@ -174,6 +174,7 @@ class ColumnParallelLinear(nn.Module):
         return _GatherFromTP.apply(y, self.group, self.chunks) if self.gather_output else y
 
     def extra_repr(self) -> str:
+        """The layer's settings, shown in ``repr(model)``."""
         return (f"in_features={self.in_features}, out_features={self.out_features} "
                 f"({self.local_out} here), tp={self.group.world_size}, chunks={self.chunks}, "
                 f"gather_output={self.gather_output}")
@@ -216,6 +217,7 @@ class RowParallelLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
+        """The layer's settings, shown in ``repr(model)``."""
         return (f"in_features={self.in_features} ({self.local_in} here), out_features="
                 f"{self.out_features}, tp={self.group.world_size}")
 
@@ -254,6 +256,7 @@ class VocabParallelEmbedding(nn.Module):
         return reduce_from_tp(out, self.group)
 
     def extra_repr(self) -> str:
+        """The layer's settings, shown in ``repr(model)``."""
         return (f"{self.num_embeddings}, {self.embedding_dim}, rows {self.start}..{self.end - 1} "
                 f"here, tp={self.group.world_size}")
 
@@ -341,6 +344,7 @@ class ColwiseParallel:
     chunks: int = 1
 
     def apply(self, module, group, name):
+        """Replace ``module`` (named ``name``) with its tensor-parallel version over ``group``."""
         _expect(module, nn.Linear, name, self)
         return ColumnParallelLinear.from_linear(module, group, self.gather_output, self.chunks)
 
@@ -352,6 +356,7 @@ class RowwiseParallel:
     input_is_parallel: bool = True
 
     def apply(self, module, group, name):
+        """Replace ``module`` (named ``name``) with its tensor-parallel version over ``group``."""
         _expect(module, nn.Linear, name, self)
         return RowParallelLinear.from_linear(module, group, self.input_is_parallel)
 
@@ -361,6 +366,7 @@ class VocabParallel:
     """Plan style: ``nn.Embedding`` -> VocabParallelEmbedding."""
 
     def apply(self, module, group, name):
+        """Replace ``module`` (named ``name``) with its tensor-parallel version over ``group``."""
         _expect(module, nn.Embedding, name, self)
         return VocabParallelEmbedding.from_embedding(module, group)
 
@@ -377,6 +383,7 @@ class HeadParallel:
     attributes: tuple = ("n_head", "num_heads", "n_heads")
 
     def apply(self, module, group, name):
+        """Replace ``module`` (named ``name``) with its tensor-parallel version over ``group``."""
         found = [a for a in self.attributes if isinstance(getattr(module, a, None), int)]
         if not found:
             raise InvalidInputError(f"plan entry 'heads' for {name!r}: {type(module).__name__} has "
