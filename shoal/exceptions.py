@@ -224,3 +224,13 @@ class MissingDependencyError(ShoalError, ImportError):
             raise cls(f"{part} needs {', '.join(missing)}, which "
                       f"{'is' if len(missing) == 1 else 'are'} not installed: "
                       f"pip install 'shoal[{extra}]'", missing, extra, absent[0])
+
+
+class SearchSpaceError(ShoalError, ValueError):
+    """A shoal.tune search space is invalid (``loguniform(0, 1)``, an empty ``choice``,
+    a ``sample_from`` that depends on itself)."""
+
+
+class TuneError(ShoalError, RuntimeError):
+    """A shoal.tune experiment could not run as asked (a metric no trial reports, a
+    trainable that cannot be pickled, an experiment directory that cannot be restored)."""
