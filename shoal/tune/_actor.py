@@ -203,8 +203,9 @@ class TrialActor:
             self._run.stop()
         entry = self._trainables.get(key)
         if entry is None:
-            spec = shoal.get(boxed[0])     # the TrainableSpec, put once by the driver
-            params = dict(zip(spec.parameters, shoal.get(list(spec.parameters.values()))))
+            # the TrainableSpec and with_parameters' values, each put once by the driver
+            spec = shoal.get(boxed[0])
+            params = dict(zip(spec.parameters, shoal.get(list(boxed[1:])) if boxed[1:] else []))
             entry = (spec.trainable, spec.is_class, params)
             self._trainables = {key: entry}
         trainable, is_class, params = entry
