@@ -226,3 +226,51 @@ def test_asha_stops_bad_trials_early_end_to_end(tmp_path):
     assert iters[0.8] == 9 and min(iters.values()) < 9
     assert any(r.stopped_early for r in grid)
     assert grid.get_best_result().config["q"] == pytest.approx(0.8)
+
+
+def test_pbt_exploit_continues_from_the_donor_checkpoint_end_to_end(tmp_path):
+    import time
+
+    def climb(config):
+        ckpt = tune.get_checkpoint()
+        state = ckpt.to_dict() if ckpt else {"w": 0.0, "it": 0, "slow": config["lr"] < 0.5}
+        w = state["w"]
+        for it in range(state["it"], 8):
+            time.sleep(0.2 if state["slow"] else 0.1)   # the donor is ahead, not yet done
+            w += config["lr"]
+            tune.report({"w": w, "lr": config["lr"]}, checkpoint=tune.Checkpoint.from_dict(
+                {"w": w, "it": it + 1, "slow": state["slow"]}))
+    pbt = tune.PopulationBasedTraining(
+        perturbation_interval=2, hyperparam_mutations={"lr": [0.01, 0.1, 1.0]},
+        quantile_fraction=0.5, resample_probability=0.0, seed=1)
+    grid = run(climb, {"lr": tune.grid_search([0.01, 1.0])}, tmp_path, metric="w", mode="max",
+               scheduler=pbt)
+    assert grid.num_errors == 0 and pbt.exploits
+    _, loser, donor, ckpt = pbt.exploits[0]
+    donor_it = int(ckpt.rsplit("_", 1)[1])
+    r = next(r for r in grid if r.trial_id == loser)
+    hist = r.metrics_history
+    # after the exploit the loser goes on from the donor's weights with an explored lr
+    k = next(i for i, h in enumerate(hist) if h["lr"] != 0.01)
+    donor_hist = next(x for x in grid if x.trial_id == donor).metrics_history
+    assert hist[k]["w"] == pytest.approx(donor_hist[donor_it - 1]["w"] + hist[k]["lr"])
+    assert [h["training_iteration"] for h in hist[:k + 1]] == list(range(1, k + 2))
+    assert hist[k]["lr"] == 0.1 and r.config["lr"] in (0.01, 0.1, 1.0)
+
+
+def test_hyperband_pauses_and_resumes_trials_end_to_end(tmp_path):
+    def curve(config):
+        ckpt = tune.get_checkpoint()
+        start = ckpt.to_dict()["i"] if ckpt else 0
+        for i in range(start, 9):
+            tune.report({"acc": config["q"] * (i + 1), "start": start},
+                        checkpoint=tune.Checkpoint.from_dict({"i": i + 1}))
+    grid = run(curve, {"q": tune.grid_search([0.1 * k for k in range(1, 10)])}, tmp_path,
+               metric="acc", mode="max", max_concurrent_trials=3,
+               scheduler=tune.HyperBandScheduler(max_t=9, reduction_factor=3))
+    iters = sorted((len(r.metrics_history), round(r.config["q"], 1)) for r in grid)
+    assert iters[-1] == (9, 0.9)                         # the best ran to max_t
+    assert [n for n, _ in iters].count(1) == 6          # 6 of 9 dropped at the first rung
+    best = grid.get_best_result()
+    assert [h["training_iteration"] for h in best.metrics_history] == list(range(1, 10))
+    assert max(h["start"] for h in best.metrics_history) >= 1   # resumed from a checkpoint
