@@ -23,7 +23,7 @@ import shoal
 from shoal.tune.checkpoint import _DICT_FILE, Checkpoint, persist
 from shoal.tune.trainable import TrialContext, _set_session
 
-_STOP_JOIN_S = 10.0   # a stopped function gets this long to unwind before its actor is dropped
+_STOP_JOIN_S = 30.0   # a stopped function gets this long to unwind before its actor is dropped
 
 
 class _StopTrial(BaseException):

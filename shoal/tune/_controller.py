@@ -25,6 +25,7 @@ from shoal.tune.trainable import TrainableSpec, _trial_dir_name
 from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 
 _WAIT_S = 1.0          # longest block in shoal.wait (time budget, progress table)
+_STOP_GRACE_S = 10.0   # at the end, stopping trials get this long before their actors are killed
 _SYSTEM_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                 "trial_id", "pid", "done"}
 
@@ -42,6 +43,8 @@ class Controller:
         self.queue = [t for t in self.trials if t.status == PENDING]   # to (re)start
         self.paused: list[Trial] = [t for t in self.trials if t.status == PAUSED]
         self.inflight: dict = {}     # ObjectRef -> (trial, actor, kind)
+        self.stopping: list = []     # refs of stop calls (a Trainer trial tears its gang down)
+        self.stop_keys: dict = {}    # trial_id -> the key that stops its current run
         self.actor_of: dict = {}     # trial_id -> actor
         self.idle: list = []
         self.all_actors: list = []
@@ -55,7 +58,8 @@ class Controller:
         bare = TrainableSpec(spec.trainable, dict(spec.resources),
                              {k: None for k in spec.parameters})
         self.box = [shoal.put(bare)] + list(spec.parameters.values())
-        res = dict(spec.resources)
+        res = dict(spec.actor_resources if spec.actor_resources is not None
+                   else spec.resources)
         extra = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
         self.actor_cls = shoal.remote(TrialActor).options(
             num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0), resources=extra or None,
@@ -93,6 +97,8 @@ class Controller:
                 self.progress.maybe_show(self.trials)
         finally:
             self._commit()
+            if self.stopping:
+                shoal.wait(self.stopping, num_returns=len(self.stopping), timeout=_STOP_GRACE_S)
             for a in self.all_actors:
                 try:
                     shoal.kill(a)
@@ -185,6 +191,8 @@ class Controller:
                 "trial_dir": t.trial_dir, "config": t.config, "checkpoint": ckpt,
                 "iteration": t.iteration, "time_total_s": t.last_result.get("time_total_s", 0.0),
                 "experiment_name": os.path.basename(self.exp_dir), **self.ckpt_opts}
+        info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
+        self.stop_keys[t.trial_id] = info["stop_key"]
         t.status = RUNNING
         self.store.save_trial(t)
         self.actor_of[t.trial_id] = actor
@@ -289,7 +297,7 @@ class Controller:
         return False
 
     def _end_early(self, t, actor, rec, by_scheduler: bool):
-        actor.stop.remote()
+        self._stop_call(actor)
         self._release(actor)
         t.stopped_early = by_scheduler
         self._finish(t, TERMINATED, rec)
@@ -307,13 +315,13 @@ class Controller:
             os.rename(tmp, dest)
         t.config = new_config
         t.checkpoint = dest
-        actor.stop.remote()
+        self._stop_call(actor)
         self._start(t, actor=actor, checkpoint=dest)
 
     def _paused(self, t: Trial, actor, ckpt):
         if ckpt:
             t.checkpoint = ckpt
-        actor.stop.remote()
+        self._stop_call(actor)
         self._release(actor)
         t.status = PAUSED
         self.store.save_trial(t)
@@ -388,9 +396,24 @@ class Controller:
                 shutil.rmtree(p, ignore_errors=True)
         t.checkpoints = [e for e in entries if e[0] in kept]
 
+    def _stop_call(self, actor):
+        ref = actor.stop.remote()
+        if self.stopping:     # forget the stop calls already done
+            _, self.stopping = shoal.wait(self.stopping, num_returns=len(self.stopping),
+                                          timeout=0)
+        self.stopping.append(ref)
+
     def _stop_all(self, why: str):
+        # Running trials get their stop key (a Trainer trial ends its gang) and a stop
+        # call; after a bounded grace their actors are killed.
+        store = shoal.get_kv_store()
         for ref, (t, actor, _) in list(self.inflight.items()):
-            self._drop_actor(actor)
+            if t.trial_id in self.stop_keys:
+                store.set(self.stop_keys[t.trial_id], b"1")
+            self._stop_call(actor)
+        if self.inflight:
+            shoal.wait(list(self.inflight), num_returns=len(self.inflight), timeout=_STOP_GRACE_S)
+        for ref, (t, actor, _) in list(self.inflight.items()):
             if t.status == RUNNING:
                 t.stopped_early = True
                 self._finish(t, TERMINATED)

@@ -78,8 +78,9 @@ def persist(checkpoint, trial_dir: str, iteration: int) -> str:
         raise TypeError(f"report(checkpoint=...) takes a shoal.tune.Checkpoint, got "
                         f"{type(checkpoint).__name__}; use Checkpoint.from_dict(...)")
     final = os.path.join(trial_dir, f"checkpoint_{iteration:06d}")
-    if getattr(checkpoint, "path", None) == final:
-        return final
+    src = getattr(checkpoint, "path", None)
+    if src and os.path.abspath(src).startswith(os.path.abspath(trial_dir) + os.sep):
+        return os.path.abspath(src)   # already in the trial's directory (a Trainer's)
     tmp = tempfile.mkdtemp(prefix=".tmp_checkpoint_", dir=trial_dir)
     try:
         checkpoint.to_directory(tmp)

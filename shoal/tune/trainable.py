@@ -71,6 +71,7 @@ class TrainableSpec:
     trainable: object
     resources: dict = field(default_factory=lambda: {"CPU": 1})
     parameters: dict = field(default_factory=dict)  # name -> ObjectRef
+    actor_resources: dict | None = None   # what the trial's actor takes (default: resources)
 
     @property
     def name(self) -> str:
@@ -86,8 +87,9 @@ def as_spec(trainable) -> TrainableSpec:
     """The TrainableSpec of ``trainable`` (a function, a Trainable class or a spec)."""
     if isinstance(trainable, TrainableSpec):
         return trainable
-    if hasattr(trainable, "as_trainable"):   # e.g. a shoal.train.Trainer adapter
-        return as_spec(trainable.as_trainable())
+    from shoal.tune._trainer import is_trainer, trainer_spec
+    if is_trainer(trainable):
+        return trainer_spec(trainable)
     if inspect.isclass(trainable):
         if not issubclass(trainable, Trainable):
             raise TypeError(f"a trainable class must subclass shoal.tune.Trainable, "
@@ -112,7 +114,7 @@ def with_resources(trainable, resources: dict) -> TrainableSpec:
             raise ValueError(f"with_resources: {k} must be a number >= 0, got {v!r}")
         norm[k] = v
     norm.setdefault("CPU", 0)
-    return TrainableSpec(spec.trainable, norm, dict(spec.parameters))
+    return TrainableSpec(spec.trainable, norm, dict(spec.parameters), spec.actor_resources)
 
 
 def with_parameters(trainable, **parameters) -> TrainableSpec:
@@ -124,7 +126,7 @@ def with_parameters(trainable, **parameters) -> TrainableSpec:
     refs = dict(spec.parameters)
     for k, v in parameters.items():
         refs[k] = shoal.put(v)
-    return TrainableSpec(spec.trainable, dict(spec.resources), refs)
+    return TrainableSpec(spec.trainable, dict(spec.resources), refs, spec.actor_resources)
 
 
 # ------------------------------------------------------------------ the in-trial API

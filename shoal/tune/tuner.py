@@ -55,8 +55,6 @@ class Tuner:
         if not isinstance(self.run_config, RunConfig):
             raise TypeError("run_config must be a shoal.tune.RunConfig")
         self.param_space = param_space if param_space is not None else {}
-        if hasattr(trainable, "_tune_param_space"):   # a Trainer brings its own config
-            self.param_space = trainable._tune_param_space(self.param_space)
         sp.validate(self.param_space)
         self.spec: TrainableSpec = as_spec(trainable)
         self._restore_path: str | None = None
