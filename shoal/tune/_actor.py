@@ -20,6 +20,7 @@ import time
 import traceback
 
 import shoal
+from shoal.tune._store import TrialFiles
 from shoal.tune.checkpoint import _DICT_FILE, Checkpoint, persist
 from shoal.tune.trainable import TrialContext, _set_session
 
@@ -193,6 +194,7 @@ class TrialActor:
     def __init__(self):
         self._trainables: dict = {}   # key -> (trainable, is_class, parameters)
         self._run = None
+        self._files = None
 
     def where(self):
         return socket.gethostname(), os.getpid()
@@ -210,14 +212,22 @@ class TrialActor:
             self._trainables = {key: entry}
         trainable, is_class, params = entry
         os.makedirs(info["trial_dir"], exist_ok=True)
+        self._files = TrialFiles(info["trial_dir"])
+        if not info.get("checkpoint") and not info.get("iteration"):
+            self._files.write_params(info["config"])
         self._run = (_ClassRun if is_class else _FunctionRun)(trainable, params, info)
         return self.next()
 
     def next(self):
         """Let the trial go on to its next event."""
         ev = self._run.next()
+        if ev[1] is not None and "metrics" in ev[1]:
+            self._files.append(ev[1]["metrics"])
         if ev[0] != "result":
             self._run = None
+            self._files.close()
+        else:
+            self._files.flush()
         return ev
 
     def save(self):
@@ -230,4 +240,5 @@ class TrialActor:
             return True
         ok = self._run.stop()
         self._run = None
+        self._files.close()
         return ok

@@ -171,7 +171,7 @@ class Controller:
         t = Trial(tid, cfg, PENDING, os.path.join(
             self.exp_dir, _trial_dir_name(self.spec.name, tid)))
         self.trials.append(t)
-        self.store.save_trial(t, idx=len(self.trials) - 1)
+        self.store.add_trial(t, len(self.trials) - 1)
         self.scheduler.on_trial_add(t)
         self.dirty = True
         self.queue.append(t)
@@ -194,7 +194,7 @@ class Controller:
         info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
         self.stop_keys[t.trial_id] = info["stop_key"]
         t.status = RUNNING
-        self.store.save_trial(t)
+        self.store.save_status(t)
         self.actor_of[t.trial_id] = actor
         self.inflight[actor.start.remote(self.key, self.box, info)] = (t, actor, "event")
 
@@ -220,27 +220,28 @@ class Controller:
             self._result(t, actor, payload)
         elif what == "done":
             if payload is not None:
-                self._record(t, payload)
+                self._record(t, payload, save=False)    # _finish saves the trial
             self._release(actor)
             self._finish(t, TERMINATED, payload["metrics"] if payload else None)
         else:
             self._release(actor)
             self._failed(t, payload["error"], payload["traceback"])
 
-    def _record(self, t: Trial, payload: dict) -> dict:
+    def _record(self, t: Trial, payload: dict, save: bool = True) -> dict:
         rec = payload["metrics"]
         if not self.metric_checked:
             self._check_metrics(t, rec)
         ckpt = payload.get("checkpoint")
         t.last_result = rec
         t.history.append(rec)
-        self.store.add_result(t, rec, ckpt)
+        self._last_line = self.store.add_result(t, rec, ckpt)
         if ckpt:
             t.checkpoint = ckpt
             t.checkpoints.append((ckpt, {k: v for k, v in rec.items()
                                          if isinstance(v, (int, float, str, bool))}))
             self._prune_checkpoints(t)
-        self.store.save_trial(t)
+        if save:
+            self.store.save_trial(t, self._last_line)
         self.progress.result(t, rec)
         return rec
 
@@ -315,6 +316,7 @@ class Controller:
             os.rename(tmp, dest)
         t.config = new_config
         t.checkpoint = dest
+        self.store.save_config(t)
         self._stop_call(actor)
         self._start(t, actor=actor, checkpoint=dest)
 
@@ -331,7 +333,6 @@ class Controller:
         t.status = status
         self.actor_of.pop(t.trial_id, None)
         self.store.save_trial(t)
-        self.store.close_trial(t.trial_id)
         last = result if result is not None else (t.last_result or None)
         if status == ERROR:
             self.scheduler.on_trial_error(t)

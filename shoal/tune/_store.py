@@ -58,6 +58,50 @@ def dumps(rec: dict) -> str:
         return json.dumps(clean(json.loads(json.dumps(rec, default=_default))))
 
 
+class TrialFiles:
+    """A trial's ``result.json`` (a JSON line per result) and ``progress.csv``, appended
+    by the trial's actor as results happen."""
+
+    def __init__(self, trial_dir: str):
+        self.trial_dir = trial_dir
+        self.rj = self.pc = self.writer = None
+
+    def write_params(self, config: dict) -> None:
+        with open(os.path.join(self.trial_dir, "params.json"), "w") as f:
+            f.write(dumps(config))
+
+    def append(self, rec: dict, line: str | None = None) -> None:
+        if self.rj is None:
+            self._open(rec)
+        self.rj.write((line or dumps(rec)) + "\n")
+        self.writer.writerow(rec)
+
+    def flush(self) -> None:
+        if self.rj is not None:
+            self.rj.flush()
+            self.pc.flush()
+
+    def _open(self, rec):
+        self.rj = open(os.path.join(self.trial_dir, "result.json"), "a")
+        path = os.path.join(self.trial_dir, "progress.csv")
+        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+        if fresh:
+            fields = list(rec)
+        else:
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), list(rec))
+        self.pc = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.pc, fieldnames=fields, extrasaction="ignore")
+        if fresh:
+            self.writer.writeheader()
+
+    def close(self) -> None:
+        if self.rj is not None:
+            self.rj.close()
+            self.pc.close()
+            self.rj = self.pc = self.writer = None
+
+
 class ExperimentStore:
     """One experiment's SQLite database and per-trial files."""
 
@@ -69,65 +113,45 @@ class ExperimentStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.db.execute("BEGIN")
-        self.files: dict = {}     # trial_id -> (result.json file, progress.csv file, writer)
 
     # ---------------------------------------------------------------- writing
     def put(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO experiment VALUES (?, ?)",
                         (key, cloudpickle.dumps(value)))
 
-    def save_trial(self, trial, idx: int | None = None) -> None:
-        row = (pickle.dumps(trial.config), trial.status, trial.trial_dir, trial.checkpoint,
-               json.dumps(trial.checkpoints), trial.num_failures, trial.error,
-               trial.error_traceback, int(trial.stopped_early), dumps(trial.last_result))
-        if idx is not None:
-            self.db.execute("INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                            (trial.trial_id, idx) + row)
-            os.makedirs(trial.trial_dir, exist_ok=True)
-            with open(os.path.join(trial.trial_dir, "params.json"), "w") as f:
-                f.write(dumps(trial.config))
-        else:
-            self.db.execute("UPDATE trials SET config=?, status=?, trial_dir=?, checkpoint=?, "
-                            "checkpoints=?, num_failures=?, error=?, traceback=?, "
-                            "stopped_early=?, last_result=? WHERE trial_id=?",
-                            row + (trial.trial_id,))
+    def add_trial(self, trial, idx: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (trial.trial_id, idx, pickle.dumps(trial.config), trial.status,
+                         trial.trial_dir, trial.checkpoint, json.dumps(trial.checkpoints),
+                         trial.num_failures, trial.error, trial.error_traceback,
+                         int(trial.stopped_early), dumps(trial.last_result)))
 
-    def add_result(self, trial, rec: dict, checkpoint: str | None) -> None:
+    def save_status(self, trial) -> None:
+        self.db.execute("UPDATE trials SET status=? WHERE trial_id=?",
+                        (trial.status, trial.trial_id))
+
+    def save_config(self, trial) -> None:
+        self.db.execute("UPDATE trials SET config=? WHERE trial_id=?",
+                        (pickle.dumps(trial.config), trial.trial_id))
+
+    def save_trial(self, trial, last_line: str | None = None) -> None:
+        self.db.execute("UPDATE trials SET status=?, checkpoint=?, checkpoints=?, "
+                        "num_failures=?, error=?, traceback=?, stopped_early=?, last_result=? "
+                        "WHERE trial_id=?",
+                        (trial.status, trial.checkpoint, json.dumps(trial.checkpoints),
+                         trial.num_failures, trial.error, trial.error_traceback,
+                         int(trial.stopped_early), last_line or dumps(trial.last_result),
+                         trial.trial_id))
+
+    def add_result(self, trial, rec: dict, checkpoint: str | None) -> str:
         line = dumps(rec)
         self.db.execute("INSERT INTO results VALUES (?,?,?,?)",
                         (trial.trial_id, rec.get("training_iteration", 0), line, checkpoint))
-        files = self.files.get(trial.trial_id)
-        if files is None:
-            files = self._open(trial, rec)
-        files[0].write(line + "\n")
-        files[2].writerow(rec)
-
-    def _open(self, trial, rec):
-        rj = open(os.path.join(trial.trial_dir, "result.json"), "a")
-        path = os.path.join(trial.trial_dir, "progress.csv")
-        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
-        pc = open(path, "a", newline="")
-        if fresh:
-            fields = list(rec)
-        else:
-            with open(path, newline="") as f:
-                fields = next(csv.reader(f), list(rec))
-        w = csv.DictWriter(pc, fieldnames=fields, extrasaction="ignore")
-        if fresh:
-            w.writeheader()
-        self.files[trial.trial_id] = (rj, pc, w)
-        return self.files[trial.trial_id]
-
-    def close_trial(self, trial_id: str) -> None:
-        files = self.files.pop(trial_id, None)
-        if files:
-            files[0].close()
-            files[1].close()
+        return line
 
     def truncate(self, trial, iteration: int) -> None:
         """Forget a trial's results after ``iteration`` (it resumes from a checkpoint there)
         and rewrite its files to match."""
-        self.close_trial(trial.trial_id)
         self.db.execute("DELETE FROM results WHERE trial_id=? AND iteration>?",
                         (trial.trial_id, iteration))
         trial.history = [r for r in trial.history if r.get("training_iteration", 0) <= iteration]
@@ -136,16 +160,13 @@ class ExperimentStore:
             p = os.path.join(trial.trial_dir, name)
             if os.path.exists(p):
                 os.remove(p)
+        files = TrialFiles(trial.trial_dir)
         for rec in trial.history:
-            files = self.files.get(trial.trial_id) or self._open(trial, rec)
-            files[0].write(dumps(rec) + "\n")
-            files[2].writerow(rec)
+            files.append(rec)
+        files.close()
 
     def commit(self) -> None:
         self.db.execute("COMMIT")
-        for rj, pc, _ in self.files.values():
-            rj.flush()
-            pc.flush()
         self.db.execute("BEGIN")
 
     def close(self) -> None:
@@ -153,8 +174,6 @@ class ExperimentStore:
             self.db.execute("COMMIT")
         except sqlite3.OperationalError:
             pass
-        for tid in list(self.files):
-            self.close_trial(tid)
         self.db.close()
 
     # ---------------------------------------------------------------- reading

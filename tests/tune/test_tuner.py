@@ -230,13 +230,21 @@ def test_asha_stops_bad_trials_early_end_to_end(tmp_path):
 
 def test_pbt_exploit_continues_from_the_donor_checkpoint_end_to_end(tmp_path):
     import time
+    gate = str(tmp_path / "loser_at_2")
 
     def climb(config):
         ckpt = tune.get_checkpoint()
         state = ckpt.to_dict() if ckpt else {"w": 0.0, "it": 0, "slow": config["lr"] < 0.5}
         w = state["w"]
         for it in range(state["it"], 8):
-            time.sleep(0.2 if state["slow"] else 0.1)   # the donor is ahead, not yet done
+            if state["slow"] and it == 1:
+                open(gate, "w").close()
+            if not state["slow"] and it == 2:
+                # the donor stays alive, its iteration-2 result recorded, until the
+                # loser reports its iteration 2 (no race on who is ranked first)
+                deadline = time.time() + 60
+                while not os.path.exists(gate) and time.time() < deadline:
+                    time.sleep(0.01)
             w += config["lr"]
             tune.report({"w": w, "lr": config["lr"]}, checkpoint=tune.Checkpoint.from_dict(
                 {"w": w, "it": it + 1, "slow": state["slow"]}))
