@@ -282,3 +282,28 @@ def test_hyperband_pauses_and_resumes_trials_end_to_end(tmp_path):
     best = grid.get_best_result()
     assert [h["training_iteration"] for h in best.metrics_history] == list(range(1, 10))
     assert max(h["start"] for h in best.metrics_history) >= 1   # resumed from a checkpoint
+
+
+def test_plot_writes_a_png_and_the_table_shows_the_best(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    grid = run(quadratic, {"x": tune.grid_search([0.0, 3.0])}, tmp_path, metric="loss",
+               mode="min", run_config=tune.RunConfig(storage_path=str(tmp_path), name="plot",
+                                                     verbose=1))
+    png = grid.plot()
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "2 TERMINATED" in out and "best:" in out and "loss=0.25" in out
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: tune.TuneConfig(metric="a"), "metric and mode together"),
+    (lambda: tune.TuneConfig(metric="a", mode="up"), "'min' or 'max'"),
+    (lambda: tune.TuneConfig(num_samples=0), "num_samples"),
+    (lambda: tune.TuneConfig(num_samples=-1), "needs time_budget_s"),
+    (lambda: tune.RunConfig(stop=3), "stop must be"),
+    (lambda: tune.FailureConfig(max_failures=-2), "max_failures"),
+])
+def test_bad_configs_are_rejected_when_made(make, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        make()
