@@ -23,6 +23,7 @@ from shoal.tune.schedulers import (ASHAScheduler, AsyncHyperBandScheduler, FIFOS
                                    HyperBandScheduler, MedianStoppingRule,
                                    PopulationBasedTraining, TrialScheduler)
 from shoal.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+from shoal.tune.search_cv import TuneSearchCV
 from shoal.tune.space import (choice, grid_search, lograndint, loguniform, qlograndint,
                               qloguniform, qrandint, qrandn, quniform, randint, randn,
                               sample_from, uniform)
@@ -36,7 +37,7 @@ __all__ = [
     "CheckpointConfig", "ConcurrencyLimiter", "FIFOScheduler", "FailureConfig",
     "HyperBandScheduler", "MedianStoppingRule", "OptunaSearch", "PopulationBasedTraining",
     "Result", "ResultGrid", "RunConfig", "Searcher", "Trainable", "Trial", "TrialContext",
-    "TrialScheduler", "TuneConfig", "Tuner", "choice", "get_checkpoint", "get_context",
+    "TrialScheduler", "TuneConfig", "TuneSearchCV", "Tuner", "choice", "get_checkpoint", "get_context",
     "grid_search", "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint",
     "qrandn", "quniform", "randint", "randn", "report", "sample_from", "uniform",
     "with_parameters", "with_resources",

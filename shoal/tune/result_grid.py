@@ -23,7 +23,9 @@ class Result:
         error: a TuneError with the trial's traceback if it failed, else None.
         path: the trial's directory (params.json, result.json, progress.csv).
         metrics_history: every reported result (dicts), in order.
-        trial_id, status, stopped_early.
+        trial_id: the trial's id.
+        status: TERMINATED or ERROR (PAUSED/PENDING if the experiment was cut short).
+        stopped_early: a scheduler ended the trial before it finished.
     """
 
     config: dict

@@ -11,11 +11,15 @@ class Trial:
     """A config and what became of it.
 
     Attributes:
-        trial_id, config, status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR),
-        trial_dir, last_result (the latest reported metrics), checkpoint (path
-        of the latest checkpoint), num_failures, error (a short message) and
-        error_traceback when it failed, stopped_early (a scheduler or stop
-        criterion ended it before it finished).
+        trial_id: its id (also in its directory's name).
+        config: the config it runs with (PBT may change it).
+        status: PENDING, RUNNING, PAUSED, TERMINATED or ERROR.
+        trial_dir: its directory (params.json, result.json, progress.csv, checkpoints).
+        last_result: the latest reported metrics.
+        checkpoint: path of the latest checkpoint, or None.
+        num_failures: how often it failed (retries included).
+        error: a short message when it failed; error_traceback the traceback.
+        stopped_early: a scheduler ended it before it finished.
     """
 
     trial_id: str
