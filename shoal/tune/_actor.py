@@ -218,6 +218,18 @@ class TrialActor:
         self._run = (_ClassRun if is_class else _FunctionRun)(trainable, params, info)
         return self.next()
 
+    def start_many(self, key: str, boxed: list, infos: list) -> list:
+        """Start trials one after another while each ends at its first event (it
+        returned or failed without an intermediate report); stop at the first that
+        reports, leaving it running. Returns their events (the rest were not started)."""
+        events = []
+        for info in infos:
+            ev = self.start(key, boxed, info)
+            events.append(ev)
+            if ev[0] == "result":
+                break
+        return events
+
     def next(self):
         """Let the trial go on to its next event."""
         ev = self._run.next()

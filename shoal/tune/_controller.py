@@ -26,6 +26,8 @@ from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 
 _WAIT_S = 1.0          # longest block in shoal.wait (time budget, progress table)
 _STOP_GRACE_S = 10.0   # at the end, stopping trials get this long before their actors are killed
+_BATCH = 16            # trials sent to an actor at once once trials are seen to end at once
+_BATCH_AFTER = 8       # ... after this many trials all ended at their first event
 _SYSTEM_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                 "trial_id", "pid", "done"}
 
@@ -49,6 +51,12 @@ class Controller:
         self.idle: list = []
         self.all_actors: list = []
         self.searcher_done = False
+        # Trials that end at their first event (a function that returns at once) go
+        # to an actor in batches: no round trip per trial. Only with the default
+        # searcher, which learns nothing from results.
+        from shoal.tune.search import BasicVariantGenerator
+        self.batchable = isinstance(searcher, BasicVariantGenerator)
+        self.first_event_ends = 0
         self.dirty = False
         self.metric_checked = False
         self.progress = Progress(run_config.verbose, tune_config.metric, tune_config.mode)
@@ -130,14 +138,17 @@ class Controller:
 
     # ------------------------------------------------------------------ starting
     def _running(self) -> int:
-        return sum(1 for t in self.trials if t.status == RUNNING)
+        return len(self.inflight)      # one outstanding call per busy actor
 
     def _fill(self):
         while self._running() < self.limit:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return
             if self.queue:
-                self._start(self.queue.pop(0))
+                if self._batching():
+                    self._start_batch()
+                else:
+                    self._start(self.queue.pop(0))
                 continue
             if self.paused:
                 t = self.scheduler.choose_trial_to_run(self.paused, self.searcher_done)
@@ -177,6 +188,25 @@ class Controller:
         self.queue.append(t)
         return t
 
+    def _batching(self) -> bool:
+        return (self.batchable and self.first_event_ends >= _BATCH_AFTER and not self.paused
+                and self.deadline is None)
+
+    def _start_batch(self):
+        # fill the batch from the queue, then from the searcher, leaving work for the
+        # other actors
+        while len(self.queue) < _BATCH and not self.searcher_done and self._ask() is not None:
+            pass
+        n = max(1, min(_BATCH, -(-len(self.queue) // max(1, self.limit - self._running()))))
+        batch, self.queue = self.queue[:n], self.queue[n:]
+        actor = self._actor()
+        infos = [self._info(t) for t in batch]
+        for t, info in zip(batch, infos):
+            t.status = RUNNING
+            self.store.save_status(t)
+            self.actor_of[t.trial_id] = actor
+        self.inflight[actor.start_many.remote(self.key, self.box, infos)] = (batch, actor, "batch")
+
     def _actor(self):
         if self.idle:
             return self.idle.pop()
@@ -186,6 +216,13 @@ class Controller:
 
     def _start(self, t: Trial, actor=None, checkpoint: str | None = None):
         actor = actor or self._actor()
+        info = self._info(t, checkpoint)
+        t.status = RUNNING
+        self.store.save_status(t)
+        self.actor_of[t.trial_id] = actor
+        self.inflight[actor.start.remote(self.key, self.box, info)] = (t, actor, "event")
+
+    def _info(self, t: Trial, checkpoint: str | None = None) -> dict:
         ckpt = checkpoint or t.checkpoint
         info = {"trial_id": t.trial_id, "trial_name": os.path.basename(t.trial_dir),
                 "trial_dir": t.trial_dir, "config": t.config, "checkpoint": ckpt,
@@ -193,14 +230,14 @@ class Controller:
                 "experiment_name": os.path.basename(self.exp_dir), **self.ckpt_opts}
         info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
         self.stop_keys[t.trial_id] = info["stop_key"]
-        t.status = RUNNING
-        self.store.save_status(t)
-        self.actor_of[t.trial_id] = actor
-        self.inflight[actor.start.remote(self.key, self.box, info)] = (t, actor, "event")
+        return info
 
     # ------------------------------------------------------------------ events
     def _handle(self, ref):
         t, actor, kind = self.inflight.pop(ref)
+        if kind == "batch":
+            self._handle_batch(ref, t, actor)
+            return
         try:
             ev = shoal.get(ref)
         except (ActorDiedError, WorkerCrashedError) as e:
@@ -215,16 +252,52 @@ class Controller:
         if kind == "save":
             self._paused(t, actor, ev)
             return
+        self._event(t, actor, ev, kind == "event" and t.iteration == 0)
+
+    def _handle_batch(self, ref, batch, actor):
+        try:
+            events = shoal.get(ref)
+        except ShoalError:
+            # the actor died somewhere in the batch, which one is unknown: its trials
+            # run again one by one (no batches from now on), where a culprit fails alone
+            self._drop_actor(actor)
+            self.batchable = False
+            for t in batch:
+                t.status = PENDING
+                self.store.save_status(t)
+            self.queue[:0] = batch
+            return
+        for i, (t, ev) in enumerate(zip(batch, events)):
+            if i == len(events) - 1 and ev[0] == "result":
+                self.first_event_ends = 0     # this one goes on: no more batches
+                self._result(t, actor, ev[1])
+                break
+            self._event(t, None, ev, True)
+        for t in batch[len(events):]:         # not started: back to the queue
+            t.status = PENDING
+            self.store.save_status(t)
+        self.queue[:0] = batch[len(events):]
+        if events and events[-1][0] != "result":
+            self._release(actor)
+
+    def _event(self, t, actor, ev, first: bool):
+        """A trial's event; ``actor`` None: the actor is released by the caller."""
         what, payload = ev
+        if first:
+            self.first_event_ends = self.first_event_ends + 1 if what != "result" else 0
+        if what == "result" and actor is None:
+            raise TuneError("internal: a batched trial reported mid-batch")
         if what == "result":
             self._result(t, actor, payload)
         elif what == "done":
             if payload is not None:
                 self._record(t, payload, save=False)    # _finish saves the trial
-            self._release(actor)
+            if actor is not None:
+                self._release(actor)
             self._finish(t, TERMINATED, payload["metrics"] if payload else None)
         else:
-            self._release(actor)
+            if actor is not None:
+                self._release(actor)
             self._failed(t, payload["error"], payload["traceback"])
 
     def _record(self, t: Trial, payload: dict, save: bool = True) -> dict:
@@ -409,15 +482,17 @@ class Controller:
         # call; after a bounded grace their actors are killed.
         store = shoal.get_kv_store()
         for ref, (t, actor, _) in list(self.inflight.items()):
-            if t.trial_id in self.stop_keys:
-                store.set(self.stop_keys[t.trial_id], b"1")
+            for x in (t if isinstance(t, list) else [t]):
+                if x.trial_id in self.stop_keys:
+                    store.set(self.stop_keys[x.trial_id], b"1")
             self._stop_call(actor)
         if self.inflight:
             shoal.wait(list(self.inflight), num_returns=len(self.inflight), timeout=_STOP_GRACE_S)
         for ref, (t, actor, _) in list(self.inflight.items()):
-            if t.status == RUNNING:
-                t.stopped_early = True
-                self._finish(t, TERMINATED)
+            for x in (t if isinstance(t, list) else [t]):
+                if x.status == RUNNING:
+                    x.stopped_early = True
+                    self._finish(x, TERMINATED)
         self.inflight.clear()
         for t in self.queue + self.paused:
             t.stopped_early = True

@@ -7,7 +7,6 @@ with the experiment, so a restored experiment continues the same sequence.
 """
 from __future__ import annotations
 
-import copy
 import random
 
 from shoal.exceptions import SearchSpaceError
@@ -111,7 +110,7 @@ class BasicVariantGenerator(Searcher):
             return None
         i = self.index
         self.index += 1
-        cfg = copy.deepcopy(self.variants[i % len(self.variants)])
+        cfg = sp._copy_structure(self.variants[i % len(self.variants)])
         if i < len(self.points):
             _merge_point(cfg, self.points[i])
         self.live.add(trial_id)

@@ -11,9 +11,7 @@ directory per trial); ``Tuner.restore(path)`` continues it after a crash.
 from __future__ import annotations
 
 import os
-import shutil
 import time
-import uuid
 
 import cloudpickle
 
@@ -27,7 +25,7 @@ from shoal.tune.result_grid import ResultGrid, result_of
 from shoal.tune.schedulers import FIFOScheduler, TrialScheduler
 from shoal.tune.search import BasicVariantGenerator, Searcher
 from shoal.tune.trainable import TrainableSpec, as_spec
-from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED
+from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING
 
 
 class Tuner:

@@ -3,7 +3,7 @@ import pytest
 
 from shoal import tune
 from shoal.tune.schedulers import CONTINUE, PAUSE, STOP
-from shoal.tune.trial import PAUSED, TERMINATED, Trial
+from shoal.tune.trial import PAUSED, Trial
 
 
 def trials(n):

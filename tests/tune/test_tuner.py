@@ -3,7 +3,6 @@ import os
 
 import pytest
 
-import shoal
 from shoal import tune
 from shoal.exceptions import InfeasibleResourceError, TuneError
 
