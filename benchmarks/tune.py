@@ -224,6 +224,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=500, help="trials of the overhead test")
     ap.add_argument("--ray-trials", type=int, default=None,
                     help="trials for Ray Tune's overhead run (default: same)")
+    ap.add_argument("--skip-ray", action="store_true", help="leave Ray Tune out (e.g. when it "
+                    "cannot start on an overloaded machine)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -239,7 +241,8 @@ def main() -> None:
         res = {"shoal": [], "ray": [], "optuna": []}
         for _ in range(rounds):
             res["shoal"].append(_run_child("overhead_shoal", n, 600))
-            res["ray"].append(_run_child("overhead_ray", nray, 1200))
+            if not args.skip_ray:
+                res["ray"].append(_run_child("overhead_ray", nray, 1200))
             res["optuna"].append(_run_child("overhead_optuna", n, 600))
         best = {k: _best(v, "trials_per_s", True) for k, v in res.items()}
         print(f"\n## overhead: {n} trials returning at once, random search, 2 CPUs "
@@ -259,7 +262,8 @@ def main() -> None:
         res = {"asha_shoal": [], "asha_ray": [], "fifo_shoal": []}
         for _ in range(rounds):
             for k in res:
-                res[k].append(_run_child(k, n, 1800))
+                if not (args.skip_ray and k == "asha_ray"):
+                    res[k].append(_run_child(k, n, 1800))
         best = {k: _best(v, "wall_s", False) for k, v in res.items()}
         print(f"\n## ASHA on a small CNN, digits, {n} trials, <= 10 epochs, 2 CPUs "
               f"(best of {rounds}; wall time includes start-up)\n")
