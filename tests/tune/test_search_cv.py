@@ -24,6 +24,7 @@ def test_search_cv_finds_a_good_c_and_refits(tmp_path):
     assert search.predict(X).shape == (300,)
 
 
+@pytest.mark.slow
 def test_search_cv_with_shoal_ml_estimator(tmp_path):
     pytest.importorskip("numba")
     from shoal.ml import LogisticRegression
