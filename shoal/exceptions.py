@@ -293,3 +293,13 @@ class EnvError(ShoalError, RuntimeError):
 
 class EnvRunnerError(ShoalError, RuntimeError):
     """Env runners kept failing and their restarts are spent (shoal.rl)."""
+
+
+class SearchSpaceError(ShoalError, ValueError):
+    """A shoal.tune search space is invalid (``loguniform(0, 1)``, an empty ``choice``,
+    a ``sample_from`` that depends on itself)."""
+
+
+class TuneError(ShoalError, RuntimeError):
+    """A shoal.tune experiment could not run as asked (a metric no trial reports, a
+    trainable that cannot be pickled, an experiment directory that cannot be restored)."""

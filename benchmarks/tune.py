@@ -1,0 +1,287 @@
+"""shoal.tune against Ray Tune and Optuna, side by side in one run, on this machine.
+
+    python benchmarks/tune.py [--quick] [--rounds 3] [--only overhead|asha]
+
+1. overhead: N trials (default 500) of a function that returns at once, random
+   search, 2 CPUs. Trials per second of ``Tuner.fit()`` for shoal.tune and
+   Ray Tune (each trial in a worker process), and Optuna in-process
+   (``study.optimize(n_jobs=2)``, RandomSampler).
+2. asha: 32 trials of a small torch CNN on scikit-learn's digits, at most 10
+   epochs, learning rate and width searched, ASHA (grace 1, reduction 3):
+   wall time and best test accuracy for shoal and Ray Tune with the same
+   space, seeds and scheduler settings, and shoal ASHA vs shoal FIFO.
+
+Each system runs in its own fresh process, one after the other (rounds
+alternate the systems; the best round is kept), so they do not compete for
+the cores. Ratios matter, not absolute times: the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- overhead
+def overhead_shoal(n: int, tmp: str) -> dict:
+    import shoal
+    from shoal import tune
+    t = time.perf_counter()
+    shoal.init(num_cpus=2)
+    init_s = time.perf_counter() - t
+
+    def objective(config):
+        return {"loss": (config["x"] - 3) ** 2}
+    t = time.perf_counter()
+    grid = tune.Tuner(objective, param_space={"x": tune.uniform(0, 10)},
+                      tune_config=tune.TuneConfig(metric="loss", mode="min", num_samples=n,
+                                                  seed=0),
+                      run_config=tune.RunConfig(storage_path=tmp, verbose=0)).fit()
+    fit_s = time.perf_counter() - t
+    assert len(grid) == n and grid.num_errors == 0
+    shoal.shutdown()
+    return {"init_s": init_s, "fit_s": fit_s, "trials_per_s": n / fit_s, "trials": n}
+
+
+def overhead_ray(n: int, tmp: str) -> dict:
+    import ray
+    from ray import tune
+    t = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=os.path.join(tmp, "ray"))
+    init_s = time.perf_counter() - t
+
+    def objective(config):
+        return {"loss": (config["x"] - 3) ** 2}
+    t = time.perf_counter()
+    grid = tune.Tuner(objective, param_space={"x": tune.uniform(0, 10)},
+                      tune_config=tune.TuneConfig(metric="loss", mode="min", num_samples=n),
+                      run_config=tune.RunConfig(storage_path=os.path.join(tmp, "res"),
+                                                verbose=0)).fit()
+    fit_s = time.perf_counter() - t
+    assert len(grid) == n and grid.num_errors == 0
+    ray.shutdown()
+    return {"init_s": init_s, "fit_s": fit_s, "trials_per_s": n / fit_s, "trials": n}
+
+
+def overhead_optuna(n: int, tmp: str) -> dict:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial):
+        return (trial.suggest_float("x", 0, 10) - 3) ** 2
+    t = time.perf_counter()
+    study = optuna.create_study(direction="minimize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=n, n_jobs=2)
+    fit_s = time.perf_counter() - t
+    assert len(study.trials) == n
+    return {"init_s": 0.0, "fit_s": fit_s, "trials_per_s": n / fit_s, "trials": n}
+
+
+# ---------------------------------------------------------------- asha on a CNN
+def _digits():
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+
+
+def train_cnn(config, data=None, report=None):
+    """A small CNN on digits: one report (test accuracy) per epoch."""
+    import torch
+    from torch import nn
+    torch.set_num_threads(1)
+    Xtr, Xte, ytr, yte = data
+    torch.manual_seed(config["seed"])
+    w = config["width"]
+    model = nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(2 * w * 4, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
+    Xtr, ytr = torch.from_numpy(Xtr), torch.from_numpy(ytr)
+    Xte, yte = torch.from_numpy(Xte), torch.from_numpy(yte)
+    g = torch.Generator().manual_seed(config["seed"])
+    for epoch in range(10):
+        model.train()
+        perm = torch.randperm(len(Xtr), generator=g)
+        for i in range(0, len(Xtr), 32):
+            idx = perm[i:i + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(Xte).argmax(1) == yte).float().mean().item()
+        report({"accuracy": acc, "epoch": epoch})
+
+
+def _configs(n: int) -> list:
+    """The same 32 configs for every system (lr log-uniform, width a choice)."""
+    import random
+    rng = random.Random(0)
+    return [{"lr": 10 ** rng.uniform(-3, -0.5), "width": rng.choice([4, 8, 16, 32]), "seed": i}
+            for i in range(n)]
+
+
+def asha_shoal(n: int, tmp: str, scheduler: str = "asha") -> dict:
+    t0 = time.perf_counter()
+    import shoal
+    from shoal import tune
+    shoal.init(num_cpus=2)
+    data = _digits()
+
+    sched = (tune.ASHAScheduler(max_t=10, grace_period=1, reduction_factor=3)
+             if scheduler == "asha" else tune.FIFOScheduler())
+    # grid_search over whole configs keeps the 32 configs identical across systems
+    grid = tune.Tuner(tune.with_parameters(lambda c, data: train_cnn(c["cfg"], data, tune.report),
+                                           data=data),
+                      param_space={"cfg": tune.grid_search(_configs(n))},
+                      tune_config=tune.TuneConfig(metric="accuracy", mode="max",
+                                                  scheduler=sched),
+                      run_config=tune.RunConfig(storage_path=tmp, verbose=0)).fit()
+    wall = time.perf_counter() - t0
+    best = grid.get_best_result(scope="all")
+    epochs = sum(len(r.metrics_history) for r in grid)
+    shoal.shutdown()
+    return {"wall_s": wall, "best_accuracy": max(h["accuracy"] for h in best.metrics_history),
+            "epochs_run": epochs, "errors": grid.num_errors}
+
+
+def asha_ray(n: int, tmp: str) -> dict:
+    t0 = time.perf_counter()
+    import ray
+    from ray import tune
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=os.path.join(tmp, "ray"))
+    data = _digits()
+
+    def trainable(config, data):
+        train_cnn(config["cfg"], data, tune.report)
+    grid = tune.Tuner(tune.with_parameters(trainable, data=data),
+                      param_space={"cfg": tune.grid_search(_configs(n))},
+                      tune_config=tune.TuneConfig(
+                          metric="accuracy", mode="max",
+                          scheduler=tune.schedulers.ASHAScheduler(max_t=10, grace_period=1,
+                                                                  reduction_factor=3)),
+                      run_config=tune.RunConfig(storage_path=os.path.join(tmp, "res"),
+                                                verbose=0)).fit()
+    wall = time.perf_counter() - t0
+    best = grid.get_best_result(scope="all")
+    epochs = sum(len(r.metrics_dataframe) for r in grid)
+    ray.shutdown()
+    return {"wall_s": wall, "best_accuracy": float(best.metrics_dataframe["accuracy"].max()),
+            "epochs_run": epochs, "errors": len(grid.errors)}
+
+
+# ---------------------------------------------------------------- driver
+def _child(args) -> None:
+    tmp = tempfile.mkdtemp(prefix="tb_", dir="/tmp")
+    try:
+        fn = {"overhead_shoal": overhead_shoal, "overhead_ray": overhead_ray,
+              "overhead_optuna": overhead_optuna, "asha_shoal": asha_shoal,
+              "asha_ray": asha_ray,
+              "fifo_shoal": lambda n, tmp: asha_shoal(n, tmp, "fifo")}[args.child]
+        out = fn(args.n, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _run_child(name: str, n: int, timeout: float) -> dict | None:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RAY_DEDUP_LOGS="0", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1")
+    p = subprocess.run([sys.executable, __file__, "--child", name, "--n", str(n)], env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    print(f"{name} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}", file=sys.stderr)
+    return None
+
+
+def _best(rounds: list, key: str, larger: bool) -> dict | None:
+    ok = [r for r in rounds if r]
+    if not ok:
+        return None
+    return (max if larger else min)(ok, key=lambda r: r[key])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer trials and one round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["overhead", "asha"])
+    ap.add_argument("--trials", type=int, default=500, help="trials of the overhead test")
+    ap.add_argument("--ray-trials", type=int, default=None,
+                    help="trials for Ray Tune's overhead run (default: same)")
+    ap.add_argument("--skip-ray", action="store_true", help="leave Ray Tune out (e.g. when it "
+                    "cannot start on an overloaded machine)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args)
+        return
+    rounds = 1 if args.quick else args.rounds
+    load = os.getloadavg()
+    print(f"# shoal.tune benchmark, load average before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    if args.only in (None, "overhead"):
+        n = 100 if args.quick else args.trials
+        nray = args.ray_trials or n
+        res = {"shoal": [], "ray": [], "optuna": []}
+        for _ in range(rounds):
+            res["shoal"].append(_run_child("overhead_shoal", n, 600))
+            if not args.skip_ray:
+                res["ray"].append(_run_child("overhead_ray", nray, 1200))
+            res["optuna"].append(_run_child("overhead_optuna", n, 600))
+        best = {k: _best(v, "trials_per_s", True) for k, v in res.items()}
+        print(f"\n## overhead: {n} trials returning at once, random search, 2 CPUs "
+              f"(best of {rounds})\n")
+        print("| system | trials | trials/s | fit s | init s | shoal vs it |")
+        print("|---|---|---|---|---|---|")
+        for k in ("shoal", "ray", "optuna"):
+            b = best[k]
+            if b is None:
+                print(f"| {k} | - | failed | | | |")
+                continue
+            ratio = best["shoal"]["trials_per_s"] / b["trials_per_s"] if best["shoal"] else 0
+            print(f"| {k} | {b['trials']} | {b['trials_per_s']:.1f} | {b['fit_s']:.2f} | "
+                  f"{b['init_s']:.2f} | {ratio:.2f}x |")
+    if args.only in (None, "asha"):
+        n = 8 if args.quick else 32
+        res = {"asha_shoal": [], "asha_ray": [], "fifo_shoal": []}
+        for _ in range(rounds):
+            for k in res:
+                if not (args.skip_ray and k == "asha_ray"):
+                    res[k].append(_run_child(k, n, 1800))
+        best = {k: _best(v, "wall_s", False) for k, v in res.items()}
+        print(f"\n## ASHA on a small CNN, digits, {n} trials, <= 10 epochs, 2 CPUs "
+              f"(best of {rounds}; wall time includes start-up)\n")
+        print("| run | wall s | best test accuracy | epochs run | shoal ASHA faster by |")
+        print("|---|---|---|---|---|")
+        base = best["asha_shoal"]
+        for k, label in (("asha_shoal", "shoal ASHA"), ("asha_ray", "Ray Tune ASHA"),
+                         ("fifo_shoal", "shoal FIFO")):
+            b = best[k]
+            if b is None:
+                print(f"| {label} | failed | | | |")
+                continue
+            ratio = b["wall_s"] / base["wall_s"] if base else 0
+            print(f"| {label} | {b['wall_s']:.1f} | {b['best_accuracy']:.4f} | "
+                  f"{b['epochs_run']} | {ratio:.2f}x |")
+    load = os.getloadavg()
+    print(f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
