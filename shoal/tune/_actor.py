@@ -21,7 +21,7 @@ import traceback
 
 import shoal
 from shoal.tune._store import TrialFiles
-from shoal.tune.checkpoint import _DICT_FILE, Checkpoint, persist
+from shoal.tune.checkpoint import Checkpoint, persist
 from shoal.tune.trainable import TrialContext, _set_session
 
 _STOP_JOIN_S = 30.0   # a stopped function gets this long to unwind before its actor is dropped
@@ -182,10 +182,8 @@ class _ClassRun:
 
 
 def _load(path: str):
-    f = os.path.join(path, _DICT_FILE)
-    if os.path.exists(f):
-        return Checkpoint(path=path).to_dict()
-    return path
+    ckpt = Checkpoint(path=path)
+    return ckpt.to_dict() if ckpt.holds_dict() else path
 
 
 class TrialActor:

@@ -1,93 +1,22 @@
-"""``Checkpoint``: a directory of files, or a dict that becomes one.
-
-The on-disk form is shoal.train's (a dict is ``checkpoint_dict.pkl`` in the
-directory), so a Trainer's checkpoint is a tune checkpoint and back; this
-module does not import shoal.train (which needs torch).
+"""Checkpoints of trials: shoal's one ``Checkpoint`` type (shoal.core.checkpoint), so a
+Trainer's checkpoint is a trial's and back, without importing shoal.train (torch).
 """
 from __future__ import annotations
 
 import os
-import pickle
-import shutil
-import tempfile
 
-_DICT_FILE = "checkpoint_dict.pkl"
+from shoal.core import checkpoint as _core
 
+Checkpoint = _core.Checkpoint
 
-class Checkpoint:
-    """State a trial can resume from: ``Checkpoint.from_dict({...})`` or
-    ``Checkpoint.from_directory(path)``; read with ``to_dict()`` / ``to_directory()``."""
-
-    def __init__(self, path: str | None = None, data: dict | None = None):
-        if (path is None) == (data is None):
-            raise ValueError("a Checkpoint is either a directory (path=) or a dict (data=)")
-        self.path = os.fspath(path) if path is not None else None
-        self._data = data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Checkpoint:
-        """A checkpoint of ``data`` (any picklable values)."""
-        if not isinstance(data, dict):
-            raise TypeError(f"Checkpoint.from_dict takes a dict, got {type(data).__name__}")
-        return cls(data=dict(data))
-
-    @classmethod
-    def from_directory(cls, path) -> Checkpoint:
-        """A checkpoint of the files in the existing directory ``path``."""
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
-        return cls(path=os.path.abspath(path))
-
-    def to_dict(self) -> dict:
-        """The checkpoint's dict (for a directory: the dict saved by ``from_dict``)."""
-        if self._data is not None:
-            return dict(self._data)
-        f = os.path.join(self.path, _DICT_FILE)
-        if not os.path.exists(f):
-            raise ValueError(f"checkpoint {self.path!r} holds files, not a dict; read it with "
-                             "to_directory() or from its path")
-        with open(f, "rb") as fh:
-            return pickle.load(fh)
-
-    def to_directory(self, path=None) -> str:
-        """Write the checkpoint's files into ``path`` (a new temporary directory if None)."""
-        path = os.fspath(path) if path is not None else tempfile.mkdtemp(prefix="shoal_ckpt_")
-        os.makedirs(path, exist_ok=True)
-        if self._data is not None:
-            with open(os.path.join(path, _DICT_FILE), "wb") as fh:
-                pickle.dump(self._data, fh, protocol=5)
-        elif os.path.abspath(path) != self.path:
-            shutil.copytree(self.path, path, dirs_exist_ok=True)
-        return path
-
-    def __repr__(self) -> str:
-        return f"Checkpoint(path={self.path!r})" if self.path else "Checkpoint(<dict>)"
-
-    def __eq__(self, other):
-        return isinstance(other, Checkpoint) and other.path == self.path and self.path is not None
-
-    def __hash__(self):
-        return hash(self.path)
+__all__ = ["Checkpoint", "persist"]
 
 
 def persist(checkpoint, trial_dir: str, iteration: int) -> str:
-    """Write ``checkpoint`` (anything with ``to_directory``, e.g. a shoal.train
-    Checkpoint) to ``trial_dir/checkpoint_<iteration>`` atomically; returns that path."""
-    if not hasattr(checkpoint, "to_directory"):
-        raise TypeError(f"report(checkpoint=...) takes a shoal.tune.Checkpoint, got "
-                        f"{type(checkpoint).__name__}; use Checkpoint.from_dict(...)")
-    final = os.path.join(trial_dir, f"checkpoint_{iteration:06d}")
+    """Write ``checkpoint`` to ``trial_dir/checkpoint_<iteration>`` atomically; returns
+    that path (or the checkpoint's own, when a Trainer already wrote it in the trial's
+    directory)."""
     src = getattr(checkpoint, "path", None)
     if src and os.path.abspath(src).startswith(os.path.abspath(trial_dir) + os.sep):
-        return os.path.abspath(src)   # already in the trial's directory (a Trainer's)
-    tmp = tempfile.mkdtemp(prefix=".tmp_checkpoint_", dir=trial_dir)
-    try:
-        checkpoint.to_directory(tmp)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        return os.path.abspath(src)
+    return _core.persist(checkpoint, trial_dir, iteration).path
