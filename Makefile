@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py --quick
 	$(BIN)/python benchmarks/ml.py --quick
 	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/parallel.py --quick
+	$(BIN)/python benchmarks/elastic.py --rounds 1
+	$(BIN)/python benchmarks/tune.py --quick
+	$(BIN)/python benchmarks/rl.py --quick
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk; } || \
 		echo "benchmarks/serve.py needs wrk (apt-get install wrk); skipping it"
 	if command -v wrk >/dev/null; then $(BIN)/python benchmarks/serve.py --quick; fi
