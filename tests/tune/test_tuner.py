@@ -230,20 +230,34 @@ def test_asha_stops_bad_trials_early_end_to_end(tmp_path):
 def test_pbt_exploit_continues_from_the_donor_checkpoint_end_to_end(tmp_path):
     import time
     gate = str(tmp_path / "loser_at_2")
+    exploited = str(tmp_path / "loser_exploited")
+    donor_at_2 = str(tmp_path / "donor_at_2")
+
+    def wait_for(path):
+        deadline = time.time() + 60
+        while not os.path.exists(path) and time.time() < deadline:
+            time.sleep(0.01)
 
     def climb(config):
         ckpt = tune.get_checkpoint()
         state = ckpt.to_dict() if ckpt else {"w": 0.0, "it": 0, "slow": config["lr"] < 0.5}
+        if ckpt and not state["slow"] and config["lr"] != 1.0:
+            open(exploited, "w").close()       # the loser, restarted from the donor's weights
         w = state["w"]
         for it in range(state["it"], 8):
             if state["slow"] and it == 1:
                 open(gate, "w").close()
+                # the loser reports its iteration 2 only after the donor's (and a moment
+                # for the driver to record it): both are ranked at the loser's check
+                wait_for(donor_at_2)
+                time.sleep(1.0)
             if not state["slow"] and it == 2:
+                open(donor_at_2, "w").close()
                 # the donor stays alive, its iteration-2 result recorded, until the
                 # loser reports its iteration 2 (no race on who is ranked first)
-                deadline = time.time() + 60
-                while not os.path.exists(gate) and time.time() < deadline:
-                    time.sleep(0.01)
+                wait_for(gate)
+            if config["lr"] == 1.0 and it == 7:
+                wait_for(exploited)            # PBT copies only from trials still running
             w += config["lr"]
             tune.report({"w": w, "lr": config["lr"]}, checkpoint=tune.Checkpoint.from_dict(
                 {"w": w, "it": it + 1, "slow": state["slow"]}))
