@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from shoal.data._block import check_columns, concat, meta_of
 from shoal.data._plan import Bundle
-from shoal.data._shuffle import split_by_partition
+from shoal.data._shuffle import _exchange, split_by_partition
 from shoal.exceptions import SchemaMismatchError
 
 JOIN_TYPES = {"inner": "inner", "left": "left outer", "right": "right outer",
@@ -150,10 +150,6 @@ def _schema_of(bundles: list[Bundle]) -> pa.Schema | None:
 def join(left: list[Bundle], right: list[Bundle], ex, keys: list, how: str,
          suffixes: tuple, num_partitions: int | None) -> list[Bundle]:
     """Hash join of two materialized sides (see the module docstring)."""
-    import shoal
-
-    from shoal.data._execution import as_list, remote_fn
-
     left_schema, right_schema = _schema_of(left), _schema_of(right)
     if left_schema is None or right_schema is None:  # a side with no blocks at all
         return [] if left_schema is None or how in ("inner", "right", "semi") else left
@@ -162,24 +158,9 @@ def join(left: list[Bundle], right: list[Bundle], ex, keys: list, how: str,
     casts = {k: common_key_type(k, left_schema.field(k).type, right_schema.field(k).type)
              for k in keys}
     n = num_partitions or max(len(left), len(right), 1)
-    mapper, reducer = remote_fn(join_map), remote_fn(join_reduce)
-    progress = ex.progress("join", len(left) + len(right) + n)
-    try:
-        parts = [as_list(mapper.options(num_returns=n).remote(keys, casts, n, ref))
-                 for ref, _ in left + right]
-        progress.update(len(parts))
-        nl = len(left)
-        outs = [as_list(reducer.options(num_returns=2).remote(
-            keys, how, suffixes, nl, *[p[j] for p in parts])) for j in range(n)]
-        del parts
-        bundles = []
-        for block_ref, meta_ref in outs:
-            meta = shoal.get(meta_ref)
-            progress.update(1, meta.num_rows)
-            bundles.append((block_ref, meta))
-        return bundles
-    finally:
-        progress.close()
+    nl = len(left)
+    return _exchange("join", left + right, join_map, lambda i: (keys, casts, n), n,
+                     join_reduce, lambda j: (keys, how, suffixes, nl), ex)
 
 
 def zip_datasets(left: list[Bundle], right: list[Bundle], ex) -> list[Bundle]:

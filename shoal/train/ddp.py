@@ -148,20 +148,8 @@ class DistributedModel(nn.Module):
                 f"other parameter names/shapes/dtypes than rank 0 (this rank: "
                 f"{n} parameters). Build the same model on every rank")
 
-    @torch.no_grad()
     def _broadcast_state(self) -> None:
-        tensors = [p.data for p in self.module.parameters()] + \
-                  [b for b in self.module.buffers() if b.numel()]
-        by_dtype: dict = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            self.comm.broadcast(flat, src=0)
-            off = 0
-            for t in group:
-                t.copy_(flat[off:off + t.numel()].view_as(t))
-                off += t.numel()
+        broadcast_module_state(self.module, self.comm)
 
     # ------------------------------------------------------------- steps
     def forward(self, *args, **kwargs):
@@ -207,3 +195,18 @@ class DistributedModel(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load into the wrapped module (keys without a ``module.`` prefix)."""
         return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+@torch.no_grad()
+def broadcast_module_state(module, comm) -> None:
+    """Copy rank 0's parameters and non-empty buffers to every rank (one broadcast per dtype)."""
+    by_dtype: dict = {}
+    for t in [p.data for p in module.parameters()] + [b for b in module.buffers() if b.numel()]:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        comm.broadcast(flat, src=0)
+        off = 0
+        for t in group:
+            t.copy_(flat[off:off + t.numel()].view_as(t))
+            off += t.numel()

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from shoal.exceptions import InvalidInputError, RankMismatchError
+from shoal.train.ddp import broadcast_module_state
 
 _DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -376,19 +377,8 @@ class ShardedModel(nn.Module):
                 f"the model passed to ZeRO differs between ranks: ranks {bad} have other "
                 "parameter names/shapes/dtypes than rank 0; build the same model on every rank")
 
-    @torch.no_grad()
     def _broadcast_state(self) -> None:
-        by_dtype: dict = {}
-        for t in [p.data for p in self.module.parameters()] + \
-                 [b for b in self.module.buffers() if b.numel()]:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            self.comm.broadcast(flat, src=0)
-            off = 0
-            for t in group:
-                t.copy_(flat[off:off + t.numel()].view_as(t))
-                off += t.numel()
+        broadcast_module_state(self.module, self.comm)
 
     def _build_units(self) -> None:
         spans = [("", self.module)] + _find_units(self.module, self.strategy.units)
