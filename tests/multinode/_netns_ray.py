@@ -150,12 +150,37 @@ class RayCluster:
         except subprocess.TimeoutExpired:
             p.kill()
             out, _ = p.communicate()
-            raise AssertionError(f"the driver ran past {timeout}s:\n{out[-6000:]}") from None
+            raise AssertionError(f"the driver ran past {timeout}s:\n{out[-6000:]}\n"
+                                 f"ray status then:\n{self.ray_status()}") from None
         results = [ln[len("SHOAL-RESULT "):] for ln in out.splitlines()
                    if ln.startswith("SHOAL-RESULT ")]
         if p.returncode != 0 or not results:
             raise AssertionError(f"the driver exited with {p.returncode}:\n{out[-6000:]}")
         return json.loads(results[-1])
+
+    def ray_status(self) -> str:
+        """``ray status`` of the cluster (resources in use, pending demands), for failure messages."""
+        try:
+            p = subprocess.run(["ip", "netns", "exec", self.head_ns, RAY, "status",
+                                f"--address={self.address}"], env=self.env, capture_output=True,
+                               text=True, timeout=30)
+            return (p.stdout + p.stderr)[-3000:]
+        except subprocess.TimeoutExpired:
+            return "(ray status did not answer within 30 s)"
+
+    def wait_for_free_cpus(self, n: int, timeout: float = 90) -> None:
+        """Wait until ``n`` CPUs are free: a previous driver's actors are released asynchronously."""
+        free = self.run(f"""
+            import time
+            deadline = time.monotonic() + {timeout}
+            while (shoal.available_resources().get("CPU", 0) < {n}
+                   and time.monotonic() < deadline):
+                time.sleep(0.5)
+            emit(shoal.available_resources().get("CPU", 0))
+            """, timeout=timeout + 60)
+        if free < n:
+            raise AssertionError(f"{free} CPUs free after {timeout}s, expected {n}:\n"
+                                 f"{self.ray_status()}")
 
     def run_program(self, path: str, timeout: float = 240, env: dict | None = None) -> str:
         """Run the program at ``path`` as a Ray job would (RAY_ADDRESS set); returns its output."""

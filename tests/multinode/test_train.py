@@ -71,9 +71,12 @@ def _one_machine(code, tmp_path):
     return json.loads(lines[-1][len("SHOAL-RESULT "):])
 
 
+# collective_timeout bounds the Trainer's placement, start and reports well inside the
+# driver's bound, so a stuck gang fails with the Trainer's own message.
 def test_trainer_one_worker_per_node_matches_one_machine(cluster, tmp_path):
-    got = cluster.run(_fit_code(str(tmp_path / "c"), placement_strategy='"STRICT_SPREAD"'),
-                      timeout=240)
+    cluster.wait_for_free_cpus(2)
+    got = cluster.run(_fit_code(str(tmp_path / "c"), placement_strategy='"STRICT_SPREAD"',
+                                collective_timeout=120), timeout=240)
     local = _one_machine(_fit_code(str(tmp_path / "l")), tmp_path)
     assert got["hosts"] == 2 and local["hosts"] == 1
     assert got["w"] == pytest.approx(local["w"], rel=1e-6)
@@ -81,8 +84,9 @@ def test_trainer_one_worker_per_node_matches_one_machine(cluster, tmp_path):
 
 
 def test_trainer_two_workers_per_node_matches_one_machine(cluster, tmp_path):
-    got = cluster.run(_fit_code(str(tmp_path / "c"), workers=4, placement_strategy='"SPREAD"'),
-                      timeout=240)
+    cluster.wait_for_free_cpus(4)   # all four CPUs of the cluster
+    got = cluster.run(_fit_code(str(tmp_path / "c"), workers=4, placement_strategy='"SPREAD"',
+                                collective_timeout=120), timeout=240)
     local = _one_machine(_fit_code(str(tmp_path / "l"), workers=4), tmp_path)
     assert got["hosts"] == 2 and local["hosts"] == 1
     # float32 gradients summed in another order ((r0+r1)+(r2+r3) across hosts, in rank
