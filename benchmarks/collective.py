@@ -257,6 +257,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short run: sizes up to 16 MB, fewer iterations")
     ap.add_argument("--worlds", default="2,4", help="world sizes on this host ('' for none)")
     ap.add_argument("--min-mb", type=float, default=0, help="skip buffers smaller than this")
+    ap.add_argument("--max-mb", type=float, default=None, help="skip buffers larger than this")
     ap.add_argument("--no-netns", action="store_true")
     ap.add_argument("--only-ray", action="store_true",
                     help="only the Ray case: 2 actors on 2 nodes of a Ray cluster in namespaces")
@@ -274,7 +275,7 @@ def main() -> None:
     top = (16 << 20) if args.quick else (256 << 20)
     sizes, s = [], 4 << 10
     while s <= top:
-        if s >= args.min_mb * (1 << 20):
+        if s >= args.min_mb * (1 << 20) and (args.max_mb is None or s <= args.max_mb * (1 << 20)):
             sizes.append(s)
         s *= 4 if args.quick else 2
     print(f"numpy memcpy bandwidth (256 MB): {memcpy_bandwidth():.2f} GB/s; {os.cpu_count()} CPUs; "

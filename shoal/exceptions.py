@@ -203,7 +203,7 @@ class MissingDependencyError(ShoalError, ImportError):
     """
 
     # import name -> the name pip installs it under, where they differ
-    _PIP_NAMES = {"sklearn": "scikit-learn"}
+    _PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow"}
 
     def __init__(self, message: str, missing: tuple = (), extra: str = "", name: str | None = None):
         super().__init__(message, name=name)

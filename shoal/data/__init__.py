@@ -18,12 +18,14 @@ from shoal.data._dataset import Dataset
 from shoal.data._groupby import GroupedData
 from shoal.data._plan import ActorCompute
 from shoal.data._sources import (from_arrow, from_block_refs, from_items, from_numpy,
-                                 from_pandas, from_polars, from_spark, range, range_tensor, read_csv,
-                                 read_json, read_parquet)
+                                 from_pandas, from_polars, from_spark, range, range_tensor,
+                                 read_binary_files, read_csv, read_delta, read_images, read_json,
+                                 read_libsvm, read_numpy, read_parquet, read_sql, read_text)
 
 __all__ = [
     "ActorCompute", "AggregateFn", "Count", "DataContext", "Dataset", "GroupedData", "Max",
     "Mean", "Min", "Std", "Sum", "from_arrow", "from_block_refs", "from_items", "from_numpy",
-    "from_pandas", "from_polars", "from_spark", "range", "range_tensor", "read_csv", "read_json",
-    "read_parquet",
+    "from_pandas", "from_polars", "from_spark", "range", "range_tensor", "read_binary_files",
+    "read_csv", "read_delta", "read_images", "read_json", "read_libsvm", "read_numpy",
+    "read_parquet", "read_sql", "read_text",
 ]

@@ -55,6 +55,23 @@ def column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
+def table_to_rows(table: pa.Table) -> list[dict]:
+    """Rows as dicts, as Ray Data gives them: a tensor column's value is an ndarray of the
+    element shape (``to_pylist`` would flatten it to a list)."""
+    tensors = [name for name, typ in zip(table.column_names, table.schema.types)
+               if isinstance(typ, pa.FixedShapeTensorType)]
+    if not tensors:
+        return table.to_pylist()
+    rows = table.drop_columns(tensors).to_pylist() if len(tensors) < table.num_columns \
+        else [{} for _ in range(table.num_rows)]
+    for name in tensors:
+        values = column_to_numpy(table.column(name))
+        for row, v in zip(rows, values):
+            row[name] = v
+    order = table.column_names
+    return [{k: r[k] for k in order} for r in rows]
+
+
 def array_to_arrow(values: Any, name: str = "") -> pa.Array | pa.ChunkedArray:
     """A column from a NumPy array, list, pandas Series, torch tensor or Arrow array."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):

@@ -1,6 +1,8 @@
 """Dataset: an ordered list of Arrow blocks in the object store, built lazily."""
 from __future__ import annotations
 
+import os
+
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -10,7 +12,8 @@ import pyarrow as pa
 
 from shoal.data import _iterate, _join, _row_ranges, _shuffle
 from shoal.data._aggregate import AggregateFn, Max, Mean, Min, Std, Sum
-from shoal.data._block import check_columns, column_to_numpy, concat, table_to_pandas
+from shoal.data._block import (check_columns, column_to_numpy, concat, table_to_pandas,
+                               table_to_rows)
 from shoal.data._execution import Executor, StageStats
 from shoal.data._plan import (ActorCompute, AllToAllNode, BinaryNode, BlocksNode, Bundle, LimitNode, Node,
                               UnionNode, add_transform, describe, known_num_blocks,
@@ -297,7 +300,7 @@ class Dataset:
 
     def take_all(self, limit: int | None = None) -> list[dict]:
         """Every row as a dict; ValueError when there are more than ``limit``."""
-        rows = self.to_arrow().to_pylist()
+        rows = table_to_rows(self.to_arrow())
         if limit is not None and len(rows) > limit:
             raise ValueError(f"the dataset has more than {limit} rows; use take({limit})")
         return rows
@@ -482,6 +485,30 @@ class Dataset:
     def write_json(self, path: str, **pandas_json_args) -> list[str]:
         """Write newline-delimited JSON files."""
         return self._write(path, "json", pandas_json_args)
+
+    def write_numpy(self, path: str, *, column: str = "data") -> list[str]:
+        """Write ``column`` of each non-empty block as one ``.npy`` file into folder ``path``."""
+        return self._write(path, "numpy", {"column": column})
+
+    def write_delta(self, path: str, *, mode: str = "append", partition_by=None,
+                    storage_options: dict | None = None) -> None:
+        """Write the rows to the Delta Lake table at ``path`` (created if absent) in one commit.
+
+        ``mode`` is "append", "overwrite", "error" or "ignore", as in
+        ``deltalake.write_deltalake``. The blocks stream through the driver into a
+        single transaction, so readers see all of the write or none of it. Needs
+        the ``delta`` extra.
+        """
+        import shoal
+
+        from shoal.data._formats import write_delta_table
+
+        if mode not in ("append", "overwrite", "error", "ignore"):
+            raise ValueError(f"write_delta(mode={mode!r}): use append, overwrite, error or ignore")
+        executor = Executor()
+        self._stats = executor.stats
+        tables = (shoal.get(ref) for ref, meta in executor.stream(self._plan) if meta.num_rows)
+        write_delta_table(os.fspath(path), tables, mode, partition_by, storage_options)
 
     def _write(self, path, file_format: str, options: dict) -> list[str]:
         executor = Executor()

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from shoal.data._block import check_batch_format, check_columns, column_to_numpy, rebatch, to_batch
+from shoal.data._block import (check_batch_format, check_columns, column_to_numpy, rebatch,
+                               table_to_rows, to_batch)
 from shoal.data._plan import Bundle
 from shoal.exceptions import MissingDependencyError
 
@@ -192,4 +193,4 @@ def to_tf_dataset(make_bundles, feature_columns, label_columns, *, batch_size, d
 
 def iter_rows(bundles: Iterable[Bundle], prefetch_blocks: int = 1) -> Iterator[dict]:
     for table in fetch_blocks(bundles, prefetch_blocks):
-        yield from table.to_pylist()
+        yield from table_to_rows(table)

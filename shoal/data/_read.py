@@ -23,7 +23,7 @@ from shoal.exceptions import DatasetPathError
 class ReadTask:
     """One unit of reading; ``num_rows``/``size_bytes`` are estimates (None if unknown)."""
 
-    kind: str                      # "parquet" | "csv" | "json" | "range"
+    kind: str                      # "parquet" | "csv" | "json" | "range" | a kind of _formats
     pieces: list                   # parquet: [(path, [row groups])]; csv/json: [path]; range: [(a, b)]
     num_blocks: int = 1
     num_rows: int | None = None
@@ -35,7 +35,11 @@ class ReadTask:
         return f"read_{self.kind}"
 
     def __call__(self) -> pa.Table:
-        return _READERS[self.kind](self.pieces, **self.options)
+        reader = _READERS.get(self.kind)
+        if reader is None:   # the formats of _formats, imported only by a task that reads one
+            from shoal.data._formats import READERS
+            reader = READERS[self.kind]
+        return reader(self.pieces, **self.options)
 
 
 # ------------------------------------------------------------------ paths ---

@@ -12,8 +12,11 @@ from shoal.data._block import (BlockMeta, array_to_arrow, meta_of, pandas_to_tab
                                table_from_items)
 from shoal.data._context import DataContext
 from shoal.data._dataset import Dataset
+from shoal.data._formats import (IMAGE_EXTENSIONS, libsvm_width, plan_delta, plan_files,
+                                 plan_sql)
 from shoal.data._plan import BlocksNode, ReadNode
 from shoal.data._read import plan_parquet, plan_range, plan_text
+from shoal.exceptions import MissingDependencyError
 
 
 def _num_blocks(override_num_blocks: int | None, parallelism: int | None) -> int | None:
@@ -65,6 +68,104 @@ def read_json(paths, *, override_num_blocks: int | None = None, parallelism: int
                if v is not None}
     tasks = plan_text("json", paths, _num_blocks(override_num_blocks, parallelism), options)
     return Dataset(ReadNode(tasks, "read_json"))
+
+
+def read_text(paths, *, encoding: str = "utf-8", drop_empty_lines: bool = True,
+              include_paths: bool = False, override_num_blocks: int | None = None,
+              parallelism: int | None = None) -> Dataset:
+    """One row per line of text files, folders or globs (column ``text``; ``path`` with
+    ``include_paths``). Raises InvalidInputError naming a file that is not ``encoding``."""
+    tasks = plan_files("text", paths, (), _num_blocks(override_num_blocks, parallelism),
+                       {"encoding": encoding, "drop_empty_lines": drop_empty_lines,
+                        "include_paths": include_paths})
+    return Dataset(ReadNode(tasks, "read_text"))
+
+
+def read_binary_files(paths, *, include_paths: bool = False,
+                      override_num_blocks: int | None = None,
+                      parallelism: int | None = None) -> Dataset:
+    """One row per file, its content in column ``bytes`` (``path`` with ``include_paths``)."""
+    tasks = plan_files("binary", paths, (), _num_blocks(override_num_blocks, parallelism),
+                       {"include_paths": include_paths})
+    return Dataset(ReadNode(tasks, "read_binary_files"))
+
+
+def read_images(paths, *, size: tuple[int, int] | None = None, mode: str | None = None,
+                include_paths: bool = False, override_num_blocks: int | None = None,
+                parallelism: int | None = None) -> Dataset:
+    """One row per image file (PNG, JPEG, TIFF, BMP, GIF, WebP) as a uint8 tensor column
+    ``image`` of shape (height, width[, channels]), read with Pillow (the ``images`` extra).
+
+    ``size=(height, width)`` resizes and ``mode`` (a Pillow mode: "RGB", "L") converts, so
+    images of different sizes or modes make one tensor column; without them, images that
+    differ raise InvalidInputError naming two files.
+    """
+    MissingDependencyError.require("shoal.data.read_images", "images", "PIL")
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise ValueError(f"read_images(size={size!r}) must be (height, width), both positive")
+    tasks = plan_files("images", paths, IMAGE_EXTENSIONS,
+                       _num_blocks(override_num_blocks, parallelism),
+                       {"size": tuple(size) if size else None, "mode": mode,
+                        "include_paths": include_paths})
+    return Dataset(ReadNode(tasks, "read_images"))
+
+
+def read_numpy(paths, *, include_paths: bool = False, override_num_blocks: int | None = None,
+               parallelism: int | None = None) -> Dataset:
+    """The rows (first axis) of ``.npy`` files in column ``data`` (a tensor column when the
+    rows have dimensions). Files holding pickled objects are refused, never unpickled."""
+    tasks = plan_files("numpy", paths, (".npy",), _num_blocks(override_num_blocks, parallelism),
+                       {"include_paths": include_paths})
+    return Dataset(ReadNode(tasks, "read_numpy"))
+
+
+def read_libsvm(paths, *, num_features: int | None = None,
+                override_num_blocks: int | None = None,
+                parallelism: int | None = None) -> Dataset:
+    """LIBSVM/SVMlight files (Spark's sample data format: ``label index:value ...``, 1-based
+    indices) as a float64 ``label`` column and a dense float64 ``features`` tensor column.
+
+    Without ``num_features`` the width is the largest index in the files, found by one
+    extra pass in parallel tasks (as Spark's reader does).
+    """
+    import shoal
+
+    from shoal.data._execution import remote_fn
+
+    tasks = plan_files("libsvm", paths, (), _num_blocks(override_num_blocks, parallelism), {})
+    if num_features is None:
+        width = remote_fn(libsvm_width)
+        num_features = max(shoal.get([width.remote(t.pieces) for t in tasks]), default=0)
+    elif not isinstance(num_features, (int, np.integer)) or num_features < 1:
+        raise ValueError(f"read_libsvm(num_features={num_features!r}) must be a positive int")
+    for t in tasks:
+        t.options["num_features"] = int(num_features)
+    return Dataset(ReadNode(tasks, "read_libsvm"))
+
+
+def read_sql(sql: str, connection_factory, *, override_num_blocks: int | None = None,
+             parallelism: int | None = None) -> Dataset:
+    """The rows of a SQL query through any DB-API connection.
+
+    ``connection_factory`` is a callable returning a new connection (e.g.
+    ``lambda: sqlite3.connect(path)``); each read task opens its own. With
+    ``override_num_blocks=n`` the query is counted once and read in ``n``
+    ``LIMIT``/``OFFSET`` windows in parallel: give the query an ``ORDER BY`` then,
+    so the windows cut one fixed order.
+    """
+    tasks = plan_sql(sql, connection_factory, _num_blocks(override_num_blocks, parallelism))
+    return Dataset(ReadNode(tasks, "read_sql"))
+
+
+def read_delta(path, *, version: int | None = None, columns: Sequence[str] | None = None,
+               filter=None, storage_options: dict | None = None,
+               override_num_blocks: int | None = None, parallelism: int | None = None) -> Dataset:
+    """A Delta Lake table (the ``delta`` extra): its latest snapshot, or ``version`` (time
+    travel). The snapshot is pinned when the Dataset is made; partition columns are included.
+    ``columns`` and ``filter`` (a pyarrow.compute expression) work as in read_parquet."""
+    tasks = plan_delta(path, version, list(columns) if columns is not None else None, filter,
+                       storage_options, _num_blocks(override_num_blocks, parallelism))
+    return Dataset(ReadNode(tasks, "read_delta"))
 
 
 def range(n: int, *, override_num_blocks: int | None = None,  # noqa: A001 - Ray's name

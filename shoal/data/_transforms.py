@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shoal.data._block import (callable_name, check_batch_format, check_columns, concat,
-                               iter_slices, to_batch, to_block, array_to_arrow)
+                               iter_slices, table_to_rows, to_batch, to_block, array_to_arrow)
 from shoal.exceptions import UDFReturnTypeError
 
 
@@ -88,7 +88,7 @@ class MapRows(BlockTransform):
     def __call__(self, table: pa.Table) -> pa.Table:
         if table.num_rows == 0:
             return table
-        rows = [self.fn(r) for r in table.to_pylist()]
+        rows = [self.fn(r) for r in table_to_rows(table)]
         if rows and not isinstance(rows[0], dict):
             raise UDFReturnTypeError(f"function {callable_name(self.fn)} passed to map returned "
                                      f"{type(rows[0]).__name__}; it must return a dict per row")
@@ -106,7 +106,7 @@ class FlatMap(BlockTransform):
         if table.num_rows == 0:
             return table
         rows = []
-        for r in table.to_pylist():
+        for r in table_to_rows(table):
             out = self.fn(r)
             if isinstance(out, dict) or not hasattr(out, "__iter__"):
                 raise UDFReturnTypeError(
@@ -134,7 +134,7 @@ class Filter(BlockTransform):
             return table
         if self.expr is not None:
             return table.filter(self.expr)
-        keep = [self.fn(r) for r in table.to_pylist()]
+        keep = [self.fn(r) for r in table_to_rows(table)]
         if keep and not isinstance(keep[0], (bool, int)) and type(keep[0]).__name__ != "bool_":
             raise UDFReturnTypeError(f"function {callable_name(self.fn)} passed to filter returned "
                                      f"{type(keep[0]).__name__}; it must return a bool per row")

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from shoal.data._plan import Bundle
 
-EXTENSIONS = {"parquet": "parquet", "csv": "csv", "json": "jsonl"}
+EXTENSIONS = {"parquet": "parquet", "csv": "csv", "json": "jsonl", "numpy": "npy"}
 
 
 def write_block(path: str, file_format: str, options: dict, table: pa.Table) -> str:
@@ -25,8 +25,12 @@ def write_block(path: str, file_format: str, options: dict, table: pa.Table) -> 
         csv.write_csv(table, path, **options)
     elif file_format == "json":
         table.to_pandas().to_json(path, orient="records", lines=True, **options)
+    elif file_format == "numpy":
+        from shoal.data._formats import write_npy
+
+        write_npy(path, table, **options)
     else:
-        raise ValueError(f"unknown file format {file_format!r}; use parquet, csv or json")
+        raise ValueError(f"unknown file format {file_format!r}; use parquet, csv, json or numpy")
     return path
 
 

@@ -42,3 +42,20 @@ def test_a_vector_column_becomes_a_spark_array(spark):
     ds = sd.from_numpy(np.arange(12.0).reshape(4, 3))
     rows = ds.to_spark(spark).collect()
     assert [list(r[0]) for r in rows][1] == [3.0, 4.0, 5.0]
+
+
+def test_read_libsvm_reads_sparks_sample_data_as_spark_does(spark):
+    import os
+
+    import pyspark
+
+    path = os.path.join(os.path.dirname(pyspark.__file__), "data", "mllib",
+                        "sample_libsvm_data.txt")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not shipped with this pyspark")
+    ours = sd.read_libsvm(path).take_all()
+    theirs = spark.read.format("libsvm").load(path).collect()
+    assert len(ours) == len(theirs) == 100
+    np.testing.assert_array_equal([r["label"] for r in ours], [r["label"] for r in theirs])
+    np.testing.assert_array_equal(np.stack([r["features"] for r in ours]),
+                                  np.stack([r["features"].toArray() for r in theirs]))
