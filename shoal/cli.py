@@ -104,7 +104,8 @@ def _status(args) -> int:
         print(f"  failed task {t['name']} ({t['task_id']}): {t.get('error_type')}: "
               f"{(t.get('error_message') or '').splitlines()[0] if t.get('error_message') else ''}")
     for r in s.get("runs", []):
-        last = "  ".join(f"{k}={v:.4g}" for k, v in r["last"].items() if k != "time")
+        last = "  ".join(f"{k}={v:.4g}" for k, v in r["last"].items()
+                        if k != "time" and v is not None)
         print(f"{r['kind']} run {r['name']}: {r['status']}, {r['reports']} reports  {last}")
     print(f"dashboard: {sess['dashboard']['url']}/?token={sess['dashboard']['token']}")
     return 0

@@ -75,7 +75,8 @@ def _hex(v):
 class StateListing:
     """``shoal.state``'s listings of the local backend (a mixin of LocalBackend)."""
 
-    def state_tasks(self) -> list[dict]:
+    def state_tasks(self, newest: int | None = None) -> list[dict]:
+        """Rows of the live tasks and of the ``newest`` finished ones (all: None)."""
         out = []
         with self.lock:
             seen = set()
@@ -92,7 +93,9 @@ class StateListing:
                 out.append(self._task_row(spec.seq, spec.name, spec.actor_id, wid, state,
                                           spec.t_submit, None, None, None, spec.demand))
             ev = self.task_events
-            done = list(ev.done) if ev is not None else []
+            done = [] if ev is None else \
+                list(ev.done) if newest is None or newest >= len(ev.done) else \
+                [ev.done[i] for i in range(len(ev.done) - newest, len(ev.done))]
         for seq, name, actor_id, wid, t0, t1, elapsed, err, demand in done:
             out.append(self._task_row(seq, name, actor_id, wid,
                                       "FAILED" if err else "FINISHED", t0, t1, elapsed, err,

@@ -14,6 +14,7 @@ Libraries (shoal.train, shoal.tune, shoal.serve) publish their runs with
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -75,6 +76,8 @@ def _list(kind: str, filters, limit):
     b = _backend()
     if b.name == "ray":
         return _select(_ray_list(kind, filters, limit), None, limit)
+    if kind == "tasks" and not filters:   # build rows only for the tasks asked for
+        return _select(b.state_tasks(limit), None, limit)
     return _select(getattr(b, f"state_{kind}")(), filters, limit)
 
 
@@ -220,13 +223,27 @@ def report_run(kind: str, name: str, metrics: dict | None = None, *, status: str
         if run is None:
             run = _runs[(kind, name)] = _Run(kind, name)
         if metrics:
-            nums = {k: float(v) for k, v in metrics.items()
+            # numbers only, NaN and infinities as gaps: the history is served as JSON
+            nums = {str(k): (float(v) if math.isfinite(v) else None) for k, v in metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
             run.history.append({"time": now, **nums})
-        run.info.update(info)
+        run.info.update({k: _plain(v) for k, v in info.items()})
         if status is not None:
             run.status = status
         run.updated = now
+
+
+def _plain(v):
+    """``v`` as JSON can hold it: containers of plain values kept, the rest as text."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return repr(v)
 
 
 def _clear_runs() -> None:

@@ -64,7 +64,7 @@ class _ClusterCollector:
         for run in st.list_runs(with_history=False):
             r.add_metric([run["kind"], run["name"], run["status"]], run["reports"])
             for k, v in run["last"].items():
-                if k != "time":
+                if k != "time" and v is not None:
                     g.add_metric([run["kind"], run["name"], _NAME.sub("_", k)], v)
         yield g
         yield r

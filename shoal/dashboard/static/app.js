@@ -28,7 +28,11 @@ function fmtBytes(b) {
   return `${b.toFixed(i ? 1 : 0)} ${u[i]}`;
 }
 function fmtTime(ms) { return ms ? new Date(ms).toLocaleTimeString() : "–"; }
-function fmtNum(v) { return typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(4)) : (v ?? "–"); }
+function fmtNum(v) {
+  if (typeof v !== "number") return v ?? "–";
+  if (Number.isInteger(v) || Math.abs(v) >= 100) return Math.round(v).toLocaleString();
+  return String(parseFloat(v.toPrecision(4)));
+}
 
 function card(k, v) { return el("div", { class: "card" }, el("div", { class: "k", text: k }), el("div", { class: "v", text: v })); }
 
@@ -66,7 +70,7 @@ function lineChart(id, parent, title, datasets, labels, yFmt) {
     type: "line", data: { labels, datasets: ds },
     options: { animation: false, maintainAspectRatio: false, responsive: true,
       plugins: { title: { display: true, text: title }, legend: { display: datasets.length > 1 } },
-      scales: { x: { ticks: { maxTicksLimit: 8 } }, y: { ticks: { callback: v => (yFmt || fmtNum)(v) } } } },
+      scales: { x: { ticks: { maxTicksLimit: 8 } }, y: { beginAtZero: true, ticks: { callback: v => (yFmt || fmtNum)(v) } } } },
   });
 }
 
@@ -180,18 +184,15 @@ async function runsPage(kind, title) {
   replace(document.getElementById("runs-table"), table([
     ["run", r => r.name], ["status", r => r.status, r => r.status], ["reports", r => r.reports],
     ["latest", r => metricKeys(r).map(k => `${k}=${fmtNum(r.last[k])}`).join("  ")],
-    ["info", r => Object.entries(r.info).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("  ")]], runs));
+    ["info", r => Object.entries(r.info).filter(([k, v]) => v !== null && v !== undefined)
+      .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("  ")]], runs));
+  // One chart per metric (each its own scale), one curve per run (or trial), by report.
   const grid = document.getElementById("run-charts");
-  if (kind === "tune") {   // one curve per trial for each metric
-    const metrics = [...new Set(runs.flatMap(metricKeys))];
-    const n = Math.max(...runs.map(r => r.history.length));
-    const labels = [...Array(n).keys()].map(i => String(i + 1));
-    for (const m of metrics) lineChart(`run-${m}`, grid, m, runs.map(r => ({ label: r.name, data: r.history.map(h => h[m] ?? null) })), labels);
-    return;
-  }
-  for (const r of runs) {   // one chart per run, one curve per metric
-    const labels = r.history.map((h, i) => String(i + 1));
-    lineChart(`run-${r.name}`, grid, `${r.name}`, metricKeys(r).map(m => ({ label: m, data: r.history.map(h => h[m] ?? null) })), labels);
+  const metrics = [...new Set(runs.flatMap(metricKeys))];
+  const n = Math.max(...runs.map(r => r.history.length));
+  const labels = [...Array(n).keys()].map(i => String(i + 1));
+  for (const m of metrics) {
+    lineChart(`run-${m}`, grid, `${m} by report`, runs.map(r => ({ label: r.name, data: r.history.map(h => h[m] ?? null) })), labels);
   }
 }
 

@@ -1,0 +1,167 @@
+"""What observability costs: task and actor rates with the dashboard on and off.
+
+    python benchmarks/dashboard.py [--rounds 4] [--quick]
+
+"off" is a cluster that records nothing (``SHOAL_TASK_EVENTS=0``, no
+dashboard); "on" records every task (the default ring), serves the
+dashboard and Prometheus metrics, and a browser-like client in another
+process polls the tasks page's API and /metrics every 2 s. Each run is a
+fresh process; rounds alternate the order of off and on and the best of
+each is kept. The dashboard's memory is the driver's RSS growth from
+starting it and serving the polls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+POLLER = r"""
+import sys, time, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+paths = ["/api/summary", "/api/history", "/api/tasks?limit=300", "/api/actors?limit=300", "/metrics"]
+while True:
+    for p in paths:
+        req = urllib.request.Request(url + p, headers={"Authorization": "Bearer " + token})
+        try:
+            urllib.request.urlopen(req, timeout=10).read()
+        except OSError:
+            sys.exit(0)
+    time.sleep(2.0)
+"""
+
+
+def _best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def run_mode(mode: str, quick: bool) -> dict:
+    import psutil
+
+    import shoal
+    me = psutil.Process()
+    rss0 = me.memory_info().rss
+    shoal.init(num_cpus=2, log_to_driver=False, dashboard=(mode == "on"))
+    poller = None
+    out = {}
+    if mode == "on":
+        import shoal.dashboard
+        d = shoal.dashboard._dashboard
+        poller = subprocess.Popen([sys.executable, "-c", POLLER, f"http://127.0.0.1:{d.port}",
+                                   d.token])
+
+    @shoal.remote
+    def noop():
+        return None
+
+    @shoal.remote
+    class Actor:
+        def ping(self):
+            return None
+
+    try:
+        shoal.get([noop.remote() for _ in range(500)])
+        n = 2000 if quick else 5000
+        out["tasks_per_s"] = n / _best(lambda: shoal.get([noop.remote() for _ in range(n)]), 3)
+        a = Actor.remote()
+        shoal.get(a.ping.remote())
+        m = 500 if quick else 1000
+
+        def sync_loop():
+            for _ in range(m):
+                shoal.get(a.ping.remote())
+        out["actor_sync_calls_per_s"] = m / _best(sync_loop, 2)
+        b = 2000 if quick else 5000
+        out["actor_batch_calls_per_s"] = b / _best(
+            lambda: shoal.get([a.ping.remote() for _ in range(b)]), 2)
+        out["driver_rss_mb"] = me.memory_info().rss / 1e6
+        out["rss_growth_mb"] = (me.memory_info().rss - rss0) / 1e6
+    finally:
+        if poller is not None:
+            poller.kill()
+            poller.wait()
+        shoal.shutdown()
+    return out
+
+
+def record_cost_us() -> float:
+    """What recording adds to one task in the driver, timed alone (no noise from
+    the other processes): the submit's timestamp and the end's record."""
+    from time import time as now
+
+    from shoal.core._events import TaskEvents
+    from shoal.core._serialization import serialize
+    from shoal.core._spec import TaskSpec
+    ev = TaskEvents(10_000)
+    spec = TaskSpec(1, 1, "noop", None, (), (2,), {"CPU": 1.0})
+    descs = [serialize(None, None)]
+    n = 200_000
+
+    def run():
+        for _ in range(n):
+            spec.t_submit = now()
+            ev.record(spec, descs, 1, 1e-5)
+    return _best(run, 5) / n * 1e6
+
+
+ROWS = [("no-op tasks/s (submit all, then get)", "tasks_per_s"),
+        ("actor calls/s (sync loop)", "actor_sync_calls_per_s"),
+        ("actor calls/s (batch)", "actor_batch_calls_per_s")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mode:
+        print(json.dumps(run_mode(args.mode, args.quick)))
+        return
+    best: dict = {"off": {}, "on": {}}
+    mem = {"off": [], "on": []}
+    load_before = os.getloadavg()
+    for r in range(args.rounds):
+        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            env = dict(os.environ)
+            if mode == "off":
+                env["SHOAL_TASK_EVENTS"] = "0"
+            else:
+                env.pop("SHOAL_TASK_EVENTS", None)
+            cmd = [sys.executable, __file__, "--mode", mode] + (["--quick"] if args.quick else [])
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            if p.returncode != 0 or not lines:
+                sys.exit(f"{mode} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+            res = json.loads(lines[-1])
+            for k, v in res.items():
+                if k.endswith("_per_s"):
+                    best[mode][k] = max(best[mode].get(k, 0.0), v)
+            mem[mode].append(res["rss_growth_mb"])
+    load_after = os.getloadavg()
+    print(f"\nobservability on vs off, 2 CPUs, best of {args.rounds} alternating rounds; "
+          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
+    print(f"| {'measure':40s} | {'off':>10s} | {'on':>10s} | {'on / off':>8s} |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
+    for label, key in ROWS:
+        off, on = best["off"][key], best["on"][key]
+        print(f"| {label:40s} | {off:>10,.0f} | {on:>10,.0f} | {on / off:>8.3f} |")
+    cost = record_cost_us()
+    per_task = 1e6 / best["off"]["tasks_per_s"]
+    print(f"\nrecording alone: {cost:.2f} us per task, {cost / per_task:.1%} of a no-op task's "
+          f"{per_task:.0f} us here (timed in isolation, best of 5 x 200,000)")
+    grow = max(mem["on"]) - min(mem["off"])
+    print(f"\ndashboard memory: the driver grows {grow:.1f} MB more with the dashboard on "
+          f"(max {max(mem['on']):.1f} MB vs {min(mem['off']):.1f} MB growth off)")
+
+
+if __name__ == "__main__":
+    main()
