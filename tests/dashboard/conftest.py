@@ -25,6 +25,12 @@ class BrokenActor:
         return 1
 
 
+def _trainable(config):
+    from shoal import tune
+    for i in range(4):
+        tune.report({"score": config["lr"] * (i + 1)})
+
+
 def _train_loop(config):
     from shoal import train
     for step in range(5):
@@ -51,6 +57,21 @@ def dash(tmp_path_factory):
         train.Trainer(_train_loop, num_workers=1, run_config=train.RunConfig(
             name="dashboard-curve", storage_path=str(tmp_path_factory.mktemp("runs")),
             verbose=0)).fit()
-        yield f"http://127.0.0.1:{d.port}", d.token
+        from shoal import tune
+        tune.Tuner(_trainable, param_space={"lr": tune.grid_search([0.1, 0.2, 0.3])},
+                   tune_config=tune.TuneConfig(metric="score", mode="max"),
+                   run_config=tune.RunConfig(storage_path=str(tmp_path_factory.mktemp("tune")),
+                                             name="dashboard-exp", verbose=0)).fit()
+        from shoal import serve
+
+        @serve.deployment(num_replicas=1)
+        class Echo:
+            def __call__(self, request):
+                return "hi"
+        serve.run(Echo.bind(), name="echo-app", route_prefix="/echo", port=0)
+        try:
+            yield f"http://127.0.0.1:{d.port}", d.token
+        finally:
+            serve.shutdown()
     finally:
         shoal.shutdown()

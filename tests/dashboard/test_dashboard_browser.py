@@ -119,9 +119,21 @@ def test_training_page_draws_the_runs_curve(browser, dash):
     assert losses == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
 
 
-@pytest.mark.parametrize("path,shot", [("/tune", "tune"), ("/serve", "serve")])
-def test_library_pages_load_when_nothing_runs_yet(browser, dash, path, shot):
-    _open(browser, dash, path, "appear here as", shot)
+def test_tuning_page_draws_a_curve_per_trial(browser, dash):
+    from selenium.webdriver.common.by import By
+    _open(browser, dash, "/tune", "dashboard-exp", "tune")
+    assert browser.find_element(By.ID, "runs").text.count("TERMINATED") == 3
+    curves = browser.execute_script(
+        "const c = Object.values(Chart.instances).find(c => c.canvas.parentNode.id === 'run-score');"
+        "return c.data.datasets.map(d => d.data);")
+    assert sorted(c[-1] for c in curves) == pytest.approx([0.4, 0.8, 1.2])
+
+
+def test_serving_page_shows_the_deployment(browser, dash):
+    from selenium.webdriver.common.by import By
+    _open(browser, dash, "/serve", "echo-app/Echo", "serve")
+    _wait_text(browser, "HEALTHY")
+    assert "replicas_running=1" in browser.find_element(By.ID, "runs").text
 
 
 def test_a_visit_without_the_token_is_refused(browser, dash, tmp_path):

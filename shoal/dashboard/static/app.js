@@ -181,6 +181,9 @@ async function runsPage(kind, title) {
   if (body.querySelector("p.muted")) body.replaceChildren();
   if (!document.getElementById("runs-table")) body.append(el("div", { id: "runs-table" }), el("div", { class: "charts", id: "run-charts" }));
   const metricKeys = r => Object.keys(r.last).filter(k => k !== "time");
+  // Tune's own bookkeeping is in the table, not worth a chart each.
+  const AUTO = new Set(["timestamp", "pid", "time_this_iter_s", "time_total_s", "training_iteration",
+    "iterations_since_restore", "time_since_restore", "done"]);
   replace(document.getElementById("runs-table"), table([
     ["run", r => r.name], ["status", r => r.status, r => r.status], ["reports", r => r.reports],
     ["latest", r => metricKeys(r).map(k => `${k}=${fmtNum(r.last[k])}`).join("  ")],
@@ -188,7 +191,7 @@ async function runsPage(kind, title) {
       .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("  ")]], runs));
   // One chart per metric (each its own scale), one curve per run (or trial), by report.
   const grid = document.getElementById("run-charts");
-  const metrics = [...new Set(runs.flatMap(metricKeys))];
+  const metrics = [...new Set(runs.flatMap(metricKeys))].filter(m => !AUTO.has(m));
   const n = Math.max(...runs.map(r => r.history.length));
   const labels = [...Array(n).keys()].map(i => String(i + 1));
   for (const m of metrics) {
