@@ -36,6 +36,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
+	$(BIN)/python benchmarks/dashboard.py --rounds 4
 	$(BIN)/python benchmarks/collective.py --quick
 	$(BIN)/python benchmarks/train.py --quick
 	$(BIN)/python benchmarks/ml.py --quick
