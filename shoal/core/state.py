@@ -24,6 +24,7 @@ from shoal.core import api
 
 _OPS = {"=": lambda a, b: a == b, "!=": lambda a, b: a != b}
 _RUN_HISTORY = 2000     # reports kept per run
+_MAX_RUNS = 1000        # runs kept (a big tuning sweep forgets its oldest ended trials)
 
 
 def _backend():
@@ -221,6 +222,9 @@ def report_run(kind: str, name: str, metrics: dict | None = None, *, status: str
     with _runs_lock:
         run = _runs.get((kind, name))
         if run is None:
+            if len(_runs) >= _MAX_RUNS:   # bounded: the oldest ended run makes room
+                ended = [k for k, r in _runs.items() if r.status != "RUNNING"] or list(_runs)
+                del _runs[min(ended, key=lambda k: _runs[k].updated)]
             run = _runs[(kind, name)] = _Run(kind, name)
         if metrics:
             # numbers only, NaN and infinities as gaps: the history is served as JSON

@@ -142,6 +142,9 @@ class Dashboard:
 
     # ------------------------------------------------------------ sampling
     async def _sample_loop(self) -> None:
+        from shoal.core import api
+        # On Ray a sample asks Ray's state API for every task: less often there.
+        every = 5.0 if getattr(api._backend, "name", "local") == "ray" else _SAMPLE_S
         while True:
             try:
                 self.history.append(self._sample())
@@ -149,7 +152,7 @@ class Dashboard:
                 return
             except Exception:  # noqa: BLE001, S110 - a failed sample leaves a gap, not a dead page
                 pass
-            await asyncio.sleep(_SAMPLE_S)
+            await asyncio.sleep(every)
 
     def _sample(self) -> dict:
         s = st.summary()

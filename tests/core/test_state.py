@@ -244,3 +244,26 @@ def test_state_on_ray_maps_to_rays_state_api():
         assert shoal.state.summary()["backend"] == "ray"
     finally:
         shoal.shutdown()
+
+
+def test_report_run_keeps_numbers_json_safe_and_the_number_of_runs_bounded(monkeypatch):
+    from shoal.core import state
+    state._clear_runs()
+    try:
+        state.report_run("train", "r", {"loss": float("nan"), "acc": 0.5, "note": "text"},
+                         config={"lr": 0.1, "fn": len})
+        run = state.list_runs("train")[0]
+        assert run["history"][0]["loss"] is None and run["history"][0]["acc"] == 0.5
+        assert "note" not in run["history"][0]
+        assert run["info"]["config"] == {"lr": 0.1, "fn": repr(len)}
+        json.dumps(run)
+        monkeypatch.setattr(state, "_MAX_RUNS", 3)
+        state.report_run("tune", "a", status="TERMINATED")
+        state.report_run("tune", "b")
+        state.report_run("tune", "c")
+        # the ended run went first, though "r" is older
+        assert [r["name"] for r in state.list_runs()] == ["r", "b", "c"]
+        with pytest.raises(TypeError, match="two strings"):
+            state.report_run("train", 3)
+    finally:
+        state._clear_runs()

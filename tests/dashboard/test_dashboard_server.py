@@ -130,3 +130,26 @@ def test_a_second_start_returns_the_running_dashboard_and_shutdown_stops_it(dash
     assert shoal.dashboard.url() == f"{base}/?token={token}"
     sess = json.load(open(os.path.join(shoal.state.summary()["session_dir"], "session.json")))
     assert sess["dashboard"] == {"url": base, "token": token}
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True,
+                          text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+def test_shoal_status_and_dashboard_reach_the_running_session(dash):
+    base, token = dash
+    session = shoal.state.summary()["session"]
+    p = _cli("status", "--session", session)
+    assert p.returncode == 0, p.stderr
+    assert "resources (used / total)" in p.stdout and "CPU" in p.stdout
+    assert "dead actor BrokenActor broken-actor" in p.stdout
+    assert "train run dashboard-curve: FINISHED, 5 reports" in p.stdout
+    assert f"{base}/?token={token}" in p.stdout
+    p = _cli("status", "--session", session, "--json")
+    assert json.loads(p.stdout)["summary"]["session"] == session
+    p = _cli("dashboard")
+    assert p.returncode == 0 and f"{base}/?token={token}" in p.stdout
