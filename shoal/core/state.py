@@ -153,36 +153,57 @@ def summary() -> dict:
 
 
 # ------------------------------------------------------------------ timelines
-def timeline(path: str | None = None, since: float | None = None) -> list[dict]:
+_TASKS_PID, _QUEUE_PID = 1_000_000, 1_000_001   # apart from collective ranks' pids (0..n)
+
+
+def timeline(path: str | None = None, since: float | None = None,
+             collective: str | None = None) -> list[dict]:
     """The finished tasks and actor calls as a Chrome trace (Perfetto opens it).
 
     Args:
         path: write the JSON here (open it in https://ui.perfetto.dev or
             chrome://tracing); None only returns the events.
         since: only tasks that ended after this ``time.time()``.
+        collective: the ``SHOAL_TIMELINE`` prefix a job's collectives wrote
+            their per-rank timelines under; their events join the tasks' (same
+            clock), one process row per rank.
     Returns the trace events: one complete event (``"ph": "X"``) per task on
-    the row of the worker that ran it, plus its wait in the queue.
+    the row of the worker that ran it, and its wait in the queue.
     """
     rows = list_tasks(limit=None)
-    events = []
+    events = [{"name": "process_name", "ph": "M", "pid": _TASKS_PID,
+               "args": {"name": "shoal tasks"}},
+              {"name": "process_name", "ph": "M", "pid": _QUEUE_PID,
+               "args": {"name": "shoal scheduler queue"}}]
+    named = set()
     for r in rows:
         if r.get("end_time_ms") is None or r.get("start_time_ms") is None:
             continue
         if since is not None and r["end_time_ms"] < int(since * 1000):
             continue
-        tid = f"worker {r.get('worker_id') or '-'}"
+        wid = r.get("worker_id")
+        tid = int(wid) if wid is not None and str(wid).isdigit() else 0
+        if tid not in named:
+            named.add(tid)
+            events.append({"name": "thread_name", "ph": "M", "pid": _TASKS_PID, "tid": tid,
+                           "args": {"name": f"worker {wid}" if wid else "not run"}})
         start, end = r["start_time_ms"], r["end_time_ms"]
         args = {"task_id": r["task_id"], "state": r["state"]}
         if r.get("error_type"):
             args["error"] = f"{r['error_type']}: {r.get('error_message')}"
         events.append({"name": r["name"], "cat": r.get("type", "task").lower(), "ph": "X",
                        "ts": start * 1000, "dur": max(1, (end - start) * 1000),
-                       "pid": "shoal", "tid": tid, "args": args})
+                       "pid": _TASKS_PID, "tid": tid, "args": args})
         created = r.get("creation_time_ms")
         if created and created < start:
-            events.append({"name": f"queued {r['name']}", "cat": "queue", "ph": "X",
+            events.append({"name": r["name"], "cat": "queue", "ph": "X",
                            "ts": created * 1000, "dur": (start - created) * 1000,
-                           "pid": "shoal scheduler", "tid": "queue", "args": args})
+                           "pid": _QUEUE_PID, "tid": tid, "args": args})
+    if collective:
+        import glob
+        for f in sorted(glob.glob(f"{collective}.*.rank*.json")):
+            with open(f) as fh:
+                events.extend(json.load(fh))
     if path is not None:
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:

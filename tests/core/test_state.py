@@ -141,9 +141,33 @@ def test_timeline_writes_a_chrome_trace_of_the_tasks(cluster, tmp_path):
     events = shoal.timeline(str(path), since=t0)
     data = json.loads(path.read_text())
     assert data["traceEvents"] == events
-    runs = [e for e in events if e["name"] == "square" and e["ph"] == "X"]
+    runs = [e for e in events if e["name"] == "square" and e.get("cat") == "normal_task"]
     assert len(runs) == 5
-    assert all(e["dur"] > 0 and e["tid"].startswith("worker ") for e in runs)
+    assert all(e["dur"] > 0 and isinstance(e["tid"], int) for e in runs)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert all(names[e["tid"]].startswith("worker ") for e in runs)
+
+
+def test_timeline_merges_a_collective_timeline(cluster, tmp_path):
+    import numpy as np
+
+    from shoal import collective
+    prefix = str(tmp_path / "coll")
+
+    @shoal.remote
+    def rank_main(rank, world, group):
+        comm = collective.init_group(rank, world, shoal.get_kv_store(), backend="native",
+                                     name=group, timeout=60,
+                                     config=collective.NativeConfig(timeline=prefix))
+        comm.allreduce(np.ones(1024, np.float32))
+        comm.destroy()
+        return rank
+
+    assert sorted(shoal.get([rank_main.remote(r, 2, "tl-merge") for r in range(2)])) == [0, 1]
+    events = shoal.timeline(None, collective=prefix)
+    ranks = {e["pid"] for e in events if e.get("name") == "allreduce"}
+    assert ranks == {0, 1}
+    assert any(e.get("cat") == "normal_task" and e["name"] == "rank_main" for e in events)
 
 
 def test_worker_output_is_kept_in_the_session_directory(cluster):
