@@ -153,3 +153,14 @@ def test_shoal_status_and_dashboard_reach_the_running_session(dash):
     assert json.loads(p.stdout)["summary"]["session"] == session
     p = _cli("dashboard")
     assert p.returncode == 0 and f"{base}/?token={token}" in p.stdout
+
+
+def test_the_training_run_wrote_tensorboard_events(dash):
+    import importlib.util
+    if importlib.util.find_spec("tensorboardX") is None and \
+            importlib.util.find_spec("tensorboard") is None:
+        pytest.skip("TensorBoard events need tensorboardX or tensorboard installed")
+    base, token = dash
+    runs = json.loads(http_get(base + "/api/runs?kind=train", token)[1])
+    path = next(r for r in runs if r["name"] == "dashboard-curve")["info"]["path"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(path))
