@@ -40,6 +40,8 @@ def start(port: int = 0, host: str = "127.0.0.1", token: str | None = None, quie
     if _dashboard is not None and getattr(b, "dashboard", None) is _dashboard:
         return _dashboard
     d = Dashboard(host=host, port=port, token=token).start()
+    from shoal.collective.timeline import STATS_FLAG
+    b.kv.set(STATS_FLAG, b"1")   # collective groups formed from now on count their ops
     _dashboard = d
     b.dashboard = d
     if hasattr(b, "write_session_info"):   # how `shoal status` and `shoal logs` reach it

@@ -68,6 +68,43 @@ class _ClusterCollector:
                     g.add_metric([run["kind"], run["name"], _NAME.sub("_", k)], v)
         yield g
         yield r
+        yield from _collective_families()
+
+
+def _collective_families():
+    """Calls, bytes and seconds of each collective op, per group and rank, as the
+    groups formed while the dashboard runs published them."""
+    import json
+
+    from prometheus_client.core import CounterMetricFamily
+
+    from shoal.collective.timeline import STATS_PREFIX
+    from shoal.core import api
+    labels = ["group", "rank", "op"]
+    calls = CounterMetricFamily("shoal_collective_ops", "Collective ops run", labels=labels)
+    nbytes = CounterMetricFamily("shoal_collective_bytes", "Bytes of the collective ops' "
+                                 "tensors", labels=labels)
+    secs = CounterMetricFamily("shoal_collective_seconds", "Seconds spent in collective ops "
+                               "(divide by shoal_collective_ops for the mean latency)",
+                               labels=labels)
+    try:
+        kv = api._runtime().kv
+        keys = kv.keys(STATS_PREFIX)
+    except Exception:  # noqa: BLE001 - no store reachable: no collective metrics
+        keys = []
+    for key in keys:
+        group, _, rank = key[len(STATS_PREFIX):].rpartition("/")
+        try:
+            stats = json.loads(kv.get(key, timeout=1.0))
+        except Exception:  # noqa: BLE001, S112 - a group destroyed meanwhile
+            continue
+        for op, (n, b, s) in stats.items():
+            calls.add_metric([group, rank, op], n)
+            nbytes.add_metric([group, rank, op], b)
+            secs.add_metric([group, rank, op], s)
+    yield calls
+    yield nbytes
+    yield secs
 
 
 def metrics_text() -> tuple[bytes, str]:

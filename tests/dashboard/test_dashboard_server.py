@@ -164,3 +164,32 @@ def test_the_training_run_wrote_tensorboard_events(dash):
     runs = json.loads(http_get(base + "/api/runs?kind=train", token)[1])
     path = next(r for r in runs if r["name"] == "dashboard-curve")["info"]["path"]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(path))
+
+
+@shoal.remote
+def _allreduce_rank(rank, world, group):
+    import numpy as np
+
+    from shoal import collective
+    comm = collective.init_group(rank, world, shoal.get_kv_store(), backend="native",
+                                 name=group, timeout=60)
+    for _ in range(3):
+        comm.allreduce(np.ones(1024, np.float32))
+    comm.destroy()
+    return rank
+
+
+def test_metrics_count_the_collective_ops_of_groups_formed_while_it_runs(dash):
+    from prometheus_client.parser import text_string_to_metric_families
+    base, token = dash
+    assert sorted(shoal.get([_allreduce_rank.remote(r, 2, "metrics-group")
+                             for r in range(2)])) == [0, 1]
+    body = http_get(base + "/metrics", token)[1].decode()
+    samples = {(s.name, s.labels["rank"]): s.value
+               for f in text_string_to_metric_families(body) if f.name.startswith("shoal_collective")
+               for s in f.samples
+               if s.labels.get("group") == "metrics-group" and s.labels.get("op") == "allreduce"}
+    for rank in ("0", "1"):
+        assert samples[("shoal_collective_ops_total", rank)] == 3
+        assert samples[("shoal_collective_bytes_total", rank)] == 3 * 4096
+        assert samples[("shoal_collective_seconds_total", rank)] > 0
