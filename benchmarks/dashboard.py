@@ -3,11 +3,12 @@
     python benchmarks/dashboard.py [--rounds 4] [--quick]
 
 "off" is a cluster that records nothing (``SHOAL_TASK_EVENTS=0``, no
-dashboard); "on" records every task (the default ring), serves the
+dashboard); "rec" records every task (the default), without a dashboard;
+"on" records every task (the default ring), serves the
 dashboard and Prometheus metrics, and a browser-like client in another
 process polls the tasks page's API and /metrics every 2 s. Each run is a
 fresh process; rounds alternate the order of off and on and the best of
-each is kept. The dashboard's memory is the driver's RSS growth from
+each is kept (with --with-rec, "rec" runs in each round too). The dashboard's memory is the driver's RSS growth from
 starting it and serving the polls.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run_mode(mode: str, quick: bool) -> dict:
     import shoal
     me = psutil.Process()
     rss0 = me.memory_info().rss
-    shoal.init(num_cpus=2, log_to_driver=False, dashboard=(mode == "on"))
+    shoal.init(num_cpus=2, log_to_driver=False, dashboard=(mode == "on"))   # "rec": no dashboard
     poller = None
     out = {}
     if mode == "on":
@@ -139,16 +140,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--with-rec", action="store_true",
+                    help="also run recording without the dashboard, to tell the two costs apart")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.quick)))
         return
-    best: dict = {"off": {}, "on": {}}
-    mem = {"off": [], "on": []}
+    modes = ("off", "rec", "on") if args.with_rec else ("off", "on")
+    best: dict = {m: {} for m in modes}
+    mem: dict = {m: [] for m in modes}
     load_before = os.getloadavg()
     for r in range(args.rounds):
-        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+        for mode in (modes if r % 2 == 0 else modes[::-1]):
             env = dict(os.environ)
             if mode == "off":
                 env["SHOAL_TASK_EVENTS"] = "0"
@@ -169,18 +173,10 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"\nobservability on vs off, 2 CPUs, best of {args.rounds} alternating rounds; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
-    print(f"| {'measure':40s} | {'off':>10s} | {'on':>10s} | {'on / off':>8s} |")
-    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
-    for label, key in ROWS:
-        off, on = best["off"][key], best["on"][key]
-        print(f"| {label:40s} | {off:>10,.0f} | {on:>10,.0f} | {on / off:>8.3f} |")
-    print("\ndriver CPU per task or call (us, least of all runs; on / off above 1 is the cost)\n")
-    print(f"| {'measure':40s} | {'off':>10s} | {'on':>10s} | {'on / off':>8s} |")
-    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 10}|")
-    for label, key in ROWS:
-        key = key.replace("_per_s", "_driver_cpu_us")
-        off, on = best["off"][key], best["on"][key]
-        print(f"| {label:40s} | {off:>10.1f} | {on:>10.1f} | {on / off:>8.3f} |")
+    _table(best, modes, [(label, key, "{:>10,.0f}") for label, key in ROWS])
+    print("\ndriver CPU per task or call (us, least of all runs; a ratio above 1 is the cost)\n")
+    _table(best, modes, [(label, key.replace("_per_s", "_driver_cpu_us"), "{:>10.1f}")
+                         for label, key in ROWS])
     cost = record_cost_us()
     per_task = 1e6 / best["off"]["tasks_per_s"]
     print(f"\nrecording alone: {cost:.2f} us per task, {cost / per_task:.1%} of a no-op task's "
@@ -188,6 +184,17 @@ def main() -> None:
     grow = max(mem["on"]) - min(mem["off"])
     print(f"\ndashboard memory: the driver grows {grow:.1f} MB more with the dashboard on "
           f"(max {max(mem['on']):.1f} MB vs {min(mem['off']):.1f} MB growth off)")
+
+
+def _table(best, modes, rows) -> None:
+    others = [m for m in modes if m != "off"]
+    print(f"| {'measure':40s} | " + " | ".join(f"{m:>10s}" for m in modes) + " | "
+          + " | ".join(f"{m + ' / off':>10s}" for m in others) + " |")
+    print(f"|{'-' * 42}|" + "|".join("-" * 12 for _ in modes + tuple(others)) + "|")
+    for label, key, fmt in rows:
+        vals = [best[m][key] for m in modes]
+        print(f"| {label:40s} | " + " | ".join(fmt.format(v) for v in vals) + " | "
+              + " | ".join(f"{best[m][key] / best['off'][key]:>10.3f}" for m in others) + " |")
 
 
 if __name__ == "__main__":
