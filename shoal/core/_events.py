@@ -76,11 +76,12 @@ class StateListing:
     """``shoal.state``'s listings of the local backend (a mixin of LocalBackend)."""
 
     def state_tasks(self, newest: int | None = None) -> list[dict]:
-        """Rows of the live tasks and of the ``newest`` finished ones (all: None)."""
-        out = []
+        """Rows of the finished tasks, then the live ones (oldest first): the
+        ``newest`` last of them, or all (None). Rows are built only for those."""
         with self.lock:
+            live = []
             seen = set()
-            for spec in list(self.producing.values()):
+            for spec in reversed(self.producing.values()):   # newest first
                 if spec.seq in seen or spec.done:
                     continue
                 seen.add(spec.seq)
@@ -90,16 +91,21 @@ class StateListing:
                     state, wid = "PENDING_ARGS_AVAIL", None
                 else:
                     state, wid = "PENDING_NODE_ASSIGNMENT", None
-                out.append(self._task_row(spec.seq, spec.name, spec.actor_id, wid, state,
-                                          spec.t_submit, None, None, None, spec.demand))
+                live.append((spec.seq, spec.name, spec.actor_id, wid, state, spec.t_submit,
+                             spec.demand))
+                if newest is not None and len(live) >= newest:
+                    break
+            live.reverse()
             ev = self.task_events
-            done = [] if ev is None else \
-                list(ev.done) if newest is None or newest >= len(ev.done) else \
-                [ev.done[i] for i in range(len(ev.done) - newest, len(ev.done))]
-        for seq, name, actor_id, wid, t0, t1, elapsed, err, demand in done:
-            out.append(self._task_row(seq, name, actor_id, wid,
-                                      "FAILED" if err else "FINISHED", t0, t1, elapsed, err,
-                                      demand))
+            k = None if newest is None else newest - len(live)
+            done = [] if ev is None or k == 0 else \
+                list(ev.done) if k is None or k >= len(ev.done) else \
+                [ev.done[i] for i in range(len(ev.done) - k, len(ev.done))]
+        out = [self._task_row(seq, name, actor_id, wid, "FAILED" if err else "FINISHED", t0, t1,
+                              elapsed, err, demand)
+               for seq, name, actor_id, wid, t0, t1, elapsed, err, demand in done]
+        out += [self._task_row(seq, name, actor_id, wid, state, t0, None, None, None, demand)
+                for seq, name, actor_id, wid, state, t0, demand in live]
         return out
 
     def _task_row(self, seq, name, actor_id, wid, state, t0, t1, elapsed, err, demand) -> dict:

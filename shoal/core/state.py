@@ -83,7 +83,7 @@ def _list(kind: str, filters, limit):
 
 
 def list_tasks(filters: list | None = None, limit: int | None = 1000) -> list[dict]:
-    """Tasks and actor calls, live and recently finished, oldest first.
+    """Tasks and actor calls: the recently finished, then the live ones, oldest first.
 
     Args:
         filters: ``[(key, "=" | "!=", value), ...]`` on the row's fields, e.g.

@@ -291,3 +291,18 @@ def test_report_run_keeps_numbers_json_safe_and_the_number_of_runs_bounded(monke
             state.report_run("train", 3)
     finally:
         state._clear_runs()
+
+
+def test_a_limit_keeps_the_live_tasks_before_older_finished_ones(cluster):
+    @shoal.remote
+    def napper():
+        time.sleep(1.0)
+
+    shoal.get([square.remote(i) for i in range(5)])
+    ref = napper.remote()
+    _wait_for(lambda: any(r["name"] == "napper" for r in shoal.state.list_tasks(limit=1)))
+    rows = shoal.state.list_tasks(limit=3)
+    assert len(rows) == 3 and rows[-1]["name"] == "napper"
+    assert rows[-1]["state"] in ("RUNNING", "PENDING_NODE_ASSIGNMENT")
+    assert all(r["state"] == "FINISHED" for r in rows[:-1])
+    shoal.get(ref)
