@@ -21,9 +21,14 @@ demo: $(STAMP)
 	$(BIN)/python examples/ml_pipeline.py
 	$(BIN)/python examples/serve_digits.py
 
+# The dashboard's browser tests drive headless Chromium (Debian's chromium and
+# chromium-driver), installed here when missing and run as root.
 # TensorFlow (the `tf` extra, kept out of `all` for its size) is added after the
 # main suite, for tests/tf only.
 test: $(STAMP)
+	{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+		{ [ "$$(id -u)" = 0 ] && { apt-get update -q || true; } && apt-get install -y -q chromium chromium-driver; } || \
+		echo "the dashboard's browser tests need chromium and chromium-driver (apt-get install chromium chromium-driver); they will skip"
 	$(BIN)/python -m pytest -q --ignore=tests/tf
 	$(BIN)/python -m pip install -q -e '.[tf]'
 	$(BIN)/python -m pytest -q tests/tf
@@ -31,6 +36,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/core.py
+	$(BIN)/python benchmarks/dashboard.py --rounds 4
 	$(BIN)/python benchmarks/collective.py --quick
 	$(BIN)/python benchmarks/train.py --quick
 	$(BIN)/python benchmarks/ml.py --quick

@@ -33,7 +33,7 @@ WITH_METHODS = {"shoal.collective", "shoal.train", "shoal.train.parallel", "shoa
 PACKAGES = ["shoal", "shoal.core", "shoal.collective", "shoal.train", "shoal.horovod",
             "shoal.data", "shoal.ml", "shoal.util", "shoal.util.queue",
             "shoal.util.multiprocessing", "shoal.dag", "shoal.train.parallel", "shoal.serve",
-            "shoal.rl", "shoal.tune"]
+            "shoal.rl", "shoal.tune", "shoal.state", "shoal.dashboard"]
 
 
 def _undocumented(package: str) -> list[str]:

@@ -24,7 +24,7 @@ from shoal.collective._fusion import Fuser
 from shoal.collective._rendezvous import rendezvous
 from shoal.collective.communicator import Communicator, split_sizes
 from shoal.collective.config import NativeConfig
-from shoal.collective.timeline import Timeline
+from shoal.collective.timeline import Timeline, with_op_stats
 from shoal.exceptions import CollectiveError
 
 _P2P = struct.Struct("!qqq")  # tag, nbytes, dtype code
@@ -51,7 +51,8 @@ class NativeCommunicator(Communicator):
         self.store = store
         self.prefix, self.topology, self.shm, self.mesh = rendezvous(
             rank, world_size, store, name, timeout, self.config.segment_bytes, self.config.listen_host)
-        self.timeline = Timeline.for_rank(self.config.timeline, name, rank)
+        self.timeline = with_op_stats(Timeline.for_rank(self.config.timeline, name, rank),
+                                      store, name, rank)
         if self.shm is not None and self.timeline.enabled:
             self.shm.timeline = self.timeline
         self._cuda = None

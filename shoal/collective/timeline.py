@@ -102,3 +102,77 @@ class _NullTimeline(Timeline):
 
 
 _NULL = _NullTimeline()
+
+
+# ------------------------------------------------------------------ metrics for the dashboard
+# While a dashboard serves metrics it sets STATS_FLAG in the cluster's key-value
+# store; groups formed then count each op (calls, bytes, seconds) and publish the
+# counts under STATS_PREFIX/<group>/<rank> every few seconds and at destroy.
+STATS_FLAG = "shoal/dashboard/collective-metrics"
+STATS_PREFIX = "shoal/metrics/collective/"
+_PUBLISH_S = 5.0
+
+
+class OpStats:
+    """A timeline that also counts each op of one rank and publishes the counts."""
+
+    def __init__(self, inner: Timeline, store, key: str):
+        self.inner, self.store, self.key = inner, store, key
+        self.stats: dict = {}          # op -> [calls, bytes, seconds]
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        return self.inner.enabled
+
+    def phase(self, name, t0, tid="phases") -> None:
+        self.inner.phase(name, t0, tid)
+
+    def span(self, name, t0, t1, tid="ops", args=None) -> None:
+        self.inner.span(name, t0, t1, tid, args)
+
+    @contextmanager
+    def op(self, name: str, nbytes: int):
+        t0 = time.perf_counter()
+        try:
+            with self.inner.op(name, nbytes):
+                yield
+        finally:
+            dt = time.perf_counter() - t0
+            with self._lock:
+                s = self.stats.get(name)
+                if s is None:
+                    s = self.stats[name] = [0, 0, 0.0]
+                s[0] += 1
+                s[1] += nbytes
+                s[2] += dt
+                due = time.monotonic() - self._last > _PUBLISH_S
+            if due:
+                self.publish()
+
+    def publish(self) -> None:
+        with self._lock:
+            self._last = time.monotonic()
+            data = json.dumps(self.stats)
+        try:
+            self.store.set(self.key, data)
+        except Exception:  # noqa: BLE001, S110 - metrics are best effort; the op succeeded
+            pass
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.publish()
+        self.inner.close()
+
+
+def with_op_stats(timeline: Timeline, store, name: str, rank: int):
+    """``timeline``, counting ops for the dashboard's metrics if a dashboard asked."""
+    try:
+        if not store.check([STATS_FLAG]):
+            return timeline
+    except Exception:  # noqa: BLE001 - a store without the flag (or a foreign one): no metrics
+        return timeline
+    return OpStats(timeline, store, f"{STATS_PREFIX}{name}/{rank}")

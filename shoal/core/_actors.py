@@ -1,6 +1,7 @@
 """The driver's view of one actor: its process, call queue, restarts and death."""
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from shoal.core._serialization import deserialize
@@ -21,6 +22,11 @@ class ActorState:
         self.cause = ""
         self.handles_dropped = False
         self.killed = False
+        self.created = time.time()    # for shoal.state
+        self.ended = None
+        self.error_tb = ""            # the constructor's traceback, when it raised
+        self.pid = None               # of its last process
+        self.last_wid = None
 
     # ---------------------------------------------------------------- placement
     def try_place(self, b) -> None:
@@ -39,12 +45,14 @@ class ActorState:
         pool.acquire(self.spec.demand)
         self.lease = (pool, self.spec.demand)
         self.worker = b._spawn_worker(actor=self)
+        self.pid, self.last_wid = self.worker.proc.pid, str(self.worker.wid)
 
     def on_ready(self, b, w, err_desc) -> None:
         if w is not self.worker:
             return
         if err_desc is not None:
             err = deserialize(err_desc)
+            self.error_tb = getattr(err, "remote_traceback", "") or ""
             self._die(b, f"its constructor raised: {err}")
             return
         self.state = "alive"
@@ -155,6 +163,7 @@ class ActorState:
     def _die(self, b, cause: str, inflight=()) -> None:
         self.state = "dead"
         self.cause = cause
+        self.ended = time.time()
         self._release(b)
         pending = list(inflight) + list(self.inflight.values()) + list(self.queue)
         self.inflight.clear()

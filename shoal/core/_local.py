@@ -27,6 +27,7 @@ from shoal.core import object_ref as _oref
 from shoal.core._actors import ActorState
 from shoal.core._auth import server_handshake
 from shoal.core._cluster import ClusterState
+from shoal.core._events import StateListing, task_events_from_env
 from shoal.core._gpus import ENV_IDS as ENV_GPU_IDS
 from shoal.core._gpus import GpuIds, visible_gpu_ids
 from shoal.core._object_table import ObjectTable
@@ -38,6 +39,7 @@ from shoal.core._scheduler import DEFERRED, Scheduler
 from shoal.core._serialization import _unlink
 from shoal.core._spec import TaskSpec
 from shoal.core.kv import TCPStore
+from shoal.core.sessions import write_session_info
 from shoal.core.object_ref import RefCounter
 from shoal.exceptions import ShoalError, TaskCancelledError, WorkerCrashedError
 
@@ -46,7 +48,7 @@ _IDLE_REAP_S = 30.0
 
 class WorkerProc:
     __slots__ = ("wid", "proc", "conn", "state", "inflight", "lease", "blocked", "fns_sent",
-                 "actor", "shape", "started", "idle_since", "pipes", "gets", "gpus")
+                 "actor", "shape", "started", "idle_since", "pipes", "gets", "gpus", "logs")
 
     def __init__(self, wid, proc, actor=None):
         self.wid = wid
@@ -64,9 +66,10 @@ class WorkerProc:
         self.pipes = 2
         self.gets: dict = {}      # req -> waiter, for nested get/wait
         self.gpus = ([], 0.0)     # (device ids, amount) an actor's process holds
+        self.logs: dict = {}      # "stdout"/"stderr" -> the file its output is kept in
 
 
-class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
+class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
     name = "local"
 
     def __init__(self, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
@@ -92,6 +95,12 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         self.node_id = secrets.token_hex(14)
         self.secret = secrets.token_bytes(32)
         self.dir = tempfile.mkdtemp(prefix=f"shoal-{self.session}-")
+        os.makedirs(os.path.join(self.dir, "logs"))
+        self.task_events = task_events_from_env()   # None: SHOAL_TASK_EVENTS=0
+        self.dead_workers: deque = deque(maxlen=1000)
+        self.started = time.time()
+        self.dashboard = None              # shoal.dashboard's server, when one runs here
+        self.write_session_info()
         self.shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(self.dir, "shm")
         os.makedirs(self.shm_dir, exist_ok=True)
         self.shm_prefix = os.path.join(self.shm_dir, f"shoal-{self.session}-")
@@ -176,10 +185,32 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         w = WorkerProc(wid, proc, actor)
         w.gpus = (gpu_ids, gpu_amount)
         self.workers[wid] = w
+        self._open_logs(w)
         for pipe, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             os.set_blocking(pipe.fileno(), False)
             self.sel.register(pipe, selectors.EVENT_READ, ("pipe", (w, out)))
         return w
+
+    def write_session_info(self, **extra) -> None:
+        """``session.json``: how ``shoal status`` / ``shoal logs`` find this session."""
+        write_session_info(self.dir, {"session": self.session, "pid": os.getpid(),
+                                      "start_time": self.started, "node_id": self.node_id,
+                                      "argv": sys.argv[:4], **extra})
+
+    def _open_logs(self, w: WorkerProc) -> None:
+        """Files keeping the worker's output, and a note of who it is for ``shoal logs``."""
+        a = w.actor
+        meta = {"worker_id": str(w.wid), "pid": w.proc.pid, "start_time": time.time(),
+                "actor_id": f"{a.spec.actor_id:016x}" if a is not None else None,
+                "actor_class": a.spec.cls_name if a is not None else None,
+                "actor_name": (a.spec.name or "") if a is not None else None}
+        try:
+            for out, ext in (("stdout", "out"), ("stderr", "err")):
+                w.logs[out] = open(self.log_path(w.wid, ext), "ab", buffering=0)  # noqa: SIM115
+            with open(self.log_path(w.wid, "json"), "w") as f:
+                json.dump(meta, f)
+        except OSError as e:  # a full disk costs the logs, not the worker
+            sys.stderr.write(f"shoal: cannot keep the logs of worker {w.wid}: {e}\n")
 
     def _wake(self) -> None:
         try:
@@ -289,6 +320,12 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         except (BlockingIOError, OSError, ValueError):
             data = b""
         if data:
+            f = w.logs.get(out)
+            if f is not None:
+                try:
+                    f.write(data)
+                except OSError:
+                    pass
             if self.log_to_driver:
                 try:
                     stream = getattr(sys, out)  # looked up now: it may have been redirected
@@ -304,6 +341,9 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
         except (KeyError, ValueError):
             return
         pipe.close()
+        f = w.logs.pop(out, None)
+        if f is not None:
+            f.close()
         w.pipes -= 1
         if w.pipes == 0 and w.state != "dead":
             self._on_worker_death(w)
@@ -344,6 +384,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
                 self._send(w, ("exit",))
                 w.state = "dead"
                 self.workers.pop(w.wid, None)
+                self._note_worker_death(w)
 
     # ---------------------------------------------------------------- messages
     def _handle(self, w: WorkerProc, m) -> None:
@@ -388,6 +429,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
             return
         w.state = "dead"
         self.workers.pop(w.wid, None)
+        self._note_worker_death(w)
         if w.conn is not None:
             try:
                 self.sel.unregister(w.conn.sock)
@@ -467,8 +509,10 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState):
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        if self.dashboard is not None:
+            self.dashboard.stop()
         for w in workers:
-            for f in (w.proc.stdout, w.proc.stderr):
+            for f in [w.proc.stdout, w.proc.stderr, *w.logs.values()]:
                 try:
                     f.close()
                 except OSError:

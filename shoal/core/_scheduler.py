@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from time import time as _now
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -178,6 +179,7 @@ class Scheduler:
 
     def _submit(self, spec: TaskSpec) -> None:
         objs = self.objects
+        spec.t_submit = _now()
         for rid in spec.returns:
             objs.create(rid)
             self.producing[rid] = spec
@@ -311,14 +313,16 @@ class Scheduler:
             else:
                 self.actors[spec.actor_id].retry(self, spec)
         else:
-            self._complete(spec, descs)
+            self._complete(spec, descs, w.wid, elapsed)
         if w.actor is not None:
             w.actor.after_call(self)
         self._maybe_idle(w)
 
-    def _complete(self, spec: TaskSpec, descs) -> None:
+    def _complete(self, spec: TaskSpec, descs, wid=None, elapsed=0.0) -> None:
         spec.done = True
         spec.worker = None
+        if self.task_events is not None:
+            self.task_events.record(spec, descs, wid, elapsed)
         if spec.gen == 1:
             self._stream_close(spec.returns[0], descs[0])
         for rid, desc in zip(spec.returns, descs):

@@ -8,7 +8,7 @@ _WIRE = ("seq", "fn_id", "name", "args", "deps", "returns", "demand", "pg_id", "
 
 class TaskSpec:
     __slots__ = _WIRE + ("unresolved", "retries_left", "cancelled", "worker",
-                         "task_retries_left", "done")
+                         "task_retries_left", "done", "t_submit")
 
     def __init__(self, seq, fn_id, name, args, deps, returns, demand, pg_id=None, bundle=-1,
                  max_retries=0, retry_exc=False, actor_id=None, method=None, gen=0):
@@ -32,6 +32,7 @@ class TaskSpec:
         self.cancelled = False
         self.worker = None
         self.done = False
+        self.t_submit = 0.0       # wall-clock time the scheduler took it (for shoal.state)
 
     def wire(self) -> tuple:
         return tuple(getattr(self, f) for f in _WIRE)

@@ -52,7 +52,8 @@ def _runtime():
 def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, backend: str | None = None,
          address: str | None = None, namespace: str | None = None,
-         ignore_reinit_error: bool = False, log_to_driver: bool = True, **ray_kwargs):
+         ignore_reinit_error: bool = False, log_to_driver: bool = True,
+         dashboard: bool | None = None, dashboard_port: int = 0, **ray_kwargs):
     """Start shoal: a local cluster of worker processes, or a connection to Ray.
 
     Args:
@@ -61,6 +62,10 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: di
         backend: "local" (default) or "ray".
         address: "auto" or "ray://host:port" connects to a Ray cluster (implies backend="ray").
         namespace: namespace for named actors.
+        dashboard: serve the web dashboard and Prometheus metrics (``shoal[dashboard]``)
+            on 127.0.0.1 with a per-session token; its URL is printed and in
+            ``shoal.dashboard.url()``. Default: the ``SHOAL_DASHBOARD`` variable
+            (``1`` turns it on). ``dashboard_port``: 0 picks a free port.
     Returns the backend. Raises RuntimeError if already initialized (unless
     ``ignore_reinit_error``).
     """
@@ -89,6 +94,16 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: di
                                   namespace=namespace, log_to_driver=log_to_driver, **ray_kwargs)
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
+        if dashboard is None:
+            dashboard = os.environ.get("SHOAL_DASHBOARD", "") not in ("", "0")
+        if dashboard:
+            from shoal.dashboard import start  # lazily: its web stack is an extra
+            try:
+                start(port=dashboard_port)
+            except BaseException:
+                b, _backend = _backend, None
+                b.shutdown()
+                raise
         return _backend
 
 
@@ -108,6 +123,12 @@ def shutdown() -> None:
     global _backend
     with _init_lock:
         b, _backend = _backend, None
+    dash = sys.modules.get("shoal.dashboard")
+    if dash is not None:
+        dash.stop()
+    state = sys.modules.get("shoal.core.state")
+    if state is not None and b is not None:
+        state._clear_runs()     # a new cluster starts with no runs
     if b is not None:
         b.shutdown()
 

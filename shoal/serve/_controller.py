@@ -72,6 +72,7 @@ class Controller:
         self.lock = threading.RLock()
         self.proxy = None
         self.stop_event = threading.Event()
+        self._published = 0.0        # when the deployments were last shown in shoal.state
         self.thread = threading.Thread(target=self._loop, daemon=True, name="shoal-serve-ctl")
         self.thread.start()
 
@@ -280,6 +281,17 @@ class Controller:
                                              "ingress": a["ingress"], "deployments": deps}
             return out
 
+    def _publish(self) -> None:
+        """Show each deployment in shoal.state (the dashboard's serving page, metrics)."""
+        for app, a in self.status()["applications"].items():
+            for name, d in a["deployments"].items():
+                running = sum(r["state"] == "running" for r in d["replicas"])
+                shoal.state.report_run(
+                    "serve", f"{app}/{name}",
+                    {"replicas_running": running, "target_replicas": d["target_replicas"]},
+                    status=d["status"], route_prefix=a["route_prefix"],
+                    ingress=a["ingress"] == name)
+
     # ------------------------------------------------------------ the loop
     def _loop(self) -> None:
         while not self.stop_event.is_set():
@@ -288,6 +300,10 @@ class Controller:
             try:
                 with self.lock:
                     self._reconcile()
+                now = time.monotonic()
+                if now - self._published >= 1.0:
+                    self._published = now
+                    self._publish()
             except Exception as e:  # noqa: BLE001 - keep the controller alive; say why
                 import sys
                 sys.stderr.write(f"[shoal.serve] controller step failed: {e!r}\n")

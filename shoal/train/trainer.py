@@ -335,6 +335,7 @@ class Trainer:
             driver = ElasticDriver(self, run_dir, manager, progress)
             error = driver.run()
             self._write_results(run_dir)
+            self._publish(run_dir, None, "FAILED" if error is not None else "FINISHED")
             changes = [{k: v for k, v in ch.items() if not k.startswith("_")}
                        for ch in driver.changes]
             with open(os.path.join(run_dir, "membership.json"), "w") as f:
@@ -358,6 +359,7 @@ class Trainer:
             limit = self.failure_config.max_failures
             if limit != -1 and failures > limit:
                 self._write_results(run_dir)
+                self._publish(run_dir, None, "FAILED")
                 result = self._result(manager, run_dir, error, attempt + 1)
                 exc = TrainingFailedError(
                     f"training failed on attempt {attempt + 1} (max_failures={limit}): "
@@ -373,6 +375,7 @@ class Trainer:
             self._history = [r for r in self._history if r["index"] <= keep]
             attempt += 1
         self._write_results(run_dir)
+        self._publish(run_dir, None, "FINISHED")
         return self._result(manager, run_dir, None, attempt + 1)
 
     def _prepare_run_dir(self) -> str:
@@ -481,9 +484,31 @@ class Trainer:
                 manager.register(Checkpoint(path=rec["checkpoint"]), rec["metrics"])
             with open(os.path.join(run_dir, "result.json"), "a") as f:
                 f.write(json.dumps(_jsonable(rec)) + "\n")
+            self._publish(run_dir, rec)
             progress.show(rec)
             next_index += 1
         return next_index
+
+    def _publish(self, run_dir: str, rec: dict | None, status: str = "RUNNING") -> None:
+        """Show the run in shoal.state (the dashboard, ``shoal status``, metrics) and,
+        when tensorboardX or tensorboard is installed, in TensorBoard event files."""
+        name = os.path.basename(run_dir)
+        if rec is None:
+            shoal.state.report_run("train", name, status=status)
+            if getattr(self, "_tb", None):
+                self._tb.close()
+                self._tb = None
+            return
+        shoal.state.report_run("train", name, rec["metrics"], status=status, path=run_dir,
+                               checkpoint=rec.get("checkpoint"), workers=self.num_workers)
+        tb = getattr(self, "_tb", False)
+        if tb is False:
+            tb = self._tb = _tensorboard_writer(run_dir)
+        if tb is not None:
+            for k, v in rec["metrics"].items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tb.add_scalar(k, v, rec["index"])
+            tb.flush()
 
     def _write_results(self, run_dir: str) -> None:
         df = self._dataframe()
@@ -502,6 +527,23 @@ class Trainer:
         return Result(metrics=metrics, metrics_dataframe=self._dataframe(),
                       checkpoint=manager.latest, best_checkpoints=manager.best(), error=error,
                       path=run_dir, attempts=attempts)
+
+
+def _tensorboard_writer(run_dir: str):
+    """A TensorBoard event-file writer into ``run_dir`` (tensorboardX, or torch's with
+    the tensorboard package), or None when neither is installed."""
+    import importlib.util
+    try:
+        if importlib.util.find_spec("tensorboardX") is not None:
+            from tensorboardX import SummaryWriter
+        elif importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+        else:
+            return None
+        return SummaryWriter(log_dir=run_dir)
+    except Exception as e:  # noqa: BLE001 - TensorBoard is a bonus: training goes on without it
+        print(f"[shoal.train] not writing TensorBoard events: {e!r}", file=sys.stderr)
+        return None
 
 
 def _worker_range(num_workers) -> tuple[int, int]:

@@ -316,7 +316,14 @@ class Controller:
         if save:
             self.store.save_trial(t, self._last_line)
         self.progress.result(t, rec)
+        self._publish(t, rec)
         return rec
+
+    def _publish(self, t: Trial, rec: dict | None = None) -> None:
+        """Show the trial in shoal.state (the dashboard's tuning page, metrics)."""
+        shoal.state.report_run("tune", t.trial_id, rec, status=t.status,
+                               experiment=os.path.basename(self.exp_dir.rstrip(os.sep)),
+                               config=t.config)
 
     def _check_metrics(self, t: Trial, rec: dict):
         wanted = []
@@ -415,6 +422,7 @@ class Controller:
             self.searcher.on_trial_complete(t.trial_id, last, error=False)
         self.dirty = True
         self.progress.finished(t)
+        self._publish(t)
 
     def _failed(self, t: Trial, error: str, tb: str):
         t.num_failures += 1
