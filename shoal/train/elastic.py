@@ -337,7 +337,7 @@ def run_with(func, on_regroup=None):
         session = current_session(required=False)
         link = session.elastic if session is not None else None
         if link is not None and session.comm is None:
-            session.regroup(0)          # first call: join the gang (see Trainer's elastic run)
+            _regroup(session, 0)        # first call: join the gang (see Trainer's elastic run)
             if on_regroup is not None:
                 on_regroup()
         while True:
@@ -355,11 +355,25 @@ def run_with(func, on_regroup=None):
                 link.report_failure(str(_group_failure(e)))
                 state.restore()
             state._flag = None          # its group is gone
-            session.regroup(link.generation + 1)
+            _regroup(session, link.generation + 1)
             if on_regroup is not None:
                 on_regroup()
             state.on_reset()
     return wrapper
+
+
+def _regroup(session, min_generation: int) -> None:
+    """Join the gang's next generation; a launched process the launcher took out of the
+    job (its host left the discovery script's output) ends here, quietly and successfully."""
+    from shoal.train._membership import WorkerRemovedError
+    try:
+        session.regroup(min_generation)
+    except WorkerRemovedError as e:
+        if not session.elastic.launched:
+            raise
+        import sys
+        print(f"[shoal.train] {e}; this process ends here", file=sys.stderr, flush=True)
+        raise SystemExit(0) from None
 
 
 def _is_data(v) -> bool:
