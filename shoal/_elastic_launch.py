@@ -148,6 +148,7 @@ class ElasticLauncher:
         self.local_rank: dict[int, int] = {}
         self.removing: dict[int, float] = {}      # wid -> when its slot went away
         self.was_member: set[int] = set()
+        self.copiers: list[threading.Thread] = []     # copy each process's output to ours
         self.out_lock = threading.Lock()
         self.stopping = False
         self.next_beat = 0.0
@@ -184,8 +185,10 @@ class ElasticLauncher:
         self.store.set(f"{_PREFIX}/where/{wid}", pickle.dumps((self.node, p.pid), protocol=5))
         self.procs[wid], self.local_rank[wid] = p, lr
         prefix = b"" if self.args.no_prefix else f"[w{wid}] ".encode()
-        _Prefixer(p.stdout, sys.stdout.buffer, prefix, self.out_lock).start()
-        _Prefixer(p.stderr, sys.stderr.buffer, prefix, self.out_lock).start()
+        for pipe, dst in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
+            t = _Prefixer(pipe, dst, prefix, self.out_lock)
+            t.start()
+            self.copiers.append(t)
 
     def _local_tick(self) -> None:
         for wid, p in list(self.procs.items()):
@@ -198,9 +201,7 @@ class ElasticLauncher:
             if self.store.check([f"{_PREFIX}/kill/{wid}"]):
                 _signal(self.procs[wid], signal.SIGKILL)
         now = time.monotonic()
-        if self.removing:
-            members = self._members()
-            self.was_member.update(w for w in self.removing if w in members)
+        members = self._members() if self.removing else []
         for wid, since in self.removing.items():
             if wid not in self.procs:
                 continue
@@ -214,10 +215,15 @@ class ElasticLauncher:
         target = self.slots()
         for _ in range(target - len(live)):
             self._spawn()
-        for wid in live[target:] if len(live) > target else ():
-            # the newest processes give their slots back at the next commit
-            self.store.set(f"{_PREFIX}/removed/{wid}", b"1")
-            self.removing[wid] = now
+        if len(live) > target:
+            # the newest processes give their slots back: a member at the next commit
+            # (it leaves gracefully), one still waiting to join at once (it holds nothing)
+            members = self._members()
+            for wid in live[target:]:
+                if wid in members:
+                    self.was_member.add(wid)
+                self.store.set(f"{_PREFIX}/removed/{wid}", b"1")
+                self.removing[wid] = now
 
     def _members(self) -> list[int]:
         """The latest generation's members (empty before the first)."""
@@ -237,6 +243,9 @@ class ElasticLauncher:
             except subprocess.TimeoutExpired:
                 _signal(p, signal.SIGKILL)
                 p.wait()
+        deadline = time.monotonic() + 2     # the last lines of every process, then return
+        for t in self.copiers:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------ the job
     def run(self) -> int:

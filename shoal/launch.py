@@ -299,6 +299,7 @@ class Launcher:
             raise SystemExit("shoal launch: --max-restarts must be >= 0")
         self.world = args.nproc * args.nnodes
         self.procs: list[subprocess.Popen] = []
+        self.copiers: list[threading.Thread] = []     # copy each process's output to ours
         self.out_lock = threading.Lock()
         self.stopping = False
         from shoal.core.kv import TCPStore
@@ -369,8 +370,10 @@ class Launcher:
                                  start_new_session=True)
             self.procs.append(p)
             prefix = b"" if self.args.no_prefix else f"[{env['RANK']}] ".encode()
-            _Prefixer(p.stdout, sys.stdout.buffer, prefix, self.out_lock).start()
-            _Prefixer(p.stderr, sys.stderr.buffer, prefix, self.out_lock).start()
+            for pipe, dst in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
+                t = _Prefixer(pipe, dst, prefix, self.out_lock)
+                t.start()
+                self.copiers.append(t)
 
     def _stop_all(self) -> None:
         for p in self.procs:
@@ -389,6 +392,10 @@ class Launcher:
                 except OSError:
                     pass
                 p.wait()
+        deadline = time.monotonic() + 2     # the last lines of every process, then go on
+        for t in self.copiers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.copiers = []
 
     def _watch(self, round_: int) -> tuple[int, int | None]:
         """Wait for the round to end: (exit code, failing rank or None)."""

@@ -19,6 +19,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPT = os.path.join(HERE, "scripts", "elastic_launched.py")
+HVD_SCRIPT = os.path.join(ROOT, "tests", "horovod", "scripts", "hvd_elastic_launched.py")
 N = 96
 
 
@@ -146,12 +147,13 @@ def _discovery(tmp_path, hosts: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_host_discovery_grows_and_shrinks_the_running_job(tmp_path):
+def test_host_discovery_grows_and_shrinks_a_running_horovod_job(tmp_path):
+    # horovodrun's elastic form, running Elastic Horovod's usual script
     out = str(tmp_path / "log")
     os.makedirs(out)
     script, hosts = _discovery(tmp_path, "localhost:2\n")
     p = _start("-np", "2", "--min-np", "1", "--max-np", "3", "--host-discovery-script", script,
-               "--collective-timeout", "30", sys.executable, "-u", SCRIPT, out, "2,3,2")
+               "--collective-timeout", "30", sys.executable, "-u", HVD_SCRIPT, out, "2,3,2")
     try:
         _wait_for(lambda: _a_worker_of_world(out, 2, 0), 90, "2 ranks training")
         hosts.write_text("localhost:3\n")             # a slot appears: a third process
@@ -162,7 +164,8 @@ def test_host_discovery_grows_and_shrinks_the_running_job(tmp_path):
     assert p.returncode == 0, stderr[-3000:]
     assert re.search(r"left: rank 2 \(worker 2, its slot was removed\); world size 3 -> 2", stderr), \
         stderr[-3000:]
-    assert len(re.findall(r"done worlds=\[(?:1, )?2, 3, 2\]", stdout)) == 2, stdout[-2000:]
+    # the reset callback rescaled the learning rate to the final world of 2
+    assert len(re.findall(r"done worlds=\[(?:1, )?2, 3, 2\] lr=0.02", stdout)) == 2, stdout[-2000:]
     assert "[w2] [shoal.train] worker 2 is not in generation" in stderr
     _check_state_and_samples(out)
     # left at a commit, not by a broken group: no step was lost (no restore)
