@@ -54,7 +54,8 @@ import time
 import numpy as np
 import torch
 
-from shoal.exceptions import CollectiveError, MembershipChangedInterrupt, RankMismatchError
+from shoal.exceptions import (CollectiveError, ElasticUnsupportedError,
+                              MembershipChangedInterrupt, RankMismatchError)
 from shoal.train.context import current_session
 from shoal.train.data import PreparedDataLoader
 
@@ -360,6 +361,18 @@ def run_with(func, on_regroup=None):
                 on_regroup()
             state.on_reset()
     return wrapper
+
+
+def sharded_strategy_error(strategy) -> ElasticUnsupportedError:
+    """The error an elastic run gives for a strategy other than DDP (ZeRO, FSDP, Parallel)."""
+    return ElasticUnsupportedError(
+        f"an elastic run trains with DDP, not {type(strategy).__name__}: its State restores "
+        "a lost rank from any survivor's copy, which only data-parallel training has (a "
+        "sharded or model-parallel strategy keeps each rank's part of the parameters and "
+        "optimizer state only on that rank). Use strategy=DDP() (the default) "
+        "with num_workers=(min, max), or keep the sharded strategy with a fixed num_workers and "
+        "FailureConfig(max_failures=N): the gang then restarts from the last checkpoint "
+        "(report(..., checkpoint=) every few steps)")
 
 
 def _regroup(session, min_generation: int) -> None:

@@ -211,6 +211,15 @@ def test_num_workers_range_is_checked():
         st.ElasticConfig(max_repeated_failures=0)
 
 
+def test_a_sharded_strategy_is_rejected_at_start_naming_what_to_do():
+    from shoal.exceptions import ElasticUnsupportedError
+    for strategy in (st.ZeRO(stage=2), st.FSDP()):
+        with pytest.raises(ElasticUnsupportedError, match=r"not (ZeRO|FSDP).*strategy=DDP\(\).*"
+                                                          r"FailureConfig\(max_failures=N\)"):
+            st.Trainer(lambda: None, num_workers=(1, 2), strategy=strategy)
+    st.Trainer(lambda: None, num_workers=2, strategy=st.ZeRO(stage=2))     # fixed size: fine
+
+
 def test_unpicklable_state_is_an_error_at_start():
     with pytest.raises(TypeError, match="lock.*cannot be pickled"):
         elastic.State(model=nn.Linear(2, 2), lock=threading.Lock())
