@@ -189,6 +189,173 @@ def run_torchrun(args, log: str):
                             start_new_session=True), ckpt
 
 
+# ------------------------------------------------------------------ chaos run
+def chaos_worker(args) -> None:
+    """One process of the chaos run (under ``shoal launch``'s elastic form)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import shoal.train as st
+    from shoal.train import elastic
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = st.prepare_model(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = st.prepare_data_loader(DataLoader(TensorDataset(x, y, torch.arange(N_SAMPLES)),
+                                               batch_size=args.batch, shuffle=True))
+    state = elastic.State(model=model, optimizer=opt, loader=loader, epoch=0, step=0)
+    log = f"{args.log}-{os.getpid()}"
+
+    @elastic.run
+    def train(state):
+        for state.epoch in range(state.epoch, 10 ** 6):
+            loader.set_epoch(state.epoch)
+            for xb, yb, ib in loader:
+                ctx = st.get_context()      # the batch, before the step: see _committed_batches
+                _log(log, {"step": state.step + 1, "gen": ctx.attempt, "rank": ctx.rank,
+                           "world": ctx.world_size, "epoch": state.epoch, "idx": ib.tolist(),
+                           "t": time.time(), "pid": os.getpid()})
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                state.step += 1
+                state.commit()
+                if state.step >= args.steps:
+                    return
+    train(state)
+    if st.get_context().rank == 0:
+        torch.save(getattr(model, "module", model).state_dict(), args.ckpt)
+
+
+def _committed_batches(log_glob: str) -> dict:
+    """step -> [(rank, epoch, indices)] of the generation whose step was committed.
+
+    Every rank logs its batch before each step with the step's number and the
+    gang's generation. A step cut short by a death is done again by the next
+    generation, whose rows replace it; a step whose gradient sum completed
+    keeps the batch of a rank that died just after (it is in the committed state).
+    """
+    by_step: dict = {}
+    for path in glob.glob(log_glob):
+        for r in _records(path):
+            by_step.setdefault(r["step"], {}).setdefault(r["gen"], []).append(
+                (r["rank"], r["epoch"], r["idx"]))
+    return {s: sorted(gens[max(gens)]) for s, gens in sorted(by_step.items())}
+
+
+def _replay(batches: dict):
+    """The uninterrupted run with the same effective batch schedule: one process, the same
+    committed global batches in order, each step's gradient the mean of the ranks' means."""
+    import torch
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for rows in batches.values():
+        opt.zero_grad()
+        loss = sum(torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                   for _, _, idx in rows) / len(rows)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _full_loss(model) -> float:
+    import torch
+    x, y = _data()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(x), y))
+
+
+def chaos(args) -> dict:
+    """``--steps`` steps on 3 slots under ``shoal launch -np 3 --min-np 1`` with a host
+    discovery script; every ``--kill-every`` s a random rank gets SIGKILL and its slot goes
+    away, coming back ``--slot-back`` s later."""
+    import random
+
+    import torch
+    rng = random.Random(args.seed)
+    work = tempfile.mkdtemp(prefix="shoal-elastic-chaos-")
+    hosts = os.path.join(work, "hosts")
+    disc = os.path.join(work, "discover.sh")
+    with open(hosts, "w") as f:
+        f.write("localhost:3\n")
+    with open(disc, "w") as f:
+        f.write(f"#!/bin/sh\ncat {hosts}\n")
+    os.chmod(disc, 0o755)
+    log, ckpt = os.path.join(work, "log"), os.path.join(work, "final.pt")
+    cmd = [sys.executable, "-m", "shoal.launch", "-np", "3", "--min-np", "1", "--max-np", "3",
+           "--host-discovery-script", disc, "--collective-timeout", "30", "--run-dir",
+           os.path.join(work, "run"), sys.executable, "-u", os.path.abspath(__file__),
+           "--chaos-worker", "--steps", str(args.steps), "--batch", str(args.batch),
+           "--bench-log", log, "--bench-ckpt", ckpt]
+    out = open(os.path.join(work, "launch.out"), "wb")     # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    kills, slot_back, next_kill = [], None, None
+    t_start = time.time()
+    try:
+        while proc.poll() is None and time.time() - t_start < args.give_up:
+            rows = [r for p in glob.glob(log + "-*") for r in _records(p)[-3:]]
+            now = time.time()
+            if rows and next_kill is None:
+                next_kill = now + args.kill_every       # the clock starts at the first step
+            if rows and now >= next_kill:
+                gen = max(r["gen"] for r in rows)
+                pids = sorted({r["pid"] for r in rows if r["gen"] == gen})
+                victim = rng.choice(pids)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    with open(hosts, "w") as f:
+                        f.write("localhost:2\n")       # its slot goes away...
+                    kills.append({"t": now, "pid": victim,
+                                  "step": max(r["step"] for r in rows)})
+                    slot_back = now + args.slot_back
+                except ProcessLookupError:
+                    pass
+                next_kill = now + args.kill_every
+            if slot_back is not None and now >= slot_back:
+                with open(hosts, "w") as f:
+                    f.write("localhost:3\n")           # ...and comes back
+                slot_back = None
+            time.sleep(0.1)
+        finished = proc.poll() == 0
+        wall = time.time() - t_start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out.close()
+    with open(os.path.join(work, "launch.out"), "rb") as f:
+        launch_out = f.read().decode(errors="replace")
+    changes = [line for line in launch_out.splitlines() if "membership change" in line]
+    batches = _committed_batches(log + "-*")
+    # each epoch's samples: used once, missing, or repeated (DistributedSampler-style
+    # padding repeats up to world-1 items at an epoch's end)
+    per_epoch: dict = {}
+    for rows in batches.values():
+        for _, epoch, idx in rows:
+            per_epoch.setdefault(epoch, []).extend(idx)
+    complete = sorted(per_epoch)[:-1]
+    missing = repeated = 0
+    for e in complete:
+        counts = torch.bincount(torch.tensor(per_epoch[e]), minlength=N_SAMPLES)
+        missing += int((counts == 0).sum())
+        repeated += int((counts - 1).clamp(min=0).sum())
+    res = {"finished": finished, "wall_s": wall, "kills": len(kills),
+           "changes": len(changes), "steps": len(batches),
+           "steps_in_order": list(batches) == list(range(1, len(batches) + 1)),
+           "epochs": len(complete), "missing": missing, "repeated": repeated,
+           "worlds": sorted({len(r) for r in batches.values()}), "tail": launch_out[-1500:]}
+    if finished and os.path.exists(ckpt):
+        model = _model()
+        model.load_state_dict(torch.load(ckpt))
+        res["loss"] = _full_loss(model)
+        res["ref_loss"] = _full_loss(_replay(batches))
+    shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
 # ------------------------------------------------------------------ commit cost
 def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
     """Step time of the MLP with and without ``State.commit()`` after each step, in one
@@ -365,16 +532,46 @@ def main() -> None:
     ap.add_argument("--kill-at", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128, help="per-rank batch (train.py's MLP: 128)")
     ap.add_argument("--systems", default="shoal,torchrun")
+    ap.add_argument("--verbose", action="store_true", help="print the chaos run's launcher log")
     ap.add_argument("--commit-cost-only", action="store_true",
                     help="only the with/without commit() step times")
     ap.add_argument("--give-up", type=float, default=300,
                     help="seconds a job may take to finish after the kill")
+    ap.add_argument("--chaos", action="store_true",
+                    help="only the chaos run: --steps (use 300) with a rank killed every "
+                         "--kill-every s and its slot back --slot-back s later")
+    ap.add_argument("--kill-every", type=float, default=20)
+    ap.add_argument("--slot-back", type=float, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chaos-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bench-log", dest="log", help=argparse.SUPPRESS)
     ap.add_argument("--bench-ckpt", dest="ckpt", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
         torch_worker(args)
+        return
+    if args.chaos_worker:
+        chaos_worker(args)
+        return
+    if args.chaos:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        r = chaos(args)
+        print(f"load average after: {os.getloadavg()}")
+        if not r["finished"]:
+            print("the chaos run did not finish; the end of its output:\n" + r["tail"])
+        print(r["tail"] if args.verbose else "", end="")
+        print("\n| chaos run | figure |\n|---|---|")
+        print(f"| finished | {r['finished']} in {r['wall_s']:.0f} s |")
+        print(f"| ranks killed / membership changes | {r['kills']} / {r['changes']} |")
+        print(f"| committed steps (numbered 1..N, none twice) | {r['steps']} "
+              f"({r['steps_in_order']}) |")
+        print(f"| world sizes of committed steps | {r['worlds']} |")
+        print(f"| complete epochs: samples missing / repeated | {r['missing']} / "
+              f"{r['repeated']} over {r['epochs']} epochs (repeats: the end-of-epoch padding) |")
+        if "loss" in r:
+            print(f"| final loss: chaos / uninterrupted, same batches | {r['loss']:.5f} / "
+                  f"{r['ref_loss']:.5f} ({abs(r['loss'] / r['ref_loss'] - 1):.3%} apart) |")
         return
     if args.commit_cost_only:
         print(f"load average before: {os.getloadavg()}")
