@@ -352,7 +352,10 @@ def chaos(args) -> dict:
         model.load_state_dict(torch.load(ckpt))
         res["loss"] = _full_loss(model)
         res["ref_loss"] = _full_loss(_replay(batches))
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        res["work"] = work
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return res
 
 
@@ -543,6 +546,7 @@ def main() -> None:
     ap.add_argument("--kill-every", type=float, default=20)
     ap.add_argument("--slot-back", type=float, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the chaos run's logs")
     ap.add_argument("--chaos-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bench-log", dest="log", help=argparse.SUPPRESS)
@@ -561,6 +565,8 @@ def main() -> None:
         if not r["finished"]:
             print("the chaos run did not finish; the end of its output:\n" + r["tail"])
         print(r["tail"] if args.verbose else "", end="")
+        if "work" in r:
+            print(f"logs kept in {r['work']}")
         print("\n| chaos run | figure |\n|---|---|")
         print(f"| finished | {r['finished']} in {r['wall_s']:.0f} s |")
         print(f"| ranks killed / membership changes | {r['kills']} / {r['changes']} |")

@@ -49,6 +49,7 @@ _BEAT_S = 1.0
 _NODE_LOST_S = 10.0
 _DISCOVERY_S = 1.0
 _SETTLE_S = 1.0
+_EXCESS_S = 1.0        # fewer slots than processes this long: one was not just dying
 _LOST = 1000            # the exit "code" of a process whose node was lost
 
 
@@ -148,6 +149,7 @@ class ElasticLauncher:
         self.local_rank: dict[int, int] = {}
         self.removing: dict[int, float] = {}      # wid -> when its slot went away
         self.was_member: set[int] = set()
+        self.excess_since: float | None = None
         self.copiers: list[threading.Thread] = []     # copy each process's output to ours
         self.out_lock = threading.Lock()
         self.stopping = False
@@ -215,15 +217,20 @@ class ElasticLauncher:
         target = self.slots()
         for _ in range(target - len(live)):
             self._spawn()
-        if len(live) > target:
+        if len(live) <= target:
+            self.excess_since = None
+        elif (self.excess_since or now) < now - _EXCESS_S:
             # the newest processes give their slots back: a member at the next commit
             # (it leaves gracefully), one still waiting to join at once (it holds nothing)
+            self.excess_since = None
             members = self._members()
             for wid in live[target:]:
                 if wid in members:
                     self.was_member.add(wid)
                 self.store.set(f"{_PREFIX}/removed/{wid}", b"1")
                 self.removing[wid] = now
+        else:
+            self.excess_since = self.excess_since or now
 
     def _members(self) -> list[int]:
         """The latest generation's members (empty before the first)."""
@@ -389,6 +396,14 @@ class _Owner:
             self._collect_resumed()
             return
         new = alive + joiners
+        if not alive and joiners:
+            # every process holding the committed state is gone: new ones would start from
+            # step 0 and silently lose the training so far
+            self._end(1, f"every worker of generation {self.gens.generation} (holding the "
+                         f"job's committed state) was lost at once ({len(left)} of them); the "
+                         "job cannot continue from memory: start it again (a script that "
+                         "reports checkpoints resumes from the latest one in --run-dir)")
+            return
         if len(new) < l.min:
             now = time.monotonic()
             self.below_min_since = self.below_min_since or now
