@@ -171,6 +171,7 @@ class ElasticLauncher:
                     "SHOAL_MASTER_PORT": str(self.store_addr[1]),
                     "SHOAL_SECRET": self.secret, "SHOAL_JOB_NAME": self.job,
                     "SHOAL_LOCAL_RANK": str(lr), "LOCAL_RANK": str(lr),
+                    "SHOAL_LAUNCHER_PID": str(os.getpid()),
                     "SHOAL_NODE_RANK": str(self.node_rank),
                     "SHOAL_COLLECTIVE_TIMEOUT": str(self.timeout),
                     "SHOAL_ELASTIC_JOIN_TIMEOUT": str(self.timeout + self.args.elastic_timeout),
@@ -181,9 +182,10 @@ class ElasticLauncher:
             env["SHOAL_RUN_DIR"] = self.run_dir
         if self.slots() > 1:
             env.setdefault("OMP_NUM_THREADS", "1")
+        # no preexec_fn: forking with this launcher's threads running can deadlock the child
+        # before its exec (and Popen with it); the process arms its own parent-death signal
         p = subprocess.Popen(command(self.args), env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True,
-                             preexec_fn=_die_with_parent)
+                             stderr=subprocess.PIPE, start_new_session=True)
         self.store.set(f"{_PREFIX}/where/{wid}", pickle.dumps((self.node, p.pid), protocol=5))
         self.procs[wid], self.local_rank[wid] = p, lr
         prefix = b"" if self.args.no_prefix else f"[w{wid}] ".encode()
@@ -326,6 +328,7 @@ class _Owner:
         self.beats: dict[str, tuple[int, float]] = {}
         self.first_report: float | None = None
         self.ended = False
+        self.finishing: float | None = None
         self.cache: dict[str, dict[int, bytes]] = {}
 
     def _end(self, code: int, message: str = "") -> None:
@@ -379,12 +382,21 @@ class _Owner:
             self._start(ready)
             return
         done = [w for w in members if exits.get(w) == 0 and w not in removed]
-        if done or self.store.check([f"{_PREFIX}/finishing"]):
-            self.store.set(f"{_PREFIX}/finishing", b"1")
-            if all(w in exits for w in members):
-                bad = [exits[w] for w in members if exits[w] != 0]
+        if done or self.finishing is not None:
+            if self.finishing is None:
+                self.finishing = time.monotonic()
+                self.store.set(f"{_PREFIX}/finishing", b"1")
+            running = [w for w in members if w not in exits]
+            # members of a generation that never started (joined as the others finished)
+            # have nothing left to do; the rest get the collective timeout to finish
+            never_started = self.gens.resumed(self.gens.generation) is None
+            late = time.monotonic() - self.finishing > l.timeout
+            if not running or never_started or late:
+                bad = [exits[w] for w in members if exits.get(w, 0) != 0]
+                msg = (f"the job finished; stopping {len(running)} worker(s) that had not"
+                       if running else "")
                 self._end(bad[0] if bad else 0,
-                          "" if not bad else f"the job finished; a worker exited with code {bad[0]}")
+                          f"the job finished; a worker exited with code {bad[0]}" if bad else msg)
             return
         self._drop_hung(members, exits)
         alive = [w for w in members if w not in exits and w not in removed]
@@ -523,16 +535,6 @@ def _exit_text(code: int) -> str:
         except ValueError:
             return f"exit code {code}"
     return f"exit code {code}"
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL it when this launcher dies (Linux), so that a lost launcher
-    leaves no process training on its own."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _signal(p: subprocess.Popen, signum: int) -> None:

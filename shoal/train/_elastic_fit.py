@@ -217,7 +217,12 @@ class ElasticDriver:
         self._collect_resumed()
         members = self.gens.members
         if self.done:
-            # the loop ended on some rank: the job is finishing; no more changes
+            # the loop ended on some rank: the job is finishing; no more changes. Members of a
+            # generation that never started (added as the others finished) have nothing to do
+            if self.gens.resumed(self.gens.generation) is None:
+                for w in members:
+                    if w not in self.done and w in self.slots:
+                        self._kill(self.slots.pop(w))
             return all(w in self.done or w not in self.slots for w in members)
         for wid in self._placed():
             self._start(wid)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 
@@ -244,6 +245,7 @@ def _elastic_session_from_env() -> Session:
     from shoal.train._membership import MembershipLink
     from shoal.train.ddp import DDP
     env = os.environ
+    _die_with_launcher(int(env.get("SHOAL_LAUNCHER_PID", 0)))
     timeout = float(env.get("SHOAL_COLLECTIVE_TIMEOUT", 60))
     store = TCPStore(env["SHOAL_MASTER_ADDR"], int(env["SHOAL_MASTER_PORT"]),
                      secret=bytes.fromhex(env["SHOAL_SECRET"]), timeout=timeout)
@@ -264,6 +266,23 @@ def _elastic_session_from_env() -> Session:
                 use_gpu=use_gpu)
     s.elastic = link
     return s
+
+
+def _die_with_launcher(launcher_pid: int) -> None:
+    """SIGKILL this process when its launcher dies (Linux), so that a lost launcher leaves
+    no process training on its own. Only when the launcher started this process itself (a
+    wrapper script in between is left alone; a launcher gone already shows as its store
+    refusing the connection)."""
+    if not launcher_pid or not sys.platform.startswith("linux") or os.getppid() != launcher_pid:
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher_pid:     # it died between the check and the prctl
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _next_index(ckpt: Checkpoint | None) -> int:
