@@ -1,6 +1,8 @@
 """Elastic training: recovery from a killed rank, lost steps, commit cost; shoal vs torchrun.
 
     python benchmarks/elastic.py [--rounds 3] [--steps 30] [--kill-at 10] [--batch 128]
+    python benchmarks/elastic.py --chaos --steps 300 [--kill-every 20] [--slot-back 10]
+    python benchmarks/elastic.py --commit-cost-only
 
 The MLP of benchmarks/train.py (784-1024-1024-10, SGD with momentum) trains
 data-parallel on 2 ranks, one thread each, in alternating rounds of
@@ -20,8 +22,19 @@ Reported per system (best and median over rounds):
     (shoal: the ``State.commit()`` call; torchrun: ``torch.save`` of the
     checkpoint and the barrier after it) as a share of the step;
   - and, in this process, the MLP's step time with and without a commit
-    after every step (alternating windows): the commit's whole cost,
-    including its copy that runs in the background during the next step.
+    after every step (alternating windows), and the ``commit()`` call's own
+    time as a share of the step.
+
+``--chaos``: the same MLP for ``--steps`` steps under ``shoal launch -np 3
+--min-np 1 --host-discovery-script``: every ``--kill-every`` s a random rank
+gets SIGKILL and its slot leaves the discovery output, coming back
+``--slot-back`` s later (a new process starts there and joins). Reported:
+whether the job finished; each complete epoch's samples missing or repeated,
+counted from the batches of the committed steps (each rank logs its batch
+before the step, tagged with the step and the gang's generation); and the
+final loss on the whole data set against an uninterrupted run with the same
+effective batch schedule (one process replaying the committed global
+batches in order, each step's gradient the mean of the ranks' means).
 """
 from __future__ import annotations
 

@@ -242,3 +242,67 @@ def test_too_few_workers_fails_naming_what_is_missing(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     assert re.search(r"only [01] of the minimum 3 workers", r.stderr) and "gives this host 1 slots" in r.stderr
 
+
+
+# ------------------------------------------------------------------ the owner's decisions
+class _FakeLauncher:
+    """What node 0's membership owner reads of its launcher."""
+
+    def __init__(self, store, lo, hi):
+        import types
+        self.store, self.min, self.max, self.timeout = store, lo, hi, 30.0
+        self.discovery, self.run_dir = None, None
+        self.args = types.SimpleNamespace(elastic_timeout=60, max_repeated_failures=3,
+                                          reset_limit=None, host_discovery_script=None)
+
+    def slots(self):
+        return self.max
+
+
+@pytest.fixture
+def owner():
+    import pickle
+
+    from shoal._elastic_launch import _PREFIX, _Owner
+    from shoal.core.kv import TCPStore
+    store = TCPStore("127.0.0.1", 0, secret=secrets.token_bytes(32), is_server=True)
+
+    def add(wid):
+        store.set(f"{_PREFIX}/where/{wid}", pickle.dumps(("node:0", 1000 + wid)))
+        store.set(f"{_PREFIX}/m/ready/{wid}", b"1")
+
+    def end():
+        key = f"{_PREFIX}/end"
+        return store.get(key).decode() if store.check([key]) else None
+    o = _Owner(_FakeLauncher(store, 1, 2))
+    o.add, o.end, o.key = add, end, lambda k: f"{_PREFIX}/{k}"
+    yield o
+    store.close()
+
+
+def test_losing_every_holder_of_the_state_ends_the_job_instead_of_restarting(owner):
+    owner.add(0)
+    owner.add(1)
+    owner.tick()
+    assert owner.gens.members == [0, 1]
+    for w in (0, 1):                                # both die at once; a new process is ready
+        owner.store.set(owner.key(f"exit/{w}"), b"137")
+    owner.add(2)
+    owner.tick()
+    assert owner.gens.members == [0, 1]            # no generation of newcomers only
+    assert owner.end().startswith("1\n") and "lost at once" in owner.end()
+
+
+def test_a_member_added_as_the_others_finish_does_not_hold_the_job(owner):
+    owner.add(0)
+    owner.tick()
+    owner.reached_min -= 5                          # past the settling wait: start with one
+    owner.tick()
+    assert owner.gens.members == [0]
+    owner.add(1)
+    owner.store.set(owner.key("m/resumed/0"), __import__("pickle").dumps({"step": 5}))
+    owner.tick()                                    # worker 1 joins: generation 1, not synced
+    assert owner.gens.members == [0, 1] and owner.end() is None
+    owner.store.set(owner.key("exit/0"), b"0")      # worker 0's loop ended before it synced
+    owner.tick()
+    assert owner.end() == "0\nthe job finished; stopping 1 worker(s) that had not"
