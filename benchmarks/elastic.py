@@ -1,6 +1,8 @@
 """Elastic training: recovery from a killed rank, lost steps, commit cost; shoal vs torchrun.
 
     python benchmarks/elastic.py [--rounds 3] [--steps 30] [--kill-at 10] [--batch 128]
+    python benchmarks/elastic.py --chaos --steps 300 [--kill-every 20] [--slot-back 10]
+    python benchmarks/elastic.py --commit-cost-only
 
 The MLP of benchmarks/train.py (784-1024-1024-10, SGD with momentum) trains
 data-parallel on 2 ranks, one thread each, in alternating rounds of
@@ -20,8 +22,19 @@ Reported per system (best and median over rounds):
     (shoal: the ``State.commit()`` call; torchrun: ``torch.save`` of the
     checkpoint and the barrier after it) as a share of the step;
   - and, in this process, the MLP's step time with and without a commit
-    after every step (alternating windows): the commit's whole cost,
-    including its copy that runs in the background during the next step.
+    after every step (alternating windows), and the ``commit()`` call's own
+    time as a share of the step.
+
+``--chaos``: the same MLP for ``--steps`` steps under ``shoal launch -np 3
+--min-np 1 --host-discovery-script``: every ``--kill-every`` s a random rank
+gets SIGKILL and its slot leaves the discovery output, coming back
+``--slot-back`` s later (a new process starts there and joins). Reported:
+whether the job finished; each complete epoch's samples missing or repeated,
+counted from the batches of the committed steps (each rank logs its batch
+before the step, tagged with the step and the gang's generation); and the
+final loss on the whole data set against an uninterrupted run with the same
+effective batch schedule (one process replaying the committed global
+batches in order, each step's gradient the mean of the ranks' means).
 """
 from __future__ import annotations
 
@@ -189,6 +202,176 @@ def run_torchrun(args, log: str):
                             start_new_session=True), ckpt
 
 
+# ------------------------------------------------------------------ chaos run
+def chaos_worker(args) -> None:
+    """One process of the chaos run (under ``shoal launch``'s elastic form)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import shoal.train as st
+    from shoal.train import elastic
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = st.prepare_model(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = st.prepare_data_loader(DataLoader(TensorDataset(x, y, torch.arange(N_SAMPLES)),
+                                               batch_size=args.batch, shuffle=True))
+    state = elastic.State(model=model, optimizer=opt, loader=loader, epoch=0, step=0)
+    log = f"{args.log}-{os.getpid()}"
+
+    @elastic.run
+    def train(state):
+        for state.epoch in range(state.epoch, 10 ** 6):
+            loader.set_epoch(state.epoch)
+            for xb, yb, ib in loader:
+                ctx = st.get_context()      # the batch, before the step: see _committed_batches
+                _log(log, {"step": state.step + 1, "gen": ctx.attempt, "rank": ctx.rank,
+                           "world": ctx.world_size, "epoch": state.epoch, "idx": ib.tolist(),
+                           "t": time.time(), "pid": os.getpid()})
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                state.step += 1
+                state.commit()
+                if state.step >= args.steps:
+                    return
+    train(state)
+    if st.get_context().rank == 0:
+        torch.save(getattr(model, "module", model).state_dict(), args.ckpt)
+
+
+def _committed_batches(log_glob: str) -> dict:
+    """step -> [(rank, epoch, indices)] of the generation whose step was committed.
+
+    Every rank logs its batch before each step with the step's number and the
+    gang's generation. A step cut short by a death is done again by the next
+    generation, whose rows replace it; a step whose gradient sum completed
+    keeps the batch of a rank that died just after (it is in the committed state).
+    """
+    by_step: dict = {}
+    for path in glob.glob(log_glob):
+        for r in _records(path):
+            by_step.setdefault(r["step"], {}).setdefault(r["gen"], []).append(
+                (r["rank"], r["epoch"], r["idx"]))
+    return {s: sorted(gens[max(gens)]) for s, gens in sorted(by_step.items())}
+
+
+def _replay(batches: dict):
+    """The uninterrupted run with the same effective batch schedule: one process, the same
+    committed global batches in order, each step's gradient the mean of the ranks' means."""
+    import torch
+    torch.set_num_threads(1)
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for rows in batches.values():
+        opt.zero_grad()
+        loss = sum(torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                   for _, _, idx in rows) / len(rows)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _full_loss(model) -> float:
+    import torch
+    x, y = _data()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(x), y))
+
+
+def chaos(args) -> dict:
+    """``--steps`` steps on 3 slots under ``shoal launch -np 3 --min-np 1`` with a host
+    discovery script; every ``--kill-every`` s a random rank gets SIGKILL and its slot goes
+    away, coming back ``--slot-back`` s later."""
+    import random
+
+    import torch
+    rng = random.Random(args.seed)
+    work = tempfile.mkdtemp(prefix="shoal-elastic-chaos-")
+    hosts = os.path.join(work, "hosts")
+    disc = os.path.join(work, "discover.sh")
+    with open(hosts, "w") as f:
+        f.write("localhost:3\n")
+    with open(disc, "w") as f:
+        f.write(f"#!/bin/sh\ncat {hosts}\n")
+    os.chmod(disc, 0o755)
+    log, ckpt = os.path.join(work, "log"), os.path.join(work, "final.pt")
+    cmd = [sys.executable, "-m", "shoal.launch", "-np", "3", "--min-np", "1", "--max-np", "3",
+           "--host-discovery-script", disc, "--collective-timeout", "30", "--run-dir",
+           os.path.join(work, "run"), sys.executable, "-u", os.path.abspath(__file__),
+           "--chaos-worker", "--steps", str(args.steps), "--batch", str(args.batch),
+           "--bench-log", log, "--bench-ckpt", ckpt]
+    out = open(os.path.join(work, "launch.out"), "wb")     # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    kills, slot_back, next_kill = [], None, None
+    t_start = time.time()
+    try:
+        while proc.poll() is None and time.time() - t_start < args.give_up:
+            rows = [r for p in glob.glob(log + "-*") for r in _records(p)[-3:]]
+            now = time.time()
+            if rows and next_kill is None:
+                next_kill = now + args.kill_every       # the clock starts at the first step
+            if rows and now >= next_kill:
+                gen = max(r["gen"] for r in rows)
+                pids = sorted({r["pid"] for r in rows if r["gen"] == gen})
+                victim = rng.choice(pids)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    with open(hosts, "w") as f:
+                        f.write("localhost:2\n")       # its slot goes away...
+                    kills.append({"t": now, "pid": victim,
+                                  "step": max(r["step"] for r in rows)})
+                    slot_back = now + args.slot_back
+                except ProcessLookupError:
+                    pass
+                next_kill = now + args.kill_every
+            if slot_back is not None and now >= slot_back:
+                with open(hosts, "w") as f:
+                    f.write("localhost:3\n")           # ...and comes back
+                slot_back = None
+            time.sleep(0.1)
+        finished = proc.poll() == 0
+        wall = time.time() - t_start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        out.close()
+    with open(os.path.join(work, "launch.out"), "rb") as f:
+        launch_out = f.read().decode(errors="replace")
+    changes = [line for line in launch_out.splitlines() if "membership change" in line]
+    batches = _committed_batches(log + "-*")
+    # each epoch's samples: used once, missing, or repeated (DistributedSampler-style
+    # padding repeats up to world-1 items at an epoch's end)
+    per_epoch: dict = {}
+    for rows in batches.values():
+        for _, epoch, idx in rows:
+            per_epoch.setdefault(epoch, []).extend(idx)
+    complete = sorted(per_epoch)[:-1]
+    missing = repeated = 0
+    for e in complete:
+        counts = torch.bincount(torch.tensor(per_epoch[e]), minlength=N_SAMPLES)
+        missing += int((counts == 0).sum())
+        repeated += int((counts - 1).clamp(min=0).sum())
+    res = {"finished": finished, "wall_s": wall, "kills": len(kills),
+           "changes": len(changes), "steps": len(batches),
+           "steps_in_order": list(batches) == list(range(1, len(batches) + 1)),
+           "epochs": len(complete), "missing": missing, "repeated": repeated,
+           "worlds": sorted({len(r) for r in batches.values()}), "tail": launch_out[-1500:]}
+    if finished and os.path.exists(ckpt):
+        model = _model()
+        model.load_state_dict(torch.load(ckpt))
+        res["loss"] = _full_loss(model)
+        res["ref_loss"] = _full_loss(_replay(batches))
+    if args.keep:
+        res["work"] = work
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
 # ------------------------------------------------------------------ commit cost
 def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
     """Step time of the MLP with and without ``State.commit()`` after each step, in one
@@ -204,16 +387,23 @@ def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
     state = elastic.State(model=model, optimizer=opt, step=0)
     b = args.batch
 
+    calls: list[float] = []     # the commit() call itself, per step
+    steps: list[float] = []     # the step without it
+
     def window_time(commit: bool) -> float:
         t0 = time.perf_counter()
         for i in range(window):
             j = (i * b) % (N_SAMPLES - b)
+            ts = time.perf_counter()
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x[j:j + b]), y[j:j + b]).backward()
             opt.step()
             if commit:
+                tc = time.perf_counter()
+                steps.append(tc - ts)
                 state.step += 1
                 state.commit()
+                calls.append(time.perf_counter() - tc)
         state._join_copy()
         return (time.perf_counter() - t0) / window
     window_time(True)           # warm-up
@@ -223,8 +413,18 @@ def commit_cost(args, rounds: int = 7, window: int = 12) -> dict:
         with_c.append(window_time(True))
     best = (min(with_c) - min(without)) / min(without)
     med = (statistics.median(with_c) - statistics.median(without)) / statistics.median(without)
+    share = [c / (st + c) for c, st in zip(calls, steps)]
     return {"step_ms": min(without) * 1e3, "with_ms": min(with_c) * 1e3, "best": best,
-            "median": med}
+            "median": med, "call_ms": statistics.median(calls) * 1e3,
+            "call_min_ms": min(calls) * 1e3, "call_share": statistics.median(share)}
+
+
+def _print_commit_cost(cc: dict, batch: int) -> None:
+    print(f"commit every step, MLP batch {batch} on one thread: the commit() call takes "
+          f"{cc['call_ms']:.2f} ms (median; best {cc['call_min_ms']:.2f} ms), "
+          f"{cc['call_share']:.1%} of the step (median); step {cc['step_ms']:.1f} ms without, "
+          f"{cc['with_ms']:.1f} ms with (best windows): difference {cc['best']:.1%} (median "
+          f"windows {cc['median']:.1%})")
 
 
 def _kill_workers_of(log: str) -> None:
@@ -348,10 +548,19 @@ def main() -> None:
     ap.add_argument("--kill-at", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128, help="per-rank batch (train.py's MLP: 128)")
     ap.add_argument("--systems", default="shoal,torchrun")
+    ap.add_argument("--verbose", action="store_true", help="print the chaos run's launcher log")
     ap.add_argument("--commit-cost-only", action="store_true",
                     help="only the with/without commit() step times")
     ap.add_argument("--give-up", type=float, default=300,
                     help="seconds a job may take to finish after the kill")
+    ap.add_argument("--chaos", action="store_true",
+                    help="only the chaos run: --steps (use 300) with a rank killed every "
+                         "--kill-every s and its slot back --slot-back s later")
+    ap.add_argument("--kill-every", type=float, default=20)
+    ap.add_argument("--slot-back", type=float, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the chaos run's logs")
+    ap.add_argument("--chaos-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bench-log", dest="log", help=argparse.SUPPRESS)
     ap.add_argument("--bench-ckpt", dest="ckpt", help=argparse.SUPPRESS)
@@ -359,11 +568,34 @@ def main() -> None:
     if args.torch_worker:
         torch_worker(args)
         return
+    if args.chaos_worker:
+        chaos_worker(args)
+        return
+    if args.chaos:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        r = chaos(args)
+        print(f"load average after: {os.getloadavg()}")
+        if not r["finished"]:
+            print("the chaos run did not finish; the end of its output:\n" + r["tail"])
+        print(r["tail"] if args.verbose else "", end="")
+        if "work" in r:
+            print(f"logs kept in {r['work']}")
+        print("\n| chaos run | figure |\n|---|---|")
+        print(f"| finished | {r['finished']} in {r['wall_s']:.0f} s |")
+        print(f"| ranks killed / membership changes | {r['kills']} / {r['changes']} |")
+        print(f"| committed steps (numbered 1..N, none twice) | {r['steps']} "
+              f"({r['steps_in_order']}) |")
+        print(f"| world sizes of committed steps | {r['worlds']} |")
+        print(f"| complete epochs: samples missing / repeated | {r['missing']} / "
+              f"{r['repeated']} over {r['epochs']} epochs (repeats: the end-of-epoch padding) |")
+        if "loss" in r:
+            print(f"| final loss: chaos / uninterrupted, same batches | {r['loss']:.5f} / "
+                  f"{r['ref_loss']:.5f} ({abs(r['loss'] / r['ref_loss'] - 1):.3%} apart) |")
+        return
     if args.commit_cost_only:
         print(f"load average before: {os.getloadavg()}")
         cc = commit_cost(args)
-        print(f"commit every step: step {cc['step_ms']:.1f} ms without, {cc['with_ms']:.1f} ms "
-              f"with (best windows): cost {cc['best']:.1%} (median windows {cc['median']:.1%})")
+        _print_commit_cost(cc, args.batch)
         print(f"load average after: {os.getloadavg()}")
         return
     systems = args.systems.split(",")
@@ -385,9 +617,7 @@ def main() -> None:
                   f"({m['keep_share']:.1%}; best {m['keep_min'] * 1e3:.2f} ms, "
                   f"{m['keep_share_min']:.1%})", flush=True)
     cc = commit_cost(args)
-    print(f"commit every step, MLP batch {args.batch} on one thread: step {cc['step_ms']:.1f} ms "
-          f"without, {cc['with_ms']:.1f} ms with (best windows): cost {cc['best']:.1%} "
-          f"(median windows {cc['median']:.1%})")
+    _print_commit_cost(cc, args.batch)
     print(f"load average after: {os.getloadavg()}")
     print("\n| system | recovery best / median (s) | lost steps (max) | step best / median "
           "(ms) | keeping state per step, best / median (share of the step) |")

@@ -142,6 +142,12 @@ class MembershipChangedInterrupt(ShoalError):
     same step so that the group re-forms there (``shoal.train.elastic.run`` catches it)."""
 
 
+class ElasticUnsupportedError(ShoalError, ValueError):
+    """An elastic run (a ``(min, max)`` worker range, ``shoal launch -n MIN:MAX``) was asked
+    for something it cannot do yet, such as a sharded (ZeRO/FSDP) strategy; the message says
+    what to use instead."""
+
+
 class InvalidInputError(ShoalError, ValueError):
     """Input data was rejected (NaN/inf, wrong label type, empty, missing column, wrong shape).
 

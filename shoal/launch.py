@@ -47,14 +47,17 @@ _RDZV_PORT = 29400
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shoal launch", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", "--nproc", "--nproc-per-node", "-np", "--num-proc", dest="nproc",
-                   type=int, required=True,
-                   help="processes on this node (with -H/--hostfile: in the whole job)")
+                   required=True,
+                   help="processes on this node (with -H/--hostfile: in the whole job); "
+                        "MIN:MAX runs an elastic job of MIN to MAX processes")
     p.add_argument("-H", "--hosts", default=None,
                    help="host1:slots,host2:slots (horovodrun/mpirun form); run the same "
                         "command on every listed host")
     p.add_argument("--hostfile", default=None,
                    help="a file of hosts, one a line: 'host slots=N', 'host:N' or 'host'")
-    p.add_argument("--nnodes", type=int, default=1, help="nodes in the job (default 1)")
+    p.add_argument("--nnodes", default="1",
+                   help="nodes in the job (default 1); MIN:MAX (torchrun's form) runs an "
+                        "elastic job of MIN to MAX nodes of -n processes each")
     p.add_argument("--node-rank", type=int, default=None,
                    help="this node's rank (0..nnodes-1; default 0, or found in -H)")
     p.add_argument("--rdzv", default=None,
@@ -62,6 +65,28 @@ def _parser() -> argparse.ArgumentParser:
                         "(needed with --nnodes > 1)")
     p.add_argument("--max-restarts", type=int, default=0,
                    help="restart the whole group this many times after a failure")
+    e = p.add_argument_group("elastic jobs (the script uses shoal.train.elastic / hvd.elastic)")
+    e.add_argument("--min-np", type=int, default=None,
+                   help="horovodrun's: the fewest processes the job runs with (default -np)")
+    e.add_argument("--max-np", type=int, default=None,
+                   help="horovodrun's: the most processes (default: every discovered slot)")
+    e.add_argument("--host-discovery-script", default=None,
+                   help="an executable printing the job's hosts, one 'host:slots' a line; read "
+                        "every second: slots that appear on this host add processes, slots "
+                        "that go away remove them at the next commit")
+    e.add_argument("--slots", type=int, default=1,
+                   help="slots of a host the discovery script lists without a count")
+    e.add_argument("--elastic-timeout", type=float, default=600,
+                   help="seconds the job may have fewer than the minimum of processes before "
+                        "it fails (default 600)")
+    e.add_argument("--reset-limit", type=int, default=None,
+                   help="membership changes allowed before the job fails (default: no limit)")
+    e.add_argument("--max-repeated-failures", type=int, default=3,
+                   help="processes exiting with the same error code this many times stop the "
+                        "job (deaths by signal do not count; default 3)")
+    e.add_argument("--collective-timeout", type=float, default=60,
+                   help="seconds a collective may wait for a peer before the group is "
+                        "declared broken (default 60)")
     p.add_argument("--run-dir", default=None,
                    help="directory for shoal.train reports and checkpoints (SHOAL_RUN_DIR)")
     p.add_argument("--no-prefix", action="store_true", help="do not prefix output with ranks")
@@ -151,6 +176,58 @@ def plan_hosts(hosts: list[tuple[str, int]], total: int, node_rank: int | None =
     return per.pop(), len(counts), node_rank, counts[0][0]
 
 
+def _count_range(value: str, flag: str) -> tuple[int, int | None]:
+    """``"4"`` -> (4, 4); ``"2:4"`` -> (2, 4); ``"2:"`` -> (2, None) (no maximum)."""
+    lo, sep, hi = str(value).partition(":")
+    try:
+        a = int(lo)
+        b = (int(hi) if hi else None) if sep else a
+    except ValueError:
+        raise SystemExit(f"shoal launch: {flag} takes N or MIN:MAX (integers), got "
+                         f"{value!r}") from None
+    if a < 1 or (b is not None and b < a):
+        raise SystemExit(f"shoal launch: {flag} {value}: need 1 <= MIN <= MAX")
+    return a, b
+
+
+def _elastic_plan(args):
+    """None for a fixed-size job; else (min processes, max or None, this node's slots)."""
+    nlo, nhi = _count_range(args.nproc, "-n")
+    klo, khi = _count_range(args.nnodes, "--nnodes")
+    elastic = (nlo != nhi or klo != khi or args.min_np is not None or args.max_np is not None
+               or args.host_discovery_script is not None)
+    args.nnodes = khi if khi is not None else 1 << 16
+    if not elastic:
+        args.nproc = nlo
+        return None
+    if args.hosts or args.hostfile:
+        raise SystemExit("shoal launch: an elastic job takes its hosts from "
+                         "--host-discovery-script, not -H/--hostfile")
+    if args.max_restarts:
+        raise SystemExit("shoal launch: --max-restarts restarts a fixed-size job; an elastic "
+                         "job replaces lost processes without restarting the others")
+    if klo != khi:                  # torchrun's form: MIN:MAX nodes of -n processes each
+        if nlo != nhi:
+            raise SystemExit("shoal launch: give a range to -n or to --nnodes, not both")
+        lo, hi, slots = klo * nlo, (khi * nlo if khi is not None else None), nlo
+    else:
+        lo, hi = nlo, nhi
+        if args.min_np is not None:
+            lo = args.min_np
+        if args.max_np is not None:
+            hi = args.max_np
+        elif args.host_discovery_script is not None and nlo == nhi:
+            hi = None               # horovodrun: up to every discovered slot
+        slots = hi if hi is not None else nlo
+        if args.nnodes > 1:
+            slots = nlo
+    if hi is not None and lo > hi:
+        raise SystemExit(f"shoal launch: the minimum {lo} is above the maximum {hi}")
+    if args.node_rank is None:
+        args.node_rank = 0
+    return lo, hi, slots
+
+
 def _apply_hosts(args) -> None:
     """-H/--hostfile: turn the job's total and its hosts into this node's arguments."""
     if not (args.hosts or args.hostfile):
@@ -222,6 +299,7 @@ class Launcher:
             raise SystemExit("shoal launch: --max-restarts must be >= 0")
         self.world = args.nproc * args.nnodes
         self.procs: list[subprocess.Popen] = []
+        self.copiers: list[threading.Thread] = []     # copy each process's output to ours
         self.out_lock = threading.Lock()
         self.stopping = False
         from shoal.core.kv import TCPStore
@@ -292,8 +370,10 @@ class Launcher:
                                  start_new_session=True)
             self.procs.append(p)
             prefix = b"" if self.args.no_prefix else f"[{env['RANK']}] ".encode()
-            _Prefixer(p.stdout, sys.stdout.buffer, prefix, self.out_lock).start()
-            _Prefixer(p.stderr, sys.stderr.buffer, prefix, self.out_lock).start()
+            for pipe, dst in ((p.stdout, sys.stdout.buffer), (p.stderr, sys.stderr.buffer)):
+                t = _Prefixer(pipe, dst, prefix, self.out_lock)
+                t.start()
+                self.copiers.append(t)
 
     def _stop_all(self) -> None:
         for p in self.procs:
@@ -312,6 +392,10 @@ class Launcher:
                 except OSError:
                     pass
                 p.wait()
+        deadline = time.monotonic() + 2     # the last lines of every process, then go on
+        for t in self.copiers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.copiers = []
 
     def _watch(self, round_: int) -> tuple[int, int | None]:
         """Wait for the round to end: (exit code, failing rank or None)."""
@@ -408,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
         elif shutil.which(args.script) is None:
             _parser().error(f"command {args.script!r} not found (not an executable file, nor on "
                             "PATH); pass a .py script or a command such as 'python train.py'")
+    plan = _elastic_plan(args)
+    if plan is not None:
+        from shoal._elastic_launch import ElasticLauncher, HostDiscovery
+        lo, hi, slots = plan
+        disc = (HostDiscovery(args.host_discovery_script, args.slots)
+                if args.host_discovery_script else None)
+        return ElasticLauncher(args, lo, hi, slots, disc).run()
     _apply_hosts(args)
     return Launcher(args).run()
 

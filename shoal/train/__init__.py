@@ -59,8 +59,7 @@ def prepare_model(model, *, sync_batchnorm: bool | None = None, move_to_device: 
         strategy = dataclasses.replace(strategy, sync_batchnorm=sync_batchnorm)
     if s.elastic is not None:         # the world may grow: always wrap, follow the group
         if not isinstance(strategy, DDP):
-            raise TypeError(f"an elastic run trains with DDP; {type(strategy).__name__} "
-                            "is not supported in elastic runs yet")
+            raise elastic.sharded_strategy_error(strategy)
         wrapped = strategy.prepare(model, s.comm, sync_state=False)
         s.models.append(wrapped)
         return wrapped

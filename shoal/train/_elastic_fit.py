@@ -17,7 +17,7 @@ import uuid
 
 import shoal
 from shoal.exceptions import ActorDiedError, ShoalError, TaskError, TrainingFailedError
-from shoal.train._membership import Generations
+from shoal.collective.membership import Generations, describe_change
 from shoal.train.context import TrainContext
 
 _TICK_S = 0.02
@@ -217,7 +217,12 @@ class ElasticDriver:
         self._collect_resumed()
         members = self.gens.members
         if self.done:
-            # the loop ended on some rank: the job is finishing; no more changes
+            # the loop ended on some rank: the job is finishing; no more changes. Members of a
+            # generation that never started (added as the others finished) have nothing to do
+            if self.gens.resumed(self.gens.generation) is None:
+                for w in members:
+                    if w not in self.done and w in self.slots:
+                        self._kill(self.slots.pop(w))
             return all(w in self.done or w not in self.slots for w in members)
         for wid in self._placed():
             self._start(wid)
@@ -271,23 +276,6 @@ class ElasticDriver:
             ch["took_s"] = round(time.monotonic() - ch.pop("_t0"), 3)
             if self.t.run_config.verbose:
                 print("[shoal.train] " + describe_change(ch), flush=True)
-
-
-def describe_change(ch: dict) -> str:
-    """One line about a membership change (what the run prints)."""
-    if ch["reason"] == "start":
-        return (f"started with {ch['world_size']} workers (generation {ch['generation']}) "
-                f"in {ch['took_s']}s")
-    parts = []
-    if ch["left"]:
-        parts.append("left: " + ", ".join(f"rank {x['rank']} (worker {x['worker']}"
-                                          + (f", {x['why']}" if x["why"] else "") + ")"
-                                          for x in ch["left"]))
-    if ch["joined"]:
-        parts.append("joined: " + ", ".join(f"worker {w}" for w in ch["joined"]))
-    return (f"membership change {ch['generation']}: " + "; ".join(parts)
-            + f"; world size {ch['previous_world_size']} -> {ch['world_size']}; resumed from "
-              f"step {ch['resumed_step']} in {ch['took_s']}s")
 
 
 def _why(error: BaseException) -> str:

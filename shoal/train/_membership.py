@@ -1,17 +1,7 @@
-"""Membership of an elastic gang: generations published in the key-value store.
+"""A worker's side of an elastic gang's membership (shoal.collective.membership).
 
-The driver (``Trainer.fit``) owns the membership. Each change is a new
-*generation* ``g``: the list of worker ids that form the group, in rank
-order (survivors first, so rank 0 always holds committed state when anyone
-does). Keys under ``<prefix>/``:
-
-    ready/<wid>      the worker is ready to join (its model and data are built)
-    gen              the latest generation number
-    gen/<g>          pickle {"members": [...], "where": {wid: (node, pid)}}
-    fail/<g>/<wid>   a worker saw generation g's group break (its message)
-    resumed/<g>      pickle {"step": ..., "time": ...}: rank 0 synced generation g
-
-A worker joins the latest generation that lists it and forms the group
+The driver (``Trainer.fit``, or ``shoal launch`` in its elastic form) owns
+the membership and publishes generations; a worker joins the latest generation that lists it and forms the group
 ``<name>-g<g>``; a watcher thread polls ``gen`` so that ``State.commit()``
 learns of a newer generation without a store round trip on the step.
 """
@@ -42,6 +32,7 @@ class MembershipLink:
         self.members: list[int] = []
         self.where: dict = {}
         self.newer = False              # set by the watcher: a newer generation exists
+        self.launched = False           # a process of `shoal launch` (not a Trainer's actor)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="shoal-elastic-watch",
                                          daemon=True)
@@ -112,46 +103,3 @@ class MembershipLink:
 
     def close(self) -> None:
         self._stop.set()
-
-
-class Generations:
-    """The driver's side: publish generations, collect failure and resume records."""
-
-    def __init__(self, store, prefix: str):
-        self.store, self.prefix = store, prefix
-        self.generation = -1
-        self.members: list[int] = []
-
-    def publish(self, members: list[int], where: dict) -> int:
-        g = self.generation + 1
-        rec = {"members": list(members), "where": {w: where[w] for w in members}}
-        self.store.set(f"{self.prefix}/gen/{g}", pickle.dumps(rec, protocol=5))
-        self.store.set(f"{self.prefix}/gen", str(g))
-        self.generation, self.members = g, list(members)
-        return g
-
-    def ready(self) -> set[int]:
-        """Workers waiting to join (or already members)."""
-        pre = f"{self.prefix}/ready/"
-        return {int(k[len(pre):]) for k in self.store.keys(pre)}
-
-    def failures(self) -> dict[int, str]:
-        """Workers that reported the current generation's group broken: {wid: message}."""
-        pre = f"{self.prefix}/fail/{self.generation}/"
-        out = {}
-        for k in self.store.keys(pre):
-            try:
-                out[int(k[len(pre):])] = self.store.get(k, timeout=1).decode(errors="replace")
-            except (ValueError, ShoalError):
-                continue
-        return out
-
-    def resumed(self, g: int) -> dict | None:
-        key = f"{self.prefix}/resumed/{g}"
-        if not self.store.check([key]):
-            return None
-        return pickle.loads(self.store.get(key, timeout=1))
-
-    def clear(self) -> None:
-        for k in self.store.keys(self.prefix + "/"):
-            self.store.delete(k)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 
@@ -19,7 +20,11 @@ from shoal.train.checkpoint import Checkpoint, latest_in, persist
 
 @dataclass(frozen=True)
 class TrainContext:
-    """A worker's place in its gang."""
+    """A worker's place in its gang.
+
+    ``attempt`` counts the gang's starts: restarts from a checkpoint, or in
+    an elastic run its generations (each membership change is a new one).
+    """
 
     rank: int
     world_size: int
@@ -91,6 +96,7 @@ class Session:
         comm, rank, world = link.join(min_generation)
         self.comm = comm
         self.context = dataclasses.replace(self.context, rank=rank, world_size=world,
+                                           attempt=link.generation,
                                            **place_of(link.members, link.where, link.wid))
         for m in self.models:
             m.rebind(comm)
@@ -202,14 +208,17 @@ def current_session(required: bool = True) -> Session | None:
 
 
 def _launched() -> bool:
-    return ("SHOAL_RANK" in os.environ or "RANK" in os.environ) and \
-        ("SHOAL_WORLD_SIZE" in os.environ or "WORLD_SIZE" in os.environ)
+    return "SHOAL_ELASTIC_PREFIX" in os.environ or (
+        ("SHOAL_RANK" in os.environ or "RANK" in os.environ)
+        and ("SHOAL_WORLD_SIZE" in os.environ or "WORLD_SIZE" in os.environ))
 
 
 def _session_from_env() -> Session:
+    env = os.environ
+    if "SHOAL_ELASTIC_PREFIX" in env:
+        return _elastic_session_from_env()
     from shoal.train._group import group_from_env
     comm, store = group_from_env()
-    env = os.environ
     rank, world = comm.rank, comm.world_size
     local_rank = int(env.get("SHOAL_LOCAL_RANK", env.get("LOCAL_RANK", 0)))
     local_world = int(env.get("SHOAL_LOCAL_WORLD_SIZE", env.get("LOCAL_WORLD_SIZE", world)))
@@ -227,6 +236,53 @@ def _session_from_env() -> Session:
                 report_index=_next_index(ckpt), use_gpu=use_gpu)
     s._owns_comm = True
     return s
+
+
+def _elastic_session_from_env() -> Session:
+    """A process of ``shoal launch``'s elastic form: no rank yet; the first ``elastic.run``
+    joins the gang's current generation (the launcher owns the membership and the store)."""
+    from shoal.core.kv import TCPStore
+    from shoal.train._membership import MembershipLink
+    from shoal.train.ddp import DDP
+    env = os.environ
+    _die_with_launcher(int(env.get("SHOAL_LAUNCHER_PID", 0)))
+    timeout = float(env.get("SHOAL_COLLECTIVE_TIMEOUT", 60))
+    store = TCPStore(env["SHOAL_MASTER_ADDR"], int(env["SHOAL_MASTER_PORT"]),
+                     secret=bytes.fromhex(env["SHOAL_SECRET"]), timeout=timeout)
+    wid = int(env["SHOAL_ELASTIC_WID"])
+    link = MembershipLink(store, env["SHOAL_ELASTIC_PREFIX"], wid,
+                          f"launch-{env.get('SHOAL_JOB_NAME', 'job')}", "auto", timeout,
+                          float(env.get("SHOAL_ELASTIC_JOIN_TIMEOUT", timeout + 60)))
+    link.launched = True
+    ctx = TrainContext(-1, 1, int(env.get("SHOAL_LOCAL_RANK", 0)), 1, 0,
+                       env.get("SHOAL_JOB_NAME", ""), 0)
+    run_dir = env.get("SHOAL_RUN_DIR")
+    ckpt = None
+    if run_dir:
+        os.makedirs(run_dir, exist_ok=True)
+        ckpt = latest_in(run_dir)
+    use_gpu = env.get("SHOAL_USE_GPU", "").strip().lower() in ("1", "true", "yes")
+    s = Session(ctx, None, store, run_dir, None, ckpt, DDP(), report_index=_next_index(ckpt),
+                use_gpu=use_gpu)
+    s.elastic = link
+    return s
+
+
+def _die_with_launcher(launcher_pid: int) -> None:
+    """SIGKILL this process when its launcher dies (Linux), so that a lost launcher leaves
+    no process training on its own. Only when the launcher started this process itself (a
+    wrapper script in between is left alone; a launcher gone already shows as its store
+    refusing the connection)."""
+    if not launcher_pid or not sys.platform.startswith("linux") or os.getppid() != launcher_pid:
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher_pid:     # it died between the check and the prctl
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _next_index(ckpt: Checkpoint | None) -> int:

@@ -54,7 +54,8 @@ import time
 import numpy as np
 import torch
 
-from shoal.exceptions import CollectiveError, MembershipChangedInterrupt, RankMismatchError
+from shoal.exceptions import (CollectiveError, ElasticUnsupportedError,
+                              MembershipChangedInterrupt, RankMismatchError)
 from shoal.train.context import current_session
 from shoal.train.data import PreparedDataLoader
 
@@ -337,7 +338,7 @@ def run_with(func, on_regroup=None):
         session = current_session(required=False)
         link = session.elastic if session is not None else None
         if link is not None and session.comm is None:
-            session.regroup(0)          # first call: join the gang (see Trainer's elastic run)
+            _regroup(session, 0)        # first call: join the gang (see Trainer's elastic run)
             if on_regroup is not None:
                 on_regroup()
         while True:
@@ -355,11 +356,37 @@ def run_with(func, on_regroup=None):
                 link.report_failure(str(_group_failure(e)))
                 state.restore()
             state._flag = None          # its group is gone
-            session.regroup(link.generation + 1)
+            _regroup(session, link.generation + 1)
             if on_regroup is not None:
                 on_regroup()
             state.on_reset()
     return wrapper
+
+
+def sharded_strategy_error(strategy) -> ElasticUnsupportedError:
+    """The error an elastic run gives for a strategy other than DDP (ZeRO, FSDP, Parallel)."""
+    return ElasticUnsupportedError(
+        f"an elastic run trains with DDP, not {type(strategy).__name__}: its State restores "
+        "a lost rank from any survivor's copy, which only data-parallel training has (a "
+        "sharded or model-parallel strategy keeps each rank's part of the parameters and "
+        "optimizer state only on that rank). Use strategy=DDP() (the default) "
+        "with num_workers=(min, max), or keep the sharded strategy with a fixed num_workers and "
+        "FailureConfig(max_failures=N): the gang then restarts from the last checkpoint "
+        "(report(..., checkpoint=) every few steps)")
+
+
+def _regroup(session, min_generation: int) -> None:
+    """Join the gang's next generation; a launched process the launcher took out of the
+    job (its host left the discovery script's output) ends here, quietly and successfully."""
+    from shoal.train._membership import WorkerRemovedError
+    try:
+        session.regroup(min_generation)
+    except WorkerRemovedError as e:
+        if not session.elastic.launched:
+            raise
+        import sys
+        print(f"[shoal.train] {e}; this process ends here", file=sys.stderr, flush=True)
+        raise SystemExit(0) from None
 
 
 def _is_data(v) -> bool:

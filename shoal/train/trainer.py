@@ -276,6 +276,9 @@ class Trainer:
             raise TypeError(f"strategy must be shoal.train.DDP(...), ZeRO(...), FSDP(...), "
                             f"Parallel(...) or TensorflowConfig(), got "
                             f"{type(self.strategy).__name__}")
+        if self.elastic and not isinstance(self.strategy, DDP):
+            from shoal.train.elastic import sharded_strategy_error
+            raise sharded_strategy_error(self.strategy)
         self.config = config if config is not None else {}
         self.run_config = run_config or RunConfig()
         self.failure_config = failure_config or FailureConfig()

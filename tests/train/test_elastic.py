@@ -73,13 +73,14 @@ def _elastic_loop(config):
             w = state.worlds
             if state.done:
                 break
-            state.done = 2 in w and w[-1] == 3 and w.index(2) < len(w) - 1
+            small, full = config.get("sizes", (2, 3))
+            state.done = small in w and w[-1] == full and w.index(small) < len(w) - 1
     train(state)
     return st.get_context().world_size
 
 
-def _kill_rank_one(out: str, stop: threading.Event) -> None:
-    """Once three ranks have trained a few steps, SIGKILL the process of rank 1."""
+def _kill_rank_one(out: str, stop: threading.Event, world: int = 3) -> None:
+    """Once ``world`` ranks have trained a few steps, SIGKILL the process of rank 1."""
     while not stop.is_set():
         rows = {}
         for f in glob.glob(f"{out}/steps-*"):
@@ -88,8 +89,8 @@ def _kill_rank_one(out: str, stop: threading.Event) -> None:
             if len(lines) >= 5:
                 last = json.loads(lines[-1])
                 rows[int(f.rsplit("-", 1)[1])] = last
-        victims = [pid for pid, r in rows.items() if r[2] == 3 and r[1] == 1]
-        if len(rows) >= 3 and victims:
+        victims = [pid for pid, r in rows.items() if r[2] == world and r[1] == 1]
+        if len(rows) >= world and victims:
             os.kill(victims[0], signal.SIGKILL)
             return
         time.sleep(0.05)
@@ -209,6 +210,15 @@ def test_num_workers_range_is_checked():
         st.Trainer(lambda: None, num_workers=(1, 2, 3))
     with pytest.raises(ValueError, match="max_repeated_failures"):
         st.ElasticConfig(max_repeated_failures=0)
+
+
+def test_a_sharded_strategy_is_rejected_at_start_naming_what_to_do():
+    from shoal.exceptions import ElasticUnsupportedError
+    for strategy in (st.ZeRO(stage=2), st.FSDP()):
+        with pytest.raises(ElasticUnsupportedError, match=r"not (ZeRO|FSDP).*strategy=DDP\(\).*"
+                                                          r"FailureConfig\(max_failures=N\)"):
+            st.Trainer(lambda: None, num_workers=(1, 2), strategy=strategy)
+    st.Trainer(lambda: None, num_workers=2, strategy=st.ZeRO(stage=2))     # fixed size: fine
 
 
 def test_unpicklable_state_is_an_error_at_start():
