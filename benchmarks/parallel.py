@@ -159,71 +159,98 @@ def _pipeline(rank, comm, args):
 
 def _pipeline_config(rank, comm, args):
     import torch.distributed as dist
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                              ScheduleInterleaved1F1B)
 
-    from shoal.train.parallel.pipeline import PipelineSchedule, split_model
+    from shoal.train.parallel import PipelineSchedule, split_model
     torch.manual_seed(0)
     model = nn.Sequential(*[ResidualMLP(args["dim"]) for _ in range(args["layers"])])
-    stage = split_model(model, 2, balance="layers")[rank]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args["batch"], args["dim"], generator=g)
     y = torch.randn(args["batch"], args["dim"], generator=g)
     m = args["microbatches"]
     rows = []
-    for schedule in ("gpipe", "1f1b"):
-        ours = PipelineSchedule(stage, comm, schedule=schedule, num_microbatches=m,
-                                loss_fn=F.mse_loss)
-        theirs_mod = copy.deepcopy(stage)
-        tstage = PipelineStage(theirs_mod, rank, 2, torch.device("cpu"))
-        cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
-        tsched = cls(tstage, n_microbatches=m, loss_fn=F.mse_loss)
-        bubbles = []
+    for schedule in ("gpipe", "1f1b", "interleaved"):
+        v = 2 if schedule == "interleaved" else 1
+        chunks = split_model(model, 2 * v, balance="layers")[rank::2]
+        ours = PipelineSchedule(chunks if v > 1 else chunks[0], comm, schedule=schedule,
+                                num_microbatches=m, loss_fn=F.mse_loss)
+        theirs_mods = [copy.deepcopy(c) for c in chunks]
+        tstages = [PipelineStage(mod, rank + 2 * c, 2 * v, torch.device("cpu"))
+                   for c, mod in enumerate(theirs_mods)]
+        if v > 1:
+            tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=F.mse_loss)
+        else:
+            cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+            tsched = cls(tstages[0], n_microbatches=m, loss_fn=F.mse_loss)
+        stats = []
 
         def shoal_step():
             ours.step(x, y)
-            bubbles.append(ours.stats.bubble)
-            stage.zero_grad(set_to_none=True)
+            stats.append(ours.stats)
+            for c in chunks:
+                c.zero_grad(set_to_none=True)
 
         def torch_step():
             if rank == 0:
                 tsched.step(x)
             else:
                 tsched.step(target=y, losses=[])
-            theirs_mod.zero_grad(set_to_none=True)
+            for mod in theirs_mods:
+                mod.zero_grad(set_to_none=True)
 
         cpu = {}
         best = _windows({"shoal": shoal_step, "torch": torch_step}, args["rounds"], args["steps"],
                         args["warmup"], lambda: dist.barrier(), cpu)
-        timed = bubbles[-args["steps"]:]   # the last window's steps (steady state)
+        timed = stats[-args["steps"]:]   # the last window's steps (steady state)
         ours.close()
         rows.append({"config": args["name"], "layers": args["layers"], "dim": args["dim"],
-                     "batch": args["batch"], "schedule": schedule,
+                     "batch": args["batch"], "schedule": schedule, "v": v,
                      "shoal_s": best["shoal"], "torch_s": best["torch"],
                      "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
-                     "bubble": min(sorted(timed)[len(timed) // 2], 1.0)})
+                     "steps": [{"bubble": st.bubble, "wait": st.wait_s / st.wall_s,
+                                "overhead": st.overhead_s / st.wall_s,
+                                "descheduled": (st.compute_s - st.compute_cpu_s) / st.wall_s,
+                                "events": st.events} for st in timed]})
     return rows
 
 
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def _report_pipeline(results, args):
+    from shoal.train.parallel import replay_bubble, theoretical_bubble
     p, m = 2, args["microbatches"]
-    theory = (p - 1) / (m + p - 1)
-    print(f"\n## pipeline: 2 stages of residual MLP blocks, {m} micro-batches, 1 thread per rank",
+    print(f"\n## pipeline: 2 ranks of residual MLP blocks, {m} micro-batches, 1 thread per rank",
           flush=True)
-    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch (wall) | "
-          "shoal bubble (stage 0 / 1, mean) | theory (p-1)/(m+p-1) | bubble / theory | "
-          "CPU ms/step/rank shoal / torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
+          "bubble measured (rank 0 / 1) | replayed, wall / CPU op times | theory | "
+          "measured / theory | replayed (CPU) / theory | waiting / overhead / descheduled "
+          "(share of step) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
-        b = [r[i]["bubble"] for r in results]
-        mean = sum(b) / len(b)
+        theory = theoretical_bubble(p, m, row["v"])
+        steps = list(zip(*[r[i]["steps"] for r in results]))   # per step, every rank's
+        measured = [_median(st[k]["bubble"] for st in steps) for k in range(p)]
+        wall = [sum(replay_bubble([s["events"] for s in st])) / p for st in steps]
+        cpu = [sum(replay_bubble([s["events"] for s in st], cpu=True)) / p for st in steps]
+        share = {k: _median(sum(s[k] for s in st) / p for st in steps)
+                 for k in ("wait", "overhead", "descheduled")}
+        mean = sum(measured) / p
         model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
-        print(f"| {model} | {row['schedule']} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
-              f"{torch_s / shoal_s:.2f}x | {b[0]:.3f} / {b[1]:.3f}, {mean:.3f} | {theory:.3f} | "
-              f"{mean / theory:.2f} | {_cpu_ms(results, i, 'shoal')} / {_cpu_ms(results, i, 'torch')} "
-              f"({_cpu_ms(results, i, 'torch', raw=True) / _cpu_ms(results, i, 'shoal', raw=True):.2f}x) |",
-              flush=True)
+        name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
+        print(f"| {model} | {name} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
+              f"{torch_s / shoal_s:.2f}x | {measured[0]:.3f} / {measured[1]:.3f} | "
+              f"{_median(wall):.3f} / {_median(cpu):.3f} | {theory:.3f} | {mean / theory:.2f} | "
+              f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} / "
+              f"{share['descheduled']:.3f} |", flush=True)
+    print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
+          "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
+          "descheduled: wall minus CPU time inside forwards and backwards)")
 
 
 def _cpu_ms(results, i, system, raw=False):

@@ -100,8 +100,9 @@ class StepStats:
         wall_s: the whole step.
         compute_s: wall time inside forwards and backwards.
         compute_cpu_s: CPU time inside them.
-        wait_s: time blocked waiting for a neighbour's activation or gradient
-            (and, at the end of the step, for the last sends to leave).
+        wait_s: time blocked waiting for the step header from the rank before,
+            a neighbour's activation or gradient, and at the end of the step
+            for the last sends to leave.
     """
 
     wall_s: float = 0.0
@@ -427,7 +428,9 @@ class PipelineSchedule:
         self._step += 1
         m, p = self.num_microbatches, self.num_stages
         micro_in = self._split("inputs", inputs) if self.is_first else None
+        w = time.perf_counter()    # the header: a wait for the rank before to start the step
         key = self._exchange_key([len(x) for x in micro_in] if self.is_first else None)
+        stats.wait_s += time.perf_counter() - w
         renegotiate = key != self._key
         self._key = key
         if renegotiate:
