@@ -16,15 +16,18 @@ from shoal.train.parallel.schedule import (PipelineSchedule, StepStats, pipeline
                                            replay_bubble, theoretical_bubble)
 from shoal.train.parallel.sharded_checkpoint import load_sharded, save_sharded
 from shoal.train.parallel.tensor import (ColumnParallelLinear, ColwiseParallel, HeadParallel,
-                                         RowParallelLinear, RowwiseParallel, VocabParallel,
+                                         RowParallelLinear, RowwiseParallel, SequenceGather,
+                                         SequenceParallel, SequenceScatter, VocabParallel,
                                          VocabParallelEmbedding, apply_tensor_parallel,
-                                         copy_to_tp, gather_from_tp, reduce_from_tp,
                                          vocab_parallel_cross_entropy)
+from shoal.train.parallel.tp_comm import (copy_to_tp, gather_from_tp, gather_sequence,
+                                          reduce_from_tp, reduce_scatter_sequence,
+                                          scatter_sequence)
 from shoal.train.parallel.zero import FSDP, ShardedModel, ZeRO
 
 __all__ = ["ColumnParallelLinear", "ColwiseParallel", "FSDP", "HeadParallel", "Mesh", "Parallel",
            "PipelineSchedule", "PipelineStage", "RowParallelLinear", "RowwiseParallel",
-           "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
-           "apply_tensor_parallel", "copy_to_tp", "gather_from_tp", "load_sharded",
-           "parallelize", "pipeline_actions", "pipeline_layers", "reduce_from_tp", "replay_bubble",
-           "save_sharded", "split_model", "theoretical_bubble", "vocab_parallel_cross_entropy"]
+           "SequenceGather", "SequenceParallel", "SequenceScatter", "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
+           "apply_tensor_parallel", "copy_to_tp", "gather_from_tp", "gather_sequence", "load_sharded",
+           "parallelize", "pipeline_actions", "pipeline_layers", "reduce_from_tp",
+           "reduce_scatter_sequence", "replay_bubble", "save_sharded", "scatter_sequence", "split_model", "theoretical_bubble", "vocab_parallel_cross_entropy"]
