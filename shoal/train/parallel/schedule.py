@@ -217,7 +217,8 @@ class _Links:
         with self.cond:
             self._raise()
             self.unsent += 1
-        self.sends.put((t, dst, tag))
+        # on a GPU the sender waits for the work of this thread's stream that makes ``t``
+        self.sends.put((t, dst, tag, _stream_event(t)))
 
     def take(self, key):
         """The received tensor of ``key`` = (kind, stage, microbatch), once it is here."""
@@ -232,7 +233,10 @@ class _Links:
                         f"{'activation' if key[0] == 'act' else 'gradient'} of stage {key[1]}, "
                         f"micro-batch {key[2]}; is every rank calling step() with the same schedule?")
                 self.cond.wait(min(left, 1.0))
-            return self.slots.pop(key)
+            t, ready = self.slots.pop(key)
+        if ready is not None:      # this thread's stream waits for the receive's copy
+            torch.cuda.current_stream(t.device).wait_event(ready)
+        return t
 
     def drain(self) -> None:
         """Wait until every queued send has left and every receive job ended (a step's end)."""
@@ -276,9 +280,11 @@ class _Links:
             item = self.sends.get()
             if item is None:
                 return
-            t, dst, tag = item
+            t, dst, tag, ready = item
             try:
                 if self.error is None:
+                    if ready is not None:
+                        ready.synchronize()
                     self.group.send(t, dst, tag=tag)
             except BaseException as e:  # delivered to the training thread
                 self._fail(e)
@@ -329,8 +335,9 @@ class _Links:
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self.bufs[(kind, stage, i)] = torch.empty(shape, dtype=dtype, device=device)
         self.group.recv(buf, peer, tag=tag)
+        ready = _stream_event(buf)
         with self.cond:
-            self.slots[(kind, stage, i)] = buf
+            self.slots[(kind, stage, i)] = (buf, ready)
             self.cond.notify_all()
 
 
@@ -614,6 +621,15 @@ class PipelineSchedule:
                 f"{old[0]} {old[1]} for the same micro-batch sizes before; a stage's output "
                 "shape must depend only on its input's")
         links.send(out.detach().contiguous(), dst, _TAG_ACT)
+
+
+def _stream_event(t: torch.Tensor):
+    """An event after the work queued so far on ``t``'s device's current stream (GPU only)."""
+    if not t.is_cuda:
+        return None
+    ev = torch.cuda.Event()
+    ev.record(torch.cuda.current_stream(t.device))
+    return ev
 
 
 def _cumsum(sizes):
