@@ -210,6 +210,7 @@ def _pipeline_config(rank, comm, args):
                      "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
                      "steps": [{"bubble": st.bubble, "wait": st.wait_s / st.wall_s,
                                 "overhead": st.overhead_s / st.wall_s,
+                                "overhead_cpu": (st.cpu_s - st.compute_cpu_s) / st.wall_s,
                                 "descheduled": (st.compute_s - st.compute_cpu_s) / st.wall_s,
                                 "events": st.events} for st in timed]})
     return rows
@@ -227,8 +228,8 @@ def _report_pipeline(results, args):
           flush=True)
     print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
           "bubble measured (rank 0 / 1) | replayed, wall / CPU op times | theory | "
-          "measured / theory | replayed (CPU) / theory | waiting / overhead / descheduled "
-          "(share of step) |")
+          "measured / theory | replayed (CPU) / theory | waiting / overhead (its CPU) / "
+          "descheduled in compute (share of step) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
@@ -239,18 +240,19 @@ def _report_pipeline(results, args):
         wall = [sum(replay_bubble([s["events"] for s in st])) / p for st in steps]
         cpu = [sum(replay_bubble([s["events"] for s in st], cpu=True)) / p for st in steps]
         share = {k: _median(sum(s[k] for s in st) / p for st in steps)
-                 for k in ("wait", "overhead", "descheduled")}
+                 for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
         mean = sum(measured) / p
         model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
         name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
         print(f"| {model} | {name} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
               f"{torch_s / shoal_s:.2f}x | {measured[0]:.3f} / {measured[1]:.3f} | "
               f"{_median(wall):.3f} / {_median(cpu):.3f} | {theory:.3f} | {mean / theory:.2f} | "
-              f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} / "
-              f"{share['descheduled']:.3f} |", flush=True)
+              f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
+              f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} |", flush=True)
     print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
           "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
-          "descheduled: wall minus CPU time inside forwards and backwards)")
+          "overhead: neither computing nor waiting, with the CPU time the training thread spent "
+          "in it; descheduled: wall minus CPU time inside forwards and backwards)")
 
 
 def _cpu_ms(results, i, system, raw=False):

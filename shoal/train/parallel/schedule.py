@@ -33,8 +33,6 @@ schedule itself implies from the time lost to messages and a busy host.
 """
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,12 +40,9 @@ import torch
 from torch import nn
 
 from shoal.exceptions import CollectiveError, InvalidInputError
+from shoal.train.parallel.pp_comm import _TAG_ACT, _TAG_GRAD, _TAG_SHAPE, _TAG_STEP, Links, encode_meta
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved")
-_MAX_DIMS = 8
-_TAG_STEP, _TAG_SHAPE, _TAG_ACT, _TAG_GRAD = 0x5001, 0x5002, 0x5003, 0x5004
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-           torch.int16, torch.int8, torch.uint8, torch.bool)
 
 
 # ------------------------------------------------------------------ the order of work
@@ -100,6 +95,8 @@ class StepStats:
         wall_s: the whole step.
         compute_s: wall time inside forwards and backwards.
         compute_cpu_s: CPU time inside them.
+        cpu_s: CPU time of the training thread over the whole step (what is
+            left after ``compute_cpu_s`` is the schedule's own work).
         wait_s: time blocked waiting for the step header from the rank before,
             a neighbour's activation or gradient, and at the end of the step
             for the last sends to leave.
@@ -108,6 +105,7 @@ class StepStats:
     wall_s: float = 0.0
     compute_s: float = 0.0
     compute_cpu_s: float = 0.0
+    cpu_s: float = 0.0
     wait_s: float = 0.0
     num_microbatches: int = 0
     events: list = field(default_factory=list)
@@ -181,166 +179,6 @@ def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: i
     return (p - 1) / (v * m + p - 1)
 
 
-# ------------------------------------------------------------------ the links
-class _Links:
-    """Sends on one thread, receives ahead of need on one thread per neighbouring rank."""
-
-    def __init__(self, group, meta: dict):
-        self.group, self.timeout = group, float(getattr(group, "timeout", 300.0))
-        self.cond = threading.Condition()
-        self.slots: dict = {}
-        self.meta = meta              # (kind, stage, i) -> (shape, dtype, requires_grad)
-        self.error: BaseException | None = None
-        self.sends = queue.SimpleQueue()
-        self.unsent = 0               # sends queued and not yet done
-        self.receiving = 0            # receive jobs (one per neighbour per step) not yet done
-        self.bufs: dict = {}          # (kind, stage, i) -> the buffer reused step after step
-        self.jobs: dict = {}
-        self.threads = [threading.Thread(target=self._send_loop, daemon=True,
-                                         name=f"pipeline-send-{group.rank}")]
-        self.threads[0].start()
-
-    def receive(self, peer: int, job) -> None:
-        """Start receiving ``job`` = (messages, renegotiate, device) from ``peer``."""
-        if peer not in self.jobs:
-            self.jobs[peer] = queue.SimpleQueue()
-            t = threading.Thread(target=self._recv_loop, args=(peer,), daemon=True,
-                                 name=f"pipeline-recv-{self.group.rank}-from-{peer}")
-            self.threads.append(t)
-            t.start()
-        with self.cond:
-            self.receiving += 1
-        self.jobs[peer].put(job)
-
-    # -- the training thread
-    def send(self, t, dst: int, tag: int) -> None:
-        with self.cond:
-            self._raise()
-            self.unsent += 1
-        # on a GPU the sender waits for the work of this thread's stream that makes ``t``
-        self.sends.put((t, dst, tag, _stream_event(t)))
-
-    def take(self, key):
-        """The received tensor of ``key`` = (kind, stage, microbatch), once it is here."""
-        deadline = time.monotonic() + self.timeout
-        with self.cond:
-            while key not in self.slots:
-                self._raise()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CollectiveError(
-                        f"pipeline rank {self.group.rank} waited {self.timeout:.0f}s for the "
-                        f"{'activation' if key[0] == 'act' else 'gradient'} of stage {key[1]}, "
-                        f"micro-batch {key[2]}; is every rank calling step() with the same schedule?")
-                self.cond.wait(min(left, 1.0))
-            t, ready = self.slots.pop(key)
-        if ready is not None:      # this thread's stream waits for the receive's copy
-            torch.cuda.current_stream(t.device).wait_event(ready)
-        return t
-
-    def drain(self) -> None:
-        """Wait until every queued send has left and every receive job ended (a step's end)."""
-        deadline = time.monotonic() + self.timeout
-        with self.cond:
-            while self.unsent or self.receiving:
-                self._raise()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise CollectiveError(
-                        f"pipeline rank {self.group.rank}: {self.unsent} sends and {self.receiving} "
-                        f"receive jobs did not complete within {self.timeout:.0f}s")
-                self.cond.wait(min(left, 1.0))
-            self._raise()
-
-    def note_meta(self, key, meta) -> None:
-        with self.cond:
-            self.meta[key] = meta
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        self.sends.put(None)
-        for q in self.jobs.values():
-            q.put(None)
-        for t in self.threads:
-            t.join(timeout=5)
-
-    def _raise(self):
-        if self.error is not None:
-            raise CollectiveError(f"pipeline rank {self.group.rank}: a transfer failed: "
-                                  f"{self.error}") from self.error
-
-    def _fail(self, e):
-        with self.cond:
-            self.error = self.error or e
-            self.cond.notify_all()
-
-    # -- the helper threads
-    def _send_loop(self):
-        while True:
-            item = self.sends.get()
-            if item is None:
-                return
-            t, dst, tag, ready = item
-            try:
-                if self.error is None:
-                    if ready is not None:
-                        ready.synchronize()
-                    self.group.send(t, dst, tag=tag)
-            except BaseException as e:  # delivered to the training thread
-                self._fail(e)
-            with self.cond:
-                self.unsent -= 1
-                self.cond.notify_all()
-
-    def _recv_loop(self, peer: int):
-        jobs = self.jobs[peer]
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            messages, renegotiate, device = job
-            try:
-                for kind, stage, i in messages:
-                    self._receive(peer, kind, stage, i, renegotiate, device)
-            except BaseException as e:  # delivered to the training thread
-                self._fail(e)
-            with self.cond:
-                self.receiving -= 1
-                self.cond.notify_all()
-
-    def _receive(self, peer, kind, stage, i, renegotiate, device):
-        if kind == "act":
-            if renegotiate:
-                head = torch.empty(3 + _MAX_DIMS, dtype=torch.int64)
-                self.group.recv(head, peer, tag=_TAG_SHAPE)
-                self.note_meta(("in", stage, i), _decode_meta(head))
-            shape, dtype, requires_grad = self.meta[("in", stage, i)]
-            tag = _TAG_ACT
-        else:
-            # a gradient comes for what this rank sent, and only if that needed one
-            key = ("out", stage, i)
-            deadline = time.monotonic() + self.timeout
-            with self.cond:
-                while key not in self.meta and self.error is None:
-                    if time.monotonic() > deadline:
-                        raise CollectiveError(f"stage {stage} never sent micro-batch {i}")
-                    self.cond.wait(1.0)
-                if self.error is not None:
-                    return
-            shape, dtype, requires_grad = self.meta[key]
-            if not requires_grad:
-                return
-            tag = _TAG_GRAD
-        buf = self.bufs.get((kind, stage, i))
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self.bufs[(kind, stage, i)] = torch.empty(shape, dtype=dtype, device=device)
-        self.group.recv(buf, peer, tag=tag)
-        ready = _stream_event(buf)
-        with self.cond:
-            self.slots[(kind, stage, i)] = (buf, ready)
-            self.cond.notify_all()
-
-
 # ------------------------------------------------------------------ the schedule
 class PipelineSchedule:
     """Runs this rank's stage(s) of a pipeline through GPipe, 1F1B or interleaved 1F1B.
@@ -410,7 +248,7 @@ class PipelineSchedule:
         self._step = 0
         self._key = None             # micro-batch sizes of the previous step
         self._meta: dict = {}        # ("in"|"out", stage, i) -> (shape, dtype, requires_grad)
-        self._links: _Links | None = None
+        self._links: Links | None = None
         self._plans: dict = {}
 
     # -------------------------------------------------------------- public
@@ -430,7 +268,7 @@ class PipelineSchedule:
             micro-batch losses weighted by size); on the other ranks None,
             or the same loss with ``broadcast_loss``.
         """
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         stats = self.stats = StepStats(num_microbatches=self.num_microbatches)
         self._step += 1
         m, p = self.num_microbatches, self.num_stages
@@ -518,6 +356,7 @@ class PipelineSchedule:
             loss = torch.empty(1, dtype=torch.float32) if loss is None else loss.float()
             self.group.broadcast(loss, src=p - 1)
         stats.wall_s = time.perf_counter() - t0
+        stats.cpu_s = time.thread_time() - c0
         return None if loss is None else loss.reshape(())
 
     def _actions(self) -> list[tuple[str, int, int]]:
@@ -553,7 +392,7 @@ class PipelineSchedule:
 
     def _start_links(self, renegotiate):
         if self._links is None:
-            self._links = _Links(self.group, self._meta)
+            self._links = Links(self.group, self._meta)
         # every message a neighbour sends to this rank in one step, in its order
         plans = self._plans.get(self.num_microbatches)
         if plans is None:
@@ -613,7 +452,7 @@ class PipelineSchedule:
         dst = (s + 1) % self.num_stages
         if renegotiate:
             links.note_meta(("out", s, i), meta)
-            links.send(_encode_meta(meta), dst, _TAG_SHAPE)
+            links.send(encode_meta(meta), dst, _TAG_SHAPE)
         elif meta != self._meta[("out", s, i)]:
             old = self._meta[("out", s, i)]
             raise InvalidInputError(
@@ -623,38 +462,11 @@ class PipelineSchedule:
         links.send(out.detach().contiguous(), dst, _TAG_ACT)
 
 
-def _stream_event(t: torch.Tensor):
-    """An event after the work queued so far on ``t``'s device's current stream (GPU only)."""
-    if not t.is_cuda:
-        return None
-    ev = torch.cuda.Event()
-    ev.record(torch.cuda.current_stream(t.device))
-    return ev
-
-
 def _cumsum(sizes):
     total = 0
     for s in sizes:
         total += s
         yield total
-
-
-def _encode_meta(meta) -> torch.Tensor:
-    shape, dtype, requires_grad = meta
-    if len(shape) > _MAX_DIMS:
-        raise InvalidInputError(f"a pipeline activation has {len(shape)} dimensions; at most "
-                                f"{_MAX_DIMS} are supported")
-    if dtype not in _DTYPES:
-        raise InvalidInputError(f"a pipeline activation has dtype {dtype}; supported: {_DTYPES}")
-    head = torch.zeros(3 + _MAX_DIMS, dtype=torch.int64)
-    head[0], head[1], head[2] = _DTYPES.index(dtype), len(shape), int(requires_grad)
-    head[3:3 + len(shape)] = torch.tensor(shape, dtype=torch.int64)
-    return head
-
-
-def _decode_meta(head: torch.Tensor):
-    code, ndim, requires_grad = (int(v) for v in head[:3])
-    return tuple(int(v) for v in head[3:3 + ndim]), _DTYPES[code], bool(requires_grad)
 
 
 __all__ = ["PipelineSchedule", "StepStats", "pipeline_actions", "replay_bubble",
