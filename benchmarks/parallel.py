@@ -20,10 +20,11 @@ sharded
 
 pipeline
     shoal's PipelineSchedule against ``torch.distributed.pipelining``
-    (PipelineStage + ScheduleGPipe / Schedule1F1B over Gloo) on the same two
+    (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B over Gloo) on the same two
     stages (``split_model`` of one residual-MLP stack, the stage modules deep-copied
     so each system has its own), the same batch and micro-batches, 2 ranks,
-    one thread each. Each round times a window of steps (forward + backward of
+    one thread each; and interleaved 1F1B (4 stages, 2 per rank) against
+    torch's ScheduleInterleaved1F1B. Each round times a window of steps (forward + backward of
     every micro-batch, then zero_grad) of each system, the order alternating;
     the best window of each is kept. Reported: samples/s, the ratio, and
     shoal's measured bubble (the share of a step a rank spends not computing)
@@ -235,8 +236,8 @@ def _report_pipeline(results, args):
     print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
           "bubble measured (rank 0 / 1) | replayed, wall / CPU op times | theory | "
           "measured / theory | replayed (CPU) / theory | waiting / overhead (its CPU) / "
-          "descheduled in compute (share of step) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "descheduled in compute (share of step) | compute CPU ms/step rank 0 / 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
@@ -248,13 +249,15 @@ def _report_pipeline(results, args):
         share = {k: _median(sum(s[k] for s in st) / p for st in steps)
                  for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
         mean = sum(measured) / p
+        work = [1e3 * _median(sum(e[5] for e in st[k]["events"]) for st in steps) for k in range(p)]
         model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
         name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
         print(f"| {model} | {name} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
               f"{torch_s / shoal_s:.2f}x | {measured[0]:.3f} / {measured[1]:.3f} | "
               f"{_median(wall):.3f} / {_median(cpu):.3f} | {theory:.3f} | {mean / theory:.2f} | "
               f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
-              f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} |", flush=True)
+              f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} | "
+              f"{work[0]:.1f} / {work[1]:.1f} |", flush=True)
     print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
           "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
           "overhead: neither computing nor waiting, with the CPU time the training thread spent "

@@ -37,7 +37,7 @@ class Links:
         self.sends = queue.SimpleQueue()
         self.unsent = 0               # sends queued and not yet done
         self.receiving = 0            # receive jobs (one per neighbour per step) not yet done
-        self.bufs: dict = {}          # (kind, stage, i) -> the buffer reused step after step
+        self.bufs: dict = {}          # ("act", stage, i) -> the buffer reused step after step
         self.jobs: dict = {}
         self.threads = [threading.Thread(target=self._send_loop, daemon=True,
                                          name=f"pipeline-send-{group.rank}")]
@@ -177,9 +177,12 @@ class Links:
             if not requires_grad:
                 return
             tag = _TAG_GRAD
-        buf = self.bufs.get((kind, stage, i))
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self.bufs[(kind, stage, i)] = torch.empty(shape, dtype=dtype, device=device)
+        if kind == "grad":     # used once: not kept, so 1F1B holds only the gradients in flight
+            buf = torch.empty(shape, dtype=dtype, device=device)
+        else:
+            buf = self.bufs.get((kind, stage, i))
+            if buf is None or buf.shape != shape or buf.dtype != dtype:
+                buf = self.bufs[(kind, stage, i)] = torch.empty(shape, dtype=dtype, device=device)
         self.group.recv(buf, peer, tag=tag)
         ready = _stream_event(buf)
         with self.cond:

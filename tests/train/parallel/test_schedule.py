@@ -92,6 +92,8 @@ def _interleaved(config):
             opt.step()
             losses.append(loss.item())
             timelines.append(sched.stats.events)
+            st_ = sched.stats
+            assert st_.compute_s + st_.wait_s <= st_.wall_s and st_.compute_cpu_s <= st_.cpu_s
     return {"losses": losses, "grads": grads, "events": timelines[-1],
             "stages": [c.layer_names for c in chunks]}
 
