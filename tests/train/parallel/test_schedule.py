@@ -1,6 +1,8 @@
 """Pipeline schedules: the order of work, interleaved 1F1B, and the timeline of a step."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -114,3 +116,37 @@ def test_interleaved_1f1b_gradients_and_losses_equal_one_process(gang):
     # the events of both ranks replay: every op of the step ran once, in an order that can run
     assert len(r0["events"]) == len(r1["events"]) == 2 * 2 * 4
     assert all(0.0 <= b < 1.0 for b in replay_bubble([r0["events"], r1["events"]]))
+
+
+class _Impatient:
+    """The session's communicator with a short timeout for the pipeline's own waits."""
+
+    def __init__(self, comm, timeout):
+        self.comm, self.rank, self.world_size, self.timeout = comm, comm.rank, comm.world_size, timeout
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+
+def _one_rank_stops(config):
+    comm = st.get_communicator()
+    stage = split_model(make_gpt(), 2, split_points=[3])[comm.rank]
+    sched = PipelineSchedule(stage, _Impatient(comm, 3.0), num_microbatches=2, loss_fn=lm_loss)
+    ids, tg = batches(1)[0]
+    sched.step(ids, tg)
+    if comm.rank == 1:
+        time.sleep(6)                 # the last stage stays, but takes no second step
+        return None
+    try:
+        sched.step(ids, tg)           # waits for a gradient that never comes
+    except Exception as e:  # noqa: BLE001 -- the test inspects it
+        return f"{type(e).__name__}: {e}"
+    finally:
+        sched.close()
+    return "no error"
+
+
+def test_a_stage_that_stops_fails_its_neighbour_within_the_timeout(gang):
+    err, _ = gang.run(_one_rank_stops, timeout=120)
+    assert err.startswith("CollectiveError: pipeline rank 0 waited 3s for the gradient of stage 0, "
+                          "micro-batch 0"), err
