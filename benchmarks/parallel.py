@@ -20,22 +20,29 @@ sharded
 
 pipeline
     shoal's PipelineSchedule against ``torch.distributed.pipelining``
-    (PipelineStage + ScheduleGPipe / Schedule1F1B over Gloo) on the same two
+    (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B over Gloo) on the same two
     stages (``split_model`` of one residual-MLP stack, the stage modules deep-copied
     so each system has its own), the same batch and micro-batches, 2 ranks,
-    one thread each. Each round times a window of steps (forward + backward of
+    one thread each; and interleaved 1F1B (4 stages, 2 per rank) against
+    torch's ScheduleInterleaved1F1B. Each round times a window of steps (forward + backward of
     every micro-batch, then zero_grad) of each system, the order alternating;
     the best window of each is kept. Reported: samples/s, the ratio, and
-    shoal's measured bubble (the share of a step a stage spends not computing,
-    averaged over both stages) against the theory (p - 1) / (m + p - 1).
+    shoal's measured bubble (the share of a step a rank spends not computing)
+    against the theory (p - 1) / (v m + p - 1); the bubble ``replay_bubble``
+    gives for the ops' measured wall and CPU times (the schedule's own
+    bubble, without communication and load); and the shares of the step
+    spent waiting, in overhead (with the CPU the training thread used in it)
+    and descheduled inside compute: what a loaded host adds.
 
 tensor
     A stack of transformer blocks split 2 ways by a plan (qkv and fc1
-    column-parallel, proj and fc2 row-parallel) against the whole stack in one
-    process (rank 0, while rank 1 waits), alternating windows. Reported:
-    step time of each, and the communication of one tp step counted at the
-    tp group (every allreduce's payload) against the expected 2 allreduces per
-    block in forward and 2 in backward of (batch x seq x dim) fp32 values.
+    column-parallel, proj and fc2 row-parallel), and the same with sequence
+    parallelism (norms on half the sequence, "_sp" layers), against the whole
+    stack in one process (rank 0, while rank 1 waits), alternating windows.
+    Reported: step time of each, and the communication of one tp step counted
+    at the tp group (each collective's whole tensor) against the expected 2
+    allreduces per block in forward and 2 in backward of (batch x seq x dim)
+    fp32 values.
 """
 from __future__ import annotations
 
@@ -159,71 +166,102 @@ def _pipeline(rank, comm, args):
 
 def _pipeline_config(rank, comm, args):
     import torch.distributed as dist
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                              ScheduleInterleaved1F1B)
 
-    from shoal.train.parallel.pipeline import PipelineSchedule, split_model
+    from shoal.train.parallel import PipelineSchedule, split_model
     torch.manual_seed(0)
     model = nn.Sequential(*[ResidualMLP(args["dim"]) for _ in range(args["layers"])])
-    stage = split_model(model, 2, balance="layers")[rank]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args["batch"], args["dim"], generator=g)
     y = torch.randn(args["batch"], args["dim"], generator=g)
     m = args["microbatches"]
     rows = []
-    for schedule in ("gpipe", "1f1b"):
-        ours = PipelineSchedule(stage, comm, schedule=schedule, num_microbatches=m,
-                                loss_fn=F.mse_loss)
-        theirs_mod = copy.deepcopy(stage)
-        tstage = PipelineStage(theirs_mod, rank, 2, torch.device("cpu"))
-        cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
-        tsched = cls(tstage, n_microbatches=m, loss_fn=F.mse_loss)
-        bubbles = []
+    for schedule in ("gpipe", "1f1b", "interleaved"):
+        v = 2 if schedule == "interleaved" else 1
+        chunks = split_model(model, 2 * v, balance="layers")[rank::2]
+        ours = PipelineSchedule(chunks if v > 1 else chunks[0], comm, schedule=schedule,
+                                num_microbatches=m, loss_fn=F.mse_loss)
+        theirs_mods = [copy.deepcopy(c) for c in chunks]
+        tstages = [PipelineStage(mod, rank + 2 * c, 2 * v, torch.device("cpu"))
+                   for c, mod in enumerate(theirs_mods)]
+        if v > 1:
+            tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=F.mse_loss)
+        else:
+            cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+            tsched = cls(tstages[0], n_microbatches=m, loss_fn=F.mse_loss)
+        stats = []
 
         def shoal_step():
             ours.step(x, y)
-            bubbles.append(ours.stats.bubble)
-            stage.zero_grad(set_to_none=True)
+            stats.append(ours.stats)
+            for c in chunks:
+                c.zero_grad(set_to_none=True)
 
         def torch_step():
             if rank == 0:
                 tsched.step(x)
             else:
                 tsched.step(target=y, losses=[])
-            theirs_mod.zero_grad(set_to_none=True)
+            for mod in theirs_mods:
+                mod.zero_grad(set_to_none=True)
 
         cpu = {}
         best = _windows({"shoal": shoal_step, "torch": torch_step}, args["rounds"], args["steps"],
                         args["warmup"], lambda: dist.barrier(), cpu)
-        timed = bubbles[-args["steps"]:]   # the last window's steps (steady state)
+        timed = stats[-args["steps"]:]   # the last window's steps (steady state)
         ours.close()
         rows.append({"config": args["name"], "layers": args["layers"], "dim": args["dim"],
-                     "batch": args["batch"], "schedule": schedule,
+                     "batch": args["batch"], "schedule": schedule, "v": v,
                      "shoal_s": best["shoal"], "torch_s": best["torch"],
                      "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
-                     "bubble": min(sorted(timed)[len(timed) // 2], 1.0)})
+                     "steps": [{"bubble": st.bubble, "wait": st.wait_s / st.wall_s,
+                                "overhead": st.overhead_s / st.wall_s,
+                                "overhead_cpu": (st.cpu_s - st.compute_cpu_s) / st.wall_s,
+                                "descheduled": (st.compute_s - st.compute_cpu_s) / st.wall_s,
+                                "events": st.events} for st in timed]})
     return rows
 
 
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
 def _report_pipeline(results, args):
+    from shoal.train.parallel import replay_bubble, theoretical_bubble
     p, m = 2, args["microbatches"]
-    theory = (p - 1) / (m + p - 1)
-    print(f"\n## pipeline: 2 stages of residual MLP blocks, {m} micro-batches, 1 thread per rank",
+    print(f"\n## pipeline: 2 ranks of residual MLP blocks, {m} micro-batches, 1 thread per rank",
           flush=True)
-    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch (wall) | "
-          "shoal bubble (stage 0 / 1, mean) | theory (p-1)/(m+p-1) | bubble / theory | "
-          "CPU ms/step/rank shoal / torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
+          "bubble measured (rank 0 / 1) | replayed, wall / CPU op times | theory | "
+          "measured / theory | replayed (CPU) / theory | waiting / overhead (its CPU) / "
+          "descheduled in compute (share of step) | compute CPU ms/step rank 0 / 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
-        b = [r[i]["bubble"] for r in results]
-        mean = sum(b) / len(b)
+        theory = theoretical_bubble(p, m, row["v"])
+        steps = list(zip(*[r[i]["steps"] for r in results]))   # per step, every rank's
+        measured = [_median(st[k]["bubble"] for st in steps) for k in range(p)]
+        wall = [sum(replay_bubble([s["events"] for s in st])) / p for st in steps]
+        cpu = [sum(replay_bubble([s["events"] for s in st], cpu=True)) / p for st in steps]
+        share = {k: _median(sum(s[k] for s in st) / p for st in steps)
+                 for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
+        mean = sum(measured) / p
+        work = [1e3 * _median(sum(e[5] for e in st[k]["events"]) for st in steps) for k in range(p)]
         model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
-        print(f"| {model} | {row['schedule']} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
-              f"{torch_s / shoal_s:.2f}x | {b[0]:.3f} / {b[1]:.3f}, {mean:.3f} | {theory:.3f} | "
-              f"{mean / theory:.2f} | {_cpu_ms(results, i, 'shoal')} / {_cpu_ms(results, i, 'torch')} "
-              f"({_cpu_ms(results, i, 'torch', raw=True) / _cpu_ms(results, i, 'shoal', raw=True):.2f}x) |",
-              flush=True)
+        name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
+        print(f"| {model} | {name} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
+              f"{torch_s / shoal_s:.2f}x | {measured[0]:.3f} / {measured[1]:.3f} | "
+              f"{_median(wall):.3f} / {_median(cpu):.3f} | {theory:.3f} | {mean / theory:.2f} | "
+              f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
+              f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} | "
+              f"{work[0]:.1f} / {work[1]:.1f} |", flush=True)
+    print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
+          "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
+          "overhead: neither computing nor waiting, with the CPU time the training thread spent "
+          "in it; descheduled: wall minus CPU time inside forwards and backwards)")
 
 
 def _cpu_ms(results, i, system, raw=False):
@@ -240,29 +278,38 @@ class Block(nn.Module):
         self.ln2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
 
     def forward(self, x):
-        b, t, _ = x.shape
+        qkv = self.qkv(self.ln1(x))
+        b, t, _ = qkv.shape      # the whole sequence, also when x holds a part (sequence parallel)
         q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2)
-                   for z in self.qkv(self.ln1(x)).chunk(3, dim=-1))
+                   for z in qkv.chunk(3, dim=-1))
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(a.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
 class _Counting:
-    """The tp group, counting what its allreduces carry."""
+    """The tp group, counting each collective and its payload (the whole tensor reduced or gathered)."""
 
     def __init__(self, comm):
         self.comm, self.rank, self.world_size = comm, comm.rank, comm.world_size
-        self.count, self.bytes, self.on = 0, 0, False
+        self.count, self.bytes, self.on = {}, {}, False
+
+    def _note(self, op, nbytes):
+        if self.on:
+            self.count[op] = self.count.get(op, 0) + 1
+            self.bytes[op] = self.bytes.get(op, 0) + nbytes
 
     def allreduce(self, t, *a, **kw):
-        if self.on:
-            self.count += 1
-            self.bytes += t.numel() * t.element_size()
+        self._note("allreduce", t.numel() * t.element_size())
         return self.comm.allreduce(t, *a, **kw)
 
+    def reduce_scatter(self, t, *a, **kw):
+        self._note("reduce_scatter", t.numel() * t.element_size())
+        return self.comm.reduce_scatter(t, *a, **kw)
+
     def allgather(self, t, *a, **kw):
-        raise AssertionError("the benchmark's plan gathers nothing")
+        self._note("allgather", self.world_size * t.numel() * t.element_size())
+        return self.comm.allgather(t, *a, **kw)
 
 
 def _tensor(rank, comm, args):
@@ -272,43 +319,64 @@ def _tensor(rank, comm, args):
     torch.manual_seed(0)
     layers, dim, heads = args["tp_layers"], args["tp_dim"], args["tp_heads"]
     full = nn.Sequential(*[Block(dim, heads) for _ in range(layers)])
-    group = _Counting(comm)
     plan = {"*": "heads", "*.qkv": "colwise_qkv", "*.proj": "rowwise", "*.fc1": "colwise",
             "*.fc2": "rowwise"}
-    tp = apply_tensor_parallel(copy.deepcopy(full), group, plan)
+    sp_plan = {"*": "heads", "*.ln1": "sequence", "*.ln2": "sequence", "*.qkv": "colwise_qkv_sp",
+               "*.proj": "rowwise_sp", "*.fc1": "colwise_sp", "*.fc2": "rowwise_sp"}
+    groups = {"tp2": _Counting(comm), "tp2+sp": _Counting(comm)}
+    models = {"tp2": apply_tensor_parallel(copy.deepcopy(full), groups["tp2"], plan),
+              "tp2+sp": apply_tensor_parallel(copy.deepcopy(full), groups["tp2+sp"], sp_plan)}
     g = torch.Generator().manual_seed(1)
     x = torch.randn(args["tp_batch"], args["tp_seq"], dim, generator=g)
+    t = args["tp_seq"] // 2
+    inputs = {"tp2": x, "tp2+sp": x[:, rank * t:(rank + 1) * t]}   # sp: this rank's half
 
-    def tp_step():
-        tp(x).square().mean().backward()
-        tp.zero_grad(set_to_none=True)
+    def stepper(name):
+        def step():
+            y = models[name](inputs[name])
+            (y.square().sum() / x.numel()).backward()
+            models[name].zero_grad(set_to_none=True)
+        return step
 
     def one_step():
         if rank == 0:
-            full(x).square().mean().backward()
+            (full(x).square().sum() / x.numel()).backward()
             full.zero_grad(set_to_none=True)
 
-    group.on = True
-    tp_step()
-    group.on = False
-    best = _windows({"tp2": tp_step, "one": one_step}, args["rounds"], args["steps"],
-                    args["warmup"], lambda: dist.barrier())
-    return {"tp_s": best["tp2"], "one_s": best["one"], "count": group.count, "bytes": group.bytes}
+    steps = {name: stepper(name) for name in models}
+    for name, grp in groups.items():
+        grp.on = True
+        steps[name]()
+        grp.on = False
+    best = _windows({**steps, "one": one_step}, args["rounds"], args["steps"], args["warmup"],
+                    lambda: dist.barrier())
+    return {"one_s": best["one"], **{f"{n}_s": best[n] for n in models},
+            **{f"{n}_count": grp.count for n, grp in groups.items()},
+            **{f"{n}_bytes": grp.bytes for n, grp in groups.items()}}
 
 
 def _report_tensor(results, args):
     r = results[0]
     layers, b, t, d = args["tp_layers"], args["tp_batch"], args["tp_seq"], args["tp_dim"]
-    exp_count, exp_bytes = 4 * layers, 4 * layers * b * t * d * 4
+    act = b * t * d * 4
+    exp_count, exp_bytes = 4 * layers, 4 * layers * act
     print(f"\n## tensor parallel: {layers} transformer blocks (dim {d}, {args['tp_heads']} heads), "
           f"batch {b} x seq {t}, 2 ranks vs one process, 1 thread per rank")
-    print("| | step ms | allreduces / step | allreduce payload / step | expected (2 fwd + 2 bwd per block) |")
+    print("| | step ms | collectives / step | payload / step (whole tensors) | "
+          "expected: 2 fwd + 2 bwd allreduces of (batch x seq x dim) per block |")
     print("|---|---|---|---|---|")
     print(f"| one process | {r['one_s'] * 1e3:.1f} | 0 | 0 | - |")
-    print(f"| tp2 (shoal) | {max(x['tp_s'] for x in results) * 1e3:.1f} | {r['count']} | "
-          f"{r['bytes'] / 2**20:.2f} MiB | {exp_count} x {b * t * d * 4 / 2**10:.0f} KiB = "
-          f"{exp_bytes / 2**20:.2f} MiB ({r['bytes'] / exp_bytes:.2f}x) |")
-    print(f"tp2 step / one-process step: {max(x['tp_s'] for x in results) / r['one_s']:.2f}", flush=True)
+    for name in ("tp2", "tp2+sp"):
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(r[f"{name}_count"].items()))
+        big = {k: v for k, v in r[f"{name}_bytes"].items()}
+        total = sum(big.values())
+        parts = ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sorted(big.items()))
+        print(f"| {name} (shoal) | {max(x[f'{name}_s'] for x in results) * 1e3:.1f} | {counts} | "
+              f"{parts} | {exp_count} x {act / 2**10:.0f} KiB = {exp_bytes / 2**20:.2f} MiB "
+              f"({total / exp_bytes:.2f}x{'; sp: each allreduce = reduce-scatter + allgather, so 2x the payload counted, the same bytes on the wire' if name == 'tp2+sp' else ''}) |")
+    print(f"tp2 step / one-process step: {max(x['tp2_s'] for x in results) / r['one_s']:.2f}; "
+          f"tp2+sp / tp2: {max(x['tp2+sp_s'] for x in results) / max(x['tp2_s'] for x in results):.2f}",
+          flush=True)
 
 
 # ------------------------------------------------------------------ sharded data parallel

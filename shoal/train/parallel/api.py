@@ -31,7 +31,11 @@ def parallelize(model: nn.Module, mesh: Mesh, plan: dict | None = None, *, zero_
         zero_stage: 1, 2 or 3 (FSDP) for the dp dimension; None replicates
             (plain data parallel, shoal.train.DDP).
         pipeline: keyword arguments of ``split_model`` (e.g. ``split_points``)
-            when ``mesh.pp > 1``; the result is this rank's stage.
+            when ``mesh.pp > 1``; the result is this rank's stage. With
+            ``"virtual_stages": v`` the model is cut into ``pp * v`` stages and
+            the result is an ``nn.ModuleList`` of this rank's ``v`` stages
+            (for ``PipelineSchedule(..., schedule="interleaved")``), each
+            sharded over dp on its own.
         mixed_precision, offload_optimizer, units, prefetch: see ``ZeRO``.
 
     Returns:
@@ -56,19 +60,26 @@ def parallelize(model: nn.Module, mesh: Mesh, plan: dict | None = None, *, zero_
                                 "pass Mesh(tp=...) or drop the plan")
     if mesh.pp > 1:
         from shoal.train.parallel.pipeline import split_model
-        stages = split_model(model, num_stages=mesh.pp, **(pipeline or {}))
-        model = stages[mesh.pp_rank]
+        options = dict(pipeline or {})
+        v = options.pop("virtual_stages", 1)
+        if not isinstance(v, int) or v < 1:
+            raise InvalidInputError(f"pipeline virtual_stages must be an int >= 1, got {v!r}")
+        stages = split_model(model, num_stages=mesh.pp * v, **options)[mesh.pp_rank::mesh.pp]
+        model = stages[0] if v == 1 else nn.ModuleList(stages)
     elif pipeline:
         raise InvalidInputError("pipeline options were given but the mesh has pp=1; "
                                 "pass Mesh(pp=...) or drop pipeline=")
     if mesh.dp > 1:
         if zero_stage is None:
             from shoal.train.ddp import DDP
-            model = DDP().prepare(model, mesh.dp_group)
+            strategy = DDP()
         else:
-            model = ZeRO(stage=zero_stage, mixed_precision=mixed_precision,
-                         offload_optimizer=offload_optimizer, units=units,
-                         prefetch=prefetch).prepare(model, mesh.dp_group)
+            strategy = ZeRO(stage=zero_stage, mixed_precision=mixed_precision,
+                            offload_optimizer=offload_optimizer, units=units, prefetch=prefetch)
+        if isinstance(model, nn.ModuleList):     # virtual stages: each its own sharded model
+            model = nn.ModuleList(strategy.prepare(m, mesh.dp_group) for m in model)
+        else:
+            model = strategy.prepare(model, mesh.dp_group)
     return model
 
 

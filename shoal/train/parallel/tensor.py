@@ -15,8 +15,19 @@ features). A column layer followed by a row layer (attention's qkv and proj,
 an MLP's two layers) needs one allreduce in forward (after the row layer)
 and one in backward (before the column layer): the autograd functions below
 are those pairs (identity / allreduce), kept next to the layers that use
-them. Layers are built from the full module on every rank (same seed), so a
-tp run starts from exactly the one-process model.
+them (``tp_comm.py``). Layers are built from the full module on every rank
+(same seed), so a tp run starts from exactly the one-process model.
+
+Sequence parallelism (Megatron-LM's) adds to a plan: "scatter_sequence"
+where it begins (each rank keeps ``1/tp`` of the sequence), "sequence" on the
+norms between regions, and the "_sp" linear styles, whose column layers
+gather the sequence and whose row layers reduce-scatter it:
+
+    plan = {"embed": "scatter_sequence", "embed.tok": "vocab",
+            "blocks.*.ln1": "sequence", "blocks.*.ln2": "sequence", "norm": "sequence",
+            "blocks.*.attn": "heads", "blocks.*.attn.qkv": "colwise_qkv_sp",
+            "blocks.*.attn.proj": "rowwise_sp", "blocks.*.mlp.fc1": "colwise_sp",
+            "blocks.*.mlp.fc2": "rowwise_sp", "head": "colwise_sp"}
 """
 from __future__ import annotations
 
@@ -28,104 +39,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from shoal.exceptions import InvalidInputError
-
-
-# ------------------------------------------------------------ communication
-class _CopyToTP(torch.autograd.Function):
-    """Identity in forward; allreduce of the gradient in backward."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _allreduce(grad, ctx.group), None
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    """Allreduce in forward; identity in backward."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        return _allreduce(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _GatherFromTP(torch.autograd.Function):
-    """Allgather along the last dimension in forward; this rank's slice in backward."""
-
-    @staticmethod
-    def forward(ctx, x, group, chunks):
-        ctx.group, ctx.chunks = group, chunks
-        return _gather_last(x, group, chunks)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _slice_last(grad, ctx.group, ctx.chunks), None, None
-
-
-class _ScatterToTP(torch.autograd.Function):
-    """This rank's slice of the last dimension in forward; allgather in backward."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _slice_last(x, group, 1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_last(grad, ctx.group, 1), None
-
-
-def _allreduce(t: torch.Tensor, group) -> torch.Tensor:
-    if group.world_size == 1:
-        return t
-    t = t.contiguous()
-    # into a new tensor: autograd may hand the same gradient to several functions
-    return group.allreduce(t, out=torch.empty_like(t))
-
-
-def _gather_last(x: torch.Tensor, group, chunks: int) -> torch.Tensor:
-    tp = group.world_size
-    if tp == 1:
-        return x
-    xt = x.movedim(-1, 0).contiguous()
-    out = torch.empty((tp * xt.shape[0],) + tuple(xt.shape[1:]), dtype=x.dtype, device=x.device)
-    group.allgather(xt, out=out)
-    full = out.movedim(0, -1)
-    if chunks > 1:   # [q0 k0 v0 | q1 k1 v1] -> [q0 q1 | k0 k1 | v0 v1]
-        c = full.shape[-1] // (tp * chunks)
-        full = full.reshape(full.shape[:-1] + (tp, chunks, c)).transpose(-3, -2)
-        full = full.reshape(full.shape[:-3] + (tp * chunks * c,))
-    return full.contiguous()
-
-
-def _slice_last(x: torch.Tensor, group, chunks: int) -> torch.Tensor:
-    tp, r = group.world_size, group.rank
-    if tp == 1:
-        return x
-    parts = x.reshape(x.shape[:-1] + (chunks, tp, x.shape[-1] // (chunks * tp)))
-    return parts[..., r, :].reshape(x.shape[:-1] + (x.shape[-1] // tp,)).contiguous()
-
-
-def copy_to_tp(x: torch.Tensor, group) -> torch.Tensor:
-    """``x`` unchanged; its gradient is summed over the tp group in backward."""
-    return _CopyToTP.apply(x, group)
-
-
-def reduce_from_tp(x: torch.Tensor, group) -> torch.Tensor:
-    """The sum of ``x`` over the tp group; the gradient passes through unchanged."""
-    return _ReduceFromTP.apply(x, group)
-
-
-def gather_from_tp(x: torch.Tensor, group) -> torch.Tensor:
-    """The tp group's slices of the last dimension, concatenated in rank order."""
-    return _GatherFromTP.apply(x, group, 1)
+from shoal.train.parallel.tp_comm import (_GatherFromTP, _ReduceScatterSequence, _ScatterToTP,
+                                          copy_to_tp, gather_from_tp, gather_sequence,
+                                          reduce_from_tp, scatter_sequence)
 
 
 # ------------------------------------------------------------------ layers
@@ -142,13 +58,17 @@ class ColumnParallelLinear(nn.Module):
     The output holds this rank's features (``out_features / tp``), or every
     rank's when ``gather_output``. With ``chunks=3`` (a fused q/k/v
     projection) each of the three parts is split separately, so rank ``r``
-    holds q, k and v of the same heads.
+    holds q, k and v of the same heads. With ``sequence_parallel`` its input
+    is this rank's part of the sequence (dimension ``seq_dim``), allgathered
+    here (the gradient reduce-scattered) in place of ``copy_to_tp``.
     """
 
     def __init__(self, in_features: int, out_features: int, tp_group, bias: bool = True,
-                 gather_output: bool = False, chunks: int = 1, dtype=None):
+                 gather_output: bool = False, chunks: int = 1, dtype=None,
+                 sequence_parallel: bool = False, seq_dim: int = 1):
         super().__init__()
         self.group, self.gather_output, self.chunks = tp_group, gather_output, chunks
+        self.sequence_parallel, self.seq_dim = sequence_parallel, seq_dim
         tp = tp_group.world_size
         self.in_features, self.out_features = in_features, out_features
         self.local_out = chunks * _shard(_shard(out_features, chunks, "out_features / chunks"), tp,
@@ -158,10 +78,12 @@ class ColumnParallelLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, tp_group, gather_output: bool = False,
-                    chunks: int = 1) -> "ColumnParallelLinear":
+                    chunks: int = 1, sequence_parallel: bool = False,
+                    seq_dim: int = 1) -> "ColumnParallelLinear":
         """This rank's part of ``linear`` (same values as its rows)."""
         m = cls(linear.in_features, linear.out_features, tp_group, linear.bias is not None,
-                gather_output, chunks, dtype=linear.weight.dtype)
+                gather_output, chunks, dtype=linear.weight.dtype,
+                sequence_parallel=sequence_parallel, seq_dim=seq_dim)
         with torch.no_grad():
             m.weight.copy_(_rows(linear.weight, tp_group, chunks))
             if m.bias is not None:
@@ -169,39 +91,47 @@ class ColumnParallelLinear(nn.Module):
         return m.to(linear.weight.device)
 
     def forward(self, x):
-        """``x`` (replicated) -> this rank's output features (or all, with gather_output)."""
-        y = F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
+        """``x`` (replicated, or this rank's part of the sequence) -> this rank's output features."""
+        x = (gather_sequence(x, self.group, self.seq_dim) if self.sequence_parallel
+             else copy_to_tp(x, self.group))
+        y = F.linear(x, self.weight, self.bias)
         return _GatherFromTP.apply(y, self.group, self.chunks) if self.gather_output else y
 
     def extra_repr(self) -> str:
         """The layer's settings, shown in ``repr(model)``."""
         return (f"in_features={self.in_features}, out_features={self.out_features} "
                 f"({self.local_out} here), tp={self.group.world_size}, chunks={self.chunks}, "
-                f"gather_output={self.gather_output}")
+                f"gather_output={self.gather_output}, sequence_parallel={self.sequence_parallel}")
 
 
 class RowParallelLinear(nn.Module):
     """``Linear`` with its input features split over the tp group; output summed.
 
     Its input is this rank's slice of the features (``input_is_parallel``,
-    what a ColumnParallelLinear gives) or the whole input, sliced here.
+    what a ColumnParallelLinear gives) or the whole input, sliced here. With
+    ``sequence_parallel`` the sum is reduce-scattered along the sequence
+    (dimension ``seq_dim``): each rank gets its part of the sequence, and the
+    bias's gradient is summed over the group.
     """
 
     def __init__(self, in_features: int, out_features: int, tp_group, bias: bool = True,
-                 input_is_parallel: bool = True, dtype=None):
+                 input_is_parallel: bool = True, dtype=None, sequence_parallel: bool = False,
+                 seq_dim: int = 1):
         super().__init__()
         self.group, self.input_is_parallel = tp_group, input_is_parallel
+        self.sequence_parallel, self.seq_dim = sequence_parallel, seq_dim
         self.in_features, self.out_features = in_features, out_features
         self.local_in = _shard(in_features, tp_group.world_size, "in_features")
         self.weight = nn.Parameter(torch.empty(out_features, self.local_in, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, tp_group,
-                    input_is_parallel: bool = True) -> "RowParallelLinear":
+    def from_linear(cls, linear: nn.Linear, tp_group, input_is_parallel: bool = True,
+                    sequence_parallel: bool = False, seq_dim: int = 1) -> "RowParallelLinear":
         """This rank's part of ``linear`` (same values as its columns)."""
         m = cls(linear.in_features, linear.out_features, tp_group, linear.bias is not None,
-                input_is_parallel, dtype=linear.weight.dtype)
+                input_is_parallel, dtype=linear.weight.dtype,
+                sequence_parallel=sequence_parallel, seq_dim=seq_dim)
         with torch.no_grad():
             r, n = tp_group.rank, m.local_in
             m.weight.copy_(linear.weight[:, r * n:(r + 1) * n])
@@ -213,13 +143,19 @@ class RowParallelLinear(nn.Module):
         """This rank's input features -> the full output (summed over the group)."""
         if not self.input_is_parallel:
             x = _ScatterToTP.apply(x, self.group)
-        y = reduce_from_tp(F.linear(x, self.weight), self.group)
+        y = F.linear(x, self.weight)
+        if self.sequence_parallel:
+            y = _ReduceScatterSequence.apply(y, self.group, self.seq_dim)
+            # each rank adds the bias to its part of the sequence: sum its gradient over the group
+            return y + copy_to_tp(self.bias, self.group) if self.bias is not None else y
+        y = reduce_from_tp(y, self.group)
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
         """The layer's settings, shown in ``repr(model)``."""
         return (f"in_features={self.in_features} ({self.local_in} here), out_features="
-                f"{self.out_features}, tp={self.group.world_size}")
+                f"{self.out_features}, tp={self.group.world_size}, "
+                f"sequence_parallel={self.sequence_parallel}")
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -338,27 +274,39 @@ class ColwiseParallel:
     Args:
         gather_output: give every rank the whole output (allgather).
         chunks: split each of ``chunks`` equal parts separately (3 for a fused qkv).
+        sequence_parallel: the input is this rank's part of the sequence
+            (dimension ``seq_dim``), gathered by the layer.
     """
 
     gather_output: bool = False
     chunks: int = 1
+    sequence_parallel: bool = False
+    seq_dim: int = 1
 
     def apply(self, module, group, name):
         """Replace ``module`` (named ``name``) with its tensor-parallel version over ``group``."""
         _expect(module, nn.Linear, name, self)
-        return ColumnParallelLinear.from_linear(module, group, self.gather_output, self.chunks)
+        return ColumnParallelLinear.from_linear(module, group, self.gather_output, self.chunks,
+                                                self.sequence_parallel, self.seq_dim)
 
 
 @dataclass(frozen=True)
 class RowwiseParallel:
-    """Plan style: ``nn.Linear`` -> RowParallelLinear (input already split, unless told)."""
+    """Plan style: ``nn.Linear`` -> RowParallelLinear (input already split, unless told).
+
+    ``sequence_parallel``: the output is reduce-scattered along the sequence
+    (dimension ``seq_dim``) instead of allreduced.
+    """
 
     input_is_parallel: bool = True
+    sequence_parallel: bool = False
+    seq_dim: int = 1
 
     def apply(self, module, group, name):
         """Replace ``module`` (named ``name``) with its tensor-parallel version over ``group``."""
         _expect(module, nn.Linear, name, self)
-        return RowParallelLinear.from_linear(module, group, self.input_is_parallel)
+        return RowParallelLinear.from_linear(module, group, self.input_is_parallel,
+                                             self.sequence_parallel, self.seq_dim)
 
 
 @dataclass(frozen=True)
@@ -394,10 +342,94 @@ class HeadParallel:
         return module
 
 
+class _SequenceParallelNorm:
+    """Mixed into a norm's class: its replicated weight and bias get gradients summed over tp."""
+
+    def forward(self, x):
+        """Normalize this rank's part of the sequence."""
+        g = self._tp_group
+        w = None if self.weight is None else copy_to_tp(self.weight, g)
+        if isinstance(self, nn.LayerNorm):
+            b = None if self.bias is None else copy_to_tp(self.bias, g)
+            return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
+_SP_NORMS: dict = {}
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """Plan style for a position-wise module between tensor-parallel regions.
+
+    Megatron-LM's sequence parallelism: the module (``LayerNorm``,
+    ``RMSNorm``, or one without parameters such as ``Dropout``) runs on this
+    rank's ``1/tp`` of the sequence; the weights of a norm stay replicated and
+    their gradients are summed over the group. Pair it with
+    ``colwise_sp``/``rowwise_sp`` layers and a ``scatter_sequence`` entry
+    where the sequence parallel part of the model begins. Dropout masks
+    differ from a one-process run's (each rank draws its part's).
+    """
+
+    def apply(self, module, group, name):
+        """Make ``module`` (named ``name``) run on this rank's part of the sequence."""
+        norms = tuple(c for c in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if c is not None)
+        if isinstance(module, norms):
+            cls = type(module)
+            if cls not in _SP_NORMS:
+                _SP_NORMS[cls] = type(f"SequenceParallel{cls.__name__}", (_SequenceParallelNorm, cls),
+                                      {"__module__": __name__})
+            module.__class__ = _SP_NORMS[cls]   # same parameters and names, new forward
+            module._tp_group = group
+        elif next(module.parameters(recurse=True), None) is not None:
+            raise InvalidInputError(
+                f"plan entry 'sequence' for {name!r}: {type(module).__name__} holds parameters; "
+                "sequence parallelism supports LayerNorm, RMSNorm and modules without parameters")
+        return module
+
+
+@dataclass(frozen=True)
+class SequenceScatter:
+    """Plan style: the module's (replicated) output is cut along the sequence, each rank keeping its part.
+
+    Where sequence parallelism begins (e.g. the embedding); the gradient is
+    allgathered in backward.
+    """
+
+    seq_dim: int = 1
+
+    def apply(self, module, group, name):
+        """Cut ``module``'s output (named ``name``) along the sequence from now on."""
+        module.register_forward_hook(lambda m, a, out: scatter_sequence(out, group, self.seq_dim))
+        return module
+
+
+@dataclass(frozen=True)
+class SequenceGather:
+    """Plan style: the module's output (this rank's part of the sequence) is allgathered.
+
+    Where sequence parallelism ends before replicated layers; each rank keeps
+    its part of the gradient in backward.
+    """
+
+    seq_dim: int = 1
+
+    def apply(self, module, group, name):
+        """Gather ``module``'s output (named ``name``) along the sequence from now on."""
+        module.register_forward_hook(
+            lambda m, a, out: gather_sequence(out, group, self.seq_dim, reduce_grad=False))
+        return module
+
+
 STYLES = {"colwise": ColwiseParallel(), "colwise_gather": ColwiseParallel(gather_output=True),
           "colwise_qkv": ColwiseParallel(chunks=3), "rowwise": RowwiseParallel(),
           "rowwise_split_input": RowwiseParallel(input_is_parallel=False),
-          "vocab": VocabParallel(), "heads": HeadParallel()}
+          "vocab": VocabParallel(), "heads": HeadParallel(),
+          "colwise_sp": ColwiseParallel(sequence_parallel=True),
+          "colwise_qkv_sp": ColwiseParallel(chunks=3, sequence_parallel=True),
+          "rowwise_sp": RowwiseParallel(sequence_parallel=True),
+          "sequence": SequenceParallel(), "scatter_sequence": SequenceScatter(),
+          "gather_sequence": SequenceGather()}
 
 
 def _expect(module, cls, name, style):
@@ -421,8 +453,11 @@ def apply_tensor_parallel(model: nn.Module, tp_group, plan: dict) -> nn.Module:
         plan: module-name pattern (``fnmatch`` per dotted part: ``*`` stands
             for one name part, e.g. ``"blocks.*.attn.qkv"``) -> a style: "colwise",
             "colwise_gather", "colwise_qkv", "rowwise", "rowwise_split_input",
-            "vocab", "heads", or a ColwiseParallel / RowwiseParallel /
-            VocabParallel / HeadParallel instance.
+            "vocab", "heads"; for sequence parallelism "colwise_sp",
+            "colwise_qkv_sp", "rowwise_sp", "sequence", "scatter_sequence",
+            "gather_sequence"; or a ColwiseParallel / RowwiseParallel /
+            VocabParallel / HeadParallel / SequenceParallel / SequenceScatter /
+            SequenceGather instance.
 
     Returns:
         ``model``, its named modules replaced.
@@ -467,5 +502,7 @@ def apply_tensor_parallel(model: nn.Module, tp_group, plan: dict) -> nn.Module:
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "VocabParallelEmbedding",
            "ColwiseParallel", "RowwiseParallel", "VocabParallel", "HeadParallel",
+           "SequenceParallel", "SequenceScatter", "SequenceGather", "gather_sequence",
+           "scatter_sequence",
            "apply_tensor_parallel", "vocab_parallel_cross_entropy", "copy_to_tp",
            "reduce_from_tp", "gather_from_tp", "STYLES"]

@@ -31,8 +31,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)     # local heads under tensor parallelism
+        qkv = self.qkv(x)     # local heads under tensor parallelism; the whole sequence under
+        b, t, _ = qkv.shape   # sequence parallelism (x holds this rank's part)
+        q, k, v = qkv.chunk(3, dim=-1)
         q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
         att = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         mask = torch.ones(t, t, dtype=torch.bool).tril()
@@ -79,6 +80,14 @@ class GPT(nn.Module):
 TP_PLAN = {"embed.tok": "vocab", "blocks.*.attn": "heads", "blocks.*.attn.qkv": "colwise_qkv",
            "blocks.*.attn.proj": "rowwise", "blocks.*.mlp.fc1": "colwise",
            "blocks.*.mlp.fc2": "rowwise", "head": "colwise"}
+
+
+# sequence parallelism too: norms and residuals on 1/tp of the sequence
+TP_SP_PLAN = {"embed": "scatter_sequence", "embed.tok": "vocab", "blocks.*.ln1": "sequence",
+              "blocks.*.ln2": "sequence", "norm": "sequence", "blocks.*.attn": "heads",
+              "blocks.*.attn.qkv": "colwise_qkv_sp", "blocks.*.attn.proj": "rowwise_sp",
+              "blocks.*.mlp.fc1": "colwise_sp", "blocks.*.mlp.fc2": "rowwise_sp",
+              "head": "colwise_sp"}
 
 
 def lm_loss(logits, targets):

@@ -1,0 +1,57 @@
+"""``parallelize`` on a Mesh: pipeline x data parallel on 4 ranks equals one process."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import shoal.train as st
+from shoal.exceptions import InvalidInputError
+from shoal.train.parallel import Mesh, PipelineSchedule, parallelize
+
+from _models import batches, lm_loss, make_gpt, reference_losses
+
+LOSS_ATOL = 2e-4   # fp32, Adam: micro-batches and dp shards only reorder sums
+STEPS = 20
+
+
+def _pp2_dp2(config):
+    mesh = Mesh(dp=2, pp=2)
+    try:
+        interleaved = config["schedule"] == "interleaved"
+        pipeline = {"split_points": [2, 3, 5], "virtual_stages": 2} if interleaved else \
+            {"split_points": [3]}
+        stage = parallelize(make_gpt(seed=100), mesh, zero_stage=config["zero_stage"],
+                            pipeline=pipeline)
+        opt = torch.optim.Adam(stage.parameters(), lr=0.05)
+        losses = []
+        with PipelineSchedule(stage, mesh.pp_group, schedule=config["schedule"], num_microbatches=2,
+                              loss_fn=lm_loss, broadcast_loss=True) as sched:
+            for ids, tg in batches(STEPS):
+                opt.zero_grad()
+                # each dp replica of the pipeline takes half the batch
+                loss = sched.step(ids[mesh.dp_rank::2], tg[mesh.dp_rank::2])
+                opt.step()
+                t = loss.reshape(1).clone()
+                mesh.dp_group.allreduce(t, op="avg")
+                losses.append(t.item())
+        return {"coords": mesh.coords, "losses": losses}
+    finally:
+        mesh.destroy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage, schedule", [(None, "1f1b"), (1, "gpipe"), (3, "1f1b"),
+                                                 (2, "interleaved")],
+                         ids=["ddp-1f1b", "zero1-gpipe", "zero3-1f1b", "zero2-interleaved"])
+def test_pp2_x_dp2_through_parallelize_trains_to_the_one_process_losses(gang4, zero_stage, schedule):
+    results = gang4.run(_pp2_dp2, {"zero_stage": zero_stage, "schedule": schedule}, timeout=300)
+    ref = reference_losses(STEPS, seed=100)
+    assert sorted((r["coords"]["pp"], r["coords"]["dp"]) for r in results) == \
+        [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in results:
+        assert r["losses"] == pytest.approx(ref, abs=LOSS_ATOL)
+
+
+def test_parallelize_needs_a_mesh():
+    with pytest.raises(InvalidInputError, match=r"needs a shoal.train.parallel.Mesh, got dict"):
+        parallelize(make_gpt(), {"dp": 2})

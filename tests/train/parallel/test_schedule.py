@@ -1,0 +1,152 @@
+"""Pipeline schedules: the order of work, interleaved 1F1B, and the timeline of a step."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import shoal.train as st
+from shoal.exceptions import InvalidInputError
+from shoal.train.parallel import (PipelineSchedule, pipeline_actions, replay_bubble, split_model,
+                                  theoretical_bubble)
+
+from _models import batches, lm_loss, make_gpt, reference_losses
+
+LOSS_ATOL = 2e-4
+STEPS = 20
+
+
+# ------------------------------------------------------------------ the order of work
+@pytest.mark.parametrize("schedule, v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2),
+                                         ("interleaved", 3)])
+def test_every_rank_runs_each_forward_and_backward_once_forward_first(schedule, v):
+    p, m = 4, 8
+    for r in range(p):
+        acts = pipeline_actions(schedule, p, r, m, v)
+        assert sorted(acts) == sorted((k, c, i) for k in "FB" for c in range(v) for i in range(m))
+        assert all(acts.index(("F", c, i)) < acts.index(("B", c, i))
+                   for c in range(v) for i in range(m))
+
+
+def test_1f1b_holds_at_most_p_minus_rank_micro_batches():
+    p, m = 4, 8
+    for r in range(p):
+        held, most = 0, 0
+        for kind, _, _ in pipeline_actions("1f1b", p, r, m):
+            held += 1 if kind == "F" else -1
+            most = max(most, held)
+        assert most == p - r
+
+
+def _replay_of(schedule, p, m, v, f=1.0, b=2.0):
+    """Timelines of a balanced pipeline (forward f, backward b), replayed."""
+    tls = []
+    for r in range(p):
+        tls.append([(k, c * p + r, i, 0.0, f if k == "F" else b, f if k == "F" else b)
+                    for k, c, i in pipeline_actions(schedule, p, r, m, v)])
+    return replay_bubble(tls)
+
+
+@pytest.mark.parametrize("schedule, v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2)])
+def test_replay_of_a_balanced_pipeline_gives_the_theoretical_bubble(schedule, v):
+    p, m = 4, 8
+    bubbles = _replay_of(schedule, p, m, v)
+    assert bubbles == pytest.approx([theoretical_bubble(p, m, v)] * p, abs=1e-9)
+    assert theoretical_bubble(p, m, 2) < theoretical_bubble(p, m, 1)
+
+
+def test_replay_rejects_timelines_that_cannot_run():
+    tl = [[("F", 1, 0, 0.0, 1.0, 1.0)], [("F", 0, 0, 0.0, 1.0, 1.0)]]   # stage 1 first on rank 0
+    tl[0].insert(0, ("B", 0, 0, 0.0, 1.0, 1.0))
+    with pytest.raises(InvalidInputError, match="cannot all be met"):
+        replay_bubble(tl)
+
+
+def test_interleaved_arguments_are_checked():
+    class Two:
+        rank, world_size, timeout = 0, 2, 5.0
+    stages = split_model(make_gpt(), 4)
+    with pytest.raises(InvalidInputError, match=r"needs a list of this rank's virtual stages"):
+        PipelineSchedule(stages[0], Two(), schedule="interleaved", num_microbatches=4)
+    with pytest.raises(InvalidInputError, match=r"multiple of the 2 pipeline ranks, got 3"):
+        PipelineSchedule(stages[0::2], Two(), schedule="interleaved", num_microbatches=3)
+    with pytest.raises(InvalidInputError, match=r"runs one stage per rank, got 2"):
+        PipelineSchedule(stages[0::2], Two(), schedule="1f1b", num_microbatches=4)
+
+
+# ------------------------------------------------------------------ on 2 ranks
+def _interleaved(config):
+    comm = st.get_communicator()
+    p, v = comm.world_size, 2
+    model = make_gpt()
+    chunks = split_model(model, p * v, split_points=config["split"])[comm.rank::p]
+    params = [q for c in chunks for q in c.parameters()]
+    opt = torch.optim.Adam(params, lr=0.05)
+    losses, grads, timelines = [], None, []
+    with PipelineSchedule(chunks, comm, schedule="interleaved", num_microbatches=4,
+                          loss_fn=lm_loss, broadcast_loss=True) as sched:
+        for step, (ids, tg) in enumerate(batches(STEPS)):
+            opt.zero_grad()
+            loss = sched.step(ids, tg)
+            if step == 0:
+                grads = {n: q.grad.clone() for c in chunks for n, q in c.named_parameters()}
+            opt.step()
+            losses.append(loss.item())
+            timelines.append(sched.stats.events)
+            st_ = sched.stats
+            assert st_.compute_s + st_.wait_s <= st_.wall_s and st_.compute_cpu_s <= st_.cpu_s
+    return {"losses": losses, "grads": grads, "events": timelines[-1],
+            "stages": [c.layer_names for c in chunks]}
+
+
+def test_interleaved_1f1b_gradients_and_losses_equal_one_process(gang):
+    # 7 layers into 4 stages: rank 0 runs stages 0 and 2, rank 1 stages 1 and 3
+    r0, r1 = gang.run(_interleaved, {"split": [2, 3, 5]})
+    assert r0["stages"] == [["embed", "blocks.0"], ["blocks.2", "blocks.3"]]
+    assert r1["stages"] == [["blocks.1"], ["norm", "head"]]
+    model = make_gpt()
+    ids, tg = batches(1)[0]
+    lm_loss(model(ids), tg).backward()
+    for name, q in model.named_parameters():
+        got = r0["grads"].get(name, r1["grads"].get(name))
+        torch.testing.assert_close(got, q.grad, atol=1e-6, rtol=1e-5)
+    assert r0["losses"] == r1["losses"]
+    assert r1["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
+    # the events of both ranks replay: every op of the step ran once, in an order that can run
+    assert len(r0["events"]) == len(r1["events"]) == 2 * 2 * 4
+    assert all(0.0 <= b < 1.0 for b in replay_bubble([r0["events"], r1["events"]]))
+
+
+class _Impatient:
+    """The session's communicator with a short timeout for the pipeline's own waits."""
+
+    def __init__(self, comm, timeout):
+        self.comm, self.rank, self.world_size, self.timeout = comm, comm.rank, comm.world_size, timeout
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+
+def _one_rank_stops(config):
+    comm = st.get_communicator()
+    stage = split_model(make_gpt(), 2, split_points=[3])[comm.rank]
+    sched = PipelineSchedule(stage, _Impatient(comm, 3.0), num_microbatches=2, loss_fn=lm_loss)
+    ids, tg = batches(1)[0]
+    sched.step(ids, tg)
+    if comm.rank == 1:
+        time.sleep(6)                 # the last stage stays, but takes no second step
+        return None
+    try:
+        sched.step(ids, tg)           # waits for a gradient that never comes
+    except Exception as e:  # noqa: BLE001 -- the test inspects it
+        return f"{type(e).__name__}: {e}"
+    finally:
+        sched.close()
+    return "no error"
+
+
+def test_a_stage_that_stops_fails_its_neighbour_within_the_timeout(gang):
+    err, _ = gang.run(_one_rank_stops, timeout=120)
+    assert err.startswith("CollectiveError: pipeline rank 0 waited 3s for the gradient of stage 0, "
+                          "micro-batch 0"), err
