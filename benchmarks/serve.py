@@ -208,10 +208,12 @@ def free_port() -> int:
 
 def start(system: str, replicas: int, workload: str = "echo"):
     port = free_port()
+    env = dict(os.environ, PYTHONPATH=_root())
+    if system == "shoal-proxy":   # every request through the proxy: two hops
+        env["SHOAL_SERVE_HTTP_IN_REPLICAS"] = "0"
     proc = subprocess.Popen([sys.executable, __file__, "--server", system, "--port", str(port),
                              "--replicas", str(replicas), "--workload", workload],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=_root()))
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -370,6 +372,7 @@ def main() -> int:
     if args.server:
         {"bare": lambda: serve_bare(args.port),
          "shoal": lambda: serve_shoal(args.port, args.replicas, args.workload),
+         "shoal-proxy": lambda: serve_shoal(args.port, args.replicas, args.workload),
          "ray": lambda: serve_ray(args.port, args.replicas, args.workload),
          "soak": lambda: serve_soak(args.port, args.replicas, args.kill_every)}[args.server]()
         return 0

@@ -29,6 +29,9 @@ from shoal.serve._handle import DeploymentHandle
 from shoal.serve._router import registry
 
 _READY_TIMEOUT_S = 120.0
+# SHOAL_SERVE_HTTP_IN_REPLICAS=0: every HTTP request goes through the proxy (two hops), as
+# before replicas answered HTTP themselves; for comparing the two in benchmarks/serve.py.
+_HTTP_IN_REPLICAS = os.environ.get("SHOAL_SERVE_HTTP_IN_REPLICAS", "1") != "0"
 _ids = itertools.count(1)
 
 
@@ -36,6 +39,7 @@ class _ReplicaState:
     def __init__(self, rid, handle, version):
         self.id, self.handle, self.version = rid, handle, version
         self.path = None
+        self.serves_http = False
         self.state = "starting"
         self.sentinel = None
         self.health_ref = None
@@ -55,6 +59,7 @@ class _DeploymentState:
         self.above_since = None
         self.below_since = None
         self.last_scale_check = 0.0
+        self.http = False       # its replicas answer HTTP themselves (an ingress with a route)
         self.idempotent = frozenset(
             n for n in dir(node.deployment.func_or_class)
             if getattr(getattr(node.deployment.func_or_class, n, None), "_shoal_idempotent", False))
@@ -71,6 +76,7 @@ class Controller:
         self.apps: dict = {}          # name -> {"route_prefix", "ingress", "deployments": {}}
         self.lock = threading.RLock()
         self.proxy = None
+        self.proxy_paths = None     # (where replicas borrow the HTTP socket, proxy's figures)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="shoal-serve-ctl")
         self.thread.start()
@@ -82,9 +88,10 @@ class Controller:
         from shoal.serve._proxy import Proxy
         actor = shoal.remote(Proxy).options(num_cpus=0, max_concurrency=100_000)
         self.proxy = actor.remote(self.host, self.port, self.body_limit, self._table(),
-                                  self._routes())
+                                  self._routes(), self.secret, self.sock_dir)
         try:
-            self.port = shoal.get(self.proxy.start.remote(), timeout=60)
+            self.port, *paths = shoal.get(self.proxy.start.remote(), timeout=60)
+            self.proxy_paths = tuple(paths)
         except Exception as e:
             shoal.kill(self.proxy)
             self.proxy = None
@@ -117,6 +124,11 @@ class Controller:
                                                                     version)
             new_app = {"route_prefix": route_prefix, "ingress": root.deployment.name,
                        "deployments": states}
+            for st in states.values():
+                # A replica cannot retry a request whose connection dies with it: an
+                # idempotent __call__ is answered through the proxy, which can.
+                st.http = (_HTTP_IN_REPLICAS and route_prefix is not None and st.name == root.deployment.name
+                           and "__call__" not in st.idempotent)
             # Start what is new before anything old goes: routes switch only once
             # every new replica listens.
             starting = []
@@ -216,24 +228,41 @@ class Controller:
                 if a["route_prefix"] is not None}
 
     def _push_routes(self) -> None:
-        """Install the table in every router (driver, proxy, replicas) and wait for each."""
+        """Install the table in every router (driver, proxy, replicas) and wait for each;
+        replicas of ingress deployments answer HTTP, the proxy only while none does."""
         table = self._table()
+        routes = self._routes()
         loop = registry.get_loop()
         done = threading.Event()
         loop.call_soon_threadsafe(lambda: (registry.update(table), done.set()))
+        serving = [r for a in self.apps.values() for st in a["deployments"].values()
+                   if st.http and self.proxy is not None
+                   for r in st.replicas if r.state == "running"]
+        peers = ([self.proxy_paths[1]] if self.proxy_paths else []) + [r.path for r in serving]
+        front = None
+        if self.proxy_paths is not None:
+            front = {"routes": routes, "peers": peers, "lend_path": self.proxy_paths[0],
+                     "body_limit": self.body_limit}
         refs = []
-        if self.proxy is not None:
-            refs.append(self.proxy.update_routes.remote(table, self._routes()))
         for a in self.apps.values():
             for st in a["deployments"].values():
-                refs += [r.handle.update_routes.remote(table) for r in st.replicas
-                         if r.state == "running"]
+                refs += [(r, r.handle.update_routes.remote(table, front if r in serving
+                                                           else None))
+                         for r in st.replicas if r.state == "running"]
         done.wait(10)
-        for ref in refs:
+        for r, ref in refs:
             try:
-                shoal.get(ref, timeout=10)
+                r.serves_http = bool(shoal.get(ref, timeout=10))
             except Exception:  # noqa: BLE001 - a replica that died is replaced by the loop
-                pass
+                r.serves_http = False
+        if self.proxy is not None:
+            accept = not any(r.serves_http for r in serving)
+            try:
+                shoal.get(self.proxy.update_routes.remote(table, routes, peers, accept),
+                          timeout=10)
+            except Exception as e:  # noqa: BLE001 - said, and tried again on the next change
+                import sys
+                sys.stderr.write(f"[shoal.serve] the proxy did not take new routes: {e!r}\n")
 
     # ------------------------------------------------------------ delete / shutdown
     def delete(self, name: str) -> None:
@@ -272,8 +301,8 @@ class Controller:
                 for st in a["deployments"].values():
                     deps[st.name] = {
                         "target_replicas": st.target,
-                        "replicas": [{"id": r.id, "state": r.state, "version": r.version}
-                                     for r in st.replicas],
+                        "replicas": [{"id": r.id, "state": r.state, "version": r.version,
+                                      "http": r.serves_http} for r in st.replicas],
                         "status": "HEALTHY" if sum(r.state == "running" for r in st.replicas)
                         >= st.target else "UPDATING"}
                 out["applications"][name] = {"route_prefix": a["route_prefix"],
@@ -357,7 +386,8 @@ class Controller:
         ongoing = 0
         for ref in refs:
             try:
-                ongoing += shoal.get(ref, timeout=2)["ongoing"]
+                got = shoal.get(ref, timeout=2)
+                ongoing += got["ongoing"] + got.get("waiting", 0)
             except Exception:  # noqa: BLE001 - a dead replica is handled by the sentinel
                 pass
         ongoing += self._queued(st)

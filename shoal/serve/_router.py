@@ -256,19 +256,13 @@ class Router:
                 return
             del r.pending[rid]
             self._release(r)
-            if status == _wire.OK:
-                if entry.queue is not None:
-                    entry.queue.put_nowait(value)
-                    entry.queue.put_nowait(_END)
-                elif not entry.fut.done():
+            if entry.queue is not None:
+                deliver(entry.queue, status, value)
+            elif status == _wire.OK:
+                if not entry.fut.done():
                     entry.fut.set_result(value)
-            elif status == _wire.END:
-                entry.queue.put_nowait(_END)
-            else:
-                if entry.queue is not None:
-                    entry.queue.put_nowait(_Failure(value))
-                elif not entry.fut.done():
-                    entry.fut.set_exception(value)
+            elif not entry.fut.done():
+                entry.fut.set_exception(value)
         return on_message
 
     def _on_lost(self, r: _Replica):
@@ -316,6 +310,19 @@ class _Failure:
 
     def __init__(self, error):
         self.error = error
+
+
+def deliver(queue: asyncio.Queue, status: int, value) -> None:
+    """Put one reply (a _wire status and its value) on a streamed response's queue."""
+    if status == _wire.ITEM:
+        queue.put_nowait(value)
+    elif status == _wire.OK:
+        queue.put_nowait(value)
+        queue.put_nowait(_END)
+    elif status == _wire.END:
+        queue.put_nowait(_END)
+    else:
+        queue.put_nowait(_Failure(value))
 
 
 async def next_item(queue: asyncio.Queue):
