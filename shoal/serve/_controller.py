@@ -108,6 +108,7 @@ class Controller:
                     raise ValueError(f"route_prefix {route_prefix!r} is already used by "
                                      f"application {other!r}; pick another or delete it")
             states = {}
+            reconfigure = []     # (kept deployment, its new user_config): applied in place
             for node in nodes:
                 args = replace_bound(node.args, lambda a: DeploymentHandle(a.deployment.name, name))
                 kwargs = replace_bound(node.kwargs,
@@ -115,6 +116,8 @@ class Controller:
                 version = _version(node, args, kwargs)
                 prev = old["deployments"].get(node.deployment.name) if old else None
                 if prev is not None and prev.version == version:
+                    if not _same(prev.config.user_config, node.deployment.config.user_config):
+                        reconfigure.append((prev, node.deployment.config.user_config))
                     prev.config = node.deployment.config
                     prev.target = node.deployment.config.initial_replicas() \
                         if node.deployment.config.autoscaling_config is None else prev.target
@@ -129,6 +132,8 @@ class Controller:
                 # idempotent __call__ is answered through the proxy, which can.
                 st.http = (_HTTP_IN_REPLICAS and route_prefix is not None and st.name == root.deployment.name
                            and "__call__" not in st.idempotent)
+            for st, user_config in reconfigure:
+                self._reconfigure(st, user_config)
             # Start what is new before anything old goes: routes switch only once
             # every new replica listens.
             starting = []
@@ -163,6 +168,17 @@ class Controller:
                     st.replicas = [r for r in st.replicas if r not in extra]
                     self._push_routes()
                     self._stop_replicas(extra)
+
+    def _reconfigure(self, st: _DeploymentState, user_config) -> None:
+        """A new user_config for running replicas: their reconfigure() runs in place."""
+        refs = [(r, r.handle.reconfigure.remote(user_config)) for r in st.replicas
+                if r.state == "running"]
+        for r, ref in refs:
+            try:
+                shoal.get(ref, timeout=_READY_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - said to the caller of serve.run
+                raise ServeError(f"reconfigure({user_config!r}) failed on replica {r.id} of "
+                                 f"deployment {st.name!r} (application {st.app!r}): {e}") from None
 
     def _start_replica(self, st: _DeploymentState) -> _ReplicaState:
         from shoal.serve._replica import Replica
@@ -419,9 +435,17 @@ class Controller:
 
 def _version(node: Application, args, kwargs) -> str:
     cfg = node.deployment.config
+    # user_config is left out: a new one is applied in place (reconfigure), no restart
     blob = cloudpickle.dumps((node.deployment.func_or_class, args, kwargs,
-                              cfg.ray_actor_options, cfg.user_config))
+                              cfg.ray_actor_options))
     return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - e.g. arrays: compare what they pickle to
+        return cloudpickle.dumps(a) == cloudpickle.dumps(b)
 
 
 def _kill(handle) -> None:

@@ -57,21 +57,27 @@ class Replica:
                 set_instance(func_or_class, self.instance)
         else:
             self.instance = _FunctionDeployment(func_or_class)
+        self.user_config = None
+        self.pending_config = None    # an async reconfigure(), awaited by ready()
         if user_config is not None:
-            self._reconfigure_sync(user_config)
+            r = self._reconfigure_call(user_config)
+            if inspect.isawaitable(r):
+                self.pending_config = r
 
-    def _reconfigure_sync(self, user_config):
+    def _reconfigure_call(self, user_config):
         fn = getattr(self.instance, "reconfigure", None)
         if fn is None:
             raise ValueError(f"deployment {self.deployment} got user_config but has no "
-                             "reconfigure(user_config) method")
-        r = fn(user_config)
-        if inspect.isawaitable(r):
-            asyncio.ensure_future(r)
+                             "reconfigure(user_config) method; add one or drop user_config")
+        self.user_config = user_config
+        return fn(user_config)
 
     # ------------------------------------------------------------ control plane
     async def ready(self) -> str:
         """Start listening; returns the socket path."""
+        if self.pending_config is not None:
+            r, self.pending_config = self.pending_config, None
+            await r
         if self.server is None:
             self.server = await _wire.serve_unix(self.path, self.secret, self._on_message)
         return self.path
@@ -114,6 +120,13 @@ class Replica:
             finally:
                 sock.close()
         return True
+
+    async def reconfigure(self, user_config) -> None:
+        """Apply a new user_config in place (Ray Serve's ``reconfigure``): the replica keeps
+        its state and its requests in flight."""
+        r = self._reconfigure_call(user_config)
+        if inspect.isawaitable(r):
+            await r
 
     async def drain(self, timeout_s: float) -> int:
         """Finish the requests in hand (up to ``timeout_s``); returns how many were left."""
