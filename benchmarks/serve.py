@@ -72,8 +72,12 @@ def app_of(serve, workload: str, replicas: int, **actor_options):
                     return {"digit": await self.batch(image)}
                 return {"digit": self.forward([image])[0]}
         return Digits.bind()
-    # one server per system holds both, at /batch and /single
-    return {"batch": make(True), "single": make(False)}
+    # Ray Serve's one proxy holds both, at /batch and /single; shoal.serve runs a server
+    # for each ("digits-batch", "digits-single"): its replicas answer HTTP themselves,
+    # and a connection landing on the other application's replica would cost a hop
+    variants = {"digits": ("batch", "single"), "digits-batch": ("batch",),
+                "digits-single": ("single",)}[workload]
+    return {v: make(v == "batch") for v in variants}
 
 
 # ----------------------------------------------------------------- the servers
@@ -99,7 +103,7 @@ def serve_shoal(port: int, replicas: int, workload: str) -> None:
 
     shoal.init(num_cpus=2)
     app = app_of(serve, workload, replicas)
-    if workload != "echo":
+    if workload.startswith("digits"):
         import train_digits
         cloudpickle.register_pickle_by_value(train_digits)
     if isinstance(app, dict):
@@ -222,7 +226,8 @@ def start(system: str, replicas: int, workload: str = "echo"):
         if not line and proc.poll() is not None:
             raise RuntimeError(f"the {system} server exited with code {proc.returncode}")
     url = f"http://127.0.0.1:{port}/"
-    probe = url if workload == "echo" else url + "batch"
+    probe = url if workload == "echo" else url + ("single" if workload == "digits-single"
+                                                  else "batch")
     while time.monotonic() < deadline:   # the port answers a request
         if wrk(probe, 1, 1, body=ECHO_BODY if workload == "echo" else DIGIT_BODY, check=True):
             return proc, url
@@ -408,13 +413,17 @@ def main() -> int:
     if "digits" in args.parts:
         digit_systems = [s for s in systems if s != "bare"]
         labels = [f"{s}-{w}" for s in digit_systems for w in ("batch", "single")]
-        procs = {}
+        procs, urls = {}, {}
         try:
             for s in digit_systems:
-                procs[s] = start(s, args.replicas, "digits")
-            best = measure({f"{s}-{w}": procs[s][1] + w for s in digit_systems
-                            for w in ("batch", "single")}, [64], args.rounds,
-                           args.duration, DIGIT_BODY)
+                if s == "ray":
+                    procs[s] = start(s, args.replicas, "digits")
+                    urls.update({f"ray-{w}": procs[s][1] + w for w in ("batch", "single")})
+                    continue
+                for w in ("batch", "single"):
+                    procs[f"{s}-{w}"] = start(s, args.replicas, f"digits-{w}")
+                    urls[f"{s}-{w}"] = procs[f"{s}-{w}"][1] + w
+            best = measure(urls, [64], args.rounds, args.duration, DIGIT_BODY)
         finally:
             for proc, _ in procs.values():
                 stop(proc)

@@ -130,7 +130,8 @@ class HttpFront:
                 router = registry.router(app, dep)
                 queue = await router.request(_wire.HTTP, req, True,
                                              method in _IDEMPOTENT_METHODS
-                                             or "__call__" in router.idempotent)
+                                             or "__call__" in router.idempotent,
+                                             None if self.local is None else self.local.id)
             first = await next_item(queue)
         except (BackPressureError, DeploymentUnavailableError) as e:
             return await _error(send, 503, str(e), [(b"retry-after", b"1")])

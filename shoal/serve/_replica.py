@@ -160,9 +160,32 @@ class Replica:
             conn.send((rid, _wire.OK, self.front.snapshot() if self.front is not None
                        else {"requests": {}, "latency": {}, "queued": {}}))
             return
+        if self.waiters or self.ongoing >= self._cap():
+            # max_ongoing_requests holds here too: several routers (and this replica's
+            # HTTP front) send to it, each counting only its own requests
+            asyncio.ensure_future(self._serve_when_free(conn, rid, kind, payload))
+            return
         self.ongoing += 1
         self.idle.clear()
         asyncio.ensure_future(self._serve(conn, rid, kind, payload))
+
+    def _cap(self) -> int:
+        entry = registry.table.get(self.key)
+        return entry["max_ongoing_requests"] if entry else 5
+
+    async def _serve_when_free(self, conn, rid, kind, payload) -> None:
+        try:
+            await self._wait_slot(self._cap(), -1)
+        except DeploymentUnavailableError as e:
+            if kind == _wire.HTTP:
+                from shoal.serve import _http
+                conn.send((rid, _wire.OK, _http.error_response(503, str(e))))
+            else:
+                conn.send((rid, _wire.ERR, e))
+            return
+        self.ongoing += 1
+        self.idle.clear()
+        await self._serve(conn, rid, kind, payload)
 
     # ------------------------------------------------------------ HTTP answered here
     async def take(self, app: str, dep: str, req: tuple):
@@ -173,7 +196,9 @@ class Replica:
             return None
         entry = registry.table.get(self.key)
         cap = entry["max_ongoing_requests"] if entry else 5
-        if self.ongoing >= cap:
+        if self.waiters or self.ongoing >= cap:
+            if registry.router(app, dep).has_room(exclude=self.id):
+                return None     # full here: another replica of ours takes it
             await self._wait_slot(cap, entry["max_queued_requests"] if entry else -1)
         self.ongoing += 1
         self.idle.clear()
