@@ -90,9 +90,18 @@ def serve_bare(port: int) -> None:
     async def echo(request):
         return JSONResponse(await request.json())
     app = Starlette(routes=[Route("/", echo, methods=["POST"])])
+    import threading
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False,
+                                           http="httptools"))
+
+    def stop_on_eof():            # stdin closed (the benchmark ended or died): stop
+        while sys.stdin.readline():
+            pass
+        server.should_exit = True
+    threading.Thread(target=stop_on_eof, daemon=True).start()
     print("READY", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                http="httptools")
+    server.run()
 
 
 def serve_shoal(port: int, replicas: int, workload: str) -> None:
@@ -215,9 +224,15 @@ def start(system: str, replicas: int, workload: str = "echo"):
     env = dict(os.environ, PYTHONPATH=_root())
     if system == "shoal-proxy":   # every request through the proxy: two hops
         env["SHOAL_SERVE_HTTP_IN_REPLICAS"] = "0"
+    # A session of its own, as wrk's: with the kernel's autogroup scheduling (on by
+    # default) the processes of one session share one slice of the CPU, so a server in
+    # wrk's session hands off to it without waiting for its group's turn. Under load
+    # from other work that made the bare server look ~10x faster than it is when it
+    # runs apart from wrk, as shoal's and Ray's worker processes always do.
     proc = subprocess.Popen([sys.executable, __file__, "--server", system, "--port", str(port),
                              "--replicas", str(replicas), "--workload", workload],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -260,7 +275,8 @@ def wrk(url: str, conns: int, seconds: float, body: str = ECHO_BODY, check=False
     cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{max(1, int(seconds))}s", "--latency",
            "--timeout", "10s", "-s", script, url]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
+                             start_new_session=True).stdout
     finally:
         os.unlink(script)
     if check:
@@ -325,7 +341,7 @@ def soak(args) -> dict:
                              "--replicas", str(args.replicas), "--kill-every",
                              str(args.kill_every)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=_root()))
+                            env=dict(os.environ, PYTHONPATH=_root()), start_new_session=True)
     try:
         while not proc.stdout.readline().startswith("READY"):
             if proc.poll() is not None:
