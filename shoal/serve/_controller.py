@@ -130,7 +130,8 @@ class Controller:
             for st in states.values():
                 # A replica cannot retry a request whose connection dies with it: an
                 # idempotent __call__ is answered through the proxy, which can.
-                st.http = (_HTTP_IN_REPLICAS and route_prefix is not None and st.name == root.deployment.name
+                st.http = (_HTTP_IN_REPLICAS and route_prefix is not None
+                           and st.name == root.deployment.name
                            and "__call__" not in st.idempotent)
             for st, user_config in reconfigure:
                 self._reconfigure(st, user_config)

@@ -1,4 +1,4 @@
-"""The HTTP front: the ASGI app every HTTP-serving process runs, and the listening socket they share.
+"""The HTTP front: the ASGI app of every process answering HTTP, and the socket they share.
 
 One TCP socket is bound (by the proxy actor) and handed to each replica of
 an application's ingress deployment over an owner-only Unix socket

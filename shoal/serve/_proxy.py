@@ -1,4 +1,4 @@
-"""The HTTP proxy: holds the listening socket, lends it to replicas, and serves HTTP while none does.
+"""The HTTP proxy: holds the listening socket, lends it to replicas, answers while none does.
 
 It runs as its own actor, so parsing HTTP never competes with the driver
 (where the local backend's scheduler runs) for one interpreter lock. It
