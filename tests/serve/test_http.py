@@ -246,3 +246,8 @@ def test_replicas_answer_http_themselves_within_max_ongoing(serve, http):
             pass
         time.sleep(0.2)
     assert got is not None and got.status_code == 200 and got.json() not in pids
+    # no replica answers any more: the proxy accepts again
+    serve.delete("default")
+    serve.delete("retried")
+    r = httpx.get(http.url("/"), timeout=30)
+    assert r.status_code == 404 and "no application" in r.json()["error"]
