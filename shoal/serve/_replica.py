@@ -99,7 +99,7 @@ class Replica:
         """Install the routing table; ``front`` (routes, peers, where to borrow the HTTP
         socket) makes this replica answer HTTP. Returns whether it does."""
         registry.update(table)
-        self._wake_waiters()
+        self._grant()
         if front is None or self.draining:
             return False
         from shoal.serve import _front
@@ -183,7 +183,6 @@ class Replica:
             else:
                 conn.send((rid, _wire.ERR, e))
             return
-        self.ongoing += 1
         self.idle.clear()
         await self._serve(conn, rid, kind, payload)
 
@@ -200,7 +199,8 @@ class Replica:
             if registry.router(app, dep).has_room(exclude=self.id):
                 return None     # full here: another replica of ours takes it
             await self._wait_slot(cap, entry["max_queued_requests"] if entry else -1)
-        self.ongoing += 1
+        else:
+            self.ongoing += 1
         self.idle.clear()
         if self.asgi is not None:
             queue = asyncio.Queue()
@@ -223,40 +223,44 @@ class Replica:
                 self._done()
 
     async def _wait_slot(self, cap: int, max_queued: int) -> None:
+        """Wait for a slot under ``max_ongoing_requests``; returns holding it (counted in
+        ``ongoing``). First come, first served: a finished request hands its slot to the
+        longest waiting one, so none starves behind newcomers."""
+        if not self.waiters and self.ongoing < cap:
+            self.ongoing += 1
+            return
         if 0 <= max_queued <= len(self.waiters):
             raise BackPressureError(
                 f"deployment {self.deployment!r} of application {self.app!r} has "
                 f"{len(self.waiters)} requests queued at replica {self.id} "
                 f"(max_queued_requests={max_queued}); retry later or add replicas")
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + _WAIT_FOR_SLOT_S
-        while self.ongoing >= cap:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeploymentUnavailableError(
-                    f"replica {self.id} of deployment {self.deployment!r} had no free slot "
-                    f"within {_WAIT_FOR_SLOT_S:.0f}s (max_ongoing_requests={cap})")
-            fut = loop.create_future()
-            self.waiters.append(fut)
-            timer = loop.call_later(min(left, 1.0), _wake, fut)
+        fut = loop.create_future()
+        self.waiters.append(fut)
+        timer = loop.call_later(_WAIT_FOR_SLOT_S, _time_out, fut, DeploymentUnavailableError(
+            f"replica {self.id} of deployment {self.deployment!r} had no free slot within "
+            f"{_WAIT_FOR_SLOT_S:.0f}s (max_ongoing_requests={cap})"))
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._done(served=False)     # handed a slot, then cancelled: give it on
+            raise
+        finally:
+            timer.cancel()
             try:
-                await fut
-            finally:
-                timer.cancel()
-                try:
-                    self.waiters.remove(fut)
-                except ValueError:
-                    pass
-            entry = registry.table.get(self.key)
-            cap = entry["max_ongoing_requests"] if entry else cap
+                self.waiters.remove(fut)
+            except ValueError:
+                pass
 
-    def _wake_waiters(self, n: int | None = None) -> None:
-        n = len(self.waiters) if n is None else n
-        while n > 0 and self.waiters:
+    def _grant(self) -> None:
+        """Give free slots to waiting requests, in order."""
+        cap = self._cap()
+        while self.waiters and self.ongoing < cap:
             f = self.waiters.popleft()
             if not f.done():
+                self.ongoing += 1
                 f.set_result(None)
-                n -= 1
 
     def queued(self) -> dict:
         return {f"{self.app}/{self.deployment}": len(self.waiters)}
@@ -280,13 +284,20 @@ class Replica:
         finally:
             self._done()
 
-    def _done(self) -> None:
+    def _done(self, served: bool = True) -> None:
+        if served:
+            self.served += 1
+        if self.waiters and self.ongoing <= self._cap():
+            while self.waiters:          # the slot goes straight to the first waiting
+                f = self.waiters.popleft()
+                if not f.done():
+                    f.set_result(None)
+                    return
         self.ongoing -= 1
-        self.served += 1
         if not self.ongoing:
             self.idle.set()
         if self.waiters:
-            self._wake_waiters(1)
+            self._grant()
 
     async def _call(self, conn, rid, method, args, kwargs, stream) -> None:
         try:
@@ -385,9 +396,9 @@ class Replica:
                             f"(error_id {error_id}, see the replica's log)", error_id, cause)
 
 
-def _wake(fut) -> None:
+def _time_out(fut, error) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_exception(error)
 
 
 class _QueueConn:
