@@ -72,8 +72,12 @@ def app_of(serve, workload: str, replicas: int, **actor_options):
                     return {"digit": await self.batch(image)}
                 return {"digit": self.forward([image])[0]}
         return Digits.bind()
-    # one server per system holds both, at /batch and /single
-    return {"batch": make(True), "single": make(False)}
+    # Ray Serve's one proxy holds both, at /batch and /single; shoal.serve runs a server
+    # for each ("digits-batch", "digits-single"): its replicas answer HTTP themselves,
+    # and a connection landing on the other application's replica would cost a hop
+    variants = {"digits": ("batch", "single"), "digits-batch": ("batch",),
+                "digits-single": ("single",)}[workload]
+    return {v: make(v == "batch") for v in variants}
 
 
 # ----------------------------------------------------------------- the servers
@@ -86,9 +90,18 @@ def serve_bare(port: int) -> None:
     async def echo(request):
         return JSONResponse(await request.json())
     app = Starlette(routes=[Route("/", echo, methods=["POST"])])
+    import threading
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False,
+                                           http="httptools"))
+
+    def stop_on_eof():            # stdin closed (the benchmark ended or died): stop
+        while sys.stdin.readline():
+            pass
+        server.should_exit = True
+    threading.Thread(target=stop_on_eof, daemon=True).start()
     print("READY", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                http="httptools")
+    server.run()
 
 
 def serve_shoal(port: int, replicas: int, workload: str) -> None:
@@ -99,7 +112,7 @@ def serve_shoal(port: int, replicas: int, workload: str) -> None:
 
     shoal.init(num_cpus=2)
     app = app_of(serve, workload, replicas)
-    if workload != "echo":
+    if workload.startswith("digits"):
         import train_digits
         cloudpickle.register_pickle_by_value(train_digits)
     if isinstance(app, dict):
@@ -208,10 +221,18 @@ def free_port() -> int:
 
 def start(system: str, replicas: int, workload: str = "echo"):
     port = free_port()
+    env = dict(os.environ, PYTHONPATH=_root())
+    if system == "shoal-proxy":   # every request through the proxy: two hops
+        env["SHOAL_SERVE_HTTP_IN_REPLICAS"] = "0"
+    # A session of its own, as wrk's: with the kernel's autogroup scheduling (on by
+    # default) the processes of one session share one slice of the CPU, so a server in
+    # wrk's session hands off to it without waiting for its group's turn. Under load
+    # from other work that made the bare server look ~10x faster than it is when it
+    # runs apart from wrk, as shoal's and Ray's worker processes always do.
     proc = subprocess.Popen([sys.executable, __file__, "--server", system, "--port", str(port),
                              "--replicas", str(replicas), "--workload", workload],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=_root()))
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -220,7 +241,8 @@ def start(system: str, replicas: int, workload: str = "echo"):
         if not line and proc.poll() is not None:
             raise RuntimeError(f"the {system} server exited with code {proc.returncode}")
     url = f"http://127.0.0.1:{port}/"
-    probe = url if workload == "echo" else url + "batch"
+    probe = url if workload == "echo" else url + ("single" if workload == "digits-single"
+                                                  else "batch")
     while time.monotonic() < deadline:   # the port answers a request
         if wrk(probe, 1, 1, body=ECHO_BODY if workload == "echo" else DIGIT_BODY, check=True):
             return proc, url
@@ -253,7 +275,8 @@ def wrk(url: str, conns: int, seconds: float, body: str = ECHO_BODY, check=False
     cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{max(1, int(seconds))}s", "--latency",
            "--timeout", "10s", "-s", script, url]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
+                             start_new_session=True).stdout
     finally:
         os.unlink(script)
     if check:
@@ -318,7 +341,7 @@ def soak(args) -> dict:
                              "--replicas", str(args.replicas), "--kill-every",
                              str(args.kill_every)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=_root()))
+                            env=dict(os.environ, PYTHONPATH=_root()), start_new_session=True)
     try:
         while not proc.stdout.readline().startswith("READY"):
             if proc.poll() is not None:
@@ -370,6 +393,7 @@ def main() -> int:
     if args.server:
         {"bare": lambda: serve_bare(args.port),
          "shoal": lambda: serve_shoal(args.port, args.replicas, args.workload),
+         "shoal-proxy": lambda: serve_shoal(args.port, args.replicas, args.workload),
          "ray": lambda: serve_ray(args.port, args.replicas, args.workload),
          "soak": lambda: serve_soak(args.port, args.replicas, args.kill_every)}[args.server]()
         return 0
@@ -405,13 +429,17 @@ def main() -> int:
     if "digits" in args.parts:
         digit_systems = [s for s in systems if s != "bare"]
         labels = [f"{s}-{w}" for s in digit_systems for w in ("batch", "single")]
-        procs = {}
+        procs, urls = {}, {}
         try:
             for s in digit_systems:
-                procs[s] = start(s, args.replicas, "digits")
-            best = measure({f"{s}-{w}": procs[s][1] + w for s in digit_systems
-                            for w in ("batch", "single")}, [64], args.rounds,
-                           args.duration, DIGIT_BODY)
+                if s == "ray":
+                    procs[s] = start(s, args.replicas, "digits")
+                    urls.update({f"ray-{w}": procs[s][1] + w for w in ("batch", "single")})
+                    continue
+                for w in ("batch", "single"):
+                    procs[f"{s}-{w}"] = start(s, args.replicas, f"digits-{w}")
+                    urls[f"{s}-{w}"] = procs[f"{s}-{w}"][1] + w
+            best = measure(urls, [64], args.rounds, args.duration, DIGIT_BODY)
         finally:
             for proc, _ in procs.values():
                 stop(proc)

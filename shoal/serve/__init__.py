@@ -10,9 +10,10 @@
     handle = serve.run(Echo.bind(), port=8000)     # HTTP on 127.0.0.1:8000 too
     handle.remote(...).result()
 
-Replicas are shoal actors; the HTTP front is uvicorn in its own actor;
-requests go from the proxy (or a handle) straight to a replica over an
-authenticated local socket. Needs ``pip install 'shoal[serve]'``.
+Replicas are shoal actors. The replicas of an application's ingress
+deployment answer HTTP themselves (uvicorn on one shared port, lent by the
+proxy actor, which answers while none does); handle calls go straight to a
+replica over an authenticated local socket. Needs ``pip install 'shoal[serve]'``.
 """
 from shoal.exceptions import MissingDependencyError
 

@@ -29,6 +29,9 @@ from shoal.serve._handle import DeploymentHandle
 from shoal.serve._router import registry
 
 _READY_TIMEOUT_S = 120.0
+# SHOAL_SERVE_HTTP_IN_REPLICAS=0: every HTTP request goes through the proxy (two hops), as
+# before replicas answered HTTP themselves; for comparing the two in benchmarks/serve.py.
+_HTTP_IN_REPLICAS = os.environ.get("SHOAL_SERVE_HTTP_IN_REPLICAS", "1") != "0"
 _ids = itertools.count(1)
 
 
@@ -36,6 +39,7 @@ class _ReplicaState:
     def __init__(self, rid, handle, version):
         self.id, self.handle, self.version = rid, handle, version
         self.path = None
+        self.serves_http = False
         self.state = "starting"
         self.sentinel = None
         self.health_ref = None
@@ -55,6 +59,7 @@ class _DeploymentState:
         self.above_since = None
         self.below_since = None
         self.last_scale_check = 0.0
+        self.http = False       # its replicas answer HTTP themselves (an ingress with a route)
         self.idempotent = frozenset(
             n for n in dir(node.deployment.func_or_class)
             if getattr(getattr(node.deployment.func_or_class, n, None), "_shoal_idempotent", False))
@@ -71,6 +76,7 @@ class Controller:
         self.apps: dict = {}          # name -> {"route_prefix", "ingress", "deployments": {}}
         self.lock = threading.RLock()
         self.proxy = None
+        self.proxy_paths = None     # (where replicas borrow the HTTP socket, proxy's figures)
         self.stop_event = threading.Event()
         self._published = 0.0        # when the deployments were last shown in shoal.state
         self.thread = threading.Thread(target=self._loop, daemon=True, name="shoal-serve-ctl")
@@ -83,9 +89,10 @@ class Controller:
         from shoal.serve._proxy import Proxy
         actor = shoal.remote(Proxy).options(num_cpus=0, max_concurrency=100_000)
         self.proxy = actor.remote(self.host, self.port, self.body_limit, self._table(),
-                                  self._routes())
+                                  self._routes(), self.secret, self.sock_dir)
         try:
-            self.port = shoal.get(self.proxy.start.remote(), timeout=60)
+            self.port, *paths = shoal.get(self.proxy.start.remote(), timeout=60)
+            self.proxy_paths = tuple(paths)
         except Exception as e:
             shoal.kill(self.proxy)
             self.proxy = None
@@ -102,6 +109,7 @@ class Controller:
                     raise ValueError(f"route_prefix {route_prefix!r} is already used by "
                                      f"application {other!r}; pick another or delete it")
             states = {}
+            reconfigure = []     # (kept deployment, its new user_config): applied in place
             for node in nodes:
                 args = replace_bound(node.args, lambda a: DeploymentHandle(a.deployment.name, name))
                 kwargs = replace_bound(node.kwargs,
@@ -109,6 +117,8 @@ class Controller:
                 version = _version(node, args, kwargs)
                 prev = old["deployments"].get(node.deployment.name) if old else None
                 if prev is not None and prev.version == version:
+                    if not _same(prev.config.user_config, node.deployment.config.user_config):
+                        reconfigure.append((prev, node.deployment.config.user_config))
                     prev.config = node.deployment.config
                     prev.target = node.deployment.config.initial_replicas() \
                         if node.deployment.config.autoscaling_config is None else prev.target
@@ -118,6 +128,14 @@ class Controller:
                                                                     version)
             new_app = {"route_prefix": route_prefix, "ingress": root.deployment.name,
                        "deployments": states}
+            for st in states.values():
+                # A replica cannot retry a request whose connection dies with it: an
+                # idempotent __call__ is answered through the proxy, which can.
+                st.http = (_HTTP_IN_REPLICAS and route_prefix is not None
+                           and st.name == root.deployment.name
+                           and "__call__" not in st.idempotent)
+            for st, user_config in reconfigure:
+                self._reconfigure(st, user_config)
             # Start what is new before anything old goes: routes switch only once
             # every new replica listens.
             starting = []
@@ -152,6 +170,17 @@ class Controller:
                     st.replicas = [r for r in st.replicas if r not in extra]
                     self._push_routes()
                     self._stop_replicas(extra)
+
+    def _reconfigure(self, st: _DeploymentState, user_config) -> None:
+        """A new user_config for running replicas: their reconfigure() runs in place."""
+        refs = [(r, r.handle.reconfigure.remote(user_config)) for r in st.replicas
+                if r.state == "running"]
+        for r, ref in refs:
+            try:
+                shoal.get(ref, timeout=_READY_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - said to the caller of serve.run
+                raise ServeError(f"reconfigure({user_config!r}) failed on replica {r.id} of "
+                                 f"deployment {st.name!r} (application {st.app!r}): {e}") from None
 
     def _start_replica(self, st: _DeploymentState) -> _ReplicaState:
         from shoal.serve._replica import Replica
@@ -217,24 +246,41 @@ class Controller:
                 if a["route_prefix"] is not None}
 
     def _push_routes(self) -> None:
-        """Install the table in every router (driver, proxy, replicas) and wait for each."""
+        """Install the table in every router (driver, proxy, replicas) and wait for each;
+        replicas of ingress deployments answer HTTP, the proxy only while none does."""
         table = self._table()
+        routes = self._routes()
         loop = registry.get_loop()
         done = threading.Event()
         loop.call_soon_threadsafe(lambda: (registry.update(table), done.set()))
+        serving = [r for a in self.apps.values() for st in a["deployments"].values()
+                   if st.http and self.proxy is not None
+                   for r in st.replicas if r.state == "running"]
+        peers = ([self.proxy_paths[1]] if self.proxy_paths else []) + [r.path for r in serving]
+        front = None
+        if self.proxy_paths is not None:
+            front = {"routes": routes, "peers": peers, "lend_path": self.proxy_paths[0],
+                     "body_limit": self.body_limit}
         refs = []
-        if self.proxy is not None:
-            refs.append(self.proxy.update_routes.remote(table, self._routes()))
         for a in self.apps.values():
             for st in a["deployments"].values():
-                refs += [r.handle.update_routes.remote(table) for r in st.replicas
-                         if r.state == "running"]
+                refs += [(r, r.handle.update_routes.remote(table, front if r in serving
+                                                           else None))
+                         for r in st.replicas if r.state == "running"]
         done.wait(10)
-        for ref in refs:
+        for r, ref in refs:
             try:
-                shoal.get(ref, timeout=10)
+                r.serves_http = bool(shoal.get(ref, timeout=10))
             except Exception:  # noqa: BLE001 - a replica that died is replaced by the loop
-                pass
+                r.serves_http = False
+        if self.proxy is not None:
+            accept = not any(r.serves_http for r in serving)
+            try:
+                shoal.get(self.proxy.update_routes.remote(table, routes, peers, accept),
+                          timeout=10)
+            except Exception as e:  # noqa: BLE001 - said, and tried again on the next change
+                import sys
+                sys.stderr.write(f"[shoal.serve] the proxy did not take new routes: {e!r}\n")
 
     # ------------------------------------------------------------ delete / shutdown
     def delete(self, name: str) -> None:
@@ -273,8 +319,8 @@ class Controller:
                 for st in a["deployments"].values():
                     deps[st.name] = {
                         "target_replicas": st.target,
-                        "replicas": [{"id": r.id, "state": r.state, "version": r.version}
-                                     for r in st.replicas],
+                        "replicas": [{"id": r.id, "state": r.state, "version": r.version,
+                                      "http": r.serves_http} for r in st.replicas],
                         "status": "HEALTHY" if sum(r.state == "running" for r in st.replicas)
                         >= st.target else "UPDATING"}
                 out["applications"][name] = {"route_prefix": a["route_prefix"],
@@ -373,7 +419,8 @@ class Controller:
         ongoing = 0
         for ref in refs:
             try:
-                ongoing += shoal.get(ref, timeout=2)["ongoing"]
+                got = shoal.get(ref, timeout=2)
+                ongoing += got["ongoing"] + got.get("waiting", 0)
             except Exception:  # noqa: BLE001 - a dead replica is handled by the sentinel
                 pass
         ongoing += self._queued(st)
@@ -405,9 +452,17 @@ class Controller:
 
 def _version(node: Application, args, kwargs) -> str:
     cfg = node.deployment.config
+    # user_config is left out: a new one is applied in place (reconfigure), no restart
     blob = cloudpickle.dumps((node.deployment.func_or_class, args, kwargs,
-                              cfg.ray_actor_options, cfg.user_config))
+                              cfg.ray_actor_options))
     return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - e.g. arrays: compare what they pickle to
+        return cloudpickle.dumps(a) == cloudpickle.dumps(b)
 
 
 def _kill(handle) -> None:

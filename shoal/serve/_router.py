@@ -150,11 +150,19 @@ class Router:
         self.replicas.clear()
 
     # ------------------------------------------------------------ choosing
-    async def _choose(self, deadline: float) -> _Replica:
+    def has_room(self, exclude: str | None = None) -> bool:
+        """Whether a replica (other than ``exclude``) takes a request now, as this router
+        counts."""
+        cap = self.max_ongoing
+        return any(not r.dead and r.ongoing < cap and r.id != exclude
+                   for r in self.replicas.values())
+
+    async def _choose(self, deadline: float, exclude: str | None = None) -> _Replica:
         loop = asyncio.get_running_loop()
         while True:
             cap = self.max_ongoing
-            free = [r for r in self.replicas.values() if not r.dead and r.ongoing < cap]
+            free = [r for r in self.replicas.values()
+                    if not r.dead and r.ongoing < cap and r.id != exclude]
             if free:
                 if len(free) > 1:   # sampled, so ties go either way
                     a, b = random.sample(free, 2)
@@ -204,18 +212,20 @@ class Router:
         return r.conn
 
     # ------------------------------------------------------------ sending
-    async def request(self, kind: int, payload, stream: bool, idempotent: bool):
+    async def request(self, kind: int, payload, stream: bool, idempotent: bool,
+                      exclude: str | None = None):
         """Send one request; returns its result, or (stream=True) an asyncio.Queue of items.
 
         A replica that cannot be reached is skipped; one that dies with the
         request in flight fails it, unless ``idempotent`` (retried once).
+        ``exclude``: a replica not to send it to (the one passing it on).
         """
         deadline = time.monotonic() + _WAIT_FOR_REPLICAS_S
         loop = asyncio.get_running_loop()
         req = (kind, payload, stream, idempotent)
         entry = _Pending(loop.create_future(), asyncio.Queue() if stream else None, req)
         for _ in range(max(3, len(self.replicas) + 1)):
-            r = await self._choose(deadline)
+            r = await self._choose(deadline, exclude)
             try:
                 conn = await self._conn(r)
             except (OSError, asyncio.TimeoutError, ServeError) as e:
@@ -256,19 +266,13 @@ class Router:
                 return
             del r.pending[rid]
             self._release(r)
-            if status == _wire.OK:
-                if entry.queue is not None:
-                    entry.queue.put_nowait(value)
-                    entry.queue.put_nowait(_END)
-                elif not entry.fut.done():
+            if entry.queue is not None:
+                deliver(entry.queue, status, value)
+            elif status == _wire.OK:
+                if not entry.fut.done():
                     entry.fut.set_result(value)
-            elif status == _wire.END:
-                entry.queue.put_nowait(_END)
-            else:
-                if entry.queue is not None:
-                    entry.queue.put_nowait(_Failure(value))
-                elif not entry.fut.done():
-                    entry.fut.set_exception(value)
+            elif not entry.fut.done():
+                entry.fut.set_exception(value)
         return on_message
 
     def _on_lost(self, r: _Replica):
@@ -316,6 +320,19 @@ class _Failure:
 
     def __init__(self, error):
         self.error = error
+
+
+def deliver(queue: asyncio.Queue, status: int, value) -> None:
+    """Put one reply (a _wire status and its value) on a streamed response's queue."""
+    if status == _wire.ITEM:
+        queue.put_nowait(value)
+    elif status == _wire.OK:
+        queue.put_nowait(value)
+        queue.put_nowait(_END)
+    elif status == _wire.END:
+        queue.put_nowait(_END)
+    else:
+        queue.put_nowait(_Failure(value))
 
 
 async def next_item(queue: asyncio.Queue):

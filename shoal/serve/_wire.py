@@ -23,7 +23,7 @@ _NONCE = 32
 _MAC = 32
 
 # Message kinds (router -> replica) and statuses (replica -> router).
-CALL, HTTP = 0, 1
+CALL, HTTP, METRICS = 0, 1, 2
 OK, ERR, ITEM, END = 0, 1, 2, 3
 
 

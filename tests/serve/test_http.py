@@ -189,3 +189,65 @@ def test_metrics_endpoint_counts_requests(serve, http):
         http.get(http.url("/"))
     text = http.get(http.url("/-/metrics")).text
     assert 'shoal_serve_http_requests_total{application="default",status="200"} 3.0' in text
+
+
+def test_replicas_answer_http_themselves_within_max_ongoing(serve, http):
+    import asyncio
+    import concurrent.futures
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    @serve.deployment(num_replicas=2, max_ongoing_requests=2)
+    class Who:
+        def __init__(self):
+            self.now = self.peak = 0
+
+        async def __call__(self, request):
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.05)
+            self.now -= 1
+            return os.getpid()
+
+        def peak_seen(self):
+            return self.peak
+
+    @serve.deployment
+    class Retried:
+        @serve.idempotent
+        def __call__(self, request):
+            return "via the proxy"
+
+    h = serve.run(Who.bind(), port=0)
+    serve.run(Retried.bind(), name="retried", route_prefix="/retried")
+    apps = serve.status()["applications"]
+    assert all(r["http"] for r in apps["default"]["deployments"]["Who"]["replicas"])
+    # an idempotent __call__ is answered through the proxy, which can retry it
+    assert not any(r["http"] for r in apps["retried"]["deployments"]["Retried"]["replicas"])
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:    # a connection each
+        pids = list(pool.map(lambda _: httpx.post(http.url("/"), timeout=30).json(), range(40)))
+    assert len(set(pids)) == 2
+    assert max(h.peak_seen.remote().result() for _ in range(10)) <= 2
+    # a replica routes requests for other applications on
+    assert http.get(http.url("/retried")).text == "via the proxy"
+    # every replica gone at once: the port still answers once replacements are up
+    for pid in set(pids):
+        os.kill(pid, signal.SIGKILL)
+    deadline, got = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        try:
+            got = httpx.post(http.url("/"), timeout=10)
+            if got.status_code == 200 and got.json() not in pids:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    assert got is not None and got.status_code == 200 and got.json() not in pids
+    # no replica answers any more: the proxy accepts again
+    serve.delete("default")
+    serve.delete("retried")
+    r = httpx.get(http.url("/"), timeout=30)
+    assert r.status_code == 404 and "no application" in r.json()["error"]

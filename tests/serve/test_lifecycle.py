@@ -222,3 +222,38 @@ def test_a_constructor_that_raises_fails_the_deploy_and_keeps_the_old_version(se
     assert http.get(http.url("/")).text == "old"
     st = serve.status()["applications"]["default"]["deployments"]["App"]
     assert len(st["replicas"]) == 2 and st["status"] == "HEALTHY"
+
+
+def test_new_user_config_is_applied_in_place_without_restart(serve, http):
+    @serve.deployment(num_replicas=2, user_config={"greeting": "hello"})
+    class Greeter:
+        def __init__(self):
+            self.calls = 0
+
+        async def reconfigure(self, config):
+            await asyncio.sleep(0)
+            self.greeting = config["greeting"]
+
+        async def __call__(self, request):
+            self.calls += 1
+            return {"text": f"{self.greeting} from {os.getpid()}", "calls": self.calls}
+
+    serve.run(Greeter.bind(), port=0)
+    first = {http.post(http.url("/")).json()["text"] for _ in range(20)}
+    ids = set(_replica_ids(serve))
+    assert {t.split()[0] for t in first} == {"hello"}
+    serve.run(Greeter.options(user_config={"greeting": "hi"}).bind(), port=0)
+    assert set(_replica_ids(serve)) == ids          # the same replicas, not restarted
+    after = [http.post(http.url("/")).json() for _ in range(20)]
+    assert {a["text"].split()[0] for a in after} == {"hi"}
+    assert {a["text"].split()[-1] for a in after} <= {t.split()[-1] for t in first}
+    assert max(a["calls"] for a in after) > 10      # state kept across the reconfigure
+
+    @serve.deployment(user_config={"x": 1})
+    class NoReconfigure:
+        def __call__(self, request):
+            return "x"
+
+    from shoal.exceptions import ServeError
+    with pytest.raises(ServeError, match="reconfigure"):
+        serve.run(NoReconfigure.bind(), name="bad", route_prefix="/bad")
