@@ -18,6 +18,7 @@ import uuid
 import shoal
 from shoal.exceptions import ActorDiedError, ShoalError, TuneError, WorkerCrashedError
 from shoal.tune._actor import TrialActor
+from shoal.tune._oneshot import may_report, run_trials
 from shoal.tune._progress import Progress
 from shoal.tune.schedulers import CONTINUE, PAUSE, STOP
 from shoal.tune.search import FINISHED
@@ -26,7 +27,7 @@ from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 
 _WAIT_S = 1.0          # longest block in shoal.wait (time budget, progress table)
 _STOP_GRACE_S = 10.0   # at the end, stopping trials get this long before their actors are killed
-_BATCH = 16            # trials sent to an actor at once once trials are seen to end at once
+_BATCH = 16            # trials sent to an actor or a task at once, when they end at once
 _BATCH_AFTER = 8       # ... after this many trials all ended at their first event
 _SYSTEM_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                 "trial_id", "pid", "done"}
@@ -57,6 +58,11 @@ class Controller:
         from shoal.tune.search import BasicVariantGenerator
         self.batchable = isinstance(searcher, BasicVariantGenerator)
         self.first_event_ends = 0
+        # A function that does not name report() likely returns at once: its trials go
+        # in batches to plain tasks (pre-started workers, no actor start-up) until one
+        # of them reports after all (see _oneshot).
+        self.tasks = (self.batchable and not spec.is_class and not spec.actor_resources
+                      and not may_report(spec.trainable))
         self.dirty = False
         self.metric_checked = False
         self.progress = Progress(run_config.verbose, tune_config.metric, tune_config.mode)
@@ -72,6 +78,9 @@ class Controller:
         self.actor_cls = shoal.remote(TrialActor).options(
             num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0), resources=extra or None,
             max_restarts=0)
+        self.task_fn = shoal.remote(run_trials).options(
+            num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0), resources=extra or None,
+            max_retries=0) if self.tasks else None
         ckc = run_config.checkpoint_config
         self.ckpt_opts = {"checkpoint_frequency": ckc.checkpoint_frequency,
                           "checkpoint_at_end": ckc.checkpoint_at_end}
@@ -141,7 +150,9 @@ class Controller:
         return len(self.inflight)      # one outstanding call per busy actor
 
     def _fill(self):
-        while self._running() < self.limit:
+        # batches of tasks queue one deep behind the running ones: a worker goes on
+        # to its next batch without waiting for the driver
+        while self._running() < (2 * self.limit if self.tasks else self.limit):
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return
             if self.queue:
@@ -189,16 +200,23 @@ class Controller:
         return t
 
     def _batching(self) -> bool:
-        return (self.batchable and self.first_event_ends >= _BATCH_AFTER and not self.paused
-                and self.deadline is None)
+        return (self.batchable and (self.tasks or self.first_event_ends >= _BATCH_AFTER)
+                and not self.paused and self.deadline is None)
 
     def _start_batch(self):
         # fill the batch from the queue, then from the searcher, leaving work for the
         # other actors
         while len(self.queue) < _BATCH and not self.searcher_done and self._ask() is not None:
             pass
-        n = max(1, min(_BATCH, -(-len(self.queue) // max(1, self.limit - self._running()))))
+        slots = (2 * self.limit if self.tasks else self.limit) - self._running()
+        n = max(1, min(_BATCH, -(-len(self.queue) // max(1, slots))))
         batch, self.queue = self.queue[:n], self.queue[n:]
+        if self.tasks:
+            for t in batch:
+                t.status = RUNNING   # not saved: a restore reruns RUNNING and PENDING alike
+            infos = [self._info(t) for t in batch]
+            self.inflight[self.task_fn.remote(self.key, self.box, infos)] = (batch, None, "tasks")
+            return
         actor = self._actor()
         infos = [self._info(t) for t in batch]
         for t, info in zip(batch, infos):
@@ -227,7 +245,8 @@ class Controller:
         info = {"trial_id": t.trial_id, "trial_name": os.path.basename(t.trial_dir),
                 "trial_dir": t.trial_dir, "config": t.config, "checkpoint": ckpt,
                 "iteration": t.iteration, "time_total_s": t.last_result.get("time_total_s", 0.0),
-                "experiment_name": os.path.basename(self.exp_dir), **self.ckpt_opts}
+                "experiment_name": os.path.basename(self.exp_dir),
+                "files": getattr(self.rc, "trial_files", True), **self.ckpt_opts}
         info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
         self.stop_keys[t.trial_id] = info["stop_key"]
         return info
@@ -235,6 +254,9 @@ class Controller:
     # ------------------------------------------------------------------ events
     def _handle(self, ref):
         t, actor, kind = self.inflight.pop(ref)
+        if kind == "tasks":
+            self._handle_tasks(ref, t)
+            return
         if kind == "batch":
             self._handle_batch(ref, t, actor)
             return
@@ -279,6 +301,24 @@ class Controller:
         self.queue[:0] = batch[len(events):]
         if events and events[-1][0] != "result":
             self._release(actor)
+
+    def _handle_tasks(self, ref, batch):
+        try:
+            events = shoal.get(ref)
+        except ShoalError:
+            # the task's worker died somewhere in the batch: its trials run again on
+            # actors one by one, where a culprit fails alone
+            events, self.tasks, self.batchable = [], False, False
+        for t, ev in zip(batch, events):
+            if ev[0] == "reports":      # it reports after all: actors from now on
+                self.tasks = False
+                break
+            self._event(t, None, ev, True)
+        done = sum(1 for ev in events if ev[0] != "reports")
+        for t in batch[done:]:          # not run (or cut short): back to the queue
+            t.status = PENDING
+            self.store.save_status(t)
+        self.queue[:0] = batch[done:]
 
     def _event(self, t, actor, ev, first: bool):
         """A trial's event; ``actor`` None: the actor is released by the caller."""
@@ -422,9 +462,9 @@ class Controller:
         self.progress.failed(t, error)
         if fc.max_failures == -1 or t.num_failures <= fc.max_failures:
             if t.checkpoint:
-                _rewind_trial(self.store, t)
+                _rewind_trial(self.store, t, getattr(self.rc, "trial_files", True))
             else:
-                self.store.truncate(t, 0)
+                self.store.truncate(t, 0, getattr(self.rc, "trial_files", True))
             t.status = PENDING
             self.store.save_trial(t)
             self.queue.append(t)
@@ -485,7 +525,8 @@ class Controller:
             for x in (t if isinstance(t, list) else [t]):
                 if x.trial_id in self.stop_keys:
                     store.set(self.stop_keys[x.trial_id], b"1")
-            self._stop_call(actor)
+            if actor is not None:     # a batch of tasks ends by itself
+                self._stop_call(actor)
         if self.inflight:
             shoal.wait(list(self.inflight), num_returns=len(self.inflight), timeout=_STOP_GRACE_S)
         for ref, (t, actor, _) in list(self.inflight.items()):
@@ -501,9 +542,9 @@ class Controller:
         self.progress.note(f"stopping: {why}")
 
 
-def _rewind_trial(store, t: Trial):
+def _rewind_trial(store, t: Trial, files: bool):
     try:
         it = int(os.path.basename(t.checkpoint).rsplit("_", 1)[1])
     except (IndexError, ValueError):
         it = t.iteration
-    store.truncate(t, it)
+    store.truncate(t, it, files)

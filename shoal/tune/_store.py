@@ -9,6 +9,7 @@ the machine itself can lose the last round). ``Tuner.restore`` reads it back.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -59,47 +60,51 @@ def dumps(rec: dict) -> str:
 
 
 class TrialFiles:
-    """A trial's ``result.json`` (a JSON line per result) and ``progress.csv``, appended
-    by the trial's actor as results happen."""
+    """A trial's ``params.json``, ``result.json`` (a JSON line per result) and
+    ``progress.csv``. Each call opens, appends and closes (no handle stays open
+    between a trial's results), with plain ``os`` calls: the file system is the
+    dearest part of a short trial."""
 
     def __init__(self, trial_dir: str):
         self.trial_dir = trial_dir
-        self.rj = self.pc = self.writer = None
+        self.fields: list | None = None    # progress.csv's columns, once known
 
     def write_params(self, config: dict) -> None:
-        with open(os.path.join(self.trial_dir, "params.json"), "w") as f:
-            f.write(dumps(config))
+        os.makedirs(self.trial_dir, exist_ok=True)
+        _write(os.path.join(self.trial_dir, "params.json"), dumps(config).encode(), truncate=True)
 
-    def append(self, rec: dict, line: str | None = None) -> None:
-        if self.rj is None:
-            self._open(rec)
-        self.rj.write((line or dumps(rec)) + "\n")
-        self.writer.writerow(rec)
-
-    def flush(self) -> None:
-        if self.rj is not None:
-            self.rj.flush()
-            self.pc.flush()
-
-    def _open(self, rec):
-        self.rj = open(os.path.join(self.trial_dir, "result.json"), "a")
+    def append(self, recs: list, lines: list | None = None) -> None:
+        """Append results (dicts; ``lines`` their JSON if already made)."""
+        if not recs:
+            return
+        lines = lines or [dumps(r) for r in recs]
+        _write(os.path.join(self.trial_dir, "result.json"),
+               "".join(ln + "\n" for ln in lines).encode())
         path = os.path.join(self.trial_dir, "progress.csv")
-        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
-        if fresh:
-            fields = list(rec)
-        else:
-            with open(path, newline="") as f:
-                fields = next(csv.reader(f), list(rec))
-        self.pc = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.pc, fieldnames=fields, extrasaction="ignore")
-        if fresh:
-            self.writer.writeheader()
+        buf = io.StringIO()
+        if self.fields is None:
+            fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+            if fresh:
+                self.fields = list(recs[0])
+            else:
+                with open(path, newline="") as f:
+                    self.fields = next(csv.reader(f), None) or list(recs[0])
+            if fresh:
+                csv.writer(buf).writerow(self.fields)
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        w.writerows(recs)
+        _write(path, buf.getvalue().encode())
 
-    def close(self) -> None:
-        if self.rj is not None:
-            self.rj.close()
-            self.pc.close()
-            self.rj = self.pc = self.writer = None
+
+def _write(path: str, data: bytes, truncate: bool = False) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 class ExperimentStore:
@@ -149,21 +154,27 @@ class ExperimentStore:
                         (trial.trial_id, rec.get("training_iteration", 0), line, checkpoint))
         return line
 
-    def truncate(self, trial, iteration: int) -> None:
+    def truncate(self, trial, iteration: int, files: bool = True) -> None:
         """Forget a trial's results after ``iteration`` (it resumes from a checkpoint there)
         and rewrite its files to match."""
         self.db.execute("DELETE FROM results WHERE trial_id=? AND iteration>?",
                         (trial.trial_id, iteration))
         trial.history = [r for r in trial.history if r.get("training_iteration", 0) <= iteration]
         trial.last_result = dict(trial.history[-1]) if trial.history else {}
+        if files:
+            self.rewrite_files(trial)
+
+    @staticmethod
+    def rewrite_files(trial) -> None:
+        """Write a trial's params.json, result.json and progress.csv anew from what the
+        driver holds (after a rewind, or when the actor that wrote them died first)."""
         for name in ("result.json", "progress.csv"):
             p = os.path.join(trial.trial_dir, name)
             if os.path.exists(p):
                 os.remove(p)
         files = TrialFiles(trial.trial_dir)
-        for rec in trial.history:
-            files.append(rec)
-        files.close()
+        files.write_params(trial.config)
+        files.append(trial.history)
 
     def commit(self) -> None:
         self.db.execute("COMMIT")
