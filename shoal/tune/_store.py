@@ -118,45 +118,61 @@ class ExperimentStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.db.execute("BEGIN")
+        self._idx = dict(self.db.execute("SELECT trial_id, idx FROM trials"))
+        self._dirty: dict = {}       # trial_id -> Trial whose row is to be written
+        self._lines: dict = {}       # trial_id -> JSON of its last result, made already
+        self._results: list = []     # result rows to insert
 
     # ---------------------------------------------------------------- writing
+    # Trials' rows and results are buffered and written at commit (once per round of
+    # the driver loop) with executemany: a trial that starts and ends within a round
+    # costs one row write, not one per change.
     def put(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO experiment VALUES (?, ?)",
                         (key, cloudpickle.dumps(value)))
 
     def add_trial(self, trial, idx: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (trial.trial_id, idx, pickle.dumps(trial.config), trial.status,
-                         trial.trial_dir, trial.checkpoint, json.dumps(trial.checkpoints),
-                         trial.num_failures, trial.error, trial.error_traceback,
-                         int(trial.stopped_early), dumps(trial.last_result)))
+        self._idx[trial.trial_id] = idx
+        self._dirty[trial.trial_id] = trial
 
     def save_status(self, trial) -> None:
-        self.db.execute("UPDATE trials SET status=? WHERE trial_id=?",
-                        (trial.status, trial.trial_id))
+        self._dirty[trial.trial_id] = trial
 
-    def save_config(self, trial) -> None:
-        self.db.execute("UPDATE trials SET config=? WHERE trial_id=?",
-                        (pickle.dumps(trial.config), trial.trial_id))
+    save_config = save_status
 
     def save_trial(self, trial, last_line: str | None = None) -> None:
-        self.db.execute("UPDATE trials SET status=?, checkpoint=?, checkpoints=?, "
-                        "num_failures=?, error=?, traceback=?, stopped_early=?, last_result=? "
-                        "WHERE trial_id=?",
-                        (trial.status, trial.checkpoint, json.dumps(trial.checkpoints),
-                         trial.num_failures, trial.error, trial.error_traceback,
-                         int(trial.stopped_early), last_line or dumps(trial.last_result),
-                         trial.trial_id))
+        if last_line is not None:
+            self._lines[trial.trial_id] = last_line
+        self._dirty[trial.trial_id] = trial
 
     def add_result(self, trial, rec: dict, checkpoint: str | None) -> str:
         line = dumps(rec)
-        self.db.execute("INSERT INTO results VALUES (?,?,?,?)",
-                        (trial.trial_id, rec.get("training_iteration", 0), line, checkpoint))
+        self._results.append((trial.trial_id, rec.get("training_iteration", 0), line,
+                              checkpoint))
+        self._lines[trial.trial_id] = line
         return line
+
+    def _flush(self) -> None:
+        if self._results:
+            self.db.executemany("INSERT INTO results VALUES (?,?,?,?)", self._results)
+            self._results = []
+        if self._dirty:
+            rows = []
+            for tid, t in self._dirty.items():
+                line = self._lines.pop(tid, None)
+                rows.append((tid, self._idx[tid], pickle.dumps(t.config), t.status, t.trial_dir,
+                             t.checkpoint, json.dumps(t.checkpoints), t.num_failures, t.error,
+                             t.error_traceback, int(t.stopped_early),
+                             line or dumps(t.last_result)))
+            self.db.executemany("INSERT OR REPLACE INTO trials VALUES "
+                                "(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._dirty = {}
 
     def truncate(self, trial, iteration: int, files: bool = True) -> None:
         """Forget a trial's results after ``iteration`` (it resumes from a checkpoint there)
         and rewrite its files to match."""
+        self._flush()
+        self._lines.pop(trial.trial_id, None)
         self.db.execute("DELETE FROM results WHERE trial_id=? AND iteration>?",
                         (trial.trial_id, iteration))
         trial.history = [r for r in trial.history if r.get("training_iteration", 0) <= iteration]
@@ -177,11 +193,13 @@ class ExperimentStore:
         files.append(trial.history)
 
     def commit(self) -> None:
+        self._flush()
         self.db.execute("COMMIT")
         self.db.execute("BEGIN")
 
     def close(self) -> None:
         try:
+            self._flush()
             self.db.execute("COMMIT")
         except sqlite3.OperationalError:
             pass
@@ -194,6 +212,7 @@ class ExperimentStore:
 
     def load_trials(self) -> list:
         from shoal.tune.trial import Trial
+        self._flush()
         trials = []
         rows = self.db.execute("SELECT trial_id, config, status, trial_dir, checkpoint, "
                                "checkpoints, num_failures, error, traceback, stopped_early, "
