@@ -6,7 +6,9 @@ after each result it accepted, ``save`` when it wants a checkpoint now and
 ("done", record or None) and ("error", {...}). A function trainable runs in
 a thread and pauses in ``report`` until the driver's next call: the driver
 decides (continue, stop, pause, exploit) before the trial goes on, so a
-scheduler's decision lands at the iteration it was made for.
+scheduler's decision lands at the iteration it was made for. ``start_many``
+takes a batch of trials that are expected to end at once: one thread runs
+them back to back and one reply carries their events.
 """
 from __future__ import annotations
 

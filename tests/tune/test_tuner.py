@@ -118,12 +118,16 @@ def test_a_batched_trial_that_reports_after_all_moves_to_an_actor(tmp_path):
 
 def test_trial_files_off_keeps_results_in_the_database_only(tmp_path):
     def f(config):
+        if config["v"] == 2:     # a trial that asks for its directory gets one
+            with open(os.path.join(tune.get_context().get_trial_dir(), "mine.txt"), "w") as fh:
+                fh.write("x")
         return {"v": config["v"]}
     grid = run(f, {"v": tune.grid_search([1, 2, 3])}, tmp_path, metric="v", mode="max",
                run_config=tune.RunConfig(storage_path=str(tmp_path), name="nofiles",
                                          verbose=0, trial_files=False))
     assert grid.get_best_result().metrics["v"] == 3
     assert not any(os.path.exists(os.path.join(r.path, "result.json")) for r in grid)
+    assert [os.path.exists(os.path.join(r.path, "mine.txt")) for r in grid] == [False, True, False]
     restored = tune.Tuner.restore(grid.experiment_path, f).fit()
     assert sorted(r.metrics["v"] for r in restored) == [1, 2, 3]
 
