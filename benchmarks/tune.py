@@ -14,9 +14,10 @@
    epochs, learning rate and width searched, ASHA (grace 1, reduction 3):
    wall time and best test accuracy for shoal and Ray Tune with the same
    space, seeds and scheduler settings, and shoal ASHA vs shoal FIFO.
-3. pbt: the same CNN (width 4), 8 trials of 10 epochs, PBT on the learning
-   rate (perturbation every 2 epochs, checkpoints every epoch) against a
-   random search of the same budget (8 x 10 epochs, the same 8 starting rates).
+3. pbt: the same CNN (width 4), 8 trials of 10 epochs, PBT and PB2 on the
+   learning rate (perturbation every 2 epochs, checkpoints every epoch)
+   against a random search of the same budget (8 x 10 epochs, the same 8
+   starting rates).
 
 Each system runs in its own fresh process, one after the other (rounds
 alternate the systems; the best round is kept), so they do not compete for
@@ -248,9 +249,15 @@ def pbt_shoal(n: int, tmp: str, scheduler: str = "pbt") -> dict:
     shoal.init(num_cpus=2)
     data = _digits()
     lrs = _pbt_lrs(n)
-    sched = (tune.PopulationBasedTraining(
-        perturbation_interval=2, hyperparam_mutations={"lr": tune.loguniform(1e-4, 10 ** -0.5)},
-        quantile_fraction=0.25, seed=0) if scheduler == "pbt" else tune.FIFOScheduler())
+    if scheduler == "pbt":
+        sched = tune.PopulationBasedTraining(
+            perturbation_interval=2, quantile_fraction=0.25, seed=0,
+            hyperparam_mutations={"lr": tune.loguniform(1e-4, 10 ** -0.5)})
+    elif scheduler == "pb2":
+        sched = tune.PB2(perturbation_interval=2, quantile_fraction=0.25, seed=0,
+                         hyperparam_bounds={"lr": tune.loguniform(1e-4, 10 ** -0.5)})
+    else:
+        sched = tune.FIFOScheduler()
     grid = tune.Tuner(tune.with_parameters(train_cnn_ckpt, data=data),
                       param_space={"lr": tune.sample_from(lambda spec: lrs[spec.config.seed]),
                                    "seed": tune.grid_search(list(range(n)))},
@@ -279,6 +286,7 @@ def _child(args) -> None:
               "fifo_shoal": lambda n, tmp: asha_shoal(n, tmp, "fifo"),
               "overhead_shoal_nofiles": lambda n, tmp: overhead_shoal(n, tmp, False),
               "pbt_shoal": pbt_shoal,
+              "pb2_shoal": lambda n, tmp: pbt_shoal(n, tmp, "pb2"),
               "random_shoal": lambda n, tmp: pbt_shoal(n, tmp, "random")}[args.child]
         out = fn(args.n, tmp)
     finally:
@@ -374,7 +382,7 @@ def main() -> None:
                   f"{b['epochs_run']} | {ratio:.2f}x |")
     if args.only in (None, "pbt"):
         n = 8
-        res = {"pbt_shoal": [], "random_shoal": []}
+        res = {"pbt_shoal": [], "pb2_shoal": [], "random_shoal": []}
         for _ in range(rounds):
             for k in res:
                 res[k].append(_run_child(k, n, 1800))
@@ -384,7 +392,8 @@ def main() -> None:
               "epochs run | wall s |")
         print("|---|---|---|---|---|---|---|")
         for i in range(rounds):
-            for k, label in (("pbt_shoal", "shoal PBT"), ("random_shoal", "shoal random")):
+            for k, label in (("pbt_shoal", "shoal PBT"), ("pb2_shoal", "shoal PB2"),
+                             ("random_shoal", "shoal random")):
                 b = res[k][i]
                 if b is None:
                     print(f"| {i + 1} | {label} | failed | | | | |")
