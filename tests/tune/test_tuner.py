@@ -372,3 +372,15 @@ def test_plot_writes_a_png_and_the_table_shows_the_best(tmp_path, capsys):
 def test_bad_configs_are_rejected_when_made(make, words):
     with pytest.raises((ValueError, TypeError), match=words):
         make()
+
+
+def test_a_batched_trial_that_kills_its_worker_fails_alone(tmp_path):
+    def f(config):
+        if config["i"] == 3:
+            os._exit(7)           # the task's worker process dies mid-batch
+        return {"i": config["i"]}
+    grid = run(f, {"i": tune.grid_search(list(range(8)))}, tmp_path, metric="i", mode="max")
+    assert grid.num_terminated == 7 and grid.num_errors == 1
+    (bad,) = [r for r in grid if r.error is not None]
+    assert bad.config == {"i": 3} and "died" in str(bad.error)
+    assert sorted(r.metrics["i"] for r in grid if r.error is None) == [0, 1, 2, 4, 5, 6, 7]
