@@ -28,6 +28,8 @@ from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 _WAIT_S = 1.0          # longest block in shoal.wait (time budget, progress table)
 _STOP_GRACE_S = 10.0   # at the end, stopping trials get this long before their actors are killed
 _BATCH = 16            # trials sent to an actor or a task at once, when they end at once
+_BATCH_S = 0.05        # ... then as many as take about this long (by the trials seen so far)
+_MAX_BATCH = 256
 _BATCH_AFTER = 8       # ... after this many trials all ended at their first event
 _SYSTEM_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                 "trial_id", "pid", "done"}
@@ -58,6 +60,7 @@ class Controller:
         from shoal.tune.search import BasicVariantGenerator
         self.batchable = isinstance(searcher, BasicVariantGenerator)
         self.first_event_ends = 0
+        self.trial_s = None      # running mean of a batched trial's time (batch sizes)
         # A function that does not name report() likely returns at once: its trials go
         # in batches to plain tasks (pre-started workers, no actor start-up) until one
         # of them reports after all (see _oneshot).
@@ -204,12 +207,21 @@ class Controller:
                 and not self.paused and self.deadline is None)
 
     def _start_batch(self):
-        # fill the batch from the queue, then from the searcher, leaving work for the
-        # other actors
-        while len(self.queue) < _BATCH and not self.searcher_done and self._ask() is not None:
+        # as many trials as take about _BATCH_S, but no more than an even share of what
+        # is left among all the slots (no worker left with a long tail at the end)
+        target = _BATCH
+        if self.trial_s is not None:
+            target = max(1, min(_MAX_BATCH, int(_BATCH_S / max(self.trial_s, 1e-6))))
+        slots = 2 * self.limit if self.tasks else self.limit
+        left = len(self.queue)
+        total = getattr(self.searcher, "total_samples", None)
+        if isinstance(total, int) and isinstance(getattr(self.searcher, "index", None), int):
+            left += max(0, total - self.searcher.index)
+        else:
+            left += target * slots
+        n = max(1, min(target, -(-left // slots)))
+        while len(self.queue) < n and not self.searcher_done and self._ask() is not None:
             pass
-        slots = (2 * self.limit if self.tasks else self.limit) - self._running()
-        n = max(1, min(_BATCH, -(-len(self.queue) // max(1, slots))))
         batch, self.queue = self.queue[:n], self.queue[n:]
         if self.tasks:
             for t in batch:
@@ -323,6 +335,10 @@ class Controller:
     def _event(self, t, actor, ev, first: bool):
         """A trial's event; ``actor`` None: the actor is released by the caller."""
         what, payload = ev
+        if first and what == "done" and payload is not None:
+            dt = payload["metrics"].get("time_this_iter_s")
+            if isinstance(dt, float):
+                self.trial_s = dt if self.trial_s is None else 0.8 * self.trial_s + 0.2 * dt
         if first:
             self.first_event_ends = self.first_event_ends + 1 if what != "result" else 0
         if what == "result" and actor is None:
