@@ -46,6 +46,7 @@ def _labelled_frame(n=400, seed=0):
                          "y": (X[:, 0] - X[:, 1] > 0).astype(int)})
 
 
+@pytest.mark.slow
 def test_search_cv_with_shoal_ml_estimator_on_a_dataset(tmp_path):
     pytest.importorskip("pyarrow")
     import shoal.data as sd
