@@ -1,15 +1,23 @@
 """shoal.tune against Ray Tune and Optuna, side by side in one run, on this machine.
 
-    python benchmarks/tune.py [--quick] [--rounds 3] [--only overhead|asha]
+    python benchmarks/tune.py [--quick] [--rounds 3] [--only overhead|asha|pbt]
 
 1. overhead: N trials (default 500) of a function that returns at once, random
    search, 2 CPUs. Trials per second of ``Tuner.fit()`` for shoal.tune and
    Ray Tune (each trial in a worker process), and Optuna in-process
-   (``study.optimize(n_jobs=2)``, RandomSampler).
+   (``study.optimize(n_jobs=2)``, RandomSampler). shoal twice: with each
+   trial's params.json/result.json/progress.csv (the default) and with
+   ``RunConfig(trial_files=False)`` (the database only), which is how Ray Tune
+   runs here (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``). ``init`` includes the
+   cluster's start (shoal: until a first task ran), ``fit`` the trials.
 2. asha: 32 trials of a small torch CNN on scikit-learn's digits, at most 10
    epochs, learning rate and width searched, ASHA (grace 1, reduction 3):
    wall time and best test accuracy for shoal and Ray Tune with the same
    space, seeds and scheduler settings, and shoal ASHA vs shoal FIFO.
+3. pbt: the same CNN (width 4), 8 trials of 10 epochs, PBT and PB2 on the
+   learning rate (perturbation every 2 epochs, checkpoints every epoch)
+   against a random search of the same budget (8 x 10 epochs, the same 8
+   starting rates).
 
 Each system runs in its own fresh process, one after the other (rounds
 alternate the systems; the best round is kept), so they do not compete for
@@ -30,11 +38,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------- overhead
-def overhead_shoal(n: int, tmp: str) -> dict:
+def overhead_shoal(n: int, tmp: str, trial_files: bool = True) -> dict:
     import shoal
     from shoal import tune
     t = time.perf_counter()
     shoal.init(num_cpus=2)
+    shoal.get(shoal.remote(lambda: None).remote())    # the workers are up
     init_s = time.perf_counter() - t
 
     def objective(config):
@@ -43,7 +52,8 @@ def overhead_shoal(n: int, tmp: str) -> dict:
     grid = tune.Tuner(objective, param_space={"x": tune.uniform(0, 10)},
                       tune_config=tune.TuneConfig(metric="loss", mode="min", num_samples=n,
                                                   seed=0),
-                      run_config=tune.RunConfig(storage_path=tmp, verbose=0)).fit()
+                      run_config=tune.RunConfig(storage_path=tmp, verbose=0,
+                                                trial_files=trial_files)).fit()
     fit_s = time.perf_counter() - t
     assert len(grid) == n and grid.num_errors == 0
     shoal.shutdown()
@@ -183,6 +193,89 @@ def asha_ray(n: int, tmp: str) -> dict:
             "epochs_run": epochs, "errors": len(grid.errors)}
 
 
+# ---------------------------------------------------------------- pbt on a CNN
+def train_cnn_ckpt(config, data=None, width=4, epochs=10):
+    """The CNN with the learning rate from ``config``, resumable: a checkpoint
+    (model, optimizer, epoch) per epoch, as PBT needs."""
+    import torch
+    from torch import nn
+
+    from shoal import tune
+    torch.set_num_threads(1)
+    Xtr, Xte, ytr, yte = data
+    torch.manual_seed(config["seed"])
+    model = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * width * 4, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        state = ckpt.to_dict()
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["epoch"] + 1
+        for g in opt.param_groups:      # PBT's explored rate replaces the donor's
+            g["lr"] = config["lr"]
+    Xtr, ytr = torch.from_numpy(Xtr), torch.from_numpy(ytr)
+    Xte, yte = torch.from_numpy(Xte), torch.from_numpy(yte)
+    for epoch in range(start, epochs):
+        g = torch.Generator().manual_seed(config["seed"] * 1000 + epoch)
+        model.train()
+        perm = torch.randperm(len(Xtr), generator=g)
+        for i in range(0, len(Xtr), 32):
+            idx = perm[i:i + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(Xte).argmax(1) == yte).float().mean().item()
+        tune.report({"accuracy": acc, "epoch": epoch, "lr": config["lr"]},
+                    checkpoint=tune.Checkpoint.from_dict(
+                        {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}))
+
+
+def _pbt_lrs(n: int) -> list:
+    import random
+    rng = random.Random(1)
+    return [10 ** rng.uniform(-4, -0.5) for _ in range(n)]
+
+
+def pbt_shoal(n: int, tmp: str, scheduler: str = "pbt") -> dict:
+    t0 = time.perf_counter()
+    import shoal
+    from shoal import tune
+    shoal.init(num_cpus=2)
+    data = _digits()
+    lrs = _pbt_lrs(n)
+    if scheduler == "pbt":
+        sched = tune.PopulationBasedTraining(
+            perturbation_interval=2, quantile_fraction=0.25, seed=0,
+            hyperparam_mutations={"lr": tune.loguniform(1e-4, 10 ** -0.5)})
+    elif scheduler == "pb2":
+        sched = tune.PB2(perturbation_interval=2, quantile_fraction=0.25, seed=0,
+                         hyperparam_bounds={"lr": tune.loguniform(1e-4, 10 ** -0.5)})
+    else:
+        sched = tune.FIFOScheduler()
+    grid = tune.Tuner(tune.with_parameters(train_cnn_ckpt, data=data),
+                      param_space={"lr": tune.sample_from(lambda spec: lrs[spec.config.seed]),
+                                   "seed": tune.grid_search(list(range(n)))},
+                      tune_config=tune.TuneConfig(metric="accuracy", mode="max",
+                                                  scheduler=sched),
+                      run_config=tune.RunConfig(
+                          storage_path=tmp, verbose=0,
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
+    wall = time.perf_counter() - t0
+    final = [r.metrics["accuracy"] for r in grid if r.metrics]
+    epochs = sum(len(r.metrics_history) for r in grid)
+    shoal.shutdown()
+    return {"wall_s": wall, "best_final_accuracy": max(final),
+            "mean_final_accuracy": sum(final) / len(final),
+            "best_accuracy": max(h["accuracy"] for r in grid for h in r.metrics_history),
+            "epochs_run": epochs, "errors": grid.num_errors}
+
+
 # ---------------------------------------------------------------- driver
 def _child(args) -> None:
     tmp = tempfile.mkdtemp(prefix="tb_", dir="/tmp")
@@ -190,7 +283,11 @@ def _child(args) -> None:
         fn = {"overhead_shoal": overhead_shoal, "overhead_ray": overhead_ray,
               "overhead_optuna": overhead_optuna, "asha_shoal": asha_shoal,
               "asha_ray": asha_ray,
-              "fifo_shoal": lambda n, tmp: asha_shoal(n, tmp, "fifo")}[args.child]
+              "fifo_shoal": lambda n, tmp: asha_shoal(n, tmp, "fifo"),
+              "overhead_shoal_nofiles": lambda n, tmp: overhead_shoal(n, tmp, False),
+              "pbt_shoal": pbt_shoal,
+              "pb2_shoal": lambda n, tmp: pbt_shoal(n, tmp, "pb2"),
+              "random_shoal": lambda n, tmp: pbt_shoal(n, tmp, "random")}[args.child]
         out = fn(args.n, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,7 +317,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer trials and one round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=["overhead", "asha"])
+    ap.add_argument("--only", choices=["overhead", "asha", "pbt"])
     ap.add_argument("--trials", type=int, default=500, help="trials of the overhead test")
     ap.add_argument("--ray-trials", type=int, default=None,
                     help="trials for Ray Tune's overhead run (default: same)")
@@ -238,25 +335,29 @@ def main() -> None:
     if args.only in (None, "overhead"):
         n = 100 if args.quick else args.trials
         nray = args.ray_trials or n
-        res = {"shoal": [], "ray": [], "optuna": []}
+        res = {"shoal": [], "shoal_nofiles": [], "ray": [], "optuna": []}
         for _ in range(rounds):
             res["shoal"].append(_run_child("overhead_shoal", n, 600))
+            res["shoal_nofiles"].append(_run_child("overhead_shoal_nofiles", n, 600))
             if not args.skip_ray:
                 res["ray"].append(_run_child("overhead_ray", nray, 1200))
             res["optuna"].append(_run_child("overhead_optuna", n, 600))
         best = {k: _best(v, "trials_per_s", True) for k, v in res.items()}
         print(f"\n## overhead: {n} trials returning at once, random search, 2 CPUs "
               f"(best of {rounds})\n")
-        print("| system | trials | trials/s | fit s | init s | shoal vs it |")
-        print("|---|---|---|---|---|---|")
-        for k in ("shoal", "ray", "optuna"):
+        print("| system | trials | trials/s | fit s | init s | shoal vs it | "
+              "shoal (trial_files=False) vs it |")
+        print("|---|---|---|---|---|---|---|")
+        for k, label in (("shoal", "shoal"), ("shoal_nofiles", "shoal, trial_files=False"),
+                         ("ray", "Ray Tune"), ("optuna", "Optuna in-process")):
             b = best[k]
             if b is None:
-                print(f"| {k} | - | failed | | | |")
+                print(f"| {label} | - | failed | | | | |")
                 continue
-            ratio = best["shoal"]["trials_per_s"] / b["trials_per_s"] if best["shoal"] else 0
-            print(f"| {k} | {b['trials']} | {b['trials_per_s']:.1f} | {b['fit_s']:.2f} | "
-                  f"{b['init_s']:.2f} | {ratio:.2f}x |")
+            r1, r2 = (best[s]["trials_per_s"] / b["trials_per_s"] if best[s] else 0
+                      for s in ("shoal", "shoal_nofiles"))
+            print(f"| {label} | {b['trials']} | {b['trials_per_s']:.1f} | {b['fit_s']:.2f} | "
+                  f"{b['init_s']:.2f} | {r1:.2f}x | {r2:.2f}x |")
     if args.only in (None, "asha"):
         n = 8 if args.quick else 32
         res = {"asha_shoal": [], "asha_ray": [], "fifo_shoal": []}
@@ -279,6 +380,27 @@ def main() -> None:
             ratio = b["wall_s"] / base["wall_s"] if base else 0
             print(f"| {label} | {b['wall_s']:.1f} | {b['best_accuracy']:.4f} | "
                   f"{b['epochs_run']} | {ratio:.2f}x |")
+    if args.only in (None, "pbt"):
+        n = 8
+        res = {"pbt_shoal": [], "pb2_shoal": [], "random_shoal": []}
+        for _ in range(rounds):
+            for k in res:
+                res[k].append(_run_child(k, n, 1800))
+        print(f"\n## PBT on the learning rate vs random search, CNN on digits, {n} trials "
+              f"x 10 epochs, 2 CPUs (every round)\n")
+        print("| round | run | best final accuracy | mean final accuracy | best accuracy seen | "
+              "epochs run | wall s |")
+        print("|---|---|---|---|---|---|---|")
+        for i in range(rounds):
+            for k, label in (("pbt_shoal", "shoal PBT"), ("pb2_shoal", "shoal PB2"),
+                             ("random_shoal", "shoal random")):
+                b = res[k][i]
+                if b is None:
+                    print(f"| {i + 1} | {label} | failed | | | | |")
+                    continue
+                print(f"| {i + 1} | {label} | {b['best_final_accuracy']:.4f} | "
+                      f"{b['mean_final_accuracy']:.4f} | {b['best_accuracy']:.4f} | "
+                      f"{b['epochs_run']} | {b['wall_s']:.1f} |")
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
 

@@ -18,6 +18,7 @@ searchers), so a Ray Tune program moves by changing its imports.
 from shoal.tune.checkpoint import Checkpoint
 from shoal.tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from shoal.tune.optuna_search import OptunaSearch
+from shoal.tune.pb2 import PB2
 from shoal.tune.result_grid import Result, ResultGrid
 from shoal.tune.schedulers import (ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler,
                                    HyperBandScheduler, MedianStoppingRule,
@@ -35,7 +36,7 @@ from shoal.tune.tuner import Tuner
 __all__ = [
     "ASHAScheduler", "AsyncHyperBandScheduler", "BasicVariantGenerator", "Checkpoint",
     "CheckpointConfig", "ConcurrencyLimiter", "FIFOScheduler", "FailureConfig",
-    "HyperBandScheduler", "MedianStoppingRule", "OptunaSearch", "PopulationBasedTraining",
+    "HyperBandScheduler", "MedianStoppingRule", "OptunaSearch", "PB2", "PopulationBasedTraining",
     "Result", "ResultGrid", "RunConfig", "Searcher", "Trainable", "Trial", "TrialContext",
     "TrialScheduler", "TuneConfig", "TuneSearchCV", "Tuner", "choice", "get_checkpoint", "get_context",
     "grid_search", "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint",

@@ -6,7 +6,9 @@ after each result it accepted, ``save`` when it wants a checkpoint now and
 ("done", record or None) and ("error", {...}). A function trainable runs in
 a thread and pauses in ``report`` until the driver's next call: the driver
 decides (continue, stop, pause, exploit) before the trial goes on, so a
-scheduler's decision lands at the iteration it was made for.
+scheduler's decision lands at the iteration it was made for. ``start_many``
+takes a batch of trials that are expected to end at once: one thread runs
+them back to back and one reply carries their events.
 """
 from __future__ import annotations
 
@@ -57,27 +59,41 @@ class _Clock:
 
 
 class _FunctionRun:
-    def __init__(self, fn, params, info):
-        self.fn, self.params, self.info = fn, params, info
+    """Function trials run one after another in one thread of the actor.
+
+    While each trial ends without an intermediate report (a function that
+    returns at once), the thread goes straight on to the next: a whole batch
+    costs one hand-over between threads. The first trial that reports pauses
+    in ``report`` until the driver's next call, and the batch ends with it
+    (the trials after it are not started).
+    """
+
+    def __init__(self, fn, params, infos):
+        self.fn, self.params, self.infos = fn, params, infos
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.ended: list = []     # events of the trials that ended before the hand-over
+        self.handed = False       # the first hand-over (a list of events) happened
+        self.finished = False
+        self.thread = threading.Thread(target=self._main, daemon=True,
+                                       name=f"trial-{infos[0]['trial_id']}")
+        self._begin(infos[0])
+
+    def _begin(self, info):
+        self.info = info
         self.clock = _Clock(info)
         self.ckpt = info.get("checkpoint")
         self.context = TrialContext(info["trial_id"], info["trial_name"], info["trial_dir"],
                                     info.get("experiment_name", ""))
-        self.out: queue.SimpleQueue = queue.SimpleQueue()
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._main, daemon=True,
-                                       name=f"trial-{info['trial_id']}")
-        self.started = False
-        self.finished = False
 
     # -- the user's thread
     def report(self, metrics, checkpoint):
         rec = self.clock.stamp(metrics)
         path = None
         if checkpoint is not None:
-            path = persist(checkpoint, self.info["trial_dir"], rec["training_iteration"])
+            path = persist(checkpoint, self.context.trial_dir, rec["training_iteration"])
             self.ckpt = path
-        self.out.put(("result", {"metrics": rec, "checkpoint": path}))
+        self._emit(("result", {"metrics": rec, "checkpoint": path}))
         if self.inbox.get() == "stop":
             raise _StopTrial()
         self.clock.last = time.monotonic()  # the driver's time is not the trial's
@@ -85,28 +101,47 @@ class _FunctionRun:
     def get_checkpoint(self):
         return Checkpoint(path=self.ckpt) if self.ckpt else None
 
+    def _emit(self, ev):
+        if self.handed:
+            self.out.put(ev)
+        else:
+            self.handed = True
+            self.out.put(self.ended + [ev])
+
     def _main(self):
-        _set_session(self)
-        try:
-            out = self.fn(self.info["config"], **self.params)
-            rec = None
-            if isinstance(out, dict):     # a returned dict is the final result, as in Ray Tune
-                rec = {"metrics": self.clock.stamp(out), "checkpoint": None}
-            self.out.put(("done", rec))
-        except _StopTrial:
-            self.out.put(("stopped", None))
-        except BaseException as e:  # noqa: BLE001 - reported to the driver with its traceback
-            self.out.put(_error_event(e))
-        finally:
-            _set_session(None)
+        for info in self.infos:
+            self._begin(info)
+            _set_session(self)
+            try:
+                out = self.fn(info["config"], **self.params)
+                rec = None
+                if isinstance(out, dict):  # a returned dict is the final result, as in Ray Tune
+                    rec = {"metrics": self.clock.stamp(out), "checkpoint": None}
+                ev = ("done", rec)
+            except _StopTrial:
+                ev = ("stopped", None)
+            except BaseException as e:  # noqa: BLE001 - reported to the driver with its traceback
+                ev = _error_event(e)
+            finally:
+                _set_session(None)
+            if self.handed:          # this trial reported: the batch ends with it
+                self.out.put(ev)
+                return
+            self.ended.append(ev)
+        self.handed = True
+        self.out.put(self.ended)
 
     # -- the actor's thread
+    def first(self) -> list:
+        """Run the batch up to the first trial that reports (or to its end); their events."""
+        self.thread.start()
+        events = self.out.get()
+        if events[-1][0] != "result":
+            self.finished = True
+        return events
+
     def next(self):
-        if not self.started:
-            self.started = True
-            self.thread.start()
-        else:
-            self.inbox.put("continue")
+        self.inbox.put("continue")
         ev = self.out.get()
         if ev[0] != "result":
             self.finished = True
@@ -116,7 +151,7 @@ class _FunctionRun:
         return self.ckpt
 
     def stop(self) -> bool:
-        if self.started and not self.finished:
+        if self.handed and not self.finished:
             self.inbox.put("stop")
             self.thread.join(_STOP_JOIN_S)
             self.finished = True
@@ -126,6 +161,7 @@ class _FunctionRun:
 
 class _ClassRun:
     def __init__(self, cls, params, info):
+        os.makedirs(info["trial_dir"], exist_ok=True)   # the instance may write into it
         self.info = info
         self.clock = _Clock(info)
         self.ckpt = info.get("checkpoint")
@@ -192,15 +228,41 @@ class TrialActor:
     def __init__(self):
         self._trainables: dict = {}   # key -> (trainable, is_class, parameters)
         self._run = None
-        self._files = None
+        self._files: dict = {}     # trial_dir -> TrialFiles of the running trial
 
     def where(self):
         return socket.gethostname(), os.getpid()
 
     def start(self, key: str, boxed: list, info: dict):
         """Start a trial; returns its first event."""
+        return self.start_many(key, boxed, [info])[0]
+
+    def start_many(self, key: str, boxed: list, infos: list) -> list:
+        """Start trials one after another while each ends at its first event (it
+        returned or failed without an intermediate report); stop at the first that
+        reports, leaving it running. Returns their events (the rest were not started)."""
         if self._run is not None:
-            self._run.stop()
+            self.stop()
+        trainable, is_class, params = self._entry(key, boxed)
+        if is_class:
+            events = []
+            for info in infos:
+                run = _ClassRun(trainable, params, info)
+                events.append(run.next())
+                self._write(info, events[-1], first=True)
+                if events[-1][0] == "result":
+                    self._run = run
+                    break
+            return events
+        run = _FunctionRun(trainable, params, infos)
+        events = run.first()
+        for info, ev in zip(infos, events):
+            self._write(info, ev, first=True)
+        if events[-1][0] == "result":
+            self._run = run
+        return events
+
+    def _entry(self, key: str, boxed: list):
         entry = self._trainables.get(key)
         if entry is None:
             # the TrainableSpec and with_parameters' values, each put once by the driver
@@ -208,36 +270,33 @@ class TrialActor:
             params = dict(zip(spec.parameters, shoal.get(list(boxed[1:])) if boxed[1:] else []))
             entry = (spec.trainable, spec.is_class, params)
             self._trainables = {key: entry}
-        trainable, is_class, params = entry
-        os.makedirs(info["trial_dir"], exist_ok=True)
-        self._files = TrialFiles(info["trial_dir"])
-        if not info.get("checkpoint") and not info.get("iteration"):
-            self._files.write_params(info["config"])
-        self._run = (_ClassRun if is_class else _FunctionRun)(trainable, params, info)
-        return self.next()
+        return entry
 
-    def start_many(self, key: str, boxed: list, infos: list) -> list:
-        """Start trials one after another while each ends at its first event (it
-        returned or failed without an intermediate report); stop at the first that
-        reports, leaving it running. Returns their events (the rest were not started)."""
-        events = []
-        for info in infos:
-            ev = self.start(key, boxed, info)
-            events.append(ev)
-            if ev[0] == "result":
-                break
-        return events
+    def _write(self, info: dict, ev: tuple, first: bool = False) -> None:
+        """The trial's files: params.json at its start, a line per result."""
+        if not info.get("files", True):
+            return
+        d = info["trial_dir"]
+        files = None if first else self._files.get(d)
+        if files is None:
+            files = self._files[d] = TrialFiles(d)
+            if not info.get("checkpoint") and not info.get("iteration"):
+                files.write_params(info["config"])
+            else:
+                os.makedirs(d, exist_ok=True)
+        payload = ev[1]
+        if payload and "metrics" in payload:
+            files.append([payload["metrics"]])
+        if ev[0] != "result":
+            self._files.pop(d, None)
 
     def next(self):
         """Let the trial go on to its next event."""
-        ev = self._run.next()
-        if ev[1] is not None and "metrics" in ev[1]:
-            self._files.append(ev[1]["metrics"])
+        run = self._run
+        ev = run.next()
+        self._write(run.info, ev)
         if ev[0] != "result":
             self._run = None
-            self._files.close()
-        else:
-            self._files.flush()
         return ev
 
     def save(self):
@@ -248,7 +307,6 @@ class TrialActor:
         """End the running trial; False if it did not unwind (drop this actor)."""
         if self._run is None:
             return True
-        ok = self._run.stop()
-        self._run = None
-        self._files.close()
-        return ok
+        run, self._run = self._run, None
+        self._files.pop(run.info["trial_dir"], None)
+        return run.stop()

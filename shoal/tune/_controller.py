@@ -18,6 +18,7 @@ import uuid
 import shoal
 from shoal.exceptions import ActorDiedError, ShoalError, TuneError, WorkerCrashedError
 from shoal.tune._actor import TrialActor
+from shoal.tune._oneshot import may_report, run_trials
 from shoal.tune._progress import Progress
 from shoal.tune.schedulers import CONTINUE, PAUSE, STOP
 from shoal.tune.search import FINISHED
@@ -26,7 +27,9 @@ from shoal.tune.trial import ERROR, PAUSED, PENDING, RUNNING, TERMINATED, Trial
 
 _WAIT_S = 1.0          # longest block in shoal.wait (time budget, progress table)
 _STOP_GRACE_S = 10.0   # at the end, stopping trials get this long before their actors are killed
-_BATCH = 16            # trials sent to an actor at once once trials are seen to end at once
+_BATCH = 16            # trials sent to an actor or a task at once, when they end at once
+_BATCH_S = 0.05        # ... then as many as take about this long (by the trials seen so far)
+_MAX_BATCH = 256
 _BATCH_AFTER = 8       # ... after this many trials all ended at their first event
 _SYSTEM_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
                 "trial_id", "pid", "done"}
@@ -57,6 +60,12 @@ class Controller:
         from shoal.tune.search import BasicVariantGenerator
         self.batchable = isinstance(searcher, BasicVariantGenerator)
         self.first_event_ends = 0
+        self.trial_s = None      # running mean of a batched trial's time (batch sizes)
+        # A function that does not name report() likely returns at once: its trials go
+        # in batches to plain tasks (pre-started workers, no actor start-up) until one
+        # of them reports after all (see _oneshot).
+        self.tasks = (self.batchable and not spec.is_class and not spec.actor_resources
+                      and not may_report(spec.trainable))
         self.dirty = False
         self.metric_checked = False
         self.progress = Progress(run_config.verbose, tune_config.metric, tune_config.mode)
@@ -72,6 +81,9 @@ class Controller:
         self.actor_cls = shoal.remote(TrialActor).options(
             num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0), resources=extra or None,
             max_restarts=0)
+        self.task_fn = shoal.remote(run_trials).options(
+            num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0), resources=extra or None,
+            max_retries=0) if self.tasks else None
         ckc = run_config.checkpoint_config
         self.ckpt_opts = {"checkpoint_frequency": ckc.checkpoint_frequency,
                           "checkpoint_at_end": ckc.checkpoint_at_end}
@@ -141,7 +153,9 @@ class Controller:
         return len(self.inflight)      # one outstanding call per busy actor
 
     def _fill(self):
-        while self._running() < self.limit:
+        # batches of tasks queue one deep behind the running ones: a worker goes on
+        # to its next batch without waiting for the driver
+        while self._running() < (2 * self.limit if self.tasks else self.limit):
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return
             if self.queue:
@@ -189,16 +203,32 @@ class Controller:
         return t
 
     def _batching(self) -> bool:
-        return (self.batchable and self.first_event_ends >= _BATCH_AFTER and not self.paused
-                and self.deadline is None)
+        return (self.batchable and (self.tasks or self.first_event_ends >= _BATCH_AFTER)
+                and not self.paused and self.deadline is None)
 
     def _start_batch(self):
-        # fill the batch from the queue, then from the searcher, leaving work for the
-        # other actors
-        while len(self.queue) < _BATCH and not self.searcher_done and self._ask() is not None:
+        # as many trials as take about _BATCH_S, but no more than an even share of what
+        # is left among all the slots (no worker left with a long tail at the end)
+        target = _BATCH
+        if self.trial_s is not None:
+            target = max(1, min(_MAX_BATCH, int(_BATCH_S / max(self.trial_s, 1e-6))))
+        slots = 2 * self.limit if self.tasks else self.limit
+        left = len(self.queue)
+        total = getattr(self.searcher, "total_samples", None)
+        if isinstance(total, int) and isinstance(getattr(self.searcher, "index", None), int):
+            left += max(0, total - self.searcher.index)
+        else:
+            left += target * slots
+        n = max(1, min(target, -(-left // slots)))
+        while len(self.queue) < n and not self.searcher_done and self._ask() is not None:
             pass
-        n = max(1, min(_BATCH, -(-len(self.queue) // max(1, self.limit - self._running()))))
         batch, self.queue = self.queue[:n], self.queue[n:]
+        if self.tasks:
+            for t in batch:
+                t.status = RUNNING   # not saved: a restore reruns RUNNING and PENDING alike
+            infos = [self._info(t) for t in batch]
+            self.inflight[self.task_fn.remote(self.key, self.box, infos)] = (batch, None, "tasks")
+            return
         actor = self._actor()
         infos = [self._info(t) for t in batch]
         for t, info in zip(batch, infos):
@@ -227,7 +257,8 @@ class Controller:
         info = {"trial_id": t.trial_id, "trial_name": os.path.basename(t.trial_dir),
                 "trial_dir": t.trial_dir, "config": t.config, "checkpoint": ckpt,
                 "iteration": t.iteration, "time_total_s": t.last_result.get("time_total_s", 0.0),
-                "experiment_name": os.path.basename(self.exp_dir), **self.ckpt_opts}
+                "experiment_name": os.path.basename(self.exp_dir),
+                "files": getattr(self.rc, "trial_files", True), **self.ckpt_opts}
         info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
         self.stop_keys[t.trial_id] = info["stop_key"]
         return info
@@ -235,6 +266,9 @@ class Controller:
     # ------------------------------------------------------------------ events
     def _handle(self, ref):
         t, actor, kind = self.inflight.pop(ref)
+        if kind == "tasks":
+            self._handle_tasks(ref, t)
+            return
         if kind == "batch":
             self._handle_batch(ref, t, actor)
             return
@@ -280,9 +314,31 @@ class Controller:
         if events and events[-1][0] != "result":
             self._release(actor)
 
+    def _handle_tasks(self, ref, batch):
+        try:
+            events = shoal.get(ref)
+        except ShoalError:
+            # the task's worker died somewhere in the batch: its trials run again on
+            # actors one by one, where a culprit fails alone
+            events, self.tasks, self.batchable = [], False, False
+        for t, ev in zip(batch, events):
+            if ev[0] == "reports":      # it reports after all: actors from now on
+                self.tasks = False
+                break
+            self._event(t, None, ev, True)
+        done = sum(1 for ev in events if ev[0] != "reports")
+        for t in batch[done:]:          # not run (or cut short): back to the queue
+            t.status = PENDING
+            self.store.save_status(t)
+        self.queue[:0] = batch[done:]
+
     def _event(self, t, actor, ev, first: bool):
         """A trial's event; ``actor`` None: the actor is released by the caller."""
         what, payload = ev
+        if first and what == "done" and payload is not None:
+            dt = payload["metrics"].get("time_this_iter_s")
+            if isinstance(dt, float):
+                self.trial_s = dt if self.trial_s is None else 0.8 * self.trial_s + 0.2 * dt
         if first:
             self.first_event_ends = self.first_event_ends + 1 if what != "result" else 0
         if what == "result" and actor is None:
@@ -430,9 +486,9 @@ class Controller:
         self.progress.failed(t, error)
         if fc.max_failures == -1 or t.num_failures <= fc.max_failures:
             if t.checkpoint:
-                _rewind_trial(self.store, t)
+                _rewind_trial(self.store, t, getattr(self.rc, "trial_files", True))
             else:
-                self.store.truncate(t, 0)
+                self.store.truncate(t, 0, getattr(self.rc, "trial_files", True))
             t.status = PENDING
             self.store.save_trial(t)
             self.queue.append(t)
@@ -493,7 +549,8 @@ class Controller:
             for x in (t if isinstance(t, list) else [t]):
                 if x.trial_id in self.stop_keys:
                     store.set(self.stop_keys[x.trial_id], b"1")
-            self._stop_call(actor)
+            if actor is not None:     # a batch of tasks ends by itself
+                self._stop_call(actor)
         if self.inflight:
             shoal.wait(list(self.inflight), num_returns=len(self.inflight), timeout=_STOP_GRACE_S)
         for ref, (t, actor, _) in list(self.inflight.items()):
@@ -509,9 +566,9 @@ class Controller:
         self.progress.note(f"stopping: {why}")
 
 
-def _rewind_trial(store, t: Trial):
+def _rewind_trial(store, t: Trial, files: bool):
     try:
         it = int(os.path.basename(t.checkpoint).rsplit("_", 1)[1])
     except (IndexError, ValueError):
         it = t.iteration
-    store.truncate(t, it)
+    store.truncate(t, it, files)

@@ -9,6 +9,7 @@ the machine itself can lose the last round). ``Tuner.restore`` reads it back.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -59,47 +60,51 @@ def dumps(rec: dict) -> str:
 
 
 class TrialFiles:
-    """A trial's ``result.json`` (a JSON line per result) and ``progress.csv``, appended
-    by the trial's actor as results happen."""
+    """A trial's ``params.json``, ``result.json`` (a JSON line per result) and
+    ``progress.csv``. Each call opens, appends and closes (no handle stays open
+    between a trial's results), with plain ``os`` calls: the file system is the
+    dearest part of a short trial."""
 
     def __init__(self, trial_dir: str):
         self.trial_dir = trial_dir
-        self.rj = self.pc = self.writer = None
+        self.fields: list | None = None    # progress.csv's columns, once known
 
     def write_params(self, config: dict) -> None:
-        with open(os.path.join(self.trial_dir, "params.json"), "w") as f:
-            f.write(dumps(config))
+        os.makedirs(self.trial_dir, exist_ok=True)
+        _write(os.path.join(self.trial_dir, "params.json"), dumps(config).encode(), truncate=True)
 
-    def append(self, rec: dict, line: str | None = None) -> None:
-        if self.rj is None:
-            self._open(rec)
-        self.rj.write((line or dumps(rec)) + "\n")
-        self.writer.writerow(rec)
-
-    def flush(self) -> None:
-        if self.rj is not None:
-            self.rj.flush()
-            self.pc.flush()
-
-    def _open(self, rec):
-        self.rj = open(os.path.join(self.trial_dir, "result.json"), "a")
+    def append(self, recs: list, lines: list | None = None) -> None:
+        """Append results (dicts; ``lines`` their JSON if already made)."""
+        if not recs:
+            return
+        lines = lines or [dumps(r) for r in recs]
+        _write(os.path.join(self.trial_dir, "result.json"),
+               "".join(ln + "\n" for ln in lines).encode())
         path = os.path.join(self.trial_dir, "progress.csv")
-        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
-        if fresh:
-            fields = list(rec)
-        else:
-            with open(path, newline="") as f:
-                fields = next(csv.reader(f), list(rec))
-        self.pc = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.pc, fieldnames=fields, extrasaction="ignore")
-        if fresh:
-            self.writer.writeheader()
+        buf = io.StringIO()
+        if self.fields is None:
+            fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+            if fresh:
+                self.fields = list(recs[0])
+            else:
+                with open(path, newline="") as f:
+                    self.fields = next(csv.reader(f), None) or list(recs[0])
+            if fresh:
+                csv.writer(buf).writerow(self.fields)
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        w.writerows(recs)
+        _write(path, buf.getvalue().encode())
 
-    def close(self) -> None:
-        if self.rj is not None:
-            self.rj.close()
-            self.pc.close()
-            self.rj = self.pc = self.writer = None
+
+def _write(path: str, data: bytes, truncate: bool = False) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 class ExperimentStore:
@@ -113,64 +118,88 @@ class ExperimentStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.db.execute("BEGIN")
+        self._idx = dict(self.db.execute("SELECT trial_id, idx FROM trials"))
+        self._dirty: dict = {}       # trial_id -> Trial whose row is to be written
+        self._lines: dict = {}       # trial_id -> JSON of its last result, made already
+        self._results: list = []     # result rows to insert
 
     # ---------------------------------------------------------------- writing
+    # Trials' rows and results are buffered and written at commit (once per round of
+    # the driver loop) with executemany: a trial that starts and ends within a round
+    # costs one row write, not one per change.
     def put(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO experiment VALUES (?, ?)",
                         (key, cloudpickle.dumps(value)))
 
     def add_trial(self, trial, idx: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (trial.trial_id, idx, pickle.dumps(trial.config), trial.status,
-                         trial.trial_dir, trial.checkpoint, json.dumps(trial.checkpoints),
-                         trial.num_failures, trial.error, trial.error_traceback,
-                         int(trial.stopped_early), dumps(trial.last_result)))
+        self._idx[trial.trial_id] = idx
+        self._dirty[trial.trial_id] = trial
 
     def save_status(self, trial) -> None:
-        self.db.execute("UPDATE trials SET status=? WHERE trial_id=?",
-                        (trial.status, trial.trial_id))
+        self._dirty[trial.trial_id] = trial
 
-    def save_config(self, trial) -> None:
-        self.db.execute("UPDATE trials SET config=? WHERE trial_id=?",
-                        (pickle.dumps(trial.config), trial.trial_id))
+    save_config = save_status
 
     def save_trial(self, trial, last_line: str | None = None) -> None:
-        self.db.execute("UPDATE trials SET status=?, checkpoint=?, checkpoints=?, "
-                        "num_failures=?, error=?, traceback=?, stopped_early=?, last_result=? "
-                        "WHERE trial_id=?",
-                        (trial.status, trial.checkpoint, json.dumps(trial.checkpoints),
-                         trial.num_failures, trial.error, trial.error_traceback,
-                         int(trial.stopped_early), last_line or dumps(trial.last_result),
-                         trial.trial_id))
+        if last_line is not None:
+            self._lines[trial.trial_id] = last_line
+        self._dirty[trial.trial_id] = trial
 
     def add_result(self, trial, rec: dict, checkpoint: str | None) -> str:
         line = dumps(rec)
-        self.db.execute("INSERT INTO results VALUES (?,?,?,?)",
-                        (trial.trial_id, rec.get("training_iteration", 0), line, checkpoint))
+        self._results.append((trial.trial_id, rec.get("training_iteration", 0), line,
+                              checkpoint))
+        self._lines[trial.trial_id] = line
         return line
 
-    def truncate(self, trial, iteration: int) -> None:
+    def _flush(self) -> None:
+        if self._results:
+            self.db.executemany("INSERT INTO results VALUES (?,?,?,?)", self._results)
+            self._results = []
+        if self._dirty:
+            rows = []
+            for tid, t in self._dirty.items():
+                line = self._lines.pop(tid, None)
+                rows.append((tid, self._idx[tid], pickle.dumps(t.config), t.status, t.trial_dir,
+                             t.checkpoint, json.dumps(t.checkpoints), t.num_failures, t.error,
+                             t.error_traceback, int(t.stopped_early),
+                             line or dumps(t.last_result)))
+            self.db.executemany("INSERT OR REPLACE INTO trials VALUES "
+                                "(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._dirty = {}
+
+    def truncate(self, trial, iteration: int, files: bool = True) -> None:
         """Forget a trial's results after ``iteration`` (it resumes from a checkpoint there)
         and rewrite its files to match."""
+        self._flush()
+        self._lines.pop(trial.trial_id, None)
         self.db.execute("DELETE FROM results WHERE trial_id=? AND iteration>?",
                         (trial.trial_id, iteration))
         trial.history = [r for r in trial.history if r.get("training_iteration", 0) <= iteration]
         trial.last_result = dict(trial.history[-1]) if trial.history else {}
+        if files:
+            self.rewrite_files(trial)
+
+    @staticmethod
+    def rewrite_files(trial) -> None:
+        """Write a trial's params.json, result.json and progress.csv anew from what the
+        driver holds (after a rewind, or when the actor that wrote them died first)."""
         for name in ("result.json", "progress.csv"):
             p = os.path.join(trial.trial_dir, name)
             if os.path.exists(p):
                 os.remove(p)
         files = TrialFiles(trial.trial_dir)
-        for rec in trial.history:
-            files.append(rec)
-        files.close()
+        files.write_params(trial.config)
+        files.append(trial.history)
 
     def commit(self) -> None:
+        self._flush()
         self.db.execute("COMMIT")
         self.db.execute("BEGIN")
 
     def close(self) -> None:
         try:
+            self._flush()
             self.db.execute("COMMIT")
         except sqlite3.OperationalError:
             pass
@@ -183,6 +212,7 @@ class ExperimentStore:
 
     def load_trials(self) -> list:
         from shoal.tune.trial import Trial
+        self._flush()
         trials = []
         rows = self.db.execute("SELECT trial_id, config, status, trial_dir, checkpoint, "
                                "checkpoints, num_failures, error, traceback, stopped_early, "

@@ -119,6 +119,12 @@ class RunConfig:
         failure_config: retries of failed trials.
         checkpoint_config: which checkpoints to keep.
         verbose: 0 quiet, 1 a trial table at the end and on progress (the default), 2 a line per result.
+        trial_files: write each trial's ``params.json``, ``result.json`` and
+            ``progress.csv`` in its directory (the default). The experiment
+            database holds the same either way (``ResultGrid`` reads it); False
+            saves four file-system operations per trial, the largest cost of a
+            trial that returns at once (like Ray Tune's
+            ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``).
     """
 
     name: str | None = None
@@ -127,6 +133,7 @@ class RunConfig:
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
     verbose: int = 1
+    trial_files: bool = True
 
     def __post_init__(self):
         if self.name is not None and (not self.name or os.sep in self.name):

@@ -3,9 +3,14 @@
 Each trial cross-validates one parameter setting in a trial actor (X and y
 are put in the object store once); any searcher (Optuna's TPE...) picks the
 settings; the best is refit on all the data. Works with scikit-learn
-estimators and shoal.ml's (which fit on the cluster themselves).
+estimators and shoal.ml's (which fit on the cluster themselves), and with a
+shoal.data Dataset for a shoal.ml estimator: the folds are Datasets cut once
+on the driver (their blocks stay in the object store), each trial fits and
+scores on them.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -37,6 +42,43 @@ def _cv_trial(config, X, y, estimator, cv, scoring):
     report({"mean_test_score": float(np.mean(scores)), "std_test_score": float(np.std(scores)),
             "mean_fit_time": float(np.mean(res["fit_time"])),
             **{f"split{i}_test_score": float(s) for i, s in enumerate(scores)}})
+
+
+def _cv_dataset_trial(config, splits, estimator, features, label):
+    from sklearn.base import clone
+
+    from shoal.tune.trainable import report
+    scores, fit_times = [], []
+    for train, test in splits:
+        est = clone(estimator).set_params(**config)
+        t = time.perf_counter()
+        est.fit(train, features=features, label=label)
+        fit_times.append(time.perf_counter() - t)
+        scores.append(float(est.score(test, label=label)))
+    report({"mean_test_score": float(np.mean(scores)), "std_test_score": float(np.std(scores)),
+            "mean_fit_time": float(np.mean(fit_times)),
+            **{f"split{i}_test_score": s for i, s in enumerate(scores)}})
+
+
+def _is_dataset(X) -> bool:
+    if not type(X).__module__.startswith("shoal.data"):
+        return False
+    from shoal.data import Dataset
+    return isinstance(X, Dataset)
+
+
+def _dataset_folds(ds, k, seed):
+    """k (train, test) Datasets of ``ds`` shuffled once."""
+    n = ds.count()
+    if not isinstance(k, int) or not 2 <= k <= n:
+        raise ValueError(f"TuneSearchCV(cv={k!r}) on a Dataset needs an int number of folds in "
+                         f"[2, rows={n}]")
+    folds = ds.random_shuffle(seed=seed).split_at_indices([n * i // k for i in range(1, k)])
+    out = []
+    for i in range(k):
+        rest = [f for j, f in enumerate(folds) if j != i]
+        out.append((rest[0].union(*rest[1:]) if len(rest) > 1 else rest[0], folds[i]))
+    return out
 
 
 class TuneSearchCV:
@@ -71,8 +113,10 @@ class TuneSearchCV:
         self.max_concurrent_trials = max_concurrent_trials
         self.storage_path = storage_path
 
-    def fit(self, X, y=None):
-        """Run the search on X, y; returns self."""
+    def fit(self, X, y=None, *, features=None, label=None):
+        """Run the search on X, y (arrays or frames), or on a shoal.data Dataset ``X``
+        with its ``label`` column (and ``features``, default: the other columns;
+        a shoal.ml estimator, scored by its own ``score``); returns self."""
         from sklearn.base import clone
 
         import shoal
@@ -87,9 +131,27 @@ class TuneSearchCV:
         limit = self.max_concurrent_trials
         if distributed and limit is None:
             limit = max(1, int(shoal.cluster_resources().get("CPU", 1)))
-        trainable = with_resources(with_parameters(
-            _cv_trial, X=X, y=y, estimator=self.estimator, cv=self.cv, scoring=self.scoring),
-            res)
+        on_dataset = _is_dataset(X)
+        if on_dataset:
+            if not distributed:
+                raise TypeError(f"TuneSearchCV.fit got a shoal.data Dataset for "
+                                f"{type(self.estimator).__name__}, which is not a shoal.ml "
+                                "estimator; use a shoal.ml estimator, or pass arrays (e.g. "
+                                "the Dataset's to_pandas())")
+            if label is None or y is not None:
+                raise ValueError("TuneSearchCV.fit(dataset) takes the label column by name: "
+                                 "fit(ds, label='y'), not a y array")
+            if self.scoring is not None:
+                raise ValueError(f"TuneSearchCV(scoring={self.scoring!r}) on a Dataset: only "
+                                 "the estimator's own score is supported there (scoring=None)")
+            X = X.materialize()
+            trainable = with_resources(with_parameters(
+                _cv_dataset_trial, splits=_dataset_folds(X, self.cv, self.random_state or 0),
+                estimator=self.estimator, features=features, label=label), res)
+        else:
+            trainable = with_resources(with_parameters(
+                _cv_trial, X=X, y=y, estimator=self.estimator, cv=self.cv,
+                scoring=self.scoring), res)
         import tempfile
         self.results_ = Tuner(
             trainable, param_space=_as_space(self.param_distributions),
@@ -117,7 +179,12 @@ class TuneSearchCV:
         self.cv_results_["rank_test_score"] = ranks
         if self.refit:
             self.best_estimator_ = clone(self.estimator).set_params(**self.best_params_)
-            self.best_estimator_.fit(X, y) if y is not None else self.best_estimator_.fit(X)
+            if on_dataset:
+                self.best_estimator_.fit(X, features=features, label=label)
+            elif y is not None:
+                self.best_estimator_.fit(X, y)
+            else:
+                self.best_estimator_.fit(X)
         return self
 
     def _fitted(self):
@@ -133,6 +200,8 @@ class TuneSearchCV:
         """The best estimator's class probabilities."""
         return self._fitted().predict_proba(X)
 
-    def score(self, X, y=None):
-        """The best estimator's score on X, y."""
+    def score(self, X, y=None, *, label=None):
+        """The best estimator's score on X, y (or a Dataset and its ``label`` column)."""
+        if label is not None:
+            return self._fitted().score(X, label=label)
         return self._fitted().score(X, y)

@@ -130,14 +130,26 @@ def with_parameters(trainable, **parameters) -> TrainableSpec:
 
 
 # ------------------------------------------------------------------ the in-trial API
-@dataclass
 class TrialContext:
-    """Where a trial runs: ``trial_id``, ``trial_name``, ``trial_dir``, ``experiment_name``."""
+    """Where a trial runs: ``trial_id``, ``trial_name``, ``trial_dir``, ``experiment_name``.
 
-    trial_id: str
-    trial_name: str
-    trial_dir: str
-    experiment_name: str = ""
+    The trial's directory is made when the trial first asks for it (a trial
+    that never does costs no directory creation on its critical path; its
+    result files are written beside it)."""
+
+    def __init__(self, trial_id: str, trial_name: str, trial_dir: str,
+                 experiment_name: str = ""):
+        self.trial_id, self.trial_name = trial_id, trial_name
+        self.experiment_name = experiment_name
+        self._dir, self._made = trial_dir, False
+
+    @property
+    def trial_dir(self) -> str:
+        """The trial's directory (made on first use)."""
+        if not self._made:
+            os.makedirs(self._dir, exist_ok=True)
+            self._made = True
+        return self._dir
 
     def get_trial_id(self) -> str:
         """The trial's id."""
@@ -150,6 +162,10 @@ class TrialContext:
     def get_trial_dir(self) -> str:
         """The trial's directory (result.json, progress.csv, checkpoints)."""
         return self.trial_dir
+
+    def __repr__(self):
+        return (f"TrialContext(trial_id={self.trial_id!r}, trial_name={self.trial_name!r}, "
+                f"trial_dir={self._dir!r}, experiment_name={self.experiment_name!r})")
 
 
 _local = threading.local()

@@ -174,7 +174,7 @@ class Tuner:
                     if opts["restart_errored"]:
                         t.checkpoint = None
                 if t.status == PENDING:
-                    _rewind(store, t)
+                    _rewind(store, t, getattr(self.run_config, "trial_files", True))
                     store.save_trial(t)
         tuner_state = {"tune_config": tc, "run_config": self.run_config,
                        "param_space": self.param_space, "spec": payload}
@@ -188,7 +188,7 @@ def _dumps_tuner(state) -> bytes:
     return cloudpickle.dumps(dict(state, spec=cloudpickle.loads(state["spec"])))
 
 
-def _rewind(store, trial) -> None:
+def _rewind(store, trial, files: bool = True) -> None:
     """A trial resuming from its checkpoint forgets the results after it."""
     it = 0
     if trial.checkpoint:
@@ -196,7 +196,7 @@ def _rewind(store, trial) -> None:
             it = int(os.path.basename(trial.checkpoint).rsplit("_", 1)[1])
         except (IndexError, ValueError):
             it = trial.iteration
-    store.truncate(trial, it)
+    store.truncate(trial, it, files)
 
 
 def _picklable(spec: TrainableSpec) -> bytes:

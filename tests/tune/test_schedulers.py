@@ -131,3 +131,47 @@ def test_scheduler_state_round_trips():
     s2 = tune.ASHAScheduler(metric="acc", mode="max", max_t=9, grace_period=1, reduction_factor=3)
     s2.set_state(s.get_state())
     assert s2.on_trial_result(b, result(1, 0.1)) == STOP
+
+
+def test_pb2_explores_where_the_gp_expects_the_most_improvement():
+    pytest.importorskip("sklearn")
+    s = tune.PB2(metric="acc", mode="max", perturbation_interval=2,
+                 hyperparam_bounds={"lr": [0.0, 1.0]}, quantile_fraction=0.25, seed=0)
+    # a population whose accuracy grows fastest at lr = 0.7 (the change per step is
+    # 1 - |lr - 0.7|); every result adds a point once a trial has a previous one
+    ts = [Trial(f"t{i}", {"lr": i / 7}) for i in range(8)]
+    for i, t in enumerate(ts):
+        s.on_trial_add(t)
+        t.checkpoint = f"/ckpt/t{i}"
+    acc = {t.trial_id: 0.0 for t in ts}
+    for it in (1, 2, 3, 4):
+        # at the perturbation (4) the best report first: the worst are then in the
+        # bottom quantile with donors above them
+        for t in (ts if it < 4 else ts[::-1]):
+            acc[t.trial_id] += 1 - abs(t.config["lr"] - 0.7)
+            decision = s.on_trial_result(t, result(it, acc[t.trial_id]))
+            if decision == PAUSE:
+                new_config, ckpt = t.exploit
+                assert ckpt in {f"/ckpt/t{i}" for i in (4, 5, 6, 7)}   # from the top
+                assert new_config["lr"] == pytest.approx(0.7, abs=0.15)  # the GP's pick
+                t.exploit = None
+    assert s.exploits and len(s.points) == 8 * 3
+    assert s.select()["lr"] == pytest.approx(0.7, abs=0.15)
+
+
+def test_pb2_checks_its_bounds_and_keeps_its_state():
+    with pytest.raises(ValueError, match="hyperparam_bounds"):
+        tune.PB2(metric="acc", mode="max")
+    with pytest.raises(ValueError, match="low < high"):
+        tune.PB2(metric="acc", mode="max", hyperparam_bounds={"lr": [1.0, 0.1]})
+    with pytest.raises(ValueError, match="must be"):
+        tune.PB2(metric="acc", mode="max", hyperparam_bounds={"lr": tune.choice([1, 2])})
+    s = tune.PB2(metric="acc", mode="max", hyperparam_bounds={"lr": tune.loguniform(1e-4, 1)})
+    t = Trial("t0", {"lr": 1e-2})
+    s.on_trial_add(t)
+    s.on_trial_result(t, result(1, 0.1))
+    s.on_trial_result(t, result(2, 0.3))
+    assert s.points == [(2.0, pytest.approx(0.5), pytest.approx(0.2))]  # 1e-2: mid of the log scale
+    s2 = tune.PB2(metric="acc", mode="max", hyperparam_bounds={"lr": tune.loguniform(1e-4, 1)})
+    s2.set_state(s.get_state())
+    assert s2.points == s.points and s2.previous == s.previous

@@ -36,3 +36,44 @@ def test_search_cv_with_shoal_ml_estimator(tmp_path):
     search.fit(X, y)
     assert search.best_params_["C"] == 1.0 and len(search.cv_results_["params"]) == 2
     assert search.score(X, y) > 0.9
+
+
+def _labelled_frame(n=400, seed=0):
+    import pandas as pd
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    return pd.DataFrame({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2],
+                         "y": (X[:, 0] - X[:, 1] > 0).astype(int)})
+
+
+@pytest.mark.slow
+def test_search_cv_with_shoal_ml_estimator_on_a_dataset(tmp_path):
+    pytest.importorskip("pyarrow")
+    import shoal.data as sd
+    from shoal.ml import LogisticRegression
+    ds = sd.from_pandas(_labelled_frame()).repartition(4)
+    search = tune.TuneSearchCV(LogisticRegression(), {"C": tune.grid_search([1e-5, 1.0])},
+                               n_trials=1, cv=3, random_state=0, storage_path=str(tmp_path))
+    search.fit(ds, label="y")
+    assert search.best_params_["C"] == 1.0
+    assert len(search.cv_results_["params"]) == 2
+    assert {"split0_test_score", "split2_test_score"} <= set(search.cv_results_)
+    assert search.cv_results_["mean_test_score"].max() > 0.9
+    assert search.score(ds, label="y") > 0.9
+
+
+def test_search_cv_on_a_dataset_rejects_what_it_cannot_do(tmp_path):
+    pytest.importorskip("pyarrow")
+    import shoal.data as sd
+    from sklearn.linear_model import LogisticRegression as SkLR
+
+    from shoal.ml import LogisticRegression
+    ds = sd.from_pandas(_labelled_frame(50))
+    with pytest.raises(TypeError, match="not a shoal.ml estimator"):
+        tune.TuneSearchCV(SkLR(), {"C": [1.0]}, storage_path=str(tmp_path)).fit(ds, label="y")
+    with pytest.raises(ValueError, match="label column by name"):
+        tune.TuneSearchCV(LogisticRegression(), {"C": [1.0]},
+                          storage_path=str(tmp_path)).fit(ds)
+    with pytest.raises(ValueError, match="scoring=None"):
+        tune.TuneSearchCV(LogisticRegression(), {"C": [1.0]}, scoring="f1",
+                          storage_path=str(tmp_path)).fit(ds, label="y")

@@ -1,6 +1,8 @@
 """Tuner end to end on a local cluster: trainables, searchers, results, failures, bad input."""
+import json
 import os
 
+import pandas as pd
 import pytest
 
 from shoal import tune
@@ -73,20 +75,70 @@ def test_class_trainable_with_parameters_and_checkpoints(tmp_path):
 
 def test_reused_actors_run_many_trials_in_few_processes(tmp_path):
     def pid(config):
-        return {"pid": os.getpid(), "v": config["v"]}
+        tune.report({"pid": os.getpid(), "v": config["v"]})
     grid = run(pid, {"v": tune.uniform(0, 1)}, tmp_path, num_samples=12,
                max_concurrent_trials=2, metric="v", mode="max")
     assert len(grid) == 12 and grid.num_errors == 0
     assert len({r.metrics["pid"] for r in grid}) <= 2
 
 
+def test_trials_that_return_at_once_run_in_batches_as_tasks(tmp_path):
+    def pid(config):
+        return {"pid": os.getpid(), "v": config["v"]}
+    grid = run(pid, {"v": tune.uniform(0, 1)}, tmp_path, num_samples=64,
+               max_concurrent_trials=2, metric="v", mode="max", seed=1)
+    assert len(grid) == 64 and grid.num_errors == 0 and grid.num_terminated == 64
+    # batches of up to 16 trials per task: far fewer processes than trials
+    assert len({r.metrics["pid"] for r in grid}) <= 8
+    for r in grid:
+        assert r.metrics["training_iteration"] == 1
+        with open(os.path.join(r.path, "params.json")) as f:
+            assert json.load(f) == r.config
+        assert len(pd.read_csv(os.path.join(r.path, "progress.csv"))) == 1
+
+
+def _report_twice(v):
+    tune.report({"v": v, "step": 0})
+    tune.report({"v": v + 1, "step": 1})
+
+
+def test_a_batched_trial_that_reports_after_all_moves_to_an_actor(tmp_path):
+    # the function does not name report(): it is tried as a task, cut at its first
+    # report, and every trial then runs on actors with its whole history
+    def hidden(config):
+        _report_twice(config["v"])
+    grid = run(hidden, {"v": tune.grid_search([1, 2, 3, 4, 5])}, tmp_path,
+               metric="v", mode="max")
+    assert grid.num_errors == 0 and grid.num_terminated == 5
+    for r in grid:
+        assert [h["step"] for h in r.metrics_history] == [0, 1]
+        assert [h["training_iteration"] for h in r.metrics_history] == [1, 2]
+        assert len(pd.read_csv(os.path.join(r.path, "progress.csv"))) == 2
+
+
+def test_trial_files_off_keeps_results_in_the_database_only(tmp_path):
+    def f(config):
+        if config["v"] == 2:     # a trial that asks for its directory gets one
+            with open(os.path.join(tune.get_context().get_trial_dir(), "mine.txt"), "w") as fh:
+                fh.write("x")
+        return {"v": config["v"]}
+    grid = run(f, {"v": tune.grid_search([1, 2, 3])}, tmp_path, metric="v", mode="max",
+               run_config=tune.RunConfig(storage_path=str(tmp_path), name="nofiles",
+                                         verbose=0, trial_files=False))
+    assert grid.get_best_result().metrics["v"] == 3
+    assert not any(os.path.exists(os.path.join(r.path, "result.json")) for r in grid)
+    assert [os.path.exists(os.path.join(r.path, "mine.txt")) for r in grid] == [False, True, False]
+    restored = tune.Tuner.restore(grid.experiment_path, f).fit()
+    assert sorted(r.metrics["v"] for r in restored) == [1, 2, 3]
+
+
 def test_fractional_resources_run_more_trials_at_once(tmp_path):
     import time
 
-    def slow(config):
+    def slow(config):     # reports: trial actors, one per fractional slot
         t0 = time.time()
         time.sleep(0.3)
-        return {"start": t0, "end": time.time()}
+        tune.report({"start": t0, "end": time.time()})
     grid = run(tune.with_resources(slow, {"CPU": 0.5}), {"i": tune.grid_search(list(range(8)))},
                tmp_path)
     spans = sorted((r.metrics["start"], r.metrics["end"]) for r in grid)
@@ -320,3 +372,15 @@ def test_plot_writes_a_png_and_the_table_shows_the_best(tmp_path, capsys):
 def test_bad_configs_are_rejected_when_made(make, words):
     with pytest.raises((ValueError, TypeError), match=words):
         make()
+
+
+def test_a_batched_trial_that_kills_its_worker_fails_alone(tmp_path):
+    def f(config):
+        if config["i"] == 3:
+            os._exit(7)           # the task's worker process dies mid-batch
+        return {"i": config["i"]}
+    grid = run(f, {"i": tune.grid_search(list(range(8)))}, tmp_path, metric="i", mode="max")
+    assert grid.num_terminated == 7 and grid.num_errors == 1
+    (bad,) = [r for r in grid if r.error is not None]
+    assert bad.config == {"i": 3} and "died" in str(bad.error)
+    assert sorted(r.metrics["i"] for r in grid if r.error is None) == [0, 1, 2, 4, 5, 6, 7]
