@@ -1,7 +1,7 @@
 """shoal.rl: distributed reinforcement learning on shoal's actors and object store.
 
-Algorithms: PPO (discrete and continuous actions) and DQN (double, dueling,
-n-step, prioritized replay).
+Algorithms: PPO (discrete and continuous actions), DQN (double, dueling,
+n-step, prioritized replay) and IMPALA (asynchronous sampling, V-trace).
 
     from shoal.rl import PPOConfig
 
@@ -30,6 +30,7 @@ from shoal.rl.config import AlgorithmConfig
 from shoal.rl.dqn import DQN, DQNConfig, n_step_transitions
 from shoal.rl.env import make_env
 from shoal.rl.env_runner import EnvRunner, RunnerSpec
+from shoal.rl.impala import IMPALA, IMPALAConfig, impala_loss
 from shoal.rl.learner import Learner, LearnerGroup, LearnerSpec
 from shoal.rl.models import ActorCritic, ModelConfig, QNetwork
 from shoal.rl.ppo import PPO, PPOConfig, ppo_loss
@@ -37,8 +38,8 @@ from shoal.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 from shoal.rl.runner_group import EnvRunnerGroup
 
 __all__ = [
-    "DQN", "DQNConfig", "PPO", "ActorCritic", "PrioritizedReplayBuffer", "ReplayBuffer",
+    "DQN", "DQNConfig", "IMPALA", "IMPALAConfig", "PPO", "ActorCritic", "PrioritizedReplayBuffer", "ReplayBuffer",
     "n_step_transitions", "Algorithm", "AlgorithmConfig", "EnvRunner", "EnvRunnerGroup", "Learner",
     "LearnerGroup", "LearnerSpec", "ModelConfig", "PPOConfig", "QNetwork", "RunnerSpec",
-    "compute_gae", "make_env", "ppo_loss", "vtrace",
+    "compute_gae", "impala_loss", "make_env", "ppo_loss", "vtrace",
 ]
