@@ -36,10 +36,11 @@ from shoal.rl.models import ActorCritic, ModelConfig, QNetwork
 from shoal.rl.ppo import PPO, PPOConfig, ppo_loss
 from shoal.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 from shoal.rl.runner_group import EnvRunnerGroup
+from shoal.rl.trainable import AlgorithmTrainable
 
 __all__ = [
     "DQN", "DQNConfig", "IMPALA", "IMPALAConfig", "PPO", "ActorCritic", "PrioritizedReplayBuffer", "ReplayBuffer",
-    "n_step_transitions", "Algorithm", "AlgorithmConfig", "EnvRunner", "EnvRunnerGroup", "Learner",
+    "n_step_transitions", "Algorithm", "AlgorithmConfig", "AlgorithmTrainable", "EnvRunner", "EnvRunnerGroup", "Learner",
     "LearnerGroup", "LearnerSpec", "ModelConfig", "PPOConfig", "QNetwork", "RunnerSpec",
     "compute_gae", "impala_loss", "make_env", "ppo_loss", "vtrace",
 ]
