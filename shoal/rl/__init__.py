@@ -15,6 +15,8 @@ n-step, prioritized replay) and IMPALA (asynchronous sampling, V-trace).
     algo.save("ckpt")
     action = algo.compute_single_action(obs)
 
+An algorithm is a shoal.tune trainable through ``config.to_trainable()``.
+
 Env runners are actors stepping Gymnasium vector environments; their
 sample batches come back through the object store as NumPy arrays; weights
 go out with one ``shoal.put`` per iteration; learners run in the driver or
