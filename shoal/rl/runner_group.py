@@ -115,11 +115,14 @@ class EnvRunnerGroup:
             refs = [getattr(r, method).remote(self._weights_ref, self._version, **kwargs,
                                               **(per_runner[i] if per_runner else {}))
                     for i, r in enumerate(self.runners)]
+            deadline = time.monotonic() + self.sample_timeout_s
             shoal.wait(refs, num_returns=len(refs), timeout=self.sample_timeout_s)
             results = []
             for i, ref in enumerate(refs):
                 try:
-                    results.append(shoal.get(ref, timeout=0.001))
+                    # bounded by the same deadline, not by wait alone: inside a worker
+                    # (a tune trial) wait was seen returning before the calls finished
+                    results.append(shoal.get(ref, timeout=max(0.001, deadline - time.monotonic())))
                 except SpaceMismatchError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a dead process, an env error, a timeout

@@ -11,16 +11,16 @@ from shoal.rl import Algorithm, PPOConfig
 from envs import Corridor   # noqa: E402 - tests/rl is on sys.path
 
 
-def _config():
-    # runners in the trial's process: a trial is already an actor of its own
+def _config(runners=0):
+    # runners=0: in the trial's process; 1: a runner actor started by the trial's actor
     return (PPOConfig().environment(Corridor)
-            .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=16)
+            .env_runners(num_env_runners=runners, num_envs_per_env_runner=2, rollout_fragment_length=16)
             .training(train_batch_size=32, minibatch_size=16, num_epochs=1)
             .reporting(verbose=0).debugging(seed=0))
 
 
 def test_ppo_runs_as_tune_trials_with_overrides_and_checkpoints(cluster, tmp_path):
-    trainable = _config().to_trainable()
+    trainable = _config(runners=1).to_trainable()
     grid = tune.Tuner(
         trainable, param_space={"lr": tune.grid_search([1e-3, 3e-3])},
         tune_config=tune.TuneConfig(metric="episode_return_mean", mode="max"),
