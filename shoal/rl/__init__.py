@@ -1,7 +1,7 @@
 """shoal.rl: distributed reinforcement learning on shoal's actors and object store.
 
-Algorithms: PPO (discrete and continuous actions) and DQN (double, dueling,
-n-step, prioritized replay).
+Algorithms: PPO (discrete and continuous actions), DQN (double, dueling,
+n-step, prioritized replay) and IMPALA (asynchronous sampling, V-trace).
 
     from shoal.rl import PPOConfig
 
@@ -14,6 +14,8 @@ n-step, prioritized replay).
         print(algo.train()["episode_return_mean"])
     algo.save("ckpt")
     action = algo.compute_single_action(obs)
+
+An algorithm is a shoal.tune trainable through ``config.to_trainable()``.
 
 Env runners are actors stepping Gymnasium vector environments; their
 sample batches come back through the object store as NumPy arrays; weights
@@ -30,15 +32,17 @@ from shoal.rl.config import AlgorithmConfig
 from shoal.rl.dqn import DQN, DQNConfig, n_step_transitions
 from shoal.rl.env import make_env
 from shoal.rl.env_runner import EnvRunner, RunnerSpec
+from shoal.rl.impala import IMPALA, IMPALAConfig, impala_loss
 from shoal.rl.learner import Learner, LearnerGroup, LearnerSpec
 from shoal.rl.models import ActorCritic, ModelConfig, QNetwork
 from shoal.rl.ppo import PPO, PPOConfig, ppo_loss
 from shoal.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 from shoal.rl.runner_group import EnvRunnerGroup
+from shoal.rl.trainable import AlgorithmTrainable
 
 __all__ = [
-    "DQN", "DQNConfig", "PPO", "ActorCritic", "PrioritizedReplayBuffer", "ReplayBuffer",
-    "n_step_transitions", "Algorithm", "AlgorithmConfig", "EnvRunner", "EnvRunnerGroup", "Learner",
+    "DQN", "DQNConfig", "IMPALA", "IMPALAConfig", "PPO", "ActorCritic", "PrioritizedReplayBuffer", "ReplayBuffer",
+    "n_step_transitions", "Algorithm", "AlgorithmConfig", "AlgorithmTrainable", "EnvRunner", "EnvRunnerGroup", "Learner",
     "LearnerGroup", "LearnerSpec", "ModelConfig", "PPOConfig", "QNetwork", "RunnerSpec",
-    "compute_gae", "make_env", "ppo_loss", "vtrace",
+    "compute_gae", "impala_loss", "make_env", "ppo_loss", "vtrace",
 ]

@@ -195,6 +195,19 @@ class AlgorithmConfig:
         envs = max(1, self.num_env_runners) * self.num_envs_per_env_runner
         return max(1, -(-self.train_batch_size // envs))
 
+    def to_trainable(self, resources: dict | None = None):
+        """This algorithm as a shoal.tune trainable (an ``AlgorithmTrainable``).
+
+        A trial's config overrides this config's fields; the trial itself
+        takes ``resources`` (default ``{"CPU": 0}``: the runner and learner
+        actors it starts ask for their own CPUs).
+        """
+        self.validate()
+        from shoal import tune
+        from shoal.rl.trainable import AlgorithmTrainable
+        spec = tune.with_parameters(AlgorithmTrainable, base_config=self.copy())
+        return tune.with_resources(spec, resources or {"CPU": 0})
+
     def build(self):
         """Validate and build the algorithm."""
         if self.algo_class is None:

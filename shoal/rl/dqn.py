@@ -83,9 +83,10 @@ class DQNConfig(AlgorithmConfig):
             raise ValueError(f"tau must be in (0, 1], got {self.tau!r}")
         if not self.training_intensity > 0:
             raise ValueError(f"training_intensity must be > 0, got {self.training_intensity!r}")
-        if self.num_learners > 1:
-            raise ValueError(f"DQN trains on one learner (num_learners 0 or 1), got num_learners="
-                             f"{self.num_learners}; use PPO for data-parallel learners")
+        if self.num_learners > 1 and self.train_batch_size % self.num_learners:
+            raise ValueError(f"train_batch_size={self.train_batch_size} must divide evenly over "
+                             f"num_learners={self.num_learners}: each learner takes an equal share "
+                             f"of every minibatch")
 
     def fragment_length(self) -> int:
         """Steps per environment per sample call ("auto": 4, as SB3's train_freq)."""
@@ -247,18 +248,13 @@ class DQN(Algorithm):
             self._last_target_update = self.env_steps_sampled
         mb = self.replay.sample(steps * c.train_batch_size)
         indices = mb.pop("indices")
-        out = self.learner_group.update(mb, num_steps=steps, update_target=update_target) \
-            if self.learner_group.local is not None else self._remote_update(mb, steps, update_target)
+        # unshuffled: the TD errors come back in the rows' order, for the priorities
+        out = self.learner_group.update(mb, shuffle=False, num_steps=steps, update_target=update_target)
         self.replay.update_priorities(indices, out.pop("td_errors"))
         self.env_steps_trained += steps * c.train_batch_size
         self._publish_weights()
         stats.update(out, num_env_steps_trained=steps * c.train_batch_size)
         return stats
-
-    def _remote_update(self, mb: dict, steps: int, update_target: bool) -> dict:
-        import shoal
-        return shoal.get(self.learner_group.actors[0].update.remote(
-            mb, num_steps=steps, update_target=update_target), timeout=600)
 
     def _extra_state(self) -> dict:
         return {"last_target_update": self._last_target_update}

@@ -201,14 +201,25 @@ class LearnerGroup:
         """Learner actors (0: the learner is in the driver)."""
         return len(self.actors)
 
-    def update(self, batch: dict, shuffle_seed: int | None = None, **kwargs) -> dict:
-        """Update on ``batch``; the metrics averaged over the learners."""
+    def update(self, batch: dict, shuffle_seed: int | None = None, shuffle: bool = True,
+               **kwargs) -> dict:
+        """Update on ``batch``; the metrics averaged over the learners.
+
+        With several learners each trains on a contiguous shard of the
+        rows (shuffled first unless ``shuffle=False``; a tail that does not
+        divide evenly is dropped). A metric that is an array (one value per
+        row, e.g. DQN's TD errors) comes back concatenated in rank order:
+        unshuffled, its rows are the batch's.
+        """
         if self.local is not None:
             return self.local.update(batch, **kwargs)
         n = len(self.actors)
         rows = len(batch["obs"]) // n * n
-        perm = np.random.default_rng(shuffle_seed).permutation(len(batch["obs"]))[:rows]
-        ref = shoal.put({k: v[perm] for k, v in batch.items()})
+        if shuffle:
+            perm = np.random.default_rng(shuffle_seed).permutation(len(batch["obs"]))[:rows]
+            ref = shoal.put({k: v[perm] for k, v in batch.items()})
+        else:
+            ref = shoal.put({k: v[:rows] for k, v in batch.items()})
         while True:
             try:
                 results = _get_first_error_first([a.update_shard.remote(ref, **kwargs)
@@ -223,7 +234,8 @@ class LearnerGroup:
                             "(restart %d of %d)", e, self.num_restarts, self.max_restarts)
                 self.stop()
                 self._start()
-        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        return {k: (np.concatenate([r[k] for r in results]) if isinstance(results[0][k], np.ndarray)
+                    else float(np.mean([r[k] for r in results]))) for k in results[0]}
 
     def get_weights(self) -> dict:
         """The module's weights as NumPy arrays (rank 0's; every rank holds the same)."""

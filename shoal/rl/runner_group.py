@@ -12,6 +12,7 @@ bug in the environment, not bad luck, and is raised at once.
 from __future__ import annotations
 
 import logging
+import time
 
 import shoal
 from shoal.exceptions import EnvRunnerError, GetTimeoutError, SpaceMismatchError
@@ -50,6 +51,9 @@ class EnvRunnerGroup:
         self._version = -1
         self.local = None
         self.runners: list = []
+        self._in_flight: dict = {}      # ref -> (runner index, weights version, submit time)
+        self._async_kwargs: dict = {}
+        self._fresh_failures = 0
         if num_runners == 0:
             # in the caller's process: its torch settings stay the caller's
             self.local = EnvRunner(spec, 0, self._next_seed(), own_process=False)
@@ -111,11 +115,14 @@ class EnvRunnerGroup:
             refs = [getattr(r, method).remote(self._weights_ref, self._version, **kwargs,
                                               **(per_runner[i] if per_runner else {}))
                     for i, r in enumerate(self.runners)]
+            deadline = time.monotonic() + self.sample_timeout_s
             shoal.wait(refs, num_returns=len(refs), timeout=self.sample_timeout_s)
             results = []
             for i, ref in enumerate(refs):
                 try:
-                    results.append(shoal.get(ref, timeout=0.001))
+                    # bounded by the same deadline, not by wait alone: inside a worker
+                    # (a tune trial) wait was seen returning before the calls finished
+                    results.append(shoal.get(ref, timeout=max(0.001, deadline - time.monotonic())))
                 except SpaceMismatchError:
                     raise
                 except Exception as e:  # noqa: BLE001 - a dead process, an env error, a timeout
@@ -126,6 +133,84 @@ class EnvRunnerGroup:
         # every runner failed, and then every fresh replacement too: not bad luck
         raise EnvRunnerError(f"every env runner failed {method}, and so did their fresh "
                              f"replacements: {last_error!r}"[:2000]) from last_error
+
+    # ------------------------------------------------------------------ asynchronous sampling
+    def sample_async(self, min_env_steps: int, max_in_flight: int = 2, **kwargs) -> list[dict]:
+        """Batches of at least ``min_env_steps`` steps, sampled while the caller worked.
+
+        Every runner keeps ``max_in_flight`` ``sample`` calls queued (an
+        actor runs them one after another), so runners go on stepping with
+        the weights they had while the caller trains: batches may come from
+        a policy a few versions old (IMPALA's "slightly stale" weights).
+        Each batch says which in ``weights_version``. A finished call is
+        replaced at once by one with the latest weights. Failed runners are
+        replaced (their batches are dropped); a call that waits past
+        ``sample_timeout_s`` counts as its runner's failure. With no runner
+        actors the call samples in this process (synchronously).
+
+        Raises:
+            EnvRunnerError, SpaceMismatchError: as ``sample``.
+        """
+        if self.local is not None:
+            out, steps = [], 0
+            while steps < min_env_steps:
+                out.extend(self.sample(**kwargs))
+                out[-1]["weights_version"] = self._version
+                steps += out[-1]["env_steps"]
+            return out
+        self._async_kwargs = kwargs
+        self._fill(max_in_flight)
+        out, steps = [], 0
+        while steps < min_env_steps:
+            refs = list(self._in_flight)
+            ready, _ = shoal.wait(refs, num_returns=1, timeout=self.sample_timeout_s)
+            if not ready:
+                self._expire_stuck()
+            # every call already finished, not only the first: fewer round trips
+            ready, _ = shoal.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                if ref not in self._in_flight:
+                    continue                # dropped with its failed runner just now
+                index, version, _ = self._in_flight.pop(ref)
+                try:
+                    batch = shoal.get(ref, timeout=1)
+                except SpaceMismatchError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a dead process, an env error
+                    self._async_failure(index, e)
+                    continue
+                self._fresh_failures = 0
+                batch["weights_version"] = version
+                out.append(batch)
+                steps += batch["env_steps"]
+            self._fill(max_in_flight)
+        return out
+
+    def _fill(self, max_in_flight: int) -> None:
+        counts = [0] * len(self.runners)
+        for index, _, _ in self._in_flight.values():
+            counts[index] += 1
+        for i, r in enumerate(self.runners):
+            for _ in range(max_in_flight - counts[i]):
+                ref = r.sample.remote(self._weights_ref, self._version, **self._async_kwargs)
+                self._in_flight[ref] = (i, self._version, time.monotonic())
+
+    def _expire_stuck(self) -> None:
+        now = time.monotonic()
+        stuck = {i for i, _, t in self._in_flight.values() if now - t >= self.sample_timeout_s}
+        for i in sorted(stuck):
+            self._async_failure(i, GetTimeoutError(f"sample() on env runner {i} took longer "
+                                                   f"than {self.sample_timeout_s}s"))
+
+    def _async_failure(self, index: int, error: BaseException) -> None:
+        # drop the runner's queued calls with it: they ran on the dead runner
+        for ref in [r for r, (i, _, _) in self._in_flight.items() if i == index]:
+            del self._in_flight[ref]
+        self._fresh_failures += 1
+        if self._fresh_failures > 2 * len(self.runners):
+            raise EnvRunnerError(f"env runners keep failing sample, fresh replacements too: "
+                                 f"{error!r}"[:2000]) from error
+        self._replace(index, error)
 
     def _replace(self, index: int, error: BaseException) -> None:
         what = ("did not answer within sample_timeout_s="
@@ -146,6 +231,7 @@ class EnvRunnerGroup:
 
     def stop(self) -> None:
         """Kill the runner actors (or close the local environments)."""
+        self._in_flight.clear()
         if self.local is not None:
             self.local.close()
         for r in self.runners:

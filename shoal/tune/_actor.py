@@ -23,6 +23,7 @@ import traceback
 
 import shoal
 from shoal.tune._store import TrialFiles
+from shoal.core.checkpoint import persist as _persist_copy
 from shoal.tune.checkpoint import Checkpoint, persist
 from shoal.tune.trainable import TrialContext, _set_session
 
@@ -202,7 +203,9 @@ class _ClassRun:
             if out is None and not os.listdir(tmp):
                 return self.ckpt
             ckpt = Checkpoint.from_dict(out) if isinstance(out, dict) else Checkpoint(path=tmp)
-            self.ckpt = persist(ckpt, self.info["trial_dir"], self.clock.iteration)
+            # always copied out of tmp (persist keeps a checkpoint already in the trial's
+            # directory where it is, and tmp is in it and goes away below)
+            self.ckpt = _persist_copy(ckpt, self.info["trial_dir"], self.clock.iteration).path
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return self.ckpt

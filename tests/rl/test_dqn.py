@@ -132,3 +132,28 @@ def test_dqn_rejects_continuous_actions(cluster):
     from shoal.exceptions import InvalidInputError
     with pytest.raises(InvalidInputError, match="Discrete action space"):
         DQNConfig().environment("Pendulum-v1").env_runners(num_env_runners=0).reporting(verbose=0).build()
+
+
+def test_dqn_with_two_learners_trains_data_parallel_and_keeps_priorities_in_row_order(cluster):
+    import shoal
+    algo = (DQNConfig().environment(Corridor)
+            .env_runners(num_env_runners=1, num_envs_per_env_runner=2, rollout_fragment_length=8)
+            .training(prioritized_replay=True, num_steps_sampled_before_learning_starts=16,
+                      train_batch_size=16, target_network_update_freq=16, epsilon_timesteps=100)
+            .learners(num_learners=2).reporting(verbose=0).debugging(seed=0).build())
+    seen = []
+    update = algo.replay.update_priorities
+    algo.replay.update_priorities = lambda idx, td: (seen.append((len(idx), len(td))), update(idx, td))
+    try:
+        results = [algo.train() for _ in range(4)]
+        assert results[-1]["num_env_steps_trained"] > 0 and np.isfinite(results[-1]["loss"])
+        # every sampled row got its TD error back (both learners' shards, in order)
+        assert seen and all(n == m for n, m in seen)
+        w = shoal.get([a.get_weights.remote() for a in algo.learner_group.actors])
+        for k in w[0]:
+            np.testing.assert_array_equal(w[0][k], w[1][k])
+        assert algo.learner_group.num_learners == 2
+    finally:
+        algo.stop()
+    with pytest.raises(ValueError, match="divide evenly"):
+        DQNConfig().environment(Corridor).training(train_batch_size=15).learners(num_learners=2).build()
