@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from shoal.collective import tf_tensors as tft
-from shoal.horovod import _ops as H
+from shoal.horovod import _requests as H
 from shoal.horovod._engine import ALLGATHER, ALLREDUCE, ALLTOALL, BROADCAST, REDUCESCATTER
 from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.tensorflow.compression import Compression
