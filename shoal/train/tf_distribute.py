@@ -160,14 +160,15 @@ def _dense(v):
 
 
 def _allreduce(comm, op: str, values: list) -> list:
-    """``op`` of each tensor over the group; one flat buffer per dtype, one Python hop.
+    """``op`` of each tensor over the group: one collective per dtype, one Python hop.
 
     Inside ``tf.function`` the hop is a ``tf.numpy_function`` (stateful, so
     tf.function keeps the collectives of a step in program order on every
-    rank): its NumPy arguments are views of the tensors' buffers and the
-    result is a new 64-byte aligned array that TensorFlow adopts without a
-    copy. Packing into one buffer costs one memcpy each way and saves a
-    collective per variable.
+    rank). Its NumPy arguments are views of the tensors' buffers; they are
+    packed into one new buffer (each at a 64-byte aligned offset), reduced
+    there in place, and each result goes back to TensorFlow as a view of that
+    buffer, which TensorFlow adopts without a copy. One memcpy in, one
+    collective for all the gradients, no copy out.
     """
     dense = [_dense(v) for v in values]
     if comm is None:
@@ -178,22 +179,37 @@ def _allreduce(comm, op: str, values: list) -> list:
         by_dtype.setdefault(t.dtype, []).append(i)
     for dtype, idx in by_dtype.items():
         parts = [dense[i] for i in idx]
-        flat = parts[0] if len(parts) == 1 and parts[0].shape.rank == 1 else \
-            tf.concat([tf.reshape(p, [-1]) for p in parts], 0)
-
-        def reduce(x, op=op):
-            res = tf_tensors.empty_aligned(x.shape, x.dtype)
-            comm.allreduce(x, op=op, out=res)
-            return res
-        red = tf.numpy_function(reduce, [flat], dtype, name="shoal_allreduce")
-        red.set_shape(flat.shape)
-        if len(parts) == 1:
-            out[idx[0]] = tf.reshape(red, tf.shape(parts[0]))
-            continue
-        sizes = [tf.size(p) for p in parts]
-        for i, piece, p in zip(idx, tf.split(red, sizes), parts):
-            out[i] = tf.reshape(piece, tf.shape(p))
+        reduced = tf.numpy_function(_Packed(comm, op), parts, [dtype] * len(parts),
+                                    name="shoal_allreduce")
+        if not isinstance(reduced, (list, tuple)):  # eager mode unpacks a single output
+            reduced = [reduced]
+        for i, r, p in zip(idx, reduced, parts):
+            r.set_shape(p.shape)
+            out[i] = r
     return out
+
+
+class _Packed:
+    """Allreduce NumPy arrays as one buffer; returns aligned views of it (see _allreduce)."""
+
+    def __init__(self, comm, op: str):
+        self.comm, self.op = comm, op
+
+    def __call__(self, *arrays):
+        align = tf_tensors.ALIGN // arrays[0].itemsize or 1
+        offsets, at = [], 0
+        for a in arrays:
+            offsets.append(at)
+            at += -(-a.size // align) * align
+        flat = tf_tensors.empty_aligned((at,), arrays[0].dtype)
+        end = 0
+        for a, o in zip(arrays, offsets):
+            flat[end:o] = 0  # padding between the parts: reduced, never read
+            flat[o:o + a.size] = a.reshape(-1)
+            end = o + a.size
+        flat[end:] = 0
+        self.comm.allreduce(flat, op=self.op)
+        return [flat[o:o + a.size].reshape(a.shape) for a, o in zip(arrays, offsets)]
 
 
 def _allgather(comm, value, axis: int):
