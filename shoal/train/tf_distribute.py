@@ -12,9 +12,9 @@ size and whose cross-replica reductions (``ReplicaContext.all_reduce``,
 ``Strategy.reduce``, ``gather``; what Keras' optimizer and a custom loop
 call) go through the group's communicator instead of TensorFlow's
 collectives, so no ``TF_CONFIG`` or gRPC server is needed. The tensors of one
-``all_reduce`` travel as one flat buffer per dtype, in one ``tf.numpy_function``
-call: the Python hop costs once per step, not once per variable (see
-``_allreduce``).
+``all_reduce`` travel as one packed buffer per dtype (or in buckets that
+overlap backward, ``bucket_bytes``), not one collective per variable; see
+``_allreduce``.
 
 Datasets given to ``experimental_distribute_dataset`` (and so to Keras'
 ``fit``) are split as MultiWorkerMirroredStrategy splits them: every global
@@ -24,6 +24,9 @@ Keras' logs (loss, metrics) are each worker's own: average them with a
 callback if every worker must see the same numbers.
 """
 from __future__ import annotations
+
+import itertools
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -49,15 +52,23 @@ class ShoalStrategy(one_device_strategy.OneDeviceStrategy):
         comm: the communicator (default: the shoal.train gang's, or the group
             of a script under ``shoal launch``; without either, a world of one).
         device: this worker's device ("/cpu:0"; shoal's collectives move host memory).
+        bucket_bytes: the size of the buckets one all_reduce's tensors travel in;
+            0 (the default): one bucket per dtype, reduced in one hop. With
+            buckets, each one's reduction starts on the communicator's thread as
+            soon as its tensors exist and overlaps the rest of backward, which
+            pays where a worker has a core to spare (benchmarks/tf.py: on a
+            saturated CPU, one bucket was faster).
 
     Use it as MultiWorkerMirroredStrategy: build and compile the model inside
     ``scope()``, then ``fit``, or write a custom loop with ``strategy.run``
     and ``ReplicaContext.all_reduce``.
     """
 
-    def __init__(self, comm=None, device: str = "/cpu:0"):
+    def __init__(self, comm=None, device: str = "/cpu:0", bucket_bytes: int = 0):
+        if bucket_bytes < 0:
+            raise ValueError(f"bucket_bytes must be >= 0 (0: one bucket), got {bucket_bytes}")
         comm = _session_comm() if comm is None else comm
-        distribute_lib.Strategy.__init__(self, _ShoalExtended(self, device, comm))
+        distribute_lib.Strategy.__init__(self, _ShoalExtended(self, device, comm, bucket_bytes))
         distribute_lib.distribution_strategy_gauge.get_cell("V2").set("ShoalStrategy")
 
     @property
@@ -72,8 +83,9 @@ class ShoalStrategy(one_device_strategy.OneDeviceStrategy):
 
 
 class _ShoalExtended(one_device_strategy.OneDeviceExtended):
-    def __init__(self, container, device, comm):
+    def __init__(self, container, device, comm, bucket_bytes):
         super().__init__(container, device)
+        self._bucket_bytes = bucket_bytes
         self._comm = comm if comm is not None and comm.world_size > 1 else None
         self._rank = 0 if comm is None else comm.rank
         self._world = 1 if comm is None else comm.world_size
@@ -130,10 +142,10 @@ class _ShoalExtended(one_device_strategy.OneDeviceExtended):
 
     def _batch_reduce_to(self, reduce_op, value_destination_pairs, options):
         values = [v for v, _ in value_destination_pairs]
-        return _allreduce(self._comm, _op_name(reduce_op), values)
+        return _allreduce(self._comm, _op_name(reduce_op), values, self._bucket_bytes)
 
     def _replica_ctx_all_reduce(self, reduce_op, value, options=None):
-        return _allreduce(self._comm, _op_name(reduce_op), list(value))
+        return _allreduce(self._comm, _op_name(reduce_op), list(value), self._bucket_bytes)
 
     def _gather_to_implementation(self, value, destinations, axis, options):
         return _allgather(self._comm, value, axis)
@@ -159,57 +171,129 @@ def _dense(v):
     return v
 
 
-def _allreduce(comm, op: str, values: list) -> list:
-    """``op`` of each tensor over the group: one collective per dtype, one Python hop.
+def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
+    """``op`` of each tensor over the group, in buckets of about ``bucket_bytes``.
 
-    Inside ``tf.function`` the hop is a ``tf.numpy_function`` (stateful, so
-    tf.function keeps the collectives of a step in program order on every
-    rank). Its NumPy arguments are views of the tensors' buffers; they are
-    packed into one new buffer (each at a 64-byte aligned offset), reduced
-    there in place, and each result goes back to TensorFlow as a view of that
-    buffer, which TensorFlow adopts without a copy. One memcpy in, one
-    collective for all the gradients, no copy out.
+    With one bucket per dtype, each is one ``tf.numpy_function`` hop: it packs
+    the tensors (views of their buffers) into one new buffer, each part at a
+    64-byte aligned offset, reduces it in place and hands each result back to
+    TensorFlow as a view of that buffer, which TensorFlow adopts without a
+    copy: one memcpy in, one collective, no copy out.
+
+    With more buckets, each is one collective and two hops: the first packs
+    and starts the allreduce on the communicator's thread, the second waits
+    for it and hands back the views. Buckets are filled from the last tensor back (backward
+    produces the last layer's gradients first), and a bucket's start depends
+    only on its own tensors, so its reduction runs while backward still
+    computes the earlier layers' gradients. The hops are stateful, so
+    tf.function keeps them in program order on every rank.
     """
     dense = [_dense(v) for v in values]
     if comm is None:
         return dense
     out: list = [None] * len(dense)
-    by_dtype: dict = {}
-    for i, t in enumerate(dense):
-        by_dtype.setdefault(t.dtype, []).append(i)
-    for dtype, idx in by_dtype.items():
-        parts = [dense[i] for i in idx]
-        reduced = tf.numpy_function(_Packed(comm, op), parts, [dtype] * len(parts),
-                                    name="shoal_allreduce")
+    buckets = _buckets(dense, bucket_bytes)
+    if len(buckets) == len({dtype for dtype, _ in buckets}):
+        # one bucket per dtype: nothing to overlap, so reduce within one hop (no hand-off
+        # to the communicator's thread)
+        hops = [(dtype, idx, tf.numpy_function(_reduce_now(comm, op), [dense[i] for i in idx],
+                                               [dtype] * len(idx), name="shoal_allreduce"))
+                for dtype, idx in buckets]
+    else:
+        started = [(dtype, idx, tf.numpy_function(_PENDING.start(comm, op),
+                                                  [dense[i] for i in idx], tf.int64,
+                                                  name="shoal_start"))
+                   for dtype, idx in buckets]
+        hops = [(dtype, idx, tf.numpy_function(_PENDING.finish, [key], [dtype] * len(idx),
+                                               name="shoal_finish"))
+                for dtype, idx, key in started]
+    for dtype, idx, reduced in hops:
         if not isinstance(reduced, (list, tuple)):  # eager mode unpacks a single output
             reduced = [reduced]
-        for i, r, p in zip(idx, reduced, parts):
-            r.set_shape(p.shape)
+        for i, r in zip(idx, reduced):
+            r.set_shape(dense[i].shape)
             out[i] = r
     return out
 
 
-class _Packed:
-    """Allreduce NumPy arrays as one buffer; returns aligned views of it (see _allreduce)."""
+def _reduce_now(comm, op: str):
+    def reduce(*arrays):
+        flat, offsets = _pack(arrays)
+        comm.allreduce(flat, op=op)
+        return _unpack(flat, offsets, arrays)
+    return reduce
 
-    def __init__(self, comm, op: str):
-        self.comm, self.op = comm, op
 
-    def __call__(self, *arrays):
-        align = tf_tensors.ALIGN // arrays[0].itemsize or 1
-        offsets, at = [], 0
-        for a in arrays:
-            offsets.append(at)
-            at += -(-a.size // align) * align
-        flat = tf_tensors.empty_aligned((at,), arrays[0].dtype)
-        end = 0
-        for a, o in zip(arrays, offsets):
-            flat[end:o] = 0  # padding between the parts: reduced, never read
-            flat[o:o + a.size] = a.reshape(-1)
-            end = o + a.size
-        flat[end:] = 0
-        self.comm.allreduce(flat, op=self.op)
-        return [flat[o:o + a.size].reshape(a.shape) for a, o in zip(arrays, offsets)]
+def _unpack(flat, offsets, parts) -> list:
+    """Views of ``flat`` shaped as ``parts`` (TensorFlow adopts them without a copy)."""
+    return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(offsets, parts)]
+
+
+def _buckets(tensors: list, bucket_bytes: int) -> list:
+    """(dtype, indices) per bucket: one dtype each, filled from the last tensor back."""
+    by_dtype: dict = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    out = []
+    for dtype, idx in by_dtype.items():
+        cur, size = [], 0
+        for i in reversed(idx):
+            n = tensors[i].shape.num_elements()
+            nbytes = bucket_bytes if n is None else n * dtype.size
+            if cur and bucket_bytes and size + nbytes > bucket_bytes:
+                out.append((dtype, cur))
+                cur, size = [], 0
+            cur.append(i)
+            size += nbytes
+        out.append((dtype, cur))
+    return out
+
+
+class _Pending:
+    """Allreduces started by one numpy_function and finished by another, by key."""
+
+    def __init__(self):
+        self._ops: dict = {}
+        self._keys = itertools.count()
+        self._lock = threading.Lock()
+
+    def start(self, comm, op: str):
+        def start(*arrays):
+            flat, offsets = _pack(arrays)
+            # out= keeps the communicator from holding it back for fusion: it is packed already
+            work = comm.allreduce(flat, op=op, async_op=True, out=flat)
+            key = next(self._keys)
+            with self._lock:
+                self._ops[key] = (comm, work, flat, offsets, [a.shape for a in arrays])
+            return np.int64(key)
+        return start
+
+    def finish(self, key):
+        with self._lock:
+            comm, work, flat, offsets, shapes = self._ops.pop(int(key))
+        work.wait(comm.timeout)
+        return [flat[o:o + int(np.prod(shape))].reshape(shape)
+                for o, shape in zip(offsets, shapes)]
+
+
+_PENDING = _Pending()
+
+
+def _pack(arrays) -> tuple[np.ndarray, list[int]]:
+    """One new aligned buffer holding ``arrays`` (each at a 64-byte aligned offset)."""
+    align = tf_tensors.ALIGN // arrays[0].itemsize or 1
+    offsets, at = [], 0
+    for a in arrays:
+        offsets.append(at)
+        at += -(-a.size // align) * align
+    flat = tf_tensors.empty_aligned((at,), arrays[0].dtype)
+    end = 0
+    for a, o in zip(arrays, offsets):
+        flat[end:o] = 0  # padding between the parts: reduced, never read
+        flat[o:o + a.size] = a.reshape(-1)
+        end = o + a.size
+    flat[end:] = 0
+    return flat, offsets
 
 
 def _allgather(comm, value, axis: int):

@@ -118,3 +118,29 @@ def test_unsupported_values_are_rejected_and_the_group_goes_on(tf_pool):
         assert "tf.string" in errors[0]
         assert "RaggedTensor" in errors[1]
         assert ok == [1.5]
+
+
+def _buckets_equal_one_buffer(comm):
+    """The same reduction in 256-byte buckets (started early, finished after) and in one
+    buffer; mixed dtypes and a scalar."""
+    import tensorflow as tf
+    from shoal.train.tf_distribute import ShoalStrategy
+    values = [tf.fill([40], 1.0 + comm.rank), tf.constant(2.0 * comm.rank),
+              tf.range(70, dtype=tf.int64) * (comm.rank + 1), tf.ones([3, 30]) * comm.rank]
+    out = []
+    for bucket_bytes in (0, 256):
+        strategy = ShoalStrategy(comm, bucket_bytes=bucket_bytes)
+
+        @tf.function
+        def step():
+            return strategy.run(
+                lambda: tf.distribute.get_replica_context().all_reduce("sum", values))
+        out.append([t.numpy().tolist() for t in step()])
+    return out
+
+
+def test_bucketed_reduction_equals_one_buffer(tf_pool):
+    for one, bucketed in tf_pool.run(_buckets_equal_one_buffer, 2):
+        assert one == bucketed
+        assert one[0] == [3.0] * 40 and one[1] == 2.0
+        assert one[2] == [3 * i for i in range(70)] and one[3] == [[1.0] * 30] * 3
