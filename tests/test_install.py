@@ -176,9 +176,14 @@ finally:
     shoal.shutdown()
 
 out["errors"] = {}
-for lib in ("shoal.data", "shoal.ml", "shoal.train", "shoal.horovod"):
+# shoal.horovod imports without torch (its TF faces need none); its torch API raises on use
+for lib, attr in (("shoal.data", None), ("shoal.ml", None), ("shoal.train", None),
+                  ("shoal.horovod", "DistributedOptimizer")):
     try:
-        __import__(lib)
+        import importlib
+        mod = importlib.import_module(lib)
+        if attr:
+            getattr(mod, attr)
         out["errors"][lib] = "imported"
     except MissingDependencyError as e:
         out["errors"][lib] = str(e)
