@@ -162,6 +162,8 @@ def _op_name(reduce_op) -> str:
 
 
 def _dense(v):
+    if isinstance(v, (tf.RaggedTensor, tf.SparseTensor)):
+        tf_tensors.check(v, "value")  # raises, naming the kind and what to pass instead
     if isinstance(v, tf.IndexedSlices):
         return tf.convert_to_tensor(v)  # allreduced dense (MWMS allgathers the slices)
     if isinstance(v, values_lib.DistributedValues):
