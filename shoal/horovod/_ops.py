@@ -18,6 +18,7 @@ from shoal.horovod._requests import (  # noqa: F401 - the torch-free part of the
 from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.compression import Compression
 
+
 def _same(outs):
     return outs[0]
 
