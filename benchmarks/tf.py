@@ -1,6 +1,7 @@
 """Keras models trained on 2 workers: tf.distribute.MultiWorkerMirroredStrategy (TensorFlow's
-own collectives over gRPC, the anchor) against shoal.horovod.tensorflow
-(DistributedGradientTape on shoal.collective), samples/s.
+own collectives over gRPC, the anchor) against shoal's ShoalStrategy (the same tf.distribute
+code, reductions on shoal.collective) and shoal.horovod.tensorflow (DistributedGradientTape),
+samples/s.
 
     python benchmarks/tf.py [--workers 2] [--rounds 2] [--steps 30] [--models mlp,cnn]
 
@@ -10,12 +11,16 @@ once per round. A worker limits TensorFlow to one intra-op thread, builds each K
 (an MLP 784-512-512-10 and a small CNN on 28x28x1) and runs the same ``tf.function``
 training step (forward, GradientTape, SGD update) on a fixed batch of ``--batch`` samples
 per worker; the systems differ only in how the gradients are averaged: the strategy's
-``all_reduce`` inside ``strategy.run`` (TF_CONFIG names the workers on 127.0.0.1), or
-``hvd.DistributedGradientTape``. (Keras 3's ``Model.fit`` does not run under
+``all_reduce`` inside ``strategy.run`` (MWMS: TF_CONFIG names the workers on 127.0.0.1;
+ShoalStrategy: the group of ``shoal launch``), or ``hvd.DistributedGradientTape``. A
+fourth run trains the same workers without averaging at all ("local"): the ceiling any
+averaging can reach on this machine, quoted so that the ratios can be read against it. (Keras 3's ``Model.fit`` does not run under
 MultiWorkerMirroredStrategy with more than one worker, keras-team/keras#20585, so both
 use a custom loop.) After 3 untimed steps (tracing), ``--repeats`` timed runs of
 ``--steps`` steps; the figure is the best samples/s over rounds and repeats; the ratio is
-shoal's over the anchor's. Needs the ``tf`` and ``train`` extras.
+shoal's over the anchor's. The CPU time rank 0's process spent per step (all its
+threads, best of the same runs) is printed too: on a shared, oversubscribed host it
+moves less with the load than wall time does. Needs the ``tf`` and ``train`` extras.
 """
 from __future__ import annotations
 
@@ -58,7 +63,8 @@ def _model(kind: str):
 
 def worker(args) -> None:
     rank, n = int(os.environ["SHOAL_RANK"]), int(os.environ["SHOAL_WORLD_SIZE"])
-    mwms = args.system == "mwms"
+    mwms, local = args.system == "mwms", args.system == "local"
+    uses_strategy = args.system in ("mwms", "shoal", "local")
     if mwms:
         ports = [int(p) for p in args.ports.split(",")]
         os.environ["TF_CONFIG"] = json.dumps({
@@ -70,8 +76,13 @@ def worker(args) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     if mwms:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif args.system == "shoal":
+        from shoal.train.tf_distribute import ShoalStrategy
+        strategy = ShoalStrategy()
+    elif args.system == "local":
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     import keras
-    if not mwms:
+    if args.system == "hvd":
         import shoal.horovod.tensorflow as hvd
         hvd.init()
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -91,14 +102,15 @@ def worker(args) -> None:
                 loss = tf.reduce_mean(loss_fn(yb, model(xb, training=True)))
             return tape, loss
 
-        if mwms:
+        if uses_strategy:
             @tf.function
             def step(xb, yb):
                 def replica(xr, yr):
                     tape, loss = grads_of(xr, yr)
                     grads = tape.gradient(loss, variables)
-                    ctx = tf.distribute.get_replica_context()
-                    grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+                    if not local:
+                        ctx = tf.distribute.get_replica_context()
+                        grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
                     for v, g in zip(variables, grads):
                         v.assign_sub(lr * g)
                 strategy.run(replica, args=(xb, yb))
@@ -112,20 +124,22 @@ def worker(args) -> None:
 
         for _ in range(3):
             step(x, y)                     # trace and warm up
-        best = 0.0
+        best, cpu = 0.0, float("inf")
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 step(x, y)
             best = max(best, args.steps * args.batch * n / (time.perf_counter() - t0))
-        results[kind] = best
+            cpu = min(cpu, (time.process_time() - c0) / args.steps * 1e3)
+        results[kind] = (best, cpu)
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
-    if not mwms:
+    if args.system == "hvd":
         hvd.shutdown()
 
 
-SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "hvd": "shoal.horovod.tensorflow"}
+SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "shoal": "ShoalStrategy",
+           "hvd": "shoal.horovod.tensorflow", "local": "no averaging (ceiling)"}
 
 
 def _run(system: str, args) -> dict:
@@ -165,19 +179,32 @@ def main() -> None:
     best: dict = {}
     for _ in range(args.rounds):           # alternating: every system once per round
         for system in SYSTEMS:
-            for kind, sps in _run(system, args).items():
-                best.setdefault(kind, {})[system] = max(best.get(kind, {}).get(system, 0), sps)
+            for kind, (sps, cpu) in _run(system, args).items():
+                old = best.setdefault(kind, {}).get(system, (0.0, float("inf")))
+                best[kind][system] = (max(old[0], sps), min(old[1], cpu))
     load1 = os.getloadavg()
     print(f"{args.workers} workers, 1 intra-op thread each, batch {args.batch}/worker, "
           f"{args.steps} steps, best of {args.rounds} alternating rounds x {args.repeats} fits")
     print(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
           f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    print("| model | MultiWorkerMirroredStrategy samples/s | shoal.horovod.tensorflow samples/s "
-          "| ratio |")
-    print("|---|---:|---:|---:|")
+    print("samples/s (ratio: / MultiWorkerMirroredStrategy's)")
+    print("| model | MultiWorkerMirroredStrategy | ShoalStrategy | shoal.horovod.tensorflow "
+          "| no averaging (ceiling) |")
+    print("|---|---:|---:|---:|---:|")
     for kind, systems in best.items():
-        a, s = systems["mwms"], systems["hvd"]
-        print(f"| {kind} | {a:,.0f} | {s:,.0f} | {s / a:.2f}x |")
+        a = systems["mwms"][0]
+        cells = [f"{systems[k][0]:,.0f} ({systems[k][0] / a:.2f}x)"
+                 for k in ("shoal", "hvd", "local")]
+        print(f"| {kind} | {a:,.0f} | " + " | ".join(cells) + " |")
+    print("rank 0's CPU ms per step, all threads (ratio: MultiWorkerMirroredStrategy's / it)")
+    print("| model | MultiWorkerMirroredStrategy | ShoalStrategy | shoal.horovod.tensorflow "
+          "| no averaging (ceiling) |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, systems in best.items():
+        a = systems["mwms"][1]
+        cells = [f"{systems[k][1]:.1f} ({a / systems[k][1]:.2f}x)"
+                 for k in ("shoal", "hvd", "local")]
+        print(f"| {kind} | {a:.1f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -233,7 +233,13 @@ class MissingDependencyError(ShoalError, ImportError):
                 pip install 'shoal[ml]'``.
         """
         import importlib.util
-        absent = [m for m in modules if importlib.util.find_spec(m) is None]
+
+        def absent_(m):
+            try:
+                return importlib.util.find_spec(m) is None
+            except (ImportError, ValueError):  # an import hook refused it, or a broken stub
+                return True
+        absent = [m for m in modules if absent_(m)]
         if absent:
             missing = tuple(cls._PIP_NAMES.get(m, m) for m in absent)
             raise cls(f"{part} needs {', '.join(missing)}, which "

@@ -138,7 +138,7 @@ def from_numpy(arr: np.ndarray, dname: str):
     return tf.experimental.dlpack.from_dlpack(arr.__dlpack__())
 
 
-_ALIGN = 64  # EIGEN_MAX_ALIGN_BYTES in TensorFlow's CPU builds
+ALIGN = _ALIGN = 64  # EIGEN_MAX_ALIGN_BYTES in TensorFlow's CPU builds
 
 
 def empty_aligned(shape, dtype) -> np.ndarray:

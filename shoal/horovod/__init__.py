@@ -15,81 +15,85 @@ memory on one host, authenticated TCP across hosts).
 """
 from shoal.exceptions import MissingDependencyError
 
-MissingDependencyError.require("shoal.horovod", "train", "torch")
+try:
+    import torch as _torch
+except ImportError:  # shoal.horovod.tensorflow and .keras run without torch
+    _torch = None
 
-from shoal.horovod._ops import (
-                                Adasum,
-                                Average,
-                                Max,
-                                Min,
-                                Product,
-                                Sum,
-                                allgather,
-                                allgather_async,
-                                allgather_object,
-                                allreduce,
-                                allreduce_,
-                                allreduce_async,
-                                allreduce_async_,
-                                alltoall,
-                                alltoall_async,
-                                barrier,
-                                broadcast,
-                                broadcast_,
-                                broadcast_async,
-                                broadcast_async_,
-                                broadcast_object,
-                                grouped_allgather,
-                                grouped_allgather_async,
-                                grouped_allreduce,
-                                grouped_allreduce_,
-                                grouped_allreduce_async,
-                                grouped_allreduce_async_,
-                                grouped_reducescatter,
-                                grouped_reducescatter_async,
-                                join,
-                                poll,
-                                reducescatter,
-                                reducescatter_async,
-                                sparse_allreduce_async,
-                                synchronize,
-)
-from shoal.horovod._world import (
-                                ProcessSet,
-                                add_process_set,
-                                ccl_built,
-                                cross_rank,
-                                cross_size,
-                                cuda_built,
-                                ddl_built,
-                                global_process_set,
-                                gloo_built,
-                                gloo_enabled,
-                                init,
-                                is_homogeneous,
-                                is_initialized,
-                                local_rank,
-                                local_size,
-                                mpi_built,
-                                mpi_enabled,
-                                mpi_threads_supported,
-                                nccl_built,
-                                rank,
-                                remove_process_set,
-                                rocm_built,
-                                shutdown,
-                                size,
-                                start_timeline,
-                                stop_timeline,
-)
-from shoal.horovod.compression import Compression
-from shoal.horovod.optimizer import (
-                                DistributedOptimizer,
-                                broadcast_optimizer_state,
-                                broadcast_parameters,
-)
-from shoal.horovod.sync_batch_norm import SyncBatchNorm
-from shoal.horovod import elastic
+if _torch is not None:
+    from shoal.horovod._ops import (
+                                    Adasum,
+                                    Average,
+                                    Max,
+                                    Min,
+                                    Product,
+                                    Sum,
+                                    allgather,
+                                    allgather_async,
+                                    allgather_object,
+                                    allreduce,
+                                    allreduce_,
+                                    allreduce_async,
+                                    allreduce_async_,
+                                    alltoall,
+                                    alltoall_async,
+                                    barrier,
+                                    broadcast,
+                                    broadcast_,
+                                    broadcast_async,
+                                    broadcast_async_,
+                                    broadcast_object,
+                                    grouped_allgather,
+                                    grouped_allgather_async,
+                                    grouped_allreduce,
+                                    grouped_allreduce_,
+                                    grouped_allreduce_async,
+                                    grouped_allreduce_async_,
+                                    grouped_reducescatter,
+                                    grouped_reducescatter_async,
+                                    join,
+                                    poll,
+                                    reducescatter,
+                                    reducescatter_async,
+                                    sparse_allreduce_async,
+                                    synchronize,
+    )
+    from shoal.horovod._world import (
+                                    ProcessSet,
+                                    add_process_set,
+                                    ccl_built,
+                                    cross_rank,
+                                    cross_size,
+                                    cuda_built,
+                                    ddl_built,
+                                    global_process_set,
+                                    gloo_built,
+                                    gloo_enabled,
+                                    init,
+                                    is_homogeneous,
+                                    is_initialized,
+                                    local_rank,
+                                    local_size,
+                                    mpi_built,
+                                    mpi_enabled,
+                                    mpi_threads_supported,
+                                    nccl_built,
+                                    rank,
+                                    remove_process_set,
+                                    rocm_built,
+                                    shutdown,
+                                    size,
+                                    start_timeline,
+                                    stop_timeline,
+    )
+    from shoal.horovod.compression import Compression
+    from shoal.horovod.optimizer import (
+                                    DistributedOptimizer,
+                                    broadcast_optimizer_state,
+                                    broadcast_parameters,
+    )
+    from shoal.horovod.sync_batch_norm import SyncBatchNorm
+    from shoal.horovod import elastic
 
 __all__ = [
     "Adasum", "Average", "Compression", "DistributedOptimizer", "Max", "Min", "Product",
@@ -106,3 +110,10 @@ __all__ = [
     "reducescatter_async", "remove_process_set", "rocm_built", "shutdown", "size",
     "sparse_allreduce_async", "start_timeline", "stop_timeline", "synchronize", "elastic",
 ]
+
+
+if _torch is None:
+    def __getattr__(name):
+        if name in __all__:
+            MissingDependencyError.require("shoal.horovod", "train", "torch")
+        raise AttributeError(f"module 'shoal.horovod' has no attribute {name!r}")

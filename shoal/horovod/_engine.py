@@ -31,7 +31,6 @@ import time
 from collections import deque
 
 import numpy as np
-import torch
 
 from shoal.exceptions import CollectiveError
 
@@ -486,11 +485,15 @@ def _cat(parts, like):
     """Every rank's rows, concatenated, as the kind of ``like`` (torch tensor or array)."""
     if isinstance(like, np.ndarray):
         return np.concatenate([np.asarray(p) for p in parts])
+    import torch  # a torch tensor came in: torch is loaded (the TF faces never get here)
     return torch.cat([torch.as_tensor(p) for p in parts])
 
 
 def _like(x, like):
-    return np.asarray(x) if isinstance(like, np.ndarray) else torch.as_tensor(x)
+    if isinstance(like, np.ndarray):
+        return np.asarray(x)
+    import torch
+    return torch.as_tensor(x)
 
 
 def _zeros(specs, rows=None) -> list:
@@ -500,8 +503,11 @@ def _zeros(specs, rows=None) -> list:
     for dtype, shape, device in specs:
         if rows is not None and shape:
             shape = (rows, *shape[1:])
-        out.append(np.zeros(shape, dtype=dtype) if device == "numpy" else
-                   torch.zeros(shape, dtype=getattr(torch, dtype), device=device))
+        if device == "numpy":
+            out.append(np.zeros(shape, dtype=dtype))
+            continue
+        import torch
+        out.append(torch.zeros(shape, dtype=getattr(torch, dtype), device=device))
     return out
 
 

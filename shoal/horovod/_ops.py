@@ -8,87 +8,15 @@ error on every rank and the next op runs normally.
 """
 from __future__ import annotations
 
-import itertools
-import pickle
-import threading
-
 import torch
 
-from shoal.horovod._engine import (ALLGATHER, ALLREDUCE, ALLTOALL, BARRIER, BROADCAST, JOIN,
-                                   REDUCESCATTER, Request)
+from shoal.horovod._engine import ALLGATHER, ALLREDUCE, ALLTOALL, BROADCAST, REDUCESCATTER
+from shoal.horovod._requests import (  # noqa: F401 - the torch-free part of the API, re-exported
+    Adasum, Average, Max, Min, Product, Sum, _check_op, _check_root, _now, _submit,
+    allgather_object, barrier, broadcast_object, grouped_allreduce_async_, join, poll,
+    synchronize)
 from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.compression import Compression
-
-Average, Sum, Adasum, Min, Max, Product = "avg", "sum", "adasum", "min", "max", "prod"
-_OPS = {Average, Sum, Min, Max, Product}
-
-_handles: dict = {}
-_handles_lock = threading.Lock()
-_next_handle = itertools.count(1)
-
-
-def _check_op(op, average) -> str:
-    if average is not None:
-        if op is not None:
-            raise ValueError("The op parameter supersedes average. Please provide only one of them.")
-        op = Average if average else Sum
-    op = Average if op is None else op
-    if op == Adasum:
-        raise NotImplementedError("Adasum is not supported by shoal.horovod; use hvd.Average "
-                                  "or hvd.Sum")
-    if op not in _OPS:
-        raise ValueError(f"unknown reduce op {op!r}; use hvd.Average, Sum, Min, Max or Product")
-    return op
-
-
-def _submit(kind, name, tensors, finish, process_set, op="sum", root=-1, pre=1.0, post=1.0,
-            error=None, splits=None, wake=True) -> int:
-    eng = engine_of(process_set)
-    key = str(name) if name is not None else eng.auto_name(kind)
-    req = Request(key, kind, tensors, op, root, pre, post, error=error)
-    req.splits = splits
-    handle = eng.submit(req, wake and not getattr(_tls, "sync", False))
-    h = next(_next_handle)
-    with _handles_lock:
-        _handles[h] = (eng, handle, finish)
-    return h
-
-
-_tls = threading.local()
-
-
-def _now(async_fn, *args, **kwargs):
-    """Run an async op and wait for it; the calling thread drives the negotiation."""
-    _tls.sync = True
-    try:
-        h = async_fn(*args, **kwargs)
-    finally:
-        _tls.sync = False
-    return synchronize(h)
-
-
-def synchronize(handle):
-    """Wait for an async op; returns its output (tensor, or tuple for alltoall).
-
-    Raises the op's error (the same on every rank for mismatched calls).
-    """
-    if callable(handle):            # sparse_allreduce_async returns a function, as Horovod's
-        return handle()
-    with _handles_lock:
-        entry = _handles.pop(handle, None)
-    if entry is None:
-        raise ValueError(f"unknown or already synchronized Horovod handle {handle!r}")
-    eng, h, finish = entry
-    return finish(h.wait(eng, None))
-
-
-def poll(handle) -> bool:
-    """True if the async op of ``handle`` is done (``synchronize`` will not block)."""
-    with _handles_lock:
-        entry = _handles.get(handle)
-    if entry is None:
-        raise ValueError(f"unknown or already synchronized Horovod handle {handle!r}")
-    return entry[1].event.is_set()
 
 
 def _same(outs):
@@ -152,14 +80,6 @@ def allreduce(tensor, average=None, name=None, compression=Compression.none, op=
                    prescale_factor=prescale_factor, postscale_factor=postscale_factor,
                    process_set=process_set)
     return compression.decompress(out, ctx)
-
-
-def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale_factor=1.0,
-                             postscale_factor=1.0, process_set=global_process_set) -> int:
-    """Start an in-place allreduce of a list of tensors as one fused op; returns a handle."""
-    op = _check_op(op, average)
-    return _submit(ALLREDUCE, name, list(tensors), lambda outs: outs, process_set, op, -1,
-                   prescale_factor, postscale_factor)
 
 
 def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_factor=1.0,
@@ -271,14 +191,6 @@ def grouped_allgather(tensors, name=None, process_set=global_process_set) -> lis
 
 
 # ------------------------------------------------------------------ broadcast
-def _check_root(root_rank, process_set) -> tuple[int, str | None]:
-    """The root's rank within the set, or an error every rank raises."""
-    ranks = engine_of(process_set).set_ranks
-    if root_rank not in ranks:
-        return -1, f"root_rank {root_rank} is not a rank of the process set {ranks}"
-    return ranks.index(root_rank), None
-
-
 def broadcast_async_(tensor, root_rank, name=None, process_set=global_process_set) -> int:
     """Start an in-place broadcast of rank ``root_rank``'s ``tensor``; returns a handle."""
     root, err = _check_root(root_rank, process_set)
@@ -316,33 +228,6 @@ def broadcast(tensor, root_rank, name=None, process_set=global_process_set):
     if tensor.requires_grad:
         return _BroadcastFn.apply(tensor, root_rank, name, process_set)
     return _now(broadcast_async, tensor, root_rank, name, process_set)
-
-
-def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
-    """Rank ``root_rank``'s picklable ``obj`` on every rank (peers are authenticated)."""
-    me = _w().rank
-    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8) \
-        if me == root_rank else torch.empty(0, dtype=torch.uint8)
-    base = name or engine_of(process_set).auto_name("object")
-    n = broadcast(torch.tensor([payload.numel()], dtype=torch.int64), root_rank,
-                  f"{base}.size", process_set)
-    data = payload if me == root_rank else torch.empty(int(n[0]), dtype=torch.uint8)
-    data = broadcast(data, root_rank, f"{base}.data", process_set)
-    return obj if me == root_rank else pickle.loads(data.numpy().tobytes())
-
-
-def allgather_object(obj, name=None, process_set=global_process_set) -> list:
-    """Every rank's picklable ``obj``, in rank order."""
-    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-    base = name or engine_of(process_set).auto_name("object")
-    sizes = allgather(torch.tensor([payload.numel()], dtype=torch.int64), f"{base}.sizes",
-                      process_set)
-    data = allgather(payload, f"{base}.data", process_set).numpy().tobytes()
-    out, at = [], 0
-    for s in sizes.tolist():
-        out.append(pickle.loads(data[at:at + s]))
-        at += s
-    return out
 
 
 # ------------------------------------------------------------------ alltoall, reducescatter
@@ -459,25 +344,3 @@ def grouped_reducescatter(tensors, name=None, compression=Compression.none, op=A
     outs = _now(grouped_reducescatter_async, [p[0] for p in pairs], name, op, process_set,
                 prescale_factor, postscale_factor)
     return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
-
-
-# ------------------------------------------------------------------ barrier, join
-def barrier(process_set=global_process_set) -> None:
-    """Return once every rank of the process set reached the barrier."""
-    _now(_submit, BARRIER, None, [], lambda outs: None, process_set)
-
-
-def join(device=-1) -> int:
-    """Signal that this rank has no more data; returns the rank that joined last.
-
-    Until every rank has joined, this rank keeps taking part in the
-    collectives the others still issue, as in Horovod: it contributes zeros to
-    allreduces (Average still divides by ``size()``, as Horovod's does) and no
-    rows to allgathers; broadcast, alltoall and reducescatter raise on the
-    ranks that issue them meanwhile. Among ranks that joined in the same
-    round, the highest counts as the last.
-    """
-    eng = engine_of(global_process_set)
-    req = Request(f"join.{id(eng)}", JOIN)
-    handle = eng.submit(req)
-    return handle.wait(eng, None)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
-
-import torch
 
 from shoal.horovod._engine import ADD_SET, REMOVE_SET, Engine, Request
 
@@ -116,7 +115,7 @@ global_process_set = _GlobalProcessSet()
 
 class _World:
     def __init__(self):
-        self.comm = None
+        self.comm = self.own_comm = None  # own_comm: formed by init, destroyed by shutdown
         self.rank = self.local_rank = self.cross_rank = 0
         self.size = self.local_size = self.cross_size = 1
         self.sets: dict[int, ProcessSet] = {}
@@ -142,15 +141,17 @@ def init(comm=None, process_sets=None) -> None:
         if _world is not None:
             return
         w = _World()
-        if comm is None:
-            from shoal.train.context import current_session
-            session = current_session(required=False)
-            if session is not None:
-                comm = session.comm
-                ctx = session.context
-                w.local_rank, w.local_size = ctx.local_rank, ctx.local_world_size
-                w.cross_rank = ctx.node_rank
-        else:
+        session = _train_session() if comm is None else None
+        if session is not None:
+            comm = session.comm
+            ctx = session.context
+            w.local_rank, w.local_size = ctx.local_rank, ctx.local_world_size
+            w.cross_rank = ctx.node_rank
+        elif comm is None and _launched():
+            # shoal.train (which needs torch) is not here: form the launcher's group directly
+            from shoal.collective import init_group_from_env
+            comm = w.own_comm = init_group_from_env()
+        if comm is not None and session is None:
             env = os.environ
             w.local_rank = int(env.get("SHOAL_LOCAL_RANK", env.get("LOCAL_RANK", 0)))
             w.local_size = int(env.get("SHOAL_LOCAL_WORLD_SIZE",
@@ -173,6 +174,21 @@ def init(comm=None, process_sets=None) -> None:
         add_process_set(ps)
 
 
+def _train_session():
+    """The shoal.train session of this process (a Trainer worker, or a launched script), or
+    None; without torch there is no shoal.train, hence none."""
+    if "shoal.train.context" not in sys.modules and _torch() is None:
+        return None
+    from shoal.train.context import current_session
+    return current_session(required=False)
+
+
+def _launched() -> bool:
+    env = os.environ
+    return ("SHOAL_RANK" in env or "RANK" in env) and \
+        ("SHOAL_WORLD_SIZE" in env or "WORLD_SIZE" in env)
+
+
 def shutdown() -> None:
     """Leave the group (pending ops fail); ``init`` may be called again."""
     global _world
@@ -188,6 +204,8 @@ def shutdown() -> None:
         ps._engine, ps.process_set_id = None, None
     if w.timeline is not None:
         w.timeline.flush()
+    if w.own_comm is not None:
+        w.own_comm.destroy()
 
 
 def is_initialized() -> bool:
@@ -308,6 +326,8 @@ def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
     w = _w()
     if w.timeline is not None:
         w.timeline.flush()
+    if w.own_comm is not None:
+        w.own_comm.destroy()
     w.timeline = Timeline(file_path, w.rank) if w.rank == 0 else None
 
 
@@ -316,6 +336,8 @@ def stop_timeline() -> None:
     w = _w()
     if w.timeline is not None:
         w.timeline.flush()
+    if w.own_comm is not None:
+        w.own_comm.destroy()
         w.timeline = None
 
 
@@ -345,9 +367,20 @@ def mpi_threads_supported() -> bool:
                      "(shared memory and TCP), which supports ops from any thread.")
 
 
+def _torch():
+    """torch, or None where it is not installed (the TensorFlow faces run without it)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def gloo_built() -> bool:
     """True if torch was built with Gloo (shoal.collective's torch backend can use it)."""
-    return bool(torch.distributed.is_available() and torch.distributed.is_gloo_available())
+    torch = _torch()
+    return bool(torch is not None and torch.distributed.is_available()
+                and torch.distributed.is_gloo_available())
 
 
 def gloo_enabled() -> bool:
@@ -361,8 +394,9 @@ def gloo_enabled() -> bool:
 
 def nccl_built() -> int:
     """The NCCL version CUDA tensors use (as Horovod: e.g. 21803 for 2.18.3), 0 without NCCL."""
-    if not (torch.distributed.is_available() and torch.distributed.is_nccl_available()
-            and torch.cuda.is_available()):
+    torch = _torch()
+    if not (torch is not None and torch.distributed.is_available()
+            and torch.distributed.is_nccl_available() and torch.cuda.is_available()):
         return 0
     major, minor, patch = torch.cuda.nccl.version()
     return major * 10000 + minor * 100 + patch if (major, minor) >= (2, 9) else \
@@ -381,9 +415,11 @@ def ccl_built() -> bool:
 
 def cuda_built() -> bool:
     """True if CUDA tensors are supported (torch was built with CUDA)."""
-    return bool(torch.backends.cuda.is_built())
+    torch = _torch()
+    return bool(torch is not None and torch.backends.cuda.is_built())
 
 
 def rocm_built() -> bool:
     """True if torch was built for ROCm (HIP)."""
-    return torch.version.hip is not None
+    torch = _torch()
+    return torch is not None and torch.version.hip is not None

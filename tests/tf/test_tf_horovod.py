@@ -205,3 +205,19 @@ def _undocumented(comm):
 
 def test_every_public_name_of_the_tf_faces_has_a_docstring(tf_pool):
     assert tf_pool.run(_undocumented, 1)[0] == []
+
+
+@pytest.mark.slow
+def test_the_tf_and_keras_faces_work_without_torch():
+    # the script refuses `import torch` (a sys.meta_path finder), as if it were not installed
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(HERE, "scripts", "keras_without_torch.py")],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = json.loads(re.search(r"RESULT (.*)", r.stdout).group(1))
+    assert out["size"] == 2 and out["allreduce"] == [1.5]
+    assert out["object"] == {"from": 1} and out["objects"] == [0, 1]
+    assert all(np.isfinite(out["weights"]))
+    assert "MissingDependencyError" in out["torch_face"] and "shoal[train]" in out["torch_face"]
+    assert out["torch_loaded"] is False

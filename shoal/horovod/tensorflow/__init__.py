@@ -13,7 +13,8 @@
 The ops run on shoal.horovod's engine (matched by name, checked, fused; the
 same engine as the PyTorch API), in eager mode and inside ``tf.function``
 (as ``tf.py_function``; see ``shoal.horovod.tensorflow._ops`` for why). They
-need the ``tf`` and ``train`` extras (``pip install 'shoal[tf,train]'``).
+need the ``tf`` extra (``pip install 'shoal[tf]'``), not torch; running inside a
+``shoal.train.Trainer`` needs the ``train`` extra too.
 """
 from shoal.exceptions import MissingDependencyError
 

@@ -6,12 +6,16 @@ tf.Tensors that own the result buffer (``shoal.collective.tf_tensors``). The
 engine is the one shoal.horovod's torch API uses: ops matched across ranks by
 name, checked, and consecutive allreduces fused.
 
-Inside ``tf.function`` an op runs as a ``tf.py_function`` around the same eager
-code. Horovod compiles a custom op instead; here the collective is Python and
-shared memory anyway, so a custom op would save only the hop into Python per
-call (DistributedGradientTape and DistributedOptimizer make one call per step
-for all gradients), and would tie shoal to one TensorFlow ABI and a compiler.
-The cost: a step that uses these ops cannot be XLA-compiled (``jit_compile``).
+Each op is written once, on NumPy arrays. In eager mode it runs on views of
+the tensors; inside ``tf.function`` it runs as a ``tf.numpy_function``, which
+passes the tensors' buffers as arrays and adopts the (64-byte aligned) result
+arrays without a copy; it is lighter than a ``tf.py_function``, which would
+wrap every argument and result in an eager tensor. Horovod compiles a custom
+op instead; here the collective is Python and shared memory anyway, so a
+custom op would save only the hop into Python per call (DistributedGradientTape
+and DistributedOptimizer make one call per step for all gradients), and would
+tie shoal to one TensorFlow ABI and a compiler. The cost: a step that uses
+these ops cannot be XLA-compiled (``jit_compile``).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from shoal.collective import tf_tensors as tft
-from shoal.horovod import _ops as H
+from shoal.horovod import _requests as H
 from shoal.horovod._engine import ALLGATHER, ALLREDUCE, ALLTOALL, BROADCAST, REDUCESCATTER
 from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.tensorflow.compression import Compression
@@ -28,27 +32,20 @@ Average, Sum, Adasum, Min, Max, Product = H.Average, H.Sum, H.Adasum, H.Min, H.M
 
 
 # ------------------------------------------------------------------ conversion
-def _array(t, writable: bool) -> tuple[np.ndarray, str]:
-    """A NumPy array of an eager tensor's data and its dtype name."""
-    arr = tft.to_numpy(t)
-    dname = tft.check(t)
-    if writable:
-        copy = tft.empty_aligned(arr.shape, arr.dtype)
-        copy[...] = arr
-        arr = copy
-    return arr, dname
-
-
-def _tensor(arr, dname: str):
-    return tft.from_numpy(np.asarray(arr), dname)
+def _writable(arr: np.ndarray) -> np.ndarray:
+    """An aligned copy of ``arr`` for an op that writes its input (tensors are immutable)."""
+    copy = tft.empty_aligned(arr.shape, arr.dtype)
+    copy[...] = arr
+    return copy
 
 
 def _eager_or_graph(fn, inputs: list, tout: list, shapes: list):
-    """``fn(*inputs)`` (eager tensors in, a list of tensors out) now, or as a
-    ``tf.py_function`` when building a graph."""
+    """``fn(*arrays)`` (NumPy arrays in, a list of arrays out): now, on views of eager
+    tensors, or as a ``tf.numpy_function`` when building a graph."""
     if tf.executing_eagerly():
-        return fn(*inputs)
-    outs = tf.py_function(fn, inputs, tout)
+        outs = fn(*[tft.to_numpy(t) for t in inputs])
+        return [tft.from_numpy(np.asarray(o), tf.as_dtype(d).name) for o, d in zip(outs, tout)]
+    outs = tf.numpy_function(fn, inputs, [tf.as_dtype(d) for d in tout])
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
     for o, s in zip(outs, shapes):
         o.set_shape(s)
@@ -65,11 +62,10 @@ def _dense(t, name="tensor"):
 
 
 # ------------------------------------------------------------------ allreduce
-def _grouped_allreduce_now(tensors, op, pre, post, name, process_set):
-    pairs = [_array(t, writable=True) for t in tensors]
-    H._now(H.grouped_allreduce_async_, [a for a, _ in pairs], None, name, op, pre, post,
-           process_set)
-    return [_tensor(a, d) for a, d in pairs]
+def _grouped_allreduce_now(arrays, op, pre, post, name, process_set):
+    out = [_writable(a) for a in arrays]
+    H._now(H.grouped_allreduce_async_, out, None, name, op, pre, post, process_set)
+    return out
 
 
 def grouped_allreduce(tensors, average=None, device_dense="", device_sparse="",
@@ -152,17 +148,15 @@ def allreduce(tensor, average=None, device_dense="", device_sparse="",
 
 
 # ------------------------------------------------------------------ allgather
-def _allgather_now(tensors, name, process_set):
-    arrays = [_array(t, writable=False) for t in tensors]
-    if any(a.ndim == 0 for a, _ in arrays):
+def _allgather_now(arrays, name, process_set):
+    if any(a.ndim == 0 for a in arrays):
         err = ("hvd.allgather needs a tensor of at least one dimension (rows are concatenated "
                "along dimension 0); reshape a scalar with tf.reshape(t, [1])")
     else:
         err = None
-    h = H._submit(ALLGATHER, name, [a for a, _ in arrays], lambda outs: outs, process_set,
-                  error=err, wake=False)
-    outs = H.synchronize(h)
-    return [_tensor(o, d) for o, (_, d) in zip(outs, arrays)]
+    h = H._submit(ALLGATHER, name, list(arrays), lambda outs: outs, process_set, error=err,
+                  wake=False)
+    return [np.asarray(o) for o in H.synchronize(h)]
 
 
 def allgather(tensor, name=None, ignore_name_scope=False, process_set=global_process_set):
@@ -200,13 +194,13 @@ def grouped_allgather(tensors, name=None, process_set=global_process_set) -> lis
 
 
 # ------------------------------------------------------------------ broadcast
-def _broadcast_now(tensors, root_rank, name, process_set):
+def _broadcast_now(arrays, root_rank, name, process_set):
     root, err = H._check_root(root_rank, process_set)
-    pairs = [_array(t, writable=True) for t in tensors]
-    h = H._submit(BROADCAST, name, [a for a, _ in pairs], lambda outs: outs, process_set,
-                  root=root, error=err, wake=False)
+    out = [_writable(a) for a in arrays]
+    h = H._submit(BROADCAST, name, out, lambda outs: outs, process_set, root=root, error=err,
+                  wake=False)
     H.synchronize(h)
-    return [_tensor(a, d) for a, d in pairs]
+    return out
 
 
 def broadcast(tensor, root_rank, name=None, ignore_name_scope=False,
@@ -267,8 +261,7 @@ def allgather_object(obj, session=None, name=None, process_set=global_process_se
 
 
 # ------------------------------------------------------------------ alltoall, reducescatter
-def _alltoall_now(t, splits, name, process_set):
-    arr, dname = _array(t, writable=False)
+def _alltoall_now(arr, splits, name, process_set):
     n_ranks = len(engine_of(process_set).set_ranks)
     n = arr.shape[0] if arr.ndim else 0
     err, send = None, None
@@ -288,7 +281,7 @@ def _alltoall_now(t, splits, name, process_set):
     h = H._submit(ALLTOALL, name, [arr], lambda outs: outs, process_set, error=err, splits=send,
                   wake=False)
     out, received = H.synchronize(h)
-    return [_tensor(out, dname), tf.constant(np.asarray(received, np.int32))]
+    return [np.asarray(out), np.asarray(received, np.int32)]
 
 
 def alltoall(tensor, splits=None, name=None, ignore_name_scope=False,
@@ -300,19 +293,17 @@ def alltoall(tensor, splits=None, name=None, ignore_name_scope=False,
     t = _dense(tensor)
     inputs = [t] if splits is None else [t, tf.convert_to_tensor(splits, tf.int32)]
     out = _eager_or_graph(
-        lambda x, s=None: _alltoall_now(x, None if s is None else s.numpy(), name, process_set),
+        lambda x, s=None: _alltoall_now(x, s, name, process_set),
         inputs, [t.dtype, tf.int32], [[None, *t.shape[1:]], [None]])
     return out[0], out[1]
 
 
-def _reducescatter_now(tensors, op, pre, post, name, process_set):
-    pairs = [_array(t, writable=False) for t in tensors]
+def _reducescatter_now(arrays, op, pre, post, name, process_set):
     err = ("hvd.reducescatter needs tensors of at least one dimension"
-           if any(a.ndim == 0 for a, _ in pairs) else None)
-    h = H._submit(REDUCESCATTER, name, [a for a, _ in pairs], lambda outs: outs, process_set,
-                  op, -1, pre, post, error=err, wake=False)
-    outs = H.synchronize(h)
-    return [_tensor(o, d) for o, (_, d) in zip(outs, pairs)]
+           if any(a.ndim == 0 for a in arrays) else None)
+    h = H._submit(REDUCESCATTER, name, list(arrays), lambda outs: outs, process_set, op, -1,
+                  pre, post, error=err, wake=False)
+    return [np.asarray(o) for o in H.synchronize(h)]
 
 
 def reducescatter(tensor, op=Average, name=None, ignore_name_scope=False,
