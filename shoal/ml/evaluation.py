@@ -137,5 +137,112 @@ class BinaryClassificationEvaluator(_Evaluator):
         return estimator.decision_function(X)
 
 
-__all__ = ["BinaryClassificationEvaluator", "MulticlassClassificationEvaluator",
+DISTANCE_MEASURES = ("squaredEuclidean", "cosine")
+
+
+class ClusteringEvaluator:
+    """Spark's ClusteringEvaluator: the mean silhouette of a clustering, metric_name
+    "silhouette", distance_measure "squaredEuclidean" (Spark's default) or "cosine".
+
+    The same number as ``sklearn.metrics.silhouette_score(X, labels, metric="sqeuclidean")``
+    (or ``"cosine"``), computed as Spark does in two passes over the rows without pairwise
+    distances: one gathers each cluster's size, sum of rows and sum of squared norms, the
+    next scores every row against those (block by block as tasks for a Dataset).
+
+    ``evaluate(scored)``: a Dataset from ``predict`` (or a pandas DataFrame / Arrow Table)
+    holding the features and the ``prediction_col``; ``features_col`` is one column (a
+    vector column such as VectorAssembler's "features", or a number) or a list of columns.
+    As a scikit-learn scorer, ``evaluator(estimator, X, y=None)`` scores
+    ``estimator.predict(X)`` on X's rows (larger is better).
+    """
+
+    def __init__(self, metric_name="silhouette", *, distance_measure="squaredEuclidean",
+                 features_col="features", prediction_col="prediction"):
+        self.metric_name = metric_name
+        self.distance_measure = distance_measure
+        self.features_col = features_col
+        self.prediction_col = prediction_col
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"ClusteringEvaluator({args})"
+
+    def _check(self):
+        if self.metric_name != "silhouette":
+            raise InvalidInputError(f"ClusteringEvaluator metric_name={self.metric_name!r} is not "
+                                    f"one of ['silhouette']")
+        if self.distance_measure not in DISTANCE_MEASURES:
+            raise InvalidInputError(f"ClusteringEvaluator distance_measure={self.distance_measure!r} "
+                                    f"is not one of {list(DISTANCE_MEASURES)}")
+
+    def is_larger_better(self) -> bool:
+        """True: a larger silhouette is a better clustering."""
+        self._check()
+        return True
+
+    def _features(self):
+        f = self.features_col
+        return [f] if isinstance(f, str) else list(f)
+
+    def evaluate(self, scored) -> float:
+        """The mean silhouette over the rows of a scored Dataset or table."""
+        from shoal.ml.clustering import _kernels as K
+        from shoal.ml._executor import map_dataset_blocks
+        self._check()
+        features, pred, measure = self._features(), self.prediction_col, self.distance_measure
+        if _is_dataset(scored):
+            columns = scored.columns()
+            for c in features + [pred]:
+                if c not in columns:
+                    raise InvalidInputError(f"column {c!r} is missing from the scored Dataset given "
+                                            f"to ClusteringEvaluator.evaluate(); available: {columns}")
+            stats = K.merge_cluster_stats(map_dataset_blocks(scored, K.silhouette_block_stats,
+                                                             features, pred, measure))
+            self._check_clusters(stats)
+            parts = map_dataset_blocks(scored, K.silhouette_block_sum, features, pred, stats, measure)
+        else:
+            import pyarrow as pa
+            table = scored if hasattr(scored, "column_names") else \
+                pa.Table.from_pandas(scored.to_pandas() if hasattr(scored, "to_pandas") and
+                                     not hasattr(scored, "iloc") else scored, preserve_index=False)
+            for c in features + [pred]:
+                if c not in table.column_names:
+                    raise InvalidInputError(f"column {c!r} is missing from the scored table given to "
+                                            f"ClusteringEvaluator.evaluate(); available: "
+                                            f"{table.column_names}")
+            X, labels = K._scored_block(table, features, pred)
+            return self._score(X, labels)
+        total, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return float(total / n)
+
+    @staticmethod
+    def _check_clusters(stats):
+        if len(stats[0]) < 2:
+            raise InvalidInputError(f"the silhouette needs at least 2 clusters; the predictions hold "
+                                    f"{len(stats[0])} ({stats[0].tolist()}). Fit more clusters.")
+
+    def _score(self, X, labels) -> float:
+        from shoal.ml.clustering import _kernels as K
+        X = np.asarray(X, dtype=np.float64)
+        labels = np.asarray(labels)
+        if X.ndim != 2 or len(X) != len(labels) or len(X) == 0:
+            raise InvalidInputError(f"ClusteringEvaluator needs a non-empty 2-D X with one label per "
+                                    f"row, got X of shape {X.shape} and {len(labels)} labels")
+        try:
+            stats = K.silhouette_cluster_stats(X, labels, self.distance_measure)
+            self._check_clusters(stats)
+            total, n = K.silhouette_sum(X, labels, *stats, self.distance_measure)
+        except ValueError as e:
+            if isinstance(e, InvalidInputError):
+                raise
+            raise InvalidInputError(f"ClusteringEvaluator: {e}") from None
+        return float(total / n)
+
+    def __call__(self, estimator, X, y=None) -> float:
+        """Score ``estimator``'s clustering of X as a scikit-learn scorer (larger is better)."""
+        self._check()
+        return self._score(X, estimator.predict(X))
+
+
+__all__ = ["BinaryClassificationEvaluator", "ClusteringEvaluator", "MulticlassClassificationEvaluator",
            "RegressionEvaluator"]
