@@ -11,7 +11,8 @@ from shoal.ml._input import _is_dataset, check_predict_input
 from shoal.ml.clustering import _kernels as K
 
 STRATEGIES = ("level", "biggest_inertia", "largest_cluster")
-SAMPLE_PER_LEAF = 64     # rows per block and leaf drawn to seed that leaf's split
+SAMPLE_PER_LEAF = 256    # rows per block and leaf drawn to seed that leaf's split
+SEED_TRIALS = 5          # 2-means++ starts tried on those rows; the best seeds the split
 _EPS = 1e-14             # a leaf whose cost per row is below this cannot be split (Spark's EPSILON)
 
 
@@ -23,9 +24,9 @@ class BisectingKMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, Tran
     No row carries state between passes: a row's leaf is found by descending the tree
     (to the nearer child at each split), so each pass is one task per block returning per
     leaf sums, and all the leaves being split run their 2-means Lloyd steps in the same
-    passes. A split is seeded by 2-means++ on rows drawn from the leaf.
+    passes. A split is seeded by the best of a few 2-means++ starts on rows drawn from the leaf.
 
-    Parameters:
+    Parameters (scikit-learn's names, and Spark's where scikit-learn has none):
         n_clusters: leaves wanted (Spark's ``k``); fewer come back when no leaf can be split
         (too few distinct rows). max_iter: Lloyd steps per split (Spark's default 20).
         min_divisible_cluster_size: a leaf with fewer rows is not split (>= 1: a row count;
@@ -132,13 +133,26 @@ class BisectingKMeans(ShoalEstimatorMixin, ClassNamePrefixFeaturesOutMixin, Tran
         return np.array([max(divisible, key=lambda j: key[j])], dtype=np.int64)
 
     @staticmethod
-    def _seed_split(rows, gen):
-        """Two starting centers by 2-means++ on rows drawn from the leaf."""
-        first = rows[gen.integers(len(rows))]
-        d2 = ((rows - first) ** 2).sum(axis=1)
-        if d2.sum() <= 0:
-            return np.stack([first, first])
-        return np.stack([first, rows[gen.choice(len(rows), p=d2 / d2.sum())]])
+    def _seed_split(rows, gen, trials=SEED_TRIALS, steps=10):
+        """Two starting centers: the best of a few 2-means++ starts refined by Lloyd on rows
+        drawn from the leaf (one start on the leaf's rows lands in a poor split too often)."""
+        best, best_sse = None, np.inf
+        for _ in range(trials):
+            first = rows[gen.integers(len(rows))]
+            d2 = ((rows - first) ** 2).sum(axis=1)
+            if d2.sum() <= 0:
+                return np.stack([first, first])
+            C = np.stack([first, rows[gen.choice(len(rows), p=d2 / d2.sum())]])
+            for _ in range(steps):
+                D = ((rows[:, None, :] - C[None]) ** 2).sum(axis=2)
+                side = D.argmin(axis=1)
+                for c in (0, 1):
+                    if (side == c).any():
+                        C[c] = rows[side == c].mean(axis=0)
+            sse = float(((rows[:, None, :] - C[None]) ** 2).sum(axis=2).min(axis=1).sum())
+            if sse < best_sse:
+                best, best_sse = C, sse
+        return best
 
     def _two_means(self, dm, centers, left, right, split, children):
         split_of = np.full(len(centers), -1, dtype=np.int64)

@@ -211,3 +211,116 @@ def predict_block(table, column, antecedents, consequents, out_type, output_col)
     if output_col in table.column_names:
         return table.set_column(table.column_names.index(output_col), output_col, column_values)
     return table.append_column(output_col, column_values)
+
+
+# ----------------------------------------------------------------------- PrefixSpan
+
+def sequences_of(table, column):
+    """A column of sequences (lists of itemsets, each a list of items) as Python lists;
+    a null sequence, itemset or item, or a column of another type, names the column."""
+    import pyarrow as pa
+    if column not in table.column_names:
+        raise InvalidInputError(f"column {column!r} is missing from the Dataset; available columns: "
+                                f"{table.column_names}")
+    t = table.column(column).type
+    if not ((pa.types.is_list(t) or pa.types.is_large_list(t)) and
+            (pa.types.is_list(t.value_type) or pa.types.is_large_list(t.value_type))):
+        raise InvalidInputError(f"column {column!r} must hold one sequence of itemsets per row (a "
+                                f"list of lists of items, Spark's array<array<...>>), got {t}")
+    rows = table.column(column).to_pylist()
+    for seq in rows:
+        if seq is None or any(s is None or None in s for s in seq):
+            raise InvalidInputError(f"column {column!r} holds a null sequence, itemset or item; drop "
+                                    f"or fill the nulls first.")
+    return rows
+
+
+def count_sequence_items(table, column):
+    """(items, the number of sequences holding each, sequences) of one block."""
+    import pyarrow as pa
+    from collections import Counter
+    rows = sequences_of(table, column)
+    c: Counter = Counter()
+    for seq in rows:
+        c.update({x for itemset in seq for x in itemset})
+    items = list(c)
+    return pa.array(items, type=table.column(column).type.value_type.value_type), \
+        np.array([c[x] for x in items], dtype=np.int64), len(rows)
+
+
+def project_sequences(table, column, frequent, n_groups):
+    """Each sequence as ranked itemsets (frequent items only, empty itemsets dropped), sent to
+    the group of every item it holds: one list of sequences per group (num_returns=n_groups)."""
+    rank = {x: r for r, x in enumerate(frequent.to_pylist())}
+    out = [[] for _ in range(n_groups)]
+    for seq in sequences_of(table, column):
+        clean = [tuple(sorted({rank[x] for x in s if x in rank})) for s in seq]
+        clean = [s for s in clean if s]
+        if not clean:
+            continue
+        for g in {x % n_groups for s in clean for x in s}:
+            out[g].append(clean)
+    return out[0] if n_groups == 1 else tuple(out)
+
+
+def _grow(pattern, length, proj, min_count, max_length, found):
+    """Extend ``pattern`` (a tuple of itemset tuples) over its projected sequences.
+
+    proj: (sequence, positions) pairs: the itemset indices where the pattern's last itemset
+    is matched, its earlier itemsets matched before the first of them."""
+    if length >= max_length:
+        return
+    s_ext: dict = {}
+    i_ext: dict = {}
+    last = pattern[-1][-1]
+    for n, (seq, pos) in enumerate(proj):
+        seen_s, seen_i = set(), set()
+        for k in range(pos[0] + 1, len(seq)):
+            seen_s.update(seq[k])
+        for j in pos:
+            seen_i.update(x for x in seq[j] if x > last)
+        for x in seen_s:
+            s_ext.setdefault(x, []).append(n)
+        for x in seen_i:
+            i_ext.setdefault(x, []).append(n)
+    for x in sorted(i_ext):
+        hits = i_ext[x]
+        if len(hits) >= min_count:
+            new = pattern[:-1] + (pattern[-1] + (x,),)
+            found.append((new, len(hits)))
+            sub = []
+            for n in hits:
+                seq, pos = proj[n]
+                sub.append((seq, [j for j in pos if x in seq[j]]))
+            _grow(new, length + 1, sub, min_count, max_length, found)
+    for x in sorted(s_ext):
+        hits = s_ext[x]
+        if len(hits) >= min_count:
+            new = pattern + ((x,),)
+            found.append((new, len(hits)))
+            sub = []
+            for n in hits:
+                seq, pos = proj[n]
+                sub.append((seq, [k for k in range(pos[0] + 1, len(seq)) if x in seq[k]]))
+            _grow(new, length + 1, sub, min_count, max_length, found)
+
+
+def mine_sequences(group, n_groups, min_count, max_length, *parts):
+    """The frequent sequential patterns whose first item (the smallest rank of the first
+    itemset) is in ``group``, from the group's sequences gathered from every block.
+    Returns a list of (pattern as a tuple of rank tuples, count)."""
+    seqs = [s for p in parts for s in p]
+    roots: dict = {}
+    for n, seq in enumerate(seqs):
+        for x in {x for s in seq for x in s if x % n_groups == group}:
+            roots.setdefault(x, []).append(n)
+    found: list = []
+    for x in sorted(roots):
+        hits = roots[x]
+        if len(hits) < min_count:
+            continue
+        pattern = ((x,),)
+        found.append((pattern, len(hits)))
+        proj = [(seqs[n], [j for j, s in enumerate(seqs[n]) if x in s]) for n in hits]
+        _grow(pattern, 1, proj, min_count, max_length, found)
+    return found
