@@ -30,6 +30,7 @@ _EXPORTS = {
     "KMeans": "_kmeans", "PCA": "_pca",
     # clustering (shoal.ml.clustering) and frequent patterns (shoal.ml.fpm)
     "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
+    "PowerIterationClustering": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # recommendation
     "ALS": "recommendation",

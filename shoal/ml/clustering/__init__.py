@@ -1,6 +1,7 @@
 """shoal.ml.clustering: Spark MLlib's clustering beyond KMeans, with scikit-learn's API.
 
-GaussianMixture (EM, full or diagonal covariances, restarts) and BisectingKMeans fit on
+GaussianMixture (EM, full or diagonal covariances, restarts), BisectingKMeans and
+PowerIterationClustering (on a graph's edges) fit on
 per-block sufficient statistics across shoal's cluster, like shoal.ml.KMeans (re-exported
 here). Every name is also importable from shoal.ml. Names load lazily: worker processes
 import only the map-side kernels.
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"GaussianMixture": "_gaussian_mixture", "BisectingKMeans": "_bisecting_kmeans"}
+_EXPORTS = {"GaussianMixture": "_gaussian_mixture", "BisectingKMeans": "_bisecting_kmeans",
+            "PowerIterationClustering": "_power_iteration"}
 
 
 def __getattr__(name: str):

@@ -243,3 +243,43 @@ def merge_cluster_stats(parts):
         sums[at] += s
         sq[at] += q
     return keys, count, sums, sq
+
+
+# ----------------------------------------------------------------------- power iteration
+
+def edge_vertices(X, y):
+    """The distinct vertex ids of a block of (src, dst, weight) edges."""
+    return np.unique(X[:, :2])
+
+
+def edges_to_indices(X, y, ids):
+    """A block of edges with vertex ids replaced by their positions in ``ids`` (sorted)."""
+    out = X.copy()
+    out[:, 0] = np.searchsorted(ids, X[:, 0])
+    out[:, 1] = np.searchsorted(ids, X[:, 1])
+    return out, y
+
+
+def _edge_parts(X):
+    i, j = X[:, 0].astype(np.int64), X[:, 1].astype(np.int64)
+    w = X[:, 2] if X.shape[1] > 2 else np.ones(len(X))
+    keep = i != j                    # s_ii is taken as 0, as Spark
+    return i[keep], j[keep], w[keep]
+
+
+def edge_degrees(X, y, n):
+    """Each vertex's summed similarity over a block's edges (both directions)."""
+    i, j, w = _edge_parts(X)
+    return np.bincount(i, weights=w, minlength=n) + np.bincount(j, weights=w, minlength=n)
+
+
+def edge_multiply(X, y, v):
+    """The block's share of W v, W the symmetric similarity matrix of its edges."""
+    i, j, w = _edge_parts(X)
+    n = len(v)
+    return np.bincount(i, weights=w * v[j], minlength=n) + np.bincount(j, weights=w * v[i], minlength=n)
+
+
+def negative_weights(X, y):
+    """How many of a block's edges have a negative similarity."""
+    return int((X[:, 2] < 0).sum()) if X.shape[1] > 2 else 0
