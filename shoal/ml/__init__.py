@@ -32,6 +32,8 @@ _EXPORTS = {
     "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
     "PowerIterationClustering": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
+    # statistics (shoal.ml.stat)
+    "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",
     # recommendation
     "ALS": "recommendation",
     # features
