@@ -27,7 +27,7 @@ from tests.ml._cluster import cluster  # noqa: F401
 
 @pytest.fixture(scope="module")
 def blobs():
-    X, y = make_blobs(2000, 4, centers=4, cluster_std=[1.0, 1.5, 0.5, 2.0], random_state=0)
+    X, y = make_blobs(1200, 4, centers=4, cluster_std=[1.0, 1.5, 0.5, 2.0], random_state=0)
     return X + 50.0, y      # an offset: the second moments must not lose the covariances
 
 
@@ -65,11 +65,12 @@ def test_gaussian_mixture_matches_scikit_learn(blobs, covariance_type):
 
 
 def test_gaussian_mixture_restarts_keep_the_best_start(blobs):
-    X, _ = blobs
-    one = [GaussianMixture(4, init_params="random", max_iter=200, random_state=s).fit(X).lower_bound_
-           for s in range(3)]
-    best = GaussianMixture(4, init_params="random", n_init=3, max_iter=200, random_state=0).fit(X)
-    assert best.lower_bound_ >= max(one) - 1e-9 or best.lower_bound_ >= min(one)
+    X = blobs[0][:600]
+    # the first of three starts is the single start's (the same seed is drawn first)
+    one = GaussianMixture(4, init_params="random", random_state=0).fit(X)
+    three = GaussianMixture(4, init_params="random", n_init=3, random_state=0).fit(X)
+    assert three.lower_bound_ >= one.lower_bound_ - 1e-12
+    assert three.converged_ and np.isfinite(three.lower_bound_)
 
 
 def test_gaussian_mixture_on_a_dataset_matches_arrays(blobs, cluster):  # noqa: F811
