@@ -48,6 +48,7 @@ _EXPORTS = {
     "save": "_persist", "load": "_persist", "metrics": "metrics",
     "RegressionEvaluator": "evaluation", "BinaryClassificationEvaluator": "evaluation",
     "MulticlassClassificationEvaluator": "evaluation", "ClusteringEvaluator": "evaluation",
+    "RankingEvaluator": "evaluation",
     # trees and ensembles (written alongside; optional until their modules exist)
     "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
     "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",

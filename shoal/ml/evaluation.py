@@ -137,6 +137,97 @@ class BinaryClassificationEvaluator(_Evaluator):
         return estimator.decision_function(X)
 
 
+RANKING_METRICS = ("meanAveragePrecision", "meanAveragePrecisionAtK", "precisionAtK", "ndcgAtK",
+                   "recallAtK")
+
+
+def _ranking_score(pred, relevant, metric, k):
+    """One query's score: ``pred`` the ranked predictions, ``relevant`` the relevant items
+    (Spark's RankingMetrics; a query without relevant items scores 0, as Spark)."""
+    rel = set(relevant)
+    if not rel:
+        return 0.0
+    if metric == "meanAveragePrecision":
+        top = pred
+    else:
+        top = pred[:k]
+    hit = np.array([p in rel for p in top], dtype=bool)
+    if metric in ("meanAveragePrecision", "meanAveragePrecisionAtK"):
+        if not hit.any():
+            return 0.0
+        ranks = np.nonzero(hit)[0]
+        prec = np.arange(1, len(ranks) + 1) / (ranks + 1.0)
+        denom = len(rel) if metric == "meanAveragePrecision" else min(len(rel), k)
+        return float(prec.sum() / denom)
+    if metric == "precisionAtK":
+        return float(hit.sum() / k)
+    if metric == "recallAtK":
+        return float(hit.sum() / len(rel))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    return float((hit * discounts[:len(hit)]).sum() / discounts[:min(k, len(rel))].sum())
+
+
+def ranking_block(table, label, prediction, metric, k):
+    """Runs in a task: (sum of the queries' scores, queries) of one scored Arrow block."""
+    for c in (label, prediction):
+        if c not in table.column_names:
+            raise InvalidInputError(f"column {c!r} is missing from the scored Dataset given to "
+                                    f"RankingEvaluator.evaluate(); available: {table.column_names}")
+    preds, labels = table.column(prediction).to_pylist(), table.column(label).to_pylist()
+    total = sum(_ranking_score(p or [], r or [], metric, k) for p, r in zip(preds, labels))
+    return total, len(preds)
+
+
+class RankingEvaluator:
+    """Spark's RankingEvaluator: how well ranked predictions find each query's relevant
+    items. metric_name "meanAveragePrecision" (default), "meanAveragePrecisionAtK",
+    "precisionAtK", "ndcgAtK" or "recallAtK" (at ``k``), Spark's RankingMetrics definitions.
+
+    ``evaluate(scored)``: a Dataset (per-block sums computed as tasks), pandas DataFrame or
+    Arrow Table whose ``prediction_col`` holds each query's ranked items (a list) and
+    ``label_col`` its relevant items (a list); for example ALS's recommendations next to
+    the items each user went on to rate. A query without relevant items scores 0.
+    """
+
+    def __init__(self, metric_name="meanAveragePrecision", *, k=10, label_col="label",
+                 prediction_col="prediction"):
+        self.metric_name = metric_name
+        self.k = k
+        self.label_col = label_col
+        self.prediction_col = prediction_col
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"RankingEvaluator({args})"
+
+    def is_larger_better(self) -> bool:
+        """True: every ranking metric is larger for a better ranking."""
+        return True
+
+    def evaluate(self, scored) -> float:
+        """The metric averaged over the queries (rows) of ``scored``."""
+        from shoal.ml._executor import map_dataset_blocks
+        if self.metric_name not in RANKING_METRICS:
+            raise InvalidInputError(f"RankingEvaluator metric_name={self.metric_name!r} is not one of "
+                                    f"{list(RANKING_METRICS)}")
+        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k < 1:
+            raise InvalidInputError(f"RankingEvaluator k={self.k!r} must be a positive int")
+        args = (self.label_col, self.prediction_col, self.metric_name, int(self.k))
+        if _is_dataset(scored):
+            parts = map_dataset_blocks(scored, ranking_block, *args)
+        else:
+            import pyarrow as pa
+            if not hasattr(scored, "column_names"):
+                frame = scored.to_pandas() if hasattr(scored, "to_pandas") and \
+                    not hasattr(scored, "iloc") else scored
+                scored = pa.Table.from_pandas(frame, preserve_index=False)
+            parts = [ranking_block(scored, *args)]
+        total, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        if n == 0:
+            raise InvalidInputError("RankingEvaluator.evaluate() got no rows")
+        return float(total / n)
+
+
 DISTANCE_MEASURES = ("squaredEuclidean", "cosine")
 
 
@@ -245,4 +336,4 @@ class ClusteringEvaluator:
 
 
 __all__ = ["BinaryClassificationEvaluator", "ClusteringEvaluator", "MulticlassClassificationEvaluator",
-           "RegressionEvaluator"]
+           "RankingEvaluator", "RegressionEvaluator"]
