@@ -21,10 +21,11 @@ def gaussian_log_prob(X, means, prec_chol, covariance_type):
     n, d = X.shape
     k = means.shape[0]
     if covariance_type == "full":
-        maha = np.empty((n, k))
-        for j in range(k):
-            z = X @ prec_chol[j] - means[j] @ prec_chol[j]
-            maha[:, j] = np.einsum("ij,ij->i", z, z)
+        # one product for every component (d x k*d): a k-times wider matrix keeps BLAS
+        # busy where k skinny (d x d) products spend their time starting threads
+        P = prec_chol.transpose(1, 0, 2).reshape(d, k * d)
+        Z = (X @ P).reshape(n, k, d) - np.einsum("kd,kde->ke", means, prec_chol)[None]
+        maha = np.einsum("nkd,nkd->nk", Z, Z)
         log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
     else:
         prec = prec_chol ** 2
@@ -50,7 +51,9 @@ def _moment_sums(Xc, R, covariance_type):
     nk = R.sum(axis=0)
     s1 = R.T @ Xc
     if covariance_type == "full":
-        s2 = np.stack([(Xc * R[:, j:j + 1]).T @ Xc for j in range(R.shape[1])])
+        n, d = Xc.shape
+        k = R.shape[1]
+        s2 = ((Xc[:, None, :] * R[:, :, None]).reshape(n, k * d).T @ Xc).reshape(k, d, d)
     else:
         s2 = R.T @ (Xc * Xc)
     return nk, s1, s2
