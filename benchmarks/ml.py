@@ -36,6 +36,20 @@ Spark vs the ``implicit`` package (CPU, conjugate gradient: the fastest single-m
 ALS, the machine's limit), fit seconds and held-out hit rate at 10 over 5,000 users
 (training items masked). Every system runs in its own process, in alternating rounds
 (``--als-rounds``, best kept), so each sees the same load.
+
+Clustering and frequent patterns (``--families-only``, or after ALS unless
+``--no-families``; ``--families gmm,bisecting,fpgrowth``): GaussianMixture (full
+covariances, k=5, 20 EM iterations with tol=0 so every system runs all of them; quality: the
+mean log-likelihood per test row, computed by the same code for every system) and
+BisectingKMeans (k=5, 20 Lloyd steps per split; quality: test inertia) on
+``--mixture-rows`` rows of 10-dimensional Gaussian blobs (80% train), shoal vs Spark vs
+scikit-learn; FPGrowth on ``--baskets`` synthetic baskets (1,000 items of Zipf-like
+popularity plus planted co-purchase groups; min_support 0.005, min_confidence 0.3), shoal
+(a Dataset) vs Spark vs mlxtend (pandas, one process; its one-hot frame is built before
+the clock starts), quality: the numbers of itemsets and rules (exact algorithms: they must
+agree). Spark's FPGrowth computes its tables lazily, so its time runs until both are
+counted. Each system in its own process, ``--family-rounds`` alternating rounds, the
+fastest kept; the load average is printed at every round.
 """
 from __future__ import annotations
 
@@ -46,6 +60,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -448,6 +463,244 @@ def run_als(args) -> None:
         print("x shoal: the system's fit time / shoal's (> 1: shoal faster)")
 
 
+# ----------------------------------------------------------------------------- new families
+
+GMM_K, GMM_ITERS, GMM_FEATURES = 5, 20, 10
+FPM_ITEMS, FPM_SUPPORT, FPM_CONFIDENCE = 1000, 0.005, 0.3
+
+
+def mixture_data(rows: int):
+    """(train, test) arrays: GMM_K Gaussian blobs with random covariances in GMM_FEATURES dims."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(scale=4.0, size=(GMM_K, GMM_FEATURES))
+    A = rng.normal(size=(GMM_K, GMM_FEATURES, GMM_FEATURES)) / np.sqrt(GMM_FEATURES)
+    comp = rng.choice(GMM_K, size=rows, p=rng.dirichlet(np.ones(GMM_K) * 3))
+    X = means[comp] + np.einsum("nij,nj->ni", A[comp], rng.normal(size=(rows, GMM_FEATURES)))
+    cut = int(0.8 * rows)
+    return X[:cut], X[cut:]
+
+
+def basket_data(rows: int):
+    """Synthetic baskets: FPM_ITEMS items of Zipf-like popularity, 3-15 distinct items each,
+    with planted co-purchase groups (so rules of 2-4 items exist)."""
+    rng = np.random.default_rng(0)
+    pop = 1.0 / np.arange(1, FPM_ITEMS + 1) ** 0.8
+    pop /= pop.sum()
+    groups = [rng.choice(200, size=rng.integers(2, 5), replace=False) for _ in range(40)]
+    out = []
+    sizes = rng.integers(3, 16, size=rows)
+    picks = rng.choice(FPM_ITEMS, size=int(sizes.sum()), p=pop)
+    at = 0
+    for n in sizes:
+        items = set(picks[at:at + n].tolist())
+        at += n
+        if rng.random() < 0.3:
+            items.update(groups[rng.integers(len(groups))].tolist())
+        out.append(sorted(items))
+    return out
+
+
+def mixture_loglik(X, weights, means, covs) -> float:
+    """Mean log-likelihood per row of a full-covariance mixture (the same code for every system)."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+    lp = np.column_stack([np.log(w) + multivariate_normal(m, c, allow_singular=True).logpdf(X)
+                          for w, m, c in zip(weights, means, covs)])
+    return float(logsumexp(lp, axis=1).mean())
+
+
+def family_system(name: str, task: str, rows: int, cpus: int):
+    """(fit, quality, teardown) of one system for one task ("gmm", "bisecting", "fpgrowth")."""
+    if task in ("gmm", "bisecting"):
+        train, test = mixture_data(rows)
+        warm = train[:WARM_UP_ROWS]
+    else:
+        train = basket_data(rows)
+        warm = train[:WARM_UP_ROWS]
+    if name == "shoal":
+        import shoal
+        import shoal.data as sd
+        import shoal.ml as m
+        shoal.init(num_cpus=cpus)
+        if task == "fpgrowth":
+            ds = sd.from_arrow(pa.table({"items": pa.array(train)})).repartition(2 * cpus).materialize()
+            small = sd.from_arrow(pa.table({"items": pa.array(warm)})).materialize()
+
+            def fit(warm_up=False):
+                return m.FPGrowth(min_support=FPM_SUPPORT, min_confidence=FPM_CONFIDENCE).fit(
+                    small if warm_up else ds)
+
+            def quality(model):
+                return len(model.freq_itemsets_), len(model.association_rules_)
+            return fit, quality, shoal.shutdown
+
+        def fit(warm_up=False):
+            est = (m.GaussianMixture(GMM_K, max_iter=GMM_ITERS, tol=0.0, random_state=0)
+                   if task == "gmm" else m.BisectingKMeans(GMM_K, max_iter=GMM_ITERS, random_state=0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")     # tol=0: EM runs every iteration, as in Spark
+                return est.fit(warm if warm_up else train)
+    elif name == "sklearn":
+        if task == "fpgrowth":
+            raise ImportError("scikit-learn has no FPGrowth")
+        from sklearn import cluster, mixture
+
+        def fit(warm_up=False):
+            est = (mixture.GaussianMixture(GMM_K, max_iter=GMM_ITERS, tol=0.0, random_state=0)
+                   if task == "gmm" else cluster.BisectingKMeans(GMM_K, max_iter=GMM_ITERS, random_state=0))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return est.fit(warm if warm_up else train)
+    elif name == "mlxtend":
+        if task != "fpgrowth":
+            raise ImportError("mlxtend runs FPGrowth only here")
+        import pandas as pd
+        from mlxtend.frequent_patterns import association_rules, fpgrowth
+        from mlxtend.preprocessing import TransactionEncoder
+
+        def onehot(tx):
+            enc = TransactionEncoder()
+            return pd.DataFrame(enc.fit(tx).transform(tx), columns=enc.columns_)
+
+        frames = {False: onehot(train), True: onehot(warm)}
+
+        def fit(warm_up=False):
+            # the one-hot frame mlxtend needs is built before the clock starts
+            sets = fpgrowth(frames[warm_up], min_support=FPM_SUPPORT)
+            rules = association_rules(sets, metric="confidence", min_threshold=FPM_CONFIDENCE)
+            return sets, rules
+
+        def quality(model):
+            sets, rules = model
+            return len(sets), int((rules["consequents"].map(len) == 1).sum())
+        return fit, quality, lambda: None
+    elif name == "spark":
+        from pyspark.ml import clustering as K
+        from pyspark.ml.fpm import FPGrowth as SparkFPGrowth
+        spark = start_spark(cpus, "6g")
+        spark.sparkContext.setLogLevel("ERROR")
+        if task == "fpgrowth":
+            frames = {w: spark.createDataFrame(pa.table({"items": pa.array(d)}).to_pandas()
+                                               ).repartition(2 * cpus).cache() for w, d in ((False, train), (True, warm))}
+            [f.count() for f in frames.values()]
+
+            def fit(warm_up=False):
+                model = SparkFPGrowth(itemsCol="items", minSupport=FPM_SUPPORT,
+                                      minConfidence=FPM_CONFIDENCE).fit(frames[warm_up])
+                # the itemsets are computed lazily: the fit counts until both tables exist
+                model.freqItemsets.cache().count()
+                model.associationRules.cache().count()
+                return model
+
+            def quality(model):
+                return model.freqItemsets.count(), model.associationRules.count()
+            return fit, quality, spark.stop
+        from pyspark.ml.linalg import Vectors
+        frames = {w: spark.createDataFrame([(Vectors.dense(r),) for r in d], ["features"])
+                  .repartition(2 * cpus).cache() for w, d in ((False, train), (True, warm))}
+        [f.count() for f in frames.values()]
+
+        def fit(warm_up=False):
+            est = (K.GaussianMixture(k=GMM_K, maxIter=GMM_ITERS, tol=0.0, seed=0) if task == "gmm"
+                   else K.BisectingKMeans(k=GMM_K, maxIter=GMM_ITERS, seed=0))
+            return est.fit(frames[warm_up])
+
+        def quality(model):
+            if task == "gmm":
+                g = model.gaussiansDF.toPandas()
+                return mixture_loglik(test, model.weights, np.array(g["mean"].map(np.asarray).tolist()),
+                                      np.array([c.toArray() for c in g["cov"]]))
+            return inertia(test, np.array(model.clusterCenters()))
+        return fit, quality, spark.stop
+    else:
+        raise ValueError(name)
+
+    def quality(model):
+        if task == "gmm":
+            return mixture_loglik(test, model.weights_, model.means_, model.covariances_)
+        return inertia(test, model.cluster_centers_)
+    return fit, quality, lambda: None
+
+
+def family_child(name: str, task: str, rows: int, cpus: int) -> None:
+    """A child process: set up one system, then fit once per line read on stdin."""
+    import json
+    try:
+        fit, quality, teardown = family_system(name, task, rows, cpus)
+    except ImportError as e:
+        print(f"SKIP {e}", flush=True)
+        return
+    fit(warm_up=True)
+    print("READY", flush=True)
+    try:
+        for _ in sys.stdin:
+            start = time.perf_counter()
+            model = fit()
+            secs = time.perf_counter() - start
+            print("RESULT " + json.dumps([secs, quality(model)]), flush=True)
+    finally:
+        teardown()
+
+
+FAMILY_TASKS = {  # task: (systems, quality name, rows argument)
+    "gmm": (["shoal", "spark", "sklearn"], "test log-lik/row", "mixture_rows"),
+    "bisecting": (["shoal", "spark", "sklearn"], "test inertia", "mixture_rows"),
+    "fpgrowth": (["shoal", "spark", "mlxtend"], "itemsets, rules", "baskets"),
+}
+
+
+def run_families(args) -> None:
+    """GaussianMixture, BisectingKMeans and FPGrowth: every system in its own process, in
+    alternating rounds (the fastest round counts), load averages printed with the table."""
+    import json
+    import subprocess
+    for task in args.families.split(","):
+        systems, metric, rows_arg = FAMILY_TASKS[task]
+        rows = getattr(args, rows_arg)
+        procs = {}
+        for name in systems:
+            cmd = [sys.executable, os.path.abspath(__file__), "--family-child", f"{name}:{task}",
+                   "--mixture-rows", str(rows), "--baskets", str(rows), "--cpus", str(args.cpus)]
+            procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL, text=True)
+            line = procs[name].stdout.readline().strip()
+            if line != "READY":
+                print(f"{task}: {name}: {line or 'failed to start'}; left out", file=sys.stderr)
+                procs.pop(name).kill()
+        best, loads = {}, []
+        try:
+            for _ in range(args.family_rounds):
+                loads.append(os.getloadavg()[0])
+                for name, proc in procs.items():
+                    proc.stdin.write("fit\n")
+                    proc.stdin.flush()
+                    line = proc.stdout.readline()
+                    if not line.startswith("RESULT "):
+                        raise RuntimeError(f"{task}: {name} failed")
+                    secs, q = json.loads(line[len("RESULT "):])
+                    if name not in best or secs < best[name][0]:
+                        best[name] = (secs, q)
+        finally:
+            for proc in procs.values():
+                proc.stdin.close()
+                proc.wait(timeout=300)
+        load = os.getloadavg()
+        shape = (f"{rows:,} rows x {GMM_FEATURES} (80% train), k={GMM_K}, {GMM_ITERS} iterations"
+                 if task != "fpgrowth" else
+                 f"{rows:,} baskets, {FPM_ITEMS} items, min_support {FPM_SUPPORT}, min_confidence "
+                 f"{FPM_CONFIDENCE}")
+        print(f"\n{task}: {shape}, {args.cpus} CPUs, best of {args.family_rounds} alternating rounds; "
+              f"load average at each round {' '.join(f'{x:.2f}' for x in loads)}, at the end "
+              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        print(f"{'system':<10}{'fit s':>9}{'x shoal':>9}   {metric}")
+        base = best["shoal"][0] if "shoal" in best else float("nan")
+        for name, (secs, q) in best.items():
+            qs = f"{q:.4f}" if isinstance(q, float) else ", ".join(f"{v:,}" for v in q) \
+                if isinstance(q, list) else str(q)
+            print(f"{name:<10}{secs:>9.2f}{secs / base:>8.2f}x   {qs}")
+        print("x shoal: the system's fit time / shoal's (> 1: shoal faster)")
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> None:
@@ -469,6 +722,15 @@ def main(argv=None) -> None:
     ap.add_argument("--als-modes", default="explicit,implicit", help="ALS feedback kinds to run")
     ap.add_argument("--no-als", action="store_true", help="skip the ALS comparison")
     ap.add_argument("--als-child", help=argparse.SUPPRESS)
+    ap.add_argument("--families", default="gmm,bisecting,fpgrowth",
+                    help="the clustering and frequent-pattern comparisons to run")
+    ap.add_argument("--families-only", action="store_true",
+                    help="run only GaussianMixture, BisectingKMeans and FPGrowth")
+    ap.add_argument("--no-families", action="store_true", help="skip those comparisons")
+    ap.add_argument("--mixture-rows", type=int, default=200_000)
+    ap.add_argument("--baskets", type=int, default=200_000)
+    ap.add_argument("--family-rounds", type=int, default=3)
+    ap.add_argument("--family-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.als_child:
         name, mode = args.als_child.split(":")
@@ -476,6 +738,13 @@ def main(argv=None) -> None:
         return
     if args.als_only:
         run_als(args)
+        return
+    if args.family_child:
+        name, task = args.family_child.split(":")
+        family_child(name, task, args.mixture_rows if task != "fpgrowth" else args.baskets, args.cpus)
+        return
+    if args.families_only:
+        run_families(args)
         return
 
     REPEATS = max(1, args.repeats)
@@ -552,6 +821,8 @@ def main(argv=None) -> None:
     print_table([results[a] for a in algos], rows, args.cpus)
     if not args.no_als:
         run_als(args)
+    if not args.no_families:
+        run_families(args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ _EXPORTS = {
     # naive Bayes, clustering, decomposition
     "GaussianNB": "_naive_bayes", "MultinomialNB": "_naive_bayes", "BernoulliNB": "_naive_bayes",
     "KMeans": "_kmeans", "PCA": "_pca",
+    # clustering (shoal.ml.clustering) and frequent patterns (shoal.ml.fpm)
+    "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
+    "PowerIterationClustering": "clustering",
+    "FPGrowth": "fpm", "PrefixSpan": "fpm",
+    # statistics (shoal.ml.stat)
+    "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",
     # recommendation
     "ALS": "recommendation",
     # features
@@ -41,7 +47,8 @@ _EXPORTS = {
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",
     "save": "_persist", "load": "_persist", "metrics": "metrics",
     "RegressionEvaluator": "evaluation", "BinaryClassificationEvaluator": "evaluation",
-    "MulticlassClassificationEvaluator": "evaluation",
+    "MulticlassClassificationEvaluator": "evaluation", "ClusteringEvaluator": "evaluation",
+    "RankingEvaluator": "evaluation",
     # trees and ensembles (written alongside; optional until their modules exist)
     "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
     "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",

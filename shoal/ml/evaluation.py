@@ -137,5 +137,203 @@ class BinaryClassificationEvaluator(_Evaluator):
         return estimator.decision_function(X)
 
 
-__all__ = ["BinaryClassificationEvaluator", "MulticlassClassificationEvaluator",
-           "RegressionEvaluator"]
+RANKING_METRICS = ("meanAveragePrecision", "meanAveragePrecisionAtK", "precisionAtK", "ndcgAtK",
+                   "recallAtK")
+
+
+def _ranking_score(pred, relevant, metric, k):
+    """One query's score: ``pred`` the ranked predictions, ``relevant`` the relevant items
+    (Spark's RankingMetrics; a query without relevant items scores 0, as Spark)."""
+    rel = set(relevant)
+    if not rel:
+        return 0.0
+    if metric == "meanAveragePrecision":
+        top = pred
+    else:
+        top = pred[:k]
+    hit = np.array([p in rel for p in top], dtype=bool)
+    if metric in ("meanAveragePrecision", "meanAveragePrecisionAtK"):
+        if not hit.any():
+            return 0.0
+        ranks = np.nonzero(hit)[0]
+        prec = np.arange(1, len(ranks) + 1) / (ranks + 1.0)
+        denom = len(rel) if metric == "meanAveragePrecision" else min(len(rel), k)
+        return float(prec.sum() / denom)
+    if metric == "precisionAtK":
+        return float(hit.sum() / k)
+    if metric == "recallAtK":
+        return float(hit.sum() / len(rel))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    return float((hit * discounts[:len(hit)]).sum() / discounts[:min(k, len(rel))].sum())
+
+
+def ranking_block(table, label, prediction, metric, k):
+    """Runs in a task: (sum of the queries' scores, queries) of one scored Arrow block."""
+    for c in (label, prediction):
+        if c not in table.column_names:
+            raise InvalidInputError(f"column {c!r} is missing from the scored Dataset given to "
+                                    f"RankingEvaluator.evaluate(); available: {table.column_names}")
+    preds, labels = table.column(prediction).to_pylist(), table.column(label).to_pylist()
+    total = sum(_ranking_score(p or [], r or [], metric, k) for p, r in zip(preds, labels))
+    return total, len(preds)
+
+
+class RankingEvaluator:
+    """Spark's RankingEvaluator: how well ranked predictions find each query's relevant
+    items. metric_name "meanAveragePrecision" (default), "meanAveragePrecisionAtK",
+    "precisionAtK", "ndcgAtK" or "recallAtK" (at ``k``), Spark's RankingMetrics definitions.
+
+    ``evaluate(scored)``: a Dataset (per-block sums computed as tasks), pandas DataFrame or
+    Arrow Table whose ``prediction_col`` holds each query's ranked items (a list) and
+    ``label_col`` its relevant items (a list); for example ALS's recommendations next to
+    the items each user went on to rate. A query without relevant items scores 0.
+    """
+
+    def __init__(self, metric_name="meanAveragePrecision", *, k=10, label_col="label",
+                 prediction_col="prediction"):
+        self.metric_name = metric_name
+        self.k = k
+        self.label_col = label_col
+        self.prediction_col = prediction_col
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"RankingEvaluator({args})"
+
+    def is_larger_better(self) -> bool:
+        """True: every ranking metric is larger for a better ranking."""
+        return True
+
+    def evaluate(self, scored) -> float:
+        """The metric averaged over the queries (rows) of ``scored``."""
+        from shoal.ml._executor import map_dataset_blocks
+        if self.metric_name not in RANKING_METRICS:
+            raise InvalidInputError(f"RankingEvaluator metric_name={self.metric_name!r} is not one of "
+                                    f"{list(RANKING_METRICS)}")
+        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, bool) or self.k < 1:
+            raise InvalidInputError(f"RankingEvaluator k={self.k!r} must be a positive int")
+        args = (self.label_col, self.prediction_col, self.metric_name, int(self.k))
+        if _is_dataset(scored):
+            parts = map_dataset_blocks(scored, ranking_block, *args)
+        else:
+            import pyarrow as pa
+            if not hasattr(scored, "column_names"):
+                frame = scored.to_pandas() if hasattr(scored, "to_pandas") and \
+                    not hasattr(scored, "iloc") else scored
+                scored = pa.Table.from_pandas(frame, preserve_index=False)
+            parts = [ranking_block(scored, *args)]
+        total, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        if n == 0:
+            raise InvalidInputError("RankingEvaluator.evaluate() got no rows")
+        return float(total / n)
+
+
+DISTANCE_MEASURES = ("squaredEuclidean", "cosine")
+
+
+class ClusteringEvaluator:
+    """Spark's ClusteringEvaluator: the mean silhouette of a clustering, metric_name
+    "silhouette", distance_measure "squaredEuclidean" (Spark's default) or "cosine".
+
+    The same number as ``sklearn.metrics.silhouette_score(X, labels, metric="sqeuclidean")``
+    (or ``"cosine"``), computed as Spark does in two passes over the rows without pairwise
+    distances: one gathers each cluster's size, sum of rows and sum of squared norms, the
+    next scores every row against those (block by block as tasks for a Dataset).
+
+    ``evaluate(scored)``: a Dataset from ``predict`` (or a pandas DataFrame / Arrow Table)
+    holding the features and the ``prediction_col``; ``features_col`` is one column (a
+    vector column such as VectorAssembler's "features", or a number) or a list of columns.
+    As a scikit-learn scorer, ``evaluator(estimator, X, y=None)`` scores
+    ``estimator.predict(X)`` on X's rows (larger is better).
+    """
+
+    def __init__(self, metric_name="silhouette", *, distance_measure="squaredEuclidean",
+                 features_col="features", prediction_col="prediction"):
+        self.metric_name = metric_name
+        self.distance_measure = distance_measure
+        self.features_col = features_col
+        self.prediction_col = prediction_col
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"ClusteringEvaluator({args})"
+
+    def _check(self):
+        if self.metric_name != "silhouette":
+            raise InvalidInputError(f"ClusteringEvaluator metric_name={self.metric_name!r} is not "
+                                    f"one of ['silhouette']")
+        if self.distance_measure not in DISTANCE_MEASURES:
+            raise InvalidInputError(f"ClusteringEvaluator distance_measure={self.distance_measure!r} "
+                                    f"is not one of {list(DISTANCE_MEASURES)}")
+
+    def is_larger_better(self) -> bool:
+        """True: a larger silhouette is a better clustering."""
+        self._check()
+        return True
+
+    def _features(self):
+        f = self.features_col
+        return [f] if isinstance(f, str) else list(f)
+
+    def evaluate(self, scored) -> float:
+        """The mean silhouette over the rows of a scored Dataset or table."""
+        from shoal.ml.clustering import _kernels as K
+        from shoal.ml._executor import map_dataset_blocks
+        self._check()
+        features, pred, measure = self._features(), self.prediction_col, self.distance_measure
+        if _is_dataset(scored):
+            columns = scored.columns()
+            for c in features + [pred]:
+                if c not in columns:
+                    raise InvalidInputError(f"column {c!r} is missing from the scored Dataset given "
+                                            f"to ClusteringEvaluator.evaluate(); available: {columns}")
+            stats = K.merge_cluster_stats(map_dataset_blocks(scored, K.silhouette_block_stats,
+                                                             features, pred, measure))
+            self._check_clusters(stats)
+            parts = map_dataset_blocks(scored, K.silhouette_block_sum, features, pred, stats, measure)
+        else:
+            import pyarrow as pa
+            table = scored if hasattr(scored, "column_names") else \
+                pa.Table.from_pandas(scored.to_pandas() if hasattr(scored, "to_pandas") and
+                                     not hasattr(scored, "iloc") else scored, preserve_index=False)
+            for c in features + [pred]:
+                if c not in table.column_names:
+                    raise InvalidInputError(f"column {c!r} is missing from the scored table given to "
+                                            f"ClusteringEvaluator.evaluate(); available: "
+                                            f"{table.column_names}")
+            X, labels = K._scored_block(table, features, pred)
+            return self._score(X, labels)
+        total, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return float(total / n)
+
+    @staticmethod
+    def _check_clusters(stats):
+        if len(stats[0]) < 2:
+            raise InvalidInputError(f"the silhouette needs at least 2 clusters; the predictions hold "
+                                    f"{len(stats[0])} ({stats[0].tolist()}). Fit more clusters.")
+
+    def _score(self, X, labels) -> float:
+        from shoal.ml.clustering import _kernels as K
+        X = np.asarray(X, dtype=np.float64)
+        labels = np.asarray(labels)
+        if X.ndim != 2 or len(X) != len(labels) or len(X) == 0:
+            raise InvalidInputError(f"ClusteringEvaluator needs a non-empty 2-D X with one label per "
+                                    f"row, got X of shape {X.shape} and {len(labels)} labels")
+        try:
+            stats = K.silhouette_cluster_stats(X, labels, self.distance_measure)
+            self._check_clusters(stats)
+            total, n = K.silhouette_sum(X, labels, *stats, self.distance_measure)
+        except ValueError as e:
+            if isinstance(e, InvalidInputError):
+                raise
+            raise InvalidInputError(f"ClusteringEvaluator: {e}") from None
+        return float(total / n)
+
+    def __call__(self, estimator, X, y=None) -> float:
+        """Score ``estimator``'s clustering of X as a scikit-learn scorer (larger is better)."""
+        self._check()
+        return self._score(X, estimator.predict(X))
+
+
+__all__ = ["BinaryClassificationEvaluator", "ClusteringEvaluator", "MulticlassClassificationEvaluator",
+           "RankingEvaluator", "RegressionEvaluator"]

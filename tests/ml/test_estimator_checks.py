@@ -2,7 +2,8 @@
 
 Not checked here (their input is not a numeric 2-D array, as for scikit-learn's own
 LabelEncoder and FeatureHasher): StringIndexer (labels, 1-D), VectorAssembler (named columns),
-Tokenizer and HashingTF (text / token lists), IDF (term-frequency matrices). Their behaviour
+Tokenizer and HashingTF (text / token lists), IDF (term-frequency matrices), FPGrowth
+(transactions: lists of items). Their behaviour
 is tested in test_features.py.
 """
 import warnings
@@ -19,6 +20,8 @@ ESTIMATORS = [
     ml.MaxAbsScaler(), ml.Normalizer(), ml.Imputer(), ml.PolynomialExpansion(),
     ml.Bucketizer(splits=[-np.inf, 0.0, 1.0, np.inf]), ml.QuantileDiscretizer(num_buckets=3),
     ml.OneHotEncoder(handle_unknown="ignore"),
+    ml.GaussianMixture(n_components=2, random_state=0), ml.GaussianMixture(covariance_type="diag"),
+    ml.BisectingKMeans(n_clusters=3, random_state=0),
 ]
 
 

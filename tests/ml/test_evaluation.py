@@ -66,3 +66,22 @@ def test_unknown_metric_and_missing_column_are_named(data):
         ml.RegressionEvaluator("auc").evaluate(data)
     with pytest.raises(InvalidInputError, match="'prediction' is missing"):
         ml.RegressionEvaluator(label_col="target").evaluate(data)
+
+
+def test_ranking_evaluator_reproduces_sparks_ranking_metrics_example():
+    # pyspark.mllib.evaluation.RankingMetrics' documented example; its docstring prints the
+    # values to two digits, these are worked by hand from its definitions
+    scored = pd.DataFrame({"prediction": [[1, 6, 2, 7, 8, 3, 9, 10, 4, 5], [4, 1, 5, 6, 2, 7, 3, 8, 9, 10],
+                                          [1, 2, 3, 4, 5]],
+                           "label": [[1, 2, 3, 4, 5], [1, 2, 3], []]})
+    want = {("precisionAtK", 1): 1 / 3, ("precisionAtK", 5): 0.26666, ("precisionAtK", 15): 0.17777,
+            ("meanAveragePrecision", 10): 0.35502, ("meanAveragePrecisionAtK", 1): 1 / 3,
+            ("meanAveragePrecisionAtK", 2): 0.25, ("ndcgAtK", 3): 1 / 3, ("ndcgAtK", 10): 0.48791,
+            ("recallAtK", 1): 0.06666, ("recallAtK", 5): 0.35555, ("recallAtK", 15): 0.66666}
+    for (metric, k), value in want.items():
+        got = ml.RankingEvaluator(metric, k=k).evaluate(scored)
+        assert got == pytest.approx(value, abs=1e-5), (metric, k)
+    on_ds = ml.RankingEvaluator("ndcgAtK", k=10).evaluate(sd.from_pandas(scored).repartition(2))
+    assert on_ds == pytest.approx(0.48791, abs=1e-5)
+    with pytest.raises(InvalidInputError, match="metric_name"):
+        ml.RankingEvaluator("auc").evaluate(scored)

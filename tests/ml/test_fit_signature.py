@@ -42,6 +42,7 @@ def _dataset(df: pd.DataFrame) -> sd.Dataset:
     table = table.append_column("tokens", pa.array([list(t) for t in tokens], pa.list_(pa.string())))
     tf = ml.HashingTF(num_features=16).transform(tokens).toarray()
     table = table.append_column("tf", pa.FixedShapeTensorArray.from_numpy_ndarray(tf))
+    table = table.append_column("basket", pa.array([sorted(set(t)) for t in tokens], pa.list_(pa.string())))
     return sd.from_arrow(table).repartition(3)
 
 
@@ -68,6 +69,9 @@ RECIPES = {
     "Tokenizer": (ml.Tokenizer, ["text"], None),
     "HashingTF": (lambda: ml.HashingTF(num_features=16), ["tokens"], None),
     "IDF": (ml.IDF, ["tf"], None),
+    "FPGrowth": (lambda: ml.FPGrowth(min_support=0.1, min_confidence=0.1), ["basket"], None),
+    "BisectingKMeans": (lambda: ml.BisectingKMeans(n_clusters=3, random_state=0), NUMERIC, None),
+    "GaussianMixture": (lambda: ml.GaussianMixture(n_components=2, random_state=0), NUMERIC, None),
     "RandomForestClassifier": (lambda: ml.RandomForestClassifier(n_estimators=3, max_depth=3), NUMERIC, "y"),
     "RandomForestRegressor": (lambda: ml.RandomForestRegressor(n_estimators=3, max_depth=3), NUMERIC, "target"),
     "GradientBoostingClassifier": (lambda: ml.GradientBoostingClassifier(n_estimators=3, max_depth=2),
@@ -146,7 +150,8 @@ def test_a_dataframe_fits_the_same_way_and_predicts_arrays(name, frame, dataset)
     pred = on_frame.predict(frame)
     assert isinstance(pred, np.ndarray) and pred.shape == (N,)
     if not name.startswith(("RandomForest", "GradientBoosting", "KMeans", "TrainValidationSplit",
-                            "CrossValidator")):   # these shuffle or sample by block layout
+                            "CrossValidator", "BisectingKMeans", "GaussianMixture")):
+        # these shuffle or sample by block layout
         np.testing.assert_allclose(on_ds.predict(dataset).to_numpy("prediction"), pred, atol=1e-6)
 
 
