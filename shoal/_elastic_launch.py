@@ -122,17 +122,11 @@ class ElasticLauncher:
         self.node = f"{socket.gethostname()}:{self.node_rank}"
         self.timeout = args.collective_timeout
         if args.nnodes > 1:
-            if not args.rdzv or ":" not in args.rdzv:
-                raise SystemExit("shoal launch: --nnodes MIN:MAX with MAX > 1 needs --rdzv "
-                                 "HOST:PORT (node 0's address and a free port)")
-            secret = os.environ.get("SHOAL_SECRET")
-            if not secret:
-                raise SystemExit("shoal launch: a multi-node job needs the same SHOAL_SECRET on "
-                                 "every node: export SHOAL_SECRET=$(python -c 'import secrets; "
-                                 "print(secrets.token_hex(32))')")
+            from shoal.launch import rendezvous_store
+            self.store = rendezvous_store(args.rdzv, self.node_rank,
+                                          "--nnodes MIN:MAX with MAX > 1")
+            secret = os.environ["SHOAL_SECRET"]   # rendezvous_store checked it is set
             host, port = args.rdzv.rsplit(":", 1)
-            self.store = TCPStore(host, int(port), secret=bytes.fromhex(secret),
-                                  is_server=self.node_rank == 0, timeout=300)
             self.store_addr = (host, int(port))
         else:
             secret = os.environ.get("SHOAL_SECRET") or _secrets.token_hex(32)

@@ -269,6 +269,24 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+
+def rendezvous_store(rdzv: str | None, node_rank: int, flag: str):
+    """The job's store across nodes: served by node 0 at ``rdzv`` (HOST:PORT), authenticated
+    with SHOAL_SECRET, which every node must share."""
+    from shoal.core.kv import TCPStore
+
+    if not rdzv or ":" not in rdzv:
+        raise SystemExit(f"shoal launch: {flag} needs --rdzv HOST:PORT (node 0's address and a "
+                         "free port)")
+    secret = os.environ.get("SHOAL_SECRET")
+    if not secret:
+        raise SystemExit("shoal launch: a multi-node job needs the same SHOAL_SECRET on "
+                         "every node: export SHOAL_SECRET=$(python -c 'import secrets; "
+                         "print(secrets.token_hex(32))')")
+    host, port = rdzv.rsplit(":", 1)
+    return TCPStore(host, int(port), secret=bytes.fromhex(secret), is_server=node_rank == 0,
+                    timeout=300)
+
 class _Prefixer(threading.Thread):
     """Copies a child's output to ours, one whole line at a time, with its rank in front."""
 
@@ -304,18 +322,9 @@ class Launcher:
         self.stopping = False
         from shoal.core.kv import TCPStore
         if args.nnodes > 1:
-            if not args.rdzv or ":" not in args.rdzv:
-                raise SystemExit("shoal launch: --nnodes > 1 needs --rdzv HOST:PORT (node 0's "
-                                 "address and a free port)")
-            secret = os.environ.get("SHOAL_SECRET")
-            if not secret:
-                raise SystemExit("shoal launch: a multi-node job needs the same SHOAL_SECRET on "
-                                 "every node: export SHOAL_SECRET=$(python -c 'import secrets; "
-                                 "print(secrets.token_hex(32))')")
-            host, port = args.rdzv.rsplit(":", 1)
-            self.master_addr = host
-            self.store = TCPStore(host, int(port), secret=bytes.fromhex(secret),
-                                  is_server=args.node_rank == 0, timeout=300)
+            self.master_addr = args.rdzv.rsplit(":", 1)[0] if args.rdzv else None
+            self.store = rendezvous_store(args.rdzv, args.node_rank, "--nnodes > 1")
+            secret = os.environ["SHOAL_SECRET"]   # rendezvous_store checked it is set
         else:
             secret = os.environ.get("SHOAL_SECRET") or secrets.token_hex(32)
             self.master_addr = "127.0.0.1"
