@@ -32,6 +32,8 @@ _EXPORTS = {
     "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
     "PowerIterationClustering": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
+    # regression beyond the linear models (shoal.ml.regression)
+    "IsotonicRegression": "regression",
     # statistics (shoal.ml.stat)
     "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",
     # recommendation
