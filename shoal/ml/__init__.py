@@ -33,7 +33,7 @@ _EXPORTS = {
     "PowerIterationClustering": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # regression beyond the linear models (shoal.ml.regression)
-    "IsotonicRegression": "regression",
+    "IsotonicRegression": "regression", "GeneralizedLinearRegression": "regression",
     # statistics (shoal.ml.stat)
     "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",
     # recommendation

@@ -23,6 +23,7 @@ ESTIMATORS = [
     ml.GaussianMixture(n_components=2, random_state=0), ml.GaussianMixture(covariance_type="diag"),
     ml.BisectingKMeans(n_clusters=3, random_state=0),
     ml.IsotonicRegression(), ml.IsotonicRegression(increasing=False, out_of_bounds="clip"),
+    ml.GeneralizedLinearRegression(), ml.GeneralizedLinearRegression(reg_param=0.1),
 ]
 
 

@@ -76,3 +76,152 @@ def test_isotonic_rejects_a_string_label_naming_the_column(cluster):  # noqa: F8
     with pytest.raises(InvalidInputError, match="x"):
         ml.IsotonicRegression().fit(pd.DataFrame({"x": [1.0, np.nan, 2.0], "y": [1.0, 2.0, 3.0]}),
                                     label="y")
+
+
+# ---------------------------------------------------------------------------- GLM
+
+def _glm_data(n=1500, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    return rng, X, X @ np.array([0.3, -0.2, 0.1]) + 0.5
+
+
+def _sklearn_glm(family):
+    from sklearn.linear_model import GammaRegressor, LogisticRegression, PoissonRegressor, TweedieRegressor
+    opts = dict(tol=1e-10, max_iter=1000)
+    return {"poisson": PoissonRegressor(alpha=0, **opts), "gamma": GammaRegressor(alpha=0, **opts),
+            "tweedie": TweedieRegressor(power=1.5, link="log", alpha=0, **opts),
+            "binomial": LogisticRegression(C=np.inf, **opts)}[family]
+
+
+def _glm_labels(family, rng, lin):
+    n = len(lin)
+    return {"poisson": lambda: rng.poisson(np.exp(lin)).astype(float),
+            "gamma": lambda: rng.gamma(2.0, np.exp(lin) / 2.0),
+            "tweedie": lambda: rng.poisson(np.exp(lin)) * rng.gamma(2.0, 0.5, n),
+            "binomial": lambda: (rng.uniform(size=n) < 1 / (1 + np.exp(-lin))).astype(float)}[family]()
+
+
+GLM_PARAMS = {"poisson": dict(family="poisson"), "gamma": dict(family="gamma", link="log"),
+              "tweedie": dict(family="tweedie", variance_power=1.5, link_power=0),
+              "binomial": dict(family="binomial")}
+
+
+@pytest.mark.parametrize("family", sorted(GLM_PARAMS))
+def test_glm_matches_sklearn(family):
+    # maximum likelihood (scikit-learn's GLMs at alpha=0) to 1e-6
+    rng, X, lin = _glm_data()
+    y = _glm_labels(family, rng, lin)
+    ours = ml.GeneralizedLinearRegression(**GLM_PARAMS[family]).fit(_blocks(X, y, 250))
+    theirs = _sklearn_glm(family).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, np.ravel(theirs.coef_), atol=1e-6)
+    assert ours.intercept_ == pytest.approx(float(np.ravel(theirs.intercept_)[0]), abs=1e-6)
+    if family != "binomial":
+        np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-6)
+
+
+def test_glm_l2_penalty_matches_sklearn_alpha():
+    from sklearn.linear_model import PoissonRegressor
+    rng, X, lin = _glm_data(seed=3)
+    y = rng.poisson(np.exp(lin)).astype(float)
+    ours = ml.GeneralizedLinearRegression(family="poisson", reg_param=0.05).fit(_blocks(X, y, 200))
+    theirs = PoissonRegressor(alpha=0.05, tol=1e-10, max_iter=1000).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-6)
+    assert ours.intercept_ == pytest.approx(theirs.intercept_, abs=1e-6)
+
+
+def test_glm_gaussian_summary_is_ordinary_least_squares():
+    # known values: OLS coefficients, sigma^2 (X'X)^-1 standard errors, t-test p-values, AIC
+    from scipy import stats
+    rng, X, lin = _glm_data(400, seed=5)
+    y = lin + rng.normal(size=len(lin))
+    m = ml.GeneralizedLinearRegression().fit(_blocks(X, y, 90))
+    A = np.column_stack([X, np.ones(len(y))])
+    beta, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ beta
+    df = len(y) - 4
+    sigma2 = resid @ resid / df
+    se = np.sqrt(np.diag(np.linalg.inv(A.T @ A)) * sigma2)
+    np.testing.assert_allclose(np.append(m.coef_, m.intercept_), beta, rtol=1e-9)
+    np.testing.assert_allclose(m.coefficient_standard_errors_, se, rtol=1e-8)
+    np.testing.assert_allclose(m.p_values_, 2 * stats.t.sf(np.abs(beta / se), df), rtol=1e-6)
+    assert m.dispersion_ == pytest.approx(sigma2, rel=1e-9)
+    assert m.deviance_ == pytest.approx(resid @ resid, rel=1e-9)
+    assert m.null_deviance_ == pytest.approx(((y - y.mean()) ** 2).sum(), rel=1e-9)
+    n = len(y)
+    aic = n * (np.log(2 * np.pi * (resid @ resid) / n) + 1) + 2 + 2 * 4
+    assert m.aic_ == pytest.approx(aic, rel=1e-9)
+    assert (m.degrees_of_freedom_, m.residual_degree_of_freedom_) == (4, df)
+
+
+def test_glm_poisson_and_gamma_summaries_from_their_likelihoods():
+    from scipy import stats
+    rng, X, lin = _glm_data(800, seed=7)
+    y = rng.poisson(np.exp(lin)).astype(float)
+    m = ml.GeneralizedLinearRegression(family="poisson").fit(_blocks(X, y, 150))
+    mu = m.predict(X)
+    assert m.aic_ == pytest.approx(-2 * stats.poisson.logpmf(y, mu).sum() + 2 * 4, rel=1e-9)
+    A = np.column_stack([X, np.ones(len(y))])
+    se = np.sqrt(np.diag(np.linalg.inv((A * mu[:, None]).T @ A)))    # Fisher information, log link
+    np.testing.assert_allclose(m.coefficient_standard_errors_, se, rtol=1e-6)
+    np.testing.assert_allclose(m.p_values_, 2 * stats.norm.sf(np.abs(np.append(m.coef_, m.intercept_) / se)),
+                               rtol=1e-5)
+    assert m.dispersion_ == 1.0
+
+    y = rng.gamma(2.0, np.exp(lin) / 2.0)
+    m = ml.GeneralizedLinearRegression(family="gamma", link="log").fit(_blocks(X, y, 150))
+    mu = m.predict(X)
+    disp = m.deviance_ / len(y)
+    ll = stats.gamma.logpdf(y, a=1 / disp, scale=mu * disp).sum()
+    assert m.aic_ == pytest.approx(-2 * ll + 2 + 2 * 4, rel=1e-9)
+    assert m.dispersion_ == pytest.approx(((y - mu) ** 2 / mu ** 2).sum() / (len(y) - 4), rel=1e-9)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_glm_binomial_links_reach_the_likelihood_maximum(link):
+    from scipy import optimize, stats
+    rng, X, lin = _glm_data(1000, seed=11)
+    y = (rng.uniform(size=len(lin)) < stats.norm.cdf(lin)).astype(float)
+    m = ml.GeneralizedLinearRegression(family="binomial", link=link).fit(_blocks(X, y, 200))
+    A = np.column_stack([X, np.ones(len(y))])
+    inv = stats.norm.cdf if link == "probit" else (lambda e: -np.expm1(-np.exp(e)))
+
+    def nll(b):
+        mu = np.clip(inv(A @ b), 1e-15, 1 - 1e-15)
+        return -(y * np.log(mu) + (1 - y) * np.log1p(-mu)).sum()
+    best = optimize.minimize(nll, np.zeros(4), method="BFGS", options={"gtol": 1e-9}).x
+    np.testing.assert_allclose(np.append(m.coef_, m.intercept_), best, atol=1e-4)
+    assert nll(np.append(m.coef_, m.intercept_)) <= nll(best) + 1e-8
+
+
+def test_glm_on_a_dataset(cluster):  # noqa: F811
+    from sklearn.linear_model import PoissonRegressor
+    rng, X, lin = _glm_data(1200, seed=2)
+    y = rng.poisson(np.exp(lin)).astype(float)
+    df = pd.DataFrame(X, columns=["a", "b", "c"]).assign(count=y, id=np.arange(len(y)))
+    ds = sd.from_pandas(df).repartition(4)
+    m = ml.GeneralizedLinearRegression(family="poisson").fit(ds, features=["a", "b", "c"], label="count")
+    theirs = PoissonRegressor(alpha=0, tol=1e-10, max_iter=1000).fit(X, y)
+    np.testing.assert_allclose(m.coef_, theirs.coef_, atol=1e-6)
+    out = m.predict(ds).to_pandas()
+    np.testing.assert_allclose(out["prediction"], theirs.predict(X), rtol=1e-6)
+    np.testing.assert_array_equal(out["id"], np.arange(len(y)))
+
+
+def test_glm_rejects_bad_labels_and_links_naming_them():
+    X = np.arange(12.0).reshape(6, 2)
+    frame = pd.DataFrame(X, columns=["a", "b"]).assign(claims=[0.0, 1.0, -2.0, 3.0, 1.0, 0.0])
+    with pytest.raises(InvalidInputError, match="'claims'.*>= 0"):
+        ml.GeneralizedLinearRegression(family="poisson").fit(frame, label="claims")
+    with pytest.raises(InvalidInputError, match="'claims'.*> 0"):
+        ml.GeneralizedLinearRegression(family="gamma").fit(frame, label="claims")
+    with pytest.raises(InvalidInputError, match="'claims'.*in \\[0, 1\\]"):
+        ml.GeneralizedLinearRegression(family="binomial").fit(frame, label="claims")
+    with pytest.raises(InvalidInputError, match="link='logit' is not a link of the poisson family"):
+        ml.GeneralizedLinearRegression(family="poisson", link="logit").fit(frame, label="claims")
+    with pytest.raises(InvalidInputError, match="family='negbin'"):
+        ml.GeneralizedLinearRegression(family="negbin").fit(frame, label="claims")
+    with pytest.raises(InvalidInputError, match="variance_power"):
+        ml.GeneralizedLinearRegression(family="tweedie", variance_power=0.5).fit(frame, label="claims")
+    with pytest.raises(InvalidInputError, match="claims"):
+        ml.GeneralizedLinearRegression().fit(frame.assign(claims=["x"] * 6), label="claims")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"IsotonicRegression": "_isotonic"}
+_EXPORTS = {"IsotonicRegression": "_isotonic", "GeneralizedLinearRegression": "_glm"}
 
 
 def __getattr__(name: str):

@@ -26,3 +26,198 @@ def isotonic_merge(a, b):
     w = np.bincount(inverse, weights=np.concatenate([a[1], b[1]]), minlength=len(xs))
     s = np.bincount(inverse, weights=np.concatenate([a[2], b[2]]), minlength=len(xs))
     return xs, w, s
+
+
+# ----------------------------------------------------------------------- generalised linear models
+#
+# A family is (name, variance power); a link is (name, power). Both are plain tuples and
+# strings so that they travel to tasks as data.
+
+EPS = 1e-16
+
+
+def _ndtr(x):
+    """The standard normal cdf (probit link); NumPy has no erf, so it goes through math's."""
+    import math
+    return 0.5 * (1.0 + np.frompyfunc(math.erf, 1, 1)(x / math.sqrt(2.0)).astype(np.float64))
+
+
+def _ndtri(p):
+    """The standard normal quantile by Newton steps on _ndtr (probit's link function)."""
+    x = np.zeros_like(p)
+    for _ in range(60):
+        step = (_ndtr(x) - p) / np.maximum(np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi), 1e-300)
+        x = np.clip(x - step, -40.0, 40.0)
+        if np.abs(step).max(initial=0.0) < 1e-13:
+            break
+    return x
+
+
+def link_fn(mu, link, power):
+    """eta = g(mu)."""
+    if link == "identity":
+        return mu
+    if link == "log":
+        return np.log(mu)
+    if link == "inverse":
+        return 1.0 / mu
+    if link == "logit":
+        return np.log(mu / (1.0 - mu))
+    if link == "probit":
+        return _ndtri(mu)
+    if link == "cloglog":
+        return np.log(-np.log1p(-mu))
+    if link == "sqrt":
+        return np.sqrt(mu)
+    return mu ** power                       # "power" (Spark's tweedie linkPower != 0)
+
+
+def inverse_link(eta, link, power):
+    """mu = g^-1(eta)."""
+    if link == "identity":
+        return eta
+    if link == "log":
+        return np.exp(eta)
+    if link == "inverse":
+        return 1.0 / eta
+    if link == "logit":
+        return 1.0 / (1.0 + np.exp(-eta))
+    if link == "probit":
+        return _ndtr(eta)
+    if link == "cloglog":
+        return -np.expm1(-np.exp(eta))
+    if link == "sqrt":
+        return eta * eta
+    return eta ** (1.0 / power)
+
+
+def link_derivative(mu, link, power):
+    """g'(mu)."""
+    if link == "identity":
+        return np.ones_like(mu)
+    if link == "log":
+        return 1.0 / mu
+    if link == "inverse":
+        return -1.0 / (mu * mu)
+    if link == "logit":
+        return 1.0 / (mu * (1.0 - mu))
+    if link == "probit":
+        z = _ndtri(mu)
+        return np.sqrt(2.0 * np.pi) * np.exp(0.5 * z * z)
+    if link == "cloglog":
+        return 1.0 / ((mu - 1.0) * np.log1p(-mu))
+    if link == "sqrt":
+        return 0.5 / np.sqrt(mu)
+    return power * mu ** (power - 1.0)
+
+
+def project(mu, family):
+    """Keep mu inside the family's domain (Spark's Family.project)."""
+    name, _ = family
+    if name == "binomial":
+        return np.clip(mu, EPS, 1.0 - EPS)
+    if name == "gaussian":
+        return mu
+    return np.maximum(mu, EPS)
+
+
+def variance(mu, family):
+    name, p = family
+    if name == "gaussian":
+        return np.ones_like(mu)
+    if name == "binomial":
+        return mu * (1.0 - mu)
+    return mu ** p            # poisson p=1, gamma p=2, tweedie p
+
+
+def _xlogy_ratio(y, mu):
+    """y log(y / mu), 0 where y is 0."""
+    out = np.zeros_like(y)
+    pos = y > 0
+    out[pos] = y[pos] * np.log(y[pos] / mu[pos])
+    return out
+
+
+def unit_deviance(y, mu, family):
+    """Each row's deviance (Spark's Family.deviance, weight 1)."""
+    name, p = family
+    if name == "gaussian" or p == 0.0:
+        return (y - mu) ** 2
+    if name == "binomial":
+        return 2.0 * (_xlogy_ratio(y, mu) + _xlogy_ratio(1.0 - y, 1.0 - mu))
+    if p == 1.0:
+        return 2.0 * (_xlogy_ratio(y, mu) - (y - mu))
+    if p == 2.0:
+        return 2.0 * (-np.log(y / mu) + (y - mu) / mu)
+    return 2.0 * (np.maximum(y, 0.0) ** (2.0 - p) / ((1.0 - p) * (2.0 - p))
+                  - y * mu ** (1.0 - p) / (1.0 - p) + mu ** (2.0 - p) / (2.0 - p))
+
+
+def initial_mean(y, family):
+    """mu to start IRLS from (Spark's Family.initialize)."""
+    name, p = family
+    if name == "binomial":
+        return (y + 0.5) / 2.0
+    if name == "gaussian" or p == 0.0 or p == 2.0:
+        return y.astype(np.float64)
+    return np.where(y == 0, 0.1, y).astype(np.float64)   # poisson and tweedie: log(0) otherwise
+
+
+def glm_label_range(X, y):
+    """(min, max, sum, rows) of the block's labels: the family's domain check and the null model."""
+    if len(y) == 0:
+        return np.inf, -np.inf, 0.0, 0
+    return float(y.min()), float(y.max()), float(y.sum()), len(y)
+
+
+def glm_label_reduce(a, b):
+    return min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3]
+
+
+def _design(X, fit_intercept):
+    return np.column_stack([X, np.ones(len(X))]) if fit_intercept else X
+
+
+def glm_irls_block(X, y, beta, family, link, link_power, fit_intercept):
+    """One IRLS pass over the block: (A'WA, A'Wz, deviance) at beta (None: from the family's
+    initial mean), A being X with the intercept column."""
+    A = _design(X, fit_intercept)
+    y = y.astype(np.float64)
+    if beta is None:
+        mu = project(initial_mean(y, family), family)
+        eta = link_fn(mu, link, link_power)
+    else:
+        eta = A @ beta
+        mu = project(inverse_link(eta, link, link_power), family)
+    gp = link_derivative(mu, link, link_power)
+    w = 1.0 / (variance(mu, family) * gp * gp)
+    z = eta + (y - mu) * gp
+    Aw = A * w[:, None]
+    return Aw.T @ A, Aw.T @ z, float(unit_deviance(y, mu, family).sum())
+
+
+def glm_summary_block(X, y, beta, family, link, link_power, fit_intercept, null_mean):
+    """At the fitted beta, the sums the model summary needs: A'WA (for standard errors),
+    deviance, Pearson chi^2, the null model's deviance, and the family's log-likelihood
+    pieces (Spark's AIC)."""
+    import math
+    A = _design(X, fit_intercept)
+    y = y.astype(np.float64)
+    mu = project(inverse_link(A @ beta, link, link_power), family)
+    gp = link_derivative(mu, link, link_power)
+    var = variance(mu, family)
+    w = 1.0 / (var * gp * gp)
+    out = {"G": (A * w[:, None]).T @ A, "dev": float(unit_deviance(y, mu, family).sum()),
+           "pearson": float(((y - mu) ** 2 / var).sum()),
+           "null_dev": float(unit_deviance(y, project(np.full_like(y, null_mean), family), family).sum()),
+           "log_y": 0.0, "y_over_mu": 0.0, "log_mu": 0.0, "poisson_ll": 0.0, "binomial_ll": 0.0}
+    name, p = family
+    if name == "gamma" or (name == "tweedie" and p == 2.0):
+        out.update(log_y=float(np.log(y).sum()), y_over_mu=float((y / mu).sum()),
+                   log_mu=float(np.log(mu).sum()))
+    elif name == "poisson" or (name == "tweedie" and p == 1.0):
+        log_fact = np.frompyfunc(math.lgamma, 1, 1)(y + 1.0).astype(np.float64).sum() if len(y) else 0.0
+        out["poisson_ll"] = float((y * np.log(mu) - mu).sum() - log_fact)
+    elif name == "binomial":
+        out["binomial_ll"] = float((y * np.log(mu) + (1.0 - y) * np.log1p(-mu)).sum())
+    return out
