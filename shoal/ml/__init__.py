@@ -34,6 +34,8 @@ _EXPORTS = {
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # regression beyond the linear models (shoal.ml.regression)
     "IsotonicRegression": "regression", "GeneralizedLinearRegression": "regression",
+    # multiclass strategies (shoal.ml.multiclass)
+    "OneVsRest": "multiclass",
     # statistics (shoal.ml.stat)
     "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",
     # recommendation

@@ -24,6 +24,7 @@ ESTIMATORS = [
     ml.BisectingKMeans(n_clusters=3, random_state=0),
     ml.IsotonicRegression(), ml.IsotonicRegression(increasing=False, out_of_bounds="clip"),
     ml.GeneralizedLinearRegression(), ml.GeneralizedLinearRegression(reg_param=0.1),
+    ml.OneVsRest(ml.LogisticRegression()), ml.OneVsRest(ml.GaussianNB(), parallelism=2),
 ]
 
 

@@ -78,6 +78,7 @@ RECIPES = {
                                    NUMERIC, "y"),
     "GradientBoostingRegressor": (lambda: ml.GradientBoostingRegressor(n_estimators=3, max_depth=2),
                                   NUMERIC, "target"),
+    "OneVsRest": (lambda: ml.OneVsRest(ml.LogisticRegression()), NUMERIC, "y"),
     "Pipeline": (lambda: ml.Pipeline([("scale", ml.StandardScaler()), ("lr", ml.LogisticRegression())]),
                  NUMERIC, "y"),
     "CrossValidator": (lambda: ml.CrossValidator(ml.LogisticRegression(), {"C": [0.1, 1.0]}, num_folds=2),
