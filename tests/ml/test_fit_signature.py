@@ -78,6 +78,7 @@ RECIPES = {
                                    NUMERIC, "y"),
     "GradientBoostingRegressor": (lambda: ml.GradientBoostingRegressor(n_estimators=3, max_depth=2),
                                   NUMERIC, "target"),
+    "MultilayerPerceptronClassifier": (lambda: ml.MultilayerPerceptronClassifier(random_state=0), NUMERIC, "y"),
     "OneVsRest": (lambda: ml.OneVsRest(ml.LogisticRegression()), NUMERIC, "y"),
     "Pipeline": (lambda: ml.Pipeline([("scale", ml.StandardScaler()), ("lr", ml.LogisticRegression())]),
                  NUMERIC, "y"),
