@@ -34,6 +34,8 @@ _EXPORTS = {
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # regression beyond the linear models (shoal.ml.regression)
     "IsotonicRegression": "regression", "GeneralizedLinearRegression": "regression",
+    # factorization machines (shoal.ml.factorization)
+    "FMClassifier": "factorization", "FMRegressor": "factorization",
     # neural networks (shoal.ml.neural_network)
     "MultilayerPerceptronClassifier": "neural_network",
     # multiclass strategies (shoal.ml.multiclass)

@@ -25,6 +25,8 @@ ESTIMATORS = [
     ml.IsotonicRegression(), ml.IsotonicRegression(increasing=False, out_of_bounds="clip"),
     ml.GeneralizedLinearRegression(), ml.GeneralizedLinearRegression(reg_param=0.1),
     ml.OneVsRest(ml.LogisticRegression()), ml.OneVsRest(ml.GaussianNB(), parallelism=2),
+    ml.FMRegressor(factor_size=2, max_iter=30, random_state=0),
+    ml.FMClassifier(factor_size=2, random_state=0),
     ml.MultilayerPerceptronClassifier(hidden_layer_sizes=(6, 4), activation="relu", alpha=1e-3,
                                       max_iter=30, random_state=0),
 ]

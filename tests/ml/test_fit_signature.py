@@ -79,6 +79,8 @@ RECIPES = {
     "GradientBoostingRegressor": (lambda: ml.GradientBoostingRegressor(n_estimators=3, max_depth=2),
                                   NUMERIC, "target"),
     "MultilayerPerceptronClassifier": (lambda: ml.MultilayerPerceptronClassifier(random_state=0), NUMERIC, "y"),
+    "FMClassifier": (lambda: ml.FMClassifier(factor_size=2, max_iter=30, random_state=0), NUMERIC, "y"),
+    "FMRegressor": (lambda: ml.FMRegressor(factor_size=2, max_iter=30, random_state=0), NUMERIC, "target"),
     "OneVsRest": (lambda: ml.OneVsRest(ml.LogisticRegression()), NUMERIC, "y"),
     "Pipeline": (lambda: ml.Pipeline([("scale", ml.StandardScaler()), ("lr", ml.LogisticRegression())]),
                  NUMERIC, "y"),
