@@ -34,6 +34,7 @@ _EXPORTS = {
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # regression beyond the linear models (shoal.ml.regression)
     "IsotonicRegression": "regression", "GeneralizedLinearRegression": "regression",
+    "AFTSurvivalRegression": "regression",
     # factorization machines (shoal.ml.factorization)
     "FMClassifier": "factorization", "FMRegressor": "factorization",
     # neural networks (shoal.ml.neural_network)

@@ -225,3 +225,59 @@ def test_glm_rejects_bad_labels_and_links_naming_them():
         ml.GeneralizedLinearRegression(family="tweedie", variance_power=0.5).fit(frame, label="claims")
     with pytest.raises(InvalidInputError, match="claims"):
         ml.GeneralizedLinearRegression().fit(frame.assign(claims=["x"] * 6), label="claims")
+
+
+# ---------------------------------------------------------------------------- AFT survival
+
+# Spark's documented example (examples/.../AFTSurvivalRegressionExample): its fit prints
+# coefficients [-0.49631114666506776, 0.1984443769993409], intercept 2.6380946151, scale
+# 1.5472345574364692, and the first row's 0.3 / 0.6 quantiles [1.1603238947151593, 4.995456010274735]
+SPARK_AFT_X = np.array([[1.560, -0.605], [0.346, 2.158], [1.380, 0.231], [0.520, 1.151], [0.795, -0.226]])
+SPARK_AFT_T = np.array([1.218, 2.949, 3.627, 0.273, 4.199])
+SPARK_AFT_CENSOR = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def test_aft_matches_sparks_documented_example():
+    m = ml.AFTSurvivalRegression(quantile_probabilities=[0.3, 0.6], tol=1e-10).fit(
+        SPARK_AFT_X, SPARK_AFT_T, censor=SPARK_AFT_CENSOR)
+    np.testing.assert_allclose(m.coef_, [-0.49631114666506776, 0.1984443769993409], atol=1e-4)
+    assert m.intercept_ == pytest.approx(2.6380946151, abs=1e-4)
+    assert m.scale_ == pytest.approx(1.5472345574364692, abs=1e-4)
+    np.testing.assert_allclose(m.predict_quantiles(SPARK_AFT_X[:1])[0],
+                               [1.1603238947151593, 4.995456010274735], rtol=1e-4)
+
+
+def _weibull_data(n, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    t = np.exp(X @ np.array([0.5, -0.3]) + 1.0 + 0.7 * np.log(rng.exponential(size=n)))
+    cens = rng.exponential(scale=np.exp(1.5), size=n)
+    return X, np.minimum(t, cens), (t <= cens).astype(float)
+
+
+def test_aft_recovers_a_censored_weibull_model_on_a_dataset(cluster):  # noqa: F811
+    X, t, event = _weibull_data(3000, 0)
+    df = pd.DataFrame(X, columns=["a", "b"]).assign(time=t, censor=event, id=np.arange(len(t)))
+    ds = sd.from_pandas(df).repartition(4)
+    # the censor column is read by its name and kept out of the default features
+    assert list(ml.AFTSurvivalRegression(max_iter=5).fit(ds, label="time").feature_names_in_) == ["a", "b", "id"]
+    m = ml.AFTSurvivalRegression(tol=1e-10).fit(ds, features=["a", "b"], label="time")
+    np.testing.assert_allclose(m.coef_, [0.5, -0.3], atol=0.05)
+    assert m.intercept_ == pytest.approx(1.0, abs=0.06) and m.scale_ == pytest.approx(0.7, abs=0.04)
+    local = ml.AFTSurvivalRegression(tol=1e-10).fit(X, t, censor=event)
+    np.testing.assert_allclose(m.coef_, local.coef_, atol=1e-6)
+    out = m.predict(ds).to_pandas()
+    np.testing.assert_allclose(out["prediction"], np.exp(X @ m.coef_ + m.intercept_), rtol=1e-10)
+    np.testing.assert_array_equal(out["id"], np.arange(len(t)))
+
+
+def test_aft_rejects_bad_times_and_censor_values_naming_the_column():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "days": [1.0, 0.0, 2.0], "censor": [1.0, 0.0, 1.0]})
+    with pytest.raises(InvalidInputError, match="'days'.*> 0"):
+        ml.AFTSurvivalRegression().fit(frame, label="days")
+    with pytest.raises(InvalidInputError, match="'censor'.*1 \\(event\\) or 0"):
+        ml.AFTSurvivalRegression().fit(frame.assign(days=[1.0, 2.0, 3.0], censor=[1.0, 2.0, 0.0]), label="days")
+    with pytest.raises(InvalidInputError, match="censor column 'died'.*available columns"):
+        ml.AFTSurvivalRegression(censor_col="died").fit(frame, label="days")
+    with pytest.raises(InvalidInputError, match="censor= has 2 values"):
+        ml.AFTSurvivalRegression().fit(np.ones((3, 1)), np.ones(3), censor=[1, 0])

@@ -1,8 +1,9 @@
 """shoal.ml.regression: Spark MLlib's regression models beyond the linear ones, with scikit-learn's API.
 
-IsotonicRegression (pool adjacent violators on per-block aggregates) and
+IsotonicRegression (pool adjacent violators on per-block aggregates),
 GeneralizedLinearRegression (IRLS on per-block weighted Gram matrices; gaussian, binomial,
-poisson, gamma and tweedie families with their links) fit across shoal's cluster. Every
+poisson, gamma and tweedie families with their links) and AFTSurvivalRegression (Weibull
+accelerated failure time, L-BFGS on per-block likelihoods) fit across shoal's cluster. Every
 name is also importable from shoal.ml. Names load lazily: worker processes import only
 the map-side kernels.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"IsotonicRegression": "_isotonic", "GeneralizedLinearRegression": "_glm"}
+_EXPORTS = {"IsotonicRegression": "_isotonic", "GeneralizedLinearRegression": "_glm",
+            "AFTSurvivalRegression": "_aft"}
 
 
 def __getattr__(name: str):

@@ -221,3 +221,46 @@ def glm_summary_block(X, y, beta, family, link, link_power, fit_intercept, null_
     elif name == "binomial":
         out["binomial_ll"] = float((y * np.log(mu) + (1.0 - y) * np.log1p(-mu)).sum())
     return out
+
+
+# ----------------------------------------------------------------------- accelerated failure time
+
+
+def aft_loss_grad(X, y, theta, fit_intercept):
+    """Sum over the block of Spark's AFT negative log-likelihood (Weibull) and its gradient.
+
+    The block's last column is the censor indicator (1: the event happened, 0: censored);
+    theta = [coefficients (d), intercept, log sigma]. With eps = (log t - x.b - b0) / sigma,
+    a row contributes delta (log sigma - eps) + exp(eps)."""
+    delta = X[:, -1]
+    Xf = X[:, :-1]
+    d = Xf.shape[1]
+    beta, b0, log_sigma = theta[:d], theta[d] if fit_intercept else 0.0, theta[d + 1]
+    sigma = np.exp(log_sigma)
+    eps = (np.log(y) - Xf @ beta - b0) / sigma
+    e = np.exp(eps)
+    loss = float((delta * (log_sigma - eps) + e).sum())
+    r = (delta - e) / sigma                  # d loss / d (x.b): dloss/deps = e - delta, deps/d(xb) = -1/sigma
+    grad = np.zeros_like(theta)
+    grad[:d] = Xf.T @ r
+    if fit_intercept:
+        grad[d] = r.sum()
+    grad[d + 1] = float((delta - (e - delta) * eps).sum())
+    return loss, grad
+
+
+def aft_label_check(X, y):
+    """(min time, min censor, max censor, rows) of the block: the domain checks of AFT."""
+    if len(y) == 0:
+        return np.inf, np.inf, -np.inf, 0
+    c = X[:, -1]
+    return float(y.min()), float(c.min()), float(c.max()), len(y)
+
+
+def aft_check_reduce(a, b):
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), a[3] + b[3]
+
+
+def aft_append_events(X, y):
+    """A block with a censor column of ones (every event observed) appended."""
+    return np.column_stack([X, np.ones(len(X))]), y
