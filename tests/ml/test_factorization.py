@@ -101,3 +101,12 @@ def test_rejects_bad_input():
     # a multiclass label goes through OneVsRest
     ovr = ml.OneVsRest(ml.FMClassifier(factor_size=2, max_iter=30, random_state=0)).fit(frame, label="kind")
     assert len(ovr.estimators_) == 3
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_save_and_load_predict_the_same(tmp_path):
+    X, y = _interaction_data(200, 6)
+    for model in (ml.FMRegressor(max_iter=10, random_state=0).fit(X, y),
+                  ml.FMClassifier(max_iter=10, random_state=0).fit(X, (y > 0).astype(int))):
+        model.save(tmp_path / type(model).__name__)
+        np.testing.assert_array_equal(ml.load(tmp_path / type(model).__name__).predict(X), model.predict(X))

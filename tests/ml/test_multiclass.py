@@ -75,3 +75,10 @@ def test_rejects_bad_input():
     frame = pd.DataFrame(X, columns=list("abcde")).assign(kind=np.where(y == 0, np.nan, y))
     with pytest.raises(InvalidInputError, match="kind"):
         ml.OneVsRest(ml.LogisticRegression()).fit(frame, label="kind")
+
+
+def test_save_and_load_predict_the_same(tmp_path):
+    X, y = _data(200, classes=3)
+    model = ml.OneVsRest(ml.LogisticRegression()).fit(X, y)
+    model.save(tmp_path / "ovr")
+    np.testing.assert_array_equal(ml.load(tmp_path / "ovr").predict_proba(X), model.predict_proba(X))

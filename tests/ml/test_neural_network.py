@@ -79,3 +79,11 @@ def test_rejects_layers_that_do_not_fit_the_data():
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(8)]).assign(f3="x", kind=y)
     with pytest.raises(InvalidInputError, match="f3"):
         ml.MultilayerPerceptronClassifier().fit(frame, label="kind")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_save_and_load_predict_the_same(tmp_path):
+    X, y = _data(200)
+    model = ml.MultilayerPerceptronClassifier(hidden_layer_sizes=(5, 4), max_iter=10, random_state=0).fit(X, y)
+    model.save(tmp_path / "mlp")
+    np.testing.assert_array_equal(ml.load(tmp_path / "mlp").predict_proba(X), model.predict_proba(X))

@@ -281,3 +281,16 @@ def test_aft_rejects_bad_times_and_censor_values_naming_the_column():
         ml.AFTSurvivalRegression(censor_col="died").fit(frame, label="days")
     with pytest.raises(InvalidInputError, match="censor= has 2 values"):
         ml.AFTSurvivalRegression().fit(np.ones((3, 1)), np.ones(3), censor=[1, 0])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("make", [lambda: ml.IsotonicRegression(feature_index=1),
+                                  lambda: ml.GeneralizedLinearRegression(family="gamma", link="log"),
+                                  lambda: ml.AFTSurvivalRegression(censor_col=None, max_iter=20)])
+def test_save_and_load_predict_the_same(make, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    y = np.exp(0.3 * X[:, 1]) + 0.1
+    model = make().fit(X, y)
+    model.save(tmp_path / "m")
+    np.testing.assert_array_equal(ml.load(tmp_path / "m").predict(X), model.predict(X))
