@@ -294,3 +294,45 @@ def test_save_and_load_predict_the_same(make, tmp_path):
     model = make().fit(X, y)
     model.save(tmp_path / "m")
     np.testing.assert_array_equal(ml.load(tmp_path / "m").predict(X), model.predict(X))
+
+
+def test_glm_offset_is_a_rate_model_and_weights_are_repeated_rows():
+    from sklearn.linear_model import PoissonRegressor
+    rng, X, lin = _glm_data(1000, seed=13)
+    exposure = rng.uniform(0.5, 3.0, len(lin))
+    y = rng.poisson(exposure * np.exp(lin)).astype(float)
+    ours = ml.GeneralizedLinearRegression(family="poisson").fit(X, y, offset=np.log(exposure))
+    # known equivalence: log-link Poisson with offset log(e) is the rate y/e weighted by e
+    theirs = PoissonRegressor(alpha=0, tol=1e-10, max_iter=1000).fit(X, y / exposure, sample_weight=exposure)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=1e-6)
+    assert ours.intercept_ == pytest.approx(theirs.intercept_, abs=1e-6)
+    # the null model with an offset is fitted (its intercept is log(sum y / sum e) in closed form)
+    from sklearn.metrics import mean_poisson_deviance
+    null_mu = exposure * y.sum() / exposure.sum()
+    assert ours.null_deviance_ == pytest.approx(mean_poisson_deviance(y, null_mu) * len(y), rel=1e-8)
+
+    counts = rng.integers(1, 4, len(lin))
+    yg = rng.gamma(2.0, np.exp(lin) / 2.0)
+    weighted = ml.GeneralizedLinearRegression(family="gamma", link="log").fit(X, yg, sample_weight=counts)
+    repeated = ml.GeneralizedLinearRegression(family="gamma", link="log").fit(np.repeat(X, counts, axis=0),
+                                                                            np.repeat(yg, counts))
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, atol=1e-8)
+    assert weighted.deviance_ == pytest.approx(repeated.deviance_, rel=1e-9)
+
+
+def test_glm_weight_and_offset_columns_of_a_dataset(cluster):  # noqa: F811
+    rng, X, lin = _glm_data(900, seed=17)
+    exposure = rng.uniform(0.5, 3.0, len(lin))
+    y = rng.poisson(exposure * np.exp(lin)).astype(float)
+    w = rng.uniform(0.5, 2.0, len(lin))
+    df = pd.DataFrame(X, columns=["a", "b", "c"]).assign(n=y, log_e=np.log(exposure), w=w)
+    ds = sd.from_pandas(df).repartition(3)
+    m = ml.GeneralizedLinearRegression(family="poisson", weight_col="w", offset_col="log_e").fit(ds, label="n")
+    assert list(m.feature_names_in_) == ["a", "b", "c"]          # weight and offset are not features
+    local = ml.GeneralizedLinearRegression(family="poisson").fit(X, y, sample_weight=w, offset=np.log(exposure))
+    np.testing.assert_allclose(m.coef_, local.coef_, atol=1e-9)
+    assert m.aic_ == pytest.approx(local.aic_, rel=1e-9)
+    with pytest.raises(InvalidInputError, match="weight column 'w'.*>= 0"):
+        ml.GeneralizedLinearRegression(weight_col="w").fit(df.assign(w=-w), label="n")
+    with pytest.raises(InvalidInputError, match="'exposure' \\(offset_col=\\) is missing"):
+        ml.GeneralizedLinearRegression(offset_col="exposure").fit(ds, label="n")

@@ -6,12 +6,15 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 import scipy.stats
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, check_fitted, fit_input, on_dataset
+from shoal.ml._columns import as_frame, is_table, resolve_fit_columns, table_columns
+from shoal.ml._executor import _is_dataset
 from shoal.ml._executor import held_by_shards
 from shoal.ml._input import check_predict_input
 from shoal.ml.regression import _kernels as K
@@ -52,7 +55,9 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
         minimises deviance / (2n) + reg_param / 2 |w|^2, intercept unpenalised; 0 (the
         default) is maximum likelihood, Spark's fit at regParam 0. fit_intercept,
         max_iter (IRLS iterations, Spark's 25), tol (stop when no coefficient moves by more
-        than tol times the largest one).
+        than tol times the largest one). weight_col, offset_col: Spark's weightCol and
+        offsetCol, columns of a table (array input passes ``sample_weight=`` / ``offset=``
+        to fit): per-row weights, and a known term added to the linear predictor.
 
     Fitted: coef_, intercept_, n_iter_, and Spark's summary: deviance_, null_deviance_,
     dispersion_ (1 for binomial and poisson, else Pearson chi^2 / residual degrees of
@@ -68,7 +73,7 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
     _fits_design_matrix = True
 
     def __init__(self, family="gaussian", link=None, *, variance_power=0.0, link_power=None,
-                 reg_param=0.0, fit_intercept=True, max_iter=25, tol=1e-6):
+                 reg_param=0.0, fit_intercept=True, max_iter=25, tol=1e-6, weight_col=None, offset_col=None):
         self.family = family
         self.link = link
         self.variance_power = variance_power
@@ -77,6 +82,8 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
         self.fit_intercept = fit_intercept
         self.max_iter = max_iter
         self.tol = tol
+        self.weight_col = weight_col
+        self.offset_col = offset_col
 
     # ------------------------------------------------------------------ parameters
 
@@ -134,47 +141,130 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, X, y=None, *, features=None, label=None):
-        """Fit by IRLS (Fisher scoring); returns self with the coefficients and the summary."""
+    def _with_extra_columns(self, X, y, features, label, sample_weight, offset):
+        """X with the weight and offset columns last (they travel with the rows): from a table
+        the columns weight_col / offset_col name, from arrays fit's sample_weight= / offset=.
+        Returns (X, y, features, label, has_weight, has_offset, the names for messages)."""
+        if is_table(X) and (sample_weight is not None or offset is not None):
+            if _is_dataset(X) or self.weight_col is not None or self.offset_col is not None:
+                raise InvalidInputError("GeneralizedLinearRegression: a Dataset's weights and offsets are its "
+                                        "columns, named as weight_col= / offset_col=; sample_weight= and offset= "
+                                        "are for in-memory input (and not both ways at once).")
+            # an in-memory table: its feature columns, then the arrays as trailing columns
+            y, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=self,
+                                                     supervised=True)
+            frame = as_frame(X)
+            if label is not None:
+                y, frame = frame[label].to_numpy(), frame.drop(columns=[label])
+            X = frame[features] if features is not None else frame
+            features = label = None
+        elif is_table(X):
+            y, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=self,
+                                                     supervised=True)
+            extra = [c for c in (self.weight_col, self.offset_col) if c is not None]
+            if not extra:
+                return X, y, features, label, False, False, (None, None)
+            columns = table_columns(X)
+            for param, c in (("weight_col", self.weight_col), ("offset_col", self.offset_col)):
+                if c is not None and c not in columns:
+                    raise InvalidInputError(f"GeneralizedLinearRegression: column {c!r} ({param}=) is missing "
+                                            f"from X; available columns: {columns}")
+                if c is not None and features is not None and c in features:
+                    raise InvalidInputError(f"GeneralizedLinearRegression: the {param} column {c!r} is also in "
+                                            f"features=; remove it.")
+            if features is None:
+                features = [c for c in columns if c != label and c not in extra]
+            return (X, y, features + extra, label, self.weight_col is not None, self.offset_col is not None,
+                    (self.weight_col, self.offset_col))
+        if self.weight_col is not None or self.offset_col is not None:
+            raise InvalidInputError("GeneralizedLinearRegression: weight_col= / offset_col= name table columns; "
+                                    "with array input pass sample_weight= / offset= to fit.")
+        if scipy.sparse.issparse(X):
+            return X, y, None, None, False, False, (None, None)     # fit_input rejects it, saying why
+        if sample_weight is None and offset is None:
+            return X, y, None, None, False, False, (None, None)
+        cols = []
+        n_rows = len(as_frame(X)) if is_table(X) else np.asarray(X).shape[0]
+        for name, v in (("sample_weight", sample_weight), ("offset", offset)):
+            if v is not None:
+                v = np.asarray(v, dtype=np.float64).ravel()
+                if len(v) != n_rows:
+                    raise InvalidInputError(f"GeneralizedLinearRegression: {name}= has {len(v)} values for "
+                                            f"{n_rows} rows of X")
+                cols.append(v)
+        if cols and is_table(X):
+            frame = as_frame(X).copy()
+            for j, v in enumerate(cols):
+                frame[f"__shoal_glm_extra_{j}"] = v     # trailing columns, trimmed from the names after fit
+            X = frame
+        elif cols:
+            X = np.column_stack([np.asarray(X, dtype=np.float64)] + cols)
+        return X, y, None, None, sample_weight is not None, offset is not None, ("sample_weight=", "offset=")
+
+    def fit(self, X, y=None, *, features=None, label=None, sample_weight=None, offset=None):
+        """Fit by IRLS (Fisher scoring); returns self with the coefficients and the summary.
+
+        ``sample_weight`` and ``offset`` (array input; tables name them as weight_col= /
+        offset_col=): per-row weights (>= 0) and a known term added to the linear predictor
+        (log exposure for rates with the log link)."""
         family, link, lp = self._resolve()
         self._check_numbers()
         label_name = _label_name(y, label)
+        X, y, features, label, has_w, has_o, names = self._with_extra_columns(X, y, features, label,
+                                                                              sample_weight, offset)
         dm = fit_input(self, X, y, "regression", features=features, label=label)
-        d, n = dm.n_features, dm.n_rows
+        d = dm.n_features - int(has_w) - int(has_o)
+        self.n_features_in_ = d
+        if hasattr(self, "feature_names_in_"):
+            self.feature_names_in_ = self.feature_names_in_[:d]
+        layout = (d, has_w, has_o)
         size = d + 1 if self.fit_intercept else d
-        pen = np.full(size, float(self.reg_param) * n)
-        if self.fit_intercept:
-            pen[d] = 0.0
-        ext = (family, link, lp, bool(self.fit_intercept))
+        ext = (family, link, lp, bool(self.fit_intercept), layout)
         with held_by_shards(dm) as held:
-            lo, hi, total, _ = held.map_reduce(K.glm_label_range, reduce=K.glm_label_reduce)
+            lo, hi, swy, sw, w_min, n = held.map_reduce(K.glm_label_range, layout, reduce=K.glm_label_reduce)
             self._check_labels(family, lo, hi, label_name)
-            beta, converged = None, False
-            for it in range(1, self.max_iter + 1):
-                G, b, _ = held.map_reduce(K.glm_irls_block, beta, *ext)
-                new = self._solve(G + np.diag(pen), b)
-                if not np.all(np.isfinite(new)):
-                    raise InvalidInputError(
-                        f"GeneralizedLinearRegression: IRLS diverged (non-finite coefficients) with "
-                        f"family={family[0]!r}, link={link!r}; the link may not keep the mean in the "
-                        f"family's domain for this data (try the default link), or add reg_param.")
-                step = np.inf if beta is None else np.abs(new - beta).max()
-                beta = new
-                if step <= self.tol * max(1.0, np.abs(beta).max()):
-                    converged = True
-                    break
-            self.n_iter_ = it
-            if not converged:
-                warnings.warn(f"GeneralizedLinearRegression: IRLS did not converge in max_iter="
-                              f"{self.max_iter} iterations; raise max_iter or tol.", ConvergenceWarning)
-            # the intercept-only model's mean: the label mean (or g^-1(0) without an intercept)
-            null_mean = total / n if self.fit_intercept else float(
-                K.inverse_link(np.zeros(1), link, lp)[0])
-            s = held.map_reduce(K.glm_summary_block, beta, *ext, null_mean)
+            if has_w and (w_min < 0 or sw <= 0):
+                raise InvalidInputError(f"GeneralizedLinearRegression: weight column {names[0]!r} must hold "
+                                        f"weights >= 0 that are not all zero; its smallest is {w_min:g}, its sum "
+                                        f"{sw:g}.")
+            # scikit-learn's scaling: sum_i w_i dev_i / (2 sum w) + reg_param / 2 |coef|^2
+            pen = np.full(size, float(self.reg_param) * sw)
+            if self.fit_intercept:
+                pen[d] = 0.0
+            beta, self.n_iter_ = self._irls(held, ext, pen, True)
+            # the intercept-only model (Spark's null model): the weighted label mean, unless an
+            # offset makes it a fit of its own
+            if not self.fit_intercept:
+                null_beta = np.zeros(0)
+            elif not has_o:
+                null_beta = K.link_fn(np.array([swy / sw]), link, lp)
+            else:
+                null_beta, _ = self._irls(held, ext, np.zeros(1), False)
+            s = held.map_reduce(K.glm_summary_block, beta, *ext, null_beta)
         self.coef_ = beta[:d].copy()
         self.intercept_ = float(beta[d]) if self.fit_intercept else 0.0
         self._summarise(s, family, n, size, pen)
         return self
+
+    def _irls(self, held, ext, pen, use_features):
+        """Iterate weighted least squares to convergence; (coefficients, iterations)."""
+        family, link = ext[0], ext[1]
+        beta = None
+        for it in range(1, self.max_iter + 1):
+            G, b, _ = held.map_reduce(K.glm_irls_block, beta, *ext, use_features)
+            new = self._solve(G + np.diag(pen), b)
+            if not np.all(np.isfinite(new)):
+                raise InvalidInputError(
+                    f"GeneralizedLinearRegression: IRLS diverged (non-finite coefficients) with "
+                    f"family={family[0]!r}, link={link!r}; the link may not keep the mean in the "
+                    f"family's domain for this data (try the default link), or add reg_param.")
+            step = np.inf if beta is None else np.abs(new - beta).max()
+            beta = new
+            if step <= self.tol * max(1.0, np.abs(beta).max()):
+                return beta, it
+        warnings.warn(f"GeneralizedLinearRegression: IRLS did not converge in max_iter={self.max_iter} "
+                      f"iterations; raise max_iter or tol.", ConvergenceWarning)
+        return beta, self.max_iter
 
     @staticmethod
     def _solve(A, b):
@@ -209,7 +299,7 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
         """Spark's AIC: -2 log-likelihood (the family's, at the fit) + 2 * parameters."""
         name, p = family
         if name == "gaussian" or (name == "tweedie" and p == 0.0):
-            return n * (math.log(s["dev"] / n * 2.0 * math.pi) + 1.0) + 2.0 + 2.0 * rank
+            return n * (math.log(s["dev"] / n * 2.0 * math.pi) + 1.0) + 2.0 - s["sum_log_w"] + 2.0 * rank
         if name == "binomial":
             return -2.0 * s["binomial_ll"] + 2.0 * rank
         if name == "poisson" or (name == "tweedie" and p == 1.0):

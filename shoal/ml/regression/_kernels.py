@@ -153,73 +153,93 @@ def unit_deviance(y, mu, family):
                   - y * mu ** (1.0 - p) / (1.0 - p) + mu ** (2.0 - p) / (2.0 - p))
 
 
-def initial_mean(y, family):
+def initial_mean(y, family, weight):
     """mu to start IRLS from (Spark's Family.initialize)."""
     name, p = family
     if name == "binomial":
-        return (y + 0.5) / 2.0
+        return (weight * y + 0.5) / (weight + 1.0)
     if name == "gaussian" or p == 0.0 or p == 2.0:
         return y.astype(np.float64)
     return np.where(y == 0, 0.1, y).astype(np.float64)   # poisson and tweedie: log(0) otherwise
 
 
-def glm_label_range(X, y):
-    """(min, max, sum, rows) of the block's labels: the family's domain check and the null model."""
+def split_block(X, layout):
+    """(features, weights, offsets) of a block whose trailing columns hold the weight and
+    offset columns (Spark's weightCol, offsetCol): layout = (d, has_weight, has_offset)."""
+    d, has_weight, has_offset = layout
+    w = X[:, d] if has_weight else np.ones(len(X))
+    off = X[:, d + int(has_weight)] if has_offset else np.zeros(len(X))
+    return X[:, :d], w, off
+
+
+def glm_label_range(X, y, layout):
+    """(min y, max y, sum w*y, sum w, min w, rows) of the block: the family's domain check,
+    the weights' check and the null model's mean."""
     if len(y) == 0:
-        return np.inf, -np.inf, 0.0, 0
-    return float(y.min()), float(y.max()), float(y.sum()), len(y)
+        return np.inf, -np.inf, 0.0, 0.0, np.inf, 0
+    _, w, _ = split_block(X, layout)
+    y = y.astype(np.float64)
+    return float(y.min()), float(y.max()), float(w @ y), float(w.sum()), float(w.min()), len(y)
 
 
 def glm_label_reduce(a, b):
-    return min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3]
+    return (min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3], min(a[4], b[4]), a[5] + b[5])
 
 
-def _design(X, fit_intercept):
+def _design(X, fit_intercept, use_features=True):
+    if not use_features:
+        X = X[:, :0]
     return np.column_stack([X, np.ones(len(X))]) if fit_intercept else X
 
 
-def glm_irls_block(X, y, beta, family, link, link_power, fit_intercept):
+def glm_irls_block(X, y, beta, family, link, link_power, fit_intercept, layout, use_features=True):
     """One IRLS pass over the block: (A'WA, A'Wz, deviance) at beta (None: from the family's
-    initial mean), A being X with the intercept column."""
-    A = _design(X, fit_intercept)
+    initial mean), A being the features (none for the null model) with the intercept
+    column, W the working weights times the row weights, z the working response less the
+    offset."""
+    Xf, wt, off = split_block(X, layout)
+    A = _design(Xf, fit_intercept, use_features)
     y = y.astype(np.float64)
     if beta is None:
-        mu = project(initial_mean(y, family), family)
+        mu = project(initial_mean(y, family, wt), family)
         eta = link_fn(mu, link, link_power)
     else:
-        eta = A @ beta
+        eta = A @ beta + off
         mu = project(inverse_link(eta, link, link_power), family)
     gp = link_derivative(mu, link, link_power)
-    w = 1.0 / (variance(mu, family) * gp * gp)
-    z = eta + (y - mu) * gp
+    w = wt / (variance(mu, family) * gp * gp)
+    z = eta - off + (y - mu) * gp
     Aw = A * w[:, None]
-    return Aw.T @ A, Aw.T @ z, float(unit_deviance(y, mu, family).sum())
+    return Aw.T @ A, Aw.T @ z, float(wt @ unit_deviance(y, mu, family))
 
 
-def glm_summary_block(X, y, beta, family, link, link_power, fit_intercept, null_mean):
+def glm_summary_block(X, y, beta, family, link, link_power, fit_intercept, layout, null_beta):
     """At the fitted beta, the sums the model summary needs: A'WA (for standard errors),
-    deviance, Pearson chi^2, the null model's deviance, and the family's log-likelihood
-    pieces (Spark's AIC)."""
+    deviance, Pearson chi^2, the null model's deviance (null_beta: its intercept, or an
+    empty vector), and the family's log-likelihood pieces (Spark's AIC)."""
     import math
-    A = _design(X, fit_intercept)
+    Xf, wt, off = split_block(X, layout)
+    A = _design(Xf, fit_intercept)
     y = y.astype(np.float64)
-    mu = project(inverse_link(A @ beta, link, link_power), family)
+    mu = project(inverse_link(A @ beta + off, link, link_power), family)
     gp = link_derivative(mu, link, link_power)
     var = variance(mu, family)
-    w = 1.0 / (var * gp * gp)
-    out = {"G": (A * w[:, None]).T @ A, "dev": float(unit_deviance(y, mu, family).sum()),
-           "pearson": float(((y - mu) ** 2 / var).sum()),
-           "null_dev": float(unit_deviance(y, project(np.full_like(y, null_mean), family), family).sum()),
+    w = wt / (var * gp * gp)
+    null_mu = project(inverse_link(_design(Xf, fit_intercept, False) @ null_beta + off, link, link_power),
+                      family)
+    out = {"G": (A * w[:, None]).T @ A, "dev": float(wt @ unit_deviance(y, mu, family)),
+           "pearson": float(wt @ ((y - mu) ** 2 / var)),
+           "null_dev": float(wt @ unit_deviance(y, null_mu, family)),
+           "sum_log_w": float(np.log(wt[wt > 0]).sum()),
            "log_y": 0.0, "y_over_mu": 0.0, "log_mu": 0.0, "poisson_ll": 0.0, "binomial_ll": 0.0}
     name, p = family
     if name == "gamma" or (name == "tweedie" and p == 2.0):
-        out.update(log_y=float(np.log(y).sum()), y_over_mu=float((y / mu).sum()),
-                   log_mu=float(np.log(mu).sum()))
+        out.update(log_y=float(wt @ np.log(y)), y_over_mu=float(wt @ (y / mu)), log_mu=float(wt @ np.log(mu)))
     elif name == "poisson" or (name == "tweedie" and p == 1.0):
-        log_fact = np.frompyfunc(math.lgamma, 1, 1)(y + 1.0).astype(np.float64).sum() if len(y) else 0.0
-        out["poisson_ll"] = float((y * np.log(mu) - mu).sum() - log_fact)
+        log_fact = np.frompyfunc(math.lgamma, 1, 1)(y + 1.0).astype(np.float64) if len(y) else np.zeros(0)
+        out["poisson_ll"] = float(wt @ (y * np.log(mu) - mu - log_fact))
     elif name == "binomial":
-        out["binomial_ll"] = float((y * np.log(mu) + (1.0 - y) * np.log1p(-mu)).sum())
+        out["binomial_ll"] = float(wt @ (y * np.log(mu) + (1.0 - y) * np.log1p(-mu)))
     return out
 
 
