@@ -31,7 +31,7 @@ class OneVsRest(ShoalEstimatorMixin, DatasetScoreMixin, ClassifierMixin, BaseEst
     ensembles, a label column appended to the Dataset by tasks), so no rows come to the
     driver. ``parallelism`` fits that many classes' models at once (Spark's parameter).
 
-    Parameters:
+    Parameters (Spark's, in scikit-learn's spelling):
         estimator: any shoal.ml (or scikit-learn) binary classifier; cloned per class.
         parallelism: how many binary fits run concurrently (default 1).
 

@@ -26,7 +26,7 @@ class MultilayerPerceptronClassifier(ShoalEstimatorMixin, DatasetScoreMixin, Cla
     its rows and returns its summed loss and gradient, folded as a tree; the blocks stay
     held by shard actors for the whole fit and only the parameter vector travels.
 
-    Parameters:
+    Parameters (Spark's, in scikit-learn's spelling):
         layers: Spark's layer sizes, input first and output last, e.g. ``[4, 5, 3]``; the
         first must be the number of features and the last at least the number of classes.
         When None, ``hidden_layer_sizes`` (scikit-learn's name) gives the hidden layers and

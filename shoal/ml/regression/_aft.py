@@ -26,7 +26,7 @@ class AFTSurvivalRegression(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMix
     were censored at t (censor 0), by L-BFGS; each evaluation is one pass in which every
     block returns its likelihood and gradient, the blocks held by shard actors.
 
-    Parameters:
+    Parameters (Spark's, in scikit-learn's spelling):
         censor_col: the column of censor indicators (1 event, 0 censored; Spark's
         ``censorCol``, "censor"), read from a table (Dataset, DataFrame, Arrow) and kept out
         of the default features. With array input pass ``censor=`` to fit; None there (or

@@ -44,7 +44,7 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
     (d+1) x (d+1) system. The blocks stay held by shard actors across iterations; only
     the coefficient vector travels.
 
-    Parameters:
+    Parameters (Spark's, in scikit-learn's spelling):
         family: "gaussian", "binomial" (labels in [0, 1]), "poisson" (labels >= 0),
         "gamma" (labels > 0) or "tweedie" (``variance_power`` p: 0, or >= 1; labels >= 0,
         > 0 for p >= 2). link: the family's links as in Spark: gaussian "identity" (default),

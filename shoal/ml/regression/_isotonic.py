@@ -23,7 +23,7 @@ class IsotonicRegression(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin,
     aggregates. Memory on the driver is one triple per distinct feature value (data with
     few distinct values, or rounded ones, compress to little).
 
-    Parameters:
+    Parameters (Spark's, in scikit-learn's spelling):
         increasing: True for a non-decreasing fit (Spark's ``isotonic=True``), False for a
         non-increasing one. y_min, y_max: bounds on the fitted values (None: none).
         out_of_bounds: what predict does with x outside the fitted range: "nan"
