@@ -6,18 +6,16 @@ import warnings
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse
 import scipy.stats
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, check_fitted, fit_input, on_dataset
-from shoal.ml._columns import as_frame, is_table, resolve_fit_columns, table_columns
-from shoal.ml._executor import _is_dataset
 from shoal.ml._executor import held_by_shards
 from shoal.ml._input import check_predict_input
 from shoal.ml.regression import _kernels as K
+from shoal.ml.regression._row_columns import append_row_columns
 
 # each family's links, the default first (Spark's GeneralizedLinearRegression)
 FAMILY_LINKS = {
@@ -141,66 +139,6 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
 
     # ------------------------------------------------------------------ fit
 
-    def _with_extra_columns(self, X, y, features, label, sample_weight, offset):
-        """X with the weight and offset columns last (they travel with the rows): from a table
-        the columns weight_col / offset_col name, from arrays fit's sample_weight= / offset=.
-        Returns (X, y, features, label, has_weight, has_offset, the names for messages)."""
-        if is_table(X) and (sample_weight is not None or offset is not None):
-            if _is_dataset(X) or self.weight_col is not None or self.offset_col is not None:
-                raise InvalidInputError("GeneralizedLinearRegression: a Dataset's weights and offsets are its "
-                                        "columns, named as weight_col= / offset_col=; sample_weight= and offset= "
-                                        "are for in-memory input (and not both ways at once).")
-            # an in-memory table: its feature columns, then the arrays as trailing columns
-            y, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=self,
-                                                     supervised=True)
-            frame = as_frame(X)
-            if label is not None:
-                y, frame = frame[label].to_numpy(), frame.drop(columns=[label])
-            X = frame[features] if features is not None else frame
-            features = label = None
-        elif is_table(X):
-            y, features, label = resolve_fit_columns(X, y, features=features, label=label, estimator=self,
-                                                     supervised=True)
-            extra = [c for c in (self.weight_col, self.offset_col) if c is not None]
-            if not extra:
-                return X, y, features, label, False, False, (None, None)
-            columns = table_columns(X)
-            for param, c in (("weight_col", self.weight_col), ("offset_col", self.offset_col)):
-                if c is not None and c not in columns:
-                    raise InvalidInputError(f"GeneralizedLinearRegression: column {c!r} ({param}=) is missing "
-                                            f"from X; available columns: {columns}")
-                if c is not None and features is not None and c in features:
-                    raise InvalidInputError(f"GeneralizedLinearRegression: the {param} column {c!r} is also in "
-                                            f"features=; remove it.")
-            if features is None:
-                features = [c for c in columns if c != label and c not in extra]
-            return (X, y, features + extra, label, self.weight_col is not None, self.offset_col is not None,
-                    (self.weight_col, self.offset_col))
-        if self.weight_col is not None or self.offset_col is not None:
-            raise InvalidInputError("GeneralizedLinearRegression: weight_col= / offset_col= name table columns; "
-                                    "with array input pass sample_weight= / offset= to fit.")
-        if scipy.sparse.issparse(X):
-            return X, y, None, None, False, False, (None, None)     # fit_input rejects it, saying why
-        if sample_weight is None and offset is None:
-            return X, y, None, None, False, False, (None, None)
-        cols = []
-        n_rows = len(as_frame(X)) if is_table(X) else np.asarray(X).shape[0]
-        for name, v in (("sample_weight", sample_weight), ("offset", offset)):
-            if v is not None:
-                v = np.asarray(v, dtype=np.float64).ravel()
-                if len(v) != n_rows:
-                    raise InvalidInputError(f"GeneralizedLinearRegression: {name}= has {len(v)} values for "
-                                            f"{n_rows} rows of X")
-                cols.append(v)
-        if cols and is_table(X):
-            frame = as_frame(X).copy()
-            for j, v in enumerate(cols):
-                frame[f"__shoal_glm_extra_{j}"] = v     # trailing columns, trimmed from the names after fit
-            X = frame
-        elif cols:
-            X = np.column_stack([np.asarray(X, dtype=np.float64)] + cols)
-        return X, y, None, None, sample_weight is not None, offset is not None, ("sample_weight=", "offset=")
-
     def fit(self, X, y=None, *, features=None, label=None, sample_weight=None, offset=None):
         """Fit by IRLS (Fisher scoring); returns self with the coefficients and the summary.
 
@@ -210,8 +148,9 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
         family, link, lp = self._resolve()
         self._check_numbers()
         label_name = _label_name(y, label)
-        X, y, features, label, has_w, has_o, names = self._with_extra_columns(X, y, features, label,
-                                                                              sample_weight, offset)
+        X, y, features, label, (has_w, has_o), names = append_row_columns(
+            self, X, y, features, label, [("weight_col", self.weight_col), ("offset_col", self.offset_col)],
+            [("sample_weight", sample_weight), ("offset", offset)])
         dm = fit_input(self, X, y, "regression", features=features, label=label)
         d = dm.n_features - int(has_w) - int(has_o)
         self.n_features_in_ = d
