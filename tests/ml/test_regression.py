@@ -336,3 +336,21 @@ def test_glm_weight_and_offset_columns_of_a_dataset(cluster):  # noqa: F811
         ml.GeneralizedLinearRegression(weight_col="w").fit(df.assign(w=-w), label="n")
     with pytest.raises(InvalidInputError, match="'exposure' \\(offset_col=\\) is missing"):
         ml.GeneralizedLinearRegression(offset_col="exposure").fit(ds, label="n")
+
+
+def test_isotonic_weights_match_sklearn_and_a_weight_column(cluster):  # noqa: F811
+    from sklearn.isotonic import IsotonicRegression as SkIsotonic
+    x, y = _isotonic_data(500, seed=4)
+    w = np.random.default_rng(4).uniform(0, 2, len(x))
+    w[::7] = 0.0                                             # zero-weight rows drop out
+    theirs = SkIsotonic().fit(x, y, sample_weight=w)
+    ours = ml.IsotonicRegression().fit(x[:, None], y, sample_weight=w)
+    np.testing.assert_allclose(ours.X_thresholds_, theirs.X_thresholds_)
+    np.testing.assert_allclose(ours.y_thresholds_, theirs.y_thresholds_, rtol=1e-10)
+    ds = sd.from_pandas(pd.DataFrame({"x": x, "y": y, "w": w})).repartition(3)
+    on_ds = ml.IsotonicRegression(weight_col="w").fit(ds, label="y")
+    assert list(on_ds.feature_names_in_) == ["x"]
+    np.testing.assert_allclose(on_ds.y_thresholds_, theirs.y_thresholds_, rtol=1e-10)
+    with pytest.raises(InvalidInputError, match="weight column 'w' holds negative"):
+        ml.IsotonicRegression(weight_col="w").fit(ds.map_batches(lambda t: t.assign(w=-t["w"]),
+                                                                 batch_format="pandas"), label="y")

@@ -9,6 +9,7 @@ from shoal.exceptions import InvalidInputError
 from shoal.ml._base import DatasetScoreMixin, ShoalEstimatorMixin, check_fitted, fit_input, on_dataset
 from shoal.ml._input import check_predict_input
 from shoal.ml.regression import _kernels as K
+from shoal.ml.regression._row_columns import append_row_columns
 
 OUT_OF_BOUNDS = ("nan", "clip", "raise")
 
@@ -29,7 +30,8 @@ class IsotonicRegression(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin,
         out_of_bounds: what predict does with x outside the fitted range: "nan"
         (scikit-learn's default), "clip" (the boundary value; Spark's behaviour) or "raise".
         feature_index: which input column is the feature when X has several (Spark's
-        ``featureIndex``). X is 2-D as for every shoal.ml estimator: one feature is
+        ``featureIndex``). weight_col: a table's column of row weights (Spark's
+        ``weightCol``; in-memory input passes ``sample_weight=`` to fit). X is 2-D as for every shoal.ml estimator: one feature is
         ``x.reshape(-1, 1)``.
 
     Fitted: X_min_, X_max_, X_thresholds_, y_thresholds_ (the breakpoints predict
@@ -42,12 +44,14 @@ class IsotonicRegression(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin,
 
     _fits_design_matrix = True
 
-    def __init__(self, *, y_min=None, y_max=None, increasing=True, out_of_bounds="nan", feature_index=0):
+    def __init__(self, *, y_min=None, y_max=None, increasing=True, out_of_bounds="nan", feature_index=0,
+                 weight_col=None):
         self.y_min = y_min
         self.y_max = y_max
         self.increasing = increasing
         self.out_of_bounds = out_of_bounds
         self.feature_index = feature_index
+        self.weight_col = weight_col
 
     def _check_params(self, d):
         if not isinstance(self.increasing, (bool, np.bool_)):
@@ -64,11 +68,27 @@ class IsotonicRegression(ShoalEstimatorMixin, DatasetScoreMixin, RegressorMixin,
             raise InvalidInputError(f"IsotonicRegression y_min={self.y_min!r} is above y_max="
                                     f"{self.y_max!r}")
 
-    def fit(self, X, y=None, *, features=None, label=None):
-        """Fit the monotone function of the feature column to the label; returns self."""
+    def fit(self, X, y=None, *, features=None, label=None, sample_weight=None):
+        """Fit the monotone function of the feature column to the label; returns self.
+
+        ``sample_weight``: per-row weights >= 0 for in-memory input (a table names its
+        weight column as weight_col=, Spark's weightCol)."""
+        X, y, features, label, (weighted,), (weight_name,) = append_row_columns(
+            self, X, y, features, label, [("weight_col", self.weight_col)], [("sample_weight", sample_weight)])
         dm = fit_input(self, X, y, "regression", features=features, label=label)
-        self._check_params(dm.n_features)
-        xs, w, s = dm.map_reduce(K.isotonic_aggregate, int(self.feature_index), reduce=K.isotonic_merge)
+        d = dm.n_features - int(weighted)
+        self.n_features_in_ = d
+        if hasattr(self, "feature_names_in_"):
+            self.feature_names_in_ = self.feature_names_in_[:d]
+        self._check_params(d)
+        if weighted and dm.map_reduce(K.min_last_column, reduce=min) < 0:
+            raise InvalidInputError(f"IsotonicRegression: weight column {weight_name!r} holds negative weights; "
+                                    f"weights must be >= 0.")
+        xs, w, s = dm.map_reduce(K.isotonic_aggregate, int(self.feature_index), bool(weighted),
+                                 reduce=K.isotonic_merge)
+        if len(xs) == 0:
+            raise InvalidInputError(f"IsotonicRegression: every row has weight zero (weight column "
+                                    f"{weight_name!r}); give some rows a positive weight.")
         fitted = isotonic_regression(s / w, weights=w, increasing=bool(self.increasing)).x
         if self.y_min is not None or self.y_max is not None:
             lo = -np.inf if self.y_min is None else self.y_min

@@ -10,14 +10,23 @@ import numpy as np
 # ----------------------------------------------------------------------- isotonic regression
 
 
-def isotonic_aggregate(X, y, feature_index):
-    """The block's rows pooled by distinct feature value: (x sorted, sum of weights, sum of y).
-
-    Rows with the same x get the same isotonic fit, so these sums are all a fit needs."""
+def isotonic_aggregate(X, y, feature_index, weighted):
+    """The block's rows pooled by distinct feature value: (x sorted, sum of weights, sum of
+    weight * y). ``weighted``: X's last column holds the row weights (rows of weight 0 drop
+    out, as in scikit-learn). Rows with the same x get the same isotonic fit, so these sums
+    are all a fit needs."""
     x = X[:, feature_index]
+    w = X[:, -1] if weighted else np.ones(len(x))
+    keep = w > 0
+    x, w, y = x[keep], w[keep], y[keep].astype(np.float64)
     xs, inverse = np.unique(x, return_inverse=True)
-    return xs, np.bincount(inverse, minlength=len(xs)).astype(np.float64), \
-        np.bincount(inverse, weights=y.astype(np.float64), minlength=len(xs))
+    return xs, np.bincount(inverse, weights=w, minlength=len(xs)), \
+        np.bincount(inverse, weights=w * y, minlength=len(xs))
+
+
+def min_last_column(X, y):
+    """The smallest value of X's last column in the block (a weight check), inf when empty."""
+    return float(X[:, -1].min()) if len(X) else np.inf
 
 
 def isotonic_merge(a, b):
