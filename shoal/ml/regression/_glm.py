@@ -110,8 +110,7 @@ class GeneralizedLinearRegression(ShoalEstimatorMixin, DatasetScoreMixin, Regres
         if link not in links:
             raise InvalidInputError(f"GeneralizedLinearRegression link={self.link!r} is not a link of the "
                                     f"{self.family} family; use one of {links}")
-        return (self.family, FAMILY_POWER[self.family]), link, 1.0
-        # (the power is unused for named links)
+        return (self.family, FAMILY_POWER[self.family]), link, 1.0     # a named link ignores the power
 
     def _check_numbers(self):
         if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter > 0):
