@@ -32,6 +32,15 @@ _EXPORTS = {
     "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
     "PowerIterationClustering": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
+    # regression beyond the linear models (shoal.ml.regression)
+    "IsotonicRegression": "regression", "GeneralizedLinearRegression": "regression",
+    "AFTSurvivalRegression": "regression",
+    # factorization machines (shoal.ml.factorization)
+    "FMClassifier": "factorization", "FMRegressor": "factorization",
+    # neural networks (shoal.ml.neural_network)
+    "MultilayerPerceptronClassifier": "neural_network",
+    # multiclass strategies (shoal.ml.multiclass)
+    "OneVsRest": "multiclass",
     # statistics (shoal.ml.stat)
     "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",
     # recommendation

@@ -22,6 +22,14 @@ ESTIMATORS = [
     ml.OneHotEncoder(handle_unknown="ignore"),
     ml.GaussianMixture(n_components=2, random_state=0), ml.GaussianMixture(covariance_type="diag"),
     ml.BisectingKMeans(n_clusters=3, random_state=0),
+    ml.IsotonicRegression(), ml.IsotonicRegression(increasing=False, out_of_bounds="clip"),
+    ml.GeneralizedLinearRegression(), ml.GeneralizedLinearRegression(reg_param=0.1),
+    ml.AFTSurvivalRegression(censor_col=None),   # a DataFrame in the checks has no censor column
+    ml.OneVsRest(ml.LogisticRegression()), ml.OneVsRest(ml.GaussianNB(), parallelism=2),
+    ml.FMRegressor(factor_size=2, max_iter=30, random_state=0),
+    ml.FMClassifier(factor_size=2, random_state=0),
+    ml.MultilayerPerceptronClassifier(hidden_layer_sizes=(6, 4), activation="relu", alpha=1e-3,
+                                      max_iter=30, random_state=0),
 ]
 
 

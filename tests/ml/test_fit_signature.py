@@ -78,6 +78,12 @@ RECIPES = {
                                    NUMERIC, "y"),
     "GradientBoostingRegressor": (lambda: ml.GradientBoostingRegressor(n_estimators=3, max_depth=2),
                                   NUMERIC, "target"),
+    "MultilayerPerceptronClassifier": (lambda: ml.MultilayerPerceptronClassifier(random_state=0), NUMERIC, "y"),
+    "FMClassifier": (lambda: ml.FMClassifier(factor_size=2, max_iter=30, random_state=0), NUMERIC, "y"),
+    "FMRegressor": (lambda: ml.FMRegressor(factor_size=2, max_iter=30, random_state=0), NUMERIC, "target"),
+    # survival times must be positive: x3 (uniform on [0, 1]) is the time, every event observed
+    "AFTSurvivalRegression": (lambda: ml.AFTSurvivalRegression(censor_col=None), NUMERIC[:3], "x3"),
+    "OneVsRest": (lambda: ml.OneVsRest(ml.LogisticRegression()), NUMERIC, "y"),
     "Pipeline": (lambda: ml.Pipeline([("scale", ml.StandardScaler()), ("lr", ml.LogisticRegression())]),
                  NUMERIC, "y"),
     "CrossValidator": (lambda: ml.CrossValidator(ml.LogisticRegression(), {"C": [0.1, 1.0]}, num_folds=2),

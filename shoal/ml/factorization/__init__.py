@@ -1,0 +1,27 @@
+"""shoal.ml.factorization: Spark's factorization machines (FMClassifier, FMRegressor) with scikit-learn's API.
+
+Full-batch L-BFGS on per-block losses and gradients folded across shoal's cluster. Also
+importable from shoal.ml. Names load lazily: worker processes import only the map-side
+kernels.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"FMClassifier": "_factorization_machine", "FMRegressor": "_factorization_machine"}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal.ml.factorization' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"shoal.ml.factorization.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)
