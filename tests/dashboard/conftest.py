@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import urllib.request
 
 import pytest
+from dashboard_http import SERVE_REQUESTS
 
 import shoal
 
@@ -69,6 +71,10 @@ def dash(tmp_path_factory):
             def __call__(self, request):
                 return "hi"
         serve.run(Echo.bind(), name="echo-app", route_prefix="/echo", port=0)
+        port = serve.status()["proxy"]["port"]
+        for _ in range(SERVE_REQUESTS):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/echo", timeout=30) as r:
+                assert r.read() == b"hi"
         try:
             yield f"http://127.0.0.1:{d.port}", d.token
         finally:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import psutil
 import pytest
-from dashboard_http import http_get
+from dashboard_http import SERVE_REQUESTS, http_get
 
 import shoal
 
@@ -82,6 +83,34 @@ def test_metrics_are_prometheus_text_with_the_clusters_and_the_runs_numbers(dash
     assert fams["shoal_object_store_capacity_bytes"].samples[0].value > 0
     run = {(s.labels["run"], s.labels["metric"]): s.value for s in fams["shoal_run_metric"].samples}
     assert run[("dashboard-curve", "samples_per_s")] == 54.0
+
+
+def test_metrics_carry_each_deployments_request_latency_histogram(dash):
+    from prometheus_client.parser import text_string_to_metric_families
+    base, token = dash
+    deadline = time.monotonic() + 30
+    while True:   # the controller sums the replicas' counts about once a second
+        fams = {f.name: f for f in text_string_to_metric_families(
+            http_get(base + "/metrics", token)[1].decode())}
+        h = {s.name: s for s in fams.get("shoal_serve_request_latency_seconds",
+                                           None).samples
+             if s.labels["deployment"] == "echo-app/Echo"} \
+            if "shoal_serve_request_latency_seconds" in fams else {}
+        if h and h["shoal_serve_request_latency_seconds_count"].value >= SERVE_REQUESTS:
+            break
+        assert time.monotonic() < deadline, f"no serve latency histogram in /metrics: {h}"
+        time.sleep(0.3)
+    assert h["shoal_serve_request_latency_seconds_count"].value == SERVE_REQUESTS
+    assert 0 < h["shoal_serve_request_latency_seconds_sum"].value < 30 * SERVE_REQUESTS
+    inf = [s for s in fams["shoal_serve_request_latency_seconds"].samples
+           if s.labels.get("le") == "+Inf" and s.labels["deployment"] == "echo-app/Echo"]
+    assert inf[0].value == SERVE_REQUESTS
+    reqs = {s.labels["deployment"]: s.value for s in fams["shoal_serve_requests"].samples}
+    assert reqs["echo-app/Echo"] == SERVE_REQUESTS
+    runs = json.loads(http_get(base + "/api/runs?kind=serve", token)[1])
+    echo = next(r for r in runs if r["name"] == "echo-app/Echo")
+    assert max(x.get("requests_per_s") or 0 for x in echo["history"]) > 0
+    assert echo["last"]["latency_p99_ms"] > 0
 
 
 def test_timeline_download_is_a_chrome_trace(dash):

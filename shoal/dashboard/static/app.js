@@ -183,11 +183,11 @@ async function runsPage(kind, title) {
   const metricKeys = r => Object.keys(r.last).filter(k => k !== "time");
   // Tune's own bookkeeping is in the table, not worth a chart each.
   const AUTO = new Set(["timestamp", "pid", "time_this_iter_s", "time_total_s", "training_iteration",
-    "iterations_since_restore", "time_since_restore", "done"]);
+    "iterations_since_restore", "time_since_restore", "done", "requests_total"]);
   replace(document.getElementById("runs-table"), table([
     ["run", r => r.name], ["status", r => r.status, r => r.status], ["reports", r => r.reports],
     ["latest", r => metricKeys(r).map(k => `${k}=${fmtNum(r.last[k])}`).join("  ")],
-    ["info", r => Object.entries(r.info).filter(([k, v]) => v !== null && v !== undefined)
+    ["info", r => Object.entries(r.info).filter(([k, v]) => v !== null && v !== undefined && k !== "latency_histogram")
       .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("  ")]], runs));
   // One chart per metric (each its own scale), one curve per run (or trial), by report.
   const grid = document.getElementById("run-charts");
