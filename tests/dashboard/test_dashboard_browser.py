@@ -118,6 +118,12 @@ def test_training_page_draws_the_runs_curve(browser, dash):
         "const c = Object.values(Chart.instances).find(c => c.canvas.parentNode.id === 'run-loss');"
         "return c.data.datasets.find(d => d.label === 'dashboard-curve').data;")
     assert losses == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
+    kept = browser.find_element(By.ID, "checkpoints").text
+    assert "Checkpoints kept (2, best first)" in kept and "loss=0.2" in kept
+    assert "checkpoint_" in kept
+    assert browser.execute_script(
+        "return !!Object.values(Chart.instances).find(c => c.canvas.parentNode.id === "
+        "'run-samples_per_s');")
 
 
 def test_tuning_page_draws_a_curve_per_trial(browser, dash):

@@ -58,6 +58,11 @@ def test_the_api_shows_the_task_the_failed_actor_and_the_training_run(dash):
     run = next(r for r in runs if r["name"] == "dashboard-curve")
     assert run["status"] == "FINISHED" and [h["loss"] for h in run["history"]] == \
         [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    # the checkpoints the run keeps (num_to_keep=2, lowest loss first), with their metrics
+    kept = run["info"]["checkpoints"]
+    assert [c["metrics"]["loss"] for c in kept] == [0.2, 0.25]
+    assert all(os.path.isdir(c["path"]) for c in kept)
+    assert all(c["metrics"]["samples_per_s"] > 0 for c in kept)
     summary = json.loads(http_get(base + "/api/summary", token)[1])
     assert summary["tasks"]["FINISHED"] >= 1 and summary["actors"]["DEAD"] >= 1
 
@@ -82,7 +87,7 @@ def test_metrics_are_prometheus_text_with_the_clusters_and_the_runs_numbers(dash
     assert ended["FINISHED"] >= 1
     assert fams["shoal_object_store_capacity_bytes"].samples[0].value > 0
     run = {(s.labels["run"], s.labels["metric"]): s.value for s in fams["shoal_run_metric"].samples}
-    assert run[("dashboard-curve", "samples_per_s")] == 54.0
+    assert run[("dashboard-curve", "samples_per_s")] > 0   # counted by the prepared loader
 
 
 def test_metrics_carry_each_deployments_request_latency_histogram(dash):
