@@ -166,6 +166,32 @@ def test_a_second_start_returns_the_running_dashboard_and_shutdown_stops_it(dash
     assert sess["dashboard"] == {"url": base, "token": token}
 
 
+def test_starting_froze_the_heap_so_full_collections_skip_the_web_stack(dash):
+    import gc
+    assert gc.get_freeze_count() > 10_000
+
+
+FREEZE_PROBE = r"""
+import gc, json, shoal
+shoal.init(num_cpus=1, log_to_driver=False, dashboard=True)
+frozen = gc.get_freeze_count()
+shoal.shutdown()
+print(json.dumps({"frozen": frozen, "after": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_the_heap_freeze_can_be_turned_off_and_ends_with_the_dashboard(setting):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", FREEZE_PROBE], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, SHOAL_DASHBOARD_GC_FREEZE=setting,
+                                             PYTHONPATH=os.pathsep.join(sys.path)))
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (got["frozen"] > 10_000) == (setting == "1") and got["after"] == 0
+
+
 def _cli(*args):
     import subprocess
     import sys
