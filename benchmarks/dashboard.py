@@ -3,7 +3,9 @@
     python benchmarks/dashboard.py [--rounds 4] [--quick]
 
 "off" is a cluster that records nothing (``SHOAL_TASK_EVENTS=0``, no
-dashboard); "rec" records every task (the default), without a dashboard;
+dashboard, no state snapshot: ``SHOAL_STATE_SNAPSHOT_S=0``); "rec" records
+every task and writes the snapshot ``shoal status`` reads (the defaults),
+without a dashboard;
 "on" records every task (the default ring), serves the
 dashboard and Prometheus metrics, and a browser-like client in another
 process polls the tasks page's API and /metrics every 2 s. Each run is a
@@ -86,8 +88,17 @@ def run_mode(mode: str, quick: bool) -> dict:
         def ping(self):
             return None
 
+    import gc
+    gc_s, gc_t0 = [0.0], [0.0]
+
+    def on_gc(phase, info):   # the collector's time: what a ring of tracked entries costs
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_s[0] += time.perf_counter() - gc_t0[0]
     try:
         shoal.get([noop.remote() for _ in range(500)])
+        gc.callbacks.append(on_gc)
         n = 2000 if quick else 5000
         _measure(out, "tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)]), 3)
         a = Actor.remote()
@@ -101,6 +112,8 @@ def run_mode(mode: str, quick: bool) -> dict:
         b = 2000 if quick else 5000
         _measure(out, "actor_batch_calls_per_s", b,
                  lambda: shoal.get([a.ping.remote() for _ in range(b)]), 3)
+        gc.callbacks.remove(on_gc)
+        out["gc_ms"] = gc_s[0] * 1e3
         out["driver_rss_mb"] = me.memory_info().rss / 1e6
         out["rss_growth_mb"] = (me.memory_info().rss - rss0) / 1e6
     finally:
@@ -150,14 +163,17 @@ def main() -> None:
     modes = ("off", "rec", "on") if args.with_rec else ("off", "on")
     best: dict = {m: {} for m in modes}
     mem: dict = {m: [] for m in modes}
+    gcs: dict = {m: [] for m in modes}
     load_before = os.getloadavg()
     for r in range(args.rounds):
         for mode in (modes if r % 2 == 0 else modes[::-1]):
             env = dict(os.environ)
             if mode == "off":
                 env["SHOAL_TASK_EVENTS"] = "0"
+                env["SHOAL_STATE_SNAPSHOT_S"] = "0"
             else:
                 env.pop("SHOAL_TASK_EVENTS", None)
+                env.pop("SHOAL_STATE_SNAPSHOT_S", None)
             cmd = [sys.executable, __file__, "--mode", mode] + (["--quick"] if args.quick else [])
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -170,6 +186,7 @@ def main() -> None:
                 elif k.endswith("_cpu_us"):
                     best[mode][k] = min(best[mode].get(k, float("inf")), v)
             mem[mode].append(res["rss_growth_mb"])
+            gcs[mode].append(res["gc_ms"])
     load_after = os.getloadavg()
     print(f"\nobservability on vs off, 2 CPUs, best of {args.rounds} alternating rounds; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
@@ -177,6 +194,8 @@ def main() -> None:
     print("\ndriver CPU per task or call (us, least of all runs; a ratio above 1 is the cost)\n")
     _table(best, modes, [(label, key.replace("_per_s", "_driver_cpu_us"), "{:>10.1f}")
                          for label, key in ROWS])
+    print("\ngarbage collection during a run's measurements (ms, least of the runs): "
+          + ", ".join(f"{m} {min(gcs[m]):.1f}" for m in modes))
     cost = record_cost_us()
     per_task = 1e6 / best["off"]["tasks_per_s"]
     print(f"\nrecording alone: {cost:.2f} us per task, {cost / per_task:.1%} of a no-op task's "

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def _info(args) -> int:
@@ -56,31 +57,44 @@ def _gib(v) -> str:
 
 
 def _status(args) -> int:
-    from shoal.core.sessions import find_session, worker_logs
+    from shoal.core.sessions import find_session, read_state_snapshot, worker_logs
     try:
         sess = find_session(args.session)
     except LookupError as e:
         print(f"shoal status: {e}", file=sys.stderr)
         return 1
-    if not sess.get("dashboard"):
-        workers = worker_logs(sess["dir"])
-        print(f"session {sess['session']} (pid {sess['pid']}, {' '.join(sess.get('argv', []))})")
-        print(f"  workers started: {len(workers)}; logs in {sess['dir']}/logs (shoal logs)")
-        print("  its live state is served by its dashboard, which is off: start the driver "
-              "with shoal.init(dashboard=True) or SHOAL_DASHBOARD=1")
-        return 0
-    try:
-        s = _fetch(sess, "/api/summary")
-        actors = _fetch(sess, "/api/actors?limit=50")
-        failed = _fetch(sess, "/api/tasks?state=FAILED&limit=5")
-    except OSError as e:
-        print(f"shoal status: the dashboard of session {sess['session']} at "
-              f"{sess['dashboard']['url']} did not answer ({e}); is the driver shutting down?",
-              file=sys.stderr)
-        return 1
+    snap = None
+    if sess.get("dashboard"):
+        try:
+            snap = {"summary": _fetch(sess, "/api/summary"),
+                    "actors": _fetch(sess, "/api/actors?limit=50"),
+                    "failed_tasks": _fetch(sess, "/api/tasks?state=FAILED&limit=5")}
+        except OSError as e:
+            print(f"shoal status: the dashboard of session {sess['session']} at "
+                  f"{sess['dashboard']['url']} did not answer ({e}); showing its last "
+                  "snapshot", file=sys.stderr)
+    if snap is None:
+        snap = read_state_snapshot(sess["dir"])
+        if snap is None:
+            workers = worker_logs(sess["dir"])
+            print(f"session {sess['session']} (pid {sess['pid']}, {' '.join(sess.get('argv', []))})")
+            print(f"  workers started: {len(workers)}; logs in {sess['dir']}/logs (shoal logs)")
+            print("  it writes no state snapshot (SHOAL_STATE_SNAPSHOT_S=0 or not yet): start "
+                  "it with shoal.init(dashboard=True) for its live state")
+            return 0
     if args.json:
-        print(json.dumps({"summary": s, "actors": actors, "failed_tasks": failed}, indent=2))
+        print(json.dumps(snap, indent=2))
         return 0
+    _print_status(snap["summary"], snap["actors"], snap["failed_tasks"])
+    if "time" in snap:
+        print(f"(the driver's snapshot of {time.time() - snap['time']:.1f} s ago; "
+              "SHOAL_STATE_SNAPSHOT_S sets how often it writes one)")
+    if sess.get("dashboard"):
+        print(f"dashboard: {sess['dashboard']['url']}/?token={sess['dashboard']['token']}")
+    return 0
+
+
+def _print_status(s: dict, actors: list, failed: list) -> None:
     tot, av, store = s["resources_total"], s["resources_available"], s.get("object_store", {})
     print(f"session {s.get('session', '?')} ({s['backend']} backend), up "
           f"{s.get('uptime_s', 0):.0f} s, {s['nodes']} node(s)")
@@ -107,8 +121,6 @@ def _status(args) -> int:
         last = "  ".join(f"{k}={v:.4g}" for k, v in r["last"].items()
                         if k != "time" and v is not None)
         print(f"{r['kind']} run {r['name']}: {r['status']}, {r['reports']} reports  {last}")
-    print(f"dashboard: {sess['dashboard']['url']}/?token={sess['dashboard']['token']}")
-    return 0
 
 
 def _logs(args) -> int:

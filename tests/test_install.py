@@ -24,7 +24,7 @@ from shoal.exceptions import MissingDependencyError, ShoalError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # top-level modules of the extras' packages; none may load with the base
 HEAVY = ("pyarrow", "pandas", "scipy", "sklearn", "numba", "llvmlite", "torch", "ray", "polars",
-         "starlette", "uvicorn", "fastapi", "gymnasium", "optuna", "matplotlib")
+         "starlette", "uvicorn", "fastapi", "gymnasium", "optuna", "matplotlib", "tensorboardX")
 # modules of the base install; the later ones are checked once they exist
 BASE = ("shoal", "shoal.core", "shoal.collective", "shoal.cli", "shoal.launch")
 BASE_LATER = ("shoal.util", "shoal.util.queue", "shoal.util.multiprocessing", "shoal.state")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from time import time as _now
 
 from shoal.core._serialization import IS_ERROR, NBYTES, PATH, deserialize
 
@@ -46,8 +47,12 @@ class TaskEvents:
             err = _error_info(descs[0])
         else:
             self.finished += 1
-        self.done.append((spec.seq, spec.name, spec.actor_id, wid, spec.t_submit, time.time(),
-                          elapsed, err, spec.demand))
+        # Only numbers, strings and None (the demand as item pairs, None when empty): the
+        # garbage collector stops tracking such tuples, so a full ring adds nothing to
+        # its full collections, and no call's demand dict is kept alive by the ring.
+        d = spec.demand
+        self.done.append((spec.seq, spec.name, spec.actor_id, wid, spec.t_submit, _now(),
+                          elapsed, err, tuple(d.items()) if d else None))
 
 
 def _error_info(desc) -> tuple:
@@ -113,7 +118,7 @@ class StateListing:
             "task_id": _hex(seq), "name": name, "state": state,
             "type": "ACTOR_TASK" if actor_id is not None else "NORMAL_TASK",
             "actor_id": _hex(actor_id), "worker_id": None if wid is None else str(wid),
-            "node_id": self.node_id, "required_resources": dict(demand),
+            "node_id": self.node_id, "required_resources": dict(demand or ()),
             "creation_time_ms": _ms(t0),
             "start_time_ms": None if t1 is None else _ms(t1 - (elapsed or 0.0)),
             "end_time_ms": _ms(t1), "duration_s": elapsed,

@@ -526,10 +526,30 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
         self.kv.close()
         self.objects.drop_all()
         _remove_session_files(self.shm_prefix)
-        import shutil
-        shutil.rmtree(self.dir, ignore_errors=True)
+        _remove_session_dir(self.dir)
         if _oref._counter is self.counter:
             _oref.set_counter(None)
+
+
+def _remove_session_dir(path: str) -> None:
+    """Remove the session directory; with ``SHOAL_KEEP_LOGS=1`` its ``logs/`` (and the
+    last state snapshot) stay, and stderr says where."""
+    import shutil
+    if os.environ.get("SHOAL_KEEP_LOGS", "") in ("", "0"):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    keep = {"logs", "state.json"}
+    for name in os.listdir(path):
+        if name not in keep:
+            p = os.path.join(path, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+    sys.stderr.write(f"shoal: the workers' logs are kept in {path}/logs (SHOAL_KEEP_LOGS)\n")
 
 
 def _shm_free() -> int:

@@ -22,6 +22,7 @@ from shoal.exceptions import MissingDependencyError
 
 _backend = None           # the driver's backend (LocalBackend or RayBackend)
 _worker_rt = None         # set inside worker processes of the local backend
+_snapshots = None         # the driver's writer of state.json for `shoal status`
 _init_lock = threading.RLock()
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
@@ -94,6 +95,14 @@ def init(num_cpus: int | None = None, num_gpus: int | None = None, resources: di
                                   namespace=namespace, log_to_driver=log_to_driver, **ray_kwargs)
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'local' or 'ray'")
+        global _snapshots
+        from shoal.core import state
+        try:
+            _snapshots = state._start_snapshots(_backend)
+        except BaseException:
+            b, _backend = _backend, None
+            b.shutdown()
+            raise
         if dashboard is None:
             dashboard = os.environ.get("SHOAL_DASHBOARD", "") not in ("", "0")
         if dashboard:
@@ -123,6 +132,10 @@ def shutdown() -> None:
     global _backend
     with _init_lock:
         b, _backend = _backend, None
+    global _snapshots
+    snaps, _snapshots = _snapshots, None
+    if snaps is not None:
+        snaps.stop()
     dash = sys.modules.get("shoal.dashboard")
     if dash is not None:
         dash.stop()

@@ -4,8 +4,11 @@ Each driver of the local backend keeps a private directory (mode 0700) in
 the temp dir, ``shoal-<session>-*``, holding ``session.json`` (its pid, and
 the dashboard's address and token when one runs) and ``logs/``: every
 worker's stdout (``worker-<id>.out``), stderr (``.err``) and who it is
-(``.json``: pid, actor class and name). ``shoal status`` and ``shoal logs``
-read them; the directory goes when the session shuts down.
+(``.json``: pid, actor class and name), and ``state.json``, the state
+``shoal status`` shows, rewritten every ``SHOAL_STATE_SNAPSHOT_S`` seconds
+(default 2; 0 turns it off). ``shoal status`` and ``shoal logs`` read them;
+the directory goes when the session shuts down, but for ``logs/`` when
+``SHOAL_KEEP_LOGS=1``.
 """
 from __future__ import annotations
 
@@ -16,16 +19,31 @@ import tempfile
 import time
 
 SESSION_FILE = "session.json"
+STATE_FILE = "state.json"
+
+
+def write_private_json(path: str, obj) -> None:
+    """Write (or replace at once) a JSON file readable by its user only."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
 
 
 def write_session_info(session_dir: str, info: dict) -> None:
     """Write (or replace) the session's ``session.json``, readable by its user only."""
-    path = os.path.join(session_dir, SESSION_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
+    write_private_json(os.path.join(session_dir, SESSION_FILE), info)
+
+
+def read_state_snapshot(session_dir: str) -> dict | None:
+    """The session's last ``state.json`` (``summary``, ``actors``, ``failed_tasks``,
+    ``time`` written), or None when it writes none."""
+    try:
+        with open(os.path.join(session_dir, STATE_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _alive(pid) -> bool:

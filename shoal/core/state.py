@@ -286,5 +286,63 @@ def list_runs(kind: str | None = None, with_history: bool = True) -> list[dict]:
                  **({"history": list(r.history)} if with_history else {})} for r in runs]
 
 
+# ------------------------------------------------------------------ the session's snapshot
+class _Snapshots:
+    """Rewrites the session directory's ``state.json`` (mode 0600) every ``period`` s, so
+    that ``shoal status`` shows a driver's state without its dashboard; a daemon thread
+    of the driver. Failed tasks are listed again only when their count changed."""
+
+    def __init__(self, backend, period: float):
+        self.backend, self.period = backend, period
+        self.stop_event = threading.Event()
+        self.failed_seen, self.failed = -1, []
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="shoal-state")
+        self.thread.start()
+
+    def snapshot(self) -> dict:
+        s = summary()
+        if s["tasks"].get("FAILED", 0) != self.failed_seen:
+            self.failed_seen = s["tasks"].get("FAILED", 0)
+            self.failed = list_tasks(filters=[("state", "=", "FAILED")], limit=5)
+        return {"time": time.time(), "summary": s, "actors": list_actors(limit=50),
+                "failed_tasks": self.failed}
+
+    def write(self) -> None:
+        from shoal.core.sessions import STATE_FILE, write_private_json
+        write_private_json(os.path.join(self.backend.dir, STATE_FILE), self.snapshot())
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.period):
+            if api._backend is not self.backend:
+                return
+            try:
+                self.write()
+            except Exception:  # noqa: BLE001, S112 - a snapshot missed; the next one comes
+                continue
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(5)
+
+
+def _start_snapshots(backend):
+    """The snapshot writer of a local-backend driver, or None (``SHOAL_STATE_SNAPSHOT_S=0``
+    or the Ray backend, whose own tools show its state)."""
+    raw = os.environ.get("SHOAL_STATE_SNAPSHOT_S", "")
+    try:
+        period = float(raw) if raw.strip() else 2.0
+    except ValueError:
+        raise ValueError(f"SHOAL_STATE_SNAPSHOT_S must be seconds between the snapshots "
+                         f"`shoal status` reads (0 turns them off), got {raw!r}") from None
+    if period <= 0 or backend.name != "local":
+        return None
+    snaps = _Snapshots(backend, period)
+    try:
+        snaps.write()   # `shoal status` has something from the start
+    except Exception:  # noqa: BLE001 - the loop tries again
+        pass
+    return snaps
+
+
 __all__ = ["list_actors", "list_nodes", "list_objects", "list_runs", "list_tasks",
            "list_workers", "report_run", "summary", "timeline"]

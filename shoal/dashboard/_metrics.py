@@ -61,14 +61,39 @@ class _ClusterCollector:
                               labels=["kind", "run", "metric"])
         r = GaugeMetricFamily("shoal_run_reports", "Reports a library's run made",
                               labels=["kind", "run", "status"])
-        for run in st.list_runs(with_history=False):
+        runs = st.list_runs(with_history=False)
+        for run in runs:
             r.add_metric([run["kind"], run["name"], run["status"]], run["reports"])
             for k, v in run["last"].items():
                 if k != "time" and v is not None:
                     g.add_metric([run["kind"], run["name"], _NAME.sub("_", k)], v)
         yield g
         yield r
+        yield from _serve_families(runs)
         yield from _collective_families()
+
+
+def _serve_families(runs):
+    """Requests and the latency histogram of each deployment answering HTTP, as
+    shoal.serve's controller summed them over the processes that answer it."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+    reqs = CounterMetricFamily("shoal_serve_requests", "HTTP requests a deployment answered",
+                               labels=["deployment"])
+    hist = HistogramMetricFamily("shoal_serve_request_latency_seconds",
+                                 "Time from an HTTP request to its answer, per deployment",
+                                 labels=["deployment"])
+    for run in runs:
+        h = run["info"].get("latency_histogram") if run["kind"] == "serve" else None
+        if not h:
+            continue
+        cum, buckets = 0, []
+        for bound, n in zip(h["bounds"] + ["+Inf"], h["counts"]):
+            cum += n
+            buckets.append((str(bound), cum))
+        reqs.add_metric([run["name"]], h["count"])
+        hist.add_metric([run["name"]], buckets, h["sum"])
+    yield reqs
+    yield hist
 
 
 def _collective_families():

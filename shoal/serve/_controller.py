@@ -27,6 +27,7 @@ from shoal.exceptions import ServeError
 from shoal.serve._deployment import Application, replace_bound
 from shoal.serve._handle import DeploymentHandle
 from shoal.serve._router import registry
+from shoal.serve._traffic import Traffic, gather
 
 _READY_TIMEOUT_S = 120.0
 # SHOAL_SERVE_HTTP_IN_REPLICAS=0: every HTTP request goes through the proxy (two hops), as
@@ -79,6 +80,7 @@ class Controller:
         self.proxy_paths = None     # (where replicas borrow the HTTP socket, proxy's figures)
         self.stop_event = threading.Event()
         self._published = 0.0        # when the deployments were last shown in shoal.state
+        self.traffic = Traffic()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="shoal-serve-ctl")
         self.thread.start()
 
@@ -328,15 +330,29 @@ class Controller:
             return out
 
     def _publish(self) -> None:
-        """Show each deployment in shoal.state (the dashboard's serving page, metrics)."""
+        """Show each deployment in shoal.state (the dashboard's serving page, metrics); an
+        ingress deployment with a route also its HTTP requests/s and latency."""
+        with self.lock:
+            paths = ([self.proxy_paths[1]] if self.proxy_paths else []) + [
+                r.path for a in self.apps.values() for st in a["deployments"].values()
+                if st.http for r in st.replicas if r.state == "running" and r.path]
+        try:
+            self.traffic.add(gather(registry.get_loop(), paths, self.secret))
+        except Exception:  # noqa: BLE001 - figures late this second: the next ask has them
+            pass
+        now = time.monotonic()
         for app, a in self.status()["applications"].items():
             for name, d in a["deployments"].items():
                 running = sum(r["state"] == "running" for r in d["replicas"])
+                metrics = {"replicas_running": running, "target_replicas": d["target_replicas"]}
+                extra = {}
+                if a["ingress"] == name and a["route_prefix"] is not None:
+                    figures, extra["latency_histogram"] = self.traffic.figures(app, now)
+                    metrics.update(figures)
                 shoal.state.report_run(
-                    "serve", f"{app}/{name}",
-                    {"replicas_running": running, "target_replicas": d["target_replicas"]},
+                    "serve", f"{app}/{name}", metrics,
                     status=d["status"], route_prefix=a["route_prefix"],
-                    ingress=a["ingress"] == name)
+                    ingress=a["ingress"] == name, **extra)
 
     # ------------------------------------------------------------ the loop
     def _loop(self) -> None:

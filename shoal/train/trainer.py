@@ -40,6 +40,7 @@ from shoal.train.ddp import DDP
 from shoal.train.tensorflow import TensorflowConfig
 
 _STATE_FILE = "trainer_state.pkl"
+_CHECKPOINTS_SHOWN = 50     # kept checkpoints a run shows in shoal.state (best first)
 
 
 @dataclass
@@ -487,14 +488,16 @@ class Trainer:
                 manager.register(Checkpoint(path=rec["checkpoint"]), rec["metrics"])
             with open(os.path.join(run_dir, "result.json"), "a") as f:
                 f.write(json.dumps(_jsonable(rec)) + "\n")
-            self._publish(run_dir, rec)
+            self._publish(run_dir, rec, checkpoints=manager.best())
             progress.show(rec)
             next_index += 1
         return next_index
 
-    def _publish(self, run_dir: str, rec: dict | None, status: str = "RUNNING") -> None:
-        """Show the run in shoal.state (the dashboard, ``shoal status``, metrics) and,
-        when tensorboardX or tensorboard is installed, in TensorBoard event files."""
+    def _publish(self, run_dir: str, rec: dict | None, status: str = "RUNNING",
+                 checkpoints: list | None = None) -> None:
+        """Show the run in shoal.state (the dashboard, ``shoal status``, metrics) with its
+        kept checkpoints (best first) and, when tensorboardX or tensorboard is installed,
+        in TensorBoard event files."""
         name = os.path.basename(run_dir)
         if rec is None:
             shoal.state.report_run("train", name, status=status)
@@ -502,8 +505,13 @@ class Trainer:
                 self._tb.close()
                 self._tb = None
             return
+        extra = {} if checkpoints is None else {"checkpoints": [
+            {"path": c.path, "metrics": {k: v for k, v in m.items()
+                                         if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+            for c, m in checkpoints[:_CHECKPOINTS_SHOWN]]}
         shoal.state.report_run("train", name, rec["metrics"], status=status, path=run_dir,
-                               checkpoint=rec.get("checkpoint"), workers=self.num_workers)
+                               checkpoint=rec.get("checkpoint"), workers=self.num_workers,
+                               **extra)
         tb = getattr(self, "_tb", False)
         if tb is False:
             tb = self._tb = _tensorboard_writer(run_dir)

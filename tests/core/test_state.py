@@ -220,10 +220,64 @@ def test_cli_logs_reads_a_running_sessions_actor_and_follows_new_output(cluster)
     shoal.kill(c)
 
 
-def test_cli_status_without_a_dashboard_says_how_to_get_one(cluster):
-    p = _cli("status", "--session", shoal.state.summary()["session"])
+def test_cli_status_without_a_dashboard_reads_the_drivers_snapshot(cluster):
+    sess = sessions.find_session(shoal.state.summary()["session"])
+    path = os.path.join(sess["dir"], sessions.STATE_FILE)
+    assert os.stat(path).st_mode & 0o077 == 0          # the user's only, like session.json
+    assert shoal.get(square.remote(12)) == 144
+    with pytest.raises(ValueError):
+        shoal.get(explode.remote())
+    shoal.state.report_run("train", "snapshot-run", {"loss": 0.25})
+    deadline = time.monotonic() + 30
+    while True:   # the driver rewrites it every 2 s
+        snap = sessions.read_state_snapshot(sess["dir"])
+        if snap and any(r["name"] == "snapshot-run" for r in snap["summary"]["runs"]) \
+                and snap["failed_tasks"]:
+            break
+        assert time.monotonic() < deadline, snap
+        time.sleep(0.2)
+    p = _cli("status", "--session", sess["session"])
     assert p.returncode == 0, p.stderr
-    assert "dashboard=True" in p.stdout
+    assert "resources (used / total):" in p.stdout and "CPU" in p.stdout
+    assert "failed task explode" in p.stdout and "ValueError" in p.stdout
+    assert "train run snapshot-run" in p.stdout and "loss=0.25" in p.stdout
+    assert "snapshot of" in p.stdout
+    p = _cli("status", "--session", sess["session"], "--json")
+    assert json.loads(p.stdout)["summary"]["session"] == sess["session"]
+
+
+def test_snapshots_off_and_logs_kept_after_shutdown(monkeypatch, capfd):
+    if shoal.is_initialized():
+        shoal.shutdown()
+    monkeypatch.setenv("SHOAL_STATE_SNAPSHOT_S", "0")
+    monkeypatch.setenv("SHOAL_KEEP_LOGS", "1")
+    shoal.init(num_cpus=1, log_to_driver=False)
+    d = shoal.state.summary()["session_dir"]
+    try:
+        assert shoal.get(square.remote(3)) == 9
+        assert not os.path.exists(os.path.join(d, sessions.STATE_FILE))
+        p = _cli("status", "--session", shoal.state.summary()["session"])
+        assert p.returncode == 0 and "writes no state snapshot" in p.stdout
+    finally:
+        shoal.shutdown()
+    try:
+        assert os.listdir(d) == ["logs"]
+        outs = [open(os.path.join(d, "logs", f)).read()
+                for f in os.listdir(os.path.join(d, "logs")) if f.endswith(".out")]
+        assert any("squaring 3" in o for o in outs)
+        assert f"{d}/logs" in capfd.readouterr().err
+    finally:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_bad_snapshot_period_is_refused(monkeypatch):
+    if shoal.is_initialized():
+        shoal.shutdown()
+    monkeypatch.setenv("SHOAL_STATE_SNAPSHOT_S", "often")
+    with pytest.raises(ValueError, match="SHOAL_STATE_SNAPSHOT_S"):
+        shoal.init(num_cpus=1, log_to_driver=False)
+    assert not shoal.is_initialized()
 
 
 def test_cli_finds_no_session_with_a_clear_error():

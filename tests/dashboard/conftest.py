@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import urllib.request
 
 import pytest
+from dashboard_http import SERVE_REQUESTS
 
 import shoal
 
@@ -32,9 +34,18 @@ def _trainable(config):
 
 
 def _train_loop(config):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
     from shoal import train
+    # a prepared loader: shoal.train counts its batches and reports samples_per_s itself
+    loader = train.prepare_data_loader(DataLoader(TensorDataset(torch.arange(32.0)),
+                                                  batch_size=8))
     for step in range(5):
-        train.report({"loss": 1.0 / (step + 1), "samples_per_s": 50.0 + step})
+        for _ in loader:
+            pass
+        train.report({"loss": 1.0 / (step + 1)},
+                     checkpoint=train.Checkpoint.from_dict({"step": step}))
 
 
 @pytest.fixture(scope="package")
@@ -56,6 +67,8 @@ def dash(tmp_path_factory):
         from shoal import train
         train.Trainer(_train_loop, num_workers=1, run_config=train.RunConfig(
             name="dashboard-curve", storage_path=str(tmp_path_factory.mktemp("runs")),
+            checkpoint_config=train.CheckpointConfig(num_to_keep=2, score_attribute="loss",
+                                                     score_order="min"),
             verbose=0)).fit()
         from shoal import tune
         tune.Tuner(_trainable, param_space={"lr": tune.grid_search([0.1, 0.2, 0.3])},
@@ -69,6 +82,10 @@ def dash(tmp_path_factory):
             def __call__(self, request):
                 return "hi"
         serve.run(Echo.bind(), name="echo-app", route_prefix="/echo", port=0)
+        port = serve.status()["proxy"]["port"]
+        for _ in range(SERVE_REQUESTS):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/echo", timeout=30) as r:
+                assert r.read() == b"hi"
         try:
             yield f"http://127.0.0.1:{d.port}", d.token
         finally:

@@ -17,3 +17,5 @@ def http_get(url: str, token: str | None = None, cookie: str | None = None):
             return r.status, r.read(), r.headers
     except urllib.error.HTTPError as e:
         return e.code, e.read(), e.headers
+
+SERVE_REQUESTS = 20     # HTTP requests the fixture sends to its echo deployment

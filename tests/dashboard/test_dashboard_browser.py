@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import time
 
 import pytest
 
@@ -117,6 +118,12 @@ def test_training_page_draws_the_runs_curve(browser, dash):
         "const c = Object.values(Chart.instances).find(c => c.canvas.parentNode.id === 'run-loss');"
         "return c.data.datasets.find(d => d.label === 'dashboard-curve').data;")
     assert losses == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
+    kept = browser.find_element(By.ID, "checkpoints").text
+    assert "Checkpoints kept (2, best first)" in kept and "loss=0.2" in kept
+    assert "checkpoint_" in kept
+    assert browser.execute_script(
+        "return !!Object.values(Chart.instances).find(c => c.canvas.parentNode.id === "
+        "'run-samples_per_s');")
 
 
 def test_tuning_page_draws_a_curve_per_trial(browser, dash):
@@ -134,6 +141,18 @@ def test_serving_page_shows_the_deployment(browser, dash):
     _open(browser, dash, "/serve", "echo-app/Echo", "serve")
     _wait_text(browser, "HEALTHY")
     assert "replicas_running=1" in browser.find_element(By.ID, "runs").text
+    _wait_text(browser, "requests_per_s=")
+    # the chart of requests/s holds the second the fixture's requests were answered in
+    deadline = time.monotonic() + 30
+    while True:
+        peak = browser.execute_script(
+            "const c = Object.values(Chart.instances).find("
+            "  c => c.canvas.parentNode.id === 'run-requests_per_s');"
+            "return c ? Math.max(0, ...c.data.datasets[0].data.filter(v => v !== null)) : 0;")
+        if peak > 0:
+            break
+        assert time.monotonic() < deadline, "the serving page charts no request rate"
+        time.sleep(0.5)
 
 
 def test_a_visit_without_the_token_is_refused(browser, dash, tmp_path):

@@ -183,12 +183,20 @@ async function runsPage(kind, title) {
   const metricKeys = r => Object.keys(r.last).filter(k => k !== "time");
   // Tune's own bookkeeping is in the table, not worth a chart each.
   const AUTO = new Set(["timestamp", "pid", "time_this_iter_s", "time_total_s", "training_iteration",
-    "iterations_since_restore", "time_since_restore", "done"]);
+    "iterations_since_restore", "time_since_restore", "done", "requests_total"]);
   replace(document.getElementById("runs-table"), table([
     ["run", r => r.name], ["status", r => r.status, r => r.status], ["reports", r => r.reports],
     ["latest", r => metricKeys(r).map(k => `${k}=${fmtNum(r.last[k])}`).join("  ")],
-    ["info", r => Object.entries(r.info).filter(([k, v]) => v !== null && v !== undefined)
+    ["info", r => Object.entries(r.info).filter(([k, v]) => v !== null && v !== undefined && k !== "latency_histogram" && k !== "checkpoints")
       .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("  ")]], runs));
+  const ckpts = runs.flatMap(r => (r.info.checkpoints || []).map(c => ({ run: r.name, ...c })));
+  if (ckpts.length) {
+    if (!document.getElementById("checkpoints")) body.insertBefore(el("div", { id: "checkpoints" }), document.getElementById("run-charts"));
+    replace(document.getElementById("checkpoints"), el("div", {},
+      el("h3", { text: `Checkpoints kept (${ckpts.length}, best first)` }),
+      table([["run", c => c.run], ["checkpoint", c => c.path],
+        ["metrics", c => Object.entries(c.metrics).map(([k, v]) => `${k}=${fmtNum(v)}`).join("  ")]], ckpts)));
+  }
   // One chart per metric (each its own scale), one curve per run (or trial), by report.
   const grid = document.getElementById("run-charts");
   const metrics = [...new Set(runs.flatMap(metricKeys))].filter(m => !AUTO.has(m));
