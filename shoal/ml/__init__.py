@@ -30,7 +30,8 @@ _EXPORTS = {
     "KMeans": "_kmeans", "PCA": "_pca",
     # clustering (shoal.ml.clustering) and frequent patterns (shoal.ml.fpm)
     "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
-    "PowerIterationClustering": "clustering",
+    "PowerIterationClustering": "clustering", "LDA": "clustering",
+    "LatentDirichletAllocation": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # statistics (shoal.ml.stat)
     "Correlation": "stat", "ChiSquareTest": "stat", "Summarizer": "stat",

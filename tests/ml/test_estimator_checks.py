@@ -22,6 +22,8 @@ ESTIMATORS = [
     ml.OneHotEncoder(handle_unknown="ignore"),
     ml.GaussianMixture(n_components=2, random_state=0), ml.GaussianMixture(covariance_type="diag"),
     ml.BisectingKMeans(n_clusters=3, random_state=0),
+    ml.LDA(n_components=3, max_iter=3, random_state=0),
+    ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
 ]
 
 
