@@ -23,6 +23,7 @@ ESTIMATORS = [
     ml.GaussianMixture(n_components=2, random_state=0), ml.GaussianMixture(covariance_type="diag"),
     ml.BisectingKMeans(n_clusters=3, random_state=0),
     ml.LDA(n_components=3, max_iter=3, random_state=0),
+    ml.VarianceThresholdSelector(), ml.VarianceThresholdSelector(threshold=1e-3, ddof=1),
     ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
 ]
 

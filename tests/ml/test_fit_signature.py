@@ -72,6 +72,7 @@ RECIPES = {
     "FPGrowth": (lambda: ml.FPGrowth(min_support=0.1, min_confidence=0.1), ["basket"], None),
     "BisectingKMeans": (lambda: ml.BisectingKMeans(n_clusters=3, random_state=0), NUMERIC, None),
     "GaussianMixture": (lambda: ml.GaussianMixture(n_components=2, random_state=0), NUMERIC, None),
+    "VarianceThresholdSelector": (ml.VarianceThresholdSelector, NUMERIC, None),
     "LDA": (lambda: ml.LDA(n_components=2, max_iter=2, random_state=0), NUMERIC, None),
     "LatentDirichletAllocation": (lambda: ml.LatentDirichletAllocation(n_components=2, max_iter=2,
                                                                        random_state=0), NUMERIC, None),
