@@ -70,6 +70,8 @@ RECIPES = {
     "HashingTF": (lambda: ml.HashingTF(num_features=16), ["tokens"], None),
     "IDF": (ml.IDF, ["tf"], None),
     "CountVectorizer": (ml.CountVectorizer, ["tokens"], None),
+    "NGram": (ml.NGram, ["tokens"], None),
+    "StopWordsRemover": (ml.StopWordsRemover, ["tokens"], None),
     "FPGrowth": (lambda: ml.FPGrowth(min_support=0.1, min_confidence=0.1), ["basket"], None),
     "BisectingKMeans": (lambda: ml.BisectingKMeans(n_clusters=3, random_state=0), NUMERIC, None),
     "GaussianMixture": (lambda: ml.GaussianMixture(n_components=2, random_state=0), NUMERIC, None),
