@@ -38,7 +38,7 @@ ALS, the machine's limit), fit seconds and held-out hit rate at 10 over 5,000 us
 (``--als-rounds``, best kept), so each sees the same load.
 
 Clustering and frequent patterns (``--families-only``, or after ALS unless
-``--no-families``; ``--families gmm,bisecting,fpgrowth``): GaussianMixture (full
+``--no-families``; ``--families gmm,bisecting,fpgrowth,lda``): GaussianMixture (full
 covariances, k=5, 20 EM iterations with tol=0 so every system runs all of them; quality: the
 mean log-likelihood per test row, computed by the same code for every system) and
 BisectingKMeans (k=5, 20 Lloyd steps per split; quality: test inertia) on
@@ -48,8 +48,12 @@ popularity plus planted co-purchase groups; min_support 0.005, min_confidence 0.
 (a Dataset) vs Spark vs mlxtend (pandas, one process; its one-hot frame is built before
 the clock starts), quality: the numbers of itemsets and rules (exact algorithms: they must
 agree). Spark's FPGrowth computes its tables lazily, so its time runs until both are
-counted. Each system in its own process, ``--family-rounds`` alternating rounds, the
-fastest kept; the load average is printed at every round.
+counted. LDA (``--families lda``): online variational Bayes, k=20, 2 epochs of 20
+mini-batches (Spark: 40 iterations at subsamplingRate 0.05, the same work) on
+``--lda-docs`` synthetic documents (5,000 terms, about 100 words each, 80% train), shoal vs
+Spark vs scikit-learn; quality: held-out perplexity of each system's topics computed by the
+same code (scikit-learn's bound). Each system in its own process, ``--family-rounds``
+alternating rounds, the fastest kept; the load average is printed at every round.
 """
 from __future__ import annotations
 
@@ -467,6 +471,34 @@ def run_als(args) -> None:
 
 GMM_K, GMM_ITERS, GMM_FEATURES = 5, 20, 10
 FPM_ITEMS, FPM_SUPPORT, FPM_CONFIDENCE = 1000, 0.005, 0.3
+LDA_K, LDA_VOCAB, LDA_EPOCHS, LDA_BATCHES = 20, 5000, 2, 20   # 20 mini-batches per epoch
+
+
+def corpus_data(rows: int):
+    """(train, test) CSR count matrices: a 20-newsgroups-sized synthetic corpus (LDA_VOCAB
+    terms, LDA_K true topics, about 100 words per document)."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    beta = rng.dirichlet(np.full(LDA_VOCAB, 0.05), LDA_K)
+    theta = rng.dirichlet(np.full(LDA_K, 0.1), rows)
+    counts = np.vstack([rng.multinomial(max(n, 1), p) for n, p in
+                        zip(rng.poisson(100, rows), theta @ beta)]).astype(np.float64)
+    X = sp.csr_matrix(counts)
+    cut = int(0.8 * rows)
+    return X[:cut], X[cut:]
+
+
+def lda_perplexity(test, components, alpha) -> float:
+    """Held-out perplexity of topics (lambda, (k, V)), the same code (scikit-learn's bound) for
+    every system."""
+    from sklearn.decomposition import LatentDirichletAllocation
+    from scipy.special import digamma
+    lda = LatentDirichletAllocation(components.shape[0], doc_topic_prior=alpha,
+                                    topic_word_prior=1.0 / components.shape[0]).fit(test[:2])
+    lda.components_ = np.asarray(components, dtype=np.float64)
+    lda.exp_dirichlet_component_ = np.exp(digamma(lda.components_)
+                                          - digamma(lda.components_.sum(axis=1, keepdims=True)))
+    return float(lda.perplexity(test))
 
 
 def mixture_data(rows: int):
@@ -514,6 +546,10 @@ def family_system(name: str, task: str, rows: int, cpus: int):
     if task in ("gmm", "bisecting"):
         train, test = mixture_data(rows)
         warm = train[:WARM_UP_ROWS]
+    elif task == "lda":
+        train, test = corpus_data(rows)
+        warm = train[:200]
+        batch = -(-train.shape[0] // LDA_BATCHES)
     else:
         train = basket_data(rows)
         warm = train[:WARM_UP_ROWS]
@@ -533,6 +569,14 @@ def family_system(name: str, task: str, rows: int, cpus: int):
             def quality(model):
                 return len(model.freq_itemsets_), len(model.association_rules_)
             return fit, quality, shoal.shutdown
+        if task == "lda":
+            def fit(warm_up=False):
+                return m.LDA(LDA_K, max_iter=LDA_EPOCHS, batch_size=batch, random_state=0).fit(
+                    warm if warm_up else train)
+
+            def quality(model):
+                return lda_perplexity(test, model.components_, 1.0 / LDA_K)
+            return fit, quality, shoal.shutdown
 
         def fit(warm_up=False):
             est = (m.GaussianMixture(GMM_K, max_iter=GMM_ITERS, tol=0.0, random_state=0)
@@ -544,6 +588,17 @@ def family_system(name: str, task: str, rows: int, cpus: int):
         if task == "fpgrowth":
             raise ImportError("scikit-learn has no FPGrowth")
         from sklearn import cluster, mixture
+        if task == "lda":
+            from sklearn.decomposition import LatentDirichletAllocation
+
+            def fit(warm_up=False):
+                return LatentDirichletAllocation(LDA_K, learning_method="online", max_iter=LDA_EPOCHS,
+                                                 batch_size=batch, random_state=0).fit(
+                    warm if warm_up else train)
+
+            def quality(model):
+                return lda_perplexity(test, model.components_, 1.0 / LDA_K)
+            return fit, quality, lambda: None
 
         def fit(warm_up=False):
             est = (mixture.GaussianMixture(GMM_K, max_iter=GMM_ITERS, tol=0.0, random_state=0)
@@ -596,6 +651,23 @@ def family_system(name: str, task: str, rows: int, cpus: int):
                 return model.freqItemsets.count(), model.associationRules.count()
             return fit, quality, spark.stop
         from pyspark.ml.linalg import Vectors
+        if task == "lda":
+            frames = {w: spark.createDataFrame(
+                [(Vectors.sparse(LDA_VOCAB, d[i].indices.tolist(), d[i].data.tolist()),)
+                 for i in range(d.shape[0])], ["features"]).repartition(2 * cpus).cache()
+                for w, d in ((False, train), (True, warm))}
+            [f.count() for f in frames.values()]
+
+            def fit(warm_up=False):
+                # the same work as LDA_EPOCHS epochs of LDA_BATCHES mini-batches
+                return K.LDA(k=LDA_K, maxIter=LDA_EPOCHS * LDA_BATCHES, optimizer="online",
+                             subsamplingRate=1.0 / LDA_BATCHES, learningOffset=10.0, learningDecay=0.7,
+                             docConcentration=[1.0 / LDA_K], topicConcentration=1.0 / LDA_K,
+                             optimizeDocConcentration=False, seed=0).fit(frames[warm_up])
+
+            def quality(model):
+                return lda_perplexity(test, model.topicsMatrix().toArray().T, 1.0 / LDA_K)
+            return fit, quality, spark.stop
         frames = {w: spark.createDataFrame([(Vectors.dense(r),) for r in d], ["features"])
                   .repartition(2 * cpus).cache() for w, d in ((False, train), (True, warm))}
         [f.count() for f in frames.values()]
@@ -646,6 +718,7 @@ FAMILY_TASKS = {  # task: (systems, quality name, rows argument)
     "gmm": (["shoal", "spark", "sklearn"], "test log-lik/row", "mixture_rows"),
     "bisecting": (["shoal", "spark", "sklearn"], "test inertia", "mixture_rows"),
     "fpgrowth": (["shoal", "spark", "mlxtend"], "itemsets, rules", "baskets"),
+    "lda": (["shoal", "spark", "sklearn"], "test perplexity", "lda_docs"),
 }
 
 
@@ -660,7 +733,8 @@ def run_families(args) -> None:
         procs = {}
         for name in systems:
             cmd = [sys.executable, os.path.abspath(__file__), "--family-child", f"{name}:{task}",
-                   "--mixture-rows", str(rows), "--baskets", str(rows), "--cpus", str(args.cpus)]
+                   "--mixture-rows", str(rows), "--baskets", str(rows), "--lda-docs", str(rows),
+                   "--cpus", str(args.cpus)]
             procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                            stderr=subprocess.DEVNULL, text=True)
             line = procs[name].stdout.readline().strip()
@@ -685,7 +759,9 @@ def run_families(args) -> None:
                 proc.stdin.close()
                 proc.wait(timeout=300)
         load = os.getloadavg()
-        shape = (f"{rows:,} rows x {GMM_FEATURES} (80% train), k={GMM_K}, {GMM_ITERS} iterations"
+        shape = (f"{rows:,} documents (80% train), {LDA_VOCAB} terms, k={LDA_K}, {LDA_EPOCHS} epochs "
+                 f"of {LDA_BATCHES} online mini-batches" if task == "lda" else
+                 f"{rows:,} rows x {GMM_FEATURES} (80% train), k={GMM_K}, {GMM_ITERS} iterations"
                  if task != "fpgrowth" else
                  f"{rows:,} baskets, {FPM_ITEMS} items, min_support {FPM_SUPPORT}, min_confidence "
                  f"{FPM_CONFIDENCE}")
@@ -722,13 +798,15 @@ def main(argv=None) -> None:
     ap.add_argument("--als-modes", default="explicit,implicit", help="ALS feedback kinds to run")
     ap.add_argument("--no-als", action="store_true", help="skip the ALS comparison")
     ap.add_argument("--als-child", help=argparse.SUPPRESS)
-    ap.add_argument("--families", default="gmm,bisecting,fpgrowth",
+    ap.add_argument("--families", default="gmm,bisecting,fpgrowth,lda",
                     help="the clustering and frequent-pattern comparisons to run")
     ap.add_argument("--families-only", action="store_true",
                     help="run only GaussianMixture, BisectingKMeans and FPGrowth")
     ap.add_argument("--no-families", action="store_true", help="skip those comparisons")
     ap.add_argument("--mixture-rows", type=int, default=200_000)
     ap.add_argument("--baskets", type=int, default=200_000)
+    ap.add_argument("--lda-docs", type=int, default=14_000,
+                    help="LDA corpus size (20 newsgroups: about 11,000 training documents)")
     ap.add_argument("--family-rounds", type=int, default=3)
     ap.add_argument("--family-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -741,7 +819,8 @@ def main(argv=None) -> None:
         return
     if args.family_child:
         name, task = args.family_child.split(":")
-        family_child(name, task, args.mixture_rows if task != "fpgrowth" else args.baskets, args.cpus)
+        family_child(name, task, {"fpgrowth": args.baskets, "lda": args.lda_docs}.get(task, args.mixture_rows),
+                     args.cpus)
         return
     if args.families_only:
         run_families(args)

@@ -30,7 +30,8 @@ _EXPORTS = {
     "KMeans": "_kmeans", "PCA": "_pca",
     # clustering (shoal.ml.clustering) and frequent patterns (shoal.ml.fpm)
     "GaussianMixture": "clustering", "BisectingKMeans": "clustering",
-    "PowerIterationClustering": "clustering",
+    "PowerIterationClustering": "clustering", "LDA": "clustering",
+    "LatentDirichletAllocation": "clustering",
     "FPGrowth": "fpm", "PrefixSpan": "fpm",
     # regression beyond the linear models (shoal.ml.regression)
     "IsotonicRegression": "regression", "GeneralizedLinearRegression": "regression",
@@ -51,6 +52,7 @@ _EXPORTS = {
     "Bucketizer": "_discretize", "QuantileDiscretizer": "_discretize",
     "OneHotEncoder": "_categorical", "StringIndexer": "_categorical", "VectorAssembler": "_categorical",
     "Tokenizer": "_text", "HashingTF": "_text", "IDF": "_text",
+    "CountVectorizer": "_count_vectorizer", "NGram": "_token_filters", "StopWordsRemover": "_token_filters", "VarianceThresholdSelector": "_selectors",
     # workflow
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",

@@ -30,6 +30,9 @@ ESTIMATORS = [
     ml.FMClassifier(factor_size=2, random_state=0),
     ml.MultilayerPerceptronClassifier(hidden_layer_sizes=(6, 4), activation="relu", alpha=1e-3,
                                       max_iter=30, random_state=0),
+    ml.LDA(n_components=3, max_iter=3, random_state=0),
+    ml.VarianceThresholdSelector(), ml.VarianceThresholdSelector(threshold=1e-3, ddof=1),
+    ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
 ]
 
 

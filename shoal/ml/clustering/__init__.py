@@ -1,7 +1,8 @@
 """shoal.ml.clustering: Spark MLlib's clustering beyond KMeans, with scikit-learn's API.
 
 GaussianMixture (EM, full or diagonal covariances, restarts), BisectingKMeans and
-PowerIterationClustering (on a graph's edges) fit on
+PowerIterationClustering (on a graph's edges) and LDA (topic models by online variational
+Bayes; also named LatentDirichletAllocation as in scikit-learn) fit on
 per-block sufficient statistics across shoal's cluster, like shoal.ml.KMeans (re-exported
 here). Every name is also importable from shoal.ml. Names load lazily: worker processes
 import only the map-side kernels.
@@ -11,7 +12,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {"GaussianMixture": "_gaussian_mixture", "BisectingKMeans": "_bisecting_kmeans",
-            "PowerIterationClustering": "_power_iteration"}
+            "PowerIterationClustering": "_power_iteration", "LDA": "_lda",
+            "LatentDirichletAllocation": "_lda"}
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """Map-side kernels of shoal.ml.clustering: what one block contributes to a pass.
 
-NumPy only (no scikit-learn): these run in worker tasks and shard actors, which import
+NumPy only (no scikit-learn; the LDA E step calls its Numba loop): these run in worker tasks and shard actors, which import
 this module and nothing heavier. Every kernel takes the block as ``(X, y, ...)`` (the
 DesignMatrix convention) and returns sums that add across blocks (``tree_sum``).
 """
@@ -286,3 +286,124 @@ def edge_multiply(X, y, v):
 def negative_weights(X, y):
     """How many of a block's edges have a negative similarity."""
     return int((X[:, 2] < 0).sum()) if X.shape[1] > 2 else 0
+
+
+# ----------------------------------------------------------------------- LDA (online variational Bayes)
+
+EPS = float(np.finfo(np.float64).eps)
+_HALF_LOG_2PI = 0.5 * LOG_2PI
+
+
+def _shift_up(x, minimum=7.0):
+    """x moved up by whole steps until >= minimum, with the steps taken (for the recurrences)."""
+    x = np.array(x, dtype=np.float64, copy=True)
+    steps = []
+    for _ in range(int(minimum)):
+        low = x < minimum
+        if not low.any():
+            break
+        steps.append((low, np.where(low, x, 1.0)))
+        x = np.where(low, x + 1.0, x)
+    return x, steps
+
+
+def digamma(x):
+    """The digamma function for x > 0 (recurrence up to 7, then the asymptotic series; ~1e-12)."""
+    z, steps = _shift_up(x)
+    inv = 1.0 / z
+    inv2 = inv * inv
+    out = np.log(z) - 0.5 * inv - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 * (
+        1 / 240 - inv2 / 132))))
+    for low, v in steps:
+        out = out - np.where(low, 1.0 / v, 0.0)
+    return out
+
+
+def lgamma(x):
+    """log Gamma(x) for x > 0 (recurrence up to 7, then Stirling's series; ~1e-12)."""
+    z, steps = _shift_up(x)
+    inv = 1.0 / z
+    inv2 = inv * inv
+    out = (z - 0.5) * np.log(z) - z + _HALF_LOG_2PI + inv * (1 / 12 - inv2 * (1 / 360 - inv2 * (
+        1 / 1260 - inv2 / 1680)))
+    for low, v in steps:
+        out = out - np.where(low, np.log(v), 0.0)
+    return out
+
+
+def dirichlet_expectation(a):
+    """E[log theta] for theta ~ Dirichlet(a), along the last axis."""
+    return digamma(a) - digamma(a.sum(axis=-1, keepdims=True))
+
+
+def csr_parts(X):
+    """(indptr, indices, data) of a CSR matrix, or of a dense array's nonzeros."""
+    if hasattr(X, "indptr"):
+        return X.indptr, X.indices, X.data
+    rows, cols = np.nonzero(X)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=X.shape[0]))])
+    return indptr, cols, X[rows, cols]
+
+
+def lda_doc_topics(parts, lo, hi, exp_topic_word, alpha, max_iter, tol, rng, want_stats):
+    """The variational E step of documents lo..hi: (gamma (n, k), sufficient statistics or None).
+
+    Per document, gamma_d = alpha + exp(E[log theta_d]) * ((cnt / phi_norm) @ B^T) until the
+    mean change falls under tol (Hoffman, Blei & Bach 2010; scikit-learn's loop). The
+    statistics are still to be multiplied by exp(E[log beta]) (done once, on the driver)."""
+    from shoal.ml.clustering._lda_kernels import doc_topics
+    indptr, indices, data = parts
+    n, k = hi - lo, exp_topic_word.shape[0]
+    gamma = rng.gamma(100.0, 0.01, (n, k)) if rng is not None else np.ones((n, k))
+    stats = np.zeros_like(exp_topic_word) if want_stats else np.zeros((1, 1))
+    doc_topics(np.asarray(indptr, np.int64), np.asarray(indices, np.int64), np.asarray(data, np.float64),
+               lo, hi, np.ascontiguousarray(exp_topic_word), float(alpha), int(max_iter), float(tol),
+               gamma, stats, want_stats)
+    return gamma, (stats if want_stats else None)
+
+
+def lda_e_step(X, y, index, exp_topic_word, alpha, max_iter, tol, seed, step, n_steps):
+    """One mini-batch's share of a block: its step-th of n_steps contiguous slices.
+    Returns (sufficient statistics (k, V), documents seen)."""
+    parts = csr_parts(X)
+    n = len(parts[0]) - 1
+    lo, hi = (step * n) // n_steps, ((step + 1) * n) // n_steps
+    rng = None if seed is None else np.random.RandomState([seed, index, step])
+    _, stats = lda_doc_topics(parts, lo, hi, exp_topic_word, alpha, max_iter, tol, rng, True)
+    return stats, hi - lo
+
+
+def lda_transform(X, exp_topic_word, alpha, max_iter, tol):
+    """Unnormalised document-topic parameters gamma of every row (gamma initialised to ones)."""
+    parts = csr_parts(X)
+    return lda_doc_topics(parts, 0, len(parts[0]) - 1, exp_topic_word, alpha, max_iter, tol,
+                          None, False)[0]
+
+
+def lda_doc_bound(X, y, exp_topic_word, log_topic_word, alpha, max_iter, tol):
+    """A block's documents' part of the variational bound, and its word count.
+
+    sum_d [sum_w cnt log sum_k exp(E log theta_dk + E log beta_kw)] + the Dirichlet terms of
+    theta (scikit-learn's ``_approx_bound`` without the topic-word terms)."""
+    parts = csr_parts(X)
+    indptr, indices, data = parts
+    n, k = len(indptr) - 1, exp_topic_word.shape[0]
+    gamma = lda_doc_topics(parts, 0, n, exp_topic_word, alpha, max_iter, tol, None, False)[0]
+    log_theta = dirichlet_expectation(gamma)
+    score = 0.0
+    for i in range(n):
+        a, b = indptr[i], indptr[i + 1]
+        if a == b:
+            continue
+        t = log_theta[i][:, None] + log_topic_word[:, indices[a:b]]
+        m = t.max(axis=0)
+        score += float(data[a:b] @ (np.log(np.exp(t - m).sum(axis=0)) + m))
+    score += float(((alpha - gamma) * log_theta).sum() + (lgamma(gamma) - lgamma(np.float64(alpha))).sum()
+                   + (lgamma(np.float64(alpha * k)) - lgamma(gamma.sum(axis=1))).sum())
+    return score, float(data.sum())
+
+
+def lda_min_count(X, y):
+    """The smallest count of a block (negative counts are rejected by the driver)."""
+    data = csr_parts(X)[2]
+    return float(data.min()) if len(data) else 0.0
