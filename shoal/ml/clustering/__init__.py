@@ -9,27 +9,12 @@ import only the map-side kernels.
 """
 from __future__ import annotations
 
-import importlib
+from shoal.ml._lazy import lazy_exports
 
 _EXPORTS = {"GaussianMixture": "_gaussian_mixture", "BisectingKMeans": "_bisecting_kmeans",
             "PowerIterationClustering": "_power_iteration", "LDA": "_lda",
-            "LatentDirichletAllocation": "_lda"}
+            "LatentDirichletAllocation": "_lda", "KMeans": "shoal.ml._kmeans"}
 
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        if name == "KMeans":
-            from shoal.ml._kmeans import KMeans
-            return KMeans
-        raise AttributeError(f"module 'shoal.ml.clustering' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"shoal.ml.clustering.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS) | {"KMeans"})
-
-
-__all__ = sorted(set(_EXPORTS) | {"KMeans"})
+__all__ = sorted(_EXPORTS)
