@@ -109,7 +109,7 @@ def _server_logs(temp_dir: str) -> str:
     """The Ray Client servers' error logs under the head's temp dir (for a failure message)."""
     out = []
     for path in sorted(glob.glob(os.path.join(temp_dir, "session_*", "logs",
-                                              "ray_client_server*.err"))):
+                                              "ray_client_server*.*"))):
         with open(path, errors="replace") as f:
             tail = f.read()[-3000:]
         if tail.strip():
@@ -117,18 +117,24 @@ def _server_logs(temp_dir: str) -> str:
     return "\n".join(out) or "(no Ray Client server log)"
 
 
+_SERVER_START_FAILED = ("Starting Ray client server failed", "ZombieProcess")
+
+
 def _connect(address: str, temp_dir: str) -> None:
     """shoal.init through Ray Client. The proxy starts one Ray server process per client;
     Ray sometimes fails to start that process on a busy machine (its log shows no cause,
-    the runtime env agent not yet up), so the connect is tried up to 4 times, 5 s apart,
-    and the last failure reports Ray's own logs."""
+    the runtime env agent not yet up). When that process dies at once, Ray's proxy either
+    says "Starting Ray client server failed" or, racing its own poll, raises psutil's
+    ZombieProcess. Either way the connect is tried up to 4 times, 5 s apart, and the last
+    failure reports Ray's own logs."""
     attempts = 4
     for attempt in range(1, attempts + 1):
         try:
             shoal.init(address=address)
             return
         except ConnectionAbortedError as e:
-            if attempt == attempts or "Starting Ray client server failed" not in str(e):
+            if attempt == attempts or not any(
+                    sign in str(e) for sign in _SERVER_START_FAILED):
                 raise AssertionError(f"{e}\n{_server_logs(temp_dir)}") from e
             warnings.warn(f"Ray failed to start a Ray Client server; retrying:\n"
                           f"{_server_logs(temp_dir)}")
