@@ -150,6 +150,30 @@ def empty_aligned(shape, dtype) -> np.ndarray:
     return raw[start:start + n].view(dtype).reshape(shape)
 
 
+def pack_aligned(arrays) -> tuple[np.ndarray, list[int]]:
+    """One new aligned buffer holding ``arrays`` (one dtype), each at a 64-byte aligned
+    offset, and those offsets: reduced in place, its parts go back to TensorFlow as views
+    (``unpack_views``) that TensorFlow adopts without a copy."""
+    align = ALIGN // arrays[0].itemsize or 1
+    offsets, at = [], 0
+    for a in arrays:
+        offsets.append(at)
+        at += -(-a.size // align) * align
+    flat = empty_aligned((at,), arrays[0].dtype)
+    end = 0
+    for a, o in zip(arrays, offsets):
+        flat[end:o] = 0  # padding between the parts: reduced, never read
+        flat[o:o + a.size] = a.reshape(-1)
+        end = o + a.size
+    flat[end:] = 0
+    return flat, offsets
+
+
+def unpack_views(flat: np.ndarray, offsets: list[int], parts) -> list:
+    """Views of ``flat`` shaped as ``parts`` (the arrays ``pack_aligned`` took)."""
+    return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(offsets, parts)]
+
+
 
 class _Sub:
     """One TF object in an op's arguments: the array that stands in for it, and its dtype."""

@@ -86,12 +86,24 @@ class Handle:
         return self.result
 
 
+_PACKED = "packed"
+
+
+def packed_extra(shapes) -> tuple:
+    """The description of a group packed into one buffer: its tensors' shapes."""
+    return (_PACKED, tuple(tuple(int(d) for d in s) for s in shapes))
+
+
+def is_packed(extra) -> bool:
+    return isinstance(extra, tuple) and len(extra) == 2 and extra[0] == _PACKED
+
+
 def _spec_text(meta, what: str):
     kind, specs, op, root, pre, post, extra = meta
     if what == "dtype":
         return [s[0] for s in specs]
     if what == "shape":
-        return [s[1] for s in specs]
+        return list(extra[1]) if is_packed(extra) else [s[1] for s in specs]
     if what == "trailing shape":
         return [s[1][1:] for s in specs]
     if what == "number of dimensions":

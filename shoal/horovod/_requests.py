@@ -11,7 +11,8 @@ import threading
 
 import numpy as np
 
-from shoal.horovod._engine import ALLGATHER, ALLREDUCE, BARRIER, BROADCAST, JOIN, Request
+from shoal.horovod._engine import (ALLGATHER, ALLREDUCE, BARRIER, BROADCAST, JOIN, Request,
+                                   packed_extra)
 from shoal.horovod._world import _w, engine_of, global_process_set
 
 Average, Sum, Adasum, Min, Max, Product = "avg", "sum", "adasum", "min", "max", "prod"
@@ -37,10 +38,10 @@ def _check_op(op, average) -> str:
 
 
 def _submit(kind, name, tensors, finish, process_set, op="sum", root=-1, pre=1.0, post=1.0,
-            error=None, splits=None, wake=True) -> int:
+            error=None, splits=None, wake=True, extra=None) -> int:
     eng = engine_of(process_set)
     key = str(name) if name is not None else eng.auto_name(kind)
-    req = Request(key, kind, tensors, op, root, pre, post, error=error)
+    req = Request(key, kind, tensors, op, root, pre, post, extra=extra, error=error)
     req.splits = splits
     handle = eng.submit(req, wake and not getattr(_tls, "sync", False))
     h = next(_next_handle)
@@ -92,6 +93,16 @@ def grouped_allreduce_async_(tensors, average=None, name=None, op=None, prescale
     op = _check_op(op, average)
     return _submit(ALLREDUCE, name, list(tensors), lambda outs: outs, process_set, op, -1,
                    prescale_factor, postscale_factor)
+
+
+def packed_allreduce_(flat, shapes, name=None, op=None, prescale_factor=1.0,
+                      postscale_factor=1.0, process_set=global_process_set) -> int:
+    """Start an in-place allreduce of ``flat``, a buffer the caller packed a group of
+    tensors of ``shapes`` into: one tensor on the wire (no fusion copies), while the
+    ranks still check each other's shapes as for a grouped allreduce."""
+    op = _check_op(op, None)
+    return _submit(ALLREDUCE, name, [flat], lambda outs: outs, process_set, op, -1,
+                   prescale_factor, postscale_factor, extra=packed_extra(shapes))
 
 
 def _check_root(root_rank, process_set) -> tuple[int, str | None]:

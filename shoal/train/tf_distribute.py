@@ -220,15 +220,10 @@ def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
 
 def _reduce_now(comm, op: str):
     def reduce(*arrays):
-        flat, offsets = _pack(arrays)
+        flat, offsets = tf_tensors.pack_aligned(arrays)
         comm.allreduce(flat, op=op)
-        return _unpack(flat, offsets, arrays)
+        return tf_tensors.unpack_views(flat, offsets, arrays)
     return reduce
-
-
-def _unpack(flat, offsets, parts) -> list:
-    """Views of ``flat`` shaped as ``parts`` (TensorFlow adopts them without a copy)."""
-    return [flat[o:o + p.size].reshape(p.shape) for o, p in zip(offsets, parts)]
 
 
 def _buckets(tensors: list, bucket_bytes: int) -> list:
@@ -261,7 +256,7 @@ class _Pending:
 
     def start(self, comm, op: str):
         def start(*arrays):
-            flat, offsets = _pack(arrays)
+            flat, offsets = tf_tensors.pack_aligned(arrays)
             # out= keeps the communicator from holding it back for fusion: it is packed already
             work = comm.allreduce(flat, op=op, async_op=True, out=flat)
             key = next(self._keys)
@@ -279,23 +274,6 @@ class _Pending:
 
 
 _PENDING = _Pending()
-
-
-def _pack(arrays) -> tuple[np.ndarray, list[int]]:
-    """One new aligned buffer holding ``arrays`` (each at a 64-byte aligned offset)."""
-    align = tf_tensors.ALIGN // arrays[0].itemsize or 1
-    offsets, at = [], 0
-    for a in arrays:
-        offsets.append(at)
-        at += -(-a.size // align) * align
-    flat = tf_tensors.empty_aligned((at,), arrays[0].dtype)
-    end = 0
-    for a, o in zip(arrays, offsets):
-        flat[end:o] = 0  # padding between the parts: reduced, never read
-        flat[o:o + a.size] = a.reshape(-1)
-        end = o + a.size
-    flat[end:] = 0
-    return flat, offsets
 
 
 def _allgather(comm, value, axis: int):

@@ -173,20 +173,30 @@ def _callbacks_and_errors(comm):
             hvd.allreduce(tf.ragged.constant([[1.0], [2.0, 3.0]]))
         except TypeError as e:
             errors.append(str(e))
+        try:   # a group packed into one buffer: same total size, different shapes
+            shapes = [[2, 3], [4]] if hvd.rank() == 0 else [[3, 2], [4]]
+            hvd.grouped_allreduce([tf.ones(s) for s in shapes], name="badgroup")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{type(e).__name__}: {e}")
+        group = hvd.grouped_allreduce([tf.fill([2, 3], float(hvd.rank())), tf.ones([5])],
+                                      op=hvd.Sum)
         after = hvd.allreduce(tf.constant([2.0]), op=hvd.Sum).numpy().tolist()
-        return seen, errors, after
+        return seen, errors, after, [g.numpy().tolist() for g in group]
     finally:
         hvd.shutdown()
 
 
 def test_warmup_callback_and_errors(tf_pool):
-    for seen, errors, after in tf_pool.run(_callbacks_and_errors, 2):
+    for seen, errors, after, group in tf_pool.run(_callbacks_and_errors, 2):
         # lr = 0.4 / 2 * (epoch * (2 - 1) / 2 + 1), epoch fractional per batch; then kept
         assert seen == [0.2, 0.25, 0.3, 0.35, 0.35, 0.35]
         assert "Mismatched allreduce shape" in errors[0] and "'bad'" in errors[0]
         assert "backward_passes_per_step" in errors[1]
         assert "tf.RaggedTensor" in errors[2]
+        assert "Mismatched allreduce shape" in errors[3] and "'badgroup'" in errors[3]
+        assert "[2, 3]" in errors[3].replace("(2, 3)", "[2, 3]")
         assert after == [4.0]
+        assert group == [[[1.0] * 3] * 2, [2.0] * 5]
 
 
 def _undocumented(comm):
