@@ -299,7 +299,11 @@ def _child(args) -> None:
 
 def _run_child(name: str, n: int, timeout: float) -> dict | None:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               RAY_DEDUP_LOGS="0", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1")
+               RAY_DEDUP_LOGS="0")
+    if name.startswith("overhead"):
+        # no per-trial files (shoal's default for such trials); the ASHA runs keep
+        # Ray Tune's loggers, which its ResultGrid reads the metrics history from
+        env["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     p = subprocess.run([sys.executable, __file__, "--child", name, "--n", str(n)], env=env,
                        capture_output=True, text=True, timeout=timeout)
     for line in p.stdout.splitlines():
