@@ -14,32 +14,49 @@
 
 The names are Ray Tune's (search spaces, TuneConfig, RunConfig, schedulers,
 searchers), so a Ray Tune program moves by changing its imports.
-"""
-from shoal.tune.checkpoint import Checkpoint
-from shoal.tune.config import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
-from shoal.tune.optuna_search import OptunaSearch
-from shoal.tune.pb2 import PB2
-from shoal.tune.result_grid import Result, ResultGrid
-from shoal.tune.schedulers import (ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler,
-                                   HyperBandScheduler, MedianStoppingRule,
-                                   PopulationBasedTraining, TrialScheduler)
-from shoal.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
-from shoal.tune.search_cv import TuneSearchCV
-from shoal.tune.space import (choice, grid_search, lograndint, loguniform, qlograndint,
-                              qloguniform, qrandint, qrandn, quniform, randint, randn,
-                              sample_from, uniform)
-from shoal.tune.trainable import (Trainable, TrialContext, get_checkpoint, get_context, report,
-                                  with_parameters, with_resources)
-from shoal.tune.trial import Trial
-from shoal.tune.tuner import Tuner
 
-__all__ = [
-    "ASHAScheduler", "AsyncHyperBandScheduler", "BasicVariantGenerator", "Checkpoint",
-    "CheckpointConfig", "ConcurrencyLimiter", "FIFOScheduler", "FailureConfig",
-    "HyperBandScheduler", "MedianStoppingRule", "OptunaSearch", "PB2", "PopulationBasedTraining",
-    "Result", "ResultGrid", "RunConfig", "Searcher", "Trainable", "Trial", "TrialContext",
-    "TrialScheduler", "TuneConfig", "TuneSearchCV", "Tuner", "choice", "get_checkpoint", "get_context",
-    "grid_search", "lograndint", "loguniform", "qlograndint", "qloguniform", "qrandint",
-    "qrandn", "quniform", "randint", "randn", "report", "sample_from", "uniform",
-    "with_parameters", "with_resources",
-]
+The names load from their modules on first use: a worker process that runs
+trials imports only what a trial needs (not the driver's schedulers, searchers
+or PB2's numpy), which is most of the first trial's cost on each worker.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Checkpoint": "checkpoint",
+    "CheckpointConfig": "config", "FailureConfig": "config", "RunConfig": "config",
+    "TuneConfig": "config",
+    "OptunaSearch": "optuna_search",
+    "PB2": "pb2",
+    "Result": "result_grid", "ResultGrid": "result_grid",
+    "ASHAScheduler": "schedulers", "AsyncHyperBandScheduler": "schedulers",
+    "FIFOScheduler": "schedulers", "HyperBandScheduler": "schedulers",
+    "MedianStoppingRule": "schedulers", "PopulationBasedTraining": "schedulers",
+    "TrialScheduler": "schedulers",
+    "BasicVariantGenerator": "search", "ConcurrencyLimiter": "search", "Searcher": "search",
+    "TuneSearchCV": "search_cv",
+    **{name: "space" for name in (
+        "choice", "grid_search", "lograndint", "loguniform", "qlograndint", "qloguniform",
+        "qrandint", "qrandn", "quniform", "randint", "randn", "sample_from", "uniform")},
+    **{name: "trainable" for name in (
+        "Trainable", "TrialContext", "get_checkpoint", "get_context", "report",
+        "with_parameters", "with_resources")},
+    "Trial": "trial",
+    "Tuner": "tuner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal.tune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"shoal.tune.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -43,7 +43,7 @@ class Controller:
         self.searcher, self.scheduler = searcher, scheduler
         self.trials: list[Trial] = list(trials)
         self.limit = limit
-        self.tag = store.get("tag") or uuid.uuid4().hex[:5]
+        self.tag = (None if store.fresh else store.get("tag")) or uuid.uuid4().hex[:5]
         store.put("tag", self.tag)
         self.queue = [t for t in self.trials if t.status == PENDING]   # to (re)start
         self.paused: list[Trial] = [t for t in self.trials if t.status == PAUSED]
@@ -84,6 +84,8 @@ class Controller:
         self.task_fn = shoal.remote(run_trials).options(
             num_cpus=res.get("CPU", 1), num_gpus=res.get("GPU", 0), resources=extra or None,
             max_retries=0) if self.tasks else None
+        self.files = getattr(run_config, "trial_files", None)
+        self.exp_name = os.path.basename(exp_dir.rstrip(os.sep))
         ckc = run_config.checkpoint_config
         self.ckpt_opts = {"checkpoint_frequency": ckc.checkpoint_frequency,
                           "checkpoint_at_end": ckc.checkpoint_at_end}
@@ -226,7 +228,7 @@ class Controller:
         if self.tasks:
             for t in batch:
                 t.status = RUNNING   # not saved: a restore reruns RUNNING and PENDING alike
-            infos = [self._info(t) for t in batch]
+            infos = [self._info(t, task=True) for t in batch]
             self.inflight[self.task_fn.remote(self.key, self.box, infos)] = (batch, None, "tasks")
             return
         actor = self._actor()
@@ -252,15 +254,18 @@ class Controller:
         self.actor_of[t.trial_id] = actor
         self.inflight[actor.start.remote(self.key, self.box, info)] = (t, actor, "event")
 
-    def _info(self, t: Trial, checkpoint: str | None = None) -> dict:
+    def _info(self, t: Trial, checkpoint: str | None = None, task: bool = False) -> dict:
         ckpt = checkpoint or t.checkpoint
+        files = self.files
+        if files is None:     # the default: files for trials on actors, none for batched tasks
+            files = not task
         info = {"trial_id": t.trial_id, "trial_name": os.path.basename(t.trial_dir),
                 "trial_dir": t.trial_dir, "config": t.config, "checkpoint": ckpt,
                 "iteration": t.iteration, "time_total_s": t.last_result.get("time_total_s", 0.0),
-                "experiment_name": os.path.basename(self.exp_dir),
-                "files": getattr(self.rc, "trial_files", True), **self.ckpt_opts}
-        info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
-        self.stop_keys[t.trial_id] = info["stop_key"]
+                "experiment_name": self.exp_name, "files": files, **self.ckpt_opts}
+        if not task:          # a task's trial cannot be stopped; nothing reads a key
+            info["stop_key"] = f"shoal-tune/stop/{uuid.uuid4().hex}"
+            self.stop_keys[t.trial_id] = info["stop_key"]
         return info
 
     # ------------------------------------------------------------------ events
@@ -346,17 +351,18 @@ class Controller:
         if what == "result":
             self._result(t, actor, payload)
         elif what == "done":
-            if payload is not None:
-                self._record(t, payload, save=False)    # _finish saves the trial
+            rec = None
+            if payload is not None:    # _finish saves and publishes the trial
+                rec = self._record(t, payload, save=False, publish=False)
             if actor is not None:
                 self._release(actor)
-            self._finish(t, TERMINATED, payload["metrics"] if payload else None)
+            self._finish(t, TERMINATED, rec, publish=rec)
         else:
             if actor is not None:
                 self._release(actor)
             self._failed(t, payload["error"], payload["traceback"])
 
-    def _record(self, t: Trial, payload: dict, save: bool = True) -> dict:
+    def _record(self, t: Trial, payload: dict, save: bool = True, publish: bool = True) -> dict:
         rec = payload["metrics"]
         if not self.metric_checked:
             self._check_metrics(t, rec)
@@ -372,14 +378,14 @@ class Controller:
         if save:
             self.store.save_trial(t, self._last_line)
         self.progress.result(t, rec)
-        self._publish(t, rec)
+        if publish:
+            self._publish(t, rec)
         return rec
 
     def _publish(self, t: Trial, rec: dict | None = None) -> None:
         """Show the trial in shoal.state (the dashboard's tuning page, metrics)."""
         shoal.state.report_run("tune", t.trial_id, rec, status=t.status,
-                               experiment=os.path.basename(self.exp_dir.rstrip(os.sep)),
-                               config=t.config)
+                               experiment=self.exp_name, config=t.config)
 
     def _check_metrics(self, t: Trial, rec: dict):
         wanted = []
@@ -465,7 +471,7 @@ class Controller:
         self.store.save_trial(t)
         self.paused.append(t)
 
-    def _finish(self, t: Trial, status: str, result=None):
+    def _finish(self, t: Trial, status: str, result=None, publish: dict | None = None):
         t.status = status
         self.actor_of.pop(t.trial_id, None)
         self.store.save_trial(t)
@@ -478,7 +484,7 @@ class Controller:
             self.searcher.on_trial_complete(t.trial_id, last, error=False)
         self.dirty = True
         self.progress.finished(t)
-        self._publish(t)
+        self._publish(t, publish)
 
     def _failed(self, t: Trial, error: str, tb: str):
         t.num_failures += 1
@@ -486,9 +492,9 @@ class Controller:
         self.progress.failed(t, error)
         if fc.max_failures == -1 or t.num_failures <= fc.max_failures:
             if t.checkpoint:
-                _rewind_trial(self.store, t, getattr(self.rc, "trial_files", True))
+                _rewind_trial(self.store, t, self.files)
             else:
-                self.store.truncate(t, 0, getattr(self.rc, "trial_files", True))
+                self.store.truncate(t, 0, self.files)
             t.status = PENDING
             self.store.save_trial(t)
             self.queue.append(t)
@@ -566,7 +572,7 @@ class Controller:
         self.progress.note(f"stopping: {why}")
 
 
-def _rewind_trial(store, t: Trial, files: bool):
+def _rewind_trial(store, t: Trial, files: bool | None):
     try:
         it = int(os.path.basename(t.checkpoint).rsplit("_", 1)[1])
     except (IndexError, ValueError):

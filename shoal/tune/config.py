@@ -119,12 +119,14 @@ class RunConfig:
         failure_config: retries of failed trials.
         checkpoint_config: which checkpoints to keep.
         verbose: 0 quiet, 1 a trial table at the end and on progress (the default), 2 a line per result.
-        trial_files: write each trial's ``params.json``, ``result.json`` and
-            ``progress.csv`` in its directory (the default). The experiment
-            database holds the same either way (``ResultGrid`` reads it); False
-            saves four file-system operations per trial, the largest cost of a
-            trial that returns at once (like Ray Tune's
-            ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``).
+        trial_files: whether each trial writes ``params.json``, ``result.json``
+            and ``progress.csv`` in its directory. None (the default): trials
+            that run on trial actors (they report over time) do; trials of a
+            function that returns its metrics at once, run in batches as tasks,
+            do not (four file-system operations would be most of such a trial's
+            cost). True: every trial; False: none. The experiment database
+            holds every result either way (``ResultGrid`` and
+            ``Tuner.restore`` read it).
     """
 
     name: str | None = None
@@ -133,7 +135,7 @@ class RunConfig:
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
     verbose: int = 1
-    trial_files: bool = True
+    trial_files: bool | None = None
 
     def __post_init__(self):
         if self.name is not None and (not self.name or os.sep in self.name):
@@ -145,3 +147,6 @@ class RunConfig:
             raise TypeError("RunConfig.failure_config must be a shoal.tune.FailureConfig")
         if not isinstance(self.checkpoint_config, CheckpointConfig):
             raise TypeError("RunConfig.checkpoint_config must be a shoal.tune.CheckpointConfig")
+        if self.trial_files not in (None, True, False):
+            raise TypeError(f"RunConfig.trial_files must be None (the default), True or False, "
+                            f"got {self.trial_files!r}")

@@ -18,8 +18,6 @@ import copy
 import math
 import random
 
-import numpy as np
-
 from shoal.tune import space as sp
 from shoal.tune.trial import PAUSED
 
@@ -95,6 +93,7 @@ class _Bracket:
     def cutoff(self, recorded: dict):
         if not recorded:
             return None
+        import numpy as np   # here, not at import: a Tuner without ASHA needs no numpy
         return float(np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100))
 
     def on_result(self, trial_id, t, score):
@@ -143,6 +142,7 @@ class AsyncHyperBandScheduler(TrialScheduler):
     def on_trial_add(self, trial):
         self._needs_metric()
         # Bracket by a fixed weighting (as Ray Tune), deterministic by arrival order.
+        import numpy as np
         sizes = np.array([len(b.rungs) for b in self.brackets], dtype=float)
         probs = np.exp(sizes - sizes.max())
         probs /= probs.sum()
@@ -287,6 +287,7 @@ class MedianStoppingRule(TrialScheduler):
         self.results.setdefault(trial.trial_id, []).append((t, score))
         if t < self.grace_period:
             return CONTINUE
+        import numpy as np
         means = []
         for tid, rs in self.results.items():
             if tid == trial.trial_id:

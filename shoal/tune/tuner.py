@@ -111,15 +111,17 @@ class Tuner:
         limit = _concurrency(self.spec, tc.max_concurrent_trials)
         payload = _picklable(self.spec)
         exp_dir = self._experiment_dir()
-        store = ExperimentStore(exp_dir)
+        store = ExperimentStore(exp_dir, fresh=self._restore_path is None)
         try:
             searcher, scheduler, trials = self._prepare(store, exp_dir, payload)
             controller = Controller(self.spec, store, exp_dir, tc, rc, searcher, scheduler,
                                     trials, limit)
             controller.run()
             trials = controller.trials
-        finally:
-            store.close()
+        except BaseException:
+            store.close(check=False)    # what was committed stays; the first error is the news
+            raise
+        store.close()     # returns once every result is in the database
         self._results = ResultGrid([result_of(t) for t in trials], tc.metric, tc.mode, exp_dir)
         return self._results
 
@@ -136,11 +138,16 @@ class Tuner:
         storage = rc.storage_path or os.path.join(os.path.expanduser("~"), "shoal_results")
         name = rc.name or f"{self.spec.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         exp_dir = os.path.abspath(os.path.join(storage, name))
-        if os.path.exists(os.path.join(exp_dir, DB_FILE)):
+        os.makedirs(exp_dir, exist_ok=True)
+        # the database file is claimed here, at once (its writer thread fills it in):
+        # two experiments never share a directory
+        try:
+            os.close(os.open(os.path.join(exp_dir, DB_FILE),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
             raise TuneError(f"experiment directory {exp_dir!r} already holds an experiment; "
                             f"continue it with Tuner.restore({exp_dir!r}) or choose another "
-                            "RunConfig(name=...)")
-        os.makedirs(exp_dir, exist_ok=True)
+                            "RunConfig(name=...)") from None
         return exp_dir
 
     def _prepare(self, store, exp_dir, payload):
@@ -174,12 +181,11 @@ class Tuner:
                     if opts["restart_errored"]:
                         t.checkpoint = None
                 if t.status == PENDING:
-                    _rewind(store, t, getattr(self.run_config, "trial_files", True))
+                    _rewind(store, t, getattr(self.run_config, "trial_files", None))
                     store.save_trial(t)
         tuner_state = {"tune_config": tc, "run_config": self.run_config,
                        "param_space": self.param_space, "spec": payload}
-        store.db.execute("INSERT OR REPLACE INTO experiment VALUES (?, ?)",
-                         ("tuner", _dumps_tuner(tuner_state)))
+        store.put_bytes("tuner", _dumps_tuner(tuner_state))
         store.commit()
         return searcher, scheduler, trials
 
@@ -188,7 +194,7 @@ def _dumps_tuner(state) -> bytes:
     return cloudpickle.dumps(dict(state, spec=cloudpickle.loads(state["spec"])))
 
 
-def _rewind(store, trial, files: bool = True) -> None:
+def _rewind(store, trial, files: bool | None = None) -> None:
     """A trial resuming from its checkpoint forgets the results after it."""
     it = 0
     if trial.checkpoint:

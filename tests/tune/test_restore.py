@@ -91,3 +91,58 @@ def test_restore_after_sigkill_loses_and_repeats_nothing(tmp_path):
     resumed = [t for t, (s, n) in before.items() if s == "RUNNING" and n >= 1]
     assert resumed and all(restarted[t] >= 1 for t in resumed)   # from their checkpoints
     assert grid.get_best_result().config["x"] == 6
+
+
+BATCH_DRIVER = textwrap.dedent("""
+    import os, sys, time
+    import shoal
+    from shoal import tune
+
+    def quick(config):        # returns at once: batched trials on tasks
+        time.sleep(0.01)
+        with open(os.path.join(config["log"], "runs.log"), "a") as f:
+            f.write(tune.get_context().get_trial_id() + "\\n")
+        return {"loss": (config["x"] - 3) ** 2}
+
+    shoal.init(num_cpus=2)
+    tune.Tuner(quick, param_space={"x": tune.uniform(0, 10), "log": sys.argv[1]},
+               tune_config=tune.TuneConfig(metric="loss", mode="min", num_samples=400, seed=0),
+               run_config=tune.RunConfig(storage_path=sys.argv[1], name="exp", verbose=0)).fit()
+""")
+
+
+def test_restore_after_sigkill_of_a_sweep_of_batched_trials(tmp_path):
+    # the database is written by a thread of the driver, behind the loop: what it
+    # committed before the kill is kept and not run again, the rest runs once more
+    script = tmp_path / "driver.py"
+    script.write_text(BATCH_DRIVER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    db = str(tmp_path / "exp" / "experiment.db")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sum(s == "TERMINATED" for s, _ in statuses(db).values()) >= 40:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"the driver did not get far enough: {len(statuses(db))} trials")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    before = statuses(db)
+    finished_before = {t for t, (s, n) in before.items() if s == "TERMINATED"}
+    assert all(n == 1 for t, (s, n) in before.items() if s == "TERMINATED")
+    assert len(finished_before) < 400, "the sweep ended before the kill; nothing to test"
+    runs_before = len((tmp_path / "runs.log").read_text().split())
+
+    grid = tune.Tuner.restore(str(tmp_path / "exp")).fit()
+
+    assert len(grid) == 400 and grid.num_terminated == 400 and grid.num_errors == 0
+    assert all(len(r.metrics_history) == 1 for r in grid)
+    rerun = (tmp_path / "runs.log").read_text().split()[runs_before:]
+    assert not finished_before & set(rerun)                  # no committed trial ran again
+    assert {r.trial_id for r in grid} - finished_before <= set(rerun)   # the others did

@@ -92,9 +92,22 @@ def test_trials_that_return_at_once_run_in_batches_as_tasks(tmp_path):
     assert len({r.metrics["pid"] for r in grid}) <= 8
     for r in grid:
         assert r.metrics["training_iteration"] == 1
+        # by default such trials keep their result in the database only
+        assert not os.path.exists(r.path)
+    # trial_files=True: each one's files too
+    grid = run(pid, {"v": tune.uniform(0, 1)}, tmp_path, num_samples=20, metric="v", mode="max",
+               run_config=tune.RunConfig(storage_path=str(tmp_path), name="files", verbose=0,
+                                         trial_files=True))
+    assert len(grid) == 20 and grid.num_errors == 0
+    for r in grid:
         with open(os.path.join(r.path, "params.json")) as f:
             assert json.load(f) == r.config
         assert len(pd.read_csv(os.path.join(r.path, "progress.csv"))) == 1
+
+
+def test_trial_files_must_be_none_or_a_bool():
+    with pytest.raises(TypeError, match="trial_files"):
+        tune.RunConfig(trial_files="yes")
 
 
 def _report_twice(v):
