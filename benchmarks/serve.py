@@ -407,8 +407,7 @@ def digits_breakdown(best: dict, labels: list) -> None:
     at most cores / (CPU per request of server + wrk), so batched over unbatched is
     at most (server + wrk unbatched) / (server + wrk batched)."""
     one, many = forward_us(1), forward_us(BATCH["max_batch_size"], 50)
-    print(f"
-Forward pass, 1 torch thread: {one:.0f} us for one image, {many:.1f} us per "
+    print(f"\nForward pass, 1 torch thread: {one:.0f} us for one image, {many:.1f} us per "
           f"image in a batch of {BATCH['max_batch_size']}")
     for s in sorted({lab.rsplit("-", 1)[0] for lab in labels}):
         b, u = best.get((f"{s}-batch", 64)), best.get((f"{s}-single", 64))
