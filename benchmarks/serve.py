@@ -10,7 +10,14 @@ loopback port; the load comes from ``wrk`` (Debian package ``wrk``, a Lua
 script for the POST body) at concurrency 8 and 64, in alternating rounds
 (every system once per round, the best round kept), so a burst of load
 from other work on the machine hits all of them alike. Prints requests/s,
-p50, p99 and errors per system and the ratios; ``--json`` writes them too.
+p50, p99, errors and CPU microseconds per request (server processes, wrk)
+per system and the ratios; ``--json`` writes them too.
+
+The digits part serves the CNN of examples/train_digits.py with and
+without ``@serve.batch``, with the same code and settings for both systems
+(one torch thread per replica; --max-batch-size, --batch-wait-s,
+--digits-max-ongoing), and prints where a request's CPU goes and the
+batched/unbatched ratio the CPU allows.
 """
 from __future__ import annotations
 
