@@ -10,7 +10,14 @@ loopback port; the load comes from ``wrk`` (Debian package ``wrk``, a Lua
 script for the POST body) at concurrency 8 and 64, in alternating rounds
 (every system once per round, the best round kept), so a burst of load
 from other work on the machine hits all of them alike. Prints requests/s,
-p50, p99 and errors per system and the ratios; ``--json`` writes them too.
+p50, p99, errors and CPU microseconds per request (server processes, wrk)
+per system and the ratios; ``--json`` writes them too.
+
+The digits part serves the CNN of examples/train_digits.py with and
+without ``@serve.batch``, with the same code and settings for both systems
+(one torch thread per replica; --max-batch-size, --batch-wait-s,
+--digits-max-ongoing), and prints where a request's CPU goes and the
+batched/unbatched ratio the CPU allows.
 """
 from __future__ import annotations
 
@@ -34,6 +41,11 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
+# Settings of the digits workload (--max-batch-size, --batch-wait-s, --digits-max-ongoing),
+# the same for shoal.serve and Ray Serve, batched and not
+BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0, "max_ongoing_requests": 64}
+
+
 def app_of(serve, workload: str, replicas: int, **actor_options):
     """The same deployment code for shoal.serve and Ray Serve (their APIs match); the
     digits workload is two applications, {"batch": ..., "single": ...}."""
@@ -49,7 +61,8 @@ def app_of(serve, workload: str, replicas: int, **actor_options):
     from train_digits import DigitsCNN
 
     def make(batched: bool):
-        @serve.deployment(num_replicas=replicas, max_ongoing_requests=32 if batched else 5,
+        @serve.deployment(num_replicas=replicas,
+                          max_ongoing_requests=BATCH["max_ongoing_requests"],
                           **actor_options)
         class Digits:
             def __init__(self):
@@ -62,7 +75,8 @@ def app_of(serve, workload: str, replicas: int, **actor_options):
                     x = torch.from_numpy(np.asarray(images, dtype=np.float32))
                     return self.model(x.reshape(-1, 1, 8, 8)).argmax(1).tolist()
 
-            @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+            @serve.batch(max_batch_size=BATCH["max_batch_size"],
+                         batch_wait_timeout_s=BATCH["batch_wait_timeout_s"])
             async def batch(self, images):
                 return self.forward(images)
 
@@ -230,7 +244,10 @@ def start(system: str, replicas: int, workload: str = "echo"):
     # from other work that made the bare server look ~10x faster than it is when it
     # runs apart from wrk, as shoal's and Ray's worker processes always do.
     proc = subprocess.Popen([sys.executable, __file__, "--server", system, "--port", str(port),
-                             "--replicas", str(replicas), "--workload", workload],
+                             "--replicas", str(replicas), "--workload", workload,
+                             "--max-batch-size", str(BATCH["max_batch_size"]),
+                             "--batch-wait-s", str(BATCH["batch_wait_timeout_s"]),
+                             "--digits-max-ongoing", str(BATCH["max_ongoing_requests"])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + 400
@@ -303,21 +320,53 @@ def parse_wrk(out: str) -> dict:
             "requests": reqs}
 
 
-def measure(servers: dict, concs: list, rounds: int, duration: float, body: str) -> dict:
-    """Alternating rounds over ``servers`` ({label: url}); the best round of each kept."""
+def tree_cpu(proc) -> float:
+    """CPU seconds (user + system) of a server process and all its descendants now."""
+    import psutil
+    try:
+        procs = [psutil.Process(proc.pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(servers: dict, concs: list, rounds: int, duration: float, body: str,
+            procs: dict | None = None) -> dict:
+    """Alternating rounds over ``servers`` ({label: url}); the best round of each kept.
+    With ``procs`` ({label: server process}) each result also has the CPU microseconds
+    per request spent by the server's processes and by wrk."""
+    import resource
     best: dict = {}
     for label, url in servers.items():        # warm up: connections, code paths
         wrk(url, 8, 1, body)
     for rnd in range(rounds):
         for c in concs:
             for label, url in servers.items():
+                proc = (procs or {}).get(label)
+                s0 = tree_cpu(proc) if proc is not None else 0.0
+                w0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = wrk(url, c, duration, body)
+                if proc is not None and r["requests"]:
+                    w1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    wrk_s = w1.ru_utime + w1.ru_stime - w0.ru_utime - w0.ru_stime
+                    r["server_cpu_us"] = 1e6 * (tree_cpu(proc) - s0) / r["requests"]
+                    r["wrk_cpu_us"] = 1e6 * wrk_s / r["requests"]
                 key = (label, c)
                 if key not in best or r["rps"] > best[key]["rps"]:
                     best[key] = r
+                cpu = (f" CPU/req server {r['server_cpu_us']:.0f} us wrk "
+                       f"{r['wrk_cpu_us']:.0f} us" if "server_cpu_us" in r else "")
                 print(f"round {rnd + 1} c={c:3d} {label:14s} {r['rps']:9.0f} req/s "
                       f"p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f} ms "
-                      f"errors {r['errors']}", flush=True)
+                      f"errors {r['errors']}{cpu}", flush=True)
     return best
 
 
@@ -325,14 +374,60 @@ def table(title: str, best: dict, labels: list, concs: list, anchors: list) -> N
     load = os.getloadavg()
     print(f"\n{title}; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'c':>3} {'system':14s} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          + " ".join(f"{'vs ' + a:>14s}" for a in anchors))
+          + " ".join(f"{'vs ' + a:>14s}" for a in anchors) + "   CPU us/req server, wrk")
     for c in concs:
         for s in labels:
             r = best[(s, c)]
             ratios = " ".join(f"{r['rps'] / best[(a, c)]['rps']:13.2f}x" if (a, c) in best
                               else f"{'-':>14s}" for a in anchors)
+            cpu = (f"   {r['server_cpu_us']:.0f}, {r['wrk_cpu_us']:.0f}"
+                   if "server_cpu_us" in r else "")
             print(f"{c:3d} {s:14s} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
-                  f"{r['errors']:7d} {ratios}")
+                  f"{r['errors']:7d} {ratios}{cpu}")
+
+
+def forward_us(batch: int, repeat: int = 300) -> float:
+    """Microseconds per image of the digits CNN's forward (as the deployments run it:
+    one torch thread, from a list of 8x8 images), best of 5."""
+    sys.path.insert(0, os.path.join(_root(), "examples"))
+    import numpy as np
+    import torch
+    from train_digits import DigitsCNN
+    torch.set_num_threads(1)
+    model = DigitsCNN().eval()
+    images = [[[0.5] * 8] * 8] * batch
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            with torch.no_grad():
+                x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+                model(x.reshape(-1, 1, 8, 8)).argmax(1).tolist()
+        best = min(best, (time.perf_counter() - t0) / repeat / batch)
+    return best * 1e6
+
+
+def digits_breakdown(best: dict, labels: list) -> None:
+    """Where a request's CPU goes, batched and not, and the ratio the machine allows.
+
+    On a machine whose cores are all busy (the server and wrk share them), req/s is
+    at most cores / (CPU per request of server + wrk), so batched over unbatched is
+    at most (server + wrk unbatched) / (server + wrk batched)."""
+    one, many = forward_us(1), forward_us(BATCH["max_batch_size"], 50)
+    print(f"\nForward pass, 1 torch thread: {one:.0f} us for one image, {many:.1f} us per "
+          f"image in a batch of {BATCH['max_batch_size']}")
+    for s in sorted({lab.rsplit("-", 1)[0] for lab in labels}):
+        b, u = best.get((f"{s}-batch", 64)), best.get((f"{s}-single", 64))
+        if not b or not u or "server_cpu_us" not in b or "server_cpu_us" not in u:
+            continue
+        cb, cu = b["server_cpu_us"] + b["wrk_cpu_us"], u["server_cpu_us"] + u["wrk_cpu_us"]
+        rest_u, rest_b = u["server_cpu_us"] - one, b["server_cpu_us"] - many
+        print(f"{s}: CPU per request unbatched {u['server_cpu_us']:.0f} us server + "
+              f"{u['wrk_cpu_us']:.0f} us wrk, batched {b['server_cpu_us']:.0f} + "
+              f"{b['wrk_cpu_us']:.0f} us; besides the forward pass the server spends "
+              f"{rest_u:.0f} us (unbatched) and {rest_b:.0f} us (batched) per request. "
+              f"CPU-bound ratio {cu / cb:.2f}x, measured {b['rps'] / u['rps']:.2f}x; 3x "
+              f"would need the batched request under {cu / 3:.0f} us of CPU in all")
 
 
 def soak(args) -> dict:
@@ -389,7 +484,15 @@ def main() -> int:
     ap.add_argument("--soak-s", type=float, default=60.0, help="length of the soak part")
     ap.add_argument("--kill-every", type=float, default=15.0,
                     help="soak: seconds between SIGKILLs of a replica")
+    ap.add_argument("--max-batch-size", type=int, default=BATCH["max_batch_size"],
+                    help="digits: @serve.batch max_batch_size")
+    ap.add_argument("--batch-wait-s", type=float, default=BATCH["batch_wait_timeout_s"],
+                    help="digits: @serve.batch batch_wait_timeout_s")
+    ap.add_argument("--digits-max-ongoing", type=int, default=BATCH["max_ongoing_requests"],
+                    help="digits: max_ongoing_requests per replica, batched and not")
     args = ap.parse_args()
+    BATCH.update(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
+                 max_ongoing_requests=args.digits_max_ongoing)
     if args.server:
         {"bare": lambda: serve_bare(args.port),
          "shoal": lambda: serve_shoal(args.port, args.replicas, args.workload),
@@ -418,7 +521,7 @@ def main() -> int:
             for s in systems:
                 procs[s] = start(s, args.replicas)
             best = measure({s: procs[s][1] for s in systems}, concs, args.rounds,
-                           args.duration, ECHO_BODY)
+                           args.duration, ECHO_BODY, {s: procs[s][0] for s in systems})
         finally:
             for proc, _ in procs.values():
                 stop(proc)
@@ -439,13 +542,18 @@ def main() -> int:
                 for w in ("batch", "single"):
                     procs[f"{s}-{w}"] = start(s, args.replicas, f"digits-{w}")
                     urls[f"{s}-{w}"] = procs[f"{s}-{w}"][1] + w
-            best = measure(urls, [64], args.rounds, args.duration, DIGIT_BODY)
+            best = measure(urls, [64], args.rounds, args.duration, DIGIT_BODY,
+                           {label: procs[label if label in procs else label.split("-")[0]][0]
+                            for label in urls})
         finally:
             for proc, _ in procs.values():
                 stop(proc)
         table(f"Digits CNN, {args.replicas} replicas, with and without @serve.batch "
-              f"(max_batch_size 32), wrk c=64", best, labels, [64],
+              f"(max_batch_size {BATCH['max_batch_size']}, batch_wait_timeout_s "
+              f"{BATCH['batch_wait_timeout_s']}, max_ongoing_requests "
+              f"{BATCH['max_ongoing_requests']}), wrk c=64", best, labels, [64],
               [a for a in ("shoal-single", "ray-batch") if a in labels])
+        digits_breakdown(best, labels)
         results["digits"] = best
     if "soak" in args.parts:
         results["soak"] = soak(args)

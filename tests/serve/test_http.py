@@ -68,6 +68,65 @@ def test_bad_input_gets_4xx_with_a_message(serve, http):
     assert r.status_code == 413
 
 
+def test_a_whole_response_leaves_in_one_write_and_close_flushes_it():
+    from shoal.serve import _front
+
+    class Transport:
+        def __init__(self):
+            self.writes, self.closed = [], False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def close(self):
+            self.closed = True
+
+        def get_extra_info(self, name):
+            return ("127.0.0.1", 1) if name == "peername" else None
+
+    t = Transport()
+    c = _front._CorkedTransport(t)
+    c.write(b"streamed")                       # not corked: straight through
+    c.cork()
+    c.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    c.write(bytearray(b"body"))
+    assert t.writes == [b"streamed"]
+    c.uncork()
+    assert t.writes == [b"streamed", b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    c.cork()
+    c.write(b"last")
+    c.close()                                  # uvicorn closes before HttpFront uncorks
+    c.uncork()
+    assert t.writes[-1] == b"last" and len(t.writes) == 3 and t.closed
+    assert c.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+def test_keep_alive_pipelined_and_connection_close_responses_arrive_whole(serve, http):
+    import socket
+
+    @serve.deployment
+    class Echo:
+        async def __call__(self, request):
+            return {"got": await request.json()}
+
+    serve.run(Echo.bind(), port=0)
+    port = serve.status()["proxy"]["port"]
+
+    def post(body: bytes, close: bool) -> bytes:
+        return (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + (b"Connection: close\r\n" if close else b"")
+                + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(post(b"[1]", False) + post(b"[2]", False) + post(b"[3]", True))
+        data = b""
+        while chunk := s.recv(65536):        # the server closes after the third
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 3
+    assert [data.index(b'{"got": [%d]}' % i) for i in (1, 2, 3)] == sorted(
+        data.index(b'{"got": [%d]}' % i) for i in (1, 2, 3))
+    assert data.endswith(b'{"got": [3]}')
+
+
 def test_default_body_limit_is_10_mb(serve, http):
     @serve.deployment
     class Size:
