@@ -78,7 +78,7 @@ def _check_state_and_samples(out):
     new process got exactly the survivors'), and each finished epoch used every sample once
     (plus at most world-1 of the end-of-epoch padding)."""
     syncs: dict = {}
-    for _, (commits, world, rank, digest) in _rows(out, "sync"):
+    for _, (commits, world, rank, digest, *_) in _rows(out, "sync"):
         syncs.setdefault((commits, world), set()).add(digest)
     assert all(len(v) == 1 for v in syncs.values()), syncs
     seen: dict = {}
