@@ -236,6 +236,16 @@ class ElasticDriver:
             self.below_min_since = None
             return False
         new = alive + joiners
+        if not alive and joiners and self.manager.latest is None:
+            # every worker holding the committed state is gone and nothing is on disk: new
+            # workers would start from step 0 and silently lose the training so far
+            raise _Stop(TrainingFailedError(
+                f"every worker of generation {self.gens.generation} (holding the run's "
+                f"committed state) was lost at once ({len(left)} of them: "
+                + "; ".join(f"worker {w}: {self.lost.get(w, 'lost')}" for w in left)
+                + ") and the run reported no checkpoint, so it cannot continue. Report a "
+                "checkpoint every few steps (report(..., checkpoint=)) and load "
+                "get_checkpoint() in the loop: new workers then continue from it"))
         if len(new) < self.t.min_workers:
             now = time.monotonic()
             self.below_min_since = self.below_min_since or now

@@ -103,6 +103,11 @@ def test_elastic_run_resets_horovod_and_keeps_state_across_a_dead_rank(cluster, 
     resets = [json.loads(line) for f in glob.glob(f"{out}/reset-*")
               for line in open(f).read().splitlines()]
     assert [1, 0, 0.01] in resets and any(r[0] == 2 and r[2] == 0.02 for r in resets), resets
+    # Horovod's semantics: the callbacks run on the ranks that lived through a change (once
+    # each), never at a worker's first start, so a new worker does not run them on joining
+    survivors = [c["previous_world_size"] - len(c["left"])
+                 for c in result.membership_changes[1:]]
+    assert len(resets) == sum(survivors), (resets, result.membership_changes)
     # the ElasticSampler dealt each epoch's samples once over the changing world
     seen: dict = {}
     for f in glob.glob(f"{out}/steps-*"):
