@@ -246,6 +246,15 @@ def test_fewer_than_min_workers_fails_naming_what_is_missing(cluster, tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.timeout(60)
+def test_workers_that_never_reach_elastic_run_fail_the_start_saying_so(cluster, tmp_path):
+    with pytest.raises(TrainingFailedError, match=r"placed but only 0 of the minimum 1 reached "
+                                                  r"their first elastic.run call within 15s"):
+        st.Trainer(_noop_loop, num_workers=(1, 2), elastic_config=st.ElasticConfig(
+            min_workers_timeout=15), run_config=st.RunConfig(storage_path=str(tmp_path),
+                                                            verbose=0)).fit()
+
+
 def _failing_loop():
     model = st.prepare_model(nn.Linear(2, 2))
     state = elastic.State(model=model)
