@@ -176,7 +176,8 @@ def test_discovery_across_hosts_shrinks_and_grows_with_hosts_and_a_killed_proces
     logs = "\n".join(f"--- launcher {k}:\n{o[1][-2500:]}" for k, o in enumerate(outs))
     assert [p.returncode for p in launchers] == [0, 0, 0], logs
     owner = outs[0][1]
-    assert re.search(r"left: rank \d \(worker \d+, killed by SIGKILL\); world size 2 -> 1", owner), logs
+    assert re.search(r"left: rank \d \(worker \d+, killed by SIGKILL\); world size 2 -> 1",
+                     owner), logs
     assert re.search(r"joined: worker \d+; world size 1 -> 2", owner), logs
     assert re.search(r"joined: worker \d+; world size 2 -> 3", owner), logs
     assert re.search(r"left: rank \d \(worker \d+, its slot was removed\); world size 3 -> 2",
