@@ -9,8 +9,6 @@ import time
 
 import pytest
 
-from _netns_ray import ROOT  # noqa: F401 - the conftest puts tests/multinode on sys.path
-
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 N, BATCH = 96, 4
