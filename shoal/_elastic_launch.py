@@ -3,6 +3,8 @@
     shoal launch -n 2:4 train.py                          # 2 to 4 processes on this host
     shoal launch -np 2 --min-np 1 --max-np 4 --host-discovery-script ./hosts.sh python train.py
     shoal launch -n 2 --nnodes 1:3 --node-rank K --rdzv HOST:PORT train.py   # on each node
+    shoal launch -np 2 --min-np 1 --host-discovery-script ./hosts.sh \\
+        --node-rank K --rdzv HOST:PORT python train.py                        # on each host
 
 The script keeps its state with ``shoal.train.elastic.State`` (or
 ``hvd.elastic.TorchState``) inside ``elastic.run``: a process that dies
@@ -41,13 +43,15 @@ import threading
 import time
 
 from shoal.collective.membership import Generations, describe_change
-from shoal.launch import _code, _GRACE_S, _local_names, _Prefixer, _say, command, parse_hosts
+from shoal.launch import (_code, _GRACE_S, _local_names, _Prefixer, _say, command,
+                          is_this_machine, parse_hosts)
 
 _PREFIX = "launch/elastic"
 _TICK_S = 0.05
 _BEAT_S = 1.0
 _NODE_LOST_S = 10.0
 _DISCOVERY_S = 1.0
+_RECHECK_S = 30.0      # a host found not to be this machine is asked again after this
 _SETTLE_S = 1.0
 _EXCESS_S = 1.0        # fewer slots than processes this long: one was not just dying
 _LOST = 1000            # the exit "code" of a process whose node was lost
@@ -57,15 +61,18 @@ class HostDiscovery:
     """Runs ``--host-discovery-script`` every second; ``slots`` is this machine's share.
 
     The script prints one host a line (``host:slots``, ``host slots=N`` or
-    ``host``, then ``default_slots``), as horovodrun's does. Lines naming
-    other machines are served by ``shoal launch`` running there (shoal does
-    not ssh); they are reported once.
+    ``host``, then ``default_slots``), as horovodrun's does. A host is this
+    machine when it is one of its names or an address one of its interfaces
+    holds (``is_this_machine``; hosts sharing a hostname, as containers do,
+    are told apart by address). Lines naming other machines are served by
+    ``shoal launch`` running there (shoal does not ssh); they are reported once.
     """
 
     def __init__(self, script: str, default_slots: int, names: set[str] | None = None):
         self.script, self.default_slots = script, default_slots
         self.names = _local_names() if names is None else names
         self.warned: set[str] = set()
+        self.mine: dict[str, tuple[bool, float]] = {}     # host -> (this machine?, when asked)
         self.slots = self._read(first=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shoal-host-discovery",
@@ -92,7 +99,7 @@ class HostDiscovery:
             return self.slots
         mine = 0
         for host, slots in hosts:
-            if host in self.names:
+            if self._is_mine(host):
                 mine += slots
             elif host not in self.warned:
                 self.warned.add(host)
@@ -100,6 +107,16 @@ class HostDiscovery:
                      "launch does not ssh: run the same shoal launch there with --rdzv and "
                      "--node-rank to use its slots")
         return mine
+
+    def _is_mine(self, host: str) -> bool:
+        """``is_this_machine``, remembered: a yes for good, a no for a while (a name that did
+        not resolve may resolve later)."""
+        known = self.mine.get(host)
+        now = time.monotonic()
+        if known is None or (not known[0] and now - known[1] > _RECHECK_S):
+            known = (is_this_machine(host, self.names), now)
+            self.mine[host] = known
+        return known[0]
 
     def _loop(self) -> None:
         while not self._stop.wait(_DISCOVERY_S):
@@ -121,10 +138,13 @@ class ElasticLauncher:
         self.node_rank = args.node_rank or 0
         self.node = f"{socket.gethostname()}:{self.node_rank}"
         self.timeout = args.collective_timeout
-        if args.nnodes > 1:
+        # several nodes: --nnodes > 1, or --rdzv with a discovery script (horovodrun's form has
+        # no node count: each host's launcher joins node 0's store)
+        self.multinode = args.nnodes > 1 or bool(args.rdzv)
+        if self.multinode:
             from shoal.launch import rendezvous_store
             self.store = rendezvous_store(args.rdzv, self.node_rank,
-                                          "--nnodes MIN:MAX with MAX > 1")
+                                          "an elastic job on several nodes")
             secret = os.environ["SHOAL_SECRET"]   # rendezvous_store checked it is set
             host, port = args.rdzv.rsplit(":", 1)
             self.store_addr = (host, int(port))
@@ -286,7 +306,7 @@ class ElasticLauncher:
 
     def _leave(self) -> None:
         """Node 0 hosts the store: it closes it once every node's launcher left (bounded)."""
-        if self.args.nnodes == 1:
+        if not self.multinode:
             return
         try:
             self.store.add(f"{_PREFIX}/left", 1)

@@ -131,6 +131,31 @@ def _local_names() -> set[str]:
     return names
 
 
+def is_this_machine(host: str, names: set[str] | None = None) -> bool:
+    """Whether ``host`` (a name or an address from -H, a hostfile or a discovery script)
+    is this machine: one of its names, or an address one of its interfaces holds.
+
+    The address test binds a socket to each address ``host`` resolves to, which
+    only succeeds for an address of this machine's network stack (so a container
+    or network namespace with its own addresses is told apart from its neighbours
+    even when they share a hostname).
+    """
+    if host in (_local_names() if names is None else names):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    for family, _, _, _, addr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((addr[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def plan_hosts(hosts: list[tuple[str, int]], total: int, node_rank: int | None = None,
                local_names: set[str] | None = None) -> tuple[int, int, int, str]:
     """Place ``total`` processes on ``hosts`` in order, up to each host's slots.
@@ -164,7 +189,8 @@ def plan_hosts(hosts: list[tuple[str, int]], total: int, node_rank: int | None =
             node_rank = 0
         else:
             local = _local_names() if local_names is None else local_names
-            mine = [i for i, (h, _) in enumerate(counts) if h in local]
+            mine = [i for i, (h, _) in enumerate(counts)
+                    if (h in local if local_names is not None else is_this_machine(h, local))]
             if len(mine) != 1:
                 raise ValueError(
                     f"cannot tell which of the hosts {[h for h, _ in counts]} this machine is "

@@ -7,7 +7,9 @@ the next step boundary. The driver publishes each membership as a new
 generation (``_membership``); workers re-form their group from it. A dead
 worker is dropped at once and a replacement is asked for; a worker whose
 loop raised is dropped too, and the same exception ``max_repeated_failures``
-times stops the run with its traceback.
+times stops the run with its traceback. Losing every member at once leaves
+nobody holding the committed state: new workers continue only from a
+reported checkpoint, and without one the run stops with an error.
 """
 from __future__ import annotations
 
@@ -164,6 +166,14 @@ class ElasticDriver:
                     break
             elif now - t0 > self.cfg.min_workers_timeout:
                 placed = sum(1 for s in self.slots.values() if s.where is not None)
+                if placed >= self.t.min_workers:
+                    raise _Stop(TrainingFailedError(
+                        f"{placed} workers were placed but only {len(ready)} of the minimum "
+                        f"{self.t.min_workers} reached their first elastic.run call within "
+                        f"{self.cfg.min_workers_timeout}s (ElasticConfig.min_workers_timeout): "
+                        "the others are still building their model and data (a loaded "
+                        "machine: raise min_workers_timeout), or the loop never calls a "
+                        "function decorated with elastic.run"))
                 raise _Stop(TrainingFailedError(self._missing_text(placed)))
         self._publish(ready, left=[], joined=ready, reason="start")
 
@@ -236,6 +246,16 @@ class ElasticDriver:
             self.below_min_since = None
             return False
         new = alive + joiners
+        if not alive and joiners and self.manager.latest is None:
+            # every worker holding the committed state is gone and nothing is on disk: new
+            # workers would start from step 0 and silently lose the training so far
+            raise _Stop(TrainingFailedError(
+                f"every worker of generation {self.gens.generation} (holding the run's "
+                f"committed state) was lost at once ({len(left)} of them: "
+                + "; ".join(f"worker {w}: {self.lost.get(w, 'lost')}" for w in left)
+                + ") and the run reported no checkpoint, so it cannot continue. Report a "
+                "checkpoint every few steps (report(..., checkpoint=)) and load "
+                "get_checkpoint() in the loop: new workers then continue from it"))
         if len(new) < self.t.min_workers:
             now = time.monotonic()
             self.below_min_since = self.below_min_since or now

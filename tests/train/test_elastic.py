@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import shoal
 import shoal.train as st
 from shoal.exceptions import TrainingFailedError
 from shoal.train import elastic
@@ -61,13 +62,16 @@ def _elastic_loop(config):
         for state.epoch in range(state.epoch, 200):
             loader.set_epoch(state.epoch)
             for x, y, idx in loader:
+                # logged before the step, with its number and the gang's generation: a step
+                # cut short by a dead rank is done again by the next generation (_committed)
+                ctx = st.get_context()
+                with open(f"{out}/steps-{pid}", "a") as f:
+                    f.write(json.dumps([state.epoch, ctx.rank, ctx.world_size, idx.tolist(),
+                                        state.commits + 1, ctx.attempt]) + "\n")
                 optimizer.zero_grad()
                 nn.functional.mse_loss(model(x), y).backward()
                 optimizer.step()
                 state.local["steps"] += 1
-                with open(f"{out}/steps-{pid}", "a") as f:
-                    f.write(json.dumps([state.epoch, st.get_context().rank,
-                                        st.get_context().world_size, idx.tolist()]) + "\n")
                 state.commit()
                 time.sleep(0.03)
             w = state.worlds
@@ -79,8 +83,22 @@ def _elastic_loop(config):
     return st.get_context().world_size
 
 
-def _kill_rank_one(out: str, stop: threading.Event, world: int = 3) -> None:
-    """Once ``world`` ranks have trained a few steps, SIGKILL the process of rank 1."""
+def _committed(out: str) -> list:
+    """(epoch, indices) of every rank's batch of every committed step: of each step, the
+    rows of the last generation that took it (a step whose gradient sum completed counts
+    the batch of a rank that died right after)."""
+    by_step: dict = {}
+    for f in glob.glob(f"{out}/steps-*"):
+        for line in open(f).read().splitlines():
+            epoch, _, _, idx, step, gen = json.loads(line)
+            by_step.setdefault(step, {}).setdefault(gen, []).append((epoch, idx))
+    return [row for gens in by_step.values() for row in gens[max(gens)]]
+
+
+def _kill_rank_one(out: str, stop: threading.Event, world: int = 3, sig=signal.SIGKILL,
+                   ranks=(1,), victims: list | None = None) -> None:
+    """Once ``world`` ranks have trained a few steps, send ``sig`` to the processes of
+    ``ranks`` (rank 1 by default); their pids are appended to ``victims``."""
     while not stop.is_set():
         rows = {}
         for f in glob.glob(f"{out}/steps-*"):
@@ -89,9 +107,12 @@ def _kill_rank_one(out: str, stop: threading.Event, world: int = 3) -> None:
             if len(lines) >= 5:
                 last = json.loads(lines[-1])
                 rows[int(f.rsplit("-", 1)[1])] = last
-        victims = [pid for pid, r in rows.items() if r[2] == world and r[1] == 1]
-        if len(rows) >= world and victims:
-            os.kill(victims[0], signal.SIGKILL)
+        found = [pid for pid, r in rows.items() if r[2] == world and r[1] in ranks]
+        if len(rows) >= world and len(found) == len(ranks):
+            for pid in found:
+                os.kill(pid, sig)
+                if victims is not None:
+                    victims.append(pid)
             return
         time.sleep(0.05)
 
@@ -144,10 +165,8 @@ def test_shrinks_on_a_dead_rank_and_grows_back(cluster, tmp_path):
     # each epoch's samples were used once (plus at most world-1 of DistributedSampler's
     # end-of-epoch padding), across the shrink and the grow
     seen: dict = {}
-    for f in glob.glob(f"{out}/steps-*"):
-        for line in open(f).read().splitlines():
-            epoch, _, _, idx = json.loads(line)
-            seen.setdefault(epoch, []).extend(idx)
+    for epoch, idx in _committed(out):
+        seen.setdefault(epoch, []).extend(idx)
     last = max(seen)
     for epoch, idx in seen.items():
         if epoch == last:
@@ -240,6 +259,16 @@ def test_fewer_than_min_workers_fails_naming_what_is_missing(cluster, tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_workers_that_never_reach_elastic_run_fail_the_start_saying_so(cluster, tmp_path):
+    with pytest.raises(TrainingFailedError, match=r"placed but only 0 of the minimum 1 reached "
+                                                  r"their first elastic.run call within 30s"):
+        st.Trainer(_noop_loop, num_workers=(1, 2), elastic_config=st.ElasticConfig(
+            min_workers_timeout=30), run_config=st.RunConfig(storage_path=str(tmp_path),
+                                                            verbose=0)).fit()
+
+
 def _failing_loop():
     model = st.prepare_model(nn.Linear(2, 2))
     state = elastic.State(model=model)
@@ -256,3 +285,137 @@ def test_a_rank_failing_the_same_way_three_times_stops_the_run(cluster, tmp_path
         st.Trainer(_failing_loop, num_workers=(1, 2), collective_timeout=20,
                    run_config=st.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
     assert "bad batch 7" in str(info.value) and "Traceback" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_hung_rank_is_dropped_after_the_collective_timeout_and_replaced(cluster, tmp_path):
+    # rank 1 stops (SIGSTOP: alive, never answering): the survivor's collective times out,
+    # the driver kills the stuck worker after the collective timeout, a new one joins
+    out = str(tmp_path)
+    stop, stopped = threading.Event(), []
+    hang = threading.Thread(target=_kill_rank_one, args=(out, stop, 2),
+                            kwargs={"sig": signal.SIGSTOP, "victims": stopped}, daemon=True)
+    hang.start()
+    try:
+        result = st.Trainer(_elastic_loop, num_workers=(1, 2), collective_timeout=10,
+                            config={"out": out, "sizes": (1, 2)},
+                            elastic_config=st.ElasticConfig(settle_s=30),
+                            run_config=st.RunConfig(storage_path=out, verbose=0)).fit()
+    finally:
+        stop.set()
+        hang.join(timeout=5)
+        for pid in stopped:             # the run killed it; make sure even if the test fails
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert stopped
+    changes = result.membership_changes
+    sizes = [c["world_size"] for c in changes]
+    assert sizes[0] == 2 and sizes[-1] == 2, changes
+    shrink = next(c for c in changes if c["left"])
+    assert shrink["world_size"] == 1 and shrink["left"][0]["rank"] == 1, changes
+    assert shrink["resumed_step"] is not None
+
+
+def _short_loop(config):
+    model = st.prepare_model(nn.Linear(2, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = elastic.State(model=model, optimizer=optimizer, step=0)
+
+    @elastic.run
+    def train(state):
+        while state.step < config["steps"]:
+            optimizer.zero_grad()
+            model(torch.ones(4, 2)).sum().backward()
+            optimizer.step()
+            state.step += 1
+            state.commit()
+            time.sleep(0.02)
+    train(state)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_run_starts_with_what_can_be_placed_between_min_and_max(cluster, tmp_path):
+    # 16 workers wanted, the cluster holds 4: the run starts once 2 are ready and never
+    # waits for the rest (they stay asked for, and are dropped at the end)
+    result = st.Trainer(_short_loop, num_workers=(2, 16), config={"steps": 30},
+                        elastic_config=st.ElasticConfig(settle_s=1),
+                        run_config=st.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    sizes = [c["world_size"] for c in result.membership_changes]
+    assert 2 <= sizes[0] <= 4 and max(sizes) <= 4, result.membership_changes
+
+
+@shoal.remote
+class _Holder:
+    """Holds a CPU of the cluster while it lives."""
+
+    def ping(self):
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_fewer_than_min_workers_during_a_run_fails_naming_what_is_missing(cluster, tmp_path):
+    # a rank dies and its CPU goes to another user of the cluster (asked for before the
+    # replacement): one worker of the minimum 2 is left for longer than min_workers_timeout
+    out = str(tmp_path)
+    holders: list = []
+
+    def take_the_slot_then_kill():
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            rows = {}
+            for f in glob.glob(f"{out}/steps-*"):
+                lines = open(f).read().splitlines()
+                if len(lines) >= 3:
+                    rows[int(f.rsplit("-", 1)[1])] = json.loads(lines[-1])
+            victims = [pid for pid, r in rows.items() if r[2] == 2 and r[1] == 1]
+            if len(rows) >= 2 and victims:
+                free = int(shoal.available_resources().get("CPU", 0))
+                holders.extend(_Holder.options(num_cpus=1).remote() for _ in range(free + 1))
+                shoal.wait([h.ping.remote() for h in holders], num_returns=free, timeout=30)
+                os.kill(victims[0], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    taker = threading.Thread(target=take_the_slot_then_kill, daemon=True)
+    taker.start()
+    try:
+        with pytest.raises(TrainingFailedError, match=r"only 1 of the minimum 2 workers could be "
+                                                      r"placed within 30s") as info:
+            st.Trainer(_elastic_loop, num_workers=(2, 2), collective_timeout=30,
+                       config={"out": out, "sizes": (1, 2)},
+                       elastic_config=st.ElasticConfig(min_workers_timeout=30),
+                       run_config=st.RunConfig(storage_path=out, verbose=0)).fit()
+    finally:
+        taker.join(timeout=40)
+        for h in holders:
+            shoal.kill(h)
+    assert holders, "the rank was never killed"
+    assert "Add capacity" in str(info.value)
+    assert [c["world_size"] for c in info.value.result.membership_changes] == [2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_losing_every_worker_at_once_without_a_checkpoint_stops_the_run(cluster, tmp_path):
+    # both ranks SIGKILLed together: nobody holds the committed state and nothing is on
+    # disk; new workers would silently start over from step 0
+    out = str(tmp_path)
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_rank_one, args=(out, stop, 2),
+                              kwargs={"ranks": (0, 1)}, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(TrainingFailedError, match="lost at once") as info:
+            st.Trainer(_elastic_loop, num_workers=(1, 2), collective_timeout=30,
+                       config={"out": out, "sizes": (1, 2)},
+                       elastic_config=st.ElasticConfig(settle_s=30),
+                       run_config=st.RunConfig(storage_path=out, verbose=0)).fit()
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert "report(..., checkpoint=)" in str(info.value) and "get_checkpoint()" in str(info.value)

@@ -78,7 +78,7 @@ def _check_state_and_samples(out):
     new process got exactly the survivors'), and each finished epoch used every sample once
     (plus at most world-1 of the end-of-epoch padding)."""
     syncs: dict = {}
-    for _, (commits, world, rank, digest) in _rows(out, "sync"):
+    for _, (commits, world, rank, digest, *_) in _rows(out, "sync"):
         syncs.setdefault((commits, world), set()).add(digest)
     assert all(len(v) == 1 for v in syncs.values()), syncs
     seen: dict = {}
@@ -242,6 +242,36 @@ def test_too_few_workers_fails_naming_what_is_missing(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     assert re.search(r"only [01] of the minimum 3 workers", r.stderr) and "gives this host 1 slots" in r.stderr
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_too_few_workers_during_a_job_fails_naming_what_is_missing(tmp_path):
+    # a slot of the minimum 2 goes away mid-job and does not come back within --elastic-timeout
+    out = str(tmp_path / "log")
+    os.makedirs(out)
+    script, hosts = _discovery(tmp_path, "localhost:2\n")
+    p = _start("-np", "2", "--min-np", "2", "--host-discovery-script", script,
+               "--elastic-timeout", "20", "--collective-timeout", "30", SCRIPT, out, "9")
+    try:
+        _wait_for(lambda: _a_worker_of_world(out, 2, 0), 90, "2 ranks training")
+        t0 = time.monotonic()
+        hosts.write_text("localhost:1\n")
+    finally:
+        (stdout, stderr), = _finish([p], 120)
+    assert p.returncode == 1, stderr[-3000:]
+    assert re.search(r"only 1 of the minimum 2 workers were running for more than 20s "
+                     r"\(--elastic-timeout\); the discovery script .* gives this host 1 slots",
+                     stderr), stderr[-3000:]
+    assert time.monotonic() - t0 > 20          # not before the timeout
+
+
+def test_is_this_machine_knows_its_names_and_addresses():
+    from shoal.launch import is_this_machine
+    assert is_this_machine("localhost") and is_this_machine("127.0.0.1")
+    assert is_this_machine("127.0.0.2", names=set())     # an address this machine holds
+    assert not is_this_machine("192.0.2.1", names=set())  # TEST-NET-1: nobody's address
+    assert not is_this_machine("", names=set())
 
 
 # ------------------------------------------------------------------ the owner's decisions

@@ -1,5 +1,6 @@
 """An elastic script for `shoal launch -n MIN:MAX`: trains until the world sizes it has seen
-end with the sequence given as argv[2] (e.g. "3,2,3"), logging each step and each sync."""
+end with the sequence given as argv[2] (e.g. "3,2,3"), logging each step and each sync (with
+the number of hosts the group spans)."""
 import hashlib
 import json
 import os
@@ -34,13 +35,19 @@ def digest():
     return h.hexdigest()
 
 
+def hosts():
+    """How many hosts the gang's group spans (TCP between them)."""
+    topology = getattr(st.get_communicator(), "topology", None)
+    return len(topology.hosts) if topology is not None else 1
+
+
 @elastic.run
 def train(state):
     ctx = st.get_context()
     if not state.worlds or state.worlds[-1] != ctx.world_size:
         state.worlds = state.worlds + [ctx.world_size]
     with open(f"{out}/sync-{pid}", "a") as f:
-        f.write(json.dumps([state.commits, ctx.world_size, ctx.rank, digest()]) + "\n")
+        f.write(json.dumps([state.commits, ctx.world_size, ctx.rank, digest(), hosts()]) + "\n")
     for state.epoch in range(state.epoch, 500):
         loader.set_epoch(state.epoch)
         for x, y, idx in loader:
