@@ -184,6 +184,8 @@ class GPTPipe(nn.Module):
 PIPELINE_CONFIGS = {  # name -> model and batch
     "gpt": {"kind": "gpt", "layers": 16, "dim": 128, "heads": 4, "vocab": 2048, "seq": 32,
             "batch": 32},
+    "gpt-32": {"kind": "gpt", "layers": 32, "dim": 128, "heads": 4, "vocab": 2048, "seq": 32,
+               "batch": 32},
     "compute-bound": {"kind": "mlp", "layers": 8, "dim": 256, "batch": 128},
     "overhead-bound": {"kind": "mlp", "layers": 8, "dim": 64, "batch": 32},
 }

@@ -23,7 +23,7 @@ from shoal.train.parallel.tensor import (ColumnParallelLinear, ColwiseParallel, 
                                          vocab_parallel_cross_entropy)
 from shoal.train.parallel.tp_comm import (copy_to_tp, gather_from_tp, gather_sequence,
                                           reduce_from_tp, reduce_scatter_sequence,
-                                          scatter_sequence)
+                                          replicated_param, scatter_sequence)
 from shoal.train.parallel.zero import FSDP, ShardedModel, ZeRO
 
 __all__ = ["ColumnParallelLinear", "ColwiseParallel", "FSDP", "HeadParallel", "Mesh", "Parallel",
@@ -31,4 +31,4 @@ __all__ = ["ColumnParallelLinear", "ColwiseParallel", "FSDP", "HeadParallel", "M
            "SequenceGather", "SequenceParallel", "SequenceScatter", "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
            "apply_tensor_parallel", "copy_to_tp", "gather_from_tp", "gather_sequence", "load_sharded",
            "parallelize", "pipeline_actions", "pipeline_layers", "profile_layers", "reduce_from_tp",
-           "reduce_scatter_sequence", "replay_bubble", "save_sharded", "scatter_sequence", "split_model", "stage_costs", "theoretical_bubble", "vocab_parallel_cross_entropy"]
+           "reduce_scatter_sequence", "replay_bubble", "replicated_param", "save_sharded", "scatter_sequence", "split_model", "stage_costs", "theoretical_bubble", "vocab_parallel_cross_entropy"]
