@@ -1,6 +1,7 @@
 """Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
 
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
+        [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance time|params|layers]
 
 Sections (``--only`` picks some):
 
@@ -20,19 +21,22 @@ sharded
 
 pipeline
     shoal's PipelineSchedule against ``torch.distributed.pipelining``
-    (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B over Gloo) on the same two
-    stages (``split_model`` of one residual-MLP stack, the stage modules deep-copied
-    so each system has its own), the same batch and micro-batches, 2 ranks,
-    one thread each; and interleaved 1F1B (4 stages, 2 per rank) against
-    torch's ScheduleInterleaved1F1B. Each round times a window of steps (forward + backward of
-    every micro-batch, then zero_grad) of each system, the order alternating;
-    the best window of each is kept. Reported: samples/s, the ratio, and
-    shoal's measured bubble (the share of a step a rank spends not computing)
-    against the theory (p - 1) / (v m + p - 1); the bubble ``replay_bubble``
-    gives for the ops' measured wall and CPU times (the schedule's own
-    bubble, without communication and load); and the shares of the step
-    spent waiting, in overhead (with the CPU the training thread used in it)
-    and descheduled inside compute: what a loaded host adds.
+    (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B over Gloo) on the same
+    stages (the stage modules deep-copied so each system has its own), the same batch and
+    micro-batches, 2 ranks, one thread each: GPipe and 1F1B on 2 stages, interleaved 1F1B on
+    4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
+    cross-entropy) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
+    ``--balance`` (default "time": ``profile_layers`` times every layer's forward + backward on
+    one micro-batch, the loss counted on the last layer, and ``split_model`` cuts so the slowest
+    stage is as fast as possible; "params" and "layers" for comparison). Each round times a
+    window of steps (forward + backward of every micro-batch, then zero_grad) of each system, the
+    order alternating; the best window of each is kept. Reported: samples/s, the ratio, and
+    shoal's measured bubble (the share of a step a rank spends not computing) against the
+    theory (p - 1) / (v m + p - 1); the bubble ``replay_bubble`` gives for the ops' measured
+    wall and CPU times (the schedule's own bubble, without communication and load); the shares
+    of the step spent waiting, in overhead (with the CPU the training thread used in it) and
+    descheduled inside compute: what a loaded host adds; and the profiled cost of each stage
+    under each way of cutting.
 
 tensor
     A stack of transformer blocks split 2 ways by a plan (qkv and fc1
@@ -152,16 +156,66 @@ class ResidualMLP(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.ln(x))))
 
 
-PIPELINE_CONFIGS = [  # name, layers, dim, batch
-    ("compute-bound", 8, 256, 128),
-    ("overhead-bound", 8, 64, 32),
-]
+class _Embed(nn.Module):
+    def __init__(self, vocab, dim, seq):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(seq, dim)
+
+    def forward(self, ids):
+        return self.tok(ids) + self.pos(torch.arange(ids.shape[-1], device=ids.device))
+
+
+class GPTPipe(nn.Module):
+    """Embedding (token + position), ``Block``s, final norm and head: a model pipeline_layers cuts."""
+
+    def __init__(self, vocab, dim, n_head, layers, seq):
+        super().__init__()
+        self.embed = _Embed(vocab, dim, seq)
+        self.blocks = nn.ModuleList(Block(dim, n_head) for _ in range(layers))
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x))
+
+
+PIPELINE_CONFIGS = {  # name -> model and batch
+    "gpt": {"kind": "gpt", "layers": 16, "dim": 128, "heads": 4, "vocab": 2048, "seq": 32,
+            "batch": 32},
+    "gpt-32": {"kind": "gpt", "layers": 32, "dim": 128, "heads": 4, "vocab": 2048, "seq": 32,
+               "batch": 32},
+    "compute-bound": {"kind": "mlp", "layers": 8, "dim": 256, "batch": 128},
+    "overhead-bound": {"kind": "mlp", "layers": 8, "dim": 64, "batch": 32},
+}
 
 
 def _pipeline(rank, comm, args):
-    return [row for name, layers, dim, batch in PIPELINE_CONFIGS
-            for row in _pipeline_config(rank, comm, dict(args, name=name, layers=layers, dim=dim,
-                                                         batch=batch))]
+    return [row for name in args["pipeline_configs"]
+            for row in _pipeline_config(rank, comm, dict(args, name=name, **PIPELINE_CONFIGS[name]))]
+
+
+def _pipeline_model(args):
+    """The config's model, a batch (inputs, targets) and its loss function."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if args["kind"] == "gpt":
+        v = args["vocab"]
+        model = GPTPipe(v, args["dim"], args["heads"], args["layers"], args["seq"])
+        x = torch.randint(0, v, (args["batch"], args["seq"]), generator=g)
+        y = torch.randint(0, v, (args["batch"], args["seq"]), generator=g)
+        return model, x, y, lambda out, t: F.cross_entropy(out.reshape(-1, v), t.reshape(-1))
+    model = nn.Sequential(*[ResidualMLP(args["dim"]) for _ in range(args["layers"])])
+    x = torch.randn(args["batch"], args["dim"], generator=g)
+    y = torch.randn(args["batch"], args["dim"], generator=g)
+    return model, x, y, F.mse_loss
+
+
+def _split_costs(costs, model, splits):
+    """Profiled cost of each stage (seconds per micro-batch) for each way of splitting."""
+    from shoal.train.parallel import stage_costs
+    return {how: stage_costs(costs, stages, model) for how, stages in splits.items()}
 
 
 def _pipeline_config(rank, comm, args):
@@ -169,27 +223,34 @@ def _pipeline_config(rank, comm, args):
     from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                               ScheduleInterleaved1F1B)
 
-    from shoal.train.parallel import PipelineSchedule, split_model
-    torch.manual_seed(0)
-    model = nn.Sequential(*[ResidualMLP(args["dim"]) for _ in range(args["layers"])])
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(args["batch"], args["dim"], generator=g)
-    y = torch.randn(args["batch"], args["dim"], generator=g)
+    from shoal.train.parallel import PipelineSchedule, pipeline_layers, profile_layers, split_model
+    model, x, y, loss_fn = _pipeline_model(args)
     m = args["microbatches"]
+    # every layer's forward + backward on one micro-batch (loss on the last), averaged over
+    # both ranks; rank 0's figures are everyone's, so both cut the model the same way
+    costs = torch.tensor(profile_layers(model, x[:len(x) // m], y[:len(y) // m], loss_fn,
+                                        repeats=args["profile_repeats"], group=comm),
+                         dtype=torch.float64)
+    comm.broadcast(costs, src=0)
+    costs = costs.tolist()
     rows = []
     for schedule in ("gpipe", "1f1b", "interleaved"):
         v = 2 if schedule == "interleaved" else 1
-        chunks = split_model(model, 2 * v, balance="layers")[rank::2]
+        splits = {how: split_model(model, 2 * v, balance=costs if how == "time" else how)
+                  for how in ("params", "time")}
+        if len(pipeline_layers(model)) % (2 * v) == 0:
+            splits["layers"] = split_model(model, 2 * v, balance="layers")
+        chunks = splits[args["balance"]][rank::2]
         ours = PipelineSchedule(chunks if v > 1 else chunks[0], comm, schedule=schedule,
-                                num_microbatches=m, loss_fn=F.mse_loss)
+                                num_microbatches=m, loss_fn=loss_fn)
         theirs_mods = [copy.deepcopy(c) for c in chunks]
         tstages = [PipelineStage(mod, rank + 2 * c, 2 * v, torch.device("cpu"))
                    for c, mod in enumerate(theirs_mods)]
         if v > 1:
-            tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=F.mse_loss)
+            tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=loss_fn)
         else:
             cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
-            tsched = cls(tstages[0], n_microbatches=m, loss_fn=F.mse_loss)
+            tsched = cls(tstages[0], n_microbatches=m, loss_fn=loss_fn)
         stats = []
 
         def shoal_step():
@@ -211,8 +272,10 @@ def _pipeline_config(rank, comm, args):
                         args["warmup"], lambda: dist.barrier(), cpu)
         timed = stats[-args["steps"]:]   # the last window's steps (steady state)
         ours.close()
-        rows.append({"config": args["name"], "layers": args["layers"], "dim": args["dim"],
-                     "batch": args["batch"], "schedule": schedule, "v": v,
+        rows.append({"config": args["name"], "model": _describe(args), "batch": args["batch"],
+                     "schedule": schedule, "v": v, "balance": args["balance"],
+                     "layers_per_stage": [len(s.layer_names) for s in splits[args["balance"]]],
+                     "stage_costs": _split_costs(costs, model, splits), "costs": costs,
                      "shoal_s": best["shoal"], "torch_s": best["torch"],
                      "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
                      "steps": [{"bubble": st.bubble, "wait": st.wait_s / st.wall_s,
@@ -223,21 +286,33 @@ def _pipeline_config(rank, comm, args):
     return rows
 
 
+def _describe(a):
+    if a["kind"] == "gpt":
+        return (f"GPT {a['layers']} blocks, dim {a['dim']}, vocab {a['vocab']}, seq {a['seq']}, "
+                f"batch {a['batch']}")
+    return f"{a['name']}: {a['layers']} residual MLP blocks, dim {a['dim']}, batch {a['batch']}"
+
+
 def _median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
 
 
+def _imbalance(stage_costs):
+    return max(stage_costs) / (sum(stage_costs) / len(stage_costs))
+
+
 def _report_pipeline(results, args):
     from shoal.train.parallel import replay_bubble, theoretical_bubble
     p, m = 2, args["microbatches"]
-    print(f"\n## pipeline: 2 ranks of residual MLP blocks, {m} micro-batches, 1 thread per rank",
-          flush=True)
-    print("| model | schedule | shoal samples/s | torch.pipelining samples/s | shoal / torch | "
-          "bubble measured (rank 0 / 1) | replayed, wall / CPU op times | theory | "
-          "measured / theory | replayed (CPU) / theory | waiting / overhead (its CPU) / "
-          "descheduled in compute (share of step) | compute CPU ms/step rank 0 / 1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n## pipeline: 2 ranks, {m} micro-batches, 1 thread per rank, stages cut by "
+          f"balance={args['balance']!r}", flush=True)
+    print("| model | schedule | layers per stage | shoal samples/s | torch.pipelining samples/s | "
+          "shoal / torch | theory | bubble measured (rank 0 / 1) | measured / theory | "
+          "replayed, wall / CPU op times | replayed (CPU) / theory | "
+          "waiting / overhead (its CPU) / descheduled in compute (share of step) | "
+          "compute CPU ms/step rank 0 / 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
@@ -250,11 +325,11 @@ def _report_pipeline(results, args):
                  for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
         mean = sum(measured) / p
         work = [1e3 * _median(sum(e[5] for e in st[k]["events"]) for st in steps) for k in range(p)]
-        model = f"{row['config']}: {row['layers']} blocks, dim {row['dim']}, batch {row['batch']}"
         name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
-        print(f"| {model} | {name} | {row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
-              f"{torch_s / shoal_s:.2f}x | {measured[0]:.3f} / {measured[1]:.3f} | "
-              f"{_median(wall):.3f} / {_median(cpu):.3f} | {theory:.3f} | {mean / theory:.2f} | "
+        print(f"| {row['model']} | {name} | {'/'.join(map(str, row['layers_per_stage']))} | "
+              f"{row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
+              f"{torch_s / shoal_s:.2f}x | {theory:.3f} | {measured[0]:.3f} / {measured[1]:.3f} | "
+              f"{mean / theory:.2f} | {_median(wall):.3f} / {_median(cpu):.3f} | "
               f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
               f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} | "
               f"{work[0]:.1f} / {work[1]:.1f} |", flush=True)
@@ -262,6 +337,26 @@ def _report_pipeline(results, args):
           "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
           "overhead: neither computing nor waiting, with the CPU time the training thread spent "
           "in it; descheduled: wall minus CPU time inside forwards and backwards)")
+    print("\n### profiled stage costs (profile_layers: forward + backward of one micro-batch, "
+          "loss on the last layer), ms per micro-batch per stage, and slowest / mean stage")
+    print("| model | stages | cut by params | cut by layers | cut by measured time | "
+          "heaviest layer / (total / stages) |")
+    print("|---|---|---|---|---|---|")
+    for row in results[0]:
+        if row["schedule"] == "1f1b":
+            continue        # the same cut as gpipe's
+        sc, k = row["stage_costs"], 2 * row["v"]
+
+        def cell(how):
+            if how not in sc:
+                return "-"
+            return f"{' / '.join(f'{1e3 * c:.2f}' for c in sc[how])} ({_imbalance(sc[how]):.3f})"
+        heavy = max(row["costs"]) / (sum(row["costs"]) / k)
+        print(f"| {row['model']} | {k} | {cell('params')} | {cell('layers')} | {cell('time')} | "
+              f"{heavy:.2f} |")
+    print("(per-layer ms: " + "; ".join(
+        f"{row['config']}: " + " ".join(f"{1e3 * c:.2f}" for c in row["costs"])
+        for row in results[0] if row["schedule"] == "gpipe") + ")", flush=True)
 
 
 def _cpu_ms(results, i, system, raw=False):
@@ -541,15 +636,25 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--microbatches", type=int, default=8)
+    ap.add_argument("--pipeline-configs", default=",".join(PIPELINE_CONFIGS),
+                    help=f"pipeline models to run ({', '.join(PIPELINE_CONFIGS)})")
+    ap.add_argument("--balance", default="time", choices=("time", "params", "layers"),
+                    help="how the pipeline section cuts its models into stages (default: by the "
+                         "forward + backward time profile_layers measures)")
     args = ap.parse_args(argv)
     cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
-           "warmup": 2, "microbatches": args.microbatches,
+           "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,
+           "pipeline_configs": [c for c in args.pipeline_configs.split(",") if c],
+           "profile_repeats": 10,
            "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64,
            "z_vocab": 256, "z_dim": 128, "z_heads": 4, "z_layers": 6, "z_seq": 32, "z_batch": 4}
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
+    bad = [c for c in cfg["pipeline_configs"] if c not in PIPELINE_CONFIGS]
+    if bad:
+        ap.error(f"unknown pipeline config(s) {bad}; choose from {list(PIPELINE_CONFIGS)}")
     print(f"load average before: {os.getloadavg()}", flush=True)
     for section in only:
         REPORTS[section](_run(section, 2, cfg), cfg)

@@ -30,8 +30,10 @@ def parallelize(model: nn.Module, mesh: Mesh, plan: dict | None = None, *, zero_
             ``mesh.tp > 1``.
         zero_stage: 1, 2 or 3 (FSDP) for the dp dimension; None replicates
             (plain data parallel, shoal.train.DDP).
-        pipeline: keyword arguments of ``split_model`` (e.g. ``split_points``)
-            when ``mesh.pp > 1``; the result is this rank's stage. With
+        pipeline: keyword arguments of ``split_model`` (e.g. ``split_points``,
+            or ``balance="time"`` with ``sample`` and ``loss_fn``: every rank
+            of the mesh times the layers and all cut alike) when
+            ``mesh.pp > 1``; the result is this rank's stage. With
             ``"virtual_stages": v`` the model is cut into ``pp * v`` stages and
             the result is an ``nn.ModuleList`` of this rank's ``v`` stages
             (for ``PipelineSchedule(..., schedule="interleaved")``), each
@@ -64,6 +66,9 @@ def parallelize(model: nn.Module, mesh: Mesh, plan: dict | None = None, *, zero_
         v = options.pop("virtual_stages", 1)
         if not isinstance(v, int) or v < 1:
             raise InvalidInputError(f"pipeline virtual_stages must be an int >= 1, got {v!r}")
+        if options.get("balance") == "time":
+            # every rank of the mesh times and cuts alike (pp and dp peers must agree)
+            options.setdefault("group", mesh.comm)
         stages = split_model(model, num_stages=mesh.pp * v, **options)[mesh.pp_rank::mesh.pp]
         model = stages[0] if v == 1 else nn.ModuleList(stages)
     elif pipeline:

@@ -93,8 +93,8 @@ class PipelineStage(nn.Module):
         return f"stage {self.index} of {self.num_stages}: {', '.join(self.layer_names)}"
 
 
-def split_model(model: nn.Module, num_stages: int, split_points=None,
-                balance: str = "params") -> list[PipelineStage]:
+def split_model(model: nn.Module, num_stages: int, split_points=None, balance="params",
+                sample=None, loss_fn=None, group=None) -> list[PipelineStage]:
     """Cut ``model`` into ``num_stages`` consecutive stages.
 
     Args:
@@ -105,7 +105,18 @@ def split_model(model: nn.Module, num_stages: int, split_points=None,
             ``pipeline_layers(model)`` or layer names (``"blocks.2"``).
         balance: without split points, "params" (the default) cuts so the
             largest stage holds as few parameters as possible; "layers"
-            gives every stage the same number of layers.
+            gives every stage the same number of layers; "time" times every
+            layer's forward and backward on ``sample`` (``profile_layers``:
+            the loss on the last layer, no input gradient on the first) and
+            cuts so the slowest stage is as fast as possible; or a list of
+            per-layer costs (e.g. ``profile_layers``' result), cut the same way.
+        sample: for balance="time", ``(inputs, targets)`` of one micro-batch
+            (targets may be None without ``loss_fn``).
+        loss_fn: for balance="time", ``loss_fn(output, targets)`` as the
+            pipeline's last stage computes it.
+        group: for balance="time", the pipeline group: its ranks' timings
+            are averaged and rank 0's cut is used by all, so every rank
+            cuts the model the same way (timings differ between processes).
 
     Returns:
         The stages, in order; a rank keeps ``stages[pp_group.rank]``.
@@ -131,13 +142,131 @@ def split_model(model: nn.Module, num_stages: int, split_points=None,
                 f"{n % num_stages}); use balance='params', explicit split_points, or a stage count "
                 f"dividing {n}")
         starts = [i * (n // num_stages) for i in range(1, num_stages)]
-    elif balance == "params":
+    elif isinstance(balance, str) and balance == "params":
         sizes = [sum(p.numel() for p in layer.parameters()) for _, layer in layers]
         starts = _balanced_starts(sizes, num_stages)
+    elif isinstance(balance, str) and balance == "time":
+        if sample is None:
+            raise InvalidInputError("balance='time' needs sample=(inputs, targets): one "
+                                    "micro-batch to time each layer's forward and backward on")
+        inputs, targets = sample if isinstance(sample, (tuple, list)) else (sample, None)
+        costs = profile_layers(model, inputs, targets, loss_fn, group=group)
+        starts = _agreed(_balanced_starts(costs, num_stages), group)
+    elif isinstance(balance, (list, tuple)):
+        if len(balance) != n or not all(isinstance(c, (int, float)) and c >= 0 for c in balance):
+            raise InvalidInputError(f"balance as per-layer costs needs {n} non-negative numbers "
+                                    f"(one per layer of {type(model).__name__}), got {balance!r}")
+        starts = _balanced_starts([float(c) for c in balance], num_stages)
     else:
-        raise InvalidInputError(f"balance must be 'params' or 'layers', got {balance!r}")
+        raise InvalidInputError(f"balance must be 'params', 'layers', 'time' or a list of "
+                                f"per-layer costs, got {balance!r}")
     bounds = [0] + starts + [n]
     return [PipelineStage(layers[a:b], i, num_stages) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
+# ------------------------------------------------------------------ balancing by measured time
+def profile_layers(model: nn.Module, inputs, targets=None, loss_fn=None, repeats: int = 5,
+                   warmup: int = 2, group=None) -> list[float]:
+    """Seconds each layer of ``pipeline_layers(model)`` takes for one micro-batch, forward + backward.
+
+    Runs the model layer by layer on ``inputs`` the way pipeline stages
+    would: every layer but the first gets its input as a leaf that needs a
+    gradient (a stage boundary could fall before it; inside a stage the
+    gradient is computed anyway), the first gets ``inputs`` as given (no
+    input gradient, as on the first stage), and ``loss_fn(output, targets)``
+    and its backward count as part of the last layer. Each layer's forward
+    and backward are timed separately over ``repeats`` runs after ``warmup``;
+    the median is kept. On CPU with one intra-op thread the clock is the
+    thread's CPU time (other load on the host barely moves it); otherwise
+    wall time (with ``torch.cuda.synchronize`` on a GPU).
+
+    Args:
+        model: what ``split_model`` would cut.
+        inputs: one micro-batch of the model's input, on the model's device.
+        targets: its targets, for ``loss_fn``.
+        loss_fn: ``loss_fn(output, targets)``; without it the last layer's
+            output is reduced by ``sum()`` for the backward.
+        group: a communicator: the timings are averaged over its ranks
+            (one allreduce), so every rank gets the same costs.
+
+    Returns:
+        One cost in seconds per layer, in ``pipeline_layers`` order. The
+        model's gradients are left as they were.
+    """
+    import statistics
+    import time
+
+    import torch
+    layers = pipeline_layers(model)
+    param = next(model.parameters(), None)
+    cuda = param is not None and param.device.type == "cuda"
+    cpu_clock = not cuda and torch.get_num_threads() == 1
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize(param.device)
+        return time.thread_time() if cpu_clock else time.perf_counter()
+
+    times = [[] for _ in layers]
+    was_training = model.training
+    held = {p: p.grad for p in model.parameters()}   # the caller's gradients, put back after
+    model.train()
+    try:
+        for p in held:
+            p.grad = None     # autograd would add into the caller's tensors otherwise
+        for rep in range(warmup + repeats):
+            fwd, xs, outs, x = [], [], [], inputs
+            with torch.enable_grad():
+                for k, (_, layer) in enumerate(layers):
+                    if k > 0 and isinstance(x, torch.Tensor) and x.is_floating_point():
+                        x = x.detach().requires_grad_(True)
+                    t = now()
+                    out = layer(x)
+                    if k == len(layers) - 1:
+                        out = loss_fn(out, targets) if loss_fn is not None else out.sum()
+                    fwd.append(now() - t)
+                    xs.append(x)
+                    outs.append(out)
+                    x = out
+            grad, bwd = None, [0.0] * len(layers)
+            for k in reversed(range(len(layers))):
+                t = now()
+                if outs[k].requires_grad:
+                    torch.autograd.backward(outs[k], grad)
+                bwd[k] = now() - t
+                x = xs[k]
+                grad = x.grad if isinstance(x, torch.Tensor) and x.grad is not None else None
+                if k > 0 and grad is None:
+                    grad = torch.zeros_like(x) if isinstance(x, torch.Tensor) else None
+            if rep >= warmup:
+                for k in range(len(layers)):
+                    times[k].append(fwd[k] + bwd[k])
+    finally:
+        for p, g in held.items():
+            p.grad = g
+        model.train(was_training)
+    costs = [statistics.median(t) for t in times]
+    if group is not None and group.world_size > 1:
+        total = torch.tensor(costs, dtype=torch.float64)
+        group.allreduce(total)
+        costs = [c / group.world_size for c in total.tolist()]
+    return costs
+
+
+def _agreed(starts: list[int], group) -> list[int]:
+    # every rank must cut at the same layers: rank 0's choice is everyone's
+    if group is None or group.world_size == 1 or not starts:
+        return starts
+    import torch
+    t = torch.tensor(starts, dtype=torch.int64)
+    group.broadcast(t, src=0)
+    return [int(v) for v in t]
+
+
+def stage_costs(costs, stages: list[PipelineStage], model: nn.Module) -> list[float]:
+    """Sum of per-layer ``costs`` (e.g. ``profile_layers``') over each stage's layers."""
+    index = {name: k for k, (name, _) in enumerate(pipeline_layers(model))}
+    return [sum(costs[index[n]] for n in s.layer_names) for s in stages]
 
 
 def _check_split_points(points, layers, num_stages) -> list[int]:
@@ -188,4 +317,5 @@ def _balanced_starts(sizes: list[int], k: int) -> list[int]:
 
 
 __all__ = ["PipelineSchedule", "PipelineStage", "StepStats", "pipeline_actions", "pipeline_layers",
-           "replay_bubble", "split_model", "theoretical_bubble", "SCHEDULES"]
+           "profile_layers", "replay_bubble", "split_model", "stage_costs", "theoretical_bubble",
+           "SCHEDULES"]

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from shoal.exceptions import InvalidInputError
 from shoal.train.parallel.tp_comm import (_GatherFromTP, _ReduceScatterSequence, _ScatterToTP,
                                           copy_to_tp, gather_from_tp, gather_sequence,
-                                          reduce_from_tp, scatter_sequence)
+                                          reduce_from_tp, replicated_param, scatter_sequence)
 
 
 # ------------------------------------------------------------------ layers
@@ -147,7 +147,7 @@ class RowParallelLinear(nn.Module):
         if self.sequence_parallel:
             y = _ReduceScatterSequence.apply(y, self.group, self.seq_dim)
             # each rank adds the bias to its part of the sequence: sum its gradient over the group
-            return y + copy_to_tp(self.bias, self.group) if self.bias is not None else y
+            return y + replicated_param(self.bias, self.group) if self.bias is not None else y
         y = reduce_from_tp(y, self.group)
         return y + self.bias if self.bias is not None else y
 
@@ -348,9 +348,9 @@ class _SequenceParallelNorm:
     def forward(self, x):
         """Normalize this rank's part of the sequence."""
         g = self._tp_group
-        w = None if self.weight is None else copy_to_tp(self.weight, g)
+        w = None if self.weight is None else replicated_param(self.weight, g)
         if isinstance(self, nn.LayerNorm):
-            b = None if self.bias is None else copy_to_tp(self.bias, g)
+            b = None if self.bias is None else replicated_param(self.bias, g)
             return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
         return F.rms_norm(x, self.normalized_shape, w, self.eps)
 

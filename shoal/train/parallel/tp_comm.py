@@ -11,6 +11,14 @@ the gradient) enters a column-parallel layer in place of ``copy_to_tp``, and
 a row-parallel layer ends in a reduce-scatter (allgather of the gradient) in
 place of the allreduce: the same bytes on the wire as one allreduce, and the
 activations between regions are ``1/tp`` the size.
+
+The weights that stay replicated under sequence parallelism (norms, the
+biases of row-parallel layers) each see only this rank's part of the
+sequence, so their gradients must be summed over the group.
+``replicated_param`` does that in one bucketed allreduce per backward pass
+(as DDP's buckets and Megatron-LM's coalesced layer-norm allreduce do): each
+use sends its gradient to a bucket, and the bucket is flattened, allreduced
+once and added to the parameters' ``.grad`` when the backward pass ends.
 """
 from __future__ import annotations
 
@@ -99,6 +107,105 @@ def _slice_last(x: torch.Tensor, group, chunks: int) -> torch.Tensor:
         return x
     parts = x.reshape(x.shape[:-1] + (chunks, tp, x.shape[-1] // (chunks * tp)))
     return parts[..., r, :].reshape(x.shape[:-1] + (x.shape[-1] // tp,)).contiguous()
+
+
+class _GradBucket:
+    """Gradients of replicated parameters collected over one backward pass, then allreduced at once.
+
+    The first gradient of a backward pass queues a callback the autograd
+    engine runs when that pass ends; it concatenates the gradients (one flat
+    buffer per dtype and device, in the order they arrived, which is the same
+    on every rank of the group: they run the same graph), allreduces each
+    buffer, and adds the sums to the parameters' ``.grad``. Every rank
+    adds the same sums, so the replicated parameters stay bitwise equal.
+    """
+
+    def __init__(self, group):
+        self.group = group
+        self.pending: dict = {}     # backward pass -> {id(param): [param, summed local gradient]}
+        self.allreduces = 0         # flushes so far (for tests and benchmarks)
+
+    def add(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        task = torch._C._current_graph_task_id()
+        grads = self.pending.get(task)
+        if grads is None:           # the pass's first: flush when it ends
+            while len(self.pending) >= 8:       # passes that failed before flushing
+                self.pending.pop(next(iter(self.pending)))
+            grads = self.pending[task] = {}
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: self._flush(task))
+        entry = grads.get(id(param))
+        if entry is None:
+            grads[id(param)] = [param, grad]
+        else:
+            entry[1] = entry[1] + grad
+
+    def _flush(self, task) -> None:
+        groups: dict = {}
+        for param, grad in self.pending.pop(task, {}).values():
+            groups.setdefault((grad.dtype, grad.device), []).append((param, grad))
+        for entries in groups.values():
+            flat = torch.cat([g.reshape(-1) for _, g in entries])
+            self.group.allreduce(flat)
+            self.allreduces += 1
+            for (param, _), piece in zip(entries, torch.split(flat, [g.numel() for _, g in entries])):
+                piece = piece.view_as(param)
+                if param.grad is None:
+                    param.grad = piece.clone()
+                else:
+                    param.grad.add_(piece)
+
+
+_BUCKETS: dict = {}   # id(group) -> (group, bucket): one bucket per tp group
+
+
+def _bucket(group) -> _GradBucket:
+    found = _BUCKETS.get(id(group))
+    if found is None or found[0] is not group:
+        if len(_BUCKETS) > 64:      # groups of finished runs
+            _BUCKETS.clear()
+        found = _BUCKETS[id(group)] = (group, _GradBucket(group))
+    return found[1]
+
+
+def _bucketable(param: torch.Tensor) -> bool:
+    # a leaf nothing else watches: its gradient may arrive at the end of the pass. A view (a
+    # sharding wrapper's flat parameter) or a leaf with gradient hooks (DDP's buckets, a user's
+    # hook) needs its gradient when autograd reaches it.
+    return (param.is_leaf and not getattr(param, "_post_accumulate_grad_hooks", None)
+            and not getattr(param, "_backward_hooks", None))
+
+
+class _ReplicatedParam(torch.autograd.Function):
+    """Identity in forward; the parameter's gradient is summed over the group in backward."""
+
+    @staticmethod
+    def forward(ctx, param, group):
+        ctx.group, ctx.param = group, param
+        return param.view_as(param)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not _bucketable(ctx.param):
+            return _allreduce(grad, ctx.group), None
+        _bucket(ctx.group).add(ctx.param, grad)
+        return None, None
+
+
+def replicated_param(param: torch.Tensor, group) -> torch.Tensor:
+    """``param`` unchanged; its gradient is summed over the tp group, bucketed with the others.
+
+    For a weight every rank holds whole but applies to its own part of the
+    data (a norm's or a row-parallel bias under sequence parallelism). All
+    such gradients of one backward pass travel in one allreduce per dtype,
+    added to ``.grad`` when the pass ends (use it with ``backward()``, not
+    ``torch.autograd.grad``). A parameter that is not a leaf (a view a
+    sharding wrapper made) or that has gradient hooks (data parallelism's
+    buckets) is reduced where autograd reaches it instead, like
+    ``copy_to_tp``.
+    """
+    if group.world_size == 1 or not param.requires_grad or not torch.is_grad_enabled():
+        return param
+    return _ReplicatedParam.apply(param, group)
 
 
 def copy_to_tp(x: torch.Tensor, group) -> torch.Tensor:
@@ -229,4 +336,4 @@ def reduce_scatter_sequence(x: torch.Tensor, group, dim: int = 1) -> torch.Tenso
 
 
 __all__ = ["copy_to_tp", "reduce_from_tp", "gather_from_tp", "gather_sequence",
-           "scatter_sequence", "reduce_scatter_sequence"]
+           "replicated_param", "scatter_sequence", "reduce_scatter_sequence"]

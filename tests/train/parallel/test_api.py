@@ -55,3 +55,22 @@ def test_pp2_x_dp2_through_parallelize_trains_to_the_one_process_losses(gang4, z
 def test_parallelize_needs_a_mesh():
     with pytest.raises(InvalidInputError, match=r"needs a shoal.train.parallel.Mesh, got dict"):
         parallelize(make_gpt(), {"dp": 2})
+
+
+def _pp2_by_time(config):
+    mesh = Mesh(pp=2)
+    try:
+        ids, tg = batches(1)[0]
+        stage = parallelize(make_gpt(), mesh, pipeline={"balance": "time", "sample": (ids, tg),
+                                                         "loss_fn": lm_loss})
+        return {"pp": mesh.pp_rank, "layers": stage.layer_names}
+    finally:
+        mesh.destroy()
+
+
+def test_parallelize_cuts_the_pipeline_by_measured_time_the_same_on_every_rank(gang):
+    from shoal.train.parallel import pipeline_layers
+    results = sorted(gang.run(_pp2_by_time, timeout=200), key=lambda r: r["pp"])
+    names = [n for n, _ in pipeline_layers(make_gpt())]
+    assert results[0]["layers"] + results[1]["layers"] == names
+    assert results[0]["layers"] and results[1]["layers"]

@@ -7,7 +7,8 @@ from torch import nn
 
 import shoal.train as st
 from shoal.exceptions import InvalidInputError
-from shoal.train.parallel.pipeline import PipelineSchedule, pipeline_layers, split_model
+from shoal.train.parallel.pipeline import (PipelineSchedule, pipeline_layers, profile_layers,
+                                          split_model, stage_costs)
 
 from _models import batches, lm_loss, make_gpt, reference_losses
 
@@ -39,6 +40,53 @@ def test_balance_by_params_minimizes_the_largest_stage():
                           nn.Linear(10, 10), nn.Linear(10, 10))
     stages = split_model(model, 2)
     assert [s.layer_names for s in stages] == [["0"], ["1", "2", "3", "4"]]
+
+
+class _Heavy(nn.Module):
+    """A layer hundreds of times slower than a small Linear (repeated matmuls)."""
+
+    def __init__(self, dim, reps=200):
+        super().__init__()
+        self.w, self.reps = nn.Parameter(torch.eye(dim)), reps
+
+    def forward(self, x):
+        for _ in range(self.reps):
+            x = x @ self.w
+        return x
+
+
+def test_balance_by_listed_costs_minimizes_the_slowest_stage():
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)])
+    stages = split_model(model, 2, balance=[1, 1, 1, 1, 4])
+    assert [s.layer_names for s in stages] == [["0", "1", "2", "3"], ["4"]]
+    assert stage_costs([1, 1, 1, 1, 4], stages, model) == [4, 4]
+    with pytest.raises(InvalidInputError, match=r"needs 5 non-negative numbers"):
+        split_model(model, 2, balance=[1, 2])
+    with pytest.raises(InvalidInputError, match=r"balance='time' needs sample"):
+        split_model(model, 2, balance="time")
+    with pytest.raises(InvalidInputError, match=r"got 'flops'"):
+        split_model(model, 2, balance="flops")
+
+
+def test_profile_layers_counts_the_loss_on_the_last_layer_and_keeps_gradients():
+    torch.manual_seed(0)
+    dim = 64
+    model = nn.Sequential(nn.Linear(dim, dim), _Heavy(dim), nn.Linear(dim, dim), nn.Linear(dim, dim))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    x, y = torch.randn(64, dim), torch.randn(64, dim)
+    heavy = _Heavy(dim)
+
+    def slow_loss(out, t):        # as slow as the heavy layer: the last layer carries it
+        return (heavy(out) - t).square().mean()
+    costs = profile_layers(model, x, y, slow_loss, repeats=3, warmup=1)
+    assert len(costs) == 4 and all(c > 0 for c in costs)
+    assert costs[1] > 5 * max(costs[0], costs[2])       # ~200 matmuls against one
+    assert costs[3] > 5 * max(costs[0], costs[2])       # the loss is the last layer's
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
+    stages = split_model(model, 2, balance="time", sample=(x, y), loss_fn=slow_loss)
+    # the two heavy parts end on different stages
+    assert [s.layer_names for s in stages] in ([["0", "1"], ["2", "3"]], [["0", "1", "2"], ["3"]])
 
 
 def test_explicit_split_points_by_index_or_name():
@@ -117,7 +165,13 @@ def test_one_stage_pipeline_equals_plain_gradient_accumulation():
 def _pp_train(config):
     comm = st.get_communicator()
     model = make_gpt()
-    stage = split_model(model, comm.world_size, split_points=config.get("split"))[comm.rank]
+    if config.get("balance") == "time":    # every rank times its layers; all cut alike
+        ids, tg = batches(1)[0]
+        m = config["m"]
+        stage = split_model(model, comm.world_size, balance="time", sample=(ids[:len(ids) // m],
+                            tg[:len(tg) // m]), loss_fn=lm_loss, group=comm)[comm.rank]
+    else:
+        stage = split_model(model, comm.world_size, split_points=config.get("split"))[comm.rank]
     opt = torch.optim.Adam(stage.parameters(), lr=0.05)
     losses, bubbles = [], []
     with PipelineSchedule(stage, comm, schedule=config["schedule"],
@@ -146,6 +200,13 @@ def test_two_stage_pipeline_trains_to_the_one_process_losses(gang, schedule):
     assert last["losses"] == pytest.approx(ref, abs=LOSS_ATOL)
     assert ref[-1] < 0.5 * ref[0]          # it learned, so the comparison means something
     assert all(0.0 <= b < 1.0 for b in first["bubble"] + last["bubble"])
+
+
+def test_stages_balanced_by_measured_time_agree_across_ranks_and_train(gang):
+    first, last = gang.run(_pp_train, {"schedule": "1f1b", "m": 4, "balance": "time"})
+    names = [n for n, _ in pipeline_layers(make_gpt())]
+    assert first["stage"] + last["stage"] == names       # one cut, the same on both ranks
+    assert last["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
 
 
 def _reference_with_short_steps(short):

@@ -8,7 +8,7 @@ from torch import nn
 import shoal.train as st
 from shoal.exceptions import InvalidInputError
 from shoal.train.parallel import (apply_tensor_parallel, gather_sequence, reduce_scatter_sequence,
-                                  scatter_sequence, vocab_parallel_cross_entropy)
+                                  replicated_param, scatter_sequence, vocab_parallel_cross_entropy)
 
 from _models import TP_SP_PLAN, lm_loss, batches, make_gpt, reference_losses
 
@@ -109,6 +109,12 @@ def test_tp2_with_sequence_parallelism_equals_one_process(gang):
         # the activations' allreduces of plain tp are gone (the embedding's and loss's remain)
         reduced = [n for k, n in res["calls"] if k == "allreduce"]
         assert 8 * 16 * 32 not in reduced[1:] and reduced.count(8 * 16 * 32) == 1
+        # the norms' weights and biases and the row layers' biases (6 of dim 32 per block, the
+        # final norm's 2): one bucketed allreduce at the end of backward, none of them alone
+        assert reduced[-1] == 4 * 6 * 32 + 2 * 32 and 32 not in reduced
+    for name in results[0]["grads"]:       # replicated parameters stay bitwise equal
+        if "ln" in name or "norm" in name or name.endswith("proj.bias") or name.endswith("fc2.bias"):
+            assert torch.equal(results[0]["grads"][name], results[1]["grads"][name]), name
 
 
 def test_sequence_parallel_rejects_a_module_with_parameters_and_an_indivisible_sequence():
@@ -120,3 +126,39 @@ def test_sequence_parallel_rejects_a_module_with_parameters_and_an_indivisible_s
     with pytest.raises(InvalidInputError, match=r"a sequence of 5 .* does not divide over the tp "
                                                 r"group of 2"):
         scatter_sequence(torch.zeros(1, 5, 2), Half())
+
+
+def _bucket_cases(config):
+    comm = _Counting(st.get_communicator())
+    r = comm.rank
+    torch.manual_seed(0)
+    w, v = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(3))
+    x, z = torch.full((4,), r + 1.0), torch.full((3,), 10.0 * (r + 1))
+    out = {}
+    comm.calls.clear()
+    for _ in range(2):     # two backward passes accumulate, as a pipeline's micro-batches do
+        y = (replicated_param(w, comm) * x).sum() + (replicated_param(w, comm) * x).sum() \
+            + (replicated_param(v, comm) * z).sum()
+        y.backward()
+    out["bucketed"] = (w.grad.clone(), v.grad.clone(), list(comm.calls))
+    hooked = nn.Parameter(torch.randn(4))
+    seen = []
+    hooked.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))
+    comm.calls.clear()
+    (replicated_param(hooked, comm) * x).sum().backward()
+    out["hooked"] = (hooked.grad.clone(), seen, list(comm.calls))
+    return out
+
+
+def test_replicated_parameter_gradients_travel_in_one_allreduce_per_backward(gang):
+    for res in gang.run(_bucket_cases):
+        wg, vg, calls = res["bucketed"]
+        # d/dw of 2 (w . x_r), summed over ranks (x = 1, 2), over 2 passes: 2 * 2 * 3
+        torch.testing.assert_close(wg, torch.full((4,), 12.0))
+        torch.testing.assert_close(vg, torch.full((3,), 2 * 30.0))
+        assert calls == [("allreduce", 7), ("allreduce", 7)]     # w and v together, per pass
+        hg, seen, calls = res["hooked"]
+        # a parameter with a gradient hook (e.g. DDP's) is reduced where autograd reaches it,
+        # so the hook sees the summed gradient
+        torch.testing.assert_close(hg, torch.full((4,), 3.0))
+        assert len(seen) == 1 and torch.equal(seen[0], hg) and calls == [("allreduce", 4)]
