@@ -11,7 +11,8 @@ value, separate), 16 environments: shoal and RLlib with 2 env runners x 8
 vectorised envs, Stable-Baselines3 in one process (a DummyVecEnv of 16).
 Each run is its own process, started fresh; the clock runs from building
 the algorithm (runners started) to the iteration that solves, cluster
-start-up excluded (shoal.init / ray.init); rounds alternate systems per
+start-up excluded (shoal.init / ray.init, and until the task workers each
+prestarts have booted: four half-second tasks run at once); rounds alternate systems per
 seed. Episodes are counted the same way for every system: the mean of the
 last 20 episodes that ended. (RLlib's own ``episode_return_mean`` averages
 only the episodes that ended in the latest iteration, 1 to 3 once
@@ -68,7 +69,7 @@ IMPALA_HYPER = dict(lr=1e-3, train_batch_size=512, rollout_fragment_length=32)
 def solve_shoal(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import PPOConfig
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (PPOConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
@@ -85,7 +86,7 @@ def solve_shoal(seed: int, max_steps: int, max_s: float) -> dict:
 def solve_shoal_impala(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import IMPALAConfig
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (IMPALAConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
@@ -157,6 +158,24 @@ def _rllib_config(seed: int | None):
             .debugging(seed=seed))
 
 
+def _shoal_init():
+    import shoal
+    shoal.init(num_cpus=4)
+    _settle(lambda f: shoal.get([shoal.remote(f).remote() for _ in range(4)], timeout=120))
+
+
+def _pause():
+    time.sleep(0.5)
+
+
+def _settle(run_tasks) -> None:
+    # Cluster start-up is excluded from the clock; that includes the task
+    # workers each system prestarts in the background at init (one per CPU),
+    # which would otherwise boot during the timed build, beside the runners.
+    # Four half-second tasks at once need four booted workers.
+    run_tasks(_pause)
+
+
 def _ray_init(tmp: str):
     import ray
     # Ray's node start-up gives up after a fixed 30 s, which a loaded 2-core
@@ -165,6 +184,7 @@ def _ray_init(tmp: str):
         try:
             ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
                      configure_logging=False)
+            _settle(lambda f: ray.get([ray.remote(f).remote() for _ in range(4)], timeout=120))
             return
         except Exception:  # noqa: BLE001 - "node timed out during startup"
             ray.shutdown()
@@ -357,7 +377,7 @@ def budget_shoal_dqn(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import DQNConfig
     z = ZOO_DQN
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (DQNConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
@@ -379,7 +399,7 @@ def budget_shoal_pendulum(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import PPOConfig
     z = ZOO_PENDULUM
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (PPOConfig().environment("Pendulum-v1")
             .env_runners(num_env_runners=2, num_envs_per_env_runner=z["n_envs"] // 2,
@@ -603,7 +623,7 @@ SAMPLE_FRAGMENT = 128
 def throughput_shoal(calls: int) -> dict:
     import shoal
     from shoal.rl import PPOConfig
-    shoal.init(num_cpus=4)
+    _shoal_init()
     algo = (PPOConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
                          rollout_fragment_length=SAMPLE_FRAGMENT)
