@@ -1,6 +1,8 @@
 """Reinforcement learning: shoal.rl vs RLlib vs Stable-Baselines3.
 
     python benchmarks/rl.py [--quick] [--seeds 3] [--what throughput,solve,impala,dqn,pendulum]
+    python benchmarks/rl.py --what solve --seed-list 1 --results r.jsonl   # one seed of a split sweep
+    python benchmarks/rl.py --report r.jsonl        # the tables and plots of every saved result
 
 Time to solve (solve): PPO on CartPole-v1 until the mean return of the
 last 20 episodes reaches 475, every system with the same hyperparameters
@@ -9,7 +11,8 @@ value, separate), 16 environments: shoal and RLlib with 2 env runners x 8
 vectorised envs, Stable-Baselines3 in one process (a DummyVecEnv of 16).
 Each run is its own process, started fresh; the clock runs from building
 the algorithm (runners started) to the iteration that solves, cluster
-start-up excluded (shoal.init / ray.init); rounds alternate systems per
+start-up excluded (shoal.init / ray.init, and until the task workers each
+prestarts have booted: four half-second tasks run at once); rounds alternate systems per
 seed. Episodes are counted the same way for every system: the mean of the
 last 20 episodes that ended. (RLlib's own ``episode_return_mean`` averages
 only the episodes that ended in the latest iteration, 1 to 3 once
@@ -66,7 +69,7 @@ IMPALA_HYPER = dict(lr=1e-3, train_batch_size=512, rollout_fragment_length=32)
 def solve_shoal(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import PPOConfig
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (PPOConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
@@ -83,7 +86,7 @@ def solve_shoal(seed: int, max_steps: int, max_s: float) -> dict:
 def solve_shoal_impala(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import IMPALAConfig
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (IMPALAConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
@@ -155,6 +158,24 @@ def _rllib_config(seed: int | None):
             .debugging(seed=seed))
 
 
+def _shoal_init():
+    import shoal
+    shoal.init(num_cpus=4)
+    _settle(lambda f: shoal.get([shoal.remote(f).remote() for _ in range(4)], timeout=120))
+
+
+def _pause():
+    time.sleep(0.5)
+
+
+def _settle(run_tasks) -> None:
+    # Cluster start-up is excluded from the clock; that includes the task
+    # workers each system prestarts in the background at init (one per CPU),
+    # which would otherwise boot during the timed build, beside the runners.
+    # Four half-second tasks at once need four booted workers.
+    run_tasks(_pause)
+
+
 def _ray_init(tmp: str):
     import ray
     # Ray's node start-up gives up after a fixed 30 s, which a loaded 2-core
@@ -163,6 +184,7 @@ def _ray_init(tmp: str):
         try:
             ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
                      configure_logging=False)
+            _settle(lambda f: ray.get([ray.remote(f).remote() for _ in range(4)], timeout=120))
             return
         except Exception:  # noqa: BLE001 - "node timed out during startup"
             ray.shutdown()
@@ -300,6 +322,12 @@ def bench_solve(seeds: list, systems: list, max_steps: int, max_s: float, name: 
             rows[s].append(r)
             print(f"  seed {seed} {s:12s} " + json.dumps({k: v for k, v in r.items() if k != "curve"}),
                   flush=True)
+            _save(name, s, seed, r)
+    report_solve(rows, seeds, systems, name, title)
+
+
+def report_solve(rows: dict, seeds: list, systems: list, name: str, title: str) -> None:
+    """The solve tables and plot of ``rows`` (system -> one result per seed)."""
     print("\n| system | seed | solved | wall s | env steps | env steps/s | load avg (1/5/15) |\n"
           "|---|---|---|---|---|---|---|")
     for s in systems:
@@ -349,7 +377,7 @@ def budget_shoal_dqn(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import DQNConfig
     z = ZOO_DQN
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (DQNConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
@@ -371,7 +399,7 @@ def budget_shoal_pendulum(seed: int, max_steps: int, max_s: float) -> dict:
     import shoal
     from shoal.rl import PPOConfig
     z = ZOO_PENDULUM
-    shoal.init(num_cpus=4)
+    _shoal_init()
     t0 = time.perf_counter()
     algo = (PPOConfig().environment("Pendulum-v1")
             .env_runners(num_env_runners=2, num_envs_per_env_runner=z["n_envs"] // 2,
@@ -481,6 +509,15 @@ def bench_budget(name: str, seeds: list, max_s: float) -> None:
             rows[s].append(r)
             print(f"  seed {seed} {s:15s} " + json.dumps({k: v for k, v in r.items() if k != "curve"}),
                   flush=True)
+            _save(name, s, seed, r)
+    report_budget(rows, seeds, name)
+
+
+def report_budget(rows: dict, seeds: list, name: str) -> None:
+    """The fixed-budget tables and plot of ``rows`` (system -> one result per seed)."""
+    z = ZOO[name]
+    systems = [f"shoal-{name}", f"sb3-{name}"]
+    algo = "DQN" if name == "dqn" else "PPO"
     lo, hi = z["mean"] - z["std"], z["mean"] + z["std"]
     print(f"\n| system | seed | wall s | final greedy return ({EVAL_EPISODES} ep.) | within zoo range "
           f"[{lo:.0f}, {hi:.0f}] | load avg (1/5/15) |\n|---|---|---|---|---|---|")
@@ -496,11 +533,48 @@ def bench_budget(name: str, seeds: list, max_s: float) -> None:
     if all(ok.values()):
         w = {s: _median([r["wall_s"] for r in ok[s]]) for s in systems}
         e = {s: _median([r["eval_return"] for r in ok[s]]) for s in systems}
-        print(f"\n| system | median wall s | median final return | wall vs shoal |\n|---|---|---|---|")
+        print(f"\n| system | median wall s | median final return | mean +- std final return | "
+              f"wall vs shoal |\n|---|---|---|---|---|")
         for s in systems:
-            print(f"| {s} | {w[s]:.1f} | {e[s]:.1f} | {w[s] / w[systems[0]]:.2f}x |")
+            ev = [r["eval_return"] for r in ok[s]]
+            m = sum(ev) / len(ev)
+            sd = (sum((x - m) ** 2 for x in ev) / len(ev)) ** 0.5
+            print(f"| {s} | {w[s]:.1f} | {e[s]:.1f} | {m:.1f} +- {sd:.1f} | {w[s] / w[systems[0]]:.2f}x |")
     plot(rows, seeds, f"rl_{name}.png", f"{algo} on {z['env']} (mean of the last {WINDOW} training episodes)",
          target=None)
+
+
+# ---------------------------------------------------------------- results across runs
+RESULTS = None     # --results FILE: every result is appended there as a JSON line
+
+
+def _save(section: str, system: str, seed: int, r: dict) -> None:
+    if RESULTS:
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps({"section": section, "system": system, "seed": seed, **r}) + "\n")
+
+
+def report_file(path: str) -> None:
+    """Tables and plots of every result saved in ``path`` by runs with ``--results``.
+
+    Long sweeps are split into several short runs (one seed each, say),
+    each appending to the same file; this renders them as one run would."""
+    by: dict = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                by.setdefault(r["section"], {}).setdefault(r["system"], {})[r["seed"]] = r
+    for section, systems in by.items():
+        seeds = sorted({seed for per in systems.values() for seed in per})
+        names = list(systems)
+        full = [seed for seed in seeds if all(seed in systems[s] for s in names)]
+        rows = {s: [systems[s][seed] for seed in full] for s in names}
+        if section in ZOO:
+            report_budget(rows, full, section)
+        else:
+            title = "PPO" if section == "ppo" else "IMPALA (shoal PPO for reference)"
+            report_solve(rows, full, names, section, title)
 
 
 # ---------------------------------------------------------------- plots
@@ -549,7 +623,7 @@ SAMPLE_FRAGMENT = 128
 def throughput_shoal(calls: int) -> dict:
     import shoal
     from shoal.rl import PPOConfig
-    shoal.init(num_cpus=4)
+    _shoal_init()
     algo = (PPOConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
                          rollout_fragment_length=SAMPLE_FRAGMENT)
@@ -632,6 +706,10 @@ def main(argv=None) -> None:
                     help="seeds of the dqn and pendulum sections (default: --seeds)")
     ap.add_argument("--max-steps", type=int, default=400_000)
     ap.add_argument("--max-s", type=float, default=900.0)
+    ap.add_argument("--seed-list", default=None,
+                    help="comma-separated seeds to run (instead of 0..--seeds-1): split a sweep into short runs")
+    ap.add_argument("--results", default=None, help="append every result to this JSON-lines file")
+    ap.add_argument("--report", default=None, help="print the tables and plots of a --results file and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="solve", help=argparse.SUPPRESS)
@@ -641,17 +719,24 @@ def main(argv=None) -> None:
         args = (a.max_steps,) if a.kind == "throughput" else (a.seed, a.max_steps, a.max_s)
         print("RESULT " + json.dumps(fn(*args)), flush=True)
         return
+    if a.report:
+        report_file(a.report)
+        return
+    global RESULTS
+    RESULTS = a.results
     print("load average before: %.2f %.2f %.2f" % os.getloadavg())
     what = a.what.split(",")
     if "throughput" in what:
         bench_throughput(2 if a.quick else 3, 5)
     seeds = list(range(1 if a.quick else a.seeds))
+    if a.seed_list:
+        seeds = [int(x) for x in a.seed_list.split(",")]
     if "solve" in what:
         bench_solve(seeds, a.systems.split(","), a.max_steps, a.max_s)
     if "impala" in what:
         bench_solve(seeds, a.impala_systems.split(","), a.max_steps, a.max_s,
                     name="impala", title="IMPALA (shoal PPO for reference)")
-    budget_seeds = seeds if a.budget_seeds is None else list(range(a.budget_seeds))
+    budget_seeds = seeds if a.budget_seeds is None or a.seed_list else list(range(a.budget_seeds))
     for name in ("dqn", "pendulum"):
         if name in what:
             bench_budget(name, budget_seeds, a.max_s)

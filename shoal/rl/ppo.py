@@ -127,22 +127,24 @@ def ppo_update(learner, batch: dict, config: PPOConfig, kl_coeff: float = 0.0) -
     # every rank must take as many steps (DDP); the tail that makes a partial
     # minibatch is skipped in that epoch (it is a different tail each epoch)
     n_mb = max(1, n // mb)
-    sums: dict = {}
-    steps = 0
+    collected: dict = {}
     for _ in range(config.num_epochs):
         perm = torch.randperm(n, generator=learner.generator)
+        # one gather per column and epoch; the minibatches are then views
+        # (the same rows as indexing each minibatch, with 6x fewer ops)
+        shuffled = {k: v[perm] for k, v in t.items()}
         for i in range(n_mb):
-            idx = perm[i * mb:(i + 1) * mb]
-            loss, stats = ppo_loss(learner.module, learner.model, {k: v[idx] for k, v in t.items()},
+            loss, stats = ppo_loss(learner.module, learner.model,
+                                   {k: v[i * mb:(i + 1) * mb] for k, v in shuffled.items()},
                                    config.clip_param, config.vf_clip_param, config.vf_loss_coeff,
                                    config.entropy_coeff, kl_coeff, config.normalize_advantages)
             learner.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             learner.clip_and_step()
             for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            steps += 1
-    out = {k: float(v) / steps for k, v in sums.items()}
+                collected.setdefault(k, []).append(v)
+    # one reduction per statistic at the end, not an add per minibatch
+    out = {k: float(torch.stack(v).mean()) for k, v in collected.items()}
     with torch.no_grad():
         _, values = learner.module(t["obs"])
         var = t["value_targets"].var()
