@@ -21,6 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+_NEGLIGIBLE = -50.0
 _TILE = 256        # rows per tile: (d + 2k) x 256 doubles stay in L1/L2 for d, k up to ~20
 
 # reassoc: the per-tile sums vectorise (a different summation order, not less accurate);
@@ -88,7 +89,12 @@ def _normalise(L, m, k):
             mx = 0.0
         acc = 0.0
         for c in range(k):
-            e = np.exp(L[c, t] - mx)
+            v = L[c, t] - mx
+            # e^-50 = 2e-22 is below a rounding error of the sum (>= 1: its largest term is
+            # e^0), so it changes neither the log-likelihood nor the other responsibilities;
+            # its own (< 2e-22) becomes 0. On separated components most terms are such, and
+            # their exp was most of the pass's time
+            e = np.exp(v) if v > _NEGLIGIBLE else 0.0
             L[c, t] = e
             acc += e
         total += np.log(acc) + mx

@@ -102,6 +102,13 @@ def gmm_column_sums(X, y):
     return X.sum(axis=0), float(X.shape[0])
 
 
+def gmm_sample_rows(X, y, index, fraction, seed):
+    """Each row of a block kept with probability ``fraction`` (a draw fixed by the seed and
+    the block's position)."""
+    rng = np.random.default_rng([seed, index, 1])
+    return X[rng.random(X.shape[0]) < fraction]
+
+
 def gmm_hard_init(X, y, shift, centers, covariance_type):
     """Moments of a block with every row given wholly to its nearest center (k-means init)."""
     from shoal.ml.clustering._gmm_kernels import hard_moments
