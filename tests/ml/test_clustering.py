@@ -137,6 +137,17 @@ def test_gaussian_mixture_local_threads_share_each_pass():
             np.testing.assert_allclose(a, b, rtol=1e-11)
 
 
+def test_gaussian_mixture_starts_from_k_means_on_a_sample_above_its_rows():
+    """Above KMEANS_ROWS rows the k-means start runs on a uniform sample; EM over all rows
+    reaches scikit-learn's optimum (log-likelihood within 1e-6)."""
+    from shoal.ml.clustering import _gaussian_mixture as G
+    X, _ = make_blobs(G.KMEANS_ROWS + 9_000, 3, centers=3, random_state=1)
+    ours = GaussianMixture(3, random_state=0).fit(X)
+    theirs = sk_mixture.GaussianMixture(3, random_state=0).fit(X)
+    assert ours.converged_ and ours.lower_bound_ == pytest.approx(theirs.lower_bound_, abs=1e-6)
+    np.testing.assert_allclose(ours.means_, _matched(ours.means_, theirs.means_), atol=1e-4)
+
+
 def test_gaussian_mixture_rejects_bad_parameters_and_collapsed_components():
     X = np.random.default_rng(0).normal(size=(50, 2))
     with pytest.raises(InvalidInputError, match="covariance_type"):
