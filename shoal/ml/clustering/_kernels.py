@@ -1,7 +1,8 @@
 """Map-side kernels of shoal.ml.clustering: what one block contributes to a pass.
 
-NumPy only (no scikit-learn; the GaussianMixture and LDA E steps call their Numba loops): these run in worker tasks and shard actors, which import
-this module and nothing heavier. Every kernel takes the block as ``(X, y, ...)`` (the
+NumPy only (no scikit-learn; the GaussianMixture and LDA E steps call their Numba loops,
+loaded on first use): these run in worker tasks and shard actors, which import this module
+and nothing heavier. Every kernel takes the block as ``(X, y, ...)`` (the
 DesignMatrix convention) and returns sums that add across blocks (``tree_sum``).
 """
 from __future__ import annotations
