@@ -1,7 +1,8 @@
 """Map-side kernels of shoal.ml.clustering: what one block contributes to a pass.
 
-NumPy only (no scikit-learn; the LDA E step calls its Numba loop): these run in worker tasks and shard actors, which import
-this module and nothing heavier. Every kernel takes the block as ``(X, y, ...)`` (the
+NumPy only (no scikit-learn; the GaussianMixture and LDA E steps call their Numba loops,
+loaded on first use): these run in worker tasks and shard actors, which import this module
+and nothing heavier. Every kernel takes the block as ``(X, y, ...)`` (the
 DesignMatrix convention) and returns sums that add across blocks (``tree_sum``).
 """
 from __future__ import annotations
@@ -59,23 +60,70 @@ def _moment_sums(Xc, R, covariance_type):
     return nk, s1, s2
 
 
+def _empty_moments(k, d, covariance_type):
+    return np.zeros(k), np.zeros((k, d)), np.zeros((k, d, d) if covariance_type == "full" else (k, 1, d))
+
+
+def _finished_moments(nk, s1, s2, covariance_type):
+    """The compiled kernels' sums as the protocol's: s2 symmetric (k, d, d) or (k, d)."""
+    if covariance_type == "full":
+        low = np.tril(s2)
+        return nk, s1, low + np.tril(s2, -1).transpose(0, 2, 1)
+    return nk, s1, s2[:, 0, :]
+
+
+def e_step_terms(log_weights, means, prec_chol, covariance_type):
+    """What the compiled E step needs besides the rows: (P, b, const) (see _gmm_kernels)."""
+    k, d = means.shape
+    if covariance_type == "full":
+        P = np.ascontiguousarray(prec_chol, dtype=np.float64)
+        b = np.einsum("kd,kde->ke", means, P)
+        log_det = np.log(np.diagonal(P, axis1=1, axis2=2)).sum(axis=1)
+    else:
+        P = np.ascontiguousarray(prec_chol, dtype=np.float64).reshape(k, 1, d)
+        b = np.ascontiguousarray(means, dtype=np.float64)
+        log_det = np.log(prec_chol).sum(axis=1)
+    return P, b, np.asarray(log_weights + log_det - 0.5 * d * LOG_2PI, dtype=np.float64)
+
+
 def gmm_e_step(X, y, shift, log_weights, means, prec_chol, covariance_type):
-    """One E step on a block: (sum of log-likelihoods, sum r, sum r x, second moments)."""
-    Xc = X - shift
-    lp = gaussian_log_prob(Xc, means, prec_chol, covariance_type) + log_weights
-    norm = log_sum_exp(lp)
-    R = np.exp(lp - norm[:, None])
-    return (float(norm.sum()),) + _moment_sums(Xc, R, covariance_type)
+    """One E step on a block: (sum of log-likelihoods, sum r, sum r x, second moments), in one
+    compiled pass over the rows (``_gmm_kernels.e_step``)."""
+    from shoal.ml.clustering._gmm_kernels import e_step     # Numba loads on first use only
+    k, d = means.shape
+    P, b, const = e_step_terms(log_weights, means, prec_chol, covariance_type)
+    nk, s1, s2 = _empty_moments(k, d, covariance_type)
+    total = e_step(np.ascontiguousarray(X, dtype=np.float64), np.asarray(shift, dtype=np.float64),
+                   covariance_type == "full", P, b, const, nk, s1, s2)
+    return (float(total),) + _finished_moments(nk, s1, s2, covariance_type)
+
+
+def gmm_column_sums(X, y):
+    """(sum of the rows, number of rows) of a block."""
+    return X.sum(axis=0), float(X.shape[0])
+
+
+def gmm_sample_rows(X, y, index, fraction, seed):
+    """Each row of a block kept with probability ``fraction`` (a draw fixed by the seed and
+    the block's position)."""
+    rng = np.random.default_rng([seed, index, 1])
+    return X[rng.random(X.shape[0]) < fraction]
 
 
 def gmm_hard_init(X, y, shift, centers, covariance_type):
     """Moments of a block with every row given wholly to its nearest center (k-means init)."""
+    from shoal.ml.clustering._gmm_kernels import hard_moments
     Xc = X - shift
     C = centers - shift
-    d2 = (C * C).sum(axis=1) - 2.0 * Xc @ C.T
-    R = np.zeros((X.shape[0], len(C)))
-    R[np.arange(X.shape[0]), d2.argmin(axis=1)] = 1.0
-    return (0.0,) + _moment_sums(Xc, R, covariance_type)
+    k, d = C.shape
+    labels = np.empty(X.shape[0], dtype=np.int64)
+    c_sq = (C * C).sum(axis=1)
+    for s in range(0, X.shape[0], 8192):     # the (rows x k) distances in cache-sized pieces
+        labels[s:s + 8192] = (c_sq - 2.0 * Xc[s:s + 8192] @ C.T).argmin(axis=1)
+    nk, s1, s2 = _empty_moments(k, d, covariance_type)
+    hard_moments(np.ascontiguousarray(X, dtype=np.float64), np.asarray(shift, dtype=np.float64), labels,
+                 k, covariance_type == "full", nk, s1, s2)
+    return (0.0,) + _finished_moments(nk, s1, s2, covariance_type)
 
 
 def gmm_random_init(X, y, index, shift, k, seed, covariance_type):
