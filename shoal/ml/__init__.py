@@ -56,6 +56,7 @@ _EXPORTS = {
     "CountVectorizer": "_count_vectorizer", "NGram": "_token_filters", "StopWordsRemover": "_token_filters", "VarianceThresholdSelector": "_selectors",
     "VectorSlicer": "_vectors", "ElementwiseProduct": "_vectors", "DCT": "_vectors",
     "Interaction": "_vectors", "VectorIndexer": "_vectors", "FeatureHasher": "_feature_hasher",
+    "TargetEncoder": "_target_encoder", "IndexToString": "_index_to_string", "RFormula": "_rformula",
     # workflow
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",

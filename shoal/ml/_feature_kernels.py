@@ -39,3 +39,33 @@ def row_kron(parts):
 def binarize_block(X, y, threshold):
     """Binarizer's fused-pipeline kernel: 1.0 above the threshold, else 0.0."""
     return (X > threshold).astype(np.float64), y
+
+
+def category_target_stats(columns, y):
+    """Per column (distinct values, count, sum of y, sum of y^2) and the totals (n, sum, sum^2):
+    one block's share of TargetEncoder's statistics. Each column is a NumPy array."""
+    y = np.asarray(y, dtype=np.float64)
+    y2 = y * y
+    per = []
+    for col in columns:
+        values, inverse = np.unique(col, return_inverse=True)
+        inverse = inverse.ravel()
+        k = len(values)
+        per.append((values, np.bincount(inverse, minlength=k).astype(np.float64),
+                    np.bincount(inverse, weights=y, minlength=k), np.bincount(inverse, weights=y2, minlength=k)))
+    return per, (float(len(y)), float(y.sum()), float(y2.sum()))
+
+
+def merge_category_target_stats(parts):
+    """The blocks' category_target_stats summed by category (on the driver); a part may carry
+    more items after its (per column, totals) pair."""
+    n_cols = len(parts[0][0])
+    merged = []
+    for j in range(n_cols):
+        values = np.concatenate([p[0][j][0] for p in parts])
+        u, inverse = np.unique(values, return_inverse=True)
+        inverse = inverse.ravel()
+        merged.append((u,) + tuple(np.bincount(inverse, weights=np.concatenate([p[0][j][i] for p in parts]),
+                                               minlength=len(u)) for i in (1, 2, 3)))
+    totals = tuple(sum(p[1][i] for p in parts) for i in range(3))
+    return merged, totals

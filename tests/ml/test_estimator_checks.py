@@ -36,6 +36,7 @@ ESTIMATORS = [
     ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
     ml.Binarizer(threshold=0.5), ml.RobustScaler(), ml.RobustScaler(with_centering=False, unit_variance=True),
     ml.VectorSlicer(indices=[0]), ml.DCT(), ml.DCT(inverse=True), ml.Interaction(), ml.VectorIndexer(),
+    ml.TargetEncoder(), ml.TargetEncoder(smoothing="auto", handle_invalid="keep"),
 ]
 
 
