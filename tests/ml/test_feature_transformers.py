@@ -287,3 +287,22 @@ def test_a_missing_vector_column_at_transform_is_named():
     table = pa.table({"a": [1.0, float("nan")], "b": [1.0, 2.0]})
     with pytest.raises(Exception, match="NaN"):
         dct.transform(sd.from_arrow(table)).materialize()
+
+
+def test_binarizer_and_robust_scaler_fuse_into_a_pipeline():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 3)) * [1.0, 20.0, 0.1]
+    y = (X[:, 0] + X[:, 1] / 20 > 0).astype(int)
+    for step in (ml.RobustScaler(), ml.Binarizer(0.0)):
+        pipe = ml.Pipeline([("step", step), ("lr", ml.LogisticRegression())]).fit(X, y)
+        ref = ml.LogisticRegression().fit(type(step)(**step.get_params()).fit(X).transform(X), y)
+        np.testing.assert_allclose(pipe.named_steps["lr"].coef_, ref.coef_, rtol=1e-6)
+
+
+def test_saved_transformers_load_and_transform_alike(tmp_path):
+    X = np.random.default_rng(6).normal(size=(50, 3)).round(1)
+    for est in (ml.RobustScaler().fit(X), ml.Binarizer([0.0, 0.1, -0.1]).fit(X), ml.DCT().fit(X),
+                ml.VectorSlicer(indices=[1]).fit(X), ml.Interaction().fit(X),
+                ml.ElementwiseProduct([1.0, 2.0, 3.0]).fit(X), ml.VectorIndexer(max_categories=30).fit(X)):
+        ml.save(est, tmp_path / type(est).__name__)
+        np.testing.assert_array_equal(ml.load(tmp_path / type(est).__name__).transform(X), est.transform(X))

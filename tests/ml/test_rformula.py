@@ -109,3 +109,13 @@ def test_on_a_dataset_writes_features_and_label_and_feeds_a_model():
     pipe.fit(ds, label="bought")
     assert list(pipe.named_steps["lr"].feature_names_in_) == ["features"]
     assert (pipe.predict(ds).to_numpy("prediction") == frame["bought"].to_numpy()).mean() > 0.9
+
+
+def test_save_and_load_keep_the_encoding(tmp_path):
+    frame = CLICKS.assign(fruit=["kiwi", "fig", "kiwi"])
+    rf = ml.RFormula("fruit ~ country:hour + country + id", handle_invalid="keep").fit(frame)
+    ml.save(rf, tmp_path / "rf")
+    restored = ml.load(tmp_path / "rf")
+    for a, b in zip(restored.transform_xy(frame), rf.transform_xy(frame)):
+        np.testing.assert_array_equal(a, b)
+    assert list(restored.get_feature_names_out()) == list(rf.get_feature_names_out())
