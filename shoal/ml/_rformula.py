@@ -23,8 +23,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from shoal.exceptions import InvalidInputError
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted
 from shoal.ml._feature_kernels import row_kron
-from shoal.ml._input import (_is_dataset, as_frame, column_to_matrix, dense_to_vectors, is_table,
-                             is_vector_type, map_dataset_blocks)
+from shoal.ml._input import (_is_dataset, as_frame, column_to_matrix, is_table, is_vector_type,
+                             map_dataset_blocks)
+from shoal.ml._vectors import vector_column
 
 _TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_][\w.]*|`[^`]+`)|(?P<num>\d+)|(?P<op>[~+\-:.]))")
 _ORDERS = ("frequencyDesc", "frequencyAsc", "alphabetAsc", "alphabetDesc")
@@ -174,7 +175,7 @@ def _features_table(table, rf):
     X, y, keep = rf._build(table)
     if keep is not None and not keep.all():
         table = table.filter(pa.array(keep))
-    out = [(rf.features_col, dense_to_vectors(X))]
+    out = [(rf.features_col, vector_column(X))]
     if y is not None:
         out.append((rf.label_col, pa.array(y)))
     for name, values in out:

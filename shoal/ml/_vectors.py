@@ -35,6 +35,16 @@ def _expanded_names(names, widths):
     return out
 
 
+def vector_column(X):
+    """A matrix as a vector column (fixed-shape tensors), zero rows included."""
+    if X.shape[0]:
+        return dense_to_vectors(X)
+    import pyarrow as pa
+    width = X.shape[1]
+    storage = pa.array([], type=pa.list_(pa.float64(), width))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float64(), [width]), storage)
+
+
 def _vector_table(table, transformer, features):
     """Runs in a task: one block with ``transformer``'s output vector column added."""
     import pyarrow as pa
@@ -46,7 +56,7 @@ def _vector_table(table, transformer, features):
         out, keep = transformer._transform_rows(X)
     if keep is not None and not keep.all():
         table = table.filter(pa.array(keep))
-    column = dense_to_vectors(out)
+    column = vector_column(out)
     name = transformer.output_col
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, column)
@@ -340,9 +350,6 @@ class VectorIndexer(_VectorTransformer):
                 if self.handle_invalid == "skip":
                     keep = known if keep is None else keep & known
         return out, keep
-
-    def _rows_kept(self, frame):
-        return self._transform_rows(np.asarray(frame, dtype=np.float64))[1]
 
     def get_feature_names_out(self, input_features=None):
         check_fitted(self, "category_values_")

@@ -306,3 +306,16 @@ def test_saved_transformers_load_and_transform_alike(tmp_path):
                 ml.ElementwiseProduct([1.0, 2.0, 3.0]).fit(X), ml.VectorIndexer(max_categories=30).fit(X)):
         ml.save(est, tmp_path / type(est).__name__)
         np.testing.assert_array_equal(ml.load(tmp_path / type(est).__name__).transform(X), est.transform(X))
+
+
+
+def test_an_empty_block_gets_an_empty_vector_column():
+    from shoal.ml._rformula import _features_table
+    from shoal.ml._vectors import _vector_table
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "s": ["u", "v"]})
+    empty = pa.Table.from_pandas(frame, preserve_index=False).slice(0, 0)
+    dct = ml.DCT().fit(frame[["a", "b"]])
+    out = _vector_table(empty, dct, ["a", "b"])            # a block task's work on an empty block
+    assert out.num_rows == 0 and out.column("dct").type.shape == [2]
+    out = _features_table(empty, ml.RFormula("a ~ s + b").fit(frame))
+    assert out.num_rows == 0 and {"features", "label"} <= set(out.column_names)
