@@ -147,14 +147,23 @@ def _kind(arrow_type):
 def _block_counts(table, strings, vectors):
     """Runs in a task: per string column (values, counts) of its non-null values; per vector
     column its width (or -1 for an empty block)."""
+    import pyarrow.compute as pc
     counts = []
     for c in strings:
-        v = table.column(c).to_numpy(zero_copy_only=False)
-        v = v[np.array([x is not None for x in v], dtype=bool)] if len(v) else v
-        counts.append(np.unique(v.astype(str), return_counts=True) if len(v)
-                      else (np.array([], dtype=str), np.zeros(0, dtype=np.int64)))
+        vc = pc.value_counts(_as_strings(table.column(c)).drop_null())
+        counts.append((np.asarray(vc.field("values").to_pylist(), dtype=str),
+                       vc.field("counts").to_numpy(zero_copy_only=False).astype(np.int64)))
     widths = [column_to_matrix(table.column(c), c).shape[1] if table.num_rows else -1 for c in vectors]
     return counts, widths, table.num_rows
+
+
+def _as_strings(col):
+    """A string, dictionary or (forced label) numeric column as one Arrow string array."""
+    import pyarrow as pa
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    return col if pa.types.is_string(col.type) else col.cast(pa.string())
 
 
 def _order(values, counts, how):
@@ -331,17 +340,16 @@ class RFormula(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
     def _indices(self, table, c, keep):
         """Category indices of string column c (unseen/null: len(categories)), the rows kept."""
         cats = self.label_categories_ if c == self.label_ and c not in self.categories_ else self.categories_[c]
-        values = table.column(c).to_numpy(zero_copy_only=False)
-        present = np.array([v is not None for v in values], dtype=bool)
-        order = np.argsort(cats)
-        s = cats[order]
-        text = np.where(present, values, "").astype(str)
-        pos = np.minimum(np.searchsorted(s, text), len(s) - 1)
-        known = (s[pos] == text) & present
-        idx = np.where(known, order[pos], len(cats))
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        values = _as_strings(table.column(c))
+        # index_in: the category's position, null for an unseen category or a null value
+        found = pc.index_in(values, value_set=pa.array(cats.tolist(), type=pa.string()))
+        known = found.is_valid().to_numpy(zero_copy_only=False)
+        idx = found.fill_null(len(cats)).to_numpy(zero_copy_only=False).astype(np.int64)
         if not known.all():
             if self.handle_invalid == "error":
-                bad = values[~known][0]
+                bad = values[int(np.flatnonzero(~known)[0])].as_py()
                 what = "a null" if bad is None else f"the category {bad!r}, not seen at fit"
                 raise InvalidInputError(f"RFormula: column {c!r} holds {what}; set handle_invalid='skip' "
                                         f"or 'keep', or refit on data holding it.")

@@ -29,7 +29,8 @@ def _check_column(values, name, allow_null):
                                     f"replace those rows first.")
         missing = np.isnan(values)
     elif values.dtype.kind == "O":
-        missing = np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
+        import pandas as pd
+        missing = np.asarray(pd.isna(values), dtype=bool)     # None, NaN, pd.NA in one C pass
     else:
         missing = np.zeros(len(values), dtype=bool)
     if missing.any() and not allow_null:
@@ -82,11 +83,8 @@ def _stats(cols, y, keep, names):
 
 
 def _present(col):
-    if col.dtype.kind == "f":
-        return ~np.isnan(col)
-    if col.dtype.kind == "O":
-        return np.array([v is not None and not (isinstance(v, float) and v != v) for v in col], dtype=bool)
-    return np.ones(len(col), dtype=bool)
+    import pandas as pd
+    return ~np.asarray(pd.isna(col), dtype=bool)
 
 
 def _as_2d(X):
