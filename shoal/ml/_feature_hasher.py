@@ -124,7 +124,8 @@ class FeatureHasher(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
 
     No fitting is needed: transform takes a Dataset (adds the sparse vector column), a pandas
     or Polars DataFrame or an Arrow Table (returns a SciPy CSR matrix), or a 2-D array (its
-    columns are named x0, x1, ...; numbers are values, strings and booleans categories).
+    columns are named x0, x1, ...; a column of numbers gives values, one of strings or
+    booleans categories).
     """
 
     def __init__(self, num_features=1 << 18, *, input_cols=None, categorical_cols=None,
@@ -157,6 +158,10 @@ class FeatureHasher(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         if features is None and X is not None and is_table(X):
             cols = X.columns() if _is_dataset(X) else [str(c) for c in as_frame(X).columns]
             features = [c for c in cols if c != label]
+        if X is not None and not is_table(X):
+            self.n_features_in_ = _array_table(X).num_columns
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
         if features is not None:
             self.feature_names_in_ = np.asarray(features, dtype=object)
             self.n_features_in_ = len(features)
@@ -189,10 +194,11 @@ class FeatureHasher(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             frame = as_frame(X)
             table = pa.Table.from_pandas(frame, preserve_index=False)
         else:
-            arr = np.asarray(X)
-            if arr.ndim != 2:
-                raise InvalidInputError(f"FeatureHasher takes a 2-D array or a table, got shape {arr.shape}")
-            table = pa.table({f"x{j}": _array_column(arr[:, j]) for j in range(arr.shape[1])})
+            table = _array_table(X)
+            expected = getattr(self, "n_features_in_", table.num_columns)
+            if table.num_columns != expected:
+                raise InvalidInputError(f"X has {table.num_columns} features, but FeatureHasher is expecting "
+                                        f"{expected} features as input (argument X of transform()).")
         if table.num_rows == 0:
             raise InvalidInputError("the input of FeatureHasher is empty (0 rows)")
         return _hash_columns(table, self._columns_for(table.column_names), categorical,
@@ -205,10 +211,38 @@ class FeatureHasher(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
+def _array_table(X):
+    """A 2-D array as an Arrow table of columns x0, x1, ..., checked as scikit-learn checks X."""
+    import pyarrow as pa
+    import scipy.sparse as sparse
+    if sparse.issparse(X):
+        raise TypeError("FeatureHasher does not accept sparse input: pass a dense array or a table.")
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise InvalidInputError(f"Expected 2D array for X, got {arr.ndim}D array instead. Reshape your data "
+                                f"with X.reshape(-1, 1) for a single feature.")
+    if np.iscomplexobj(arr):
+        raise InvalidInputError("Complex data not supported in X given to FeatureHasher.")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidInputError(f"Found array with {arr.shape[0]} sample(s) and {arr.shape[1]} feature(s) "
+                                f"(shape={arr.shape}) while a minimum of 1 is required by FeatureHasher.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        j = int(np.flatnonzero(~np.isfinite(arr).all(axis=0))[0])
+        kind = "NaN" if np.isnan(arr[:, j]).any() else "infinity (inf)"
+        raise InvalidInputError(f"X contains {kind} in column x{j}; an array's missing values cannot be told "
+                                f"from numbers: give a table with nulls, or drop or impute them.")
+    return pa.table({f"x{j}": _array_column(arr[:, j]) for j in range(arr.shape[1])})
+
+
 def _array_column(values):
     """One column of a NumPy array as Arrow: numbers as they are, anything else as strings."""
+    import pandas as pd
     import pyarrow as pa
     if values.dtype.kind in "biuf":
         return pa.array(values)
-    return pa.array([None if v is None else v if isinstance(v, (bool, np.bool_)) else str(v)
-                     for v in values])
+    kind = pd.api.types.infer_dtype(values, skipna=True)     # an object column's cells, by type
+    if kind in ("floating", "integer", "mixed-integer-float"):
+        return pa.array(pd.to_numeric(pd.Series(values)).to_numpy(dtype=np.float64), from_pandas=True)  # None: null
+    if kind == "boolean":
+        return pa.array(values.tolist(), type=pa.bool_())
+    return pa.array([None if v is None else str(v) for v in values])

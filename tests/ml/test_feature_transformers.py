@@ -83,6 +83,16 @@ def test_feature_hasher_indices_are_murmur3_seed_42_of_name_or_name_value():
     assert _as_dict(X[1]) == {murmurhash3_32(b"vip=false", seed=42) % 1024: 1.0}   # nulls add nothing
 
 
+def test_feature_hasher_on_an_array_names_columns_x0_x1():
+    from sklearn.utils import murmurhash3_32
+    X = np.array([[1.5, "cod"], [2.0, "eel"]], dtype=object)
+    out = ml.FeatureHasher(num_features=1 << 10).fit(X).transform(X)
+    h = {t: murmurhash3_32(t.encode(), seed=42) % 1024 for t in ("x0", "x1=cod")}
+    assert _as_dict(out[0]) == {h["x0"]: 1.5, h["x1=cod"]: 1.0}
+    with pytest.raises(InvalidInputError, match="NaN in column x1"):
+        ml.FeatureHasher().fit(np.array([[1.0, np.nan]]))
+
+
 @on_cluster
 def test_feature_hasher_on_a_dataset_matches_the_frame():
     ds = sd.from_pandas(SPARK_HASHER_ROWS.assign(id=[0, 1])).repartition(2)
