@@ -49,10 +49,14 @@ _EXPORTS = {
     # features
     "StandardScaler": "_scalers", "MinMaxScaler": "_scalers", "MaxAbsScaler": "_scalers",
     "Normalizer": "_scalers", "Imputer": "_scalers", "PolynomialExpansion": "_scalers",
+    "Binarizer": "_scalers", "RobustScaler": "_scalers",
     "Bucketizer": "_discretize", "QuantileDiscretizer": "_discretize",
     "OneHotEncoder": "_categorical", "StringIndexer": "_categorical", "VectorAssembler": "_categorical",
-    "Tokenizer": "_text", "HashingTF": "_text", "IDF": "_text",
+    "Tokenizer": "_text", "RegexTokenizer": "_text", "HashingTF": "_text", "IDF": "_text",
     "CountVectorizer": "_count_vectorizer", "NGram": "_token_filters", "StopWordsRemover": "_token_filters", "VarianceThresholdSelector": "_selectors",
+    "VectorSlicer": "_vectors", "ElementwiseProduct": "_vectors", "DCT": "_vectors",
+    "Interaction": "_vectors", "VectorIndexer": "_vectors", "FeatureHasher": "_feature_hasher",
+    "TargetEncoder": "_target_encoder", "IndexToString": "_index_to_string", "RFormula": "_rformula",
     # workflow
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",

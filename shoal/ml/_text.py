@@ -1,4 +1,4 @@
-"""Text features: Tokenizer, HashingTF (the hashing trick) and IDF (Spark's smoothed formula).
+"""Text features: Tokenizer, RegexTokenizer, HashingTF (the hashing trick) and IDF (Spark's smoothed formula).
 
 On a Dataset each reads ``input_col`` (or the one column fit's ``features=`` names) and lazily
 adds ``output_col`` (Spark's inputCol/outputCol):
@@ -98,7 +98,8 @@ class Tokenizer(_OneColumn, ShoalEstimatorMixin, TransformerMixin, BaseEstimator
             s = s.str.lower()
         tokens = s.str.split(self.pattern, regex=True)
         m = self.min_token_length
-        return np.array([[t for t in row if len(t) >= m] for row in tokens], dtype=object)
+        # one list per document, even when all have the same length (np.array would make 2-D)
+        return _as_token_array([[t for t in row if len(t) >= m] for row in tokens])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -106,6 +107,84 @@ class Tokenizer(_OneColumn, ShoalEstimatorMixin, TransformerMixin, BaseEstimator
         tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         return tags
+
+
+class RegexTokenizer(Tokenizer):
+    """Split each document on a regex, or collect the regex's matches (Spark's RegexTokenizer).
+
+    pattern (default whitespace, ``\\s+``); gaps: True (Spark's default) splits on the pattern,
+    False collects every match of it as a token (``pattern=r"\\w+", gaps=False``);
+    min_token_length: drop shorter tokens; to_lowercase: lower-case the text first.
+    input_col ("text"), output_col ("tokens"). The regex is Python's ``re`` on arrays and
+    pandas input; on a Dataset, splitting runs in Arrow's RE2 kernel (no look-arounds or
+    back-references) and matching in ``re`` inside the block tasks. Spark's patterns are Java
+    regexes; their common syntax (classes, quantifiers, ``\\w``, ``\\s``, groups) is the same.
+    """
+
+    def __init__(self, *, pattern=r"\s+", gaps=True, to_lowercase=True, min_token_length=1,
+                 input_col="text", output_col="tokens"):
+        self.pattern = pattern
+        self.gaps = gaps
+        self.to_lowercase = to_lowercase
+        self.min_token_length = min_token_length
+        self.input_col = input_col
+        self.output_col = output_col
+
+    def _check(self):
+        import re
+        try:
+            re.compile(self.pattern)
+        except (re.error, TypeError) as e:
+            raise InvalidInputError(f"RegexTokenizer pattern={self.pattern!r} is not a valid regex: {e}") from None
+        m = self.min_token_length
+        if not (isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 0):
+            raise InvalidInputError(f"RegexTokenizer min_token_length={m!r} must be an int >= 0")
+
+    def fit(self, X=None, y=None, *, features=None, label=None):
+        """Nothing to learn: records the input column (features=) and checks the pattern."""
+        self._check()
+        return super().fit(X, y, features=features, label=label)
+
+    def transform(self, X):
+        """Token lists (an object array of lists; a Dataset gets the list column ``output_col``)."""
+        self._check()
+        if self.gaps:
+            return super().transform(X)
+        if _is_dataset(X):
+            return X.map_batches(_match_tokens_table, batch_format="pyarrow", fn_args=(self,))
+        s = _documents(self._documents_of(X), "RegexTokenizer").astype(str)
+        return _as_token_array(_match_tokens(s.tolist(), self))
+
+
+def _match_tokens(docs, tokenizer):
+    """The regex matches of each document that are long enough (gaps=False)."""
+    import re
+    rx = re.compile(tokenizer.pattern)
+    m = tokenizer.min_token_length
+    low = tokenizer.to_lowercase
+    # group(0): the whole match, as Java's Matcher.group() (findall would return the groups)
+    return [[t.group(0) for t in rx.finditer(d.lower() if low else d) if len(t.group(0)) >= m]
+            for d in docs]
+
+
+def _as_token_array(lists):
+    out = np.empty(len(lists), dtype=object)
+    out[:] = lists
+    return out
+
+
+def _match_tokens_table(table, tokenizer):
+    """Runs in a task: RegexTokenizer's matches (gaps=False) as a list column."""
+    import pyarrow as pa
+    _check_column(table, tokenizer._column(), "RegexTokenizer")
+    col = table.column(tokenizer._column())
+    if col.null_count:
+        raise InvalidInputError(f"column {tokenizer._column()!r} holds a missing document; fill or "
+                                f"drop it before RegexTokenizer")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise InvalidInputError(f"RegexTokenizer reads text, but column {tokenizer._column()!r} is {col.type}")
+    tokens = _match_tokens(col.to_pylist(), tokenizer)
+    return _add_column(table, tokenizer.output_col, pa.array(tokens, type=pa.list_(pa.string())))
 
 
 class HashingTF(_OneColumn, ShoalEstimatorMixin, TransformerMixin, BaseEstimator):

@@ -3,8 +3,9 @@
 Not checked here (their input is not a numeric 2-D array, as for scikit-learn's own
 LabelEncoder and FeatureHasher): StringIndexer (labels, 1-D), VectorAssembler (named columns),
 Tokenizer and HashingTF (text / token lists), IDF (term-frequency matrices), FPGrowth
-(transactions: lists of items). Their behaviour
-is tested in test_features.py.
+(transactions: lists of items), RegexTokenizer (text), RFormula (a formula over named columns),
+ElementwiseProduct (its scaling vector fixes the width), IndexToString (indices to strings).
+Their behaviour is tested in test_features.py and test_feature_transformers.py.
 """
 import warnings
 
@@ -33,6 +34,9 @@ ESTIMATORS = [
     ml.LDA(n_components=3, max_iter=3, random_state=0),
     ml.VarianceThresholdSelector(), ml.VarianceThresholdSelector(threshold=1e-3, ddof=1),
     ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
+    ml.Binarizer(threshold=0.5), ml.RobustScaler(), ml.RobustScaler(with_centering=False, unit_variance=True),
+    ml.VectorSlicer(indices=[0]), ml.DCT(), ml.DCT(inverse=True), ml.Interaction(), ml.VectorIndexer(),
+    ml.TargetEncoder(), ml.TargetEncoder(smoothing="auto", handle_invalid="keep"), ml.FeatureHasher(num_features=32),
 ]
 
 
