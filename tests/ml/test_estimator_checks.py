@@ -32,6 +32,8 @@ ESTIMATORS = [
                                       max_iter=30, random_state=0),
     ml.LDA(n_components=3, max_iter=3, random_state=0),
     ml.VarianceThresholdSelector(), ml.VarianceThresholdSelector(threshold=1e-3, ddof=1),
+    ml.ChiSqSelector(num_top_features=2), ml.UnivariateFeatureSelector(selection_threshold=2),
+    ml.UnivariateFeatureSelector(label_type="continuous", selection_mode="fdr", selection_threshold=0.5),
     ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
 ]
 
