@@ -60,7 +60,7 @@ _EXPORTS = {
     "save": "_persist", "load": "_persist", "metrics": "metrics",
     "RegressionEvaluator": "evaluation", "BinaryClassificationEvaluator": "evaluation",
     "MulticlassClassificationEvaluator": "evaluation", "ClusteringEvaluator": "evaluation",
-    "RankingEvaluator": "evaluation",
+    "RankingEvaluator": "evaluation", "MultilabelClassificationEvaluator": "evaluation",
     # trees and ensembles (written alongside; optional until their modules exist)
     "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
     "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",
