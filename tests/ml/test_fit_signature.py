@@ -76,6 +76,8 @@ RECIPES = {
     "BisectingKMeans": (lambda: ml.BisectingKMeans(n_clusters=3, random_state=0), NUMERIC, None),
     "GaussianMixture": (lambda: ml.GaussianMixture(n_components=2, random_state=0), NUMERIC, None),
     "VarianceThresholdSelector": (ml.VarianceThresholdSelector, NUMERIC, None),
+    "MinHashLSH": (lambda: ml.MinHashLSH(num_hash_tables=2, seed=0), ["tf"], None),
+    "BucketedRandomProjectionLSH": (lambda: ml.BucketedRandomProjectionLSH(2.0, seed=0), ["tf"], None),
     "ChiSqSelector": (lambda: ml.ChiSqSelector(num_top_features=2), NUMERIC, "y"),
     "UnivariateFeatureSelector": (lambda: ml.UnivariateFeatureSelector(selection_threshold=2), NUMERIC, "y"),
     "LDA": (lambda: ml.LDA(n_components=2, max_iter=2, random_state=0), NUMERIC, None),
