@@ -53,7 +53,7 @@ _EXPORTS = {
     "OneHotEncoder": "_categorical", "StringIndexer": "_categorical", "VectorAssembler": "_categorical",
     "Tokenizer": "_text", "HashingTF": "_text", "IDF": "_text",
     "CountVectorizer": "_count_vectorizer", "NGram": "_token_filters", "StopWordsRemover": "_token_filters", "VarianceThresholdSelector": "_selectors",
-    "MinHashLSH": "_lsh", "BucketedRandomProjectionLSH": "_lsh",
+    "Word2Vec": "_word2vec", "MinHashLSH": "_lsh", "BucketedRandomProjectionLSH": "_lsh",
     "ChiSqSelector": "_univariate_selectors", "UnivariateFeatureSelector": "_univariate_selectors",
     # workflow
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",

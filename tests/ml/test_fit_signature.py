@@ -76,6 +76,7 @@ RECIPES = {
     "BisectingKMeans": (lambda: ml.BisectingKMeans(n_clusters=3, random_state=0), NUMERIC, None),
     "GaussianMixture": (lambda: ml.GaussianMixture(n_components=2, random_state=0), NUMERIC, None),
     "VarianceThresholdSelector": (ml.VarianceThresholdSelector, NUMERIC, None),
+    "Word2Vec": (lambda: ml.Word2Vec(vector_size=4, min_count=1, seed=0), ["tokens"], None),
     "MinHashLSH": (lambda: ml.MinHashLSH(num_hash_tables=2, seed=0), ["tf"], None),
     "BucketedRandomProjectionLSH": (lambda: ml.BucketedRandomProjectionLSH(2.0, seed=0), ["tf"], None),
     "ChiSqSelector": (lambda: ml.ChiSqSelector(num_top_features=2), NUMERIC, "y"),
