@@ -27,6 +27,7 @@ from shoal.ml import _lsh_kernels as K
 from shoal.ml._base import ShoalEstimatorMixin, check_fitted
 from shoal.ml._columns import as_frame, is_table, resolve_fit_columns
 from shoal.ml._executor import _dataset_block_refs, _is_dataset, _shoal_core
+from shoal.ml._input import dense_to_vectors
 
 
 def _as_arrow(X, who):
@@ -42,18 +43,28 @@ def _as_arrow(X, who):
     return table
 
 
-def _array_table(X, column):
-    """A 2-D array or SciPy sparse matrix as a one-column Arrow table of vectors."""
+def _array_table(X, column, estimator, method="fit"):
+    """A 2-D array or SciPy sparse matrix as a one-column Arrow table of vectors (validated
+    as scikit-learn validates X; at transform time against the fitted width)."""
     import pyarrow as pa
 
-    from shoal.ml._input import csr_to_sparse_vectors, dense_to_vectors
+    from shoal.ml._input import _to_float_matrix, check_predict_input, csr_to_sparse_vectors
     if sp.issparse(X):
-        return pa.table({column: csr_to_sparse_vectors(sp.csr_matrix(X, dtype=np.float64))})
-    X = np.asarray(X)
-    if X.ndim != 2 or X.dtype.kind not in "biuf":
-        raise InvalidInputError(f"X must be a 2-D numeric array (one vector per row), got shape "
-                                f"{X.shape} and dtype {X.dtype}")
-    return pa.table({column: dense_to_vectors(X.astype(np.float64))})
+        X = sp.csr_matrix(X, dtype=np.float64)
+        width = getattr(estimator, "n_features_in_", None)
+        if method != "fit" and width is not None and X.shape[1] != width:
+            raise InvalidInputError(f"X has {X.shape[1]} features, but {type(estimator).__name__} is "
+                                    f"expecting {width} features as input (argument X of {method}())")
+        return pa.table({column: csr_to_sparse_vectors(X)})
+    if method == "fit":
+        X = _to_float_matrix(X, "X", estimator)
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise InvalidInputError(f"Found array with {X.shape[0]} sample(s) and {X.shape[1]} feature(s) "
+                                    f"(shape={X.shape}) while a minimum of 1 is required by "
+                                    f"{type(estimator).__name__}.")
+    else:
+        X = check_predict_input(estimator, X, method)
+    return pa.table({column: dense_to_vectors(X)})
 
 
 def _check_int(who, name, value, low=1):
@@ -94,7 +105,7 @@ class _LSH(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
             n = sum(p[0] for p in parts)
             width = max((p[1] for p in parts), default=0)
         else:
-            table = _as_arrow(X, who) if is_table(X) else _array_table(X, column)
+            table = _as_arrow(X, who) if is_table(X) else _array_table(X, column, self)
             n, width = K.block_width(table, column, who)
         if n == 0 or width == 0:
             raise InvalidInputError(f"{who}.fit() got no vectors in column {column!r} ({n} rows of "
@@ -111,7 +122,7 @@ class _LSH(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
         if is_table(X):
             kind = "arrow" if hasattr(X, "column_names") else "pandas"
             return _as_arrow(X, f"{type(self).__name__}.{what}"), kind
-        return _array_table(X, self._column()), "array"
+        return _array_table(X, self._column(), self, what), "array"
 
     def transform(self, X):
         """The hashes of ``input_col``: a Dataset or table gets ``output_col`` (a vector of

@@ -201,5 +201,16 @@ def test_bad_input_is_named():
     with pytest.raises(InvalidInputError, match="threshold=-1"):
         model.approx_similarity_join(SPARK_A, SPARK_B, -1)
     brp = ml.BucketedRandomProjectionLSH(1.0).fit(BRP_A)
-    with pytest.raises(InvalidInputError, match="vectors of 3 entries.*fitted on 2"):
+    with pytest.raises(InvalidInputError, match="X has 3 features.*expecting 2"):
         brp.transform(np.ones((2, 3)))
+    with pytest.raises(InvalidInputError, match="vectors of 3 entries.*fitted on 2"):
+        brp.transform(pa.table({"features": [[1.0, 2.0, 3.0]]}))
+
+
+def test_fitted_models_save_and_load(tmp_path):
+    for model, X in ((ml.MinHashLSH(num_hash_tables=3, seed=0), _sets([[0, 1], [2, 5]], 6)),
+                     (ml.BucketedRandomProjectionLSH(1.0, num_hash_tables=3, seed=0), np.eye(3))):
+        model.fit(X)
+        ml.save(model, tmp_path / type(model).__name__)
+        back = ml.load(tmp_path / type(model).__name__)
+        np.testing.assert_array_equal(back.transform(X), model.transform(X))

@@ -161,3 +161,12 @@ def test_bad_parameters_and_input_are_named():
         ml.ChiSqSelector().fit(X)
     with pytest.raises(InvalidInputError, match="supervised.*label="):
         ml.ChiSqSelector().fit(pd.DataFrame(X, columns=["a", "b", "c"]), features=["a", "b"])
+
+
+def test_a_fitted_selector_saves_and_loads(tmp_path):
+    X, y = _categorical(n=300)
+    model = ml.ChiSqSelector(num_top_features=2).fit(X, y)
+    ml.save(model, tmp_path / "chi")
+    back = ml.load(tmp_path / "chi")
+    np.testing.assert_array_equal(back.transform(X), model.transform(X))
+    np.testing.assert_array_equal(back.pvalues_, model.pvalues_)

@@ -122,3 +122,12 @@ def test_bad_input_is_named():
         model.find_synonyms("nope", 2)
     with pytest.raises(InvalidInputError, match="column 'tokens' .*is missing.*\\['text'\\]"):
         ml.Word2Vec().fit(pa.table({"text": ["a b"]}))
+
+
+def test_a_fitted_model_saves_and_loads(tmp_path):
+    docs = _corpus(n=50)
+    model = ml.Word2Vec(vector_size=4, min_count=1, seed=0).fit(docs)
+    ml.save(model, tmp_path / "w2v")
+    back = ml.load(tmp_path / "w2v")
+    np.testing.assert_array_equal(back.transform(docs), model.transform(docs))
+    assert back.find_synonyms("t0w0", 2).equals(model.find_synonyms("t0w0", 2))
