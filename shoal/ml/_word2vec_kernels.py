@@ -129,7 +129,7 @@ def huffman_tree(counts):
     return codes, points, lengths
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)   # lets LLVM vectorise the float32 dot and axpy loops
 def train_skipgram_hs(ids, offsets, syn0, syn1, codes, points, lengths, window, learning_rate,
                       words_before, total_words, num_partitions, seed):
     """One partition's pass of skip-gram with hierarchical softmax over its sentences (Spark's
