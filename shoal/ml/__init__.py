@@ -57,13 +57,15 @@ _EXPORTS = {
     "VectorSlicer": "_vectors", "ElementwiseProduct": "_vectors", "DCT": "_vectors",
     "Interaction": "_vectors", "VectorIndexer": "_vectors", "FeatureHasher": "_feature_hasher",
     "TargetEncoder": "_target_encoder", "IndexToString": "_index_to_string", "RFormula": "_rformula",
+    "Word2Vec": "_word2vec", "MinHashLSH": "_lsh", "BucketedRandomProjectionLSH": "_lsh",
+    "ChiSqSelector": "_univariate_selectors", "UnivariateFeatureSelector": "_univariate_selectors",
     # workflow
     "Pipeline": "_pipeline", "make_pipeline": "_pipeline",
     "CrossValidator": "_tuning", "TrainValidationSplit": "_tuning", "ParamGridBuilder": "_tuning",
     "save": "_persist", "load": "_persist", "metrics": "metrics",
     "RegressionEvaluator": "evaluation", "BinaryClassificationEvaluator": "evaluation",
     "MulticlassClassificationEvaluator": "evaluation", "ClusteringEvaluator": "evaluation",
-    "RankingEvaluator": "evaluation",
+    "RankingEvaluator": "evaluation", "MultilabelClassificationEvaluator": "evaluation",
     # trees and ensembles (written alongside; optional until their modules exist)
     "DecisionTreeClassifier": "tree", "DecisionTreeRegressor": "tree",
     "RandomForestClassifier": "ensemble", "RandomForestRegressor": "ensemble",

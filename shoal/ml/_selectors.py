@@ -26,7 +26,50 @@ def _merge_min_max(a, b):
     return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
 
 
-class VarianceThresholdSelector(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
+class MaskSelector(ShoalEstimatorMixin, TransformerMixin, BaseEstimator):
+    """What the selectors share once fitted: ``_support_mask()`` says which features stay;
+    transform keeps them (a Dataset: the kept feature columns, other columns untouched)."""
+
+    _fits_design_matrix = True
+    _fitted_attribute = "variances_"
+
+    def _support_mask(self):
+        raise NotImplementedError
+
+    def get_support(self, indices=False):
+        """Mask (or indices) of the kept features."""
+        check_fitted(self, self._fitted_attribute)
+        mask = self._support_mask()
+        return np.flatnonzero(mask) if indices else mask
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the kept features (x0, x1, ... for unnamed input)."""
+        check_fitted(self, self._fitted_attribute)
+        names = getattr(self, "feature_names_in_", None)
+        if input_features is not None:
+            names = np.asarray(input_features, dtype=object)
+        if names is None:
+            names = np.array([f"x{i}" for i in range(self.n_features_in_)], dtype=object)
+        return np.asarray(names, dtype=object)[self.get_support()]
+
+    def transform(self, X):
+        """The kept columns of X (a Dataset: the kept feature columns, other columns untouched)."""
+        check_fitted(self, self._fitted_attribute)
+        if _is_dataset(X):
+            return transform_dataset(self, X)
+        return check_predict_input(self, X, "transform")[:, self.get_support()]
+
+    def _can_block_transform(self):
+        return True
+
+    def _block_transform(self):
+        return _select_block, (self.get_support(indices=True),)
+
+    def _dataset_columns_io(self):
+        return list(self.feature_names_in_), [str(c) for c in self.get_feature_names_out()]
+
+
+class VarianceThresholdSelector(MaskSelector):
     """Drop the features whose variance is not above ``threshold`` (Spark's
     VarianceThresholdSelector; scikit-learn's VarianceThreshold API and results).
 
@@ -38,8 +81,6 @@ class VarianceThresholdSelector(ShoalEstimatorMixin, TransformerMixin, BaseEstim
     get_feature_names_out(). The variances come from per-block (count, mean, M2) partials
     merged pairwise (Chan et al.), so no block's rows leave it.
     """
-
-    _fits_design_matrix = True
 
     def __init__(self, threshold=0.0, *, ddof=0):
         self.threshold = threshold
@@ -67,34 +108,5 @@ class VarianceThresholdSelector(ShoalEstimatorMixin, TransformerMixin, BaseEstim
                                     f"threshold.")
         return self
 
-    def get_support(self, indices=False):
-        """Mask (or indices) of the kept features."""
-        check_fitted(self, "variances_")
-        mask = self.variances_ > self.threshold
-        return np.flatnonzero(mask) if indices else mask
-
-    def get_feature_names_out(self, input_features=None):
-        """Names of the kept features (x0, x1, ... for unnamed input)."""
-        check_fitted(self, "variances_")
-        names = getattr(self, "feature_names_in_", None)
-        if input_features is not None:
-            names = np.asarray(input_features, dtype=object)
-        if names is None:
-            names = np.array([f"x{i}" for i in range(self.n_features_in_)], dtype=object)
-        return np.asarray(names, dtype=object)[self.get_support()]
-
-    def transform(self, X):
-        """The kept columns of X (a Dataset: the kept feature columns, other columns untouched)."""
-        check_fitted(self, "variances_")
-        if _is_dataset(X):
-            return transform_dataset(self, X)
-        return check_predict_input(self, X, "transform")[:, self.get_support()]
-
-    def _can_block_transform(self):
-        return True
-
-    def _block_transform(self):
-        return _select_block, (self.get_support(indices=True),)
-
-    def _dataset_columns_io(self):
-        return list(self.feature_names_in_), [str(c) for c in self.get_feature_names_out()]
+    def _support_mask(self):
+        return self.variances_ > self.threshold

@@ -228,6 +228,71 @@ class RankingEvaluator:
         return float(total / n)
 
 
+class MultilabelClassificationEvaluator:
+    """Spark's MultilabelClassificationEvaluator: rows whose ``label_col`` and
+    ``prediction_col`` each hold a list of labels (Spark's arrays of doubles).
+
+    metric_name (Spark's MultilabelMetrics): "f1Measure" (default), "subsetAccuracy",
+    "accuracy", "hammingLoss", "precision", "recall" (averaged over rows),
+    "microPrecision", "microRecall", "microF1Measure", or "precisionByLabel",
+    "recallByLabel", "f1MeasureByLabel" for the label ``metric_label`` (0.0 by default, as
+    Spark). ``evaluate(scored)``: a Dataset (per-block sums computed as tasks), a pandas
+    DataFrame or an Arrow Table. hammingLoss is the one smaller-is-better metric.
+    """
+
+    def __init__(self, metric_name="f1Measure", *, metric_label=0.0, label_col="label",
+                 prediction_col="prediction"):
+        self.metric_name = metric_name
+        self.metric_label = metric_label
+        self.label_col = label_col
+        self.prediction_col = prediction_col
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"MultilabelClassificationEvaluator({args})"
+
+    def _check(self):
+        if self.metric_name not in metrics.MULTILABEL_METRICS:
+            raise InvalidInputError(f"MultilabelClassificationEvaluator metric_name={self.metric_name!r} "
+                                    f"is not one of {list(metrics.MULTILABEL_METRICS)}")
+        if self.metric_name.endswith("ByLabel") and not (
+                np.isscalar(self.metric_label) and not isinstance(self.metric_label, (str, bool))
+                and float(self.metric_label) >= 0):
+            raise InvalidInputError(f"MultilabelClassificationEvaluator metric_label={self.metric_label!r} "
+                                    f"must be a label value >= 0 (a number, as in Spark)")
+
+    def is_larger_better(self) -> bool:
+        """False for hammingLoss, True for every other metric (Spark's ``isLargerBetter``)."""
+        self._check()
+        return self.metric_name != "hammingLoss"
+
+    def evaluate(self, scored) -> float:
+        """The metric over the rows of ``scored``."""
+        self._check()
+        label, prediction = self.label_col, self.prediction_col
+        if _is_dataset(scored):
+            columns = scored.columns()
+            for c in (label, prediction):
+                if c not in columns:
+                    raise InvalidInputError(f"column {c!r} is missing from the scored Dataset given to "
+                                            f"MultilabelClassificationEvaluator.evaluate(); available: "
+                                            f"{columns}")
+            values = metrics.multilabel_metrics(scored, label=label, prediction=prediction)
+        else:
+            frame = scored.to_pandas() if hasattr(scored, "to_pandas") and not hasattr(scored, "iloc") \
+                else scored
+            for c in (label, prediction):
+                if c not in frame.columns:
+                    raise InvalidInputError(f"column {c!r} is missing from the scored table given to "
+                                            f"MultilabelClassificationEvaluator.evaluate(); available: "
+                                            f"{list(frame.columns)}")
+            values = metrics.multilabel_metrics(list(frame[label]), list(frame[prediction]))
+        if self.metric_name.endswith("ByLabel"):
+            which = ("precisionByLabel", "recallByLabel", "f1MeasureByLabel").index(self.metric_name)
+            return float(values["by_label"].get(float(self.metric_label), (0.0, 0.0, 0.0))[which])
+        return float(values[self.metric_name])
+
+
 DISTANCE_MEASURES = ("squaredEuclidean", "cosine")
 
 
@@ -336,4 +401,4 @@ class ClusteringEvaluator:
 
 
 __all__ = ["BinaryClassificationEvaluator", "ClusteringEvaluator", "MulticlassClassificationEvaluator",
-           "RankingEvaluator", "RegressionEvaluator"]
+           "MultilabelClassificationEvaluator", "RankingEvaluator", "RegressionEvaluator"]

@@ -17,7 +17,7 @@ from shoal.ml._input import _is_dataset, map_dataset_blocks
 
 __all__ = ["accuracy_score", "precision_score", "recall_score", "f1_score", "roc_auc_score",
            "log_loss", "mean_squared_error", "root_mean_squared_error", "mean_absolute_error",
-           "r2_score", "silhouette_score", "confusion_matrix"]
+           "r2_score", "silhouette_score", "confusion_matrix", "multilabel_metrics"]
 
 
 # ----------------------------------------------------------------------------------
@@ -346,3 +346,99 @@ def silhouette_score(X, labels, *, sample_size=None, random_state=None) -> float
 
 def _block_silhouette_codes(X, y, X_all, labels_all, k):
     return float(_silhouette_rows(X, y.astype(np.int64), X_all, labels_all, k).sum()), X.shape[0]
+
+
+# ----------------------------------------------------------------------------------
+# multilabel: per-document sums and per-label counts fold from blocks (Spark's MultilabelMetrics)
+
+MULTILABEL_METRICS = ("subsetAccuracy", "accuracy", "hammingLoss", "precision", "recall", "f1Measure",
+                      "precisionByLabel", "recallByLabel", "f1MeasureByLabel", "microPrecision",
+                      "microRecall", "microF1Measure")
+
+
+def _label_sets(column, what):
+    out = []
+    for i, row in enumerate(column):
+        if row is None or isinstance(row, (str, bytes)) or not hasattr(row, "__iter__"):
+            raise InvalidInputError(f"{what} takes a list of labels per row, but row {i} holds "
+                                    f"{type(row).__name__}: {row!r}")
+        out.append(set(np.asarray(row, dtype=np.float64).tolist()))
+    return out
+
+
+def _multilabel_sums(true_sets, pred_sets):
+    """(docs, [subset, accuracy, precision, recall, f1, hamming] sums, labels, tp, fp, fn)."""
+    sums = np.zeros(6)
+    tp, fp, fn = {}, {}, {}
+    for L, P in zip(true_sets, pred_sets):
+        inter = len(L & P)
+        sums[0] += L == P
+        union = len(L) + len(P) - inter
+        sums[1] += inter / union if union else 1.0    # no labels, none predicted: exact
+        sums[2] += inter / len(P) if P else 0.0
+        sums[3] += inter / len(L) if L else 0.0
+        sums[4] += 2.0 * inter / (len(L) + len(P)) if L or P else 0.0
+        sums[5] += len(L) + len(P) - 2 * inter
+        for v in L & P:
+            tp[v] = tp.get(v, 0) + 1
+        for v in P - L:
+            fp[v] = fp.get(v, 0) + 1
+        for v in L - P:
+            fn[v] = fn.get(v, 0) + 1
+    labels = np.array(sorted(set(tp) | set(fp) | set(fn)), dtype=np.float64)
+    seen_true = np.array(sorted(set().union(*true_sets)), dtype=np.float64)
+    counts = [np.array([d.get(v, 0) for v in labels.tolist()], dtype=np.float64) for d in (tp, fp, fn)]
+    return len(true_sets), sums, labels, seen_true, *counts
+
+
+def _block_multilabel(table, label, prediction):
+    for c in (label, prediction):
+        if c not in table.column_names:
+            raise InvalidInputError(f"column {c!r} is missing from the Dataset; available: "
+                                    f"{table.column_names}")
+    return _multilabel_sums(_label_sets(table.column(label).to_pylist(), f"column {label!r}"),
+                            _label_sets(table.column(prediction).to_pylist(), f"column {prediction!r}"))
+
+
+def multilabel_metrics(y_true, y_pred=None, *, label=None, prediction=None) -> dict:
+    """Spark's MultilabelMetrics: ``y_true`` and ``y_pred`` hold one list of labels per row
+    (a Dataset: the ``label=`` and ``prediction=`` list columns, per-block sums as tasks).
+
+    Returns a dict: subsetAccuracy, accuracy (mean Jaccard index; a row with no labels and
+    no predictions counts 1), hammingLoss (over the distinct true labels), precision, recall,
+    f1Measure (averaged over rows), microPrecision, microRecall, microF1Measure, and
+    ``by_label``: {label: (precision, recall, f1)} for every label seen.
+    """
+    if _is_dataset(y_true):
+        _dataset_args(y_true, label, prediction, "multilabel_metrics")
+        parts = map_dataset_blocks(y_true, _block_multilabel, label, prediction)
+    else:
+        if y_pred is None:
+            raise InvalidInputError("multilabel_metrics needs y_pred (or a Dataset with label= and "
+                                    "prediction= columns)")
+        t, p = list(y_true), list(y_pred)
+        if len(t) != len(p):
+            raise InvalidInputError(f"y_true and y_pred have different lengths: {len(t)} and {len(p)}")
+        parts = [_multilabel_sums(_label_sets(t, "y_true"), _label_sets(p, "y_pred"))]
+    n = sum(q[0] for q in parts)
+    if n == 0:
+        raise InvalidInputError("multilabel_metrics got no rows")
+    sums = np.sum([q[1] for q in parts], axis=0)
+    labels, inv = np.unique(np.concatenate([q[2] for q in parts]), return_inverse=True)
+    tp, fp, fn = (np.bincount(inv, weights=np.concatenate([q[i] for q in parts]), minlength=len(labels))
+                  for i in (4, 5, 6))
+    num_labels = len(np.unique(np.concatenate([q[3] for q in parts])))
+
+    def ratio(a, b):
+        return float(a / b) if b else 0.0
+
+    by_label = {}
+    for v, a, b, c in zip(labels.tolist(), tp, fp, fn):
+        pr, rc = ratio(a, a + b), ratio(a, a + c)
+        by_label[v] = (pr, rc, ratio(2 * pr * rc, pr + rc))
+    micro_p, micro_r = ratio(tp.sum(), tp.sum() + fp.sum()), ratio(tp.sum(), tp.sum() + fn.sum())
+    return {"subsetAccuracy": sums[0] / n, "accuracy": sums[1] / n,
+            "hammingLoss": ratio(sums[5], n * num_labels), "precision": sums[2] / n,
+            "recall": sums[3] / n, "f1Measure": sums[4] / n, "microPrecision": micro_p,
+            "microRecall": micro_r, "microF1Measure": ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum()),
+            "by_label": by_label}

@@ -4,8 +4,10 @@ Not checked here (their input is not a numeric 2-D array, as for scikit-learn's 
 LabelEncoder and FeatureHasher): StringIndexer (labels, 1-D), VectorAssembler (named columns),
 Tokenizer and HashingTF (text / token lists), IDF (term-frequency matrices), FPGrowth
 (transactions: lists of items), RegexTokenizer (text), RFormula (a formula over named columns),
-ElementwiseProduct (its scaling vector fixes the width), IndexToString (indices to strings).
-Their behaviour is tested in test_features.py and test_feature_transformers.py.
+ElementwiseProduct (its scaling vector fixes the width), IndexToString (indices to strings),
+Word2Vec (token lists), MinHashLSH (sets: Spark rejects a row with no non-zero entry, which
+the checks' data holds). Their behaviour is tested in test_features.py,
+test_feature_transformers.py, test_word2vec.py and test_lsh.py.
 """
 import warnings
 
@@ -33,6 +35,9 @@ ESTIMATORS = [
                                       max_iter=30, random_state=0),
     ml.LDA(n_components=3, max_iter=3, random_state=0),
     ml.VarianceThresholdSelector(), ml.VarianceThresholdSelector(threshold=1e-3, ddof=1),
+    ml.ChiSqSelector(num_top_features=2), ml.UnivariateFeatureSelector(selection_threshold=2),
+    ml.UnivariateFeatureSelector(label_type="continuous", selection_mode="fdr", selection_threshold=0.5),
+    ml.BucketedRandomProjectionLSH(1.0, num_hash_tables=2, seed=0),
     ml.LDA(n_components=2, learning_method="batch", max_iter=3, random_state=0),
     ml.Binarizer(threshold=0.5), ml.RobustScaler(), ml.RobustScaler(with_centering=False, unit_variance=True),
     ml.VectorSlicer(indices=[0]), ml.DCT(), ml.DCT(inverse=True), ml.Interaction(), ml.VectorIndexer(),
