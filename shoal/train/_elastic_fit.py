@@ -246,7 +246,7 @@ class ElasticDriver:
             self.below_min_since = None
             return False
         new = alive + joiners
-        if not alive and joiners and self.manager.latest is None:
+        if not alive and joiners and self.manager.latest is None and not self._nothing_committed(left):
             # every worker holding the committed state is gone and nothing is on disk: new
             # workers would start from step 0 and silently lose the training so far
             raise _Stop(TrainingFailedError(
@@ -267,6 +267,19 @@ class ElasticDriver:
             f"{len(left)} left" if left else "", f"{len(joiners)} joined" if joiners else ""]))
         self._publish(new, left=left, joined=joiners, reason=reason)
         return False
+
+    def _nothing_committed(self, left) -> bool:
+        """Every lost worker's loop raised before committing a step: new workers starting
+        from step 0 lose nothing (a repeating exception is stopped by max_repeated_failures)."""
+        store, prefix = self.gens.store, self.gens.prefix
+        for w in left:
+            key = f"{prefix}/raised/{w}"
+            try:
+                if not store.check([key]) or int(store.get(key, timeout=1)) != 0:
+                    return False
+            except (ValueError, ShoalError):
+                return False
+        return True
 
     def _drop_hung(self, members) -> None:
         """Members that others reported broken and that did not report themselves within

@@ -57,6 +57,11 @@ class MembershipLink:
         if self.generation >= 0:
             self.store.set(f"{self.prefix}/fail/{self.generation}/{self.wid}", message.encode())
 
+    def report_raised(self, commits: int) -> None:
+        """Tell the driver this worker's loop raised with ``commits`` steps committed (so
+        the driver knows whether losing every worker loses trained state)."""
+        self.store.set(f"{self.prefix}/raised/{self.wid}", str(int(commits)).encode())
+
     def join(self, min_generation: int = 0):
         """Form the group of the latest generation >= ``min_generation`` listing this worker.
 

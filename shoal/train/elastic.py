@@ -351,7 +351,14 @@ def run_with(func, on_regroup=None):
                 if link is None:
                     raise
             except Exception as e:
-                if link is None or _group_failure(e) is None:
+                if link is None:
+                    raise
+                if _group_failure(e) is None:
+                    if hasattr(link, "report_raised"):
+                        try:
+                            link.report_raised(state.commits)
+                        except Exception:  # noqa: BLE001 - the store went away: the run ends
+                            pass
                     raise
                 link.report_failure(str(_group_failure(e)))
                 state.restore()

@@ -1,7 +1,11 @@
 """An elastic Trainer on the two-node Ray cluster: membership comes from Ray itself. The
 worker node dies (every process of its namespace, raylet included): the gang shrinks to the
 head node's worker; the node comes back (``ray start --address``): Ray places the pending
-worker there and the gang grows back to one worker per node."""
+worker there and the gang grows back to one worker per node.
+
+It runs after test_train.py (file order): right after the core conformance suite, an actor
+of that suite sometimes still held a CPU of the cluster for minutes under CI's load, and this
+test needs every CPU (one worker per node, both CPUs each)."""
 import glob
 import json
 import os
