@@ -39,7 +39,9 @@ def _sh(*cmd, timeout=60):
 class RayCluster:
     """Two namespaces (head, worker), a veth pair between them, Ray on each."""
 
-    def __init__(self, num_cpus: int = 2):
+    # 3 CPUs a node: a test needing 2 a node still fits when a finished driver's worker
+    # is slow to release its CPU (seen on CI, never here; see wait_for_free_cpus)
+    def __init__(self, num_cpus: int = 3):
         tag = os.getpid() % 100000
         self.num_cpus = num_cpus
         self.head_ns, self.worker_ns = f"shoal-mn{tag}-h", f"shoal-mn{tag}-w"
@@ -180,7 +182,22 @@ class RayCluster:
             """, timeout=timeout + 60)
         if free < n:
             raise AssertionError(f"{free} CPUs free after {timeout}s, expected {n}:\n"
-                                 f"{self.ray_status()}")
+                                 f"{self.ray_status()}\nprocesses:\n{self.processes()}")
+
+    def processes(self) -> str:
+        """Every process of both namespaces with its command line (Ray names a busy worker's
+        task or actor there), for failure messages."""
+        lines = []
+        for ns in (self.head_ns, self.worker_ns):
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in out.stdout.split():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    continue
+                lines.append(f"{ns} {pid} {cmd[:200]}")
+        return "\n".join(lines)
 
     def run_program(self, path: str, timeout: float = 240, env: dict | None = None) -> str:
         """Run the program at ``path`` as a Ray job would (RAY_ADDRESS set); returns its output."""

@@ -52,13 +52,13 @@ emit({"maker": maker, "store": store_nodes, "head": head})
 def test_the_kubernetes_job_program_runs_on_the_cluster(cluster, tmp_path):
     out = cluster.run_program(os.path.join(ROOT, "deploy", "kubernetes", "shoal_job.py"),
                               env={"SHOAL_STORAGE": str(tmp_path)})
-    assert "cluster: 2 node(s), 4 CPUs" in out
+    assert "cluster: 2 node(s), 6 CPUs" in out
     assert "trained 2 workers" in out
 
 
 def test_core_conformance_suite_passes_on_the_two_node_cluster(cluster):
     # tests/core's Ray half, run by a driver on the head node against this cluster; the
-    # tests that count the CPUs of a 2-CPU local cluster are left out (this one has 4)
+    # tests that count the CPUs of a 2-CPU local cluster are left out (this one has 6)
     out = subprocess.run(
         ["ip", "netns", "exec", cluster.head_ns, sys.executable, "-m", "pytest", "-q", "-m", "ray",
          "-p", "no:cacheprovider", "-k",

@@ -84,7 +84,7 @@ def test_trainer_one_worker_per_node_matches_one_machine(cluster, tmp_path):
 
 
 def test_trainer_two_workers_per_node_matches_one_machine(cluster, tmp_path):
-    cluster.wait_for_free_cpus(4)   # all four CPUs of the cluster
+    cluster.wait_for_free_cpus(4)
     got = cluster.run(_fit_code(str(tmp_path / "c"), workers=4, placement_strategy='"SPREAD"',
                                 collective_timeout=120), timeout=240)
     local = _one_machine(_fit_code(str(tmp_path / "l"), workers=4), tmp_path)
