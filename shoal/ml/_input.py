@@ -229,7 +229,12 @@ def csr_to_sparse_vectors(X):
 def dense_to_vectors(X):
     """A 2-D array as a fixed-shape tensor column (one vector per row)."""
     import pyarrow as pa
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(X, dtype=np.float64))
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.shape[0] == 0:     # Arrow refuses an empty ndarray: build the empty column by type
+        t = pa.fixed_shape_tensor(pa.float64(), X.shape[1:])
+        storage = pa.array([], pa.list_(pa.float64(), int(np.prod(X.shape[1:]))))
+        return pa.ExtensionArray.from_storage(t, storage)
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(X)
 
 
 def column_to_matrix(col, name: str = "column") -> np.ndarray:

@@ -198,3 +198,10 @@ def test_pipeline_fit_and_predict_on_dataset_never_collect():
     assert (pred == df["label"].to_numpy()).mean() > 0.8
     X = ml.StandardScaler().fit(df[["a", "b", "c"]]).transform(df[["a", "b", "c"]])
     np.testing.assert_array_equal(pred, ml.GaussianNB().fit(X, df["label"]).predict(X))
+
+
+def test_an_empty_matrix_becomes_an_empty_vector_column_of_its_width():
+    from shoal.ml._input import dense_to_vectors
+    empty, full = dense_to_vectors(np.zeros((0, 3))), dense_to_vectors(np.ones((2, 3)))
+    assert len(empty) == 0 and empty.type == full.type       # Arrow's own path refuses 0 rows
+    assert pa.concat_arrays([empty, full]).to_numpy_ndarray().shape == (2, 3)
