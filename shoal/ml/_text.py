@@ -173,16 +173,24 @@ def _as_token_array(lists):
     return out
 
 
+def _text_column(table, tokenizer, who: str):
+    """The tokenizer's input column of ``table``, checked: present, no missing document, text."""
+    import pyarrow as pa
+    name = tokenizer._column()
+    _check_column(table, name, who)
+    col = table.column(name)
+    if col.null_count:
+        raise InvalidInputError(f"column {name!r} holds a missing document; fill or "
+                                f"drop it before {who}")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise InvalidInputError(f"{who} reads text, but column {name!r} is {col.type}")
+    return col
+
+
 def _match_tokens_table(table, tokenizer):
     """Runs in a task: RegexTokenizer's matches (gaps=False) as a list column."""
     import pyarrow as pa
-    _check_column(table, tokenizer._column(), "RegexTokenizer")
-    col = table.column(tokenizer._column())
-    if col.null_count:
-        raise InvalidInputError(f"column {tokenizer._column()!r} holds a missing document; fill or "
-                                f"drop it before RegexTokenizer")
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise InvalidInputError(f"RegexTokenizer reads text, but column {tokenizer._column()!r} is {col.type}")
+    col = _text_column(table, tokenizer, "RegexTokenizer")
     tokens = _match_tokens(col.to_pylist(), tokenizer)
     return _add_column(table, tokenizer.output_col, pa.array(tokens, type=pa.list_(pa.string())))
 
@@ -310,13 +318,7 @@ def _tokenize_table(table, tokenizer):
     """Runs in a task: split each document with Arrow's regex kernel, keep tokens long enough."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    _check_column(table, tokenizer._column(), "Tokenizer")
-    col = table.column(tokenizer._column())
-    if col.null_count:
-        raise InvalidInputError(f"column {tokenizer._column()!r} holds a missing document; fill or "
-                                f"drop it before Tokenizer")
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise InvalidInputError(f"Tokenizer reads text, but column {tokenizer._column()!r} is {col.type}")
+    col = _text_column(table, tokenizer, "Tokenizer")
     text = pc.utf8_lower(col) if tokenizer.to_lowercase else col
     tokens = pc.split_pattern_regex(text, tokenizer.pattern)
     tokens = tokens.combine_chunks() if isinstance(tokens, pa.ChunkedArray) else tokens
