@@ -1,26 +1,43 @@
 """Keras models trained on 2 workers: tf.distribute.MultiWorkerMirroredStrategy (TensorFlow's
 own collectives over gRPC, the anchor) against shoal's ShoalStrategy (the same tf.distribute
-code, reductions on shoal.collective) and shoal.horovod.tensorflow (DistributedGradientTape),
-samples/s.
+code, reductions on shoal.collective), shoal.horovod.tensorflow (DistributedGradientTape)
+and shoal.horovod.keras (DistributedOptimizer in ``model.fit``), samples/s.
 
     python benchmarks/tf.py [--workers 2] [--rounds 2] [--steps 30] [--models mlp,cnn]
 
 Each run is one ``shoal launch`` of the workers for one system (TensorFlow creates the
-strategy before any op, so the two do not share processes); runs alternate, every system
-once per round. A worker limits TensorFlow to one intra-op thread, builds each Keras model
-(an MLP 784-512-512-10 and a small CNN on 28x28x1) and runs the same ``tf.function``
-training step (forward, GradientTape, SGD update) on a fixed batch of ``--batch`` samples
-per worker; the systems differ only in how the gradients are averaged: the strategy's
-``all_reduce`` inside ``strategy.run`` (MWMS: TF_CONFIG names the workers on 127.0.0.1;
-ShoalStrategy: the group of ``shoal launch``), or ``hvd.DistributedGradientTape``. A
-fourth run trains the same workers without averaging at all ("local"): the ceiling any
-averaging can reach on this machine, quoted so that the ratios can be read against it. (Keras 3's ``Model.fit`` does not run under
-MultiWorkerMirroredStrategy with more than one worker, keras-team/keras#20585, so both
-use a custom loop.) After 3 untimed steps (tracing), ``--repeats`` timed runs of
-``--steps`` steps; the figure is the best samples/s over rounds and repeats; the ratio is
+strategy before any op, so the systems do not share processes); runs alternate, every
+system once per round. A worker limits TensorFlow to one intra-op thread, builds each Keras
+model (an MLP 784-512-512-10 and a small CNN on 28x28x1) and trains it on a fixed batch of
+``--batch`` samples per worker with SGD (learning rate 0.01).
+
+The first three systems and "local" run the same custom ``tf.function`` training step
+(forward, GradientTape, SGD update); they differ only in how the gradients are averaged:
+the strategy's ``all_reduce`` inside ``strategy.run`` (MWMS: TF_CONFIG names the workers
+on 127.0.0.1; ShoalStrategy: the group of ``shoal launch``), or
+``hvd.DistributedGradientTape``. "local" trains the same workers without averaging at all:
+the ceiling any averaging can reach on this machine, quoted so that the ratios can be read
+against it.
+
+"hvdkeras" is trained the way a Horovod Keras user does: ``model.compile(optimizer=
+hvd.DistributedOptimizer(keras.optimizers.SGD(0.01)), loss=..., jit_compile=False)`` and
+``model.fit`` over a ``tf.data`` dataset of the fixed batch repeated, with
+``hvd.callbacks.BroadcastGlobalVariablesCallback(0)``. Its row is ``model.fit`` against
+MultiWorkerMirroredStrategy's custom loop: Keras 3's ``Model.fit`` does not run under
+MultiWorkerMirroredStrategy with more than one worker (keras-team/keras#20585), so the
+anchor stays a custom loop, and ``model.fit`` adds per-step work of its own (callbacks,
+the data adapter's iterator, the loss tracker). "fitlocal" runs the same ``model.fit``
+with a plain SGD and no Horovod: that row's ceiling, so that what the averaging costs
+inside ``model.fit`` can be read apart from what ``model.fit`` costs.
+
+After untimed warm-up (3 steps that trace), ``--repeats`` timed runs of ``--steps``
+steps; the ``model.fit`` systems run one ``model.fit(steps_per_epoch=--steps,
+epochs=1 + --repeats)`` whose first epoch traces and whose other epochs are timed by a
+callback (from ``on_epoch_begin`` to ``on_epoch_end``: what a user's epoch costs, not the
+fit's setup). The figure is the best samples/s over rounds and repeats; the ratio is
 shoal's over the anchor's. The CPU time rank 0's process spent per step (all its
-threads, best of the same runs) is printed too: on a shared, oversubscribed host it
-moves less with the load than wall time does. Needs the ``tf`` and ``train`` extras.
+threads, best of the same runs) is printed too: on a shared, oversubscribed host it moves
+less with the load than wall time does. Needs the ``tf`` and ``train`` extras.
 """
 from __future__ import annotations
 
@@ -82,8 +99,12 @@ def worker(args) -> None:
     elif args.system == "local":
         strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     import keras
+    fit = args.system in ("hvdkeras", "fitlocal")
     if args.system == "hvd":
         import shoal.horovod.tensorflow as hvd
+        hvd.init()
+    elif args.system == "hvdkeras":
+        import shoal.horovod.keras as hvd
         hvd.init()
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
@@ -96,6 +117,9 @@ def worker(args) -> None:
         y = tf.constant(rng.integers(0, 10, size=(args.batch,)))
         lr = tf.constant(0.01)
         variables = model.trainable_variables
+        if fit:
+            results[kind] = _fit(args, model, x, y, n, hvd if args.system == "hvdkeras" else None)
+            continue
 
         def grads_of(xb, yb):
             with tf.GradientTape() as tape:
@@ -134,12 +158,50 @@ def worker(args) -> None:
         results[kind] = (best, cpu)
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
-    if args.system == "hvd":
+    if args.system in ("hvd", "hvdkeras"):
         hvd.shutdown()
 
 
+def _fit(args, model, x, y, n, hvd) -> tuple[float, float]:
+    """Train as a (Horovod) Keras user does: compile, then one model.fit on a tf.data dataset;
+    every epoch (``--steps`` steps) after the first (tracing) is timed by a callback."""
+    import keras
+    import tensorflow as tf
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.cpu = 0.0, float("inf")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:                 # traced the train function
+                return
+            dt, dc = time.perf_counter() - self.t0, time.process_time() - self.c0
+            self.best = max(self.best, args.steps * args.batch * n / dt)
+            self.cpu = min(self.cpu, dc / args.steps * 1e3)
+
+    opt = keras.optimizers.SGD(0.01)
+    callbacks = []
+    if hvd is not None:
+        opt = hvd.DistributedOptimizer(opt)
+        callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
+    model.compile(optimizer=opt, jit_compile=False,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    timer = EpochTimer()
+    model.fit(data, steps_per_epoch=args.steps, epochs=1 + args.repeats, verbose=0,
+              callbacks=[*callbacks, timer])
+    return timer.best, timer.cpu
+
+
 SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "shoal": "ShoalStrategy",
-           "hvd": "shoal.horovod.tensorflow", "local": "no averaging (ceiling)"}
+           "hvd": "shoal.horovod.tensorflow", "local": "no averaging (ceiling)",
+           "hvdkeras": "shoal.horovod.keras, model.fit",
+           "fitlocal": "model.fit, no averaging (its ceiling)"}
+COLUMNS = ("shoal", "hvd", "local", "hvdkeras", "fitlocal")
 
 
 def _run(system: str, args) -> dict:
@@ -168,6 +230,8 @@ def main() -> None:
     ap.add_argument("--inter-op", type=int, default=1,
                     help="TensorFlow inter-op threads per worker (intra-op is 1)")
     ap.add_argument("--repeats", type=int, default=2, help="timed fits per run")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help="systems to run (the anchor, mwms, always runs)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--system", default="hvd", help=argparse.SUPPRESS)
     ap.add_argument("--ports", default="", help=argparse.SUPPRESS)
@@ -175,10 +239,12 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    systems = ["mwms"] + [k for k in SYSTEMS if k != "mwms" and k in args.systems.split(",")]
+    columns = [k for k in COLUMNS if k in systems]
     load0 = os.getloadavg()
     best: dict = {}
     for _ in range(args.rounds):           # alternating: every system once per round
-        for system in SYSTEMS:
+        for system in systems:
             for kind, (sps, cpu) in _run(system, args).items():
                 old = best.setdefault(kind, {}).get(system, (0.0, float("inf")))
                 best[kind][system] = (max(old[0], sps), min(old[1], cpu))
@@ -187,23 +253,20 @@ def main() -> None:
           f"{args.steps} steps, best of {args.rounds} alternating rounds x {args.repeats} fits")
     print(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
           f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    print("samples/s (ratio: / MultiWorkerMirroredStrategy's)")
-    print("| model | MultiWorkerMirroredStrategy | ShoalStrategy | shoal.horovod.tensorflow "
-          "| no averaging (ceiling) |")
-    print("|---|---:|---:|---:|---:|")
-    for kind, systems in best.items():
-        a = systems["mwms"][0]
-        cells = [f"{systems[k][0]:,.0f} ({systems[k][0] / a:.2f}x)"
-                 for k in ("shoal", "hvd", "local")]
+    header = ("| model | MultiWorkerMirroredStrategy (custom loop) | "
+              + " | ".join(SYSTEMS[k] for k in columns) + " |\n|---|" + "---:|" * len(systems))
+    print("samples/s (ratio: / MultiWorkerMirroredStrategy's). The model.fit columns are "
+          "Keras' model.fit against MultiWorkerMirroredStrategy's custom loop")
+    print(header)
+    for kind, row in best.items():
+        a = row["mwms"][0]
+        cells = [f"{row[k][0]:,.0f} ({row[k][0] / a:.2f}x)" for k in columns]
         print(f"| {kind} | {a:,.0f} | " + " | ".join(cells) + " |")
     print("rank 0's CPU ms per step, all threads (ratio: MultiWorkerMirroredStrategy's / it)")
-    print("| model | MultiWorkerMirroredStrategy | ShoalStrategy | shoal.horovod.tensorflow "
-          "| no averaging (ceiling) |")
-    print("|---|---:|---:|---:|---:|")
-    for kind, systems in best.items():
-        a = systems["mwms"][1]
-        cells = [f"{systems[k][1]:.1f} ({a / systems[k][1]:.2f}x)"
-                 for k in ("shoal", "hvd", "local")]
+    print(header)
+    for kind, row in best.items():
+        a = row["mwms"][1]
+        cells = [f"{row[k][1]:.1f} ({a / row[k][1]:.2f}x)" for k in columns]
         print(f"| {kind} | {a:.1f} | " + " | ".join(cells) + " |")
 
 

@@ -109,13 +109,13 @@ def test_gradient_tape_on_two_workers_equals_one_worker_on_the_whole_batch(tf_po
         np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
 
 
-def _keras_fit(comm):
+def _keras_fit(comm, tf_data=False):
     import shoal.horovod.tensorflow.keras as hvd
     sys.path.insert(0, os.path.join(HERE, "scripts"))
     import keras_mlp
     hvd.init(comm=comm)
     try:
-        return keras_mlp.train(hvd)
+        return keras_mlp.train(hvd, tf_data)
     finally:
         hvd.shutdown()
 
@@ -128,6 +128,16 @@ def keras_one_worker(tf_pool):
 def test_keras_fit_on_two_workers_equals_one_worker(tf_pool, keras_one_worker):
     two = tf_pool.run(_keras_fit, 2)
     assert two[0] == two[1]                       # weights and averaged metrics agree
+    np.testing.assert_allclose(two[0]["weights"], keras_one_worker["weights"], rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(two[0]["loss"], keras_one_worker["loss"], rtol=1e-4)
+
+
+def test_keras_fit_on_a_tf_data_dataset_on_two_workers_equals_one_worker(tf_pool,
+                                                                        keras_one_worker):
+    """As Horovod's Keras example feeds model.fit: a repeated tf.data dataset, per-rank rows."""
+    two = tf_pool.run(_keras_fit, 2, True)
+    assert two[0] == two[1]
     np.testing.assert_allclose(two[0]["weights"], keras_one_worker["weights"], rtol=1e-4,
                                atol=1e-5)
     np.testing.assert_allclose(two[0]["loss"], keras_one_worker["loss"], rtol=1e-4)

@@ -19,7 +19,10 @@ def data():
     return x, y
 
 
-def train(hvd):
+def train(hvd, tf_data=False):
+    """Train on this rank's half of every global batch: NumPy arrays to ``model.fit``, or
+    (``tf_data``) a repeated ``tf.data`` dataset with ``steps_per_epoch``, as Horovod's
+    example feeds it. Returns the final weights (flat) and the per-epoch losses."""
     keras.utils.set_random_seed(1)
     x, y = data()
     # rank r takes rows r, r+size, ... of every global batch: equal halves of each batch
@@ -33,9 +36,15 @@ def train(hvd):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0),
                  hvd.callbacks.MetricAverageCallback()]
-    hist = model.fit(x[idx], y[idx], batch_size=local_batch, epochs=EPOCHS, shuffle=False,
-                     callbacks=callbacks, verbose=0)
-    return {"weights": [float(np.asarray(w).sum()) for w in model.get_weights()],
+    if tf_data:
+        import tensorflow as tf
+        batches = tf.data.Dataset.from_tensor_slices((x[idx], y[idx])).batch(local_batch).repeat()
+        hist = model.fit(batches, steps_per_epoch=SAMPLES // GLOBAL_BATCH, epochs=EPOCHS,
+                         callbacks=callbacks, verbose=0)
+    else:
+        hist = model.fit(x[idx], y[idx], batch_size=local_batch, epochs=EPOCHS, shuffle=False,
+                         callbacks=callbacks, verbose=0)
+    return {"weights": np.concatenate([np.ravel(w) for w in model.get_weights()]).tolist(),
             "loss": [float(v) for v in hist.history["loss"]]}
 
 
