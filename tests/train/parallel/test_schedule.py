@@ -148,5 +148,7 @@ def _one_rank_stops(config):
 
 def test_a_stage_that_stops_fails_its_neighbour_within_the_timeout(gang):
     err, _ = gang.run(_one_rank_stops, timeout=120)
-    assert err.startswith("CollectiveError: pipeline rank 0 waited 3s for the gradient of stage 0, "
-                          "micro-batch 0"), err
+    # on CPU the training thread reads the gradient itself: its wait is bounded by the
+    # connection's timeout, and here ends when rank 1's group closes
+    assert err.startswith("CollectiveError: pipeline rank 0 waited"), err
+    assert "the gradient of stage 0, micro-batch 0 from rank 1" in err, err
