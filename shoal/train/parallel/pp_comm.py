@@ -35,14 +35,16 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
 
 
 class Links:
-    """Sends on one thread, receives ahead of need on one thread per neighbouring rank."""
+    """A rank's pipeline messages: on the training thread on CPU, else on helper threads."""
+
+    _pull_on_cpu = True     # False: helper threads on CPU too (tests cover that path without a GPU)
 
     def __init__(self, group, meta: dict, device=None):
         self.group, self.timeout = group, float(getattr(group, "timeout", 300.0))
         cpu = device is None or torch.device(device).type == "cpu"
         # on CPU the training thread reads (and, where sends cannot block, writes) itself
-        self.pull = cpu
-        self.inline = cpu and bool(getattr(group, "nonblocking_send", False))
+        self.pull = cpu and self._pull_on_cpu
+        self.inline = self.pull and bool(getattr(group, "nonblocking_send", False))
         self.expected: dict = {}      # peer -> [messages still to read this step], pull mode
         self.works: list = []         # this step's async sends, inline mode
         self.cond = threading.Condition()
