@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import threading
 
 import numpy as np
 
@@ -23,11 +24,35 @@ from shoal.collective import _personalized as PX
 from shoal.collective._fusion import Fuser
 from shoal.collective._rendezvous import rendezvous
 from shoal.collective.communicator import Communicator, split_sizes
+from shoal.collective._work import Work
 from shoal.collective.config import NativeConfig
 from shoal.collective.timeline import Timeline, with_op_stats
 from shoal.exceptions import CollectiveError
 
 _P2P = struct.Struct("!qqq")  # tag, nbytes, dtype code
+_P2P_JOIN_BYTES = 16 << 10    # an async send this small goes out as one write with its header
+
+
+class _SendWork(Work):
+    """The handle of a ``send(async_op=True)``: done once its header and payload left."""
+
+    def __init__(self, description, pendings, data, timeout):
+        super().__init__(description)
+        self._pendings, self._data, self._timeout = pendings, data, timeout
+
+    def is_completed(self) -> bool:
+        return all(p.is_done() for p in self._pendings)
+
+    def wait(self, timeout: float | None = None):
+        """Block until the send left (at most ``timeout``, default the group's); returns None."""
+        bound = self._timeout if timeout is None else timeout
+        try:
+            for p in self._pendings:
+                p.wait(bound)
+        except CollectiveError as e:
+            raise CollectiveError(f"{self.description}: {e}") from e
+        self._data = None
+        return None
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -42,6 +67,7 @@ class NativeCommunicator(Communicator):
     """Collectives on CPU memory among processes: see the module docstring."""
 
     backend = "native"
+    nonblocking_send = True
 
     def __init__(self, rank: int, world_size: int, store, name: str = "default",
                  timeout: float = 300.0, config: NativeConfig | None = None):
@@ -56,6 +82,8 @@ class NativeCommunicator(Communicator):
         if self.shm is not None and self.timeline.enabled:
             self.shm.timeline = self.timeline
         self._cuda = None
+        self._p2p_lock = threading.Lock()
+        self._p2p_sends: dict = {}   # dst -> the latest send(async_op=True) to it
         self._scratch: dict[str, np.ndarray] = {}
         self._reducers: dict[tuple, Reducer] = {}
         self._descs: dict[tuple, np.ndarray] = {}
@@ -427,11 +455,34 @@ class NativeCommunicator(Communicator):
     def _do_send(self, t, dst, tag):
         if self._is_cuda(t):   # p2p never decides the route: only two ranks take part
             return self._on_cuda("send", t, dst, tag, decide=False)
+        queued = self._p2p_sends.get(dst)
+        if queued is not None and not queued.is_completed():
+            queued.wait(self.timeout)      # after the async sends before it, in order
         buf = as_buffer(t)
         data = _bytes(buf.array)
         self.mesh.send(dst, _P2P.pack(tag, data.size, dtype_code(buf.dtype_name)), channel=1)
         self.mesh.send(dst, data, channel=1)
         return None
+
+    def _send_nowait(self, t, dst, tag):
+        # Written on the calling thread as far as the socket takes it without blocking (a
+        # pipeline's activation usually all of it); the rest goes to the mesh's sender
+        # thread, behind this peer's earlier sends: no thread hop on the common path.
+        if self._is_cuda(t):
+            return None
+        buf = as_buffer(t)
+        data = _bytes(buf.array)
+        head = _P2P.pack(tag, data.size, dtype_code(buf.dtype_name))
+        with self._p2p_lock:   # the header and its payload back to back in the stream
+            if data.size <= _P2P_JOIN_BYTES:   # one write: a copy costs less than a second call
+                parts = (self.mesh.send_async(dst, head + data.tobytes(), channel=1,
+                                              inline_bytes=1 << 62),)
+            else:
+                parts = (self.mesh.send_async(dst, head, channel=1, inline_bytes=1 << 62),
+                         self.mesh.send_async(dst, data, channel=1, inline_bytes=1 << 62))
+            work = self._p2p_sends[dst] = _SendWork(f"send to rank {dst} on {self.name!r}",
+                                                   parts, data, self.timeout)
+        return work
 
     def _do_recv(self, t, src, tag):
         if self._is_cuda(t):

@@ -162,16 +162,18 @@ class TcpMesh:
             return
         _recv_into(self.conn(peer, channel), view, peer, self.timeout)
 
-    def send_async(self, peer: int, data, channel: int = 0) -> "_Pending":
+    def send_async(self, peer: int, data, channel: int = 0,
+                   inline_bytes: int = INLINE_SEND_BYTES) -> "_Pending":
         """Send on the background sender thread (while this thread receives).
 
-        A small send with nothing queued before it is written here at once,
-        without blocking; what the socket does not take goes to the thread.
+        A send of at most ``inline_bytes`` with nothing queued before it is
+        written here at once, without blocking; what the socket does not take
+        goes to the thread, after anything queued before it.
         """
         p = _Pending()
         view = memoryview(data).cast("B")
         with self._send_lock:
-            if view.nbytes <= INLINE_SEND_BYTES and self._queued == 0:
+            if view.nbytes <= inline_bytes and self._queued == 0:
                 try:
                     sent = _write_now(self.conn(peer, channel), view)
                 except OSError as e:
@@ -235,6 +237,9 @@ class _Pending:
     def done(self, err) -> None:
         self._err = err
         self._ev.set()
+
+    def is_done(self) -> bool:
+        return self._ev.is_set()
 
     def wait(self, timeout: float) -> None:
         if not self._ev.wait(timeout):

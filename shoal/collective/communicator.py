@@ -26,6 +26,10 @@ class Communicator:
     """
 
     backend = "abstract"
+    #: True where ``send(t, dst, async_op=True)`` on a CPU tensor writes on the calling thread
+    #: what the connection takes without blocking and queues the rest behind the earlier sends
+    #: (no thread per call, in order); False where each async send gets a thread of its own
+    nonblocking_send = False
 
     def __init__(self, rank: int, world_size: int, name: str, timeout: float):
         self.rank, self.world_size, self.name, self.timeout = rank, world_size, name, timeout
@@ -257,6 +261,10 @@ class Communicator:
             raise CollectiveError(f"{what} on a destroyed or broken communicator {self.name!r}")
         if not async_op:
             return fn(*args)
+        if what == "send":
+            work = self._send_nowait(*args)
+            if work is not None:
+                return work
         import threading
         work = Work(f"{what} on {self.name!r}")
 
@@ -357,6 +365,8 @@ class Communicator:
     def _do_alltoall(self, t, send_splits, recv_splits, out): raise NotImplementedError
     def _do_barrier(self): raise NotImplementedError
     def _do_send(self, t, dst, tag): raise NotImplementedError
+    # an async send without a thread of its own (None: this backend has none)
+    def _send_nowait(self, t, dst, tag): return None
     def _do_recv(self, t, src, tag): raise NotImplementedError
 
 

@@ -205,6 +205,31 @@ def ops_cases(comm, with_torch=True):
         comm.recv(rec, src=(r - 1) % W, tag=5)
         w.wait(30)
         out["send_recv_ring"] = _eq(rec, np.full(1000, (r - 1) % W, np.float32), "p2p")
+    if W > 1 and comm.nonblocking_send:
+        # async sends larger than a socket buffer (finished by the sender thread) and a small
+        # one after them arrive in the order they were sent; so does a synchronous send after
+        # async ones (rank 0 to rank 1)
+        n, q = 1 << 21, (r - 1) % W
+        works = [comm.send(np.full(n, r * 10 + k, np.float32), dst=(r + 1) % W, tag=6,
+                           async_op=True) for k in range(3)]
+        works.append(comm.send(np.full(3, r, np.int64), dst=(r + 1) % W, tag=7, async_op=True))
+        errs = [_eq(comm.recv(np.empty(n, np.float32), src=q, tag=6),
+                    np.full(n, q * 10 + k, np.float32), f"big {k}") for k in range(3)]
+        errs.append(_eq(comm.recv(np.empty(3, np.int64), src=q, tag=7), np.full(3, q, np.int64),
+                        "small"))
+        for w in works:
+            w.wait(30)
+        errs.append(None if all(w.is_completed() for w in works) else "a send is not completed")
+        if r == 0:
+            w = comm.send(np.full(n, 1.0, np.float32), dst=1, tag=8, async_op=True)
+            comm.send(np.full(3, 2, np.int64), dst=1, tag=9)
+            w.wait(30)
+        elif r == 1:
+            errs.append(_eq(comm.recv(np.empty(n, np.float32), src=0, tag=8),
+                            np.full(n, 1.0, np.float32), "async then sync: async"))
+            errs.append(_eq(comm.recv(np.empty(3, np.int64), src=0, tag=9),
+                            np.full(3, 2, np.int64), "async then sync: sync"))
+        out["send_async_in_order"] = next((e for e in errs if e), None)
 
     obj = comm.broadcast_object({"from": r, "list": [1, 2]} if r == 0 else None, src=0)
     out["broadcast_object"] = None if obj == {"from": 0, "list": [1, 2]} else f"got {obj}"

@@ -62,6 +62,11 @@ def test_send_recv_ring(results, world):
     _check(results, world, "send_recv_ring")
 
 
+@pytest.mark.parametrize("world", (2, 3, 4))
+def test_async_sends_arrive_in_order(results, world):
+    _check(results, world, "send_async_in_order")
+
+
 def test_mesh_2x2_groups(results):
     _check(results, 4, "mesh_2x2_groups")
 

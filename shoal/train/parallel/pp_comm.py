@@ -1,13 +1,22 @@
-"""Pipeline parallelism's communication: a stage's sends and early receives, off the training thread.
+"""Pipeline parallelism's communication: a stage's sends and receives, off the critical path.
 
-``Links`` moves one rank's activations and gradients: every send goes to one
-sender thread (the training thread never waits for a neighbour to take
-one), and one receiver thread per neighbouring rank reads that neighbour's
-messages as they arrive, in the order it sends them (each rank derives every
-rank's schedule), into one buffer per (kind, stage, micro-batch). The
-training thread ``take``s a received tensor, waiting only if it has not
-arrived. On a GPU a CUDA event orders the helper threads with the training
-thread's stream.
+``Links`` moves one rank's activations and gradients. On CPU over a group
+whose ``send(async_op=True)`` does not block (``nonblocking_send``, shoal's
+native backend), a send is written on the training thread as far as the
+connection takes it (a whole activation, usually) and the rest queued behind
+it, and a receive is read on the training thread when the schedule needs it:
+each neighbour's messages come in the order it sends them (each rank derives
+every rank's schedule), so ``take`` reads that neighbour's stream up to the
+message wanted, keeping any read on the way in a buffer per (kind, stage,
+micro-batch). A message is then one write and one read, with no hand-off
+between threads: on a host whose cores are all computing, each hand-off
+(waking a helper thread, passing the GIL) put a fraction of a millisecond
+on the pipeline's critical path twice per micro-batch. The kernel's socket
+buffers hold what is sent ahead; a send the buffer cannot take finishes on
+the group's sender thread, so two ranks sending to each other never wait on
+each other. Elsewhere (CUDA tensors, other backends) one sender thread
+sends, and one receiver thread per neighbouring rank reads ahead of need;
+a CUDA event orders them with the training thread's stream.
 """
 from __future__ import annotations
 
@@ -26,10 +35,18 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
 
 
 class Links:
-    """Sends on one thread, receives ahead of need on one thread per neighbouring rank."""
+    """A rank's pipeline messages: on the training thread on CPU, else on helper threads."""
 
-    def __init__(self, group, meta: dict):
+    _pull_on_cpu = True     # False: helper threads on CPU too (tests cover that path without a GPU)
+
+    def __init__(self, group, meta: dict, device=None):
         self.group, self.timeout = group, float(getattr(group, "timeout", 300.0))
+        cpu = device is None or torch.device(device).type == "cpu"
+        # on CPU the training thread reads (and, where sends cannot block, writes) itself
+        self.pull = cpu and self._pull_on_cpu
+        self.inline = self.pull and bool(getattr(group, "nonblocking_send", False))
+        self.expected: dict = {}      # peer -> [messages still to read this step], pull mode
+        self.works: list = []         # this step's async sends, inline mode
         self.cond = threading.Condition()
         self.slots: dict = {}
         self.meta = meta              # (kind, stage, i) -> (shape, dtype, requires_grad)
@@ -39,12 +56,18 @@ class Links:
         self.receiving = 0            # receive jobs (one per neighbour per step) not yet done
         self.bufs: dict = {}          # ("act", stage, i) -> the buffer reused step after step
         self.jobs: dict = {}
-        self.threads = [threading.Thread(target=self._send_loop, daemon=True,
-                                         name=f"pipeline-send-{group.rank}")]
-        self.threads[0].start()
+        self.threads = []
+        if not self.inline:
+            self.threads.append(threading.Thread(target=self._send_loop, daemon=True,
+                                                 name=f"pipeline-send-{group.rank}"))
+            self.threads[0].start()
 
     def receive(self, peer: int, job) -> None:
-        """Start receiving ``job`` = (messages, renegotiate, device) from ``peer``."""
+        """Expect this step's ``job`` = (messages, renegotiate, device) from ``peer``."""
+        if self.pull:
+            messages, renegotiate, device = job
+            self.expected[peer] = [list(messages), 0, renegotiate, device]
+            return
         if peer not in self.jobs:
             self.jobs[peer] = queue.SimpleQueue()
             t = threading.Thread(target=self._recv_loop, args=(peer,), daemon=True,
@@ -57,7 +80,11 @@ class Links:
 
     # -- the training thread
     def send(self, t, dst: int, tag: int) -> None:
-        """Queue ``t`` for rank ``dst`` (it must not change until the step's ``drain``)."""
+        """Send or queue ``t`` for rank ``dst`` (it must not change until the step's ``drain``)."""
+        if self.inline:
+            self._raise()
+            self.works.append(self.group.send(t, dst, tag=tag, async_op=True))
+            return
         with self.cond:
             self._raise()
             self.unsent += 1
@@ -66,6 +93,8 @@ class Links:
 
     def take(self, key):
         """The received tensor of ``key`` = (kind, stage, microbatch), once it is here."""
+        if self.pull:
+            return self._pull(key)
         deadline = time.monotonic() + self.timeout
         with self.cond:
             while key not in self.slots:
@@ -84,6 +113,15 @@ class Links:
 
     def drain(self) -> None:
         """Wait until every queued send has left and every receive job ended (a step's end)."""
+        if self.pull:     # messages no action took (none in a complete step) keep the stream in step
+            for peer, exp in self.expected.items():
+                while exp[1] < len(exp[0]):
+                    self._pull_next(peer, exp)
+        if self.inline:
+            works, self.works = self.works, []
+            for w in works:
+                w.wait(self.timeout)
+            return
         deadline = time.monotonic() + self.timeout
         with self.cond:
             while self.unsent or self.receiving:
@@ -119,6 +157,33 @@ class Links:
         with self.cond:
             self.error = self.error or e
             self.cond.notify_all()
+
+    # -- pull mode: the training thread reads its neighbours' streams itself
+    def _pull(self, key):
+        kind, stage, _ = key
+        p = self.group.world_size
+        peer = (stage - 1) % p if kind == "act" else (stage + 1) % p
+        exp = self.expected.get(peer)
+        while key not in self.slots:
+            if exp is None or exp[1] >= len(exp[0]):
+                raise CollectiveError(
+                    f"pipeline rank {self.group.rank}: the {'activation' if kind == 'act' else 'gradient'}"
+                    f" of stage {stage}, micro-batch {key[2]} is not among the messages rank {peer} "
+                    "sends this step; is every rank calling step() with the same schedule?")
+            try:      # bounded by the group's timeout on its connection
+                self._pull_next(peer, exp)
+            except CollectiveError as e:
+                raise CollectiveError(
+                    f"pipeline rank {self.group.rank} waited for the "
+                    f"{'activation' if kind == 'act' else 'gradient'} of stage {stage}, micro-batch "
+                    f"{key[2]} from rank {peer}, which failed: {e}; is every rank alive and calling "
+                    "step() with the same schedule?") from e
+        return self.slots.pop(key)[0]
+
+    def _pull_next(self, peer, exp):
+        messages, k, renegotiate, device = exp
+        exp[1] = k + 1
+        self._receive(peer, *messages[k], renegotiate, device)
 
     # -- the helper threads
     def _send_loop(self):

@@ -14,12 +14,14 @@ stages and rank ``r`` runs stages ``r, r + p, r + 2p, ...`` (Megatron-LM's
 interleaved 1F1B), which divides the bubble by ``v`` for ``v`` times the
 messages.
 
-The training thread only computes. Sends go to one sender thread (a stage
-never waits for a neighbour to take an activation), and one receiver thread
-per neighbouring rank reads that neighbour's messages as they arrive, in the
-order the neighbour sends them (each rank derives every rank's schedule), into
-a buffer per (stage, micro-batch): a stage waits only for data its schedule
-needs and that has not been sent yet. Every wait is bounded by the group's
+A stage never waits for a neighbour to take an activation: on CPU the
+training thread writes what the connection takes at once and the group's
+sender thread the rest; it reads a neighbour's messages in the order the
+neighbour sends them (each rank derives every rank's schedule) when it needs
+one, keeping those read on the way in a buffer per (stage, micro-batch), so a
+stage waits only for data its schedule needs and that has not been sent yet,
+and a message costs no hand-off between threads. On a GPU a sender thread
+and a receiver thread per neighbour do this off the training thread. Every wait is bounded by the group's
 timeout. Shapes are negotiated when the micro-batch sizes of a step differ
 from the previous step's, so a steady loop moves only the payload and one
 small step header per link.
@@ -392,7 +394,7 @@ class PipelineSchedule:
 
     def _start_links(self, renegotiate):
         if self._links is None:
-            self._links = Links(self.group, self._meta)
+            self._links = Links(self.group, self._meta, self.device)
         # every message a neighbour sends to this rank in one step, in its order
         plans = self._plans.get(self.num_microbatches)
         if plans is None:
