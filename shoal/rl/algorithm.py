@@ -81,6 +81,24 @@ class Algorithm:
                           module_factory=self.module_factory(), fragment_length=c.fragment_length(),
                           seed=c.seed, **kwargs)
 
+    def _build_runners_and_learners(self, make_learner_group, **spec_kwargs) -> None:
+        """Start the env runners and the learners, then publish the first weights.
+
+        Runner actors are started first: their processes boot (each imports
+        torch and Gymnasium) while this process builds the learner (torch's
+        optimizers import torch._dynamo on first use, about a second), instead
+        of one after the other before the first sample. Runners in this
+        process (``num_env_runners=0``) are built after the learner, as
+        before, so a seeded run samples the same actions.
+        """
+        remote = self.config.num_env_runners > 0
+        if remote:
+            self._make_runner_groups(**spec_kwargs)
+        self.learner_group = make_learner_group()
+        if not remote:
+            self._make_runner_groups(**spec_kwargs)
+        self._publish_weights()
+
     def _make_runner_groups(self, **spec_kwargs) -> None:
         c = self.config
         self.env_runner_group = EnvRunnerGroup(

@@ -199,18 +199,17 @@ class DQN(Algorithm):
             from shoal.exceptions import InvalidInputError
             raise InvalidInputError(f"DQN needs a Discrete action space; environment {c.env} has "
                                     f"{self.action_space}. Use PPO for continuous actions")
-        self.learner_group = LearnerGroup(
-            LearnerSpec(self.module_factory(), self.observation_space, self.action_space, c.lr,
-                        _DQNUpdate(c), setup=dqn_setup, grad_clip=c.grad_clip, seed=c.seed,
-                        num_threads=c.num_threads_per_learner),
-            c.num_learners, c.num_cpus_per_learner, c.max_num_learner_restarts)
         self.replay = (PrioritizedReplayBuffer(c.replay_buffer_capacity, c.prioritized_replay_alpha,
                                                c.prioritized_replay_beta, seed=c.seed)
                        if c.prioritized_replay else ReplayBuffer(c.replay_buffer_capacity, seed=c.seed))
         self._last_target_update = 0
         self._train_debt = 0.0
-        self._make_runner_groups(next_obs=True, bootstrap_truncated=False)
-        self._publish_weights()
+        self._build_runners_and_learners(lambda: LearnerGroup(
+            LearnerSpec(self.module_factory(), self.observation_space, self.action_space, c.lr,
+                        _DQNUpdate(c), setup=dqn_setup, grad_clip=c.grad_clip, seed=c.seed,
+                        num_threads=c.num_threads_per_learner),
+            c.num_learners, c.num_cpus_per_learner, c.max_num_learner_restarts),
+            next_obs=True, bootstrap_truncated=False)
 
     def module_factory(self):
         """Builds QNetwork modules with the config's ModelConfig."""

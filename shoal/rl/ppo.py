@@ -178,13 +178,11 @@ class PPO(Algorithm):
     def setup(self) -> None:
         c = self.config
         self.kl_coeff = c.kl_coeff if c.use_kl_loss else 0.0
-        self.learner_group = LearnerGroup(
+        self._build_runners_and_learners(lambda: LearnerGroup(
             LearnerSpec(self.module_factory(), self.observation_space, self.action_space, c.lr,
                         _PPOUpdate(c), grad_clip=c.grad_clip, seed=c.seed,
                         num_threads=c.num_threads_per_learner),
-            c.num_learners, c.num_cpus_per_learner, c.max_num_learner_restarts)
-        self._make_runner_groups()
-        self._publish_weights()
+            c.num_learners, c.num_cpus_per_learner, c.max_num_learner_restarts))
 
     def module_factory(self):
         """Builds ActorCritic modules with the config's ModelConfig."""
