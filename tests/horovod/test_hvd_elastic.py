@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import shoal
 import shoal.train as st
+from tests._elastic_logs import assert_each_epoch_used_every_sample_once
 
 N, BATCH = 64, 4
 
@@ -112,18 +113,7 @@ def test_elastic_run_resets_horovod_and_keeps_state_across_a_dead_rank(cluster, 
                  for c in result.membership_changes[1:]]
     assert len(resets) == sum(survivors), (resets, result.membership_changes)
     # the ElasticSampler dealt each epoch's samples once over the changing world
-    by_step: dict = {}
-    for f in glob.glob(f"{out}/steps-*"):
-        for line in open(f).read().splitlines():
-            epoch, _, _, idx, step, gen = json.loads(line)
-            by_step.setdefault(step, {}).setdefault(gen, []).append((epoch, idx))
-    seen: dict = {}
-    for gens in by_step.values():
-        for epoch, idx in gens[max(gens)]:
-            seen.setdefault(epoch, []).extend(idx)
-    for epoch in sorted(seen)[:-1]:
-        assert set(seen[epoch]) == set(range(N)), epoch
-        assert len(seen[epoch]) - N < 2, (epoch, len(seen[epoch]))
+    assert_each_epoch_used_every_sample_once(out, N, max_world=2)
 
 
 def test_hvd_elastic_names():

@@ -2,12 +2,13 @@
 worker node dies (every process of its namespace, raylet included): the gang shrinks to the
 head node's worker; the node comes back (``ray start --address``): Ray places the pending
 worker there and the gang grows back to one worker per node."""
-import glob
 import json
 import os
 import time
 
 import pytest
+
+from tests._elastic_logs import assert_each_epoch_used_every_sample_once, rows
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -68,11 +69,6 @@ def loop(config):
 """
 
 
-def _rows(out, kind):
-    return [(int(f.rsplit("-", 1)[1]), json.loads(line))
-            for f in glob.glob(f"{out}/{kind}-*") for line in open(f).read().splitlines()]
-
-
 def _wait(cond, proc, timeout, what):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -89,7 +85,7 @@ def _wait(cond, proc, timeout, what):
 def _trained(out, world, hosts, steps=4):
     """Some process logged ``steps`` steps in a world of ``world`` ranks over ``hosts`` hosts."""
     counts: dict = {}
-    for pid, row in _rows(out, "steps"):
+    for pid, row in rows(out, "steps"):
         if row[2] == world and row[6] == hosts:
             counts[pid] = counts.get(pid, 0) + 1
     return any(n >= steps for n in counts.values())
@@ -144,20 +140,11 @@ emit({{"changes": res.membership_changes}})
     # every generation's members held identical parameters and momentum after the sync
     # (the worker on the new node got exactly the survivor's), across both nodes
     syncs: dict = {}
-    for _, (commits, world, _, digest, hosts) in _rows(out, "sync"):
+    for _, (commits, world, _, digest, hosts) in rows(out, "sync"):
         syncs.setdefault((commits, world), set()).add(digest)
         assert hosts == world, (world, hosts)       # one worker per node: TCP between them
     assert all(len(v) == 1 for v in syncs.values()), syncs
     assert any(w == 2 and c > 0 for c, w in syncs), syncs      # the regrown gang synced mid-run
     # each finished epoch used every sample once (a step cut short by the node's death is
     # done again by the next generation, whose rows replace it)
-    by_step: dict = {}
-    for _, (epoch, _, _, idx, step, gen, _) in _rows(out, "steps"):
-        by_step.setdefault(step, {}).setdefault(gen, []).append((epoch, idx))
-    seen: dict = {}
-    for gens in by_step.values():
-        for epoch, idx in gens[max(gens)]:
-            seen.setdefault(epoch, []).extend(idx)
-    for epoch in sorted(seen)[:-1]:
-        assert set(seen[epoch]) == set(range(N)), epoch
-        assert len(seen[epoch]) - N < 2, (epoch, len(seen[epoch]))
+    assert_each_epoch_used_every_sample_once(out, N, max_world=2)

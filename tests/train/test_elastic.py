@@ -18,6 +18,7 @@ import shoal
 import shoal.train as st
 from shoal.exceptions import TrainingFailedError
 from shoal.train import elastic
+from tests._elastic_logs import assert_each_epoch_used_every_sample_once
 
 N = 96          # samples per epoch
 BATCH = 4       # per rank
@@ -63,7 +64,7 @@ def _elastic_loop(config):
             loader.set_epoch(state.epoch)
             for x, y, idx in loader:
                 # logged before the step, with its number and the gang's generation: a step
-                # cut short by a dead rank is done again by the next generation (_committed)
+                # cut short by a dead rank is done again by the next generation (tests/_elastic_logs.py)
                 ctx = st.get_context()
                 with open(f"{out}/steps-{pid}", "a") as f:
                     f.write(json.dumps([state.epoch, ctx.rank, ctx.world_size, idx.tolist(),
@@ -81,18 +82,6 @@ def _elastic_loop(config):
             state.done = small in w and w[-1] == full and w.index(small) < len(w) - 1
     train(state)
     return st.get_context().world_size
-
-
-def _committed(out: str) -> list:
-    """(epoch, indices) of every rank's batch of every committed step: of each step, the
-    rows of the last generation that took it (a step whose gradient sum completed counts
-    the batch of a rank that died right after)."""
-    by_step: dict = {}
-    for f in glob.glob(f"{out}/steps-*"):
-        for line in open(f).read().splitlines():
-            epoch, _, _, idx, step, gen = json.loads(line)
-            by_step.setdefault(step, {}).setdefault(gen, []).append((epoch, idx))
-    return [row for gens in by_step.values() for row in gens[max(gens)]]
 
 
 def _kill_rank_one(out: str, stop: threading.Event, world: int = 3, sig=signal.SIGKILL,
@@ -164,15 +153,7 @@ def test_shrinks_on_a_dead_rank_and_grows_back(cluster, tmp_path):
 
     # each epoch's samples were used once (plus at most world-1 of DistributedSampler's
     # end-of-epoch padding), across the shrink and the grow
-    seen: dict = {}
-    for epoch, idx in _committed(out):
-        seen.setdefault(epoch, []).extend(idx)
-    last = max(seen)
-    for epoch, idx in seen.items():
-        if epoch == last:
-            continue            # the run stops when it is done, not at an epoch's end
-        assert set(idx) == set(range(N)), epoch
-        assert len(idx) - N < 3, (epoch, len(idx))
+    assert_each_epoch_used_every_sample_once(out, N, max_world=3)
 
 
 def test_state_commit_and_restore_round_trip():

@@ -2,7 +2,6 @@
 --host-discovery-script growing and shrinking a running job."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -15,6 +14,8 @@ import sys
 import time
 
 import pytest
+
+from tests._elastic_logs import assert_each_epoch_used_every_sample_once, rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -51,42 +52,15 @@ def _finish(procs, timeout):
     return outs
 
 
-def _rows(out, kind):
-    rows = []
-    for f in glob.glob(f"{out}/{kind}-*"):
-        pid = int(f.rsplit("-", 1)[1])
-        rows += [(pid, json.loads(line)) for line in open(f).read().splitlines()]
-    return rows
-
-
-def _committed_rows(out):
-    """(epoch, indices) of every rank's batch of every committed step.
-
-    Each rank logs its batch before the step with the step's number and the
-    gang's generation. A step that was cut short (a rank died before its
-    gradients were summed) is done again by a later generation, whose rows
-    replace it; a step whose sum completed counts the batch of a rank that
-    died right after (its gradient is in the committed state)."""
-    by_step: dict = {}
-    for _, (epoch, _, _, idx, step, gen) in _rows(out, "steps"):
-        by_step.setdefault(step, {}).setdefault(gen, []).append((epoch, idx))
-    return [row for gens in by_step.values() for row in gens[max(gens)]]
-
-
 def _check_state_and_samples(out):
     """Every generation's members hold the same parameters and momentum after the sync (a
     new process got exactly the survivors'), and each finished epoch used every sample once
     (plus at most world-1 of the end-of-epoch padding)."""
     syncs: dict = {}
-    for _, (commits, world, rank, digest, *_) in _rows(out, "sync"):
+    for _, (commits, world, rank, digest, *_) in rows(out, "sync"):
         syncs.setdefault((commits, world), set()).add(digest)
     assert all(len(v) == 1 for v in syncs.values()), syncs
-    seen: dict = {}
-    for epoch, idx in _committed_rows(out):
-        seen.setdefault(epoch, []).extend(idx)
-    for epoch in sorted(seen)[:-1]:
-        assert set(seen[epoch]) == set(range(N)), epoch
-        assert len(seen[epoch]) - N < 3, (epoch, len(seen[epoch]))
+    assert_each_epoch_used_every_sample_once(out, N, max_world=3)
     return syncs
 
 
@@ -104,7 +78,7 @@ def _a_worker_of_world(out, world, rank, min_steps=4):
     """The pid of the process that last logged rank ``rank`` in a world of ``world``, once
     every process of that world logged ``min_steps`` steps."""
     by_pid: dict = {}
-    for pid, row in _rows(out, "steps"):
+    for pid, row in rows(out, "steps"):
         by_pid.setdefault(pid, []).append(row)
     live = {p: r for p, r in by_pid.items() if r[-1][2] == world}
     if len(live) == world and all(len(r) >= min_steps for r in live.values()):

@@ -15,7 +15,9 @@ import sys
 import time
 
 import pytest
-from test_launch_elastic import SCRIPT, _check_state_and_samples, _rows, _wait_for
+from test_launch_elastic import SCRIPT, _check_state_and_samples, _wait_for
+
+from tests._elastic_logs import rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -102,7 +104,7 @@ def _write_hosts(path, lines):
 
 def _worker_pids(out, ns) -> set[int]:
     """The training processes (those that logged a step) running in namespace ``ns``."""
-    logged = {pid for pid, _ in _rows(out, "steps")}
+    logged = {pid for pid, _ in rows(out, "steps")}
     return logged & _ns_pids(ns)
 
 
@@ -118,7 +120,7 @@ def _world_trained(out, world, steps=3):
     """True once the live processes are ``world`` ranks of one generation and each logged
     ``steps`` steps in it."""
     by_pid: dict = {}
-    for pid, row in _rows(out, "steps"):
+    for pid, row in rows(out, "steps"):
         by_pid.setdefault(pid, []).append(row)
     by_pid = {p: r for p, r in by_pid.items() if _alive(p)}
     live = {p: r for p, r in by_pid.items() if r[-1][2] == world}
@@ -191,6 +193,6 @@ def test_discovery_across_hosts_shrinks_and_grows_with_hosts_and_a_killed_proces
     syncs = _check_state_and_samples(out)
     assert any(w == 3 and c > 0 for c, w in syncs)
     # and the groups spanned the hosts their members were on (TCP between namespaces)
-    spans = {(world, n) for _, (_, world, _, _, n) in _rows(out, "sync")}
+    spans = {(world, n) for _, (_, world, _, _, n) in rows(out, "sync")}
     assert (3, 3) in spans and (2, 2) in spans and (1, 1) in spans, spans
     assert all(world == n for world, n in spans), spans
