@@ -13,6 +13,7 @@ error id written to the replica's log) and the replica stays up.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import sys
@@ -80,6 +81,7 @@ class Replica:
             await r
         if self.server is None:
             self.server = await _wire.serve_unix(self.path, self.secret, self._on_message)
+            _freeze_heap()      # the user's model is built: out of every full collection
         return self.path
 
     async def check_health(self) -> bool:
@@ -119,6 +121,7 @@ class Replica:
                 await self.http.start(sock)
             finally:
                 sock.close()
+            _freeze_heap()      # and the web stack, imported for the front
         return True
 
     async def reconfigure(self, user_config) -> None:
@@ -394,6 +397,18 @@ class Replica:
             cause = None
         return RequestError(f"{self.deployment}.{method} raised {type(e).__name__}: {e} "
                             f"(error_id {error_id}, see the replica's log)", error_id, cause)
+
+
+def _freeze_heap() -> None:
+    """Move what the replica holds once it is set up (the model, torch's and the web
+    stack's modules: ~170,000 objects for the digits CNN) to the collector's permanent
+    generation. Each full collection walked them all, 60-85 ms with the event loop
+    stopped, and under load those pauses were the requests' p99 (51 ms, 6.6 ms frozen).
+    Objects of that moment that later become cyclic garbage are then freed only by
+    refcounting; ``SHOAL_SERVE_GC_FREEZE=0`` leaves the collector alone."""
+    if os.environ.get("SHOAL_SERVE_GC_FREEZE", "1") != "0":
+        gc.collect()    # garbage is freed, not frozen
+        gc.freeze()
 
 
 def _time_out(fut, error) -> None:

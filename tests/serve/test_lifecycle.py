@@ -257,3 +257,28 @@ def test_new_user_config_is_applied_in_place_without_restart(serve, http):
     from shoal.exceptions import ServeError
     with pytest.raises(ServeError, match="reconfigure"):
         serve.run(NoReconfigure.bind(), name="bad", route_prefix="/bad")
+
+
+def test_a_replica_freezes_its_heap_once_set_up_unless_told_not_to(serve, http):
+    """Full collections that walk the model and the web stack stop the event loop for
+    tens of milliseconds; a set-up replica moves them out of the collector's reach."""
+    def make(env):
+        @serve.deployment(ray_actor_options={"runtime_env": {"env_vars": env}})
+        class Model:
+            def __init__(self):
+                self.weights = [[float(i)] * 4 for i in range(1000)]
+
+            def __call__(self, request=None):
+                import gc
+                return {"frozen": gc.get_freeze_count(), "pid": os.getpid()}
+        return Model.bind()
+
+    handle = serve.run(make({}), name="frozen", route_prefix="/frozen")
+    frozen = handle.remote().result()
+    # more than the user's weights: what the replica and its HTTP front had imported too
+    assert frozen["frozen"] > 10_000, frozen
+    assert http.get(http.url("/frozen")).json()["frozen"] >= frozen["frozen"]
+    handle = serve.run(make({"SHOAL_SERVE_GC_FREEZE": "0"}), name="left",
+                       route_prefix="/left")
+    left = handle.remote().result()
+    assert left["frozen"] == 0 and left["pid"] != frozen["pid"], left
