@@ -1,6 +1,6 @@
 """What observability costs: task and actor rates with the dashboard on and off.
 
-    python benchmarks/dashboard.py [--rounds 4] [--quick]
+    python benchmarks/dashboard.py [--rounds 4] [--pairs 8] [--with-rec] [--quick]
 
 "off" is a cluster that records nothing (``SHOAL_TASK_EVENTS=0``, no
 dashboard, no state snapshot: ``SHOAL_STATE_SNAPSHOT_S=0``); "rec" records
@@ -10,8 +10,11 @@ without a dashboard;
 dashboard and Prometheus metrics, and a browser-like client in another
 process polls the tasks page's API and /metrics every 2 s. Each run is a
 fresh process; rounds alternate the order of off and on and the best of
-each is kept (with --with-rec, "rec" runs in each round too). The dashboard's memory is the driver's RSS growth from
-starting it and serving the polls.
+each is kept (with --with-rec, "rec" runs in each round too). Then
+(--pairs) one process starts and stops the dashboard between windows, so
+its own cost is measured without the spread between processes. The
+dashboard's memory is the driver's RSS growth from starting it and serving
+the polls.
 """
 from __future__ import annotations
 
@@ -99,19 +102,21 @@ def run_mode(mode: str, quick: bool) -> dict:
     try:
         shoal.get([noop.remote() for _ in range(500)])
         gc.callbacks.append(on_gc)
-        n = 2000 if quick else 5000
-        _measure(out, "tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)]), 3)
+        # windows of ~0.5 s, five of each: at 5,000 calls (~0.13 s) one round's best still
+        # moved by +-9 % between runs, more than the cost being measured
+        n = 2000 if quick else 20000
+        _measure(out, "tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)]), 5)
         a = Actor.remote()
         shoal.get(a.ping.remote())
-        m = 500 if quick else 1000
+        m = 500 if quick else 4000
 
         def sync_loop():
             for _ in range(m):
                 shoal.get(a.ping.remote())
-        _measure(out, "actor_sync_calls_per_s", m, sync_loop, 2)
-        b = 2000 if quick else 5000
+        _measure(out, "actor_sync_calls_per_s", m, sync_loop, 5)
+        b = 2000 if quick else 30000
         _measure(out, "actor_batch_calls_per_s", b,
-                 lambda: shoal.get([a.ping.remote() for _ in range(b)]), 3)
+                 lambda: shoal.get([a.ping.remote() for _ in range(b)]), 5)
         gc.callbacks.remove(on_gc)
         out["gc_ms"] = gc_s[0] * 1e3
         out["driver_rss_mb"] = me.memory_info().rss / 1e6
@@ -122,6 +127,65 @@ def run_mode(mode: str, quick: bool) -> dict:
             poller.wait()
         shoal.shutdown()
     return out
+
+
+def run_paired(pairs: int, quick: bool) -> dict:
+    """The dashboard's own cost with the process held constant: one cluster (recording
+    on, as by default) measures windows with the dashboard stopped and started in turn,
+    the order alternating pair by pair. Separate processes differ by more than the
+    cost (memory layout, which core): rec / off moved +-4 to 9 % between runs."""
+    import statistics
+
+    import shoal
+    import shoal.dashboard
+    shoal.init(num_cpus=2, log_to_driver=False)
+
+    @shoal.remote
+    def noop():
+        return None
+
+    @shoal.remote
+    class Actor:
+        def ping(self):
+            return None
+    a = Actor.remote()
+    shoal.get([noop.remote() for _ in range(500)] + [a.ping.remote() for _ in range(500)])
+    n, m, b = (2000, 500, 2000) if quick else (20000, 4000, 30000)
+
+    def sync_loop():
+        for _ in range(m):
+            shoal.get(a.ping.remote())
+    work = [("tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)])),
+            ("actor_sync_calls_per_s", m, sync_loop),
+            ("actor_batch_calls_per_s", b, lambda: shoal.get([a.ping.remote() for _ in range(b)]))]
+    got: dict = {"off": [], "on": []}
+    try:
+        for i in range(pairs):
+            for mode in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                poller = None
+                if mode == "on":
+                    d = shoal.dashboard.start(quiet=True)
+                    poller = subprocess.Popen([sys.executable, "-c", POLLER,
+                                               f"http://127.0.0.1:{d.port}", d.token])
+                    time.sleep(0.5)         # serving and sampling before the windows
+                out: dict = {}
+                try:
+                    for key, count, fn in work:
+                        _measure(out, key, count, fn, 2)
+                finally:
+                    if poller is not None:
+                        poller.kill()
+                        poller.wait()
+                        shoal.dashboard.stop()
+                got[mode].append(out)
+    finally:
+        shoal.shutdown()
+    res = {}
+    for key, _, _ in work:
+        res[key] = statistics.median(on[key] / off[key] for on, off in zip(got["on"], got["off"]))
+        cpu = key.replace("_per_s", "_driver_cpu_us")
+        res[cpu] = statistics.median(on[cpu] / off[cpu] for on, off in zip(got["on"], got["off"]))
+    return res
 
 
 def record_cost_us() -> float:
@@ -155,8 +219,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--with-rec", action="store_true",
                     help="also run recording without the dashboard, to tell the two costs apart")
+    ap.add_argument("--pairs", type=int, default=8,
+                    help="pairs of off/on windows in one process (0: skip that part)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.mode == "paired":
+        print(json.dumps(run_paired(args.pairs, args.quick)))
+        return
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.quick)))
         return
@@ -200,6 +269,22 @@ def main() -> None:
     per_task = 1e6 / best["off"]["tasks_per_s"]
     print(f"\nrecording alone: {cost:.2f} us per task, {cost / per_task:.1%} of a no-op task's "
           f"{per_task:.0f} us here (timed in isolation, best of 5 x 200,000)")
+    if args.pairs:
+        cmd = [sys.executable, __file__, "--mode", "paired", "--pairs", str(args.pairs)]
+        p = subprocess.run(cmd + (["--quick"] if args.quick else []), capture_output=True,
+                           text=True, timeout=900)
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        if p.returncode != 0 or not lines:
+            sys.exit(f"paired failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+        res = json.loads(lines[-1])
+        print(f"\nthe dashboard started and stopped in one process, {args.pairs} pairs of "
+              "windows, order alternating (median of the pairs' on / off; recording on in both)"
+              "\n")
+        print(f"| {'measure':40s} | {'rate':>10s} | {'driver CPU':>10s} |")
+        print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|")
+        for label, key in ROWS:
+            cpu = key.replace("_per_s", "_driver_cpu_us")
+            print(f"| {label:40s} | {res[key]:>10.3f} | {res[cpu]:>10.3f} |")
     grow = max(mem["on"]) - min(mem["off"])
     print(f"\ndashboard memory: the driver grows {grow:.1f} MB more with the dashboard on "
           f"(max {max(mem['on']):.1f} MB vs {min(mem['off']):.1f} MB growth off)")
