@@ -92,6 +92,36 @@ def test_running_and_pending_tasks_are_listed_live(cluster):
         == {"FINISHED"}
 
 
+def test_summary_counts_running_and_pending_as_the_listing_does(cluster):
+    """The summary counts without building rows: it must agree with the rows, for tasks
+    of two returns and for calls queued on a busy actor."""
+    @shoal.remote(num_returns=2)
+    def pair(s):
+        time.sleep(s)
+        return 1, 2
+
+    @shoal.remote
+    class Slow:
+        def nap(self, s):
+            time.sleep(s)
+
+    actor = Slow.remote()
+    shoal.get(actor.nap.remote(0))
+    refs = [r for _ in range(3) for r in pair.remote(3.0)]     # at most 2 run, the rest wait
+    calls = [actor.nap.remote(3.0) for _ in range(3)]          # 1 runs, 2 queued on the actor
+
+    def counts():
+        live = [r for r in shoal.state.list_tasks(limit=None) if r["end_time_ms"] is None]
+        running = sum(r["state"] == "RUNNING" for r in live)
+        t = shoal.state.summary()["tasks"]
+        return (running, len(live) - running), (t["RUNNING"], t["PENDING"])
+    listed, summed = _wait_for(lambda: (lambda c: c if c[0][0] >= 2 else None)(counts()))
+    assert summed == listed and sum(listed) == 6, (listed, summed)
+    shoal.get(refs + calls)
+    assert counts() == ((0, 0), (0, 0))
+    shoal.kill(actor)
+
+
 def test_actors_alive_and_dead_with_the_constructors_traceback(cluster):
     c = Counter.options(name="state-counter").remote()
     assert shoal.get(c.incr.remote()) == 1
