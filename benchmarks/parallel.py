@@ -223,7 +223,8 @@ def _pipeline_config(rank, comm, args):
     from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                               ScheduleInterleaved1F1B)
 
-    from shoal.train.parallel import PipelineSchedule, pipeline_layers, profile_layers, split_model
+    from shoal.train.parallel import (PipelineSchedule, pipeline_layers, profile_layers,
+                                      rebalance, split_model)
     model, x, y, loss_fn = _pipeline_model(args)
     m = args["microbatches"]
     # every layer's forward + backward on one micro-batch (loss on the last), averaged over
@@ -238,6 +239,13 @@ def _pipeline_config(rank, comm, args):
         v = 2 if schedule == "interleaved" else 1
         splits = {how: split_model(model, 2 * v, balance=costs if how == "time" else how)
                   for how in ("params", "time")}
+        tried = {}
+        if args["balance"] == "measured":
+            # start from the profiled cut, time the stages inside the pipeline, re-cut
+            splits["measured"] = rebalance(model, comm, (x, y), loss_fn, schedule=schedule,
+                                           num_microbatches=m, virtual_stages=v, costs=costs)
+            tried = {"/".join(map(str, c)): [1e3 * t for t in ms]
+                     for c, ms in rebalance.last.items()}
         if len(pipeline_layers(model)) % (2 * v) == 0:
             splits["layers"] = split_model(model, 2 * v, balance="layers")
         chunks = splits[args["balance"]][rank::2]
@@ -276,6 +284,7 @@ def _pipeline_config(rank, comm, args):
                      "schedule": schedule, "v": v, "balance": args["balance"],
                      "layers_per_stage": [len(s.layer_names) for s in splits[args["balance"]]],
                      "stage_costs": _split_costs(costs, model, splits), "costs": costs,
+                     "tried": tried,
                      "shoal_s": best["shoal"], "torch_s": best["torch"],
                      "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
                      "steps": [{"bubble": st.bubble, "wait": st.wait_s / st.wall_s,
@@ -354,6 +363,12 @@ def _report_pipeline(results, args):
         heavy = max(row["costs"]) / (sum(row["costs"]) / k)
         print(f"| {row['model']} | {k} | {cell('params')} | {cell('layers')} | {cell('time')} | "
               f"{heavy:.2f} |")
+    for row in results[0]:
+        if row.get("tried"):
+            print(f"(rebalance, {row['config']} {row['schedule']}: cuts tried (first layer of "
+                  "each stage after the first) -> compute measured in the pipeline, ms per step "
+                  "per stage: " + "; ".join(f"{cut} -> {' / '.join(f'{t:.1f}' for t in ms)}"
+                                           for cut, ms in row["tried"].items()) + ")")
     print("(per-layer ms: " + "; ".join(
         f"{row['config']}: " + " ".join(f"{1e3 * c:.2f}" for c in row["costs"])
         for row in results[0] if row["schedule"] == "gpipe") + ")", flush=True)
@@ -638,8 +653,9 @@ def main(argv=None):
     ap.add_argument("--microbatches", type=int, default=8)
     ap.add_argument("--pipeline-configs", default=",".join(PIPELINE_CONFIGS),
                     help=f"pipeline models to run ({', '.join(PIPELINE_CONFIGS)})")
-    ap.add_argument("--balance", default="time", choices=("time", "params", "layers"),
-                    help="how the pipeline section cuts its models into stages (default: by the "
+    ap.add_argument("--balance", default="time", choices=("time", "measured", "params", "layers"),
+                    help="how the pipeline section cuts its models into stages (\"measured\": rebalance, "
+                         "re-cut from compute timed inside the pipeline; default: by the "
                          "forward + backward time profile_layers measures)")
     args = ap.parse_args(argv)
     cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
