@@ -320,8 +320,8 @@ def _report_pipeline(results, args):
           "shoal / torch | theory | bubble measured (rank 0 / 1) | measured / theory | "
           "replayed, wall / CPU op times | replayed (CPU) / theory | "
           "waiting / overhead (its CPU) / descheduled in compute (share of step) | "
-          "compute CPU ms/step rank 0 / 1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "compute CPU ms/step rank 0 / 1 | process CPU ms/step per rank, shoal / torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
@@ -341,7 +341,8 @@ def _report_pipeline(results, args):
               f"{mean / theory:.2f} | {_median(wall):.3f} / {_median(cpu):.3f} | "
               f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
               f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} | "
-              f"{work[0]:.1f} / {work[1]:.1f} |", flush=True)
+              f"{work[0]:.1f} / {work[1]:.1f} | {_cpu_ms(results, i, 'shoal')} / "
+              f"{_cpu_ms(results, i, 'torch')} |", flush=True)
     print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
           "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
           "overhead: neither computing nor waiting, with the CPU time the training thread spent "
