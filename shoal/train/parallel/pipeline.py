@@ -324,7 +324,7 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
     wall = (param is not None and param.device.type == "cuda") or torch.get_num_threads() != 1
     held = {q: q.grad for q in model.parameters()}
     measured: dict = {}                 # cut -> every stage's compute per step
-    starts = _agreed(_balanced_starts(costs, n_stages), pp_group)
+    starts = _agreed(_best_cut(costs, schedule, p, virtual_stages, num_microbatches), pp_group)
     try:
         for q in held:
             q.grad = None
@@ -362,7 +362,8 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
                 if predicted > 0 and spent[s] > 0:
                     scale = spent[s] / (num_microbatches * predicted)
                     costs[a:b] = [c * scale for c in costs[a:b]]
-            starts = _agreed(_balanced_starts(costs, n_stages), pp_group)
+            starts = _agreed(_best_cut(costs, schedule, p, virtual_stages, num_microbatches),
+                             pp_group)
     finally:
         for q, g in held.items():
             q.grad = g
@@ -372,6 +373,55 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
 
 
 rebalance.last = {}
+
+
+def _best_cut(costs, schedule, p, v, m) -> list[int]:
+    """The cut of ``costs`` into ``p * v`` stages whose step is shortest under the schedule.
+
+    One stage per rank: the cut whose slowest stage is fastest. Several per
+    rank (interleaved): among the cuts whose slowest stage is within 25% of
+    that, the one whose step, replayed with forward = 1/3 and backward = 2/3
+    of a stage's cost, is shortest: a rank's stages together set the pace of
+    the steady state, so their sums matter as much as the slowest stage.
+    """
+    k = p * v
+    starts = _balanced_starts(costs, k)
+    if v == 1 or len(costs) <= k:
+        return starts
+    from shoal.train.parallel.schedule import _replay
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    n = len(costs)
+    bounds = [0] + starts + [n]
+    limit = 1.25 * max(prefix[b] - prefix[a] for a, b in zip(bounds, bounds[1:])) + 1e-12
+    actions = [pipeline_actions(schedule, p, r, m, v) for r in range(p)]
+
+    def span(cut):
+        b = [0] + cut + [n]
+        stage = [prefix[b[s + 1]] - prefix[b[s]] for s in range(k)]
+        tls = [[(kind, c * p + r, i, 0.0, stage[c * p + r] * (1 / 3 if kind == "F" else 2 / 3), 0)
+                for kind, c, i in actions[r]] for r in range(p)]
+        return max(_replay(tls)[0])
+
+    best, best_span = starts, span(starts)
+
+    def walk(cut, at):
+        nonlocal best, best_span
+        left = k - 1 - len(cut)         # stages still to start after this one
+        if left == 0:
+            if prefix[n] - prefix[at] <= limit:
+                t = span(cut)
+                if t < best_span - 1e-12:
+                    best, best_span = list(cut), t
+            return
+        for nxt in range(at + 1, n - left + 1):
+            if prefix[nxt] - prefix[at] > limit:
+                break
+            if prefix[n] - prefix[nxt] <= limit * left:
+                walk(cut + [nxt], nxt)
+    walk([], 0)
+    return best
 
 
 def _stages_at(layers, starts, num_stages) -> list[PipelineStage]:

@@ -143,6 +143,13 @@ def replay_bubble(timelines: list[list], cpu: bool = False) -> list[float]:
         InvalidInputError: timelines that cannot all run (not one step of one
             schedule).
     """
+    clock, busy = _replay(timelines, cpu)
+    span = max(clock)
+    return [1.0 - b / span if span > 0 else 0.0 for b in busy]
+
+
+def _replay(timelines, cpu=False):
+    # each rank's end time and busy time, messages free: the schedule's dependencies alone
     last_stage = max(e[1] for tl in timelines for e in tl)
     done: dict = {}
     clock = [0.0] * len(timelines)
@@ -171,8 +178,7 @@ def replay_bubble(timelines: list[list], cpu: bool = False) -> list[float]:
         if not progressed:
             raise InvalidInputError("replay_bubble: the timelines' dependencies cannot all be met; "
                                     "pass the events of one step of every rank, in rank order")
-    span = max(clock)
-    return [1.0 - b / span if span > 0 else 0.0 for b in busy]
+    return clock, busy
 
 
 def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: int = 1) -> float:

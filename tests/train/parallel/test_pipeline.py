@@ -244,6 +244,23 @@ def test_rebalance_rejects_bad_arguments():
         rebalance(model, One(), batches(1)[0], lm_loss, costs=[1, 2])
 
 
+def test_interleaved_cut_balances_each_ranks_stages_together():
+    from shoal.train.parallel.pipeline import _balanced_starts, _best_cut
+    # a GPT's profile: embedding, 32 equal blocks, norm, and a heavy head + loss
+    costs = [0.47] + [2.27] * 32 + [0.12, 3.96]
+
+    def per_rank(cut):
+        b = [0] + cut + [len(costs)]
+        stage = [sum(costs[x:y]) for x, y in zip(b, b[1:])]
+        return stage[0] + stage[2], stage[1] + stage[3]   # 2 ranks, stages r and r + 2
+
+    slowest_stage_first = _balanced_starts(costs, 4)
+    cut = _best_cut(costs, "interleaved", 2, 2, 8)
+    assert max(per_rank(slowest_stage_first)) / min(per_rank(slowest_stage_first)) > 1.08
+    assert max(per_rank(cut)) / min(per_rank(cut)) < 1.03
+    assert _best_cut(costs, "1f1b", 2, 1, 8) == _balanced_starts(costs, 2)
+
+
 def _reference_with_short_steps(short):
     model = make_gpt()
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
