@@ -312,16 +312,17 @@ def _imbalance(stage_costs):
 
 
 def _report_pipeline(results, args):
-    from shoal.train.parallel import replay_bubble, theoretical_bubble
+    from shoal.train.parallel import replay_bubble, span_bubble, theoretical_bubble
     p, m = 2, args["microbatches"]
     print(f"\n## pipeline: 2 ranks, {m} micro-batches, 1 thread per rank, stages cut by "
           f"balance={args['balance']!r}", flush=True)
     print("| model | schedule | layers per stage | shoal samples/s | torch.pipelining samples/s | "
           "shoal / torch | theory | bubble measured (rank 0 / 1) | measured / theory | "
+          "over the step's span / theory | "
           "replayed, wall / CPU op times | replayed (CPU) / theory | "
           "waiting / overhead (its CPU) / descheduled in compute (share of step) | "
           "compute CPU ms/step rank 0 / 1 | process CPU ms/step per rank, shoal / torch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
@@ -329,6 +330,7 @@ def _report_pipeline(results, args):
         steps = list(zip(*[r[i]["steps"] for r in results]))   # per step, every rank's
         measured = [_median(st[k]["bubble"] for st in steps) for k in range(p)]
         wall = [sum(replay_bubble([s["events"] for s in st])) / p for st in steps]
+        spans = [sum(span_bubble([s["events"] for s in st])) / p for st in steps]
         cpu = [sum(replay_bubble([s["events"] for s in st], cpu=True)) / p for st in steps]
         share = {k: _median(sum(s[k] for s in st) / p for st in steps)
                  for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
@@ -338,12 +340,14 @@ def _report_pipeline(results, args):
         print(f"| {row['model']} | {name} | {'/'.join(map(str, row['layers_per_stage']))} | "
               f"{row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
               f"{torch_s / shoal_s:.2f}x | {theory:.3f} | {measured[0]:.3f} / {measured[1]:.3f} | "
-              f"{mean / theory:.2f} | {_median(wall):.3f} / {_median(cpu):.3f} | "
+              f"{mean / theory:.2f} | {_median(spans) / theory:.2f} | {_median(wall):.3f} / {_median(cpu):.3f} | "
               f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
               f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} | "
               f"{work[0]:.1f} / {work[1]:.1f} | {_cpu_ms(results, i, 'shoal')} / "
               f"{_cpu_ms(results, i, 'torch')} |", flush=True)
-    print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
+    print("(measured: 1 - compute / step wall time per rank, median step; over the span: "
+          "1 - compute / (first op of any rank to last op of any rank), shoal.train.parallel."
+          "span_bubble, mean of the ranks; replayed: "
           "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
           "overhead: neither computing nor waiting, with the CPU time the training thread spent "
           "in it; descheduled: wall minus CPU time inside forwards and backwards)")

@@ -14,7 +14,7 @@ from torch import nn
 
 from shoal.exceptions import InvalidInputError
 from shoal.train.parallel.schedule import (SCHEDULES, PipelineSchedule, StepStats, pipeline_actions,
-                                           replay_bubble, theoretical_bubble)
+                                           replay_bubble, span_bubble, theoretical_bubble)
 
 
 # ------------------------------------------------------------------ splitting
@@ -268,8 +268,9 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
     forwards and backwards, including the loss on the last stage; wall time
     on a GPU or with several intra-op threads), scales each layer's cost by
     the ratio of its stage's measured to predicted compute, and cuts again;
-    up to ``tries`` cuts are run and the one whose slowest stage measured the
-    least is returned. Call it before the optimizer is created: no optimizer
+    up to ``tries`` cuts are run and the one whose step, replayed from the
+    stages' measured compute, is shortest is returned (with one stage per
+    rank: the one whose slowest stage measured the least). Call it before the optimizer is created: no optimizer
     step is taken, the parameters are unchanged and their gradients are put
     back as they were. Every rank of ``pp_group`` must call it with the same
     arguments; all get the same cut.
@@ -367,7 +368,8 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
     finally:
         for q, g in held.items():
             q.grad = g
-    best = min(measured, key=lambda cut: max(measured[cut]))
+    actions = [pipeline_actions(schedule, p, r, num_microbatches, virtual_stages) for r in range(p)]
+    best = min(measured, key=lambda cut: _step_span(measured[cut], actions, p))
     rebalance.last = {cut: list(v) for cut, v in measured.items()}
     return _stages_at(layers, list(best), n_stages)
 
@@ -388,7 +390,6 @@ def _best_cut(costs, schedule, p, v, m) -> list[int]:
     starts = _balanced_starts(costs, k)
     if v == 1 or len(costs) <= k:
         return starts
-    from shoal.train.parallel.schedule import _replay
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
@@ -399,10 +400,7 @@ def _best_cut(costs, schedule, p, v, m) -> list[int]:
 
     def span(cut):
         b = [0] + cut + [n]
-        stage = [prefix[b[s + 1]] - prefix[b[s]] for s in range(k)]
-        tls = [[(kind, c * p + r, i, 0.0, stage[c * p + r] * (1 / 3 if kind == "F" else 2 / 3), 0)
-                for kind, c, i in actions[r]] for r in range(p)]
-        return max(_replay(tls)[0])
+        return _step_span([prefix[b[s + 1]] - prefix[b[s]] for s in range(k)], actions, p)
 
     best, best_span = starts, span(starts)
 
@@ -422,6 +420,14 @@ def _best_cut(costs, schedule, p, v, m) -> list[int]:
                 walk(cut + [nxt], nxt)
     walk([], 0)
     return best
+
+
+def _step_span(stage_costs, actions, p) -> float:
+    # one step replayed with each stage's cost (forward 1/3, backward 2/3) and free messages
+    from shoal.train.parallel.schedule import _replay
+    tls = [[(kind, c * p + r, i, 0.0, stage_costs[c * p + r] * (1 / 3 if kind == "F" else 2 / 3), 0)
+            for kind, c, i in actions[r]] for r in range(p)]
+    return max(_replay(tls)[0])
 
 
 def _stages_at(layers, starts, num_stages) -> list[PipelineStage]:
@@ -493,5 +499,5 @@ def _balanced_starts(sizes: list[int], k: int) -> list[int]:
 
 
 __all__ = ["PipelineSchedule", "PipelineStage", "StepStats", "pipeline_actions", "pipeline_layers",
-           "profile_layers", "rebalance", "replay_bubble", "split_model", "stage_costs", "theoretical_bubble",
+           "profile_layers", "rebalance", "replay_bubble", "span_bubble", "split_model", "stage_costs", "theoretical_bubble",
            "SCHEDULES"]

@@ -181,6 +181,27 @@ def _replay(timelines, cpu=False):
     return clock, busy
 
 
+def span_bubble(timelines: list[list]) -> list[float]:
+    """The bubble each rank measured in one step, over the pipeline's span rather than its own call.
+
+    The span runs from the first forward of any rank to the last backward
+    of any rank (``stats.events`` of one step of every rank; one clock,
+    ``time.perf_counter``, for every process of a host); a rank's bubble is
+    the share of it that rank was not computing: the definition behind the
+    theory ``(p - 1) / (v m + p - 1)``. ``StepStats.bubble`` instead divides
+    by the rank's own ``step`` call, which also counts as idle the time a
+    rank waits while the others are between steps (``zero_grad``, the
+    optimizer, the loop), and excludes nothing a rank itself does.
+
+    Returns:
+        Per rank, 1 - (its compute wall time) / (the step's span).
+    """
+    start = min(e[3] for tl in timelines for e in tl)
+    end = max(e[4] for tl in timelines for e in tl)
+    span = end - start
+    return [1.0 - sum(e[4] - e[3] for e in tl) / span if span > 0 else 0.0 for tl in timelines]
+
+
 def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: int = 1) -> float:
     """The bubble of a balanced pipeline: ``(p - 1) / (v m + p - 1)``."""
     p, m, v = num_stages, num_microbatches, virtual_stages
@@ -477,5 +498,5 @@ def _cumsum(sizes):
         yield total
 
 
-__all__ = ["PipelineSchedule", "StepStats", "pipeline_actions", "replay_bubble",
+__all__ = ["PipelineSchedule", "StepStats", "pipeline_actions", "replay_bubble", "span_bubble",
            "theoretical_bubble", "SCHEDULES"]
