@@ -1,7 +1,7 @@
 """Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
 
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
-        [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance time|params|layers]
+        [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance measured|time|params|layers]
 
 Sections (``--only`` picks some):
 
@@ -26,9 +26,11 @@ pipeline
     micro-batches, 2 ranks, one thread each: GPipe and 1F1B on 2 stages, interleaved 1F1B on
     4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
     cross-entropy) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
-    ``--balance`` (default "time": ``profile_layers`` times every layer's forward + backward on
-    one micro-batch, the loss counted on the last layer, and ``split_model`` cuts so the slowest
-    stage is as fast as possible; "params" and "layers" for comparison). Each round times a
+    ``--balance`` (default "measured": ``rebalance`` starts from the cut by ``profile_layers``'
+    per-layer forward + backward on one micro-batch, the loss counted on the last layer, runs a
+    few steps of shoal's pipeline, scales each layer's cost by its stage's compute measured there
+    and re-cuts, keeping the best cut tried; "time" is the profiled cut alone; "params" and
+    "layers" for comparison). Each round times a
     window of steps (forward + backward of every micro-batch, then zero_grad) of each system, the
     order alternating; the best window of each is kept. Reported: samples/s, the ratio, and
     shoal's measured bubble (the share of a step a rank spends not computing) against the
@@ -658,10 +660,11 @@ def main(argv=None):
     ap.add_argument("--microbatches", type=int, default=8)
     ap.add_argument("--pipeline-configs", default=",".join(PIPELINE_CONFIGS),
                     help=f"pipeline models to run ({', '.join(PIPELINE_CONFIGS)})")
-    ap.add_argument("--balance", default="time", choices=("time", "measured", "params", "layers"),
-                    help="how the pipeline section cuts its models into stages (\"measured\": rebalance, "
-                         "re-cut from compute timed inside the pipeline; default: by the "
-                         "forward + backward time profile_layers measures)")
+    ap.add_argument("--balance", default="measured",
+                    choices=("measured", "time", "params", "layers"),
+                    help="how the pipeline section cuts its models into stages (default "
+                         "\"measured\": rebalance, re-cut from compute timed inside the pipeline; "
+                         "\"time\": by the forward + backward time profile_layers measures alone)")
     args = ap.parse_args(argv)
     cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,
