@@ -254,7 +254,7 @@ def profile_layers(model: nn.Module, inputs, targets=None, loss_fn=None, repeats
 
 def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b",
               num_microbatches: int = 4, virtual_stages: int = 1, costs=None, steps: int = 3,
-              tries: int = 3, warmup: int = 1) -> list[PipelineStage]:
+              tries: int = 3, warmup: int = 1, min_gain: float = 0.02) -> list[PipelineStage]:
     """Cut ``model`` into stages that are equal as the pipeline runs them, not as profiled alone.
 
     A layer timed on its own (``profile_layers``) does not cost what it costs
@@ -268,9 +268,10 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
     forwards and backwards, including the loss on the last stage; wall time
     on a GPU or with several intra-op threads), scales each layer's cost by
     the ratio of its stage's measured to predicted compute, and cuts again;
-    up to ``tries`` cuts are run and the one whose step, replayed from the
-    stages' measured compute, is shortest is returned (with one stage per
-    rank: the one whose slowest stage measured the least). Call it before the optimizer is created: no optimizer
+    up to ``tries`` cuts are run, and a later one replaces the one held only
+    if its step, replayed from the stages' measured compute, is shorter by
+    more than ``min_gain`` (2%): on a busy host a stage's compute measured
+    minutes apart differs by a few percent, so a smaller gain is noise. Call it before the optimizer is created: no optimizer
     step is taken, the parameters are unchanged and their gradients are put
     back as they were. Every rank of ``pp_group`` must call it with the same
     arguments; all get the same cut.
@@ -289,6 +290,8 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
             by default ``profile_layers`` on one micro-batch of ``sample``.
         steps: measured steps per cut; warmup: unmeasured steps before them.
         tries: the most cuts to run.
+        min_gain: the share by which a re-cut's replayed step must be
+            shorter to replace the cut held.
 
     Returns:
         Every stage, in order, as ``split_model`` returns them; a rank keeps
@@ -303,9 +306,10 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
 
     import torch
     if not (isinstance(steps, int) and steps >= 1 and isinstance(tries, int) and tries >= 1
-            and isinstance(warmup, int) and warmup >= 0):
-        raise InvalidInputError(f"rebalance needs steps >= 1, tries >= 1 and warmup >= 0, got "
-                                f"steps={steps!r}, tries={tries!r}, warmup={warmup!r}")
+            and isinstance(warmup, int) and warmup >= 0 and 0 <= min_gain < 1):
+        raise InvalidInputError(f"rebalance needs steps >= 1, tries >= 1, warmup >= 0 and "
+                                f"0 <= min_gain < 1, got steps={steps!r}, tries={tries!r}, "
+                                f"warmup={warmup!r}, min_gain={min_gain!r}")
     p, rank = pp_group.world_size, pp_group.rank
     n_stages = p * virtual_stages
     layers = pipeline_layers(model)
@@ -369,7 +373,12 @@ def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b
         for q, g in held.items():
             q.grad = g
     actions = [pipeline_actions(schedule, p, r, num_microbatches, virtual_stages) for r in range(p)]
-    best = min(measured, key=lambda cut: _step_span(measured[cut], actions, p))
+    best, best_span = None, 0.0
+    for cut, spent in measured.items():     # in the order tried: the profiled cut first
+        span = _step_span(spent, actions, p)
+        # a later cut must beat the one held by more than in-situ timings repeat to
+        if best is None or span < (1.0 - min_gain) * best_span:
+            best, best_span = cut, span
     rebalance.last = {cut: list(v) for cut, v in measured.items()}
     return _stages_at(layers, list(best), n_stages)
 
