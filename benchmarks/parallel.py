@@ -1,7 +1,7 @@
 """Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
 
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
-        [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance time|params|layers]
+        [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance measured|time|params|layers]
 
 Sections (``--only`` picks some):
 
@@ -26,9 +26,11 @@ pipeline
     micro-batches, 2 ranks, one thread each: GPipe and 1F1B on 2 stages, interleaved 1F1B on
     4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
     cross-entropy) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
-    ``--balance`` (default "time": ``profile_layers`` times every layer's forward + backward on
-    one micro-batch, the loss counted on the last layer, and ``split_model`` cuts so the slowest
-    stage is as fast as possible; "params" and "layers" for comparison). Each round times a
+    ``--balance`` (default "measured": ``rebalance`` starts from the cut by ``profile_layers``'
+    per-layer forward + backward on one micro-batch, the loss counted on the last layer, runs a
+    few steps of shoal's pipeline, scales each layer's cost by its stage's compute measured there
+    and re-cuts, keeping the best cut tried; "time" is the profiled cut alone; "params" and
+    "layers" for comparison). Each round times a
     window of steps (forward + backward of every micro-batch, then zero_grad) of each system, the
     order alternating; the best window of each is kept. Reported: samples/s, the ratio, and
     shoal's measured bubble (the share of a step a rank spends not computing) against the
@@ -223,7 +225,8 @@ def _pipeline_config(rank, comm, args):
     from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                               ScheduleInterleaved1F1B)
 
-    from shoal.train.parallel import PipelineSchedule, pipeline_layers, profile_layers, split_model
+    from shoal.train.parallel import (PipelineSchedule, pipeline_layers, profile_layers,
+                                      rebalance, split_model)
     model, x, y, loss_fn = _pipeline_model(args)
     m = args["microbatches"]
     # every layer's forward + backward on one micro-batch (loss on the last), averaged over
@@ -238,6 +241,13 @@ def _pipeline_config(rank, comm, args):
         v = 2 if schedule == "interleaved" else 1
         splits = {how: split_model(model, 2 * v, balance=costs if how == "time" else how)
                   for how in ("params", "time")}
+        tried = {}
+        if args["balance"] == "measured":
+            # start from the profiled cut, time the stages inside the pipeline, re-cut
+            splits["measured"] = rebalance(model, comm, (x, y), loss_fn, schedule=schedule,
+                                           num_microbatches=m, virtual_stages=v, costs=costs)
+            tried = {"/".join(map(str, c)): [1e3 * t for t in ms]
+                     for c, ms in rebalance.last.items()}
         if len(pipeline_layers(model)) % (2 * v) == 0:
             splits["layers"] = split_model(model, 2 * v, balance="layers")
         chunks = splits[args["balance"]][rank::2]
@@ -276,6 +286,7 @@ def _pipeline_config(rank, comm, args):
                      "schedule": schedule, "v": v, "balance": args["balance"],
                      "layers_per_stage": [len(s.layer_names) for s in splits[args["balance"]]],
                      "stage_costs": _split_costs(costs, model, splits), "costs": costs,
+                     "tried": tried,
                      "shoal_s": best["shoal"], "torch_s": best["torch"],
                      "shoal_cpu": cpu["shoal"], "torch_cpu": cpu["torch"],
                      "steps": [{"bubble": st.bubble, "wait": st.wait_s / st.wall_s,
@@ -303,16 +314,17 @@ def _imbalance(stage_costs):
 
 
 def _report_pipeline(results, args):
-    from shoal.train.parallel import replay_bubble, theoretical_bubble
+    from shoal.train.parallel import replay_bubble, span_bubble, theoretical_bubble
     p, m = 2, args["microbatches"]
     print(f"\n## pipeline: 2 ranks, {m} micro-batches, 1 thread per rank, stages cut by "
           f"balance={args['balance']!r}", flush=True)
     print("| model | schedule | layers per stage | shoal samples/s | torch.pipelining samples/s | "
           "shoal / torch | theory | bubble measured (rank 0 / 1) | measured / theory | "
+          "over the step's span / theory | "
           "replayed, wall / CPU op times | replayed (CPU) / theory | "
           "waiting / overhead (its CPU) / descheduled in compute (share of step) | "
-          "compute CPU ms/step rank 0 / 1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "compute CPU ms/step rank 0 / 1 | process CPU ms/step per rank, shoal / torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
@@ -320,6 +332,7 @@ def _report_pipeline(results, args):
         steps = list(zip(*[r[i]["steps"] for r in results]))   # per step, every rank's
         measured = [_median(st[k]["bubble"] for st in steps) for k in range(p)]
         wall = [sum(replay_bubble([s["events"] for s in st])) / p for st in steps]
+        spans = [sum(span_bubble([s["events"] for s in st])) / p for st in steps]
         cpu = [sum(replay_bubble([s["events"] for s in st], cpu=True)) / p for st in steps]
         share = {k: _median(sum(s[k] for s in st) / p for st in steps)
                  for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
@@ -329,11 +342,14 @@ def _report_pipeline(results, args):
         print(f"| {row['model']} | {name} | {'/'.join(map(str, row['layers_per_stage']))} | "
               f"{row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
               f"{torch_s / shoal_s:.2f}x | {theory:.3f} | {measured[0]:.3f} / {measured[1]:.3f} | "
-              f"{mean / theory:.2f} | {_median(wall):.3f} / {_median(cpu):.3f} | "
+              f"{mean / theory:.2f} | {_median(spans) / theory:.2f} | {_median(wall):.3f} / {_median(cpu):.3f} | "
               f"{_median(cpu) / theory:.2f} | {share['wait']:.3f} / {share['overhead']:.3f} "
               f"({share['overhead_cpu']:.3f}) / {share['descheduled']:.3f} | "
-              f"{work[0]:.1f} / {work[1]:.1f} |", flush=True)
-    print("(measured: 1 - compute / step wall time per rank, median step; replayed: "
+              f"{work[0]:.1f} / {work[1]:.1f} | {_cpu_ms(results, i, 'shoal')} / "
+              f"{_cpu_ms(results, i, 'torch')} |", flush=True)
+    print("(measured: 1 - compute / step wall time per rank, median step; over the span: "
+          "1 - compute / (first op of any rank to last op of any rank), shoal.train.parallel."
+          "span_bubble, mean of the ranks; replayed: "
           "shoal.train.parallel.replay_bubble of both ranks' op timelines, messages taking no time; "
           "overhead: neither computing nor waiting, with the CPU time the training thread spent "
           "in it; descheduled: wall minus CPU time inside forwards and backwards)")
@@ -354,6 +370,12 @@ def _report_pipeline(results, args):
         heavy = max(row["costs"]) / (sum(row["costs"]) / k)
         print(f"| {row['model']} | {k} | {cell('params')} | {cell('layers')} | {cell('time')} | "
               f"{heavy:.2f} |")
+    for row in results[0]:
+        if row.get("tried"):
+            print(f"(rebalance, {row['config']} {row['schedule']}: cuts tried (first layer of "
+                  "each stage after the first) -> compute measured in the pipeline, ms per step "
+                  "per stage: " + "; ".join(f"{cut} -> {' / '.join(f'{t:.1f}' for t in ms)}"
+                                           for cut, ms in row["tried"].items()) + ")")
     print("(per-layer ms: " + "; ".join(
         f"{row['config']}: " + " ".join(f"{1e3 * c:.2f}" for c in row["costs"])
         for row in results[0] if row["schedule"] == "gpipe") + ")", flush=True)
@@ -638,9 +660,11 @@ def main(argv=None):
     ap.add_argument("--microbatches", type=int, default=8)
     ap.add_argument("--pipeline-configs", default=",".join(PIPELINE_CONFIGS),
                     help=f"pipeline models to run ({', '.join(PIPELINE_CONFIGS)})")
-    ap.add_argument("--balance", default="time", choices=("time", "params", "layers"),
-                    help="how the pipeline section cuts its models into stages (default: by the "
-                         "forward + backward time profile_layers measures)")
+    ap.add_argument("--balance", default="measured",
+                    choices=("measured", "time", "params", "layers"),
+                    help="how the pipeline section cuts its models into stages (default "
+                         "\"measured\": rebalance, re-cut from compute timed inside the pipeline; "
+                         "\"time\": by the forward + backward time profile_layers measures alone)")
     args = ap.parse_args(argv)
     cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,

@@ -12,9 +12,9 @@ shards the model).
 from shoal.train.parallel.api import Parallel, parallelize
 from shoal.train.parallel.mesh import Mesh
 from shoal.train.parallel.pipeline import (PipelineStage, pipeline_layers, profile_layers,
-                                           split_model, stage_costs)
+                                           rebalance, split_model, stage_costs)
 from shoal.train.parallel.schedule import (PipelineSchedule, StepStats, pipeline_actions,
-                                           replay_bubble, theoretical_bubble)
+                                           replay_bubble, span_bubble, theoretical_bubble)
 from shoal.train.parallel.sharded_checkpoint import load_sharded, save_sharded
 from shoal.train.parallel.tensor import (ColumnParallelLinear, ColwiseParallel, HeadParallel,
                                          RowParallelLinear, RowwiseParallel, SequenceGather,
@@ -30,5 +30,5 @@ __all__ = ["ColumnParallelLinear", "ColwiseParallel", "FSDP", "HeadParallel", "M
            "PipelineSchedule", "PipelineStage", "RowParallelLinear", "RowwiseParallel",
            "SequenceGather", "SequenceParallel", "SequenceScatter", "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
            "apply_tensor_parallel", "copy_to_tp", "gather_from_tp", "gather_sequence", "load_sharded",
-           "parallelize", "pipeline_actions", "pipeline_layers", "profile_layers", "reduce_from_tp",
-           "reduce_scatter_sequence", "replay_bubble", "replicated_param", "save_sharded", "scatter_sequence", "split_model", "stage_costs", "theoretical_bubble", "vocab_parallel_cross_entropy"]
+           "parallelize", "pipeline_actions", "pipeline_layers", "profile_layers", "rebalance", "reduce_from_tp",
+           "reduce_scatter_sequence", "replay_bubble", "replicated_param", "save_sharded", "scatter_sequence", "span_bubble", "split_model", "stage_costs", "theoretical_bubble", "vocab_parallel_cross_entropy"]

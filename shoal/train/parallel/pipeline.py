@@ -14,7 +14,7 @@ from torch import nn
 
 from shoal.exceptions import InvalidInputError
 from shoal.train.parallel.schedule import (SCHEDULES, PipelineSchedule, StepStats, pipeline_actions,
-                                           replay_bubble, theoretical_bubble)
+                                           replay_bubble, span_bubble, theoretical_bubble)
 
 
 # ------------------------------------------------------------------ splitting
@@ -160,8 +160,7 @@ def split_model(model: nn.Module, num_stages: int, split_points=None, balance="p
     else:
         raise InvalidInputError(f"balance must be 'params', 'layers', 'time' or a list of "
                                 f"per-layer costs, got {balance!r}")
-    bounds = [0] + starts + [n]
-    return [PipelineStage(layers[a:b], i, num_stages) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    return _stages_at(layers, starts, num_stages)
 
 
 # ------------------------------------------------------------------ balancing by measured time
@@ -253,6 +252,198 @@ def profile_layers(model: nn.Module, inputs, targets=None, loss_fn=None, repeats
     return costs
 
 
+def rebalance(model: nn.Module, pp_group, sample, loss_fn, schedule: str = "1f1b",
+              num_microbatches: int = 4, virtual_stages: int = 1, costs=None, steps: int = 3,
+              tries: int = 3, warmup: int = 1, min_gain: float = 0.02) -> list[PipelineStage]:
+    """Cut ``model`` into stages that are equal as the pipeline runs them, not as profiled alone.
+
+    A layer timed on its own (``profile_layers``) does not cost what it costs
+    inside a running pipeline: the stages' ranks hold different numbers of
+    activations, share caches and cores with other work, and the first and
+    last stages carry the embedding and the loss. With ``m`` micro-batches a
+    stage ``e`` above the mean makes the bubble about ``1 + m e`` times the
+    theory, so a few percent matter. This starts from the profiled cut, runs
+    ``steps`` pipeline steps of the real schedule on ``sample`` (after
+    ``warmup``), measures every stage's compute in situ (the CPU time of its
+    forwards and backwards, including the loss on the last stage; wall time
+    on a GPU or with several intra-op threads), scales each layer's cost by
+    the ratio of its stage's measured to predicted compute, and cuts again;
+    up to ``tries`` cuts are run, and a later one replaces the one held only
+    if its step, replayed from the stages' measured compute, is shorter by
+    more than ``min_gain`` (2%): on a busy host a stage's compute measured
+    minutes apart differs by a few percent, so a smaller gain is noise. Call it before the optimizer is created: no optimizer
+    step is taken, the parameters are unchanged and their gradients are put
+    back as they were. Every rank of ``pp_group`` must call it with the same
+    arguments; all get the same cut.
+
+    Args:
+        model: what ``split_model`` would cut; every rank holds all of it.
+        pp_group: the pipeline group (rank ``r`` runs stage ``r``, and
+            ``r + p``, ... with virtual stages).
+        sample: ``(inputs, targets)``: one batch as ``PipelineSchedule.step``
+            takes it (inputs used on rank 0, targets on the last rank).
+        loss_fn: ``loss_fn(output, targets)``, as the last stage computes it.
+        schedule, num_microbatches: as ``PipelineSchedule`` will run them.
+        virtual_stages: stages per rank ("interleaved"): the model is cut
+            into ``p * virtual_stages`` stages.
+        costs: per-layer costs to start from (``profile_layers``' result);
+            by default ``profile_layers`` on one micro-batch of ``sample``.
+        steps: measured steps per cut; warmup: unmeasured steps before them.
+        tries: the most cuts to run.
+        min_gain: the share by which a re-cut's replayed step must be
+            shorter to replace the cut held.
+
+    Returns:
+        Every stage, in order, as ``split_model`` returns them; a rank keeps
+        ``stages[rank::p]``. ``rebalance.last`` holds the measured compute
+        (seconds per step) of every stage of every cut tried.
+
+    Raises:
+        InvalidInputError: bad ``steps``/``tries``, or what ``split_model``
+            and ``PipelineSchedule`` reject.
+    """
+    import statistics
+
+    import torch
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(tries, int) and tries >= 1
+            and isinstance(warmup, int) and warmup >= 0 and 0 <= min_gain < 1):
+        raise InvalidInputError(f"rebalance needs steps >= 1, tries >= 1, warmup >= 0 and "
+                                f"0 <= min_gain < 1, got steps={steps!r}, tries={tries!r}, "
+                                f"warmup={warmup!r}, min_gain={min_gain!r}")
+    p, rank = pp_group.world_size, pp_group.rank
+    n_stages = p * virtual_stages
+    layers = pipeline_layers(model)
+    if len(layers) < n_stages:
+        raise InvalidInputError(f"{type(model).__name__} has {len(layers)} layers, fewer than "
+                                f"{n_stages} stages; use fewer stages or virtual stages")
+    inputs, targets = sample if isinstance(sample, (tuple, list)) else (sample, None)
+    if costs is None:
+        mb = max(1, len(inputs) // num_microbatches)
+        costs = profile_layers(model, inputs[:mb], None if targets is None else targets[:mb],
+                               loss_fn, group=pp_group)
+    elif len(costs) != len(layers):
+        raise InvalidInputError(f"costs has {len(costs)} entries; {type(model).__name__} has "
+                                f"{len(layers)} layers")
+    costs = [float(c) for c in costs]
+    param = next(model.parameters(), None)
+    wall = (param is not None and param.device.type == "cuda") or torch.get_num_threads() != 1
+    held = {q: q.grad for q in model.parameters()}
+    measured: dict = {}                 # cut -> every stage's compute per step
+    starts = _agreed(_best_cut(costs, schedule, p, virtual_stages, num_microbatches), pp_group)
+    try:
+        for q in held:
+            q.grad = None
+        for _ in range(tries):
+            if tuple(starts) in measured:
+                break                   # the calibrated costs lead back to a cut already run
+            stages = _stages_at(layers, starts, n_stages)
+            mine = stages[rank::p]
+            sched = PipelineSchedule(mine if virtual_stages > 1 else mine[0], pp_group,
+                                     schedule=schedule, num_microbatches=num_microbatches,
+                                     loss_fn=loss_fn)
+            per_step = []
+            try:
+                for k in range(warmup + steps):
+                    sched.step(inputs, targets)
+                    if k >= warmup:
+                        spent = [0.0] * n_stages
+                        for kind, s, i, start, end, cpu_s in sched.stats.events:
+                            spent[s] += (end - start) if wall else cpu_s
+                        per_step.append(spent)
+                    for q in model.parameters():
+                        q.grad = None
+            finally:
+                sched.close()
+            # each stage runs on one rank: the sum over ranks is that rank's figure, exactly
+            total = torch.tensor([statistics.median(col) for col in zip(*per_step)],
+                                 dtype=torch.float64)
+            if p > 1:
+                pp_group.allreduce(total)
+            spent = total.tolist()
+            measured[tuple(starts)] = spent
+            bounds = [0] + list(starts) + [len(layers)]
+            for s, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                predicted = sum(costs[a:b])
+                if predicted > 0 and spent[s] > 0:
+                    scale = spent[s] / (num_microbatches * predicted)
+                    costs[a:b] = [c * scale for c in costs[a:b]]
+            starts = _agreed(_best_cut(costs, schedule, p, virtual_stages, num_microbatches),
+                             pp_group)
+    finally:
+        for q, g in held.items():
+            q.grad = g
+    actions = [pipeline_actions(schedule, p, r, num_microbatches, virtual_stages) for r in range(p)]
+    best, best_span = None, 0.0
+    for cut, spent in measured.items():     # in the order tried: the profiled cut first
+        span = _step_span(spent, actions, p)
+        # a later cut must beat the one held by more than in-situ timings repeat to
+        if best is None or span < (1.0 - min_gain) * best_span:
+            best, best_span = cut, span
+    rebalance.last = {cut: list(v) for cut, v in measured.items()}
+    return _stages_at(layers, list(best), n_stages)
+
+
+rebalance.last = {}
+
+
+def _best_cut(costs, schedule, p, v, m) -> list[int]:
+    """The cut of ``costs`` into ``p * v`` stages whose step is shortest under the schedule.
+
+    One stage per rank: the cut whose slowest stage is fastest. Several per
+    rank (interleaved): among the cuts whose slowest stage is within 25% of
+    that, the one whose step, replayed with forward = 1/3 and backward = 2/3
+    of a stage's cost, is shortest: a rank's stages together set the pace of
+    the steady state, so their sums matter as much as the slowest stage.
+    """
+    k = p * v
+    starts = _balanced_starts(costs, k)
+    if v == 1 or len(costs) <= k:
+        return starts
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    n = len(costs)
+    bounds = [0] + starts + [n]
+    limit = 1.25 * max(prefix[b] - prefix[a] for a, b in zip(bounds, bounds[1:])) + 1e-12
+    actions = [pipeline_actions(schedule, p, r, m, v) for r in range(p)]
+
+    def span(cut):
+        b = [0] + cut + [n]
+        return _step_span([prefix[b[s + 1]] - prefix[b[s]] for s in range(k)], actions, p)
+
+    best, best_span = starts, span(starts)
+
+    def walk(cut, at):
+        nonlocal best, best_span
+        left = k - 1 - len(cut)         # stages still to start after this one
+        if left == 0:
+            if prefix[n] - prefix[at] <= limit:
+                t = span(cut)
+                if t < best_span - 1e-12:
+                    best, best_span = list(cut), t
+            return
+        for nxt in range(at + 1, n - left + 1):
+            if prefix[nxt] - prefix[at] > limit:
+                break
+            if prefix[n] - prefix[nxt] <= limit * left:
+                walk(cut + [nxt], nxt)
+    walk([], 0)
+    return best
+
+
+def _step_span(stage_costs, actions, p) -> float:
+    # one step replayed with each stage's cost (forward 1/3, backward 2/3) and free messages
+    from shoal.train.parallel.schedule import _replay
+    tls = [[(kind, c * p + r, i, 0.0, stage_costs[c * p + r] * (1 / 3 if kind == "F" else 2 / 3), 0)
+            for kind, c, i in actions[r]] for r in range(p)]
+    return max(_replay(tls)[0])
+
+
+def _stages_at(layers, starts, num_stages) -> list[PipelineStage]:
+    bounds = [0] + list(starts) + [len(layers)]
+    return [PipelineStage(layers[a:b], i, num_stages) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
 def _agreed(starts: list[int], group) -> list[int]:
     # every rank must cut at the same layers: rank 0's choice is everyone's
     if group is None or group.world_size == 1 or not starts:
@@ -317,5 +508,5 @@ def _balanced_starts(sizes: list[int], k: int) -> list[int]:
 
 
 __all__ = ["PipelineSchedule", "PipelineStage", "StepStats", "pipeline_actions", "pipeline_layers",
-           "profile_layers", "replay_bubble", "split_model", "stage_costs", "theoretical_bubble",
+           "profile_layers", "rebalance", "replay_bubble", "span_bubble", "split_model", "stage_costs", "theoretical_bubble",
            "SCHEDULES"]

@@ -143,6 +143,13 @@ def replay_bubble(timelines: list[list], cpu: bool = False) -> list[float]:
         InvalidInputError: timelines that cannot all run (not one step of one
             schedule).
     """
+    clock, busy = _replay(timelines, cpu)
+    span = max(clock)
+    return [1.0 - b / span if span > 0 else 0.0 for b in busy]
+
+
+def _replay(timelines, cpu=False):
+    # each rank's end time and busy time, messages free: the schedule's dependencies alone
     last_stage = max(e[1] for tl in timelines for e in tl)
     done: dict = {}
     clock = [0.0] * len(timelines)
@@ -171,8 +178,28 @@ def replay_bubble(timelines: list[list], cpu: bool = False) -> list[float]:
         if not progressed:
             raise InvalidInputError("replay_bubble: the timelines' dependencies cannot all be met; "
                                     "pass the events of one step of every rank, in rank order")
-    span = max(clock)
-    return [1.0 - b / span if span > 0 else 0.0 for b in busy]
+    return clock, busy
+
+
+def span_bubble(timelines: list[list]) -> list[float]:
+    """The bubble each rank measured in one step, over the pipeline's span rather than its own call.
+
+    The span runs from the first forward of any rank to the last backward
+    of any rank (``stats.events`` of one step of every rank; one clock,
+    ``time.perf_counter``, for every process of a host); a rank's bubble is
+    the share of it that rank was not computing: the definition behind the
+    theory ``(p - 1) / (v m + p - 1)``. ``StepStats.bubble`` instead divides
+    by the rank's own ``step`` call, which also counts as idle the time a
+    rank waits while the others are between steps (``zero_grad``, the
+    optimizer, the loop), and excludes nothing a rank itself does.
+
+    Returns:
+        Per rank, 1 - (its compute wall time) / (the step's span).
+    """
+    start = min(e[3] for tl in timelines for e in tl)
+    end = max(e[4] for tl in timelines for e in tl)
+    span = end - start
+    return [1.0 - sum(e[4] - e[3] for e in tl) / span if span > 0 else 0.0 for tl in timelines]
 
 
 def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: int = 1) -> float:
@@ -471,5 +498,5 @@ def _cumsum(sizes):
         yield total
 
 
-__all__ = ["PipelineSchedule", "StepStats", "pipeline_actions", "replay_bubble",
+__all__ = ["PipelineSchedule", "StepStats", "pipeline_actions", "replay_bubble", "span_bubble",
            "theoretical_bubble", "SCHEDULES"]

@@ -8,7 +8,7 @@ from torch import nn
 import shoal.train as st
 from shoal.exceptions import InvalidInputError
 from shoal.train.parallel.pipeline import (PipelineSchedule, pipeline_layers, profile_layers,
-                                          split_model, stage_costs)
+                                          rebalance, split_model, stage_costs)
 
 from _models import batches, lm_loss, make_gpt, reference_losses
 
@@ -170,6 +170,16 @@ def _pp_train(config):
         m = config["m"]
         stage = split_model(model, comm.world_size, balance="time", sample=(ids[:len(ids) // m],
                             tg[:len(tg) // m]), loss_fn=lm_loss, group=comm)[comm.rank]
+    elif config.get("balance") == "rebalance":   # re-cut from compute measured in the pipeline
+        ids, tg = batches(1)[0]
+        held = {p: p.grad for p in model.parameters()}
+        before = [p.detach().clone() for p in model.parameters()]
+        stages = rebalance(model, comm, (ids, tg), lm_loss, schedule=config["schedule"],
+                           num_microbatches=config["m"], costs=config["costs"], steps=2, tries=3)
+        assert all(p.grad is held[p] for p in model.parameters())   # gradients as they were
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        stage = stages[comm.rank]
+        tried = [list(cut) for cut in rebalance.last]
     else:
         stage = split_model(model, comm.world_size, split_points=config.get("split"))[comm.rank]
     opt = torch.optim.Adam(stage.parameters(), lr=0.05)
@@ -185,7 +195,8 @@ def _pp_train(config):
             opt.step()
             losses.append(None if loss is None else loss.item())
             bubbles.append(sched.stats.bubble)
-    return {"losses": losses, "bubble": bubbles, "stage": stage.layer_names}
+    return {"losses": losses, "bubble": bubbles, "stage": stage.layer_names,
+            "tried": locals().get("tried")}
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
@@ -207,6 +218,47 @@ def test_stages_balanced_by_measured_time_agree_across_ranks_and_train(gang):
     names = [n for n, _ in pipeline_layers(make_gpt())]
     assert first["stage"] + last["stage"] == names       # one cut, the same on both ranks
     assert last["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
+
+
+def test_rebalance_recuts_from_compute_measured_in_the_pipeline_and_trains(gang):
+    # costs that put nearly all the work on the embedding: the first cut is "embed" alone; the
+    # pipeline's own timing shows its stage idle and the re-cut moves blocks to it
+    costs = [100.0] + [1.0] * 6
+    first, last = gang.run(_pp_train, {"schedule": "1f1b", "m": 4, "balance": "rebalance",
+                                       "costs": costs})
+    names = [n for n, _ in pipeline_layers(make_gpt())]
+    assert first["stage"] + last["stage"] == names       # one cut, the same on both ranks
+    assert first["tried"] == last["tried"] and first["tried"][0] == [1] and len(first["tried"]) > 1
+    assert len(first["stage"]) > 1                       # not the profiled (wrong) cut
+    # the same model trained: the losses of one process, as with any other cut
+    assert last["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
+
+
+def test_rebalance_rejects_bad_arguments():
+    class One:
+        rank, world_size, timeout = 0, 1, 5.0
+    model = make_gpt()
+    with pytest.raises(InvalidInputError, match=r"steps >= 1.*steps=0"):
+        rebalance(model, One(), batches(1)[0], lm_loss, steps=0)
+    with pytest.raises(InvalidInputError, match=r"costs has 2 entries.*7 layers"):
+        rebalance(model, One(), batches(1)[0], lm_loss, costs=[1, 2])
+
+
+def test_interleaved_cut_balances_each_ranks_stages_together():
+    from shoal.train.parallel.pipeline import _balanced_starts, _best_cut
+    # a GPT's profile: embedding, 32 equal blocks, norm, and a heavy head + loss
+    costs = [0.47] + [2.27] * 32 + [0.12, 3.96]
+
+    def per_rank(cut):
+        b = [0] + cut + [len(costs)]
+        stage = [sum(costs[x:y]) for x, y in zip(b, b[1:])]
+        return stage[0] + stage[2], stage[1] + stage[3]   # 2 ranks, stages r and r + 2
+
+    slowest_stage_first = _balanced_starts(costs, 4)
+    cut = _best_cut(costs, "interleaved", 2, 2, 8)
+    assert max(per_rank(slowest_stage_first)) / min(per_rank(slowest_stage_first)) > 1.08
+    assert max(per_rank(cut)) / min(per_rank(cut)) < 1.03
+    assert _best_cut(costs, "1f1b", 2, 1, 8) == _balanced_starts(costs, 2)
 
 
 def _reference_with_short_steps(short):

@@ -8,8 +8,8 @@ import torch
 
 import shoal.train as st
 from shoal.exceptions import InvalidInputError
-from shoal.train.parallel import (PipelineSchedule, pipeline_actions, replay_bubble, split_model,
-                                  theoretical_bubble)
+from shoal.train.parallel import (PipelineSchedule, pipeline_actions, replay_bubble, span_bubble,
+                                  split_model, theoretical_bubble)
 
 from _models import batches, lm_loss, make_gpt, reference_losses
 
@@ -54,6 +54,19 @@ def test_replay_of_a_balanced_pipeline_gives_the_theoretical_bubble(schedule, v)
     bubbles = _replay_of(schedule, p, m, v)
     assert bubbles == pytest.approx([theoretical_bubble(p, m, v)] * p, abs=1e-9)
     assert theoretical_bubble(p, m, 2) < theoretical_bubble(p, m, 1)
+
+
+def test_span_bubble_of_a_balanced_step_is_the_theory():
+    # GPipe, 2 ranks, 2 micro-batches, forward 1 s and backward 2 s, on a clock starting at 100
+    t0 = 100.0
+    r0 = [("F", 0, 0, 0, 1), ("F", 0, 1, 1, 2), ("B", 0, 0, 5, 7), ("B", 0, 1, 7, 9)]
+    r1 = [("F", 1, 0, 1, 2), ("F", 1, 1, 2, 3), ("B", 1, 0, 3, 5), ("B", 1, 1, 5, 7)]
+    tls = [[(k, s, i, t0 + a, t0 + b, b - a) for k, s, i, a, b in tl] for tl in (r0, r1)]
+    assert span_bubble(tls) == pytest.approx([theoretical_bubble(2, 2)] * 2)   # 3 of 9 s idle
+    assert replay_bubble(tls) == pytest.approx(span_bubble(tls))
+    # a rank that starts late lengthens the span for both
+    late = [tls[0], [(k, s, i, a + 3, b + 3, c) for k, s, i, a, b, c in tls[1]]]
+    assert span_bubble(late) == pytest.approx([0.4, 0.4])
 
 
 def test_replay_rejects_timelines_that_cannot_run():
