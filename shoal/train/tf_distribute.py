@@ -176,11 +176,14 @@ def _dense(v):
 def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
     """``op`` of each tensor over the group, in buckets of about ``bucket_bytes``.
 
-    With one bucket per dtype, each is one ``tf.numpy_function`` hop: it packs
-    the tensors (views of their buffers) into one new buffer, each part at a
-    64-byte aligned offset, reduces it in place and hands each result back to
-    TensorFlow as a view of that buffer, which TensorFlow adopts without a
-    copy: one memcpy in, one collective, no copy out.
+    With one bucket per dtype, TensorFlow packs the tensors (``tf.concat``),
+    one ``tf.numpy_function`` hop with one input and one output reduces the
+    packed buffer into a new 64-byte aligned buffer that TensorFlow adopts
+    without a copy, and ``tf.split`` cuts it back: one memcpy in (in the
+    graph), one collective, no copy out. A hop's cost grows with its number
+    of arguments (each is wrapped as a NumPy array going in and adopted as a
+    tensor coming out), so one argument instead of one per variable is what
+    this saves over packing inside the hop (benchmarks/tf.py).
 
     With more buckets, each is one collective and two hops: the first packs
     and starts the allreduce on the communicator's thread, the second waits
@@ -198,8 +201,7 @@ def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
     if len(buckets) == len({dtype for dtype, _ in buckets}):
         # one bucket per dtype: nothing to overlap, so reduce within one hop (no hand-off
         # to the communicator's thread)
-        hops = [(dtype, idx, tf.numpy_function(_reduce_now(comm, op), [dense[i] for i in idx],
-                                               [dtype] * len(idx), name="shoal_allreduce"))
+        hops = [(dtype, idx, _reduce_packed(comm, op, [dense[i] for i in idx]))
                 for dtype, idx in buckets]
     else:
         started = [(dtype, idx, tf.numpy_function(_PENDING.start(comm, op),
@@ -218,12 +220,24 @@ def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
     return out
 
 
-def _reduce_now(comm, op: str):
-    def reduce(*arrays):
-        flat, offsets = tf_tensors.pack_aligned(arrays)
-        comm.allreduce(flat, op=op)
-        return tf_tensors.unpack_views(flat, offsets, arrays)
-    return reduce
+def _reduce_packed(comm, op: str, tensors: list) -> list:
+    """``tensors`` (one dtype) reduced in one hop: packed and split in the graph."""
+    def reduce(flat):
+        out = tf_tensors.empty_aligned(flat.shape, flat.dtype)  # TensorFlow adopts it
+        comm.allreduce(flat, op=op, out=out)
+        return out
+    if len(tensors) == 1:
+        flat = tf.reshape(tensors[0], [-1])
+    else:
+        flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], 0)
+    reduced = tf.numpy_function(reduce, [flat], flat.dtype, name="shoal_allreduce")
+    reduced.set_shape(flat.shape)
+    sizes = [t.shape.num_elements() for t in tensors]
+    if None in sizes:  # a dimension unknown while tracing: cut at run time
+        sizes = tf.stack([tf.size(t) for t in tensors])
+    parts = tf.split(reduced, sizes, num=len(tensors)) if len(tensors) > 1 else [reduced]
+    return [tf.reshape(p, tf.shape(t)) if not t.shape.is_fully_defined() else
+            tf.reshape(p, t.shape) for p, t in zip(parts, tensors)]
 
 
 def _buckets(tensors: list, bucket_bytes: int) -> list:

@@ -144,3 +144,22 @@ def test_bucketed_reduction_equals_one_buffer(tf_pool):
         assert one == bucketed
         assert one[0] == [3.0] * 40 and one[1] == 2.0
         assert one[2] == [3 * i for i in range(70)] and one[3] == [[1.0] * 30] * 3
+
+
+def _unknown_dimensions(comm):
+    """Tensors whose sizes are known only when the step runs (packed and cut at run time)."""
+    import tensorflow as tf
+    from shoal.train.tf_distribute import ShoalStrategy
+    strategy = ShoalStrategy(comm)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3]), tf.TensorSpec([None])])
+    def step(a, b):
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", [a, b]))
+    out = step(tf.ones([2, 3]) * (comm.rank + 1), tf.range(4, dtype=tf.float32))
+    return [t.numpy().tolist() for t in out]
+
+
+def test_reduction_of_tensors_with_unknown_dimensions(tf_pool):
+    for a, b in tf_pool.run(_unknown_dimensions, 2):
+        assert a == [[3.0] * 3] * 2
+        assert b == [0.0, 2.0, 4.0, 6.0]

@@ -75,6 +75,31 @@ def _grouped_allreduce_now(arrays, op, pre, post, name, process_set):
     return out
 
 
+def _packs_in_graph(tensors) -> bool:
+    """Whether a group is packed by TensorFlow (in a graph, one dtype, static shapes)."""
+    return (not tf.executing_eagerly() and len(tensors) > 1
+            and len({t.dtype for t in tensors}) == 1
+            and all(t.shape.is_fully_defined() for t in tensors))
+
+
+def _grouped_allreduce_packed(tensors, op, pre, post, name, process_set) -> list:
+    """A group of one dtype in one hop with one argument: ``tf.concat`` packs it in the
+    graph, the hop reduces an aligned copy (the engine works in place; TensorFlow adopts
+    the copy), ``tf.split`` cuts the result. A hop costs per argument (each is wrapped
+    going in and adopted coming out), so this is cheaper than one argument per tensor."""
+    shapes = [tuple(t.shape.as_list()) for t in tensors]
+
+    def reduce(flat):
+        buf = _writable(flat)
+        H._now(H.packed_allreduce_, buf, shapes, name, op, pre, post, process_set)
+        return buf
+    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], 0)
+    reduced = tf.numpy_function(reduce, [flat], flat.dtype, name="shoal_hvd_allreduce")
+    reduced.set_shape(flat.shape)
+    parts = tf.split(reduced, [t.shape.num_elements() for t in tensors], num=len(tensors))
+    return [tf.reshape(p, t.shape) for p, t in zip(parts, tensors)]
+
+
 def grouped_allreduce(tensors, average=None, device_dense="", device_sparse="",
                       compression=Compression.none, op=None, prescale_factor=1.0,
                       postscale_factor=1.0, process_set=global_process_set, name=None):
@@ -104,6 +129,10 @@ def grouped_allreduce(tensors, average=None, device_dense="", device_sparse="",
     dense = [_dense(t, f"tensors[{i}]") for i, t in enumerate(tensors)]
     pairs = [compression.compress(t) for t in dense]
     wire = [p[0] for p in pairs]
+    if _packs_in_graph(wire):
+        outs = _grouped_allreduce_packed(wire, op, prescale_factor, postscale_factor, name,
+                                         process_set)
+        return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
     outs = _eager_or_graph(
         lambda *ts: _grouped_allreduce_now(ts, op, prescale_factor, postscale_factor, name,
                                            process_set),
@@ -331,6 +360,10 @@ def grouped_reducescatter(tensors, op=Average, name=None, process_set=global_pro
     op = H._check_op(op, None)
     pairs = [compression.compress(_dense(t, f"tensors[{i}]")) for i, t in enumerate(tensors)]
     wire = [p[0] for p in pairs]
+    if _packs_in_graph(wire):
+        outs = _grouped_allreduce_packed(wire, op, prescale_factor, postscale_factor, name,
+                                         process_set)
+        return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
     outs = _eager_or_graph(
         lambda *xs: _reducescatter_now(xs, op, prescale_factor, postscale_factor, name,
                                        process_set),
