@@ -12,8 +12,13 @@ vectorised envs, Stable-Baselines3 in one process (a DummyVecEnv of 16).
 Each run is its own process, started fresh; the clock runs from building
 the algorithm (runners started) to the iteration that solves, cluster
 start-up excluded (shoal.init / ray.init, and until the task workers each
-prestarts have booted: four half-second tasks run at once); rounds alternate systems per
-seed. Episodes are counted the same way for every system: the mean of the
+prestarts have booted: four half-second tasks run at once); every
+driver's library imports are outside the clock too (SB3's torch and
+stable_baselines3, shoal.rl, ray.rllib). shoal's pooled workers import
+torch and Gymnasium as they boot (SHOAL_WORKER_PREIMPORT, set before
+shoal.init) and its runner actors start in them; "shoal-cold" is the same
+without, its runners importing torch inside the clock as RLlib's do.
+Rounds alternate systems per seed. Episodes are counted the same way for every system: the mean of the
 last 20 episodes that ended. (RLlib's own ``episode_return_mean`` averages
 only the episodes that ended in the latest iteration, 1 to 3 once
 episodes last ~500 steps, so it crosses 475 earlier; we keep RLlib's
