@@ -536,3 +536,24 @@ def test_worker_preimport_rejects_a_bad_name(monkeypatch):
     assert not shoal.is_initialized()
     assert not [p for p in psutil.Process().children(recursive=True)
                 if "shoal.core._worker" in " ".join(p.cmdline())]
+
+
+def test_actor_whose_argument_is_still_being_computed_gets_it(cluster):
+    _booted_worker_pids(2)
+
+    @shoal.remote
+    def slow_value():
+        time.sleep(1.0)
+        return 41
+
+    @shoal.remote
+    class Holder:
+        def __init__(self, v):
+            self.v = v
+
+        def get(self):
+            return self.v + 1
+
+    h = Holder.remote(slow_value.remote())
+    assert shoal.get(h.get.remote(), timeout=60) == 42
+    shoal.kill(h)
