@@ -27,7 +27,6 @@ class ActorState:
         self.error_tb = ""            # the constructor's traceback, when it raised
         self.pid = None               # of its last process
         self.last_wid = None
-        self.waiting_args = False     # placed once its constructor's arguments are ready
 
     # ---------------------------------------------------------------- placement
     def try_place(self, b) -> None:
@@ -35,8 +34,6 @@ class ActorState:
         if self.state not in ("pending", "restarting") or self.worker is not None:
             if self in b.pending_actors:
                 b.pending_actors.remove(self)
-            return
-        if self._wait_for_args(b):
             return
         pool = b._pool_for(self.spec.demand, self.spec.pg_id, self.spec.bundle)
         if pool is None:
@@ -50,22 +47,6 @@ class ActorState:
         adopt = getattr(b, "adopt_idle_worker", None)
         self.worker = (adopt(self) if adopt is not None else None) or b._spawn_worker(actor=self)
         self.pid, self.last_wid = self.worker.proc.pid, str(self.worker.wid)
-
-    def _wait_for_args(self, b) -> bool:
-        """True while a constructor argument is still being computed (placed when it is)."""
-        objs = b.objects.objs
-        pending = [d for d in self.spec.deps if d in objs and objs[d].desc is None]
-        if pending and not self.waiting_args:
-            self.waiting_args = True
-            for d in pending:
-                objs[d].waiters.append(lambda oid: self._arg_ready(b))
-        return bool(pending)
-
-    def _arg_ready(self, b) -> None:
-        objs = b.objects.objs
-        if self.waiting_args and all(d not in objs or objs[d].desc is not None for d in self.spec.deps):
-            self.waiting_args = False
-            self.try_place(b)
 
     def on_ready(self, b, w, err_desc) -> None:
         if w is not self.worker:

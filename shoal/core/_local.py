@@ -52,8 +52,8 @@ def preimport_from_env() -> list:
 
     A comma-separated list of module names (e.g. ``torch,gymnasium``), read
     when the driver starts. Pooled workers import them before they take
-    tasks, and an actor created later may start in such a worker (it takes
-    an idle pooled worker when it needs no runtime_env and no GPU), so its
+    tasks, and while it is set an actor starts in an idle pooled worker
+    when there is one (and it needs no runtime_env and no GPU), so its
     imports are already done: worth it for a job whose actors all import
     the same heavy libraries (shoal.rl's env runners import torch and
     Gymnasium). A module that fails to import is reported in the worker's
@@ -222,12 +222,16 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
         """Start ``actor`` in an idle pooled worker instead of a new process, or None.
 
         As Ray leases a started worker for an actor: the process has booted
-        (and imported ``SHOAL_WORKER_PREIMPORT``'s modules). Only for an actor
-        that needs no runtime_env and no GPU (those are set when a process
-        starts); the worker then is the actor's for good.
+        and imported ``SHOAL_WORKER_PREIMPORT``'s modules. Only when that
+        variable is set, and for an actor that needs no runtime_env and no
+        GPU (those are set when a process starts) and whose arguments are
+        ready; the worker then is the actor's for good.
         """
-        if actor.spec.runtime_env or actor.spec.demand.get("GPU", 0.0):
-            return None
+        if not self.preimport or actor.spec.runtime_env or actor.spec.demand.get("GPU", 0.0):
+            return None     # without SHOAL_WORKER_PREIMPORT every actor gets a new process
+        objs = self.objects.objs
+        if any(d not in objs or objs[d].desc is None for d in actor.spec.deps):
+            return None     # an argument still being computed: a new process, as before
         for w in self.workers.values():
             if (w.actor is None and w.state == "idle" and w.conn is not None and not w.inflight
                     and not w.blocked and w.lease is None and w.proc.poll() is None):
