@@ -12,8 +12,13 @@ vectorised envs, Stable-Baselines3 in one process (a DummyVecEnv of 16).
 Each run is its own process, started fresh; the clock runs from building
 the algorithm (runners started) to the iteration that solves, cluster
 start-up excluded (shoal.init / ray.init, and until the task workers each
-prestarts have booted: four half-second tasks run at once); rounds alternate systems per
-seed. Episodes are counted the same way for every system: the mean of the
+prestarts have booted: four half-second tasks run at once); every
+driver's library imports are outside the clock too (SB3's torch and
+stable_baselines3, shoal.rl, ray.rllib). shoal's pooled workers import
+torch and Gymnasium as they boot (SHOAL_WORKER_PREIMPORT, set before
+shoal.init) and its runner actors start in them; "shoal-cold" is the same
+without, its runners importing torch inside the clock as RLlib's do.
+Rounds alternate systems per seed. Episodes are counted the same way for every system: the mean of the
 last 20 episodes that ended. (RLlib's own ``episode_return_mean`` averages
 only the episodes that ended in the latest iteration, 1 to 3 once
 episodes last ~500 steps, so it crosses 475 earlier; we keep RLlib's
@@ -66,10 +71,10 @@ IMPALA_HYPER = dict(lr=1e-3, train_batch_size=512, rollout_fragment_length=32)
 
 
 # ---------------------------------------------------------------- one solve run per process
-def solve_shoal(seed: int, max_steps: int, max_s: float) -> dict:
+def solve_shoal(seed: int, max_steps: int, max_s: float, preimport: bool = True) -> dict:
     import shoal
     from shoal.rl import PPOConfig
-    _shoal_init()
+    _shoal_init(preimport)
     t0 = time.perf_counter()
     algo = (PPOConfig().environment("CartPole-v1")
             .env_runners(num_env_runners=RUNNERS, num_envs_per_env_runner=ENVS_PER_RUNNER,
@@ -158,8 +163,17 @@ def _rllib_config(seed: int | None):
             .debugging(seed=seed))
 
 
-def _shoal_init():
+def solve_shoal_cold(seed: int, max_steps: int, max_s: float) -> dict:
+    return solve_shoal(seed, max_steps, max_s, preimport=False)
+
+
+def _shoal_init(preimport: bool = False):
     import shoal
+    # The pooled workers import torch and Gymnasium as they boot (cluster
+    # start-up, outside the clock as SB3's and every driver's imports are);
+    # the env runner actors then start in them ("shoal-cold": without)
+    if preimport:
+        os.environ["SHOAL_WORKER_PREIMPORT"] = "torch,gymnasium"
     shoal.init(num_cpus=4)
     _settle(lambda f: shoal.get([shoal.remote(f).remote() for _ in range(4)], timeout=120))
 
@@ -196,8 +210,9 @@ def solve_rllib(seed: int, max_steps: int, max_s: float) -> dict:
     import ray
     with tempfile.TemporaryDirectory(prefix="ray_rl_bench_") as tmp:
         _ray_init(tmp)
+        config = _rllib_config(seed)       # RLlib's imports, outside the clock as SB3's and shoal's
         t0 = time.perf_counter()
-        algo = _rllib_config(seed).build_algo()
+        algo = config.build_algo()
         out = _rllib_solve_loop(algo, t0, max_steps, max_s)
         algo.stop()
         ray.shutdown()
@@ -289,7 +304,7 @@ def solve_sb3(seed: int, max_steps: int, max_s: float) -> dict:
             "curve": _thin(cb.curve)}
 
 
-SOLVERS = {"shoal": solve_shoal, "rllib": solve_rllib, "sb3": solve_sb3,
+SOLVERS = {"shoal": solve_shoal, "shoal-cold": solve_shoal_cold, "rllib": solve_rllib, "sb3": solve_sb3,
            "shoal-impala": solve_shoal_impala, "rllib-impala": solve_rllib_impala}
 
 

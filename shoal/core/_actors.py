@@ -44,7 +44,8 @@ class ActorState:
             b.pending_actors.remove(self)
         pool.acquire(self.spec.demand)
         self.lease = (pool, self.spec.demand)
-        self.worker = b._spawn_worker(actor=self)
+        adopt = getattr(b, "adopt_idle_worker", None)
+        self.worker = (adopt(self) if adopt is not None else None) or b._spawn_worker(actor=self)
         self.pid, self.last_wid = self.worker.proc.pid, str(self.worker.wid)
 
     def on_ready(self, b, w, err_desc) -> None:

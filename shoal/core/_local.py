@@ -44,6 +44,31 @@ from shoal.core.object_ref import RefCounter
 from shoal.exceptions import ShoalError, TaskCancelledError, WorkerCrashedError
 
 _IDLE_REAP_S = 30.0
+PREIMPORT_ENV = "SHOAL_WORKER_PREIMPORT"
+
+
+def preimport_from_env() -> list:
+    """The modules pooled workers import as they boot: ``SHOAL_WORKER_PREIMPORT``.
+
+    A comma-separated list of module names (e.g. ``torch,gymnasium``), read
+    when the driver starts. Pooled workers import them before they take
+    tasks, and while it is set an actor starts in an idle pooled worker
+    when there is one (and it needs no runtime_env and no GPU), so its
+    imports are already done: worth it for a job whose actors all import
+    the same heavy libraries (shoal.rl's env runners import torch and
+    Gymnasium). A module that fails to import is reported in the worker's
+    log and skipped.
+
+    Raises:
+        ValueError: a name that is not a dotted module name.
+    """
+    raw = os.environ.get(PREIMPORT_ENV, "")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    for n in names:
+        if not all(part.isidentifier() for part in n.split(".")):
+            raise ValueError(f"{PREIMPORT_ENV}={raw!r}: {n!r} is not a module name; give "
+                             f"comma-separated module names such as 'torch,gymnasium'")
+    return names
 
 
 class WorkerProc:
@@ -75,6 +100,7 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
     def __init__(self, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
                  namespace=None, log_to_driver=True):
         import psutil
+        self.preimport = preimport_from_env()   # first: a bad value leaves nothing behind
         ncpu = (os.cpu_count() or 1) if num_cpus is None else num_cpus
         found = visible_gpu_ids()
         ngpu = len(found) if num_gpus is None else num_gpus
@@ -179,7 +205,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
         boot = {"sock": self.sock_path, "secret": self.secret.hex(), "wid": wid,
                 "session": self.session, "shm_prefix": self.shm_prefix, "node_id": self.node_id,
                 "kv": [self.kv.host, self.kv.port], "namespace": self.namespace,
-                "actor": actor.spec.actor_id if actor else None, "driver_pid": os.getpid()}
+                "actor": actor.spec.actor_id if actor else None, "driver_pid": os.getpid(),
+                "preimport": self.preimport if actor is None else []}
         proc.stdin.write(json.dumps(boot).encode() + b"\n")
         proc.stdin.close()
         w = WorkerProc(wid, proc, actor)
@@ -190,6 +217,30 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
             os.set_blocking(pipe.fileno(), False)
             self.sel.register(pipe, selectors.EVENT_READ, ("pipe", (w, out)))
         return w
+
+    def adopt_idle_worker(self, actor: ActorState) -> WorkerProc | None:
+        """Start ``actor`` in an idle pooled worker instead of a new process, or None.
+
+        As Ray leases a started worker for an actor: the process has booted
+        and imported ``SHOAL_WORKER_PREIMPORT``'s modules. Only when that
+        variable is set, and for an actor that needs no runtime_env and no
+        GPU (those are set when a process starts) and whose arguments are
+        ready; the worker then is the actor's for good.
+        """
+        if not self.preimport or actor.spec.runtime_env or actor.spec.demand.get("GPU", 0.0):
+            return None     # without SHOAL_WORKER_PREIMPORT every actor gets a new process
+        objs = self.objects.objs
+        if any(d not in objs or objs[d].desc is None for d in actor.spec.deps):
+            return None     # an argument still being computed: a new process, as before
+        for w in self.workers.values():
+            if (w.actor is None and w.state == "idle" and w.conn is not None and not w.inflight
+                    and not w.blocked and w.lease is None and w.proc.poll() is None):
+                w.actor = actor
+                w.state = "starting"
+                self._open_logs(w)          # its log note now names the actor
+                self._init_actor_worker(w)
+                return w
+        return None
 
     def write_session_info(self, **extra) -> None:
         """``session.json``: how ``shoal status`` / ``shoal logs`` find this session."""
@@ -206,7 +257,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
                 "actor_name": (a.spec.name or "") if a is not None else None}
         try:
             for out, ext in (("stdout", "out"), ("stderr", "err")):
-                w.logs[out] = open(self.log_path(w.wid, ext), "ab", buffering=0)  # noqa: SIM115
+                if out not in w.logs:        # an adopted worker keeps its files
+                    w.logs[out] = open(self.log_path(w.wid, ext), "ab", buffering=0)  # noqa: SIM115
             with open(self.log_path(w.wid, "json"), "w") as f:
                 json.dump(meta, f)
         except OSError as e:  # a full disk costs the logs, not the worker

@@ -317,6 +317,8 @@ class WorkerRuntime(ProcessRuntime):
         elif op == "cancel":
             self._on_cancel(m[1])
         elif op == "actor_init":
+            # a pooled worker becomes an actor's: set before the actor's calls arrive
+            self.actor_id = m[1]["actor_id"]
             with self.qcond:
                 self.queue.append(m)
             self._wake_main()
@@ -693,8 +695,20 @@ def _driver_gone(shm_prefix: str) -> None:
     os._exit(0)
 
 
+def _preimport(names: list) -> None:
+    # SHOAL_WORKER_PREIMPORT: before the worker takes tasks; a failure costs the
+    # module (reported in the worker's log), not the worker
+    import importlib
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:  # noqa: BLE001 - any import error, SystemExit too
+            sys.stderr.write(f"shoal: SHOAL_WORKER_PREIMPORT: cannot import {name!r}: {e!r}\n")
+
+
 def main() -> None:
     boot = json.loads(sys.stdin.readline())
+    _preimport(boot.get("preimport") or [])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: _driver_gone(boot["shm_prefix"]))
     if os.getppid() != boot["driver_pid"]:

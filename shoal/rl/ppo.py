@@ -39,7 +39,9 @@ class PPOConfig(AlgorithmConfig):
         entropy_coeff: weight of the entropy bonus.
         num_epochs: passes over the train batch per iteration.
         minibatch_size: rows per gradient step (split over the learners).
-        normalize_advantages: standardize advantages in each minibatch.
+        normalize_advantages: standardize the advantages: True or
+            "minibatch" in each minibatch (Stable-Baselines3, CleanRL),
+            "batch" once over the whole train batch (RLlib), False not at all.
         use_kl_loss, kl_coeff, kl_target: an adaptive KL penalty (RLlib's):
             the coefficient doubles when the KL exceeds 2 * kl_target and
             halves below kl_target / 2.
@@ -55,7 +57,7 @@ class PPOConfig(AlgorithmConfig):
     entropy_coeff: float = 0.0
     num_epochs: int = 10
     minibatch_size: int = 64
-    normalize_advantages: bool = True
+    normalize_advantages: bool | str = True
     use_kl_loss: bool = False
     kl_coeff: float = 0.2
     kl_target: float = 0.01
@@ -71,6 +73,9 @@ class PPOConfig(AlgorithmConfig):
             raise ValueError(f"clip_param must be > 0, got {self.clip_param!r}")
         if self.vf_clip_param is not None and not self.vf_clip_param > 0:
             raise ValueError(f"vf_clip_param must be > 0 or None, got {self.vf_clip_param!r}")
+        if self.normalize_advantages not in (True, False, "minibatch", "batch"):
+            raise ValueError(f"normalize_advantages must be True, False, 'minibatch' or 'batch', "
+                             f"got {self.normalize_advantages!r}")
         if not 0 <= self.lambda_ <= 1:
             raise ValueError(f"lambda_ must be in [0, 1], got {self.lambda_!r}")
         n = max(1, self.num_learners)
@@ -137,7 +142,8 @@ def ppo_update(learner, batch: dict, config: PPOConfig, kl_coeff: float = 0.0) -
             loss, stats = ppo_loss(learner.module, learner.model,
                                    {k: v[i * mb:(i + 1) * mb] for k, v in shuffled.items()},
                                    config.clip_param, config.vf_clip_param, config.vf_loss_coeff,
-                                   config.entropy_coeff, kl_coeff, config.normalize_advantages)
+                                   config.entropy_coeff, kl_coeff,
+                                   config.normalize_advantages in (True, "minibatch"))
             learner.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             learner.clip_and_step()
@@ -223,7 +229,11 @@ class PPO(Algorithm):
             for k, v in (("obs", b["obs"]), ("actions", b["actions"]), ("logp", b["logp"]),
                          ("vf_preds", b["vf_preds"]), ("advantages", adv), ("value_targets", targets)):
                 cols[k].append(v.reshape((-1,) + v.shape[2:]))
-        return {k: np.concatenate(v) for k, v in cols.items()}
+        out = {k: np.concatenate(v) for k, v in cols.items()}
+        if c.normalize_advantages == "batch" and len(out["advantages"]) > 1:
+            adv = out["advantages"]
+            out["advantages"] = ((adv - adv.mean()) / (adv.std() + 1e-8)).astype(adv.dtype, copy=False)
+        return out
 
     def _extra_state(self) -> dict:
         return {"kl_coeff": self.kl_coeff}

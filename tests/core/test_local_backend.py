@@ -465,3 +465,103 @@ def test_pending_actor_starts_when_a_dead_actor_frees_its_cpu(cluster):
     assert ready, "the pending actor did not start after a CPU was freed by a death"
     for a in actors:
         shoal.kill(a)
+
+
+def _booted_worker_pids(n: int) -> set:
+    # n tasks at once need n booted pooled workers; they are idle again after
+    @shoal.remote
+    def pid_after_pause():
+        time.sleep(0.3)
+        return os.getpid()
+
+    pids: set = set()
+    for _ in range(20):     # on a loaded host one worker may boot late and another run both
+        pids |= set(shoal.get([pid_after_pause.remote() for _ in range(n)], timeout=60))
+        if len(pids) >= n:
+            return pids
+    raise AssertionError(f"{n} pooled workers did not boot: {pids}")
+
+
+def test_actor_starts_in_an_idle_pooled_worker_and_tasks_go_on_when_it_dies(monkeypatch):
+    shoal.shutdown()
+    monkeypatch.setenv("SHOAL_WORKER_PREIMPORT", "json")
+    shoal.init(num_cpus=2)
+    try:
+        _actor_in_pooled_worker()
+    finally:
+        shoal.shutdown()
+
+
+def test_without_preimport_an_actor_gets_a_new_process(cluster):
+    pooled = _booted_worker_pids(2)
+
+    @shoal.remote
+    class A:
+        def pid(self):
+            return os.getpid()
+
+    a = A.remote()
+    assert shoal.get(a.pid.remote(), timeout=30) not in pooled
+    shoal.kill(a)
+
+
+def _actor_in_pooled_worker():
+    pooled = _booted_worker_pids(2)
+
+    @shoal.remote
+    class A:
+        def pid(self):
+            return os.getpid()
+
+    a = A.remote()
+    pid = shoal.get(a.pid.remote(), timeout=30)
+    assert pid in pooled                  # no new process: a booted worker was adopted
+    shoal.kill(a)
+    with pytest.raises(ActorDiedError):
+        shoal.get(a.pid.remote(), timeout=30)
+    # the pool lost a worker with it; tasks still run (a new worker starts when needed)
+    assert shoal.get([shoal.remote(os.getpid).remote() for _ in range(3)], timeout=60)
+    # an actor needing its own environment gets its own process
+    b = A.options(runtime_env={"env_vars": {"SHOAL_TEST_RL3": "1"}}).remote()
+    assert shoal.get(b.pid.remote(), timeout=30) not in pooled
+    shoal.kill(b)
+
+
+def test_worker_preimport_imports_modules_in_pooled_workers(monkeypatch):
+    shoal.shutdown()
+    # a module no worker imports otherwise, and one that does not exist (skipped, logged)
+    monkeypatch.setenv("SHOAL_WORKER_PREIMPORT", "xml.dom.minidom, shoal_no_such_module_rl3")
+    b = shoal.init(num_cpus=2)
+    try:
+        @shoal.remote
+        def loaded():
+            time.sleep(0.2)
+            return "xml.dom.minidom" in sys.modules, os.getpid()
+
+        results = shoal.get([loaded.remote() for _ in range(2)], timeout=60)
+        assert all(ok for ok, _ in results)
+
+        @shoal.remote
+        class Probe:
+            def loaded(self):
+                return "xml.dom.minidom" in sys.modules
+
+        p = Probe.remote()           # in an adopted pooled worker: imported already
+        assert shoal.get(p.loaded.remote(), timeout=30)
+        shoal.kill(p)
+        logs = "".join(open(os.path.join(b.dir, "logs", f)).read()
+                       for f in os.listdir(os.path.join(b.dir, "logs")) if f.endswith(".err"))
+        assert "cannot import 'shoal_no_such_module_rl3'" in logs
+    finally:
+        shoal.shutdown()
+
+
+def test_worker_preimport_rejects_a_bad_name(monkeypatch):
+    shoal.shutdown()
+    monkeypatch.setenv("SHOAL_WORKER_PREIMPORT", "torch;rm -rf")
+    with pytest.raises(ValueError, match="SHOAL_WORKER_PREIMPORT"):
+        shoal.init(num_cpus=2)
+    assert not shoal.is_initialized()
+    assert not [p for p in psutil.Process().children(recursive=True)
+                if "shoal.core._worker" in " ".join(p.cmdline())]
+

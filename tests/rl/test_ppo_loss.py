@@ -104,3 +104,46 @@ def test_config_rejects_unknown_and_out_of_range_settings():
         PPOConfig().environment("CartPole-v1").training(num_epochs=0).validate()
     with pytest.raises(ValueError, match="no environment"):
         PPOConfig().validate()
+
+
+def _fragment(T=6, N=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"obs": rng.normal(size=(T, N, 4)).astype(np.float32), "actions": rng.integers(0, 2, (T, N)),
+            "logp": np.full((T, N), -0.69, np.float32), "vf_preds": rng.normal(size=(T, N)).astype(np.float32),
+            "rewards": rng.normal(2.0, 1.0, (T, N)).astype(np.float32),
+            "terminateds": np.zeros((T, N), bool), "truncateds": np.zeros((T, N), bool),
+            "last_values": np.zeros(N, np.float32)}
+
+
+@pytest.mark.parametrize("mode", ["batch", "minibatch", True, False])
+def test_advantages_are_standardized_over_the_batch_or_per_minibatch(mode, monkeypatch):
+    import types
+
+    import shoal.rl.ppo as ppo_mod
+    from shoal.rl import PPO, Learner, LearnerSpec
+    config = PPOConfig(env="CartPole-v1", normalize_advantages=mode, minibatch_size=4, num_epochs=1)
+    config.validate()
+    train = PPO.postprocess(types.SimpleNamespace(config=config), [_fragment(), _fragment(seed=1)])
+    raw = PPO.postprocess(types.SimpleNamespace(config=PPOConfig(normalize_advantages=False)),
+                          [_fragment(), _fragment(seed=1)])
+    if mode == "batch":        # RLlib's: once over the whole train batch
+        assert abs(train["advantages"].mean()) < 1e-5 and abs(train["advantages"].std() - 1) < 1e-3
+    else:
+        np.testing.assert_array_equal(train["advantages"], raw["advantages"])
+    assert raw["advantages"].mean() > 1         # rewards of ~2: far from standardized
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(args[-1])               # the per-minibatch flag the loss gets
+        return ppo_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_mod, "ppo_loss", spy)
+    spec = LearnerSpec(lambda o, a: ActorCritic(o, a, ModelConfig(hiddens=[8])),
+                       gym.spaces.Box(-np.inf, np.inf, (4,)), gym.spaces.Discrete(2), 1e-3, None, seed=0)
+    ppo_mod.ppo_update(Learner(spec), train, config)
+    assert seen and all(flag == (mode in (True, "minibatch")) for flag in seen)
+
+
+def test_config_rejects_an_unknown_advantage_normalization():
+    with pytest.raises(ValueError, match="normalize_advantages"):
+        PPOConfig(env="CartPole-v1", normalize_advantages="episode").validate()
