@@ -52,6 +52,21 @@ class ClusterState:
     def _init_actor_worker(self, w: WorkerProc) -> None:
         a = w.actor
         objs = self.objects.objs
+        waiting = {d for d in a.spec.deps if d in objs and objs[d].desc is None}
+        if waiting:
+            # A constructor argument is a task still running: construct once it is ready
+            # (as Ray does; its error, if it fails, becomes the constructor's). The
+            # arguments are pinned by the actor, so they stay until then.
+            left = [len(waiting)]
+
+            def ready(oid, w=w, a=a):
+                left[0] -= 1
+                if left[0] == 0 and a.worker is w and w.conn is not None \
+                        and w.proc.poll() is None:
+                    self._init_actor_worker(w)
+            for d in waiting:
+                objs[d].waiters.append(ready)
+            return
         deps = [objs[d].desc if d in objs else None for d in a.spec.deps]
         self._send(w, ("actor_init", a.spec.wire(), self.functions[a.spec.cls_id],
                        deps, a.restarts))

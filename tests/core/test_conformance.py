@@ -329,6 +329,20 @@ def test_actor_keeps_state_and_runs_one_callers_calls_in_order(backend):
         shoal.kill(c)
 
 
+def test_actor_constructed_from_a_task_still_running_waits_for_its_value(backend):
+    key = _key("ctor-arg")
+    c = Counter.remote(wait_key.remote(key, 41))      # the task blocks until the key is set
+    try:
+        time.sleep(1.0)               # the actor's process is up well before its argument
+        shoal.get_kv_store().set(key, b"go")
+        assert shoal.get(c.incr.remote(), timeout=LONG) == 42
+    finally:
+        shoal.kill(c)
+    bad = Counter.remote(raise_value_error.remote("ctor-arg-boom"))
+    with pytest.raises(ActorDiedError, match="ctor-arg-boom"):
+        shoal.get(bad.incr.remote(), timeout=LONG)
+
+
 def test_actor_handle_passed_to_a_task_calls_the_same_actor(backend):
     c = Counter.remote(0)
     try:
