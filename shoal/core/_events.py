@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from array import array
 from time import time as _now
 
 from shoal.core._serialization import IS_ERROR, NBYTES, PATH, deserialize
 
 DEFAULT_TASK_EVENTS = 10_000
+_NAN = float("nan")
 
 
 def task_events_from_env():
@@ -31,14 +32,33 @@ def task_events_from_env():
 
 
 class TaskEvents:
-    """The last ``maxlen`` finished tasks and counts of every task ever finished."""
+    """The last ``maxlen`` finished tasks and counts of every task ever finished.
 
-    __slots__ = ("done", "finished", "failed")
+    A ring written in place: numbers into preallocated arrays, and references to
+    objects the task's spec already shares (its function's name, its actor's and
+    worker's ids, one tuple per distinct demand) into preallocated lists. A tuple
+    per task, as before, was a container the garbage collector tracked (20,000-30,000
+    objects with a full ring) and an allocation freed long after, in cold memory;
+    recording then cost 7-10 % of a no-op task's driver CPU."""
+
+    __slots__ = ("size", "count", "seq", "t0", "t1", "elapsed", "name", "actor", "wid",
+                 "err", "demand", "finished", "failed", "_demands")
 
     def __init__(self, maxlen: int):
-        self.done: deque = deque(maxlen=maxlen)
+        self.size = maxlen
+        self.count = 0                      # records ever written
+        self.seq = array("q", bytes(8 * maxlen))
+        self.t0 = array("d", bytes(8 * maxlen))      # submitted
+        self.t1 = array("d", bytes(8 * maxlen))      # ended
+        self.elapsed = array("d", bytes(8 * maxlen))
+        self.name: list = [None] * maxlen
+        self.actor: list = [None] * maxlen
+        self.wid: list = [None] * maxlen
+        self.err: list = [None] * maxlen
+        self.demand: list = [None] * maxlen
         self.finished = 0
         self.failed = 0
+        self._demands: dict = {}
 
     def record(self, spec, descs, wid, elapsed) -> None:
         err = None
@@ -47,12 +67,42 @@ class TaskEvents:
             err = _error_info(descs[0])
         else:
             self.finished += 1
-        # Only numbers, strings and None (the demand as item pairs, None when empty): the
-        # garbage collector stops tracking such tuples, so a full ring adds nothing to
-        # its full collections, and no call's demand dict is kept alive by the ring.
         d = spec.demand
-        self.done.append((spec.seq, spec.name, spec.actor_id, wid, spec.t_submit, _now(),
-                          elapsed, err, tuple(d.items()) if d else None))
+        demand = None
+        if d:
+            key = tuple(d.items())          # freed at once; the kept one is shared
+            demand = self._demands.get(key)
+            if demand is None:
+                if len(self._demands) > 256:
+                    self._demands.clear()
+                demand = self._demands[key] = key
+        i = self.count % self.size
+        self.count += 1
+        self.seq[i] = spec.seq
+        self.t0[i] = spec.t_submit
+        self.t1[i] = _now()
+        self.elapsed[i] = _NAN if elapsed is None else elapsed
+        self.name[i] = spec.name
+        self.actor[i] = spec.actor_id
+        self.wid[i] = wid
+        self.err[i] = err
+        self.demand[i] = demand
+
+    def __len__(self) -> int:
+        return min(self.count, self.size)
+
+    def last(self, k: int | None = None) -> list:
+        """The newest ``k`` (all: None) records, oldest first, as tuples (seq, name,
+        actor_id, worker id, submitted, ended, elapsed, error, demand)."""
+        n = len(self)
+        k = n if k is None else min(k, n)
+        rows = []
+        for j in range(self.count - k, self.count):
+            i = j % self.size
+            el = self.elapsed[i]
+            rows.append((self.seq[i], self.name[i], self.actor[i], self.wid[i], self.t0[i],
+                         self.t1[i], None if el != el else el, self.err[i], self.demand[i]))
+        return rows
 
 
 def _error_info(desc) -> tuple:
@@ -103,9 +153,7 @@ class StateListing:
             live.reverse()
             ev = self.task_events
             k = None if newest is None else newest - len(live)
-            done = [] if ev is None or k == 0 else \
-                list(ev.done) if k is None or k >= len(ev.done) else \
-                [ev.done[i] for i in range(len(ev.done) - k, len(ev.done))]
+            done = [] if ev is None or k == 0 else ev.last(k)
         out = [self._task_row(seq, name, actor_id, wid, "FAILED" if err else "FINISHED", t0, t1,
                               elapsed, err, demand)
                for seq, name, actor_id, wid, t0, t1, elapsed, err, demand in done]
