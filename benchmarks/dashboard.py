@@ -67,6 +67,33 @@ def _measure(out, key, n, fn, repeat):
     out[key.replace("_per_s", "_driver_cpu_us")] = min(cpus)
 
 
+def _workload(quick: bool) -> list:
+    """(key, calls, fn) of the three measurements, on this process's cluster: no-op
+    tasks, a synchronous loop of actor calls, a batch of them. Windows of ~0.5 s: at
+    5,000 calls (~0.13 s) one round's best still moved by +-9 % between runs, more than
+    the cost being measured."""
+    import shoal
+
+    @shoal.remote
+    def noop():
+        return None
+
+    @shoal.remote
+    class Actor:
+        def ping(self):
+            return None
+    a = Actor.remote()
+    shoal.get([noop.remote() for _ in range(500)] + [a.ping.remote() for _ in range(500)])
+    n, m, b = (2000, 500, 2000) if quick else (20000, 4000, 30000)
+
+    def sync_loop():
+        for _ in range(m):
+            shoal.get(a.ping.remote())
+    return [("tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)])),
+            ("actor_sync_calls_per_s", m, sync_loop),
+            ("actor_batch_calls_per_s", b, lambda: shoal.get([a.ping.remote() for _ in range(b)]))]
+
+
 def run_mode(mode: str, quick: bool) -> dict:
     import psutil
 
@@ -82,15 +109,6 @@ def run_mode(mode: str, quick: bool) -> dict:
         poller = subprocess.Popen([sys.executable, "-c", POLLER, f"http://127.0.0.1:{d.port}",
                                    d.token])
 
-    @shoal.remote
-    def noop():
-        return None
-
-    @shoal.remote
-    class Actor:
-        def ping(self):
-            return None
-
     import gc
     gc_s, gc_t0 = [0.0], [0.0]
 
@@ -100,23 +118,10 @@ def run_mode(mode: str, quick: bool) -> dict:
         else:
             gc_s[0] += time.perf_counter() - gc_t0[0]
     try:
-        shoal.get([noop.remote() for _ in range(500)])
+        work = _workload(quick)
         gc.callbacks.append(on_gc)
-        # windows of ~0.5 s, five of each: at 5,000 calls (~0.13 s) one round's best still
-        # moved by +-9 % between runs, more than the cost being measured
-        n = 2000 if quick else 20000
-        _measure(out, "tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)]), 5)
-        a = Actor.remote()
-        shoal.get(a.ping.remote())
-        m = 500 if quick else 4000
-
-        def sync_loop():
-            for _ in range(m):
-                shoal.get(a.ping.remote())
-        _measure(out, "actor_sync_calls_per_s", m, sync_loop, 5)
-        b = 2000 if quick else 30000
-        _measure(out, "actor_batch_calls_per_s", b,
-                 lambda: shoal.get([a.ping.remote() for _ in range(b)]), 5)
+        for key, count, fn in work:
+            _measure(out, key, count, fn, 5)
         gc.callbacks.remove(on_gc)
         out["gc_ms"] = gc_s[0] * 1e3
         out["driver_rss_mb"] = me.memory_info().rss / 1e6
@@ -139,25 +144,7 @@ def run_paired(pairs: int, quick: bool) -> dict:
     import shoal
     import shoal.dashboard
     shoal.init(num_cpus=2, log_to_driver=False)
-
-    @shoal.remote
-    def noop():
-        return None
-
-    @shoal.remote
-    class Actor:
-        def ping(self):
-            return None
-    a = Actor.remote()
-    shoal.get([noop.remote() for _ in range(500)] + [a.ping.remote() for _ in range(500)])
-    n, m, b = (2000, 500, 2000) if quick else (20000, 4000, 30000)
-
-    def sync_loop():
-        for _ in range(m):
-            shoal.get(a.ping.remote())
-    work = [("tasks_per_s", n, lambda: shoal.get([noop.remote() for _ in range(n)])),
-            ("actor_sync_calls_per_s", m, sync_loop),
-            ("actor_batch_calls_per_s", b, lambda: shoal.get([a.ping.remote() for _ in range(b)]))]
+    work = _workload(quick)
     got: dict = {"off": [], "on": []}
     try:
         for i in range(pairs):
