@@ -482,49 +482,39 @@ def _booted_worker_pids(n: int) -> set:
     raise AssertionError(f"{n} pooled workers did not boot: {pids}")
 
 
+@shoal.remote
+class PidActor:
+    def pid(self):
+        return os.getpid()
+
+
 def test_actor_starts_in_an_idle_pooled_worker_and_tasks_go_on_when_it_dies(monkeypatch):
     shoal.shutdown()
     monkeypatch.setenv("SHOAL_WORKER_PREIMPORT", "json")
     shoal.init(num_cpus=2)
     try:
-        _actor_in_pooled_worker()
+        pooled = _booted_worker_pids(2)
+        a = PidActor.remote()
+        pid = shoal.get(a.pid.remote(), timeout=30)
+        assert pid in pooled                  # no new process: a booted worker was adopted
+        shoal.kill(a)
+        with pytest.raises(ActorDiedError):
+            shoal.get(a.pid.remote(), timeout=30)
+        # the pool lost a worker with it; tasks still run (a new worker starts when needed)
+        assert shoal.get([shoal.remote(os.getpid).remote() for _ in range(3)], timeout=60)
+        # an actor needing its own environment gets its own process
+        b = PidActor.options(runtime_env={"env_vars": {"SHOAL_TEST_RL3": "1"}}).remote()
+        assert shoal.get(b.pid.remote(), timeout=30) not in pooled
+        shoal.kill(b)
     finally:
         shoal.shutdown()
 
 
 def test_without_preimport_an_actor_gets_a_new_process(cluster):
     pooled = _booted_worker_pids(2)
-
-    @shoal.remote
-    class A:
-        def pid(self):
-            return os.getpid()
-
-    a = A.remote()
+    a = PidActor.remote()
     assert shoal.get(a.pid.remote(), timeout=30) not in pooled
     shoal.kill(a)
-
-
-def _actor_in_pooled_worker():
-    pooled = _booted_worker_pids(2)
-
-    @shoal.remote
-    class A:
-        def pid(self):
-            return os.getpid()
-
-    a = A.remote()
-    pid = shoal.get(a.pid.remote(), timeout=30)
-    assert pid in pooled                  # no new process: a booted worker was adopted
-    shoal.kill(a)
-    with pytest.raises(ActorDiedError):
-        shoal.get(a.pid.remote(), timeout=30)
-    # the pool lost a worker with it; tasks still run (a new worker starts when needed)
-    assert shoal.get([shoal.remote(os.getpid).remote() for _ in range(3)], timeout=60)
-    # an actor needing its own environment gets its own process
-    b = A.options(runtime_env={"env_vars": {"SHOAL_TEST_RL3": "1"}}).remote()
-    assert shoal.get(b.pid.remote(), timeout=30) not in pooled
-    shoal.kill(b)
 
 
 def test_worker_preimport_imports_modules_in_pooled_workers(monkeypatch):
