@@ -43,6 +43,12 @@ def _ops(comm):
             return hvd.allreduce(x, op=hvd.Sum), hvd.allgather(x)
         y, g = f(tf.constant([float(r)]))
         out["graph"] = (y.numpy().tolist(), g.numpy().tolist())
+
+        @tf.function
+        def rs(a, b):       # a group of one dtype with static shapes, in a graph
+            return hvd.grouped_reducescatter([a, b], op=hvd.Sum)
+        p, q = rs(tf.ones([4, 1]) * (r + 1), tf.fill([2, 3], float(r)))
+        out["graph_rs"] = (p.numpy().tolist(), q.numpy().tolist())
         x = tf.constant([1.0, 2.0])
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -63,6 +69,7 @@ def test_ops_match_horovod_semantics_eager_and_in_tf_function(tf_pool):
         assert out["a2a"] == ([[10 * r], [10 * r + 1]], [1, 1])
         assert out["sparse"] == [[0.5, 0.5], [0.5, 0.5]]     # Average over 2 ranks
         assert out["graph"] == ([1.0], [0.0, 1.0])
+        assert out["graph_rs"] == ([[3.0], [3.0]], [[1.0, 1.0, 1.0]])   # this rank's part
         assert out["grad"] == [2.0 * (r + 1)] * 2              # Sum's gradient: Sum of ones
 
 

@@ -360,10 +360,6 @@ def grouped_reducescatter(tensors, op=Average, name=None, process_set=global_pro
     op = H._check_op(op, None)
     pairs = [compression.compress(_dense(t, f"tensors[{i}]")) for i, t in enumerate(tensors)]
     wire = [p[0] for p in pairs]
-    if _packs_in_graph(wire):
-        outs = _grouped_allreduce_packed(wire, op, prescale_factor, postscale_factor, name,
-                                         process_set)
-        return [compression.decompress(o, c) for o, (_, c) in zip(outs, pairs)]
     outs = _eager_or_graph(
         lambda *xs: _reducescatter_now(xs, op, prescale_factor, postscale_factor, name,
                                        process_set),
