@@ -231,7 +231,8 @@ class LocalBackend(ProcessRuntime, Scheduler, ClusterState, StateListing):
             return None     # without SHOAL_WORKER_PREIMPORT every actor gets a new process
         objs = self.objects.objs
         if any(d not in objs or objs[d].desc is None for d in actor.spec.deps):
-            return None     # an argument still being computed: a new process, as before
+            return None     # an argument still being computed: leave the pooled workers
+                            # to the tasks that may compute it
         for w in self.workers.values():
             if (w.actor is None and w.state == "idle" and w.conn is not None and not w.inflight
                     and not w.blocked and w.lease is None and w.proc.poll() is None):
