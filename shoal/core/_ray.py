@@ -361,9 +361,15 @@ class RayBackend:
             # The store is a detached actor (it must outlive whichever worker made it);
             # the driver ends it so the next job starts with an empty store.
             try:
-                ray.kill(ray.get_actor(KV_ACTOR, namespace=self.namespace))
+                store = ray.get_actor(KV_ACTOR, namespace=self.namespace)
             except ValueError:
-                pass
+                store = None
+            if store is not None and self._owns_ray:
+                ray.kill(store)         # ray.shutdown() below ends everything anyway
+            elif store is not None:
+                # Ray stays up: wait for the death, or a store call made right after
+                # shutdown could land on the dying store and its key be lost with it
+                self.kill(store)
         if self._owns_ray:
             ray.shutdown()
 
