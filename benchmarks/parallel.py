@@ -25,7 +25,8 @@ pipeline
     stages (the stage modules deep-copied so each system has its own), the same batch and
     micro-batches, 2 ranks, one thread each: GPipe and 1F1B on 2 stages, interleaved 1F1B on
     4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
-    cross-entropy) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
+    cross-entropy; each block's attention and MLP halves are layers a cut may fall between,
+    or with ``--whole-blocks`` only whole blocks) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
     ``--balance`` (default "measured": ``rebalance`` starts from the cut by ``profile_layers``'
     per-layer forward + backward on one micro-batch, the loss counted on the last layer, runs a
     few steps of shoal's pipeline, scales each layer's cost by its stage's compute measured there
@@ -167,13 +168,48 @@ class _Embed(nn.Module):
         return self.tok(ids) + self.pos(torch.arange(ids.shape[-1], device=ids.device))
 
 
-class GPTPipe(nn.Module):
-    """Embedding (token + position), ``Block``s, final norm and head: a model pipeline_layers cuts."""
+class _Attention(nn.Module):
+    """``x + attention(norm(x))``: a transformer block's first half, as ``Block`` computes it."""
 
-    def __init__(self, vocab, dim, n_head, layers, seq):
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, dim // n_head
+        self.ln, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (z.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2)
+                   for z in self.qkv(self.ln(x)).chunk(3, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.proj(a.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+
+class PipeBlock(nn.Module):
+    """A transformer block as its attention half and MLP half (``Block``'s computation)."""
+
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.attn, self.mlp = _Attention(dim, n_head), ResidualMLP(dim)
+
+    def forward(self, x):
+        return self.mlp(self.attn(x))
+
+
+class HalvedPipeBlock(PipeBlock):
+    """``PipeBlock`` whose halves a pipeline may cut between."""
+
+    def pipeline_sublayers(self):
+        return ["attn", "mlp"]
+
+
+class GPTPipe(nn.Module):
+    """Embedding (token + position), ``PipeBlock``s, final norm and head: a model pipeline_layers cuts."""
+
+    def __init__(self, vocab, dim, n_head, layers, seq, halves=True):
         super().__init__()
         self.embed = _Embed(vocab, dim, seq)
-        self.blocks = nn.ModuleList(Block(dim, n_head) for _ in range(layers))
+        block = HalvedPipeBlock if halves else PipeBlock
+        self.blocks = nn.ModuleList(block(dim, n_head) for _ in range(layers))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
 
     def forward(self, ids):
@@ -204,7 +240,8 @@ def _pipeline_model(args):
     g = torch.Generator().manual_seed(1)
     if args["kind"] == "gpt":
         v = args["vocab"]
-        model = GPTPipe(v, args["dim"], args["heads"], args["layers"], args["seq"])
+        model = GPTPipe(v, args["dim"], args["heads"], args["layers"], args["seq"],
+                        halves=not args["whole_blocks"])
         x = torch.randint(0, v, (args["batch"], args["seq"]), generator=g)
         y = torch.randint(0, v, (args["batch"], args["seq"]), generator=g)
         return model, x, y, lambda out, t: F.cross_entropy(out.reshape(-1, v), t.reshape(-1))
@@ -665,8 +702,11 @@ def main(argv=None):
                     help="how the pipeline section cuts its models into stages (default "
                          "\"measured\": rebalance, re-cut from compute timed inside the pipeline; "
                          "\"time\": by the forward + backward time profile_layers measures alone)")
+    ap.add_argument("--whole-blocks", action="store_true",
+                    help="cut the GPTs between whole blocks only (by default between a block's "
+                         "attention and MLP halves too)")
     args = ap.parse_args(argv)
-    cfg = {"rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
+    cfg = {"whole_blocks": args.whole_blocks, "rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,
            "pipeline_configs": [c for c in args.pipeline_configs.split(",") if c],
            "profile_repeats": 10,

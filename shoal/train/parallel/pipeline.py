@@ -27,20 +27,28 @@ def pipeline_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     compute what its ``forward`` computes (e.g. ``embed``, ``blocks``,
     ``norm``, ``head``).
 
+    A layer or block that defines ``pipeline_sublayers()``, returning the
+    names of some of its children in order, is expanded into them
+    (``blocks.3.attn``, ``blocks.3.mlp``), so a cut may fall inside it: those
+    children, run in that order, must compute its ``forward`` (e.g. a
+    transformer block whose attention and MLP are each a residual child
+    module), and must hold all its parameters.
+
     Raises:
-        InvalidInputError: no list of blocks, several, or parameters held by
-            the model itself (they would belong to no stage).
+        InvalidInputError: no list of blocks, several, parameters held by
+            the model itself (they would belong to no stage), or a
+            ``pipeline_sublayers()`` that names no child, a missing child, a
+            child twice, or leaves parameters of its layer outside them.
     """
     if isinstance(model, nn.Sequential):
-        return list(model.named_children())
+        return [sub for name, child in model.named_children() for sub in _sublayers(name, child)]
     lists = [n for n, c in model.named_children() if isinstance(c, nn.ModuleList)]
     if len(lists) != 1:
         raise InvalidInputError(
             f"{type(model).__name__} has {len(lists)} nn.ModuleList children "
             f"({', '.join(lists) or 'none'}); a pipeline needs an nn.Sequential or a model with "
             "exactly one nn.ModuleList of blocks. Pass split_model an nn.Sequential of its layers")
-    own = [n for n, _ in model.named_parameters(recurse=False)] + \
-          [n for n, _ in model.named_buffers(recurse=False)]
+    own = _own_tensors(model)
     if own:
         raise InvalidInputError(
             f"{type(model).__name__} holds parameters/buffers {own} outside its layers; they would "
@@ -48,10 +56,43 @@ def pipeline_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     layers = []
     for name, child in model.named_children():
         if name == lists[0]:
-            layers += [(f"{name}.{i}", block) for i, block in child.named_children()]
+            for i, block in child.named_children():
+                layers += _sublayers(f"{name}.{i}", block)
         else:
-            layers.append((name, child))
+            layers += _sublayers(name, child)
     return layers
+
+
+def _own_tensors(module: nn.Module) -> list[str]:
+    return [n for n, _ in module.named_parameters(recurse=False)] + \
+           [n for n, _ in module.named_buffers(recurse=False)]
+
+
+def _sublayers(name: str, layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    # a layer that lists its sub-layers is cut between them; any other is one unit
+    if not hasattr(layer, "pipeline_sublayers"):
+        return [(name, layer)]
+    what = f"{name} ({type(layer).__name__})"
+    subs = layer.pipeline_sublayers()
+    if isinstance(subs, str) or not subs or not all(isinstance(s, str) for s in subs):
+        raise InvalidInputError(f"{what}.pipeline_sublayers() must return a non-empty list of "
+                                f"names of its children, got {subs!r}")
+    children = dict(layer.named_children())
+    missing = [s for s in subs if s not in children]
+    if missing:
+        raise InvalidInputError(f"{what}.pipeline_sublayers() names {missing}, which are not its "
+                                f"children; its children are {list(children)}")
+    twice = sorted({s for s in subs if list(subs).count(s) > 1})
+    if twice:
+        raise InvalidInputError(f"{what}.pipeline_sublayers() names {twice} more than once; each "
+                                "child may run once")
+    left = [c for c, mod in children.items() if c not in subs
+            and any(True for _ in [*mod.parameters(), *mod.buffers()])] + _own_tensors(layer)
+    if left:
+        raise InvalidInputError(f"{what} holds parameters in {left}, outside the sub-layers "
+                                f"{list(subs)} that pipeline_sublayers() names; they would belong "
+                                "to no stage. List those children too, or move them into one")
+    return [(f"{name}.{s}", children[s]) for s in subs]
 
 
 class PipelineStage(nn.Module):
@@ -71,21 +112,24 @@ class PipelineStage(nn.Module):
         self.index, self.num_stages = index, num_stages
         self.layer_names = [n for n, _ in layers]
         for name, layer in layers:
-            parent, _, leaf = name.rpartition(".")
-            if parent:
-                if parent not in self._modules:
-                    self.add_module(parent, nn.ModuleDict())
-                self._modules[parent].add_module(leaf, layer)
-            else:
-                self.add_module(leaf, layer)
+            *parents, leaf = name.split(".")
+            holder = self
+            for part in parents:   # blocks.3.attn -> blocks["3"]["attn"], keeping the names
+                if part not in holder._modules:
+                    holder.add_module(part, nn.ModuleDict())
+                holder = holder._modules[part]
+            holder.add_module(leaf, layer)
         # looked up by name at every call, so a wrapper put in a layer's place later
         # (sharded data parallel, activation checkpointing) is the one that runs
-        self._path = [tuple(n.rpartition(".")[::2]) for n in self.layer_names]
+        self._path = [tuple(n.split(".")) for n in self.layer_names]
 
     def forward(self, x):
         """Run this stage's layers in order."""
-        for parent, leaf in self._path:
-            x = (self._modules[parent]._modules[leaf] if parent else self._modules[leaf])(x)
+        for path in self._path:
+            layer = self
+            for part in path:
+                layer = layer._modules[part]
+            x = layer(x)
         return x
 
     def extra_repr(self) -> str:

@@ -62,11 +62,38 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class PreNormResidual(nn.Module):
+    """``x + inner(norm(x))``: half of a transformer block."""
+
+    def __init__(self, dim, inner):
+        super().__init__()
+        self.ln, self.inner = nn.LayerNorm(dim), inner
+
+    def forward(self, x):
+        return x + self.inner(self.ln(x))
+
+
+class HalvedBlock(nn.Module):
+    """A transformer block as two residual children a pipeline may cut between."""
+
+    def __init__(self, dim, n_head):
+        super().__init__()
+        self.attn = PreNormResidual(dim, Attention(dim, n_head))
+        self.mlp = PreNormResidual(dim, MLP(dim))
+
+    def forward(self, x):
+        return self.mlp(self.attn(x))
+
+    def pipeline_sublayers(self):
+        return ["attn", "mlp"]
+
+
 class GPT(nn.Module):
-    def __init__(self, vocab=64, dim=32, n_head=4, n_layer=4, seq=16):
+    def __init__(self, vocab=64, dim=32, n_head=4, n_layer=4, seq=16, halved_blocks=False):
         super().__init__()
         self.embed = Embed(vocab, dim, seq)
-        self.blocks = nn.ModuleList(Block(dim, n_head) for _ in range(n_layer))
+        block = HalvedBlock if halved_blocks else Block
+        self.blocks = nn.ModuleList(block(dim, n_head) for _ in range(n_layer))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
 

@@ -35,6 +35,53 @@ def test_stages_together_compute_the_model_and_keep_its_parameter_names():
     assert keys == list(model.state_dict())
 
 
+def test_a_block_listing_sublayers_is_cut_inside_and_keeps_its_parameter_names():
+    model = make_gpt(n_layer=2, halved_blocks=True)
+    names = [n for n, _ in pipeline_layers(model)]
+    assert names == ["embed", "blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp",
+                     "norm", "head"]
+    stages = split_model(model, 3, split_points=["blocks.0.mlp", "blocks.1.mlp"])
+    assert [s.layer_names for s in stages] == [names[:2], names[2:4], names[4:]]
+    ids = batches(1)[0][0]
+    x = ids
+    for s in stages:
+        x = s(x)
+    assert torch.equal(x, model(ids))
+    assert [k for s in stages for k in s.state_dict()] == list(model.state_dict())
+    assert stage_costs(list(range(7)), stages, model) == [0 + 1, 2 + 3, 4 + 5 + 6]
+
+
+class _Listing(nn.Module):
+    def __init__(self, subs):
+        super().__init__()
+        self.subs = subs
+        self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+    def pipeline_sublayers(self):
+        return self.subs
+
+
+@pytest.mark.parametrize("subs, message", [
+    (["a", "c"], r"blocks.0 \(_Listing\).pipeline_sublayers\(\) names \['c'\], which are not its "
+                 r"children; its children are \['a', 'b'\]"),
+    (["a"], r"blocks.0 \(_Listing\) holds parameters in \['b'\], outside the sub-layers \['a'\]"),
+    (["a", "b", "a"], r"names \['a'\] more than once"),
+    ([], r"blocks.0 \(_Listing\).pipeline_sublayers\(\) must return a non-empty list"),
+    ("ab", r"must return a non-empty list of names of its children, got 'ab'"),
+])
+def test_bad_sublayer_lists_are_rejected_naming_the_block_and_the_names(subs, message):
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([_Listing(subs)])
+
+    with pytest.raises(InvalidInputError, match=message):
+        pipeline_layers(Model())
+
+
 def test_balance_by_params_minimizes_the_largest_stage():
     model = nn.Sequential(nn.Linear(10, 100), nn.Linear(100, 10), nn.Linear(10, 10),
                           nn.Linear(10, 10), nn.Linear(10, 10))
@@ -164,7 +211,7 @@ def test_one_stage_pipeline_equals_plain_gradient_accumulation():
 # ------------------------------------------------------------------ on 2 ranks
 def _pp_train(config):
     comm = st.get_communicator()
-    model = make_gpt()
+    model = make_gpt(halved_blocks=config.get("halved", False))
     if config.get("balance") == "time":    # every rank times its layers; all cut alike
         ids, tg = batches(1)[0]
         m = config["m"]
@@ -211,6 +258,15 @@ def test_two_stage_pipeline_trains_to_the_one_process_losses(gang, schedule):
     assert last["losses"] == pytest.approx(ref, abs=LOSS_ATOL)
     assert ref[-1] < 0.5 * ref[0]          # it learned, so the comparison means something
     assert all(0.0 <= b < 1.0 for b in first["bubble"] + last["bubble"])
+
+
+def test_a_pipeline_cut_inside_a_block_trains_to_the_one_process_losses(gang):
+    first, last = gang.run(_pp_train, {"schedule": "1f1b", "m": 4, "split": ["blocks.1.mlp"],
+                                       "halved": True})
+    assert first["stage"][-2:] == ["blocks.0.mlp", "blocks.1.attn"]
+    assert last["stage"][0] == "blocks.1.mlp"
+    assert last["losses"] == pytest.approx(reference_losses(STEPS, halved_blocks=True),
+                                           abs=LOSS_ATOL)
 
 
 def test_stages_balanced_by_measured_time_agree_across_ranks_and_train(gang):
@@ -327,4 +383,12 @@ def test_a_layer_replaced_after_splitting_is_the_one_that_runs():
     x = torch.randn(2, 16, 32)
     before = stage(x)
     stage.head = Doubled(stage.head)      # as a sharded-data-parallel wrapper would
+    assert torch.allclose(stage(x), 2 * before)
+    # a sub-layer inside a block, too
+    stage = split_model(make_gpt(halved_blocks=True), 2, split_points=["blocks.1.mlp"])[1]
+    before = stage(x)
+    stage.blocks["3"].mlp = Doubled(stage.blocks["3"].mlp)
+    assert not torch.allclose(stage(x), before)
+    stage.head = Doubled(stage.head)
+    stage.blocks["3"].mlp = stage.blocks["3"].mlp.inner
     assert torch.allclose(stage(x), 2 * before)
