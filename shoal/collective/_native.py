@@ -30,7 +30,6 @@ from shoal.collective.timeline import Timeline, with_op_stats
 from shoal.exceptions import CollectiveError
 
 _P2P = struct.Struct("!qqq")  # tag, nbytes, dtype code
-_P2P_JOIN_BYTES = 16 << 10    # an async send this small goes out as one write with its header
 
 
 class _SendWork(Work):
@@ -473,13 +472,8 @@ class NativeCommunicator(Communicator):
         buf = as_buffer(t)
         data = _bytes(buf.array)
         head = _P2P.pack(tag, data.size, dtype_code(buf.dtype_name))
-        with self._p2p_lock:   # the header and its payload back to back in the stream
-            if data.size <= _P2P_JOIN_BYTES:   # one write: a copy costs less than a second call
-                parts = (self.mesh.send_async(dst, head + data.tobytes(), channel=1,
-                                              inline_bytes=1 << 62),)
-            else:
-                parts = (self.mesh.send_async(dst, head, channel=1, inline_bytes=1 << 62),
-                         self.mesh.send_async(dst, data, channel=1, inline_bytes=1 << 62))
+        with self._p2p_lock:   # the header and its payload in one writev, back to back in the stream
+            parts = (self.mesh.send_async(dst, data, channel=1, inline_bytes=1 << 62, head=head),)
             work = self._p2p_sends[dst] = _SendWork(f"send to rank {dst} on {self.name!r}",
                                                    parts, data, self.timeout)
         return work

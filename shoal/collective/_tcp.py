@@ -163,31 +163,38 @@ class TcpMesh:
         _recv_into(self.conn(peer, channel), view, peer, self.timeout)
 
     def send_async(self, peer: int, data, channel: int = 0,
-                   inline_bytes: int = INLINE_SEND_BYTES) -> "_Pending":
+                   inline_bytes: int = INLINE_SEND_BYTES, head=None) -> "_Pending":
         """Send on the background sender thread (while this thread receives).
 
         A send of at most ``inline_bytes`` with nothing queued before it is
         written here at once, without blocking; what the socket does not take
-        goes to the thread, after anything queued before it.
+        goes to the thread, after anything queued before it. ``head``, if
+        given, goes just before ``data`` in the stream, in the same write
+        (``writev``: one system call, no copy).
         """
         p = _Pending()
         view = memoryview(data).cast("B")
+        parts = [view] if head is None else [memoryview(head).cast("B"), view]
+        total = sum(v.nbytes for v in parts)
         with self._send_lock:
-            if view.nbytes <= inline_bytes and self._queued == 0:
+            if total <= inline_bytes and self._queued == 0:
                 try:
-                    sent = _write_now(self.conn(peer, channel), view)
+                    sent = _write_now(self.conn(peer, channel), parts)
                 except OSError as e:
                     p.done(CollectiveError(f"lost the connection to rank {peer} while sending: {e}"))
                     return p
                 except CollectiveError as e:
                     p.done(e)
                     return p
-                if sent == view.nbytes:
+                if sent == total:
                     p.done(None)
                     return p
-                view = view[sent:]
+                while sent >= parts[0].nbytes:    # drop what was written
+                    sent -= parts[0].nbytes
+                    parts.pop(0)
+                parts[0] = parts[0][sent:]
             self._queued += 1
-            self._send_q.put((peer, view, channel, p))
+            self._send_q.put((peer, parts, channel, p))
         return p
 
     def sendrecv(self, dst: int, send, src: int, recv, channel: int = 0) -> None:
@@ -203,9 +210,10 @@ class TcpMesh:
             item = self._send_q.get()
             if item is None:
                 return
-            peer, data, channel, pending = item
+            peer, parts, channel, pending = item
             try:
-                self.send(peer, data, channel)
+                for data in parts:
+                    self.send(peer, data, channel)
                 err = None
             except BaseException as e:  # handed to the waiting thread
                 err = e
@@ -248,12 +256,12 @@ class _Pending:
             raise self._err
 
 
-def _write_now(sock: socket.socket, view: memoryview) -> int:
-    """Write what the socket takes now (its descriptor is non-blocking when it has a timeout)."""
+def _write_now(sock: socket.socket, views: list) -> int:
+    """Write what the socket takes now of ``views``, in order (its descriptor is non-blocking when it has a timeout)."""
     if sock.gettimeout() is None:     # a blocking descriptor: leave it to the sender thread
         return 0
     try:
-        return os.write(sock.fileno(), view)
+        return os.writev(sock.fileno(), views) if len(views) > 1 else os.write(sock.fileno(), views[0])
     except BlockingIOError:
         return 0
 
