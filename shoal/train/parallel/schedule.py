@@ -364,6 +364,9 @@ class PipelineSchedule:
                         torch.autograd.backward(out, grad)
                 else:
                     torch.autograd.backward(out, grad)
+            # the micro-batch's graph goes with its output: freeing it is part of its backward
+            # (it grows with the stage's layers), so it counts in the op's time
+            out = grad = None
             self._timed(stats, "B", s, i, w, cpu)
             x = inputs_of.pop((c, i))
             if s > 0 and self._meta[("in", s, i)][2]:
