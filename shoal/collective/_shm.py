@@ -36,6 +36,7 @@ from shoal.exceptions import CollectiveError
 
 _LINE = 64
 _MSG = 512
+_SPIN_S = 0.0002  # how long a rank with a core of its own polls before it sleeps
 
 
 def shm_dir() -> str:
@@ -123,10 +124,12 @@ class ShmGroup:
                                     + (D.FIELDS + local_size) * 8) for h in (0, 1)]
                      for r in range(local_size)]
         self._pids[local_rank] = os.getpid()
-        # Poll a peer's counter briefly before sleeping only when every rank has a core of its
-        # own: on oversubscribed cores the peer we wait for is not running, and polling would
-        # only delay it.
-        self._spin = 50 if local_size <= _cpus() else 0
+        # Poll a peer's counter for a while before sleeping only when every rank has a core of
+        # its own: on oversubscribed cores the peer we wait for is not running, and polling
+        # would only delay it. With a core each, a futex sleep costs both sides a wake-up
+        # (about 50 us each on a VM, where the wake is an interrupt to another virtual CPU),
+        # and peers in a training step usually arrive within a few hundred microseconds.
+        self._spin_s = _SPIN_S if local_size <= _cpus() else 0.0
         self._seq = int(self._counters[local_rank])
         self._use = 0
         self._half = 0
@@ -208,14 +211,16 @@ class ShmGroup:
         mv, futex = self._cmv, self._anchor is not None
         start = time.monotonic()
         next_check = start + 0.05
+        spin_until = start + self._spin_s
         i = 0
         while True:
             q = self._laggard(seq)
             if q < 0:
                 return
             i += 1
-            if i < self._spin:
+            if spin_until and time.monotonic() < spin_until:
                 continue  # the peers are usually a few microseconds away
+            spin_until = 0.0
             if futex:
                 # Sleep in the kernel on the laggard's word; it wakes us when it publishes.
                 # (The flag tells it to; a wake lost to store reordering costs one 2 ms timeout.)

@@ -178,9 +178,10 @@ def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
 
     With one bucket per dtype, TensorFlow packs the tensors (``tf.concat``),
     one ``tf.numpy_function`` hop with one input and one output reduces the
-    packed buffer into a new 64-byte aligned buffer that TensorFlow adopts
-    without a copy, and ``tf.split`` cuts it back: one memcpy in (in the
-    graph), one collective, no copy out. A hop's cost grows with its number
+    packed buffer into a 64-byte aligned buffer that TensorFlow adopts
+    without a copy (one of a pool, reused once TensorFlow let go of it: no
+    fresh pages to fault in each step), and ``tf.split`` cuts it back: one
+    memcpy in (in the graph), one collective, no copy out. A hop's cost grows with its number
     of arguments (each is wrapped as a NumPy array going in and adopted as a
     tensor coming out), so one argument instead of one per variable is what
     this saves over packing inside the hop (benchmarks/tf.py).
@@ -223,7 +224,8 @@ def _allreduce(comm, op: str, values: list, bucket_bytes: int = 0) -> list:
 def _reduce_packed(comm, op: str, tensors: list) -> list:
     """``tensors`` (one dtype) reduced in one hop: packed and split in the graph."""
     def reduce(flat):
-        out = tf_tensors.empty_aligned(flat.shape, flat.dtype)  # TensorFlow adopts it
+        tf_tensors.hold_thread_state()
+        out = _RESULTS.get(flat.shape, flat.dtype)  # TensorFlow adopts it
         comm.allreduce(flat, op=op, out=out)
         return out
     if len(tensors) == 1:
@@ -270,6 +272,7 @@ class _Pending:
 
     def start(self, comm, op: str):
         def start(*arrays):
+            tf_tensors.hold_thread_state()
             flat, offsets = tf_tensors.pack_aligned(arrays)
             # out= keeps the communicator from holding it back for fusion: it is packed already
             work = comm.allreduce(flat, op=op, async_op=True, out=flat)
@@ -280,6 +283,7 @@ class _Pending:
         return start
 
     def finish(self, key):
+        tf_tensors.hold_thread_state()
         with self._lock:
             comm, work, flat, offsets, shapes = self._ops.pop(int(key))
         work.wait(comm.timeout)
@@ -288,6 +292,7 @@ class _Pending:
 
 
 _PENDING = _Pending()
+_RESULTS = tf_tensors.AlignedPool()
 
 
 def _allgather(comm, value, axis: int):

@@ -116,3 +116,43 @@ def test_unsupported_dtype_ragged_sparse_and_immutable_out_are_rejected(tf_pool)
     assert "tf.SparseTensor" in errors[2]
     assert "tf.qint8" in errors[3]
     assert "immutable" in errors[4] and "tf.Variable" in errors[4]
+
+
+def test_aligned_pool_reuses_a_buffer_only_once_nothing_references_it():
+    from shoal.collective import tf_tensors as tft
+    pool = tft.AlignedPool(keep=2)
+    a = pool.get((100,), np.float32)
+    assert a.__array_interface__["data"][0] % tft.ALIGN == 0 and a.shape == (100,)
+    addr = a.__array_interface__["data"][0]
+    view = a[10:]
+    del a
+    b = pool.get((100,), np.float32)          # a view still holds the first buffer
+    assert b.__array_interface__["data"][0] != addr
+    del view, b
+    assert pool.get((100,), np.float32).__array_interface__["data"][0] == addr
+
+
+def _pool_in_numpy_function(comm):
+    import tensorflow as tf
+    from shoal.collective import tf_tensors as tft
+    pool = tft.AlignedPool(keep=4)
+
+    def hop(a):
+        tft.hold_thread_state()
+        out = pool.get(a.shape, a.dtype)
+        np.multiply(a, 2, out=out)
+        return out
+
+    f = tf.function(lambda x: tf.numpy_function(hop, [x], tf.float32))
+    x = tf.constant(np.arange(1000, dtype=np.float32))
+    held = [f(x + i) for i in range(6)]       # more than the pool keeps, all alive
+    for _ in range(20):
+        f(x)                                   # results dropped at once: buffers come back
+    return ([float(np.abs(h.numpy() - 2 * (np.arange(1000) + i)).max())
+             for i, h in enumerate(held)], len(pool._bufs[((1000,), np.dtype(np.float32))]))
+
+
+def test_pool_buffers_tensorflow_still_holds_are_not_handed_out_again(tf_pool):
+    errors, kept = tf_pool.run(_pool_in_numpy_function, 1)[0]
+    assert errors == [0.0] * 6
+    assert kept == 4

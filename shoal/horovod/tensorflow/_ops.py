@@ -29,6 +29,7 @@ from shoal.horovod._world import _w, engine_of, global_process_set
 from shoal.horovod.tensorflow.compression import Compression
 
 Average, Sum, Adasum, Min, Max, Product = H.Average, H.Sum, H.Adasum, H.Min, H.Max, H.Product
+_RESULTS = tft.AlignedPool()
 
 
 # ------------------------------------------------------------------ conversion
@@ -45,7 +46,10 @@ def _eager_or_graph(fn, inputs: list, tout: list, shapes: list):
     if tf.executing_eagerly():
         outs = fn(*[tft.to_numpy(t) for t in inputs])
         return [tft.from_numpy(np.asarray(o), tf.as_dtype(d).name) for o, d in zip(outs, tout)]
-    outs = tf.numpy_function(fn, inputs, [tf.as_dtype(d) for d in tout])
+    def hop(*arrays):
+        tft.hold_thread_state()
+        return fn(*arrays)
+    outs = tf.numpy_function(hop, inputs, [tf.as_dtype(d) for d in tout])
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
     for o, s in zip(outs, shapes):
         o.set_shape(s)
@@ -85,12 +89,14 @@ def _packs_in_graph(tensors) -> bool:
 def _grouped_allreduce_packed(tensors, op, pre, post, name, process_set) -> list:
     """A group of one dtype in one hop with one argument: ``tf.concat`` packs it in the
     graph, the hop reduces an aligned copy (the engine works in place; TensorFlow adopts
-    the copy), ``tf.split`` cuts the result. A hop costs per argument (each is wrapped
+    the copy, a buffer of a pool it has let go of), ``tf.split`` cuts the result. A hop costs per argument (each is wrapped
     going in and adopted coming out), so this is cheaper than one argument per tensor."""
     shapes = [tuple(t.shape.as_list()) for t in tensors]
 
     def reduce(flat):
-        buf = _writable(flat)
+        tft.hold_thread_state()
+        buf = _RESULTS.get(flat.shape, flat.dtype)  # reduced in place; TensorFlow adopts it
+        np.copyto(buf, flat)
         H._now(H.packed_allreduce_, buf, shapes, name, op, pre, post, process_set)
         return buf
     flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], 0)
