@@ -33,10 +33,19 @@ F_GROUP = 16  # signature of the whole tensor list of a grouped op (0 for single
 _GROUP_SIG: contextvars.ContextVar[int] = contextvars.ContextVar("shoal_group_sig", default=0)
 
 
+_SIG_MASK = 0x3FFFFFFFFFFFFFFF
+
+
 @contextlib.contextmanager
-def group_signature(sig: int):
-    """Descriptors made inside carry ``sig`` (see ``F_GROUP``)."""
-    token = _GROUP_SIG.set(int(sig) & 0x3FFFFFFFFFFFFFFF)
+def group_signature(sig: int, mix: bool = True):
+    """Descriptors made inside carry ``sig`` (see ``F_GROUP``), mixed with the signature
+    already set (a grouped op run under ``Communicator.tagged`` carries both); ``mix=False``
+    sets exactly ``sig`` (an op taking its caller's signature to another thread)."""
+    outer = _GROUP_SIG.get() if mix else 0
+    sig = int(sig) & _SIG_MASK
+    if outer:
+        sig = ((outer * 0x100000001B3) ^ sig) & _SIG_MASK or 1
+    token = _GROUP_SIG.set(sig)
     try:
         yield
     finally:
@@ -147,7 +156,8 @@ def check(metas: list[np.ndarray], messages: list[bytes], ranks: list[int] | Non
         vals = [_describe(prop, d) for d in metas]
         if any(v != vals[0] for v in vals[1:]):
             what = {"rop": "reduce op", "row": "shape after the first dimension",
-                    "group": "tensor list (count, dtypes or shapes of a grouped op)"}.get(prop, prop)
+                    "group": "tensor list (count, dtypes or shapes of a grouped op) or "
+                             "Communicator.tagged tag"}.get(prop, prop)
             calls = ", ".join(f"rank {r}: {v}" for r, v in zip(ranks, vals))
             raise _mismatch(f"{kinds[0]} called with mismatched {what} across ranks "
                                   f"({calls}); every rank must pass the same {what}")

@@ -369,12 +369,15 @@ class ShmGroup:
         cb = self._chunk_stride(item)
         seg = self.p * cb
         starts = range(0, n, seg)
-        halves = [self._next_half() for _ in starts]
+        # the later segments' halves are taken once the descriptors agree: ranks whose sizes
+        # differ then raise having used one half each, and the group stays in step
+        halves = [self._next_half()]
         chunks = [self._chunks(min(a + seg, n) - a, item, cb) for a in starts]
         self._stage(src, 0, chunks[0], cb, halves[0])
         self._publish(halves[0], desc)
         self.sync()
         self._check(halves[0])
+        halves += [self._next_half() for _ in starts[1:]]
         for k, a in enumerate(starts):
             h = halves[k]
             lo, hi = chunks[k][r]

@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 
+from shoal.collective import _descriptor as D
 from shoal.collective import tf_tensors as _tf
 from shoal.collective._buffers import REDUCE_OPS
 from shoal.collective._work import OpQueue, Work
@@ -45,6 +46,9 @@ class Communicator:
     def _run(self, what: str, fn, args, async_op: bool, fusion_key=None, nbytes: int = 0):
         if _tf.loaded() and _tf.mentions(args):
             return self._run_tf(what, fn, args, async_op)
+        tag = D.current_group_signature()
+        if tag:     # the op may run on the queue's thread: it takes the tag along
+            fn, fusion_key = _tagged_call(fn, tag), None
         if self._destroyed:
             raise CollectiveError(f"{what} on communicator {self.name!r} after destroy(); "
                                   "form a new group with init_group")
@@ -63,6 +67,18 @@ class Communicator:
             return _tf.graph_call(self, what, lambda *a: self._run_tf(what, fn, a, False), args)
         np_args, back = _tf.adapt(what, args, self.world_size)
         return self._run(what, lambda *a: back(fn(*a)), np_args, async_op)
+
+    @staticmethod
+    def tagged(tag: int):
+        """A context in which this thread's collectives carry ``tag`` (a nonzero int) in
+        the descriptor every rank checks before any data moves. Ranks that issue the same
+        op under different tags (or one tagged, one not) all raise a ``CollectiveError``
+        whose ``mismatch`` attribute is True, their tensors untouched, and the group stays
+        usable: a caller can run a collective speculatively on what it expects the other
+        ranks to issue and fall back to agreeing first when they did not."""
+        if not isinstance(tag, (int, np.integer)) or isinstance(tag, bool) or not int(tag):
+            raise ValueError(f"tagged(tag={tag!r}): the tag must be a nonzero int")
+        return D.group_signature(int(tag))
 
     def _guard(self, fn):
         def call(*args):
@@ -389,3 +405,10 @@ def split_sizes(n: int, parts: int) -> list[int]:
     """``numpy.array_split`` sizes of ``n`` rows into ``parts``."""
     q, r = divmod(n, parts)
     return [q + 1 if i < r else q for i in range(parts)]
+
+
+def _tagged_call(fn, tag: int):
+    def call(*args):
+        with D.group_signature(tag, mix=False):
+            return fn(*args)
+    return call

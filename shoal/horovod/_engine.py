@@ -6,7 +6,12 @@ for its op at once): every rank publishes the requests it submitted since its
 last round (name, kind, dtypes, shapes, reduce op, root, scale factors) and
 every rank adds them to the same table. The common round, where every rank
 announces the same list, costs one 24-byte allreduce (a digest of the list,
-its negation and the clock); any other round allgathers the lists. A name is *ready* once every rank that has
+its negation and the clock); any other round allgathers the lists. When the
+list is a batch of allreduces that would run as one collective and nothing
+else is pending, a rank skips even that: it runs the collective at once,
+tagged with the digest, and the ranks meet once a round instead of twice;
+ranks whose lists differ all raise a mismatch in that first collective,
+before any data moves, and allgather their lists as before. A name is *ready* once every rank that has
 not joined has submitted it; every rank then takes the ready names in the
 same order and either runs them (consecutive allreduces with the same dtype,
 op and scale factors as one grouped collective: tensor fusion) or, when the
@@ -177,6 +182,8 @@ class Engine:
         self._join_req: Request | None = None
         self._rounds = 0
         self._noname = 0
+        self._speculate = True      # the last round was common: run the next one speculatively
+        self._mismatch_next = False
         self._thread: threading.Thread | None = None
         self._round_lock = threading.Lock()  # one thread runs rounds at a time
         self._closed = False
@@ -296,6 +303,8 @@ class Engine:
             blocked = [k for k, r in self._mine.items() if r.handle.waiting]
         joined = self._join_req is not None
         announce = [(r.key, r.meta, r.error) for r in new if r.kind != JOIN]
+        if self.size > 1 and not joined and self._speculate and self._speculative(new, announce):
+            return True
         msg = (joined, announce, blocked, self._noname, time.time())
         msgs, now = self._exchange(msg) if self.size > 1 else ([msg], msg[4])
         self._rounds += 1
@@ -320,19 +329,77 @@ class Engine:
             self._finish_join(msgs)
         return bool(ready or failed or not working)
 
+    def _speculative(self, new: list, announce: list) -> bool:
+        """The common round folded into the data: when nothing is pending in the table and
+        every new request is an allreduce that would run as one fused collective, run that
+        collective at once, tagged with the digest of the list (``Communicator.tagged``). If
+        every rank announced the same list the tags agree and the round is done with one
+        meeting of the ranks instead of two; if not, every rank's first collective of the
+        round (this one, or another rank's digest allreduce) raises a mismatch before any
+        data moves, and all of them agree by allgathering their lists (``_exchange``).
+        Returns whether the round ran."""
+        if self._table or self._joined or not new:
+            return False
+        sig = None
+        for r in new:
+            if r.kind != ALLREDUCE or r.error is not None:
+                return False
+            s = _fusion_sig(r.meta)
+            if sig is not None and s != sig:
+                return False
+            sig = s
+        tag = _digest((False, announce)) | 1
+        batch = [(r.key, r, r.meta) for r in new]
+        t_start = time.perf_counter()
+        try:
+            with self.comm.tagged(tag):
+                self._collective(batch)
+        except CollectiveError as e:
+            if getattr(e, "fatal", False) or not getattr(e, "mismatch", False):
+                raise
+            self._disagreed()
+            return False
+        except (TypeError, ValueError, RuntimeError):
+            # rejected on this rank's side: the others raised a mismatch; the agreed round
+            # runs it again and fails it the usual way
+            self._disagreed()
+            return False
+        self._rounds += 1
+        with self._cond:
+            for r in new:
+                self._mine.pop(r.key, None)
+        self._done(batch, None, t_start, time.perf_counter())
+        return True
+
+    def _disagreed(self) -> None:
+        # the lists differed: the ranks are out of step (names announced over two rounds),
+        # so the next round agrees first; speculation resumes after a common round
+        self._speculate = False
+        self._mismatch_next = True
+
     def _exchange(self, msg) -> tuple[list, float]:
         """Every member's message, and the latest clock among them. The common round (every rank announces the same new ops,
         none joined) costs one 24-byte allreduce of a digest; otherwise the messages are
         allgathered (joins, mismatches, ops in different orders, stalls)."""
         joined, announce = msg[0], msg[1]
         # every rank takes the same path: the digest covers all that decides it
-        blob = pickle.dumps((joined, announce), protocol=5)
-        h = int.from_bytes(hashlib.blake2b(blob, digest_size=7).digest(), "little")
+        h = _digest((joined, announce))
         # the latest clock of any rank comes along, so stall verdicts agree everywhere
         v = np.array([h, -h, int(msg[4] * 1000)], np.int64)
-        self.comm.allreduce(v, op="max")
-        if int(v[0]) == -int(v[1]) and announce and not joined and not self._joined:
-            return [msg] * self.size, int(v[2]) / 1000   # max == min: every rank sent this list
+        if self._mismatch_next:     # a speculative round just failed on every rank
+            self._mismatch_next = False
+        else:
+            try:
+                self.comm.allreduce(v, op="max")
+            except CollectiveError as e:
+                # another rank ran its round speculatively (``_speculative``) with a list
+                # that differs from ours: every rank now allgathers
+                if getattr(e, "fatal", False) or not getattr(e, "mismatch", False):
+                    raise
+            else:
+                if int(v[0]) == -int(v[1]) and announce and not joined and not self._joined:
+                    self._speculate = True
+                    return [msg] * self.size, int(v[2]) / 1000  # max == min: all sent this list
         msgs = self.comm.allgather_object(msg)
         return msgs, max(m[4] for m in msgs)
 
@@ -394,7 +461,7 @@ class Engine:
                     req.handle.done(error=_mismatch(why))
                 continue
             if kind == ALLREDUCE:
-                s = (meta[2], meta[4], meta[5], tuple(sorted({d for _, _, d in meta[1]})))
+                s = _fusion_sig(meta)
                 if batch and s != sig:
                     self._flush(batch)
                     batch = []
@@ -407,19 +474,18 @@ class Engine:
         self._flush(batch)
 
     def _flush(self, batch: list) -> None:
-        if not batch:
-            return
+        if batch:
+            self._guarded(batch, lambda: self._collective(batch))
+
+    def _collective(self, batch: list) -> None:
+        """One allreduce of a fused batch of allreduces (stand-in zeros for joined ranks)."""
         _, _, meta = batch[0]
         op, pre, post = meta[2], meta[4], meta[5]
         tensors = [t for key, req, m in batch for t in (req.tensors if req else _zeros(m[1]))]
-
-        def go():
-            if len(tensors) == 1:   # no packing for a lone tensor
-                self.comm.allreduce(tensors[0], op=op, prescale=pre, postscale=post)
-            else:
-                self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
-            return None
-        self._guarded(batch, go)
+        if len(tensors) == 1:   # no packing for a lone tensor
+            self.comm.allreduce(tensors[0], op=op, prescale=pre, postscale=post)
+        else:
+            self.comm.grouped_allreduce(tensors, op=op, prescale=pre, postscale=post)
 
     def _guarded(self, batch: list, fn) -> None:
         """Run one collective for ``batch``; a non-fatal error fails just its requests."""
@@ -429,17 +495,21 @@ class Engine:
         except CollectiveError as e:
             if getattr(e, "fatal", False) or not getattr(e, "mismatch", False):
                 raise
-            for _, req, _ in batch:
-                if req is not None:
-                    req.handle.done(error=e)
+            self._fail_batch(batch, e)
             return
         except (TypeError, ValueError, RuntimeError) as e:
             # rejected on this rank's side (the collective told the others with an error record)
-            for _, req, _ in batch:
-                if req is not None:
-                    req.handle.done(error=e)
+            self._fail_batch(batch, e)
             return
-        t_end = time.perf_counter()
+        self._done(batch, result, t_start, time.perf_counter())
+
+    @staticmethod
+    def _fail_batch(batch: list, err: BaseException) -> None:
+        for _, req, _ in batch:
+            if req is not None:
+                req.handle.done(error=err)
+
+    def _done(self, batch: list, result, t_start: float, t_end: float) -> None:
         for key, req, meta in batch:
             if req is None:
                 continue
@@ -483,6 +553,18 @@ class Engine:
         if kind == REMOVE_SET:
             return None
         raise AssertionError(kind)
+
+
+def _fusion_sig(meta) -> tuple:
+    """What consecutive allreduces must share to run as one collective: reduce op,
+    prescale, postscale and devices."""
+    return meta[2], meta[4], meta[5], tuple(sorted({d for _, _, d in meta[1]}))
+
+
+def _digest(obj) -> int:
+    """A 56-bit digest of a round's announcement (the same on every rank that sent it)."""
+    blob = pickle.dumps(obj, protocol=5)
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=7).digest(), "little")
 
 
 def _spec(t) -> tuple:

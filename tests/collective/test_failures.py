@@ -29,6 +29,25 @@ def _mismatches(comm):
     attempt("collective", lambda: comm.allreduce(np.ones(4)) if r == 0 else comm.broadcast(np.ones(4)))
     attempt("root", lambda: comm.broadcast(np.ones(4), src=r))
     attempt("rejected", lambda: comm.allreduce(np.ones(4) if r == 0 else np.array(["a", "b"])))
+    # two-phase allreduces of 2 segments on rank 0 and 1 on rank 1 (2 MB segments)
+    attempt("segments", lambda: comm.allreduce(np.ones((3 << 20) // 4 if r == 0 else (1 << 20) // 4,
+                                                       np.float32)))
+    y = np.full(4, r + 1.0)
+    big = np.full(1 << 18, r + 1.0)   # 2 MB: the two-phase path
+
+    def tagged(tag, t, grouped=False):
+        def call():
+            with comm.tagged(tag):
+                comm.grouped_allreduce([t, t[:1].copy()]) if grouped else comm.allreduce(t)
+        return call
+
+    attempt("tag", tagged(7 + r, y))
+    attempt("tag_two_phase", tagged(7 + r, big))
+    attempt("tag_grouped", tagged(7 + r, y, grouped=True))
+    out["tag_untouched"] = [y.tolist(), float(big.min()), float(big.max())]
+    attempt("tag_vs_none", tagged(5, y) if r == 0 else lambda: comm.allreduce(y))
+    attempt("tag_same", tagged(9, y))
+    out["tag_same_result"] = y.tolist()
     x = np.ones(8)
     comm.allreduce(x)  # the group still works after every mismatch
     out["after"] = x.tolist()
@@ -41,7 +60,9 @@ def mismatch(rank_pool):
 
 
 @pytest.mark.parametrize("case,word", [("shape", "shape"), ("dtype", "dtype"), ("op", "reduce op"),
-                                       ("collective", "different collectives"), ("root", "root")])
+                                       ("collective", "different collectives"), ("root", "root"),
+                                       ("segments", "shape"), ("tag", "tag"), ("tag_two_phase", "tag"),
+                                       ("tag_grouped", "tag"), ("tag_vs_none", "tag")])
 def test_mismatch_raises_on_every_rank_naming_it(mismatch, case, word):
     for rank in (0, 1):
         kind, msg = mismatch[rank][case]
@@ -52,6 +73,25 @@ def test_rank_rejecting_its_input_makes_the_others_raise(mismatch):
     assert mismatch[1]["rejected"][0] == "TypeError"
     kind, msg = mismatch[0]["rejected"]
     assert kind == "CollectiveError" and "rank 1 rejected" in msg
+
+
+def test_ranks_under_different_tags_raise_before_any_data_moves(mismatch):
+    for rank in (0, 1):
+        assert _tag_mismatch(mismatch[rank]["tag"])
+        assert mismatch[rank]["tag_untouched"] == [[rank + 1.0] * 4, rank + 1.0, rank + 1.0]
+        assert mismatch[rank]["tag_same"] == "no error"
+        assert mismatch[rank]["tag_same_result"] == [3.0] * 4
+
+
+def _tag_mismatch(result) -> bool:
+    return result[0] == "CollectiveError" and "Communicator.tagged tag" in result[1]
+
+
+def test_tagged_refuses_a_zero_or_non_int_tag():
+    from shoal.collective import Communicator
+    for bad in (0, 1.5, True, "x"):
+        with pytest.raises(ValueError, match="nonzero int"):
+            Communicator.tagged(bad)
 
 
 def test_group_usable_after_mismatches(mismatch):
