@@ -183,7 +183,7 @@ def _callbacks_and_errors(comm):
         except Exception as e:  # noqa: BLE001
             errors.append(f"{type(e).__name__}: {e}")
         try:
-            hvd.DistributedOptimizer(keras.optimizers.SGD(), backward_passes_per_step=2)
+            hvd.DistributedOptimizer(keras.optimizers.SGD(), backward_passes_per_step=0)
         except ValueError as e:
             errors.append(str(e))
         try:
@@ -208,12 +208,51 @@ def test_warmup_callback_and_errors(tf_pool):
         # lr = 0.4 / 2 * (epoch * (2 - 1) / 2 + 1), epoch fractional per batch; then kept
         assert seen == [0.2, 0.25, 0.3, 0.35, 0.35, 0.35]
         assert "Mismatched allreduce shape" in errors[0] and "'bad'" in errors[0]
-        assert "backward_passes_per_step" in errors[1]
+        assert "backward_passes_per_step=0 must be an int >= 1" in errors[1]
         assert "tf.RaggedTensor" in errors[2]
         assert "Mismatched allreduce shape" in errors[3] and "'badgroup'" in errors[3]
         assert "[2, 3]" in errors[3].replace("(2, 3)", "[2, 3]")
         assert after == [4.0]
         assert group == [[[1.0] * 3] * 2, [2.0] * 5]
+
+
+def _aggregated(comm, average):
+    """model.fit with backward_passes_per_step=2: on 2 workers of 16 rows each, batches of
+    4; on 1 worker the rows of each update's 4 micro-batches as one batch of 16."""
+    import keras
+    import shoal.horovod.tensorflow.keras as hvd
+    hvd.init(comm=comm)
+    try:
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(32, 3)).astype(np.float32)
+        y = (X @ np.array([1.0, -2.0, 0.5], np.float32))[:, None] + 0.3
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        if hvd.size() == 1:
+            # the sum of 2 passes (not divided by 2) steps twice as far
+            opt = hvd.DistributedOptimizer(keras.optimizers.SGD(0.05 if average else 0.1))
+            order = np.r_[0:8, 16:24, 8:16, 24:32]
+            xs, ys, batch = X[order], y[order], 16
+        else:
+            opt = hvd.DistributedOptimizer(keras.optimizers.SGD(0.05), backward_passes_per_step=2,
+                                           average_aggregated_gradients=average)
+            rows = slice(16 * hvd.rank(), 16 * (hvd.rank() + 1))
+            xs, ys, batch = X[rows], y[rows], 4
+        model.compile(optimizer=opt, loss="mse", jit_compile=False)
+        model.fit(xs, ys, batch_size=batch, epochs=2, shuffle=False, verbose=0)
+        return ([w.tolist() for w in model.get_weights()], int(opt.iterations.numpy()))
+    finally:
+        hvd.shutdown()
+
+
+@pytest.mark.parametrize("average", [True, False], ids=["averaged", "summed"])
+def test_backward_passes_per_step_equals_one_worker_on_each_updates_rows(tf_pool, average):
+    two = tf_pool.run(_aggregated, 2, average)
+    (ref, ref_steps), = tf_pool.run(_aggregated, 1, average)
+    assert two[0] == two[1]
+    assert two[0][1] == 8 and ref_steps == 4     # every backward pass counts, as in Horovod
+    for a, b in zip(two[0][0], ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _undocumented(comm):

@@ -12,6 +12,7 @@ The gradients of every step travel as one fused allreduce (a ``tf.py_function``
 inside Keras' compiled train step; leave ``jit_compile`` off, as Keras does on CPU).
 """
 import keras
+import tensorflow as tf
 
 from shoal.horovod.tensorflow import *  # noqa: F401,F403 - Horovod's keras module re-exports it
 from shoal.horovod.tensorflow import __all__ as _tf_all
@@ -31,14 +32,15 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
     """A Keras optimizer of the same class and configuration as ``optimizer`` whose
     ``apply``/``apply_gradients`` first average the gradients over the ranks.
 
-    As Horovod's: scale the learning rate by ``hvd.size()`` yourself.
-    ``backward_passes_per_step`` > 1 (local gradient accumulation) is not
-    supported and raises.
+    As Horovod's: scale the learning rate by ``hvd.size()`` yourself. With
+    ``backward_passes_per_step`` n > 1 each rank adds up its gradients locally
+    for n steps and the ranks average the sums on the n-th (divided by n first
+    when ``average_aggregated_gradients``), which is when the variables
+    change; ``optimizer.iterations`` counts every step, as Horovod's does.
     """
-    if backward_passes_per_step != 1:
-        raise ValueError("backward_passes_per_step > 1 (local gradient accumulation) is not "
-                         "supported by shoal.horovod.keras; use 1, or accumulate gradients in "
-                         "a custom loop with DistributedGradientTape")
+    passes = backward_passes_per_step
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"backward_passes_per_step={passes!r} must be an int >= 1")
     reducer = GradientReducer(compression, sparse_as_dense, op, gradient_predivide_factor,
                               num_groups, groups, process_set)
     base = type(optimizer)
@@ -47,11 +49,24 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
         variables = trainable_variables
         if variables is None:
             variables = getattr(self, "_trainable_variables", None)
-        grads = reducer(list(grads), None if variables is None else list(variables))
-        return base.apply(self, grads, trainable_variables)
+        if passes == 1:
+            grads = reducer(list(grads), None if variables is None else list(variables))
+            return base.apply(self, grads, trainable_variables)
+        return _aggregated_apply(self, base, reducer, passes, average_aggregated_gradients,
+                                 list(grads), trainable_variables, variables)
+
+    def build(self, variables):
+        if self.built:
+            return
+        base.build(self, variables)
+        if passes > 1:
+            self._shoal_sums = [self.add_variable_from_reference(v, name="shoal_gradient_sum")
+                                for v in variables]
+            self._shoal_passes = self.add_variable((), dtype="int64", name="shoal_passes")
 
     cls = type(base.__name__, (base,), {
         "apply": apply,
+        "build": build,
         "__doc__": f"{base.__name__} whose gradients are averaged over the ranks (shoal.horovod).",
         "_shoal_reducer": reducer,
     })
@@ -59,6 +74,43 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
     if name is not None:
         config["name"] = name
     return cls.from_config(config)
+
+
+def _aggregated_apply(opt, base, reducer, passes, average, grads, trainable_variables,
+                      variables):
+    """One backward pass of ``passes``: add ``grads`` to the local sums; on the last pass
+    allreduce the sums and apply them (a ``tf.cond``, so it runs inside Keras' train step;
+    every rank takes the same branch, its pass count being the same)."""
+    if variables is None:
+        raise ValueError("When passing `grads` without `variables`, the optimizer must already "
+                         "be built on a list of variables")
+    variables = list(variables)
+    if not opt.built:
+        opt.build(variables)
+        opt.built = True
+    sums = [opt._shoal_sums[opt._get_variable_index(v)] for v in variables]
+    present = [g is not None for g in grads]
+    for s, g in zip(sums, grads):
+        if g is not None:
+            s.assign_add(tf.convert_to_tensor(g))
+    count = opt._shoal_passes.assign_add(1)
+
+    def update():
+        # inside a tf.function the ops on one variable run in program order (automatic
+        # control dependencies, in cond branches too): the sums are read before they reset
+        agg = [(tf.convert_to_tensor(s) / passes if average else tf.convert_to_tensor(s))
+               if p else None for s, p in zip(sums, present)]
+        base.apply(opt, reducer(agg, variables), trainable_variables)
+        for s in sums:
+            s.assign(tf.zeros_like(s))
+        opt._shoal_passes.assign(0)
+        return tf.constant(True)
+
+    def skip():
+        opt.iterations.assign_add(1)
+        return tf.constant(False)
+
+    return tf.cond(tf.equal(count, passes), update, skip)
 
 
 def broadcast_global_variables(root_rank, model=None):
