@@ -203,16 +203,18 @@ def hold_thread_state() -> None:
     ctypes.pythonapi.PyGILState_Ensure()
 
 
-def pack_aligned(arrays) -> tuple[np.ndarray, list[int]]:
-    """One new aligned buffer holding ``arrays`` (one dtype), each at a 64-byte aligned
+def pack_aligned(arrays, pool: AlignedPool | None = None) -> tuple[np.ndarray, list[int]]:
+    """One aligned buffer holding ``arrays`` (one dtype), each at a 64-byte aligned
     offset, and those offsets: reduced in place, its parts go back to TensorFlow as views
-    (``unpack_views``) that TensorFlow adopts without a copy."""
+    (``unpack_views``) that TensorFlow adopts without a copy. The buffer is new, or from
+    ``pool`` (one whose earlier views TensorFlow has let go of)."""
     align = ALIGN // arrays[0].itemsize or 1
     offsets, at = [], 0
     for a in arrays:
         offsets.append(at)
         at += -(-a.size // align) * align
-    flat = empty_aligned((at,), arrays[0].dtype)
+    flat = pool.get((at,), arrays[0].dtype) if pool is not None else \
+        empty_aligned((at,), arrays[0].dtype)
     end = 0
     for a, o in zip(arrays, offsets):
         flat[end:o] = 0  # padding between the parts: reduced, never read

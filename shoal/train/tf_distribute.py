@@ -273,7 +273,7 @@ class _Pending:
     def start(self, comm, op: str):
         def start(*arrays):
             tf_tensors.hold_thread_state()
-            flat, offsets = tf_tensors.pack_aligned(arrays)
+            flat, offsets = tf_tensors.pack_aligned(arrays, _RESULTS)
             # out= keeps the communicator from holding it back for fusion: it is packed already
             work = comm.allreduce(flat, op=op, async_op=True, out=flat)
             key = next(self._keys)

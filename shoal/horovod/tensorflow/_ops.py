@@ -70,7 +70,7 @@ def _grouped_allreduce_now(arrays, op, pre, post, name, process_set):
     if len(arrays) > 1 and len({a.dtype for a in arrays}) == 1:
         # one copy into one aligned buffer (tensors are immutable, so a copy is due anyway),
         # reduced in place, handed back as views TensorFlow adopts: no fusion copies
-        flat, offsets = tft.pack_aligned(arrays)
+        flat, offsets = tft.pack_aligned(arrays, _RESULTS)
         H._now(H.packed_allreduce_, flat, [a.shape for a in arrays], name, op, pre, post,
                process_set)
         return tft.unpack_views(flat, offsets, arrays)
