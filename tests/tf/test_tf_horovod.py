@@ -255,6 +255,103 @@ def test_backward_passes_per_step_equals_one_worker_on_each_updates_rows(tf_pool
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _partial(comm):
+    """One step of a model whose head is local, by PartialDistributedGradientTape and by
+    model.fit with PartialDistributedOptimizer (SGD, learning rate 1); with each rank's
+    plain gradients for reference."""
+    import keras
+    import tensorflow as tf
+    import shoal.horovod.tensorflow.keras as hvd
+    hvd.init(comm=comm)
+    try:
+        rng = np.random.default_rng(hvd.rank())
+        x = rng.normal(size=(8, 3)).astype(np.float32)
+        y = rng.normal(size=(8, 1)).astype(np.float32)
+        keras.utils.set_random_seed(0)          # the same initial weights on every rank
+        shared, head = keras.layers.Dense(4), keras.layers.Dense(1)
+        model = keras.Sequential([keras.Input((3,)), shared, head])
+        variables = model.trainable_variables
+
+        def tape_loss():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((model(x) - y) ** 2)
+            return tape, loss
+        tape, loss = tape_loss()
+        plain = tape.gradient(loss, variables)
+        tape, loss = tape_loss()
+        tape = hvd.PartialDistributedGradientTape(tape, local_layers=[head])
+        partial = tape.gradient(loss, variables)
+        before = [v.numpy() for v in variables]
+        opt = hvd.PartialDistributedOptimizer(keras.optimizers.SGD(1.0), local_layers=head)
+        model.compile(optimizer=opt, loss="mse", jit_compile=False)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        steps = [(b - v.numpy()).tolist() for b, v in zip(before, variables)]
+        try:
+            hvd.PartialDistributedGradientTape(tf.GradientTape(), local_layers=["dense"])
+            error = None
+        except ValueError as e:
+            error = str(e)
+        return ([g.numpy().tolist() for g in plain], [g.numpy().tolist() for g in partial],
+                steps, error)
+    finally:
+        hvd.shutdown()
+
+
+def test_partial_tape_and_optimizer_keep_the_local_layers_gradients_local(tf_pool):
+    out = tf_pool.run(_partial, 2)
+    plain = [[np.array(g) for g in o[0]] for o in out]
+    for rank, (_, partial, steps, error) in enumerate(out):
+        for i, (g, step) in enumerate(zip(partial, steps)):
+            # kernel and bias of the shared layer: averaged; of the head: local, halved
+            want = (plain[0][i] + plain[1][i]) / 2 if i < 2 else plain[rank][i] / 2
+            np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(step, want, rtol=1e-4, atol=1e-5)   # SGD(1.0)
+        assert "local_layers must be Keras layers; got str" in error
+    assert out[0][2][:2] == out[1][2][:2] and out[0][2][2:] != out[1][2][2:]
+
+
+def _sync_bn(comm):
+    """SyncBatchNormalization on each rank's rows (6 on rank 0, 4 on rank 1), eager and in a
+    tf.function, against BatchNormalization on all 10 rows; gradients of the sum of every
+    rank's outputs times fixed weights."""
+    import keras
+    import tensorflow as tf
+    import shoal.horovod.tensorflow as hvd
+    hvd.init(comm=comm)
+    try:
+        rng = np.random.default_rng(0)
+        x_all = rng.normal(2.0, 3.0, size=(10, 3)).astype(np.float32)
+        c_all = rng.normal(size=(10, 3)).astype(np.float32)
+        rows = slice(0, 6) if hvd.rank() == 0 else slice(6, 10)
+        if hvd.size() == 1:
+            rows = slice(0, 10)
+        x, c = tf.constant(x_all[rows]), tf.constant(c_all[rows])
+        layer = (hvd.SyncBatchNormalization if hvd.size() > 1 else keras.layers.BatchNormalization)(
+            momentum=0.5)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * c)
+        dx = tape.gradient(loss, x)
+        step = tf.function(lambda t: layer(t, training=True))
+        y2 = step(x)
+        return (y.numpy().tolist(), dx.numpy().tolist(), y2.numpy().tolist(),
+                layer.moving_mean.numpy().tolist(), layer.moving_variance.numpy().tolist())
+    finally:
+        hvd.shutdown()
+
+
+def test_sync_batch_normalization_equals_batch_normalization_on_every_ranks_rows(tf_pool):
+    two = tf_pool.run(_sync_bn, 2)
+    ref = tf_pool.run(_sync_bn, 1)[0]
+    for part in range(3):       # outputs, input gradients, outputs in a tf.function
+        got = two[0][part] + two[1][part]
+        np.testing.assert_allclose(got, ref[part], rtol=1e-4, atol=1e-5)
+    for part in (3, 4):         # moving statistics, updated twice
+        np.testing.assert_allclose(two[0][part], ref[part], rtol=1e-5)
+        assert two[0][part] == two[1][part]
+
+
 def _undocumented(comm):
     import importlib
     import inspect

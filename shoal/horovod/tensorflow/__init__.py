@@ -32,12 +32,21 @@ from shoal.horovod.tensorflow._ops import (  # noqa: E402
     alltoall, barrier, broadcast, broadcast_, broadcast_object, broadcast_variables,
     grouped_allgather, grouped_allreduce, grouped_reducescatter, join, reducescatter)
 from shoal.horovod.tensorflow.compression import Compression  # noqa: E402
-from shoal.horovod.tensorflow.gradients import DistributedGradientTape  # noqa: E402
+from shoal.horovod.tensorflow.gradients import (  # noqa: E402
+    DistributedGradientTape, PartialDistributedGradientTape)
 
 rank_op = _scalar_op(rank)
 size_op = _scalar_op(size)
 local_rank_op = _scalar_op(local_rank)
 local_size_op = _scalar_op(local_size)
+
+
+def __getattr__(name):
+    # the layer needs Keras: imported on first use, so the op API stays light
+    if name == "SyncBatchNormalization":
+        from shoal.horovod.tensorflow.sync_batch_norm import SyncBatchNormalization
+        return SyncBatchNormalization
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def process_set_included_op(process_set_id=0):
@@ -63,7 +72,8 @@ def DistributedOptimizer(optimizer, *args, **kwargs):
 
 __all__ = [
     "Adasum", "Average", "Compression", "DistributedGradientTape", "DistributedOptimizer",
-    "Max", "Min", "Product", "ProcessSet", "Sum", "add_process_set", "allgather",
+    "Max", "Min", "PartialDistributedGradientTape", "Product", "ProcessSet", "Sum",
+    "SyncBatchNormalization", "add_process_set", "allgather",
     "allgather_object", "allreduce", "alltoall", "barrier", "broadcast", "broadcast_",
     "broadcast_object", "broadcast_variables", "ccl_built", "cross_rank", "cross_size",
     "cuda_built", "ddl_built", "global_process_set", "gloo_built", "gloo_enabled",

@@ -80,17 +80,7 @@ class _DistributedGradientTape(tf.GradientTape):
         grads = super().gradient(target, sources, output_gradients, unconnected_gradients)
         flat, srcs = tf.nest.flatten(grads), tf.nest.flatten(sources)
         local = {id(v) for v in self._shoal_local_sources}
-        shared = [i for i, s in enumerate(srcs) if id(s) not in local]
-        out = list(flat)
-        for i, g in zip(shared, self._shoal_reduce([flat[i] for i in shared],
-                                                    [srcs[i] for i in shared])):
-            out[i] = g
-        reducer = self._shoal_reduce
-        if local and self._shoal_scale_local and reducer.op == _ops.Average:
-            n = len(engine_of(reducer.process_set).set_ranks)
-            for i, s in enumerate(srcs):
-                if id(s) in local and out[i] is not None:
-                    out[i] = out[i] / n
+        out = reduce_with_locals(self._shoal_reduce, flat, srcs, local, self._shoal_scale_local)
         return tf.nest.pack_sequence_as(grads, out)
 
     def register_local_source(self, source):
@@ -117,3 +107,56 @@ def DistributedGradientTape(gradtape, device_dense="", device_sparse="",
     tape._shoal_local_sources = []
     tape._shoal_scale_local = scale_local_gradients
     return tape
+
+
+def check_local_layers(local_layers) -> list:
+    """The layers given as ``local_layers``, checked (one Keras layer or a list of them)."""
+    import keras
+    if local_layers is None:
+        return []
+    if isinstance(local_layers, keras.layers.Layer):
+        return [local_layers]
+    layers = list(local_layers)
+    bad = [type(x).__name__ for x in layers if not isinstance(x, keras.layers.Layer)]
+    if bad:
+        raise ValueError(f"local_layers must be Keras layers; got {', '.join(bad)}")
+    return layers
+
+
+def PartialDistributedGradientTape(gradtape, device_dense="", device_sparse="",
+                                   compression=Compression.none, sparse_as_dense=False,
+                                   op=_ops.Average, gradient_predivide_factor=1.0,
+                                   num_groups=0, groups=None, process_set=global_process_set,
+                                   local_layers=None, scale_local_gradients=True):
+    """``DistributedGradientTape`` whose ``local_layers``' trainable weights keep their
+    gradients local (divided by the set's size with ``scale_local_gradients`` and
+    hvd.Average), as Horovod's: for layers each rank trains on its own (model parallel
+    parts, per-rank heads)."""
+    layers = check_local_layers(local_layers)
+    tape = DistributedGradientTape(gradtape, device_dense, device_sparse, compression,
+                                   sparse_as_dense, op, gradient_predivide_factor, num_groups,
+                                   groups, process_set, scale_local_gradients)
+    for layer in layers:
+        for var in layer.trainable_weights:
+            tape.register_local_source(var)
+    return tape
+
+
+def reduce_with_locals(reducer: GradientReducer, grads: list, variables, local: set,
+                       scale_local: bool) -> list:
+    """``reducer(grads)`` for every gradient but those of the variables whose ids are in
+    ``local``: those stay on this rank (divided by the set's size when ``scale_local``
+    and the reducer averages), as Horovod's ``register_local_var`` does."""
+    if not local or variables is None:
+        return reducer(grads, variables)
+    variables = list(variables)
+    shared = [i for i, v in enumerate(variables) if id(v) not in local]
+    out = list(grads)
+    for i, g in zip(shared, reducer([grads[i] for i in shared], [variables[i] for i in shared])):
+        out[i] = g
+    if scale_local and reducer.op == _ops.Average:
+        n = len(engine_of(reducer.process_set).set_ranks)
+        for i, v in enumerate(variables):
+            if id(v) in local and out[i] is not None:
+                out[i] = out[i] / n
+    return out

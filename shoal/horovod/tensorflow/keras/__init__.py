@@ -18,7 +18,8 @@ from shoal.horovod.tensorflow import *  # noqa: F401,F403 - Horovod's keras modu
 from shoal.horovod.tensorflow import __all__ as _tf_all
 from shoal.horovod.tensorflow import _ops
 from shoal.horovod.tensorflow.compression import Compression
-from shoal.horovod.tensorflow.gradients import GradientReducer
+from shoal.horovod.tensorflow.gradients import (GradientReducer, check_local_layers,
+                                                reduce_with_locals)
 from shoal.horovod.tensorflow.keras import callbacks
 from shoal.horovod._world import global_process_set
 
@@ -45,15 +46,23 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
                               num_groups, groups, process_set)
     base = type(optimizer)
 
+    def reduce(self, grads, variables):
+        return reduce_with_locals(reducer, grads, variables, self._shoal_local,
+                                  scale_local_gradients)
+
     def apply(self, grads, trainable_variables=None):
         variables = trainable_variables
         if variables is None:
             variables = getattr(self, "_trainable_variables", None)
+        variables = None if variables is None else list(variables)
         if passes == 1:
-            grads = reducer(list(grads), None if variables is None else list(variables))
-            return base.apply(self, grads, trainable_variables)
-        return _aggregated_apply(self, base, reducer, passes, average_aggregated_gradients,
+            return base.apply(self, reduce(self, list(grads), variables), trainable_variables)
+        return _aggregated_apply(self, base, reduce, passes, average_aggregated_gradients,
                                  list(grads), trainable_variables, variables)
+
+    def register_local_var(self, var):
+        """Keep ``var``'s gradient on this rank (not allreduced), as Horovod's does."""
+        self._shoal_local.add(id(var))   # ids: a list of variables would join the optimizer's
 
     def build(self, variables):
         if self.built:
@@ -67,16 +76,39 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
     cls = type(base.__name__, (base,), {
         "apply": apply,
         "build": build,
+        "register_local_var": register_local_var,
         "__doc__": f"{base.__name__} whose gradients are averaged over the ranks (shoal.horovod).",
         "_shoal_reducer": reducer,
     })
     config = optimizer.get_config()
     if name is not None:
         config["name"] = name
-    return cls.from_config(config)
+    opt = cls.from_config(config)
+    opt._shoal_local = set()
+    return opt
 
 
-def _aggregated_apply(opt, base, reducer, passes, average, grads, trainable_variables,
+def PartialDistributedOptimizer(optimizer, name=None, device_dense="", device_sparse="",
+                                compression=Compression.none, sparse_as_dense=False,
+                                gradient_predivide_factor=1.0, op=_ops.Average,
+                                backward_passes_per_step=1, average_aggregated_gradients=False,
+                                groups=None, process_set=global_process_set, local_layers=None,
+                                scale_local_gradients=True):
+    """``DistributedOptimizer`` whose ``local_layers``' trainable weights keep their
+    gradients on each rank, as Horovod's."""
+    layers = check_local_layers(local_layers)
+    opt = DistributedOptimizer(optimizer, name, device_dense, device_sparse, compression,
+                               sparse_as_dense, gradient_predivide_factor, op,
+                               backward_passes_per_step, average_aggregated_gradients,
+                               groups=groups, process_set=process_set,
+                               scale_local_gradients=scale_local_gradients)
+    for layer in layers:
+        for var in layer.trainable_weights:
+            opt.register_local_var(var)
+    return opt
+
+
+def _aggregated_apply(opt, base, reduce, passes, average, grads, trainable_variables,
                       variables):
     """One backward pass of ``passes``: add ``grads`` to the local sums; on the last pass
     allreduce the sums and apply them (a ``tf.cond``, so it runs inside Keras' train step;
@@ -84,7 +116,6 @@ def _aggregated_apply(opt, base, reducer, passes, average, grads, trainable_vari
     if variables is None:
         raise ValueError("When passing `grads` without `variables`, the optimizer must already "
                          "be built on a list of variables")
-    variables = list(variables)
     if not opt.built:
         opt.build(variables)
         opt.built = True
@@ -100,7 +131,7 @@ def _aggregated_apply(opt, base, reducer, passes, average, grads, trainable_vari
         # control dependencies, in cond branches too): the sums are read before they reset
         agg = [(tf.convert_to_tensor(s) / passes if average else tf.convert_to_tensor(s))
                if p else None for s, p in zip(sums, present)]
-        base.apply(opt, reducer(agg, variables), trainable_variables)
+        base.apply(opt, reduce(opt, agg, variables), trainable_variables)
         for s in sums:
             s.assign(tf.zeros_like(s))
         opt._shoal_passes.assign(0)
@@ -139,5 +170,5 @@ def load_model(filepath, custom_optimizers=None, custom_objects=None, compile=Tr
     return model
 
 
-__all__ = [*_tf_all, "DistributedOptimizer", "broadcast_global_variables", "callbacks",
-           "load_model"]
+__all__ = [*_tf_all, "DistributedOptimizer", "PartialDistributedOptimizer",
+           "broadcast_global_variables", "callbacks", "load_model"]
