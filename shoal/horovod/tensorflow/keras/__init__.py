@@ -46,8 +46,8 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
                               num_groups, groups, process_set)
     base = type(optimizer)
 
-    def reduce(self, grads, variables):
-        return reduce_with_locals(reducer, grads, variables, self._shoal_local,
+    def reduce_grads(self, grads, variables):
+        return reduce_with_locals(reducer, grads, variables, getattr(self, "_shoal_local", ()),
                                   scale_local_gradients)
 
     def apply(self, grads, trainable_variables=None):
@@ -56,13 +56,15 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
             variables = getattr(self, "_trainable_variables", None)
         variables = None if variables is None else list(variables)
         if passes == 1:
-            return base.apply(self, reduce(self, list(grads), variables), trainable_variables)
-        return _aggregated_apply(self, base, reduce, passes, average_aggregated_gradients,
+            return base.apply(self, reduce_grads(self, list(grads), variables),
+                              trainable_variables)
+        return _aggregated_apply(self, base, reduce_grads, passes, average_aggregated_gradients,
                                  list(grads), trainable_variables, variables)
 
     def register_local_var(self, var):
         """Keep ``var``'s gradient on this rank (not allreduced), as Horovod's does."""
-        self._shoal_local.add(id(var))   # ids: a list of variables would join the optimizer's
+        # ids: a list of variables set on a Keras optimizer would join its own variables
+        self._shoal_local = getattr(self, "_shoal_local", set()) | {id(var)}
 
     def build(self, variables):
         if self.built:
@@ -83,9 +85,7 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
     config = optimizer.get_config()
     if name is not None:
         config["name"] = name
-    opt = cls.from_config(config)
-    opt._shoal_local = set()
-    return opt
+    return cls.from_config(config)
 
 
 def PartialDistributedOptimizer(optimizer, name=None, device_dense="", device_sparse="",
@@ -108,7 +108,7 @@ def PartialDistributedOptimizer(optimizer, name=None, device_dense="", device_sp
     return opt
 
 
-def _aggregated_apply(opt, base, reduce, passes, average, grads, trainable_variables,
+def _aggregated_apply(opt, base, reduce_grads, passes, average, grads, trainable_variables,
                       variables):
     """One backward pass of ``passes``: add ``grads`` to the local sums; on the last pass
     allreduce the sums and apply them (a ``tf.cond``, so it runs inside Keras' train step;
@@ -131,7 +131,7 @@ def _aggregated_apply(opt, base, reduce, passes, average, grads, trainable_varia
         # control dependencies, in cond branches too): the sums are read before they reset
         agg = [(tf.convert_to_tensor(s) / passes if average else tf.convert_to_tensor(s))
                if p else None for s, p in zip(sums, present)]
-        base.apply(opt, reduce(opt, agg, variables), trainable_variables)
+        base.apply(opt, reduce_grads(opt, agg, variables), trainable_variables)
         for s in sums:
             s.assign(tf.zeros_like(s))
         opt._shoal_passes.assign(0)
