@@ -24,13 +24,17 @@ demo: $(STAMP)
 # The dashboard's browser tests drive headless Chromium (Debian's chromium and
 # chromium-driver), installed here when missing and run as root.
 # TensorFlow (the `tf` extra, kept out of `all` for its size) is added after the
-# main suite, for tests/tf only.
+# main suite, for tests/tf only, with tf-keras (Keras 2) of the same minor version:
+# --no-deps, as it names the `tensorflow` package, a second copy of tensorflow-cpu.
 test: $(STAMP)
 	{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
 		{ [ "$$(id -u)" = 0 ] && { apt-get update -q || true; } && apt-get install -y -q chromium chromium-driver; } || \
 		echo "the dashboard's browser tests need chromium and chromium-driver (apt-get install chromium chromium-driver); they will skip"
 	$(BIN)/python -m pytest -q --ignore=tests/tf
 	$(BIN)/python -m pip install -q -e '.[tf]'
+	V=$$($(BIN)/python -m pip show tensorflow-cpu | sed -n 's/^Version: //p' | cut -d. -f1,2); \
+		$(BIN)/python -m pip install -q --no-deps "tf-keras~=$$V.0" || \
+		echo "no tf-keras for TensorFlow $$V: the Keras 2 tests will skip"
 	$(BIN)/python -m pytest -q tests/tf
 
 bench: $(STAMP)

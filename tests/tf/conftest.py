@@ -23,3 +23,26 @@ def tf_pool():
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture(scope="session")
+def tf2_pool():
+    """Two rank processes whose tf.keras is Keras 2 (tf_keras, TF_USE_LEGACY_KERAS=1), the
+    Keras Horovod's Keras examples are written for."""
+    if importlib.util.find_spec("tf_keras") is None:
+        pytest.skip("Keras 2 tests need tf_keras: pip install --no-deps "
+                    "tf-keras==<TensorFlow's version> (`make test` does)")
+    from _harness import RankPool
+    old = os.environ.get("TF_USE_LEGACY_KERAS")
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"      # the spawned ranks inherit it
+    try:
+        pool = RankPool(2)
+    finally:
+        if old is None:
+            del os.environ["TF_USE_LEGACY_KERAS"]
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = old
+    try:
+        yield pool
+    finally:
+        pool.close()

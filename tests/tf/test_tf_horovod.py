@@ -15,6 +15,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
+@pytest.fixture(scope="module", params=["keras3", "keras2"])
+def keras_pool(request):
+    """The rank pool whose tf.keras is Keras 3, then the one whose tf.keras is Keras 2
+    (tf_keras under TF_USE_LEGACY_KERAS=1): the Keras faces are tested on both."""
+    return request.getfixturevalue("tf_pool" if request.param == "keras3" else "tf2_pool")
+
+
+def _keras_in_use(comm):
+    import tensorflow as tf
+    import shoal.horovod.tensorflow.keras as hvd
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1))
+    return (type(opt).__mro__[1].__module__.split(".")[0],
+            hvd.callbacks.MetricAverageCallback.__mro__[1].__module__.split(".")[0],
+            hvd.SyncBatchNormalization.__mro__[1].__module__.split(".")[0])
+
+
+def test_the_faces_wrap_the_keras_of_tf_keras(keras_pool, request):
+    want = "tf_keras" if request.node.callspec.params["keras_pool"] == "keras2" else "keras"
+    assert keras_pool.run(_keras_in_use, 1)[0] == (want, want, want)
+
+
 def _ops(comm):
     import tensorflow as tf
     import shoal.horovod.tensorflow as hvd
@@ -75,7 +96,7 @@ def test_ops_match_horovod_semantics_eager_and_in_tf_function(tf_pool):
 
 def _tape_loop(comm, steps):
     """A custom GradientTape loop inside tf.function; each rank takes half of each batch."""
-    import keras
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     import tensorflow as tf
     import shoal.horovod.tensorflow as hvd
     hvd.init(comm=comm)
@@ -108,9 +129,9 @@ def _tape_loop(comm, steps):
         hvd.shutdown()
 
 
-def test_gradient_tape_on_two_workers_equals_one_worker_on_the_whole_batch(tf_pool):
-    two = tf_pool.run(_tape_loop, 2, 4)
-    one = tf_pool.run(_tape_loop, 1, 4)[0]
+def test_gradient_tape_on_two_workers_equals_one_worker_on_the_whole_batch(keras_pool):
+    two = keras_pool.run(_tape_loop, 2, 4)
+    one = keras_pool.run(_tape_loop, 1, 4)[0]
     for a, b, ref in zip(two[0], two[1], one):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
@@ -128,22 +149,22 @@ def _keras_fit(comm, tf_data=False):
 
 
 @pytest.fixture(scope="module")
-def keras_one_worker(tf_pool):
-    return tf_pool.run(_keras_fit, 1)[0]
+def keras_one_worker(keras_pool):
+    return keras_pool.run(_keras_fit, 1)[0]
 
 
-def test_keras_fit_on_two_workers_equals_one_worker(tf_pool, keras_one_worker):
-    two = tf_pool.run(_keras_fit, 2)
+def test_keras_fit_on_two_workers_equals_one_worker(keras_pool, keras_one_worker):
+    two = keras_pool.run(_keras_fit, 2)
     assert two[0] == two[1]                       # weights and averaged metrics agree
     np.testing.assert_allclose(two[0]["weights"], keras_one_worker["weights"], rtol=1e-4,
                                atol=1e-5)
     np.testing.assert_allclose(two[0]["loss"], keras_one_worker["loss"], rtol=1e-4)
 
 
-def test_keras_fit_on_a_tf_data_dataset_on_two_workers_equals_one_worker(tf_pool,
+def test_keras_fit_on_a_tf_data_dataset_on_two_workers_equals_one_worker(keras_pool,
                                                                         keras_one_worker):
     """As Horovod's Keras example feeds model.fit: a repeated tf.data dataset, per-rank rows."""
-    two = tf_pool.run(_keras_fit, 2, True)
+    two = keras_pool.run(_keras_fit, 2, True)
     assert two[0] == two[1]
     np.testing.assert_allclose(two[0]["weights"], keras_one_worker["weights"], rtol=1e-4,
                                atol=1e-5)
@@ -162,8 +183,27 @@ def test_a_horovod_keras_script_runs_under_shoal_launch(keras_one_worker):
                                atol=1e-5)
 
 
+@pytest.mark.slow
+def test_horovods_keras_2_mnist_example_runs_under_tf_keras(tmp_path):
+    """Horovod's Keras example as written for Keras 2 (experimental_run_tf_function, an .h5
+    checkpoint on rank 0, the warm-up callback), run under TF_USE_LEGACY_KERAS=1."""
+    pytest.importorskip("tf_keras")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(HERE, "scripts", "tensorflow2_keras_mnist.py")],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    finals = re.findall(r"\[(\d)\] FINAL accuracy=([\d.]+) weights_equal=(\w+)", r.stdout)
+    assert sorted(f[0] for f in finals) == ["0", "1"]
+    assert all(f[2] == "True" for f in finals)
+    assert float(finals[0][1]) > 0.5            # chance: 0.1
+    assert "finished gradual learning rate warmup" in r.stdout
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.h5")) == [
+        f"checkpoint-{e}.h5" for e in range(1, 5)]
+
+
 def _callbacks_and_errors(comm):
-    import keras
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     import tensorflow as tf
     import shoal.horovod.tensorflow.keras as hvd
     hvd.init(comm=comm)
@@ -203,8 +243,8 @@ def _callbacks_and_errors(comm):
         hvd.shutdown()
 
 
-def test_warmup_callback_and_errors(tf_pool):
-    for seen, errors, after, group in tf_pool.run(_callbacks_and_errors, 2):
+def test_warmup_callback_and_errors(keras_pool):
+    for seen, errors, after, group in keras_pool.run(_callbacks_and_errors, 2):
         # lr = 0.4 / 2 * (epoch * (2 - 1) / 2 + 1), epoch fractional per batch; then kept
         assert seen == [0.2, 0.25, 0.3, 0.35, 0.35, 0.35]
         assert "Mismatched allreduce shape" in errors[0] and "'bad'" in errors[0]
@@ -219,7 +259,7 @@ def test_warmup_callback_and_errors(tf_pool):
 def _aggregated(comm, average):
     """model.fit with backward_passes_per_step=2: on 2 workers of 16 rows each, batches of
     4; on 1 worker the rows of each update's 4 micro-batches as one batch of 16."""
-    import keras
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     import shoal.horovod.tensorflow.keras as hvd
     hvd.init(comm=comm)
     try:
@@ -246,9 +286,9 @@ def _aggregated(comm, average):
 
 
 @pytest.mark.parametrize("average", [True, False], ids=["averaged", "summed"])
-def test_backward_passes_per_step_equals_one_worker_on_each_updates_rows(tf_pool, average):
-    two = tf_pool.run(_aggregated, 2, average)
-    (ref, ref_steps), = tf_pool.run(_aggregated, 1, average)
+def test_backward_passes_per_step_equals_one_worker_on_each_updates_rows(keras_pool, average):
+    two = keras_pool.run(_aggregated, 2, average)
+    (ref, ref_steps), = keras_pool.run(_aggregated, 1, average)
     assert two[0] == two[1]
     assert two[0][1] == 8 and ref_steps == 4     # every backward pass counts, as in Horovod
     for a, b in zip(two[0][0], ref):
@@ -259,7 +299,7 @@ def _partial(comm):
     """One step of a model whose head is local, by PartialDistributedGradientTape and by
     model.fit with PartialDistributedOptimizer (SGD, learning rate 1); with each rank's
     plain gradients for reference."""
-    import keras
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     import tensorflow as tf
     import shoal.horovod.tensorflow.keras as hvd
     hvd.init(comm=comm)
@@ -297,8 +337,8 @@ def _partial(comm):
         hvd.shutdown()
 
 
-def test_partial_tape_and_optimizer_keep_the_local_layers_gradients_local(tf_pool):
-    out = tf_pool.run(_partial, 2)
+def test_partial_tape_and_optimizer_keep_the_local_layers_gradients_local(keras_pool):
+    out = keras_pool.run(_partial, 2)
     plain = [[np.array(g) for g in o[0]] for o in out]
     for rank, (_, partial, steps, error) in enumerate(out):
         for i, (g, step) in enumerate(zip(partial, steps)):
@@ -314,7 +354,7 @@ def _sync_bn(comm):
     """SyncBatchNormalization on each rank's rows (6 on rank 0, 4 on rank 1), eager and in a
     tf.function, against BatchNormalization on all 10 rows; gradients of the sum of every
     rank's outputs times fixed weights."""
-    import keras
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     import tensorflow as tf
     import shoal.horovod.tensorflow as hvd
     hvd.init(comm=comm)
@@ -341,9 +381,9 @@ def _sync_bn(comm):
         hvd.shutdown()
 
 
-def test_sync_batch_normalization_equals_batch_normalization_on_every_ranks_rows(tf_pool):
-    two = tf_pool.run(_sync_bn, 2)
-    ref = tf_pool.run(_sync_bn, 1)[0]
+def test_sync_batch_normalization_equals_batch_normalization_on_every_ranks_rows(keras_pool):
+    two = keras_pool.run(_sync_bn, 2)
+    ref = keras_pool.run(_sync_bn, 1)[0]
     for part in range(3):       # outputs, input gradients, outputs in a tf.function
         got = two[0][part] + two[1][part]
         np.testing.assert_allclose(got, ref[part], rtol=1e-4, atol=1e-5)

@@ -61,8 +61,8 @@ def process_set_included_op(process_set_id=0):
 def DistributedOptimizer(optimizer, *args, **kwargs):
     """A Keras optimizer wrapped as in ``shoal.horovod.tensorflow.keras``; TF1 optimizers
     (tf.compat.v1.train) are not supported: use DistributedGradientTape."""
-    import keras
-    if not isinstance(optimizer, keras.optimizers.Optimizer):
+    from shoal.horovod.tensorflow._keras import optimizer_types
+    if not isinstance(optimizer, optimizer_types()):
         raise TypeError(f"DistributedOptimizer takes a Keras optimizer, got "
                         f"{type(optimizer).__name__}; for tf.compat.v1 optimizers use "
                         "DistributedGradientTape and apply the gradients yourself")

@@ -111,7 +111,7 @@ def DistributedGradientTape(gradtape, device_dense="", device_sparse="",
 
 def check_local_layers(local_layers) -> list:
     """The layers given as ``local_layers``, checked (one Keras layer or a list of them)."""
-    import keras
+    from shoal.horovod.tensorflow._keras import keras
     if local_layers is None:
         return []
     if isinstance(local_layers, keras.layers.Layer):

@@ -2,11 +2,11 @@
 every rank of a process set, as Horovod's ``hvd.SyncBatchNormalization``."""
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from shoal.horovod._world import global_process_set
 from shoal.horovod.tensorflow import _ops
+from shoal.horovod.tensorflow._keras import KERAS2, keras
 
 
 class SyncBatchNormalization(keras.layers.BatchNormalization):
@@ -14,14 +14,33 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     of the batch of every rank in ``process_set`` together: each rank sums its inputs,
     their squares and their count per channel (in float32 for 16-bit inputs), one
     allreduce adds the sums up, and the moments follow (so ranks may hold batches of
-    different sizes). Inference uses the moving statistics, as the plain layer does."""
+    different sizes). Inference uses the moving statistics, as the plain layer does.
+    Under Keras 2 the layer is not fused (the fused kernel computes its own moments)."""
 
     def __init__(self, *args, process_set=global_process_set, **kwargs):
+        if KERAS2:
+            if kwargs.get("fused"):
+                raise ValueError("SyncBatchNormalization cannot be fused: the fused kernel "
+                                 "computes its own batch statistics; leave fused unset")
+            kwargs["fused"] = False
         super().__init__(*args, **kwargs)
         self._shoal_process_set = process_set
 
-    def _moments(self, inputs, mask):
-        axes = list(self._reduction_axes)
+    def _moments(self, inputs, *rest, **kwargs):
+        if not KERAS2:                         # Keras 3: _moments(inputs, mask)
+            mask = rest[0] if rest else kwargs.get("mask")
+            return self._synced_moments(inputs, list(self._reduction_axes), mask)
+        return super()._moments(inputs, *rest, **kwargs)
+
+    def _calculate_mean_and_var(self, inputs, reduction_axes, keep_dims, mask=None):
+        # Keras 2's hook for the training-mode moments
+        mean, variance = self._synced_moments(inputs, list(reduction_axes), mask)
+        if keep_dims:
+            shape = [1 if i in reduction_axes else -1 for i in range(inputs.shape.rank)]
+            mean, variance = tf.reshape(mean, shape), tf.reshape(variance, shape)
+        return mean, variance
+
+    def _synced_moments(self, inputs, axes, mask):
         y = inputs
         if y.dtype in (tf.float16, tf.bfloat16):
             y = tf.cast(y, tf.float32)

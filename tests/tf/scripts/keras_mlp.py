@@ -4,8 +4,8 @@ and the logged metrics as JSON on rank 0. Run: shoal launch -n 2 python keras_ml
 import json
 import sys
 
-import keras
 import numpy as np
+from tensorflow import keras
 
 import shoal.horovod.tensorflow.keras as hvd
 

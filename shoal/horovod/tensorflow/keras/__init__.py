@@ -8,15 +8,17 @@
     model.fit(x, y, callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0),
                                hvd.callbacks.MetricAverageCallback()])
 
-The gradients of every step travel as one fused allreduce (a ``tf.py_function``
+The gradients of every step travel as one fused allreduce (a ``tf.numpy_function``
 inside Keras' compiled train step; leave ``jit_compile`` off, as Keras does on CPU).
+``keras`` here is ``tf.keras``, as in Horovod: Keras 3, or Keras 2 (``tf_keras``)
+under ``TF_USE_LEGACY_KERAS=1``, where Horovod's Keras-2 scripts run unchanged.
 """
-import keras
 import tensorflow as tf
 
 from shoal.horovod.tensorflow import *  # noqa: F401,F403 - Horovod's keras module re-exports it
 from shoal.horovod.tensorflow import __all__ as _tf_all
 from shoal.horovod.tensorflow import _ops
+from shoal.horovod.tensorflow._keras import KERAS2, keras, optimizer_variables
 from shoal.horovod.tensorflow.compression import Compression
 from shoal.horovod.tensorflow.gradients import (GradientReducer, check_local_layers,
                                                 reduce_with_locals)
@@ -50,6 +52,28 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
         return reduce_with_locals(reducer, grads, variables, getattr(self, "_shoal_local", ()),
                                   scale_local_gradients)
 
+    def register_local_var(self, var):
+        """Keep ``var``'s gradient on this rank (not allreduced), as Horovod's does."""
+        # ids: a list of variables set on a Keras optimizer would join its own variables
+        self._shoal_local = getattr(self, "_shoal_local", set()) | {id(var)}
+
+    methods = {"register_local_var": register_local_var, "_shoal_reducer": reducer,
+               "__doc__": f"{base.__name__} whose gradients are averaged over the ranks "
+                          "(shoal.horovod)."}
+    if KERAS2 or not hasattr(base, "stateless_apply"):
+        methods.update(_keras2_methods(base, reduce_grads, passes, average_aggregated_gradients))
+    else:
+        methods.update(_keras3_methods(base, reduce_grads, passes, average_aggregated_gradients))
+    cls = type(base.__name__, (base,), methods)
+    config = optimizer.get_config()
+    if name is not None:
+        config["name"] = name
+    return cls.from_config(config)
+
+
+def _keras3_methods(base, reduce_grads, passes, average) -> dict:
+    """Keras 3: ``apply`` (which ``apply_gradients`` and ``model.fit`` call) reduces first;
+    the aggregation sums are optimizer variables."""
     def apply(self, grads, trainable_variables=None):
         variables = trainable_variables
         if variables is None:
@@ -58,13 +82,17 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
         if passes == 1:
             return base.apply(self, reduce_grads(self, list(grads), variables),
                               trainable_variables)
-        return _aggregated_apply(self, base, reduce_grads, passes, average_aggregated_gradients,
-                                 list(grads), trainable_variables, variables)
-
-    def register_local_var(self, var):
-        """Keep ``var``'s gradient on this rank (not allreduced), as Horovod's does."""
-        # ids: a list of variables set on a Keras optimizer would join its own variables
-        self._shoal_local = getattr(self, "_shoal_local", set()) | {id(var)}
+        if variables is None:
+            raise ValueError("When passing `grads` without `variables`, the optimizer must "
+                             "already be built on a list of variables")
+        if not self.built:
+            self.build(variables)
+            self.built = True
+        sums = [self._shoal_sums[self._get_variable_index(v)] for v in variables]
+        return _aggregated_apply(
+            self, sums, self._shoal_passes, passes, average, list(grads),
+            lambda agg: base.apply(self, reduce_grads(self, agg, variables),
+                                   trainable_variables))
 
     def build(self, variables):
         if self.built:
@@ -75,17 +103,41 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
                                 for v in variables]
             self._shoal_passes = self.add_variable((), dtype="int64", name="shoal_passes")
 
-    cls = type(base.__name__, (base,), {
-        "apply": apply,
-        "build": build,
-        "register_local_var": register_local_var,
-        "__doc__": f"{base.__name__} whose gradients are averaged over the ranks (shoal.horovod).",
-        "_shoal_reducer": reducer,
-    })
-    config = optimizer.get_config()
-    if name is not None:
-        config["name"] = name
-    return cls.from_config(config)
+    return {"apply": apply, "build": build}
+
+
+def _keras2_methods(base, reduce_grads, passes, average) -> dict:
+    """Keras 2 (tf_keras, its optimizers and its legacy ones): ``apply_gradients`` (which
+    ``minimize`` and ``model.fit`` call) reduces first. The aggregation sums are variables
+    of their own, made outside any graph on first use, as Horovod's are for Keras 2."""
+    state: dict = {}
+
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        pairs = list(grads_and_vars)
+        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
+
+        def apply_reduced(agg):
+            return base.apply_gradients(self, list(zip(reduce_grads(self, agg, variables),
+                                                       variables)), *args, **kwargs)
+        if passes == 1:
+            return apply_reduced(grads)
+        with tf.init_scope():
+            sums = [_sum_of(state, v) for v in variables]
+            if "passes" not in state:
+                state["passes"] = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                              name="shoal_passes")
+        return _aggregated_apply(self, sums, state["passes"], passes, average, grads,
+                                 apply_reduced)
+
+    return {"apply_gradients": apply_gradients}
+
+
+def _sum_of(state: dict, var):
+    key = var.ref()
+    if key not in state:
+        state[key] = tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
+                                 name="shoal_gradient_sum")
+    return state[key]
 
 
 def PartialDistributedOptimizer(optimizer, name=None, device_dense="", device_sparse="",
@@ -108,33 +160,26 @@ def PartialDistributedOptimizer(optimizer, name=None, device_dense="", device_sp
     return opt
 
 
-def _aggregated_apply(opt, base, reduce_grads, passes, average, grads, trainable_variables,
-                      variables):
-    """One backward pass of ``passes``: add ``grads`` to the local sums; on the last pass
-    allreduce the sums and apply them (a ``tf.cond``, so it runs inside Keras' train step;
-    every rank takes the same branch, its pass count being the same)."""
-    if variables is None:
-        raise ValueError("When passing `grads` without `variables`, the optimizer must already "
-                         "be built on a list of variables")
-    if not opt.built:
-        opt.build(variables)
-        opt.built = True
-    sums = [opt._shoal_sums[opt._get_variable_index(v)] for v in variables]
+def _aggregated_apply(opt, sums, counter, passes, average, grads, apply_reduced):
+    """One backward pass of ``passes``: add ``grads`` to the local ``sums``; on the last
+    pass ``apply_reduced`` the sums (allreduced, then applied; a ``tf.cond``, so it runs
+    inside Keras' train step; every rank takes the same branch, its pass count being the
+    same)."""
     present = [g is not None for g in grads]
     for s, g in zip(sums, grads):
         if g is not None:
             s.assign_add(tf.convert_to_tensor(g))
-    count = opt._shoal_passes.assign_add(1)
+    count = counter.assign_add(1)
 
     def update():
         # inside a tf.function the ops on one variable run in program order (automatic
         # control dependencies, in cond branches too): the sums are read before they reset
         agg = [(tf.convert_to_tensor(s) / passes if average else tf.convert_to_tensor(s))
                if p else None for s, p in zip(sums, present)]
-        base.apply(opt, reduce_grads(opt, agg, variables), trainable_variables)
+        apply_reduced(agg)
         for s in sums:
             s.assign(tf.zeros_like(s))
-        opt._shoal_passes.assign(0)
+        counter.assign(0)
         return tf.constant(True)
 
     def skip():
@@ -151,7 +196,7 @@ def broadcast_global_variables(root_rank, model=None):
         raise ValueError("pass the Keras model: broadcast_global_variables(0, model=model)")
     variables = list(model.variables)
     if getattr(model, "optimizer", None) is not None:
-        variables += list(model.optimizer.variables)
+        variables += optimizer_variables(model.optimizer)
     _ops.broadcast_variables(variables, root_rank)
 
 
@@ -163,8 +208,11 @@ def load_model(filepath, custom_optimizers=None, custom_objects=None, compile=Tr
         opt = model.optimizer
         wrapped = DistributedOptimizer(type(opt).from_config(opt.get_config()),
                                        compression=compression)
-        wrapped.build(model.trainable_variables)
-        for dst, src in zip(wrapped.variables, opt.variables):
+        if hasattr(wrapped, "build"):
+            wrapped.build(model.trainable_variables)
+        else:                                  # a Keras 2 legacy optimizer: its slots
+            wrapped._create_all_weights(model.trainable_variables)
+        for dst, src in zip(optimizer_variables(wrapped), optimizer_variables(opt)):
             dst.assign(src)
         model.optimizer = wrapped
     return model

@@ -1,17 +1,17 @@
 """Horovod's Keras callbacks (``hvd.callbacks``) on shoal."""
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from shoal.horovod._world import global_process_set, size
 from shoal.horovod.tensorflow import _ops
+from shoal.horovod.tensorflow._keras import keras, optimizer_variables
 
 
 def _variables(model) -> list:
     opt = getattr(model, "optimizer", None)
-    extra = list(opt.variables) if opt is not None and getattr(opt, "built", True) else []
+    extra = optimizer_variables(opt) if opt is not None and getattr(opt, "built", True) else []
     return list(model.variables) + extra
 
 
