@@ -30,6 +30,14 @@ the data adapter's iterator, the loss tracker). "fitlocal" runs the same ``model
 with a plain SGD and no Horovod: that row's ceiling, so that what the averaging costs
 inside ``model.fit`` can be read apart from what ``model.fit`` costs.
 
+``model.fit`` against ``model.fit``: Keras 2 (tf_keras, ``TF_USE_LEGACY_KERAS=1``) runs
+``model.fit`` under MultiWorkerMirroredStrategy with several workers, so the last three
+systems train the same way on Keras 2: "mwmsfit" compiles and fits inside
+MultiWorkerMirroredStrategy's scope (the dataset not sharded: each worker feeds its own
+batch, as in the other systems), "hvdkeras2" is "hvdkeras" on Keras 2, "fitlocal2" its
+ceiling. They run when tf_keras is installed (``pip install --no-deps
+tf-keras==<TensorFlow's version>``).
+
 After untimed warm-up (3 steps that trace), ``--repeats`` timed runs of ``--steps``
 steps; the ``model.fit`` systems run one ``model.fit(steps_per_epoch=--steps,
 epochs=1 + --repeats)`` whose first epoch traces and whose other epochs are timed by a
@@ -42,6 +50,8 @@ less with the load than wall time does. Needs the ``tf`` and ``train`` extras.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -64,7 +74,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _model(kind: str):
-    import keras
+    from tensorflow import keras
     if kind == "mlp":
         return keras.Sequential([keras.Input((784,)), keras.layers.Dense(512, activation="relu"),
                                  keras.layers.Dense(512, activation="relu"),
@@ -80,7 +90,7 @@ def _model(kind: str):
 
 def worker(args) -> None:
     rank, n = int(os.environ["SHOAL_RANK"]), int(os.environ["SHOAL_WORLD_SIZE"])
-    mwms, local = args.system == "mwms", args.system == "local"
+    mwms, local = args.system in ("mwms", "mwmsfit"), args.system == "local"
     uses_strategy = args.system in ("mwms", "shoal", "local")
     if mwms:
         ports = [int(p) for p in args.ports.split(",")]
@@ -98,27 +108,31 @@ def worker(args) -> None:
         strategy = ShoalStrategy()
     elif args.system == "local":
         strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    import keras
-    fit = args.system in ("hvdkeras", "fitlocal")
+    from tensorflow import keras           # Keras 3, or Keras 2 for the KERAS2 systems
+    fit = args.system in ("hvdkeras", "fitlocal", *KERAS2)
+    hvd = None
     if args.system == "hvd":
         import shoal.horovod.tensorflow as hvd
         hvd.init()
-    elif args.system == "hvdkeras":
+    elif args.system in ("hvdkeras", "hvdkeras2"):
         import shoal.horovod.keras as hvd
         hvd.init()
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
     results = {}
     for kind in args.models.split(","):
         keras.utils.set_random_seed(0)
-        model, shape = _model(kind)
+        with strategy.scope() if args.system == "mwmsfit" else contextlib.nullcontext():
+            model, shape = _model(kind)
         rng = np.random.default_rng(rank)
         x = tf.constant(rng.normal(size=(args.batch, *shape)).astype(np.float32))
         y = tf.constant(rng.integers(0, 10, size=(args.batch,)))
         lr = tf.constant(0.01)
         variables = model.trainable_variables
         if fit:
-            results[kind] = _fit(args, model, x, y, n, hvd if args.system == "hvdkeras" else None)
+            scope = strategy.scope() if args.system == "mwmsfit" else contextlib.nullcontext()
+            with scope:
+                results[kind] = _fit(args, model, x, y, n, hvd)
             continue
 
         def grads_of(xb, yb):
@@ -158,15 +172,15 @@ def worker(args) -> None:
         results[kind] = (best, cpu)
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
-    if args.system in ("hvd", "hvdkeras"):
+    if hvd is not None:
         hvd.shutdown()
 
 
 def _fit(args, model, x, y, n, hvd) -> tuple[float, float]:
     """Train as a (Horovod) Keras user does: compile, then one model.fit on a tf.data dataset;
     every epoch (``--steps`` steps) after the first (tracing) is timed by a callback."""
-    import keras
     import tensorflow as tf
+    from tensorflow import keras
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -191,6 +205,9 @@ def _fit(args, model, x, y, n, hvd) -> tuple[float, float]:
     model.compile(optimizer=opt, jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
+    options = tf.data.Options()            # each worker feeds its own batch (MWMS: no sharding)
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    data = data.with_options(options)
     timer = EpochTimer()
     model.fit(data, steps_per_epoch=args.steps, epochs=1 + args.repeats, verbose=0,
               callbacks=[*callbacks, timer])
@@ -200,14 +217,20 @@ def _fit(args, model, x, y, n, hvd) -> tuple[float, float]:
 SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "shoal": "ShoalStrategy",
            "hvd": "shoal.horovod.tensorflow", "local": "no averaging (ceiling)",
            "hvdkeras": "shoal.horovod.keras, model.fit",
-           "fitlocal": "model.fit, no averaging (its ceiling)"}
+           "fitlocal": "model.fit, no averaging (its ceiling)",
+           "mwmsfit": "Keras 2: MultiWorkerMirroredStrategy, model.fit",
+           "hvdkeras2": "Keras 2: shoal.horovod.keras, model.fit",
+           "fitlocal2": "Keras 2: model.fit, no averaging (its ceiling)"}
 COLUMNS = ("shoal", "hvd", "local", "hvdkeras", "fitlocal")
+KERAS2 = ("mwmsfit", "hvdkeras2", "fitlocal2")     # model.fit against model.fit, on Keras 2
 
 
 def _run(system: str, args) -> dict:
     ports = ",".join(map(str, _free_ports(args.workers)))
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    if system in KERAS2:
+        env["TF_USE_LEGACY_KERAS"] = "1"
     cmd = [sys.executable, "-m", "shoal.launch", "-n", str(args.workers), __file__, "--worker",
            "--system", system, "--ports", ports, "--steps", str(args.steps),
            "--repeats", str(args.repeats), "--batch", str(args.batch), "--models", args.models,
@@ -239,8 +262,16 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    systems = ["mwms"] + [k for k in SYSTEMS if k != "mwms" and k in args.systems.split(",")]
+    wanted = args.systems.split(",")
+    if importlib.util.find_spec("tf_keras") is None and any(k in wanted for k in KERAS2):
+        print("tf_keras is not installed: the Keras 2 model.fit systems are left out "
+              "(pip install --no-deps tf-keras==<TensorFlow's version>)")
+        wanted = [k for k in wanted if k not in KERAS2]
+    if any(k in wanted for k in KERAS2[1:]):
+        wanted.append("mwmsfit")           # their anchor
+    systems = ["mwms"] + [k for k in SYSTEMS if k != "mwms" and k in wanted]
     columns = [k for k in COLUMNS if k in systems]
+    columns2 = [k for k in KERAS2[1:] if k in systems]
     load0 = os.getloadavg()
     best: dict = {}
     for _ in range(args.rounds):           # alternating: every system once per round
@@ -254,7 +285,7 @@ def main() -> None:
     print(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
           f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     header = ("| model | MultiWorkerMirroredStrategy (custom loop) | "
-              + " | ".join(SYSTEMS[k] for k in columns) + " |\n|---|" + "---:|" * len(systems))
+              + " | ".join(SYSTEMS[k] for k in columns) + " |\n|---|" + "---:|" * (1 + len(columns)))
     print("samples/s (ratio: / MultiWorkerMirroredStrategy's). The model.fit columns are "
           "Keras' model.fit against MultiWorkerMirroredStrategy's custom loop")
     print(header)
@@ -268,6 +299,19 @@ def main() -> None:
         a = row["mwms"][1]
         cells = [f"{row[k][1]:.1f} ({a / row[k][1]:.2f}x)" for k in columns]
         print(f"| {kind} | {a:.1f} | " + " | ".join(cells) + " |")
+    if not columns2:
+        return
+    header = ("| model | " + " | ".join(SYSTEMS[k] for k in ("mwmsfit", *columns2))
+              + " |\n|---|" + "---:|" * (1 + len(columns2)))
+    print("model.fit against model.fit on Keras 2: samples/s (ratio: / MultiWorkerMirroredStrategy's "
+          "model.fit), then rank 0's CPU ms per step")
+    print(header)
+    for kind, row in best.items():
+        a = row["mwmsfit"]
+        cells = [f"{row[k][0]:,.0f} ({row[k][0] / a[0]:.2f}x)" for k in columns2]
+        print(f"| {kind} samples/s | {a[0]:,.0f} | " + " | ".join(cells) + " |")
+        cells = [f"{row[k][1]:.1f} ({a[1] / row[k][1]:.2f}x)" for k in columns2]
+        print(f"| {kind} CPU ms/step | {a[1]:.1f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
