@@ -33,9 +33,11 @@ inside ``model.fit`` can be read apart from what ``model.fit`` costs.
 ``model.fit`` against ``model.fit``: Keras 2 (tf_keras, ``TF_USE_LEGACY_KERAS=1``) runs
 ``model.fit`` under MultiWorkerMirroredStrategy with several workers, so the last three
 systems train the same way on Keras 2: "mwmsfit" compiles and fits inside
-MultiWorkerMirroredStrategy's scope (the dataset not sharded: each worker feeds its own
-batch, as in the other systems), "hvdkeras2" is "hvdkeras" on Keras 2, "fitlocal2" its
-ceiling. They run when tf_keras is installed (``pip install --no-deps
+MultiWorkerMirroredStrategy's scope, "shoalfit2" inside ShoalStrategy's, "hvdkeras2" is
+"hvdkeras" on Keras 2, "fitlocal2" its ceiling. Under a strategy a dataset's batch is the
+global batch, which each worker cuts to its part, so the strategies' workers feed a batch
+of ``--batch`` x workers rows (not sharded) and train on ``--batch`` rows a step, as the
+others do. They run when tf_keras is installed (``pip install --no-deps
 tf-keras==<TensorFlow's version>``).
 
 After untimed warm-up (3 steps that trace), ``--repeats`` timed runs of ``--steps``
@@ -91,6 +93,7 @@ def _model(kind: str):
 def worker(args) -> None:
     rank, n = int(os.environ["SHOAL_RANK"]), int(os.environ["SHOAL_WORLD_SIZE"])
     mwms, local = args.system in ("mwms", "mwmsfit"), args.system == "local"
+    in_scope = args.system in ("mwmsfit", "shoalfit2")    # model.fit inside the strategy
     uses_strategy = args.system in ("mwms", "shoal", "local")
     if mwms:
         ports = [int(p) for p in args.ports.split(",")]
@@ -103,7 +106,7 @@ def worker(args) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
     if mwms:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif args.system == "shoal":
+    elif args.system in ("shoal", "shoalfit2"):
         from shoal.train.tf_distribute import ShoalStrategy
         strategy = ShoalStrategy()
     elif args.system == "local":
@@ -122,7 +125,7 @@ def worker(args) -> None:
     results = {}
     for kind in args.models.split(","):
         keras.utils.set_random_seed(0)
-        with strategy.scope() if args.system == "mwmsfit" else contextlib.nullcontext():
+        with strategy.scope() if in_scope else contextlib.nullcontext():
             model, shape = _model(kind)
         rng = np.random.default_rng(rank)
         x = tf.constant(rng.normal(size=(args.batch, *shape)).astype(np.float32))
@@ -130,8 +133,11 @@ def worker(args) -> None:
         lr = tf.constant(0.01)
         variables = model.trainable_variables
         if fit:
-            scope = strategy.scope() if args.system == "mwmsfit" else contextlib.nullcontext()
-            with scope:
+            if in_scope:                   # the global batch: each worker trains on its part
+                with strategy.scope():
+                    results[kind] = _fit(args, model, tf.concat([x] * n, 0),
+                                         tf.concat([y] * n, 0), n, hvd)
+            else:
                 results[kind] = _fit(args, model, x, y, n, hvd)
             continue
 
@@ -219,10 +225,11 @@ SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "shoal": "ShoalStrategy",
            "hvdkeras": "shoal.horovod.keras, model.fit",
            "fitlocal": "model.fit, no averaging (its ceiling)",
            "mwmsfit": "Keras 2: MultiWorkerMirroredStrategy, model.fit",
+           "shoalfit2": "Keras 2: ShoalStrategy, model.fit",
            "hvdkeras2": "Keras 2: shoal.horovod.keras, model.fit",
            "fitlocal2": "Keras 2: model.fit, no averaging (its ceiling)"}
 COLUMNS = ("shoal", "hvd", "local", "hvdkeras", "fitlocal")
-KERAS2 = ("mwmsfit", "hvdkeras2", "fitlocal2")     # model.fit against model.fit, on Keras 2
+KERAS2 = ("mwmsfit", "shoalfit2", "hvdkeras2", "fitlocal2")     # model.fit against model.fit, on Keras 2
 
 
 def _run(system: str, args) -> dict:
@@ -284,21 +291,23 @@ def main() -> None:
           f"{args.steps} steps, best of {args.rounds} alternating rounds x {args.repeats} fits")
     print(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
           f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    header = ("| model | MultiWorkerMirroredStrategy (custom loop) | "
-              + " | ".join(SYSTEMS[k] for k in columns) + " |\n|---|" + "---:|" * (1 + len(columns)))
-    print("samples/s (ratio: / MultiWorkerMirroredStrategy's). The model.fit columns are "
-          "Keras' model.fit against MultiWorkerMirroredStrategy's custom loop")
-    print(header)
-    for kind, row in best.items():
-        a = row["mwms"][0]
-        cells = [f"{row[k][0]:,.0f} ({row[k][0] / a:.2f}x)" for k in columns]
-        print(f"| {kind} | {a:,.0f} | " + " | ".join(cells) + " |")
-    print("rank 0's CPU ms per step, all threads (ratio: MultiWorkerMirroredStrategy's / it)")
-    print(header)
-    for kind, row in best.items():
-        a = row["mwms"][1]
-        cells = [f"{row[k][1]:.1f} ({a / row[k][1]:.2f}x)" for k in columns]
-        print(f"| {kind} | {a:.1f} | " + " | ".join(cells) + " |")
+    if columns:
+        header = ("| model | MultiWorkerMirroredStrategy (custom loop) | "
+                  + " | ".join(SYSTEMS[k] for k in columns) + " |\n|---|"
+                  + "---:|" * (1 + len(columns)))
+        print("samples/s (ratio: / MultiWorkerMirroredStrategy's). The model.fit columns are "
+              "Keras' model.fit against MultiWorkerMirroredStrategy's custom loop")
+        print(header)
+        for kind, row in best.items():
+            a = row["mwms"][0]
+            cells = [f"{row[k][0]:,.0f} ({row[k][0] / a:.2f}x)" for k in columns]
+            print(f"| {kind} | {a:,.0f} | " + " | ".join(cells) + " |")
+        print("rank 0's CPU ms per step, all threads (ratio: MultiWorkerMirroredStrategy's / it)")
+        print(header)
+        for kind, row in best.items():
+            a = row["mwms"][1]
+            cells = [f"{row[k][1]:.1f} ({a / row[k][1]:.2f}x)" for k in columns]
+            print(f"| {kind} | {a:.1f} | " + " | ".join(cells) + " |")
     if not columns2:
         return
     header = ("| model | " + " | ".join(SYSTEMS[k] for k in ("mwmsfit", *columns2))
