@@ -229,7 +229,8 @@ SYSTEMS = {"mwms": "MultiWorkerMirroredStrategy", "shoal": "ShoalStrategy",
            "hvdkeras2": "Keras 2: shoal.horovod.keras, model.fit",
            "fitlocal2": "Keras 2: model.fit, no averaging (its ceiling)"}
 COLUMNS = ("shoal", "hvd", "local", "hvdkeras", "fitlocal")
-KERAS2 = ("mwmsfit", "shoalfit2", "hvdkeras2", "fitlocal2")     # model.fit against model.fit, on Keras 2
+# model.fit against model.fit, on Keras 2
+KERAS2 = ("mwmsfit", "shoalfit2", "hvdkeras2", "fitlocal2")
 
 
 def _run(system: str, args) -> dict:
@@ -312,8 +313,8 @@ def main() -> None:
         return
     header = ("| model | " + " | ".join(SYSTEMS[k] for k in ("mwmsfit", *columns2))
               + " |\n|---|" + "---:|" * (1 + len(columns2)))
-    print("model.fit against model.fit on Keras 2: samples/s (ratio: / MultiWorkerMirroredStrategy's "
-          "model.fit), then rank 0's CPU ms per step")
+    print("model.fit against model.fit on Keras 2: samples/s (ratio: / "
+          "MultiWorkerMirroredStrategy's model.fit), then rank 0's CPU ms per step")
     print(header)
     for kind, row in best.items():
         a = row["mwmsfit"]

@@ -137,13 +137,13 @@ def test_gradient_tape_on_two_workers_equals_one_worker_on_the_whole_batch(keras
         np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
 
 
-def _keras_fit(comm, tf_data=False):
+def _keras_fit(comm, tf_data=False, legacy=False):
     import shoal.horovod.tensorflow.keras as hvd
     sys.path.insert(0, os.path.join(HERE, "scripts"))
     import keras_mlp
     hvd.init(comm=comm)
     try:
-        return keras_mlp.train(hvd, tf_data)
+        return keras_mlp.train(hvd, tf_data, legacy)
     finally:
         hvd.shutdown()
 
@@ -169,6 +169,15 @@ def test_keras_fit_on_a_tf_data_dataset_on_two_workers_equals_one_worker(keras_p
     np.testing.assert_allclose(two[0]["weights"], keras_one_worker["weights"], rtol=1e-4,
                                atol=1e-5)
     np.testing.assert_allclose(two[0]["loss"], keras_one_worker["loss"], rtol=1e-4)
+
+
+def test_keras_2_legacy_optimizers_on_two_workers_equal_one_worker(tf2_pool):
+    """Keras 2's older optimizers (tf_keras.optimizers.legacy, OptimizerV2) are wrapped too."""
+    one = tf2_pool.run(_keras_fit, 1, False, True)[0]
+    two = tf2_pool.run(_keras_fit, 2, False, True)
+    assert two[0] == two[1]
+    np.testing.assert_allclose(two[0]["weights"], one["weights"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two[0]["loss"], one["loss"], rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -200,6 +209,44 @@ def test_horovods_keras_2_mnist_example_runs_under_tf_keras(tmp_path):
     assert "finished gradual learning rate warmup" in r.stdout
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*.h5")) == [
         f"checkpoint-{e}.h5" for e in range(1, 5)]
+
+
+def _saved_and_loaded(comm, path):
+    """Train with DistributedOptimizer(Adam), save on rank 0, hvd.load_model on every rank:
+    the optimizer comes back wrapped, with the saved state, and training goes on in step."""
+    import tensorflow as tf
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
+    import shoal.horovod.tensorflow.keras as hvd
+    hvd.init(comm=comm)
+    try:
+        rng = np.random.default_rng(hvd.rank())
+        x = rng.normal(size=(16, 3)).astype(np.float32)
+        y = rng.normal(size=(16, 1)).astype(np.float32)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+        model.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)),
+                      loss="mse", jit_compile=False)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        if hvd.rank() == 0:
+            model.save(path)
+        hvd.barrier()
+        loaded = hvd.load_model(path)
+        saved_state = [np.asarray(v).tolist() for v in model.optimizer.variables]
+        loaded_state = [np.asarray(v).tolist() for v in loaded.optimizer.variables]
+        loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        flat = np.concatenate([np.ravel(w) for w in loaded.get_weights()])
+        same = np.array_equal(hvd.broadcast(tf.constant(flat), root_rank=0).numpy(), flat)
+        return (type(loaded.optimizer).__name__, hasattr(loaded.optimizer, "_shoal_reducer"),
+                saved_state == loaded_state, bool(same))
+    finally:
+        hvd.shutdown()
+
+
+def test_load_model_wraps_the_saved_optimizer(keras_pool, tmp_path, request):
+    keras2 = request.node.callspec.params["keras_pool"] == "keras2"
+    path = str(tmp_path / ("model.h5" if keras2 else "model.keras"))
+    for name, wrapped, state_kept, in_step in keras_pool.run(_saved_and_loaded, 2, path):
+        assert (name, wrapped, state_kept, in_step) == ("Adam", True, True, True)
 
 
 def _callbacks_and_errors(comm):

@@ -19,10 +19,11 @@ def data():
     return x, y
 
 
-def train(hvd, tf_data=False):
+def train(hvd, tf_data=False, legacy=False):
     """Train on this rank's half of every global batch: NumPy arrays to ``model.fit``, or
     (``tf_data``) a repeated ``tf.data`` dataset with ``steps_per_epoch``, as Horovod's
-    example feeds it. Returns the final weights (flat) and the per-epoch losses."""
+    example feeds it; ``legacy``: Keras 2's legacy SGD. Returns the final weights (flat)
+    and the per-epoch losses."""
     keras.utils.set_random_seed(1)
     x, y = data()
     # rank r takes rows r, r+size, ... of every global batch: equal halves of each batch
@@ -31,7 +32,8 @@ def train(hvd, tf_data=False):
                           for b in range(0, SAMPLES, GLOBAL_BATCH)])
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(2)])
-    opt = hvd.DistributedOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+    sgd = keras.optimizers.legacy.SGD if legacy else keras.optimizers.SGD
+    opt = hvd.DistributedOptimizer(sgd(0.1, momentum=0.9))
     model.compile(optimizer=opt, metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0),

@@ -57,7 +57,10 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
         # ids: a list of variables set on a Keras optimizer would join its own variables
         self._shoal_local = getattr(self, "_shoal_local", set()) | {id(var)}
 
+    # the wrapped class's module and name: a saved model names the plain optimizer, so it
+    # loads with or without shoal (hvd.load_model wraps it again), as Horovod's does
     methods = {"register_local_var": register_local_var, "_shoal_reducer": reducer,
+               "__module__": base.__module__,
                "__doc__": f"{base.__name__} whose gradients are averaged over the ranks "
                           "(shoal.horovod)."}
     if KERAS2 or not hasattr(base, "stateless_apply"):
