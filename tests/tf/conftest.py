@@ -46,3 +46,10 @@ def tf2_pool():
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture(scope="module", params=["keras3", "keras2"])
+def keras_pool(request):
+    """The rank pool whose tf.keras is Keras 3, then the one whose tf.keras is Keras 2
+    (tf_keras under TF_USE_LEGACY_KERAS=1): the Keras faces are tested on both."""
+    return request.getfixturevalue("tf_pool" if request.param == "keras3" else "tf2_pool")

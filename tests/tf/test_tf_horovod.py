@@ -15,13 +15,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-@pytest.fixture(scope="module", params=["keras3", "keras2"])
-def keras_pool(request):
-    """The rank pool whose tf.keras is Keras 3, then the one whose tf.keras is Keras 2
-    (tf_keras under TF_USE_LEGACY_KERAS=1): the Keras faces are tested on both."""
-    return request.getfixturevalue("tf_pool" if request.param == "keras3" else "tf2_pool")
-
-
 def _keras_in_use(comm):
     import tensorflow as tf
     import shoal.horovod.tensorflow.keras as hvd

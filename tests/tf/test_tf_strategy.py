@@ -1,5 +1,6 @@
 """shoal.train.tf_distribute.ShoalStrategy: tf.distribute on shoal.collective, with Keras'
-fit and with a custom loop; 2 workers equal 1 worker on the concatenated batch."""
+fit and with a custom loop, on Keras 3 and Keras 2; 2 workers equal 1 worker on the
+concatenated batch."""
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ def _data():
 
 def _keras_fit(comm):
     """Every worker passes the whole data set; batch_size is the global batch (as MWMS)."""
-    import keras
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     from shoal.train.tf_distribute import ShoalStrategy
     strategy = ShoalStrategy(comm)
     x, y = _data()
@@ -33,9 +34,9 @@ def _keras_fit(comm):
             "loss": hist.history["loss"]}
 
 
-def test_keras_fit_on_two_workers_equals_one_worker_on_the_global_batch(tf_pool):
-    one = tf_pool.run(_keras_fit, 1)[0]
-    two = tf_pool.run(_keras_fit, 2)
+def test_keras_fit_on_two_workers_equals_one_worker_on_the_global_batch(keras_pool):
+    one = keras_pool.run(_keras_fit, 1)[0]
+    two = keras_pool.run(_keras_fit, 2)
     assert one["replicas"] == 1 and two[0]["replicas"] == 2
     for a, b, ref in zip(two[0]["weights"], two[1]["weights"], one["weights"]):
         np.testing.assert_array_equal(a, b)
@@ -49,8 +50,8 @@ def _custom_loop(comm, steps):
     """A GradientTape loop in tf.function with strategy.run (Keras' optimizer sums the
     gradients over the replicas with ReplicaContext.all_reduce, as under MWMS); the data
     comes through distribute_datasets_from_function (each worker its own rows)."""
-    import keras
     import tensorflow as tf
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
     from shoal.train.tf_distribute import ShoalStrategy
     strategy = ShoalStrategy(comm)
     x, y = _data()
@@ -86,9 +87,9 @@ def _custom_loop(comm, steps):
             "gathered": gathered.numpy().tolist()}
 
 
-def test_custom_loop_on_two_workers_equals_one_worker(tf_pool):
-    one = tf_pool.run(_custom_loop, 1, 4)[0]
-    two = tf_pool.run(_custom_loop, 2, 4)
+def test_custom_loop_on_two_workers_equals_one_worker(keras_pool):
+    one = keras_pool.run(_custom_loop, 1, 4)[0]
+    two = keras_pool.run(_custom_loop, 2, 4)
     for a, b, ref in zip(two[0]["weights"], two[1]["weights"], one["weights"]):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
