@@ -35,8 +35,9 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     def _calculate_mean_and_var(self, inputs, reduction_axes, keep_dims, mask=None):
         # Keras 2's hook for the training-mode moments
         mean, variance = self._synced_moments(inputs, list(reduction_axes), mask)
-        if keep_dims:
-            shape = [1 if i in reduction_axes else -1 for i in range(inputs.shape.rank)]
+        if keep_dims:                          # the channel axes' sizes are static
+            shape = [1 if i in reduction_axes else inputs.shape[i]
+                     for i in range(inputs.shape.rank)]
             mean, variance = tf.reshape(mean, shape), tf.reshape(variance, shape)
         return mean, variance
 

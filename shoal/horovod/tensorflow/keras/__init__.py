@@ -18,7 +18,7 @@ import tensorflow as tf
 from shoal.horovod.tensorflow import *  # noqa: F401,F403 - Horovod's keras module re-exports it
 from shoal.horovod.tensorflow import __all__ as _tf_all
 from shoal.horovod.tensorflow import _ops
-from shoal.horovod.tensorflow._keras import KERAS2, keras, optimizer_variables
+from shoal.horovod.tensorflow._keras import keras, optimizer_variables
 from shoal.horovod.tensorflow.compression import Compression
 from shoal.horovod.tensorflow.gradients import (GradientReducer, check_local_layers,
                                                 reduce_with_locals)
@@ -63,7 +63,7 @@ def DistributedOptimizer(optimizer, name=None, device_dense="", device_sparse=""
                "__module__": base.__module__,
                "__doc__": f"{base.__name__} whose gradients are averaged over the ranks "
                           "(shoal.horovod)."}
-    if KERAS2 or not hasattr(base, "stateless_apply"):
+    if not hasattr(base, "stateless_apply"):     # a Keras 2 optimizer (tf_keras)
         methods.update(_keras2_methods(base, reduce_grads, passes, average_aggregated_gradients))
     else:
         methods.update(_keras3_methods(base, reduce_grads, passes, average_aggregated_gradients))
