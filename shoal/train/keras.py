@@ -1,15 +1,19 @@
-"""Keras callbacks for loops run by ``shoal.train.Trainer``; imports Keras (the ``tf`` extra)."""
+"""Keras callbacks for loops run by ``shoal.train.Trainer``; imports TensorFlow (the ``tf``
+extra). ``keras`` is ``tf.keras``, as in Ray Train's: Keras 3, or Keras 2 (tf_keras) when the
+loop sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow loads, the Keras whose ``model.fit``
+runs under MultiWorkerMirroredStrategy with several workers."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 
-import keras
+import tensorflow as tf
 
 from shoal.train.checkpoint import Checkpoint
 from shoal.train.context import get_checkpoint, get_context, report
 
+keras = tf.keras
 MODEL_FILE = "model.keras"
 STATE_FILE = "keras_state.json"
 

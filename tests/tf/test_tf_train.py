@@ -141,3 +141,57 @@ def test_keras_checkpoints_are_reported_and_a_dead_worker_resumes_from_them(clus
     assert np.isfinite(result.metrics["loss"])
     model, next_epoch = resume(result.checkpoint, compile=False)
     assert next_epoch == 4 and model.count_params() == 5 * 8 + 8 + 8 + 1
+
+
+def mwms_keras2_fit_loop(config):
+    """Ray Train's TensorflowTrainer example's shape: MultiWorkerMirroredStrategy, the model
+    compiled in its scope, model.fit with ReportCheckpointCallback, on Keras 2 (whose
+    model.fit runs under the strategy with several workers; Keras 3's does not)."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"       # before TensorFlow loads
+    import tensorflow as tf
+    from shoal.train.keras import ReportCheckpointCallback
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    x, y = _data()
+    with strategy.scope():
+        tf.keras.utils.set_random_seed(7)
+        model = tf.keras.Sequential([tf.keras.Input((5,)),
+                                     tf.keras.layers.Dense(8, activation="tanh"),
+                                     tf.keras.layers.Dense(1)])
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss="mse")
+    # every worker passes the whole data; batch_size is the global batch, cut per worker
+    model.fit(x, y, batch_size=2 * LOCAL, epochs=2, shuffle=False, verbose=0,
+              callbacks=[ReportCheckpointCallback(metrics=["loss"])])
+
+
+def _keras2_fit(comm, path=None):
+    """The same fit on one process (Keras 2), or the weights of the model saved at ``path``."""
+    import tensorflow as tf
+    if path is not None:
+        return [np.asarray(w) for w in tf.keras.models.load_model(path).get_weights()]
+    x, y = _data()
+    tf.keras.utils.set_random_seed(7)
+    model = tf.keras.Sequential([tf.keras.Input((5,)), tf.keras.layers.Dense(8, activation="tanh"),
+                                 tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(x, y, batch_size=2 * LOCAL, epochs=2, shuffle=False, verbose=0)
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def test_mwms_model_fit_on_keras_2_reports_keras_checkpoints(tmp_path, tf2_pool):
+    import shoal
+    import shoal.train as st
+    if shoal.is_initialized():
+        shoal.shutdown()
+    shoal.init(num_cpus=4)               # fresh workers: TensorFlow not yet loaded in them
+    try:
+        result = st.Trainer(mwms_keras2_fit_loop, num_workers=2, strategy=st.TensorflowConfig(),
+                            run_config=st.RunConfig(name="keras2", storage_path=str(tmp_path),
+                                                    verbose=0)).fit()
+    finally:
+        shoal.shutdown()
+    assert result.error is None
+    assert list(result.metrics_dataframe["epoch"]) == [1, 2]
+    saved = os.path.join(result.checkpoint.path, "model.keras")
+    got = tf2_pool.run(_keras2_fit, 1, saved)[0]
+    for w, r in zip(got, tf2_pool.run(_keras2_fit, 1)[0]):
+        np.testing.assert_allclose(w, r, rtol=1e-5, atol=1e-6)
