@@ -204,6 +204,25 @@ def test_horovods_keras_2_mnist_example_runs_under_tf_keras(tmp_path):
         f"checkpoint-{e}.h5" for e in range(1, 5)]
 
 
+@pytest.mark.slow
+def test_horovods_gradient_tape_mnist_example_runs_under_tf_keras(tmp_path):
+    """Horovod's tensorflow2_mnist.py (DistributedGradientTape in a tf.function,
+    broadcast_variables of opt.variables() after the first step, tf.train.Checkpoint)."""
+    pytest.importorskip("tf_keras")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(HERE, "scripts", "tensorflow2_mnist.py")],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    finals = dict((rank, (float(loss), same)) for rank, loss, same in re.findall(
+        r"\[(\d)\] FINAL loss=([\d.]+) weights_equal=(\w+)", r.stdout))
+    assert sorted(finals) == ["0", "1"]
+    assert all(same == "True" for _, same in finals.values())
+    first = float(re.search(r"Step #0\tLoss: ([\d.]+)", r.stdout).group(1))
+    assert finals["0"][0] < first / 2          # it learns (2.3 at the start: chance)
+    assert (tmp_path / "checkpoints-1.index").exists()
+
+
 def _saved_and_loaded(comm, path):
     """Train with DistributedOptimizer(Adam), save on rank 0, hvd.load_model on every rank:
     the optimizer comes back wrapped, with the saved state, and training goes on in step."""
