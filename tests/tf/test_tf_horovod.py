@@ -223,6 +223,21 @@ def test_horovods_gradient_tape_mnist_example_runs_under_tf_keras(tmp_path):
     assert (tmp_path / "checkpoints-1.index").exists()
 
 
+@pytest.mark.slow
+def test_horovods_tf2_keras_checks_pass_on_keras_2():
+    """scripts/hvd_tf2_keras_suite.py: the cases of Horovod's test_tensorflow2_keras.py that
+    use the public API (schedules and warm-up, sparse_as_dense, aggregation with a custom
+    OptimizerV2 and local variables, from_config, the broadcast callback's local variables)."""
+    pytest.importorskip("tf_keras")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(HERE, "scripts", "hvd_tf2_keras_suite.py")],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert out.count("Ran 9 tests") == 2 and out.count("] OK") == 2, out[-5000:]
+
+
 def _saved_and_loaded(comm, path):
     """Train with DistributedOptimizer(Adam), save on rank 0, hvd.load_model on every rank:
     the optimizer comes back wrapped, with the saved state, and training goes on in step."""

@@ -20,22 +20,29 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
 
     The model's variables are broadcast when training begins and, with the
     optimizer's state (created by the first step), again after the first
-    batch, as Horovod does.
+    batch, as Horovod does. ``local_variables`` (variables, e.g. those of
+    layers each rank trains on its own) keep every rank's own values.
     """
 
-    def __init__(self, root_rank=0, device="", process_set=global_process_set):
+    def __init__(self, root_rank=0, device="", local_variables=None,
+                 process_set=global_process_set):
         super().__init__()
         self.root_rank, self.process_set = root_rank, process_set
+        self.local = {v.ref() for v in (local_variables or [])}
         self.broadcast_done = False
+
+    def _broadcast(self, variables):
+        shared = [v for v in variables if v.ref() not in self.local]
+        _ops.broadcast_variables(shared, self.root_rank, self.process_set)
 
     def on_train_begin(self, logs=None):
         if self.model.built:
-            _ops.broadcast_variables(self.model.variables, self.root_rank, self.process_set)
+            self._broadcast(self.model.variables)
 
     def on_batch_end(self, batch, logs=None):
         if self.broadcast_done:
             return
-        _ops.broadcast_variables(_variables(self.model), self.root_rank, self.process_set)
+        self._broadcast(_variables(self.model))
         self.broadcast_done = True
 
 
