@@ -238,6 +238,33 @@ def test_horovods_tf2_keras_checks_pass_on_keras_2():
     assert out.count("Ran 9 tests") == 2 and out.count("] OK") == 2, out[-5000:]
 
 
+def _broadcast_with_local(comm):
+    """BroadcastGlobalVariablesCallback(local_variables=): frozen layers made with each
+    rank's number; after fit, the local layer keeps it, the others hold rank 1's."""
+    from tensorflow import keras     # Keras 3, or Keras 2 in the keras2 pool
+    import shoal.horovod.tensorflow.keras as hvd
+    hvd.init(comm=comm)
+    try:
+        init = keras.initializers.Constant(hvd.rank())
+        model = keras.Sequential([keras.Input((3,)),
+                                  keras.layers.Dense(3, kernel_initializer=init,
+                                                     bias_initializer=init, trainable=False),
+                                  keras.layers.Dense(2, kernel_initializer=init,
+                                                     bias_initializer=init, trainable=False)])
+        model.compile(loss="mse", optimizer=hvd.DistributedOptimizer(keras.optimizers.SGD()))
+        local = list(model.layers[0].variables)
+        model.fit(np.ones((2, 3)), np.ones((2, 2)), verbose=0, callbacks=[
+            hvd.callbacks.BroadcastGlobalVariablesCallback(1, local_variables=local)])
+        return [float(np.unique(np.asarray(v))[0]) for v in model.variables]
+    finally:
+        hvd.shutdown()
+
+
+def test_the_broadcast_callback_leaves_local_variables_alone(keras_pool):
+    for rank, values in enumerate(keras_pool.run(_broadcast_with_local, 2)):
+        assert values == [rank, rank, 1.0, 1.0]
+
+
 def _saved_and_loaded(comm, path):
     """Train with DistributedOptimizer(Adam), save on rank 0, hvd.load_model on every rank:
     the optimizer comes back wrapped, with the saved state, and training goes on in step."""

@@ -28,11 +28,12 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
                  process_set=global_process_set):
         super().__init__()
         self.root_rank, self.process_set = root_rank, process_set
-        self.local = {v.ref() for v in (local_variables or [])}
+        # ids: Keras 3's variables have no ref(); a model hands out the same objects
+        self.local = {id(v) for v in (local_variables or [])}
         self.broadcast_done = False
 
     def _broadcast(self, variables):
-        shared = [v for v in variables if v.ref() not in self.local]
+        shared = [v for v in variables if id(v) not in self.local]
         _ops.broadcast_variables(shared, self.root_rank, self.process_set)
 
     def on_train_begin(self, logs=None):
