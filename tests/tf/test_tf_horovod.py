@@ -185,16 +185,23 @@ def test_a_horovod_keras_script_runs_under_shoal_launch(keras_one_worker):
                                atol=1e-5)
 
 
+def _launch_keras2(script, cwd):
+    """``TF_USE_LEGACY_KERAS=1 shoal launch -n 2 scripts/<script>`` in ``cwd``; asserts it
+    exits 0 and returns the completed process."""
+    pytest.importorskip("tf_keras")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
+    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
+                        os.path.join(HERE, "scripts", script)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
 @pytest.mark.slow
 def test_horovods_keras_2_mnist_example_runs_under_tf_keras(tmp_path):
     """Horovod's Keras example as written for Keras 2 (experimental_run_tf_function, an .h5
     checkpoint on rank 0, the warm-up callback), run under TF_USE_LEGACY_KERAS=1."""
-    pytest.importorskip("tf_keras")
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
-    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
-                        os.path.join(HERE, "scripts", "tensorflow2_keras_mnist.py")],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = _launch_keras2("tensorflow2_keras_mnist.py", tmp_path)
     finals = re.findall(r"\[(\d)\] FINAL accuracy=([\d.]+) weights_equal=(\w+)", r.stdout)
     assert sorted(f[0] for f in finals) == ["0", "1"]
     assert all(f[2] == "True" for f in finals)
@@ -208,12 +215,7 @@ def test_horovods_keras_2_mnist_example_runs_under_tf_keras(tmp_path):
 def test_horovods_gradient_tape_mnist_example_runs_under_tf_keras(tmp_path):
     """Horovod's tensorflow2_mnist.py (DistributedGradientTape in a tf.function,
     broadcast_variables of opt.variables() after the first step, tf.train.Checkpoint)."""
-    pytest.importorskip("tf_keras")
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
-    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
-                        os.path.join(HERE, "scripts", "tensorflow2_mnist.py")],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = _launch_keras2("tensorflow2_mnist.py", tmp_path)
     finals = dict((rank, (float(loss), same)) for rank, loss, same in re.findall(
         r"\[(\d)\] FINAL loss=([\d.]+) weights_equal=(\w+)", r.stdout))
     assert sorted(finals) == ["0", "1"]
@@ -228,13 +230,8 @@ def test_horovods_tf2_keras_checks_pass_on_keras_2():
     """scripts/hvd_tf2_keras_suite.py: the cases of Horovod's test_tensorflow2_keras.py that
     use the public API (schedules and warm-up, sparse_as_dense, aggregation with a custom
     OptimizerV2 and local variables, from_config, the broadcast callback's local variables)."""
-    pytest.importorskip("tf_keras")
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_USE_LEGACY_KERAS="1")
-    r = subprocess.run([sys.executable, "-m", "shoal.launch", "-n", "2",
-                        os.path.join(HERE, "scripts", "hvd_tf2_keras_suite.py")],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    r = _launch_keras2("hvd_tf2_keras_suite.py", ROOT)
     out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-5000:]
     assert out.count("Ran 9 tests") == 2 and out.count("] OK") == 2, out[-5000:]
 
 

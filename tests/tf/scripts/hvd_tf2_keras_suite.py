@@ -10,6 +10,19 @@ from tensorflow import keras
 import shoal.horovod.tensorflow.keras as hvd
 
 
+def _embedding(opt):
+    """An Embedding model compiled with ``opt``, rank 0's weights everywhere, and this
+    rank's data (its gradient is an IndexedSlices)."""
+    model = keras.models.Sequential()
+    model.add(keras.layers.Embedding(1000, 64, input_length=10))
+    model.compile(loss=keras.losses.mean_squared_error, optimizer=opt,
+                  experimental_run_tf_function=False)
+    rng = np.random.default_rng(hvd.rank())
+    x, y = rng.integers(1000, size=(32, 10)), rng.random((32, 10, 64))
+    hvd.broadcast_variables(model.variables, root_rank=0)
+    return model, x, y
+
+
 class HorovodTf2KerasTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -70,13 +83,7 @@ class HorovodTf2KerasTests(unittest.TestCase):
     def test_sparse_as_dense(self):
         opt = hvd.DistributedOptimizer(keras.optimizers.RMSprop(learning_rate=0.0001),
                                        sparse_as_dense=True)
-        model = keras.models.Sequential()
-        model.add(keras.layers.Embedding(1000, 64, input_length=10))
-        model.compile(loss=keras.losses.mean_squared_error, optimizer=opt,
-                      experimental_run_tf_function=False)
-        rng = np.random.default_rng(hvd.rank())
-        x, y = rng.integers(1000, size=(32, 10)), rng.random((32, 10, 64))
-        hvd.broadcast_variables(model.variables, root_rank=0)
+        model, x, y = _embedding(opt)
         model.train_on_batch(x, y)
         flat = model.get_weights()[0]
         np.testing.assert_array_equal(hvd.broadcast(tf.constant(flat), root_rank=0).numpy(),
@@ -85,13 +92,7 @@ class HorovodTf2KerasTests(unittest.TestCase):
     def test_sparse_as_dense_with_grad_aggregation(self):
         opt = hvd.DistributedOptimizer(keras.optimizers.legacy.RMSprop(learning_rate=0.0001),
                                        sparse_as_dense=True, backward_passes_per_step=2)
-        model = keras.models.Sequential()
-        model.add(keras.layers.Embedding(1000, 64, input_length=10))
-        model.compile(loss=keras.losses.mean_squared_error, optimizer=opt,
-                      experimental_run_tf_function=False)
-        rng = np.random.default_rng(hvd.rank())
-        x, y = rng.integers(1000, size=(32, 10)), rng.random((32, 10, 64))
-        hvd.broadcast_variables(model.variables, root_rank=0)
+        model, x, y = _embedding(opt)
         start = model.get_weights()[0]
         model.train_on_batch(x, y)
         np.testing.assert_array_equal(model.get_weights()[0], start)   # first pass: no update
