@@ -2,6 +2,7 @@
 
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
         [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance measured|time|params|layers]
+        [--schedules gpipe,1f1b,interleaved,zb]
 
 Sections (``--only`` picks some):
 
@@ -21,10 +22,10 @@ sharded
 
 pipeline
     shoal's PipelineSchedule against ``torch.distributed.pipelining``
-    (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B over Gloo) on the same
-    stages (the stage modules deep-copied so each system has its own), the same batch and
-    micro-batches, 2 ranks, one thread each: GPipe and 1F1B on 2 stages, interleaved 1F1B on
-    4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
+    (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B /
+    ScheduleInterleavedZeroBubble over Gloo) on the same stages (the stage modules deep-copied so
+    each system has its own), the same batch and micro-batches, 2 ranks, one thread each: GPipe,
+    1F1B and zero bubble (ZB-H1) on 2 stages, interleaved 1F1B on 4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
     cross-entropy; each block's attention and MLP halves are layers a cut may fall between,
     or with ``--whole-blocks`` only whole blocks) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
     ``--balance`` (default "measured": ``rebalance`` starts from the cut by ``profile_layers``'
@@ -260,7 +261,8 @@ def _split_costs(costs, model, splits):
 def _pipeline_config(rank, comm, args):
     import torch.distributed as dist
     from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
-                                              ScheduleInterleaved1F1B)
+                                              ScheduleInterleaved1F1B,
+                                              ScheduleInterleavedZeroBubble)
 
     from shoal.train.parallel import (PipelineSchedule, pipeline_layers, profile_layers,
                                       rebalance, split_model)
@@ -274,7 +276,7 @@ def _pipeline_config(rank, comm, args):
     comm.broadcast(costs, src=0)
     costs = costs.tolist()
     rows = []
-    for schedule in ("gpipe", "1f1b", "interleaved"):
+    for schedule in args["schedules"]:
         v = 2 if schedule == "interleaved" else 1
         splits = {how: split_model(model, 2 * v, balance=costs if how == "time" else how)
                   for how in ("params", "time")}
@@ -295,6 +297,8 @@ def _pipeline_config(rank, comm, args):
                    for c, mod in enumerate(theirs_mods)]
         if v > 1:
             tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=loss_fn)
+        elif schedule == "zb":      # torch's ZB-H1 ("ZB1P"), here with one stage per rank
+            tsched = ScheduleInterleavedZeroBubble(tstages, n_microbatches=m, loss_fn=loss_fn)
         else:
             cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
             tsched = cls(tstages[0], n_microbatches=m, loss_fn=loss_fn)
@@ -365,7 +369,7 @@ def _report_pipeline(results, args):
     for i, row in enumerate(results[0]):
         shoal_s = max(r[i]["shoal_s"] for r in results)
         torch_s = max(r[i]["torch_s"] for r in results)
-        theory = theoretical_bubble(p, m, row["v"])
+        theory = theoretical_bubble(p, m, row["v"], row["schedule"])
         steps = list(zip(*[r[i]["steps"] for r in results]))   # per step, every rank's
         measured = [_median(st[k]["bubble"] for st in steps) for k in range(p)]
         wall = [sum(replay_bubble([s["events"] for s in st])) / p for st in steps]
@@ -395,9 +399,11 @@ def _report_pipeline(results, args):
     print("| model | stages | cut by params | cut by layers | cut by measured time | "
           "heaviest layer / (total / stages) |")
     print("|---|---|---|---|---|---|")
+    shown = set()
     for row in results[0]:
-        if row["schedule"] == "1f1b":
-            continue        # the same cut as gpipe's
+        if (row["config"], row["v"]) in shown:
+            continue        # the same profiled cuts as the config's first schedule with as many stages
+        shown.add((row["config"], row["v"]))
         sc, k = row["stage_costs"], 2 * row["v"]
 
         def cell(how):
@@ -413,9 +419,12 @@ def _report_pipeline(results, args):
                   "each stage after the first) -> compute measured in the pipeline, ms per step "
                   "per stage: " + "; ".join(f"{cut} -> {' / '.join(f'{t:.1f}' for t in ms)}"
                                            for cut, ms in row["tried"].items()) + ")")
+    first = {}                  # one row per config: the profile is the config's, not the schedule's
+    for row in results[0]:
+        first.setdefault(row["config"], row)
     print("(per-layer ms: " + "; ".join(
         f"{row['config']}: " + " ".join(f"{1e3 * c:.2f}" for c in row["costs"])
-        for row in results[0] if row["schedule"] == "gpipe") + ")", flush=True)
+        for row in first.values()) + ")", flush=True)
 
 
 def _cpu_ms(results, i, system, raw=False):
@@ -702,6 +711,9 @@ def main(argv=None):
                     help="how the pipeline section cuts its models into stages (default "
                          "\"measured\": rebalance, re-cut from compute timed inside the pipeline; "
                          "\"time\": by the forward + backward time profile_layers measures alone)")
+    ap.add_argument("--schedules", default="gpipe,1f1b,interleaved,zb",
+                    help="pipeline schedules to run, each against torch's of the same name "
+                         "(zb: ScheduleInterleavedZeroBubble with one stage per rank)")
     ap.add_argument("--whole-blocks", action="store_true",
                     help="cut the GPTs between whole blocks only (by default between a block's "
                          "attention and MLP halves too)")
@@ -709,6 +721,7 @@ def main(argv=None):
     cfg = {"whole_blocks": args.whole_blocks, "rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,
            "pipeline_configs": [c for c in args.pipeline_configs.split(",") if c],
+           "schedules": [c for c in args.schedules.split(",") if c],
            "profile_repeats": 10,
            "tp_layers": 4, "tp_dim": 256, "tp_heads": 8, "tp_batch": 8, "tp_seq": 64,
            "z_vocab": 256, "z_dim": 128, "z_heads": 4, "z_layers": 6, "z_seq": 32, "z_batch": 4}
@@ -716,6 +729,10 @@ def main(argv=None):
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
+    from shoal.train.parallel import SCHEDULES
+    bad = [c for c in cfg["schedules"] if c not in SCHEDULES]
+    if bad:
+        ap.error(f"unknown schedule(s) {bad}; choose from {list(SCHEDULES)}")
     bad = [c for c in cfg["pipeline_configs"] if c not in PIPELINE_CONFIGS]
     if bad:
         ap.error(f"unknown pipeline config(s) {bad}; choose from {list(PIPELINE_CONFIGS)}")

@@ -13,8 +13,9 @@ from shoal.train.parallel.api import Parallel, parallelize
 from shoal.train.parallel.mesh import Mesh
 from shoal.train.parallel.pipeline import (PipelineStage, pipeline_layers, profile_layers,
                                            rebalance, split_model, stage_costs)
-from shoal.train.parallel.schedule import (PipelineSchedule, StepStats, pipeline_actions,
-                                           replay_bubble, span_bubble, theoretical_bubble)
+from shoal.train.parallel.schedule import (SCHEDULES, PipelineSchedule, StepStats,
+                                           pipeline_actions, replay_bubble, span_bubble,
+                                           theoretical_bubble)
 from shoal.train.parallel.sharded_checkpoint import load_sharded, save_sharded
 from shoal.train.parallel.tensor import (ColumnParallelLinear, ColwiseParallel, HeadParallel,
                                          RowParallelLinear, RowwiseParallel, SequenceGather,
@@ -28,7 +29,7 @@ from shoal.train.parallel.zero import FSDP, ShardedModel, ZeRO
 
 __all__ = ["ColumnParallelLinear", "ColwiseParallel", "FSDP", "HeadParallel", "Mesh", "Parallel",
            "PipelineSchedule", "PipelineStage", "RowParallelLinear", "RowwiseParallel",
-           "SequenceGather", "SequenceParallel", "SequenceScatter", "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
+           "SCHEDULES", "SequenceGather", "SequenceParallel", "SequenceScatter", "ShardedModel", "StepStats", "VocabParallel", "VocabParallelEmbedding", "ZeRO",
            "apply_tensor_parallel", "copy_to_tp", "gather_from_tp", "gather_sequence", "load_sharded",
            "parallelize", "pipeline_actions", "pipeline_layers", "profile_layers", "rebalance", "reduce_from_tp",
            "reduce_scatter_sequence", "replay_bubble", "replicated_param", "save_sharded", "scatter_sequence", "span_bubble", "split_model", "stage_costs", "theoretical_bubble", "vocab_parallel_cross_entropy"]

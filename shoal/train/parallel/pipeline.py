@@ -475,10 +475,13 @@ def _best_cut(costs, schedule, p, v, m) -> list[int]:
     return best
 
 
+_SHARE = {"F": 1 / 3, "B": 2 / 3, "I": 1 / 3, "W": 1 / 3}   # of a stage's cost, per kind of op
+
+
 def _step_span(stage_costs, actions, p) -> float:
     # one step replayed with each stage's cost (forward 1/3, backward 2/3) and free messages
     from shoal.train.parallel.schedule import _replay
-    tls = [[(kind, c * p + r, i, 0.0, stage_costs[c * p + r] * (1 / 3 if kind == "F" else 2 / 3), 0)
+    tls = [[(kind, c * p + r, i, 0.0, stage_costs[c * p + r] * _SHARE[kind], 0)
             for kind, c, i in actions[r]] for r in range(p)]
     return max(_replay(tls)[0])
 

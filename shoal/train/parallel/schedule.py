@@ -1,4 +1,4 @@
-"""Pipeline schedules: GPipe, 1F1B and interleaved 1F1B, one rank's part of a pipeline.
+"""Pipeline schedules: GPipe, 1F1B, interleaved 1F1B and zero bubble, one rank's part of a pipeline.
 
     stages = split_model(model, num_stages=pp_group.world_size)      # or split_points=[...]
     sched = PipelineSchedule(stages[pp_group.rank], pp_group, schedule="1f1b",
@@ -12,7 +12,12 @@ backward the gradients of those activations travel the other way. With
 ``virtual_stages=v`` (schedule "interleaved") the model is cut into ``p * v``
 stages and rank ``r`` runs stages ``r, r + p, r + 2p, ...`` (Megatron-LM's
 interleaved 1F1B), which divides the bubble by ``v`` for ``v`` times the
-messages.
+messages. Schedule "zb" (ZB-H1 of Qi et al., "Zero Bubble Pipeline
+Parallelism", 2024) splits each backward in two: "I", the gradient of the
+stage's input, which the stage before waits for, and "W", the gradients of
+the ``nn.Linear`` weights, which nobody waits for and which fill the time a
+rank would otherwise wait; with the three equal the bubble falls from
+``(p - 1) / (m + p - 1)`` to ``(p - 1) / (3 m + p - 1)`` at 1F1B's memory.
 
 A stage never waits for a neighbour to take an activation: on CPU the
 training thread writes what the connection takes at once and the group's
@@ -36,15 +41,17 @@ schedule itself implies from the time lost to messages and a busy host.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from shoal.exceptions import CollectiveError, InvalidInputError
 from shoal.train.parallel.pp_comm import _TAG_ACT, _TAG_GRAD, _TAG_SHAPE, _TAG_STEP, Links, encode_meta
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved")
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb")
 
 
 # ------------------------------------------------------------------ the order of work
@@ -56,9 +63,25 @@ def pipeline_actions(schedule: str, num_stages: int, rank: int, num_microbatches
     chunk ``c`` of rank ``r`` is stage ``c * num_stages + r`` of the model.
     "1f1b" runs ``p - r - 1`` warm-up forwards, then alternates; "interleaved"
     is Megatron-LM's order (forwards in groups of ``p`` micro-batches per
-    chunk, warm-up ``2 (p - r - 1) + (v - 1) p``).
+    chunk, warm-up ``2 (p - r - 1) + (v - 1) p``). "zb" is 1F1B's order with
+    each backward split into ``("I", 0, i)`` (the input's gradient) and
+    ``("W", 0, i)`` (the weights'): rank ``r`` runs its first ``r`` steady
+    rounds without a W and its last ``r`` W's after every I, so the W's fill
+    the drain at the end of the step (ZB-H1).
     """
     p, m, v = num_stages, num_microbatches, virtual_stages
+    if schedule == "zb":
+        warmup = min(p - rank - 1, m)
+        out = [("F", 0, i) for i in range(warmup)]
+        weights = 0                    # W's emitted so far, in micro-batch order
+        for k in range(m):
+            if k + warmup < m:
+                out.append(("F", 0, k + warmup))
+            out.append(("I", 0, k))
+            if k >= rank:
+                out.append(("W", 0, weights))
+                weights += 1
+        return out + [("W", 0, i) for i in range(weights, m)]
     if schedule == "gpipe":
         return [("F", 0, i) for i in range(m)] + [("B", 0, i) for i in range(m)]
     if schedule == "1f1b":
@@ -88,7 +111,8 @@ class StepStats:
     """Timing of the last ``PipelineSchedule.step`` on this rank.
 
     ``events`` holds one ``(kind, stage, microbatch, start, end, cpu_s)`` per
-    forward ("F") and backward ("B"), ``start``/``end`` on
+    forward ("F") and backward ("B"; "zb": the input's gradient "I" and the
+    weights' "W"), ``start``/``end`` on
     ``time.perf_counter``'s clock (the same for every process of a host) and
     ``cpu_s`` the CPU time this thread spent in it: a forward whose wall time
     is far above its CPU time was descheduled by other load.
@@ -161,8 +185,11 @@ def _replay(timelines, cpu=False):
         for r, tl in enumerate(timelines):
             while pos[r] < len(tl):
                 kind, s, i, start, end, cpu_s = tl[pos[r]]
+                # an input's gradient ("I", zero bubble) stands where a backward would; a weight
+                # gradient ("W") waits only for its own rank's earlier work
+                key = "B" if kind == "I" else kind
                 dep = ("F", s - 1, i) if kind == "F" else ("B", s + 1, i)
-                if (kind == "F" and s == 0) or (kind == "B" and s == last_stage):
+                if (kind == "F" and s == 0) or (key == "B" and s == last_stage) or kind == "W":
                     ready = 0.0
                 elif dep in done:
                     ready = done[dep]
@@ -171,7 +198,7 @@ def _replay(timelines, cpu=False):
                 dur = cpu_s if cpu else end - start
                 clock[r] = max(clock[r], ready) + dur
                 busy[r] += dur
-                done[(kind, s, i)] = clock[r]
+                done[(key, s, i)] = clock[r]
                 pos[r] += 1
                 remaining -= 1
                 progressed = True
@@ -202,15 +229,23 @@ def span_bubble(timelines: list[list]) -> list[float]:
     return [1.0 - sum(e[4] - e[3] for e in tl) / span if span > 0 else 0.0 for tl in timelines]
 
 
-def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: int = 1) -> float:
-    """The bubble of a balanced pipeline: ``(p - 1) / (v m + p - 1)``."""
+def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: int = 1,
+                       schedule: str | None = None) -> float:
+    """The bubble of a balanced pipeline: ``(p - 1) / (v m + p - 1)``.
+
+    For ``schedule="zb"``, with the forward, the input's gradient and the
+    weights' taking equal time, ``(p - 1) / (3 m + p - 1)``: only the
+    warm-up's forward and input gradient wait, a W fills the rest.
+    """
     p, m, v = num_stages, num_microbatches, virtual_stages
+    if schedule == "zb":
+        return (p - 1) / (3 * m + p - 1)
     return (p - 1) / (v * m + p - 1)
 
 
 # ------------------------------------------------------------------ the schedule
 class PipelineSchedule:
-    """Runs this rank's stage(s) of a pipeline through GPipe, 1F1B or interleaved 1F1B.
+    """Runs this rank's stage(s) of a pipeline through GPipe, 1F1B, interleaved 1F1B or zero bubble.
 
     Args:
         stage: this rank's stage (a ``split_model`` stage or any module taking
@@ -223,7 +258,12 @@ class PipelineSchedule:
             forward then one backward: at most ``p - r`` micro-batches held
             on rank ``r``), both with the bubble ``(p - 1) / (m + p - 1)``;
             or "interleaved" (1F1B over ``v`` stages per rank:
-            ``(p - 1) / (v m + p - 1)``; ``m`` must be a multiple of ``p``).
+            ``(p - 1) / (v m + p - 1)``; ``m`` must be a multiple of ``p``);
+            or "zb" (zero bubble, ZB-H1: 1F1B's order and memory, each
+            backward split into the input's gradient and, later, the
+            ``nn.Linear`` weights' gradients; ``(p - 1) / (3 m + p - 1)`` when
+            the three take equal time). "zb" runs stages that hold their own
+            parameters, not DDP or sharded ones.
         num_microbatches: micro-batches per step (``m``).
         loss_fn: ``loss_fn(output, targets)`` -> a mean loss; needed on the
             rank holding the last stage.
@@ -260,6 +300,12 @@ class PipelineSchedule:
         elif len(chunks) != 1:
             raise InvalidInputError(f"schedule={schedule!r} runs one stage per rank, got "
                                     f"{len(chunks)}; use schedule='interleaved' for several")
+        if schedule == "zb" and getattr(chunks[0], "no_sync", None) is not None:
+            raise InvalidInputError(
+                f"schedule='zb' computes weight gradients after the backward of each micro-batch, "
+                f"but this stage ({type(chunks[0]).__name__}) synchronizes them across data-"
+                "parallel ranks inside that backward; use schedule='1f1b' with sharded or DDP "
+                "stages")
         self.chunks, self.group, self.schedule = chunks, pp_group, schedule
         self.stage = chunks[0] if len(chunks) == 1 else nn.ModuleList(chunks)
         self.virtual_stages = len(chunks)
@@ -279,6 +325,8 @@ class PipelineSchedule:
         self._meta: dict = {}        # ("in"|"out", stage, i) -> (shape, dtype, requires_grad)
         self._links: Links | None = None
         self._plans: dict = {}
+        self._deferred = _deferrable_linears(self.stage, self) if schedule == "zb" else []
+        self._store = None           # "zb": the deferred weight gradients of the current micro-batch
 
     # -------------------------------------------------------------- public
     def step(self, inputs=None, targets=None):
@@ -320,7 +368,7 @@ class PipelineSchedule:
         actions = self._actions()
         last_backward = {}
         for k, (kind, c, i) in enumerate(actions):
-            if kind == "B":
+            if kind in "BI":
                 last_backward[c] = k
         inputs_of, outputs_of, losses = {}, {}, []
 
@@ -339,7 +387,11 @@ class PipelineSchedule:
                 if self._meta[("in", s, i)][2]:
                     x.requires_grad_(True)
             w, cpu = time.perf_counter(), time.thread_time()
-            out = self.chunks[c](x)
+            if self._deferred:
+                with self._deferring(stores.setdefault(i, [])):
+                    out = self.chunks[c](x)
+            else:
+                out = self.chunks[c](x)
             if s == self.total_stages - 1:
                 out = self.loss_fn(out, micro_tg[i]) * weights[i]
                 losses.append(out.detach())
@@ -348,7 +400,7 @@ class PipelineSchedule:
             if s < self.total_stages - 1:
                 self._send_activation(links, s, i, out, renegotiate)
 
-        def backward(c, i, sync):
+        def backward(c, i, sync, kind):
             s = c * p + self.rank
             out, grad = outputs_of.pop((c, i)), None
             if s < self.total_stages - 1:
@@ -362,23 +414,34 @@ class PipelineSchedule:
                 if no_sync is not None and not sync:
                     with no_sync():
                         torch.autograd.backward(out, grad)
+                elif self._deferred:    # "I": what checkpointed layers recompute defers too
+                    with self._deferring(stores[i]):
+                        torch.autograd.backward(out, grad)
                 else:
                     torch.autograd.backward(out, grad)
             # the micro-batch's graph goes with its output: freeing it is part of its backward
             # (it grows with the stage's layers), so it counts in the op's time
             out = grad = None
-            self._timed(stats, "B", s, i, w, cpu)
+            self._timed(stats, kind, s, i, w, cpu)
             x = inputs_of.pop((c, i))
             if s > 0 and self._meta[("in", s, i)][2]:
                 g = x.grad if x.grad is not None else torch.zeros_like(x)
                 links.send(g, (s - 1) % p, _TAG_GRAD)
 
+        def weight_grads(c, i):
+            w, cpu = time.perf_counter(), time.thread_time()
+            _weight_gradients(stores.pop(i, ()))
+            self._timed(stats, "W", c * p + self.rank, i, w, cpu)
+
+        stores: dict = {}
         with torch.enable_grad():
             for k, (kind, c, i) in enumerate(actions):
                 if kind == "F":
                     forward(c, i)
+                elif kind == "W":
+                    weight_grads(c, i)
                 else:
-                    backward(c, i, k == last_backward[c])
+                    backward(c, i, k == last_backward[c], kind)
         if links is not None:
             w = time.perf_counter()
             links.drain()
@@ -414,6 +477,19 @@ class PipelineSchedule:
             pass
 
     # -------------------------------------------------------------- helpers
+    @contextmanager
+    def _deferring(self, store):
+        # the stage's Linears leave their weight gradients to "W" while this is active
+        self._store = store
+        for mod, forward in self._deferred:
+            mod.__dict__["forward"] = forward
+        try:
+            yield
+        finally:
+            for mod, _ in self._deferred:
+                mod.__dict__.pop("forward", None)
+            self._store = None
+
     @staticmethod
     def _timed(stats, kind, s, i, start, cpu):
         end = time.perf_counter()
@@ -443,7 +519,7 @@ class PipelineSchedule:
                 s = c * p + q
                 if kind == "F" and s < last and (s + 1) % p == self.rank:
                     msgs.append(("act", s + 1, i))
-                elif kind == "B" and s > 0 and (s - 1) % p == self.rank:
+                elif kind in "BI" and s > 0 and (s - 1) % p == self.rank:
                     msgs.append(("grad", s - 1, i))
             if msgs:
                 plans[q] = msgs
@@ -492,6 +568,65 @@ class PipelineSchedule:
                 f"{old[0]} {old[1]} for the same micro-batch sizes before; a stage's output "
                 "shape must depend only on its input's")
         links.send(out.detach().contiguous(), dst, _TAG_ACT)
+
+
+# ------------------------------------------------------------------ zero bubble: deferred weights
+def _deferrable_linears(stage: nn.Module, sched) -> list:
+    """``(module, forward)`` for every plain ``nn.Linear`` of ``stage`` whose weight gradient may wait.
+
+    Left alone (their gradients come in "I" as in any backward): subclasses
+    with their own forward (tensor-parallel layers), frozen weights, and
+    parameters with gradient hooks, which expect to run inside a backward.
+    """
+    out = []
+    for mod in stage.modules():
+        if (not isinstance(mod, nn.Linear) or type(mod).forward is not nn.Linear.forward
+                or "forward" in mod.__dict__):
+            continue
+        params = [q for q in (mod.weight, mod.bias) if q is not None]
+        if not (mod.weight.requires_grad and all(q.is_leaf for q in params)):
+            continue
+        if any(q._backward_hooks or getattr(q, "_post_accumulate_grad_hooks", None) for q in params):
+            continue
+        out.append((mod, _deferred_forward(mod, sched)))
+    return out
+
+
+def _deferred_forward(mod: nn.Linear, sched):
+    def forward(x):
+        store = sched._store
+        w, b = mod.weight, mod.bias
+        if store is None or not (x.requires_grad and torch.is_grad_enabled()) \
+                or torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, w, b)
+        # the weights enter as constants: the backward computes the input's gradient only, and a
+        # hook on the node that made the output keeps the output's gradient for "W" (before any
+        # in-place op on the output changes which node the output names)
+        out = F.linear(x, w.detach(), None if b is None else b.detach())
+        entry = [w, b, x, None]
+        store.append(entry)
+        out.grad_fn.register_prehook(lambda grads, e=entry: e.__setitem__(3, grads[0]))
+        return out
+    return forward
+
+
+def _weight_gradients(entries) -> None:
+    # "W": dW = dY^T X (accumulated in place), db = sum of dY, for every deferred Linear call
+    for w, b, x, gy in entries:
+        if gy is None:          # no gradient reached this output, as in a plain backward
+            continue
+        gy = gy.reshape(-1, gy.shape[-1])
+        x = x.reshape(-1, x.shape[-1])
+        if w.grad is None:
+            w.grad = gy.t().mm(x)
+        else:
+            w.grad.addmm_(gy.t(), x)
+        if b is not None and b.requires_grad:
+            db = gy.sum(0)
+            if b.grad is None:
+                b.grad = db
+            else:
+                b.grad.add_(db)
 
 
 def _cumsum(sizes):

@@ -184,7 +184,7 @@ def test_schedule_arguments_are_checked():
     class One:
         rank, world_size, timeout = 0, 1, 5.0
     with pytest.raises(InvalidInputError, match=r"schedule must be one of"):
-        PipelineSchedule(nn.Linear(2, 2), One(), schedule="zb", loss_fn=lm_loss)
+        PipelineSchedule(nn.Linear(2, 2), One(), schedule="pipedream", loss_fn=lm_loss)
     with pytest.raises(InvalidInputError, match=r"num_microbatches must be a positive int, got 0"):
         PipelineSchedule(nn.Linear(2, 2), One(), num_microbatches=0, loss_fn=lm_loss)
     with pytest.raises(InvalidInputError, match=r"needs loss_fn"):
@@ -246,7 +246,7 @@ def _pp_train(config):
             "tried": locals().get("tried")}
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "zb"])
 def test_two_stage_pipeline_trains_to_the_one_process_losses(gang, schedule):
     # 1F1B's run also broadcasts the loss from the last stage to the first
     broadcast = schedule == "1f1b"

@@ -1,10 +1,12 @@
 """Pipeline schedules: the order of work, interleaved 1F1B, and the timeline of a step."""
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
 import torch
+from torch import nn
 
 import shoal.train as st
 from shoal.exceptions import InvalidInputError
@@ -39,21 +41,42 @@ def test_1f1b_holds_at_most_p_minus_rank_micro_batches():
         assert most == p - r
 
 
+@pytest.mark.parametrize("p, m", [(2, 8), (4, 8), (4, 3), (3, 5)])
+def test_zero_bubble_splits_each_backward_and_keeps_1f1b_s_order_and_memory(p, m):
+    for r in range(p):
+        acts = pipeline_actions("zb", p, r, m)
+        assert sorted(acts) == sorted((k, 0, i) for k in "FIW" for i in range(m))
+        assert all(acts.index(("F", 0, i)) < acts.index(("I", 0, i)) < acts.index(("W", 0, i))
+                   for i in range(m))
+        # forwards and input gradients in 1F1B's order: the neighbours see the same messages
+        assert [("B" if k == "I" else k, c, i) for k, c, i in acts if k != "W"] == \
+            pipeline_actions("1f1b", p, r, m)
+        # a micro-batch is held from its forward to its W: never more of them than 1F1B's
+        # first rank holds (rank r's r waiting W's stand for the r fewer forwards it runs ahead)
+        held, most = 0, 0
+        for kind, _, _ in acts:
+            held += {"F": 1, "I": 0, "W": -1}[kind]
+            most = max(most, held)
+        assert most == min(m, p)
+
+
 def _replay_of(schedule, p, m, v, f=1.0, b=2.0):
     """Timelines of a balanced pipeline (forward f, backward b), replayed."""
     tls = []
+    cost = {"F": f, "B": b, "I": b / 2, "W": b / 2}
     for r in range(p):
-        tls.append([(k, c * p + r, i, 0.0, f if k == "F" else b, f if k == "F" else b)
+        tls.append([(k, c * p + r, i, 0.0, cost[k], cost[k])
                     for k, c, i in pipeline_actions(schedule, p, r, m, v)])
     return replay_bubble(tls)
 
 
-@pytest.mark.parametrize("schedule, v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2)])
+@pytest.mark.parametrize("schedule, v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb", 1)])
 def test_replay_of_a_balanced_pipeline_gives_the_theoretical_bubble(schedule, v):
     p, m = 4, 8
     bubbles = _replay_of(schedule, p, m, v)
-    assert bubbles == pytest.approx([theoretical_bubble(p, m, v)] * p, abs=1e-9)
+    assert bubbles == pytest.approx([theoretical_bubble(p, m, v, schedule)] * p, abs=1e-9)
     assert theoretical_bubble(p, m, 2) < theoretical_bubble(p, m, 1)
+    assert theoretical_bubble(p, m, schedule="zb") < theoretical_bubble(p, m, 1)
 
 
 def test_span_bubble_of_a_balanced_step_is_the_theory():
@@ -74,6 +97,86 @@ def test_replay_rejects_timelines_that_cannot_run():
     tl[0].insert(0, ("B", 0, 0, 0.0, 1.0, 1.0))
     with pytest.raises(InvalidInputError, match="cannot all be met"):
         replay_bubble(tl)
+
+
+def test_zero_bubble_on_one_rank_equals_plain_gradient_accumulation():
+    # a GPT, then Linears under activation checkpointing (both kinds) and an in-place op on a
+    # Linear's output: every weight gradient computed later in "W" is the one backward gives
+    from torch.utils.checkpoint import checkpoint
+
+    class One:
+        rank, world_size, timeout = 0, 1, 5.0
+
+    class Relu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            h.relu_()
+            return self.fc2(h)
+
+    class Checkpointed(nn.Module):
+        def __init__(self, reentrant):
+            super().__init__()
+            self.inner, self.reentrant = Relu(), reentrant
+
+        def forward(self, x):
+            return checkpoint(self.inner, x, use_reentrant=self.reentrant)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 8), torch.randn(12, 4)
+    ids, tg = batches(1)[0]
+    cases = [(make_gpt(), make_gpt(), ids, tg, lm_loss)]
+    for reentrant in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), Checkpointed(reentrant), nn.Linear(16, 4))
+        cases.append((model, copy.deepcopy(model), x, y, nn.functional.mse_loss))
+    for model, ref, inputs, targets, loss_fn in cases:
+        with PipelineSchedule(model, One(), schedule="zb", num_microbatches=3,
+                              loss_fn=loss_fn) as sched:
+            assert sched._deferred     # the Linears' weight gradients do wait for "W"
+            loss = sched.step(inputs, targets)
+        assert [e[0] for e in sched.stats.events] == ["F", "I", "W"] * 3
+        full = loss_fn(ref(inputs), targets)
+        full.backward()
+        assert loss.item() == pytest.approx(full.item(), abs=1e-6)
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+        # the modules are as they were: no forward left on them, so copies run plainly
+        assert all("forward" not in mod.__dict__ for mod in model.modules())
+
+
+def test_zero_bubble_leaves_hooked_and_frozen_weights_to_the_backward():
+    class One:
+        rank, world_size, timeout = 0, 1, 5.0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2))
+    model[1].weight.requires_grad_(False)
+    seen = []
+    model[2].weight.register_post_accumulate_grad_hook(lambda q: seen.append(q.grad.clone()))
+    with PipelineSchedule(model, One(), schedule="zb", num_microbatches=2,
+                          loss_fn=nn.functional.mse_loss) as sched:
+        assert [mod for mod, _ in sched._deferred] == [model[0]]
+        sched.step(torch.randn(6, 4), torch.randn(6, 2))
+    assert len(seen) == 2 and model[1].weight.grad is None
+    torch.testing.assert_close(seen[-1], model[2].weight.grad)
+
+
+def test_zero_bubble_rejects_stages_that_synchronize_in_the_backward():
+    class Two:
+        rank, world_size, timeout = 0, 2, 5.0
+
+    class Synced(nn.Linear):       # what DDP and ZeRO stages look like to the schedule
+        def no_sync(self):
+            raise AssertionError("not called")
+    with pytest.raises(InvalidInputError, match=r"schedule='zb' .* \(Synced\) synchronizes .* "
+                                                r"use schedule='1f1b'"):
+        PipelineSchedule(Synced(2, 2), Two(), schedule="zb", num_microbatches=2, loss_fn=lm_loss)
+    with pytest.raises(InvalidInputError, match=r"runs one stage per rank, got 2"):
+        PipelineSchedule(split_model(make_gpt(), 4)[0::2], Two(), schedule="zb",
+                         num_microbatches=4)
 
 
 def test_interleaved_arguments_are_checked():
