@@ -2,7 +2,7 @@
 
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
         [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance measured|time|params|layers]
-        [--schedules gpipe,1f1b,interleaved,zb]
+        [--schedules gpipe,1f1b,interleaved,zb,zb-v2]
 
 Sections (``--only`` picks some):
 
@@ -25,7 +25,8 @@ pipeline
     (PipelineStage + ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B /
     ScheduleInterleavedZeroBubble over Gloo) on the same stages (the stage modules deep-copied so
     each system has its own), the same batch and micro-batches, 2 ranks, one thread each: GPipe,
-    1F1B and zero bubble (ZB-H1) on 2 stages, interleaved 1F1B on 4 stages (2 per rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
+    1F1B and zero bubble (ZB-H1) on 2 stages, interleaved 1F1B and zero bubble on 4 stages (2 per
+    rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
     cross-entropy; each block's attention and MLP halves are layers a cut may fall between,
     or with ``--whole-blocks`` only whole blocks) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
     ``--balance`` (default "measured": ``rebalance`` starts from the cut by ``profile_layers``'
@@ -258,6 +259,11 @@ def _split_costs(costs, model, splits):
     return {how: stage_costs(costs, stages, model) for how, stages in splits.items()}
 
 
+# --schedules names -> (PipelineSchedule's schedule, stages per rank); torch runs its namesake
+_SCHEDULE_RUNS = {"gpipe": ("gpipe", 1), "1f1b": ("1f1b", 1), "interleaved": ("interleaved", 2),
+                  "zb": ("zb", 1), "zb-v2": ("zb", 2)}
+
+
 def _pipeline_config(rank, comm, args):
     import torch.distributed as dist
     from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
@@ -276,8 +282,8 @@ def _pipeline_config(rank, comm, args):
     comm.broadcast(costs, src=0)
     costs = costs.tolist()
     rows = []
-    for schedule in args["schedules"]:
-        v = 2 if schedule == "interleaved" else 1
+    for name in args["schedules"]:
+        schedule, v = _SCHEDULE_RUNS[name]
         splits = {how: split_model(model, 2 * v, balance=costs if how == "time" else how)
                   for how in ("params", "time")}
         tried = {}
@@ -295,10 +301,10 @@ def _pipeline_config(rank, comm, args):
         theirs_mods = [copy.deepcopy(c) for c in chunks]
         tstages = [PipelineStage(mod, rank + 2 * c, 2 * v, torch.device("cpu"))
                    for c, mod in enumerate(theirs_mods)]
-        if v > 1:
-            tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=loss_fn)
-        elif schedule == "zb":      # torch's ZB-H1 ("ZB1P"), here with one stage per rank
+        if schedule == "zb":        # torch's ZB-H1 ("ZB1P"), with one or two stages per rank
             tsched = ScheduleInterleavedZeroBubble(tstages, n_microbatches=m, loss_fn=loss_fn)
+        elif v > 1:
+            tsched = ScheduleInterleaved1F1B(tstages, n_microbatches=m, loss_fn=loss_fn)
         else:
             cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
             tsched = cls(tstages[0], n_microbatches=m, loss_fn=loss_fn)
@@ -711,9 +717,10 @@ def main(argv=None):
                     help="how the pipeline section cuts its models into stages (default "
                          "\"measured\": rebalance, re-cut from compute timed inside the pipeline; "
                          "\"time\": by the forward + backward time profile_layers measures alone)")
-    ap.add_argument("--schedules", default="gpipe,1f1b,interleaved,zb",
-                    help="pipeline schedules to run, each against torch's of the same name "
-                         "(zb: ScheduleInterleavedZeroBubble with one stage per rank)")
+    ap.add_argument("--schedules", default=",".join(_SCHEDULE_RUNS),
+                    help="pipeline schedules to run, each against torch's of the same kind "
+                         "(zb, zb-v2: ScheduleInterleavedZeroBubble with one / two stages per "
+                         "rank)")
     ap.add_argument("--whole-blocks", action="store_true",
                     help="cut the GPTs between whole blocks only (by default between a block's "
                          "attention and MLP halves too)")
@@ -729,10 +736,9 @@ def main(argv=None):
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {sorted(SECTIONS)}")
-    from shoal.train.parallel import SCHEDULES
-    bad = [c for c in cfg["schedules"] if c not in SCHEDULES]
+    bad = [c for c in cfg["schedules"] if c not in _SCHEDULE_RUNS]
     if bad:
-        ap.error(f"unknown schedule(s) {bad}; choose from {list(SCHEDULES)}")
+        ap.error(f"unknown schedule(s) {bad}; choose from {list(_SCHEDULE_RUNS)}")
     bad = [c for c in cfg["pipeline_configs"] if c not in PIPELINE_CONFIGS]
     if bad:
         ap.error(f"unknown pipeline config(s) {bad}; choose from {list(PIPELINE_CONFIGS)}")

@@ -479,7 +479,7 @@ _SHARE = {"F": 1 / 3, "B": 2 / 3, "I": 1 / 3, "W": 1 / 3}   # of a stage's cost,
 
 
 def _step_span(stage_costs, actions, p) -> float:
-    # one step replayed with each stage's cost (forward 1/3, backward 2/3) and free messages
+    # one step replayed with each stage's cost split by _SHARE, messages free
     from shoal.train.parallel.schedule import _replay
     tls = [[(kind, c * p + r, i, 0.0, stage_costs[c * p + r] * _SHARE[kind], 0)
             for kind, c, i in actions[r]] for r in range(p)]

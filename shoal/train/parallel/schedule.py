@@ -17,7 +17,8 @@ Parallelism", 2024) splits each backward in two: "I", the gradient of the
 stage's input, which the stage before waits for, and "W", the gradients of
 the ``nn.Linear`` weights, which nobody waits for and which fill the time a
 rank would otherwise wait; with the three equal the bubble falls from
-``(p - 1) / (m + p - 1)`` to ``(p - 1) / (3 m + p - 1)`` at 1F1B's memory.
+``(p - 1) / (m + p - 1)`` to ``(p - 1) / (3 m + p - 1)`` at 1F1B's memory
+(``(p - 1) / (3 v m + p - 1)`` with ``v`` virtual stages per rank).
 
 A stage never waits for a neighbour to take an activation: on CPU the
 training thread writes what the connection takes at once and the group's
@@ -63,25 +64,14 @@ def pipeline_actions(schedule: str, num_stages: int, rank: int, num_microbatches
     chunk ``c`` of rank ``r`` is stage ``c * num_stages + r`` of the model.
     "1f1b" runs ``p - r - 1`` warm-up forwards, then alternates; "interleaved"
     is Megatron-LM's order (forwards in groups of ``p`` micro-batches per
-    chunk, warm-up ``2 (p - r - 1) + (v - 1) p``). "zb" is 1F1B's order with
-    each backward split into ``("I", 0, i)`` (the input's gradient) and
-    ``("W", 0, i)`` (the weights'): rank ``r`` runs its first ``r`` steady
-    rounds without a W and its last ``r`` W's after every I, so the W's fill
-    the drain at the end of the step (ZB-H1).
+    chunk, warm-up ``2 (p - r - 1) + (v - 1) p``). "zb" is 1F1B's order (with
+    virtual stages, the interleaved order with a warm-up of ``p - r - 1 +
+    (v - 1) p``) with each backward split into ``("I", c, i)`` (the input's
+    gradient) and ``("W", c, i)`` (the weights'): rank ``r`` runs its first
+    ``r`` steady rounds without a W and its last ``r`` W's after every I, so
+    the W's fill the drain at the end of the step (ZB-H1).
     """
     p, m, v = num_stages, num_microbatches, virtual_stages
-    if schedule == "zb":
-        warmup = min(p - rank - 1, m)
-        out = [("F", 0, i) for i in range(warmup)]
-        weights = 0                    # W's emitted so far, in micro-batch order
-        for k in range(m):
-            if k + warmup < m:
-                out.append(("F", 0, k + warmup))
-            out.append(("I", 0, k))
-            if k >= rank:
-                out.append(("W", 0, weights))
-                weights += 1
-        return out + [("W", 0, i) for i in range(weights, m)]
     if schedule == "gpipe":
         return [("F", 0, i) for i in range(m)] + [("B", 0, i) for i in range(m)]
     if schedule == "1f1b":
@@ -98,6 +88,20 @@ def pipeline_actions(schedule: str, num_stages: int, rank: int, num_microbatches
         c, i = fwd(k)
         return v - 1 - c, i
     total = m * v
+    if schedule == "zb":
+        # torch's and the paper's ZB-H1 warm-up: one forward per later stage, not two; the W of
+        # the k-th backward follows the (k + rank)-th
+        warmup = min(p - rank - 1 + (v - 1) * p, total)
+        out = [("F", *fwd(k)) for k in range(warmup)]
+        weights = 0
+        for k in range(total):
+            if k + warmup < total:
+                out.append(("F", *fwd(k + warmup)))
+            out.append(("I", *bwd(k)))
+            if k >= rank:
+                out.append(("W", *bwd(weights)))
+                weights += 1
+        return out + [("W", *bwd(k)) for k in range(weights, total)]
     warmup = total if m == p else min(2 * (p - rank - 1) + (v - 1) * p, total)
     out = [("F", *fwd(k)) for k in range(warmup)]
     for k in range(total - warmup):
@@ -234,12 +238,12 @@ def theoretical_bubble(num_stages: int, num_microbatches: int, virtual_stages: i
     """The bubble of a balanced pipeline: ``(p - 1) / (v m + p - 1)``.
 
     For ``schedule="zb"``, with the forward, the input's gradient and the
-    weights' taking equal time, ``(p - 1) / (3 m + p - 1)``: only the
+    weights' taking equal time, ``(p - 1) / (3 v m + p - 1)``: only the
     warm-up's forward and input gradient wait, a W fills the rest.
     """
     p, m, v = num_stages, num_microbatches, virtual_stages
     if schedule == "zb":
-        return (p - 1) / (3 * m + p - 1)
+        return (p - 1) / (3 * v * m + p - 1)
     return (p - 1) / (v * m + p - 1)
 
 
@@ -259,11 +263,12 @@ class PipelineSchedule:
             on rank ``r``), both with the bubble ``(p - 1) / (m + p - 1)``;
             or "interleaved" (1F1B over ``v`` stages per rank:
             ``(p - 1) / (v m + p - 1)``; ``m`` must be a multiple of ``p``);
-            or "zb" (zero bubble, ZB-H1: 1F1B's order and memory, each
-            backward split into the input's gradient and, later, the
-            ``nn.Linear`` weights' gradients; ``(p - 1) / (3 m + p - 1)`` when
-            the three take equal time). "zb" runs stages that hold their own
-            parameters, not DDP or sharded ones.
+            or "zb" (zero bubble, ZB-H1: 1F1B's order and memory, or
+            interleaved 1F1B's given a list of stages, each backward split
+            into the input's gradient and, later, the ``nn.Linear`` weights'
+            gradients; ``(p - 1) / (3 v m + p - 1)`` when the three take equal
+            time). "zb" runs stages that hold their own parameters, not DDP
+            or sharded ones.
         num_microbatches: micro-batches per step (``m``).
         loss_fn: ``loss_fn(output, targets)`` -> a mean loss; needed on the
             rank holding the last stage.
@@ -284,10 +289,11 @@ class PipelineSchedule:
                                     f"{num_microbatches!r}")
         chunks = list(stage) if isinstance(stage, (list, tuple, nn.ModuleList)) else [stage]
         self.rank, self.num_stages = pp_group.rank, pp_group.world_size
-        if schedule == "interleaved":
+        if schedule == "interleaved" or (schedule == "zb" and len(chunks) > 1):
             if self.num_stages < 2:
-                raise InvalidInputError("schedule='interleaved' needs a pipeline group of at least "
-                                        "2 ranks; on one rank run the stages as one module")
+                raise InvalidInputError(f"schedule={schedule!r} with several stages per rank needs "
+                                        "a pipeline group of at least 2 ranks; on one rank run "
+                                        "the stages as one module")
             if len(chunks) < 2:
                 raise InvalidInputError(
                     f"schedule='interleaved' needs a list of this rank's virtual stages (at least "
@@ -295,15 +301,16 @@ class PipelineSchedule:
                     f"got {len(chunks)}")
             if num_microbatches % self.num_stages:
                 raise InvalidInputError(
-                    f"schedule='interleaved' needs num_microbatches a multiple of the "
-                    f"{self.num_stages} pipeline ranks, got {num_microbatches}")
+                    f"schedule={schedule!r} with several stages per rank needs num_microbatches a "
+                    f"multiple of the {self.num_stages} pipeline ranks, got {num_microbatches}")
         elif len(chunks) != 1:
             raise InvalidInputError(f"schedule={schedule!r} runs one stage per rank, got "
-                                    f"{len(chunks)}; use schedule='interleaved' for several")
-        if schedule == "zb" and getattr(chunks[0], "no_sync", None) is not None:
+                                    f"{len(chunks)}; use schedule='interleaved' or 'zb' for several")
+        synced = [c for c in chunks if getattr(c, "no_sync", None) is not None]
+        if schedule == "zb" and synced:
             raise InvalidInputError(
                 f"schedule='zb' computes weight gradients after the backward of each micro-batch, "
-                f"but this stage ({type(chunks[0]).__name__}) synchronizes them across data-"
+                f"but this stage ({type(synced[0]).__name__}) synchronizes them across data-"
                 "parallel ranks inside that backward; use schedule='1f1b' with sharded or DDP "
                 "stages")
         self.chunks, self.group, self.schedule = chunks, pp_group, schedule
@@ -388,7 +395,7 @@ class PipelineSchedule:
                     x.requires_grad_(True)
             w, cpu = time.perf_counter(), time.thread_time()
             if self._deferred:
-                with self._deferring(stores.setdefault(i, [])):
+                with self._deferring(stores.setdefault((c, i), [])):
                     out = self.chunks[c](x)
             else:
                 out = self.chunks[c](x)
@@ -415,7 +422,7 @@ class PipelineSchedule:
                     with no_sync():
                         torch.autograd.backward(out, grad)
                 elif self._deferred:    # "I": what checkpointed layers recompute defers too
-                    with self._deferring(stores[i]):
+                    with self._deferring(stores[(c, i)]):
                         torch.autograd.backward(out, grad)
                 else:
                     torch.autograd.backward(out, grad)
@@ -430,7 +437,7 @@ class PipelineSchedule:
 
         def weight_grads(c, i):
             w, cpu = time.perf_counter(), time.thread_time()
-            _weight_gradients(stores.pop(i, ()))
+            _weight_gradients(stores.pop((c, i), ()))
             self._timed(stats, "W", c * p + self.rank, i, w, cpu)
 
         stores: dict = {}

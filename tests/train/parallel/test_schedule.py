@@ -60,6 +60,15 @@ def test_zero_bubble_splits_each_backward_and_keeps_1f1b_s_order_and_memory(p, m
         assert most == min(m, p)
 
 
+@pytest.mark.parametrize("p, m, v", [(2, 4, 2), (4, 8, 2), (2, 6, 3)])
+def test_zero_bubble_with_virtual_stages_runs_every_op_once_in_order(p, m, v):
+    for r in range(p):
+        acts = pipeline_actions("zb", p, r, m, v)
+        assert sorted(acts) == sorted((k, c, i) for k in "FIW" for c in range(v) for i in range(m))
+        assert all(acts.index(("F", c, i)) < acts.index(("I", c, i)) < acts.index(("W", c, i))
+                   for c in range(v) for i in range(m))
+
+
 def _replay_of(schedule, p, m, v, f=1.0, b=2.0):
     """Timelines of a balanced pipeline (forward f, backward b), replayed."""
     tls = []
@@ -70,13 +79,15 @@ def _replay_of(schedule, p, m, v, f=1.0, b=2.0):
     return replay_bubble(tls)
 
 
-@pytest.mark.parametrize("schedule, v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb", 1)])
+@pytest.mark.parametrize("schedule, v", [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zb", 1),
+                                         ("zb", 2), ("zb", 3)])
 def test_replay_of_a_balanced_pipeline_gives_the_theoretical_bubble(schedule, v):
     p, m = 4, 8
     bubbles = _replay_of(schedule, p, m, v)
     assert bubbles == pytest.approx([theoretical_bubble(p, m, v, schedule)] * p, abs=1e-9)
     assert theoretical_bubble(p, m, 2) < theoretical_bubble(p, m, 1)
-    assert theoretical_bubble(p, m, schedule="zb") < theoretical_bubble(p, m, 1)
+    assert theoretical_bubble(p, m, 2, "zb") < theoretical_bubble(p, m, 1, "zb") < \
+        theoretical_bubble(p, m, 1)
 
 
 def test_span_bubble_of_a_balanced_step_is_the_theory():
@@ -174,9 +185,10 @@ def test_zero_bubble_rejects_stages_that_synchronize_in_the_backward():
     with pytest.raises(InvalidInputError, match=r"schedule='zb' .* \(Synced\) synchronizes .* "
                                                 r"use schedule='1f1b'"):
         PipelineSchedule(Synced(2, 2), Two(), schedule="zb", num_microbatches=2, loss_fn=lm_loss)
-    with pytest.raises(InvalidInputError, match=r"runs one stage per rank, got 2"):
+    with pytest.raises(InvalidInputError, match=r"'zb' with several stages per rank needs "
+                                                r"num_microbatches a multiple of the 2"):
         PipelineSchedule(split_model(make_gpt(), 4)[0::2], Two(), schedule="zb",
-                         num_microbatches=4)
+                         num_microbatches=3)
 
 
 def test_interleaved_arguments_are_checked():
@@ -212,7 +224,8 @@ def _interleaved_on(comm, config):
     params = [q for c in chunks for q in c.parameters()]
     opt = torch.optim.Adam(params, lr=0.05)
     losses, grads, timelines = [], None, []
-    with PipelineSchedule(chunks, comm, schedule="interleaved", num_microbatches=4,
+    with PipelineSchedule(chunks, comm, schedule=config.get("schedule", "interleaved"),
+                          num_microbatches=4,
                           loss_fn=lm_loss, broadcast_loss=True) as sched:
         for step, (ids, tg) in enumerate(batches(STEPS)):
             opt.zero_grad()
@@ -244,6 +257,21 @@ def test_interleaved_1f1b_gradients_and_losses_equal_one_process(gang, threads):
     assert r1["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
     # the events of both ranks replay: every op of the step ran once, in an order that can run
     assert len(r0["events"]) == len(r1["events"]) == 2 * 2 * 4
+    assert all(0.0 <= b < 1.0 for b in replay_bubble([r0["events"], r1["events"]]))
+
+
+def test_zero_bubble_with_virtual_stages_gradients_and_losses_equal_one_process(gang):
+    r0, r1 = gang.run(_interleaved, {"split": [2, 3, 5], "schedule": "zb"})
+    model = make_gpt()
+    ids, tg = batches(1)[0]
+    lm_loss(model(ids), tg).backward()
+    for name, q in model.named_parameters():
+        got = r0["grads"].get(name, r1["grads"].get(name))
+        torch.testing.assert_close(got, q.grad, atol=1e-6, rtol=1e-5)
+    assert r0["losses"] == r1["losses"]
+    assert r1["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
+    # every forward, input gradient and weight gradient of 2 stages x 4 micro-batches ran once
+    assert sorted(e[0] for e in r0["events"]) == sorted("FIW" * 8)
     assert all(0.0 <= b < 1.0 for b in replay_bubble([r0["events"], r1["events"]]))
 
 
