@@ -421,7 +421,8 @@ def _report_pipeline(results, args):
               f"{heavy:.2f} |")
     for row in results[0]:
         if row.get("tried"):
-            print(f"(rebalance, {row['config']} {row['schedule']}: cuts tried (first layer of "
+            name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
+            print(f"(rebalance, {row['config']} {name}: cuts tried (first layer of "
                   "each stage after the first) -> compute measured in the pipeline, ms per step "
                   "per stage: " + "; ".join(f"{cut} -> {' / '.join(f'{t:.1f}' for t in ms)}"
                                            for cut, ms in row["tried"].items()) + ")")
