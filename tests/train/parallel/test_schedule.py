@@ -241,10 +241,12 @@ def _interleaved_on(comm, config):
             "stages": [c.layer_names for c in chunks]}
 
 
-@pytest.mark.parametrize("threads", [False, True], ids=["training-thread", "helper-threads"])
-def test_interleaved_1f1b_gradients_and_losses_equal_one_process(gang, threads):
+@pytest.mark.parametrize("schedule, threads", [("interleaved", False), ("interleaved", True),
+                                               ("zb", False)],
+                         ids=["training-thread", "helper-threads", "zero-bubble"])
+def test_interleaved_gradients_and_losses_equal_one_process(gang, schedule, threads):
     # 7 layers into 4 stages: rank 0 runs stages 0 and 2, rank 1 stages 1 and 3
-    r0, r1 = gang.run(_interleaved, {"split": [2, 3, 5], "threads": threads})
+    r0, r1 = gang.run(_interleaved, {"split": [2, 3, 5], "threads": threads, "schedule": schedule})
     assert r0["stages"] == [["embed", "blocks.0"], ["blocks.2", "blocks.3"]]
     assert r1["stages"] == [["blocks.1"], ["norm", "head"]]
     model = make_gpt()
@@ -255,23 +257,12 @@ def test_interleaved_1f1b_gradients_and_losses_equal_one_process(gang, threads):
         torch.testing.assert_close(got, q.grad, atol=1e-6, rtol=1e-5)
     assert r0["losses"] == r1["losses"]
     assert r1["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
-    # the events of both ranks replay: every op of the step ran once, in an order that can run
-    assert len(r0["events"]) == len(r1["events"]) == 2 * 2 * 4
-    assert all(0.0 <= b < 1.0 for b in replay_bubble([r0["events"], r1["events"]]))
-
-
-def test_zero_bubble_with_virtual_stages_gradients_and_losses_equal_one_process(gang):
-    r0, r1 = gang.run(_interleaved, {"split": [2, 3, 5], "schedule": "zb"})
-    model = make_gpt()
-    ids, tg = batches(1)[0]
-    lm_loss(model(ids), tg).backward()
-    for name, q in model.named_parameters():
-        got = r0["grads"].get(name, r1["grads"].get(name))
-        torch.testing.assert_close(got, q.grad, atol=1e-6, rtol=1e-5)
-    assert r0["losses"] == r1["losses"]
-    assert r1["losses"] == pytest.approx(reference_losses(STEPS), abs=LOSS_ATOL)
-    # every forward, input gradient and weight gradient of 2 stages x 4 micro-batches ran once
-    assert sorted(e[0] for e in r0["events"]) == sorted("FIW" * 8)
+    # the events of both ranks replay: every op of the step (forward and backward, or forward,
+    # input gradient and weight gradient, of 2 stages x 4 micro-batches) ran once, in an order
+    # that can run
+    kinds = "FB" if schedule == "interleaved" else "FIW"
+    for r in (r0, r1):
+        assert sorted(e[0] for e in r["events"]) == sorted(kinds * 8)
     assert all(0.0 <= b < 1.0 for b in replay_bubble([r0["events"], r1["events"]]))
 
 
