@@ -15,7 +15,8 @@ interleaved 1F1B), which divides the bubble by ``v`` for ``v`` times the
 messages. Schedule "zb" (ZB-H1 of Qi et al., "Zero Bubble Pipeline
 Parallelism", 2024) splits each backward in two: "I", the gradient of the
 stage's input, which the stage before waits for, and "W", the gradients of
-the ``nn.Linear`` weights, which nobody waits for and which fill the time a
+the linear layers' weights (``nn.Linear``, column- and row-parallel layers;
+``deferred.py``), which nobody waits for and which fill the time a
 rank would otherwise wait; with the three equal the bubble falls from
 ``(p - 1) / (m + p - 1)`` to ``(p - 1) / (3 m + p - 1)`` at 1F1B's memory
 (``(p - 1) / (3 v m + p - 1)`` with ``v`` virtual stages per rank).
@@ -42,14 +43,13 @@ schedule itself implies from the time lost to messages and a busy host.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from shoal.exceptions import CollectiveError, InvalidInputError
+from shoal.train.parallel import deferred
 from shoal.train.parallel.pp_comm import _TAG_ACT, _TAG_GRAD, _TAG_SHAPE, _TAG_STEP, Links, encode_meta
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb")
@@ -265,7 +265,7 @@ class PipelineSchedule:
             ``(p - 1) / (v m + p - 1)``; ``m`` must be a multiple of ``p``);
             or "zb" (zero bubble, ZB-H1: 1F1B's order and memory, or
             interleaved 1F1B's given a list of stages, each backward split
-            into the input's gradient and, later, the ``nn.Linear`` weights'
+            into the input's gradient and, later, the linear layers' weight
             gradients; ``(p - 1) / (3 v m + p - 1)`` when the three take equal
             time). "zb" runs stages that hold their own parameters, not DDP
             or sharded ones.
@@ -332,8 +332,8 @@ class PipelineSchedule:
         self._meta: dict = {}        # ("in"|"out", stage, i) -> (shape, dtype, requires_grad)
         self._links: Links | None = None
         self._plans: dict = {}
-        self._deferred = _deferrable_linears(self.stage, self) if schedule == "zb" else []
-        self._store = None           # "zb": the deferred weight gradients of the current micro-batch
+        # "zb": the plain Linears routed through deferred.linear in forwards and input gradients
+        self._linears = deferred.linear_forwards(self.stage) if schedule == "zb" else []
 
     # -------------------------------------------------------------- public
     def step(self, inputs=None, targets=None):
@@ -394,8 +394,8 @@ class PipelineSchedule:
                 if self._meta[("in", s, i)][2]:
                     x.requires_grad_(True)
             w, cpu = time.perf_counter(), time.thread_time()
-            if self._deferred:
-                with self._deferring(stores.setdefault((c, i), [])):
+            if self.schedule == "zb":
+                with deferred.deferring(stores.setdefault((c, i), []), self._linears):
                     out = self.chunks[c](x)
             else:
                 out = self.chunks[c](x)
@@ -421,8 +421,8 @@ class PipelineSchedule:
                 if no_sync is not None and not sync:
                     with no_sync():
                         torch.autograd.backward(out, grad)
-                elif self._deferred:    # "I": what checkpointed layers recompute defers too
-                    with self._deferring(stores[(c, i)]):
+                elif self.schedule == "zb":   # "I": what checkpointed layers recompute defers too
+                    with deferred.deferring(stores[(c, i)], self._linears):
                         torch.autograd.backward(out, grad)
                 else:
                     torch.autograd.backward(out, grad)
@@ -437,7 +437,7 @@ class PipelineSchedule:
 
         def weight_grads(c, i):
             w, cpu = time.perf_counter(), time.thread_time()
-            _weight_gradients(stores.pop((c, i), ()))
+            deferred.weight_gradients(stores.pop((c, i), ()))
             self._timed(stats, "W", c * p + self.rank, i, w, cpu)
 
         stores: dict = {}
@@ -484,19 +484,6 @@ class PipelineSchedule:
             pass
 
     # -------------------------------------------------------------- helpers
-    @contextmanager
-    def _deferring(self, store):
-        # the stage's Linears leave their weight gradients to "W" while this is active
-        self._store = store
-        for mod, forward in self._deferred:
-            mod.__dict__["forward"] = forward
-        try:
-            yield
-        finally:
-            for mod, _ in self._deferred:
-                mod.__dict__.pop("forward", None)
-            self._store = None
-
     @staticmethod
     def _timed(stats, kind, s, i, start, cpu):
         end = time.perf_counter()
@@ -575,65 +562,6 @@ class PipelineSchedule:
                 f"{old[0]} {old[1]} for the same micro-batch sizes before; a stage's output "
                 "shape must depend only on its input's")
         links.send(out.detach().contiguous(), dst, _TAG_ACT)
-
-
-# ------------------------------------------------------------------ zero bubble: deferred weights
-def _deferrable_linears(stage: nn.Module, sched) -> list:
-    """``(module, forward)`` for every plain ``nn.Linear`` of ``stage`` whose weight gradient may wait.
-
-    Left alone (their gradients come in "I" as in any backward): subclasses
-    with their own forward (tensor-parallel layers), frozen weights, and
-    parameters with gradient hooks, which expect to run inside a backward.
-    """
-    out = []
-    for mod in stage.modules():
-        if (not isinstance(mod, nn.Linear) or type(mod).forward is not nn.Linear.forward
-                or "forward" in mod.__dict__):
-            continue
-        params = [q for q in (mod.weight, mod.bias) if q is not None]
-        if not (mod.weight.requires_grad and all(q.is_leaf for q in params)):
-            continue
-        if any(q._backward_hooks or getattr(q, "_post_accumulate_grad_hooks", None) for q in params):
-            continue
-        out.append((mod, _deferred_forward(mod, sched)))
-    return out
-
-
-def _deferred_forward(mod: nn.Linear, sched):
-    def forward(x):
-        store = sched._store
-        w, b = mod.weight, mod.bias
-        if store is None or not (x.requires_grad and torch.is_grad_enabled()) \
-                or torch.is_autocast_enabled(x.device.type):
-            return F.linear(x, w, b)
-        # the weights enter as constants: the backward computes the input's gradient only, and a
-        # hook on the node that made the output keeps the output's gradient for "W" (before any
-        # in-place op on the output changes which node the output names)
-        out = F.linear(x, w.detach(), None if b is None else b.detach())
-        entry = [w, b, x, None]
-        store.append(entry)
-        out.grad_fn.register_prehook(lambda grads, e=entry: e.__setitem__(3, grads[0]))
-        return out
-    return forward
-
-
-def _weight_gradients(entries) -> None:
-    # "W": dW = dY^T X (accumulated in place), db = sum of dY, for every deferred Linear call
-    for w, b, x, gy in entries:
-        if gy is None:          # no gradient reached this output, as in a plain backward
-            continue
-        gy = gy.reshape(-1, gy.shape[-1])
-        x = x.reshape(-1, x.shape[-1])
-        if w.grad is None:
-            w.grad = gy.t().mm(x)
-        else:
-            w.grad.addmm_(gy.t(), x)
-        if b is not None and b.requires_grad:
-            db = gy.sum(0)
-            if b.grad is None:
-                b.grad = db
-            else:
-                b.grad.add_(db)
 
 
 def _cumsum(sizes):

@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from shoal.exceptions import InvalidInputError
+from shoal.train.parallel import deferred
 from shoal.train.parallel.tp_comm import (_GatherFromTP, _ReduceScatterSequence, _ScatterToTP,
                                           copy_to_tp, gather_from_tp, gather_sequence,
                                           reduce_from_tp, replicated_param, scatter_sequence)
@@ -94,7 +95,7 @@ class ColumnParallelLinear(nn.Module):
         """``x`` (replicated, or this rank's part of the sequence) -> this rank's output features."""
         x = (gather_sequence(x, self.group, self.seq_dim) if self.sequence_parallel
              else copy_to_tp(x, self.group))
-        y = F.linear(x, self.weight, self.bias)
+        y = deferred.linear(x, self.weight, self.bias)     # dW may wait for a zero-bubble W
         return _GatherFromTP.apply(y, self.group, self.chunks) if self.gather_output else y
 
     def extra_repr(self) -> str:
@@ -143,7 +144,7 @@ class RowParallelLinear(nn.Module):
         """This rank's input features -> the full output (summed over the group)."""
         if not self.input_is_parallel:
             x = _ScatterToTP.apply(x, self.group)
-        y = F.linear(x, self.weight)
+        y = deferred.linear(x, self.weight)
         if self.sequence_parallel:
             y = _ReduceScatterSequence.apply(y, self.group, self.seq_dim)
             # each rank adds the bias to its part of the sequence: sum its gradient over the group

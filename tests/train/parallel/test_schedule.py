@@ -147,7 +147,7 @@ def test_zero_bubble_on_one_rank_equals_plain_gradient_accumulation():
     for model, ref, inputs, targets, loss_fn in cases:
         with PipelineSchedule(model, One(), schedule="zb", num_microbatches=3,
                               loss_fn=loss_fn) as sched:
-            assert sched._deferred     # the Linears' weight gradients do wait for "W"
+            assert sched._linears     # the Linears' weight gradients do wait for "W"
             loss = sched.step(inputs, targets)
         assert [e[0] for e in sched.stats.events] == ["F", "I", "W"] * 3
         full = loss_fn(ref(inputs), targets)
@@ -169,7 +169,7 @@ def test_zero_bubble_leaves_hooked_and_frozen_weights_to_the_backward():
     model[2].weight.register_post_accumulate_grad_hook(lambda q: seen.append(q.grad.clone()))
     with PipelineSchedule(model, One(), schedule="zb", num_microbatches=2,
                           loss_fn=nn.functional.mse_loss) as sched:
-        assert [mod for mod, _ in sched._deferred] == [model[0]]
+        assert [mod for mod, _ in sched._linears] == [model[0]]
         sched.step(torch.randn(6, 4), torch.randn(6, 2))
     assert len(seen) == 2 and model[1].weight.grad is None
     torch.testing.assert_close(seen[-1], model[2].weight.grad)

@@ -140,31 +140,50 @@ def test_vocab_parallel_cross_entropy_equals_the_gathered_loss_and_gradient(gang
 
 # ------------------------------------------------------------------ tp2 x pp2
 def _tp_pp_train(config):
+    from shoal.train.parallel import deferred
     comm = st.get_communicator()
     mesh = Mesh((2, 2), ("pp", "tp"), comm)
     tp, pp = mesh.get_group("tp"), mesh.get_group("pp")
+    computed = []       # the layers' weights whose gradients a zero-bubble W computed
+    plain = deferred.weight_gradients
+
+    def counted(entries):
+        computed.extend(type(layer).__name__ for layer in _owners(stage, entries))
+        plain(entries)
+    deferred.weight_gradients = counted
     try:
         model = apply_tensor_parallel(make_gpt(), tp, TP_PLAN)
         stage = split_model(model, pp.world_size, split_points=[3])[pp.rank]
         opt = torch.optim.Adam(stage.parameters(), lr=0.05)
         losses = []
-        with PipelineSchedule(stage, pp, schedule="1f1b", num_microbatches=4,
+        with PipelineSchedule(stage, pp, schedule=config["schedule"], num_microbatches=4,
                               loss_fn=lambda out, t: vocab_parallel_cross_entropy(out, t, tp)) as s:
             for ids, tg in batches(STEPS):
                 opt.zero_grad()
                 loss = s.step(ids, tg)
                 opt.step()
                 losses.append(None if loss is None else loss.item())
-        return {"coords": mesh.coords, "losses": losses}
+        return {"coords": mesh.coords, "losses": losses, "deferred": sorted(set(computed))}
     finally:
+        deferred.weight_gradients = plain
         mesh.destroy()
 
 
+def _owners(stage, entries):
+    by_weight = {id(m.weight): m for m in stage.modules() if isinstance(getattr(m, "weight", None),
+                                                                         torch.Tensor)}
+    return [by_weight[id(w)] for w, _, _, gy in entries if gy is not None]
+
+
 @pytest.mark.slow
-def test_tp2_x_pp2_on_four_ranks_trains_to_the_one_process_losses(gang4):
-    results = gang4.run(_tp_pp_train, timeout=180)
+@pytest.mark.parametrize("schedule", ["1f1b", "zb"])
+def test_tp2_x_pp2_on_four_ranks_trains_to_the_one_process_losses(gang4, schedule):
+    results = gang4.run(_tp_pp_train, {"schedule": schedule}, timeout=180)
     ref = reference_losses(STEPS)
     last = [r["losses"] for r in results if r["coords"]["pp"] == 1]
     assert len(last) == 2
     for losses in last:
         assert losses == pytest.approx(ref, abs=LOSS_ATOL)
+    # zero bubble: the tensor-parallel layers' weight gradients waited for W, on every rank
+    want = ["ColumnParallelLinear", "RowParallelLinear"] if schedule == "zb" else []
+    assert all(r["deferred"] == want for r in results), [r["deferred"] for r in results]
