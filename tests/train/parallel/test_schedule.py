@@ -110,7 +110,7 @@ def test_replay_rejects_timelines_that_cannot_run():
         replay_bubble(tl)
 
 
-def test_zero_bubble_on_one_rank_equals_plain_gradient_accumulation():
+def test_zero_bubble_on_one_rank_equals_plain_gradient_accumulation(monkeypatch):
     # a GPT, then Linears under activation checkpointing (both kinds) and an in-place op on a
     # Linear's output: every weight gradient computed later in "W" is the one backward gives
     from torch.utils.checkpoint import checkpoint
@@ -139,17 +139,28 @@ def test_zero_bubble_on_one_rank_equals_plain_gradient_accumulation():
     torch.manual_seed(0)
     x, y = torch.randn(12, 8), torch.randn(12, 4)
     ids, tg = batches(1)[0]
-    cases = [(make_gpt(), make_gpt(), ids, tg, lm_loss)]
+    # (model, its copy, inputs, targets, loss, deferred Linear calls per micro-batch): the GPT's 4
+    # blocks hold 4 Linears each, plus the head; the first Linear of the others reads the batch,
+    # which needs no gradient, so it computes dW in I as a plain backward would
+    cases = [(make_gpt(), make_gpt(), ids, tg, lm_loss, 17)]
     for reentrant in (False, True):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), Checkpointed(reentrant), nn.Linear(16, 4))
-        cases.append((model, copy.deepcopy(model), x, y, nn.functional.mse_loss))
-    for model, ref, inputs, targets, loss_fn in cases:
+        cases.append((model, copy.deepcopy(model), x, y, nn.functional.mse_loss, 3))
+    from shoal.train.parallel import deferred
+    plain, computed = deferred.weight_gradients, []
+
+    def counted(entries):
+        computed.extend(e for e in entries if e[3] is not None)
+        plain(entries)
+    monkeypatch.setattr(deferred, "weight_gradients", counted)
+    for model, ref, inputs, targets, loss_fn, calls in cases:
+        computed.clear()
         with PipelineSchedule(model, One(), schedule="zb", num_microbatches=3,
                               loss_fn=loss_fn) as sched:
-            assert sched._linears     # the Linears' weight gradients do wait for "W"
             loss = sched.step(inputs, targets)
         assert [e[0] for e in sched.stats.events] == ["F", "I", "W"] * 3
+        assert len(computed) == 3 * calls      # these Linears' dW waited for "W"
         full = loss_fn(ref(inputs), targets)
         full.backward()
         assert loss.item() == pytest.approx(full.item(), abs=1e-6)
