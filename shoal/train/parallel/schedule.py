@@ -43,6 +43,7 @@ schedule itself implies from the time lost to messages and a busy host.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -379,6 +380,13 @@ class PipelineSchedule:
                 last_backward[c] = k
         inputs_of, outputs_of, losses = {}, {}, []
 
+        stores: dict = {}      # "zb": (chunk, micro-batch) -> its deferred weight gradients
+
+        def deferring(c, i):
+            if self.schedule != "zb":
+                return nullcontext()
+            return deferred.deferring(stores.setdefault((c, i), []), self._linears)
+
         def wait_for(what, s, i):
             w = time.perf_counter()
             t = links.take((what, s, i))
@@ -394,10 +402,7 @@ class PipelineSchedule:
                 if self._meta[("in", s, i)][2]:
                     x.requires_grad_(True)
             w, cpu = time.perf_counter(), time.thread_time()
-            if self.schedule == "zb":
-                with deferred.deferring(stores.setdefault((c, i), []), self._linears):
-                    out = self.chunks[c](x)
-            else:
+            with deferring(c, i):
                 out = self.chunks[c](x)
             if s == self.total_stages - 1:
                 out = self.loss_fn(out, micro_tg[i]) * weights[i]
@@ -418,13 +423,8 @@ class PipelineSchedule:
             w, cpu = time.perf_counter(), time.thread_time()
             if out is not None and out.requires_grad:
                 no_sync = getattr(self.chunks[c], "no_sync", None)  # DDP/ZeRO: sync on the last
-                if no_sync is not None and not sync:
-                    with no_sync():
-                        torch.autograd.backward(out, grad)
-                elif self.schedule == "zb":   # "I": what checkpointed layers recompute defers too
-                    with deferred.deferring(stores[(c, i)], self._linears):
-                        torch.autograd.backward(out, grad)
-                else:
+                # "I" defers what checkpointed layers recompute, as their forward did
+                with no_sync() if no_sync is not None and not sync else deferring(c, i):
                     torch.autograd.backward(out, grad)
             # the micro-batch's graph goes with its output: freeing it is part of its backward
             # (it grows with the stage's layers), so it counts in the op's time
@@ -440,7 +440,6 @@ class PipelineSchedule:
             deferred.weight_gradients(stores.pop((c, i), ()))
             self._timed(stats, "W", c * p + self.rank, i, w, cpu)
 
-        stores: dict = {}
         with torch.enable_grad():
             for k, (kind, c, i) in enumerate(actions):
                 if kind == "F":
