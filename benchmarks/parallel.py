@@ -385,7 +385,7 @@ def _report_pipeline(results, args):
                  for k in ("wait", "overhead", "overhead_cpu", "descheduled")}
         mean = sum(measured) / p
         work = [1e3 * _median(sum(e[5] for e in st[k]["events"]) for st in steps) for k in range(p)]
-        name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
+        name = _row_name(row)
         print(f"| {row['model']} | {name} | {'/'.join(map(str, row['layers_per_stage']))} | "
               f"{row['batch'] / shoal_s:,.0f} | {row['batch'] / torch_s:,.0f} | "
               f"{torch_s / shoal_s:.2f}x | {theory:.3f} | {measured[0]:.3f} / {measured[1]:.3f} | "
@@ -421,7 +421,7 @@ def _report_pipeline(results, args):
               f"{heavy:.2f} |")
     for row in results[0]:
         if row.get("tried"):
-            name = row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
+            name = _row_name(row)
             print(f"(rebalance, {row['config']} {name}: cuts tried (first layer of "
                   "each stage after the first) -> compute measured in the pipeline, ms per step "
                   "per stage: " + "; ".join(f"{cut} -> {' / '.join(f'{t:.1f}' for t in ms)}"
@@ -432,6 +432,10 @@ def _report_pipeline(results, args):
     print("(per-layer ms: " + "; ".join(
         f"{row['config']}: " + " ".join(f"{1e3 * c:.2f}" for c in row["costs"])
         for row in first.values()) + ")", flush=True)
+
+
+def _row_name(row):
+    return row["schedule"] + (f" (v={row['v']})" if row["v"] > 1 else "")
 
 
 def _cpu_ms(results, i, system, raw=False):
