@@ -76,6 +76,24 @@ class DDP:
         return DistributedModel(model, comm, self, sync_state=sync_state)
 
 
+def grad_sync_hook(fn):
+    """``fn`` as a gradient hook marked as one that only averages gradients over ranks.
+
+    A zero-bubble pipeline computes some weight gradients outside the
+    backward; it may skip such hooks because it calls the stage's
+    ``sync_gradients()`` afterwards (``shoal.train.parallel.deferred``).
+    """
+    def hook(p):
+        return fn(p)
+    hook.grad_sync = True
+    return hook
+
+
+def is_grad_sync_hook(hook) -> bool:
+    """Whether ``hook`` was made by ``grad_sync_hook``."""
+    return getattr(hook, "grad_sync", False) is True
+
+
 def model_signature(model: nn.Module) -> str:
     """A hash of the names, shapes and dtypes of a model's parameters and buffers."""
     h = hashlib.sha256()
@@ -103,12 +121,13 @@ class DistributedModel(nn.Module):
         if sync_state:
             self._check_same_model()
             self._broadcast_state()
-        params = [p for p in module.parameters() if p.requires_grad]
+        self._params = params = [p for p in module.parameters() if p.requires_grad]
         self._buckets = self._make_buckets(params, comm)
         self._require_sync = True
         self._callback_queued = False
         self._buffers = [b for b in module.buffers() if b.numel()]
-        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
+        hook = grad_sync_hook(self._on_grad)
+        self._hooks = [p.register_post_accumulate_grad_hook(hook) for p in params]
 
     # ------------------------------------------------------------- setup
     def _make_buckets(self, params, comm) -> BucketManager:
@@ -134,7 +153,7 @@ class DistributedModel(nn.Module):
         for m in self.module.modules():
             if hasattr(m, "comm") and m is not self:     # SyncBatchNorm layers
                 m.comm = comm
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        self._params = params = [p for p in self.module.parameters() if p.requires_grad]
         self._buckets = self._make_buckets(params, comm)
 
     def _check_same_model(self) -> None:
@@ -187,6 +206,22 @@ class DistributedModel(nn.Module):
             yield
         finally:
             self._require_sync = old
+
+    @torch.no_grad()
+    def sync_gradients(self) -> None:
+        """Average the gradients now, outside a backward.
+
+        For gradients accumulated under ``no_sync()`` and finished without
+        autograd (a zero-bubble pipeline's weight gradients): every rank
+        calls it once, where it would have run the synchronizing backward.
+        """
+        if self._callback_queued or self._buckets.next_launch:    # a backward did not finish
+            self._buckets.abandon()
+            self._callback_queued = False
+        for p in reversed(self._params):
+            if p.grad is not None:
+                self._buckets.mark_ready(p)
+        self._buckets.finish(self.strategy.find_unused_parameters)
 
     def state_dict(self, *args, **kwargs):
         """The wrapped module's state_dict (keys without a ``module.`` prefix)."""

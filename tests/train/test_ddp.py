@@ -100,7 +100,12 @@ def _accumulate(config):
         opt.zero_grad()
         with model.no_sync():       # two micro-batches of 4, synchronized on the second
             (nn.functional.cross_entropy(model(mine_x[:4]), mine_y[:4]) / 2).backward()
-        (nn.functional.cross_entropy(model(mine_x[4:]), mine_y[4:]) / 2).backward()
+        if config.get("explicit"):  # or both local, then synchronized outside a backward
+            with model.no_sync():
+                (nn.functional.cross_entropy(model(mine_x[4:]), mine_y[4:]) / 2).backward()
+            model.sync_gradients()
+        else:
+            (nn.functional.cross_entropy(model(mine_x[4:]), mine_y[4:]) / 2).backward()
         opt.step()
     return _flat(model.module)
 
@@ -108,9 +113,11 @@ def _accumulate(config):
 # first_bucket_mb=0.001: the weights (>= 1 KB) are buckets of their own, reduced in place
 @pytest.mark.parametrize("first_mb", [1.0, 0.001], ids=["flat-buckets", "in-place-weights"])
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
-def test_no_sync_accumulation_equals_large_batch(gang, first_mb, overlap):
+@pytest.mark.parametrize("explicit", [False, True], ids=["in-backward", "sync_gradients"])
+def test_no_sync_accumulation_equals_large_batch(gang, first_mb, overlap, explicit):
     expected = _single_process_training()
-    for got in gang.run(_accumulate, strategy=DDP(first_bucket_mb=first_mb, overlap=overlap)):
+    for got in gang.run(_accumulate, {"explicit": explicit},
+                        strategy=DDP(first_bucket_mb=first_mb, overlap=overlap)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -43,7 +43,7 @@ schedule itself implies from the time lost to messages and a busy host.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -268,8 +268,10 @@ class PipelineSchedule:
             interleaved 1F1B's given a list of stages, each backward split
             into the input's gradient and, later, the linear layers' weight
             gradients; ``(p - 1) / (3 v m + p - 1)`` when the three take equal
-            time). "zb" runs stages that hold their own parameters, not DDP
-            or sharded ones.
+            time). A DDP or ZeRO stage under "zb" accumulates its gradients
+            over the step and averages them (``sync_gradients()``) after the
+            last W, where the other schedules average during the last
+            backward.
         num_microbatches: micro-batches per step (``m``).
         loss_fn: ``loss_fn(output, targets)`` -> a mean loss; needed on the
             rank holding the last stage.
@@ -307,13 +309,17 @@ class PipelineSchedule:
         elif len(chunks) != 1:
             raise InvalidInputError(f"schedule={schedule!r} runs one stage per rank, got "
                                     f"{len(chunks)}; use schedule='interleaved' or 'zb' for several")
-        synced = [c for c in chunks if getattr(c, "no_sync", None) is not None]
-        if schedule == "zb" and synced:
+        # data-parallel stages (DDP, ZeRO): under "zb" every op runs under no_sync() and the
+        # stage's sync_gradients() follows the last W; elsewhere the last backward synchronizes
+        self._synced = [getattr(c, "no_sync", None) is not None for c in chunks]
+        bad = [c for c, syncs in zip(chunks, self._synced)
+               if syncs and not callable(getattr(c, "sync_gradients", None))]
+        if schedule == "zb" and bad:
             raise InvalidInputError(
                 f"schedule='zb' computes weight gradients after the backward of each micro-batch, "
-                f"but this stage ({type(synced[0]).__name__}) synchronizes them across data-"
-                "parallel ranks inside that backward; use schedule='1f1b' with sharded or DDP "
-                "stages")
+                f"but this stage ({type(bad[0]).__name__}) synchronizes them across data-parallel "
+                "ranks inside that backward and has no sync_gradients() to call after them; use "
+                "schedule='1f1b', or a DDP or ZeRO stage from shoal.train")
         self.chunks, self.group, self.schedule = chunks, pp_group, schedule
         self.stage = chunks[0] if len(chunks) == 1 else nn.ModuleList(chunks)
         self.virtual_stages = len(chunks)
@@ -333,8 +339,9 @@ class PipelineSchedule:
         self._meta: dict = {}        # ("in"|"out", stage, i) -> (shape, dtype, requires_grad)
         self._links: Links | None = None
         self._plans: dict = {}
-        # "zb": the plain Linears routed through deferred.linear in forwards and input gradients
-        self._linears = deferred.linear_forwards(self.stage) if schedule == "zb" else []
+        # "zb": per chunk, the plain Linears routed through deferred.linear in forwards and I's
+        self._linears = [deferred.linear_forwards(c, synced) if schedule == "zb" else []
+                         for c, synced in zip(chunks, self._synced)]
 
     # -------------------------------------------------------------- public
     def step(self, inputs=None, targets=None):
@@ -382,10 +389,21 @@ class PipelineSchedule:
 
         stores: dict = {}      # "zb": (chunk, micro-batch) -> its deferred weight gradients
 
-        def deferring(c, i):
+        def context(c, i, sync=True):
+            """What an op of chunk ``c`` runs in: "zb" defers weight gradients (and holds a
+            data-parallel stage's synchronization for sync_gradients); the others hold it
+            until the chunk's last backward."""
+            no_sync = self.chunks[c].no_sync if self._synced[c] else None
             if self.schedule != "zb":
-                return nullcontext()
-            return deferred.deferring(stores.setdefault((c, i), []), self._linears)
+                return no_sync() if no_sync is not None and not sync else nullcontext()
+            defer = deferred.deferring(stores.setdefault((c, i), []), self._linears[c],
+                                       self._synced[c])
+            if no_sync is None:
+                return defer
+            stack = ExitStack()
+            stack.enter_context(no_sync())
+            stack.enter_context(defer)
+            return stack
 
         def wait_for(what, s, i):
             w = time.perf_counter()
@@ -402,7 +420,7 @@ class PipelineSchedule:
                 if self._meta[("in", s, i)][2]:
                     x.requires_grad_(True)
             w, cpu = time.perf_counter(), time.thread_time()
-            with deferring(c, i):
+            with context(c, i):
                 out = self.chunks[c](x)
             if s == self.total_stages - 1:
                 out = self.loss_fn(out, micro_tg[i]) * weights[i]
@@ -422,9 +440,8 @@ class PipelineSchedule:
                     grad = wait_for("grad", s, i)
             w, cpu = time.perf_counter(), time.thread_time()
             if out is not None and out.requires_grad:
-                no_sync = getattr(self.chunks[c], "no_sync", None)  # DDP/ZeRO: sync on the last
                 # "I" defers what checkpointed layers recompute, as their forward did
-                with no_sync() if no_sync is not None and not sync else deferring(c, i):
+                with context(c, i, sync):
                     torch.autograd.backward(out, grad)
             # the micro-batch's graph goes with its output: freeing it is part of its backward
             # (it grows with the stage's layers), so it counts in the op's time
@@ -448,6 +465,10 @@ class PipelineSchedule:
                     weight_grads(c, i)
                 else:
                     backward(c, i, k == last_backward[c], kind)
+            if self.schedule == "zb":
+                for c, synced in zip(self.chunks, self._synced):
+                    if synced:
+                        c.sync_gradients()
         if links is not None:
             w = time.perf_counter()
             links.drain()

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from shoal.exceptions import InvalidInputError, RankMismatchError
-from shoal.train.ddp import broadcast_module_state
+from shoal.train.ddp import broadcast_module_state, grad_sync_hook
 
 _DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -201,7 +201,7 @@ class _Unit:
         self.rs_grad = None             # the full gradient a reduce-scatter in flight reads
         self.rs_accumulate = None
         self.drop_grad = False          # stage 1: the full gradient was consumed
-        self.hook = self.flat.register_post_accumulate_grad_hook(self._on_grad)
+        self.hook = self.flat.register_post_accumulate_grad_hook(grad_sync_hook(self._on_grad))
         self.owner = None               # the ShardedModel (set by it)
         self.use_views()
         if self.stage == 3:
@@ -264,10 +264,14 @@ class _Unit:
     def _on_grad(self, flat) -> None:
         owner = self.owner
         owner.backward_started()
-        if not owner.require_sync:
-            if self.stage == 3 and self.index != owner.root_index:
-                owner.after_backward_of(self)
-            return
+        if owner.require_sync:
+            self.reduce_grad()
+        if self.stage == 3 and self.index != owner.root_index:
+            owner.after_backward_of(self)
+
+    def reduce_grad(self) -> None:
+        """Start reduce-scattering the full gradient ``flat.grad`` into this rank's shard."""
+        flat = self.flat
         g = flat.grad
         if self.stage == 1:
             accumulate = (self.grad_pending if self.step_grad else self.master.grad is not None)
@@ -281,9 +285,7 @@ class _Unit:
             flat.grad = None          # the reduce-scatter holds it until done
         self.rs_grad, self.rs_out, self.rs_accumulate = g, out, accumulate
         self.rs_work = self.comm.reduce_scatter(g, op="avg", out=out, async_op=True)
-        owner.reducing(self)
-        if self.stage == 3 and self.index != owner.root_index:
-            owner.after_backward_of(self)
+        self.owner.reducing(self)
 
     def finish_grad(self) -> None:
         """Wait for this unit's reduce-scatter; expose the shard as the master's gradient."""
@@ -545,6 +547,21 @@ class ShardedModel(nn.Module):
             yield
         finally:
             self.require_sync = old
+
+    @torch.no_grad()
+    def sync_gradients(self) -> None:
+        """Reduce the gradients now, outside a backward.
+
+        For gradients accumulated under ``no_sync()`` and finished without
+        autograd (a zero-bubble pipeline's weight gradients): every rank
+        calls it once, where it would have run the reducing backward.
+        """
+        if self._callback_queued:        # a backward did not run to its end: settle it
+            self._end_of_backward()
+        for u in reversed(self.units):   # the same order on every rank
+            if u.flat.grad is not None:  # as in a backward, a unit without one has none
+                u.reduce_grad()
+        self._end_of_backward()
 
     # -------------------------------------------------------------- utilities
     @torch.no_grad()

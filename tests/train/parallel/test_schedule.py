@@ -180,21 +180,21 @@ def test_zero_bubble_leaves_hooked_and_frozen_weights_to_the_backward():
     model[2].weight.register_post_accumulate_grad_hook(lambda q: seen.append(q.grad.clone()))
     with PipelineSchedule(model, One(), schedule="zb", num_microbatches=2,
                           loss_fn=nn.functional.mse_loss) as sched:
-        assert [mod for mod, _ in sched._linears] == [model[0]]
+        assert [mod for mod, _ in sched._linears[0]] == [model[0]]
         sched.step(torch.randn(6, 4), torch.randn(6, 2))
     assert len(seen) == 2 and model[1].weight.grad is None
     torch.testing.assert_close(seen[-1], model[2].weight.grad)
 
 
-def test_zero_bubble_rejects_stages_that_synchronize_in_the_backward():
+def test_zero_bubble_rejects_stages_that_synchronize_only_in_the_backward():
     class Two:
         rank, world_size, timeout = 0, 2, 5.0
 
-    class Synced(nn.Linear):       # what DDP and ZeRO stages look like to the schedule
+    class Synced(nn.Linear):       # a data-parallel stage without sync_gradients()
         def no_sync(self):
             raise AssertionError("not called")
     with pytest.raises(InvalidInputError, match=r"schedule='zb' .* \(Synced\) synchronizes .* "
-                                                r"use schedule='1f1b'"):
+                                                r"no sync_gradients\(\) .* use schedule='1f1b'"):
         PipelineSchedule(Synced(2, 2), Two(), schedule="zb", num_microbatches=2, loss_fn=lm_loss)
     with pytest.raises(InvalidInputError, match=r"'zb' with several stages per rank needs "
                                                 r"num_microbatches a multiple of the 2"):

@@ -95,8 +95,14 @@ def _no_sync_accumulates(config):
         half = [(ids[h::2][ctx.rank::2], tg[h::2][ctx.rank::2]) for h in range(2)]
         with model.no_sync():
             (lm_loss(model(half[0][0]), half[0][1]) / 2).backward()
-        loss = lm_loss(model(half[1][0]), half[1][1]) / 2
-        loss.backward()
+        if config["explicit"]:      # both local, then reduced outside a backward
+            with model.no_sync():
+                loss = lm_loss(model(half[1][0]), half[1][1]) / 2
+                loss.backward()
+            model.sync_gradients()
+        else:
+            loss = lm_loss(model(half[1][0]), half[1][1]) / 2
+            loss.backward()
         opt.step()
         t = torch.tensor([loss.item() * 2])
         comm.allreduce(t, op="avg")
@@ -105,7 +111,8 @@ def _no_sync_accumulates(config):
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_no_sync_accumulates_into_the_next_reduction(gang, stage):
+@pytest.mark.parametrize("explicit", [False, True], ids=["in-backward", "sync_gradients"])
+def test_no_sync_accumulates_into_the_next_reduction(gang, stage, explicit):
     model = make_gpt(seed=100)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     params_after = []
@@ -124,7 +131,7 @@ def test_no_sync_accumulates_into_the_next_reduction(gang, stage):
             ref.append(lm_loss(ref_model(ids[1::2]), tg[1::2]).item())
         lm_loss(ref_model(ids), tg).backward()
         ref_opt.step()
-    for losses in gang.run(_no_sync_accumulates, {"stage": stage}):
+    for losses in gang.run(_no_sync_accumulates, {"stage": stage, "explicit": explicit}):
         assert max(abs(a - b) for a, b in zip(losses, ref)) < TOL, (losses, ref)
 
 
