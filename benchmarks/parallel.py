@@ -1,7 +1,8 @@
 """Model parallelism on CPU: each section runs shoal and its anchor in the same processes.
 
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
-        [--pipeline-configs gpt,compute-bound,overhead-bound] [--balance measured|time|params|layers]
+        [--pipeline-configs gpt,gpt-32,gpt-wide,compute-bound,overhead-bound]
+        [--balance measured|time|params|layers]
         [--schedules gpipe,1f1b,interleaved,zb,zb-v2]
 
 Sections (``--only`` picks some):
@@ -26,9 +27,11 @@ pipeline
     ScheduleInterleavedZeroBubble over Gloo) on the same stages (the stage modules deep-copied so
     each system has its own), the same batch and micro-batches, 2 ranks, one thread each: GPipe,
     1F1B and zero bubble (ZB-H1) on 2 stages, interleaved 1F1B and zero bubble on 4 stages (2 per
-    rank). Models: a GPT (embedding, blocks, norm, vocabulary head,
+    rank). Models: GPTs (embedding, blocks, norm, vocabulary head,
     cross-entropy; each block's attention and MLP halves are layers a cut may fall between,
-    or with ``--whole-blocks`` only whole blocks) and two stacks of residual MLP blocks (MSE loss). The stages are cut by
+    or with ``--whole-blocks`` only whole blocks): 16 and 32 blocks of width 128, and 16 of
+    width 256 ("gpt-wide": about 3x the compute per micro-batch, messages twice the size), and two stacks of residual MLP
+    blocks (MSE loss). The stages are cut by
     ``--balance`` (default "measured": ``rebalance`` starts from the cut by ``profile_layers``'
     per-layer forward + backward on one micro-batch, the loss counted on the last layer, runs a
     few steps of shoal's pipeline, scales each layer's cost by its stage's compute measured there
@@ -226,6 +229,8 @@ PIPELINE_CONFIGS = {  # name -> model and batch
             "batch": 32},
     "gpt-32": {"kind": "gpt", "layers": 32, "dim": 128, "heads": 4, "vocab": 2048, "seq": 32,
                "batch": 32},
+    "gpt-wide": {"kind": "gpt", "layers": 16, "dim": 256, "heads": 8, "vocab": 2048, "seq": 32,
+                 "batch": 32},
     "compute-bound": {"kind": "mlp", "layers": 8, "dim": 256, "batch": 128},
     "overhead-bound": {"kind": "mlp", "layers": 8, "dim": 64, "batch": 32},
 }
