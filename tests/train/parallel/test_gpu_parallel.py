@@ -23,11 +23,12 @@ def _on_gpu(config):
     torch.backends.cuda.matmul.allow_tf32 = False
     comm = st.get_communicator()
     model = make_gpt(seed=100).cuda()
-    if config["kind"] == "pipeline":
+    if config["kind"].startswith("pipeline"):
         mesh = Mesh(pp=2, comm=comm)
         stage = parallelize(model, mesh, pipeline={"split_points": [3]})
-        sched = PipelineSchedule(stage, mesh.pp_group, schedule="1f1b", num_microbatches=4, loss_fn=lm_loss,
-                                 broadcast_loss=True)
+        schedule = "zb" if config["kind"] == "pipeline-zb" else "1f1b"
+        sched = PipelineSchedule(stage, mesh.pp_group, schedule=schedule, num_microbatches=4,
+                                 loss_fn=lm_loss, broadcast_loss=True)
         step = lambda ids, tg: sched.step(ids, tg)   # noqa: E731
     else:
         stage = ZeRO(stage=3).prepare(model, comm)
@@ -50,7 +51,7 @@ def _backward(loss, comm):
 
 
 @needs_cuda
-@pytest.mark.parametrize("kind", ["pipeline", "zero3"])
+@pytest.mark.parametrize("kind", ["pipeline", "pipeline-zb", "zero3"])
 def test_two_ranks_on_cuda_train_to_the_cpu_losses(gang, kind):
     ref = reference_losses(STEPS, seed=100)
     for losses in gang.run(_on_gpu, {"kind": kind}, timeout=300):
