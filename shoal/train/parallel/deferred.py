@@ -81,7 +81,7 @@ def _deferrable(p: torch.Tensor, synced: bool = False) -> bool:
     leaf = p if p.is_leaf else p._base
     if leaf is not p:   # a view: only of a synced stage's flat parameter (ZeRO's), a plain slice
         if not synced or leaf is None or not leaf.is_leaf or leaf._backward_hooks \
-                or not (p.is_contiguous() and leaf.is_contiguous()):
+                or p.dtype != leaf.dtype or not (p.is_contiguous() and leaf.is_contiguous()):
             return False
     hooks = (getattr(leaf, "_post_accumulate_grad_hooks", None) or {}).values()
     return all(synced and is_grad_sync_hook(h) for h in hooks)

@@ -186,6 +186,32 @@ def test_zero_bubble_leaves_hooked_and_frozen_weights_to_the_backward():
     torch.testing.assert_close(seen[-1], model[2].weight.grad)
 
 
+def test_deferred_weights_of_a_synced_flat_parameter_land_in_its_gradient():
+    from shoal.train.ddp import grad_sync_hook
+    from shoal.train.parallel import deferred
+    torch.manual_seed(0)
+    flat = nn.Parameter(torch.randn(8 * 4 + 8))      # as ZeRO holds a unit: views of one leaf
+    synced = []
+    flat.register_post_accumulate_grad_hook(grad_sync_hook(lambda p: synced.append(1)))
+    w, b = flat[:32].view(8, 4), flat[32:]
+    x = torch.randn(5, 4, requires_grad=True)
+    store = []
+    with deferred.deferring(store):                  # nobody syncs afterwards: the backward does
+        deferred.linear(x, w, b).square().sum().backward()
+    assert store == [] and synced == [1]
+    want, flat.grad = flat.grad.clone(), None
+    with deferred.deferring(store, synced=True):
+        deferred.linear(x, w, b).square().sum().backward()
+    assert flat.grad is None and len(store) == 1 and synced == [1]   # the caller syncs
+    deferred.weight_gradients(store)
+    torch.testing.assert_close(flat.grad, want)
+    # a view that is no plain slice of its leaf is left to the backward
+    store.clear()
+    with deferred.deferring(store, synced=True):
+        deferred.linear(x, flat[:32].view(4, 8).t(), b).sum().backward()
+    assert store == []
+
+
 def test_zero_bubble_rejects_stages_that_synchronize_only_in_the_backward():
     class Two:
         rank, world_size, timeout = 0, 2, 5.0
