@@ -85,6 +85,9 @@ def _free_port() -> int:
 
 def _rank_main(section, rank, world, ports, secret, args, out):
     torch.set_num_threads(1)
+    if args.get("pin"):      # each rank (its threads too) on a core of its own
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[rank % len(cores)]})
     try:
         import torch.distributed as dist
 
@@ -731,11 +734,13 @@ def main(argv=None):
                     help="pipeline schedules to run, each against torch's of the same kind "
                          "(zb, zb-v2: ScheduleInterleavedZeroBubble with one / two stages per "
                          "rank)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin rank r to the r-th core this process may use (both systems alike)")
     ap.add_argument("--whole-blocks", action="store_true",
                     help="cut the GPTs between whole blocks only (by default between a block's "
                          "attention and MLP halves too)")
     args = ap.parse_args(argv)
-    cfg = {"whole_blocks": args.whole_blocks, "rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
+    cfg = {"whole_blocks": args.whole_blocks, "pin": args.pin, "rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,
            "pipeline_configs": [c for c in args.pipeline_configs.split(",") if c],
            "schedules": [c for c in args.schedules.split(",") if c],
