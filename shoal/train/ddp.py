@@ -9,6 +9,7 @@ waits for every bucket (an autograd engine callback), so the user's loop —
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -83,8 +84,7 @@ def grad_sync_hook(fn):
     backward; it may skip such hooks because it calls the stage's
     ``sync_gradients()`` afterwards (``shoal.train.parallel.deferred``).
     """
-    def hook(p):
-        return fn(p)
+    hook = functools.partial(fn)      # takes the mark; calling it adds no Python frame
     hook.grad_sync = True
     return hook
 
@@ -174,12 +174,16 @@ class DistributedModel(nn.Module):
     def forward(self, *args, **kwargs):
         """Run the wrapped module (in training, after copying rank 0's buffers)."""
         if torch.is_grad_enabled() and self.training:
-            if self._buckets.next_launch or self._callback_queued:   # a backward did not finish
-                self._buckets.abandon()
-                self._callback_queued = False
+            self._drop_unfinished_backward()
             if self.strategy.broadcast_buffers and self._buffers:
                 self._sync_buffers()
         return self.module(*args, **kwargs)
+
+    def _drop_unfinished_backward(self) -> None:
+        # a backward that did not run to its end left buckets launched or its callback queued
+        if self._buckets.next_launch or self._callback_queued:
+            self._buckets.abandon()
+            self._callback_queued = False
 
     @torch.no_grad()
     def _sync_buffers(self) -> None:
@@ -215,9 +219,7 @@ class DistributedModel(nn.Module):
         autograd (a zero-bubble pipeline's weight gradients): every rank
         calls it once, where it would have run the synchronizing backward.
         """
-        if self._callback_queued or self._buckets.next_launch:    # a backward did not finish
-            self._buckets.abandon()
-            self._callback_queued = False
+        self._drop_unfinished_backward()
         for p in reversed(self._params):
             if p.grad is not None:
                 self._buckets.mark_ready(p)
