@@ -3,7 +3,7 @@
     python benchmarks/parallel.py [--only sharded,pipeline,tensor] [--quick] [--rounds 5]
         [--pipeline-configs gpt,gpt-32,gpt-wide,compute-bound,overhead-bound]
         [--balance measured|time|params|layers]
-        [--schedules gpipe,1f1b,interleaved,zb,zb-v2]
+        [--schedules gpipe,1f1b,interleaved,zb,zb-v2,interleaved-v4]
 
 Sections (``--only`` picks some):
 
@@ -27,7 +27,7 @@ pipeline
     ScheduleInterleavedZeroBubble over Gloo) on the same stages (the stage modules deep-copied so
     each system has its own), the same batch and micro-batches, 2 ranks, one thread each: GPipe,
     1F1B and zero bubble (ZB-H1) on 2 stages, interleaved 1F1B and zero bubble on 4 stages (2 per
-    rank). Models: GPTs (embedding, blocks, norm, vocabulary head,
+    rank), interleaved 1F1B on 8 stages (4 per rank, "interleaved-v4"). Models: GPTs (embedding, blocks, norm, vocabulary head,
     cross-entropy; each block's attention and MLP halves are layers a cut may fall between,
     or with ``--whole-blocks`` only whole blocks): 16 and 32 blocks of width 128, and 16 of
     width 256 ("gpt-wide": about 3x the compute per micro-batch, messages twice the size), and two stacks of residual MLP
@@ -269,7 +269,7 @@ def _split_costs(costs, model, splits):
 
 # --schedules names -> (PipelineSchedule's schedule, stages per rank); torch runs its namesake
 _SCHEDULE_RUNS = {"gpipe": ("gpipe", 1), "1f1b": ("1f1b", 1), "interleaved": ("interleaved", 2),
-                  "zb": ("zb", 1), "zb-v2": ("zb", 2)}
+                  "zb": ("zb", 1), "zb-v2": ("zb", 2), "interleaved-v4": ("interleaved", 4)}
 
 
 def _pipeline_config(rank, comm, args):
@@ -733,7 +733,7 @@ def main(argv=None):
     ap.add_argument("--schedules", default=",".join(_SCHEDULE_RUNS),
                     help="pipeline schedules to run, each against torch's of the same kind "
                          "(zb, zb-v2: ScheduleInterleavedZeroBubble with one / two stages per "
-                         "rank)")
+                         "rank; interleaved, interleaved-v4: two / four stages per rank)")
     ap.add_argument("--pin", action="store_true",
                     help="pin rank r to the r-th core this process may use (both systems alike)")
     ap.add_argument("--whole-blocks", action="store_true",
