@@ -13,7 +13,10 @@ memcpy bandwidth. When run as root it repeats the comparison across two
 network namespaces joined by a veth pair (TCP between "hosts"), and once
 more with the two ranks as actors on the two nodes of a real Ray cluster
 (``ray start`` in each namespace, token authentication on; ``--only-ray``
-runs just that case).
+runs just that case). With 2 ranks it also times point-to-point: a ping-pong
+of ``send``/``recv`` (1 KB to 4 MB, torch tensors on both sides), reported as
+the one-way time (half a round trip): what a pipeline's activation or
+gradient costs on the critical path.
 """
 from __future__ import annotations
 
@@ -66,8 +69,10 @@ def worker(args) -> None:
     comm = collective.init_group(rank, world, store, backend="native", name="bench", timeout=120)
     dist.init_process_group("gloo", init_method=f"tcp://{host}:{args.gloo_port}", rank=rank,
                             world_size=world)
-    time_allreduce(comm, dist, rank, [int(s) for s in args.sizes.split(",")], args.quick,
-                   lambda res: print(json.dumps(res), flush=True))
+    emit = lambda res: print(json.dumps(res), flush=True)  # noqa: E731
+    time_allreduce(comm, dist, rank, [int(s) for s in args.sizes.split(",")], args.quick, emit)
+    if world == 2:
+        time_p2p(comm, dist, rank, P2P_SIZES, args.quick, emit)
     comm.destroy()
     dist.destroy_process_group()
     store.close()
@@ -100,6 +105,47 @@ def time_allreduce(comm, dist, rank, sizes, quick, emit=None) -> list[dict]:
                 comm.allreduce(got, op="max")
                 best[name] = min(best[name], float(got[0]))
         res = {"bytes": nbytes, **best}
+        rows.append(res)
+        if rank == 0 and emit is not None:
+            emit(res)
+    return rows
+
+
+P2P_SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)
+
+
+def time_p2p(comm, dist, rank, sizes, quick, emit=None) -> list[dict]:
+    """Ping-pong between ranks 0 and 1, shoal's ``send``/``recv`` against Gloo's, alternating rounds."""
+    import torch
+    rows = []
+    peer = 1 - rank
+    for nbytes in sizes:
+        t = torch.zeros(nbytes // 4, dtype=torch.float32)
+        iters = max(4, min(2000 if not quick else 400, (256 << 20) // nbytes) // ROUNDS)
+
+        def pingpong(send, recv):
+            def run():
+                for _ in range(iters):
+                    if rank == 0:
+                        send(t, peer)
+                        recv(t, peer)
+                    else:
+                        recv(t, peer)
+                        send(t, peer)
+            return run
+        ops = {"native": pingpong(comm.send, comm.recv), "gloo": pingpong(dist.send, dist.recv)}
+        best = {name: float("inf") for name in ops}
+        for k in range(ROUNDS + 1):         # the first round warms up
+            for name, op in ops.items():
+                comm.barrier()
+                dist.barrier()
+                t0 = time.perf_counter()
+                op()
+                got = np.array([(time.perf_counter() - t0) / iters / 2], np.float64)
+                comm.allreduce(got, op="max")
+                if k:
+                    best[name] = min(best[name], float(got[0]))
+        res = {"p2p": True, "bytes": nbytes, **best}
         rows.append(res)
         if rank == 0 and emit is not None:
             emit(res)
@@ -147,6 +193,21 @@ def _fmt_size(n: int) -> str:
         if n >= k:
             return f"{n // k} {unit}"
     return f"{n} B"
+
+
+def print_p2p_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"{'size':>8} | {'native us':>10} {'GB/s':>7} | {'gloo us':>10} {'GB/s':>7} | {'speedup':>7}")
+    for r in rows:
+        nb, tn, tg = r["bytes"], r["native"], r["gloo"]
+        print(f"{_fmt_size(nb):>8} | {tn * 1e6:10.1f} {nb / tn / 1e9:7.2f} | {tg * 1e6:10.1f} "
+              f"{nb / tg / 1e9:7.2f} | {tg / tn:6.2f}x")
+    print("(one way: half a send/recv round trip between ranks 0 and 1; speedup = gloo time / "
+          "native time; load average after the run: %.2f %.2f %.2f)" % os.getloadavg())
+
+
+def _split_p2p(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    return [r for r in rows if not r.get("p2p")], [r for r in rows if r.get("p2p")]
 
 
 def print_table(title: str, world: int, rows: list[dict]) -> None:
@@ -285,9 +346,11 @@ def main() -> None:
         return
     for world in (int(w) for w in args.worlds.split(",") if w):
         port = _free_port()
-        rows = _launch(world, f"127.0.0.1:{port}", sizes, args.quick,
-                       env=lambda r: {"GLOO_SOCKET_IFNAME": "lo"})
+        rows, p2p = _split_p2p(_launch(world, f"127.0.0.1:{port}", sizes, args.quick,
+                                       env=lambda r: {"GLOO_SOCKET_IFNAME": "lo"}))
         print_table(f"allreduce float32, {world} ranks on this host (native: shared memory)", world, rows)
+        if p2p:
+            print_p2p_table("send/recv float32, 2 ranks on this host (native: a shared-memory ring)", p2p)
     if args.no_netns:
         return
     why = make_namespaces()
@@ -296,10 +359,11 @@ def main() -> None:
         return
     try:
         ns_sizes = [x for x in sizes if x <= (64 << 20)]
-        rows = _launch(2, "10.77.9.1:29730", ns_sizes, args.quick,
-                       prefix=lambda r: ["ip", "netns", "exec", NS[r]],
-                       env=lambda r: {"GLOO_SOCKET_IFNAME": f"sbveth{r}"})
+        rows, p2p = _split_p2p(_launch(2, "10.77.9.1:29730", ns_sizes, args.quick,
+                                       prefix=lambda r: ["ip", "netns", "exec", NS[r]],
+                                       env=lambda r: {"GLOO_SOCKET_IFNAME": f"sbveth{r}"}))
         print_table("allreduce float32, 2 ranks in 2 network namespaces (native: TCP over veth)", 2, rows)
+        print_p2p_table("send/recv float32, 2 ranks in 2 network namespaces (TCP over veth)", p2p)
     finally:
         delete_namespaces()
     ray_cross_node(ns_sizes, args.quick)

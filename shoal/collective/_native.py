@@ -23,6 +23,7 @@ from shoal.collective._buffers import (DTYPES, Reducer, as_buffer, dtype_code, e
 from shoal.collective import _personalized as PX
 from shoal.collective._fusion import Fuser
 from shoal.collective._rendezvous import rendezvous
+from shoal.collective._shm_p2p import ShmP2P
 from shoal.collective.communicator import Communicator, split_sizes
 from shoal.collective._work import Work
 from shoal.collective.config import NativeConfig
@@ -75,7 +76,10 @@ class NativeCommunicator(Communicator):
         super().__init__(rank, world_size, name, timeout)
         self.store = store
         self.prefix, self.topology, self.shm, self.mesh = rendezvous(
-            rank, world_size, store, name, timeout, self.config.segment_bytes, self.config.listen_host)
+            rank, world_size, store, name, timeout, self.config.segment_bytes, self.config.listen_host,
+            self.config.p2p_ring_bytes)
+        # send/recv to a rank of this host go through the segment's rings, the rest over TCP
+        self._p2p_shm = ShmP2P(self.shm) if self.shm is not None and self.shm.R else None
         self.timeline = with_op_stats(Timeline.for_rank(self.config.timeline, name, rank),
                                       store, name, rank)
         if self.shm is not None and self.timeline.enabled:
@@ -459,9 +463,14 @@ class NativeCommunicator(Communicator):
             queued.wait(self.timeout)      # after the async sends before it, in order
         buf = as_buffer(t)
         data = _bytes(buf.array)
-        self.mesh.send(dst, _P2P.pack(tag, data.size, dtype_code(buf.dtype_name)), channel=1)
-        self.mesh.send(dst, data, channel=1)
+        path = self._p2p_path(dst)
+        path.send(dst, _P2P.pack(tag, data.size, dtype_code(buf.dtype_name)), channel=1)
+        path.send(dst, data, channel=1)
         return None
+
+    def _p2p_path(self, peer: int):
+        shm = self._p2p_shm
+        return shm if shm is not None and shm.has(peer) else self.mesh
 
     def _send_nowait(self, t, dst, tag):
         # Written on the calling thread as far as the socket takes it without blocking (a
@@ -473,7 +482,8 @@ class NativeCommunicator(Communicator):
         data = _bytes(buf.array)
         head = _P2P.pack(tag, data.size, dtype_code(buf.dtype_name))
         with self._p2p_lock:   # the header and its payload in one writev, back to back in the stream
-            parts = (self.mesh.send_async(dst, data, channel=1, inline_bytes=1 << 62, head=head),)
+            parts = (self._p2p_path(dst).send_async(dst, data, channel=1, inline_bytes=1 << 62,
+                                                   head=head),)
             work = self._p2p_sends[dst] = _SendWork(f"send to rank {dst} on {self.name!r}",
                                                    parts, data, self.timeout)
         return work
@@ -484,15 +494,16 @@ class NativeCommunicator(Communicator):
         buf = as_buffer(t)
         data = _bytes(buf.array)
         head = bytearray(_P2P.size)
-        self.mesh.recv_into(src, head, channel=1)
+        path = self._p2p_path(src)
+        path.recv_into(src, head, channel=1)
         rtag, nbytes, code = _P2P.unpack(head)
         if (rtag, nbytes, code) != (tag, data.size, dtype_code(buf.dtype_name)):
             sink = np.empty(nbytes, np.uint8)
-            self.mesh.recv_into(src, sink, channel=1)  # keep the stream in step
+            path.recv_into(src, sink, channel=1)  # keep the stream in step
             raise CollectiveError(
                 f"recv from rank {src} expected tag {tag}, {data.size} bytes of {buf.dtype_name}; "
                 f"the matching send had tag {rtag}, {nbytes} bytes of {DTYPES[code]}")
-        self.mesh.recv_into(src, data, channel=1)
+        path.recv_into(src, data, channel=1)
         buf.finish()
         return t
 
@@ -505,6 +516,9 @@ class NativeCommunicator(Communicator):
         if self._cuda not in (None, "host"):
             self._cuda.destroy()
         self.timeline.close()
+        if self._p2p_shm is not None:
+            self._p2p_shm.close()
+            self._p2p_shm = None
         if self.shm is not None:
             self.shm.close()
             self.shm = None

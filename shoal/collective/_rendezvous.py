@@ -97,7 +97,7 @@ def _get(store, key: str, timeout: float, what: str) -> bytes:
 
 
 def rendezvous(rank: int, world_size: int, store, name: str, timeout: float,
-               segment_bytes: int, listen_host: str | None):
+               segment_bytes: int, listen_host: str | None, ring_bytes: int = 0):
     """Returns (prefix, topology, ShmGroup or None, TcpMesh).
 
     First every rank publishes its host identity, so each knows whether the
@@ -133,8 +133,8 @@ def rendezvous(rank: int, world_size: int, store, name: str, timeout: float,
         mesh.set_peers(peers)
         if len(hosts) > 1:
             _connect_all(mesh, store, prefix, rank, world_size, timeout)
-        shm = _map_segment(store, prefix, topo, rank, name, gen, timeout, segment_bytes) \
-            if len(local) > 1 else None
+        shm = _map_segment(store, prefix, topo, rank, name, gen, timeout, segment_bytes,
+                           ring_bytes) if len(local) > 1 else None
     except BaseException:
         mesh.close()
         raise
@@ -164,7 +164,8 @@ def _connect_all(mesh: TcpMesh, store, prefix: str, rank: int, world_size: int,
                     f"SHOAL_COLLECTIVE_HOST on rank {rank} to one it can reach")
 
 
-def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segment_bytes):
+def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segment_bytes,
+                 ring_bytes=0):
     host = topo.host_of[rank]
     leader = topo.local_ranks[0]
     key = f"{prefix}/shm/{host}"
@@ -172,7 +173,7 @@ def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segmen
         safe = "".join(c if c.isalnum() else "_" for c in name)[:40]
         path = os.path.join(shm_dir(), f"shoal-coll-{safe}-{gen}-{secrets.token_hex(6)}")
         shm = ShmGroup(path, 0, len(topo.local_ranks), segment_bytes, True, timeout,
-                       topo.local_ranks)
+                       topo.local_ranks, ring_bytes)
         try:
             store.set(key, path)
             # Unlink once every local rank mapped it: the kernel frees it with the last rank.
@@ -191,7 +192,7 @@ def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segmen
     while True:
         try:
             shm = ShmGroup(path, topo.local_rank, len(topo.local_ranks), segment_bytes, False,
-                           timeout, topo.local_ranks)
+                           timeout, topo.local_ranks, ring_bytes)
             break
         except FileNotFoundError:
             if time.monotonic() > deadline:

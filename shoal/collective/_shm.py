@@ -10,6 +10,11 @@ after a crash):
     pids       the process id of every rank (to notice a dead one)
     meta       per rank and half: an op descriptor (see _descriptor)
     data       per rank and half: ``segment_bytes`` of staging space
+    rings      per ordered pair of ranks (src, dst): a head line, a tail line and
+               ``ring_bytes`` of data, the byte stream of src's sends to dst
+               (_shm_p2p); absent when ``ring_bytes`` is 0. tmpfs allocates a
+               page when it is first written, so pairs that never send cost
+               no memory.
 
 Synchronisation is a sequence number per rank: a rank publishes ``seq`` and
 waits until every counter reaches it: it polls the shared memory briefly,
@@ -70,13 +75,15 @@ class ShmGroup:
         segment_bytes: staging bytes per rank and half (bounds the memory:
             ``2 * local_size * segment_bytes``).
         timeout: seconds a rank waits for the others before raising.
+        ring_bytes: bytes of each point-to-point ring (0: none).
     """
 
     def __init__(self, path: str, local_rank: int, local_size: int, segment_bytes: int,
-                 create: bool, timeout: float, ranks: list[int]):
+                 create: bool, timeout: float, ranks: list[int], ring_bytes: int = 0):
         self.path, self.lr, self.p = path, local_rank, local_size
         self.ranks = ranks  # global rank of each local rank, for messages
         self.S = segment_bytes // _LINE * _LINE
+        self.R = ring_bytes // _LINE * _LINE
         self.timeout = timeout
         self._mb = D.meta_bytes(local_size)
         self._ctl_off = 0
@@ -84,7 +91,9 @@ class ShmGroup:
         self._pid_off = self._abort_off + _LINE + _MSG
         self._meta_off = self._pid_off + (local_size * 8 + _LINE - 1) // _LINE * _LINE
         self._data_off = self._meta_off + local_size * 2 * self._mb
-        self.size = self._data_off + local_size * 2 * self.S
+        self._ring_off = self._data_off + local_size * 2 * self.S
+        self.size = self._ring_off + (local_size * (local_size - 1) * (2 * _LINE + self.R)
+                                      if self.R else 0)
         if create:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -96,6 +105,12 @@ class ShmGroup:
         else:
             fd = os.open(path, os.O_RDWR)
         try:
+            have = os.fstat(fd).st_size
+            if have != self.size:   # a mapping past the file's end would crash on first touch
+                raise CollectiveError(
+                    f"the host's shared memory {path} has {have} bytes, this rank's settings give "
+                    f"{self.size} (segment_bytes={segment_bytes}, p2p_ring_bytes={ring_bytes}); "
+                    "pass the same NativeConfig on every rank")
             self._mm = mmap.mmap(fd, self.size)
         finally:
             os.close(fd)
@@ -141,6 +156,20 @@ class ShmGroup:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def ring_offset(self, src: int, dst: int) -> int:
+        """Where the ring of local rank ``src``'s sends to local rank ``dst`` starts."""
+        if not self.R or src == dst:
+            raise ValueError(f"no ring from local rank {src} to {dst}")
+        pair = src * (self.p - 1) + (dst if dst < src else dst - 1)
+        return self._ring_off + pair * (2 * _LINE + self.R)
+
+    def peer_alive(self, q: int) -> bool:
+        return _pid_alive(int(self._pids[q]))
+
+    def aborted(self) -> str | None:
+        """The abort message if some rank aborted the group, else None."""
+        return self._aborted_message() if self._abort is not None and self._abort[0] else None
 
     def close(self) -> None:
         self._ctl = self._counters = self._abort = self._abort_msg = self._pids = None

@@ -44,6 +44,10 @@ class NativeConfig:
     Args:
         segment_bytes: shared-memory staging per rank and half; large buffers
             move in segments of this size (memory used: 2 x local ranks x this).
+        p2p_ring_bytes: send/recv between two ranks of one host go through a
+            shared-memory ring of this size per ordered pair (a larger message
+            streams through it); 0 sends them over TCP like ranks on other
+            hosts. Memory is taken only for pairs that send.
         small_bytes: allreduces up to this size use the one-shot (latency)
             algorithm, larger ones the reduce-scatter + allgather one.
         tcp_small_bytes: across hosts, allreduces up to this size use
@@ -65,6 +69,7 @@ class NativeConfig:
     """
 
     segment_bytes: int = 2 << 20
+    p2p_ring_bytes: int = 1 << 20
     small_bytes: int = 64 << 10
     tcp_small_bytes: int = 64 << 10
     listen_host: str | None = None
@@ -77,5 +82,8 @@ class NativeConfig:
             raise ValueError(f"NativeConfig.cuda must be 'auto', 'nccl' or 'host', got {self.cuda!r}")
         if self.segment_bytes < 4096:
             raise ValueError(f"NativeConfig.segment_bytes must be at least 4096, got {self.segment_bytes}")
+        if self.p2p_ring_bytes and self.p2p_ring_bytes < 4096:
+            raise ValueError("NativeConfig.p2p_ring_bytes must be 0 (send/recv over TCP) or at least "
+                             f"4096, got {self.p2p_ring_bytes}")
         if self.small_bytes < 0 or self.tcp_small_bytes < 0:
             raise ValueError("NativeConfig.small_bytes and tcp_small_bytes must be >= 0")

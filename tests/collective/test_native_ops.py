@@ -5,9 +5,10 @@ from _battery import NUMPY_DTYPES, OPS, allreduce_cases, ops_cases, subgroup_cas
 from shoal.collective import NativeConfig
 
 WORLDS = (1, 2, 3, 4)
-# Tiny segments and one-shot threshold so a few thousand elements cross every code path
-# (one-shot, two-phase, many segments, chunks not divisible by the world size).
-SMALL = NativeConfig(segment_bytes=4096, small_bytes=256)
+# Tiny segments, one-shot threshold and send/recv rings so a few thousand elements cross every
+# code path (one-shot, two-phase, many segments, chunks not divisible by the world size, a
+# message wrapping around its ring and waiting for room).
+SMALL = NativeConfig(segment_bytes=4096, small_bytes=256, p2p_ring_bytes=4096)
 SIZES = (0, 1, 13, 3001)
 
 
