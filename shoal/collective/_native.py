@@ -6,7 +6,9 @@ On one host every collective runs over the host's shared-memory segment
 TCP, back through shared memory) and the other collectives run over TCP
 (_multihost). Small allreduces use a one-shot algorithm (one synchronisation;
 each rank reduces all contributions), large ones a reduce-scatter + allgather
-over shared memory in pipelined segments, like a ring.
+over shared memory in pipelined segments, like a ring. send/recv between two
+ranks of one host go through a ring of that pair in the segment (_shm_p2p),
+between hosts over TCP.
 """
 from __future__ import annotations
 

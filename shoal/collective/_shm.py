@@ -55,7 +55,12 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+_LEFT = -1  # a rank's pid slot once it destroyed the group: peers waiting on it stop at once
+
+
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0]
@@ -164,14 +169,20 @@ class ShmGroup:
         pair = src * (self.p - 1) + (dst if dst < src else dst - 1)
         return self._ring_off + pair * (2 * _LINE + self.R)
 
-    def peer_alive(self, q: int) -> bool:
-        return _pid_alive(int(self._pids[q]))
+    def peer_gone(self, q: int) -> str | None:
+        """Why local rank ``q`` will not take part again ("died", "left"), or None while it is alive."""
+        pid = int(self._pids[q])
+        if pid == _LEFT:
+            return "left (destroyed the group)"
+        return None if _pid_alive(pid) else "died"
 
     def aborted(self) -> str | None:
         """The abort message if some rank aborted the group, else None."""
         return self._aborted_message() if self._abort is not None and self._abort[0] else None
 
     def close(self) -> None:
+        if self._pids is not None:
+            self._pids[self.lr] = _LEFT
         self._ctl = self._counters = self._abort = self._abort_msg = self._pids = None
         if self._cmv is not None:
             self._cmv.release()
@@ -269,10 +280,12 @@ class ShmGroup:
         if self._abort[0]:
             raise CollectiveError(self._aborted_message())
         late = [q for q in range(self.p) if self._cmv[q * 8] < seq]
-        dead = [q for q in late if not _pid_alive(int(self._pids[q]))]
+        dead = [(q, self.peer_gone(q)) for q in late]
+        dead = [(q, why) for q, why in dead if why]
         if dead:
-            msg = (f"rank {self.ranks[dead[0]]} (pid {int(self._pids[dead[0]])}) died during a "
-                   "collective; destroy() this group and form a new one")
+            q, why = dead[0]
+            msg = (f"rank {self.ranks[q]} {why} during a collective; destroy() this group and "
+                   "form a new one")
             self.abort(msg)
             raise CollectiveError(msg)
         if waited > self.timeout:

@@ -79,8 +79,9 @@ class _Ring:
         if msg is not None:
             raise CollectiveError(msg)
         rank = g.ranks[peer]
-        if not g.peer_alive(peer):
-            raise CollectiveError(f"rank {rank} died while this rank waited to {what} it; "
+        why = g.peer_gone(peer)
+        if why:
+            raise CollectiveError(f"rank {rank} {why} while this rank waited to {what} it; "
                                   "destroy() this group and form a new one")
         if waited > g.timeout:
             raise CollectiveError(f"rank {rank} did not {'receive' if what == 'send to' else 'send'}"

@@ -118,6 +118,26 @@ def test_a_sender_learns_its_reader_died():
     assert waited < 10
 
 
+def _leaves_before_sending(comm):
+    if comm.rank == 0:
+        time.sleep(0.3)
+        comm.destroy()      # e.g. after an error of its own; the process lives on
+        time.sleep(3)
+        return None
+    t0 = time.monotonic()
+    try:
+        comm.recv(np.empty(10, np.float32), src=0)
+        return "no error", 0.0
+    except CollectiveError as e:
+        return str(e), time.monotonic() - t0
+
+
+def test_a_receiver_learns_its_peer_destroyed_the_group():
+    _, (msg, waited) = run_ranks(_leaves_before_sending, 2, config=RING, timeout=60)
+    assert "rank 0 left (destroyed the group)" in msg, msg
+    assert waited < 3         # not the group's 60 s timeout
+
+
 def _never_sent(comm):
     if comm.rank == 0:
         time.sleep(2.5)      # alive, never sends

@@ -11,10 +11,11 @@ message wanted, keeping any read on the way in a buffer per (kind, stage,
 micro-batch). A message is then one write and one read, with no hand-off
 between threads: on a host whose cores are all computing, each hand-off
 (waking a helper thread, passing the GIL) put a fraction of a millisecond
-on the pipeline's critical path twice per micro-batch. The kernel's socket
-buffers hold what is sent ahead; a send the buffer cannot take finishes on
-the group's sender thread, so two ranks sending to each other never wait on
-each other. Elsewhere (CUDA tensors, other backends) one sender thread
+on the pipeline's critical path twice per micro-batch. The transport's
+buffers hold what is sent ahead (on one host the pair's shared-memory ring,
+across hosts the kernel's socket buffers); a send they cannot take finishes
+on the group's sender thread, so two ranks sending to each other never wait
+on each other. Elsewhere (CUDA tensors, other backends) one sender thread
 sends, and one receiver thread per neighbouring rank reads ahead of need;
 a CUDA event orders them with the training thread's stream.
 """
