@@ -72,7 +72,11 @@ def worker(args) -> None:
     emit = lambda res: print(json.dumps(res), flush=True)  # noqa: E731
     time_allreduce(comm, dist, rank, [int(s) for s in args.sizes.split(",")], args.quick, emit)
     if world == 2:
-        time_p2p(comm, dist, rank, P2P_SIZES, args.quick, emit)
+        # the same sends over TCP on this host (the path between hosts), for comparison
+        tcp = collective.init_group(rank, world, store, backend="native", name="bench-tcp",
+                                    timeout=120, config=collective.NativeConfig(p2p_ring_bytes=0))
+        time_p2p(comm, dist, rank, P2P_SIZES, args.quick, emit, tcp)
+        tcp.destroy()
     comm.destroy()
     dist.destroy_process_group()
     store.close()
@@ -114,8 +118,11 @@ def time_allreduce(comm, dist, rank, sizes, quick, emit=None) -> list[dict]:
 P2P_SIZES = (1 << 10, 64 << 10, 1 << 20, 4 << 20)
 
 
-def time_p2p(comm, dist, rank, sizes, quick, emit=None) -> list[dict]:
-    """Ping-pong between ranks 0 and 1, shoal's ``send``/``recv`` against Gloo's, alternating rounds."""
+def time_p2p(comm, dist, rank, sizes, quick, emit=None, tcp=None) -> list[dict]:
+    """Ping-pong between ranks 0 and 1, shoal's ``send``/``recv`` against Gloo's, alternating rounds.
+
+    ``tcp``: a second group whose sends go over TCP, timed too ("native_tcp").
+    """
     import torch
     rows = []
     peer = 1 - rank
@@ -134,6 +141,8 @@ def time_p2p(comm, dist, rank, sizes, quick, emit=None) -> list[dict]:
                         send(t, peer)
             return run
         ops = {"native": pingpong(comm.send, comm.recv), "gloo": pingpong(dist.send, dist.recv)}
+        if tcp is not None:
+            ops["native_tcp"] = pingpong(tcp.send, tcp.recv)
         best = {name: float("inf") for name in ops}
         for k in range(ROUNDS + 1):         # the first round warms up
             for name, op in ops.items():
@@ -196,14 +205,19 @@ def _fmt_size(n: int) -> str:
 
 
 def print_p2p_table(title: str, rows: list[dict]) -> None:
+    tcp = all("native_tcp" in r for r in rows)
     print(f"\n{title}")
-    print(f"{'size':>8} | {'native us':>10} {'GB/s':>7} | {'gloo us':>10} {'GB/s':>7} | {'speedup':>7}")
+    print(f"{'size':>8} | {'native us':>10} {'GB/s':>7} | {'gloo us':>10} {'GB/s':>7} | {'speedup':>7}"
+          + (f" | {'native TCP us':>13} {'speedup':>7}" if tcp else ""))
     for r in rows:
         nb, tn, tg = r["bytes"], r["native"], r["gloo"]
         print(f"{_fmt_size(nb):>8} | {tn * 1e6:10.1f} {nb / tn / 1e9:7.2f} | {tg * 1e6:10.1f} "
-              f"{nb / tg / 1e9:7.2f} | {tg / tn:6.2f}x")
+              f"{nb / tg / 1e9:7.2f} | {tg / tn:6.2f}x"
+              + (f" | {r['native_tcp'] * 1e6:13.1f} {tg / r['native_tcp']:6.2f}x" if tcp else ""))
     print("(one way: half a send/recv round trip between ranks 0 and 1; speedup = gloo time / "
-          "native time; load average after the run: %.2f %.2f %.2f)" % os.getloadavg())
+          "native time" + ("; native TCP: the same sends with p2p_ring_bytes=0, over loopback TCP"
+                           if tcp else "")
+          + "; load average after the run: %.2f %.2f %.2f)" % os.getloadavg())
 
 
 def _split_p2p(rows: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -94,7 +94,9 @@ def _rank_main(section, rank, world, ports, secret, args, out):
         from shoal import collective
         from shoal.core.kv import TCPStore
         store = TCPStore("127.0.0.1", ports[0], secret=secret, is_server=rank == 0)
-        comm = collective.init_group(rank, world, store, name=f"bench-{section}", timeout=120)
+        config = collective.NativeConfig(p2p_ring_bytes=0) if args.get("p2p_tcp") else None
+        comm = collective.init_group(rank, world, store, name=f"bench-{section}", timeout=120,
+                                     config=config)
         dist.init_process_group("gloo", rank=rank, world_size=world,
                                 init_method=f"tcp://127.0.0.1:{ports[1]}")
         try:
@@ -734,13 +736,17 @@ def main(argv=None):
                     help="pipeline schedules to run, each against torch's of the same kind "
                          "(zb, zb-v2: ScheduleInterleavedZeroBubble with one / two stages per "
                          "rank; interleaved, interleaved-v4: two / four stages per rank)")
+    ap.add_argument("--p2p-tcp", action="store_true",
+                    help="shoal's send/recv over loopback TCP instead of shared-memory rings "
+                         "(NativeConfig(p2p_ring_bytes=0)), to see what the rings change")
     ap.add_argument("--pin", action="store_true",
                     help="pin rank r to the r-th core this process may use (both systems alike)")
     ap.add_argument("--whole-blocks", action="store_true",
                     help="cut the GPTs between whole blocks only (by default between a block's "
                          "attention and MLP halves too)")
     args = ap.parse_args(argv)
-    cfg = {"whole_blocks": args.whole_blocks, "pin": args.pin, "rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
+    cfg = {"whole_blocks": args.whole_blocks, "pin": args.pin, "p2p_tcp": args.p2p_tcp,
+           "rounds": 2 if args.quick else args.rounds, "steps": 5 if args.quick else args.steps,
            "warmup": 2, "microbatches": args.microbatches, "balance": args.balance,
            "pipeline_configs": [c for c in args.pipeline_configs.split(",") if c],
            "schedules": [c for c in args.schedules.split(",") if c],
