@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -164,6 +165,23 @@ def _connect_all(mesh: TcpMesh, store, prefix: str, rank: int, world_size: int,
                     f"SHOAL_COLLECTIVE_HOST on rank {rank} to one it can reach")
 
 
+def _rings_that_fit(ring_bytes: int, local: int, segment_bytes: int) -> int:
+    """``ring_bytes``, or 0 (send/recv over TCP) where every pair's ring would not fit in /dev/shm.
+
+    tmpfs takes a page when it is first written, and a write past its size
+    kills the process (SIGBUS): a container's 64 MB /dev/shm holds the
+    staging halves of 8 ranks but not 56 rings of 1 MB beside them.
+    """
+    if not ring_bytes:
+        return 0
+    need = local * (local - 1) * (ring_bytes + 2 * 64) + 2 * local * segment_bytes
+    try:
+        free = shutil.disk_usage(shm_dir()).free
+    except OSError:
+        return 0
+    return ring_bytes if need <= free else 0
+
+
 def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segment_bytes,
                  ring_bytes=0):
     host = topo.host_of[rank]
@@ -172,10 +190,11 @@ def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segmen
     if rank == leader:
         safe = "".join(c if c.isalnum() else "_" for c in name)[:40]
         path = os.path.join(shm_dir(), f"shoal-coll-{safe}-{gen}-{secrets.token_hex(6)}")
+        ring_bytes = _rings_that_fit(ring_bytes, len(topo.local_ranks), segment_bytes)
         shm = ShmGroup(path, 0, len(topo.local_ranks), segment_bytes, True, timeout,
                        topo.local_ranks, ring_bytes)
         try:
-            store.set(key, path)
+            store.set(key, f"{ring_bytes}|{path}")   # the leader's ring size is the host's
             # Unlink once every local rank mapped it: the kernel frees it with the last rank.
             keys = [f"{prefix}/mapped/{r}" for r in topo.local_ranks if r != rank]
             try:
@@ -187,7 +206,8 @@ def _map_segment(store, prefix, topo: Topology, rank, name, gen, timeout, segmen
         finally:
             shm.unlink()
         return shm
-    path = _get(store, key, timeout, f"rank {leader}'s shared memory").decode()
+    ring_bytes, path = _get(store, key, timeout, f"rank {leader}'s shared memory").decode().split("|", 1)
+    ring_bytes = int(ring_bytes)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -114,8 +114,8 @@ class ShmGroup:
             if have != self.size:   # a mapping past the file's end would crash on first touch
                 raise CollectiveError(
                     f"the host's shared memory {path} has {have} bytes, this rank's settings give "
-                    f"{self.size} (segment_bytes={segment_bytes}, p2p_ring_bytes={ring_bytes}); "
-                    "pass the same NativeConfig on every rank")
+                    f"{self.size} (segment_bytes={segment_bytes}); pass the same NativeConfig on "
+                    "every rank")
             self._mm = mmap.mmap(fd, self.size)
         finally:
             os.close(fd)

@@ -47,7 +47,9 @@ class NativeConfig:
         p2p_ring_bytes: send/recv between two ranks of one host go through a
             shared-memory ring of this size per ordered pair (a larger message
             streams through it); 0 sends them over TCP like ranks on other
-            hosts. Memory is taken only for pairs that send.
+            hosts. Memory is taken only for pairs that send. The lowest rank
+            of a host decides for the host, and takes 0 where every pair's
+            ring would not fit in the free space of /dev/shm.
         small_bytes: allreduces up to this size use the one-shot (latency)
             algorithm, larger ones the reduce-scatter + allgather one.
         tcp_small_bytes: across hosts, allreduces up to this size use

@@ -178,22 +178,48 @@ def test_destroy_returns_while_an_async_send_waits_for_room():
     assert "destroyed" in err, err
 
 
-def _mismatched_config(comm):
+def _other_group(comm, cfg):
     from shoal import collective
-    cfg = NativeConfig(p2p_ring_bytes=4096 if comm.rank == 0 else 8192)
     try:
         g = collective.init_group(comm.rank, comm.world_size, comm.store, name="other", timeout=3,
                                   config=cfg)
-        g.destroy()
-        return "no error"
     except CollectiveError as e:
         return str(e)
+    try:
+        w = g.send(np.full(5000, comm.rank, np.float32), dst=1 - comm.rank, async_op=True)
+        got = g.recv(np.empty(5000, np.float32), src=1 - comm.rank)
+        w.wait(30)
+        return g.shm.R, bool((got == 1 - comm.rank).all())
+    finally:
+        g.destroy()
 
 
-def test_ranks_with_different_ring_sizes_fail_to_form_naming_the_setting():
-    msgs = run_ranks(_mismatched_config, 2, wait=60)
-    assert "pass the same NativeConfig on every rank" in msgs[1], msgs[1]
-    assert msgs[0] != "no error"
+def _ring_sizes_differ(comm):
+    return _other_group(comm, NativeConfig(p2p_ring_bytes=4096 if comm.rank == 0 else 8192))
+
+
+def test_the_lowest_rank_of_a_host_sets_its_ring_size():
+    assert run_ranks(_ring_sizes_differ, 2, wait=60) == [(4096, True), (4096, True)]
+
+
+def _segments_differ(comm):
+    return _other_group(comm, NativeConfig(segment_bytes=4096 if comm.rank == 0 else 8192))
+
+
+def test_ranks_with_different_segment_sizes_fail_to_form_naming_the_setting():
+    msgs = run_ranks(_segments_differ, 2, wait=60)
+    assert "segment_bytes=8192" in msgs[1] and "pass the same NativeConfig" in msgs[1], msgs[1]
+    assert isinstance(msgs[0], str), msgs[0]      # the leader gives up waiting for it
+
+
+def test_rings_that_do_not_fit_in_dev_shm_fall_back_to_tcp(monkeypatch):
+    from shoal.collective import _rendezvous as R
+    free = [8 * (7 * ((1 << 20) + 128) + 2 * (2 << 20))]      # exactly what 8 ranks need
+    monkeypatch.setattr(R.shutil, "disk_usage", lambda path: type("U", (), {"free": free[0]}))
+    assert R._rings_that_fit(1 << 20, 8, 2 << 20) == 1 << 20
+    free[0] -= 1
+    assert R._rings_that_fit(1 << 20, 8, 2 << 20) == 0
+    assert R._rings_that_fit(0, 8, 2 << 20) == 0
 
 
 def test_a_ring_size_below_a_page_is_rejected():
