@@ -475,15 +475,15 @@ class NativeCommunicator(Communicator):
         return shm if shm is not None and shm.has(peer) else self.mesh
 
     def _send_nowait(self, t, dst, tag):
-        # Written on the calling thread as far as the socket takes it without blocking (a
-        # pipeline's activation usually all of it); the rest goes to the mesh's sender
+        # Written on the calling thread as far as the ring or socket takes it without blocking
+        # (a pipeline's activation usually all of it); the rest goes to the transport's sender
         # thread, behind this peer's earlier sends: no thread hop on the common path.
         if self._is_cuda(t):
             return None
         buf = as_buffer(t)
         data = _bytes(buf.array)
         head = _P2P.pack(tag, data.size, dtype_code(buf.dtype_name))
-        with self._p2p_lock:   # the header and its payload in one writev, back to back in the stream
+        with self._p2p_lock:   # the header and its payload back to back in the stream
             parts = (self._p2p_path(dst).send_async(dst, data, channel=1, inline_bytes=1 << 62,
                                                    head=head),)
             work = self._p2p_sends[dst] = _SendWork(f"send to rank {dst} on {self.name!r}",
