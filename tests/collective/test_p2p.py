@@ -78,16 +78,25 @@ def test_a_mismatched_recv_names_both_tags_and_keeps_the_stream_in_step():
     assert after == [7.0] * 4
 
 
+def _timed_error(op):
+    """(the CollectiveError's message, seconds until it came) of ``op()``."""
+    t0 = time.monotonic()
+    try:
+        op()
+        return "no error", 0.0
+    except CollectiveError as e:
+        return str(e), time.monotonic() - t0
+
+
+def _recv_from_rank_0(comm):
+    return _timed_error(lambda: comm.recv(np.empty(10, np.float32), src=0))
+
+
 def _dies_before_sending(comm):
     if comm.rank == 0:
         time.sleep(0.3)
         os._exit(3)
-    t0 = time.monotonic()
-    try:
-        comm.recv(np.empty(10, np.float32), src=0)
-        return "no error", 0.0
-    except CollectiveError as e:
-        return str(e), time.monotonic() - t0
+    return _recv_from_rank_0(comm)
 
 
 def test_a_receiver_learns_its_peer_died():
@@ -102,12 +111,8 @@ def _reader_dies(comm):
     if comm.rank == 1:
         time.sleep(0.3)
         os._exit(4)
-    t0 = time.monotonic()
-    try:   # far more than the ring holds: the sender must wait for room that never comes
-        comm.send(np.ones(1 << 20, np.float32), dst=1)
-        return "no error", 0.0
-    except CollectiveError as e:
-        return str(e), time.monotonic() - t0
+    # far more than the ring holds: the sender must wait for room that never comes
+    return _timed_error(lambda: comm.send(np.ones(1 << 20, np.float32), dst=1))
 
 
 def test_a_sender_learns_its_reader_died():
@@ -124,12 +129,7 @@ def _leaves_before_sending(comm):
         comm.destroy()      # e.g. after an error of its own; the process lives on
         time.sleep(3)
         return None
-    t0 = time.monotonic()
-    try:
-        comm.recv(np.empty(10, np.float32), src=0)
-        return "no error", 0.0
-    except CollectiveError as e:
-        return str(e), time.monotonic() - t0
+    return _recv_from_rank_0(comm)
 
 
 def test_a_receiver_learns_its_peer_destroyed_the_group():
@@ -142,12 +142,7 @@ def _never_sent(comm):
     if comm.rank == 0:
         time.sleep(2.5)      # alive, never sends
         return None
-    t0 = time.monotonic()
-    try:
-        comm.recv(np.empty(10, np.float32), src=0)
-        return "no error", 0.0
-    except CollectiveError as e:
-        return str(e), time.monotonic() - t0
+    return _recv_from_rank_0(comm)
 
 
 def test_a_recv_nothing_is_sent_to_times_out_naming_the_peer():
