@@ -13,9 +13,9 @@ dead peer and the group's timeout.
 
 ``ShmP2P`` offers the TCP mesh's interface for channel-1 streams (``send``,
 ``send_async``, ``recv_into``), so the native backend's point-to-point code
-is the same over either. Over TCP on one host a 1 MB message took longer
-than Gloo's (two kernel copies, and the rest of a partial write handed to a
-thread); here it is two memory copies.
+is the same over either. Over loopback TCP a 1 MB message takes longer than
+Gloo's (the rest of a partial write goes to a thread, and the receiver wakes
+for each segment the kernel passes on); through a ring it is two copies.
 """
 from __future__ import annotations
 
