@@ -71,14 +71,14 @@ def worker(args) -> None:
                             world_size=world)
     emit = lambda res: print(json.dumps(res), flush=True)  # noqa: E731
     time_allreduce(comm, dist, rank, [int(s) for s in args.sizes.split(",")], args.quick, emit)
-    if world == 2 and comm.shm is None:      # one rank per host: TCP either way
-        time_p2p(comm, dist, rank, P2P_SIZES, args.quick, emit)
-    elif world == 2:
-        # the same sends over TCP on this host (the path between hosts), for comparison
-        tcp = collective.init_group(rank, world, store, backend="native", name="bench-tcp",
-                                    timeout=120, config=collective.NativeConfig(p2p_ring_bytes=0))
+    if world == 2:
+        # where the ranks share a host, the same sends over TCP (the path between hosts) too
+        tcp = None if comm.shm is None else collective.init_group(
+            rank, world, store, backend="native", name="bench-tcp", timeout=120,
+            config=collective.NativeConfig(p2p_ring_bytes=0))
         time_p2p(comm, dist, rank, P2P_SIZES, args.quick, emit, tcp)
-        tcp.destroy()
+        if tcp is not None:
+            tcp.destroy()
     comm.destroy()
     dist.destroy_process_group()
     store.close()

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from shoal.collective._shm import ShmGroup, shm_dir
+from shoal.collective._shm import _LINE, ShmGroup, shm_dir
 from shoal.collective._tcp import TcpMesh
 from shoal.exceptions import CollectiveError, GetTimeoutError
 
@@ -174,7 +174,7 @@ def _rings_that_fit(ring_bytes: int, local: int, segment_bytes: int) -> int:
     """
     if not ring_bytes:
         return 0
-    need = local * (local - 1) * (ring_bytes + 2 * 64) + 2 * local * segment_bytes
+    need = local * (local - 1) * (ring_bytes + 2 * _LINE) + 2 * local * segment_bytes
     try:
         free = shutil.disk_usage(shm_dir()).free
     except OSError:

@@ -277,8 +277,9 @@ class ShmGroup:
             self._check_health(seq, now - start)
 
     def _check_health(self, seq: int, waited: float) -> None:
-        if self._abort[0]:
-            raise CollectiveError(self._aborted_message())
+        msg = self.aborted()
+        if msg is not None:
+            raise CollectiveError(msg)
         late = [q for q in range(self.p) if self._cmv[q * 8] < seq]
         dead = [(q, self.peer_gone(q)) for q in late]
         dead = [(q, why) for q, why in dead if why]

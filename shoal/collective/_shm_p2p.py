@@ -25,7 +25,7 @@ import time
 
 from shoal.collective import _futex
 from shoal.collective._shm import _LINE, ShmGroup
-from shoal.collective._tcp import _Pending
+from shoal.collective._tcp import _Pending, run_send_queue
 from shoal.exceptions import CollectiveError
 
 _HEAD, _READER_SLEEPS, _TAIL, _WRITER_SLEEPS = 0, 1, _LINE // 8, _LINE // 8 + 1
@@ -199,24 +199,15 @@ class ShmP2P:
                 self._thread = threading.Thread(target=self._send_loop, daemon=True,
                                                 name=f"shoal-p2p-send-{self.g.ranks[self.g.lr]}")
                 self._thread.start()
-            self._q.put((ring, peer, parts, p))
+            self._q.put((peer, parts, channel, p))
         return p
 
     def _send_loop(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            ring, peer, parts, pending = item
-            try:
-                for view in parts:
-                    ring.write(view, block=True)
-                err = None
-            except BaseException as e:      # handed to whoever waits on the send
-                err = e
-            with self._lock:
-                self._queued[peer] -= 1
-            pending.done(err)
+        run_send_queue(self._q, self.send, self._sent)
+
+    def _sent(self, peer: int) -> None:
+        with self._lock:
+            self._queued[peer] -= 1
 
     def close(self) -> None:
         self.closed = True          # a send still waiting for room gives up within _CHECK_S

@@ -206,20 +206,11 @@ class TcpMesh:
                 pending.wait(self.timeout)
 
     def _send_loop(self) -> None:
-        while True:
-            item = self._send_q.get()
-            if item is None:
-                return
-            peer, parts, channel, pending = item
-            try:
-                for data in parts:
-                    self.send(peer, data, channel)
-                err = None
-            except BaseException as e:  # handed to the waiting thread
-                err = e
-            with self._send_lock:
-                self._queued -= 1
-            pending.done(err)
+        run_send_queue(self._send_q, self.send, self._sent)
+
+    def _sent(self, peer: int) -> None:
+        with self._send_lock:
+            self._queued -= 1
 
     def close(self) -> None:
         self._closed = True
@@ -235,6 +226,25 @@ class TcpMesh:
                 pass
             c.close()
         self._conns.clear()
+
+
+def run_send_queue(q, send, sent) -> None:
+    """A sender thread's loop: ``send(peer, data, channel)`` each part of every
+    ``(peer, parts, channel, pending)`` taken from ``q`` until None; ``sent(peer)``
+    after each item, then its ``pending`` is done (with the error, if one was raised)."""
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        peer, parts, channel, pending = item
+        try:
+            for data in parts:
+                send(peer, data, channel)
+            err = None
+        except BaseException as e:  # handed to the waiting thread
+            err = e
+        sent(peer)
+        pending.done(err)
 
 
 class _Pending:
